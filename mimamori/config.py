@@ -1,0 +1,67 @@
+"""Settings from the environment (``MIMAMORI_*``) and an optional TOML file.
+
+Precedence: explicit arguments > environment > TOML file (``MIMAMORI_CONFIG`` or ``./mimamori.toml``)
+> defaults. No database or broker URL means "start the embedded ones" (see ``mimamori.embedded``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+def _toml_path() -> Path:
+    return Path(os.environ.get("MIMAMORI_CONFIG", "mimamori.toml"))
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "mimamori"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MIMAMORI_", extra="ignore")
+
+    #: postgresql://... ; unset = embedded PostgreSQL under ``data_dir``.
+    database_url: str | None = None
+    #: mqtt://user:password@host:1883 or mqtts://...; unset = embedded broker.
+    mqtt_url: str | None = None
+    #: "auto" tries MQTT v5 and falls back to 3.1.1 (e.g. amqtt); ingest then uses a plain subscription.
+    mqtt_protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+    # Ingest batching: flush at this many messages or after this long, whichever comes first.
+    ingest_batch_size: int = Field(default=2000, ge=1, le=100_000)
+    ingest_batch_max_wait_s: float = Field(default=0.05, gt=0, le=10)
+    #: MQTT v5 receive maximum: unacknowledged QoS 1 messages the broker may send us. Bounds memory.
+    ingest_receive_maximum: int = Field(default=10_000, ge=1, le=65_535)
+    ingest_client_id: str | None = None
+    ingest_session_expiry_s: int = Field(default=86_400, ge=0)
+
+    gateway_id: str | None = None
+    gateway_heartbeat_s: float = Field(default=60.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=_toml_path()),
+        )
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

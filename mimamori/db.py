@@ -1,0 +1,141 @@
+"""Database access: one psycopg pool per process, and the migration runner.
+
+Migrations are numbered ``NNNN_name.sql`` files in ``mimamori/migrations``, applied once each in
+order and recorded in ``schema_migrations``. Header lines change how a file is applied:
+
+- ``-- mimamori:requires-extension NAME``: applied only when the extension is available on the
+  server; otherwise recorded as skipped (and tried again by a later ``migrate`` if it appears).
+- ``-- mimamori:no-transaction``: run statement by statement outside a transaction (needed for
+  some TimescaleDB DDL, e.g. continuous aggregates).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_PACKAGE = "mimamori.migrations"
+_NAME_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# Serialises concurrent `migrate` calls (several processes starting at once).
+_MIGRATION_LOCK_KEY = 0x6D696D616D6F7269  # "mimamori"
+
+
+def connect(url: str, **kwargs: object) -> psycopg.Connection:
+    return psycopg.connect(url, **kwargs)  # type: ignore[arg-type]
+
+
+def make_pool(url: str, *, min_size: int = 1, max_size: int = 4, name: str = "mimamori") -> ConnectionPool:
+    pool = ConnectionPool(url, min_size=min_size, max_size=max_size, name=name, open=False)
+    pool.open(wait=True, timeout=30)
+    return pool
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def required_extension(self) -> str | None:
+        m = re.search(r"^--\s*mimamori:requires-extension\s+(\w+)", self.sql, re.M)
+        return m.group(1) if m else None
+
+    @property
+    def transactional(self) -> bool:
+        return re.search(r"^--\s*mimamori:no-transaction\b", self.sql, re.M) is None
+
+
+def load_migrations(directory: Path | None = None) -> list[Migration]:
+    if directory is None:
+        files = [(f.name, f.read_text(encoding="utf-8")) for f in resources.files(MIGRATIONS_PACKAGE).iterdir()]
+    else:
+        files = [(f.name, f.read_text(encoding="utf-8")) for f in directory.iterdir()]
+    migrations = []
+    for name, text in files:
+        m = _NAME_RE.match(name)
+        if m:
+            migrations.append(Migration(int(m.group(1)), name, text))
+        elif name.endswith(".sql"):
+            raise ValueError(f"migration file name must look like 0001_name.sql: {name}")
+    migrations.sort(key=lambda mig: mig.version)
+    versions = [mig.version for mig in migrations]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"duplicate migration numbers: {versions}")
+    return migrations
+
+
+def _split_statements(sql: str) -> list[str]:
+    """Split a no-transaction migration on semicolons at line ends (those files keep to that)."""
+    body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in re.split(r";\s*\n", body) if s.strip().rstrip(";")]
+
+
+def extension_available(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = %s", (name,)).fetchone()
+    return row is not None
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    applied: list[str]
+    skipped: list[str]
+
+
+def migrate(url: str, directory: Path | None = None) -> MigrationResult:
+    """Apply pending migrations. Safe to call from several processes at once."""
+    migrations = load_migrations(directory)
+    applied: list[str] = []
+    skipped: list[str] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        try:
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version integer PRIMARY KEY,
+                       name text NOT NULL,
+                       status text NOT NULL CHECK (status IN ('applied', 'skipped')),
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = {v: s for v, s in conn.execute("SELECT version, status FROM schema_migrations")}
+            for mig in migrations:
+                if done.get(mig.version) == "applied":
+                    continue
+                ext = mig.required_extension
+                if ext and not extension_available(conn, ext):
+                    if mig.version not in done:
+                        conn.execute(
+                            "INSERT INTO schema_migrations (version, name, status) VALUES (%s, %s, 'skipped')",
+                            (mig.version, mig.name),
+                        )
+                    skipped.append(mig.name)
+                    continue
+                log.info("applying migration %s", mig.name)
+                if mig.transactional:
+                    with conn.transaction():
+                        conn.execute(mig.sql.encode())
+                        _record(conn, mig)
+                else:
+                    for statement in _split_statements(mig.sql):
+                        conn.execute(statement.encode())
+                    _record(conn, mig)
+                applied.append(mig.name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_KEY,))
+    return MigrationResult(applied, skipped)
+
+
+def _record(conn: psycopg.Connection, mig: Migration) -> None:
+    conn.execute(
+        """INSERT INTO schema_migrations (version, name, status) VALUES (%s, %s, 'applied')
+           ON CONFLICT (version) DO UPDATE SET status = 'applied', applied_at = now()""",
+        (mig.version, mig.name),
+    )

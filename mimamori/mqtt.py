@@ -1,0 +1,159 @@
+"""MQTT connection helpers shared by every stage (paho-mqtt 2).
+
+- ``MqttUrl.parse("mqtt://user:pw@host:1883")`` (``mqtts://`` for TLS, default port 8883).
+- ``negotiate_protocol(url)``: MQTT v5 when the broker speaks it, else 3.1.1 (amqtt speaks only
+  3.1.1 and has no shared subscriptions); stages adapt to what this returns.
+- ``make_client(...)`` / ``connect(...)``: a paho client set up the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+MQTTv5 = paho.MQTTv5
+MQTTv311 = paho.MQTTv311
+
+
+@dataclass(frozen=True)
+class MqttUrl:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> MqttUrl:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
+        tls = parts.scheme in ("mqtts", "ssl")
+        query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+            ca_file=query.get("ca"),
+        )
+
+    def __str__(self) -> str:
+        auth = f"{self.username}:***@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
+
+
+def _v5_connect_packet(client_id: str) -> bytes:
+    cid = client_id.encode()
+    variable = b"\x00\x04MQTT" + bytes([5, 0x02]) + struct.pack("!H", 10) + b"\x00"
+    payload = struct.pack("!H", len(cid)) + cid
+    body = variable + payload
+    return bytes([0x10, len(body)]) + body  # body < 128 bytes: one-byte remaining length
+
+
+def negotiate_protocol(url: MqttUrl, preference: Literal["auto", "5", "3.1.1"] = "auto", timeout: float = 5.0) -> int:
+    """Return ``MQTTv5`` or ``MQTTv311``: the newest protocol the broker accepts.
+
+    Probes with a bare v5 CONNECT (a clean, throwaway session); a broker that answers anything but
+    a successful v5 CONNACK, or hangs up, gets 3.1.1.
+    """
+    if preference == "5":
+        return MQTTv5
+    if preference == "3.1.1":
+        return MQTTv311
+    raw = socket.create_connection((url.host, url.port), timeout=timeout)
+    try:
+        sock: socket.socket = raw
+        if url.tls:
+            ctx = ssl.create_default_context(cafile=url.ca_file)
+            sock = ctx.wrap_socket(raw, server_hostname=url.host)
+        sock.sendall(_v5_connect_packet(f"mimamori-probe-{uuid.uuid4().hex[:12]}"))
+        try:
+            head = sock.recv(5)
+        except (ConnectionError, socket.timeout, ssl.SSLError):
+            return MQTTv311
+        # v5 CONNACK: 0x20, remaining length, ack flags, reason code (0 = success), properties
+        ok = len(head) >= 4 and head[0] == 0x20 and head[3] == 0
+        if ok:
+            sock.sendall(b"\xe0\x00")  # DISCONNECT
+        return MQTTv5 if ok else MQTTv311
+    except OSError:
+        raise
+    finally:
+        raw.close()
+
+
+def make_client(
+    url: MqttUrl,
+    client_id: str,
+    *,
+    protocol: int = MQTTv5,
+    manual_ack: bool = False,
+    clean_start: bool = True,
+    userdata: object = None,
+) -> paho.Client:
+    """A paho client with credentials and TLS from ``url``.
+
+    For MQTT 3.1.1 the persistent-session choice is made here (``clean_session``); for v5 it is
+    made at ``connect`` (``clean_start`` + session expiry).
+    """
+    kwargs: dict[str, object] = {}
+    if protocol != MQTTv5:
+        kwargs["clean_session"] = clean_start
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=protocol,
+        userdata=userdata,
+        manual_ack=manual_ack,
+        **kwargs,
+    )
+    if url.username:
+        client.username_pw_set(url.username, url.password)
+    if url.tls:
+        client.tls_set(ca_certs=url.ca_file)
+    # Keep QoS 1 messages flowing while earlier ones await PUBACK (paho's default is 20).
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    return client
+
+
+def connect_properties(*, session_expiry_s: int | None = None, receive_maximum: int | None = None) -> Properties:
+    props = Properties(PacketTypes.CONNECT)
+    if session_expiry_s is not None:
+        props.SessionExpiryInterval = session_expiry_s
+    if receive_maximum is not None:
+        props.ReceiveMaximum = receive_maximum
+    return props
+
+
+def connect(
+    client: paho.Client,
+    url: MqttUrl,
+    *,
+    keepalive: int = 30,
+    clean_start: bool = True,
+    session_expiry_s: int | None = None,
+    receive_maximum: int | None = None,
+    asynchronous: bool = False,
+) -> None:
+    """Connect ``client`` (made by ``make_client``); v5 options are ignored on 3.1.1."""
+    if client.protocol == MQTTv5:
+        props = connect_properties(session_expiry_s=session_expiry_s, receive_maximum=receive_maximum)
+        fn = client.connect_async if asynchronous else client.connect
+        fn(url.host, url.port, keepalive, clean_start=clean_start, properties=props)
+    else:
+        fn = client.connect_async if asynchronous else client.connect
+        fn(url.host, url.port, keepalive)
