@@ -197,12 +197,15 @@ def demo(
     days: Annotated[float, typer.Option(min=0.1)] = 7.0,
     speed: Annotated[str, typer.Option(help="Simulated seconds per real second, or 'max'.")] = "7200",
     seed: int = 1,
+    exit_when_done: Annotated[bool, typer.Option(help="Stop once the simulation is stored (for scripts).")] = False,
 ) -> None:
     """The whole service on embedded defaults with a simulated town, with live progress."""
     from mimamori.demo import run_demo
 
     settings = _settings()
-    run_demo(settings, households=households, days=days, speed=_speed(speed), seed=seed, stop=_stop_on_signals())
+    result = run_demo(settings, households=households, days=days, speed=_speed(speed), seed=seed,
+                      stop=_stop_on_signals(), exit_when_done=exit_when_done)
+    console.print(f"demo stopped: {result}")
 
 
 @bench_app.command("ingest")

@@ -245,8 +245,12 @@ class AmqttBroker(EmbeddedBroker):
         self._loop = self._thread = None
 
 
-def start_broker(workdir: Path, port: int | None = None, prefer: str = "auto") -> EmbeddedBroker:
-    """Start Mosquitto when its binary is available (or ``prefer == 'mosquitto'``), else amqtt."""
+def start_broker(workdir: Path, port: int | None = None, prefer: str | None = None) -> EmbeddedBroker:
+    """Start Mosquitto when its binary is available, else amqtt.
+
+    ``prefer`` (default: ``MIMAMORI_EMBEDDED_BROKER`` or "auto") forces "mosquitto" or "amqtt".
+    """
+    prefer = prefer or os.environ.get("MIMAMORI_EMBEDDED_BROKER", "auto")
     use_mosquitto = prefer == "mosquitto" or (prefer == "auto" and (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")))
     broker: EmbeddedBroker = MosquittoBroker(workdir / "mosquitto", port) if use_mosquitto else AmqttBroker(port)
     broker.start()

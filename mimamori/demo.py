@@ -1,0 +1,118 @@
+"""``mimamori demo``: the whole service on embedded defaults with a simulated town.
+
+Part of the CLI layer (it wires stages together), so it imports stages lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from mimamori.clock import as_datetime
+from mimamori.config import Settings
+
+log = logging.getLogger(__name__)
+
+_COUNTS_SQL = """
+SELECT (SELECT count(*) FROM events WHERE kind IN ('on', 'off', 'motion', 'open', 'close')),
+       (SELECT count(*) FROM events),
+       (SELECT count(*) FROM dead_letters),
+       (SELECT count(*) FROM gateways WHERE status = 'online'),
+       (SELECT count(*) FROM devices WHERE household_id IS NULL),
+       (SELECT count(*) FROM device_state WHERE power = 'on')
+"""
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self.fleet: dict[str, Any] = {}
+        self.db: tuple[int, ...] = (0, 0, 0, 0, 0, 0)
+        self.done = False
+        self.report: Any = None
+        self.error: BaseException | None = None
+
+
+def _render(state: _Progress, households: int, started: float, services: str) -> Panel:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(justify="right", style="bold")
+    table.add_column()
+    f = state.fleet
+    sim_now = f.get("sim_time")
+    table.add_row("simulated time", as_datetime(sim_now).astimezone().strftime("%a %Y-%m-%d %H:%M") if sim_now else "starting…")
+    table.add_row("homes", f"{households}  ({f.get('devices', '…')} devices, {state.db[3]} gateways online)")
+    table.add_row("activity published", f"{f.get('activity_events_published', 0):,}")
+    table.add_row("activity stored", f"{state.db[0]:,}   (all events {state.db[1]:,})")
+    table.add_row("lights on now", f"{state.db[5]:,}")
+    table.add_row("dead letters", f"{state.db[2]:,}")
+    table.add_row("unpaired devices", f"{state.db[4]:,}")
+    table.add_row("running for", f"{time.monotonic() - started:,.0f} s")
+    status = "[green]simulation finished — the service keeps running; Ctrl-C to stop[/]" if state.done else "Ctrl-C to stop"
+    return Panel(Group(table, status), title="[bold]見守り mimamori demo[/]", subtitle=services)
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    households: int,
+    days: float,
+    speed: float | None,
+    seed: int,
+    stop: threading.Event,
+    exit_when_done: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    from firmware_sim.fleet import fleet_manifest, register_manifest, run_fleet
+    from mimamori.cli import _run_stages
+    from mimamori.runtime import services
+
+    console = console or Console()
+    state = _Progress()
+    with services(settings) as svc:
+        stage_threads = _run_stages(settings, svc, stop)
+        manifest = fleet_manifest(households, seed)
+        with psycopg.connect(svc.database_url) as conn:
+            register_manifest(conn, manifest)
+        workdir = Path(tempfile.mkdtemp(prefix="mimamori-demo-"))
+
+        def drive() -> None:
+            try:
+                state.report = run_fleet(
+                    svc.mqtt_url, households=households, days=days, speed=speed, seed=seed, workdir=workdir,
+                    progress=lambda snapshot: state.fleet.update(snapshot),
+                )
+                state.fleet.update(state.report.to_json())
+            except BaseException as exc:  # shown to the user; the service keeps running
+                state.error = exc
+                log.exception("simulation failed")
+            finally:
+                state.done = True
+
+        fleet_thread = threading.Thread(target=drive, name="fleet", daemon=True)
+        fleet_thread.start()
+        started = time.monotonic()
+        with psycopg.connect(svc.database_url, autocommit=True) as conn, Live(console=console, refresh_per_second=4) as live:
+            while not stop.is_set():
+                state.db = tuple(conn.execute(_COUNTS_SQL).fetchone())  # type: ignore[arg-type]
+                live.update(_render(state, households, started, svc.describe()))
+                if state.done and exit_when_done and state.db[0] >= state.fleet.get("activity_events_published", 0):
+                    break
+                if not all(t.is_alive() for t in stage_threads):
+                    console.print("[red]a service stage stopped unexpectedly[/]")
+                    break
+                stop.wait(0.5)
+        stop.set()
+        for t in stage_threads:
+            t.join(30)
+        if state.error:
+            raise state.error
+        return {"published": state.fleet.get("activity_events_published", 0), "stored": state.db[0], "dead_letters": state.db[2]}
