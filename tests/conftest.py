@@ -109,7 +109,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     pg = os.environ.get("MIMAMORI_TEST_DATABASE_URL") and "configured" or (
         "running at 127.0.0.1:5432" if embedded.port_open("127.0.0.1", 5432) else "embedded (started for the session)"
     )
+    forced = os.environ.get("MIMAMORI_EMBEDDED_BROKER", "auto")
+    has_mosquitto = bool(embedded.shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto"))
     mq = os.environ.get("MIMAMORI_TEST_MQTT_URL") and "configured" or (
-        "mosquitto started for the session" if embedded.shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto") else "amqtt in-process"
+        "mosquitto started for the session" if forced == "mosquitto" or (forced == "auto" and has_mosquitto) else "amqtt in-process"
     )
     return [f"mimamori services: PostgreSQL {pg}; MQTT broker {mq}"]
