@@ -1,0 +1,532 @@
+"""The gateway's uplink: outbox → MQTT QoS 1 → the service; commands back down.
+
+Concurrency model (chosen so a simulator can run hundreds of gateways in one process):
+one thread per ``Gateway`` drives its own paho client through paho's external-loop API
+(``socket()``, ``loop_read``/``loop_write``/``loop_misc``) with one ``select`` over the broker socket
+and a wake-up socketpair. Callers' threads only write to the outbox and poke the wake-up socket;
+every paho call happens on the gateway's thread, so the in-flight map needs no lock and a PUBACK
+can never overtake the bookkeeping of its PUBLISH.
+
+Reliability model: the outbox is the only source of truth. Each connection is a fresh clean
+session (a fresh paho client); after (re)connecting, every pending row is republished in order.
+Duplicates on the wire are expected and harmless, since ``(device_id, seq)`` identifies an event.
+At most ``max_inflight`` QoS 1 messages await PUBACK at any time.
+
+Reconnects: exponential backoff with full jitter (``uniform(0, min(cap, base * 2**attempt))``,
+real time, cap 30 s by default). Network waits are real time; protocol time (event and heartbeat
+timestamps, the heartbeat period, the replay window) comes from the ``Clock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import select
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import paho.mqtt.client as paho
+
+from mimamori import mqtt, protocol
+from mimamori.clock import Clock, SystemClock, now_ms
+from mimamori.config import Settings
+from mimamori.protocol import Command, Event
+
+from . import adapters
+from .adapters import Reading
+from .outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+_OK = paho.MQTT_ERR_SUCCESS
+_PRUNE_EVERY_S = 10.0  # real seconds between replay-window prunes
+_MAX_RESEND_QUEUE = 100_000
+
+
+class Gateway:
+    """One home's (or area's) uplink. See the module docstring for the model."""
+
+    def __init__(
+        self,
+        gateway_id: str,
+        uplink: mqtt.MqttUrl,
+        outbox_path: str | Path,
+        *,
+        clock: Clock,
+        protocol: int | None = None,
+        heartbeat_s: float = 60.0,
+        on_delivered: Callable[[Event], None] | None = None,
+        on_command: Callable[[str, Command], None] | None = None,
+        max_inflight: int = 256,
+        reconnect_base_s: float = 0.25,
+        reconnect_cap_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
+        keepalive_s: int = 30,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        outbox_max_rows: int = 1_000_000,
+        replay_window_s: float = 24 * 3600.0,
+        replay_rows_per_device: int = 10_000,
+    ) -> None:
+        self.gateway_id = protocol_check_gateway(gateway_id)
+        self.uplink = uplink
+        self.clock = clock
+        self.heartbeat_s = heartbeat_s
+        self.on_delivered = on_delivered
+        self.on_command = on_command
+        self.max_inflight = max(1, max_inflight)
+        self.reconnect_base_s = reconnect_base_s
+        self.reconnect_cap_s = reconnect_cap_s
+        self.connect_timeout_s = connect_timeout_s
+        self.keepalive_s = keepalive_s
+        self._protocol = protocol
+        self.outbox = Outbox(
+            outbox_path,
+            clock=clock,
+            max_rows=outbox_max_rows,
+            window_s=replay_window_s,
+            window_rows_per_device=replay_rows_per_device,
+            synchronous=synchronous,
+        )
+        self._memory = self.outbox.memory()
+        self._local_lock = threading.Lock()
+        self._rng = random.Random()
+        self._stats = {"published": 0, "acked": 0, "resent": 0, "rejected_local": 0, "rejected_commands": 0, "reconnects": 0}
+        self._progress = threading.Condition()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stop_evt = threading.Event()
+        self._mode: Literal["run", "stop", "kill"] = "run"
+        self._stop_deadline = 0.0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        # Connection state, touched only by the gateway thread:
+        self._client: paho.Client | None = None
+        self._connected = False
+        self._refused = False
+        self._connect_started = 0.0
+        self._ever_connected = False
+        self._inflight: dict[int, tuple[int | None, Event]] = {}  # mid -> (outbox row id, event)
+        self._last_id = 0  # highest pending row id published on this connection
+        self._resend_queue: deque[tuple[int, Event]] = deque()
+        self._delivered: list[tuple[int | None, Event]] = []
+        self._status_mid: int | None = None
+        self._status_acked = False
+        self._next_heartbeat = 0.0
+        self._next_prune = 0.0
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def start(self) -> Gateway:
+        if self._thread is not None:
+            raise RuntimeError("gateway already started")
+        if self._closed:
+            raise RuntimeError("gateway is closed")
+        self._thread = threading.Thread(target=self._run, name=f"gateway-{self.gateway_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful: publish retained ``offline``, wait for its PUBACK (bounded), DISCONNECT.
+        Pending events stay in the outbox for the next start."""
+        self._finish("stop", timeout)
+
+    def kill(self) -> None:
+        """Simulate power loss: drop TCP without DISCONNECT so the broker fires the last will.
+        The outbox file keeps everything committed; a new Gateway on it resumes."""
+        self._finish("kill", 5.0)
+
+    def submit(self, reading: Reading) -> Event:
+        """Store durably, then publish asynchronously."""
+        event = self.outbox.submit(reading)
+        self._wake()
+        return event
+
+    def handle_local(self, topic: str, payload: bytes) -> list[Event]:
+        """One message from the home's broker, through the adapters. Never raises."""
+        with self._local_lock:
+            outcome = adapters.normalise(topic, payload, now_ms=now_ms(self.clock), memory=self._memory)
+            if outcome.rejection is not None:
+                self._stats["rejected_local"] += 1
+                log.debug("gateway %s rejected local %s: %s %s", self.gateway_id, topic, outcome.rejection.reason, outcome.rejection.detail)
+                return []
+            if not outcome.readings and not outcome.memory_updates:
+                return []
+            try:
+                events = self.outbox.submit_many(outcome.readings, outcome.memory_updates)
+            except ValueError as exc:
+                self._stats["rejected_local"] += 1
+                log.warning("gateway %s rejected local %s: %s", self.gateway_id, topic, exc)
+                return []
+            self._memory.update(outcome.memory_updates)
+        if events:
+            self._wake()
+        return events
+
+    @property
+    def outbox_depth(self) -> int:
+        return self.outbox.depth
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self._stats)
+        out["outbox_depth"] = self.outbox.depth
+        out["replay_window"] = self.outbox.window_rows
+        out["inflight"] = len(self._inflight)
+        out["connected"] = self._connected
+        out.update(self.outbox.counters)
+        return out
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait (real time) until every pending event is PUBACKed. True if the outbox emptied."""
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            while self.outbox.depth > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._progress.wait(min(remaining, 0.5))
+        return True
+
+    def __enter__(self) -> Gateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _finish(self, mode: Literal["stop", "kill"], timeout: float) -> None:
+        if self._closed:
+            return
+        if self._thread is not None:
+            self._mode = mode
+            self._stop_deadline = time.monotonic() + max(0.0, timeout)
+            self._stop_evt.set()
+            self._wake()
+            self._thread.join(timeout + 1.0)
+            if self._thread.is_alive():
+                log.error("gateway %s thread did not stop within %.1fs", self.gateway_id, timeout)
+        self._closed = True
+        self.outbox.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already awake (buffer full) or closing
+
+    # -- the gateway thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        try:
+            while not self._stop_evt.is_set():
+                if self._client is None:
+                    if self._connect():
+                        continue
+                    delay = self._rng.uniform(0.0, min(self.reconnect_cap_s, self.reconnect_base_s * 2**min(attempt, 30)))
+                    attempt += 1
+                    self._stop_evt.wait(delay)
+                    continue
+                if not self._step(self._tick()):
+                    self._drop_connection("connection lost")
+                    continue
+                if self._connected:
+                    attempt = 0
+                    self._pump()
+                elif self._refused or time.monotonic() - self._connect_started > self.connect_timeout_s:
+                    self._drop_connection("no CONNACK" if not self._refused else "connection refused")
+            if self._mode == "kill":
+                self._abort_socket()
+            else:
+                self._graceful_disconnect()
+        except Exception:  # keep the process alive; the outbox still has everything
+            log.exception("gateway %s thread crashed", self.gateway_id)
+            self._abort_socket()
+        finally:
+            self._client = None
+            self._connected = False
+
+    def _tick(self) -> float:
+        return 0.25
+
+    def _step(self, timeout: float) -> bool:
+        """One select + paho read/write/misc. False when the connection is gone."""
+        client = self._client
+        assert client is not None
+        sock = client.socket()
+        if sock is None:
+            return False
+        wlist = [sock] if client.want_write() else []
+        try:
+            readable, writable, _ = select.select([sock, self._wake_r], wlist, [], timeout)
+        except (OSError, ValueError):
+            return False
+        if self._wake_r in readable:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+        rc = _OK
+        if sock in readable:
+            rc = client.loop_read()
+        if rc == _OK and client.want_write():
+            rc = client.loop_write()
+        if rc == _OK:
+            rc = client.loop_misc()
+        return rc == _OK
+
+    def _connect(self) -> bool:
+        """Open a fresh clean session. True when the TCP connection and CONNECT went out."""
+        try:
+            if self._protocol is None:
+                self._protocol = mqtt.negotiate_protocol(self.uplink, timeout=self.connect_timeout_s)
+            client = mqtt.make_client(self.uplink, f"mimamori-gw-{self.gateway_id}", protocol=self._protocol)
+            client.max_inflight_messages_set(self.max_inflight + 16)  # ours + status/subscribe headroom
+            client.connect_timeout = self.connect_timeout_s
+            client.will_set(protocol.status_topic(self.gateway_id), protocol.STATUS_OFFLINE, qos=1, retain=True)
+            client.on_connect = self._on_connect
+            client.on_publish = self._on_publish
+            client.on_message = self._on_message
+            self._refused = False
+            self._connected = False
+            self._connect_started = time.monotonic()
+            mqtt.connect(client, self.uplink, keepalive=self.keepalive_s, clean_start=True)
+        except (OSError, ValueError) as exc:
+            log.info("gateway %s: cannot connect to %s: %s", self.gateway_id, self.uplink, exc)
+            return False
+        self._client = client
+        return True
+
+    def _drop_connection(self, why: str) -> None:
+        if self._connected:
+            log.warning("gateway %s: %s; will reconnect", self.gateway_id, why)
+        self._collect_acks()
+        self._abort_socket()
+        self._client = None
+        self._connected = False
+        # Resends still in flight go back to the queue; pending rows are republished from the outbox.
+        for row_id, event in reversed([v for v in self._inflight.values() if v[0] is not None and v[0] < 0]):
+            self._resend_queue.appendleft((row_id, event))
+        self._inflight.clear()
+        self._last_id = 0
+
+    def _abort_socket(self) -> None:
+        """Close the TCP connection without an MQTT DISCONNECT (the broker then publishes the will)."""
+        client = self._client
+        sock = client.socket() if client is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        self._client = None  # paho's __del__ releases the rest
+
+    def _graceful_disconnect(self) -> None:
+        client = self._client
+        if client is None or not self._connected:
+            self._abort_socket()
+            return
+        self._collect_acks()
+        self._status_acked = False
+        self._status_mid = client.publish(protocol.status_topic(self.gateway_id), protocol.STATUS_OFFLINE, qos=1, retain=True).mid
+        while not self._status_acked and time.monotonic() < self._stop_deadline:
+            if not self._step(0.05):
+                break
+        self._collect_acks()
+        if client.socket() is not None:
+            client.disconnect()
+            deadline = time.monotonic() + 1.0
+            while client.want_write() and client.socket() is not None and time.monotonic() < deadline:
+                client.loop_write()
+        self._abort_socket()
+
+    # -- paho callbacks (run on the gateway thread) -------------------------------------------
+
+    def _on_connect(self, client: paho.Client, userdata: object, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("gateway %s: broker refused connection: %s", self.gateway_id, reason_code)
+            self._refused = True
+            return
+        self._connected = True
+        if self._ever_connected:
+            self._stats["reconnects"] += 1
+        self._ever_connected = True
+        self._last_id = 0
+        client.subscribe(protocol.command_filter(self.gateway_id), qos=1)
+        client.publish(protocol.status_topic(self.gateway_id), protocol.STATUS_ONLINE, qos=1, retain=True)
+        self._next_heartbeat = self.clock.now()
+        log.info("gateway %s connected to %s (outbox %d pending)", self.gateway_id, self.uplink, self.outbox.depth)
+
+    def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason_code: Any, properties: Any) -> None:
+        entry = self._inflight.pop(mid, None)
+        if entry is not None:
+            self._delivered.append(entry)
+        elif mid == self._status_mid:
+            self._status_acked = True
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        try:
+            topic = protocol.parse_topic(message.topic)
+            if topic.channel != "cmd" or topic.gateway_id != self.gateway_id or topic.device_id is None:
+                raise protocol.ProtocolError("bad_topic", message.topic)
+            command = protocol.decode_command(message.payload)
+        except protocol.ProtocolError as exc:
+            self._stats["rejected_commands"] += 1
+            log.warning("gateway %s: bad command on %s: %s", self.gateway_id, message.topic, exc)
+            return
+        if command.cmd == "resend":
+            self._queue_resend(topic.device_id, command.args["from_seq"], command.args["to_seq"])
+        elif self.on_command is not None:
+            try:
+                self.on_command(topic.device_id, command)
+            except Exception:
+                log.exception("gateway %s: on_command failed", self.gateway_id)
+
+    def _queue_resend(self, device_id: str, from_seq: int, to_seq: int) -> None:
+        room = _MAX_RESEND_QUEUE - len(self._resend_queue)
+        rows = self.outbox.replay(device_id, from_seq, to_seq, limit=max(0, room))
+        # Negative row ids mark resends: their PUBACK still acks the row if it was pending.
+        self._resend_queue.extend((-row_id, event) for row_id, event in rows)
+        held = {e.seq for _, e in rows}
+        missing = (to_seq - from_seq + 1) - len(held)
+        log.info("gateway %s: resend %s %d..%d: %d queued, %d not held", self.gateway_id, device_id, from_seq, to_seq, len(rows), missing)
+
+    # -- work between network steps -----------------------------------------------------------
+
+    def _collect_acks(self) -> None:
+        if not self._delivered:
+            return
+        batch, self._delivered = self._delivered, []
+        self.outbox.ack(abs(row_id) for row_id, _ in batch if row_id is not None)
+        self._stats["acked"] += len(batch)
+        with self._progress:
+            self._progress.notify_all()
+        if self.on_delivered is not None:
+            for _, event in batch:
+                try:
+                    self.on_delivered(event)
+                except Exception:
+                    log.exception("gateway %s: on_delivered failed", self.gateway_id)
+
+    def _pump(self) -> None:
+        self._collect_acks()
+        client = self._client
+        assert client is not None
+        room = self.max_inflight - len(self._inflight)
+        while room > 0 and self._resend_queue:
+            row_id, event = self._resend_queue.popleft()
+            if not self._publish(client, row_id, event):
+                self._resend_queue.appendleft((row_id, event))
+                return
+            self._stats["resent"] += 1
+            room -= 1
+        if room > 0 and self.outbox.depth > 0:
+            for row_id, event in self.outbox.pending(room, after_id=self._last_id):
+                if not self._publish(client, row_id, event):
+                    return
+                self._last_id = row_id
+        now = self.clock.now()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = max(self._next_heartbeat + self.heartbeat_s, now)
+            payload = protocol.encode_gateway_heartbeat(
+                now_ms(self.clock), self.outbox.depth, published=self._stats["published"], reconnects=self._stats["reconnects"]
+            )
+            client.publish(protocol.heartbeat_topic(self.gateway_id), payload, qos=0)
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + _PRUNE_EVERY_S
+            self.outbox.prune()
+
+    def _publish(self, client: paho.Client, row_id: int, event: Event) -> bool:
+        info = client.publish(protocol.event_topic(self.gateway_id, event.device_id), protocol.encode_event(event), qos=1)
+        # Registered in paho either way; on failure the connection is going down and will be redone.
+        self._inflight[info.mid] = (row_id, event)
+        self._stats["published"] += 1
+        return info.rc == _OK
+
+
+def protocol_check_gateway(gateway_id: str) -> str:
+    return protocol.check_id(gateway_id, "gateway")
+
+
+# ---------------------------------------------------------------------------------------------
+# `mimamori gateway`
+# ---------------------------------------------------------------------------------------------
+
+
+def _uplink_protocol(settings: Settings) -> int | None:
+    return {"auto": None, "5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}[settings.mqtt_protocol]
+
+
+def run_gateway(settings: Settings, *, gateway_id: str, local_url: str, outbox_path: Path) -> None:
+    """Bridge the home's broker at ``local_url`` to the service until SIGINT/SIGTERM.
+
+    The outbox is fsynced on every commit (``synchronous=FULL``): a home gateway must survive
+    power cuts, and a home's event rate makes the fsync cost irrelevant.
+    """
+    if not settings.mqtt_url:
+        raise ValueError("the gateway needs the service's broker: set MIMAMORI_MQTT_URL (mqtt://host:1883)")
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    local_url_parsed = mqtt.MqttUrl.parse(local_url)
+    gateway = Gateway(
+        gateway_id,
+        mqtt.MqttUrl.parse(settings.mqtt_url),
+        outbox_path,
+        clock=SystemClock(),
+        protocol=_uplink_protocol(settings),
+        heartbeat_s=settings.gateway_heartbeat_s,
+        synchronous="FULL",
+    )
+    # A persistent local session: the home broker queues device messages while we restart.
+    local = mqtt.make_client(local_url_parsed, f"mimamori-gw-{gateway_id}-local", protocol=mqtt.MQTTv311, clean_start=False)
+
+    def on_connect(client: paho.Client, userdata: object, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("local broker refused connection: %s", reason_code)
+            return
+        client.subscribe([(t, 1) for t in adapters.LOCAL_SUBSCRIPTIONS])
+        log.info("gateway %s listening on %s", gateway_id, local_url_parsed)
+
+    def on_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        # Returns after the outbox commit; paho sends the local PUBACK after this callback.
+        gateway.handle_local(message.topic, message.payload)
+
+    def on_command(device_id: str, command: Command) -> None:
+        # Native devices listen on mimamori/local/<device>/cmd; other dialects have no downlink yet.
+        local.publish(f"{adapters.NATIVE_PREFIX}{device_id}/cmd", protocol.encode_command(command), qos=1)
+
+    gateway.on_command = on_command
+    local.on_connect = on_connect
+    local.on_message = on_message
+    local.reconnect_delay_set(1, 30)
+    try:
+        gateway.start()
+        mqtt.connect(local, local_url_parsed, asynchronous=True)
+        local.loop_start()
+        stop.wait()
+        log.info("gateway %s stopping", gateway_id)
+    finally:
+        local.disconnect()
+        local.loop_stop()
+        gateway.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
