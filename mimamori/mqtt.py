@@ -103,16 +103,18 @@ def make_client(
     manual_ack: bool = False,
     clean_start: bool = True,
     userdata: object = None,
+    client_class: type[paho.Client] = paho.Client,
 ) -> paho.Client:
     """A paho client with credentials and TLS from ``url``.
 
     For MQTT 3.1.1 the persistent-session choice is made here (``clean_session``); for v5 it is
-    made at ``connect`` (``clean_start`` + session expiry).
+    made at ``connect`` (``clean_start`` + session expiry). ``client_class`` lets a stage use a
+    paho subclass (ingest's buffered, batch-acking client).
     """
     kwargs: dict[str, object] = {}
     if protocol != MQTTv5:
         kwargs["clean_session"] = clean_start
-    client = paho.Client(
+    client = client_class(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=protocol,

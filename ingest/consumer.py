@@ -1,0 +1,449 @@
+"""The ingest process: MQTT → validate → batch → one transaction → ack.
+
+Two threads:
+
+- the network thread owns the paho client: it reads, classifies each message (pure), fills the
+  current batch, hands full (or old enough) batches to the database thread, writes the PUBACKs of
+  committed batches in one burst, publishes resend commands, and reconnects;
+- the database thread writes each batch in one transaction (retrying with backoff while the
+  database is away, never acking meanwhile) and runs the gap sweeper on its clock.
+
+Memory stays bounded: the broker never has more than ``ingest_receive_maximum`` unacknowledged
+messages out to us (MQTT v5 flow control), and on MQTT 3.1.1 the network thread stops reading
+while that many messages await their commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import psycopg
+from paho.mqtt.enums import MQTTErrorCode
+
+from mimamori import mqtt, protocol
+from mimamori.clock import Clock, SystemClock
+from mimamori.config import Settings
+from mimamori.mqtt import MqttUrl
+
+from . import store
+from .batch import Batch
+from .client import IngestClient
+from .sweeper import GapSweeper
+from .validate import Classifier, DeadLetter
+
+log = logging.getLogger(__name__)
+
+Sink = Literal["database", "null"]
+
+
+@dataclass
+class IngestStats:
+    """Counters since start (plain ints; read them any time, e.g. for Prometheus)."""
+
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    heartbeats: int = 0
+    batches: int = 0
+    acked: int = 0
+    last_batch_size: int = 0
+    #: Seconds from the newest event's device time to its commit, for the last batch.
+    lag_s: float = 0.0
+    db_errors: int = 0
+    connects: int = 0
+    resend_requests: int = 0
+    #: time.monotonic() of the first message and of the last commit (throughput measurements).
+    first_message_at: float = 0.0
+    last_commit_at: float = 0.0
+
+    def snapshot(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def default_client_id(settings: Settings, index: int = 0) -> str:
+    """Fixed per process slot so that a restarted ingest resumes its persistent session."""
+    if settings.ingest_client_id:
+        return settings.ingest_client_id if index == 0 else f"{settings.ingest_client_id}-{index}"
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40]
+    return f"mimamori-ingest-{host}-{index}"
+
+
+class IngestService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        database_url: str | None,
+        mqtt_url: MqttUrl,
+        clock: Clock | None = None,
+        client_id: str | None = None,
+        index: int = 0,
+        on_batch: Callable[[dict], None] | None = None,
+        sink: Sink = "database",
+        sweeper: GapSweeper | None = None,
+        drain_timeout_s: float = 30.0,
+        share_group: str = protocol.INGEST_SHARE_GROUP,
+    ) -> None:
+        if sink == "database" and not database_url:
+            raise ValueError("database_url is required")
+        self.settings = settings
+        self.database_url = database_url
+        self.mqtt_url = mqtt_url
+        self.clock = clock or SystemClock()
+        self.client_id = client_id or default_client_id(settings, index)
+        self.on_batch = on_batch
+        self.sink = sink
+        self.sweeper = sweeper if sweeper is not None else (GapSweeper(self.clock) if sink == "database" else None)
+        self.drain_timeout_s = drain_timeout_s
+        self.share_group = share_group
+        self.stats = IngestStats()
+        self.classifier = Classifier()
+
+        self.batch_size = settings.ingest_batch_size
+        self.max_wait_s = settings.ingest_batch_max_wait_s
+        self.receive_maximum = settings.ingest_receive_maximum
+        # Messages received but not yet acknowledged, beyond which we stop reading (3.1.1 brokers
+        # have no receive maximum; on v5 the broker stops first).
+        self.max_unacked = max(self.receive_maximum, 2 * self.batch_size)
+
+        self.stop_event = threading.Event()
+        self._abort_db = threading.Event()  # give up retrying the database (shutdown timed out)
+        self._to_db: queue.Queue[Batch | None] = queue.Queue()
+        self._done: deque[tuple[int, list[int]]] = deque()  # (generation, packet ids) to ack
+        self._outbox: deque[tuple[str, bytes]] = deque()  # commands to publish
+        self._unacked = 0  # messages handed to the DB thread, not yet acked (network thread only)
+        self._pending_lock = threading.Lock()
+        self._generation = 0
+        self._connected = False
+        self._batch = Batch()
+        self._batch_opened = 0.0
+        self.protocol = mqtt.MQTTv5
+        self.client: IngestClient | None = None
+
+    # --- MQTT ---------------------------------------------------------------------------------
+
+    def _make_client(self) -> IngestClient:
+        self.protocol = mqtt.negotiate_protocol(self.mqtt_url, self.settings.mqtt_protocol)
+        client = mqtt.make_client(
+            self.mqtt_url,
+            self.client_id,
+            protocol=self.protocol,
+            manual_ack=True,
+            clean_start=False,
+            client_class=IngestClient,
+        )
+        assert isinstance(client, IngestClient)
+        client.on_raw_publish = self._on_raw_publish
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        mqtt.connect(
+            client,
+            self.mqtt_url,
+            clean_start=False,
+            session_expiry_s=self.settings.ingest_session_expiry_s,
+            receive_maximum=self.receive_maximum,
+            asynchronous=True,
+        )
+        return client
+
+    def _filters(self) -> list[str]:
+        filters = [protocol.EVENT_FILTER, protocol.STATUS_FILTER, protocol.HEARTBEAT_FILTER]
+        if self.protocol == mqtt.MQTTv5:
+            return [protocol.shared(f, self.share_group) for f in filters]
+        return filters  # 3.1.1 (amqtt): no shared subscriptions, one ingest process
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        if reason_code.is_failure:
+            log.warning("MQTT connect refused: %s", reason_code)
+            return
+        self._hand_off()  # what we hold belongs to the old connection (its acks are void now)
+        self._generation += 1
+        self._connected = True
+        self.stats.connects += 1
+        client.subscribe([(f, 1) for f in self._filters()])
+        log.info("ingest connected to %s as %s (session present: %s)", self.mqtt_url, self.client_id, flags.session_present)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        self._connected = False
+        if not self.stop_event.is_set():
+            log.warning("ingest disconnected from broker: %s", reason_code)
+
+    def _on_raw_publish(self, topic: bytes, payload: bytes, mid: int, qos: int, retain: bool) -> None:
+        stats = self.stats
+        if not stats.received:
+            stats.first_message_at = time.monotonic()
+        stats.received += 1
+        batch = self._batch
+        if not batch.received:
+            self._batch_opened = time.monotonic()
+            batch.generation = self._generation
+        batch.add(self.classifier.classify(topic, payload), mid if qos else 0)
+        if batch.received >= self.batch_size:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        batch = self._batch
+        if not batch.received:
+            return
+        self._batch = Batch(self._generation)
+        with self._pending_lock:
+            self._unacked += batch.received
+        self._to_db.put(batch)
+
+    def _after_io(self, client: IngestClient) -> None:
+        done = self._done
+        while done:
+            generation, mids = done.popleft()
+            if generation == self._generation and self._connected:
+                client.ack_many(mids)
+                self.stats.acked += len(mids)
+        outbox = self._outbox
+        while outbox and self._connected:
+            topic, payload = outbox.popleft()
+            client.publish(topic, payload, qos=1)
+            self.stats.resend_requests += 1
+        if self._batch.received and time.monotonic() - self._batch_opened >= self.max_wait_s:
+            self._hand_off()
+
+    def _network_loop(self) -> None:
+        client = self.client
+        assert client is not None
+        backoff = 0.1
+        need_connect = True
+        while not self.stop_event.is_set():
+            if need_connect:
+                try:
+                    client.reconnect()
+                    need_connect = False
+                    backoff = 0.1
+                except OSError as exc:
+                    log.warning("broker unreachable (%s); retrying in %.1fs", exc, backoff)
+                    self.stop_event.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+            if self._unacked >= self.max_unacked:
+                # Back-pressure: keep the connection alive (pings, acks) but read nothing new.
+                rc = client.loop_write()
+                if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    rc = client.loop_misc()
+                self.stop_event.wait(0.005)
+            else:
+                timeout = 0.005 if (self._unacked or self._batch.received) else 0.1
+                rc = client.loop(timeout)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._connected = False
+                need_connect = True
+                self.stop_event.wait(min(backoff, 1.0))
+                continue
+            self._after_io(client)
+
+    def _drain_and_disconnect(self) -> None:
+        """Graceful stop: commit what we hold, ack it, then leave (the session keeps the rest)."""
+        client = self.client
+        assert client is not None
+        self._hand_off()
+        deadline = time.monotonic() + self.drain_timeout_s
+        while self._unacked and time.monotonic() < deadline and self._connected:
+            rc = client.loop(0.01)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            # Read nothing new: the batch handed off above is the last one we take.
+            self._after_io_acks_only(client)
+        if self._unacked:
+            log.warning("ingest stopping with %d messages not committed; the broker will redeliver them", self._unacked)
+        if self._connected:
+            client.disconnect()
+            for _ in range(50):  # let DISCONNECT (and the last PUBACKs) reach the socket
+                if client.loop(0.01) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+
+    def _after_io_acks_only(self, client: IngestClient) -> None:
+        done = self._done
+        while done:
+            generation, mids = done.popleft()
+            if generation == self._generation and self._connected:
+                client.ack_many(mids)
+                self.stats.acked += len(mids)
+        if self._batch.received:  # messages read while draining: commit them too
+            self._hand_off()
+
+    # --- database ------------------------------------------------------------------------------
+
+    def _connect_db(self) -> psycopg.Connection:
+        conn = psycopg.connect(self.database_url, connect_timeout=5, application_name=f"mimamori-ingest {self.client_id}")  # type: ignore[arg-type]
+        store.prepare(conn)
+        return conn
+
+    def _db_loop(self) -> None:
+        conn: psycopg.Connection | None = None
+        try:
+            while True:
+                try:
+                    batch = self._to_db.get(timeout=0.5)
+                except queue.Empty:
+                    conn = self._maybe_sweep(conn)
+                    continue
+                if batch is None:
+                    break
+                conn = self._commit_with_retry(conn, batch)
+                conn = self._maybe_sweep(conn)
+        finally:
+            if conn is not None and not conn.closed:
+                conn.close()
+
+    def _commit_with_retry(self, conn: psycopg.Connection | None, batch: Batch) -> psycopg.Connection | None:
+        backoff = 0.1
+        while True:
+            if self._abort_db.is_set():
+                return conn
+            try:
+                if self.sink == "null":
+                    result = store.BatchResult(stored=0, duplicates=0, dead_letters=len(batch.dead_letters), heartbeats=0)
+                else:
+                    if conn is None or conn.closed:
+                        conn = self._connect_db()
+                    try:
+                        result = store.write_batch(conn, batch, self.clock.now())
+                    except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, psycopg.InternalError) as exc:
+                        log.error("batch refused by the database (%s); isolating its messages", exc)
+                        result = self._write_singly(conn, batch)
+                break
+            except (psycopg.Error, OSError) as exc:
+                self.stats.db_errors += 1
+                log.warning("database unavailable (%s); retrying in %.1fs", str(exc).strip()[:200], backoff)
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+                conn = None
+                self._abort_db.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self._committed(batch, result)
+        return conn
+
+    def _write_singly(self, conn: psycopg.Connection, batch: Batch) -> store.BatchResult:
+        """Write item by item; an item the database refuses becomes a dead letter."""
+        totals = [0, 0, 0, 0]
+        for single in batch.singles():
+            try:
+                r = store.write_batch(conn, single, self.clock.now())
+            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, psycopg.InternalError) as exc:
+                dl = Batch(batch.generation)
+                dl.add(DeadLetter("", single.describe().encode(), "db_rejected", str(exc)[:200]))
+                r = store.write_batch(conn, dl, self.clock.now())
+            for i, v in enumerate((r.stored, r.duplicates, r.dead_letters, r.heartbeats)):
+                totals[i] += v
+        totals[1] += batch.in_batch_duplicates
+        return store.BatchResult(*totals)
+
+    def _committed(self, batch: Batch, result: store.BatchResult) -> None:
+        stats = self.stats
+        stats.stored += result.stored
+        stats.duplicates += result.duplicates
+        stats.dead_letters += result.dead_letters
+        stats.heartbeats += result.heartbeats
+        stats.batches += 1
+        stats.last_batch_size = batch.received
+        if batch.newest_ts_ms:
+            stats.lag_s = max(0.0, self.clock.now() - batch.newest_ts_ms / 1000.0)
+        stats.last_commit_at = time.monotonic()
+        self._done.append((batch.generation, batch.acks))
+        with self._pending_lock:
+            self._unacked -= batch.received
+        if self.on_batch is not None:
+            try:
+                self.on_batch(
+                    {
+                        "size": batch.received,
+                        "stored": result.stored,
+                        "duplicates": result.duplicates,
+                        "dead_letters": result.dead_letters,
+                        "heartbeats": result.heartbeats,
+                        "totals": stats.snapshot(),
+                    }
+                )
+            except Exception:  # noqa: BLE001 - an observer must not stop ingest
+                log.exception("on_batch callback failed")
+
+    def _maybe_sweep(self, conn: psycopg.Connection | None) -> psycopg.Connection | None:
+        if self.sweeper is None or self.sink != "database" or not self.sweeper.due():
+            return conn
+        try:
+            if conn is None or conn.closed:
+                conn = self._connect_db()
+            self._outbox.extend(self.sweeper.sweep(conn))
+        except (psycopg.Error, OSError) as exc:
+            log.warning("gap sweep failed: %s", exc)
+            if conn is not None and not conn.closed:
+                conn.close()
+            conn = None
+        return conn
+
+    # --- run ------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Block until ``stop_event`` is set; then flush, ack and disconnect."""
+        self.client = self._make_client()
+        db_thread = threading.Thread(target=self._db_loop, name="ingest-db", daemon=True)
+        db_thread.start()
+        try:
+            self._network_loop()
+            self._drain_and_disconnect()
+        finally:
+            if self._unacked:
+                self._abort_db.set()  # the database is away: stop retrying, the broker keeps the rest
+            self._to_db.put(None)
+            db_thread.join(timeout=10)
+            log.info("ingest stopped: %s", self.stats.snapshot())
+
+
+def run_ingest(
+    settings: Settings,
+    *,
+    database_url: str,
+    mqtt_url: MqttUrl,
+    stop: threading.Event | None = None,
+    on_batch: Callable[[dict], None] | None = None,
+    clock: Clock | None = None,
+    client_id: str | None = None,
+    index: int = 0,
+    service: list[IngestService] | None = None,
+) -> None:
+    """Run one ingest consumer until ``stop`` is set (or SIGTERM/SIGINT in the main thread).
+
+    ``client_id`` defaults to ``settings.ingest_client_id`` or ``mimamori-ingest-<host>-<index>``:
+    fixed, so that a restart resumes the persistent session. ``service``: if given, the running
+    ``IngestService`` is appended to it (to read its ``stats``).
+    """
+    svc = IngestService(settings, database_url=database_url, mqtt_url=mqtt_url, clock=clock, client_id=client_id, index=index, on_batch=on_batch)
+    if service is not None:
+        service.append(svc)
+    if stop is not None:
+        svc.stop_event = stop
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: svc.stop_event.set())
+    try:
+        svc.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m ingest.consumer` for quick manual runs
+    logging.basicConfig(level=os.environ.get("MIMAMORI_LOG_LEVEL", "INFO"))
+    s = Settings()
+    run_ingest(s, database_url=s.database_url or "", mqtt_url=MqttUrl.parse(s.mqtt_url or "mqtt://127.0.0.1:1883"))

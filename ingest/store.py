@@ -1,0 +1,233 @@
+"""Write one batch in one transaction; pair a device with its household.
+
+Per batch: COPY the events (device heartbeats included) into a temporary staging table, then a
+handful of set-based statements register unknown gateways and devices, insert the events (the
+``events_identity`` key drops re-deliveries), fold the batch into ``device_state``, and COPY the
+dead letters. The caller commits and only then acknowledges the MQTT messages.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from mimamori.clock import as_datetime
+
+from .batch import Batch
+
+# ``ON COMMIT DELETE ROWS``: the staging table is empty at the start of every batch.
+CREATE_STAGE = """
+CREATE TEMPORARY TABLE IF NOT EXISTS ingest_stage (
+    gateway_id text NOT NULL,
+    device_id  text NOT NULL,
+    seq        bigint NOT NULL,
+    ts_ms      bigint NOT NULL,
+    kind       text NOT NULL,
+    value      double precision
+) ON COMMIT DELETE ROWS
+"""
+
+COPY_STAGE = "COPY ingest_stage (gateway_id, device_id, seq, ts_ms, kind, value) FROM STDIN"
+
+# Gateways seen in this batch. last_seen_at is refreshed at most every 10 s per gateway so that a
+# busy gateway does not rewrite its row on every batch.
+UPSERT_GATEWAYS = """
+INSERT INTO gateways AS g (gateway_id, last_seen_at)
+SELECT DISTINCT gateway_id, %(now)s::timestamptz FROM ingest_stage ORDER BY gateway_id
+ON CONFLICT (gateway_id) DO UPDATE SET last_seen_at = EXCLUDED.last_seen_at
+WHERE g.last_seen_at IS NULL OR g.last_seen_at < EXCLUDED.last_seen_at - interval '10 seconds'
+"""
+
+# Unknown devices are registered unpaired (household NULL, kind NULL) for a coordinator to pair.
+# A device that moved to another gateway follows it (resend commands go to its current gateway).
+UPSERT_DEVICES = """
+INSERT INTO devices AS d (device_id, gateway_id, first_seen_at)
+SELECT device_id, (array_agg(gateway_id ORDER BY ts_ms DESC))[1], %(now)s::timestamptz
+FROM ingest_stage GROUP BY device_id ORDER BY device_id
+ON CONFLICT (device_id) DO UPDATE SET gateway_id = EXCLUDED.gateway_id
+WHERE d.gateway_id IS DISTINCT FROM EXCLUDED.gateway_id
+"""
+
+# The household comes from the device's pairing at the time the event is stored (NULL if unpaired;
+# pair_device back-fills it later). Duplicates, inside the batch or across batches, are dropped.
+INSERT_EVENTS = """
+INSERT INTO events (time, household_id, device_id, seq, kind, value, received_at)
+SELECT timestamptz 'epoch' + s.ts_ms * interval '1 millisecond', d.household_id, s.device_id, s.seq,
+       s.kind, s.value, %(now)s::timestamptz
+FROM ingest_stage s LEFT JOIN devices d ON d.device_id = s.device_id
+WHERE s.kind <> 'heartbeat'
+ON CONFLICT (device_id, seq, time) DO NOTHING
+"""
+
+# Rows are upserted in key order (ORDER BY) so that two ingest processes lock rows in the same order
+# and cannot deadlock.
+# Device time decides: the newest message wins each column, whatever order messages arrive in
+# (resends arrive late). ``power`` follows the newest on/off event.
+UPSERT_DEVICE_STATE = """
+WITH agg AS (
+    SELECT device_id,
+           max(ts_ms) AS seen_ms,
+           max(ts_ms) FILTER (WHERE kind IN ('on', 'off', 'motion', 'open', 'close')) AS activity_ms,
+           max(ts_ms) FILTER (WHERE kind = 'heartbeat') AS heartbeat_ms,
+           (array_agg(kind ORDER BY ts_ms DESC, seq DESC) FILTER (WHERE kind IN ('on', 'off')))[1] AS power,
+           max(ts_ms) FILTER (WHERE kind IN ('on', 'off')) AS power_ms,
+           max(seq) FILTER (WHERE kind <> 'heartbeat') AS max_seq,
+           max(seq) FILTER (WHERE kind = 'heartbeat') AS reported_seq
+    FROM ingest_stage GROUP BY device_id
+)
+INSERT INTO device_state AS ds (device_id, last_seen_at, last_activity_at, last_heartbeat_at,
+                                power, power_since, max_seq, reported_seq, updated_at)
+SELECT device_id,
+       timestamptz 'epoch' + seen_ms * interval '1 millisecond',
+       timestamptz 'epoch' + activity_ms * interval '1 millisecond',
+       timestamptz 'epoch' + heartbeat_ms * interval '1 millisecond',
+       power,
+       timestamptz 'epoch' + power_ms * interval '1 millisecond',
+       max_seq, reported_seq, %(now)s::timestamptz
+FROM agg ORDER BY device_id
+ON CONFLICT (device_id) DO UPDATE SET
+    last_seen_at      = GREATEST(ds.last_seen_at, EXCLUDED.last_seen_at),
+    last_activity_at  = GREATEST(ds.last_activity_at, EXCLUDED.last_activity_at),
+    last_heartbeat_at = GREATEST(ds.last_heartbeat_at, EXCLUDED.last_heartbeat_at),
+    power       = CASE WHEN EXCLUDED.power_since > ds.power_since OR ds.power_since IS NULL
+                       THEN COALESCE(EXCLUDED.power, ds.power) ELSE ds.power END,
+    power_since = CASE WHEN EXCLUDED.power_since > ds.power_since OR ds.power_since IS NULL
+                       THEN COALESCE(EXCLUDED.power_since, ds.power_since) ELSE ds.power_since END,
+    max_seq      = GREATEST(ds.max_seq, EXCLUDED.max_seq),
+    reported_seq = GREATEST(ds.reported_seq, EXCLUDED.reported_seq),
+    updated_at   = EXCLUDED.updated_at
+"""
+
+COPY_DEAD_LETTERS = "COPY dead_letters (received_at, topic, payload, reason, detail) FROM STDIN"
+
+# Retained online/offline messages: status_changed_at moves only when the status changes.
+UPSERT_GATEWAY_STATUS = """
+INSERT INTO gateways AS g (gateway_id, status, status_changed_at, last_seen_at)
+VALUES (%(gateway_id)s, %(status)s, %(now)s, %(now)s)
+ON CONFLICT (gateway_id) DO UPDATE SET
+    status = EXCLUDED.status,
+    status_changed_at = CASE WHEN g.status IS DISTINCT FROM EXCLUDED.status
+                             THEN EXCLUDED.status_changed_at ELSE g.status_changed_at END,
+    last_seen_at = GREATEST(g.last_seen_at, EXCLUDED.last_seen_at)
+"""
+
+UPSERT_GATEWAY_HEARTBEAT = """
+INSERT INTO gateways AS g (gateway_id, last_heartbeat, last_seen_at)
+VALUES (%(gateway_id)s, %(body)s::jsonb, %(now)s)
+ON CONFLICT (gateway_id) DO UPDATE SET
+    last_heartbeat = CASE WHEN g.last_heartbeat IS NULL
+                            OR (g.last_heartbeat->>'ts')::bigint <= (EXCLUDED.last_heartbeat->>'ts')::bigint
+                          THEN EXCLUDED.last_heartbeat ELSE g.last_heartbeat END,
+    last_seen_at = GREATEST(g.last_seen_at, EXCLUDED.last_seen_at)
+"""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    stored: int  # new rows in events
+    duplicates: int  # event rows dropped as already stored (in this batch or earlier)
+    dead_letters: int
+    heartbeats: int  # device heartbeats folded into device_state
+
+
+def prepare(conn: psycopg.Connection) -> None:
+    """Per-connection setup (the staging table lives as long as the connection)."""
+    conn.execute(CREATE_STAGE)
+    conn.commit()
+
+
+def write_batch(conn: psycopg.Connection, batch: Batch, now: float) -> BatchResult:
+    """Write ``batch`` and commit. Raises psycopg errors (the caller retries or isolates)."""
+    now_dt: datetime = as_datetime(now)
+    params = {"now": now_dt}
+    stored = 0
+    event_rows = 0
+    heartbeats = 0
+    try:
+        with conn.cursor() as cur:
+            if batch.events:
+                with cur.copy(COPY_STAGE) as copy:
+                    write = copy.write_row
+                    for gateway_id, ev in batch.events.values():
+                        write((gateway_id, ev.device_id, ev.seq, ev.ts_ms, ev.kind, ev.value))
+                        if ev.kind == "heartbeat":
+                            heartbeats += 1
+                event_rows = len(batch.events) - heartbeats
+                cur.execute(UPSERT_GATEWAYS, params)
+                cur.execute(UPSERT_DEVICES, params)
+                if event_rows:
+                    cur.execute(INSERT_EVENTS, params)
+                    stored = cur.rowcount
+                cur.execute(UPSERT_DEVICE_STATE, params)
+            for gateway_id, status in batch.statuses.items():
+                cur.execute(UPSERT_GATEWAY_STATUS, {"gateway_id": gateway_id, "status": status, "now": now_dt})
+            for gateway_id, body in batch.gateway_heartbeats.items():
+                cur.execute(UPSERT_GATEWAY_HEARTBEAT, {"gateway_id": gateway_id, "body": json.dumps(body), "now": now_dt})
+            if batch.dead_letters:
+                with cur.copy(COPY_DEAD_LETTERS) as copy:
+                    copy.set_types(["timestamptz", "text", "bytea", "text", "text"])
+                    for dl in batch.dead_letters:
+                        copy.write_row((now_dt, dl.topic, dl.payload, dl.reason, dl.detail or None))
+        conn.commit()
+    except BaseException:
+        if not conn.closed:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                pass
+        raise
+    return BatchResult(
+        stored=stored,
+        duplicates=event_rows - stored + batch.in_batch_duplicates,
+        dead_letters=len(batch.dead_letters),
+        heartbeats=heartbeats,
+    )
+
+
+PAIR_DEVICE = """
+UPDATE devices SET household_id = %(household_id)s, kind = COALESCE(%(kind)s, kind),
+                   room = COALESCE(%(room)s, room), paired_at = %(now)s
+WHERE device_id = %(device_id)s
+"""
+REGISTER_DEVICE = """
+INSERT INTO devices (device_id, household_id, kind, room, paired_at)
+VALUES (%(device_id)s, %(household_id)s, %(kind)s, %(room)s, %(now)s)
+ON CONFLICT (device_id) DO NOTHING
+"""
+# Events stored while the device was unpaired get the household now.
+BACKFILL_EVENTS = "UPDATE events SET household_id = %(household_id)s WHERE device_id = %(device_id)s AND household_id IS NULL"
+
+
+def pair_device(
+    conn: psycopg.Connection,
+    device_id: str,
+    household_id: str,
+    kind: str | None = None,
+    room: str | None = None,
+    *,
+    now: float | None = None,
+) -> int:
+    """Attach a device (known or not yet seen) to a household; return how many stored events got
+    the household. Runs in the caller's transaction (the caller commits).
+
+    ``now`` (epoch seconds, from the caller's clock) stamps ``paired_at``; None uses the database's
+    transaction time.
+    """
+    params = {
+        "device_id": device_id,
+        "household_id": household_id,
+        "kind": kind,
+        "room": room,
+        "now": as_datetime(now) if now is not None else None,
+    }
+    with conn.cursor() as cur:
+        if now is None:
+            params["now"] = cur.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        cur.execute(PAIR_DEVICE, params)
+        if cur.rowcount == 0:
+            cur.execute(REGISTER_DEVICE, params)
+        cur.execute(BACKFILL_EVENTS, params)
+        return cur.rowcount
