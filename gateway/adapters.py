@@ -34,7 +34,8 @@ Decisions (the detector relies on them):
   A Shelly time missing or outside the protocol's window (clock not yet synced) falls back to it.
 
 Device ids must satisfy ``protocol.valid_id``: names are sanitised (any character outside
-``[A-Za-z0-9._:-]`` becomes ``-``) and names too long are cut and suffixed with a hash.
+``[A-Za-z0-9._:-]`` becomes ``-``, ``/`` becomes ``.``); non-ASCII names and names too long also
+get a short hash of the original name (see ``device_id_for``).
 Z2M ids are ``z2m-<friendly_name>``; when no friendly name is configured Z2M uses the IEEE address
 as the name, so the id is ``z2m-0x...``. The friendly name, not a payload's ``device.ieeeAddr``,
 is used for every device because availability messages carry no payload device information and
@@ -133,12 +134,17 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._:\-]")
 
 
 def device_id_for(prefix: str, name: str) -> str:
-    """A valid protocol id from a foreign name: ``<prefix><name>`` sanitised, at most 64 chars."""
+    """A valid protocol id from a foreign name: ``<prefix><name>`` sanitised, at most 64 chars.
+
+    ``/`` becomes ``.``, other ASCII outside ``[A-Za-z0-9._:-]`` becomes ``-``. Non-ASCII names
+    (``寝室ライト``) would all collapse to dashes, so they also get a short hash of the original,
+    as do names cut to fit 64 characters.
+    """
     raw = f"{prefix}{name}"
-    clean = _UNSAFE.sub("-", raw)
+    clean = _UNSAFE.sub("-", raw.replace("/", "."))
     if not clean[:1].isalnum():
         clean = "x" + clean
-    if len(clean) > 64:
+    if len(clean) > 64 or not raw.isascii():
         digest = hashlib.sha1(raw.encode()).hexdigest()[:8]
         clean = f"{clean[:55]}-{digest}"
     return clean
