@@ -1,0 +1,125 @@
+"""The escalation policy: pure, driven with a ManualClock."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alerts import policy
+from alerts.policy import Blink, Cancel, Context, Notify, State, Team, advance, validate_chain
+from mimamori.clock import ManualClock
+
+TEAM = Team(members=(("a", 1), ("b", 1), ("c", 2)), coordinators=("coord",), bulbs=(("gw1", "bulb1"),))
+
+
+def run_to_rest(chain, state, ctx, clock):
+    out = advance(chain, state, ctx, clock.now())
+    return out
+
+
+def notified(actions):
+    return [(a.people, a.step_key) for a in actions if isinstance(a, Notify)]
+
+
+def test_default_chain_tiers_waits_coordinator_and_repeat() -> None:
+    clock = ManualClock()
+    chain = list(policy.DEFAULT_CHAIN)
+    ctx = Context(TEAM)
+    out = advance(chain, State(), ctx, clock.now())
+    assert notified(out.actions) == [(("a", "b"), "r0.s0")]
+    assert out.next_step_at == clock.now() + 15 * 60
+    # woken early: nothing happens, same deadline
+    clock.advance(60)
+    early = advance(chain, out.state, ctx, clock.now())
+    assert early.actions == () and early.next_step_at == out.next_step_at
+    clock.set(out.next_step_at)
+    out = advance(chain, out.state, ctx, clock.now())
+    assert notified(out.actions) == [(("c",), "r0.s2")]
+    clock.set(out.next_step_at)
+    out = advance(chain, out.state, ctx, clock.now())
+    assert notified(out.actions) == [(("coord",), "r0.s4")]
+    assert out.next_step_at == clock.now() + 30 * 60
+    keys = []
+    for _ in range(10):
+        clock.set(out.next_step_at)
+        out = advance(chain, out.state, ctx, clock.now())
+        keys += [k for _, k in notified(out.actions)]
+        if out.next_step_at is None:
+            break
+    # two repeats, each round re-alerts tier 1, tier 2 and the coordinator, then it stops
+    assert keys == ["r1.s0", "r1.s2", "r1.s4", "r2.s0", "r2.s2", "r2.s4"]
+    assert out.state.done and out.next_step_at is None
+    assert out.state.notified == ("a", "b", "c", "coord")
+
+
+def test_state_round_trips_through_json() -> None:
+    s = State(step=3, round=1, rr=2, notified=("a",), wait_until=12.5, check_since=None, done=False)
+    assert State.from_json(json.loads(json.dumps(s.to_json()))) == s
+    assert State.from_json({}) == State()
+
+
+def test_notify_next_is_round_robin() -> None:
+    clock = ManualClock()
+    chain = [{"type": "notify_next", "tiers": [1, 2]}, {"type": "wait", "minutes": 5}, {"type": "repeat", "times": 4}]
+    out = advance(chain, State(), Context(TEAM), clock.now())
+    people = [notified(out.actions)[0][0][0]]
+    while out.next_step_at is not None:
+        clock.set(out.next_step_at)
+        out = advance(chain, out.state, Context(TEAM), clock.now())
+        people += [n[0][0] for n in notified(out.actions)]
+    assert people == ["a", "b", "c", "a", "b"]
+
+
+def test_empty_tier_is_logged_and_skipped() -> None:
+    chain = [{"type": "notify", "tiers": [5]}, {"type": "notify", "tiers": [2]}]
+    out = advance(chain, State(), Context(TEAM), 0.0)
+    assert [type(a).__name__ for a in out.actions] == ["Log", "Notify", "Log"]
+    assert out.state.done
+
+
+def test_resident_check_blinks_and_cancels_on_activity() -> None:
+    clock = ManualClock()
+    chain = [{"type": "resident_check", "minutes": 5, "blinks": 2}, {"type": "notify", "tiers": [1]}]
+    out = advance(chain, State(), Context(TEAM, last_activity_at=clock.now() - 3600), clock.now())
+    assert out.actions == (Blink((("gw1", "bulb1"),), "r0.s0", {"times": 2, "reason": "resident_check"}),)
+    blink_at = clock.now()
+    assert out.next_step_at == blink_at + policy.RESIDENT_CHECK_POLL_S  # polls while it waits
+    clock.advance(30)
+    out2 = advance(chain, out.state, Context(TEAM, last_activity_at=blink_at - 1), clock.now())
+    assert out2.actions == () and out2.next_step_at is not None
+    clock.advance(30)
+    out3 = advance(chain, out2.state, Context(TEAM, last_activity_at=blink_at + 45), clock.now())
+    assert any(isinstance(a, Cancel) and a.outcome == "resident_responded" for a in out3.actions)
+    assert out3.state.done and out3.next_step_at is None
+    assert not notified(out3.actions)
+
+
+def test_resident_check_times_out_and_escalates() -> None:
+    clock = ManualClock()
+    chain = [{"type": "resident_check", "minutes": 2}, {"type": "notify", "tiers": [1]}]
+    out = advance(chain, State(), Context(TEAM), clock.now())
+    for _ in range(10):
+        clock.set(out.next_step_at)
+        out = advance(chain, out.state, Context(TEAM, last_activity_at=None), clock.now())
+        if notified(out.actions):
+            break
+    assert notified(out.actions) == [(("a", "b"), "r0.s1")]
+    assert clock.now() == pytest.approx(1_767_225_600.0 + 120)
+
+
+def test_validate_chain() -> None:
+    assert validate_chain(list(policy.DEFAULT_CHAIN)) == list(policy.DEFAULT_CHAIN)
+    assert validate_chain([{"type": "notify", "tiers": [1], "junk": 1}]) == [{"type": "notify", "tiers": [1]}]
+    for bad in (
+        [],
+        "notify",
+        [{"type": "explode"}],
+        [{"type": "notify"}],
+        [{"type": "notify", "tiers": [0]}],
+        [{"type": "wait", "minutes": -1}],
+        [{"type": "notify", "tiers": [1]}, {"type": "repeat", "times": 3}],  # no wait: a burst
+        [{"type": "wait", "minutes": 1}, {"type": "repeat", "times": 99}],
+    ):
+        with pytest.raises(policy.ChainError):
+            validate_chain(bad)
