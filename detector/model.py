@@ -1,0 +1,606 @@
+"""The learned watch-over model: pure numpy, arrays in, scores out, no I/O, no clock.
+
+Struct of arrays over all households at once (``FleetState``). For each household it learns, with
+exponential decay (routines drift), how long silences last given when they began:
+
+- a *silence* is the time between two resident-caused events (switch, motion, door) of any device
+  of the household; only silences of at least ``silence_min_h`` are recorded;
+- they are kept as decayed *exceedance counts* per (weekday/weekend, local start hour, duration
+  edge): ``sil_hist[h, daytype, hour, k]`` = how many recorded silences that began then lasted at
+  least ``SILENCE_EDGES_H[k]`` hours. ``k = 0`` is the number of silences, so the conditional
+  survival is ``sil_hist[..., k] / sil_hist[..., 0]``;
+- a population prior (pseudo-counts of the fleet's average survival curve) covers new homes and
+  thin slots.
+
+When a silence begins its threshold is fixed from the survival curve of its start slot: the
+duration ``q`` past which only ``beta`` of such silences last, plus a margin; the improbability
+score of the silence rises from there on an exponential tail, so ``score >= -log10(alpha)`` exactly
+when the silence passed ``q + margin``. Night needs no special case: a silence that began at
+bedtime is expected to last until the usual wake-up; not waking by then plus the margin is what
+raises the score. Scoring is then O(households) per pass.
+
+Long-on is judged per switchable device (bulb, plug) the same way: decayed exceedance counts of
+on-episode durations per local start block.
+
+Context is an input: away mode, device health (missing heartbeats, gateway last will) and area
+outages suppress welfare alerts; device problems are reported as such. Hard caps (``silence_cap_h``,
+``on_cap_h``) stay as safety nets whatever the model says.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------------------
+# Codes (the detector's own; callers map their names onto these)
+# ---------------------------------------------------------------------------------------------
+
+EVENT_KINDS = ("on", "off", "motion", "open", "close", "heartbeat", "boot", "fault")
+EV_ON, EV_OFF, EV_MOTION, EV_OPEN, EV_CLOSE, EV_HEARTBEAT, EV_BOOT, EV_FAULT = range(8)
+ACTIVITY_CODES = (EV_ON, EV_OFF, EV_MOTION, EV_OPEN, EV_CLOSE)
+
+DEVICE_KINDS = ("bulb", "motion", "door", "plug")
+DEV_NONE, DEV_BULB, DEV_MOTION, DEV_DOOR, DEV_PLUG = -1, 0, 1, 2, 3
+
+# Why a welfare alarm is held back (``Scores.suppressed``).
+SUPPRESS_NONE, SUPPRESS_AWAY, SUPPRESS_DEVICE, SUPPRESS_AREA, SUPPRESS_DOOR = 0, 1, 2, 3, 4
+SUPPRESS_REASONS = ("none", "away", "device_offline", "area_outage", "inferred_away")
+
+# Which rule raised the inactivity alarm (``Scores.inactivity_rule``).
+RULE_NONE, RULE_MODEL, RULE_PRIOR, RULE_HARD_CAP = 0, 1, 2, 3
+RULES = ("none", "model", "population_prior", "hard_cap")
+
+# Edge 0 counts *exposure*: local hours in which the household was active at all. Each such hour
+# is one trial: the silence that follows its last event. So ``hist[..., k] / hist[..., 0]`` is the
+# chance that the silence after an active hour lasts at least ``edge k`` - a slot that never sees
+# a long silence (a busy morning) says so, instead of falling back to the prior.
+SILENCE_EDGES_H = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 16], dtype=np.float32)
+ON_EDGES_H = np.array([0.5, 1, 2, 3, 4, 6, 8, 11], dtype=np.float32)
+ON_BLOCK_H = 4  # long-on episodes are grouped by the local 4-hour block they began in
+N_ON_BLOCKS = 24 // ON_BLOCK_H
+
+MAX_DEVICES = 12  # per household
+MAX_SWITCHES = 6  # switchable devices (bulbs, plugs) whose long-on is learned per household
+
+_FLAG_DOOR = np.uint8(1)  # the current silence began with a front-door event (resident went out?)
+_FLAG_BLIND = np.uint8(2)  # part of the current silence was unobservable or paused: do not learn it
+
+
+@dataclass(frozen=True)
+class DetectorParams:
+    """Everything tunable, in hours unless the name says otherwise. Defaults are the shipped ones."""
+
+    half_life_days: float = 28.0
+    silence_min_h: float = 0.5
+    # Survival smoothing: pseudo-count weight of the population prior, and how much the
+    # neighbouring start hours and the other day type (weekday/weekend) lend to a slot.
+    prior_strength: float = 2.0
+    neighbour_weight: float = 0.35
+    other_daytype_weight: float = 0.2
+    # The threshold: the (1 - beta) quantile of silences from this slot, plus a margin.
+    beta: float = 0.05
+    margin_h: float = 1.0
+    margin_frac: float = 0.25
+    min_alarm_h: float = 1.5
+    alpha: float = 1e-3  # score threshold = -log10(alpha)
+    tail_tau_h: float = 3.0  # extrapolation past the last edge
+    min_history: float = 6.0  # fewer recorded silences than this in a slot: "population prior" rule
+    # Hard caps (safety nets): Kanazawa's 24 h off rule; long-on capped at 16 h (8 h would wake
+    # everyone who sleeps with a light on).
+    silence_cap_h: float = 24.0
+    on_cap_h: float = 16.0
+    # Long-on threshold from the learned on-durations.
+    on_beta: float = 0.05
+    on_margin_h: float = 1.5
+    on_margin_frac: float = 0.3
+    on_min_alarm_h: float = 3.0
+    # Inferred away: a silence that began with the front door (and a home that has motion
+    # sensors, so a return would be seen) is "out" for at most this long.
+    door_away_cap_h: float = 10.0
+    # Device health.
+    heartbeat_timeout_s: float = 3 * 3600.0
+    offline_share_suppress: float = 0.3  # offline devices carrying this share of activity: suppress
+    # Area outage: this many gateways of an area offline at once, and this share of them.
+    area_min_gateways: int = 3
+    area_min_share: float = 0.3
+
+
+DEFAULT_PARAMS = DetectorParams()
+
+
+def default_silence_prior() -> np.ndarray:
+    """A broad generic survival curve [2, 24, E] for a fleet with no history yet."""
+    hours = np.arange(24)
+    # Longer expected silences from the evening (sleep) than from the day.
+    night = ((hours >= 19) | (hours < 5)).astype(np.float32)
+    tau = 2.0 + 3.0 * night  # hours
+    d = np.maximum(SILENCE_EDGES_H[None, :] - 0.5, 0.0)
+    surv = np.where(SILENCE_EDGES_H[None, :] > 0, 0.3 * np.exp(-d / tau[:, None]), 1.0).astype(np.float32)
+    return np.broadcast_to(surv, (2, 24, len(SILENCE_EDGES_H))).copy()
+
+
+def default_on_prior() -> np.ndarray:
+    """Generic survival of on-episodes [blocks, E]: longer from the evening blocks."""
+    blocks = np.arange(N_ON_BLOCKS) * ON_BLOCK_H
+    tau = np.where((blocks >= 16) | (blocks < 4), 4.0, 2.0).astype(np.float32)
+    d = ON_EDGES_H[None, :] - ON_EDGES_H[0]
+    return np.exp(-d / tau[:, None]).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# State
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FleetState:
+    """Per-household state as parallel arrays (row = household). Times are epoch seconds (UTC)."""
+
+    epoch: float  # device times of the f32 columns are seconds since this instant
+    tz_offset_s: np.ndarray  # int32[H] local time = UTC + offset (Asia/Tokyo: +32400)
+    area: np.ndarray  # int32[H]
+    has_motion: np.ndarray  # bool[H]
+    dev_kind: np.ndarray  # int8[H, D]   DEV_* or -1
+    dev_switch: np.ndarray  # int8[H, D]  index into the switch columns, or -1
+    dev_last_seen: np.ndarray  # float32[H, D] (since epoch; NaN = never)
+    dev_heartbeats: np.ndarray  # bool[H, D] the device sends heartbeats (only then can silence mean "dead")
+    dev_activity: np.ndarray  # float16[H, D] decayed share-of-activity counts
+    last_activity: np.ndarray  # float64[H] (NaN = never)
+    resume_from: np.ndarray  # float64[H] end of the latest paused/unobservable stretch
+    flags: np.ndarray  # uint8[H]
+    decay_day: np.ndarray  # int32[H] day number the histograms were last decayed to
+    last_hour: np.ndarray  # int32[H] the latest local hour (hours since epoch) counted as exposure
+    quantile_h: np.ndarray  # float32[H] threshold parts for the current silence
+    alarm_after_h: np.ndarray  # float32[H]
+    slot_history: np.ndarray  # float16[H] recorded silences behind the current threshold
+    sil_hist: np.ndarray  # float16[H, 2, 24, E_S]
+    on_hist: np.ndarray  # float16[H, W, blocks, E_O]
+    sw_on_since: np.ndarray  # float32[H, W] (since epoch; NaN = off)
+    sw_alarm_after_h: np.ndarray  # float32[H, W]
+    gateway_offline_since: np.ndarray  # float64[H] (NaN = online)
+    prior_sil: np.ndarray = field(default_factory=default_silence_prior)  # [2, 24, E_S]
+    prior_on: np.ndarray = field(default_factory=default_on_prior)  # [blocks, E_O]
+
+    @property
+    def n(self) -> int:
+        return len(self.last_activity)
+
+    def state_bytes(self) -> int:
+        """Bytes of per-household arrays (the shared prior is excluded: it is per fleet)."""
+        skip = {"prior_sil", "prior_on"}
+        return sum(v.nbytes for k, v in vars(self).items() if isinstance(v, np.ndarray) and k not in skip)
+
+
+def new_state(
+    device_kinds: np.ndarray,
+    *,
+    epoch: float,
+    tz_offset_s: np.ndarray | int = 9 * 3600,
+    area: np.ndarray | None = None,
+    params: DetectorParams = DEFAULT_PARAMS,
+) -> FleetState:
+    """A fleet with no history. ``device_kinds``: int8[H, D<=MAX_DEVICES], DEV_* codes, -1 = none."""
+    kinds = np.full((device_kinds.shape[0], MAX_DEVICES), DEV_NONE, dtype=np.int8)
+    kinds[:, : device_kinds.shape[1]] = device_kinds[:, :MAX_DEVICES]
+    h = kinds.shape[0]
+    switchable = (kinds == DEV_BULB) | (kinds == DEV_PLUG)
+    rank = np.cumsum(switchable, axis=1) - 1
+    dev_switch = np.where(switchable & (rank < MAX_SWITCHES), rank, -1).astype(np.int8)
+    nan32 = np.float32(np.nan)
+    state = FleetState(
+        epoch=float(epoch),
+        tz_offset_s=np.broadcast_to(np.asarray(tz_offset_s, dtype=np.int32), (h,)).copy(),
+        area=np.zeros(h, np.int32) if area is None else np.asarray(area, np.int32).copy(),
+        has_motion=(kinds == DEV_MOTION).any(axis=1),
+        dev_kind=kinds,
+        dev_switch=dev_switch,
+        dev_last_seen=np.full((h, MAX_DEVICES), nan32, np.float32),
+        dev_heartbeats=np.zeros((h, MAX_DEVICES), bool),
+        dev_activity=np.zeros((h, MAX_DEVICES), np.float16),
+        last_activity=np.full(h, np.nan),
+        resume_from=np.full(h, -np.inf),
+        flags=np.zeros(h, np.uint8),
+        decay_day=np.full(h, int(epoch // 86400), np.int32),
+        last_hour=np.full(h, -1, np.int32),
+        quantile_h=np.zeros(h, np.float32),
+        alarm_after_h=np.full(h, params.silence_cap_h, np.float32),
+        slot_history=np.zeros(h, np.float16),
+        sil_hist=np.zeros((h, 2, 24, len(SILENCE_EDGES_H)), np.float16),
+        on_hist=np.zeros((h, MAX_SWITCHES, N_ON_BLOCKS, len(ON_EDGES_H)), np.float16),
+        sw_on_since=np.full((h, MAX_SWITCHES), nan32, np.float32),
+        sw_alarm_after_h=np.full((h, MAX_SWITCHES), params.on_cap_h, np.float32),
+        gateway_offline_since=np.full(h, np.nan),
+    )
+    return state
+
+
+def local_slot(t: np.ndarray, tz_offset_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(daytype 0 weekday / 1 weekend, local hour) of epoch seconds ``t``."""
+    local = np.asarray(t, np.float64) + tz_offset_s
+    days = np.floor(local / 86400.0).astype(np.int64)
+    hour = ((local - days * 86400.0) // 3600).astype(np.int64)
+    weekday = (days + 3) % 7  # 1970-01-01 was a Thursday (3, Monday = 0)
+    return (weekday >= 5).astype(np.int64), np.clip(hour, 0, 23)
+
+
+# ---------------------------------------------------------------------------------------------
+# Thresholds from survival curves
+# ---------------------------------------------------------------------------------------------
+
+
+def _quantile(pooled: np.ndarray, prior: np.ndarray, edges: np.ndarray, strength: float, beta: float, tail_tau: float) -> np.ndarray:
+    """Duration past which only ``beta`` of silences last, from exceedance counts [n, E]."""
+    n = pooled[:, :1]
+    surv = (pooled + strength * prior) / (n + strength)
+    surv = np.minimum(surv, 1.0)
+    below = surv <= beta
+    has = below.any(axis=1)
+    k = np.where(has, np.argmax(below, axis=1), len(edges) - 1)
+    k = np.maximum(k, 1)
+    rows = np.arange(len(k))
+    s_lo = np.maximum(surv[rows, k - 1], 1e-9)
+    s_hi = np.maximum(surv[rows, k], 1e-9)
+    log_b = math.log(beta)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(s_lo > s_hi, (np.log(s_lo) - log_b) / (np.log(s_lo) - np.log(s_hi)), 1.0)
+    q_inside = edges[k - 1] + np.clip(frac, 0.0, 1.0) * (edges[k] - edges[k - 1])
+    q_tail = edges[-1] + tail_tau * np.log(np.maximum(s_hi, beta) / beta)
+    return np.where(has, q_inside, q_tail).astype(np.float32)
+
+
+def silence_thresholds(state: FleetState, rows: np.ndarray, start: np.ndarray, p: DetectorParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(quantile_h, alarm_after_h, history) for silences of households ``rows`` that began at ``start``."""
+    daytype, hour = local_slot(start, state.tz_offset_s[rows])
+    hist = state.sil_hist
+    own = hist[rows, daytype, hour].astype(np.float32)
+    nb = hist[rows, daytype, (hour - 1) % 24].astype(np.float32) + hist[rows, daytype, (hour + 1) % 24].astype(np.float32)
+    other = hist[rows, 1 - daytype, hour].astype(np.float32)
+    pooled = own + p.neighbour_weight * nb + p.other_daytype_weight * other
+    prior = state.prior_sil[daytype, hour]
+    q = _quantile(pooled, prior, SILENCE_EDGES_H, p.prior_strength, p.beta, p.tail_tau_h)
+    alarm = np.clip(q + p.margin_h + p.margin_frac * q, p.min_alarm_h, p.silence_cap_h).astype(np.float32)
+    return q, alarm, pooled[:, 0]
+
+
+def on_thresholds(state: FleetState, rows: np.ndarray, sw: np.ndarray, start: np.ndarray, p: DetectorParams) -> np.ndarray:
+    _, hour = local_slot(start, state.tz_offset_s[rows])
+    block = hour // ON_BLOCK_H
+    own = state.on_hist[rows, sw, block].astype(np.float32)
+    nb = state.on_hist[rows, sw, (block - 1) % N_ON_BLOCKS].astype(np.float32) + state.on_hist[rows, sw, (block + 1) % N_ON_BLOCKS].astype(np.float32)
+    pooled = own + 0.25 * nb
+    q = _quantile(pooled, state.prior_on[block], ON_EDGES_H, p.prior_strength, p.on_beta, p.tail_tau_h)
+    return np.clip(q + p.on_margin_h + p.on_margin_frac * q, p.on_min_alarm_h, p.on_cap_h).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Online update
+# ---------------------------------------------------------------------------------------------
+
+
+def _decay(state: FleetState, rows: np.ndarray, day: np.ndarray, p: DetectorParams) -> None:
+    """Bring the histograms of ``rows`` (unique) to ``day`` with the decay they missed."""
+    gap = day - state.decay_day[rows]
+    due = gap > 0
+    if not due.any():
+        return
+    r = rows[due]
+    f = (0.5 ** (gap[due] / p.half_life_days)).astype(np.float32)
+    state.sil_hist[r] = (state.sil_hist[r].astype(np.float32) * f[:, None, None, None]).astype(np.float16)
+    state.on_hist[r] = (state.on_hist[r].astype(np.float32) * f[:, None, None, None]).astype(np.float16)
+    state.dev_activity[r] = (state.dev_activity[r].astype(np.float32) * f[:, None]).astype(np.float16)
+    state.decay_day[r] = day[due]
+
+
+def _add_exceedance(hist_flat: np.ndarray, base_index: np.ndarray, durations_h: np.ndarray, edges: np.ndarray) -> None:
+    """Add one silence/episode of each duration to the exceedance counts starting at ``base_index``."""
+    mask = ((durations_h[:, None] >= edges[None, :]) & (edges[None, :] > 0)).astype(np.float16)
+    idx = base_index[:, None] + np.arange(len(edges))[None, :]
+    np.add.at(hist_flat, idx.ravel(), mask.ravel())
+
+
+def observe(
+    state: FleetState,
+    hh: np.ndarray,
+    dev: np.ndarray,
+    t: np.ndarray,
+    kind: np.ndarray,
+    p: DetectorParams = DEFAULT_PARAMS,
+) -> None:
+    """Learn from a batch of events (any order, any households): household row, device column,
+    epoch seconds, EV_* code. Call with batches in time order (each batch after the previous)."""
+    if len(t) == 0:
+        return
+    hh = np.asarray(hh, np.int64)
+    dev = np.asarray(dev, np.int64)
+    t = np.asarray(t, np.float64)
+    kind = np.asarray(kind, np.int64)
+    order = np.lexsort((t, hh))
+    hh, dev, t, kind = hh[order], dev[order], t[order], kind[order]
+
+    # Device health: anything a device sends proves it is alive.
+    rel = (t - state.epoch).astype(np.float32)
+    key = hh * MAX_DEVICES + dev
+    o = np.lexsort((t, key))
+    last_idx = o[np.r_[key[o][1:] != key[o][:-1], True]]
+    state.dev_last_seen.reshape(-1)[key[last_idx]] = rel[last_idx]
+    state.dev_heartbeats.reshape(-1)[key[kind == EV_HEARTBEAT]] = True
+
+    act = np.isin(kind, ACTIVITY_CODES)
+    if not act.any():
+        return
+    hh, dev, t, kind = hh[act], dev[act], t[act], kind[act]
+    rows, first = np.unique(hh, return_index=True)
+    local_day = ((t + state.tz_offset_s[hh]) // 86400).astype(np.int32)
+    _decay(state, rows, local_day[first], p)
+
+    # Activity share per device (for "are the offline devices the ones that carry the signal").
+    np.add.at(state.dev_activity.reshape(-1), hh * MAX_DEVICES + dev, np.float16(1.0))
+
+    # Exposure: each local hour with activity, once.
+    hour_no = ((t + state.tz_offset_s[hh]) // 3600).astype(np.int64)
+    new_hour = np.r_[True, (hh[1:] != hh[:-1]) | (hour_no[1:] != hour_no[:-1])] & (hour_no != state.last_hour[hh])
+    if new_hour.any():
+        daytype, hour = local_slot(t[new_hour], state.tz_offset_s[hh[new_hour]])
+        flat = ((hh[new_hour] * 2 + daytype) * 24 + hour) * len(SILENCE_EDGES_H)
+        np.add.at(state.sil_hist.reshape(-1), flat, np.float16(1.0))
+    last_of_hh = np.r_[hh[1:] != hh[:-1], True]
+    state.last_hour[hh[last_of_hh]] = hour_no[last_of_hh]
+
+    # Silences: the gap before each event (the first of a household's batch uses its last activity).
+    prev = np.empty_like(t)
+    prev[1:] = t[:-1]
+    same = np.r_[False, hh[1:] == hh[:-1]]
+    prev[~same] = state.last_activity[hh[~same]]
+    starts_effective = prev.copy()
+    learnable = np.isfinite(prev)
+    # The first silence of each household in the batch may have been paused, blind or door-started.
+    first_mask = ~same
+    blind = (state.flags[hh] & (_FLAG_BLIND | _FLAG_DOOR)) != 0
+    learnable &= ~(first_mask & blind)
+    # Inside the batch, a silence that began with a door event is not an at-home silence.
+    prev_kind = np.r_[-1, kind[:-1]]
+    prev_dev_kind = np.r_[-1, state.dev_kind[hh[:-1], dev[:-1]]] if len(hh) > 1 else np.array([-1])
+    door_start = same & (prev_dev_kind == DEV_DOOR) & np.isin(prev_kind, (EV_OPEN, EV_CLOSE)) & state.has_motion[hh]
+    learnable &= ~door_start
+    gap_h = (t - prev) / 3600.0
+    rec = learnable & (gap_h >= p.silence_min_h)
+    if rec.any():
+        daytype, hour = local_slot(starts_effective[rec], state.tz_offset_s[hh[rec]])
+        base = ((hh[rec] * 2 + daytype) * 24 + hour) * len(SILENCE_EDGES_H)
+        _add_exceedance(state.sil_hist.reshape(-1), base, gap_h[rec].astype(np.float32), SILENCE_EDGES_H)
+
+    # The new current silence of each household begins at its last event.
+    last = np.r_[np.nonzero(hh[1:] != hh[:-1])[0], len(hh) - 1]
+    r_last = hh[last]
+    state.last_activity[r_last] = np.fmax(state.last_activity[r_last], t[last])  # late arrivals never move it back
+    last_dev_kind = state.dev_kind[r_last, dev[last]]
+    door = (last_dev_kind == DEV_DOOR) & np.isin(kind[last], (EV_OPEN, EV_CLOSE)) & state.has_motion[r_last]
+    state.flags[r_last] = np.where(door, _FLAG_DOOR, 0).astype(np.uint8)
+    q, alarm, hist_n = silence_thresholds(state, r_last, state.last_activity[r_last], p)
+    state.quantile_h[r_last] = q
+    state.alarm_after_h[r_last] = alarm
+    state.slot_history[r_last] = hist_n.astype(np.float16)
+
+    _observe_switches(state, hh, dev, t, kind, p)
+
+
+def _observe_switches(state: FleetState, hh: np.ndarray, dev: np.ndarray, t: np.ndarray, kind: np.ndarray, p: DetectorParams) -> None:
+    sw = state.dev_switch[hh, dev]
+    m = (sw >= 0) & ((kind == EV_ON) | (kind == EV_OFF))
+    if not m.any():
+        return
+    hh, sw, t, kind = hh[m], sw[m].astype(np.int64), t[m], kind[m]
+    # Few switch events per batch in practice; a plain loop keeps the on/off logic obvious.
+    on_since = state.sw_on_since
+    closed_rows, closed_sw, closed_start, closed_dur = [], [], [], []
+    opened: dict[tuple[int, int], float] = {}
+    for r, s, ts, k in zip(hh.tolist(), sw.tolist(), t.tolist(), kind.tolist()):
+        since = on_since[r, s]
+        if k == EV_ON:
+            if np.isnan(since):
+                on_since[r, s] = ts - state.epoch
+                opened[(r, s)] = ts
+        else:
+            if not np.isnan(since):
+                start = float(since) + state.epoch
+                dur_h = (ts - start) / 3600.0
+                if dur_h >= ON_EDGES_H[0]:
+                    closed_rows.append(r)
+                    closed_sw.append(s)
+                    closed_start.append(start)
+                    closed_dur.append(dur_h)
+                on_since[r, s] = np.nan
+                opened.pop((r, s), None)
+    if closed_rows:
+        r = np.array(closed_rows)
+        s = np.array(closed_sw)
+        _, hour = local_slot(np.array(closed_start), state.tz_offset_s[r])
+        base = ((r * MAX_SWITCHES + s) * N_ON_BLOCKS + hour // ON_BLOCK_H) * len(ON_EDGES_H)
+        _add_exceedance(state.on_hist.reshape(-1), base, np.array(closed_dur, np.float32), ON_EDGES_H)
+    if opened:
+        keys = np.array(list(opened.keys()))
+        starts = np.array(list(opened.values()))
+        state.sw_alarm_after_h[keys[:, 0], keys[:, 1]] = on_thresholds(state, keys[:, 0], keys[:, 1], starts, p)
+
+
+def observe_gateway(state: FleetState, hh: np.ndarray, t: np.ndarray, online: np.ndarray) -> None:
+    """Gateway status changes (``online`` False = the last will fired), in time order."""
+    for r, ts, up in zip(np.asarray(hh).tolist(), np.asarray(t).tolist(), np.asarray(online).tolist()):
+        if up:
+            state.gateway_offline_since[r] = np.nan
+        elif np.isnan(state.gateway_offline_since[r]):
+            state.gateway_offline_since[r] = ts
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scores:
+    """One scoring pass. Welfare alarms already have the context applied (suppressed = held back)."""
+
+    inactivity: np.ndarray  # bool[H] welfare alarm: unusual silence
+    inactivity_score: np.ndarray  # float32[H] -log10 P(silence at least this long | its start slot)
+    inactivity_rule: np.ndarray  # uint8[H] RULE_*
+    silence_start: np.ndarray  # float64[H]
+    expected_by: np.ndarray  # float64[H] activity usually resumes by then (start + quantile)
+    alarm_at: np.ndarray  # float64[H]
+    long_on: np.ndarray  # bool[H] welfare alarm: a device on unusually long
+    long_on_switch: np.ndarray  # int64[H] which switch column (-1 none)
+    long_on_since: np.ndarray  # float64[H]
+    long_on_hours: np.ndarray  # float32[H]
+    device_offline: np.ndarray  # bool[H] technical: a device silent past its heartbeat timeout, or gateway down
+    offline_devices: np.ndarray  # bool[H, D]
+    gateway_offline: np.ndarray  # bool[H]
+    area_outage: np.ndarray  # bool[H] the household's area has many gateways offline
+    suppressed: np.ndarray  # uint8[H] SUPPRESS_* (why a welfare alarm is held back)
+
+
+def area_outage_mask(gateway_offline: np.ndarray, area: np.ndarray, p: DetectorParams = DEFAULT_PARAMS) -> np.ndarray:
+    """Per household: is its area in an outage (many of its gateways offline at once)?"""
+    n_areas = int(area.max()) + 1 if len(area) else 0
+    total = np.bincount(area, minlength=n_areas)
+    down = np.bincount(area, weights=gateway_offline.astype(np.float64), minlength=n_areas)
+    outage = (down >= p.area_min_gateways) & (down >= p.area_min_share * total)
+    return outage[area]
+
+
+def score(
+    state: FleetState,
+    now: float,
+    *,
+    away_until: np.ndarray | None = None,
+    p: DetectorParams = DEFAULT_PARAMS,
+) -> Scores:
+    """Score every household at ``now``. ``away_until``: float64[H], away mode ends then (NaN/-inf = not away).
+
+    Also records in the state that a paused or unobservable stretch happened (so the silence is
+    not learned and its alarm waits for a fresh threshold after it), which is why it takes the state.
+    """
+    h = state.n
+    ln10 = math.log(10.0)
+    # --- device health ---------------------------------------------------------------------
+    rel_now = np.float32(now - state.epoch)
+    seen = state.dev_last_seen
+    with np.errstate(invalid="ignore"):
+        dev_silent = ((rel_now - seen) > p.heartbeat_timeout_s) & state.dev_heartbeats  # NaN compares False
+    gw_off = ~np.isnan(state.gateway_offline_since)
+    offline_devices = dev_silent | (gw_off[:, None] & (state.dev_kind >= 0))
+    act = state.dev_activity.astype(np.float32)
+    total = act.sum(axis=1)
+    offline_share = np.where(total > 0, (act * offline_devices).sum(axis=1) / np.maximum(total, 1e-6), 0.0)
+    device_problem = offline_devices.any(axis=1)
+    present = state.dev_kind >= 0
+    # Blind: nothing that could report activity is online. Partial: devices that carried a good
+    # share of the activity are gone, so the learned rhythm no longer fits: only the hard cap.
+    blind = gw_off | (present.any(axis=1) & ~(present & ~offline_devices).any(axis=1))
+    partial = ~blind & (offline_share >= p.offline_share_suppress)
+    area_out = area_outage_mask(gw_off, state.area, p)
+
+    # --- silence ---------------------------------------------------------------------------
+    start = state.last_activity
+    silence_h = ((now - start) / 3600.0).astype(np.float32)  # NaN before any activity
+    q = state.quantile_h
+    alarm_h = state.alarm_after_h
+    margin = np.maximum(alarm_h - q, 1e-3)
+    # Score: -log10(beta) at the quantile, rising to -log10(alpha) at the alarm threshold.
+    lb, la = -math.log10(p.beta), -math.log10(p.alpha)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sc = np.where(silence_h <= q, lb * silence_h / np.maximum(q, 1e-3), lb + (la - lb) * (silence_h - q) / margin)
+    sc = np.nan_to_num(sc, nan=0.0).astype(np.float32)
+    # After a pause/blind stretch the silence is judged again from its end.
+    alarm_at = np.maximum(start + alarm_h * 3600.0, state.resume_from + alarm_h * 3600.0)
+    door = (state.flags & _FLAG_DOOR) != 0
+    alarm_at = np.where(door, np.maximum(alarm_at, start + p.door_away_cap_h * 3600.0), alarm_at)
+    cap_at = np.maximum(start, state.resume_from) + p.silence_cap_h * 3600.0
+    alarm_at = np.minimum(alarm_at, cap_at)
+    inactive = now >= alarm_at  # False for NaN
+    rule = np.where(
+        ~inactive,
+        RULE_NONE,
+        np.where(now >= cap_at, RULE_HARD_CAP, np.where(state.slot_history.astype(np.float32) < p.min_history, RULE_PRIOR, RULE_MODEL)),
+    ).astype(np.uint8)
+
+    # --- long-on ---------------------------------------------------------------------------
+    on_h = (rel_now - state.sw_on_since) / np.float32(3600.0)  # NaN when off
+    with np.errstate(invalid="ignore"):
+        over = on_h >= state.sw_alarm_after_h
+    long_on = over.any(axis=1)
+    with np.errstate(invalid="ignore"):
+        ratio = np.where(over, on_h / state.sw_alarm_after_h, -1.0)
+    which = np.where(long_on, np.argmax(ratio, axis=1), -1)
+    rows = np.arange(h)
+    wsafe = np.maximum(which, 0)
+    long_on_since = np.where(long_on, state.sw_on_since[rows, wsafe].astype(np.float64) + state.epoch, np.nan)
+    long_on_hours = np.where(long_on, on_h[rows, wsafe], 0.0).astype(np.float32)
+
+    # --- context ---------------------------------------------------------------------------
+    away = np.zeros(h, bool) if away_until is None else (np.nan_to_num(away_until, nan=-np.inf) > now)
+    suppressed = np.full(h, SUPPRESS_NONE, np.uint8)
+    suppressed[door & (now < start + p.door_away_cap_h * 3600.0)] = SUPPRESS_DOOR
+    suppressed[blind | (partial & inactive & (rule != RULE_HARD_CAP))] = SUPPRESS_DEVICE
+    suppressed[area_out] = SUPPRESS_AREA
+    suppressed[away] = SUPPRESS_AWAY
+    paused = away | blind | area_out
+    # Remember the blind stretch: its silence is not learned, and judged afresh after it.
+    state.resume_from[paused] = now
+    state.flags[paused] |= _FLAG_BLIND
+    welfare_ok = ~paused
+    return Scores(
+        inactivity=inactive & welfare_ok & ~(partial & (rule != RULE_HARD_CAP)),
+        inactivity_score=sc,
+        inactivity_rule=rule,
+        silence_start=start.copy(),
+        expected_by=start + q * 3600.0,
+        alarm_at=alarm_at,
+        long_on=long_on & welfare_ok,
+        long_on_switch=which,
+        long_on_since=long_on_since,
+        long_on_hours=long_on_hours,
+        device_offline=device_problem,
+        offline_devices=offline_devices,
+        gateway_offline=gw_off,
+        area_outage=area_out,
+        suppressed=suppressed,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Population prior
+# ---------------------------------------------------------------------------------------------
+
+
+def population_prior(state: FleetState, *, min_count: float = 3.0, default_weight: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """The fleet's average survival curves (silence [2, 24, E_S], on [blocks, E_O]), each slot an
+    average over the households with some history there, shrunk toward the generic default."""
+
+    sil = np.zeros(state.prior_sil.shape, np.float64)
+    cnt = np.zeros(state.prior_sil.shape[:-1] + (1,), np.float64)
+    on = np.zeros(state.prior_on.shape, np.float64)
+    on_cnt = np.zeros(state.prior_on.shape[:-1] + (1,), np.float64)
+    chunk = 65536
+    for lo in range(0, state.n, chunk):
+        hs = state.sil_hist[lo : lo + chunk].astype(np.float32)
+        n = hs[..., :1]
+        ok = n >= min_count
+        sil += np.where(ok, hs / np.maximum(n, 1e-6), 0.0).sum(axis=0)
+        cnt += ok.sum(axis=0)
+        ho = state.on_hist[lo : lo + chunk].astype(np.float32).reshape(-1, N_ON_BLOCKS, len(ON_EDGES_H))
+        n = ho[..., :1]
+        ok = n >= min_count
+        on += np.where(ok, ho / np.maximum(n, 1e-6), 0.0).sum(axis=0)
+        on_cnt += ok.sum(axis=0)
+    prior_sil = ((sil + default_weight * default_silence_prior()) / (cnt + default_weight)).astype(np.float32)
+    prior_on = ((on + default_weight * default_on_prior()) / (on_cnt + default_weight)).astype(np.float32)
+    return prior_sil, prior_on
+
+
+def refresh_prior(state: FleetState) -> None:
+    state.prior_sil, state.prior_on = population_prior(state)
+
+
