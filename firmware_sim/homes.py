@@ -99,7 +99,9 @@ class HouseholdSeeds:
 
 def _devices(hh: str, d: Draws, bulbs_only: bool) -> tuple[DeviceSpec, ...]:
     # Draw everything whatever `bulbs_only` says, so a home's bulbs are the same either way.
-    bulb_rooms = [room for room, p in _BULB_ROOMS.items() if d.chance(p)] or ["living"]
+    bulb_rooms = [room for room, p in _BULB_ROOMS.items() if d.chance(p)]
+    if "living" not in bulb_rooms and "bathroom" not in bulb_rooms:
+        bulb_rooms.append("living")  # installers put one where it is used every day
     sensor_home = d.chance(SENSOR_HOME_P)
     motion_rooms = [room for room, p in _MOTION_ROOMS.items() if d.chance(p)]
     door = d.chance(0.85)
