@@ -138,9 +138,12 @@ def motion_events(actions: ResidentActions, room: int, start: float, end: float,
     # At most one trigger per hold-off, so floor(duration / hold-off) + 1 candidates suffice.
     n = (np.floor((b - a) / MOTION_HOLDOFF_S) + 1).astype(np.int64)
     seg = np.repeat(np.arange(len(a)), n)
-    gaps = MOTION_HOLDOFF_S + rng.exponential(1.0, len(seg)) * gap_mean[seg]
+    # One uniform per candidate, in time order: the draws for a stay do not depend on later stays,
+    # so an incident that cuts the story short leaves everything before it unchanged.
+    u = rng.random(len(seg))
+    gaps = MOTION_HOLDOFF_S - np.log1p(-u) * gap_mean[seg]
     first = np.cumsum(n) - n
-    gaps[first] = rng.uniform(1.0, 4.0, len(a))  # walking in triggers it at once
+    gaps[first] = 1.0 + 3.0 * u[first]  # walking in triggers it at once
     cs = np.cumsum(gaps)
     base = cs[first] - gaps[first]
     t = a[seg] + (cs - base[seg])
