@@ -1,0 +1,62 @@
+"""``current_person``: the signed-in person of a request (cookie session, or a Bearer token for API
+clients). Unsafe methods with a cookie session must carry the session's CSRF token (header
+``X-CSRF-Token`` or form field ``csrf_token``)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from app.auth import service
+from app.errors import CsrfFailed, NotAuthenticated
+from app.people import Person
+
+SESSION_COOKIE = "mimamori_session"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _lookup(request: Request, token: str) -> tuple[Person, str] | None:
+    with request.app.state.pool.connection() as conn:
+        conn.autocommit = True
+        return service.session_person(conn, request.app.state.clock, token)
+
+
+def session_token(request: Request) -> tuple[str | None, bool]:
+    """(token, came as bearer)."""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip(), True
+    return request.cookies.get(SESSION_COOKIE), False
+
+
+async def optional_person(request: Request) -> Person | None:
+    if "person" in request.state._state:
+        return request.state.person
+    token, bearer = session_token(request)
+    found = await run_in_threadpool(_lookup, request, token) if token else None
+    request.state.person = found[0] if found else None
+    request.state.csrf = found[1] if found and not bearer else None
+    if found and not bearer and request.method not in SAFE_METHODS:
+        sent = request.headers.get("x-csrf-token")
+        if sent is None and request.headers.get("content-type", "").startswith(
+            ("application/x-www-form-urlencoded", "multipart/form-data")
+        ):
+            form = await request.form()
+            value = form.get("csrf_token")
+            sent = value if isinstance(value, str) else None
+        if not sent or not hmac.compare_digest(sent.encode(), found[1].encode()):
+            raise CsrfFailed("missing or wrong CSRF token")
+    return request.state.person
+
+
+async def current_person(person: Annotated[Person | None, Depends(optional_person)]) -> Person:
+    if person is None:
+        raise NotAuthenticated("sign in first")
+    return person
+
+
+CurrentPerson = Annotated[Person, Depends(current_person)]
+OptionalPerson = Annotated[Person | None, Depends(optional_person)]

@@ -1,0 +1,183 @@
+"""Thin routers for sign-in, sign-out, language and invitations (API and pages)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Form, Request, Response
+from fastapi.responses import RedirectResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.auth import service
+from app.auth.deps import SESSION_COOKIE, CurrentPerson, OptionalPerson, session_token
+from app.auth.models import AcceptIn, InvitationIn, InvitationOut, LoginIn, PersonOut, SessionOut
+from app.db import ClockDep, Conn
+from app.errors import AppError, NotAuthenticated, RateLimited
+from app.i18n import LANG_COOKIE, LOCALES, request_locale, translate
+from app.templating import render
+
+api = APIRouter(prefix="/api", tags=["auth"])
+pages = APIRouter(include_in_schema=False)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _set_session_cookie(request: Request, response: Response, token: str) -> None:
+    response.set_cookie(SESSION_COOKIE, token, max_age=int(service.SESSION_TTL.total_seconds()), httponly=True,
+                        samesite="lax", secure=request.url.scheme == "https", path="/")
+
+
+def _safe_next(value: str | None) -> str:
+    # Only same-site paths: no open redirect.
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/"
+
+
+# --- API ----------------------------------------------------------------------------------------
+
+
+@api.post("/auth/login", response_model=SessionOut, responses={401: {}, 429: {}})
+def api_login(body: LoginIn, request: Request, response: Response, conn: Conn, clock: ClockDep) -> SessionOut:
+    token, csrf, person = service.login(conn, clock, body.login, body.password, client=_client(request),
+                                        user_agent=request.headers.get("user-agent"))
+    _set_session_cookie(request, response, token)
+    return SessionOut(person_id=person.person_id, display_name=person.display_name, role=person.role,
+                      csrf_token=csrf, token=token)
+
+
+@api.post("/auth/logout", status_code=204, responses={401: {}, 403: {}})
+def api_logout(request: Request, person: CurrentPerson, conn: Conn) -> Response:
+    token, _ = session_token(request)
+    service.logout(conn, token or "")
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@api.post("/auth/logout-all", responses={401: {}, 403: {}})
+def api_logout_all(person: CurrentPerson, conn: Conn) -> dict[str, int]:
+    return {"sessions_ended": service.logout_everywhere(conn, person)}
+
+
+@api.get("/me", response_model=PersonOut, responses={401: {}})
+def api_me(person: CurrentPerson) -> PersonOut:
+    return PersonOut(**person.as_json())
+
+
+@api.post("/invitations", response_model=InvitationOut, status_code=201, responses={401: {}, 403: {}, 404: {}, 422: {}})
+def api_invite(body: InvitationIn, request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep) -> InvitationOut:
+    token, expires = service.create_invitation(conn, clock, person, role=body.role, display_name=body.display_name,
+                                               household_id=body.household_id, area=body.area, tier=body.tier,
+                                               relation=body.relation)
+    return InvitationOut(token=token, url=str(request.url_for("invite_page", token=token)), expires_at=expires.isoformat())
+
+
+@api.post("/invitations/{token}/accept", response_model=PersonOut, status_code=201, responses={404: {}, 409: {}, 422: {}})
+def api_accept(token: str, body: AcceptIn, conn: Conn, clock: ClockDep) -> PersonOut:
+    person = service.accept_invitation(conn, clock, token, login_name=body.login, password=body.password,
+                                       locale=body.locale, consent=body.consent)
+    return PersonOut(**person.as_json())
+
+
+# --- pages --------------------------------------------------------------------------------------
+
+
+@pages.get("/login")
+def login_page(request: Request, person: OptionalPerson, next: str | None = None) -> Response:
+    if person is not None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return render(request, "login.html", next=_safe_next(next))
+
+
+@pages.post("/login")
+async def login_submit(request: Request, login: Annotated[str, Form(max_length=64)],
+                       password: Annotated[str, Form(max_length=256)], next: Annotated[str, Form()] = "/") -> Response:
+    app = request.app
+
+    def attempt() -> tuple[str, str] | str:
+        with app.state.pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                token, _csrf, _p = service.login(conn, app.state.clock, login, password.replace("\x00", ""),
+                                                 client=_client(request), user_agent=request.headers.get("user-agent"))
+                return token, _p.locale
+            except RateLimited:
+                return "rate_limited"
+            except NotAuthenticated:
+                return "wrong_login"
+
+    result = await run_in_threadpool(attempt)
+    if isinstance(result, str):
+        locale = request_locale(request)
+        status = 429 if result == "rate_limited" else 401
+        return render(request, "login.html", status_code=status, error=translate(locale, result), login=login,
+                      next=_safe_next(next))
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    _set_session_cookie(request, response, result[0])
+    response.set_cookie(LANG_COOKIE, result[1], max_age=365 * 86400, samesite="lax", path="/")
+    return response
+
+
+@pages.post("/logout")
+def logout_submit(request: Request, person: CurrentPerson, conn: Conn) -> Response:
+    token, _ = session_token(request)
+    service.logout(conn, token or "")
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@pages.post("/logout-all")
+def logout_all_submit(person: CurrentPerson, conn: Conn) -> Response:
+    service.logout_everywhere(conn, person)
+    response = RedirectResponse("/login?msg=signed_out_everywhere", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@pages.get("/lang/{code}")
+def switch_language(code: str, request: Request, person: OptionalPerson, conn: Conn) -> Response:
+    if code not in LOCALES:
+        code = "ja"
+    if person is not None:
+        service.set_locale(conn, person, code)
+    referer = request.headers.get("referer", "/")
+    target = "/"
+    if referer.startswith(str(request.base_url)):
+        target = _safe_next("/" + referer[len(str(request.base_url)):])
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(LANG_COOKIE, code, max_age=365 * 86400, samesite="lax", path="/")
+    return response
+
+
+@pages.get("/invite/{token}", name="invite_page")
+def invite_page(token: str, request: Request, conn: Conn, clock: ClockDep) -> Response:
+    inv = service.get_invitation(conn, clock, token)
+    return render(request, "invite.html", inv=inv, token=token, notice_version=service.NOTICE_VERSION)
+
+
+@pages.post("/invite/{token}")
+def invite_submit(token: str, request: Request, conn: Conn, clock: ClockDep,
+                  login: Annotated[str, Form(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.@+-]+$")],
+                  password: Annotated[str, Form(min_length=8, max_length=256)],
+                  locale: Annotated[str, Form()] = "ja", consent: Annotated[str | None, Form()] = None) -> Response:
+    inv = service.get_invitation(conn, clock, token)
+    try:
+        person = service.accept_invitation(conn, clock, token, login_name=login, password=password.replace("\x00", ""),
+                                           locale=locale if locale in LOCALES else "ja", consent=bool(consent))
+    except AppError as exc:
+        return render(request, "invite.html", status_code=exc.status_code, inv=inv, token=token,
+                      notice_version=service.NOTICE_VERSION, error=translate(request_locale(request), f"err_{exc.code}"))
+    session, _csrf = service.start_session(conn, clock, person.person_id, user_agent=request.headers.get("user-agent"))
+    response = RedirectResponse("/", status_code=303)
+    _set_session_cookie(request, response, session)
+    response.set_cookie(LANG_COOKIE, person.locale, max_age=365 * 86400, samesite="lax", path="/")
+    return response
+
+
+def login_redirect(request: Request) -> RedirectResponse:
+    return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)

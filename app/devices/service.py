@@ -1,0 +1,120 @@
+"""Devices: unpaired devices that have sent events, pairing a device to a household (its past
+events follow it), device problems and area outages for coordinators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from app.errors import Conflict, Invalid, NotFound
+from app.households.service import DEVICE_SILENT_AFTER
+from app.people import Person
+from app.scope import household_scope_sql, require_manage, require_manager
+from mimamori.clock import Clock, as_datetime
+
+DEVICE_KINDS = ("bulb", "motion", "door", "plug")
+
+
+def _unpaired_scope(person: Person) -> tuple[str, dict[str, Any]]:
+    # A coordinator sees devices reaching the service through a gateway of their area, or through a
+    # gateway not yet placed anywhere (a new home gateway).
+    if person.is_operator:
+        return "TRUE", {}
+    return "(g.area IS NULL OR g.area = %(area)s)", {"area": person.area}
+
+
+def list_unpaired(conn: psycopg.Connection, person: Person) -> list[dict[str, Any]]:
+    require_manager(person)
+    where, params = _unpaired_scope(person)
+    rows = conn.execute(
+        "SELECT d.device_id, d.gateway_id, d.first_seen_at, ds.last_seen_at,"
+        " (SELECT count(*) FROM events e WHERE e.device_id = d.device_id) AS events"
+        " FROM devices d LEFT JOIN gateways g USING (gateway_id) LEFT JOIN device_state ds USING (device_id)"
+        f" WHERE d.household_id IS NULL AND {where} ORDER BY d.first_seen_at DESC NULLS LAST, d.device_id LIMIT 200",
+        params,
+    ).fetchall()
+    return [dict(zip(("device_id", "gateway_id", "first_seen_at", "last_seen_at", "events"), r)) for r in rows]
+
+
+def pair_device(conn: psycopg.Connection, clock: Clock, person: Person, *, device_id: str, household_id: str,
+                kind: str | None = None, room: str | None = None) -> dict[str, Any]:
+    """Attach a device to a household; its events stored while unpaired now count for the household."""
+    require_manage(conn, person, household_id)
+    if kind is not None and kind not in DEVICE_KINDS:
+        raise Invalid("unknown device kind")
+    device_id = device_id.strip()
+    now = as_datetime(clock.now())
+    with conn.transaction():
+        row = conn.execute("SELECT household_id FROM devices WHERE device_id = %s FOR UPDATE", (device_id,)).fetchone()
+        if row is None:
+            # Entered or scanned before it ever reported: register it now.
+            conn.execute(
+                "INSERT INTO devices (device_id, household_id, kind, room, paired_at, created_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (device_id, household_id, kind, room, now, now),
+            )
+        elif row[0] is not None and row[0] != household_id:
+            raise Conflict("device is paired to another household")
+        else:
+            conn.execute(
+                "UPDATE devices SET household_id = %s, kind = COALESCE(%s, kind), room = COALESCE(%s, room),"
+                " paired_at = %s WHERE device_id = %s",
+                (household_id, kind, room, now, device_id),
+            )
+        moved = conn.execute(
+            "UPDATE events SET household_id = %s WHERE device_id = %s AND household_id IS DISTINCT FROM %s",
+            (household_id, device_id, household_id),
+        ).rowcount
+        # A home gateway without a household belongs to the household of its first paired device.
+        conn.execute(
+            "UPDATE gateways g SET household_id = %s FROM devices d WHERE d.device_id = %s"
+            " AND g.gateway_id = d.gateway_id AND g.household_id IS NULL AND g.area IS NULL",
+            (household_id, device_id),
+        )
+    return {"device_id": device_id, "household_id": household_id, "events_moved": moved}
+
+
+def unpair_device(conn: psycopg.Connection, person: Person, device_id: str) -> None:
+    row = conn.execute("SELECT household_id FROM devices WHERE device_id = %s", (device_id,)).fetchone()
+    if row is None or row[0] is None:
+        raise NotFound("device not found")
+    require_manage(conn, person, row[0])
+    conn.execute("UPDATE devices SET household_id = NULL, paired_at = NULL WHERE device_id = %s", (device_id,))
+
+
+def device_problems(conn: psycopg.Connection, clock: Clock, person: Person) -> list[dict[str, Any]]:
+    """Paired devices in the person's scope that are silent or behind an offline gateway."""
+    require_manager(person)
+    where, params = household_scope_sql(person)
+    now = as_datetime(clock.now())
+    rows = conn.execute(
+        "SELECT d.device_id, d.kind, d.room, h.household_id, h.display_name, g.gateway_id, g.status,"
+        " GREATEST(ds.last_seen_at, ds.last_heartbeat_at) AS last"
+        " FROM devices d JOIN households h USING (household_id) LEFT JOIN device_state ds USING (device_id)"
+        " LEFT JOIN gateways g ON g.gateway_id = d.gateway_id"
+        f" WHERE {where} AND (g.status = 'offline' OR ds.device_id IS NULL"
+        "   OR GREATEST(ds.last_seen_at, ds.last_heartbeat_at) < %(silent)s)"
+        " ORDER BY last NULLS FIRST LIMIT 500",
+        {**params, "silent": now - DEVICE_SILENT_AFTER},
+    ).fetchall()
+    return [{"device_id": r[0], "kind": r[1], "room": r[2], "household_id": r[3], "household_name": r[4],
+             "gateway_id": r[5], "problem": "gateway_offline" if r[6] == "offline" else "silent", "last_seen_at": r[7]}
+            for r in rows]
+
+
+def area_outages(conn: psycopg.Connection, person: Person) -> list[dict[str, Any]]:
+    """Open area outages the person should see as a banner (their area, or all for operators)."""
+    if person.is_operator:
+        cond, params = "TRUE", {}
+    elif person.role == "coordinator":
+        cond, params = "i.area = %(area)s", {"area": person.area}
+    else:
+        where, params = household_scope_sql(person)
+        cond = f"i.area IN (SELECT h.area FROM households h WHERE {where})"
+    rows = conn.execute(
+        f"SELECT i.incident_id, i.area, i.opened_at, i.evidence FROM incidents i WHERE i.kind = 'area_outage'"
+        f" AND i.status IN ('open', 'claimed') AND {cond} ORDER BY i.opened_at",
+        params,
+    ).fetchall()
+    return [{"incident_id": r[0], "area": r[1], "opened_at": r[2], "evidence": r[3]} for r in rows]

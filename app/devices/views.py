@@ -1,0 +1,73 @@
+"""Thin routers: unpaired devices, pairing, device problems, area outages."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Form, Request, Response
+from fastapi.responses import RedirectResponse
+from pydantic import BaseModel
+
+from app.auth.deps import CurrentPerson
+from app.db import ClockDep, Conn
+from app.devices import service
+from app.errors import AppError
+from app.households import service as households
+from app.i18n import request_locale, translate
+from app.models import ID_PATTERN, Id, Name
+from app.scope import require_manager
+from app.templating import render
+
+api = APIRouter(prefix="/api/devices", tags=["devices"])
+pages = APIRouter(include_in_schema=False)
+
+
+class PairIn(BaseModel):
+    device_id: Id
+    household_id: Id
+    kind: Literal["bulb", "motion", "door", "plug"] | None = None
+    room: Name | None = None
+
+
+@api.get("/unpaired", responses={401: {}, 403: {}})
+def api_unpaired(person: CurrentPerson, conn: Conn) -> list[dict[str, Any]]:
+    return service.list_unpaired(conn, person)
+
+
+@api.post("/pair", responses={401: {}, 403: {}, 404: {}, 409: {}, 422: {}})
+def api_pair(body: PairIn, person: CurrentPerson, conn: Conn, clock: ClockDep) -> dict[str, Any]:
+    return service.pair_device(conn, clock, person, device_id=body.device_id, household_id=body.household_id,
+                               kind=body.kind, room=body.room)
+
+
+@api.get("/problems", responses={401: {}, 403: {}})
+def api_problems(person: CurrentPerson, conn: Conn, clock: ClockDep) -> list[dict[str, Any]]:
+    return service.device_problems(conn, clock, person)
+
+
+@api.get("/outages", responses={401: {}})
+def api_outages(person: CurrentPerson, conn: Conn) -> list[dict[str, Any]]:
+    return service.area_outages(conn, person)
+
+
+@pages.get("/coord/devices")
+def devices_page(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep,
+                 device_id: str | None = None, error: str | None = None) -> Response:
+    require_manager(person)
+    return render(request, "devices.html", unpaired=service.list_unpaired(conn, person),
+                  households=households.list_households(conn, clock, person), device_id=device_id, error=error)
+
+
+@pages.post("/coord/devices/pair")
+def pair_submit(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep,
+                device_id: Annotated[str, Form(pattern=ID_PATTERN)], household_id: Annotated[str, Form(pattern=ID_PATTERN)],
+                kind: Annotated[str, Form()] = "", room: Annotated[str, Form(max_length=100)] = "") -> Response:
+    try:
+        result = service.pair_device(conn, clock, person, device_id=device_id, household_id=household_id,
+                                     kind=kind or None, room=room or None)
+    except AppError as exc:
+        locale = request_locale(request)
+        return render(request, "devices.html", status_code=exc.status_code, unpaired=service.list_unpaired(conn, person),
+                      households=households.list_households(conn, clock, person), device_id=device_id,
+                      error=translate(locale, f"err_{exc.code}"))
+    return RedirectResponse(f"/households/{household_id}?msg=saved&paired={result['device_id']}", status_code=303)

@@ -1,0 +1,210 @@
+"""Thin routers: households (API and pages), teams, away periods, the watcher's home page."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Path, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from app.auth import service as auth_service
+from app.auth.deps import CurrentPerson
+from app.db import ClockDep, Conn
+from app.errors import Invalid
+from app.households import service
+from app.households.heatmap import heatmap_svg
+from app.households.models import AwayIn, ChainIn, HouseholdDetail, HouseholdIn, HouseholdSummary, TeamMemberIn
+from app.i18n import request_locale, translate
+from app.incidents import service as incidents
+from app.models import ID_PATTERN
+from app.templating import render
+
+api = APIRouter(prefix="/api/households", tags=["households"])
+pages = APIRouter(include_in_schema=False)
+HouseholdId = Annotated[str, Path(pattern=ID_PATTERN)]
+ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}}
+
+
+@api.get("", response_model=list[HouseholdSummary], responses={401: {}})
+def api_list(person: CurrentPerson, conn: Conn, clock: ClockDep) -> list[dict[str, Any]]:
+    return service.list_households(conn, clock, person)
+
+
+@api.post("", status_code=201, responses={**ERRORS, 409: {}})
+def api_create(body: HouseholdIn, person: CurrentPerson, conn: Conn, clock: ClockDep) -> dict[str, str]:
+    hid = service.create_household(conn, clock, person, display_name=body.display_name, area=body.area,
+                                   household_id=body.household_id, address=body.address, phone=body.phone,
+                                   paper_consent=body.paper_consent)
+    return {"household_id": hid}
+
+
+@api.get("/{household_id}", response_model=HouseholdDetail, responses=ERRORS)
+def api_get(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep) -> dict[str, Any]:
+    return service.get_household(conn, clock, person, household_id, what="api")
+
+
+@api.get("/{household_id}/team", responses=ERRORS)
+def api_team(household_id: HouseholdId, person: CurrentPerson, conn: Conn) -> list[dict[str, Any]]:
+    return service.team(conn, person, household_id)
+
+
+@api.post("/{household_id}/team", status_code=204, responses={**ERRORS, 422: {}})
+def api_team_add(household_id: HouseholdId, body: TeamMemberIn, person: CurrentPerson, conn: Conn,
+                 clock: ClockDep) -> Response:
+    service.add_to_team(conn, clock, person, household_id, body.person_id, tier=body.tier, relation=body.relation)
+    return Response(status_code=204)
+
+
+@api.delete("/{household_id}/team/{person_id}", status_code=204, responses=ERRORS)
+def api_team_remove(household_id: HouseholdId, person_id: Annotated[str, Path(pattern=ID_PATTERN)],
+                    person: CurrentPerson, conn: Conn) -> Response:
+    service.remove_from_team(conn, person, household_id, person_id)
+    return Response(status_code=204)
+
+
+@api.post("/{household_id}/away", status_code=201, responses={**ERRORS, 422: {}})
+def api_away(household_id: HouseholdId, body: AwayIn, person: CurrentPerson, conn: Conn,
+             clock: ClockDep) -> dict[str, int]:
+    return {"away_id": service.set_away(conn, clock, person, household_id, body.until, body.note)}
+
+
+@api.delete("/{household_id}/away", status_code=204, responses=ERRORS)
+def api_away_end(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep) -> Response:
+    service.end_away(conn, clock, person, household_id)
+    return Response(status_code=204)
+
+
+@api.get("/{household_id}/chain", responses=ERRORS)
+def api_chain(household_id: HouseholdId, person: CurrentPerson, conn: Conn) -> dict[str, Any]:
+    steps, source = incidents.get_chain(conn, person, household_id)
+    return {"steps": steps, "source": source}
+
+
+@api.put("/{household_id}/chain", responses={**ERRORS, 422: {}})
+def api_chain_set(household_id: HouseholdId, body: ChainIn, person: CurrentPerson, conn: Conn,
+                  clock: ClockDep) -> dict[str, Any]:
+    return {"steps": incidents.set_chain(conn, clock, person, household_id, body.steps), "source": "household"}
+
+
+# --- pages --------------------------------------------------------------------------------------
+
+
+def _home_context(conn: Any, clock: Any, person: Any) -> dict[str, Any]:
+    return {"households": service.list_households(conn, clock, person),
+            "incidents": incidents.list_incidents(conn, person)}
+
+
+@pages.get("/")
+def home(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep) -> Response:
+    if person.role == "resident" and person.household_id:
+        return RedirectResponse("/me", status_code=303)
+    return render(request, "home.html", **_home_context(conn, clock, person))
+
+
+@pages.get("/partials/home")
+def home_partial(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep) -> HTMLResponse:
+    return render(request, "_home_list.html", **_home_context(conn, clock, person))
+
+
+def _chain_text(conn: Any, person: Any, household_id: str) -> str:
+    steps, _source = incidents.get_chain(conn, person, household_id)
+    return json.dumps(steps, ensure_ascii=False, indent=1)
+
+
+@pages.get("/households/{household_id}")
+def household_page(household_id: HouseholdId, request: Request, person: CurrentPerson, conn: Conn,
+                   clock: ClockDep) -> Response:
+    h = service.get_household(conn, clock, person, household_id)
+    locale = request_locale(request)
+    svg = heatmap_svg(h["heatmap"], title=translate(locale, "heatmap_title"), locale=locale)
+    extra: dict[str, Any] = {"chain": None, "watchers": []}
+    if person.manages:
+        extra["watchers"] = service.area_watchers(conn, person)
+        extra["chain"] = _chain_text(conn, person, household_id)
+    return render(request, "household.html", h=h, heatmap_svg=svg, **extra)
+
+
+@pages.post("/households/{household_id}/team")
+def team_add_submit(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep,
+                    person_id: Annotated[str, Form(pattern=ID_PATTERN)], tier: Annotated[int, Form(ge=1, le=9)] = 1,
+                    relation: Annotated[str, Form(max_length=100)] = "") -> Response:
+    service.add_to_team(conn, clock, person, household_id, person_id, tier=tier, relation=relation or None)
+    return RedirectResponse(f"/households/{household_id}?msg=saved", status_code=303)
+
+
+@pages.post("/households/{household_id}/team/{member_id}/remove")
+def team_remove_submit(household_id: HouseholdId, member_id: Annotated[str, Path(pattern=ID_PATTERN)],
+                       person: CurrentPerson, conn: Conn) -> Response:
+    service.remove_from_team(conn, person, household_id, member_id)
+    return RedirectResponse(f"/households/{household_id}?msg=saved", status_code=303)
+
+
+@pages.post("/households/{household_id}/chain")
+def chain_submit(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep,
+                 steps: Annotated[str, Form(max_length=20000)]) -> Response:
+    try:
+        parsed = json.loads(steps)
+    except ValueError as exc:
+        raise Invalid("the steps are not valid JSON") from exc
+    incidents.set_chain(conn, clock, person, household_id, parsed)
+    return RedirectResponse(f"/households/{household_id}?msg=saved", status_code=303)
+
+
+@pages.post("/households/{household_id}/away")
+def away_submit(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep,
+                until: Annotated[date, Form()]) -> Response:
+    service.set_away(conn, clock, person, household_id, until)
+    return RedirectResponse(f"/households/{household_id}?msg=saved", status_code=303)
+
+
+@pages.post("/households/{household_id}/away/end")
+def away_end_submit(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep) -> Response:
+    service.end_away(conn, clock, person, household_id)
+    return RedirectResponse(f"/households/{household_id}?msg=saved", status_code=303)
+
+
+@pages.post("/households/{household_id}/invite")
+def household_invite_submit(household_id: HouseholdId, request: Request, person: CurrentPerson, conn: Conn,
+                            clock: ClockDep, role: Annotated[str, Form()],
+                            display_name: Annotated[str, Form(min_length=1, max_length=200)]) -> Response:
+    token, _ = auth_service.create_invitation(conn, clock, person, role=role, display_name=display_name,
+                                              household_id=household_id)
+    return _coord_page(request, person, conn, clock, invitation_url=str(request.url_for("invite_page", token=token)))
+
+
+@pages.get("/coord")
+def coord_page(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep) -> Response:
+    return _coord_page(request, person, conn, clock)
+
+
+def _coord_page(request: Request, person: Any, conn: Any, clock: Any, **extra: Any) -> Response:
+    from app.devices import service as devices
+    from app.scope import require_manager
+
+    require_manager(person)
+    return render(request, "coord.html", households=service.list_households(conn, clock, person),
+                  incidents=incidents.list_incidents(conn, person), problems=devices.device_problems(conn, clock, person),
+                  notice_version=auth_service.NOTICE_VERSION, **extra)
+
+
+@pages.post("/coord/households")
+def coord_create_household(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep,
+                           display_name: Annotated[str, Form(min_length=1, max_length=200)],
+                           area: Annotated[str, Form(max_length=200)] = "",
+                           address: Annotated[str, Form(max_length=500)] = "",
+                           phone: Annotated[str, Form(max_length=50)] = "",
+                           paper_consent: Annotated[str, Form()] = "") -> Response:
+    hid = service.create_household(conn, clock, person, display_name=display_name, area=area or None,
+                                   address=address or None, phone=phone or None, paper_consent=bool(paper_consent))
+    return RedirectResponse(f"/households/{hid}?msg=saved", status_code=303)
+
+
+@pages.post("/coord/invite")
+def coord_invite(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep,
+                 role: Annotated[str, Form()], display_name: Annotated[str, Form(min_length=1, max_length=200)],
+                 area: Annotated[str, Form(max_length=200)] = "") -> Response:
+    token, _ = auth_service.create_invitation(conn, clock, person, role=role, display_name=display_name,
+                                              area=area or person.area)
+    return _coord_page(request, person, conn, clock, invitation_url=str(request.url_for("invite_page", token=token)))

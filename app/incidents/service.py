@@ -1,0 +1,125 @@
+"""Incidents as watchers and coordinators see them, and their actions.
+
+Reading joins ``incidents`` with names for the pages (scope as in ``alerts.service``). Actions (claim,
+resolve, comment) and escalation chains go through ``alerts.service``, the escalation engine's API,
+which enforces team membership; its errors become the app's."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from app.errors import Conflict, Forbidden, Invalid, NotFound
+from app.households.service import log_view
+from app.people import Person
+from app.scope import household_scope_sql
+from alerts import service as alerts_service
+from mimamori.clock import Clock
+
+OUTCOMES = ("fine", "needed_help", "emergency_services", "away", "device_problem", "false_alarm")
+_COLUMNS = ("incident_id", "household_id", "household_name", "area", "kind", "status", "opened_at", "updated_at",
+            "claimed_at", "claimed_by", "claimed_by_name", "closed_at", "closed_by", "outcome", "outcome_note",
+            "rule", "score", "evidence")
+_SELECT = """
+SELECT i.incident_id, i.household_id, h.display_name, COALESCE(i.area, h.area), i.kind, i.status, i.opened_at,
+       i.updated_at, i.claimed_at, i.claimed_by, cp.display_name, i.closed_at, i.closed_by, i.outcome,
+       i.outcome_note, i.rule, i.score, i.evidence
+FROM incidents i
+LEFT JOIN households h ON h.household_id = i.household_id
+LEFT JOIN people cp ON cp.person_id = i.claimed_by
+"""
+
+
+def _incident_scope(person: Person) -> tuple[str, dict[str, Any]]:
+    where, params = household_scope_sql(person)
+    # Area outages concern coordinators of the area (and operators), never a household's team.
+    if person.is_operator:
+        return "TRUE", {}
+    if person.role == "coordinator":
+        return (f"((i.household_id IS NOT NULL AND {where}) OR (i.household_id IS NULL AND i.area = %(scope_area)s))",
+                params)
+    if person.role == "watcher":
+        return f"(i.household_id IS NOT NULL AND {where} AND i.kind IN ('inactivity', 'long_on'))", params
+    return "FALSE", {}  # residents see their own activity, not the team's alerts
+
+
+def list_incidents(conn: psycopg.Connection, person: Person, *, active_only: bool = True,
+                   limit: int = 100) -> list[dict[str, Any]]:
+    where, params = _incident_scope(person)
+    status = "AND i.status IN ('open', 'claimed')" if active_only else ""
+    rows = conn.execute(
+        f"{_SELECT} WHERE {where} {status} ORDER BY i.opened_at DESC LIMIT %(limit)s", {**params, "limit": limit}
+    ).fetchall()
+    return [dict(zip(_COLUMNS, r)) for r in rows]
+
+
+def get_incident(conn: psycopg.Connection, clock: Clock, person: Person, incident_id: int) -> dict[str, Any]:
+    where, params = _incident_scope(person)
+    row = conn.execute(f"{_SELECT} WHERE i.incident_id = %(iid)s AND {where}", {**params, "iid": incident_id}).fetchone()
+    if row is None:
+        raise NotFound("incident not found")
+    incident = dict(zip(_COLUMNS, row))
+    incident["timeline"] = timeline(conn, incident_id)
+    if incident["household_id"]:
+        log_view(conn, clock, person, incident["household_id"], "incident")
+    return incident
+
+
+def timeline(conn: psycopg.Connection, incident_id: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT t.at, t.actor, p.display_name, t.action, t.channel, t.body FROM incident_timeline t"
+        " LEFT JOIN people p ON p.person_id = t.actor WHERE t.incident_id = %s ORDER BY t.at, t.entry_id",
+        (incident_id,),
+    ).fetchall()
+    return [dict(zip(("at", "actor", "actor_name", "action", "channel", "body"), r)) for r in rows]
+
+
+@contextmanager
+def _alerts_errors() -> Iterator[None]:
+    """The alert engine's errors, as the app's."""
+    from alerts import models as am
+
+    try:
+        yield
+    except am.NotFound as exc:
+        raise NotFound(str(exc)) from exc
+    except am.Forbidden as exc:
+        raise Forbidden(str(exc)) from exc
+    except am.Conflict as exc:
+        raise Conflict(str(exc)) from exc
+    except am.InvalidInput as exc:
+        raise Invalid(str(exc)) from exc
+
+
+def claim(conn: psycopg.Connection, clock: Clock, person: Person, incident_id: int, *, channel: str = "app") -> None:
+    """"I'll go"."""
+    with _alerts_errors():
+        alerts_service.claim(conn, person, incident_id, clock=clock, channel=channel)
+
+
+def resolve(conn: psycopg.Connection, clock: Clock, person: Person, incident_id: int, *, outcome: str,
+            note: str | None = None, channel: str = "app") -> None:
+    """"All fine" / "Needs help" (and the other outcomes)."""
+    if outcome not in OUTCOMES or outcome == "away":  # 'away' needs a date: the household page sets away periods
+        raise Invalid("unknown outcome")
+    with _alerts_errors():
+        alerts_service.resolve(conn, person, incident_id, outcome, note or "", clock=clock, channel=channel)
+
+
+def comment(conn: psycopg.Connection, clock: Clock, person: Person, incident_id: int, body: str, *,
+            channel: str = "app") -> None:
+    with _alerts_errors():
+        alerts_service.comment(conn, person, incident_id, body, clock=clock, channel=channel)
+
+
+def get_chain(conn: psycopg.Connection, person: Person, household_id: str) -> tuple[list[dict[str, Any]], str]:
+    with _alerts_errors():
+        return alerts_service.get_chain(conn, person, household_id)
+
+
+def set_chain(conn: psycopg.Connection, clock: Clock, person: Person, household_id: str, steps: Any) -> list[dict[str, Any]]:
+    with _alerts_errors():
+        return alerts_service.set_chain(conn, person, household_id, steps, clock=clock)

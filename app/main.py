@@ -1,0 +1,129 @@
+"""The web app: ``create_app`` builds the FastAPI application (JSON API with OpenAPI under /api,
+server-rendered pages, SSE, PWA); ``run_app`` serves it with uvicorn until ``stop`` is set."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from app.auth import views as auth_views
+from app.devices import views as device_views
+from app.errors import AppError, NotAuthenticated
+from app.households import views as household_views
+from app.i18n import request_locale, translate
+from app.incidents import views as incident_views
+from app.live import router as live_router
+from app.privacy import views as privacy_views
+from app.pwa import router as pwa_router
+from mimamori.clock import Clock, SystemClock
+from mimamori.config import Settings
+from mimamori.db import make_pool
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+
+def _wants_json(request: Request) -> bool:
+    path = request.url.path
+    return path.startswith("/api") or path == "/live" or "application/json" in request.headers.get("accept", "")
+
+
+def create_app(settings: Settings, *, database_url: str, clock: Clock | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.pool = make_pool(database_url, min_size=1, max_size=8, name="mimamori-app")
+        try:
+            yield
+        finally:
+            app.state.stopping.set()
+            app.state.pool.close()
+
+    app = FastAPI(title="mimamori", version="0.1.0", lifespan=lifespan,
+                  description="見守り: households, alerts, devices and privacy for watchers, coordinators and residents.")
+    app.state.settings = settings
+    app.state.clock = clock or SystemClock()
+    app.state.stopping = threading.Event()
+    app.state.vapid_public_key = (getattr(settings, "webpush_vapid_public_key", None)
+                                  or os.environ.get("MIMAMORI_WEBPUSH_VAPID_PUBLIC_KEY"))
+
+    @app.exception_handler(AppError)
+    async def app_error(request: Request, exc: AppError) -> Response:
+        if _wants_json(request):
+            return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=exc.status_code)
+        if isinstance(exc, NotAuthenticated):
+            return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+        from app.templating import render
+
+        message = translate(request_locale(request), f"err_{exc.code}")
+        return render(request, "error.html", status_code=exc.status_code, message=message)
+
+    @app.exception_handler(psycopg.DataError)
+    async def data_error(request: Request, exc: psycopg.DataError) -> Response:
+        # e.g. NUL bytes or out-of-range values that slipped past validation: the input's fault.
+        return JSONResponse({"detail": "invalid input", "code": "invalid"}, status_code=422)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        response.headers.setdefault("x-content-type-options", "nosniff")
+        response.headers.setdefault("x-frame-options", "DENY")
+        response.headers.setdefault("referrer-policy", "same-origin")
+        response.headers.setdefault(
+            "content-security-policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'")
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    for module in (auth_views, household_views, incident_views, device_views, privacy_views):
+        app.include_router(module.api)
+        app.include_router(module.pages)
+    app.include_router(live_router)
+    app.include_router(pwa_router)
+    _include_alerts_routers(app)
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    return app
+
+
+def _include_alerts_routers(app: FastAPI) -> None:
+    """The alerts stage may ship its own routers (they use ``app.auth.current_person``)."""
+    try:
+        views = importlib.import_module("alerts.views")
+    except ImportError:
+        return
+    for name in ("router", "api", "pages"):
+        router = getattr(views, name, None)
+        if router is not None:
+            app.include_router(router)
+
+
+def run_app(settings: Settings, *, database_url: str, host: str = "127.0.0.1", port: int = 8000,
+            stop: threading.Event | None = None, clock: Clock | None = None) -> None:
+    """Serve until ``stop`` is set (or Ctrl-C when run in the main thread)."""
+    import uvicorn
+
+    app = create_app(settings, database_url=database_url, clock=clock)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2,
+                            proxy_headers=True)
+    server = uvicorn.Server(config)
+    if stop is not None:
+        def watch() -> None:
+            stop.wait()
+            app.state.stopping.set()
+            server.should_exit = True
+
+        threading.Thread(target=watch, name="app-stop", daemon=True).start()
+    server.run()

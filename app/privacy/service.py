@@ -1,0 +1,110 @@
+"""Privacy: who viewed a household's data, export of everything stored about a household (JSON
+and CSV), and deletion on request (events and personal data), confirmed by typing the name."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import psycopg
+
+from app.errors import Forbidden, Invalid
+from app.households.service import log_view
+from app.people import Person
+from app.scope import require_manage, require_view
+from mimamori.clock import Clock, as_datetime
+
+
+def view_log(conn: psycopg.Connection, person: Person, household_id: str, limit: int = 200) -> list[dict[str, Any]]:
+    """Who looked at the household's data, newest first. For its resident and its managers."""
+    require_view(conn, person, household_id)
+    if person.role == "watcher":
+        raise Forbidden("the view log is for the resident and coordinators")
+    rows = conn.execute(
+        "SELECT viewer_name, viewer_role, what, viewed_at FROM household_views WHERE household_id = %s"
+        " ORDER BY viewed_at DESC, id DESC LIMIT %s", (household_id, limit)).fetchall()
+    return [dict(zip(("viewer_name", "viewer_role", "what", "viewed_at"), r)) for r in rows]
+
+
+def _may_export(person: Person) -> None:
+    if person.role not in ("operator", "coordinator", "resident"):
+        raise Forbidden("export is for the resident and coordinators")
+
+
+def _rows(conn: psycopg.Connection, sql: str, params: tuple) -> list[dict[str, Any]]:
+    cur = conn.execute(sql, params)
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def export_household(conn: psycopg.Connection, clock: Clock, person: Person, household_id: str,
+                     *, fmt: str = "json") -> dict[str, list[dict[str, Any]]]:
+    """Every stored record about the household, table by table."""
+    require_view(conn, person, household_id)
+    _may_export(person)
+    h = (household_id,)
+    data = {
+        "household": _rows(conn, "SELECT * FROM households WHERE household_id = %s", h),
+        "contact": _rows(conn, "SELECT address, phone, updated_at FROM household_contacts WHERE household_id = %s", h),
+        "residents": _rows(conn, "SELECT person_id, display_name, locale, phone, created_at FROM people"
+                                 " WHERE household_id = %s", h),
+        "team": _rows(conn, "SELECT w.person_id, p.display_name, w.tier, w.relation, w.added_at FROM household_watchers w"
+                            " JOIN people p USING (person_id) WHERE w.household_id = %s", h),
+        "consents": _rows(conn, "SELECT * FROM consents WHERE household_id = %s", h),
+        "away_periods": _rows(conn, "SELECT starts_at, until, source, note FROM away_periods WHERE household_id = %s", h),
+        "devices": _rows(conn, "SELECT device_id, kind, room, paired_at FROM devices WHERE household_id = %s", h),
+        "incidents": _rows(conn, "SELECT incident_id, kind, status, opened_at, closed_at, outcome, outcome_note"
+                                 " FROM incidents WHERE household_id = %s ORDER BY opened_at", h),
+        "views": _rows(conn, "SELECT viewer_name, viewer_role, what, viewed_at FROM household_views"
+                             " WHERE household_id = %s ORDER BY viewed_at", h),
+        "events": _rows(conn, "SELECT time, device_id, seq, kind, value FROM events WHERE household_id = %s"
+                              " ORDER BY time, device_id, seq", h),
+    }
+    log_view(conn, clock, person, household_id, f"export_{fmt}")
+    return data
+
+
+def export_csv(data: dict[str, list[dict[str, Any]]]) -> str:
+    """One CSV: a `table` column, then that table's columns (header row per table)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    for table, rows in data.items():
+        if not rows:
+            continue
+        names = list(rows[0])
+        writer.writerow(["table", *names])
+        for row in rows:
+            writer.writerow([table, *("" if row[n] is None else row[n] for n in names)])
+    return out.getvalue()
+
+
+def delete_household(conn: psycopg.Connection, clock: Clock, person: Person, household_id: str, *,
+                     confirm_name: str) -> dict[str, int]:
+    """Delete on request: its events and every personal record (people, team, consents, contacts,
+    incidents, views). Devices stay in the inventory, unpaired. Confirmed by the household's name."""
+    require_manage(conn, person, household_id)
+    name = conn.execute("SELECT display_name FROM households WHERE household_id = %s", (household_id,)).fetchone()[0]
+    if confirm_name.strip() != name:
+        raise Invalid("type the household's name to confirm")
+    with conn.transaction():
+        events = conn.execute(
+            "DELETE FROM events WHERE household_id = %s OR device_id IN (SELECT device_id FROM devices"
+            " WHERE household_id = %s)", (household_id, household_id)).rowcount
+        conn.execute("UPDATE devices SET household_id = NULL, paired_at = NULL, room = NULL WHERE household_id = %s",
+                     (household_id,))
+        residents = conn.execute("DELETE FROM people WHERE household_id = %s AND role = 'resident'",
+                                 (household_id,)).rowcount
+        conn.execute("DELETE FROM households WHERE household_id = %s", (household_id,))  # cascades the rest
+    return {"events": events, "residents": residents}
+
+
+def consent_of(conn: psycopg.Connection, person: Person, household_id: str) -> list[dict[str, Any]]:
+    require_view(conn, person, household_id)
+    return _rows(conn, "SELECT c.notice_version, c.given_at, c.withdrawn_at, p.display_name AS given_by_name"
+                       " FROM consents c LEFT JOIN people p ON p.person_id = c.given_by WHERE c.household_id = %s"
+                       " ORDER BY c.given_at DESC", (household_id,))
+
+
+def now_iso(clock: Clock) -> str:
+    return as_datetime(clock.now()).isoformat()

@@ -1,0 +1,70 @@
+"""Server-rendered pages: one Jinja2 environment; every string goes through ``t`` (app.i18n)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fastapi import Request
+from fastapi.templating import Jinja2Templates
+from starlette.responses import HTMLResponse
+
+from app.i18n import MESSAGES, request_locale, translate
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+DISPLAY_TZ = ZoneInfo("Asia/Tokyo")
+
+
+def _zone(tz: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz) if tz else DISPLAY_TZ
+    except Exception:
+        return DISPLAY_TZ
+
+
+def fmt_dt(value: datetime | None, tz: str | None = None) -> str:
+    if value is None:
+        return ""
+    return value.astimezone(_zone(tz)).strftime("%Y-%m-%d %H:%M")
+
+
+def fmt_date(value: datetime | date | None, tz: str | None = None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone(_zone(tz)).strftime("%Y-%m-%d")
+    return value.isoformat()
+
+
+def page_context(request: Request, **ctx: Any) -> dict[str, Any]:
+    locale = request_locale(request)
+    person = getattr(request.state, "person", None)
+
+    def t(key: str, **values: object) -> str:
+        return translate(locale, key, **values)
+
+    def t_action(action: str) -> str:
+        key = f"action_{action}"
+        return translate(locale, key) if key in MESSAGES else action
+
+    outages: list[dict[str, Any]] = []
+    if person is not None:
+        from app.devices.service import area_outages
+
+        with request.app.state.pool.connection() as conn:
+            conn.autocommit = True
+            outages = area_outages(conn, person)
+    base = {
+        "request": request, "locale": locale, "person": person, "csrf": getattr(request.state, "csrf", None),
+        "t": t, "t_action": t_action, "fmt_dt": fmt_dt, "fmt_date": fmt_date, "outages": outages,
+        "vapid_public_key": request.app.state.vapid_public_key,
+        "flash": translate(locale, request.query_params["msg"]) if request.query_params.get("msg") in MESSAGES else None,
+    }
+    base.update(ctx)
+    return base
+
+
+def render(request: Request, name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, page_context(request, **ctx), status_code=status_code)

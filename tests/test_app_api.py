@@ -1,0 +1,172 @@
+"""The app's API and pages against a real PostgreSQL: accounts, CSRF, rate limiting, pairing,
+alerts through the escalation engine's service, privacy, i18n."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from app.i18n import MESSAGES
+from test_app_support import PASSWORD, app_client, bearer, cookie_login, login_name, world  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_message_has_japanese_and_english() -> None:
+    for key, pair in MESSAGES.items():
+        assert len(pair) == 2 and all(isinstance(s, str) for s in pair), key
+        assert pair[0] or key.startswith("action_other"), key
+
+
+def test_templates_use_only_known_message_keys() -> None:
+    import re
+    from pathlib import Path
+
+    used = set()
+    for f in (Path(__file__).parent.parent / "app" / "templates").glob("*.html"):
+        used |= set(re.findall(r"\bt\('([a-z0-9_]+)'[,)]", f.read_text(encoding="utf-8")))
+    assert used and not (used - set(MESSAGES)), used - set(MESSAGES)
+
+
+def test_login_session_and_sign_out_everywhere(world) -> None:
+    url, clock, _ = world
+    with app_client(url, clock) as c:
+        assert c.get("/api/me").status_code == 401
+        r = c.post("/api/auth/login", json={"login": "watcher-a", "password": "wrong"})
+        assert r.status_code == 401
+        h1 = bearer(c, "watcher_a")
+        h2 = bearer(c, "watcher_a")
+        assert c.get("/api/me", headers=h1).json()["role"] == "watcher"
+        assert c.post("/api/auth/logout-all", headers=h1).json() == {"sessions_ended": 2}
+        assert c.get("/api/me", headers=h2).status_code == 401
+        with psycopg.connect(url) as conn:
+            stored = conn.execute("SELECT password_hash FROM accounts WHERE person_id = 'watcher_a'").fetchone()[0]
+        assert stored.startswith("$argon2id$") and PASSWORD not in stored
+
+
+def test_login_is_rate_limited(world) -> None:
+    url, clock, _ = world
+    with app_client(url, clock) as c:
+        for _ in range(5):
+            assert c.post("/api/auth/login", json={"login": "coord-a", "password": "nope"}).status_code == 401
+        # even the right password is refused while the window lasts
+        assert c.post("/api/auth/login", json={"login": "coord-a", "password": PASSWORD}).status_code == 429
+        clock.advance(16 * 60)
+        assert c.post("/api/auth/login", json={"login": "coord-a", "password": PASSWORD}).status_code == 200
+
+
+def test_cookie_session_needs_csrf_for_changes(world) -> None:
+    url, clock, ids = world
+    with app_client(url, clock) as c:
+        csrf = cookie_login(c, "watcher_a")
+        assert c.post(f"/alerts/{ids['h1']}/claim", follow_redirects=False).status_code == 403
+        assert c.post(f"/alerts/{ids['h1']}/claim", data={"csrf_token": "forged"}, follow_redirects=False).status_code == 403
+        r = c.post(f"/alerts/{ids['h1']}/claim", data={"csrf_token": csrf}, follow_redirects=False)
+        assert r.status_code == 303
+        assert c.post(f"/api/incidents/{ids['h1']}/comment", json={"body": "向かいます"},
+                      headers={"x-csrf-token": csrf}).status_code == 204
+
+
+def test_claim_and_resolve_through_alerts_engine(world) -> None:
+    url, clock, ids = world
+    with app_client(url, clock) as c:
+        h = bearer(c, "watcher_a")
+        listed = c.get("/api/incidents", headers=h).json()
+        assert [i["incident_id"] for i in listed] == [ids["h1"]]
+        assert c.post(f"/api/incidents/{ids['h1']}/claim", headers=h).status_code == 204
+        assert c.post(f"/api/incidents/{ids['h1']}/claim", headers=h).status_code == 409
+        assert c.post(f"/api/incidents/{ids['h1']}/resolve", headers=h, json={"outcome": "fine", "note": "元気"}).status_code == 204
+        detail = c.get(f"/api/incidents/{ids['h1']}", headers=h).json()
+        assert detail["status"] == "resolved" and detail["outcome"] == "fine"
+        assert [e["action"] for e in detail["timeline"]] == ["claimed", "resolved"]
+        # the other team's alert is not even visible
+        assert c.post(f"/api/incidents/{ids['h3']}/claim", headers=h).status_code == 404
+
+
+def test_pairing_moves_past_events(world) -> None:
+    url, clock, _ = world
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO gateways (gateway_id) VALUES ('gw-new')")
+        conn.execute("INSERT INTO devices (device_id, gateway_id, first_seen_at) VALUES ('bulb-new', 'gw-new', now())")
+        conn.execute("INSERT INTO events (time, device_id, seq, kind) SELECT now() - g * interval '1 hour', 'bulb-new', g, 'on'"
+                     " FROM generate_series(1, 7) g")
+    with app_client(url, clock) as c:
+        coord = bearer(c, "coord_a")
+        assert [d["device_id"] for d in c.get("/api/devices/unpaired", headers=coord).json()] == ["bulb-new"]
+        # not into another area's household
+        assert c.post("/api/devices/pair", headers=coord, json={"device_id": "bulb-new", "household_id": "h3"}).status_code == 404
+        r = c.post("/api/devices/pair", headers=coord, json={"device_id": "bulb-new", "household_id": "h2", "kind": "bulb"})
+        assert r.status_code == 200 and r.json()["events_moved"] == 7
+        assert c.get("/api/devices/unpaired", headers=coord).json() == []
+        # a watcher cannot pair
+        w = bearer(c, "watcher_a")
+        assert c.post("/api/devices/pair", headers=w, json={"device_id": "x1", "household_id": "h1"}).status_code == 403
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE household_id = 'h2' AND device_id = 'bulb-new'").fetchone()[0] == 7
+
+
+def test_view_log_export_and_delete(world) -> None:
+    url, clock, _ = world
+    with app_client(url, clock) as c:
+        w = bearer(c, "watcher_a")
+        detail = c.get("/api/households/h1", headers=w).json()
+        assert detail["contact"]["phone"] and len(detail["heatmap"]["counts"]) == 14
+        # 14 days × 5 events, less the two evening events of the day before the window
+        assert sum(map(sum, detail["heatmap"]["counts"])) == 68
+        res = bearer(c, "resident_1")
+        views = c.get("/api/households/h1/views", headers=res).json()
+        assert views[0]["viewer_name"] == "name-watcher_a" and views[0]["what"] == "api"
+        assert c.get("/api/households/h1/views", headers=w).status_code == 403
+        exported = c.get("/api/households/h1/export", headers=res)
+        assert exported.status_code == 200 and len(json.loads(exported.text)["events"]) == 70
+        csv_text = c.get("/api/households/h1/export.csv", headers=res).text
+        assert "table,time,device_id,seq,kind,value" in csv_text
+        coord = bearer(c, "coord_a")
+        assert c.post("/api/households/h1/delete", headers=coord, json={"confirm_name": "wrong"}).status_code == 422
+        assert c.post("/api/households/h1/delete", headers=res, json={"confirm_name": "田中 一郎"}).status_code == 403
+        r = c.post("/api/households/h1/delete", headers=coord, json={"confirm_name": "田中 一郎"})
+        assert r.status_code == 200 and r.json() == {"events": 70, "residents": 1}
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE device_id = 'bulb-h1'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM people WHERE person_id = 'resident_1'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM household_contacts WHERE household_id = 'h1'").fetchone()[0] == 0
+
+
+def test_invitation_creates_resident_with_consent(world) -> None:
+    url, clock, _ = world
+    with app_client(url, clock) as c:
+        coord = bearer(c, "coord_a")
+        assert c.post("/api/invitations", headers=coord, json={"role": "resident", "display_name": "x", "household_id": "h3"}).status_code == 404
+        r = c.post("/api/invitations", headers=coord, json={"role": "resident", "display_name": "佐藤 花子", "household_id": "h2"})
+        assert r.status_code == 201
+        token = r.json()["token"]
+        page = c.get(f"/invite/{token}")
+        assert page.status_code == 200 and "佐藤 花子" in page.text
+        body = {"login": "hanako", "password": "long enough 1", "consent": False}
+        assert c.post(f"/api/invitations/{token}/accept", json=body).status_code == 422
+        assert c.post(f"/api/invitations/{token}/accept", json={**body, "consent": True}).status_code == 201
+        assert c.post(f"/api/invitations/{token}/accept", json={**body, "login": "other", "consent": True}).status_code == 404
+        r = c.post("/api/auth/login", json={"login": "hanako", "password": "long enough 1"})
+        h = {"authorization": f"Bearer {r.json()['token']}"}
+        consents = c.get("/api/households/h2/consents", headers=h).json()
+        assert consents[0]["notice_version"] and consents[0]["given_by_name"] == "佐藤 花子"
+        # the resident pauses watching
+        assert c.post("/api/households/h2/away", headers=h, json={"until": "2026-02-01"}).status_code == 201
+        assert c.get("/api/households", headers=h).json()[0]["status"] == "away"
+
+
+def test_pages_in_japanese_and_english(world) -> None:
+    url, clock, ids = world
+    with app_client(url, clock) as c:
+        cookie_login(c, "watcher_a")
+        home = c.get("/")
+        assert "確認が必要" in home.text and 'lang="ja"' in home.text and '<meta charset="utf-8">' in home.text
+        c.get("/lang/en", follow_redirects=False)
+        home = c.get("/")
+        assert "Check needed" in home.text and 'lang="en"' in home.text
+        page = c.get("/households/h1")
+        assert page.status_code == 200 and "<svg" in page.text and "076-000-0000" in page.text
+        alert = c.get(f"/alerts/{ids['h1']}")
+        assert "I&#39;ll go" in alert.text and "All fine" in alert.text and "Needs help" in alert.text
