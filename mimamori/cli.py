@@ -93,7 +93,7 @@ def db_migrate(database_url: DatabaseOpt = None) -> None:
 @app.command()
 def ingest(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
     """Consume gateway events from MQTT into PostgreSQL (exactly once, acked after commit)."""
-    from ingest.service import run_ingest
+    from ingest.consumer import run_ingest
     from mimamori.runtime import services
 
     settings = _settings(database_url, mqtt_url)
@@ -128,7 +128,7 @@ def gateway(
 
 def _run_stages(settings: Settings, svc: Any, stop: threading.Event, on_batch: Any = None) -> list[threading.Thread]:
     """Start the service stages in threads of this process (one place that knows them all)."""
-    from ingest.service import run_ingest
+    from ingest.consumer import run_ingest
 
     threads = [
         threading.Thread(
