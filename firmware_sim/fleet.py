@@ -299,7 +299,7 @@ def run_fleet(
         apply_controls(float("inf"))
         advance(t1)
         deadline = time.monotonic() + flush_timeout_s
-        flushed = all(g.flush(max(0.1, deadline - time.monotonic())) for g in gateways if g is not None)
+        flushed = all([g.flush(max(0.1, deadline - time.monotonic())) for g in gateways if g is not None])
     finally:
         for g in gateways:
             if g is not None:

@@ -114,25 +114,31 @@ def _offline_activity(households: int, days: float, **kw: object) -> set[tuple[s
 
 
 @pytest.mark.integration
-def test_fleet_feeds_the_offline_stream_and_the_broker_gets_every_activity_event(mqtt_url: MqttUrl, subscriber: _Subscriber, tmp_path: Path, working_gateway: None) -> None:
-    fed: list[protocol.Event] = []
-    snapshots: list[dict] = []
+def test_fleet_hands_the_gateways_exactly_the_offline_stream(mqtt_url: MqttUrl, tmp_path: Path) -> None:
+    fed: list[tuple[str, protocol.Event]] = []
     report = run_fleet(
         mqtt_url, households=3, days=1, speed=None, seed=SEED, workdir=tmp_path / "fleet",
-        on_feed=lambda gw, e: fed.append(e), progress=snapshots.append,
+        on_feed=lambda gw, e: fed.append((gw, e)), flush_timeout_s=2.0,
     )
     offline = simulate_offline(3, 1, SEED)
-    expected = [e for hh in offline.households for e in hh.protocol_events()]
-    key = lambda e: (e.device_id, e.ts_ms, e.seq, e.kind)  # noqa: E731
+    expected = [(hh.info.gateway_id, e) for hh in offline.households for e in hh.protocol_events()]
+    key = lambda ge: (ge[1].device_id, ge[1].ts_ms, ge[1].seq, ge[1].kind)  # noqa: E731
     assert sorted(fed, key=key) == sorted(expected, key=key)
-    assert [e.ts_ms for e in fed] == sorted(e.ts_ms for e in fed)  # handed over in global time order
+    assert [e.ts_ms for _, e in fed] == sorted(e.ts_ms for _, e in fed)  # handed over in global time order
     assert report.events_generated == offline.counts_by_kind()
-    assert report.flushed and report.events_fed == len(expected) and report.rejected_local == 0
+    assert report.events_fed == len(expected) and report.rejected_local == 0
+    assert report.households == 3 and report.devices == sum(len(h.info.devices) for h in offline.households)
+
+
+@pytest.mark.integration
+def test_fleet_the_broker_gets_every_activity_event(mqtt_url: MqttUrl, subscriber: _Subscriber, tmp_path: Path, working_gateway: None) -> None:
+    snapshots: list[dict] = []
+    report = run_fleet(mqtt_url, households=3, days=1, speed=None, seed=SEED, workdir=tmp_path / "fleet", progress=snapshots.append)
+    assert report.flushed and report.rejected_local == 0
     activity = _offline_activity(3, 1)
     assert report.activity_events_published == report.activity_events_generated == len(activity) > 20
     assert report.heartbeats_published == report.events_generated["heartbeat"]
     assert subscriber.wait_for(len(activity)) == activity
-    assert report.households == 3 and report.devices == sum(len(h.info.devices) for h in offline.households)
     assert report.to_json()["sim_days"] == 1 and snapshots[-1].get("done")
 
 
