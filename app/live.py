@@ -32,8 +32,9 @@ def fingerprint(conn: object, person: Person) -> str:
     row = conn.execute(  # type: ignore[attr-defined]
         f"""SELECT md5(concat_ws('|',
               (SELECT string_agg(i.incident_id || ':' || i.status || ':' || i.updated_at, ',' ORDER BY i.incident_id)
-                 FROM incidents i WHERE {iwhere} AND (i.status IN ('open', 'claimed') OR i.closed_at IS NOT NULL)),
-              (SELECT max(t.entry_id) FROM incident_timeline t JOIN incidents i USING (incident_id) WHERE {iwhere}),
+                 FROM incidents i LEFT JOIN households h USING (household_id) WHERE {iwhere} AND (i.status IN ('open', 'claimed') OR i.closed_at IS NOT NULL)),
+              (SELECT max(t.entry_id) FROM incident_timeline t JOIN incidents i USING (incident_id)
+                 LEFT JOIN households h ON h.household_id = i.household_id WHERE {iwhere}),
               (SELECT max(a.id) || ':' || max(a.until) FROM away_periods a JOIN households h USING (household_id)
                  WHERE {hwhere})))""",
         {**iparams, **hparams},

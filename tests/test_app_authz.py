@@ -1,0 +1,126 @@
+"""Authorization matrix: each role against each endpoint (API and pages). Scope is enforced in the
+service layer, so a watcher can never read another team's household, by API or by page."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_app_support import PEOPLE, app_client, bearer, cookie_login, world  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+ROLES = ("anon", *PEOPLE)
+ALL = set(PEOPLE)
+MANAGERS_NORTH = {"oper", "coord_a"}
+TEAM_H1 = {"oper", "coord_a", "watcher_a", "resident_1"}
+
+# (method, path, json body, who may) — h1 is in area "north", on watcher_a's team, resident_1's home.
+# "may" means the request passes authorization (any status but 401/403/404); everyone else is refused.
+API = [
+    ("GET", "/api/me", None, ALL),
+    ("GET", "/api/households", None, ALL),
+    ("POST", "/api/households", {"display_name": "新しい家", "area": "north"}, MANAGERS_NORTH),
+    ("GET", "/api/households/h1", None, TEAM_H1),
+    ("GET", "/api/households/h1/team", None, TEAM_H1),
+    ("POST", "/api/households/h1/team", {"person_id": "watcher_b", "tier": 2}, MANAGERS_NORTH),
+    ("DELETE", "/api/households/h1/team/watcher_b", None, MANAGERS_NORTH),
+    ("POST", "/api/households/h1/away", {"until": "2026-01-25"}, TEAM_H1),
+    ("DELETE", "/api/households/h1/away", None, TEAM_H1),
+    ("GET", "/api/households/h1/chain", None, {"oper", "coord_a", "watcher_a"}),
+    ("PUT", "/api/households/h1/chain", {"steps": [{"type": "notify", "tiers": [1]}]}, MANAGERS_NORTH),
+    ("GET", "/api/households/h1/views", None, {"oper", "coord_a", "resident_1"}),
+    ("GET", "/api/households/h1/consents", None, TEAM_H1),
+    ("GET", "/api/households/h1/export", None, {"oper", "coord_a", "resident_1"}),
+    ("GET", "/api/households/h1/export.csv", None, {"oper", "coord_a", "resident_1"}),
+    ("POST", "/api/households/h1/delete", {"confirm_name": "not the name"}, MANAGERS_NORTH),
+    ("GET", "/api/incidents/{h1}", None, {"oper", "coord_a", "watcher_a"}),
+    ("POST", "/api/incidents/{h1}/comment", {"body": "見に行きます"}, {"oper", "coord_a", "watcher_a"}),
+    ("POST", "/api/incidents/{h1}/claim", None, {"oper", "coord_a", "watcher_a"}),
+    ("POST", "/api/incidents/{h1}/resolve", {"outcome": "fine"}, {"oper", "coord_a", "watcher_a"}),
+    ("GET", "/api/devices/unpaired", None, {"oper", "coord_a", "coord_b"}),
+    ("GET", "/api/devices/problems", None, {"oper", "coord_a", "coord_b"}),
+    ("POST", "/api/devices/pair", {"device_id": "bulb-h1", "household_id": "h1"}, MANAGERS_NORTH),
+    ("POST", "/api/invitations", {"role": "watcher", "display_name": "近所", "household_id": "h1"}, MANAGERS_NORTH),
+    ("POST", "/api/invitations", {"role": "coordinator", "display_name": "市", "area": "east"}, {"oper"}),
+]
+
+PAGES = [
+    ("/households/h1", TEAM_H1),
+    ("/households/h1/views", {"oper", "coord_a", "resident_1"}),
+    ("/households/h1/export.json", {"oper", "coord_a", "resident_1"}),
+    ("/alerts/{h1}", {"oper", "coord_a", "watcher_a"}),
+    ("/partials/alerts/{h1}", {"oper", "coord_a", "watcher_a"}),
+    ("/coord", {"oper", "coord_a", "coord_b"}),
+    ("/coord/devices", {"oper", "coord_a", "coord_b"}),
+    ("/me", {"resident_1", "resident_2"}),
+]
+
+
+def test_api_matrix(world) -> None:
+    url, clock, ids = world
+    failures = []
+    with app_client(url, clock) as c:
+        headers = {role: ({} if role == "anon" else bearer(c, role)) for role in ROLES}
+        for method, path, body, allowed in API:
+            path = path.replace("{h1}", str(ids["h1"]))
+            for role in ROLES:
+                r = c.request(method, path, json=body, headers=headers[role])
+                refused = r.status_code in (401, 403, 404)
+                if role == "anon" and r.status_code != 401:
+                    failures.append(f"anon {method} {path} -> {r.status_code}")
+                elif (role in allowed) == refused or r.status_code >= 500:
+                    failures.append(f"{role} {method} {path} -> {r.status_code} {r.text[:80]}")
+    assert not failures, "\n".join(failures)
+
+
+def test_page_matrix(world) -> None:
+    url, clock, ids = world
+    failures = []
+    for role in ROLES:
+        with app_client(url, clock) as c:
+            if role != "anon":
+                cookie_login(c, role)
+            for path, allowed in PAGES:
+                path = path.replace("{h1}", str(ids["h1"]))
+                r = c.get(path, follow_redirects=False)
+                if role == "anon":
+                    ok = r.status_code == 303 and r.headers["location"].startswith("/login")
+                else:
+                    ok = r.status_code == 200 if role in allowed else r.status_code in (403, 404)
+                if not ok:
+                    failures.append(f"{role} GET {path} -> {r.status_code}")
+                if role not in allowed and "田中 一郎" in r.text:
+                    failures.append(f"{role} GET {path} leaked the household's name")
+    assert not failures, "\n".join(failures)
+
+
+def test_watcher_never_sees_another_team(world) -> None:
+    url, clock, ids = world
+    with app_client(url, clock) as c:
+        a = bearer(c, "watcher_a")
+        b = bearer(c, "watcher_b")
+        assert [h["household_id"] for h in c.get("/api/households", headers=a).json()] == ["h1"]
+        assert [h["household_id"] for h in c.get("/api/households", headers=b).json()] == ["h3"]
+        assert [i["incident_id"] for i in c.get("/api/incidents", headers=a).json()] == [ids["h1"]]
+        for path in ("/api/households/h3", "/api/households/h3/team", f"/api/incidents/{ids['h3']}",
+                     "/api/households/h3/export", "/api/households/h3/chain"):
+            assert c.get(path, headers=a).status_code == 404, path
+        cookie_login(c, "watcher_a")
+        home = c.get("/").text
+        assert "田中 一郎" in home and "鈴木 次郎" not in home
+        for path in ("/households/h3", f"/alerts/{ids['h3']}", f"/partials/alerts/{ids['h3']}"):
+            r = c.get(path)
+            assert r.status_code == 404 and "鈴木" not in r.text, path
+
+
+def test_coordinator_limited_to_area(world) -> None:
+    url, clock, _ = world
+    with app_client(url, clock) as c:
+        south = bearer(c, "coord_b")
+        assert [h["household_id"] for h in c.get("/api/households", headers=south).json()] == ["h3"]
+        assert c.get("/api/households/h1", headers=south).status_code == 404
+        r = c.post("/api/households", headers=south, json={"display_name": "南の家"})
+        assert r.status_code == 201
+        created = r.json()["household_id"]
+        assert created in [h["household_id"] for h in c.get("/api/households", headers=south).json()]
+        assert c.get(f"/api/households/{created}", headers=bearer(c, "coord_a")).status_code == 404
