@@ -106,6 +106,13 @@ class IncidentSpec:
             raise ValueError(f"unknown incident kind {self.kind!r}; one of {INCIDENT_KINDS}")
 
 
+def _daytime_return(t: float, days: float, hour: float, utc_offset_s: float = 9 * H) -> float:
+    """Duration of a stay from ``t`` that ends about ``days`` later at local ``hour`` (people come
+    back from hospital or a trip in the daytime; households are in Asia/Tokyo)."""
+    local_midnight = (t + days * DAY + utc_offset_s) // DAY * DAY - utc_offset_s
+    return max(DAY, local_midnight + hour * H - t)
+
+
 @dataclass(frozen=True)
 class IncidentPlan:
     """Fixed incidents plus random ones (``rates``: chance per household, or per area, per run)."""
@@ -149,7 +156,7 @@ class IncidentPlan:
             kind = WELFARE_KINDS[pick]
             t = self._random_time(rng, start, end, 1.0 * DAY)
             if t is not None:
-                dur = float(rng.uniform(3, 14)) * DAY if kind == "hospital_stay" else None
+                dur = _daytime_return(t, float(rng.uniform(3, 14)), float(rng.uniform(10, 16))) if kind == "hospital_stay" else None
                 away = bool(rng.random() < 0.5) if kind == "hospital_stay" else None
                 specs.append(IncidentSpec(kind, k, t, dur, away_mode=away))
         for j, kind in enumerate(("trip_away", "bulb_failure", "gateway_power_loss"), start=1):
@@ -157,7 +164,11 @@ class IncidentPlan:
                 t = self._random_time(rng, start, end, 0.5 * DAY)
                 if t is None:
                     continue
-                dur = {"trip_away": float(rng.uniform(2, 7)) * DAY, "bulb_failure": None, "gateway_power_loss": float(rng.uniform(2, 12)) * H}[kind]
+                dur = {
+                    "trip_away": _daytime_return(t, float(rng.uniform(2, 7)), float(rng.uniform(10, 16))),
+                    "bulb_failure": None,
+                    "gateway_power_loss": float(rng.uniform(2, 12)) * H,
+                }[kind]
                 specs.append(IncidentSpec(kind, k, t, dur))
         return specs
 
@@ -267,7 +278,7 @@ def apply_incidents(
         elif kind in ("hospital_stay", "trip_away"):
             if dur is None:
                 dur = (7 if kind == "hospital_stay" else 3) * DAY
-            back = round(t + dur, 3)
+            back = round(max(float(spec.at) + dur, t + H), 3)  # snapping T keeps the planned return
             planned = kind == "trip_away"
             inside = (actions.time >= t - 120) & (actions.time < back + 130)
             rows = _leave(actions, t, lights_off=planned)

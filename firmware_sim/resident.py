@@ -55,17 +55,17 @@ class Draws:
         self.rng = rng
         self._block = block
         self._u: list[float] = []
-        self._ui = 0
+        self._ui = block  # empty: the first call draws a block
         self._n: list[float] = []
         self._ni = 0
 
     def random(self) -> float:
-        if self._ui >= len(self._u):
+        i = self._ui
+        if i >= self._block:
             self._u = self.rng.random(self._block).tolist()
-            self._ui = 0
-        x = self._u[self._ui]
-        self._ui += 1
-        return x
+            i = 0
+        self._ui = i + 1
+        return self._u[i]
 
     def std_normal(self) -> float:
         if self._ni >= len(self._n):
@@ -397,7 +397,7 @@ def plan_day(plan: _DayPlan, d: Draws, p: ResidentParams, day: LocalDay, state: 
         elif d.chance(p.nap_p):
             s = m + _block_time(d, 13.5, 0.4)
             blocks.append((s, s + d.uniform(15, 60) * MIN, "nap"))
-        if d.chance(p.visitor_p):
+        if d.chance(p.visitor_p * (2.0 if weekday >= 5 else 1.0)):  # family comes at weekends
             s = m + _block_time(d, 14.3, 1.2)
             blocks.append((s, s + d.uniform(1.0, 3.0) * H, "visitor"))
     night_away = d.chance(p.night_away_p) and not out_all_day

@@ -169,3 +169,27 @@ def test_bench_offline_reports_figures() -> None:
 def test_rejects_nonsense_sizes(bad: tuple[int, float]) -> None:
     with pytest.raises(ValueError):
         simulate_offline(bad[0], bad[1], seed=1)
+
+
+def test_life_includes_outings_naps_and_nights_away_and_quieter_sundays() -> None:
+    from firmware_sim.resident import OUT
+
+    days, homes = 63, 15
+    out_by_weekday = np.zeros(7)
+    long_naps = nights_away = 0
+    for k in range(homes):
+        info = make_household(k, 8)
+        acts = simulate_resident(info.params, Draws(np.random.default_rng(HouseholdSeeds.of(8, k).days)), WINTER, WINTER + days * 86400)
+        enters = np.flatnonzero(acts.action == ENTER)
+        t, room, level = acts.time[enters], acts.room[enters], acts.level[enters]
+        stay = np.diff(np.append(t, WINTER + days * 86400))
+        day = ((t - WINTER) // 86400).astype(int)
+        for d in set(day[(room == OUT) & (stay >= 3600)].tolist()):
+            out_by_weekday[d % 7] += 1  # WINTER is a Monday
+        long_naps += int(np.sum((room == BEDROOM) & (level == ASLEEP) & (stay >= 1.5 * 3600) & (_local_hours(t) > 11) & (_local_hours(t) < 17)))
+        nights_away += len(acts.nights_away)
+    share = out_by_weekday / (homes * days / 7)
+    assert 0.25 < share[:5].mean() < 0.8  # out for an hour or more (shopping, clinic, day care) on many days
+    assert share[6] < 0.6 * share[:5].mean()  # Sundays at home
+    assert long_naps >= 5
+    assert nights_away >= 1
