@@ -38,6 +38,19 @@ class Batch:
     def __len__(self) -> int:
         return self.received
 
+    def add_event(self, gateway_id: str, ev: Event, mid: int = 0) -> None:
+        """``add(EventMsg(gateway_id, ev), mid)`` without the wrapper (hot path)."""
+        self.received += 1
+        if mid:
+            self.acks.append(mid)
+        key = (ev.device_id, ev.seq, ev.ts_ms, ev.kind == "heartbeat")
+        if key in self.events:
+            self.in_batch_duplicates += 1
+        else:
+            self.events[key] = (gateway_id, ev)
+            if ev.ts_ms > self.newest_ts_ms:
+                self.newest_ts_ms = ev.ts_ms
+
     def add(self, item: Classified, mid: int = 0) -> None:
         self.received += 1
         if mid:

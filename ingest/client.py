@@ -6,7 +6,9 @@ system calls per packet (command byte, length, body), one ``select()`` per packe
 and a ``send()``) per PUBACK. ``IngestClient`` keeps paho for everything else (connect, session,
 keepalive, reconnect, subscribe, publish) and changes only that path:
 
-- ``_sock_recv`` reads 64 KiB at a time and serves paho's small reads from the buffer;
+- ``_sock_recv`` reads 64 KiB at a time and serves paho's small reads from the buffer, and
+  ``_packet_read`` cuts whole packets straight out of that buffer (paho's own byte-by-byte reader
+  is kept for packets that straddle two reads);
 - ``loop_read`` keeps parsing packets until the socket would block (paho reads one per select);
 - ``_handle_publish`` decodes QoS 0/1 PUBLISH packets in place and hands
   ``(topic, payload, mid, qos, retain)`` to ``on_raw_publish`` (no MQTTMessage, no Properties);
@@ -20,10 +22,12 @@ runs the loop.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable, Iterable
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 
 RawPublishHandler = Callable[[bytes, bytes, int, int, bool], None]
 
@@ -73,6 +77,70 @@ class IngestClient(paho.Client):
         self._rbuf = b""
         self._rpos = 0
         return super().reconnect()
+
+    def _packet_read(self) -> MQTTErrorCode:
+        if self._in_packet["command"] != 0:  # paho's reader is halfway through a packet
+            return super()._packet_read()
+        buf = self._rbuf
+        pos = self._rpos
+        end_of_data = len(buf)
+        if pos >= end_of_data:
+            try:
+                buf = paho.Client._sock_recv(self, READ_SIZE)
+            except BlockingIOError:
+                return MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError as err:
+                self._easy_log(paho.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            if not buf:
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            self._rbuf = buf
+            self._rpos = pos = 0
+            end_of_data = len(buf)
+            with self._msgtime_mutex:
+                self._last_bytes_received = time.monotonic()
+        # Fixed header: command byte, then the remaining length (1-4 bytes, 7 bits each).
+        i = pos + 1
+        length = 0
+        shift = 0
+        while True:
+            if i >= end_of_data or shift > 21:
+                return self._slow_packet_read()
+            byte = buf[i]
+            i += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+        end = i + length
+        if end > end_of_data:
+            return self._slow_packet_read()
+        self._rpos = end
+        packet = self._in_packet
+        packet["command"] = buf[pos]
+        packet["packet"] = buf[i:end]
+        packet["remaining_length"] = length
+        try:
+            rc = self._packet_handle()
+        except MalformedPacket as exc:
+            self._easy_log(paho.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        packet["command"] = 0
+        return rc
+
+    def _slow_packet_read(self) -> MQTTErrorCode:
+        """A packet not wholly in the buffer: paho's reader, fed from the buffer, finishes it."""
+        self._in_packet = {
+            "command": 0,
+            "have_remaining": 0,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": 0,
+            "packet": bytearray(b""),
+            "to_process": 0,
+            "pos": 0,
+        }
+        return super()._packet_read()
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         if self._sock is None:

@@ -39,7 +39,7 @@ from . import store
 from .batch import Batch
 from .client import IngestClient
 from .sweeper import GapSweeper
-from .validate import Classifier, DeadLetter
+from .validate import TOPIC_CACHE_SIZE, Classifier, DeadLetter, fast_event
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,9 @@ class IngestService:
         self.drain_timeout_s = drain_timeout_s
         self.share_group = share_group
         self.stats = IngestStats()
+        self._known = store.KnownRows()
         self.classifier = Classifier()
+        self._event_topics: dict[bytes, tuple[str, str]] = {}  # event topic -> (gateway, device)
 
         self.batch_size = settings.ingest_batch_size
         self.max_wait_s = settings.ingest_batch_max_wait_s
@@ -188,7 +190,20 @@ class IngestService:
         if not batch.received:
             self._batch_opened = time.monotonic()
             batch.generation = self._generation
-        batch.add(self.classifier.classify(topic, payload), mid if qos else 0)
+        if not qos:
+            mid = 0
+        event_topic = self._event_topics.get(topic)
+        if event_topic is None:
+            parsed = self.classifier.topic(topic)
+            if type(parsed) is protocol.Topic and parsed.channel == "event":
+                event_topic = self._event_topics[topic] = (parsed.gateway_id, parsed.device_id)  # type: ignore[assignment]
+                if len(self._event_topics) > TOPIC_CACHE_SIZE:
+                    self._event_topics.clear()
+        event = fast_event(payload, event_topic[1]) if event_topic is not None else None
+        if event is not None:
+            batch.add_event(event_topic[0], event, mid)  # type: ignore[index]
+        else:
+            batch.add(self.classifier.classify(topic, payload), mid)
         if batch.received >= self.batch_size:
             self._hand_off()
 
@@ -314,9 +329,10 @@ class IngestService:
                     if conn is None or conn.closed:
                         conn = self._connect_db()
                     try:
-                        result = store.write_batch(conn, batch, self.clock.now())
+                        result = store.write_batch(conn, batch, self.clock.now(), self._known)
                     except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, psycopg.InternalError) as exc:
                         log.error("batch refused by the database (%s); isolating its messages", exc)
+                        self._known.clear()
                         result = self._write_singly(conn, batch)
                 break
             except (psycopg.Error, OSError) as exc:

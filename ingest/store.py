@@ -9,7 +9,7 @@ dead letters. The caller commits and only then acknowledges the MQTT messages.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import psycopg
@@ -133,45 +133,90 @@ class BatchResult:
     heartbeats: int  # device heartbeats folded into device_state
 
 
+@dataclass
+class KnownRows:
+    """What this process knows is already in ``gateways``/``devices``, to skip those upserts.
+
+    Only a hint: ``clear()`` it when the database refuses a batch (a row may have been deleted).
+    """
+
+    gateways: dict[str, float] = field(default_factory=dict)  # gateway -> when last_seen_at was set
+    devices: dict[str, str] = field(default_factory=dict)  # device -> gateway
+
+    def clear(self) -> None:
+        self.gateways.clear()
+        self.devices.clear()
+
+
+#: Refresh gateways.last_seen_at from events at most this often per gateway.
+GATEWAY_SEEN_REFRESH_S = 10.0
+
+
 def prepare(conn: psycopg.Connection) -> None:
     """Per-connection setup (the staging table lives as long as the connection)."""
     conn.execute(CREATE_STAGE)
     conn.commit()
 
 
-def write_batch(conn: psycopg.Connection, batch: Batch, now: float) -> BatchResult:
-    """Write ``batch`` and commit. Raises psycopg errors (the caller retries or isolates)."""
+_NULL = "\\N"
+
+
+def stage_text(batch: Batch) -> str:
+    """The COPY text of the batch's events. Ids are protocol-validated (``[A-Za-z0-9._:-]``) and
+    kinds are fixed words, so nothing needs escaping."""
+    return "".join(
+        [
+            f"{gw}\t{ev.device_id}\t{ev.seq}\t{ev.ts_ms}\t{ev.kind}\t{_NULL if ev.value is None else repr(ev.value)}\n"
+            for gw, ev in batch.events.values()
+        ]
+    )
+
+
+def write_batch(conn: psycopg.Connection, batch: Batch, now: float, known: KnownRows | None = None) -> BatchResult:
+    """Write ``batch`` and commit. Raises psycopg errors (the caller retries or isolates).
+
+    Round trips: one COPY of the events, one COPY of dead letters (if any), then every statement
+    and the COMMIT in one pipeline.
+    """
     now_dt: datetime = as_datetime(now)
     params = {"now": now_dt}
-    stored = 0
-    event_rows = 0
-    heartbeats = 0
+    heartbeats = sum(1 for _, ev in batch.events.values() if ev.kind == "heartbeat")
+    event_rows = len(batch.events) - heartbeats
+    need_gateways = need_devices = True
+    if known is not None and batch.events:
+        devices = known.devices
+        gateways = known.gateways
+        need_devices = any(devices.get(ev.device_id) != gw for gw, ev in batch.events.values())
+        need_gateways = need_devices or any(
+            now - gateways.get(gw, -1e18) >= GATEWAY_SEEN_REFRESH_S for gw in {gw for gw, _ in batch.events.values()}
+        )
+    events_cursor = None
     try:
         with conn.cursor() as cur:
             if batch.events:
                 with cur.copy(COPY_STAGE) as copy:
-                    write = copy.write_row
-                    for gateway_id, ev in batch.events.values():
-                        write((gateway_id, ev.device_id, ev.seq, ev.ts_ms, ev.kind, ev.value))
-                        if ev.kind == "heartbeat":
-                            heartbeats += 1
-                event_rows = len(batch.events) - heartbeats
-                cur.execute(UPSERT_GATEWAYS, params)
-                cur.execute(UPSERT_DEVICES, params)
-                if event_rows:
-                    cur.execute(INSERT_EVENTS, params)
-                    stored = cur.rowcount
-                cur.execute(UPSERT_DEVICE_STATE, params)
-            for gateway_id, status in batch.statuses.items():
-                cur.execute(UPSERT_GATEWAY_STATUS, {"gateway_id": gateway_id, "status": status, "now": now_dt})
-            for gateway_id, body in batch.gateway_heartbeats.items():
-                cur.execute(UPSERT_GATEWAY_HEARTBEAT, {"gateway_id": gateway_id, "body": json.dumps(body), "now": now_dt})
+                    copy.write(stage_text(batch))
             if batch.dead_letters:
                 with cur.copy(COPY_DEAD_LETTERS) as copy:
                     copy.set_types(["timestamptz", "text", "bytea", "text", "text"])
                     for dl in batch.dead_letters:
                         copy.write_row((now_dt, dl.topic, dl.payload, dl.reason, dl.detail or None))
-        conn.commit()
+            with conn.pipeline():
+                if batch.events:
+                    if need_gateways:
+                        cur.execute(UPSERT_GATEWAYS, params)
+                    if need_devices:
+                        cur.execute(UPSERT_DEVICES, params)
+                    if event_rows:
+                        events_cursor = conn.cursor()
+                        events_cursor.execute(INSERT_EVENTS, params)
+                    cur.execute(UPSERT_DEVICE_STATE, params)
+                for gateway_id, status in batch.statuses.items():
+                    cur.execute(UPSERT_GATEWAY_STATUS, {"gateway_id": gateway_id, "status": status, "now": now_dt})
+                for gateway_id, body in batch.gateway_heartbeats.items():
+                    cur.execute(UPSERT_GATEWAY_HEARTBEAT, {"gateway_id": gateway_id, "body": json.dumps(body), "now": now_dt})
+                conn.commit()
+        stored = events_cursor.rowcount if events_cursor is not None else 0
     except BaseException:
         if not conn.closed:
             try:
@@ -179,6 +224,16 @@ def write_batch(conn: psycopg.Connection, batch: Batch, now: float) -> BatchResu
             except psycopg.Error:
                 pass
         raise
+    finally:
+        if events_cursor is not None:
+            events_cursor.close()
+    if known is not None and batch.events:
+        if need_devices:
+            for gw, ev in batch.events.values():
+                known.devices[ev.device_id] = gw
+        if need_gateways:
+            for gw, _ in batch.events.values():
+                known.gateways[gw] = now
     return BatchResult(
         stored=stored,
         duplicates=event_rows - stored + batch.in_batch_duplicates,
