@@ -241,3 +241,12 @@ def bench_offline(households: int = 300, days: float = 90.0, seed: int = 1, **kw
         "events_per_s": round(total / wall) if wall > 0 else None,
         "ms_per_household_day": round(1000 * wall / max(1, households * days), 4),
     }
+
+
+if __name__ == "__main__":  # python -m firmware_sim.offline [households] [days] [seed]
+    import json
+    import sys
+
+    args = [float(a) for a in sys.argv[1:4]]
+    h, d, s = (args + [300, 90, 1][len(args):])[:3]
+    print(json.dumps(bench_offline(int(h), d, int(s)), indent=2))
