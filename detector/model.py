@@ -58,7 +58,7 @@ RULES = ("none", "model", "population_prior", "hard_cap")
 # chance that the silence after an active hour lasts at least ``edge k`` - a slot that never sees
 # a long silence (a busy morning) says so, instead of falling back to the prior.
 SILENCE_EDGES_H = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 16], dtype=np.float32)
-ON_EDGES_H = np.array([0.5, 1, 2, 3, 4, 6, 8, 11], dtype=np.float32)
+ON_EDGES_H = np.array([0, 0.5, 1, 2, 3, 5, 8, 11], dtype=np.float32)  # edge 0: every episode (exposure)
 ON_BLOCK_H = 4  # long-on episodes are grouped by the local 4-hour block they began in
 N_ON_BLOCKS = 24 // ON_BLOCK_H
 
@@ -67,6 +67,7 @@ MAX_SWITCHES = 6  # switchable devices (bulbs, plugs) whose long-on is learned p
 
 _FLAG_DOOR = np.uint8(1)  # the current silence began with a front-door event (resident went out?)
 _FLAG_BLIND = np.uint8(2)  # part of the current silence was unobservable or paused: do not learn it
+_FLAG_REJUDGED = np.uint8(4)  # the threshold was recomputed from the end of that stretch
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,10 @@ class DetectorParams:
     neighbour_weight: float = 0.35
     other_daytype_weight: float = 0.2
     # The threshold: the (1 - beta) quantile of silences from this slot, plus a margin.
-    beta: float = 0.05
+    beta: float = 0.02
     margin_h: float = 1.0
     margin_frac: float = 0.25
-    min_alarm_h: float = 1.5
+    min_alarm_h: float = 2.0
     alpha: float = 1e-3  # score threshold = -log10(alpha)
     tail_tau_h: float = 3.0  # extrapolation past the last edge
     min_history: float = 6.0  # fewer recorded silences than this in a slot: "population prior" rule
@@ -96,12 +97,14 @@ class DetectorParams:
     on_beta: float = 0.05
     on_margin_h: float = 1.5
     on_margin_frac: float = 0.3
-    on_min_alarm_h: float = 3.0
+    on_min_alarm_h: float = 1.5
+    # ... and only while the household is quiet: past its silence quantile by this share of the margin.
+    on_silence_frac: float = 0.5
     # Inferred away: a silence that began with the front door (and a home that has motion
     # sensors, so a return would be seen) is "out" for at most this long.
-    door_away_cap_h: float = 10.0
+    door_away_cap_h: float = 28.0  # a night with family lasts up to ~26 h
     # Device health.
-    heartbeat_timeout_s: float = 3 * 3600.0
+    heartbeat_timeout_s: float = 2 * 3600.0
     offline_share_suppress: float = 0.3  # offline devices carrying this share of activity: suppress
     # Area outage: this many gateways of an area offline at once, and this share of them.
     area_min_gateways: int = 3
@@ -126,8 +129,8 @@ def default_on_prior() -> np.ndarray:
     """Generic survival of on-episodes [blocks, E]: longer from the evening blocks."""
     blocks = np.arange(N_ON_BLOCKS) * ON_BLOCK_H
     tau = np.where((blocks >= 16) | (blocks < 4), 4.0, 2.0).astype(np.float32)
-    d = ON_EDGES_H[None, :] - ON_EDGES_H[0]
-    return np.exp(-d / tau[:, None]).astype(np.float32)
+    d = np.maximum(ON_EDGES_H[None, :] - 0.5, 0.0)
+    return np.where(ON_EDGES_H[None, :] > 0, 0.3 * np.exp(-d / tau[:, None]), 1.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,8 +164,9 @@ class FleetState:
     sw_on_since: np.ndarray  # float32[H, W] (since epoch; NaN = off)
     sw_alarm_after_h: np.ndarray  # float32[H, W]
     gateway_offline_since: np.ndarray  # float64[H] (NaN = online)
-    prior_sil: np.ndarray = field(default_factory=default_silence_prior)  # [2, 24, E_S]
-    prior_on: np.ndarray = field(default_factory=default_on_prior)  # [blocks, E_O]
+    # Population priors per kind of home (0: bulbs only, 1: with sensors): their rhythms differ.
+    prior_sil: np.ndarray = field(default_factory=lambda: np.stack([default_silence_prior()] * 2))  # [2, 2, 24, E_S]
+    prior_on: np.ndarray = field(default_factory=lambda: np.stack([default_on_prior()] * 2))  # [2, blocks, E_O]
 
     @property
     def n(self) -> int:
@@ -259,7 +263,7 @@ def silence_thresholds(state: FleetState, rows: np.ndarray, start: np.ndarray, p
     nb = hist[rows, daytype, (hour - 1) % 24].astype(np.float32) + hist[rows, daytype, (hour + 1) % 24].astype(np.float32)
     other = hist[rows, 1 - daytype, hour].astype(np.float32)
     pooled = own + p.neighbour_weight * nb + p.other_daytype_weight * other
-    prior = state.prior_sil[daytype, hour]
+    prior = state.prior_sil[state.has_motion[rows].astype(np.int64), daytype, hour]
     q = _quantile(pooled, prior, SILENCE_EDGES_H, p.prior_strength, p.beta, p.tail_tau_h)
     alarm = np.clip(q + p.margin_h + p.margin_frac * q, p.min_alarm_h, p.silence_cap_h).astype(np.float32)
     return q, alarm, pooled[:, 0]
@@ -271,7 +275,7 @@ def on_thresholds(state: FleetState, rows: np.ndarray, sw: np.ndarray, start: np
     own = state.on_hist[rows, sw, block].astype(np.float32)
     nb = state.on_hist[rows, sw, (block - 1) % N_ON_BLOCKS].astype(np.float32) + state.on_hist[rows, sw, (block + 1) % N_ON_BLOCKS].astype(np.float32)
     pooled = own + 0.25 * nb
-    q = _quantile(pooled, state.prior_on[block], ON_EDGES_H, p.prior_strength, p.on_beta, p.tail_tau_h)
+    q = _quantile(pooled, state.prior_on[state.has_motion[rows].astype(np.int64), block], ON_EDGES_H, p.prior_strength, p.on_beta, p.tail_tau_h)
     return np.clip(q + p.on_margin_h + p.on_margin_frac * q, p.on_min_alarm_h, p.on_cap_h).astype(np.float32)
 
 
@@ -294,9 +298,10 @@ def _decay(state: FleetState, rows: np.ndarray, day: np.ndarray, p: DetectorPara
     state.decay_day[r] = day[due]
 
 
-def _add_exceedance(hist_flat: np.ndarray, base_index: np.ndarray, durations_h: np.ndarray, edges: np.ndarray) -> None:
-    """Add one silence/episode of each duration to the exceedance counts starting at ``base_index``."""
-    mask = ((durations_h[:, None] >= edges[None, :]) & (edges[None, :] > 0)).astype(np.float16)
+def _add_exceedance(hist_flat: np.ndarray, base_index: np.ndarray, durations_h: np.ndarray, edges: np.ndarray, *, exposure: bool) -> None:
+    """Add one silence/episode of each duration to the exceedance counts starting at ``base_index``
+    (edge 0 too when ``exposure``: every episode is a trial)."""
+    mask = ((durations_h[:, None] >= edges[None, :]) & ((edges[None, :] > 0) | exposure)).astype(np.float16)
     idx = base_index[:, None] + np.arange(len(edges))[None, :]
     np.add.at(hist_flat, idx.ravel(), mask.ravel())
 
@@ -328,6 +333,7 @@ def observe(
     state.dev_last_seen.reshape(-1)[key[last_idx]] = rel[last_idx]
     state.dev_heartbeats.reshape(-1)[key[kind == EV_HEARTBEAT]] = True
 
+    _observe_switches(state, hh, dev, t, kind, p)
     act = np.isin(kind, ACTIVITY_CODES)
     if not act.any():
         return
@@ -370,7 +376,7 @@ def observe(
     if rec.any():
         daytype, hour = local_slot(starts_effective[rec], state.tz_offset_s[hh[rec]])
         base = ((hh[rec] * 2 + daytype) * 24 + hour) * len(SILENCE_EDGES_H)
-        _add_exceedance(state.sil_hist.reshape(-1), base, gap_h[rec].astype(np.float32), SILENCE_EDGES_H)
+        _add_exceedance(state.sil_hist.reshape(-1), base, gap_h[rec].astype(np.float32), SILENCE_EDGES_H, exposure=False)
 
     # The new current silence of each household begins at its last event.
     last = np.r_[np.nonzero(hh[1:] != hh[:-1])[0], len(hh) - 1]
@@ -384,12 +390,10 @@ def observe(
     state.alarm_after_h[r_last] = alarm
     state.slot_history[r_last] = hist_n.astype(np.float16)
 
-    _observe_switches(state, hh, dev, t, kind, p)
-
 
 def _observe_switches(state: FleetState, hh: np.ndarray, dev: np.ndarray, t: np.ndarray, kind: np.ndarray, p: DetectorParams) -> None:
     sw = state.dev_switch[hh, dev]
-    m = (sw >= 0) & ((kind == EV_ON) | (kind == EV_OFF))
+    m = (sw >= 0) & ((kind == EV_ON) | (kind == EV_OFF) | (kind == EV_BOOT))
     if not m.any():
         return
     hh, sw, t, kind = hh[m], sw[m].astype(np.int64), t[m], kind[m]
@@ -399,7 +403,11 @@ def _observe_switches(state: FleetState, hh: np.ndarray, dev: np.ndarray, t: np.
     opened: dict[tuple[int, int], float] = {}
     for r, s, ts, k in zip(hh.tolist(), sw.tolist(), t.tolist(), kind.tolist()):
         since = on_since[r, s]
-        if k == EV_ON:
+        if k == EV_BOOT:
+            # Power came back or the device restarted: its light state is unknown until it reports.
+            on_since[r, s] = np.nan
+            opened.pop((r, s), None)
+        elif k == EV_ON:
             if np.isnan(since):
                 on_since[r, s] = ts - state.epoch
                 opened[(r, s)] = ts
@@ -407,7 +415,7 @@ def _observe_switches(state: FleetState, hh: np.ndarray, dev: np.ndarray, t: np.
             if not np.isnan(since):
                 start = float(since) + state.epoch
                 dur_h = (ts - start) / 3600.0
-                if dur_h >= ON_EDGES_H[0]:
+                if dur_h >= 0:
                     closed_rows.append(r)
                     closed_sw.append(s)
                     closed_start.append(start)
@@ -419,7 +427,7 @@ def _observe_switches(state: FleetState, hh: np.ndarray, dev: np.ndarray, t: np.
         s = np.array(closed_sw)
         _, hour = local_slot(np.array(closed_start), state.tz_offset_s[r])
         base = ((r * MAX_SWITCHES + s) * N_ON_BLOCKS + hour // ON_BLOCK_H) * len(ON_EDGES_H)
-        _add_exceedance(state.on_hist.reshape(-1), base, np.array(closed_dur, np.float32), ON_EDGES_H)
+        _add_exceedance(state.on_hist.reshape(-1), base, np.array(closed_dur, np.float32), ON_EDGES_H, exposure=True)
     if opened:
         keys = np.array(list(opened.keys()))
         starts = np.array(list(opened.values()))
@@ -480,31 +488,44 @@ def score(
     """Score every household at ``now``. ``away_until``: float64[H], away mode ends then (NaN/-inf = not away).
 
     Also records in the state that a paused or unobservable stretch happened (so the silence is
-    not learned and its alarm waits for a fresh threshold after it), which is why it takes the state.
+    not learned and is judged afresh from its end), which is why it takes the state.
     """
     h = state.n
-    ln10 = math.log(10.0)
     # --- device health ---------------------------------------------------------------------
     rel_now = np.float32(now - state.epoch)
-    seen = state.dev_last_seen
     with np.errstate(invalid="ignore"):
-        dev_silent = ((rel_now - seen) > p.heartbeat_timeout_s) & state.dev_heartbeats  # NaN compares False
+        dev_silent = ((rel_now - state.dev_last_seen) > p.heartbeat_timeout_s) & state.dev_heartbeats  # NaN compares False
     gw_off = ~np.isnan(state.gateway_offline_since)
-    offline_devices = dev_silent | (gw_off[:, None] & (state.dev_kind >= 0))
+    present = state.dev_kind >= 0
+    offline_devices = dev_silent | (gw_off[:, None] & present)
+    device_problem = offline_devices.any(axis=1)
     act = state.dev_activity.astype(np.float32)
     total = act.sum(axis=1)
     offline_share = np.where(total > 0, (act * offline_devices).sum(axis=1) / np.maximum(total, 1e-6), 0.0)
-    device_problem = offline_devices.any(axis=1)
-    present = state.dev_kind >= 0
     # Blind: nothing that could report activity is online. Partial: devices that carried a good
     # share of the activity are gone, so the learned rhythm no longer fits: only the hard cap.
     blind = gw_off | (present.any(axis=1) & ~(present & ~offline_devices).any(axis=1))
     partial = ~blind & (offline_share >= p.offline_share_suppress)
     area_out = area_outage_mask(gw_off, state.area, p)
+    away = np.zeros(h, bool) if away_until is None else (np.nan_to_num(away_until, nan=-np.inf) > now)
+    paused = away | blind | area_out
+
+    # Remember the paused stretch: its silence is not learned, and is judged afresh after it, as
+    # if activity had been seen when it ended (the resident may well have been active meanwhile).
+    state.resume_from[paused] = now
+    state.flags[paused] = (state.flags[paused] | _FLAG_BLIND) & ~_FLAG_REJUDGED
+    resumed = np.flatnonzero(((state.flags & (_FLAG_BLIND | _FLAG_REJUDGED)) == _FLAG_BLIND) & ~paused)
+    if len(resumed):
+        q, alarm, hist_n = silence_thresholds(state, resumed, state.resume_from[resumed], p)
+        state.quantile_h[resumed] = q
+        state.alarm_after_h[resumed] = alarm
+        state.slot_history[resumed] = hist_n.astype(np.float16)
+        state.flags[resumed] |= _FLAG_REJUDGED
 
     # --- silence ---------------------------------------------------------------------------
     start = state.last_activity
-    silence_h = ((now - start) / 3600.0).astype(np.float32)  # NaN before any activity
+    ref = np.fmax(start, state.resume_from)  # the silence being judged began here
+    silence_h = ((now - ref) / 3600.0).astype(np.float32)  # NaN before any activity
     q = state.quantile_h
     alarm_h = state.alarm_after_h
     margin = np.maximum(alarm_h - q, 1e-3)
@@ -513,23 +534,24 @@ def score(
     with np.errstate(invalid="ignore", divide="ignore"):
         sc = np.where(silence_h <= q, lb * silence_h / np.maximum(q, 1e-3), lb + (la - lb) * (silence_h - q) / margin)
     sc = np.nan_to_num(sc, nan=0.0).astype(np.float32)
-    # After a pause/blind stretch the silence is judged again from its end.
-    alarm_at = np.maximum(start + alarm_h * 3600.0, state.resume_from + alarm_h * 3600.0)
+    alarm_at = ref + alarm_h * 3600.0
+    cap_at = ref + p.silence_cap_h * 3600.0
     door = (state.flags & _FLAG_DOOR) != 0
-    alarm_at = np.where(door, np.maximum(alarm_at, start + p.door_away_cap_h * 3600.0), alarm_at)
-    cap_at = np.maximum(start, state.resume_from) + p.silence_cap_h * 3600.0
+    door_until = start + p.door_away_cap_h * 3600.0
     alarm_at = np.minimum(alarm_at, cap_at)
+    alarm_at = np.where(door, np.maximum(alarm_at, door_until), alarm_at)
     inactive = now >= alarm_at  # False for NaN
+    hard = now >= np.where(door, np.maximum(cap_at, door_until), cap_at)
     rule = np.where(
         ~inactive,
         RULE_NONE,
-        np.where(now >= cap_at, RULE_HARD_CAP, np.where(state.slot_history.astype(np.float32) < p.min_history, RULE_PRIOR, RULE_MODEL)),
+        np.where(hard, RULE_HARD_CAP, np.where(state.slot_history.astype(np.float32) < p.min_history, RULE_PRIOR, RULE_MODEL)),
     ).astype(np.uint8)
 
-    # --- long-on ---------------------------------------------------------------------------
+    # --- long-on: a device on unusually long while the household is quieter than usual -----
     on_h = (rel_now - state.sw_on_since) / np.float32(3600.0)  # NaN when off
     with np.errstate(invalid="ignore"):
-        over = on_h >= state.sw_alarm_after_h
+        over = (on_h >= state.sw_alarm_after_h) & ((silence_h >= q + p.on_silence_frac * margin)[:, None] | (on_h >= p.on_cap_h))
     long_on = over.any(axis=1)
     with np.errstate(invalid="ignore"):
         ratio = np.where(over, on_h / state.sw_alarm_after_h, -1.0)
@@ -540,25 +562,21 @@ def score(
     long_on_hours = np.where(long_on, on_h[rows, wsafe], 0.0).astype(np.float32)
 
     # --- context ---------------------------------------------------------------------------
-    away = np.zeros(h, bool) if away_until is None else (np.nan_to_num(away_until, nan=-np.inf) > now)
+    partial_hold = partial & (rule != RULE_HARD_CAP)
     suppressed = np.full(h, SUPPRESS_NONE, np.uint8)
-    suppressed[door & (now < start + p.door_away_cap_h * 3600.0)] = SUPPRESS_DOOR
-    suppressed[blind | (partial & inactive & (rule != RULE_HARD_CAP))] = SUPPRESS_DEVICE
+    suppressed[door & (now < door_until)] = SUPPRESS_DOOR
+    suppressed[blind | (partial_hold & inactive)] = SUPPRESS_DEVICE
     suppressed[area_out] = SUPPRESS_AREA
     suppressed[away] = SUPPRESS_AWAY
-    paused = away | blind | area_out
-    # Remember the blind stretch: its silence is not learned, and judged afresh after it.
-    state.resume_from[paused] = now
-    state.flags[paused] |= _FLAG_BLIND
     welfare_ok = ~paused
     return Scores(
-        inactivity=inactive & welfare_ok & ~(partial & (rule != RULE_HARD_CAP)),
+        inactivity=inactive & welfare_ok & ~partial_hold,
         inactivity_score=sc,
         inactivity_rule=rule,
-        silence_start=start.copy(),
-        expected_by=start + q * 3600.0,
+        silence_start=ref.copy(),
+        expected_by=ref + q * 3600.0,
         alarm_at=alarm_at,
-        long_on=long_on & welfare_ok,
+        long_on=long_on & welfare_ok & ~partial,
         long_on_switch=which,
         long_on_since=long_on_since,
         long_on_hours=long_on_hours,
@@ -576,25 +594,29 @@ def score(
 
 
 def population_prior(state: FleetState, *, min_count: float = 3.0, default_weight: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
-    """The fleet's average survival curves (silence [2, 24, E_S], on [blocks, E_O]), each slot an
-    average over the households with some history there, shrunk toward the generic default."""
-
+    """The fleet's average survival curves per kind of home (silence [2, 2, 24, E_S], on [2, blocks,
+    E_O]), each slot an average over the homes with some history there, shrunk toward the generic default."""
     sil = np.zeros(state.prior_sil.shape, np.float64)
     cnt = np.zeros(state.prior_sil.shape[:-1] + (1,), np.float64)
     on = np.zeros(state.prior_on.shape, np.float64)
     on_cnt = np.zeros(state.prior_on.shape[:-1] + (1,), np.float64)
     chunk = 65536
     for lo in range(0, state.n, chunk):
-        hs = state.sil_hist[lo : lo + chunk].astype(np.float32)
-        n = hs[..., :1]
-        ok = n >= min_count
-        sil += np.where(ok, hs / np.maximum(n, 1e-6), 0.0).sum(axis=0)
-        cnt += ok.sum(axis=0)
-        ho = state.on_hist[lo : lo + chunk].astype(np.float32).reshape(-1, N_ON_BLOCKS, len(ON_EDGES_H))
-        n = ho[..., :1]
-        ok = n >= min_count
-        on += np.where(ok, ho / np.maximum(n, 1e-6), 0.0).sum(axis=0)
-        on_cnt += ok.sum(axis=0)
+        group = state.has_motion[lo : lo + chunk]
+        for g in (0, 1):
+            sel = group == g
+            if not sel.any():
+                continue
+            hs = state.sil_hist[lo : lo + chunk][sel].astype(np.float32)
+            n = hs[..., :1]
+            ok = n >= min_count
+            sil[g] += np.where(ok, hs / np.maximum(n, 1e-6), 0.0).sum(axis=0)
+            cnt[g] += ok.sum(axis=0)
+            ho = state.on_hist[lo : lo + chunk][sel].astype(np.float32).reshape(-1, N_ON_BLOCKS, len(ON_EDGES_H))
+            n = ho[..., :1]
+            ok = n >= min_count
+            on[g] += np.where(ok, ho / np.maximum(n, 1e-6), 0.0).sum(axis=0)
+            on_cnt[g] += ok.sum(axis=0)
     prior_sil = ((sil + default_weight * default_silence_prior()) / (cnt + default_weight)).astype(np.float32)
     prior_on = ((on + default_weight * default_on_prior()) / (on_cnt + default_weight)).astype(np.float32)
     return prior_sil, prior_on

@@ -1,0 +1,357 @@
+"""Evaluation of the detector against the fixed-rule baselines (``mimamori eval``).
+
+``run_eval``: the simulator's fast offline mode makes the fleet's event streams with incidents of
+every kind injected at random times after a learning period; the detector and both baselines are
+replayed on the same streams with the simulated clock (events reach them when they *arrive*, so a
+gateway that was down delivers late), ticking every ``tick_s`` simulated seconds. Gateway status
+(the MQTT last will) is derived from the gateway-down intervals of the ground truth, as the broker
+would publish it. Away mode is what the resident or a watcher set (ground truth details).
+
+Metrics per system (and per incident kind):
+
+- ``recall``: incidents that should raise an alert and got one of the right kind within 72 h
+  (welfare incidents: ``inactivity`` or ``long_on``; a dead bulb or a gateway that lost power:
+  ``device_offline``; an area power cut: ``area_outage`` for its area);
+- ``median_delay_h`` / ``p90_delay_h``: alert time minus incident start, over the detected ones;
+- ``false_alerts_per_household_month``: alerts opened after the learning period with no incident
+  behind them (a welfare alert during a planned trip, a dead bulb or an outage counts as false),
+  per household per 30 days of that period.
+
+An alert is an incident row in the service: it opens when the condition starts, stays one while
+the condition holds, and closes when it clears (activity resumes, the device is back ...).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from detector import model as m
+from detector.baselines import BASELINES, make_baseline
+
+H = 3600.0
+DAY = 86400.0
+DETECTION_WINDOW_S = 72 * H
+EXPLAIN_GRACE_S = 12 * H
+WELFARE_ALERTS = ("inactivity", "long_on")
+ALERT_KINDS = ("inactivity", "long_on", "device_offline", "area_outage")
+# Broker keepalive: the last will is published this long after the gateway goes silent.
+LAST_WILL_DELAY_S = 90.0
+
+_DEV_CODES = {"bulb": m.DEV_BULB, "motion": m.DEV_MOTION, "door": m.DEV_DOOR, "plug": m.DEV_PLUG}
+
+
+# ---------------------------------------------------------------------------------------------
+# Streams in the detector's codes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Replay:
+    """Everything one evaluation replays, in the detector's codes."""
+
+    start: float
+    end: float
+    device_kinds: np.ndarray  # int8[H, D]
+    area: np.ndarray  # int32[H]
+    tz_offset_s: np.ndarray  # int32[H]
+    # events, sorted by arrival
+    arrival: np.ndarray
+    hh: np.ndarray
+    dev: np.ndarray
+    t: np.ndarray
+    kind: np.ndarray
+    # gateway status changes, sorted by time: (t, hh, online)
+    gw_t: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gw_hh: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    gw_online: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    # away periods: (hh, set_at, until)
+    away: list[tuple[int, float, float]] = field(default_factory=list)
+    incidents: list[dict[str, Any]] = field(default_factory=list)  # ground truth
+    learning_end: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return len(self.area)
+
+
+def map_kinds(kind_codes: tuple[str, ...]) -> np.ndarray:
+    """Lookup table: simulator kind code -> detector EV_* code."""
+    return np.array([m.EVENT_KINDS.index(k) for k in kind_codes], np.int8)
+
+
+def replay_from_fleet(fleet: Any, learning_days: float) -> Replay:
+    n = len(fleet.households)
+    kinds = np.full((n, m.MAX_DEVICES), m.DEV_NONE, np.int8)
+    for i, hh in enumerate(fleet.households):
+        codes = [_DEV_CODES[k] for k in hh.device_kinds][: m.MAX_DEVICES]
+        kinds[i, : len(codes)] = codes
+    arr = fleet.concatenated(sort=False)
+    lut = map_kinds(tuple(fleet.kind_codes))
+    order = np.lexsort((arr.time, arr.arrival))
+    keep = arr.device[order] < m.MAX_DEVICES
+    order = order[keep]
+    area = np.array([hh.info.area_index for hh in fleet.households], np.int32)
+    incidents: list[dict[str, Any]] = []
+    away: list[tuple[int, float, float]] = []
+    gw: list[tuple[float, int, bool]] = []
+    for i, hh in enumerate(fleet.households):
+        for inc in hh.incidents:
+            d = inc.to_dict()
+            d["hh"] = i
+            d["area"] = int(area[i])
+            incidents.append(d)
+            det = inc.details
+            if det.get("away_mode_set") and "away_set_at" in det:
+                away.append((i, float(det["away_set_at"]), float(det.get("away_until") or fleet.end)))
+            if inc.kind in ("gateway_power_loss", "area_power_cut"):
+                gw.append((inc.start + LAST_WILL_DELAY_S, i, False))
+                gw.append(((inc.end or fleet.end) + 30.0, i, True))
+    gw.sort()
+    return Replay(
+        start=fleet.start,
+        end=fleet.end,
+        device_kinds=kinds,
+        area=area,
+        tz_offset_s=np.full(n, 9 * 3600, np.int32),
+        arrival=arr.arrival[order],
+        hh=arr.household[order].astype(np.int64),
+        dev=arr.device[order].astype(np.int64),
+        t=arr.time[order],
+        kind=lut[arr.kind[order]],
+        gw_t=np.array([g[0] for g in gw]),
+        gw_hh=np.array([g[1] for g in gw], np.int64),
+        gw_online=np.array([g[2] for g in gw], bool),
+        away=away,
+        incidents=incidents,
+        learning_end=fleet.start + learning_days * DAY,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the systems with the simulated clock
+# ---------------------------------------------------------------------------------------------
+
+
+class AlertLog:
+    """Open/close transitions of per-key conditions; records each opening."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, np.ndarray] = {}
+        self.opened: list[tuple[str, int, float]] = []  # (alert kind, household or area, time)
+        self.evidence: list[dict[str, Any]] = []  # parallel to ``opened``
+
+    def update(self, kind: str, condition: np.ndarray, now: float, evidence: Any = None) -> None:
+        prev = self.open.get(kind)
+        if prev is None:
+            prev = np.zeros(len(condition), bool)
+        for k in np.flatnonzero(condition & ~prev).tolist():
+            self.opened.append((kind, k, now))
+            self.evidence.append(evidence(k) if evidence is not None else {})
+        self.open[kind] = condition.copy()
+
+
+def run_systems(rp: Replay, *, tick_s: float = 600.0, params: m.DetectorParams = m.DEFAULT_PARAMS, prior_every_s: float = DAY) -> dict[str, AlertLog]:
+    state = m.new_state(rp.device_kinds, epoch=rp.start, tz_offset_s=rp.tz_offset_s, area=rp.area, params=params)
+    baselines = {name: make_baseline(name, rp.device_kinds, rp.start, rp.tz_offset_s) for name in BASELINES}
+    logs = {"detector": AlertLog(), **{name: AlertLog() for name in BASELINES}}
+    n = rp.n
+    away_hh = np.array([a[0] for a in rp.away], np.int64)
+    away_set = np.array([a[1] for a in rp.away])
+    away_until = np.array([a[2] for a in rp.away])
+    n_areas = int(rp.area.max()) + 1 if n else 0
+    i = g = 0
+    next_prior = rp.start + prior_every_s
+    now = rp.start
+    while now < rp.end:
+        now = min(now + tick_s, rp.end)
+        j = int(np.searchsorted(rp.arrival, now, side="right"))
+        if j > i:
+            sl = slice(i, j)
+            m.observe(state, rp.hh[sl], rp.dev[sl], rp.t[sl], rp.kind[sl], params)
+            for b in baselines.values():
+                b.observe(rp.hh[sl], rp.dev[sl], rp.t[sl], rp.kind[sl])
+            i = j
+        k = int(np.searchsorted(rp.gw_t, now, side="right"))
+        if k > g:
+            m.observe_gateway(state, rp.gw_hh[g:k], rp.gw_t[g:k], rp.gw_online[g:k])
+            g = k
+        if now >= next_prior:
+            m.refresh_prior(state)
+            next_prior += prior_every_s
+        away = np.full(n, np.nan)
+        if len(away_hh):
+            active = (away_set <= now) & (now < away_until)
+            away[away_hh[active]] = away_until[active]
+        sc = m.score(state, now, away_until=away, p=params)
+        log = logs["detector"]
+        log.update("inactivity", sc.inactivity, now, lambda r: {
+            "rule": m.RULES[sc.inactivity_rule[r]], "score": float(sc.inactivity_score[r]),
+            "silence_start": float(sc.silence_start[r]), "expected_by": float(sc.expected_by[r]),
+            "history": float(state.slot_history[r])})
+        log.update("long_on", sc.long_on, now, lambda r: {
+            "switch": int(sc.long_on_switch[r]), "since": float(sc.long_on_since[r]), "hours": float(sc.long_on_hours[r]),
+            "alarm_after_h": float(state.sw_alarm_after_h[r, sc.long_on_switch[r]])})
+        log.update("device_offline", sc.device_offline, now)
+        area_alarm = np.zeros(n_areas, bool)
+        area_alarm[rp.area[sc.area_outage]] = True
+        log.update("area_outage", area_alarm, now)
+        for name, b in baselines.items():
+            alarms = b.check(now)
+            logs[name].update("inactivity", alarms.inactivity, now)
+            logs[name].update("long_on", alarms.long_on, now)
+    return logs
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def expected_alerts(inc: dict[str, Any]) -> tuple[str, ...]:
+    """Alert kinds that detect this incident; () = no alert expected."""
+    kind = inc["kind"]
+    if kind in ("collapse", "bathroom_collapse", "hospital_stay", "cut"):
+        return WELFARE_ALERTS if inc["welfare"] else ()
+    if kind in ("bulb_failure", "gateway_power_loss"):
+        return ("device_offline",)
+    if kind == "area_power_cut":
+        return ("area_outage",)
+    return ()
+
+
+def _explains(inc: dict[str, Any], alert_kind: str, t: float, end_of_run: float) -> bool:
+    end = inc["end"] if inc["end"] is not None else end_of_run
+    if not inc["start"] <= t <= end + EXPLAIN_GRACE_S:
+        return False
+    kind = inc["kind"]
+    if alert_kind in WELFARE_ALERTS:
+        if kind in ("collapse", "bathroom_collapse", "cut"):
+            return True
+        if kind == "hospital_stay":
+            # Taken to hospital: a check is fair until a watcher has set away mode.
+            return inc["welfare"] or t < inc["details"].get("away_set_at", math.inf)
+        return False
+    if alert_kind == "device_offline":
+        return kind in ("bulb_failure", "gateway_power_loss", "area_power_cut")
+    if alert_kind == "area_outage":
+        return kind == "area_power_cut"
+    return False
+
+
+def _delay_stats(delays: list[float]) -> dict[str, float | None]:
+    if not delays:
+        return {"median_delay_h": None, "p90_delay_h": None}
+    d = np.array(delays) / H
+    return {"median_delay_h": round(float(np.median(d)), 2), "p90_delay_h": round(float(np.percentile(d, 90)), 2)}
+
+
+def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict[str, Any]:
+    n = rp.n if households is None else households
+    by_target: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for kind, key, t in log.opened:
+        by_target[(kind, key)].append(t)
+    delays: list[float] = []
+    per_kind: dict[str, dict[str, Any]] = {}
+    kinds_delays: dict[str, list[float]] = defaultdict(list)
+    kinds_n: dict[str, int] = defaultdict(int)
+    kinds_hit: dict[str, int] = defaultdict(int)
+    total = hits = 0
+    for inc in rp.incidents:
+        exp = expected_alerts(inc)
+        if not exp:
+            continue
+        total += 1
+        kinds_n[inc["kind"]] += 1
+        best = math.inf
+        for ak in exp:
+            key = inc["area"] if ak == "area_outage" else inc["hh"]
+            for t in by_target.get((ak, key), ()):
+                if inc["start"] <= t <= inc["start"] + DETECTION_WINDOW_S:
+                    best = min(best, t)
+        if best < math.inf:
+            hits += 1
+            kinds_hit[inc["kind"]] += 1
+            delays.append(best - inc["start"])
+            kinds_delays[inc["kind"]].append(best - inc["start"])
+    # False alerts: opened after the learning period with no incident behind them.
+    by_hh: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    by_area: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for inc in rp.incidents:
+        by_hh[inc["hh"]].append(inc)
+        by_area[inc["area"]].append(inc)
+    false_by_kind: dict[str, int] = defaultdict(int)
+    false_all = 0
+    for kind, key, t in log.opened:
+        pool = by_area[key] if kind == "area_outage" else by_hh[key]
+        if any(_explains(inc, kind, t, rp.end) for inc in pool):
+            continue
+        false_all += 1
+        if t >= rp.learning_end:
+            false_by_kind[kind] += 1
+    months = n * max(rp.end - rp.learning_end, 1.0) / (30 * DAY)
+    months_all = n * (rp.end - rp.start) / (30 * DAY)
+    for kind in sorted(kinds_n):
+        per_kind[kind] = {
+            "incidents": kinds_n[kind],
+            "recall": round(kinds_hit[kind] / kinds_n[kind], 4),
+            **_delay_stats(kinds_delays[kind]),
+        }
+    n_false = sum(false_by_kind.values())
+    return {
+        "recall": round(hits / total, 4) if total else None,
+        **_delay_stats(delays),
+        "false_alerts_per_household_month": round(n_false / months, 4) if months else None,
+        "incidents": total,
+        "detected": hits,
+        "false_alerts": n_false,
+        "false_alerts_by_kind": {k: false_by_kind.get(k, 0) for k in ALERT_KINDS},
+        "false_alerts_per_household_month_incl_learning": round(false_all / months_all, 4) if months_all else None,
+        "per_kind": per_kind,
+    }
+
+
+def evaluate(rp: Replay, *, tick_s: float = 600.0, params: m.DetectorParams = m.DEFAULT_PARAMS) -> dict[str, Any]:
+    logs = run_systems(rp, tick_s=tick_s, params=params)
+    return {
+        "detector": metrics(rp, logs["detector"]),
+        "baselines": {name: metrics(rp, logs[name]) for name in BASELINES},
+    }
+
+
+def run_eval(households: int, days: float, seed: int, bulbs_only: bool = False, *, tick_s: float = 600.0,
+             learning_days: float = 21.0, params: m.DetectorParams = m.DEFAULT_PARAMS) -> dict[str, Any]:
+    """Simulate, inject incidents, replay the detector and both baselines; return the metrics."""
+    from firmware_sim.incidents import IncidentPlan
+    from firmware_sim.offline import simulate_offline
+
+    t0 = time.perf_counter()
+    fleet = simulate_offline(households, days, seed, bulbs_only=bulbs_only,
+                             incidents=IncidentPlan.random(seed=seed, learning_days=learning_days))
+    sim_s = time.perf_counter() - t0
+    rp = replay_from_fleet(fleet, learning_days)
+    t1 = time.perf_counter()
+    result = evaluate(rp, tick_s=tick_s, params=params)
+    result["run"] = {
+        "households": households, "days": days, "seed": seed, "bulbs_only": bulbs_only,
+        "tick_s": tick_s, "learning_days": learning_days, "events": int(len(rp.t)),
+        "incidents_injected": len(rp.incidents), "simulate_s": round(sim_s, 2),
+        "replay_s": round(time.perf_counter() - t1, 2),
+    }
+    return result
+
+
+def run_replay_casas(path: str, bulbs_only: bool = False, *, seed: int = 0, cuts: int | None = None,
+                     tick_s: float = 600.0, params: m.DetectorParams = m.DEFAULT_PARAMS) -> dict[str, Any]:
+    """Replay a CASAS log (see ``bench.casas``) with incidents injected by cutting it."""
+    from bench.casas import replay_from_casas
+
+    rp, info = replay_from_casas(path, bulbs_only=bulbs_only, seed=seed, cuts=cuts)
+    result = evaluate(rp, tick_s=tick_s, params=params)
+    result["run"] = {"replay": f"casas:{path}", "bulbs_only": bulbs_only, "seed": seed, "tick_s": tick_s, **info}
+    return result
