@@ -89,15 +89,18 @@ def working_gateway(tmp_path: Path) -> None:
     """The fleet tests need a gateway whose outbox never reuses a row id (see the firmware_sim
     report: SQLite reuses the id of a deleted acked heartbeat, and the uplink's ``id > last``
     cursor then never sees the new row, so the outbox stalls until a reconnect)."""
-    box = Outbox(tmp_path / "probe.sqlite", clock=ManualClock())
-    ts = int(DEFAULT_START * 1000)
-    box.submit(Reading("probe", "on", ts, seq=1))
-    box.submit(Reading("probe", "heartbeat", ts + 1, seq=1))
-    rows = box.pending(10)
-    box.ack([r[0] for r in rows])
-    box.submit(Reading("probe", "off", ts + 2, seq=2))
-    reused = not box.pending(10, after_id=rows[-1][0])
-    box.close()
+    try:
+        box = Outbox(tmp_path / "probe.sqlite", clock=ManualClock())
+        ts = int(DEFAULT_START * 1000)
+        box.submit(Reading("probe", "on", ts, seq=1))
+        box.submit(Reading("probe", "heartbeat", ts + 1, seq=1))
+        rows = box.pending(10)
+        box.ack([r[0] for r in rows])
+        box.submit(Reading("probe", "off", ts + 2, seq=2))
+        reused = not box.pending(10, after_id=rows[-1][0])
+        box.close()
+    except Exception:  # the outbox API changed: nothing to probe, run the test
+        reused = False
     if reused:
         pytest.skip("gateway/outbox.py reuses row ids after deleting acked heartbeats (gateway bug, reported)")
 
