@@ -20,7 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from datetime import time as dt_time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 #: Notify tier 1, wait, tier 2, wait, the area coordinator, wait, and start again (twice at most).
 DEFAULT_CHAIN: tuple[dict[str, Any], ...] = (
@@ -300,3 +303,43 @@ def validate_chain(steps: Any) -> list[dict[str, Any]]:
             clean["times"] = times
         out.append(clean)
     return out
+
+
+# --- quiet hours ------------------------------------------------------------------------------
+
+
+def quiet_hours_end(now: float, start: dt_time | None, end: dt_time | None, tz: str) -> float | None:
+    """If ``now`` falls in a person's quiet hours, when they end (epoch s); else None.
+
+    Quiet hours hold back non-urgent notices only; the caller never applies them to welfare alerts.
+    """
+    if start is None or end is None or start == end:
+        return None
+    zone = ZoneInfo(tz)
+    local = datetime.fromtimestamp(now, zone)
+    t = local.time().replace(tzinfo=None)
+    if start < end:
+        if not start <= t < end:
+            return None
+        ends = datetime.combine(local.date(), end, zone)
+    else:  # spans midnight, e.g. 22:00-07:00
+        if start <= t:
+            ends = datetime.combine(local.date() + timedelta(days=1), end, zone)
+        elif t < end:
+            ends = datetime.combine(local.date(), end, zone)
+        else:
+            return None
+    return ends.timestamp()
+
+
+# --- retries ----------------------------------------------------------------------------------
+
+#: Delays before the 2nd, 3rd ... attempt of a failed send; after the last one the send has failed.
+RETRY_DELAYS_S: tuple[float, ...] = (10.0, 30.0, 60.0, 300.0, 900.0)
+
+
+def retry_delay(attempts: int) -> float | None:
+    """Seconds to wait after ``attempts`` failed attempts, or None: give up."""
+    if attempts < 1 or attempts > len(RETRY_DELAYS_S):
+        return None
+    return RETRY_DELAYS_S[attempts - 1]

@@ -123,3 +123,18 @@ def test_validate_chain() -> None:
     ):
         with pytest.raises(policy.ChainError):
             validate_chain(bad)
+
+
+def test_quiet_hours() -> None:
+    from datetime import datetime, time
+    from zoneinfo import ZoneInfo
+
+    tokyo = ZoneInfo("Asia/Tokyo")
+    at = lambda h, m=0, d=1: datetime(2026, 1, d, h, m, tzinfo=tokyo).timestamp()  # noqa: E731
+    q = policy.quiet_hours_end
+    assert q(at(23), time(22), time(7), "Asia/Tokyo") == at(7, d=2)
+    assert q(at(3), time(22), time(7), "Asia/Tokyo") == at(7)
+    assert q(at(12), time(22), time(7), "Asia/Tokyo") is None
+    assert q(at(13), time(12), time(14), "Asia/Tokyo") == at(14)
+    assert q(at(14), time(12), time(14), "Asia/Tokyo") is None
+    assert q(at(3), None, None, "Asia/Tokyo") is None

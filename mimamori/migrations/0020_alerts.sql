@@ -67,7 +67,7 @@ CREATE TABLE alert_deliveries (
     notice           text NOT NULL,            -- alert, claimed, resolved, cancelled, unreachable, device_task, blink
     urgent           boolean NOT NULL,
     payload          jsonb NOT NULL,
-    status           text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'failed')),
+    status           text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'failed', 'skipped')),
     attempts         integer NOT NULL DEFAULT 0,
     created_at       timestamptz NOT NULL,     -- engine clock
     next_attempt_at  timestamptz NOT NULL,     -- engine clock

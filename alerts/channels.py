@@ -1,0 +1,196 @@
+"""Channels: in-app (a notifications table + LISTEN/NOTIFY), Web Push (VAPID), Apprise URLs, and the
+MQTT downlink that blinks a bulb. Senders do network I/O only; what was sent is recorded by
+``alerts.flows`` / ``alerts.service``.
+
+For the app: ``notification_stream(database_url, person_id)`` is an async generator of a person's
+in-app notifications (backlog first, then live through PostgreSQL NOTIFY), ready to be served as
+Server-Sent Events.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import warnings
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg.rows import dict_row
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mimamori import mqtt, protocol
+from mimamori.mqtt import MqttUrl
+
+NOTIFICATIONS_CHANNEL = "mimamori_notifications"
+
+
+class AlertSettings(BaseSettings):
+    """Alert-engine settings from ``MIMAMORI_ALERTS_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="MIMAMORI_ALERTS_", extra="ignore")
+
+    #: VAPID private key (PEM text, a PEM file path, or the base64url raw key); unset = Web Push off.
+    vapid_private_key: str | None = None
+    #: VAPID "sub" claim: a mailto: or https: contact of the operator.
+    vapid_subject: str = "mailto:operator@mimamori.invalid"
+    delivery_threads: int = 4
+    #: Longest a worker sleeps between looks at the queue when no NOTIFY wakes it (seconds).
+    poll_s: float = 0.2
+    send_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class SendResult:
+    ok: bool
+    error: str | None = None
+    #: retrying cannot help (e.g. a Web Push subscription the browser dropped)
+    permanent: bool = False
+
+
+# --- Apprise ----------------------------------------------------------------------------------
+
+_apprise_lock = threading.Lock()
+_apprise_module: Any = None
+
+APPRISE_CHANNEL_NAMES = {
+    "mailto": "email", "mailtos": "email", "line": "line", "slack": "slack", "tgram": "telegram",
+    "ntfy": "ntfy", "ntfys": "ntfy", "json": "webhook", "jsons": "webhook", "form": "webhook", "forms": "webhook",
+    "discord": "discord", "msteams": "teams",
+}
+
+
+def _apprise() -> Any:
+    """Import Apprise once; its e-mail plugin imports the deprecated ``imghdr`` (a warning we silence)."""
+    global _apprise_module
+    with _apprise_lock:
+        if _apprise_module is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import apprise
+                from apprise.manager_plugins import NotificationManager
+
+                NotificationManager().load_modules()
+            _apprise_module = apprise
+    return _apprise_module
+
+
+def apprise_channel_name(url: str) -> str:
+    scheme = urlsplit(url).scheme.lower()
+    return APPRISE_CHANNEL_NAMES.get(scheme, scheme or "apprise")
+
+
+class AppriseSender:
+    """Sends through one Apprise URL per call (a fresh ``Apprise`` object: safe across threads)."""
+
+    def send(self, url: str, title: str, body: str) -> SendResult:
+        apprise = _apprise()
+        app = apprise.Apprise()
+        if not app.add(url):
+            return SendResult(False, "not a valid Apprise URL", permanent=True)
+        with apprise.LogCapture(level=apprise.logging.WARNING) as log:
+            ok = bool(app.notify(title=title, body=body))
+            detail = log.getvalue().strip()
+        return SendResult(True) if ok else SendResult(False, (detail or "apprise: send failed")[-500:])
+
+
+# --- Web Push ---------------------------------------------------------------------------------
+
+
+class WebPushSender:
+    def __init__(self, vapid_private_key: str | None, subject: str, timeout_s: float = 10.0) -> None:
+        self.vapid_private_key = vapid_private_key
+        self.subject = subject
+        self.timeout_s = timeout_s
+
+    def send(self, subscription_json: str, payload: dict[str, Any], urgent: bool) -> SendResult:
+        if not self.vapid_private_key:
+            return SendResult(False, "Web Push is not configured (MIMAMORI_ALERTS_VAPID_PRIVATE_KEY)", permanent=True)
+        from pywebpush import WebPushException, webpush
+
+        try:
+            subscription = json.loads(subscription_json)
+            webpush(
+                subscription_info=subscription,
+                data=json.dumps(payload, ensure_ascii=False),
+                vapid_private_key=self.vapid_private_key,
+                vapid_claims={"sub": self.subject},
+                ttl=24 * 3600,
+                timeout=self.timeout_s,
+                headers={"Urgency": "high" if urgent else "normal"},
+            )
+        except WebPushException as exc:
+            status = getattr(exc.response, "status_code", None)
+            # 404/410: the browser dropped the subscription; retrying cannot help
+            return SendResult(False, f"web push: {status} {str(exc)[:300]}", permanent=status in (404, 410))
+        except (ValueError, OSError) as exc:
+            return SendResult(False, f"web push: {exc!s:.300}")
+        return SendResult(True)
+
+
+# --- MQTT downlink (resident check) -----------------------------------------------------------
+
+
+class MqttBlinkSender:
+    """Publishes ``blink`` commands (QoS 1) and waits for the broker's PUBACK."""
+
+    def __init__(self, url: MqttUrl, client_id: str, *, protocol_preference: Any = "auto", timeout_s: float = 10.0) -> None:
+        version = mqtt.negotiate_protocol(url, protocol_preference)
+        self.client = mqtt.make_client(url, client_id, protocol=version)
+        self.timeout_s = timeout_s
+        mqtt.connect(self.client, url)
+        self.client.loop_start()
+
+    def send(self, gateway_id: str, device_id: str, args: dict[str, Any]) -> SendResult:
+        topic = protocol.command_topic(gateway_id, device_id)
+        info = self.client.publish(topic, protocol.encode_command(protocol.Command("blink", dict(args))), qos=1)
+        try:
+            info.wait_for_publish(timeout=self.timeout_s)
+        except (RuntimeError, ValueError) as exc:
+            return SendResult(False, f"mqtt: {exc}")
+        return SendResult(True) if info.is_published() else SendResult(False, "mqtt: no PUBACK in time")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+# --- in-app -----------------------------------------------------------------------------------
+
+
+async def notification_stream(database_url: str, person_id: str, *, after_id: int = 0,
+                              idle_timeout_s: float | None = None) -> AsyncIterator[dict[str, Any]]:
+    """A person's in-app notifications: those after ``after_id`` first, then each new one as it commits.
+
+    The app serves this as Server-Sent Events (use ``notification_id`` as the SSE id so a reconnecting
+    browser resumes with Last-Event-ID). LISTEN starts before the backlog query, so nothing falls in
+    between. Yields dicts (JSON-ready). With ``idle_timeout_s`` set, yields ``{"keepalive": True}``
+    after that long without news (a chance to send an SSE comment and notice a gone client).
+    One database connection per stream: fine for a town's watchers; a large deployment would fan out
+    one LISTEN connection in the app.
+    """
+    last = after_id
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(f"LISTEN {NOTIFICATIONS_CHANNEL}")
+
+        async def fetch() -> list[dict[str, Any]]:
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute("""SELECT notification_id, person_id, incident_id, notice, urgent, title, body, data,
+                                            created_at, read_at FROM notifications
+                                     WHERE person_id = %s AND notification_id > %s ORDER BY notification_id""",
+                                  (person_id, last))
+                return await cur.fetchall()
+
+        while True:
+            for row in await fetch():
+                last = row["notification_id"]
+                row["created_at"] = row["created_at"].isoformat()
+                row["read_at"] = row["read_at"].isoformat() if row["read_at"] else None
+                yield row
+            woken = False
+            async for _note in conn.notifies(timeout=idle_timeout_s, stop_after=1):
+                woken = True  # for anyone: the query above filters to this person
+            if not woken and idle_timeout_s is not None:
+                yield {"keepalive": True}

@@ -1,0 +1,153 @@
+"""Data shapes of the alert engine, its errors, and the texts of its notices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+STATUSES: Final = ("open", "claimed", "resolved", "cancelled")
+#: Outcomes a person may report when resolving (the engine itself also uses resident_responded).
+OUTCOMES: Final = ("fine", "needed_help", "emergency_services", "away", "device_problem", "false_alarm")
+WELFARE_KINDS: Final = frozenset({"inactivity", "long_on"})
+ACTIVITY_KINDS: Final = ("on", "off", "motion", "open", "close")
+
+
+class ActorLike(Protocol):
+    """Whoever acts: the app's ``Person`` fits (person_id, role, area)."""
+
+    @property
+    def person_id(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def area(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Actor:
+    person_id: str
+    role: str
+    area: str | None = None
+    display_name: str = ""
+    locale: str = "ja"
+
+
+class AlertError(Exception):
+    """Base of the alert engine's errors (the app maps them to HTTP statuses)."""
+
+
+class NotFound(AlertError):
+    """No such incident or household, or not one the actor may see (existence does not leak)."""
+
+
+class Forbidden(AlertError):
+    """The actor may see this but not do this."""
+
+
+class Conflict(AlertError):
+    """The incident is not in a state that allows this (e.g. already claimed)."""
+
+
+class InvalidInput(AlertError):
+    """A bad outcome, an empty comment, an invalid chain ..."""
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    incident_id: int
+    household_id: str | None
+    household_name: str | None
+    area: str | None
+    kind: str
+    status: str
+    opened_at: datetime
+    updated_at: datetime
+    claimed_at: datetime | None
+    claimed_by: str | None
+    closed_at: datetime | None
+    closed_by: str | None
+    outcome: str | None
+    outcome_note: str | None
+    escalation_status: str | None = None
+    next_step_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    entry_id: int
+    incident_id: int
+    at: datetime
+    actor: str | None
+    actor_name: str | None
+    action: str
+    channel: str
+    body: str | None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Notification:
+    notification_id: int
+    person_id: str
+    incident_id: int | None
+    notice: str
+    urgent: bool
+    title: str
+    body: str
+    data: dict[str, Any]
+    created_at: datetime
+    read_at: datetime | None
+
+
+# --- notice texts (Japanese first) ------------------------------------------------------------
+
+_KIND_TEXT: Final = {
+    "ja": {
+        "inactivity": "いつもの時間に照明やセンサーの動きがありません",
+        "long_on": "照明が長時間つけっぱなしです",
+        "device_offline": "機器がオフラインです",
+        "area_outage": "地域のゲートウェイが停止しています",
+    },
+    "en": {
+        "inactivity": "No lights or sensors have been used as usual",
+        "long_on": "A light has been on for unusually long",
+        "device_offline": "A device is offline",
+        "area_outage": "Gateways in the area are offline",
+    },
+}
+
+_NOTICE_TEXT: Final = {
+    "ja": {
+        "alert": ("見守りアラート: {name}さん", "{kind}。アプリで「確認に行きます」を押してください。"),
+        "claimed": ("{name}さん: {by}さんが確認に行きます", "{by}さんが対応します。エスカレーションは止まりました。"),
+        "resolved": ("{name}さん: 対応が完了しました", "結果: {outcome}。{note}"),
+        "cancelled": ("{name}さん: アラートは取り消されました", "{note}"),
+        "comment": ("{name}さん: {by}さんのコメント", "{note}"),
+        "unreachable": ("連絡できない見守り担当者がいます", "{person}さんにどの通知手段でも届きませんでした({name}さんのアラート)。"),
+        "device_task": ("機器の点検依頼: {name}さん宅", "{note}"),
+        "technical": ("機器の問題: {name}", "{kind}。"),
+    },
+    "en": {
+        "alert": ("Watch-over alert: {name}", "{kind}. Open the app and press \"I'll go\"."),
+        "claimed": ("{name}: {by} is going", "{by} is handling it. Escalation has stopped."),
+        "resolved": ("{name}: resolved", "Outcome: {outcome}. {note}"),
+        "cancelled": ("{name}: alert cancelled", "{note}"),
+        "comment": ("{name}: comment from {by}", "{note}"),
+        "unreachable": ("A watcher could not be reached", "No channel reached {person} (alert for {name})."),
+        "device_task": ("Device check needed: {name}", "{note}"),
+        "technical": ("Device problem: {name}", "{kind}."),
+    },
+}
+
+
+def render_notice(notice: str, locale: str, *, name: str, kind: str = "", by: str = "", outcome: str = "",
+                  note: str = "", person: str = "") -> tuple[str, str]:
+    """(title, body) of a notice in the person's language."""
+    lang = locale if locale in _NOTICE_TEXT else "ja"
+    title, body = _NOTICE_TEXT[lang][notice]
+    fields = {"name": name, "kind": _KIND_TEXT[lang].get(kind, kind), "by": by, "outcome": outcome,
+              "note": note or "", "person": person}
+    return title.format(**fields), body.format(**fields).strip()

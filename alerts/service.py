@@ -1,0 +1,678 @@
+"""Database functions of the alert engine (psycopg, plain functions, no HTTP).
+
+Two groups:
+- the API the app calls with the acting person: ``list_my_alerts``, ``get_incident``, ``timeline``,
+  ``claim``, ``comment``, ``resolve``, ``get_chain`` / ``set_chain`` / ``reset_chain``,
+  ``add_channel`` / ``list_channels`` / ``remove_channel``, ``set_quiet_hours``,
+  ``list_notifications`` / ``mark_read``. Only the household's team (household_watchers), the
+  area's coordinator, or an operator may act on an incident; others get ``NotFound``.
+- the engine the worker runs: ``adopt_one`` (take on a newly opened incident and run its first
+  steps), ``step_one_due`` (advance one escalation whose ``next_step_at`` has come) and the
+  outbox bookkeeping used by ``alerts.flows``.
+
+Every function that writes runs in one transaction (``conn.transaction()``), so a step's new state,
+its outbox rows, its in-app notifications and its timeline rows commit together or not at all.
+Times are the caller's clock (``clock.now()``), never the database's ``now()``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from alerts import policy
+from alerts.models import (
+    ACTIVITY_KINDS,
+    OUTCOMES,
+    WELFARE_KINDS,
+    ActorLike,
+    Conflict,
+    Forbidden,
+    IncidentView,
+    InvalidInput,
+    NotFound,
+    Notification,
+    TimelineEntry,
+    render_notice,
+)
+from mimamori.clock import Clock, as_datetime
+
+DELIVERIES_CHANNEL = "mimamori_alert_deliveries"
+INCIDENTS_CHANNEL = "mimamori_incident_opened"
+NOTIFICATIONS_CHANNEL = "mimamori_notifications"
+MAX_COMMENT = 2000
+
+
+def _rows(conn: psycopg.Connection, sql: str, params: Any = None) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def _one(conn: psycopg.Connection, sql: str, params: Any = None) -> dict[str, Any] | None:
+    rows = _rows(conn, sql, params)
+    return rows[0] if rows else None
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+# =============================================================================================
+# Who may act
+# =============================================================================================
+
+_INCIDENT_SQL = """
+SELECT i.*, h.display_name AS household_name, coalesce(h.area, i.area) AS eff_area,
+       e.status AS escalation_status, e.next_step_at
+FROM incidents i
+LEFT JOIN households h ON h.household_id = i.household_id
+LEFT JOIN alert_escalations e ON e.incident_id = i.incident_id
+"""
+
+
+def _may_act(conn: psycopg.Connection, actor: ActorLike, household_id: str | None, area: str | None) -> bool:
+    if actor.role == "operator":
+        return True
+    if actor.role == "coordinator":
+        return actor.area is not None and actor.area == area
+    if actor.role == "watcher" and household_id is not None:
+        return _one(conn, "SELECT 1 AS ok FROM household_watchers WHERE household_id = %s AND person_id = %s",
+                    (household_id, actor.person_id)) is not None
+    return False
+
+
+def _scope_sql(actor: ActorLike) -> tuple[str, dict[str, Any]]:
+    """WHERE fragment: incidents (alias i, households h) the actor may see and act on."""
+    if actor.role == "operator":
+        return "TRUE", {}
+    if actor.role == "coordinator":
+        return "coalesce(h.area, i.area) = %(area)s", {"area": actor.area}
+    if actor.role == "watcher":
+        return ("EXISTS (SELECT 1 FROM household_watchers w WHERE w.household_id = i.household_id"
+                " AND w.person_id = %(me)s)"), {"me": actor.person_id}
+    return "FALSE", {}
+
+
+def _incident_for(conn: psycopg.Connection, actor: ActorLike, incident_id: int, *, lock: bool = False) -> dict[str, Any]:
+    sql = _INCIDENT_SQL + " WHERE i.incident_id = %s" + (" FOR UPDATE OF i" if lock else "")
+    inc = _one(conn, sql, (incident_id,))
+    if inc is None or not _may_act(conn, actor, inc["household_id"], inc["eff_area"]):
+        raise NotFound(f"incident {incident_id} not found")
+    return inc
+
+
+def _view(row: dict[str, Any]) -> IncidentView:
+    return IncidentView(
+        incident_id=row["incident_id"], household_id=row["household_id"], household_name=row.get("household_name"),
+        area=row.get("eff_area"), kind=row["kind"], status=row["status"], opened_at=row["opened_at"],
+        updated_at=row["updated_at"], claimed_at=row["claimed_at"], claimed_by=row["claimed_by"],
+        closed_at=row["closed_at"], closed_by=row["closed_by"], outcome=row["outcome"],
+        outcome_note=row["outcome_note"], escalation_status=row.get("escalation_status"),
+        next_step_at=row.get("next_step_at"),
+    )
+
+
+def _timeline(conn: psycopg.Connection, incident_id: int, at: float, actor: str | None, action: str, channel: str,
+              body: str | None = None, data: dict[str, Any] | None = None) -> int:
+    row = _one(conn, """INSERT INTO incident_timeline (incident_id, at, actor, action, channel, body, data)
+                        VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING entry_id""",
+               (incident_id, as_datetime(at), actor, action, channel, body, Jsonb(data or {})))
+    assert row is not None
+    return int(row["entry_id"])
+
+
+# =============================================================================================
+# The API (the app calls these with the acting person)
+# =============================================================================================
+
+
+def list_my_alerts(conn: psycopg.Connection, actor: ActorLike, *, statuses: Sequence[str] = ("open", "claimed"),
+                   limit: int = 100) -> list[IncidentView]:
+    """Incidents the actor may act on, newest first."""
+    where, params = _scope_sql(actor)
+    rows = _rows(conn, _INCIDENT_SQL + f" WHERE i.status = ANY(%(st)s) AND {where} ORDER BY i.opened_at DESC LIMIT %(lim)s",
+                 {**params, "st": list(statuses), "lim": limit})
+    return [_view(r) for r in rows]
+
+
+def get_incident(conn: psycopg.Connection, actor: ActorLike, incident_id: int) -> IncidentView:
+    return _view(_incident_for(conn, actor, incident_id))
+
+
+def timeline(conn: psycopg.Connection, actor: ActorLike, incident_id: int) -> list[TimelineEntry]:
+    """The team's view of an incident: comments and every action, oldest first."""
+    _incident_for(conn, actor, incident_id)
+    rows = _rows(conn, """SELECT t.*, p.display_name AS actor_name FROM incident_timeline t
+                          LEFT JOIN people p ON p.person_id = t.actor
+                          WHERE t.incident_id = %s ORDER BY t.entry_id""", (incident_id,))
+    return [TimelineEntry(r["entry_id"], r["incident_id"], r["at"], r["actor"], r["actor_name"], r["action"],
+                          r["channel"], r["body"], r["data"]) for r in rows]
+
+
+def _actor_name(conn: psycopg.Connection, person_id: str) -> str:
+    row = _one(conn, "SELECT display_name FROM people WHERE person_id = %s", (person_id,))
+    return row["display_name"] if row else person_id
+
+
+def _stop_escalation(conn: psycopg.Connection, incident_id: int, status: str, now: float) -> None:
+    conn.execute("UPDATE alert_escalations SET status = %s, next_step_at = NULL, updated_at = %s WHERE incident_id = %s",
+                 (status, as_datetime(now), incident_id))
+
+
+def _escalation_state(conn: psycopg.Connection, incident_id: int) -> policy.State:
+    row = _one(conn, "SELECT state FROM alert_escalations WHERE incident_id = %s", (incident_id,))
+    return policy.State.from_json(row["state"] if row else {})
+
+
+def claim(conn: psycopg.Connection, actor: ActorLike, incident_id: int, *, clock: Clock, channel: str = "app") -> IncidentView:
+    """"I'll go": the actor takes the check. Escalation pauses; everyone alerted so far is told."""
+    now = clock.now()
+    with conn.transaction():
+        inc = _incident_for(conn, actor, incident_id, lock=True)
+        if inc["status"] != "open":
+            raise Conflict(f"incident is {inc['status']}" + (f" by {inc['claimed_by']}" if inc["claimed_by"] else ""))
+        _stop_escalation(conn, incident_id, "paused", now)
+        conn.execute("""UPDATE incidents SET status = 'claimed', claimed_at = %s, claimed_by = %s, updated_at = %s
+                        WHERE incident_id = %s""", (as_datetime(now), actor.person_id, as_datetime(now), incident_id))
+        _timeline(conn, incident_id, now, actor.person_id, "claimed", channel)
+        others = [p for p in _escalation_state(conn, incident_id).notified if p != actor.person_id]
+        if others:
+            by = _actor_name(conn, actor.person_id)
+            enqueue_notice(conn, inc, others, "claimed", "claimed", urgent=True, now=now, by=by)
+        return _view(_incident_for(conn, actor, incident_id))
+
+
+def comment(conn: psycopg.Connection, actor: ActorLike, incident_id: int, text: str, *, clock: Clock,
+            channel: str = "app") -> TimelineEntry:
+    """A message on the incident's team timeline; the rest of the team gets it in the app."""
+    text = (text or "").strip()
+    if not text or len(text) > MAX_COMMENT:
+        raise InvalidInput(f"a comment is 1..{MAX_COMMENT} characters")
+    now = clock.now()
+    with conn.transaction():
+        inc = _incident_for(conn, actor, incident_id)
+        entry_id = _timeline(conn, incident_id, now, actor.person_id, "comment", channel, text)
+        team = [r["person_id"] for r in _rows(conn, "SELECT person_id FROM household_watchers WHERE household_id = %s",
+                                              (inc["household_id"],))]
+        others = [p for p in dict.fromkeys([*team, *_escalation_state(conn, incident_id).notified]) if p != actor.person_id]
+        if others:
+            enqueue_notice(conn, inc, others, f"comment.{entry_id}", "comment", urgent=False, now=now,
+                           by=_actor_name(conn, actor.person_id), note=text, inapp_only=True)
+    return next(e for e in timeline(conn, actor, incident_id) if e.entry_id == entry_id)
+
+
+def resolve(conn: psycopg.Connection, actor: ActorLike, incident_id: int, outcome: str, note: str = "", *,
+            clock: Clock, away_until: float | None = None, channel: str = "app") -> IncidentView:
+    """Close the incident with an outcome and a note; outcomes feed back:
+
+    - ``away``: away mode until ``away_until`` (epoch s, required) in ``away_periods``;
+    - ``fine`` / ``false_alarm``: labels for the detector (view ``incident_labels``);
+    - ``device_problem``: a device task for the area's coordinator.
+    """
+    if outcome not in OUTCOMES:
+        raise InvalidInput(f"outcome must be one of {OUTCOMES}")
+    note = (note or "").strip()
+    if len(note) > MAX_COMMENT:
+        raise InvalidInput("note too long")
+    now = clock.now()
+    if outcome == "away" and (away_until is None or away_until <= now):
+        raise InvalidInput("outcome 'away' needs away_until in the future")
+    with conn.transaction():
+        inc = _incident_for(conn, actor, incident_id, lock=True)
+        if inc["status"] not in ("open", "claimed"):
+            raise Conflict(f"incident is already {inc['status']}")
+        _stop_escalation(conn, incident_id, "done", now)
+        conn.execute("""UPDATE incidents SET status = 'resolved', closed_at = %s, closed_by = %s, outcome = %s,
+                               outcome_note = %s, updated_at = %s WHERE incident_id = %s""",
+                     (as_datetime(now), actor.person_id, outcome, note or None, as_datetime(now), incident_id))
+        _timeline(conn, incident_id, now, actor.person_id, "resolved", channel, note or None, {"outcome": outcome})
+        if outcome == "away" and inc["household_id"]:
+            assert away_until is not None
+            conn.execute("""INSERT INTO away_periods (household_id, starts_at, until, source, set_by, note)
+                            VALUES (%s, %s, %s, 'alert_outcome', %s, %s)""",
+                         (inc["household_id"], as_datetime(now), as_datetime(away_until), actor.person_id, note or None))
+            _timeline(conn, incident_id, now, actor.person_id, "away_set", channel, None, {"until": away_until})
+        if outcome == "device_problem":
+            task = _one(conn, """INSERT INTO device_tasks (household_id, area, incident_id, note, opened_at, opened_by)
+                                 VALUES (%s, %s, %s, %s, %s, %s) RETURNING task_id""",
+                        (inc["household_id"], inc["eff_area"], incident_id, note or None, as_datetime(now), actor.person_id))
+            assert task is not None
+            _timeline(conn, incident_id, now, actor.person_id, "device_task_opened", channel, None, {"task_id": task["task_id"]})
+            team = load_team(conn, inc["household_id"], inc["eff_area"])
+            if team.coordinators:
+                enqueue_notice(conn, inc, team.coordinators, "device_task", "device_task", urgent=False, now=now,
+                               note=note)
+        told = [p for p in _escalation_state(conn, incident_id).notified if p != actor.person_id]
+        if told:
+            enqueue_notice(conn, inc, told, "resolved", "resolved", urgent=False, now=now, outcome=outcome, note=note)
+        return _view(_incident_for(conn, actor, incident_id))
+
+
+# --- chains -----------------------------------------------------------------------------------
+
+
+def _household_for_manager(conn: psycopg.Connection, actor: ActorLike, household_id: str) -> dict[str, Any]:
+    h = _one(conn, "SELECT household_id, area FROM households WHERE household_id = %s", (household_id,))
+    if h is None or not _may_act(conn, actor, household_id, h["area"]):
+        raise NotFound(f"household {household_id} not found")
+    if actor.role not in ("operator", "coordinator"):
+        raise Forbidden("only the area's coordinator or an operator edits escalation chains")
+    return h
+
+
+def get_chain(conn: psycopg.Connection, actor: ActorLike, household_id: str) -> tuple[list[dict[str, Any]], str]:
+    """(steps, 'household' | 'default'). Team members may read it."""
+    h = _one(conn, "SELECT household_id, area FROM households WHERE household_id = %s", (household_id,))
+    if h is None or not _may_act(conn, actor, household_id, h["area"]):
+        raise NotFound(f"household {household_id} not found")
+    row = _one(conn, "SELECT steps FROM escalation_chains WHERE household_id = %s", (household_id,))
+    return (row["steps"], "household") if row else (list(policy.DEFAULT_CHAIN), "default")
+
+
+def set_chain(conn: psycopg.Connection, actor: ActorLike, household_id: str, steps: Any, *, clock: Clock) -> list[dict[str, Any]]:
+    """Replace a household's chain. Incidents already open keep the chain they started with."""
+    try:
+        clean = policy.validate_chain(steps)
+    except policy.ChainError as exc:
+        raise InvalidInput(str(exc)) from None
+    with conn.transaction():
+        _household_for_manager(conn, actor, household_id)
+        conn.execute("""INSERT INTO escalation_chains (household_id, steps, updated_at, updated_by) VALUES (%s, %s, %s, %s)
+                        ON CONFLICT (household_id) DO UPDATE SET steps = EXCLUDED.steps, updated_at = EXCLUDED.updated_at,
+                        updated_by = EXCLUDED.updated_by""",
+                     (household_id, Jsonb(clean), as_datetime(clock.now()), actor.person_id))
+    return clean
+
+
+def reset_chain(conn: psycopg.Connection, actor: ActorLike, household_id: str) -> None:
+    """Back to the default chain."""
+    with conn.transaction():
+        _household_for_manager(conn, actor, household_id)
+        conn.execute("DELETE FROM escalation_chains WHERE household_id = %s", (household_id,))
+
+
+# --- channels and rules per person ------------------------------------------------------------
+
+_WEBPUSH_KEYS = ("endpoint", "keys")
+
+
+def _may_manage_person(conn: psycopg.Connection, actor: ActorLike, person_id: str) -> None:
+    if actor.person_id == person_id or actor.role == "operator":
+        return
+    if actor.role == "coordinator":
+        row = _one(conn, """SELECT 1 AS ok FROM people p WHERE p.person_id = %(p)s AND (p.area = %(a)s OR EXISTS (
+                               SELECT 1 FROM household_watchers w JOIN households h USING (household_id)
+                               WHERE w.person_id = p.person_id AND h.area = %(a)s))""", {"p": person_id, "a": actor.area})
+        if row:
+            return
+    raise NotFound(f"person {person_id} not found")
+
+
+def add_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, kind: str, target: str, *,
+                label: str | None = None, position: int = 0) -> int:
+    """Add an Apprise URL (``kind='apprise'``) or a Web Push subscription (JSON) for a person."""
+    if kind == "apprise":
+        if not re.match(r"^[a-z][a-z0-9+.-]*://\S+$", target or ""):
+            raise InvalidInput("an Apprise URL looks like mailto://..., slack://..., ntfy://...")
+    elif kind == "webpush":
+        try:
+            sub = json.loads(target)
+        except ValueError:
+            raise InvalidInput("a Web Push subscription is JSON") from None
+        if not isinstance(sub, dict) or not all(k in sub for k in _WEBPUSH_KEYS):
+            raise InvalidInput("a Web Push subscription has endpoint and keys")
+    else:
+        raise InvalidInput("kind is apprise or webpush")
+    with conn.transaction():
+        _may_manage_person(conn, actor, person_id)
+        row = _one(conn, """INSERT INTO person_channels (person_id, kind, target, label, position) VALUES (%s, %s, %s, %s, %s)
+                            ON CONFLICT (person_id, kind, target) DO UPDATE SET enabled = true, label = EXCLUDED.label,
+                            position = EXCLUDED.position RETURNING channel_id""", (person_id, kind, target, label, position))
+    assert row is not None
+    return int(row["channel_id"])
+
+
+def list_channels(conn: psycopg.Connection, actor: ActorLike, person_id: str) -> list[dict[str, Any]]:
+    _may_manage_person(conn, actor, person_id)
+    return _rows(conn, """SELECT channel_id, kind, target, label, position, enabled FROM person_channels
+                          WHERE person_id = %s ORDER BY position, channel_id""", (person_id,))
+
+
+def remove_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, channel_id: int) -> None:
+    with conn.transaction():
+        _may_manage_person(conn, actor, person_id)
+        conn.execute("UPDATE person_channels SET enabled = false WHERE person_id = %s AND channel_id = %s", (person_id, channel_id))
+
+
+def set_quiet_hours(conn: psycopg.Connection, actor: ActorLike, person_id: str, start: Any, end: Any,
+                    timezone: str = "Asia/Tokyo") -> None:
+    """Quiet hours (``datetime.time`` or None) hold back non-urgent notices; welfare alerts are never muted."""
+    with conn.transaction():
+        _may_manage_person(conn, actor, person_id)
+        conn.execute("""INSERT INTO person_alert_rules (person_id, quiet_start, quiet_end, timezone) VALUES (%s, %s, %s, %s)
+                        ON CONFLICT (person_id) DO UPDATE SET quiet_start = EXCLUDED.quiet_start,
+                        quiet_end = EXCLUDED.quiet_end, timezone = EXCLUDED.timezone""", (person_id, start, end, timezone))
+
+
+# --- in-app notifications ---------------------------------------------------------------------
+
+
+def _notification(r: dict[str, Any]) -> Notification:
+    return Notification(r["notification_id"], r["person_id"], r["incident_id"], r["notice"], r["urgent"], r["title"],
+                        r["body"], r["data"], r["created_at"], r["read_at"])
+
+
+def list_notifications(conn: psycopg.Connection, actor: ActorLike, *, after_id: int = 0, unread_only: bool = False,
+                       limit: int = 100) -> list[Notification]:
+    rows = _rows(conn, """SELECT * FROM notifications WHERE person_id = %s AND notification_id > %s
+                          AND (NOT %s OR read_at IS NULL) ORDER BY notification_id LIMIT %s""",
+                 (actor.person_id, after_id, unread_only, limit))
+    return [_notification(r) for r in rows]
+
+
+def mark_read(conn: psycopg.Connection, actor: ActorLike, notification_ids: Iterable[int], *, clock: Clock) -> int:
+    with conn.transaction():
+        cur = conn.execute("""UPDATE notifications SET read_at = %s WHERE person_id = %s AND notification_id = ANY(%s)
+                              AND read_at IS NULL""", (as_datetime(clock.now()), actor.person_id, list(notification_ids)))
+        return cur.rowcount
+
+
+# =============================================================================================
+# The engine (the worker runs these)
+# =============================================================================================
+
+
+def load_team(conn: psycopg.Connection, household_id: str | None, area: str | None) -> policy.Team:
+    members: tuple[tuple[str, int], ...] = ()
+    bulbs: tuple[tuple[str, str], ...] = ()
+    if household_id is not None:
+        members = tuple((r["person_id"], int(r["tier"])) for r in _rows(
+            conn, "SELECT person_id, tier FROM household_watchers WHERE household_id = %s ORDER BY tier, person_id",
+            (household_id,)))
+        bulbs = tuple((r["gateway_id"], r["device_id"]) for r in _rows(
+            conn, """SELECT gateway_id, device_id FROM devices WHERE household_id = %s AND kind = 'bulb'
+                     AND gateway_id IS NOT NULL ORDER BY device_id""", (household_id,)))
+    coordinators = [r["person_id"] for r in _rows(
+        conn, "SELECT person_id FROM people WHERE role = 'coordinator' AND area = %s ORDER BY person_id", (area,))]
+    if not coordinators:  # an area without a coordinator falls to the operators
+        coordinators = [r["person_id"] for r in _rows(conn, "SELECT person_id FROM people WHERE role = 'operator' ORDER BY person_id")]
+    return policy.Team(members, tuple(coordinators), bulbs)
+
+
+def _chain_for(conn: psycopg.Connection, inc: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    if inc["kind"] not in WELFARE_KINDS:
+        return list(policy.TECHNICAL_CHAIN), "technical"
+    row = _one(conn, "SELECT steps FROM escalation_chains WHERE household_id = %s", (inc["household_id"],))
+    if row:
+        return row["steps"], "household"
+    return list(policy.DEFAULT_CHAIN), "default"
+
+
+_ADOPT_SQL = _INCIDENT_SQL + """
+WHERE i.status = 'open' AND e.incident_id IS NULL
+ORDER BY i.incident_id LIMIT 1 FOR UPDATE OF i SKIP LOCKED"""
+
+_DUE_SQL = _INCIDENT_SQL + """
+WHERE e.next_step_at <= %s
+ORDER BY e.next_step_at LIMIT 1 FOR UPDATE OF i SKIP LOCKED"""
+
+
+def adopt_one(conn: psycopg.Connection, clock: Clock, worker_id: str) -> int | None:
+    """Take on one newly opened incident: snapshot its chain and run the first steps. None: none left."""
+    now = clock.now()
+    with conn.transaction():
+        inc = _one(conn, _ADOPT_SQL)
+        if inc is None:
+            return None
+        chain, source = _chain_for(conn, inc)
+        created = _one(conn, """INSERT INTO alert_escalations (incident_id, household_id, chain, chain_source, state,
+                                       status, next_step_at, started_at, updated_at, worker_id)
+                                VALUES (%s, %s, %s, %s, '{}', 'running', %s, %s, %s, %s)
+                                ON CONFLICT (incident_id) DO NOTHING RETURNING incident_id""",
+                       (inc["incident_id"], inc["household_id"], Jsonb(chain), source, as_datetime(now),
+                        as_datetime(now), as_datetime(now), worker_id))
+        if created is None:  # another worker got there first
+            return int(inc["incident_id"])
+        _timeline(conn, inc["incident_id"], now, None, "escalation_started", "system", None,
+                  {"chain": chain, "chain_source": source, "worker": worker_id})
+        if inc["kind"] in WELFARE_KINDS and inc["household_id"] and _away(conn, inc["household_id"], now):
+            _cancel(conn, inc, policy.State(), now, "away", "away mode was on when the incident opened")
+        else:
+            _run(conn, inc, chain, policy.State(), now, worker_id)
+    return int(inc["incident_id"])
+
+
+def step_one_due(conn: psycopg.Connection, clock: Clock, worker_id: str) -> int | None:
+    """Advance one escalation whose next step is due. None: nothing due."""
+    now = clock.now()
+    with conn.transaction():
+        inc = _one(conn, _DUE_SQL, (as_datetime(now),))
+        if inc is None:
+            return None
+        esc = _one(conn, "SELECT * FROM alert_escalations WHERE incident_id = %s FOR UPDATE", (inc["incident_id"],))
+        assert esc is not None
+        # the due row we saw may be stale (another worker advanced it before we locked): re-check
+        if esc["next_step_at"] is None or esc["next_step_at"] > as_datetime(now) or esc["status"] == "done":
+            return int(inc["incident_id"])
+        state = policy.State.from_json(esc["state"])
+        if inc["status"] in ("resolved", "cancelled"):
+            _closed_elsewhere(conn, inc, state, now)
+        elif inc["status"] == "claimed":
+            _stop_escalation(conn, inc["incident_id"], "paused", now)
+        else:
+            _run(conn, inc, esc["chain"], state, now, worker_id)
+    return int(inc["incident_id"])
+
+
+def _away(conn: psycopg.Connection, household_id: str, now: float) -> bool:
+    return _one(conn, "SELECT 1 AS ok FROM away_periods WHERE household_id = %s AND starts_at <= %s AND until > %s",
+                (household_id, as_datetime(now), as_datetime(now))) is not None
+
+
+def _closed_elsewhere(conn: psycopg.Connection, inc: dict[str, Any], state: policy.State, now: float) -> None:
+    """The detector (or anyone outside this engine) closed the incident: stop, and tell who was alerted."""
+    _stop_escalation(conn, inc["incident_id"], "done", now)
+    _timeline(conn, inc["incident_id"], now, None, "escalation_stopped", "system", None,
+              {"status": inc["status"], "outcome": inc["outcome"]})
+    if state.notified and inc["closed_by"] is None:
+        note = inc["outcome_note"] or inc["outcome"] or ""
+        enqueue_notice(conn, inc, state.notified, "closed", "cancelled", urgent=True, now=now, note=note)
+
+
+def _last_activity(conn: psycopg.Connection, household_id: str | None, since: float) -> float | None:
+    if household_id is None:
+        return None
+    row = _one(conn, "SELECT max(time) AS t FROM events WHERE household_id = %s AND kind = ANY(%s) AND time > %s",
+               (household_id, list(ACTIVITY_KINDS), as_datetime(since)))
+    return _epoch(row["t"]) if row else None
+
+
+def _run(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, Any]], state: policy.State,
+         now: float, worker_id: str) -> None:
+    team = load_team(conn, inc["household_id"], inc["eff_area"])
+    last_activity = _last_activity(conn, inc["household_id"], state.check_since) if state.check_since is not None else None
+    result = policy.advance(chain, state, policy.Context(team, last_activity), now)
+    cancelled = False
+    for action in result.actions:
+        if isinstance(action, policy.Notify):
+            notice = "alert" if inc["kind"] in WELFARE_KINDS else "technical"
+            enqueue_notice(conn, inc, action.people, action.step_key, notice, urgent=action.urgent, now=now)
+            _timeline(conn, inc["incident_id"], now, None, "notified", "system", None,
+                      {"people": list(action.people), "step": action.step_key})
+        elif isinstance(action, policy.Blink):
+            for gateway_id, device_id in action.bulbs:
+                _enqueue(conn, inc["incident_id"], action.step_key, f"device:{device_id}", None, "mqtt", None, "blink",
+                         True, {"gateway_id": gateway_id, "device_id": device_id, "args": action.args}, now, now)
+            _timeline(conn, inc["incident_id"], now, None, "blink_requested", "mqtt", None,
+                      {"bulbs": [list(b) for b in action.bulbs], "step": action.step_key})
+        elif isinstance(action, policy.Cancel):
+            _cancel(conn, inc, result.state, now, action.outcome, action.note)
+            cancelled = True
+        elif isinstance(action, policy.Log):
+            _timeline(conn, inc["incident_id"], now, None, action.action, "system", None, action.data)
+    if cancelled:
+        conn.execute("UPDATE alert_escalations SET state = %s, updated_at = %s, worker_id = %s WHERE incident_id = %s",
+                     (Jsonb(result.state.to_json()), as_datetime(now), worker_id, inc["incident_id"]))
+        return
+    status = "done" if result.next_step_at is None else "running"
+    next_at = as_datetime(result.next_step_at) if result.next_step_at is not None else None
+    conn.execute("""UPDATE alert_escalations SET state = %s, status = %s, next_step_at = %s, updated_at = %s, worker_id = %s
+                    WHERE incident_id = %s""",
+                 (Jsonb(result.state.to_json()), status, next_at, as_datetime(now), worker_id, inc["incident_id"]))
+
+
+def _cancel(conn: psycopg.Connection, inc: dict[str, Any], state: policy.State, now: float, outcome: str, note: str) -> None:
+    _stop_escalation(conn, inc["incident_id"], "done", now)
+    conn.execute("""UPDATE incidents SET status = 'cancelled', closed_at = %s, outcome = %s, outcome_note = %s,
+                    updated_at = %s WHERE incident_id = %s""",
+                 (as_datetime(now), outcome, note, as_datetime(now), inc["incident_id"]))
+    _timeline(conn, inc["incident_id"], now, None, "cancelled", "system", note, {"outcome": outcome})
+    if state.notified:
+        enqueue_notice(conn, inc, state.notified, "cancelled", "cancelled", urgent=True, now=now, note=note)
+
+
+# --- the outbox -------------------------------------------------------------------------------
+
+
+def _enqueue(conn: psycopg.Connection, incident_id: int, step_key: str, recipient: str, person_id: str | None,
+             channel: str, channel_id: int | None, notice: str, urgent: bool, payload: dict[str, Any], now: float,
+             send_at: float, status: str = "pending") -> int | None:
+    """One outbox row; None if this (incident, step, recipient, channel) was already recorded."""
+    row = _one(conn, """INSERT INTO alert_deliveries (incident_id, step_key, recipient, person_id, channel, channel_id, notice,
+                               urgent, payload, status, created_at, next_attempt_at, sent_at, attempts)
+                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                        ON CONFLICT (incident_id, step_key, recipient, channel) DO NOTHING RETURNING delivery_id""",
+               (incident_id, step_key, recipient, person_id, channel, channel_id, notice, urgent, Jsonb(payload), status,
+                as_datetime(now), as_datetime(send_at), as_datetime(now) if status == "sent" else None,
+                1 if status == "sent" else 0))
+    return int(row["delivery_id"]) if row else None
+
+
+def enqueue_notice(conn: psycopg.Connection, inc: dict[str, Any], people: Sequence[str], step_key: str, notice: str, *,
+                   urgent: bool, now: float, inapp_only: bool = False, **fields: str) -> int:
+    """Tell ``people`` about an incident, in the caller's transaction.
+
+    The in-app notification is written right here (it *is* a database row, so it is exactly-once
+    with the step). Every other channel of each person gets an outbox row, sent by a delivery worker,
+    in the person's channel order; non-urgent ones wait for the end of the person's quiet hours.
+    A person with no channel besides the app is reported to the coordinator. Returns the number of
+    outbox rows waiting to be sent.
+    """
+    if not people:
+        return 0
+    persons = {r["person_id"]: r for r in _rows(
+        conn, """SELECT p.person_id, p.display_name, p.locale, r.quiet_start, r.quiet_end, r.timezone
+                 FROM people p LEFT JOIN person_alert_rules r ON r.person_id = p.person_id WHERE p.person_id = ANY(%s)""",
+        (list(people),))}
+    channels: dict[str, list[dict[str, Any]]] = {}
+    if not inapp_only:
+        for r in _rows(conn, """SELECT channel_id, person_id, kind FROM person_channels WHERE person_id = ANY(%s) AND enabled
+                                ORDER BY person_id, position, channel_id""", (list(people),)):
+            channels.setdefault(r["person_id"], []).append(r)
+    name = inc.get("household_name") or inc.get("eff_area") or inc.get("area") or ""
+    pending = 0
+    for position, person_id in enumerate(people):
+        person = persons.get(person_id)
+        if person is None:
+            continue  # a chain naming someone since deleted
+        title, body = render_notice(notice, person["locale"], name=name, kind=inc["kind"], **fields)
+        payload = {"title": title, "body": body, "incident_id": inc["incident_id"], "notice": notice,
+                   "household_id": inc["household_id"], "kind": inc["kind"]}
+        first = _enqueue(conn, inc["incident_id"], step_key, person_id, person_id, "inapp", None, notice, urgent, payload,
+                         now, now, status="sent")
+        if first is None:
+            continue  # this step already told this person (a replay)
+        conn.execute("""INSERT INTO notifications (person_id, incident_id, notice, urgent, title, body, data, created_at)
+                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+                     (person_id, inc["incident_id"], notice, urgent, title, body,
+                      Jsonb({"step": step_key, "household_id": inc["household_id"], "kind": inc["kind"]}), as_datetime(now)))
+        if inapp_only:
+            continue
+        send_at = now
+        if not urgent:
+            send_at = policy.quiet_hours_end(now, person["quiet_start"], person["quiet_end"], person["timezone"] or "Asia/Tokyo") or now
+        mine = channels.get(person_id, [])
+        for order, ch in enumerate(mine):
+            # the channel order is kept by staggering by a millisecond per position
+            if _enqueue(conn, inc["incident_id"], step_key, person_id, person_id, f"{ch['kind']}:{ch['channel_id']}",
+                        ch["channel_id"], notice, urgent, payload, now, send_at + order * 0.001) is not None:
+                pending += 1
+        if not mine and notice in ("alert", "technical"):
+            pending += report_unreachable(conn, inc, person_id, now, reason="no channel besides the app")
+    if pending:
+        conn.execute("SELECT pg_notify(%s, %s)", (DELIVERIES_CHANNEL, str(inc["incident_id"])))
+    return pending
+
+
+def report_unreachable(conn: psycopg.Connection, inc: dict[str, Any], person_id: str, now: float, *, reason: str) -> int:
+    """Tell the area's coordinator that ``person_id`` cannot be reached (a timeline row each time; the
+    coordinator is notified once per incident and person)."""
+    team = load_team(conn, inc["household_id"], inc["eff_area"])
+    _timeline(conn, inc["incident_id"], now, None, "unreachable", "system", reason, {"person_id": person_id})
+    targets = [c for c in team.coordinators if c != person_id]
+    if not targets:
+        return 0
+    return enqueue_notice(conn, inc, targets, f"unreachable.{person_id}", "unreachable", urgent=True, now=now,
+                          person=_actor_name(conn, person_id))
+
+
+def incident_row(conn: psycopg.Connection, incident_id: int) -> dict[str, Any] | None:
+    return _one(conn, _INCIDENT_SQL + " WHERE i.incident_id = %s", (incident_id,))
+
+
+_NEXT_DELIVERY_SQL = """
+SELECT d.*, i.status AS incident_status, c.target, c.kind AS channel_kind, c.enabled AS channel_enabled
+FROM alert_deliveries d
+JOIN incidents i ON i.incident_id = d.incident_id
+LEFT JOIN person_channels c ON c.channel_id = d.channel_id
+WHERE d.status = 'pending' AND d.next_attempt_at <= %s
+ORDER BY d.next_attempt_at, d.delivery_id
+LIMIT 1 FOR UPDATE OF d SKIP LOCKED"""
+
+
+def next_delivery(conn: psycopg.Connection, now: float) -> dict[str, Any] | None:
+    """Lock the next due outbox row (the caller holds the transaction while it sends)."""
+    return _one(conn, _NEXT_DELIVERY_SQL, (as_datetime(now),))
+
+
+def record_delivery(conn: psycopg.Connection, row: dict[str, Any], *, ok: bool, error: str | None, now: float,
+                    channel_name: str, skip: bool = False, final: bool = False) -> None:
+    """Record a send's outcome: sent, skipped, retry later with backoff, or failed for good."""
+    attempts = int(row["attempts"]) + (0 if skip else 1)
+    incident_id = row["incident_id"]
+    if skip:
+        conn.execute("UPDATE alert_deliveries SET status = 'skipped', last_error = %s WHERE delivery_id = %s",
+                     (error, row["delivery_id"]))
+        return
+    if ok:
+        conn.execute("""UPDATE alert_deliveries SET status = 'sent', attempts = %s, sent_at = %s,
+                        sent_real_at = clock_timestamp(), last_error = NULL WHERE delivery_id = %s""",
+                     (attempts, as_datetime(now), row["delivery_id"]))
+        _timeline(conn, incident_id, now, None, "blinked" if row["notice"] == "blink" else "delivered", channel_name, None,
+                  {"recipient": row["recipient"], "notice": row["notice"], "step": row["step_key"], "attempts": attempts})
+        return
+    delay = None if final else policy.retry_delay(attempts)
+    if delay is not None:
+        conn.execute("""UPDATE alert_deliveries SET attempts = %s, next_attempt_at = %s, last_error = %s
+                        WHERE delivery_id = %s""", (attempts, as_datetime(now + delay), error, row["delivery_id"]))
+        return
+    conn.execute("UPDATE alert_deliveries SET status = 'failed', attempts = %s, last_error = %s WHERE delivery_id = %s",
+                 (attempts, error, row["delivery_id"]))
+    _timeline(conn, incident_id, now, None, "delivery_failed", channel_name, error,
+              {"recipient": row["recipient"], "notice": row["notice"], "step": row["step_key"], "attempts": attempts})
+    if row["notice"] in ("alert", "technical") and row["person_id"]:
+        still = _one(conn, """SELECT 1 AS ok FROM alert_deliveries WHERE incident_id = %s AND step_key = %s AND recipient = %s
+                              AND channel <> 'inapp' AND status IN ('pending', 'sent')""",
+                     (incident_id, row["step_key"], row["recipient"]))
+        if still is None:
+            inc = incident_row(conn, incident_id)
+            assert inc is not None
+            report_unreachable(conn, inc, row["person_id"], now, reason="every channel failed")

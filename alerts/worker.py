@@ -1,0 +1,168 @@
+"""The alert worker: takes on new incidents, advances due escalations, sends the outbox.
+
+Nothing is scheduled in process memory: every escalation's next step is ``alert_escalations.
+next_step_at`` and every send is an ``alert_deliveries`` row, both picked with FOR UPDATE SKIP
+LOCKED. So any number of workers can run side by side, and a restarted (even SIGKILLed) worker
+resumes where the last one was.
+
+Wake-ups: LISTEN on ``mimamori_incident_opened`` (a trigger fires it when an incident opens or is
+closed elsewhere) and ``mimamori_alert_deliveries`` (new outbox rows), plus a short poll
+(``MIMAMORI_ALERTS_POLL_S``, 0.2 s) for waits that come due.
+
+Run in-process with ``run_alert_worker(...)`` (``mimamori serve`` / ``mimamori alerts``) or as
+``python -m alerts.worker --database-url ... [--mqtt-url ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from alerts import flows, service
+from alerts.channels import AlertSettings, AppriseSender, MqttBlinkSender, WebPushSender
+from mimamori.clock import Clock, ScaledClock, SystemClock
+from mimamori.config import Settings
+from mimamori.mqtt import MqttUrl
+
+log = logging.getLogger(__name__)
+
+#: How many escalations one pass takes on before it looks at its notifications again.
+BATCH = 200
+
+
+def _engine_pass(conn: psycopg.Connection, clock: Clock, worker_id: str) -> int:
+    """Adopt new incidents and advance due escalations; returns how many it handled."""
+    done = 0
+    while done < BATCH and service.adopt_one(conn, clock, worker_id) is not None:
+        done += 1
+    while done < BATCH and service.step_one_due(conn, clock, worker_id) is not None:
+        done += 1
+    return done
+
+
+def _delivery_loop(database_url: str, clock: Clock, senders: flows.Senders, wake: threading.Event,
+                   stop: threading.Event, poll_s: float) -> None:
+    conn: psycopg.Connection | None = None
+    while not stop.is_set():
+        try:
+            if conn is None or conn.closed:
+                conn = psycopg.connect(database_url, autocommit=True)
+            while not stop.is_set() and flows.deliver_one(conn, clock, senders):
+                pass
+        except psycopg.OperationalError:
+            log.exception("alert delivery: database error; reconnecting")
+            conn = None
+            stop.wait(1.0)
+            continue
+        if wake.wait(poll_s):
+            wake.clear()
+    if conn is not None:
+        conn.close()
+
+
+def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl | None, clock: Clock,
+                     stop: threading.Event, worker_id: str, alert_settings: AlertSettings | None = None) -> None:
+    """Run until ``stop`` is set. ``mqtt_url`` None: resident checks cannot blink (the sends fail and
+    are recorded as such). Settings of the engine come from ``MIMAMORI_ALERTS_*`` (``AlertSettings``)."""
+    cfg = alert_settings or AlertSettings()
+    mqtt_sender = None
+    if mqtt_url is not None:
+        mqtt_sender = MqttBlinkSender(mqtt_url, f"mimamori-alerts-{worker_id}", protocol_preference=settings.mqtt_protocol)
+    senders = flows.Senders(AppriseSender(), WebPushSender(cfg.vapid_private_key, cfg.vapid_subject, cfg.send_timeout_s),
+                            mqtt_sender)
+    finished = threading.Event()  # stops the delivery threads if this loop dies
+    halt = _AnyEvent(stop, finished)
+    wake = threading.Event()
+    threads = [threading.Thread(target=_delivery_loop, name=f"alerts-deliver-{worker_id}-{i}",
+                                args=(database_url, clock, senders, wake, halt, cfg.poll_s), daemon=True)
+               for i in range(max(1, cfg.delivery_threads))]
+    for t in threads:
+        t.start()
+    listen: psycopg.Connection | None = None
+    conn: psycopg.Connection | None = None
+    log.info("alert worker %s started", worker_id)
+    try:
+        while not stop.is_set():
+            try:
+                if listen is None or listen.closed:
+                    listen = psycopg.connect(database_url, autocommit=True)
+                    listen.execute(f"LISTEN {service.INCIDENTS_CHANNEL}")
+                    listen.execute(f"LISTEN {service.DELIVERIES_CHANNEL}")
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(database_url, autocommit=True)
+                if _engine_pass(conn, clock, worker_id):
+                    wake.set()
+                    continue
+                for note in listen.notifies(timeout=cfg.poll_s, stop_after=1):
+                    if note.channel == service.DELIVERIES_CHANNEL:
+                        wake.set()
+            except psycopg.OperationalError:
+                log.exception("alert worker: database error; reconnecting")
+                for c in (listen, conn):
+                    if c is not None:
+                        c.close()
+                listen = conn = None
+                stop.wait(1.0)
+    finally:
+        finished.set()
+        wake.set()
+        for t in threads:
+            t.join(timeout=15)
+        for c in (listen, conn):
+            if c is not None:
+                c.close()
+        if mqtt_sender is not None:
+            mqtt_sender.close()
+        log.info("alert worker %s stopped", worker_id)
+
+
+class _AnyEvent:
+    """Set when either event is set (only ``is_set`` and ``wait`` are used)."""
+
+    def __init__(self, *events: threading.Event) -> None:
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+    def wait(self, timeout: float) -> bool:
+        return self.events[-1].wait(timeout) or self.is_set()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m alerts.worker``: one worker process (tests run it as a subprocess to SIGKILL it)."""
+    parser = argparse.ArgumentParser(prog="python -m alerts.worker")
+    parser.add_argument("--database-url", default=os.environ.get("MIMAMORI_DATABASE_URL"))
+    parser.add_argument("--mqtt-url", default=os.environ.get("MIMAMORI_MQTT_URL"))
+    parser.add_argument("--worker-id", default=f"w{os.getpid()}")
+    parser.add_argument("--speed", type=float, default=None, help="simulated time runs this many times faster")
+    parser.add_argument("--sim-start", type=float, default=None, help="simulated epoch at --anchor (real epoch)")
+    parser.add_argument("--anchor", type=float, default=None, help="real epoch when the simulated clock read --sim-start")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("MIMAMORI_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.database_url:
+        parser.error("--database-url (or MIMAMORI_DATABASE_URL) is required")
+    clock: Any = SystemClock()
+    if args.speed:
+        # A scaled clock continuous across restarts: its reading depends only on the real time.
+        sim_start = args.sim_start if args.sim_start is not None else time.time()
+        anchor = args.anchor if args.anchor is not None else time.time()
+        clock = ScaledClock(sim_start + (time.time() - anchor) * args.speed, args.speed)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run_alert_worker(Settings(), database_url=args.database_url,
+                     mqtt_url=MqttUrl.parse(args.mqtt_url) if args.mqtt_url else None,
+                     clock=clock, stop=stop, worker_id=args.worker_id)
+
+
+if __name__ == "__main__":
+    main()
