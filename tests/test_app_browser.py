@@ -5,9 +5,6 @@ a device. Accessibility basics are checked on every page visited. Screenshots: t
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,10 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from app.main import create_app
-from mimamori.clock import ManualClock, as_datetime
-from mimamori.config import Settings
-from test_app_support import PASSWORD, login_name, world  # noqa: F401
+from mimamori.clock import as_datetime
+from test_app_support import PASSWORD, login_name, served, world  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -61,34 +56,6 @@ A11Y_JS = """
   return problems;
 }
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def served(url: str, clock: ManualClock) -> Iterator[str]:
-    import uvicorn
-
-    app = create_app(Settings(), database_url=url, clock=clock)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, name="app-under-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "app did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        app.state.stopping.set()
-        server.should_exit = True
-        thread.join(15)
 
 
 @contextmanager

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -104,3 +107,32 @@ def cookie_login(client: TestClient, person_id: str) -> str:
 def world(pg_url: str) -> tuple[str, ManualClock, dict[str, int]]:
     clock = ManualClock(START)
     return pg_url, clock, seed(pg_url, clock)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def served(url: str, clock: ManualClock) -> Iterator[str]:
+    """The app under uvicorn on a free port, in a thread; yields its base URL."""
+    import uvicorn
+
+    app = create_app(Settings(), database_url=url, clock=clock)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, name="app-under-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "app did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        app.state.stopping.set()
+        server.should_exit = True
+        thread.join(15)
