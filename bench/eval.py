@@ -74,6 +74,8 @@ class Replay:
     away: list[tuple[int, float, float]] = field(default_factory=list)
     incidents: list[dict[str, Any]] = field(default_factory=list)  # ground truth
     learning_end: float = 0.0
+    #: per household, the end of the stretch in which its alerts can be false (default: the end)
+    observed_until: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -292,9 +294,12 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
         if any(_explains(inc, kind, t, rp.end) for inc in pool):
             continue
         false_all += 1
-        if t >= rp.learning_end:
+        if t >= rp.learning_end and (rp.observed_until is None or kind == "area_outage" or t <= rp.observed_until[key]):
             false_by_kind[kind] += 1
-    months = n * max(rp.end - rp.learning_end, 1.0) / (30 * DAY)
+    if rp.observed_until is not None:
+        months = float(np.maximum(rp.observed_until - rp.learning_end, 0.0).sum()) / (30 * DAY)
+    else:
+        months = n * max(rp.end - rp.learning_end, 1.0) / (30 * DAY)
     months_all = n * (rp.end - rp.start) / (30 * DAY)
     for kind in sorted(kinds_n):
         per_kind[kind] = {
