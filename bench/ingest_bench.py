@@ -99,6 +99,40 @@ def publish_events(url: MqttUrl, prefix: str, first: int, count: int, devices: i
     return time.perf_counter() - started
 
 
+def publish_raw(url: MqttUrl, messages: list[tuple[bytes, bytes]], *, window: int = 2000, client_id: str | None = None) -> None:
+    """Publish ``(topic, payload)`` pairs at QoS 1 as they are (no validation), pipelined, and wait
+    for every PUBACK. For tests and benchmarks that need volume or malformed payloads."""
+    sock = socket.create_connection((url.host, url.port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(_connect_packet(client_id or f"raw-pub-{uuid.uuid4().hex[:10]}"))
+    if sock.recv(4)[:1] != b"\x20":
+        raise RuntimeError("publisher: no CONNACK")
+    sent = acked = 0
+    pending = b""
+    total = len(messages)
+    while acked < total:
+        chunk = []
+        while sent < total and sent - acked < window and len(chunk) < 500:
+            topic, payload = messages[sent]
+            chunk.append(_publish_packet(topic, payload, (sent % 65535) + 1))
+            sent += 1
+        if chunk:
+            sock.sendall(b"".join(chunk))
+        ready, _, _ = select.select([sock], [], [], 0 if sent < total and sent - acked < window else 10)
+        if not ready and not (sent < total and sent - acked < window):
+            raise TimeoutError(f"publisher: {total - acked} PUBACKs missing")
+        if ready:
+            data = sock.recv(65536)
+            if not data:
+                raise RuntimeError("publisher: broker closed the connection")
+            pending += data
+            whole = len(pending) // 4
+            acked += whole
+            pending = pending[whole * 4 :]
+    sock.sendall(b"\xe0\x00")
+    sock.close()
+
+
 def _publisher_process(args: tuple[MqttUrl, str, int, int, int]) -> float:
     return publish_events(*args)
 

@@ -120,6 +120,8 @@ class IngestService:
         self.max_unacked = max(self.receive_maximum, 2 * self.batch_size)
 
         self.stop_event = threading.Event()
+        #: Set once the broker has confirmed our subscriptions (on every (re)connect).
+        self.subscribed = threading.Event()
         self._abort_db = threading.Event()  # give up retrying the database (shutdown timed out)
         self._to_db: queue.Queue[Batch | None] = queue.Queue()
         self._done: deque[tuple[int, list[int]]] = deque()  # (generation, packet ids) to ack
@@ -149,6 +151,7 @@ class IngestService:
         client.on_raw_publish = self._on_raw_publish
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = lambda *args: self.subscribed.set()
         mqtt.connect(
             client,
             self.mqtt_url,
@@ -178,6 +181,7 @@ class IngestService:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         self._connected = False
+        self.subscribed.clear()
         if not self.stop_event.is_set():
             log.warning("ingest disconnected from broker: %s", reason_code)
 
