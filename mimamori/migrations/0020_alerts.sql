@@ -148,7 +148,7 @@ CREATE TRIGGER incidents_opened_notify AFTER INSERT ON incidents
 CREATE FUNCTION mimamori_incident_closed_wake() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.status IN ('resolved', 'cancelled') AND OLD.status IN ('open', 'claimed') THEN
-        UPDATE alert_escalations SET next_step_at = '-infinity'
+        UPDATE alert_escalations SET next_step_at = timestamptz '2000-01-01 00:00:00+00'
          WHERE incident_id = NEW.incident_id AND status <> 'done';
         PERFORM pg_notify('mimamori_incident_opened', NEW.incident_id::text);
     END IF;
