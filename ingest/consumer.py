@@ -439,15 +439,19 @@ def run_ingest(
     clock: Clock | None = None,
     client_id: str | None = None,
     index: int = 0,
+    stats: IngestStats | None = None,
     service: list[IngestService] | None = None,
 ) -> None:
     """Run one ingest consumer until ``stop`` is set (or SIGTERM/SIGINT in the main thread).
 
     ``client_id`` defaults to ``settings.ingest_client_id`` or ``mimamori-ingest-<host>-<index>``:
-    fixed, so that a restart resumes the persistent session. ``service``: if given, the running
-    ``IngestService`` is appended to it (to read its ``stats``).
+    fixed, so that a restart resumes the persistent session. ``stats``: an ``IngestStats`` the
+    service updates in place (counters for metrics). ``service``: if given, the running
+    ``IngestService`` is appended to it.
     """
     svc = IngestService(settings, database_url=database_url, mqtt_url=mqtt_url, clock=clock, client_id=client_id, index=index, on_batch=on_batch)
+    if stats is not None:
+        svc.stats = stats
     if service is not None:
         service.append(svc)
     if stop is not None:
