@@ -104,11 +104,12 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(f"BEGIN; {_SCHEMA} COMMIT;")  # one transaction: one sync, not six
         self._last_seq: dict[str, int] = dict(self._db.execute("SELECT device_id, last_seq FROM device"))
         self._pending = self._db.execute("SELECT count(*) FROM event WHERE acked_at IS NULL").fetchone()[0]
         self._window = self._db.execute("SELECT count(*) FROM event WHERE acked_at IS NOT NULL").fetchone()[0]
         self._counters: dict[str, int] = dict(self._db.execute("SELECT name, value FROM counter"))
+        self._last_id: int = self._db.execute("SELECT coalesce(max(id), 0) FROM event").fetchone()[0]
         self._closed = False
 
     # -- writing ------------------------------------------------------------------------------
@@ -145,6 +146,7 @@ class Outbox:
                     events.append(event)
                     rows.append((event.device_id, event.seq, event.ts_ms, event.kind, event.value))
                 self._db.executemany("INSERT INTO event (device_id, seq, ts_ms, kind, value) VALUES (?,?,?,?,?)", rows)
+                last_id = self._db.execute("SELECT last_insert_rowid()").fetchone()[0] if rows else self._last_id
                 changed = [(d, s) for d, s in seqs_touched.items() if s != self._last_seq.get(d)]
                 if changed:
                     self._db.executemany(
@@ -163,6 +165,7 @@ class Outbox:
                 raise
             self._last_seq.update(seqs_touched)
             self._pending += len(rows)
+            self._last_id = last_id
             return events
 
     def ack(self, row_ids: Iterable[int]) -> int:
@@ -284,6 +287,11 @@ class Outbox:
     def depth(self) -> int:
         """Events not yet acknowledged by the broker."""
         return self._pending
+
+    @property
+    def last_id(self) -> int:
+        """The highest row id submitted: nothing newer to fetch when a reader has reached it."""
+        return self._last_id
 
     @property
     def window_rows(self) -> int:

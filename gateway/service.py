@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 _OK = paho.MQTT_ERR_SUCCESS
 _PRUNE_EVERY_S = 10.0  # real seconds between replay-window prunes
 _MAX_RESEND_QUEUE = 100_000
+_ACK_BATCH = 256
+_ACK_LINGER_S = 0.02
 
 
 class Gateway:
@@ -116,10 +118,14 @@ class Gateway:
         self._last_id = 0  # highest pending row id published on this connection
         self._resend_queue: deque[tuple[int, Event]] = deque()
         self._delivered: list[tuple[int | None, Event]] = []
+        self._ack_due = 0.0
         self._status_mid: int | None = None
         self._status_acked = False
         self._next_heartbeat = 0.0
         self._next_prune = 0.0
+        self._poller = select.poll()
+        self._polled_fd = -1
+        self._polled_mask = 0
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -147,6 +153,12 @@ class Gateway:
         event = self.outbox.submit(reading)
         self._wake()
         return event
+
+    def submit_many(self, readings: list[Reading]) -> list[Event]:
+        """Like ``submit`` for several readings, with one commit (cheaper for simulators)."""
+        events = self.outbox.submit_many(readings)
+        self._wake()
+        return events
 
     def handle_local(self, topic: str, payload: bytes) -> list[Event]:
         """One message from the home's broker, through the adapters. Never raises."""
@@ -261,28 +273,43 @@ class Gateway:
             self._connected = False
 
     def _tick(self) -> float:
+        if self._delivered:
+            return max(0.0, min(0.25, self._ack_due - time.monotonic()))
         return 0.25
 
     def _step(self, timeout: float) -> bool:
-        """One select + paho read/write/misc. False when the connection is gone."""
+        """One poll + paho read/write/misc. False when the connection is gone.
+
+        ``poll``, not ``select``: a process running hundreds of gateways has file descriptors
+        above 1024, which ``select`` cannot watch.
+        """
         client = self._client
         assert client is not None
         sock = client.socket()
         if sock is None:
             return False
-        wlist = [sock] if client.want_write() else []
         try:
-            readable, writable, _ = select.select([sock, self._wake_r], wlist, [], timeout)
+            fd = sock.fileno()
+            if fd != self._polled_fd:
+                self._poller = select.poll()
+                self._poller.register(self._wake_r, select.POLLIN)
+                self._poller.register(fd, select.POLLIN)
+                self._polled_fd, self._polled_mask = fd, select.POLLIN
+            mask = select.POLLIN | (select.POLLOUT if client.want_write() else 0)
+            if mask != self._polled_mask:
+                self._poller.modify(fd, mask)
+                self._polled_mask = mask
+            ready = dict(self._poller.poll(timeout * 1000.0))
         except (OSError, ValueError):
             return False
-        if self._wake_r in readable:
+        if self._wake_r.fileno() in ready:
             try:
                 while self._wake_r.recv(4096):
                     pass
             except (BlockingIOError, OSError):
                 pass
         rc = _OK
-        if sock in readable:
+        if ready.get(fd, 0) & (select.POLLIN | select.POLLERR | select.POLLHUP):
             rc = client.loop_read()
         if rc == _OK and client.want_write():
             rc = client.loop_write()
@@ -324,6 +351,7 @@ class Gateway:
             self._resend_queue.appendleft((row_id, event))
         self._inflight.clear()
         self._last_id = 0
+        self._polled_fd = -1
 
     def _abort_socket(self) -> None:
         """Close the TCP connection without an MQTT DISCONNECT (the broker then publishes the will)."""
@@ -376,6 +404,8 @@ class Gateway:
     def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason_code: Any, properties: Any) -> None:
         entry = self._inflight.pop(mid, None)
         if entry is not None:
+            if not self._delivered:
+                self._ack_due = time.monotonic() + _ACK_LINGER_S
             self._delivered.append(entry)
         elif mid == self._status_mid:
             self._status_acked = True
@@ -409,8 +439,13 @@ class Gateway:
 
     # -- work between network steps -----------------------------------------------------------
 
-    def _collect_acks(self) -> None:
+    def _collect_acks(self, force: bool = True) -> None:
+        """Commit delivered rows. Unforced, commits are batched (``_ACK_BATCH`` rows or
+        ``_ACK_LINGER_S``): one commit per PUBACK would double the outbox's write load, and a crash
+        in between only means a few duplicates on the wire."""
         if not self._delivered:
+            return
+        if not force and len(self._delivered) < _ACK_BATCH and time.monotonic() < self._ack_due:
             return
         batch, self._delivered = self._delivered, []
         self.outbox.ack(abs(row_id) for row_id, _ in batch if row_id is not None)
@@ -425,7 +460,7 @@ class Gateway:
                     log.exception("gateway %s: on_delivered failed", self.gateway_id)
 
     def _pump(self) -> None:
-        self._collect_acks()
+        self._collect_acks(force=False)
         client = self._client
         assert client is not None
         room = self.max_inflight - len(self._inflight)
@@ -436,7 +471,7 @@ class Gateway:
                 return
             self._stats["resent"] += 1
             room -= 1
-        if room > 0 and self.outbox.depth > 0:
+        if room > 0 and self.outbox.depth > 0 and self._last_id < self.outbox.last_id:
             for row_id, event in self.outbox.pending(room, after_id=self._last_id):
                 if not self._publish(client, row_id, event):
                     return
