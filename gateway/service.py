@@ -243,34 +243,43 @@ class Gateway:
     # -- the gateway thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        attempt = 0
-        try:
-            while not self._stop_evt.is_set():
+        attempt = 0  # consecutive failures; reset by a successful CONNACK
+        while not self._stop_evt.is_set():
+            try:
                 if self._client is None:
-                    if self._connect():
-                        continue
-                    delay = self._rng.uniform(0.0, min(self.reconnect_cap_s, self.reconnect_base_s * 2**min(attempt, 30)))
-                    attempt += 1
-                    self._stop_evt.wait(delay)
+                    if not self._connect():
+                        attempt = self._backoff(attempt)
                     continue
                 if not self._step(self._tick()):
                     self._drop_connection("connection lost")
-                    continue
-                if self._connected:
+                    attempt = self._backoff(attempt)
+                elif self._connected:
                     attempt = 0
                     self._pump()
                 elif self._refused or time.monotonic() - self._connect_started > self.connect_timeout_s:
-                    self._drop_connection("no CONNACK" if not self._refused else "connection refused")
+                    self._drop_connection("connection refused" if self._refused else "no CONNACK")
+                    attempt = self._backoff(attempt)
+            except Exception:  # a bug or a full disk must not end the thread: the outbox keeps everything
+                log.exception("gateway %s: unexpected error; reconnecting", self.gateway_id)
+                self._drop_connection("internal error")
+                attempt = self._backoff(attempt)
+        try:
             if self._mode == "kill":
                 self._abort_socket()
             else:
                 self._graceful_disconnect()
-        except Exception:  # keep the process alive; the outbox still has everything
-            log.exception("gateway %s thread crashed", self.gateway_id)
+        except Exception:
+            log.exception("gateway %s: error while stopping", self.gateway_id)
             self._abort_socket()
         finally:
             self._client = None
             self._connected = False
+
+    def _backoff(self, attempt: int) -> int:
+        """Exponential backoff with full jitter, in real time; interrupted by stop/kill."""
+        delay = self._rng.uniform(0.0, min(self.reconnect_cap_s, self.reconnect_base_s * 2 ** min(attempt, 30)))
+        self._stop_evt.wait(delay)
+        return attempt + 1
 
     def _tick(self) -> float:
         if self._delivered:
@@ -342,7 +351,11 @@ class Gateway:
     def _drop_connection(self, why: str) -> None:
         if self._connected:
             log.warning("gateway %s: %s; will reconnect", self.gateway_id, why)
-        self._collect_acks()
+        try:
+            self._collect_acks()
+        except Exception:  # those rows stay pending and are sent again: duplicates, not losses
+            log.exception("gateway %s: could not record acknowledgements", self.gateway_id)
+            self._delivered.clear()
         self._abort_socket()
         self._client = None
         self._connected = False
@@ -508,15 +521,24 @@ def _uplink_protocol(settings: Settings) -> int | None:
     return {"auto": None, "5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}[settings.mqtt_protocol]
 
 
-def run_gateway(settings: Settings, *, gateway_id: str, local_url: str, outbox_path: Path) -> None:
-    """Bridge the home's broker at ``local_url`` to the service until SIGINT/SIGTERM.
+def run_gateway(
+    settings: Settings,
+    *,
+    gateway_id: str,
+    local_url: str,
+    outbox_path: Path,
+    stop: threading.Event | None = None,
+    clock: Clock | None = None,
+) -> None:
+    """Bridge the home's broker at ``local_url`` to the service until SIGINT/SIGTERM (or ``stop``
+    is set, for embedding and tests), then stop gracefully.
 
     The outbox is fsynced on every commit (``synchronous=FULL``): a home gateway must survive
     power cuts, and a home's event rate makes the fsync cost irrelevant.
     """
     if not settings.mqtt_url:
         raise ValueError("the gateway needs the service's broker: set MIMAMORI_MQTT_URL (mqtt://host:1883)")
-    stop = threading.Event()
+    stop = stop or threading.Event()
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -526,7 +548,7 @@ def run_gateway(settings: Settings, *, gateway_id: str, local_url: str, outbox_p
         gateway_id,
         mqtt.MqttUrl.parse(settings.mqtt_url),
         outbox_path,
-        clock=SystemClock(),
+        clock=clock or SystemClock(),
         protocol=_uplink_protocol(settings),
         heartbeat_s=settings.gateway_heartbeat_s,
         synchronous="FULL",

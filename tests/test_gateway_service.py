@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
 import uuid
@@ -330,3 +331,113 @@ def test_stats_and_heartbeat_payload(mqtt_url: mqtt.MqttUrl, gateway_id: str, li
     assert {"published", "acked", "resent", "rejected_local", "reconnects", "outbox_depth"} <= set(stats)
     assert listener.heartbeats[0]["outbox"] == 0
     json.dumps(stats)
+
+
+def test_run_gateway_bridges_a_home_broker(mqtt_url: mqtt.MqttUrl, gateway_id: str, listener: Listener, tmp_path: Path) -> None:
+    """`mimamori gateway`: the home's Zigbee2MQTT/Tasmota/Shelly/native traffic on a local broker
+    (here the same Mosquitto, other topics) reaches the service; blink reaches a native device."""
+    from gateway.service import run_gateway
+    from mimamori.config import Settings
+
+    home = f"home{uuid.uuid4().hex[:6]}"  # unique local names: the session broker is shared
+    settings = Settings(mqtt_url=f"mqtt://{mqtt_url.host}:{mqtt_url.port}", mqtt_protocol="auto", gateway_heartbeat_s=3600)
+    stop = threading.Event()
+    runner = threading.Thread(
+        target=run_gateway,
+        kwargs=dict(settings=settings, gateway_id=gateway_id, local_url=f"mqtt://{mqtt_url.host}:{mqtt_url.port}", outbox_path=tmp_path / "o.db", stop=stop),
+    )
+    runner.start()
+    device = mqtt.make_client(mqtt_url, f"dev-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311)
+    blinks: list[bytes] = []
+    device.on_message = lambda c, u, m: blinks.append(m.payload)
+    mqtt.connect(device, mqtt_url)
+    device.loop_start()
+    device.subscribe(f"mimamori/local/{home}-bulb/cmd", qos=1)
+    try:
+        assert wait_for(lambda: listener.status[-1:] == [b"online"])
+        time.sleep(0.5)  # the local subscriptions are in place
+        msgs = [
+            (f"zigbee2mqtt/{home}_pir", b'{"occupancy":true,"battery":100,"linkquality":120}'),
+            (f"stat/{home}_plug/POWER", b"OFF"),
+            (f"stat/{home}_plug/POWER", b"ON"),
+            (f"shellyplus1-{home}/events/rpc", json.dumps({"src": f"shellyplus1-{home}", "method": "NotifyEvent", "params": {"ts": 1767225600.5, "events": [{"component": "input:0", "id": 0, "event": "single_push", "ts": 1767225600.5}]}}).encode()),
+            (f"mimamori/local/{home}-bulb/event", protocol.encode_event(Event(f"{home}-bulb", 5, T0, "on"))),
+            (f"zigbee2mqtt/{home}_pir", b"{broken"),
+        ]
+        for topic, payload in msgs:
+            device.publish(topic, payload, qos=1).wait_for_publish(5)
+        expected = {(f"z2m-{home}_pir", 1, "motion"), (f"tasmota-{home}_plug", 1, "on"), (f"shellyplus1-{home}.input0", 1, "motion"), (f"{home}-bulb", 5, "on")}
+        assert wait_for(lambda: {(d, s, listener.kinds[(d, s)]) for d, s in listener.events} == expected), listener.events
+        publisher = mqtt.make_client(mqtt_url, f"svc-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311)
+        mqtt.connect(publisher, mqtt_url)
+        publisher.loop_start()
+        publisher.publish(protocol.command_topic(gateway_id, f"{home}-bulb"), protocol.encode_command(Command("blink", {"times": 2})), qos=1)
+        assert wait_for(lambda: len(blinks) == 1)
+        assert protocol.decode_command(blinks[0]) == Command("blink", {"times": 2})
+        publisher.disconnect()
+        publisher.loop_stop()
+    finally:
+        stop.set()
+        runner.join(15)
+        device.disconnect()
+        device.loop_stop()
+    assert not runner.is_alive()
+    assert wait_for(lambda: listener.status[-1:] == [b"offline"])
+
+
+def test_gateway_works_with_file_descriptors_above_1024(mqtt_url: mqtt.MqttUrl, gateway_id: str, listener: Listener, tmp_path: Path) -> None:
+    """Hundreds of gateways in one process push sockets past 1024, where select() fails."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1300:
+        pytest.skip(f"RLIMIT_NOFILE {soft} too low for this test")
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with make_gateway(mqtt_url, gateway_id, tmp_path / "o.db") as gw:
+            assert gw._wake_r.fileno() > 1024
+            gw.submit(Reading("bulb", "on", T0))
+            assert gw.flush(10)
+    finally:
+        for fd in filler:
+            os.close(fd)
+    assert wait_for(lambda: listener.distinct() == 1)
+
+
+def test_reconnects_back_off_when_the_broker_hangs_up(gateway_id: str, tmp_path: Path) -> None:
+    """A broker that accepts TCP and hangs up (overloaded, auth proxy...) must not be hammered."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    accepted = 0
+    done = threading.Event()
+
+    def serve() -> None:
+        nonlocal accepted
+        server.settimeout(0.1)
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            accepted += 1
+            conn.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    url = mqtt.MqttUrl.parse(f"mqtt://127.0.0.1:{server.getsockname()[1]}")
+    gw = make_gateway(url, gateway_id, tmp_path / "o.db", protocol=mqtt.MQTTv311, reconnect_base_s=0.05, reconnect_cap_s=30).start()
+    try:
+        gw.submit(Reading("bulb", "on", T0))
+        time.sleep(2.0)
+        started = time.monotonic()
+    finally:
+        gw.stop(timeout=1)
+        stop_s = time.monotonic() - started
+        done.set()
+        thread.join()
+        server.close()
+    assert 2 <= accepted <= 12, accepted  # without backoff: hundreds
+    assert stop_s < 2.5  # a backoff wait does not delay stop
+    with Outbox(tmp_path / "o.db", clock=SystemClock()) as box:
+        assert box.depth == 1  # still there for the next start
