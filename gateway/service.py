@@ -491,7 +491,10 @@ class Gateway:
                 self._last_id = row_id
         now = self.clock.now()
         if now >= self._next_heartbeat:
-            self._next_heartbeat = max(self._next_heartbeat + self.heartbeat_s, now)
+            # Keep the cadence; after a jump of the clock (or a long outage) resume from now.
+            self._next_heartbeat += self.heartbeat_s
+            if self._next_heartbeat <= now:
+                self._next_heartbeat = now + self.heartbeat_s
             payload = protocol.encode_gateway_heartbeat(
                 now_ms(self.clock), self.outbox.depth, published=self._stats["published"], reconnects=self._stats["reconnects"]
             )

@@ -256,6 +256,10 @@ def test_heartbeat_follows_the_clock(mqtt_url: mqtt.MqttUrl, gateway_id: str, li
         assert len(listener.heartbeats) == 1  # the clock has not moved
         clock.advance(60)
         assert wait_for(lambda: len(listener.heartbeats) == 2)
+        clock.advance(3600)  # a jump: one heartbeat, not sixty
+        assert wait_for(lambda: len(listener.heartbeats) == 3)
+        time.sleep(0.6)
+        assert len(listener.heartbeats) == 3
         gw.submit(Reading("dev", "on", T0))
         assert gw.flush(5)
     assert listener.heartbeats[0]["ts"] == int(ManualClock().now() * 1000)
