@@ -78,14 +78,14 @@ class DetectorParams:
     silence_min_h: float = 0.5
     # Survival smoothing: pseudo-count weight of the population prior, and how much the
     # neighbouring start hours and the other day type (weekday/weekend) lend to a slot.
-    prior_strength: float = 2.0
+    prior_strength: float = 4.0
     neighbour_weight: float = 0.35
     other_daytype_weight: float = 0.2
     # The threshold: the (1 - beta) quantile of silences from this slot, plus a margin.
-    beta: float = 0.02
-    margin_h: float = 1.0
+    beta: float = 0.01
+    margin_h: float = 2.0
     margin_frac: float = 0.25
-    min_alarm_h: float = 2.0
+    min_alarm_h: float = 2.5
     alpha: float = 1e-3  # score threshold = -log10(alpha)
     tail_tau_h: float = 3.0  # extrapolation past the last edge
     min_history: float = 6.0  # fewer recorded silences than this in a slot: "population prior" rule
@@ -99,7 +99,7 @@ class DetectorParams:
     on_margin_frac: float = 0.3
     on_min_alarm_h: float = 1.5
     # ... and only while the household is quiet: past its silence quantile by this share of the margin.
-    on_silence_frac: float = 0.5
+    on_silence_frac: float = 0.8
     # Inferred away: a silence that began with the front door (and a home that has motion
     # sensors, so a return would be seen) is "out" for at most this long.
     door_away_cap_h: float = 28.0  # a night with family lasts up to ~26 h
@@ -570,7 +570,8 @@ def score(
     suppressed[away] = SUPPRESS_AWAY
     welfare_ok = ~paused
     return Scores(
-        inactivity=inactive & welfare_ok & ~partial_hold,
+        # One welfare alarm per household: while a device is on too long, that is the alarm.
+        inactivity=inactive & welfare_ok & ~partial_hold & ~(long_on & ~partial),
         inactivity_score=sc,
         inactivity_rule=rule,
         silence_start=ref.copy(),
