@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -38,6 +38,11 @@ def fmt_date(value: datetime | date | None, tz: str | None = None) -> str:
     return value.isoformat()
 
 
+def fmt_until(value: datetime | None, tz: str | None = None) -> str:
+    """The last day of a period that ends at midnight ("until 30 Jan" ends at 31 Jan 00:00)."""
+    return fmt_date(value - timedelta(seconds=1), tz) if value is not None else ""
+
+
 def page_context(request: Request, **ctx: Any) -> dict[str, Any]:
     locale = request_locale(request)
     person = getattr(request.state, "person", None)
@@ -58,7 +63,7 @@ def page_context(request: Request, **ctx: Any) -> dict[str, Any]:
             outages = area_outages(conn, person)
     base = {
         "request": request, "locale": locale, "person": person, "csrf": getattr(request.state, "csrf", None),
-        "t": t, "t_action": t_action, "fmt_dt": fmt_dt, "fmt_date": fmt_date, "outages": outages,
+        "t": t, "t_action": t_action, "fmt_dt": fmt_dt, "fmt_date": fmt_date, "fmt_until": fmt_until, "outages": outages,
         "vapid_public_key": request.app.state.vapid_public_key,
         "flash": translate(locale, request.query_params["msg"]) if request.query_params.get("msg") in MESSAGES else None,
     }

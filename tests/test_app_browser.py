@@ -170,3 +170,21 @@ def test_coordinator_pairs_a_device(world) -> None:
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT household_id FROM devices WHERE device_id = 'bulb-0042'").fetchone()[0] == "h2"
         assert conn.execute("SELECT count(*) FROM events WHERE device_id = 'bulb-0042' AND household_id = 'h2'").fetchone()[0] == 5
+
+
+def test_resident_sees_own_data_and_pauses_watching(world) -> None:
+    url, clock, _ = world
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM incidents")
+    with served(url, clock) as base, phone() as page:
+        sign_in(page, base, "resident_1")
+        page.wait_for_selector("svg.heatmap")
+        check_a11y(page, "resident")
+        page.fill("#away-until", "2026-01-30")
+        page.click("#pause-submit")
+        page.wait_for_selector(".badge-away")
+        page.click("a[hreflang=en]")
+        page.wait_for_selector("text=Who viewed, and when")
+        assert "Away until 2026-01-30" in page.inner_text("main")
+        check_a11y(page, "resident in English")
+        shot(page, "10_resident_en")

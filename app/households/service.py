@@ -24,6 +24,9 @@ HEATMAP_DAYS = 14
 
 
 def log_view(conn: psycopg.Connection, clock: Clock, person: Person, household_id: str, what: str) -> None:
+    """Record who looked at a household's data (its residents looking at their own are not "viewers")."""
+    if person.role == "resident" and person.household_id == household_id:
+        return
     conn.execute(
         "INSERT INTO household_views (household_id, person_id, viewer_name, viewer_role, what, viewed_at)"
         " VALUES (%s, %s, %s, %s, %s, %s)",

@@ -152,17 +152,21 @@ def chain_submit(household_id: HouseholdId, person: CurrentPerson, conn: Conn, c
     return RedirectResponse(f"/households/{household_id}?msg=saved", status_code=303)
 
 
+def _back(person: Any, household_id: str) -> str:
+    return "/me?msg=saved" if person.role == "resident" else f"/households/{household_id}?msg=saved"
+
+
 @pages.post("/households/{household_id}/away")
 def away_submit(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep,
                 until: Annotated[date, Form()]) -> Response:
     service.set_away(conn, clock, person, household_id, until)
-    return RedirectResponse(f"/households/{household_id}?msg=saved", status_code=303)
+    return RedirectResponse(_back(person, household_id), status_code=303)
 
 
 @pages.post("/households/{household_id}/away/end")
 def away_end_submit(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep) -> Response:
     service.end_away(conn, clock, person, household_id)
-    return RedirectResponse(f"/households/{household_id}?msg=saved", status_code=303)
+    return RedirectResponse(_back(person, household_id), status_code=303)
 
 
 @pages.post("/households/{household_id}/invite")

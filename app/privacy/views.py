@@ -13,6 +13,9 @@ from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
 from app.errors import Forbidden
 from app.models import ID_PATTERN
+from app.households import service as households
+from app.households.heatmap import heatmap_svg
+from app.i18n import request_locale, translate
 from app.privacy import service
 from app.templating import render
 
@@ -91,9 +94,12 @@ def delete_submit(household_id: HouseholdId, person: CurrentPerson, conn: Conn, 
 
 
 @pages.get("/me")
-def me_page(request: Request, person: CurrentPerson, conn: Conn) -> Response:
+def me_page(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep) -> Response:
     if person.role != "resident" or not person.household_id:
         raise Forbidden("this page is for residents")
-    return render(request, "me.html", household_id=person.household_id,
+    h = households.get_household(conn, clock, person, person.household_id)
+    locale = request_locale(request)
+    svg = heatmap_svg(h["heatmap"], title=translate(locale, "heatmap_title"), locale=locale)
+    return render(request, "me.html", household_id=person.household_id, h=h, heatmap_svg=svg,
                   views=service.view_log(conn, person, person.household_id),
                   consents=service.consent_of(conn, person, person.household_id))
