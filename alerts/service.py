@@ -506,7 +506,7 @@ def _run(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, An
             notice = "alert" if inc["kind"] in WELFARE_KINDS else "technical"
             enqueue_notice(conn, inc, action.people, action.step_key, notice, urgent=action.urgent, now=now)
             _timeline(conn, inc["incident_id"], now, None, "notified", "system", None,
-                      {"people": list(action.people), "step": action.step_key})
+                      {"people": list(action.people), "step": action.step_key, "worker": worker_id})
         elif isinstance(action, policy.Blink):
             for gateway_id, device_id in action.bulbs:
                 _enqueue(conn, inc["incident_id"], action.step_key, f"device:{device_id}", None, "mqtt", None, "blink",
