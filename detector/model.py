@@ -119,9 +119,9 @@ def default_silence_prior() -> np.ndarray:
     hours = np.arange(24)
     # Longer expected silences from the evening (sleep) than from the day.
     night = ((hours >= 19) | (hours < 5)).astype(np.float32)
-    tau = 2.0 + 3.0 * night  # hours
+    tau = 1.5 + 3.5 * night  # hours
     d = np.maximum(SILENCE_EDGES_H[None, :] - 0.5, 0.0)
-    surv = np.where(SILENCE_EDGES_H[None, :] > 0, 0.3 * np.exp(-d / tau[:, None]), 1.0).astype(np.float32)
+    surv = np.where(SILENCE_EDGES_H[None, :] > 0, (0.2 + 0.2 * night[:, None]) * np.exp(-d / tau[:, None]), 1.0).astype(np.float32)
     return np.broadcast_to(surv, (2, 24, len(SILENCE_EDGES_H))).copy()
 
 
