@@ -94,6 +94,7 @@ class IngestService:
         sweeper: GapSweeper | None = None,
         drain_timeout_s: float = 30.0,
         share_group: str = protocol.INGEST_SHARE_GROUP,
+        db_writers: int = 2,
     ) -> None:
         if sink == "database" and not database_url:
             raise ValueError("database_url is required")
@@ -107,6 +108,9 @@ class IngestService:
         self.sweeper = sweeper if sweeper is not None else (GapSweeper(self.clock) if sink == "database" else None)
         self.drain_timeout_s = drain_timeout_s
         self.share_group = share_group
+        #: Batches written concurrently, each on its own connection: a commit mostly waits (WAL
+        #: flush, scheduling), and another batch can be written meanwhile.
+        self.db_writers = max(1, db_writers)
         self.stats = IngestStats()
         self._known = store.KnownRows()
         self.classifier = Classifier()
@@ -130,6 +134,7 @@ class IngestService:
         self._pending_lock = threading.Lock()
         self._generation = 0
         self._connected = False
+        self._draining = False
         self._batch = Batch()
         self._batch_opened = 0.0
         self.protocol = mqtt.MQTTv5
@@ -186,6 +191,8 @@ class IngestService:
             log.warning("ingest disconnected from broker: %s", reason_code)
 
     def _on_raw_publish(self, topic: bytes, payload: bytes, mid: int, qos: int, retain: bool) -> None:
+        if self._draining:
+            return  # stopping: not taken, not acked; the session delivers it again next time
         stats = self.stats
         if not stats.received:
             stats.first_message_at = time.monotonic()
@@ -272,18 +279,27 @@ class IngestService:
         client = self.client
         assert client is not None
         self._hand_off()
+        # Keep reading (unread bytes at close() would make the kernel reset the connection, and the
+        # broker could drop our last PUBACKs) but take nothing new.
+        self._draining = True
         deadline = time.monotonic() + self.drain_timeout_s
         while self._unacked and time.monotonic() < deadline and self._connected:
             rc = client.loop(0.01)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
-            # Read nothing new: the batch handed off above is the last one we take.
             self._after_io_acks_only(client)
         if self._unacked:
             log.warning("ingest stopping with %d messages not committed; the broker will redeliver them", self._unacked)
         if self._connected:
+            # Give the last PUBACKs a moment: measured with Mosquitto 2.0, PUBACKs written just
+            # before DISCONNECT were sometimes not applied (the messages came back next session).
+            linger_until = time.monotonic() + 0.2
+            while time.monotonic() < linger_until:
+                if client.loop(0.02) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+                self._after_io_acks_only(client)
             client.disconnect()
-            for _ in range(50):  # let DISCONNECT (and the last PUBACKs) reach the socket
+            for _ in range(50):  # let DISCONNECT reach the socket
                 if client.loop(0.01) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
 
@@ -294,8 +310,6 @@ class IngestService:
             if generation == self._generation and self._connected:
                 client.ack_many(mids)
                 self.stats.acked += len(mids)
-        if self._batch.received:  # messages read while draining: commit them too
-            self._hand_off()
 
     # --- database ------------------------------------------------------------------------------
 
@@ -304,19 +318,21 @@ class IngestService:
         store.prepare(conn)
         return conn
 
-    def _db_loop(self) -> None:
+    def _db_loop(self, sweeps: bool) -> None:
         conn: psycopg.Connection | None = None
         try:
             while True:
                 try:
                     batch = self._to_db.get(timeout=0.5)
                 except queue.Empty:
-                    conn = self._maybe_sweep(conn)
+                    if sweeps:
+                        conn = self._maybe_sweep(conn)
                     continue
                 if batch is None:
                     break
                 conn = self._commit_with_retry(conn, batch)
-                conn = self._maybe_sweep(conn)
+                if sweeps:
+                    conn = self._maybe_sweep(conn)
         finally:
             if conn is not None and not conn.closed:
                 conn.close()
@@ -369,6 +385,24 @@ class IngestService:
         return store.BatchResult(*totals)
 
     def _committed(self, batch: Batch, result: store.BatchResult) -> None:
+        with self._pending_lock:  # several writer threads
+            self._count_commit(batch, result)
+        if self.on_batch is not None:
+            try:
+                self.on_batch(
+                    {
+                        "size": batch.received,
+                        "stored": result.stored,
+                        "duplicates": result.duplicates,
+                        "dead_letters": result.dead_letters,
+                        "heartbeats": result.heartbeats,
+                        "totals": self.stats.snapshot(),
+                    }
+                )
+            except Exception:  # noqa: BLE001 - an observer must not stop ingest
+                log.exception("on_batch callback failed")
+
+    def _count_commit(self, batch: Batch, result: store.BatchResult) -> None:
         stats = self.stats
         stats.stored += result.stored
         stats.duplicates += result.duplicates
@@ -380,22 +414,7 @@ class IngestService:
             stats.lag_s = max(0.0, self.clock.now() - batch.newest_ts_ms / 1000.0)
         stats.last_commit_at = time.monotonic()
         self._done.append((batch.generation, batch.acks))
-        with self._pending_lock:
-            self._unacked -= batch.received
-        if self.on_batch is not None:
-            try:
-                self.on_batch(
-                    {
-                        "size": batch.received,
-                        "stored": result.stored,
-                        "duplicates": result.duplicates,
-                        "dead_letters": result.dead_letters,
-                        "heartbeats": result.heartbeats,
-                        "totals": stats.snapshot(),
-                    }
-                )
-            except Exception:  # noqa: BLE001 - an observer must not stop ingest
-                log.exception("on_batch callback failed")
+        self._unacked -= batch.received
 
     def _maybe_sweep(self, conn: psycopg.Connection | None) -> psycopg.Connection | None:
         if self.sweeper is None or self.sink != "database" or not self.sweeper.due():
@@ -416,16 +435,22 @@ class IngestService:
     def run(self) -> None:
         """Block until ``stop_event`` is set; then flush, ack and disconnect."""
         self.client = self._make_client()
-        db_thread = threading.Thread(target=self._db_loop, name="ingest-db", daemon=True)
-        db_thread.start()
+        writers = [
+            threading.Thread(target=self._db_loop, args=(i == 0,), name=f"ingest-db-{i}", daemon=True)
+            for i in range(self.db_writers)
+        ]
+        for thread in writers:
+            thread.start()
         try:
             self._network_loop()
             self._drain_and_disconnect()
         finally:
             if self._unacked:
                 self._abort_db.set()  # the database is away: stop retrying, the broker keeps the rest
-            self._to_db.put(None)
-            db_thread.join(timeout=10)
+            for _ in writers:
+                self._to_db.put(None)
+            for thread in writers:
+                thread.join(timeout=10)
             log.info("ingest stopped: %s", self.stats.snapshot())
 
 

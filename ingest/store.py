@@ -51,6 +51,7 @@ ON CONFLICT (device_id) DO UPDATE SET gateway_id = EXCLUDED.gateway_id
 WHERE d.gateway_id IS DISTINCT FROM EXCLUDED.gateway_id
 """
 
+# Key order, like the upserts: concurrent writers meeting the same duplicate wait, never deadlock.
 # The household comes from the device's pairing at the time the event is stored (NULL if unpaired;
 # pair_device back-fills it later). Duplicates, inside the batch or across batches, are dropped.
 INSERT_EVENTS = """
@@ -59,6 +60,7 @@ SELECT timestamptz 'epoch' + s.ts_ms * interval '1 millisecond', d.household_id,
        s.kind, s.value, %(now)s::timestamptz
 FROM ingest_stage s LEFT JOIN devices d ON d.device_id = s.device_id
 WHERE s.kind <> 'heartbeat'
+ORDER BY s.device_id, s.seq
 ON CONFLICT (device_id, seq, time) DO NOTHING
 """
 
