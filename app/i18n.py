@@ -190,6 +190,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "i_consent": ("説明を読み、同意します", "I have read this and agree"),
     "create_account": ("はじめる", "Create account"),
     "enable_notifications": ("通知を受け取る", "Receive notifications"),
+    "notifications": ("新しいお知らせ", "New notifications"),
+    "mark_read": ("読みました", "Mark as read"),
     "saved": ("保存しました", "Saved"),
     "signed_out_everywhere": ("すべての端末からログアウトしました", "Signed out everywhere"),
     "err_not_found": ("見つかりません", "Not found"),

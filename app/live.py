@@ -1,7 +1,7 @@
 """Server-Sent Events: tell a signed-in page that what it shows has changed.
 
 The stream sends ``event: change`` whenever a fingerprint of the person's visible alerts, team
-timelines and away periods changes (polled once a second in a worker thread; the pool connection is
+timelines, away periods and in-app notifications (written by the alerts engine) changes (polled once a second in a worker thread; the pool connection is
 held only for the query). Pages then fetch their fragment again (app.js). Streams end after a while
 and the browser's EventSource reconnects, so a restart or deploy never strands a client."""
 
@@ -36,8 +36,9 @@ def fingerprint(conn: object, person: Person) -> str:
               (SELECT max(t.entry_id) FROM incident_timeline t JOIN incidents i USING (incident_id)
                  LEFT JOIN households h ON h.household_id = i.household_id WHERE {iwhere}),
               (SELECT max(a.id) || ':' || max(a.until) FROM away_periods a JOIN households h USING (household_id)
-                 WHERE {hwhere})))""",
-        {**iparams, **hparams},
+                 WHERE {hwhere}),
+              (SELECT max(n.notification_id) FROM notifications n WHERE n.person_id = %(live_person)s)))""",
+        {**iparams, **hparams, "live_person": person.person_id},
     ).fetchone()
     return row[0]
 

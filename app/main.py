@@ -91,6 +91,7 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     for module in (auth_views, household_views, incident_views, device_views, privacy_views):
         app.include_router(module.api)
         app.include_router(module.pages)
+    app.include_router(incident_views.notifications)
     app.include_router(live_router)
     app.include_router(pwa_router)
     _include_alerts_routers(app)

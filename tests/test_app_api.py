@@ -170,3 +170,22 @@ def test_pages_in_japanese_and_english(world) -> None:
         assert page.status_code == 200 and "<svg" in page.text and "076-000-0000" in page.text
         alert = c.get(f"/alerts/{ids['h1']}")
         assert "I&#39;ll go" in alert.text and "All fine" in alert.text and "Needs help" in alert.text
+
+
+def test_engine_notifications_reach_the_watcher_in_app(world) -> None:
+    from alerts import service as alerts_service
+
+    url, clock, ids = world
+    with psycopg.connect(url, autocommit=True) as conn:
+        while alerts_service.adopt_one(conn, clock, "test-worker") is not None:
+            pass
+    with app_client(url, clock) as c:
+        h = bearer(c, "watcher_a")
+        unread = c.get("/api/notifications/unread", headers=h).json()
+        assert [n["incident_id"] for n in unread] == [ids["h1"]]
+        assert c.get("/api/notifications/unread", headers=bearer(c, "watcher_b")).json()[0]["incident_id"] == ids["h3"]
+        csrf = cookie_login(c, "watcher_a")
+        home = c.get("/").text
+        assert unread[0]["title"] in home
+        assert c.post("/notifications/read", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
+        assert c.get("/api/notifications/unread", headers=h).json() == []

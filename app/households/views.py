@@ -93,7 +93,8 @@ def api_chain_set(household_id: HouseholdId, body: ChainIn, person: CurrentPerso
 
 def _home_context(conn: Any, clock: Any, person: Any) -> dict[str, Any]:
     return {"households": service.list_households(conn, clock, person),
-            "incidents": incidents.list_incidents(conn, person)}
+            "incidents": incidents.list_incidents(conn, person),
+            "notifications": incidents.unread_notifications(conn, person)}
 
 
 @pages.get("/")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any
 
 import psycopg
@@ -123,3 +124,16 @@ def get_chain(conn: psycopg.Connection, person: Person, household_id: str) -> tu
 def set_chain(conn: psycopg.Connection, clock: Clock, person: Person, household_id: str, steps: Any) -> list[dict[str, Any]]:
     with _alerts_errors():
         return alerts_service.set_chain(conn, person, household_id, steps, clock=clock)
+
+
+def unread_notifications(conn: psycopg.Connection, person: Person, *, limit: int = 5) -> list[dict[str, Any]]:
+    """The person's newest unread in-app notifications (written by the alerts engine), newest first."""
+    items = alerts_service.list_notifications(conn, person, unread_only=True, limit=500)
+    return [asdict(n) for n in reversed(items[-limit:])]
+
+
+def mark_notifications_read(conn: psycopg.Connection, clock: Clock, person: Person,
+                            ids: list[int] | None = None) -> int:
+    if ids is None:
+        ids = [n.notification_id for n in alerts_service.list_notifications(conn, person, unread_only=True, limit=1000)]
+    return alerts_service.mark_read(conn, person, ids, clock=clock)

@@ -16,6 +16,7 @@ from app.models import Text
 from app.templating import render
 
 api = APIRouter(prefix="/api/incidents", tags=["incidents"])
+notifications = APIRouter(prefix="/api/notifications", tags=["notifications"])
 pages = APIRouter(include_in_schema=False)
 ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 409: {}}
 IncidentId = Annotated[int, Field(ge=1, le=2**62)]
@@ -60,6 +61,20 @@ def api_comment(incident_id: IncidentId, body: CommentIn, person: CurrentPerson,
     return Response(status_code=204)
 
 
+class ReadIn(BaseModel):
+    ids: list[Annotated[int, Field(ge=1, le=2**62)]] | None = Field(default=None, max_length=1000)
+
+
+@notifications.get("/unread", responses={401: {}})
+def api_notifications(person: CurrentPerson, conn: Conn) -> list[dict[str, Any]]:
+    return service.unread_notifications(conn, person, limit=100)
+
+
+@notifications.post("/read", responses={401: {}})
+def api_notifications_read(body: ReadIn, person: CurrentPerson, conn: Conn, clock: ClockDep) -> dict[str, int]:
+    return {"marked": service.mark_notifications_read(conn, clock, person, body.ids)}
+
+
 # --- pages --------------------------------------------------------------------------------------
 
 
@@ -99,3 +114,9 @@ def comment_submit(incident_id: IncidentId, person: CurrentPerson, conn: Conn, c
                    body: Annotated[str, Form(min_length=1, max_length=2000)]) -> Response:
     service.comment(conn, clock, person, incident_id, body)
     return RedirectResponse(f"/alerts/{incident_id}", status_code=303)
+
+
+@pages.post("/notifications/read")
+def notifications_read_submit(person: CurrentPerson, conn: Conn, clock: ClockDep) -> Response:
+    service.mark_notifications_read(conn, clock, person)
+    return RedirectResponse("/", status_code=303)
