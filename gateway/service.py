@@ -426,8 +426,13 @@ class Gateway:
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         try:
             topic = protocol.parse_topic(message.topic)
-            if topic.channel != "cmd" or topic.gateway_id != self.gateway_id or topic.device_id is None:
-                raise protocol.ProtocolError("bad_topic", message.topic)
+        except protocol.ProtocolError:
+            topic = None
+        if topic is None or topic.channel != "cmd" or topic.gateway_id != self.gateway_id or topic.device_id is None:
+            # Not ours: amqtt 0.12.1 delivers other gateways' retained status on subscribe.
+            log.debug("gateway %s: ignoring %s", self.gateway_id, message.topic)
+            return
+        try:
             command = protocol.decode_command(message.payload)
         except protocol.ProtocolError as exc:
             self._stats["rejected_commands"] += 1
