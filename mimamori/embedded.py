@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -100,6 +101,9 @@ def mosquitto_config(port: int, persistence_dir: Path | None, host: str = "127.0
     which would throttle ingest's batched acknowledgements.
     """
     lines = [
+        # Started as root, mosquitto would switch to the `mosquitto` user and then fail to write its
+        # persistence file in our directory ("Permission denied"), losing queued messages on restart.
+        f"user {pwd.getpwuid(os.getuid()).pw_name}",
         f"listener {port} {host}",
         "allow_anonymous true",
         "max_queued_messages 0",
