@@ -15,7 +15,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.auth.deps import CurrentPerson
+from app.auth.deps import CurrentPerson, session_token
+from app.auth.service import session_person
 from app.incidents.service import _incident_scope
 from app.people import Person
 from app.scope import household_scope_sql
@@ -47,21 +48,31 @@ def fingerprint(conn: object, person: Person) -> str:
 async def live(request: Request, person: CurrentPerson) -> StreamingResponse:
     app = request.app
 
-    def current() -> str:
+    token, _bearer = session_token(request)
+
+    def current() -> str | None:
+        """The fingerprint, or None once the session has ended (signed out everywhere)."""
         with app.state.pool.connection() as conn:
             conn.autocommit = True
+            if session_person(conn, app.state.clock, token or "") is None:
+                return None
             return fingerprint(conn, person)
 
     async def stream() -> AsyncIterator[str]:
         # Real time here, not the service clock: this paces network polling, not the domain.
         started = last_sent = time.monotonic()
         seen = await run_in_threadpool(current)
+        if seen is None:
+            return
         yield f"retry: 2000\nevent: hello\ndata: {seen}\n\n"
         while not app.state.stopping.is_set() and time.monotonic() - started < STREAM_S:
             await asyncio.sleep(POLL_S)
             if await request.is_disconnected():
                 return
             now_fp = await run_in_threadpool(current)
+            if now_fp is None:
+                yield "event: signed_out\ndata: \n\n"
+                return
             if now_fp != seen:
                 seen = now_fp
                 last_sent = time.monotonic()

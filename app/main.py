@@ -14,8 +14,11 @@ from urllib.parse import quote
 
 import psycopg
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth import views as auth_views
 from app.devices import views as device_views
@@ -67,6 +70,23 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
 
         message = translate(request_locale(request), f"err_{exc.code}")
         return render(request, "error.html", status_code=exc.status_code, message=message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if _wants_json(request):
+            return await request_validation_exception_handler(request, exc)
+        from app.templating import render
+
+        return render(request, "error.html", status_code=422, message=translate(request_locale(request), "err_invalid"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _wants_json(request) or exc.status_code not in (404, 405):
+            return await http_exception_handler(request, exc)
+        from app.templating import render
+
+        return render(request, "error.html", status_code=exc.status_code,
+                      message=translate(request_locale(request), "err_not_found"))
 
     @app.exception_handler(psycopg.DataError)
     async def data_error(request: Request, exc: psycopg.DataError) -> Response:

@@ -189,3 +189,14 @@ def test_engine_notifications_reach_the_watcher_in_app(world) -> None:
         assert unread[0]["title"] in home
         assert c.post("/notifications/read", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
         assert c.get("/api/notifications/unread", headers=h).json() == []
+
+
+def test_pages_show_friendly_errors(world) -> None:
+    url, clock, _ = world
+    with app_client(url, clock) as c:
+        cookie_login(c, "watcher_a")
+        missing = c.get("/no-such-page")
+        assert missing.status_code == 404 and "見つかりません" in missing.text and "<html" in missing.text
+        assert c.get("/api/no-such-thing").json() == {"detail": "Not Found"}
+        bad = c.get("/alerts/not-a-number")
+        assert bad.status_code == 422 and "入力を確かめてください" in bad.text

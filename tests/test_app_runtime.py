@@ -106,6 +106,10 @@ def test_live_stream_signals_new_alert(world) -> None:
         t0 = time.monotonic()
         assert _read_event(resp, t0 + 5) == "change"
         assert time.monotonic() - t0 < 3  # ... and only one change, caused by the second insert
+        # signing out everywhere ends the stream
+        with TestClient(create_app(Settings(), database_url=url, clock=clock)) as c:
+            assert c.post("/api/auth/logout-all", headers=headers).status_code == 200
+        assert _read_event(resp, time.monotonic() + 5) == "signed_out"
         conn_http.close()
 
 

@@ -16,6 +16,7 @@
     var first = true;
     es.addEventListener("hello", function () { if (!first) { refresh(); } first = false; });
     es.addEventListener("change", refresh);
+    es.addEventListener("signed_out", function () { es.close(); window.location.href = "/login"; });
     window.mimamoriLive = es;
   }
   document.addEventListener("submit", function (e) {
