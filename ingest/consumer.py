@@ -434,7 +434,15 @@ class IngestService:
 
     def run(self) -> None:
         """Block until ``stop_event`` is set; then flush, ack and disconnect."""
-        self.client = self._make_client()
+        backoff = 0.1
+        while self.client is None:
+            try:
+                self.client = self._make_client()  # probes the broker for v5 first
+            except OSError as exc:
+                log.warning("broker unreachable (%s); retrying in %.1fs", exc, backoff)
+                if self.stop_event.wait(backoff):
+                    return
+                backoff = min(backoff * 2, 5.0)
         writers = [
             threading.Thread(target=self._db_loop, args=(i == 0,), name=f"ingest-db-{i}", daemon=True)
             for i in range(self.db_writers)
@@ -470,7 +478,8 @@ def run_ingest(
     """Run one ingest consumer until ``stop`` is set (or SIGTERM/SIGINT in the main thread).
 
     ``client_id`` defaults to ``settings.ingest_client_id`` or ``mimamori-ingest-<host>-<index>``:
-    fixed, so that a restart resumes the persistent session. ``stats``: an ``IngestStats`` the
+    fixed, so that a restart resumes the persistent session. ``on_batch`` is called from a database
+    writer thread after each commit. ``stats``: an ``IngestStats`` the
     service updates in place (counters for metrics). ``service``: if given, the running
     ``IngestService`` is appended to it.
     """

@@ -333,6 +333,25 @@ def test_broker_restart_resumes_the_persistent_session(pg_url: str, own_broker: 
     assert count(pg_url, "SELECT count(*) FROM events") == 200
 
 
+def test_ingest_started_before_the_broker_waits_for_it(pg_url: str, own_broker: embedded.EmbeddedBroker) -> None:
+    url = MqttUrl.parse(own_broker.url)
+    own_broker.stop()
+    svc = make_service(pg_url, url)
+    thread = threading.Thread(target=svc.run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        assert thread.is_alive() and not svc.subscribed.is_set()
+        own_broker.start()
+        assert svc.subscribed.wait(20)
+        publish_raw(url, [event_msg("gw-late", "d", i) for i in range(50)])
+        wait_until(lambda: svc.stats.acked >= 50, what="acks")
+    finally:
+        svc.stop_event.set()
+        thread.join(30)
+    assert count(pg_url, "SELECT count(*) FROM events") == 50
+
+
 def test_gap_sweeper_asks_the_gateway_to_resend(pg_url: str, mqtt_url: MqttUrl) -> None:
     gw = unique("gw")
     commands: list[tuple[str, protocol.Command]] = []
