@@ -147,6 +147,19 @@ class AlertLog:
         self.open: dict[str, np.ndarray] = {}
         self.opened: list[tuple[str, int, float]] = []  # (alert kind, household or area, time)
         self.evidence: list[dict[str, Any]] = []  # parallel to ``opened``
+        # Re-detections that update an open alert with new evidence (e.g. one more device down):
+        # the service updates the incident row and tells the coordinator.
+        self.updated: list[tuple[str, int, float]] = []
+        self._extent: dict[str, np.ndarray] = {}
+
+    def update_extent(self, kind: str, extent: np.ndarray, now: float) -> None:
+        """Record an update where an open alert's extent (e.g. devices offline) grew."""
+        prev = self._extent.get(kind)
+        is_open = self.open.get(kind)
+        if prev is not None and is_open is not None:
+            for k in np.flatnonzero(is_open & (extent > prev)).tolist():
+                self.updated.append((kind, k, now))
+        self._extent[kind] = extent.copy()
 
     def update(self, kind: str, condition: np.ndarray, now: float, evidence: Any = None) -> None:
         prev = self.open.get(kind)
@@ -200,6 +213,7 @@ def run_systems(rp: Replay, *, tick_s: float = 600.0, params: m.DetectorParams =
             "switch": int(sc.long_on_switch[r]), "since": float(sc.long_on_since[r]), "hours": float(sc.long_on_hours[r]),
             "alarm_after_h": float(state.sw_alarm_after_h[r, sc.long_on_switch[r]])})
         log.update("device_offline", sc.device_offline, now)
+        log.update_extent("device_offline", sc.offline_devices.sum(axis=1) + sc.gateway_offline * m.MAX_DEVICES, now)
         area_alarm = np.zeros(n_areas, bool)
         area_alarm[rp.area[sc.area_outage]] = True
         log.update("area_outage", area_alarm, now)
@@ -256,7 +270,7 @@ def _delay_stats(delays: list[float]) -> dict[str, float | None]:
 def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict[str, Any]:
     n = rp.n if households is None else households
     by_target: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for kind, key, t in log.opened:
+    for kind, key, t in log.opened + log.updated:
         by_target[(kind, key)].append(t)
     delays: list[float] = []
     per_kind: dict[str, dict[str, Any]] = {}

@@ -84,11 +84,12 @@ class DetectorParams:
     # The threshold: the (1 - beta) quantile of silences from this slot, plus a margin.
     beta: float = 0.01
     margin_h: float = 2.0
-    margin_frac: float = 0.25
+    margin_frac: float = 0.15
     min_alarm_h: float = 2.5
     alpha: float = 1e-3  # score threshold = -log10(alpha)
     tail_tau_h: float = 3.0  # extrapolation past the last edge
-    min_history: float = 6.0  # fewer recorded silences than this in a slot: "population prior" rule
+    min_history: float = 6.0  # less exposure than this behind a threshold: the "population prior" rule
+    anomalous_weight: float = 1.0  # weight of a silence that exceeded its own alarm threshold
     # Hard caps (safety nets): Kanazawa's 24 h off rule; long-on capped at 16 h (8 h would wake
     # everyone who sleeps with a light on).
     silence_cap_h: float = 24.0
@@ -298,10 +299,12 @@ def _decay(state: FleetState, rows: np.ndarray, day: np.ndarray, p: DetectorPara
     state.decay_day[r] = day[due]
 
 
-def _add_exceedance(hist_flat: np.ndarray, base_index: np.ndarray, durations_h: np.ndarray, edges: np.ndarray, *, exposure: bool) -> None:
+def _add_exceedance(hist_flat: np.ndarray, base_index: np.ndarray, durations_h: np.ndarray, edges: np.ndarray, *, exposure: bool,
+                    weight: np.ndarray | float = 1.0) -> None:
     """Add one silence/episode of each duration to the exceedance counts starting at ``base_index``
     (edge 0 too when ``exposure``: every episode is a trial)."""
-    mask = ((durations_h[:, None] >= edges[None, :]) & ((edges[None, :] > 0) | exposure)).astype(np.float16)
+    w = np.broadcast_to(np.asarray(weight, np.float32), durations_h.shape)[:, None]
+    mask = (((durations_h[:, None] >= edges[None, :]) & ((edges[None, :] > 0) | exposure)) * w).astype(np.float16)
     idx = base_index[:, None] + np.arange(len(edges))[None, :]
     np.add.at(hist_flat, idx.ravel(), mask.ravel())
 
@@ -376,7 +379,12 @@ def observe(
     if rec.any():
         daytype, hour = local_slot(starts_effective[rec], state.tz_offset_s[hh[rec]])
         base = ((hh[rec] * 2 + daytype) * 24 + hour) * len(SILENCE_EDGES_H)
-        _add_exceedance(state.sil_hist.reshape(-1), base, gap_h[rec].astype(np.float32), SILENCE_EDGES_H, exposure=False)
+        # A silence that went past its alarm threshold is learned with a small weight: a one-off
+        # (a night away, an outage nobody reported) must not blunt the detector for weeks, while a
+        # new habit that keeps coming back is still learned.
+        alarmed = ~same[rec] & (gap_h[rec] > state.alarm_after_h[hh[rec]])
+        weight = np.where(alarmed, p.anomalous_weight, 1.0)
+        _add_exceedance(state.sil_hist.reshape(-1), base, gap_h[rec].astype(np.float32), SILENCE_EDGES_H, exposure=False, weight=weight)
 
     # The new current silence of each household begins at its last event.
     last = np.r_[np.nonzero(hh[1:] != hh[:-1])[0], len(hh) - 1]
