@@ -154,6 +154,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "paired": ("登録しました: {device}（過去の記録 {n} 件）", "Paired {device} ({n} earlier events)"),
     "scan_hint": ("機器のラベルのQRコードを読み取るか、IDを入力してください。",
                   "Scan the QR code on the device label, or type its id."),
+    "scan_qr": ("カメラでQRコードを読み取る", "Scan the QR code with the camera"),
     "unpaired_devices": ("未登録で信号を送っている機器", "Unpaired devices that sent events"),
     "no_unpaired": ("未登録の機器はありません", "No unpaired devices"),
     "events_count": ("{n} 件の記録", "{n} events"),

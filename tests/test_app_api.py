@@ -200,3 +200,32 @@ def test_pages_show_friendly_errors(world) -> None:
         assert c.get("/api/no-such-thing").json() == {"detail": "Not Found"}
         bad = c.get("/alerts/not-a-number")
         assert bad.status_code == 422 and "入力を確かめてください" in bad.text
+
+
+def test_coordinator_page_flows(world) -> None:
+    """Register a household, invite its resident, put a watcher on its team — all through the forms."""
+    url, clock, _ = world
+    with app_client(url, clock) as c:
+        csrf = cookie_login(c, "coord_a")
+        r = c.post("/coord/households", data={"csrf_token": csrf, "display_name": "山田 ハル", "phone": "090-1",
+                                              "paper_consent": "1"}, follow_redirects=False)
+        assert r.status_code == 303
+        hid = r.headers["location"].split("/households/")[1].split("?")[0]
+        r = c.post(f"/households/{hid}/team", data={"csrf_token": csrf, "person_id": "watcher_a", "tier": "2",
+                                                     "relation": "近所"}, follow_redirects=False)
+        assert r.status_code == 303
+        page = c.get(f"/households/{hid}").text
+        assert "name-watcher_a" in page and "090-1" in page and "2026-01" in page  # team, contact, paper consent
+        r = c.post(f"/households/{hid}/invite", data={"csrf_token": csrf, "role": "resident", "display_name": "山田 ハル"})
+        link = r.text.split('id="invitation-url">')[1].split("<")[0]
+        token = link.rsplit("/", 1)[1]
+    with app_client(url, clock) as resident:
+        form = {"login": "haru", "password": "haru-password", "locale": "en"}
+        assert resident.post(f"/invite/{token}", data=form, follow_redirects=False).status_code == 422  # no consent
+        r = resident.post(f"/invite/{token}", data={**form, "consent": "1"}, follow_redirects=False)
+        assert r.status_code == 303
+        me = resident.get("/me")
+        assert me.status_code == 200 and "My home" in me.text and "name-coord_a" in me.text  # who viewed
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM consents WHERE household_id = %s", (hid,)).fetchone()[0] == 1
+        assert conn.execute("SELECT tier FROM household_watchers WHERE household_id = %s", (hid,)).fetchone()[0] == 2

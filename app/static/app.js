@@ -27,6 +27,29 @@
     var t = e.target.closest ? e.target.closest(".pick-device") : null;
     if (t) { var input = document.getElementById("device-id"); if (input) { input.value = t.getAttribute("data-device"); input.focus(); } }
   });
+  // Pairing: read a device's QR code with the camera where the browser can (BarcodeDetector).
+  var scanBtn = document.getElementById("scan-btn");
+  if (scanBtn && "BarcodeDetector" in window && navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
+    scanBtn.hidden = false;
+    scanBtn.addEventListener("click", function () {
+      var video = document.getElementById("scan-video");
+      var detector = new window.BarcodeDetector({ formats: ["qr_code", "code_128", "data_matrix"] });
+      navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } }).then(function (stream) {
+        video.srcObject = stream; video.hidden = false; video.play();
+        var stop = function () { stream.getTracks().forEach(function (t) { t.stop(); }); video.hidden = true; };
+        var tick = function () {
+          detector.detect(video).then(function (codes) {
+            if (codes.length) {
+              var raw = codes[0].rawValue.trim();
+              var id = raw.split(/[\/?#=]/).filter(Boolean).pop();  // a bare id, or a URL ending in it
+              document.getElementById("device-id").value = id; stop();
+            } else { window.setTimeout(tick, 250); }
+          }).catch(function () { window.setTimeout(tick, 500); });
+        };
+        tick();
+      }).catch(function () { scanBtn.hidden = true; });
+    });
+  }
   if ("serviceWorker" in navigator) {
     navigator.serviceWorker.register("/sw.js").then(function (reg) { setupPush(reg); }).catch(function () {});
   }
