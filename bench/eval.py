@@ -322,6 +322,12 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
             **_delay_stats(kinds_delays[kind]),
         }
     n_false = sum(false_by_kind.values())
+    welfare_kinds = [k for k in kinds_n if k in ("collapse", "bathroom_collapse", "hospital_stay", "cut")]
+    welfare_delays = [d for k in welfare_kinds for d in kinds_delays[k]]
+    welfare_n = sum(kinds_n[k] for k in welfare_kinds)
+    welfare = {"incidents": welfare_n,
+               "recall": round(sum(kinds_hit[k] for k in welfare_kinds) / welfare_n, 4) if welfare_n else None,
+               **_delay_stats(welfare_delays)}
     return {
         "recall": round(hits / total, 4) if total else None,
         **_delay_stats(delays),
@@ -331,6 +337,7 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
         "false_alerts": n_false,
         "false_alerts_by_kind": {k: false_by_kind.get(k, 0) for k in ALERT_KINDS},
         "false_alerts_per_household_month_incl_learning": round(false_all / months_all, 4) if months_all else None,
+        "welfare": welfare,
         "per_kind": per_kind,
     }
 
