@@ -400,46 +400,44 @@ def observe(
 
 
 def _observe_switches(state: FleetState, hh: np.ndarray, dev: np.ndarray, t: np.ndarray, kind: np.ndarray, p: DetectorParams) -> None:
+    """On/off episodes per switchable device (vectorised). After an event the device is on iff the
+    event was ``on``; an episode opens at the first ``on`` after off and closes at the next ``off``;
+    a ``boot`` (power back, restart) forgets the state without recording an episode."""
     sw = state.dev_switch[hh, dev]
     m = (sw >= 0) & ((kind == EV_ON) | (kind == EV_OFF) | (kind == EV_BOOT))
     if not m.any():
         return
     hh, sw, t, kind = hh[m], sw[m].astype(np.int64), t[m], kind[m]
-    # Few switch events per batch in practice; a plain loop keeps the on/off logic obvious.
-    on_since = state.sw_on_since
-    closed_rows, closed_sw, closed_start, closed_dur = [], [], [], []
-    opened: dict[tuple[int, int], float] = {}
-    for r, s, ts, k in zip(hh.tolist(), sw.tolist(), t.tolist(), kind.tolist()):
-        since = on_since[r, s]
-        if k == EV_BOOT:
-            # Power came back or the device restarted: its light state is unknown until it reports.
-            on_since[r, s] = np.nan
-            opened.pop((r, s), None)
-        elif k == EV_ON:
-            if np.isnan(since):
-                on_since[r, s] = ts - state.epoch
-                opened[(r, s)] = ts
-        else:
-            if not np.isnan(since):
-                start = float(since) + state.epoch
-                dur_h = (ts - start) / 3600.0
-                if dur_h >= 0:
-                    closed_rows.append(r)
-                    closed_sw.append(s)
-                    closed_start.append(start)
-                    closed_dur.append(dur_h)
-                on_since[r, s] = np.nan
-                opened.pop((r, s), None)
-    if closed_rows:
-        r = np.array(closed_rows)
-        s = np.array(closed_sw)
-        _, hour = local_slot(np.array(closed_start), state.tz_offset_s[r])
-        base = ((r * MAX_SWITCHES + s) * N_ON_BLOCKS + hour // ON_BLOCK_H) * len(ON_EDGES_H)
-        _add_exceedance(state.on_hist.reshape(-1), base, np.array(closed_dur, np.float32), ON_EDGES_H, exposure=True)
-    if opened:
-        keys = np.array(list(opened.keys()))
-        starts = np.array(list(opened.values()))
-        state.sw_alarm_after_h[keys[:, 0], keys[:, 1]] = on_thresholds(state, keys[:, 0], keys[:, 1], starts, p)
+    key = hh * MAX_SWITCHES + sw
+    order = np.lexsort((t, key))
+    key, hh, sw, t, kind = key[order], hh[order], sw[order], t[order], kind[order]
+    flat_since = state.sw_on_since.reshape(-1)
+    stored = flat_since[key].astype(np.float64) + state.epoch  # NaN when off
+    first = np.r_[True, key[1:] != key[:-1]]
+    is_on = kind == EV_ON
+    prev_on = np.where(first, ~np.isnan(stored), np.r_[False, is_on[:-1]])
+    # Start time of the current on-run at each event (valid at run starts, forward-filled).
+    start = np.where(is_on & ~prev_on, t, np.where(first & is_on & prev_on, stored, np.nan))
+    valid = ~np.isnan(start)
+    last_valid = np.maximum.accumulate(np.where(valid, np.arange(len(t)), 0))
+    since = start[last_valid]
+    since_before = np.where(first, stored, np.r_[np.nan, since[:-1]])
+    closes = (kind == EV_OFF) & prev_on & ~np.isnan(since_before)
+    if closes.any():
+        r, s_, st = hh[closes], sw[closes], since_before[closes]
+        dur_h = ((t[closes] - st) / 3600.0).astype(np.float32)
+        ok = dur_h >= 0
+        _, hour = local_slot(st[ok], state.tz_offset_s[r[ok]])
+        base = ((r[ok] * MAX_SWITCHES + s_[ok]) * N_ON_BLOCKS + hour // ON_BLOCK_H) * len(ON_EDGES_H)
+        _add_exceedance(state.on_hist.reshape(-1), base, dur_h[ok], ON_EDGES_H, exposure=True)
+    last = np.r_[key[1:] != key[:-1], True]
+    final_on = is_on[last]
+    final_since = np.where(final_on, since[last], np.nan)
+    changed = final_on & ~(since[last] == stored[last])
+    flat_since[key[last]] = (final_since - state.epoch).astype(np.float32)
+    if changed.any():
+        r, s_ = hh[last][changed], sw[last][changed]
+        state.sw_alarm_after_h[r, s_] = on_thresholds(state, r, s_, final_since[changed], p)
 
 
 def observe_gateway(state: FleetState, hh: np.ndarray, t: np.ndarray, online: np.ndarray) -> None:
