@@ -82,6 +82,8 @@ def login(conn: psycopg.Connection, clock: Clock, login_name: str, password: str
         "INSERT INTO login_attempts (login, client, at, succeeded) VALUES (%s, %s, %s, %s)",
         (login_name, client, now, ok),
     )
+    # Housekeeping: attempts only matter inside the window.
+    conn.execute("DELETE FROM login_attempts WHERE at < %s", (now - 4 * LOGIN_WINDOW,))
     if not ok or row is None:
         raise NotAuthenticated("wrong login or password")
     person = person_from_row(row[1:])
@@ -93,6 +95,7 @@ def start_session(conn: psycopg.Connection, clock: Clock, person_id: str, *, use
     now = as_datetime(clock.now())
     token = secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(24)
+    conn.execute("DELETE FROM sessions WHERE person_id = %s AND expires_at <= %s", (person_id, now))
     conn.execute(
         "INSERT INTO sessions (token_hash, person_id, csrf_token, created_at, last_seen_at, expires_at, user_agent)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s)",
