@@ -202,7 +202,8 @@ def write_batch(conn: psycopg.Connection, batch: Batch, now: float, known: Known
                 with cur.copy(COPY_DEAD_LETTERS) as copy:
                     copy.set_types(["timestamptz", "text", "bytea", "text", "text"])
                     for dl in batch.dead_letters:
-                        copy.write_row((now_dt, dl.topic, dl.payload, dl.reason, dl.detail or None))
+                        detail = dl.detail.replace("\x00", "\\x00") if dl.detail else None  # text rejects NUL
+                        copy.write_row((now_dt, dl.topic, dl.payload, dl.reason, detail))
             with conn.pipeline():
                 if batch.events:
                     if need_gateways:

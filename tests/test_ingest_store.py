@@ -155,3 +155,12 @@ def test_gap_sweeper_finds_holes_and_tails_once_per_interval(conn: psycopg.Conne
         other.execute("SELECT pg_advisory_xact_lock(%s)", (SWEEP_LOCK_KEY,))
         clock.advance(600)
         assert sweeper.sweep(conn) == []
+
+
+def test_dead_letter_detail_with_nul_and_unstorable_heartbeat_are_handled(conn: psycopg.Connection) -> None:
+    write_batch(conn, batch_of(dead=[DeadLetter("t", b"\x00", "undecodable", "ValueError: \x00 inside")]), NOW)
+    assert conn.execute("SELECT detail FROM dead_letters").fetchone() == ("ValueError: \\x00 inside",)
+    b = Batch()
+    b.add(GatewayHeartbeatMsg("gw-1", {"v": 1, "ts": TS, "note": "\x00"}))  # jsonb refuses \u0000
+    with pytest.raises(psycopg.DataError):  # the consumer isolates such an item into a dead letter
+        write_batch(conn, b, NOW)
