@@ -1,12 +1,13 @@
 """The ingest process: MQTT → validate → batch → one transaction → ack.
 
-Two threads:
+Threads:
 
 - the network thread owns the paho client: it reads, classifies each message (pure), fills the
-  current batch, hands full (or old enough) batches to the database thread, writes the PUBACKs of
+  current batch, hands full (or old enough) batches to the writers, writes the PUBACKs of
   committed batches in one burst, publishes resend commands, and reconnects;
-- the database thread writes each batch in one transaction (retrying with backoff while the
-  database is away, never acking meanwhile) and runs the gap sweeper on its clock.
+- ``db_writers`` (default 2) database threads, one connection each, write one batch per
+  transaction (retrying with backoff while the database is away, never acking meanwhile); the
+  first also runs the gap sweeper on its clock.
 
 Memory stays bounded: the broker never has more than ``ingest_receive_maximum`` unacknowledged
 messages out to us (MQTT v5 flow control), and on MQTT 3.1.1 the network thread stops reading
