@@ -99,9 +99,22 @@ class AppriseSender:
 # --- Web Push ---------------------------------------------------------------------------------
 
 
+def _load_vapid(key: str) -> Any:
+    """A VAPID key from PEM text, a PEM/DER file, or the base64url raw/DER string."""
+    import os
+
+    from py_vapid import Vapid02
+
+    if key.lstrip().startswith("-----BEGIN"):
+        return Vapid02.from_pem(key.strip().encode())
+    if os.path.isfile(key):
+        return Vapid02.from_file(key)
+    return Vapid02.from_string(key)
+
+
 class WebPushSender:
     def __init__(self, vapid_private_key: str | None, subject: str, timeout_s: float = 10.0) -> None:
-        self.vapid_private_key = vapid_private_key
+        self.vapid_private_key = _load_vapid(vapid_private_key) if vapid_private_key else None
         self.subject = subject
         self.timeout_s = timeout_s
 

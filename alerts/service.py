@@ -6,8 +6,8 @@ Two groups:
   ``add_channel`` / ``list_channels`` / ``remove_channel``, ``set_quiet_hours``,
   ``list_notifications`` / ``mark_read``. Only the household's team (household_watchers), the
   area's coordinator, or an operator may act on an incident; others get ``NotFound``.
-- the engine the worker runs: ``adopt_one`` (take on a newly opened incident and run its first
-  steps), ``step_one_due`` (advance one escalation whose ``next_step_at`` has come) and the
+- the engine the worker runs: ``adopt_new`` (take on newly opened incidents and run their first
+  steps), ``step_due`` (advance escalations whose ``next_step_at`` has come) and the
   outbox bookkeeping used by ``alerts.flows``.
 
 Every function that writes runs in one transaction (``conn.transaction()``), so a step's new state,
@@ -18,6 +18,7 @@ Times are the caller's clock (``clock.now()``), never the database's ``now()``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -43,6 +44,8 @@ from alerts.models import (
     render_notice,
 )
 from mimamori.clock import Clock, as_datetime
+
+log = logging.getLogger(__name__)
 
 DELIVERIES_CHANNEL = "mimamori_alert_deliveries"
 INCIDENTS_CHANNEL = "mimamori_incident_opened"
@@ -418,58 +421,98 @@ def _chain_for(conn: psycopg.Connection, inc: dict[str, Any]) -> tuple[list[dict
 
 _ADOPT_SQL = _INCIDENT_SQL + """
 WHERE i.status = 'open' AND e.incident_id IS NULL
-ORDER BY i.incident_id LIMIT 1 FOR UPDATE OF i SKIP LOCKED"""
+ORDER BY i.incident_id LIMIT %s FOR UPDATE OF i SKIP LOCKED"""
 
 _DUE_SQL = _INCIDENT_SQL + """
 WHERE e.next_step_at <= %s
-ORDER BY e.next_step_at LIMIT 1 FOR UPDATE OF i SKIP LOCKED"""
+ORDER BY e.next_step_at LIMIT %s FOR UPDATE OF i SKIP LOCKED"""
+
+
+def _each_isolated(conn: psycopg.Connection, rows: list[dict[str, Any]], fn: Any) -> None:
+    """Run ``fn(row)`` for each row in its own savepoint: one bad incident must not block the batch
+    (it is logged and retried on the next pass). A lost connection still aborts everything."""
+    for row in rows:
+        try:
+            with conn.transaction():
+                fn(row)
+        except psycopg.OperationalError:
+            raise
+        except Exception:
+            log.exception("alert engine: incident %s failed; will retry", row["incident_id"])
+
+
+def adopt_new(conn: psycopg.Connection, clock: Clock, worker_id: str, limit: int = 20) -> int:
+    """Take on newly opened incidents (up to ``limit``, one transaction): snapshot each one's chain
+    and run its first steps. Returns how many it took."""
+    now = clock.now()
+    with conn.transaction():
+        incidents = _rows(conn, _ADOPT_SQL, (limit,))
+        _each_isolated(conn, incidents, lambda inc: _adopt(conn, inc, now, worker_id))
+    return len(incidents)
 
 
 def adopt_one(conn: psycopg.Connection, clock: Clock, worker_id: str) -> int | None:
-    """Take on one newly opened incident: snapshot its chain and run the first steps. None: none left."""
+    """Take on one newly opened incident; its id, or None when there is none (tests, tools)."""
     now = clock.now()
     with conn.transaction():
-        inc = _one(conn, _ADOPT_SQL)
-        if inc is None:
+        incidents = _rows(conn, _ADOPT_SQL, (1,))
+        if not incidents:
             return None
-        chain, source = _chain_for(conn, inc)
-        created = _one(conn, """INSERT INTO alert_escalations (incident_id, household_id, chain, chain_source, state,
-                                       status, next_step_at, started_at, updated_at, worker_id)
-                                VALUES (%s, %s, %s, %s, '{}', 'running', %s, %s, %s, %s)
-                                ON CONFLICT (incident_id) DO NOTHING RETURNING incident_id""",
-                       (inc["incident_id"], inc["household_id"], Jsonb(chain), source, as_datetime(now),
-                        as_datetime(now), as_datetime(now), worker_id))
-        if created is None:  # another worker got there first
-            return int(inc["incident_id"])
-        _timeline(conn, inc["incident_id"], now, None, "escalation_started", "system", None,
-                  {"chain": chain, "chain_source": source, "worker": worker_id})
-        if inc["kind"] in WELFARE_KINDS and inc["household_id"] and _away(conn, inc["household_id"], now):
-            _cancel(conn, inc, policy.State(), now, "away", "away mode was on when the incident opened")
-        else:
-            _run(conn, inc, chain, policy.State(), now, worker_id)
-    return int(inc["incident_id"])
+        _adopt(conn, incidents[0], now, worker_id)
+    return int(incidents[0]["incident_id"])
 
 
 def step_one_due(conn: psycopg.Connection, clock: Clock, worker_id: str) -> int | None:
-    """Advance one escalation whose next step is due. None: nothing due."""
+    """Advance one due escalation; its incident id, or None when nothing is due (tests, tools)."""
     now = clock.now()
     with conn.transaction():
-        inc = _one(conn, _DUE_SQL, (as_datetime(now),))
-        if inc is None:
+        incidents = _rows(conn, _DUE_SQL, (as_datetime(now), 1))
+        if not incidents:
             return None
-        esc = _one(conn, "SELECT * FROM alert_escalations WHERE incident_id = %s FOR UPDATE", (inc["incident_id"],))
-        assert esc is not None
-        # the due row we saw may be stale (another worker advanced it before we locked): re-check
-        if esc["next_step_at"] is None or esc["next_step_at"] > as_datetime(now) or esc["status"] == "done":
-            return int(inc["incident_id"])
-        state = policy.State.from_json(esc["state"])
-        if inc["status"] in ("resolved", "cancelled"):
-            _closed_elsewhere(conn, inc, state, now)
-        elif inc["status"] == "claimed":
-            _stop_escalation(conn, inc["incident_id"], "paused", now)
-        else:
-            _run(conn, inc, esc["chain"], state, now, worker_id)
-    return int(inc["incident_id"])
+        _step(conn, incidents[0], now, worker_id)
+    return int(incidents[0]["incident_id"])
+
+
+def _adopt(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: str) -> None:
+    chain, source = _chain_for(conn, inc)
+    created = _one(conn, """INSERT INTO alert_escalations (incident_id, household_id, chain, chain_source, state,
+                                   status, next_step_at, started_at, updated_at, worker_id)
+                            VALUES (%s, %s, %s, %s, '{}', 'running', %s, %s, %s, %s)
+                            ON CONFLICT (incident_id) DO NOTHING RETURNING incident_id""",
+                   (inc["incident_id"], inc["household_id"], Jsonb(chain), source, as_datetime(now),
+                    as_datetime(now), as_datetime(now), worker_id))
+    if created is None:  # another worker got there first
+        return
+    _timeline(conn, inc["incident_id"], now, None, "escalation_started", "system", None,
+              {"chain": chain, "chain_source": source, "worker": worker_id})
+    if inc["kind"] in WELFARE_KINDS and inc["household_id"] and _away(conn, inc["household_id"], now):
+        _cancel(conn, inc, policy.State(), now, "away", "away mode was on when the incident opened")
+    else:
+        _run(conn, inc, chain, policy.State(), now, worker_id)
+
+
+def step_due(conn: psycopg.Connection, clock: Clock, worker_id: str, limit: int = 20) -> int:
+    """Advance escalations whose next step is due (up to ``limit``, one transaction)."""
+    now = clock.now()
+    with conn.transaction():
+        incidents = _rows(conn, _DUE_SQL, (as_datetime(now), limit))
+        _each_isolated(conn, incidents, lambda inc: _step(conn, inc, now, worker_id))
+    return len(incidents)
+
+
+def _step(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: str) -> None:
+    esc = _one(conn, "SELECT * FROM alert_escalations WHERE incident_id = %s FOR UPDATE", (inc["incident_id"],))
+    assert esc is not None
+    # the due row we saw may be stale (another worker advanced it before we locked): re-check
+    if esc["next_step_at"] is None or esc["next_step_at"] > as_datetime(now) or esc["status"] == "done":
+        return
+    state = policy.State.from_json(esc["state"])
+    if inc["status"] in ("resolved", "cancelled"):
+        _closed_elsewhere(conn, inc, state, now)
+    elif inc["status"] == "claimed":
+        _stop_escalation(conn, inc["incident_id"], "paused", now)
+    else:
+        _run(conn, inc, esc["chain"], state, now, worker_id)
 
 
 def _away(conn: psycopg.Connection, household_id: str, now: float) -> bool:

@@ -35,15 +35,20 @@ log = logging.getLogger(__name__)
 
 #: How many escalations one pass takes on before it looks at its notifications again.
 BATCH = 200
+#: Escalations per transaction (each in its own savepoint): fewer commits under a burst.
+BATCH_STEP = 10
 
 
-def _engine_pass(conn: psycopg.Connection, clock: Clock, worker_id: str) -> int:
-    """Adopt new incidents and advance due escalations; returns how many it handled."""
+def _engine_pass(conn: psycopg.Connection, clock: Clock, worker_id: str, wake: threading.Event) -> int:
+    """Adopt new incidents and advance due escalations; returns how many it handled. Wakes the
+    delivery threads after every committed batch so sends start while the pass goes on."""
     done = 0
-    while done < BATCH and service.adopt_one(conn, clock, worker_id) is not None:
-        done += 1
-    while done < BATCH and service.step_one_due(conn, clock, worker_id) is not None:
-        done += 1
+    while done < BATCH:
+        n = service.adopt_new(conn, clock, worker_id, limit=BATCH_STEP) + service.step_due(conn, clock, worker_id, limit=BATCH_STEP)
+        if n == 0:
+            break
+        wake.set()
+        done += n
     return done
 
 
@@ -97,8 +102,7 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
                     listen.execute(f"LISTEN {service.DELIVERIES_CHANNEL}")
                 if conn is None or conn.closed:
                     conn = psycopg.connect(database_url, autocommit=True)
-                if _engine_pass(conn, clock, worker_id):
-                    wake.set()
+                if _engine_pass(conn, clock, worker_id, wake):
                     continue
                 for note in listen.notifies(timeout=cfg.poll_s, stop_after=1):
                     if note.channel == service.DELIVERIES_CHANNEL:

@@ -341,3 +341,75 @@ async def test_notification_stream_backlog_then_live(pg_url: str, conn: psycopg.
     assert [n.notice for n in service.list_notifications(conn, Actor(me, "watcher"))] == ["alert", "claimed"]
     assert service.mark_read(conn, Actor(me, "watcher"), [first["notification_id"]], clock=clock) == 1
     assert len(service.list_notifications(conn, Actor(me, "watcher"), unread_only=True)) == 1
+
+
+def test_web_push_with_vapid_reaches_the_push_service(pg_url: str, conn: psycopg.Connection, clock: ManualClock) -> None:
+    import base64
+    import http.server
+    import os
+
+    import http_ece
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from py_vapid import Vapid02
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    got: list[tuple[str, dict[str, str], bytes]] = []
+
+    class PushService(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.append((self.path, dict(self.headers), body))
+            self.send_response(410 if self.path.endswith("/gone") else 201)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PushService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    browser_key = ec.generate_private_key(ec.SECP256R1())
+    auth = os.urandom(16)
+    public = browser_key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+
+    def subscription(path: str) -> str:
+        return json.dumps({"endpoint": f"http://127.0.0.1:{server.server_port}{path}",
+                           "keys": {"p256dh": b64(public), "auth": b64(auth)}})
+
+    vapid = Vapid02()
+    vapid.generate_keys()
+    pem = vapid.private_pem().decode()
+    town = seed_town(conn, None, tier2=0)
+    phone, gone = town.tier1
+    service.add_channel(conn, who(conn, phone), phone, "webpush", subscription("/push/phone"))
+    service.add_channel(conn, who(conn, gone), gone, "webpush", subscription("/push/gone"))
+    with pytest.raises(models.InvalidInput):
+        service.add_channel(conn, who(conn, phone), phone, "webpush", "{}")
+    stop = threading.Event()
+    t = threading.Thread(target=run_alert_worker, args=(Settings(),), daemon=True, kwargs=dict(
+        database_url=pg_url, mqtt_url=None, clock=clock, stop=stop, worker_id="wp",
+        alert_settings=AlertSettings(poll_s=0.05, delivery_threads=1, vapid_private_key=pem,
+                                     vapid_subject="mailto:ops@mimamori.test")))
+    t.start()
+    try:
+        iid = open_incident(conn, town.household_id, clock.now())
+        wait_for(lambda: len(got) == 2, what="two pushes")
+        path, headers, body = next(g for g in got if g[0] == "/push/phone")
+        headers = {k.lower(): v for k, v in headers.items()}
+        assert headers["authorization"].startswith(("vapid t=", "WebPush ")), headers
+        assert headers["urgency"] == "high"
+        assert headers["content-encoding"] == "aes128gcm"
+        payload = json.loads(http_ece.decrypt(body, private_key=browser_key, auth_secret=auth, version="aes128gcm"))
+        assert payload["incident_id"] == iid and payload["notice"] == "alert" and "見守りアラート" in payload["title"]
+        # the dropped subscription (410) fails at once and its owner is reported unreachable
+        wait_for(lambda: "unreachable" in notices(conn, town.coordinator), what="unreachable report")
+        assert conn.execute("SELECT status, attempts FROM alert_deliveries WHERE recipient = %s AND channel <> 'inapp'",
+                            (gone,)).fetchone() == ("failed", 1)
+    finally:
+        stop.set()
+        t.join(10)
+        server.shutdown()
+        server.server_close()
