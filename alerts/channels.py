@@ -10,6 +10,7 @@ Server-Sent Events.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import warnings
 from collections.abc import AsyncIterator
@@ -62,6 +63,43 @@ APPRISE_CHANNEL_NAMES = {
 }
 
 
+class _LazyTlsContext:
+    """Stands in for ``ssl.create_default_context()`` inside Apprise's SMTP controller, which builds
+    one for every e-mail, even plain SMTP that never uses it. Loading the CA store takes ~45 ms of
+    CPU (holding the GIL) per message; this builds the real context only when TLS is actually
+    used (SMTPS / STARTTLS), with the same settings Apprise applied to it."""
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_settings", {})
+        object.__setattr__(self, "_real", None)
+
+    def _context(self) -> ssl.SSLContext:
+        if self._real is None:
+            real = ssl.create_default_context()
+            for name, value in self._settings.items():  # check_hostname before verify_mode, as set
+                setattr(real, name, value)
+            object.__setattr__(self, "_real", real)
+        return self._real  # type: ignore[return-value]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._real is None:
+            self._settings[name] = value
+        else:
+            setattr(self._real, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context(), name)
+
+
+class _SslForApprise:
+    def __getattr__(self, name: str) -> Any:
+        return getattr(ssl, name)
+
+    @staticmethod
+    def create_default_context(*args: Any, **kwargs: Any) -> Any:
+        return _LazyTlsContext() if not args and not kwargs else ssl.create_default_context(*args, **kwargs)
+
+
 def _apprise() -> Any:
     """Import Apprise once; its e-mail plugin imports the deprecated ``imghdr`` (a warning we silence)."""
     global _apprise_module
@@ -73,6 +111,13 @@ def _apprise() -> Any:
                 from apprise.manager_plugins import NotificationManager
 
                 NotificationManager().load_modules()
+            try:
+                from apprise.plugins.email import smtp as apprise_smtp
+
+                if getattr(apprise_smtp, "ssl", None) is ssl:
+                    apprise_smtp.ssl = _SslForApprise()  # type: ignore[assignment]
+            except ImportError:  # another Apprise layout: no shortcut, same behaviour
+                pass
             _apprise_module = apprise
     return _apprise_module
 

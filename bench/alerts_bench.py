@@ -69,7 +69,7 @@ def _stats(latencies: list[float]) -> dict[str, Any]:
             "mean_s": round(float(arr.mean()), 4)}
 
 
-def run_alerts_bench(database_url: str, *, incidents: int = 1000, smtp: bool = True, rate_per_s: float = 50.0,
+def run_alerts_bench(database_url: str, *, incidents: int = 1000, smtp: bool = True, rate_per_s: float = 20.0,
                      workers: int = 1, delivery_threads: int = 8, timeout_s: float = 120.0) -> dict[str, Any]:
     """Open ``incidents`` incidents at ``rate_per_s`` and measure how fast watchers are told."""
     from aiosmtpd.controller import Controller
@@ -130,7 +130,16 @@ def run_alerts_bench(database_url: str, *, incidents: int = 1000, smtp: bool = T
         listen_thread = threading.Thread(target=listen, daemon=True)
         listen_thread.start()
         listening.wait(5)
-        time.sleep(1.5)  # let the workers start (imports) before the clock starts
+        # the clock starts when every worker listens (its last statement on that connection)
+        ready_deadline = time.monotonic() + 60
+        with psycopg.connect(url, autocommit=True) as conn:
+            while time.monotonic() < ready_deadline:
+                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                   "AND query = 'LISTEN mimamori_alert_deliveries'").fetchone()
+                if row and row[0] >= workers:
+                    break
+                time.sleep(0.05)
+        time.sleep(0.3)
 
         opened_at: dict[int, float] = {}
         person_of: dict[int, str] = {}
