@@ -13,8 +13,8 @@ from mimamori.clock import ManualClock
 from mimamori.config import Settings
 from test_app_support import START, bearer, seed
 
-pytestmark = pytest.mark.integration
-EXAMPLES_PER_OPERATION = 30
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+EXAMPLES_PER_OPERATION = 15
 
 
 def test_no_server_errors(pg_url: str) -> None:
