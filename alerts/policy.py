@@ -343,3 +343,13 @@ def retry_delay(attempts: int) -> float | None:
     if attempts < 1 or attempts > len(RETRY_DELAYS_S):
         return None
     return RETRY_DELAYS_S[attempts - 1]
+
+
+def valid_timezone(name: Any) -> bool:
+    if not isinstance(name, str) or not name or len(name) > 64:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
+        return False
+    return True

@@ -197,7 +197,7 @@ def comment(conn: psycopg.Connection, actor: ActorLike, incident_id: int, text: 
             channel: str = "app") -> TimelineEntry:
     """A message on the incident's team timeline; the rest of the team gets it in the app."""
     text = (text or "").strip()
-    if not text or len(text) > MAX_COMMENT:
+    if not text or len(text) > MAX_COMMENT or "\x00" in text:
         raise InvalidInput(f"a comment is 1..{MAX_COMMENT} characters")
     now = clock.now()
     with conn.transaction():
@@ -223,7 +223,7 @@ def resolve(conn: psycopg.Connection, actor: ActorLike, incident_id: int, outcom
     if outcome not in OUTCOMES:
         raise InvalidInput(f"outcome must be one of {OUTCOMES}")
     note = (note or "").strip()
-    if len(note) > MAX_COMMENT:
+    if len(note) > MAX_COMMENT or "\x00" in note:
         raise InvalidInput("note too long")
     now = clock.now()
     if outcome == "away" and (away_until is None or away_until <= now):
@@ -322,6 +322,8 @@ def _may_manage_person(conn: psycopg.Connection, actor: ActorLike, person_id: st
 def add_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, kind: str, target: str, *,
                 label: str | None = None, position: int = 0) -> int:
     """Add an Apprise URL (``kind='apprise'``) or a Web Push subscription (JSON) for a person."""
+    if "\x00" in (target or "") or "\x00" in (label or ""):
+        raise InvalidInput("no NUL characters")
     if kind == "apprise":
         if not re.match(r"^[a-z][a-z0-9+.-]*://\S+$", target or ""):
             raise InvalidInput("an Apprise URL looks like mailto://..., slack://..., ntfy://...")
@@ -358,6 +360,8 @@ def remove_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, c
 def set_quiet_hours(conn: psycopg.Connection, actor: ActorLike, person_id: str, start: Any, end: Any,
                     timezone: str = "Asia/Tokyo") -> None:
     """Quiet hours (``datetime.time`` or None) hold back non-urgent notices; welfare alerts are never muted."""
+    if not policy.valid_timezone(timezone):
+        raise InvalidInput(f"unknown time zone {timezone!r}")
     with conn.transaction():
         _may_manage_person(conn, actor, person_id)
         conn.execute("""INSERT INTO person_alert_rules (person_id, quiet_start, quiet_end, timezone) VALUES (%s, %s, %s, %s)
@@ -641,7 +645,8 @@ def enqueue_notice(conn: psycopg.Connection, inc: dict[str, Any], people: Sequen
             continue
         send_at = now
         if not urgent:
-            send_at = policy.quiet_hours_end(now, person["quiet_start"], person["quiet_end"], person["timezone"] or "Asia/Tokyo") or now
+            tz = person["timezone"] if policy.valid_timezone(person["timezone"]) else "Asia/Tokyo"
+            send_at = policy.quiet_hours_end(now, person["quiet_start"], person["quiet_end"], tz) or now
         mine = channels.get(person_id, [])
         for order, ch in enumerate(mine):
             # the channel order is kept by staggering by a millisecond per position

@@ -1,0 +1,213 @@
+"""Thin FastAPI routers over ``alerts.service`` (JSON API under ``/api/alerts``).
+
+Wiring (the app does this; the alerts stage does not know how people sign in):
+
+- ``current_person``: declared here, provided by the app, which then mounts the router::
+
+      app.dependency_overrides[alerts.views.current_person] = app.auth.current_person
+      app.include_router(alerts.views.alerts_api)
+
+  (Named ``alerts_api``, not ``api``, so nothing mounts it before that override exists; an
+  unwired endpoint answers 503.) Whatever it returns needs ``person_id``,
+  ``role`` and ``area`` (the app's ``Person`` fits).
+- ``alert_connection`` / ``alert_clock``: a psycopg connection from ``request.app.state.pool`` and
+  the clock ``request.app.state.clock`` (the app's conventions); override them to change that.
+- Server-Sent Events of a person's in-app notifications: ``GET /api/alerts/notifications/stream``
+  (uses the pool's conninfo for its LISTEN connection).
+
+Errors: ``NotFound`` 404, ``Forbidden`` 403, ``Conflict`` 409, ``InvalidInput`` 422.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import time as dt_time
+from typing import Annotated, Any, Literal
+
+import psycopg
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import Path as FPath
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from alerts import models, service
+from alerts.channels import notification_stream
+from alerts.models import ActorLike
+from mimamori.clock import Clock
+
+
+async def current_person() -> ActorLike:
+    """The signed-in person. Provided by the app through ``dependency_overrides``."""
+    raise HTTPException(503, "alerts.views.current_person is not wired: the app must override it")
+
+
+def alert_connection(request: Request) -> Iterator[psycopg.Connection]:
+    with request.app.state.pool.connection() as conn:
+        conn.autocommit = True
+        yield conn
+
+
+def alert_clock(request: Request) -> Clock:
+    return request.app.state.clock  # type: ignore[no-any-return]
+
+
+Actor = Annotated[ActorLike, Depends(current_person)]
+IncidentId = Annotated[int, FPath(ge=1, le=2**63 - 1)]
+ChannelId = Annotated[int, FPath(ge=1, le=2**63 - 1)]
+TextId = Annotated[str, FPath(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f/]+$")]
+NO_NUL = r"^[^\x00]*$"
+Conn = Annotated[psycopg.Connection, Depends(alert_connection)]
+ClockDep = Annotated[Clock, Depends(alert_clock)]
+
+_STATUS = {models.NotFound: 404, models.Forbidden: 403, models.Conflict: 409, models.InvalidInput: 422}
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except models.AlertError as exc:
+        raise HTTPException(_STATUS.get(type(exc), 400), str(exc)) from None
+
+
+def _json(obj: Any) -> Any:
+    return json.loads(json.dumps(asdict(obj), default=str))
+
+
+class CommentIn(BaseModel):
+    text: str = Field(min_length=1, max_length=service.MAX_COMMENT, pattern=NO_NUL)
+
+
+class ResolveIn(BaseModel):
+    outcome: Literal["fine", "needed_help", "emergency_services", "away", "device_problem", "false_alarm"]
+    note: str = Field(default="", max_length=service.MAX_COMMENT, pattern=NO_NUL)
+    away_until: float | None = Field(default=None, ge=0, le=4e9)  # epoch seconds, for outcome "away"
+
+
+class ChannelIn(BaseModel):
+    kind: Literal["apprise", "webpush"]
+    target: str = Field(min_length=1, max_length=4000, pattern=NO_NUL)
+    label: str | None = Field(default=None, max_length=100, pattern=NO_NUL)
+    position: int = Field(default=0, ge=0, le=100)
+
+
+class QuietHoursIn(BaseModel):
+    start: dt_time | None = None
+    end: dt_time | None = None
+    timezone: str = Field(default="Asia/Tokyo", max_length=64, pattern=r"^[A-Za-z0-9_+/-]+$")
+
+
+alerts_api = APIRouter(prefix="/api/alerts", tags=["alerts"])
+
+
+@alerts_api.get("")
+def list_alerts(actor: Actor, conn: Conn, status: Annotated[list[str] | None, Query()] = None) -> list[Any]:
+    """The actor's alerts; default: open and claimed ones."""
+    statuses = status or ["open", "claimed"]
+    if not set(statuses) <= set(models.STATUSES):
+        raise HTTPException(422, f"status is one of {models.STATUSES}")
+    return [_json(v) for v in service.list_my_alerts(conn, actor, statuses=statuses)]
+
+
+@alerts_api.get("/notifications")
+def list_notifications(actor: Actor, conn: Conn, after_id: int = 0, unread_only: bool = False) -> list[Any]:
+    return [_json(n) for n in service.list_notifications(conn, actor, after_id=after_id, unread_only=unread_only)]
+
+
+@alerts_api.get("/notifications/stream")
+async def stream_notifications(request: Request, actor: Actor,
+                               last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    database_url = request.app.state.pool.conninfo
+
+    async def events() -> AsyncIterator[str]:
+        async for item in notification_stream(database_url, actor.person_id, after_id=after, idle_timeout_s=15):
+            if await request.is_disconnected():
+                return
+            if item.get("keepalive"):
+                yield ": keepalive\n\n"
+            else:
+                yield f"id: {item['notification_id']}\nevent: notification\ndata: {json.dumps(item, default=str)}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@alerts_api.get("/chains/{household_id}")
+def get_chain(household_id: TextId, actor: Actor, conn: Conn) -> dict[str, Any]:
+    with _errors():
+        steps, source = service.get_chain(conn, actor, household_id)
+    return {"household_id": household_id, "steps": steps, "source": source}
+
+
+@alerts_api.put("/chains/{household_id}")
+def set_chain(household_id: TextId, steps: list[dict[str, Any]], actor: Actor, conn: Conn, clock: ClockDep) -> dict[str, Any]:
+    with _errors():
+        clean = service.set_chain(conn, actor, household_id, steps, clock=clock)
+    return {"household_id": household_id, "steps": clean, "source": "household"}
+
+
+@alerts_api.delete("/chains/{household_id}", status_code=204)
+def reset_chain(household_id: TextId, actor: Actor, conn: Conn) -> None:
+    with _errors():
+        service.reset_chain(conn, actor, household_id)
+
+
+@alerts_api.get("/people/{person_id}/channels")
+def list_channels(person_id: TextId, actor: Actor, conn: Conn) -> list[dict[str, Any]]:
+    with _errors():
+        return service.list_channels(conn, actor, person_id)
+
+
+@alerts_api.post("/people/{person_id}/channels", status_code=201)
+def add_channel(person_id: TextId, body: ChannelIn, actor: Actor, conn: Conn) -> dict[str, int]:
+    with _errors():
+        cid = service.add_channel(conn, actor, person_id, body.kind, body.target, label=body.label, position=body.position)
+    return {"channel_id": cid}
+
+
+@alerts_api.delete("/people/{person_id}/channels/{channel_id}", status_code=204)
+def remove_channel(person_id: TextId, channel_id: ChannelId, actor: Actor, conn: Conn) -> None:
+    with _errors():
+        service.remove_channel(conn, actor, person_id, channel_id)
+
+
+@alerts_api.put("/people/{person_id}/quiet-hours", status_code=204)
+def set_quiet_hours(person_id: TextId, body: QuietHoursIn, actor: Actor, conn: Conn) -> None:
+    if (body.start is None) != (body.end is None):
+        raise HTTPException(422, "give both start and end, or neither")
+    with _errors():
+        service.set_quiet_hours(conn, actor, person_id, body.start, body.end, body.timezone)
+
+
+@alerts_api.get("/{incident_id}")
+def get_alert(incident_id: IncidentId, actor: Actor, conn: Conn) -> Any:
+    with _errors():
+        return _json(service.get_incident(conn, actor, incident_id))
+
+
+@alerts_api.get("/{incident_id}/timeline")
+def get_timeline(incident_id: IncidentId, actor: Actor, conn: Conn) -> list[Any]:
+    with _errors():
+        return [_json(e) for e in service.timeline(conn, actor, incident_id)]
+
+
+@alerts_api.post("/{incident_id}/claim")
+def claim(incident_id: IncidentId, actor: Actor, conn: Conn, clock: ClockDep) -> Any:
+    with _errors():
+        return _json(service.claim(conn, actor, incident_id, clock=clock, channel="api"))
+
+
+@alerts_api.post("/{incident_id}/comment", status_code=201)
+def comment(incident_id: IncidentId, body: CommentIn, actor: Actor, conn: Conn, clock: ClockDep) -> Any:
+    with _errors():
+        return _json(service.comment(conn, actor, incident_id, body.text, clock=clock, channel="api"))
+
+
+@alerts_api.post("/{incident_id}/resolve")
+def resolve(incident_id: IncidentId, body: ResolveIn, actor: Actor, conn: Conn, clock: ClockDep) -> Any:
+    with _errors():
+        return _json(service.resolve(conn, actor, incident_id, body.outcome, body.note, clock=clock,
+                                     away_until=body.away_until, channel="api"))
