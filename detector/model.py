@@ -82,10 +82,10 @@ class DetectorParams:
     neighbour_weight: float = 0.35
     other_daytype_weight: float = 0.2
     # The threshold: the (1 - beta) quantile of silences from this slot, plus a margin.
-    beta: float = 0.01
-    margin_h: float = 2.0
-    margin_frac: float = 0.15
-    min_alarm_h: float = 2.5
+    beta: float = 0.005
+    margin_h: float = 3.0
+    margin_frac: float = 0.25
+    min_alarm_h: float = 3.0
     alpha: float = 1e-3  # score threshold = -log10(alpha)
     tail_tau_h: float = 3.0  # extrapolation past the last edge
     min_history: float = 6.0  # less exposure than this behind a threshold: the "population prior" rule
