@@ -381,3 +381,10 @@ def run_replay_casas(path: str, bulbs_only: bool = False, *, seed: int = 0, cuts
     result = evaluate(rp, tick_s=tick_s, params=params)
     result["run"] = {"replay": f"casas:{path}", "bulbs_only": bulbs_only, "seed": seed, "tick_s": tick_s, **info}
     return result
+
+
+def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per system (detector, then the baselines) for a human-readable table."""
+    systems = [("detector", result["detector"]), *result["baselines"].items()]
+    keys = ("recall", "median_delay_h", "p90_delay_h", "false_alerts_per_household_month")
+    return [{"system": name, **{k: r[k] for k in keys}} for name, r in systems]
