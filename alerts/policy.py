@@ -37,7 +37,8 @@ DEFAULT_CHAIN: tuple[dict[str, Any], ...] = (
 )
 
 #: Technical incidents (device offline, area outage) go to the coordinator only, never the team.
-TECHNICAL_CHAIN: tuple[dict[str, Any], ...] = ({"type": "notify", "coordinator": True},)
+#: Not urgent: the coordinator's quiet hours apply.
+TECHNICAL_CHAIN: tuple[dict[str, Any], ...] = ({"type": "notify", "coordinator": True, "urgent": False},)
 
 #: How often a resident check looks for the resident's response while it waits.
 RESIDENT_CHECK_POLL_S = 30.0

@@ -84,9 +84,9 @@ LEFT JOIN alert_escalations e ON e.incident_id = i.incident_id
 def _may_act(conn: psycopg.Connection, actor: ActorLike, household_id: str | None, area: str | None) -> bool:
     if actor.role == "operator":
         return True
-    if actor.role == "coordinator":
-        return actor.area is not None and actor.area == area
-    if actor.role == "watcher" and household_id is not None:
+    if actor.role == "coordinator" and actor.area is not None and actor.area == area:
+        return True
+    if actor.role in ("watcher", "coordinator") and household_id is not None:  # on the household's team
         return _one(conn, "SELECT 1 AS ok FROM household_watchers WHERE household_id = %s AND person_id = %s",
                     (household_id, actor.person_id)) is not None
     return False
@@ -97,7 +97,8 @@ def _scope_sql(actor: ActorLike) -> tuple[str, dict[str, Any]]:
     if actor.role == "operator":
         return "TRUE", {}
     if actor.role == "coordinator":
-        return "coalesce(h.area, i.area) = %(area)s", {"area": actor.area}
+        return ("(coalesce(h.area, i.area) = %(area)s OR EXISTS (SELECT 1 FROM household_watchers w"
+                " WHERE w.household_id = i.household_id AND w.person_id = %(me)s))"), {"area": actor.area, "me": actor.person_id}
     if actor.role == "watcher":
         return ("EXISTS (SELECT 1 FROM household_watchers w WHERE w.household_id = i.household_id"
                 " AND w.person_id = %(me)s)"), {"me": actor.person_id}
@@ -259,6 +260,22 @@ def resolve(conn: psycopg.Connection, actor: ActorLike, incident_id: int, outcom
         return _view(_incident_for(conn, actor, incident_id))
 
 
+def _admin_log(conn: psycopg.Connection, at: float, actor: ActorLike, action: str, subject: str,
+               data: dict[str, Any] | None = None, channel: str = "app") -> None:
+    conn.execute("""INSERT INTO alert_admin_log (at, actor, action, subject, channel, data) VALUES (%s, %s, %s, %s, %s, %s)""",
+                 (as_datetime(at), actor.person_id, action, subject, channel, Jsonb(data or {})))
+
+
+def admin_log(conn: psycopg.Connection, actor: ActorLike, subject: str) -> list[dict[str, Any]]:
+    """Changes to a household's chain or a person's channels and rules (for whoever may manage them)."""
+    h = _one(conn, "SELECT area FROM households WHERE household_id = %s", (subject,))
+    if h is not None:
+        _household_for_manager(conn, actor, subject)
+    else:
+        _may_manage_person(conn, actor, subject)
+    return _rows(conn, "SELECT * FROM alert_admin_log WHERE subject = %s ORDER BY entry_id", (subject,))
+
+
 # --- chains -----------------------------------------------------------------------------------
 
 
@@ -280,7 +297,8 @@ def get_chain(conn: psycopg.Connection, actor: ActorLike, household_id: str) -> 
     return (row["steps"], "household") if row else (list(policy.DEFAULT_CHAIN), "default")
 
 
-def set_chain(conn: psycopg.Connection, actor: ActorLike, household_id: str, steps: Any, *, clock: Clock) -> list[dict[str, Any]]:
+def set_chain(conn: psycopg.Connection, actor: ActorLike, household_id: str, steps: Any, *, clock: Clock,
+              channel: str = "app") -> list[dict[str, Any]]:
     """Replace a household's chain. Incidents already open keep the chain they started with."""
     try:
         clean = policy.validate_chain(steps)
@@ -292,14 +310,26 @@ def set_chain(conn: psycopg.Connection, actor: ActorLike, household_id: str, ste
                         ON CONFLICT (household_id) DO UPDATE SET steps = EXCLUDED.steps, updated_at = EXCLUDED.updated_at,
                         updated_by = EXCLUDED.updated_by""",
                      (household_id, Jsonb(clean), as_datetime(clock.now()), actor.person_id))
+        _admin_log(conn, clock.now(), actor, "chain_set", household_id, {"steps": clean}, channel)
     return clean
 
 
-def reset_chain(conn: psycopg.Connection, actor: ActorLike, household_id: str) -> None:
+def reset_chain(conn: psycopg.Connection, actor: ActorLike, household_id: str, *, clock: Clock | None = None,
+                channel: str = "app") -> None:
     """Back to the default chain."""
     with conn.transaction():
         _household_for_manager(conn, actor, household_id)
         conn.execute("DELETE FROM escalation_chains WHERE household_id = %s", (household_id,))
+        _admin_log(conn, _now_or_db(conn, clock), actor, "chain_reset", household_id, None, channel)
+
+
+def _now_or_db(conn: psycopg.Connection, clock: Clock | None) -> float:
+    """The caller's clock; callers without one (older signatures) get the database's time."""
+    if clock is not None:
+        return clock.now()
+    row = _one(conn, "SELECT extract(epoch FROM now())::float8 AS t")
+    assert row is not None
+    return float(row["t"])
 
 
 # --- channels and rules per person ------------------------------------------------------------
@@ -320,7 +350,7 @@ def _may_manage_person(conn: psycopg.Connection, actor: ActorLike, person_id: st
 
 
 def add_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, kind: str, target: str, *,
-                label: str | None = None, position: int = 0) -> int:
+                label: str | None = None, position: int = 0, clock: Clock | None = None) -> int:
     """Add an Apprise URL (``kind='apprise'``) or a Web Push subscription (JSON) for a person."""
     if "\x00" in (target or "") or "\x00" in (label or ""):
         raise InvalidInput("no NUL characters")
@@ -341,7 +371,10 @@ def add_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, kind
         row = _one(conn, """INSERT INTO person_channels (person_id, kind, target, label, position) VALUES (%s, %s, %s, %s, %s)
                             ON CONFLICT (person_id, kind, target) DO UPDATE SET enabled = true, label = EXCLUDED.label,
                             position = EXCLUDED.position RETURNING channel_id""", (person_id, kind, target, label, position))
-    assert row is not None
+        assert row is not None
+        # the target may hold a secret (a token in an Apprise URL): the log keeps only its scheme
+        _admin_log(conn, _now_or_db(conn, clock), actor, "channel_added", person_id,
+                   {"channel_id": row["channel_id"], "kind": kind, "scheme": target.split(":", 1)[0] if kind == "apprise" else "webpush"})
     return int(row["channel_id"])
 
 
@@ -351,14 +384,16 @@ def list_channels(conn: psycopg.Connection, actor: ActorLike, person_id: str) ->
                           WHERE person_id = %s ORDER BY position, channel_id""", (person_id,))
 
 
-def remove_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, channel_id: int) -> None:
+def remove_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, channel_id: int, *,
+                   clock: Clock | None = None) -> None:
     with conn.transaction():
         _may_manage_person(conn, actor, person_id)
         conn.execute("UPDATE person_channels SET enabled = false WHERE person_id = %s AND channel_id = %s", (person_id, channel_id))
+        _admin_log(conn, _now_or_db(conn, clock), actor, "channel_removed", person_id, {"channel_id": channel_id})
 
 
 def set_quiet_hours(conn: psycopg.Connection, actor: ActorLike, person_id: str, start: Any, end: Any,
-                    timezone: str = "Asia/Tokyo") -> None:
+                    timezone: str = "Asia/Tokyo", *, clock: Clock | None = None) -> None:
     """Quiet hours (``datetime.time`` or None) hold back non-urgent notices; welfare alerts are never muted."""
     if not policy.valid_timezone(timezone):
         raise InvalidInput(f"unknown time zone {timezone!r}")
@@ -367,6 +402,8 @@ def set_quiet_hours(conn: psycopg.Connection, actor: ActorLike, person_id: str, 
         conn.execute("""INSERT INTO person_alert_rules (person_id, quiet_start, quiet_end, timezone) VALUES (%s, %s, %s, %s)
                         ON CONFLICT (person_id) DO UPDATE SET quiet_start = EXCLUDED.quiet_start,
                         quiet_end = EXCLUDED.quiet_end, timezone = EXCLUDED.timezone""", (person_id, start, end, timezone))
+        _admin_log(conn, _now_or_db(conn, clock), actor, "quiet_hours_set", person_id,
+                   {"start": str(start) if start else None, "end": str(end) if end else None, "timezone": timezone})
 
 
 # --- in-app notifications ---------------------------------------------------------------------

@@ -145,14 +145,14 @@ def get_chain(household_id: TextId, actor: Actor, conn: Conn) -> dict[str, Any]:
 @alerts_api.put("/chains/{household_id}")
 def set_chain(household_id: TextId, steps: list[dict[str, Any]], actor: Actor, conn: Conn, clock: ClockDep) -> dict[str, Any]:
     with _errors():
-        clean = service.set_chain(conn, actor, household_id, steps, clock=clock)
+        clean = service.set_chain(conn, actor, household_id, steps, clock=clock, channel="api")
     return {"household_id": household_id, "steps": clean, "source": "household"}
 
 
 @alerts_api.delete("/chains/{household_id}", status_code=204)
-def reset_chain(household_id: TextId, actor: Actor, conn: Conn) -> None:
+def reset_chain(household_id: TextId, actor: Actor, conn: Conn, clock: ClockDep) -> None:
     with _errors():
-        service.reset_chain(conn, actor, household_id)
+        service.reset_chain(conn, actor, household_id, clock=clock, channel="api")
 
 
 @alerts_api.get("/people/{person_id}/channels")
@@ -162,24 +162,32 @@ def list_channels(person_id: TextId, actor: Actor, conn: Conn) -> list[dict[str,
 
 
 @alerts_api.post("/people/{person_id}/channels", status_code=201)
-def add_channel(person_id: TextId, body: ChannelIn, actor: Actor, conn: Conn) -> dict[str, int]:
+def add_channel(person_id: TextId, body: ChannelIn, actor: Actor, conn: Conn, clock: ClockDep) -> dict[str, int]:
     with _errors():
-        cid = service.add_channel(conn, actor, person_id, body.kind, body.target, label=body.label, position=body.position)
+        cid = service.add_channel(conn, actor, person_id, body.kind, body.target, label=body.label, position=body.position,
+                                  clock=clock)
     return {"channel_id": cid}
 
 
 @alerts_api.delete("/people/{person_id}/channels/{channel_id}", status_code=204)
-def remove_channel(person_id: TextId, channel_id: ChannelId, actor: Actor, conn: Conn) -> None:
+def remove_channel(person_id: TextId, channel_id: ChannelId, actor: Actor, conn: Conn, clock: ClockDep) -> None:
     with _errors():
-        service.remove_channel(conn, actor, person_id, channel_id)
+        service.remove_channel(conn, actor, person_id, channel_id, clock=clock)
 
 
 @alerts_api.put("/people/{person_id}/quiet-hours", status_code=204)
-def set_quiet_hours(person_id: TextId, body: QuietHoursIn, actor: Actor, conn: Conn) -> None:
+def set_quiet_hours(person_id: TextId, body: QuietHoursIn, actor: Actor, conn: Conn, clock: ClockDep) -> None:
     if (body.start is None) != (body.end is None):
         raise HTTPException(422, "give both start and end, or neither")
     with _errors():
-        service.set_quiet_hours(conn, actor, person_id, body.start, body.end, body.timezone)
+        service.set_quiet_hours(conn, actor, person_id, body.start, body.end, body.timezone, clock=clock)
+
+
+@alerts_api.get("/audit/{subject}")
+def get_admin_log(subject: TextId, actor: Actor, conn: Conn) -> list[Any]:
+    """Who changed a household's chain or a person's channels and quiet hours, and when."""
+    with _errors():
+        return json.loads(json.dumps(service.admin_log(conn, actor, subject), default=str))
 
 
 @alerts_api.get("/{incident_id}")

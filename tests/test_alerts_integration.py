@@ -211,7 +211,7 @@ def test_resident_check_blinks_the_bulb_and_a_toggle_cancels(conn: psycopg.Conne
         command = protocol.decode_command(received[0][1])
         assert received[0][0] == protocol.command_topic(town.gateway_id, town.bulb_id)
         assert command.cmd == "blink" and command.args["times"] == 3
-        assert "blinked" in actions(conn, iid)
+        wait_for(lambda: "blinked" in actions(conn, iid), what="blink recorded as sent")
         # the resident toggles the bulb two minutes later (ingest writes the event row)
         clock.advance(120)
         conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind) VALUES (%s, %s, %s, 1, 'on')",

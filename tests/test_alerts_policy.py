@@ -138,3 +138,21 @@ def test_quiet_hours() -> None:
     assert q(at(13), time(12), time(14), "Asia/Tokyo") == at(14)
     assert q(at(14), time(12), time(14), "Asia/Tokyo") is None
     assert q(at(3), None, None, "Asia/Tokyo") is None
+
+
+def test_lazy_tls_context_applies_settings_when_tls_is_used() -> None:
+    import ssl
+
+    from alerts.channels import _LazyTlsContext, _SslForApprise
+
+    shim = _SslForApprise()
+    assert shim.CERT_NONE is ssl.CERT_NONE
+    ctx = shim.create_default_context()
+    assert isinstance(ctx, _LazyTlsContext) and ctx._real is None  # nothing loaded for plain SMTP
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    assert ctx._real is None
+    assert ctx.verify_mode == ssl.CERT_NONE and ctx.check_hostname is False  # reading builds the real one
+    assert isinstance(ctx._real, ssl.SSLContext)
+    verified = shim.create_default_context()
+    assert verified.verify_mode == ssl.CERT_REQUIRED and verified.check_hostname is True

@@ -74,4 +74,11 @@ def test_claim_comment_resolve_and_chains_over_http(client: TestClient, pg_url: 
     assert client.put(f"/api/alerts/people/{town.tier1[0]}/quiet-hours", headers=me,
                       json={"start": "22:00", "end": "07:00", "timezone": "Mars/Olympus"}).status_code == 422
     assert client.get("/api/alerts/99999999999999999999", headers=me).status_code == 422
+    # settings changes are audited too (who, when, what, channel), without secrets from URLs
+    log = client.get(f"/api/alerts/audit/{town.household_id}", headers=coord).json()
+    assert [(e["action"], e["actor"], e["channel"]) for e in log] == [("chain_set", town.coordinator, "api")]
+    assert client.get(f"/api/alerts/audit/{town.household_id}", headers=me).status_code == 403
+    log = client.get(f"/api/alerts/audit/{town.tier1[0]}", headers=me).json()
+    assert [e["action"] for e in log] == ["channel_added", "quiet_hours_set"]
+    assert "mimamori-test" not in str(log)
     assert client.post(f"/api/alerts/{iid}/comment", headers=me, json={"text": "a\u0000b"}).status_code == 422
