@@ -66,6 +66,10 @@ def _delivery_loop(database_url: str, clock: Clock, senders: flows.Senders, wake
             conn = None
             stop.wait(1.0)
             continue
+        except Exception:  # a bug must not silently end this thread; the row stays pending
+            log.exception("alert delivery: unexpected error; retrying in a second")
+            stop.wait(1.0)
+            continue
         if wake.wait(poll_s):
             wake.clear()
     if conn is not None:
@@ -113,6 +117,9 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
                     if c is not None:
                         c.close()
                 listen = conn = None
+                stop.wait(1.0)
+            except Exception:  # keep escalating other incidents; this pass is retried
+                log.exception("alert worker: unexpected error; retrying in a second")
                 stop.wait(1.0)
     finally:
         finished.set()
