@@ -87,6 +87,7 @@ class DetectorService:
         self.cursor: datetime | None = None
         self._seen_recent: set[tuple[str, int]] = set()
         self._last_prior = 0.0
+        self._health_cursor: datetime | None = None
         self.rebuild()
 
     # -- model state ---------------------------------------------------------------------------
@@ -97,6 +98,7 @@ class DetectorService:
         self.state = m.new_state(kinds, epoch=now - self.history_days * 86400, tz_offset_s=tz, area=area, params=self.params)
         since = _ts(now - self.history_days * 86400)
         self.cursor = None
+        self._health_cursor = None
         self._take_events("time >= %s", (since,))
         m.refresh_prior(self.state)
         self._last_prior = now
@@ -136,9 +138,15 @@ class DetectorService:
 
     def _read_health(self, now: float) -> None:
         st = self.state
-        for device_id, last_seen, last_hb in self.conn.execute(
-            "SELECT device_id, extract(epoch FROM last_seen_at), extract(epoch FROM last_heartbeat_at) FROM device_state"
-        ):
+        # Only rows changed since the last read (ingest bumps updated_at), so a tick stays cheap.
+        rows = self.conn.execute(
+            """SELECT device_id, extract(epoch FROM last_seen_at), extract(epoch FROM last_heartbeat_at), updated_at
+               FROM device_state WHERE %s::timestamptz IS NULL OR updated_at > %s""",
+            (self._health_cursor, self._health_cursor),
+        ).fetchall()
+        for device_id, last_seen, last_hb, updated in rows:
+            if self._health_cursor is None or updated > self._health_cursor:
+                self._health_cursor = updated
             pos = self.fleet.device_index.get(device_id)
             if pos is None:
                 continue
@@ -147,12 +155,11 @@ class DetectorService:
             if last_hb is not None:
                 st.dev_heartbeats[pos] = True
         st.gateway_offline_since[:] = np.nan
-        for gateway_id, status, changed in self.conn.execute(
-            "SELECT gateway_id, status, extract(epoch FROM status_changed_at) FROM gateways"
+        for gateway_id, changed in self.conn.execute(
+            "SELECT gateway_id, extract(epoch FROM status_changed_at) FROM gateways WHERE status = 'offline'"
         ):
-            if status == "offline":
-                for r in self.fleet.gateway_of.get(gateway_id, []):
-                    st.gateway_offline_since[r] = float(changed) if changed is not None else now
+            for r in self.fleet.gateway_of.get(gateway_id, []):
+                st.gateway_offline_since[r] = float(changed) if changed is not None else now
 
     def _away(self, now: float) -> np.ndarray:
         away = np.full(self.state.n, np.nan)

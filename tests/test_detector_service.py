@@ -59,7 +59,7 @@ def test_simulated_collapse_becomes_an_incident_row(pg_url: str) -> None:
         for _ in range(48):
             clock.advance(1800)
             with psycopg.connect(pg_url) as conn:  # the devices keep sending heartbeats (ingest records them)
-                conn.execute("UPDATE device_state SET last_seen_at = to_timestamp(%s), last_heartbeat_at = to_timestamp(%s)", (clock.now(), clock.now()))
+                conn.execute("UPDATE device_state SET last_seen_at = to_timestamp(%s), last_heartbeat_at = to_timestamp(%s), updated_at = now()", (clock.now(), clock.now()))
             service.tick()
             with psycopg.connect(pg_url) as conn:
                 row = conn.execute("SELECT kind, status, rule, score, evidence, extract(epoch FROM opened_at) FROM incidents WHERE kind IN ('inactivity', 'long_on')").fetchone()
