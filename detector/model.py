@@ -379,9 +379,9 @@ def observe(
     if rec.any():
         daytype, hour = local_slot(starts_effective[rec], state.tz_offset_s[hh[rec]])
         base = ((hh[rec] * 2 + daytype) * 24 + hour) * len(SILENCE_EDGES_H)
-        # A silence that went past its alarm threshold is learned with a small weight: a one-off
-        # (a night away, an outage nobody reported) must not blunt the detector for weeks, while a
-        # new habit that keeps coming back is still learned.
+        # A silence that went past its alarm threshold can be learned with a smaller weight
+        # (``anomalous_weight``), so a one-off does not blunt the detector for weeks; measured on the
+        # simulator, full weight (1.0, the default) gave fewer false alerts at the same delays.
         alarmed = ~same[rec] & (gap_h[rec] > state.alarm_after_h[hh[rec]])
         weight = np.where(alarmed, p.anomalous_weight, 1.0)
         _add_exceedance(state.sil_hist.reshape(-1), base, gap_h[rec].astype(np.float32), SILENCE_EDGES_H, exposure=False, weight=weight)
