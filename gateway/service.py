@@ -468,14 +468,14 @@ class Gateway:
         batch, self._delivered = self._delivered, []
         self.outbox.ack(abs(row_id) for row_id, _ in batch if row_id is not None)
         self._stats["acked"] += len(batch)
-        with self._progress:
-            self._progress.notify_all()
         if self.on_delivered is not None:
             for _, event in batch:
                 try:
                     self.on_delivered(event)
                 except Exception:
                     log.exception("gateway %s: on_delivered failed", self.gateway_id)
+        with self._progress:  # after the callbacks, so a woken flush() usually finds them done
+            self._progress.notify_all()
 
     def _pump(self) -> None:
         self._collect_acks(force=False)
@@ -592,6 +592,9 @@ def run_gateway(
     finally:
         local.disconnect()
         local.loop_stop()
+        sock = local.socket()  # loop_stop may win the race against the DISCONNECT write
+        if sock is not None:
+            sock.close()
         gateway.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -42,6 +42,16 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return predicate()
 
 
+def close_client(client: paho.Client) -> None:
+    """disconnect + loop_stop, then close the socket if loop_stop won the race against the
+    DISCONNECT write (paho leaves it open, and a collected client then warns ResourceWarning)."""
+    client.disconnect()
+    client.loop_stop()
+    sock = client.socket()
+    if sock is not None:
+        sock.close()
+
+
 class Listener:
     """A plain paho subscriber to one gateway's topics, recording everything it receives.
 
@@ -88,8 +98,7 @@ class Listener:
             return len(self.events)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        close_client(self.client)
 
 
 @pytest.fixture
@@ -148,22 +157,15 @@ def test_local_messages_go_through_the_adapters(mqtt_url: mqtt.MqttUrl, gateway_
 
 
 @pytest.fixture
-def persistent_mosquitto(tmp_path: Path) -> Iterator[embedded.MosquittoBroker]:
-    """Mosquitto with the project's config whose persistence works when tests run as root.
-
-    Started as root, Mosquitto drops to the ``mosquitto`` user, which cannot write under pytest's
-    0700 tmp dirs ("Error: Permission denied" in its log); it then forgets the listener's session
-    across the restart. ``user root`` keeps it able to save and restore sessions.
-    """
-    broker = embedded.MosquittoBroker(tmp_path / "mosquitto")
-    if os.geteuid() == 0:
-        broker.config_path.write_text(broker.config_path.read_text() + "user root\n")
-    broker.start()
-    yield broker
-    broker.stop()
+def persistent_mosquitto(own_broker: embedded.EmbeddedBroker) -> embedded.EmbeddedBroker:
+    """A Mosquitto of this test's own that keeps sessions across a restart (persistence), so the
+    listener's queued messages survive; amqtt cannot be restarted that way."""
+    if own_broker.kind != "mosquitto":
+        pytest.skip("needs a restartable Mosquitto with persistence")
+    return own_broker
 
 
-def test_broker_restart_mid_stream_loses_nothing(persistent_mosquitto: embedded.MosquittoBroker, gateway_id: str, tmp_path: Path) -> None:
+def test_broker_restart_mid_stream_loses_nothing(persistent_mosquitto: embedded.EmbeddedBroker, gateway_id: str, tmp_path: Path) -> None:
     own_broker = persistent_mosquitto
     url = mqtt.MqttUrl.parse(own_broker.url)
     listener = Listener(url, gateway_id)
@@ -234,8 +236,7 @@ def test_resend_command_republishes_from_the_replay_window(
         publisher.publish(protocol.command_topic(gateway_id, "dev-0"), protocol.encode_command(Command("resend", {"from_seq": 50, "to_seq": 60})), qos=1)
         publisher.publish(protocol.command_topic(gateway_id, "dev-0"), b"{nonsense", qos=1).wait_for_publish(5)
         assert wait_for(lambda: gw.stats["rejected_commands"] == 1)
-        publisher.disconnect()
-        publisher.loop_stop()
+        close_client(publisher)
     assert [listener.events[("dev-0", s)] for s in range(1, 11)] == [1, 1, 2, 2, 2, 1, 1, 1, 1, 1]
 
 
@@ -249,8 +250,7 @@ def test_other_commands_reach_on_command(mqtt_url: mqtt.MqttUrl, gateway_id: str
         publisher.loop_start()
         publisher.publish(protocol.command_topic(gateway_id, "kitchen-bulb"), protocol.encode_command(Command("blink", {"times": 3})), qos=1)
         assert wait_for(lambda: len(got) == 1)
-        publisher.disconnect()
-        publisher.loop_stop()
+        close_client(publisher)
     assert got == [("kitchen-bulb", Command("blink", {"times": 3}))]
 
 
@@ -272,7 +272,7 @@ def test_heartbeat_follows_the_clock(mqtt_url: mqtt.MqttUrl, gateway_id: str, li
     assert listener.heartbeats[1]["ts"] == listener.heartbeats[0]["ts"] + 60_000
 
 
-def test_submit_while_broker_unreachable_then_deliver(persistent_mosquitto: embedded.MosquittoBroker, gateway_id: str, tmp_path: Path) -> None:
+def test_submit_while_broker_unreachable_then_deliver(persistent_mosquitto: embedded.EmbeddedBroker, gateway_id: str, tmp_path: Path) -> None:
     url = mqtt.MqttUrl.parse(persistent_mosquitto.url)
     listener = Listener(url, gateway_id)  # its persistent session outlives the broker restart
     persistent_mosquitto.stop()
@@ -384,13 +384,11 @@ def test_run_gateway_bridges_a_home_broker(mqtt_url: mqtt.MqttUrl, gateway_id: s
         publisher.publish(protocol.command_topic(gateway_id, f"{home}-bulb"), protocol.encode_command(Command("blink", {"times": 2})), qos=1)
         assert wait_for(lambda: len(blinks) == 1)
         assert protocol.decode_command(blinks[0]) == Command("blink", {"times": 2})
-        publisher.disconnect()
-        publisher.loop_stop()
+        close_client(publisher)
     finally:
         stop.set()
         runner.join(15)
-        device.disconnect()
-        device.loop_stop()
+        close_client(device)
     assert not runner.is_alive()
     assert wait_for(lambda: listener.status[-1:] == [b"offline"])
 
