@@ -106,7 +106,9 @@ def _scope_sql(actor: ActorLike) -> tuple[str, dict[str, Any]]:
 
 
 def _incident_for(conn: psycopg.Connection, actor: ActorLike, incident_id: int, *, lock: bool = False) -> dict[str, Any]:
-    sql = _INCIDENT_SQL + " WHERE i.incident_id = %s" + (" FOR UPDATE OF i" if lock else "")
+    # NO KEY UPDATE: serialises claim/resolve/steps on the incident without blocking the foreign-key
+    # checks of rows that merely reference it (timeline entries written by delivery threads)
+    sql = _INCIDENT_SQL + " WHERE i.incident_id = %s" + (" FOR NO KEY UPDATE OF i" if lock else "")
     inc = _one(conn, sql, (incident_id,))
     if inc is None or not _may_act(conn, actor, inc["household_id"], inc["eff_area"]):
         raise NotFound(f"incident {incident_id} not found")
@@ -462,11 +464,11 @@ def _chain_for(conn: psycopg.Connection, inc: dict[str, Any]) -> tuple[list[dict
 
 _ADOPT_SQL = _INCIDENT_SQL + """
 WHERE i.status = 'open' AND e.incident_id IS NULL
-ORDER BY i.incident_id LIMIT %s FOR UPDATE OF i SKIP LOCKED"""
+ORDER BY i.incident_id LIMIT %s FOR NO KEY UPDATE OF i SKIP LOCKED"""
 
 _DUE_SQL = _INCIDENT_SQL + """
 WHERE e.next_step_at <= %s
-ORDER BY e.next_step_at LIMIT %s FOR UPDATE OF i SKIP LOCKED"""
+ORDER BY e.next_step_at LIMIT %s FOR NO KEY UPDATE OF i SKIP LOCKED"""
 
 
 def _each_isolated(conn: psycopg.Connection, rows: list[dict[str, Any]], fn: Any) -> None:

@@ -2,8 +2,8 @@
 
 Nothing is scheduled in process memory: every escalation's next step is ``alert_escalations.
 next_step_at`` and every send is an ``alert_deliveries`` row, both picked with FOR UPDATE SKIP
-LOCKED. So any number of workers can run side by side, and a restarted (even SIGKILLed) worker
-resumes where the last one was.
+LOCKED (incident rows: FOR NO KEY UPDATE ... SKIP LOCKED). So any number of workers can run side by
+side, and a restarted (even SIGKILLed) worker resumes where the last one was.
 
 Wake-ups: LISTEN on ``mimamori_incident_opened`` (a trigger fires it when an incident opens or is
 closed elsewhere) and ``mimamori_alert_deliveries`` (new outbox rows), plus a short poll

@@ -115,7 +115,7 @@ def test_fall_to_resolve_end_to_end(conn: psycopg.Connection, smtp: SmtpSink, wo
     wait_for(lambda: len(smtp.to(town.emails[t1a])) == 3 and len(smtp.to(town.emails[t1b])) == 3, what="resolved mail")
     trail = [a for a in actions(conn, iid) if a != "delivered"]
     assert trail == ["escalation_started", "notified", "notified", "claimed", "resolved"], workers.logs()
-    assert actions(conn, iid).count("delivered") == 2 + 1 + 2 + 2
+    wait_for(lambda: actions(conn, iid).count("delivered") == 2 + 1 + 2 + 2, what="sends recorded")  # after SMTP's OK
     assert conn.execute("SELECT label FROM incident_labels WHERE incident_id = %s", (iid,)).fetchone() == ("true_positive",)
 
 
