@@ -150,6 +150,7 @@ class AlertLog:
         # Re-detections that update an open alert with new evidence (e.g. one more device down):
         # the service updates the incident row and tells the coordinator.
         self.updated: list[tuple[str, int, float]] = []
+        self.closed: list[tuple[str, int, float]] = []
         self._extent: dict[str, np.ndarray] = {}
 
     def update_extent(self, kind: str, extent: np.ndarray, now: float) -> None:
@@ -168,6 +169,8 @@ class AlertLog:
         for k in np.flatnonzero(condition & ~prev).tolist():
             self.opened.append((kind, k, now))
             self.evidence.append(evidence(k) if evidence is not None else {})
+        for k in np.flatnonzero(prev & ~condition).tolist():
+            self.closed.append((kind, k, now))
         self.open[kind] = condition.copy()
 
 
@@ -272,6 +275,16 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
     by_target: dict[tuple[str, int], list[float]] = defaultdict(list)
     for kind, key, t in log.opened + log.updated:
         by_target[(kind, key)].append(t)
+    # Open intervals, to see whether an alert of the right kind was already open when an incident
+    # began (a silence that had already raised an alert went on into the incident).
+    intervals: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
+    closes: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for kind, key, t in log.closed:
+        closes[(kind, key)].append(t)
+    for kind, key, t in log.opened:
+        later = [c for c in closes[(kind, key)] if c > t]
+        intervals[(kind, key)].append((t, min(later) if later else math.inf))
+    already_open = 0
     delays: list[float] = []
     per_kind: dict[str, dict[str, Any]] = {}
     kinds_delays: dict[str, list[float]] = defaultdict(list)
@@ -290,6 +303,13 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
             for t in by_target.get((ak, key), ()):
                 if inc["start"] <= t <= inc["start"] + DETECTION_WINDOW_S:
                     best = min(best, t)
+        if best == math.inf:
+            for ak in exp:
+                key = inc["area"] if ak == "area_outage" else inc["hh"]
+                if any(a < inc["start"] < b for a, b in intervals.get((ak, key), ())):
+                    best = inc["start"]  # already alerted: watchers are on their way (delay 0)
+                    already_open += 1
+                    break
         if best < math.inf:
             hits += 1
             kinds_hit[inc["kind"]] += 1
@@ -335,6 +355,7 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
         "incidents": total,
         "detected": hits,
         "false_alerts": n_false,
+        "detected_while_already_open": already_open,
         "false_alerts_by_kind": {k: false_by_kind.get(k, 0) for k in ALERT_KINDS},
         "false_alerts_per_household_month_incl_learning": round(false_all / months_all, 4) if months_all else None,
         "welfare": welfare,

@@ -198,20 +198,25 @@ class DetectorService:
 
     def _evidence(self, sc: m.Scores, r: int, kind: str) -> tuple[str | None, float | None, dict[str, Any]]:
         iso = lambda x: _ts(float(x)).isoformat() if np.isfinite(x) else None  # noqa: E731
+        # ``episode`` names what is alarming (this silence, this light since then, these devices), so an
+        # incident a watcher closed is not reopened for the same episode.
         if kind == "inactivity":
             return (f"model:{m.RULES[sc.inactivity_rule[r]]}", float(sc.inactivity_score[r]),
-                    {"silence_start": iso(sc.silence_start[r]), "expected_activity_by": iso(sc.expected_by[r]),
+                    {"episode": f"silence:{iso(sc.silence_start[r])}",
+                     "silence_start": iso(sc.silence_start[r]), "expected_activity_by": iso(sc.expected_by[r]),
                      "alarm_at": iso(sc.alarm_at[r]), "score": float(sc.inactivity_score[r]), "rule": m.RULES[sc.inactivity_rule[r]]})
         if kind == "long_on":
             sw = int(sc.long_on_switch[r])
             cols = np.flatnonzero(self.state.dev_switch[r] == sw)
             device = self.fleet.devices[r][int(cols[0])] if len(cols) else None
             return ("model:long_on", float(sc.long_on_hours[r]),
-                    {"device": device, "on_since": iso(sc.long_on_since[r]), "on_hours": float(sc.long_on_hours[r]),
+                    {"episode": f"on:{device}:{iso(sc.long_on_since[r])}",
+                     "device": device, "on_since": iso(sc.long_on_since[r]), "on_hours": float(sc.long_on_hours[r]),
                      "silence_start": iso(sc.silence_start[r]), "expected_activity_by": iso(sc.expected_by[r])})
         devices = [self.fleet.devices[r][c] for c in np.flatnonzero(sc.offline_devices[r]) if c < len(self.fleet.devices[r])]
         return ("heartbeat_timeout" if not sc.gateway_offline[r] else "gateway_last_will", float(len(devices)),
-                {"devices": devices, "gateway_offline": bool(sc.gateway_offline[r])})
+                {"episode": "offline:" + ",".join(devices) + (":gateway" if sc.gateway_offline[r] else ""),
+                 "devices": devices, "gateway_offline": bool(sc.gateway_offline[r])})
 
     def _write_incidents(self, sc: m.Scores, now: float) -> dict[str, int]:
         conditions = {"inactivity": sc.inactivity, "long_on": sc.long_on, "device_offline": sc.device_offline}
@@ -219,11 +224,18 @@ class DetectorService:
         open_rows = {(h, k): (i, s) for i, h, k, s in self.conn.execute(
             "SELECT incident_id, household_id, kind, status FROM incidents WHERE status IN ('open', 'claimed') AND household_id IS NOT NULL")}
         index = {h: i for i, h in enumerate(self.fleet.households)}
+        # Episodes a watcher (or the coordinator) already closed recently: not reopened.
+        done = {(h, k, e) for h, k, e in self.conn.execute(
+            """SELECT household_id, kind, evidence->>'episode' FROM incidents
+               WHERE status IN ('resolved', 'cancelled') AND household_id IS NOT NULL AND closed_at > %s""",
+            (_ts(now - 7 * 86400),))}
         with self.conn.transaction():
             for kind, cond in conditions.items():
                 for r in np.flatnonzero(cond).tolist():
                     rule, score, evidence = self._evidence(sc, r, kind)
                     hid = self.fleet.households[r]
+                    if (hid, kind, evidence["episode"]) in done and (hid, kind) not in open_rows:
+                        continue
                     res = self.conn.execute(
                         """INSERT INTO incidents (household_id, area, kind, opened_at, updated_at, rule, score, evidence)
                            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)

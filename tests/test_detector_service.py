@@ -111,3 +111,32 @@ def test_run_detector_loop_stops_and_offline_gateway_is_a_device_incident(pg_url
     with psycopg.connect(pg_url) as conn:
         rows = conn.execute("SELECT kind, rule FROM incidents").fetchall()
     assert rows == [("device_offline", "gateway_last_will")]
+
+
+def test_an_incident_a_watcher_closed_is_not_reopened_for_the_same_silence(pg_url: str) -> None:
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("INSERT INTO households (household_id, display_name, area) VALUES ('h1', 'x', 'area-01')")
+        conn.execute("INSERT INTO gateways (gateway_id, household_id, area, status) VALUES ('g1', 'h1', 'area-01', 'online')")
+        conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind) VALUES ('d1', 'g1', 'h1', 'bulb')")
+        conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind) VALUES (to_timestamp(%s), 'h1', 'd1', 1, 'off')", (DEFAULT_START,))
+    clock = ManualClock(DEFAULT_START + 25 * H)  # 25 h of silence: the hard cap
+    service = DetectorService(pg_url, clock)
+    try:
+        service.tick()
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT count(*) FROM incidents WHERE kind = 'inactivity' AND status = 'open'").fetchone()[0] == 1
+            conn.execute("UPDATE incidents SET status = 'resolved', outcome = 'fine', closed_at = now()")
+        clock.advance(600)
+        service.tick()
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT count(*) FROM incidents WHERE kind = 'inactivity'").fetchone()[0] == 1
+            # A new silence (after new activity) may alert again.
+            conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind, received_at) VALUES (to_timestamp(%s), 'h1', 'd1', 2, 'on', now())", (clock.now(),))
+        clock.advance(600)
+        service.tick()
+        clock.advance(25 * H)
+        service.tick()
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT count(*) FROM incidents WHERE kind IN ('inactivity', 'long_on') AND status = 'open'").fetchone()[0] == 1
+    finally:
+        service.close()
