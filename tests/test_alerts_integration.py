@@ -8,7 +8,6 @@ import threading
 from collections.abc import Iterator
 from datetime import time as dt_time
 
-import paho.mqtt.client as paho
 import psycopg
 import pytest
 from alerts_fixtures import SmtpSink, Town, actions, notices, open_incident, seed_town, wait_for

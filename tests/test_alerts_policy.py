@@ -13,11 +13,6 @@ from mimamori.clock import ManualClock
 TEAM = Team(members=(("a", 1), ("b", 1), ("c", 2)), coordinators=("coord",), bulbs=(("gw1", "bulb1"),))
 
 
-def run_to_rest(chain, state, ctx, clock):
-    out = advance(chain, state, ctx, clock.now())
-    return out
-
-
 def notified(actions):
     return [(a.people, a.step_key) for a in actions if isinstance(a, Notify)]
 
