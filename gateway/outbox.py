@@ -109,6 +109,8 @@ class Outbox:
         self._pending = self._db.execute("SELECT count(*) FROM event WHERE acked_at IS NULL").fetchone()[0]
         self._window = self._db.execute("SELECT count(*) FROM event WHERE acked_at IS NOT NULL").fetchone()[0]
         self._counters: dict[str, int] = dict(self._db.execute("SELECT name, value FROM counter"))
+        # Row ids only grow while this process runs (see submit_many); a new process starts its
+        # uplink cursor from scratch, so ids reused across a restart are harmless.
         self._last_id: int = self._db.execute("SELECT coalesce(max(id), 0) FROM event").fetchone()[0]
         self._closed = False
 
@@ -131,6 +133,10 @@ class Outbox:
             try:
                 self._make_room(len(readings))
                 rows = []
+                # Explicit ids, never reused in this process: SQLite would give a new row the id of
+                # a deleted highest row (an acked heartbeat, a pruned one), and the uplink's
+                # ``id > last published`` cursor would then never see it.
+                next_id = self._last_id
                 for r in readings:
                     last = seqs_touched.get(r.device_id, self._last_seq.get(r.device_id, 0))
                     if r.seq is not None:
@@ -144,9 +150,9 @@ class Outbox:
                     value = None if r.value is None else float(r.value)
                     event = Event(r.device_id, seq, int(r.ts_ms), r.kind, value)
                     events.append(event)
-                    rows.append((event.device_id, event.seq, event.ts_ms, event.kind, event.value))
-                self._db.executemany("INSERT INTO event (device_id, seq, ts_ms, kind, value) VALUES (?,?,?,?,?)", rows)
-                last_id = self._db.execute("SELECT last_insert_rowid()").fetchone()[0] if rows else self._last_id
+                    next_id += 1
+                    rows.append((next_id, event.device_id, event.seq, event.ts_ms, event.kind, event.value))
+                self._db.executemany("INSERT INTO event (id, device_id, seq, ts_ms, kind, value) VALUES (?,?,?,?,?,?)", rows)
                 changed = [(d, s) for d, s in seqs_touched.items() if s != self._last_seq.get(d)]
                 if changed:
                     self._db.executemany(
@@ -165,7 +171,7 @@ class Outbox:
                 raise
             self._last_seq.update(seqs_touched)
             self._pending += len(rows)
-            self._last_id = last_id
+            self._last_id = next_id
             return events
 
     def ack(self, row_ids: Iterable[int]) -> int:

@@ -83,6 +83,25 @@ def test_acked_heartbeats_are_not_kept(tmp_path: Path, clock: ManualClock) -> No
         assert [e.kind for _, e in box.replay("bulb", 0, 10)] == ["on"]
 
 
+def test_row_ids_are_never_reused_after_deletes(tmp_path: Path, clock: ManualClock) -> None:
+    """The uplink reads ``pending(after_id=last published)``: a new row must get a higher id even
+    when the highest row was deleted (acked heartbeat, pruned, evicted). Found by firmware_sim."""
+    with Outbox(tmp_path / "o.db", clock=clock, window_s=10) as box:
+        box.submit(Reading("probe", "on", T0))
+        box.submit(Reading("probe", "heartbeat", T0 + 1))
+        rows = box.pending(10)
+        box.ack(i for i, _ in rows)  # the heartbeat, the highest row, is deleted
+        box.submit(Reading("probe", "off", T0 + 2))
+        assert [e.kind for _, e in box.pending(10, after_id=rows[-1][0])] == ["off"]
+        last = box.pending(10)[-1][0]
+        box.ack([last])
+        clock.advance(11)
+        assert box.prune() == 2  # the whole window, highest row included
+        box.submit(Reading("probe", "on", T0 + 3))
+        assert [e.kind for _, e in box.pending(10, after_id=last)] == ["on"]
+        assert box.last_id == last + 1
+
+
 def test_replay_window_serves_resends_and_expires(tmp_path: Path, clock: ManualClock) -> None:
     with Outbox(tmp_path / "o.db", clock=clock, window_s=3600, window_rows_per_device=100) as box:
         for i in range(10):

@@ -452,3 +452,15 @@ def test_reconnects_back_off_when_the_broker_hangs_up(gateway_id: str, tmp_path:
     assert stop_s < 2.5  # a backoff wait does not delay stop
     with Outbox(tmp_path / "o.db", clock=SystemClock()) as box:
         assert box.depth == 1  # still there for the next start
+
+
+def test_no_stall_after_the_newest_row_was_an_acked_heartbeat(mqtt_url: mqtt.MqttUrl, gateway_id: str, listener: Listener, tmp_path: Path) -> None:
+    with make_gateway(mqtt_url, gateway_id, tmp_path / "o.db") as gw:
+        gw.submit(Reading("dev", "on", T0))
+        gw.submit(Reading("dev", "heartbeat", T0 + 1))
+        assert gw.flush(5)
+        time.sleep(0.1)  # the ack commit of the heartbeat deletes the newest row
+        gw.submit(Reading("dev", "off", T0 + 2))
+        assert gw.flush(5), gw.stats
+        assert gw.stats["reconnects"] == 0
+    assert wait_for(lambda: {("dev", 1), ("dev", 2)} <= set(listener.events))
