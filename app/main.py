@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.auth import current_person
 from app.auth import views as auth_views
 from app.devices import views as device_views
 from app.errors import AppError, NotAuthenticated
@@ -29,6 +29,7 @@ from app.incidents import views as incident_views
 from app.live import router as live_router
 from app.privacy import views as privacy_views
 from app.pwa import router as pwa_router
+from app.pwa import vapid_public_key
 from mimamori.clock import Clock, SystemClock
 from mimamori.config import Settings
 from mimamori.db import make_pool
@@ -57,8 +58,7 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     app.state.settings = settings
     app.state.clock = clock or SystemClock()
     app.state.stopping = threading.Event()
-    app.state.vapid_public_key = (getattr(settings, "webpush_vapid_public_key", None)
-                                  or os.environ.get("MIMAMORI_WEBPUSH_VAPID_PUBLIC_KEY"))
+    app.state.vapid_public_key = vapid_public_key(settings)
 
     @app.exception_handler(AppError)
     async def app_error(request: Request, exc: AppError) -> Response:
@@ -120,15 +120,16 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
 
 
 def _include_alerts_routers(app: FastAPI) -> None:
-    """The alerts stage may ship its own routers (they use ``app.auth.current_person``)."""
+    """Mount the alerts stage's own JSON API (``/api/alerts``), signed in through the app's sessions."""
     try:
         views = importlib.import_module("alerts.views")
     except ImportError:
         return
-    for name in ("router", "api", "pages"):
-        router = getattr(views, name, None)
-        if router is not None:
-            app.include_router(router)
+    router = getattr(views, "alerts_api", None)
+    if router is None:
+        return
+    app.dependency_overrides[views.current_person] = current_person
+    app.include_router(router)
 
 
 def run_app(settings: Settings, *, database_url: str, host: str = "127.0.0.1", port: int = 8000,

@@ -4,6 +4,8 @@ browser's push subscription as a ``person_channels`` row of kind ``webpush`` (th
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
@@ -15,6 +17,7 @@ from app.db import Conn
 from app.incidents.service import _alerts_errors
 from app.i18n import request_locale, translate
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["push"])
 STATIC = Path(__file__).parent / "static"
 
@@ -36,6 +39,32 @@ def service_worker() -> Response:
     # Served from the root so its scope covers the whole app.
     return Response((STATIC / "sw.js").read_text(encoding="utf-8"), media_type="text/javascript",
                     headers={"cache-control": "no-cache"})
+
+
+def vapid_public_key(settings: object) -> str | None:
+    """The applicationServerKey browsers subscribe with (base64url, uncompressed P-256 point):
+    ``MIMAMORI_WEBPUSH_VAPID_PUBLIC_KEY``, else derived from the alert engine's
+    ``MIMAMORI_ALERTS_VAPID_PRIVATE_KEY`` (PEM text, PEM file or base64url), else None (push off)."""
+    explicit = getattr(settings, "webpush_vapid_public_key", None) or os.environ.get("MIMAMORI_WEBPUSH_VAPID_PUBLIC_KEY")
+    if explicit:
+        return explicit.strip()
+    private = os.environ.get("MIMAMORI_ALERTS_VAPID_PRIVATE_KEY")
+    if not private:
+        return None
+    try:
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+        from py_vapid import Vapid02, b64urlencode
+
+        if private.lstrip().startswith("-----BEGIN"):
+            vapid = Vapid02.from_pem(private.strip().encode())
+        elif os.path.isfile(private):
+            vapid = Vapid02.from_file(private)
+        else:
+            vapid = Vapid02.from_string(private)
+        return b64urlencode(vapid.public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint))
+    except Exception:  # a bad key turns push off in the browser; the alerts stage reports it when sending
+        log.warning("could not derive the VAPID public key; Web Push subscriptions are off", exc_info=True)
+        return None
 
 
 class PushKeys(BaseModel):

@@ -67,6 +67,9 @@ def test_cookie_session_needs_csrf_for_changes(world) -> None:
         assert r.status_code == 303
         assert c.post(f"/api/incidents/{ids['h1']}/comment", json={"body": "向かいます"},
                       headers={"x-csrf-token": csrf}).status_code == 204
+        # a second "I'll go" (someone was quicker) lands back on the alert with a notice, not an error page
+        r = c.post(f"/alerts/{ids['h1']}/claim", data={"csrf_token": csrf})
+        assert r.status_code == 200 and "すでに他の操作がされています" in r.text and "向かいます" in r.text
 
 
 def test_claim_and_resolve_through_alerts_engine(world) -> None:

@@ -134,3 +134,36 @@ def test_area_outage_banner_and_device_problems(world) -> None:
     with app_client(url, clock) as c:
         cookie_login(c, "watcher_b")
         assert "通信障害" not in c.get("/").text
+
+
+def test_pwa_manifest_service_worker_and_push_subscription(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    from py_vapid import Vapid02
+
+    vapid = Vapid02()
+    vapid.generate_keys()
+    monkeypatch.setenv("MIMAMORI_ALERTS_VAPID_PRIVATE_KEY", vapid.private_pem().decode())
+    monkeypatch.delenv("MIMAMORI_WEBPUSH_VAPID_PUBLIC_KEY", raising=False)
+    url, clock, _ = world
+    with app_client(url, clock) as c:
+        manifest = c.get("/manifest.webmanifest").json()
+        assert manifest["start_url"] == "/" and manifest["display"] == "standalone" and manifest["lang"] == "ja"
+        sw = c.get("/sw.js")
+        assert sw.headers["content-type"].startswith("text/javascript") and "showNotification" in sw.text
+        csrf = cookie_login(c, "watcher_a")
+        home = c.get("/").text
+        key = home.split('name="vapid-public-key" content="')[1].split('"')[0]
+        assert len(key) == 87  # 65-byte uncompressed P-256 point, base64url
+        sub = {"endpoint": "https://push.example.invalid/abc", "keys": {"p256dh": "BNcR", "auth": "tBHI"}}
+        assert c.post("/api/push/subscriptions", json=sub, headers={"x-csrf-token": csrf}).status_code == 204
+    with psycopg.connect(url) as conn:
+        kind, target = conn.execute("SELECT kind, target FROM person_channels WHERE person_id = 'watcher_a'").fetchone()
+    assert kind == "webpush" and json.loads(target)["endpoint"] == sub["endpoint"]
+
+
+def test_alerts_router_is_mounted_with_app_sessions(world) -> None:
+    pytest.importorskip("alerts.views")
+    url, clock, ids = world
+    with app_client(url, clock) as c:
+        assert c.get("/api/alerts").status_code == 401
+        listed = c.get("/api/alerts", headers=bearer(c, "watcher_a"))
+        assert listed.status_code == 200 and [i["incident_id"] for i in listed.json()] == [ids["h1"]]

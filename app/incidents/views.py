@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
+from app.errors import Conflict
 from app.incidents import service
 from app.models import Text
 from app.templating import render
@@ -98,14 +99,20 @@ def alert_partial(incident_id: IncidentId, request: Request, person: CurrentPers
 
 @pages.post("/alerts/{incident_id}/claim")
 def claim_submit(incident_id: IncidentId, person: CurrentPerson, conn: Conn, clock: ClockDep) -> Response:
-    service.claim(conn, clock, person, incident_id)
+    try:
+        service.claim(conn, clock, person, incident_id)
+    except Conflict:  # someone else was quicker: show the alert as it is now
+        return RedirectResponse(f"/alerts/{incident_id}?msg=err_conflict", status_code=303)
     return RedirectResponse(f"/alerts/{incident_id}", status_code=303)
 
 
 @pages.post("/alerts/{incident_id}/resolve")
 def resolve_submit(incident_id: IncidentId, person: CurrentPerson, conn: Conn, clock: ClockDep,
                    outcome: Annotated[str, Form()], note: Annotated[str, Form(max_length=2000)] = "") -> Response:
-    service.resolve(conn, clock, person, incident_id, outcome=outcome, note=note.strip() or None)
+    try:
+        service.resolve(conn, clock, person, incident_id, outcome=outcome, note=note.strip() or None)
+    except Conflict:
+        return RedirectResponse(f"/alerts/{incident_id}?msg=err_conflict", status_code=303)
     return RedirectResponse(f"/alerts/{incident_id}", status_code=303)
 
 
