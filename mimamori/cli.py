@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
+from mimamori.clock import Clock, SystemClock
 from mimamori.config import Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="見守り mimamori: a watch-over service.")
@@ -93,14 +95,7 @@ def db_migrate(database_url: DatabaseOpt = None) -> None:
 @app.command()
 def ingest(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
     """Consume gateway events from MQTT into PostgreSQL (exactly once, acked after commit)."""
-    from ingest.consumer import run_ingest
-    from mimamori.runtime import services
-
-    settings = _settings(database_url, mqtt_url)
-    stop = _stop_on_signals()
-    with services(settings, start_embedded=False) as svc:
-        console.print(f"ingest: {svc.describe()}")
-        run_ingest(settings, database_url=svc.database_url, mqtt_url=svc.mqtt_url, stop=stop)
+    _one_stage("ingest", database_url, mqtt_url)
 
 
 @app.command()
@@ -126,21 +121,56 @@ def gateway(
     run_gateway(settings, gateway_id=gateway_id, local_url=local_url, outbox_path=outbox_path)
 
 
-def _run_stages(settings: Settings, svc: Any, stop: threading.Event, on_batch: Any = None) -> list[threading.Thread]:
-    """Start the service stages in threads of this process (one place that knows them all)."""
-    from ingest.consumer import run_ingest
+STAGES = ("ingest", "detector", "alerts", "app")
 
-    threads = [
-        threading.Thread(
-            target=run_ingest,
-            name="ingest",
-            kwargs=dict(settings=settings, database_url=svc.database_url, mqtt_url=svc.mqtt_url, stop=stop, on_batch=on_batch),
-            daemon=True,
-        )
-    ]
+
+def _stage_target(name: str, settings: Settings, svc: Any, stop: threading.Event, clock: Clock) -> Any:
+    """The blocking entry point of one service stage, bound to its arguments."""
+    import functools
+    import socket
+
+    if name == "ingest":
+        from ingest.consumer import run_ingest
+
+        return functools.partial(run_ingest, settings, database_url=svc.database_url, mqtt_url=svc.mqtt_url, stop=stop)
+    if name == "detector":
+        from detector.service import run_detector
+
+        return functools.partial(run_detector, settings, database_url=svc.database_url, clock=clock, stop=stop,
+                                 tick_s=settings.detector_tick_s)
+    if name == "alerts":
+        from alerts.worker import run_alert_worker
+
+        worker_id = settings.alerts_worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        return functools.partial(run_alert_worker, settings, database_url=svc.database_url, mqtt_url=svc.mqtt_url,
+                                 clock=clock, stop=stop, worker_id=worker_id)
+    if name == "app":
+        from app.main import run_app
+
+        return functools.partial(run_app, settings, database_url=svc.database_url, host=settings.app_host,
+                                 port=settings.app_port, stop=stop, clock=clock)
+    raise ValueError(f"unknown stage {name!r}")
+
+
+def _run_stages(settings: Settings, svc: Any, stop: threading.Event, *, clock: Clock | None = None,
+                stages: tuple[str, ...] = STAGES) -> list[threading.Thread]:
+    """Start the service stages in threads of this process (one place that knows them all)."""
+    clock = clock or SystemClock()
+    threads = [threading.Thread(target=_stage_target(name, settings, svc, stop, clock), name=name, daemon=True)
+               for name in stages]
     for t in threads:
         t.start()
     return threads
+
+
+def _serve_until_stopped(threads: list[threading.Thread], stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        dead = [t.name for t in threads if not t.is_alive()]
+        if dead:
+            console.print(f"[red]stage stopped unexpectedly: {', '.join(dead)}; shutting down[/]")
+            stop.set()
+    for t in threads:
+        t.join(30)
 
 
 @app.command()
@@ -151,14 +181,37 @@ def serve(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
     settings = _settings(database_url, mqtt_url)
     stop = _stop_on_signals()
     with services(settings) as svc:
-        console.print(f"[bold]mimamori serve[/]: {svc.describe()}  (Ctrl-C to stop)")
-        threads = _run_stages(settings, svc, stop)
-        while not stop.wait(0.5):
-            if not all(t.is_alive() for t in threads):
-                console.print("[red]a stage stopped unexpectedly; shutting down[/]")
-                stop.set()
-        for t in threads:
-            t.join(30)
+        console.print(f"[bold]mimamori serve[/]: {svc.describe()}; web app http://{settings.app_host}:{settings.app_port}/"
+                      "  (Ctrl-C to stop)")
+        _serve_until_stopped(_run_stages(settings, svc, stop), stop)
+
+
+def _one_stage(name: str, database_url: str | None, mqtt_url: str | None) -> None:
+    from mimamori.runtime import services
+
+    settings = _settings(database_url, mqtt_url)
+    stop = _stop_on_signals()
+    with services(settings, start_embedded=False) as svc:
+        console.print(f"{name}: {svc.describe()}")
+        _serve_until_stopped(_run_stages(settings, svc, stop, stages=(name,)), stop)
+
+
+@app.command()
+def detector(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
+    """Score every household on a tick; open, update and close incidents."""
+    _one_stage("detector", database_url, mqtt_url)
+
+
+@app.command("alerts")
+def alerts_worker(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
+    """Run an alert worker (escalation steps and channel sends); run several to share the load."""
+    _one_stage("alerts", database_url, mqtt_url)
+
+
+@app.command("app")
+def web_app(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
+    """Serve the web app and API."""
+    _one_stage("app", database_url, mqtt_url)
 
 
 @app.command()
@@ -226,6 +279,70 @@ def bench_ingest(
         _print_json(result)
     else:
         console.print(result)
+
+
+@bench_app.command("detector")
+def bench_detector(
+    households: Annotated[int, typer.Option(min=1)] = 1_000_000,
+    json_out: JsonOpt = False,
+) -> None:
+    """One scoring pass over N households (pure model, one core) and the state size per household."""
+    from bench.detector_bench import run_detector_bench
+
+    _settings()
+    result = run_detector_bench(households)
+    _print_json(result) if json_out else console.print(result)
+
+
+@bench_app.command("alerts")
+def bench_alerts(
+    incidents: Annotated[int, typer.Option(min=10)] = 1000,
+    rate: Annotated[float, typer.Option(help="Incidents opened per second.")] = 20.0,
+    workers: Annotated[int, typer.Option(min=1, max=16)] = 1,
+    json_out: JsonOpt = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Incident opened → notification accepted by the channel (in-app, e-mail to a local SMTP server)."""
+    from bench.alerts_bench import run_alerts_bench
+    from mimamori.runtime import services
+
+    settings = _settings(database_url)
+    with services(settings) as svc:
+        result = run_alerts_bench(svc.database_url, incidents=incidents, rate_per_s=rate, workers=workers)
+    _print_json(result) if json_out else console.print(result)
+
+
+@app.command("eval")
+def evaluate(
+    households: Annotated[int, typer.Option(min=1)] = 300,
+    days: Annotated[float, typer.Option(min=7)] = 90.0,
+    seed: int = 11,
+    bulbs_only: Annotated[bool, typer.Option("--bulbs-only", help="Only bulbs, as many homes will have.")] = False,
+    replay: Annotated[Optional[str], typer.Option(help="Replay real logs instead: casas:PATH")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Detector and both baselines on the same streams: recall, delays, false alerts."""
+    from bench.eval import run_eval, run_replay_casas, summary_rows
+
+    _settings()
+    if replay:
+        kind, _, path = replay.partition(":")
+        if kind != "casas" or not path:
+            raise typer.BadParameter("--replay takes casas:PATH")
+        result = run_replay_casas(path, bulbs_only=bulbs_only)
+    else:
+        result = run_eval(households, days, seed, bulbs_only=bulbs_only)
+    if json_out:
+        _print_json(result)
+        return
+    from rich.table import Table
+
+    table = Table(title="mimamori eval")
+    for col in ("system", "recall", "median_delay_h", "p90_delay_h", "false_alerts_per_household_month"):
+        table.add_column(col, justify="right" if col != "system" else "left")
+    for row in summary_rows(result):
+        table.add_row(*(str(row[k]) if not isinstance(row[k], float) else f"{row[k]:.3f}" for k in row))
+    Console().print(table)
 
 
 def main() -> None:

@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     gateway_id: str | None = None
     gateway_heartbeat_s: float = Field(default=60.0, gt=0)
 
+    #: Detector scoring interval, in seconds of the service clock.
+    detector_tick_s: float = Field(default=60.0, gt=0)
+    #: Alert worker id (several workers share the step queue through SKIP LOCKED).
+    alerts_worker_id: str | None = None
+
+    app_host: str = "127.0.0.1"
+    app_port: int = Field(default=8000, ge=0, le=65535)
+
     log_level: str = "INFO"
 
     @classmethod
