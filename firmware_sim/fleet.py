@@ -179,6 +179,7 @@ def run_fleet(
     on_feed: Callable[[str, Event], None] | None = None,
     flush_timeout_s: float = 120.0,
     gateway_protocol: int | None = None,
+    linger_s: float = 0.0,
 ) -> FleetReport:
     """Run ``households`` homes for ``days`` simulated days through real gateways; see module doc."""
     if isinstance(uplink, str):
@@ -300,6 +301,21 @@ def run_fleet(
         advance(t1)
         deadline = time.monotonic() + flush_timeout_s
         flushed = all([g.flush(max(0.1, deadline - time.monotonic())) for g in gateways if g is not None])
+        if linger_s > 0:
+            # Real gateways stay on: the service may notice events the broker dropped (their seq is
+            # missing) and ask for them again. A closing heartbeat per device says which seq each
+            # device got to, so even a loss at the very end is noticed; then the gateways wait,
+            # serving resend requests, before stopping.
+            for k, stream in enumerate(streams):
+                last_seq = np.full(len(stream.device_ids), -1, np.int64)
+                np.maximum.at(last_seq, stream.device.astype(np.int64), stream.seq.astype(np.int64))
+                for d, seq in enumerate(last_seq.tolist()):
+                    if seq >= 0:
+                        event = Event(stream.device_ids[d], int(seq), int(t1 * 1000), "heartbeat", None)
+                        hand_over(k, topics[k][d], protocol.encode_event(event), event)
+            time.sleep(linger_s)
+            deadline = time.monotonic() + flush_timeout_s
+            flushed = all([g.flush(max(0.1, deadline - time.monotonic())) for g in gateways if g is not None])
     finally:
         for g in gateways:
             if g is not None:

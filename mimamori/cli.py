@@ -224,6 +224,7 @@ def sim(
     database_url: DatabaseOpt = None,
     mqtt_url: MqttOpt = None,
     workdir: Annotated[Optional[Path], typer.Option(help="Where gateway outboxes live.")] = None,
+    linger: Annotated[float, typer.Option(help="Real seconds the gateways stay on after the last event, serving resend requests.")] = 0.0,
 ) -> None:
     """Simulate a town: residents, bulbs and sensors, through real gateways to the broker."""
     import psycopg
@@ -237,7 +238,8 @@ def sim(
         with psycopg.connect(svc.database_url) as conn:
             register_manifest(conn, manifest)
         work = workdir or Path(tempfile.mkdtemp(prefix="mimamori-sim-"))
-        report = run_fleet(svc.mqtt_url, households=households, days=days, speed=_speed(speed), seed=seed, workdir=work)
+        report = run_fleet(svc.mqtt_url, households=households, days=days, speed=_speed(speed), seed=seed, workdir=work,
+                           linger_s=linger)
     if json_out:
         _print_json(report.to_json())
     else:

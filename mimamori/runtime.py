@@ -70,8 +70,13 @@ def read_runtime(settings: Settings) -> dict[str, object] | None:
 
 
 @contextlib.contextmanager
-def services(settings: Settings, *, start_embedded: bool = True, migrate: bool = True) -> Iterator[Services]:
-    """Yield the services to use, starting embedded ones when nothing is configured or running."""
+def services(settings: Settings, *, start_embedded: bool = True, migrate: bool = True,
+             embedded_database: str = embedded.DATABASE_NAME, fresh_embedded_database: bool = False) -> Iterator[Services]:
+    """Yield the services to use, starting embedded ones when nothing is configured or running.
+
+    ``embedded_database`` / ``fresh_embedded_database`` apply only to an embedded PostgreSQL started
+    here (the demo starts from an empty database each time; a configured database is never dropped).
+    """
     started: list[str] = []
     closers: list[object] = []
     runtime = read_runtime(settings)
@@ -81,9 +86,9 @@ def services(settings: Settings, *, start_embedded: bool = True, migrate: bool =
         if not database_url:
             if not start_embedded:
                 raise RuntimeError("no database configured (MIMAMORI_DATABASE_URL) and no mimamori serve running")
-            pg = embedded.start_postgres(settings.data_dir)
+            pg = embedded.start_postgres(settings.data_dir, database=embedded_database, fresh=fresh_embedded_database)
             closers.append(pg)
-            database_url = pg.url()
+            database_url = pg.url(embedded_database)
             started.append("postgresql")
         if not mqtt:
             if not start_embedded:
