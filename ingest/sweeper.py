@@ -55,8 +55,9 @@ class ResendPlanner:
 class GapSweeper:
     clock: Clock
     interval_s: float = 30.0
-    window_s: float = 6 * 3600.0  # how far back (device time) to look for gaps
-    grace_s: float = 10.0  # a hole must be this old before it is reported
+    window_s: float = 3600.0  # devices whose state changed this recently (reception time) are checked
+    depth: int = 1000  # newest events per device looked at
+    grace_s: float = 10.0  # a gap must be this old before it is reported
     max_range: int = 1000
     limit: int = 500
     planner: ResendPlanner = field(default_factory=ResendPlanner)
@@ -75,6 +76,7 @@ class GapSweeper:
         params = {
             "since": as_datetime(now) - timedelta(seconds=self.window_s),
             "settled": as_datetime(now) - timedelta(seconds=self.grace_s),
+            "depth": self.depth,
             "max_range": self.max_range,
             "limit": self.limit,
         }
