@@ -15,7 +15,14 @@ Metrics per system (and per incident kind):
 - ``median_delay_h`` / ``p90_delay_h``: alert time minus incident start, over the detected ones;
 - ``false_alerts_per_household_month``: alerts opened after the learning period with no incident
   behind them (a welfare alert during a planned trip, a dead bulb or an outage counts as false),
-  per household per 30 days of that period.
+  per household per 30 days of that period. Each opening counts: the service opens one incident
+  row (one notification) per alert kind, so a silence that raised ``inactivity`` and then
+  ``long_on`` would be two.
+- ``false_welfare_by_silence``: the false welfare alerts split by how long the silence behind them
+  lasted in all (last resident-caused event before the alert to the first one after it): ``ge_17h``
+  are unannounced absences
+  such as the simulator's nights with family (out 17-26 h, no away mode), which in a bulbs-only
+  home look like a collapse until the resident is back; they are still counted as false.
 
 An alert is an incident row in the service: it opens when the condition starts, stays one while
 the condition holds, and closes when it clears (activity resumes, the device is back ...).
@@ -270,6 +277,25 @@ def _delay_stats(delays: list[float]) -> dict[str, float | None]:
     return {"median_delay_h": round(float(np.median(d)), 2), "p90_delay_h": round(float(np.percentile(d, 90)), 2)}
 
 
+def _silence_lookup(rp: Replay) -> Any:
+    """``f(household, t)``: length (s) of the silence around ``t``: from the household's last
+    resident-caused event at or before ``t`` to its first one after (inf: none after)."""
+    act = np.isin(rp.kind, m.ACTIVITY_CODES)
+    hh, t = rp.hh[act], rp.t[act]
+    order = np.lexsort((t, hh))
+    hh, t = hh[order], t[order]
+    lo = np.searchsorted(hh, np.arange(rp.n), side="left")
+    hi = np.searchsorted(hh, np.arange(rp.n), side="right")
+
+    def silence_around(h: int, when: float) -> float:
+        times = t[lo[h]:hi[h]]
+        i = int(np.searchsorted(times, when, side="right"))
+        before = float(times[i - 1]) if i > 0 else float(rp.start)
+        return (float(times[i]) if i < len(times) else math.inf) - before
+
+    return silence_around
+
+
 def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict[str, Any]:
     n = rp.n if households is None else households
     by_target: dict[tuple[str, int], list[float]] = defaultdict(list)
@@ -322,6 +348,8 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
         by_hh[inc["hh"]].append(inc)
         by_area[inc["area"]].append(inc)
     false_by_kind: dict[str, int] = defaultdict(int)
+    false_welfare_silence: dict[str, int] = {"lt_8h": 0, "8_17h": 0, "ge_17h": 0}
+    silence_around = _silence_lookup(rp)
     false_all = 0
     for kind, key, t in log.opened:
         pool = by_area[key] if kind == "area_outage" else by_hh[key]
@@ -330,6 +358,9 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
         false_all += 1
         if t >= rp.learning_end and (rp.observed_until is None or kind == "area_outage" or t <= rp.observed_until[key]):
             false_by_kind[kind] += 1
+            if kind in WELFARE_ALERTS:
+                quiet_h = silence_around(key, t) / H
+                false_welfare_silence["lt_8h" if quiet_h < 8 else "8_17h" if quiet_h < 17 else "ge_17h"] += 1
     if rp.observed_until is not None:
         months = float(np.maximum(rp.observed_until - rp.learning_end, 0.0).sum()) / (30 * DAY)
     else:
@@ -357,6 +388,7 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
         "false_alerts": n_false,
         "detected_while_already_open": already_open,
         "false_alerts_by_kind": {k: false_by_kind.get(k, 0) for k in ALERT_KINDS},
+        "false_welfare_by_silence": false_welfare_silence,
         "false_alerts_per_household_month_incl_learning": round(false_all / months_all, 4) if months_all else None,
         "welfare": welfare,
         "per_kind": per_kind,

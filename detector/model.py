@@ -77,15 +77,16 @@ class DetectorParams:
     half_life_days: float = 28.0
     silence_min_h: float = 0.5
     # Survival smoothing: pseudo-count weight of the population prior, and how much the
-    # neighbouring start hours and the other day type (weekday/weekend) lend to a slot.
+    # neighbouring start hours and the other light context (lit / all off) lend to a slot.
     prior_strength: float = 4.0
     neighbour_weight: float = 0.35
-    other_daytype_weight: float = 0.2
+    other_context_weight: float = 0.2
     # The threshold: the (1 - beta) quantile of silences from this slot, plus a margin.
     beta: float = 0.005
     margin_h: float = 3.0
     margin_frac: float = 0.25
     min_alarm_h: float = 3.0
+    lit_margin_scale: float = 1.0  # margin multiplier for silences with a light on
     alpha: float = 1e-3  # score threshold = -log10(alpha)
     tail_tau_h: float = 3.0  # extrapolation past the last edge
     min_history: float = 6.0  # less exposure than this behind a threshold: the "population prior" rule
@@ -101,6 +102,7 @@ class DetectorParams:
     on_min_alarm_h: float = 1.5
     # ... and only while the household is quiet: past its silence quantile by this share of the margin.
     on_silence_frac: float = 0.8
+    on_silence_q: float = 1.0  # ... and past this share of its silence quantile
     # Inferred away: a silence that began with the front door (and a home that has motion
     # sensors, so a return would be seen) is "out" for at most this long.
     door_away_cap_h: float = 28.0  # a night with family lasts up to ~26 h
@@ -256,17 +258,25 @@ def _quantile(pooled: np.ndarray, prior: np.ndarray, edges: np.ndarray, strength
     return np.where(has, q_inside, q_tail).astype(np.float32)
 
 
+def lit_context(state: FleetState, rows: np.ndarray) -> np.ndarray:
+    """Light context of the current silence of ``rows``: 1 if any switch is on, 0 if all are off."""
+    return (~np.isnan(state.sw_on_since[rows])).any(axis=1).astype(np.int64)
+
+
 def silence_thresholds(state: FleetState, rows: np.ndarray, start: np.ndarray, p: DetectorParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(quantile_h, alarm_after_h, history) for silences of households ``rows`` that began at ``start``."""
-    daytype, hour = local_slot(start, state.tz_offset_s[rows])
+    """(quantile_h, alarm_after_h, history) for silences of households ``rows`` that began at ``start``
+    (in the light context the households are in now: nothing can switch during a silence)."""
+    _, hour = local_slot(start, state.tz_offset_s[rows])
+    ctx = lit_context(state, rows)
     hist = state.sil_hist
-    own = hist[rows, daytype, hour].astype(np.float32)
-    nb = hist[rows, daytype, (hour - 1) % 24].astype(np.float32) + hist[rows, daytype, (hour + 1) % 24].astype(np.float32)
-    other = hist[rows, 1 - daytype, hour].astype(np.float32)
-    pooled = own + p.neighbour_weight * nb + p.other_daytype_weight * other
-    prior = state.prior_sil[state.has_motion[rows].astype(np.int64), daytype, hour]
+    own = hist[rows, ctx, hour].astype(np.float32)
+    nb = hist[rows, ctx, (hour - 1) % 24].astype(np.float32) + hist[rows, ctx, (hour + 1) % 24].astype(np.float32)
+    other = hist[rows, 1 - ctx, hour].astype(np.float32)
+    pooled = own + p.neighbour_weight * nb + p.other_context_weight * other
+    prior = state.prior_sil[state.has_motion[rows].astype(np.int64), ctx, hour]
     q = _quantile(pooled, prior, SILENCE_EDGES_H, p.prior_strength, p.beta, p.tail_tau_h)
-    alarm = np.clip(q + p.margin_h + p.margin_frac * q, p.min_alarm_h, p.silence_cap_h).astype(np.float32)
+    scale = np.where(ctx == 1, p.lit_margin_scale, 1.0)
+    alarm = np.clip(q + scale * (p.margin_h + p.margin_frac * q), p.min_alarm_h, p.silence_cap_h).astype(np.float32)
     return q, alarm, pooled[:, 0]
 
 
@@ -336,11 +346,13 @@ def observe(
     state.dev_last_seen.reshape(-1)[key[last_idx]] = rel[last_idx]
     state.dev_heartbeats.reshape(-1)[key[kind == EV_HEARTBEAT]] = True
 
+    lit_after, lit_before = _lit_after_events(state, hh, dev, kind)
     _observe_switches(state, hh, dev, t, kind, p)
     act = np.isin(kind, ACTIVITY_CODES)
     if not act.any():
         return
     hh, dev, t, kind = hh[act], dev[act], t[act], kind[act]
+    lit_after, lit_before = lit_after[act], lit_before[act]
     rows, first = np.unique(hh, return_index=True)
     local_day = ((t + state.tz_offset_s[hh]) // 86400).astype(np.int32)
     _decay(state, rows, local_day[first], p)
@@ -348,20 +360,27 @@ def observe(
     # Activity share per device (for "are the offline devices the ones that carry the signal").
     np.add.at(state.dev_activity.reshape(-1), hh * MAX_DEVICES + dev, np.float16(1.0))
 
-    # Exposure: each local hour with activity, once.
+    same = np.r_[False, hh[1:] == hh[:-1]]
+    # Light context at the start of the gap before each event: after the previous activity event.
+    prev_lit = np.r_[False, lit_after[:-1]]
+    prev_lit[~same] = lit_before[~same]
+    prev_lit = prev_lit.astype(np.int64)
+
+    # Exposure: each local hour with activity, once, in the light context its last event left
+    # (the trial is the silence after that event), counted when a later hour's activity arrives.
     hour_no = ((t + state.tz_offset_s[hh]) // 3600).astype(np.int64)
-    new_hour = np.r_[True, (hh[1:] != hh[:-1]) | (hour_no[1:] != hour_no[:-1])] & (hour_no != state.last_hour[hh])
+    prev_hour = np.r_[-1, hour_no[:-1]]
+    prev_hour[~same] = state.last_hour[hh[~same]]
+    new_hour = (hour_no > prev_hour) & (prev_hour >= 0)
     if new_hour.any():
-        daytype, hour = local_slot(t[new_hour], state.tz_offset_s[hh[new_hour]])
-        flat = ((hh[new_hour] * 2 + daytype) * 24 + hour) * len(SILENCE_EDGES_H)
+        flat = ((hh[new_hour] * 2 + prev_lit[new_hour]) * 24 + prev_hour[new_hour] % 24) * len(SILENCE_EDGES_H)
         np.add.at(state.sil_hist.reshape(-1), flat, np.float16(1.0))
     last_of_hh = np.r_[hh[1:] != hh[:-1], True]
-    state.last_hour[hh[last_of_hh]] = hour_no[last_of_hh]
+    state.last_hour[hh[last_of_hh]] = np.maximum(state.last_hour[hh[last_of_hh]], hour_no[last_of_hh])
 
     # Silences: the gap before each event (the first of a household's batch uses its last activity).
     prev = np.empty_like(t)
     prev[1:] = t[:-1]
-    same = np.r_[False, hh[1:] == hh[:-1]]
     prev[~same] = state.last_activity[hh[~same]]
     starts_effective = prev.copy()
     learnable = np.isfinite(prev)
@@ -377,8 +396,8 @@ def observe(
     gap_h = (t - prev) / 3600.0
     rec = learnable & (gap_h >= p.silence_min_h)
     if rec.any():
-        daytype, hour = local_slot(starts_effective[rec], state.tz_offset_s[hh[rec]])
-        base = ((hh[rec] * 2 + daytype) * 24 + hour) * len(SILENCE_EDGES_H)
+        _, hour = local_slot(starts_effective[rec], state.tz_offset_s[hh[rec]])
+        base = ((hh[rec] * 2 + prev_lit[rec]) * 24 + hour) * len(SILENCE_EDGES_H)
         # A silence that went past its alarm threshold can be learned with a smaller weight
         # (``anomalous_weight``), so a one-off does not blunt the detector for weeks; measured on the
         # simulator, full weight (1.0, the default) gave fewer false alerts at the same delays.
@@ -397,6 +416,28 @@ def observe(
     state.quantile_h[r_last] = q
     state.alarm_after_h[r_last] = alarm
     state.slot_history[r_last] = hist_n.astype(np.float16)
+
+
+def _lit_after_events(state: FleetState, hh: np.ndarray, dev: np.ndarray, kind: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(any switch on after each event, any switch on before the batch) for events sorted by
+    (household, time); call before ``_observe_switches`` updates the stored switch states."""
+    on_before = (~np.isnan(state.sw_on_since[hh])).sum(axis=1).astype(np.int64)
+    sw = state.dev_switch[hh, dev].astype(np.int64)
+    m = (sw >= 0) & np.isin(kind, (EV_ON, EV_OFF, EV_BOOT))
+    delta = np.zeros(len(hh), np.int64)
+    if m.any():
+        idx = np.flatnonzero(m)
+        key = hh[idx] * MAX_SWITCHES + sw[idx]
+        o = np.argsort(key, kind="stable")  # keeps time order within a switch
+        idx, key = idx[o], key[o]
+        new = (kind[idx] == EV_ON).astype(np.int64)
+        first = np.r_[True, key[1:] != key[:-1]]
+        stored = (~np.isnan(state.sw_on_since.reshape(-1)[key])).astype(np.int64)
+        delta[idx] = new - np.where(first, stored, np.r_[0, new[:-1]])
+    cs = np.cumsum(delta)
+    start = np.maximum.accumulate(np.where(np.r_[True, hh[1:] != hh[:-1]], np.arange(len(hh)), 0))
+    after = on_before + cs - (cs[start] - delta[start])
+    return after > 0, on_before > 0
 
 
 def _observe_switches(state: FleetState, hh: np.ndarray, dev: np.ndarray, t: np.ndarray, kind: np.ndarray, p: DetectorParams) -> None:
@@ -556,9 +597,16 @@ def score(
 
     # --- long-on: a device on unusually long while the household is quieter than usual -----
     on_h = (rel_now - state.sw_on_since) / np.float32(3600.0)  # NaN when off
+    gate_h = p.on_silence_q * q + p.on_silence_frac * margin
     with np.errstate(invalid="ignore"):
-        over = (on_h >= state.sw_alarm_after_h) & ((silence_h >= q + p.on_silence_frac * margin)[:, None] | (on_h >= p.on_cap_h))
+        over = (on_h >= state.sw_alarm_after_h) & ((silence_h >= gate_h)[:, None] | (on_h >= p.on_cap_h))
     long_on = over.any(axis=1)
+    # When the long-on alarm began (for the switches past it), to keep one alarm kind per episode:
+    # whichever of long-on and inactivity came first stays the alarm while the silence lasts.
+    since_abs = state.sw_on_since.astype(np.float64) + state.epoch
+    onset = np.maximum(since_abs + state.sw_alarm_after_h * 3600.0, np.minimum((ref + gate_h * 3600.0)[:, None], since_abs + p.on_cap_h * 3600.0))
+    long_onset = np.min(np.where(over, onset, np.inf), axis=1)
+    long_on = long_on & ~(inactive & (alarm_at < long_onset))
     with np.errstate(invalid="ignore"):
         ratio = np.where(over, on_h / state.sw_alarm_after_h, -1.0)
     which = np.where(long_on, np.argmax(ratio, axis=1), -1)
