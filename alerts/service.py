@@ -340,6 +340,8 @@ _WEBPUSH_KEYS = ("endpoint", "keys")
 
 
 def _may_manage_person(conn: psycopg.Connection, actor: ActorLike, person_id: str) -> None:
+    if not _one(conn, "SELECT 1 AS ok FROM people WHERE person_id = %(p)s", {"p": person_id}):
+        raise NotFound(f"person {person_id} not found")
     if actor.person_id == person_id or actor.role == "operator":
         return
     if actor.role == "coordinator":

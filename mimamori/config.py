@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
 
     # Ingest batching: flush at this many messages or after this long, whichever comes first.
-    ingest_batch_size: int = Field(default=2000, ge=1, le=100_000)
+    ingest_batch_size: int = Field(default=5000, ge=1, le=100_000)
     ingest_batch_max_wait_s: float = Field(default=0.05, gt=0, le=10)
     #: MQTT v5 receive maximum: unacknowledged QoS 1 messages the broker may send us. Bounds memory.
     ingest_receive_maximum: int = Field(default=10_000, ge=1, le=65_535)

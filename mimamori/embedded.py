@@ -98,11 +98,13 @@ def create_database(admin_url: str, database: str, template: str | None = None) 
 
 
 def mosquitto_config(port: int, persistence_dir: Path | None, host: str = "127.0.0.1") -> str:
-    """Mosquitto settings the service needs (the deploy/ config documents the same choices).
+    """Mosquitto settings the service needs: the same limits as ``deploy/mosquitto/mosquitto.conf``,
+    which explains each (ingest/README.md has the evidence).
 
     Mosquitto's defaults silently drop QoS 1 messages for a subscriber that falls behind
-    (``max_queued_messages 1000``) and allow only 20 unacknowledged messages in flight per client,
-    which would throttle ingest's batched acknowledgements.
+    (``max_queued_messages 1000``); ``0`` ("unlimited") loses messages in several 2.0.x releases, so
+    the limit is lifted to a number never reached. An MQTT v5 client's Receive Maximum replaces
+    ``max_inflight_messages`` for deliveries to it; the setting still bounds 3.1.1 clients.
     """
     lines = [
         # Started as root, mosquitto would switch to the `mosquitto` user and then fail to write its
@@ -110,11 +112,11 @@ def mosquitto_config(port: int, persistence_dir: Path | None, host: str = "127.0
         f"user {pwd.getpwuid(os.getuid()).pw_name}",
         f"listener {port} {host}",
         "allow_anonymous true",
-        "max_queued_messages 0",
+        "max_queued_messages 10000000",
         "max_queued_bytes 0",
-        "max_inflight_messages 0",
-        "max_inflight_bytes 0",
+        "max_inflight_messages 1000",
         "max_packet_size 65536",
+        "set_tcp_nodelay true",
         "persistent_client_expiration 7d",
         "log_type error",
         "log_type warning",

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXAMPLES_PER_OPERATION = 15
 
 
-def _fuzz(pg_url: str, select: Callable[[str], bool]) -> list[str]:
+def _fuzz(pg_url: str, select: Callable[[str], bool], examples: int = EXAMPLES_PER_OPERATION) -> list[str]:
     clock = ManualClock(START)
     seed(pg_url, clock)
     app = create_app(Settings(), database_url=pg_url, clock=clock)
@@ -37,7 +37,7 @@ def _fuzz(pg_url: str, select: Callable[[str], bool]) -> list[str]:
                 continue
 
             @given(case=operation.as_strategy())
-            @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+            @settings(max_examples=examples, deadline=None, database=None,
                       phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
             def no_server_error(case: schemathesis.Case) -> None:
                 response = case.call(headers=headers)
@@ -53,9 +53,7 @@ def test_app_operations_have_no_server_errors(pg_url: str) -> None:
     assert len(tried) >= 28, tried
 
 
-@pytest.mark.xfail(strict=False, reason="alerts stage finding (reported): PUT /api/alerts/people/{unknown id}/quiet-hours "
-                   "as operator raises ForeignKeyViolation (500) instead of 404")
 def test_alerts_router_mounted_in_app_has_no_server_errors(pg_url: str) -> None:
-    pytest.importorskip("alerts.views")
-    tried = _fuzz(pg_url, lambda path: path.startswith("/api/alerts"))
+    # The alerts router has many write operations, each a transaction: fewer examples keep CI short.
+    tried = _fuzz(pg_url, lambda path: path.startswith("/api/alerts"), examples=6)
     assert tried
