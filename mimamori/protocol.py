@@ -166,6 +166,16 @@ def encode_event(event: Event) -> bytes:
 _loads = json.loads
 
 
+def _json_object(payload: bytes) -> dict[str, Any]:
+    try:
+        obj = _loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError("bad_json", str(exc)[:120]) from None
+    if type(obj) is not dict:
+        raise ProtocolError("not_an_object", type(obj).__name__)
+    return obj
+
+
 def decode_event(payload: bytes, topic_device_id: str | None = None) -> Event:
     """Parse and validate an event payload; raise ProtocolError with a dead-letter reason.
 
@@ -173,12 +183,7 @@ def decode_event(payload: bytes, topic_device_id: str | None = None) -> Event:
     """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ProtocolError("oversized", f"{len(payload)} bytes")
-    try:
-        obj = _loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError("bad_json", str(exc)[:120]) from None
-    if type(obj) is not dict:
-        raise ProtocolError("not_an_object", type(obj).__name__)
+    obj = _json_object(payload)
     if obj.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
         raise ProtocolError("unsupported_version", repr(obj.get("v"))[:20])
     device = obj.get("device", topic_device_id)
@@ -213,11 +218,8 @@ def encode_gateway_heartbeat(ts_ms: int, outbox_depth: int, **extra: Any) -> byt
 
 
 def decode_gateway_heartbeat(payload: bytes) -> dict[str, Any]:
-    try:
-        obj = _loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError("bad_json", str(exc)[:120]) from None
-    if type(obj) is not dict or type(obj.get("ts")) is not int:
+    obj = _json_object(payload)
+    if type(obj.get("ts")) is not int:
         raise ProtocolError("bad_heartbeat", repr(obj)[:80])
     return obj
 
@@ -243,12 +245,7 @@ def encode_command(command: Command) -> bytes:
 
 
 def decode_command(payload: bytes) -> Command:
-    try:
-        obj = _loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError("bad_json", str(exc)[:120]) from None
-    if type(obj) is not dict:
-        raise ProtocolError("not_an_object", type(obj).__name__)
+    obj = _json_object(payload)
     cmd = obj.pop("cmd", None)
     obj.pop("v", None)
     if cmd not in COMMANDS:
