@@ -86,7 +86,6 @@ class DetectorParams:
     margin_h: float = 3.0
     margin_frac: float = 0.25
     min_alarm_h: float = 3.0
-    lit_margin_scale: float = 1.0  # margin multiplier for silences with a light on
     alpha: float = 1e-3  # score threshold = -log10(alpha)
     tail_tau_h: float = 3.0  # extrapolation past the last edge
     min_history: float = 6.0  # less exposure than this behind a threshold: the "population prior" rule
@@ -158,7 +157,7 @@ class FleetState:
     resume_from: np.ndarray  # float64[H] end of the latest paused/unobservable stretch
     flags: np.ndarray  # uint8[H]
     decay_day: np.ndarray  # int32[H] day number the histograms were last decayed to
-    last_hour: np.ndarray  # int32[H] the latest local hour (hours since epoch) counted as exposure
+    last_hour: np.ndarray  # int32[H, 2] the latest local hour (hours since epoch) counted as exposure, per light context
     quantile_h: np.ndarray  # float32[H] threshold parts for the current silence
     alarm_after_h: np.ndarray  # float32[H]
     slot_history: np.ndarray  # float16[H] recorded silences behind the current threshold
@@ -211,7 +210,7 @@ def new_state(
         resume_from=np.full(h, -np.inf),
         flags=np.zeros(h, np.uint8),
         decay_day=np.full(h, int(epoch // 86400), np.int32),
-        last_hour=np.full(h, -1, np.int32),
+        last_hour=np.full((h, 2), -1, np.int32),
         quantile_h=np.zeros(h, np.float32),
         alarm_after_h=np.full(h, params.silence_cap_h, np.float32),
         slot_history=np.zeros(h, np.float16),
@@ -275,8 +274,7 @@ def silence_thresholds(state: FleetState, rows: np.ndarray, start: np.ndarray, p
     pooled = own + p.neighbour_weight * nb + p.other_context_weight * other
     prior = state.prior_sil[state.has_motion[rows].astype(np.int64), ctx, hour]
     q = _quantile(pooled, prior, SILENCE_EDGES_H, p.prior_strength, p.beta, p.tail_tau_h)
-    scale = np.where(ctx == 1, p.lit_margin_scale, 1.0)
-    alarm = np.clip(q + scale * (p.margin_h + p.margin_frac * q), p.min_alarm_h, p.silence_cap_h).astype(np.float32)
+    alarm = np.clip(q + p.margin_h + p.margin_frac * q, p.min_alarm_h, p.silence_cap_h).astype(np.float32)
     return q, alarm, pooled[:, 0]
 
 
@@ -366,17 +364,19 @@ def observe(
     prev_lit[~same] = lit_before[~same]
     prev_lit = prev_lit.astype(np.int64)
 
-    # Exposure: each local hour with activity, once, in the light context its last event left
-    # (the trial is the silence after that event), counted when a later hour's activity arrives.
+    # Exposure: each local hour with activity, once per light context an event left the home in
+    # (each is a trial: the silence that follows such an event).
     hour_no = ((t + state.tz_offset_s[hh]) // 3600).astype(np.int64)
-    prev_hour = np.r_[-1, hour_no[:-1]]
-    prev_hour[~same] = state.last_hour[hh[~same]]
-    new_hour = (hour_no > prev_hour) & (prev_hour >= 0)
+    ctx_after = lit_after.astype(np.int64)
+    key = (hh * 2 + ctx_after) * (1 << 32) + hour_no
+    _, first_idx = np.unique(key, return_index=True)
+    new_hour = np.zeros(len(t), bool)
+    new_hour[first_idx] = True
+    new_hour &= hour_no > state.last_hour[hh, ctx_after]
     if new_hour.any():
-        flat = ((hh[new_hour] * 2 + prev_lit[new_hour]) * 24 + prev_hour[new_hour] % 24) * len(SILENCE_EDGES_H)
+        flat = ((hh[new_hour] * 2 + ctx_after[new_hour]) * 24 + hour_no[new_hour] % 24) * len(SILENCE_EDGES_H)
         np.add.at(state.sil_hist.reshape(-1), flat, np.float16(1.0))
-    last_of_hh = np.r_[hh[1:] != hh[:-1], True]
-    state.last_hour[hh[last_of_hh]] = np.maximum(state.last_hour[hh[last_of_hh]], hour_no[last_of_hh])
+    np.maximum.at(state.last_hour.reshape(-1), hh * 2 + ctx_after, hour_no.astype(np.int32))
 
     # Silences: the gap before each event (the first of a household's batch uses its last activity).
     prev = np.empty_like(t)
