@@ -5,10 +5,12 @@ exponential decay (routines drift), how long silences last given when they began
 
 - a *silence* is the time between two resident-caused events (switch, motion, door) of any device
   of the household; only silences of at least ``silence_min_h`` are recorded;
-- they are kept as decayed *exceedance counts* per (weekday/weekend, local start hour, duration
-  edge): ``sil_hist[h, daytype, hour, k]`` = how many recorded silences that began then lasted at
-  least ``SILENCE_EDGES_H[k]`` hours. ``k = 0`` is the number of silences, so the conditional
-  survival is ``sil_hist[..., k] / sil_hist[..., 0]``;
+- they are kept as decayed *exceedance counts* per (light context, local start hour, duration
+  edge): ``sil_hist[h, ctx, hour, k]`` = how many recorded silences that began then, with some
+  switch on (``ctx = 1``) or all off (``ctx = 0``), lasted at least ``SILENCE_EDGES_H[k]`` hours.
+  ``k = 0`` is the exposure (active hours, once per context), so the conditional survival is
+  ``sil_hist[..., k] / sil_hist[..., 0]``. A light left on in a silent home is how a collapse
+  looks; all off is how sleep and going out look;
 - a population prior (pseudo-counts of the fleet's average survival curve) covers new homes and
   thin slots.
 
@@ -117,7 +119,7 @@ DEFAULT_PARAMS = DetectorParams()
 
 
 def default_silence_prior() -> np.ndarray:
-    """A broad generic survival curve [2, 24, E] for a fleet with no history yet."""
+    """A broad generic survival curve [2 light contexts, 24, E] for a fleet with no history yet."""
     hours = np.arange(24)
     # Longer expected silences from the evening (sleep) than from the day.
     night = ((hours >= 19) | (hours < 5)).astype(np.float32)
@@ -161,7 +163,7 @@ class FleetState:
     quantile_h: np.ndarray  # float32[H] threshold parts for the current silence
     alarm_after_h: np.ndarray  # float32[H]
     slot_history: np.ndarray  # float16[H] recorded silences behind the current threshold
-    sil_hist: np.ndarray  # float16[H, 2, 24, E_S]
+    sil_hist: np.ndarray  # float16[H, 2 light contexts (all off / some on), 24, E_S]
     on_hist: np.ndarray  # float16[H, W, blocks, E_O]
     sw_on_since: np.ndarray  # float32[H, W] (since epoch; NaN = off)
     sw_alarm_after_h: np.ndarray  # float32[H, W]
