@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 from rich.console import Console, Group
@@ -23,6 +24,7 @@ from mimamori.config import Settings
 from mimamori.runtime import services
 
 log = logging.getLogger(__name__)
+_TOWN_TZ = ZoneInfo("Asia/Tokyo")  # the simulated town's households live in Japan
 
 _COUNTS_SQL = """
 SELECT (SELECT count(*) FROM events WHERE kind IN ('on', 'off', 'motion', 'open', 'close')),
@@ -50,7 +52,7 @@ def _render(state: _Progress, households: int, started: float, services: str) ->
     table.add_column()
     f = state.fleet
     sim_now = f.get("sim_time")
-    table.add_row("simulated time", as_datetime(sim_now).astimezone().strftime("%a %Y-%m-%d %H:%M") if sim_now else "starting…")
+    table.add_row("simulated time", as_datetime(sim_now).astimezone(_TOWN_TZ).strftime("%a %Y-%m-%d %H:%M JST") if sim_now else "starting…")
     table.add_row("homes", f"{households}  ({f.get('devices', '…')} devices, {state.db[4]} gateways online)")
     table.add_row("activity published", f"{f.get('activity_events_published', 0):,}")
     table.add_row("activity stored", f"{state.db[0]:,}   (all events {state.db[2]:,})")
