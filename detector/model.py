@@ -104,6 +104,8 @@ class DetectorParams:
     # ... and only while the household is quiet: past its silence quantile by this share of the margin.
     on_silence_frac: float = 0.8
     on_silence_q: float = 1.0  # ... and past this share of its silence quantile
+    on_cap_quiet_q: float = 1.0  # past the on cap the silence must still be past this share of its quantile (a light
+    # forgotten on since the evening while the resident is up in another room is not an alarm)
     # Inferred away: a silence that began with the front door (and a home that has motion
     # sensors, so a return would be seen) is "out" for at most this long.
     door_away_cap_h: float = 28.0  # a night with family lasts up to ~26 h
@@ -601,12 +603,13 @@ def score(
     on_h = (rel_now - state.sw_on_since) / np.float32(3600.0)  # NaN when off
     gate_h = p.on_silence_q * q + p.on_silence_frac * margin
     with np.errstate(invalid="ignore"):
-        over = (on_h >= state.sw_alarm_after_h) & ((silence_h >= gate_h)[:, None] | (on_h >= p.on_cap_h))
+        over = (on_h >= state.sw_alarm_after_h) & ((silence_h >= gate_h)[:, None] | ((on_h >= p.on_cap_h) & (silence_h >= p.on_cap_quiet_q * q)[:, None]))
     long_on = over.any(axis=1)
     # When the long-on alarm began (for the switches past it), to keep one alarm kind per episode:
     # whichever of long-on and inactivity came first stays the alarm while the silence lasts.
     since_abs = state.sw_on_since.astype(np.float64) + state.epoch
-    onset = np.maximum(since_abs + state.sw_alarm_after_h * 3600.0, np.minimum((ref + gate_h * 3600.0)[:, None], since_abs + p.on_cap_h * 3600.0))
+    cap_onset = np.maximum(since_abs + p.on_cap_h * 3600.0, (ref + p.on_cap_quiet_q * q * 3600.0)[:, None])
+    onset = np.maximum(since_abs + state.sw_alarm_after_h * 3600.0, np.minimum((ref + gate_h * 3600.0)[:, None], cap_onset))
     long_onset = np.min(np.where(over, onset, np.inf), axis=1)
     long_on = long_on & ~(inactive & (alarm_at < long_onset))
     with np.errstate(invalid="ignore"):
