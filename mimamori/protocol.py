@@ -218,8 +218,11 @@ def encode_gateway_heartbeat(ts_ms: int, outbox_depth: int, **extra: Any) -> byt
 
 
 def decode_gateway_heartbeat(payload: bytes) -> dict[str, Any]:
-    obj = _json_object(payload)
-    if type(obj.get("ts")) is not int:
+    try:
+        obj = _loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError("bad_json", str(exc)[:120]) from None
+    if type(obj) is not dict or type(obj.get("ts")) is not int:
         raise ProtocolError("bad_heartbeat", repr(obj)[:80])
     return obj
 

@@ -75,6 +75,13 @@ def running(service: IngestService) -> Iterator[IngestService]:
         assert not thread.is_alive()
 
 
+@pytest.fixture
+def mqtt_url(own_broker: embedded.EmbeddedBroker) -> MqttUrl:
+    """A broker of each test's own: the ingest subscribes to every gateway's retained status, so on
+    the session broker it would also count the statuses other tests' gateways left behind."""
+    return MqttUrl.parse(own_broker.url)
+
+
 def make_service(pg_url: str | None, mqtt_url: MqttUrl, **kwargs: object) -> IngestService:
     group = kwargs.pop("share_group", None) or unique("g")
     client_id = kwargs.pop("client_id", None) or unique("ingest-test-")
