@@ -220,7 +220,9 @@ def test_coordinator_page_flows(world) -> None:
                                                      "relation": "近所"}, follow_redirects=False)
         assert r.status_code == 303
         page = c.get(f"/households/{hid}").text
-        assert "name-watcher_a" in page and "090-1" in page and "2026-01" in page  # team, contact, paper consent
+        assert "name-watcher_a" in page and "2026-01" in page  # team, paper consent
+        # the coordinator is not on the team: the phone is "registered", its number is not shown
+        assert "090-1" not in page and "登録済み" in page
         r = c.post(f"/households/{hid}/invite", data={"csrf_token": csrf, "role": "resident", "display_name": "山田 ハル"})
         link = r.text.split('id="invitation-url">')[1].split("<")[0]
         token = link.rsplit("/", 1)[1]
@@ -234,3 +236,30 @@ def test_coordinator_page_flows(world) -> None:
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM consents WHERE household_id = %s", (hid,)).fetchone()[0] == 1
         assert conn.execute("SELECT tier FROM household_watchers WHERE household_id = %s", (hid,)).fetchone()[0] == 2
+
+
+def test_login_form_refuses_cross_site_post_without_token(world) -> None:
+    """Login CSRF: a form posted from another site carries neither the login-CSRF cookie nor its
+    token, and is refused with 403 before the password is checked; no session is started."""
+    url, clock, _ = world
+    with app_client(url, clock) as c:
+        creds = {"login": "watcher-a", "password": PASSWORD, "next": "/"}
+        r = c.post("/login", data=creds, headers={"origin": "https://evil.example"}, follow_redirects=False)
+        assert r.status_code == 403 and "mimamori_session" not in r.cookies
+        assert "ログイン画面が古くなりました" in r.text
+        # a token that does not match the cookie is refused too
+        c.get("/login")
+        r = c.post("/login", data={**creds, "csrf_token": "forged"}, follow_redirects=False)
+        assert r.status_code == 403 and "mimamori_session" not in r.cookies
+        assert c.get("/api/me").status_code == 401
+        # the refused page carries a fresh token, with which the sign-in works
+        token = r.text.split('name="csrf_token" value="')[1].split('"')[0]
+        r = c.post("/login", data={**creds, "csrf_token": token}, follow_redirects=False)
+        assert r.status_code == 303 and "mimamori_session" in r.cookies
+        # the JSON login (bearer tokens for API clients) is unchanged, and a cross-site "simple" form
+        # post (text/plain) cannot reach it
+        c.cookies.clear()
+        assert c.post("/api/auth/login", json={"login": "watcher-a", "password": PASSWORD}).status_code == 200
+        r = c.post("/api/auth/login", content='{"login": "watcher-a", "password": "' + PASSWORD + '"}',
+                   headers={"content-type": "text/plain"})
+        assert r.status_code == 422

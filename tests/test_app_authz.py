@@ -124,3 +124,99 @@ def test_coordinator_limited_to_area(world) -> None:
         created = r.json()["household_id"]
         assert created in [h["household_id"] for h in c.get("/api/households", headers=south).json()]
         assert c.get(f"/api/households/{created}", headers=bearer(c, "coord_a")).status_code == 404
+
+
+# Field-level rule: address and phone numbers (household_contacts, people.phone) are for the
+# household's team and its own resident; others who may view the household see only "registered".
+CONTACT_VALUES = ("north 1-2-3", "076-000-0000", "090-7777-0001", "090-7777-0002")
+SEES_CONTACT_H1 = {"watcher_a", "resident_1"}
+CONTACT_API = ["/api/households/h1", "/api/households/h1/team"]
+CONTACT_PAGES = ["/households/h1"]
+
+
+def _give_people_phones(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE people SET phone = '090-7777-0001' WHERE person_id = 'watcher_a'")
+        conn.execute("UPDATE people SET phone = '090-7777-0002' WHERE person_id = 'resident_1'")
+
+
+def _leaked(text: str) -> list[str]:
+    return [v for v in CONTACT_VALUES if v in text]
+
+
+def test_contact_details_field_matrix(world) -> None:
+    """Every role × every API and page read of h1: the team and the resident get the values, the area
+    coordinator and the operator get "registered" only, everyone else gets nothing at all."""
+    url, clock, _ = world
+    _give_people_phones(url)
+    failures = []
+    with app_client(url, clock) as c:
+        for role in PEOPLE:
+            h = bearer(c, role)
+            for path in CONTACT_API:
+                r = c.get(path, headers=h)
+                if role not in TEAM_H1:
+                    if r.status_code != 404 or _leaked(r.text):
+                        failures.append(f"{role} GET {path} -> {r.status_code} {_leaked(r.text)}")
+                    continue
+                assert r.status_code == 200, (role, path, r.text)
+                leaked = _leaked(r.text)
+                if role in SEES_CONTACT_H1 and "076-000-0000" not in r.text and path.endswith("h1"):
+                    failures.append(f"{role} GET {path} lacks the household's phone")
+                if role not in SEES_CONTACT_H1 and leaked:
+                    failures.append(f"{role} GET {path} received {leaked}")
+            detail = c.get("/api/households/h1", headers=h).json()
+            if role in TEAM_H1:
+                contact = detail["contact"]
+                expect_visible = role in SEES_CONTACT_H1
+                if contact["registered"] is not True or contact["has_phone"] is not True or contact["has_address"] is not True:
+                    failures.append(f"{role}: contact not marked registered: {contact}")
+                if contact["visible"] != expect_visible or (contact["phone"] is None) == expect_visible:
+                    failures.append(f"{role}: contact visibility wrong: {contact}")
+                member = next(m for m in detail["team"] if m["person_id"] == "watcher_a")
+                if member["phone_registered"] is not True or (member["phone"] is None) == expect_visible:
+                    failures.append(f"{role}: team phone visibility wrong: {member}")
+    for role in PEOPLE:
+        with app_client(url, clock) as c:
+            cookie_login(c, role)
+            for path in CONTACT_PAGES:
+                r = c.get(path)
+                leaked = _leaked(r.text)
+                if role in SEES_CONTACT_H1:
+                    if r.status_code != 200 or "076-000-0000" not in r.text or "north 1-2-3" not in r.text:
+                        failures.append(f"{role} GET {path} page lacks the contact details")
+                elif leaked:
+                    failures.append(f"{role} GET {path} page showed {leaked}")
+                elif role in TEAM_H1 and "登録済み" not in r.text:
+                    failures.append(f"{role} GET {path} page does not say the contact is registered")
+    assert not failures, "\n".join(failures)
+
+
+def test_coordinator_on_the_team_sees_contact(world) -> None:
+    """It is team membership that grants the values, not the role."""
+    url, clock, _ = world
+    with app_client(url, clock) as c:
+        oper = bearer(c, "oper")
+        assert "076-000-0000" not in c.get("/api/households/h1", headers=oper).text
+        r = c.post("/api/households/h1/team", headers=oper, json={"person_id": "coord_a", "tier": 2})
+        assert r.status_code == 204, r.text
+        assert c.get("/api/households/h1", headers=bearer(c, "coord_a")).json()["contact"]["phone"] == "076-000-0000"
+        assert "076-000-0000" not in c.get("/api/households/h1", headers=oper).text
+
+
+def test_export_keeps_contact_for_resident_and_operator_only(world) -> None:
+    url, clock, _ = world
+    _give_people_phones(url)
+    with app_client(url, clock) as c:
+        for role in ("resident_1", "oper"):
+            exported = c.get("/api/households/h1/export", headers=bearer(c, role)).json()
+            assert exported["contact"][0]["phone"] == "076-000-0000", role
+            assert exported["contact"][0]["address"] == "north 1-2-3", role
+            assert exported["residents"][0]["phone"] == "090-7777-0002", role
+        coord = bearer(c, "coord_a")
+        for path in ("/api/households/h1/export", "/api/households/h1/export.csv"):
+            r = c.get(path, headers=coord)
+            assert r.status_code == 200 and not _leaked(r.text), (path, _leaked(r.text))
+            assert "(registered)" in r.text

@@ -93,8 +93,15 @@ def bearer(client: TestClient, person_id: str) -> dict[str, str]:
 
 
 def cookie_login(client: TestClient, person_id: str) -> str:
-    """Sign in through the page form; returns the CSRF token of the session."""
-    r = client.post("/login", data={"login": login_name(person_id), "password": PASSWORD, "next": "/"},
+    """Sign in through the page form (as a browser would: the form first, for its login-CSRF token);
+    returns the CSRF token of the session."""
+    form = client.get("/login")
+    assert form.status_code == 200, form.text
+    field = 'name="csrf_token" value="'
+    start = form.text.index(field) + len(field)
+    login_csrf = form.text[start:form.text.index('"', start)]
+    r = client.post("/login", data={"login": login_name(person_id), "password": PASSWORD, "next": "/",
+                                    "csrf_token": login_csrf},
                     follow_redirects=False)
     assert r.status_code == 303, r.text
     page = client.get("/coord" if PEOPLE[person_id][0] in ("operator", "coordinator") else "/")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from typing import Annotated
 from urllib.parse import quote
 
@@ -18,6 +20,11 @@ from app.i18n import LANG_COOKIE, LOCALES, request_locale, translate
 from app.templating import render
 
 api = APIRouter(prefix="/api", tags=["auth"])
+#: Login CSRF (there is no session yet): a random token in a short-lived cookie and in the form's
+#: ``csrf_token`` field must match (double submit). The JSON login needs none: it takes only a JSON
+#: body, which a cross-site form cannot send, and API clients use the bearer token it returns.
+LOGIN_CSRF_COOKIE = "mimamori_login_csrf"
+LOGIN_CSRF_MAX_AGE = 2 * 3600
 pages = APIRouter(include_in_schema=False)
 
 
@@ -86,17 +93,36 @@ def api_accept(token: str, body: AcceptIn, conn: Conn, clock: ClockDep) -> Perso
 # --- pages --------------------------------------------------------------------------------------
 
 
+def _login_form(request: Request, status_code: int = 200, **ctx: object) -> Response:
+    """The sign-in page with a fresh login-CSRF token (cookie + hidden field)."""
+    token = secrets.token_urlsafe(24)
+    response = render(request, "login.html", status_code=status_code, login_csrf=token, **ctx)
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=LOGIN_CSRF_MAX_AGE, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/login")
+    return response
+
+
+def login_csrf_ok(request: Request, sent: str) -> bool:
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    return bool(expected and sent) and hmac.compare_digest(sent.encode(), expected.encode())
+
+
 @pages.get("/login")
 def login_page(request: Request, person: OptionalPerson, next: str | None = None) -> Response:
     if person is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
-    return render(request, "login.html", next=_safe_next(next))
+    return _login_form(request, next=_safe_next(next))
 
 
 @pages.post("/login")
 async def login_submit(request: Request, login: Annotated[str, Form(max_length=64)],
-                       password: Annotated[str, Form(max_length=256)], next: Annotated[str, Form()] = "/") -> Response:
+                       password: Annotated[str, Form(max_length=256)], next: Annotated[str, Form()] = "/",
+                       csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
     app = request.app
+    if not login_csrf_ok(request, csrf_token):
+        # Refused before the password is even checked; the page offers a fresh form.
+        return _login_form(request, status_code=403, error=translate(request_locale(request), "login_form_expired"),
+                           login=login, next=_safe_next(next))
 
     def attempt() -> tuple[str, str] | str:
         with app.state.pool.connection() as conn:
@@ -114,10 +140,11 @@ async def login_submit(request: Request, login: Annotated[str, Form(max_length=6
     if isinstance(result, str):
         locale = request_locale(request)
         status = 429 if result == "rate_limited" else 401
-        return render(request, "login.html", status_code=status, error=translate(locale, result), login=login,
-                      next=_safe_next(next))
+        return _login_form(request, status_code=status, error=translate(locale, result), login=login,
+                           next=_safe_next(next))
     response = RedirectResponse(_safe_next(next), status_code=303)
     _set_session_cookie(request, response, result[0])
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     response.set_cookie(LANG_COOKIE, result[1], max_age=365 * 86400, samesite="lax", path="/")
     return response
 

@@ -97,7 +97,7 @@ def get_household(conn: psycopg.Connection, clock: Clock, person: Person, househ
     """Everything about one household the person may see; logs the view."""
     info = _one(conn, clock, person, household_id)
     tz = _zone(info["timezone"])
-    info["contact"] = _contact(conn, household_id)
+    info["contact"] = contact(conn, person, household_id)
     info["team"] = team(conn, person, household_id)
     info["devices"] = device_health(conn, clock, household_id)
     info["heatmap"] = activity_heatmap(conn, clock, household_id, tz)
@@ -120,20 +120,40 @@ def _zone(name: str) -> ZoneInfo:
         return ZoneInfo("Asia/Tokyo")
 
 
-def _contact(conn: psycopg.Connection, household_id: str) -> dict[str, Any] | None:
-    # Shown to whoever may view the household: its team, its resident, the area coordinator, operators.
+def may_see_contact(conn: psycopg.Connection, person: Person, household_id: str) -> bool:
+    """Address and phone numbers are for the household's team and its own resident only; the area
+    coordinator and operators (unless they are on the team) learn only that they are registered."""
+    if person.role == "resident":
+        return person.household_id == household_id
+    return conn.execute(
+        "SELECT 1 FROM household_watchers WHERE household_id = %s AND person_id = %s", (household_id, person.person_id)
+    ).fetchone() is not None
+
+
+def contact(conn: psycopg.Connection, person: Person, household_id: str) -> dict[str, Any] | None:
+    """The household's contact details as ``person`` may see them, or None when none are registered.
+    Hidden values come back as None with ``visible`` False; ``has_address``/``has_phone`` say they exist."""
+    require_view(conn, person, household_id)
     row = conn.execute("SELECT address, phone FROM household_contacts WHERE household_id = %s", (household_id,)).fetchone()
-    return {"address": row[0], "phone": row[1]} if row else None
+    if row is None or (not row[0] and not row[1]):
+        return None
+    visible = may_see_contact(conn, person, household_id)
+    return {"registered": True, "visible": visible, "has_address": bool(row[0]), "has_phone": bool(row[1]),
+            "address": row[0] if visible else None, "phone": row[1] if visible else None}
 
 
 def team(conn: psycopg.Connection, person: Person, household_id: str) -> list[dict[str, Any]]:
+    """The team; members' phone numbers only for the team itself and the resident (else ``phone_registered``)."""
     require_view(conn, person, household_id)
+    visible = may_see_contact(conn, person, household_id)
     rows = conn.execute(
         "SELECT p.person_id, p.display_name, w.tier, w.relation, p.phone FROM household_watchers w"
         " JOIN people p USING (person_id) WHERE w.household_id = %s ORDER BY w.tier, p.display_name",
         (household_id,),
     ).fetchall()
-    return [dict(zip(("person_id", "display_name", "tier", "relation", "phone"), r)) for r in rows]
+    return [{"person_id": pid, "display_name": name, "tier": tier, "relation": relation,
+             "phone": phone if visible else None, "phone_registered": bool(phone)}
+            for pid, name, tier, relation, phone in rows]
 
 
 def activity_heatmap(conn: psycopg.Connection, clock: Clock, household_id: str, tz: ZoneInfo) -> dict[str, Any]:

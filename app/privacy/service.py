@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 
 from app.errors import Forbidden, Invalid
-from app.households.service import log_view
+from app.households.service import log_view, may_see_contact
 from app.people import Person
 from app.scope import require_manage, require_view
 from mimamori.clock import Clock, as_datetime
@@ -61,6 +61,14 @@ def export_household(conn: psycopg.Connection, clock: Clock, person: Person, hou
         "events": _rows(conn, "SELECT time, device_id, seq, kind, value FROM events WHERE household_id = %s"
                               " ORDER BY time, device_id, seq", h),
     }
+    if person.role == "coordinator" and not may_see_contact(conn, person, household_id):
+        # A data-export request is handled by the resident or an operator; the coordinator's copy
+        # keeps the rule that address and phone are for the team and the resident only.
+        for row in data["contact"]:
+            row["address"] = "(registered)" if row["address"] else None
+            row["phone"] = "(registered)" if row["phone"] else None
+        for row in data["residents"]:
+            row["phone"] = "(registered)" if row["phone"] else None
     log_view(conn, clock, person, household_id, f"export_{fmt}")
     return data
 
