@@ -272,11 +272,12 @@ def bench_ingest(
 ) -> None:
     """Ingest throughput, published → committed, against a null sink on the same client stack."""
     from bench.ingest_bench import run_ingest_bench
+    from mimamori.db import scratch_database
     from mimamori.runtime import services
 
     settings = _settings(database_url, mqtt_url)
-    with services(settings) as svc:
-        result = run_ingest_bench(svc.database_url, svc.mqtt_url, events=events)
+    with services(settings) as svc, scratch_database(svc.database_url, "mimamori_bench") as bench_db:
+        result = run_ingest_bench(bench_db, svc.mqtt_url, events=events)
     if json_out:
         _print_json(result)
     else:

@@ -11,11 +11,15 @@ order and recorded in ``schema_migrations``. Header lines change how a file is a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -131,6 +135,23 @@ def migrate(url: str, directory: Path | None = None) -> MigrationResult:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_KEY,))
     return MigrationResult(applied, skipped)
+
+
+@contextlib.contextmanager
+def scratch_database(url: str, prefix: str = "mimamori_scratch") -> Iterator[str]:
+    """A migrated database of its own on the server of ``url``, dropped afterwards (benchmarks)."""
+    parts = urlsplit(url)
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    try:
+        scratch = urlunsplit(parts._replace(path=f"/{name}"))
+        migrate(scratch)
+        yield scratch
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
 
 
 def _record(conn: psycopg.Connection, mig: Migration) -> None:
