@@ -218,9 +218,11 @@ def test_sigkill_mid_stream_then_restart_stores_every_event_exactly_once(pg_url:
 
 
 class TcpProxy:
-    """A TCP forwarder to PostgreSQL that a test can cut (every connection dies, none accepted)."""
+    """A TCP forwarder to PostgreSQL that a test can cut (every connection dies, none accepted).
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    ``target`` is (host, port), or the path of a Unix socket (the embedded PostgreSQL has no TCP)."""
+
+    def __init__(self, target: tuple[str, int] | str) -> None:
         self.target = target
         self.port = embedded.free_port()
         self._socks: list[socket.socket] = []
@@ -242,7 +244,11 @@ class TcpProxy:
                 client, _ = lsock.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.target)
+            if isinstance(self.target, str):
+                upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                upstream.connect(self.target)
+            else:
+                upstream = socket.create_connection(self.target)
             with self._lock:
                 self._socks += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
@@ -279,14 +285,23 @@ class TcpProxy:
                 pass
             s.close()
 
+    @staticmethod
+    def target_of(pg_url: str) -> tuple[str, int] | str:
+        parts = urlsplit(pg_url)
+        query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+        if query.get("host", "").startswith("/"):
+            return f"{query['host']}/.s.PGSQL.{query.get('port', parts.port or 5432)}"
+        return (parts.hostname or "127.0.0.1", parts.port or 5432)
+
     def url_for(self, pg_url: str) -> str:
         parts = urlsplit(pg_url)
-        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{self.port}")))
+        user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        query = "&".join(p for p in parts.query.split("&") if p and not p.startswith(("host=", "port=")))
+        return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{self.port}", query=query))
 
 
 def test_database_outage_loses_nothing_and_acks_nothing_meanwhile(pg_url: str, mqtt_url: MqttUrl) -> None:
-    parts = urlsplit(pg_url)
-    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    proxy = TcpProxy(TcpProxy.target_of(pg_url))
     gw = unique("gw")
     svc = make_service(proxy.url_for(pg_url), mqtt_url)
     try:
