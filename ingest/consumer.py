@@ -229,12 +229,7 @@ class IngestService:
         self._to_db.put(batch)
 
     def _after_io(self, client: IngestClient) -> None:
-        done = self._done
-        while done:
-            generation, mids = done.popleft()
-            if generation == self._generation and self._connected:
-                client.ack_many(mids)
-                self.stats.acked += len(mids)
+        self._send_acks(client)
         outbox = self._outbox
         while outbox and self._connected:
             topic, payload = outbox.popleft()
@@ -288,7 +283,7 @@ class IngestService:
             rc = client.loop(0.01)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
-            self._after_io_acks_only(client)
+            self._send_acks(client)
         if self._unacked:
             log.warning("ingest stopping with %d messages not committed; the broker will redeliver them", self._unacked)
         if self._connected:
@@ -298,13 +293,14 @@ class IngestService:
             while time.monotonic() < linger_until:
                 if client.loop(0.02) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
-                self._after_io_acks_only(client)
+                self._send_acks(client)
             client.disconnect()
             for _ in range(50):  # let DISCONNECT reach the socket
                 if client.loop(0.01) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
 
-    def _after_io_acks_only(self, client: IngestClient) -> None:
+    def _send_acks(self, client: IngestClient) -> None:
+        """PUBACK the committed batches of this connection (older generations died with theirs)."""
         done = self._done
         while done:
             generation, mids = done.popleft()
