@@ -152,7 +152,7 @@ def _stage_target(name: str, settings: Settings, svc: Any, stop: threading.Event
     raise ValueError(f"unknown stage {name!r}")
 
 
-def _run_stages(settings: Settings, svc: Any, stop: threading.Event, *, clock: Clock | None = None,
+def run_stages(settings: Settings, svc: Any, stop: threading.Event, *, clock: Clock | None = None,
                 stages: tuple[str, ...] = STAGES) -> list[threading.Thread]:
     """Start the service stages in threads of this process (one place that knows them all)."""
     clock = clock or SystemClock()
@@ -183,7 +183,7 @@ def serve(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
     with services(settings) as svc:
         console.print(f"[bold]mimamori serve[/]: {svc.describe()}; web app http://{settings.app_host}:{settings.app_port}/"
                       "  (Ctrl-C to stop)")
-        _serve_until_stopped(_run_stages(settings, svc, stop), stop)
+        _serve_until_stopped(run_stages(settings, svc, stop), stop)
 
 
 def _one_stage(name: str, database_url: str | None, mqtt_url: str | None) -> None:
@@ -193,7 +193,7 @@ def _one_stage(name: str, database_url: str | None, mqtt_url: str | None) -> Non
     stop = _stop_on_signals()
     with services(settings, start_embedded=False) as svc:
         console.print(f"{name}: {svc.describe()}")
-        _serve_until_stopped(_run_stages(settings, svc, stop, stages=(name,)), stop)
+        _serve_until_stopped(run_stages(settings, svc, stop, stages=(name,)), stop)
 
 
 @app.command()

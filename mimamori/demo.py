@@ -79,7 +79,7 @@ def run_demo(
     from app.demo import create_demo_accounts
     from firmware_sim.fleet import fleet_manifest, register_manifest, run_fleet
     from firmware_sim.offline import DEFAULT_START
-    from mimamori.cli import _run_stages
+    from mimamori.cli import run_stages
 
     console = console or Console()
     state = _Progress()
@@ -103,7 +103,7 @@ def run_demo(
         # The service runs on the town's simulated clock, so the detector sees hours pass as the
         # residents live them.
         clock: Clock = SystemClock() if speed is None else ScaledClock(DEFAULT_START, speed)
-        stage_threads = _run_stages(settings, svc, stop, clock=clock)
+        stage_threads = run_stages(settings, svc, stop, clock=clock)
         url = f"http://{settings.app_host}:{settings.app_port}/"
         console.print(f"[bold]web app[/]: {url}    logs: {log_path}")
         for login in logins:
