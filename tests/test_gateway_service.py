@@ -300,9 +300,11 @@ def test_mqtt_311_fallback_against_amqtt(gateway_id: str, tmp_path: Path) -> Non
     try:
         url = mqtt.MqttUrl.parse(broker.url)
         listener = Listener(url, gateway_id)
-        with make_gateway(url, gateway_id, tmp_path / "o.db") as gw:  # protocol negotiated
+        # amqtt now and then drops a fresh connection; fast reconnects keep that from eating the
+        # flush timeout (the default backoff may wait up to 30 s).
+        with make_gateway(url, gateway_id, tmp_path / "o.db", reconnect_base_s=0.05, reconnect_cap_s=0.5) as gw:  # protocol negotiated
             sent = [gw.submit(r) for r in readings(200)]
-            assert gw.flush(20)
+            assert gw.flush(60)
             assert wait_for(lambda: listener.distinct() == 200)
             assert gw._protocol == mqtt.MQTTv311
         assert set(listener.events) == {(e.device_id, e.seq) for e in sent}
