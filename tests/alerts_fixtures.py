@@ -8,11 +8,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+import pytest
 from aiosmtpd.controller import Controller
 
 from mimamori.clock import as_datetime
@@ -134,3 +135,11 @@ def actions(conn: psycopg.Connection, incident_id: int) -> list[str]:
 def notices(conn: psycopg.Connection, person_id: str) -> list[str]:
     return [r[0] for r in conn.execute("SELECT notice FROM notifications WHERE person_id = %s ORDER BY notification_id",
                                        (person_id,))]
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    """A real SMTP server (aiosmtpd) collecting the mails of one test."""
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from alerts_fixtures import SmtpSink, actions, notices, open_incident, seed_town, wait_for
+from alerts_fixtures import SmtpSink, smtp, actions, notices, open_incident, seed_town, wait_for
 
 from alerts import service
 from alerts.models import Actor
@@ -69,12 +69,6 @@ class Workers:
     def logs(self) -> str:
         return "\n".join(f.read_text(errors="replace")[-3000:] for f in self.tmp.glob("*.log"))
 
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture

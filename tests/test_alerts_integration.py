@@ -10,7 +10,7 @@ from datetime import time as dt_time
 
 import psycopg
 import pytest
-from alerts_fixtures import SmtpSink, Town, actions, notices, open_incident, seed_town, wait_for
+from alerts_fixtures import SmtpSink, smtp, Town, actions, notices, open_incident, seed_town, wait_for
 
 from alerts import models, service
 from alerts.channels import AlertSettings
@@ -23,12 +23,6 @@ from mimamori.mqtt import MqttUrl
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture

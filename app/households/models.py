@@ -40,14 +40,7 @@ class AwayIn(BaseModel):
     note: Text | None = None
 
 
-class HouseholdDetail(BaseModel):
-    household_id: str
-    display_name: str
-    area: str | None
-    status: str
-    away_until: datetime | None
-    incident_id: int | None
-    last_activity_at: datetime | None
+class HouseholdDetail(HouseholdSummary):
     contact: dict[str, Any] | None
     team: list[dict[str, Any]]
     devices: list[dict[str, Any]]
