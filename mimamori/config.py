@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 
@@ -53,7 +53,20 @@ class Settings(BaseSettings):
     app_host: str = "127.0.0.1"
     app_port: int = Field(default=8000, ge=0, le=65535)
 
+    #: Signs session CSRF tokens and no-login links (safety-check answers). Unset = a random key kept in
+    #: ``<data_dir>/secret_key`` (see ``mimamori.signing``); set it when several processes serve the app.
+    secret_key: SecretStr | None = None
+    #: Public base URL of the web app, used in links sent by mail/chat (default http://app_host:app_port).
+    public_url: str | None = None
+
+    #: Port of the operations endpoint (/metrics, /healthz, /readyz) of a stage process; 0 = off.
+    #: The web app serves the same paths on its own port.
+    ops_port: int = Field(default=0, ge=0, le=65535)
+    ops_host: str = "127.0.0.1"
+
     log_level: str = "INFO"
+    #: "json" = one JSON object per line (for log shippers); "text" = for people.
+    log_format: Literal["text", "json"] = "text"
 
     @classmethod
     def settings_customise_sources(
@@ -69,6 +82,10 @@ class Settings(BaseSettings):
             env_settings,
             TomlConfigSettingsSource(settings_cls, toml_file=_toml_path()),
         )
+
+
+    def app_url(self) -> str:
+        return (self.public_url or f"http://{self.app_host}:{self.app_port}").rstrip("/")
 
 
 def load_settings(**overrides: object) -> Settings:

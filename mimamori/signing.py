@@ -1,0 +1,43 @@
+"""The service's signing key: configured (``MIMAMORI_SECRET_KEY``), else one random key per data dir.
+
+Used for CSRF tokens bound to a session and for single-use no-login links. Everything that signs
+goes through :func:`signer`, so a key rotation is one setting.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from itsdangerous import URLSafeTimedSerializer
+
+from mimamori.config import Settings
+
+
+def secret_key(settings: Settings) -> str:
+    if settings.secret_key is not None and settings.secret_key.get_secret_value():
+        return settings.secret_key.get_secret_value()
+    return _stored_key(settings.data_dir / "secret_key")
+
+
+def _stored_key(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    # O_EXCL: two processes starting together agree on the first key written.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text(encoding="ascii").strip()
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(key)
+    return key
+
+
+def signer(settings: Settings, purpose: str) -> URLSafeTimedSerializer:
+    """A serializer whose tokens are valid only for ``purpose`` (the salt), e.g. ``"safety-answer"``."""
+    return URLSafeTimedSerializer(secret_key(settings), salt=f"mimamori/{purpose}")
