@@ -7,11 +7,13 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = {"gateway", "ingest", "detector", "alerts", "app"}
+STAGES = {"gateway", "ingest", "detector", "alerts", "safety", "app"}
 TOOLS = {"firmware_sim", "bench"}
 # The CLI layer wires everything together and imports stages lazily, inside functions.
 CLI_LAYER = {"mimamori/cli.py", "mimamori/demo.py"}
-ALLOWED = {("app", "alerts")}  # the app may call the alert engine's service functions
+# The app may call the alert engine's and the safety check's service functions; the safety check reuses
+# the alert engine's claim, timeline and delivery queue.
+ALLOWED = {("app", "alerts"), ("app", "safety"), ("safety", "alerts")}
 
 
 def _imports(path: Path) -> set[str]:
