@@ -119,7 +119,7 @@ def gateway(
     run_gateway(settings, gateway_id=gateway_id, local_url=local_url, outbox_path=outbox_path)
 
 
-STAGES = ("ingest", "detector", "alerts", "app")
+STAGES = ("ingest", "detector", "alerts", "safety", "app")
 
 
 def _stage_target(name: str, settings: Settings, svc: Any, stop: threading.Event, clock: Clock) -> Any:
@@ -142,6 +142,11 @@ def _stage_target(name: str, settings: Settings, svc: Any, stop: threading.Event
         worker_id = settings.alerts_worker_id or f"{socket.gethostname()}-{os.getpid()}"
         return functools.partial(run_alert_worker, settings, database_url=svc.database_url, mqtt_url=svc.mqtt_url,
                                  clock=clock, stop=stop, worker_id=worker_id)
+    if name == "safety":
+        from safety.worker import run_safety_worker
+
+        return functools.partial(run_safety_worker, settings, database_url=svc.database_url, mqtt_url=svc.mqtt_url,
+                                 clock=clock, stop=stop)
     if name == "app":
         from app.main import run_app
 
@@ -215,6 +220,12 @@ def detector(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None
 def alerts_worker(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
     """Run an alert worker (escalation steps and channel sends); run several to share the load."""
     _one_stage("alerts", database_url, mqtt_url)
+
+
+@app.command("safety")
+def safety_worker(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
+    """Run the safety-check worker (blinks, answer recognition, throttled messages)."""
+    _one_stage("safety", database_url, mqtt_url)
 
 
 @app.command("app")
