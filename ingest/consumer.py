@@ -35,8 +35,9 @@ from mimamori import mqtt, protocol
 from mimamori.clock import Clock, SystemClock
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
+from mimamori.observability import register_readiness, unregister_readiness
 
-from . import store
+from . import metrics, store
 from .batch import Batch
 from .client import IngestClient
 from .sweeper import GapSweeper
@@ -140,6 +141,14 @@ class IngestService:
         self._batch_opened = 0.0
         self.protocol = mqtt.MQTTv5
         self.client: IngestClient | None = None
+        #: Device time (epoch ms) of the newest event stored by this process (the lag metric).
+        self._newest_stored_ms = 0
+        #: time.monotonic() of the last successful / failed database write (readiness).
+        self._db_ok_at = 0.0
+        self._db_error_at = 0.0
+        self._db_probe_lock = threading.Lock()
+        self._db_probe_at = -1e9
+        self._db_probe_ok = False
 
     # --- MQTT ---------------------------------------------------------------------------------
 
@@ -226,6 +235,7 @@ class IngestService:
         self._batch = Batch(self._generation)
         with self._pending_lock:
             self._unacked += batch.received
+        metrics.MESSAGES_RECEIVED.inc(batch.received)
         self._to_db.put(batch)
 
     def _after_io(self, client: IngestClient) -> None:
@@ -235,6 +245,7 @@ class IngestService:
             topic, payload = outbox.popleft()
             client.publish(topic, payload, qos=1)
             self.stats.resend_requests += 1
+            metrics.RESEND_REQUESTS.inc()
         if self._batch.received and time.monotonic() - self._batch_opened >= self.max_wait_s:
             self._hand_off()
 
@@ -345,8 +356,10 @@ class IngestService:
                 else:
                     if conn is None or conn.closed:
                         conn = self._connect_db()
+                    started = time.perf_counter()
                     try:
                         result = store.write_batch(conn, batch, self.clock.now(), self._known)
+                        metrics.COMMIT_LATENCY.observe(time.perf_counter() - started)
                     except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, psycopg.InternalError) as exc:
                         log.error("batch refused by the database (%s); isolating its messages", exc)
                         self._known.clear()
@@ -354,6 +367,8 @@ class IngestService:
                 break
             except (psycopg.Error, OSError) as exc:
                 self.stats.db_errors += 1
+                self._db_error_at = time.monotonic()
+                metrics.DATABASE_ERRORS.inc()
                 log.warning("database unavailable (%s); retrying in %.1fs", str(exc).strip()[:200], backoff)
                 if conn is not None:
                     try:
@@ -409,9 +424,60 @@ class IngestService:
         stats.last_batch_size = batch.received
         if batch.newest_ts_ms:
             stats.lag_s = max(0.0, self.clock.now() - batch.newest_ts_ms / 1000.0)
-        stats.last_commit_at = time.monotonic()
+        stats.last_commit_at = self._db_ok_at = time.monotonic()
+        if batch.newest_ts_ms and (result.stored or result.heartbeats) and batch.newest_ts_ms > self._newest_stored_ms:
+            self._newest_stored_ms = batch.newest_ts_ms
         self._done.append((batch.generation, batch.acks))
         self._unacked -= batch.received
+        self._count_metrics(batch, result)
+
+    @staticmethod
+    def _count_metrics(batch: Batch, result: store.BatchResult) -> None:
+        metrics.BATCHES.inc()
+        metrics.BATCH_SIZE.observe(batch.received)
+        metrics.ROWS_STORED.inc(result.stored)
+        metrics.DUPLICATES.inc(result.duplicates)
+        metrics.DEVICE_HEARTBEATS.inc(result.heartbeats)
+        reasons: dict[str, int] = {}
+        for dl in batch.dead_letters:
+            reasons[dl.reason] = reasons.get(dl.reason, 0) + 1
+        refused = result.dead_letters - len(batch.dead_letters)  # items the database refused (_write_singly)
+        if refused > 0:
+            reasons["db_rejected"] = reasons.get("db_rejected", 0) + refused
+        for reason, n in reasons.items():
+            metrics.DEAD_LETTERS.labels(reason).inc(n)
+
+    # --- observability ---------------------------------------------------------------------------
+
+    def lag_now(self) -> float | None:
+        """Seconds from the device time of the newest event stored by this process to now (service
+        clock); None before the first."""
+        if not self._newest_stored_ms:
+            return None
+        return max(0.0, self.clock.now() - self._newest_stored_ms / 1000.0)
+
+    def ready(self) -> bool:
+        """Readiness: subscribed to the broker, and the database reachable (the writers' last outcome;
+        a fresh probe, at most every few seconds, when they have been idle)."""
+        return self.subscribed.is_set() and self._database_reachable()
+
+    def _database_reachable(self, fresh_s: float = 5.0) -> bool:
+        if self.sink != "database":
+            return True
+        if self._db_error_at > self._db_ok_at:
+            return False  # the writers are retrying a batch right now
+        if time.monotonic() - self._db_ok_at < fresh_s:
+            return True
+        with self._db_probe_lock:  # idle writers: probe, and remember the answer a few seconds
+            if time.monotonic() - self._db_probe_at >= fresh_s:
+                try:
+                    with psycopg.connect(self.database_url, connect_timeout=2) as conn:  # type: ignore[arg-type]
+                        conn.execute("SELECT 1")
+                    self._db_probe_ok = True
+                except (psycopg.Error, OSError):
+                    self._db_probe_ok = False
+                self._db_probe_at = time.monotonic()
+            return self._db_probe_ok
 
     def _maybe_sweep(self, conn: psycopg.Connection | None) -> psycopg.Connection | None:
         if self.sweeper is None or self.sink != "database" or not self.sweeper.due():
@@ -446,10 +512,14 @@ class IngestService:
         ]
         for thread in writers:
             thread.start()
+        metrics.track(self)
+        register_readiness("ingest", self.ready)
         try:
             self._network_loop()
             self._drain_and_disconnect()
         finally:
+            unregister_readiness("ingest")
+            metrics.untrack(self)
             if self._unacked:
                 self._abort_db.set()  # the database is away: stop retrying, the broker keeps the rest
             for _ in writers:
