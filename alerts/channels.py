@@ -41,6 +41,8 @@ class AlertSettings(BaseSettings):
     #: Longest a worker sleeps between looks at the queue when no NOTIFY wakes it (seconds).
     poll_s: float = 0.2
     send_timeout_s: float = 10.0
+    #: How often a worker refreshes the queue gauges of ``alerts.metrics`` (seconds, real time).
+    metrics_every_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ def _apprise() -> Any:
                 from apprise.manager_plugins import NotificationManager
 
                 NotificationManager().load_modules()
+            _pin_message_ids()
             try:
                 from apprise.plugins.email import smtp as apprise_smtp
 
@@ -122,6 +125,54 @@ def _apprise() -> Any:
     return _apprise_module
 
 
+#: A header we hand to Apprise's e-mail plugin; it never leaves the process: the wrapper below turns
+#: it into the message's Message-ID (Apprise otherwise makes a random one per attempt).
+_MESSAGE_ID_HEADER = "X-Mimamori-Message-Id"
+
+
+def _pin_message_ids() -> None:
+    """Let a caller choose the Message-ID of an e-mail sent through Apprise.
+
+    A re-send of the same delivery (after a crash between the SMTP server's 250 and our commit) then
+    carries the same Message-ID, so mail systems and people's clients recognise it as the same
+    message. Apprise builds the message in ``NotifyEmail.prepare_emails`` and sets a random
+    Message-ID after the extra headers; we wrap that function and swap the header."""
+    try:
+        from apprise.plugins.email.base import NotifyEmail
+    except ImportError:  # another Apprise layout: Message-IDs stay random (documented in README)
+        return
+    original = NotifyEmail.__dict__.get("prepare_emails")
+    if not isinstance(original, staticmethod) or getattr(original.__func__, "_mimamori", False):
+        return
+    inner = original.__func__
+
+    def prepare_emails(*args: Any, **kwargs: Any) -> Any:
+        headers = dict(kwargs.get("headers") or {})
+        pinned = headers.pop(_MESSAGE_ID_HEADER, None)
+        kwargs["headers"] = headers
+        for message in inner(*args, **kwargs):
+            if pinned:
+                message.body = _replace_message_id(message.body, pinned)
+            yield message
+
+    prepare_emails._mimamori = True  # type: ignore[attr-defined]
+    NotifyEmail.prepare_emails = staticmethod(prepare_emails)  # type: ignore[method-assign]
+
+
+def _replace_message_id(raw: str, message_id: str) -> str:
+    head, sep, body = raw.partition("\n\n")
+    lines = head.split("\n")
+    out = [f"Message-ID: {message_id}" if line.lower().startswith("message-id:") else line for line in lines]
+    if not any(line.lower().startswith("message-id:") for line in lines):
+        out.append(f"Message-ID: {message_id}")
+    return "\n".join(out) + sep + body
+
+
+def message_id_for(delivery_id: int, incident_id: int, created_at_ms: int, domain: str) -> str:
+    """The Message-ID of a delivery: the same for every attempt, unique per delivery."""
+    return f"<alert.{incident_id}.{delivery_id}.{created_at_ms}@{domain}>"
+
+
 def apprise_channel_name(url: str) -> str:
     scheme = urlsplit(url).scheme.lower()
     return APPRISE_CHANNEL_NAMES.get(scheme, scheme or "apprise")
@@ -130,11 +181,16 @@ def apprise_channel_name(url: str) -> str:
 class AppriseSender:
     """Sends through one Apprise URL per call (a fresh ``Apprise`` object: safe across threads)."""
 
-    def send(self, url: str, title: str, body: str) -> SendResult:
+    def send(self, url: str, title: str, body: str, *, message_id: str | None = None) -> SendResult:
+        """``message_id``: the Message-ID of an e-mail (ignored by other kinds of targets)."""
         apprise = _apprise()
         app = apprise.Apprise()
         if not app.add(url):
             return SendResult(False, "not a valid Apprise URL", permanent=True)
+        if message_id:
+            for server in app:
+                if isinstance(getattr(server, "headers", None), dict) and hasattr(server, "smtp_host"):
+                    server.headers[_MESSAGE_ID_HEADER] = message_id
         with apprise.LogCapture(level=apprise.logging.WARNING) as log:
             ok = bool(app.notify(title=title, body=body))
             detail = log.getvalue().strip()
@@ -163,7 +219,8 @@ class WebPushSender:
         self.subject = subject
         self.timeout_s = timeout_s
 
-    def send(self, subscription_json: str, payload: dict[str, Any], urgent: bool) -> SendResult:
+    def send(self, subscription_json: str, payload: dict[str, Any], urgent: bool, *, topic: str | None = None) -> SendResult:
+        """``topic``: Web Push Topic header (a push service replaces an undelivered message with the same topic)."""
         if not self.vapid_private_key:
             return SendResult(False, "Web Push is not configured (MIMAMORI_ALERTS_VAPID_PRIVATE_KEY)", permanent=True)
         from pywebpush import WebPushException, webpush
@@ -177,7 +234,7 @@ class WebPushSender:
                 vapid_claims={"sub": self.subject},
                 ttl=24 * 3600,
                 timeout=self.timeout_s,
-                headers={"Urgency": "high" if urgent else "normal"},
+                headers={"Urgency": "high" if urgent else "normal", **({"Topic": topic} if topic else {})},
             )
         except WebPushException as exc:
             status = getattr(exc.response, "status_code", None)

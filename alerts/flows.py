@@ -1,20 +1,25 @@
 """Side effects: sending what the outbox holds.
 
-``deliver_one`` locks the next due ``alert_deliveries`` row (FOR UPDATE SKIP LOCKED, so several
-workers never send the same row), sends it while holding the lock, and records the outcome in the
-same transaction.
+Every send is three steps (see ``service.begin_delivery``):
+
+1. a committed transaction marks the next due ``alert_deliveries`` row ``sending`` with a fresh
+   attempt id, while this worker holds the delivery's session advisory lock;
+2. the network call, outside any transaction; e-mail carries a Message-ID derived from the delivery
+   (the same for every attempt), Web Push a Topic and the delivery id, a blink command its id;
+3. a second transaction records the outcome (sent / retry with backoff / failed), only if the
+   attempt is still the current one; then the lock is dropped.
 
 Crash semantics, honestly:
-- the intent is recorded with the step (see ``service.enqueue_notice``), so a crash before sending
-  loses nothing: the row stays ``pending`` and the next worker sends it;
-- a crash *after* the channel accepted the message but *before* our COMMIT leaves the row pending
-  too (the lock dies with the connection), so it is sent again. SMTP, Apprise's targets and the
-  MQTT command have no idempotency key we could pass, so this window (milliseconds: between the
-  channel's "accepted" and our commit) can duplicate a message; it cannot lose one. For a welfare
-  alert a rare duplicate beats a lost alert. Web Push has no message id either (Topic collapses
-  only undelivered pushes, and our payload carries ``incident_id``/``notice`` so the service
-  worker can ignore a repeat). In-app notifications are rows written in the step's own
-  transaction: exactly once.
+- killed before step 1 commits: the row is still ``pending``; the next worker sends it. Nothing lost.
+- killed between 1 and 3: the row stays ``sending`` and the lock dies with the connection, so
+  another worker (or the restarted one) finds it *in doubt* and sends it again, with the same
+  Message-ID, counting it in ``resends`` and on the timeline (``resend_in_doubt``). Whether the
+  first copy reached the channel cannot be known: SMTP, Apprise's targets and MQTT have no
+  idempotency key a sender can query. So the guarantee is: no notification is lost; no
+  notification exists twice as a *distinct* message (a receiver or mail client that de-duplicates
+  on Message-ID shows it once); a raw re-transmission is possible only for sends in flight at the
+  crash, at most one per delivery thread per crash, and each one is recorded.
+- in-app notifications are rows written in the step's own transaction: exactly once, no window.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 
-from alerts import service
-from alerts.channels import AppriseSender, MqttBlinkSender, SendResult, WebPushSender, apprise_channel_name
+from alerts import metrics, service
+from alerts.channels import AppriseSender, MqttBlinkSender, SendResult, WebPushSender, apprise_channel_name, message_id_for
 from mimamori.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -47,48 +53,64 @@ def channel_name(row: dict[str, Any]) -> str:
     return str(row["channel"]).split(":", 1)[0]
 
 
+def _domain_of(url: str | None) -> str:
+    """The Message-ID's domain: the sender address's domain, else the SMTP host."""
+    if not url:
+        return "mimamori.invalid"
+    parts = urlsplit(url)
+    sender = parse_qs(parts.query).get("from", [""])[0]
+    if "@" in sender:
+        return sender.rsplit("@", 1)[1].strip(">") or "mimamori.invalid"
+    return parts.hostname or "mimamori.invalid"
+
+
+def message_id(row: dict[str, Any]) -> str | None:
+    """The pinned Message-ID of an e-mail delivery (None for other channels)."""
+    if row.get("channel_kind") != "apprise" or channel_name(row) != "email":
+        return None
+    created_ms = int(row["created_at"].timestamp() * 1000)
+    return message_id_for(int(row["delivery_id"]), int(row["incident_id"]), created_ms, _domain_of(row.get("target")))
+
+
 def send(row: dict[str, Any], senders: Senders) -> SendResult:
     payload = row["payload"]
     if row["channel"] == "mqtt":
         if senders.mqtt is None:
             return SendResult(False, "no MQTT broker configured for this worker")
-        return senders.mqtt.send(payload["gateway_id"], payload["device_id"], payload.get("args", {}))
+        args = {**payload.get("args", {}), "command_id": f"alert-{row['delivery_id']}"}
+        return senders.mqtt.send(payload["gateway_id"], payload["device_id"], args)
     if row.get("target") is None or not row.get("channel_enabled", False):
         return SendResult(False, "channel removed or disabled", permanent=True)
     if row["channel_kind"] == "apprise":
-        return senders.apprise.send(row["target"], payload["title"], payload["body"])
+        return senders.apprise.send(row["target"], payload["title"], payload["body"], message_id=row.get("message_id"))
     if row["channel_kind"] == "webpush":
-        return senders.webpush.send(row["target"], payload, bool(row["urgent"]))
+        return senders.webpush.send(row["target"], {**payload, "delivery_id": row["delivery_id"]}, bool(row["urgent"]),
+                                    topic=f"alert-{row['delivery_id']}")
     return SendResult(False, f"unknown channel {row['channel']}", permanent=True)
 
 
-def _superseded(row: dict[str, Any]) -> str | None:
-    """An alert (or blink) for an incident someone already claimed or closed is not worth sending."""
-    if row["notice"] in ("alert", "blink") and row["incident_status"] != "open":
-        return f"incident already {row['incident_status']}"
-    return None
-
-
-def deliver_one(conn: psycopg.Connection, clock: Clock, senders: Senders) -> bool:
-    """Send the next due outbox row, if any. Returns whether there was one."""
-    now = clock.now()
-    with conn.transaction():
-        row = service.next_delivery(conn, now)
-        if row is None:
-            return False
-        name = channel_name(row)
-        reason = _superseded(row)
-        if reason:
-            service.record_delivery(conn, row, ok=False, error=reason, now=now, channel_name=name, skip=True)
-            return True
+def deliver_one(conn: psycopg.Connection, clock: Clock, senders: Senders, worker_id: str = "worker") -> bool:
+    """Send the next due (or in-doubt) outbox row, if any. Returns whether there was one.
+    ``conn`` is in autocommit mode (this function commits twice)."""
+    row = service.begin_delivery(conn, clock.now(), worker_id, message_id=message_id)
+    if row is None:
+        return False
+    name = channel_name(row)
+    if row["skipped"]:
+        metrics.count_notification(name, "skipped")
+        return True
+    try:
         try:
             result = send(row, senders)
         except Exception as exc:  # a channel library bug must not kill the worker; retry later
             log.exception("send failed: delivery %s", row["delivery_id"])
             result = SendResult(False, f"{type(exc).__name__}: {exc!s:.300}")
         # a permanent failure (no retry can help) fails now, and reports the person if unreachable
-        service.record_delivery(conn, row, ok=result.ok, error=result.error, now=clock.now(), channel_name=name,
-                                final=result.permanent)
-        if not result.ok:
-            log.warning("delivery %s via %s failed: %s", row["delivery_id"], name, result.error)
+        current = service.finish_delivery(conn, row, ok=result.ok, error=result.error, now=clock.now(), channel_name=name,
+                                          final=result.permanent)
+    finally:
+        service.release_delivery(conn, row)
+    metrics.count_send(name, row, result.ok, result.permanent, current)
+    if not result.ok:
+        log.warning("delivery %s via %s failed: %s", row["delivery_id"], name, result.error)
     return True

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -28,7 +29,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from alerts import policy
+from alerts import metrics, policy
 from alerts.models import (
     ACTIVITY_KINDS,
     OUTCOMES,
@@ -682,6 +683,7 @@ def enqueue_notice(conn: psycopg.Connection, inc: dict[str, Any], people: Sequen
                         VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
                      (person_id, inc["incident_id"], notice, urgent, title, body,
                       Jsonb({"step": step_key, "household_id": inc["household_id"], "kind": inc["kind"]}), as_datetime(now)))
+        metrics.count_notification("inapp", "sent")
         if inapp_only:
             continue
         send_at = now
@@ -717,19 +719,112 @@ def incident_row(conn: psycopg.Connection, incident_id: int) -> dict[str, Any] |
     return _one(conn, _INCIDENT_SQL + " WHERE i.incident_id = %s", (incident_id,))
 
 
-_NEXT_DELIVERY_SQL = """
+_DELIVERY_SELECT = """
 SELECT d.*, i.status AS incident_status, c.target, c.kind AS channel_kind, c.enabled AS channel_enabled
 FROM alert_deliveries d
 JOIN incidents i ON i.incident_id = d.incident_id
 LEFT JOIN person_channels c ON c.channel_id = d.channel_id
+"""
+
+_NEXT_DELIVERY_SQL = _DELIVERY_SELECT + """
 WHERE d.status = 'pending' AND d.next_attempt_at <= %s
 ORDER BY d.next_attempt_at, d.delivery_id
 LIMIT 1 FOR UPDATE OF d SKIP LOCKED"""
 
+# Rows a sender marked 'sending': in flight, or left behind by a sender that died. The advisory lock
+# tells them apart (a live sender holds it; it dies with the sender's connection).
+_IN_DOUBT_SQL = _DELIVERY_SELECT + """
+WHERE d.status = 'sending'
+ORDER BY d.delivery_id
+LIMIT 50 FOR UPDATE OF d SKIP LOCKED"""
+
+#: First key of the two-key advisory locks a sender holds on a delivery while it is 'sending'
+#: (a space of its own: the migration runner uses the one-bigint form).
+DELIVERY_LOCK_CLASS = 0x6D616C74
+
+
+def _lock_key(delivery_id: int) -> tuple[int, int]:
+    return DELIVERY_LOCK_CLASS, int(delivery_id) % 2_147_483_647
+
+
+def _try_lock_delivery(conn: psycopg.Connection, delivery_id: int) -> bool:
+    row = _one(conn, "SELECT pg_try_advisory_lock(%s, %s) AS ok", _lock_key(delivery_id))
+    return bool(row and row["ok"])
+
+
+def release_delivery(conn: psycopg.Connection, row: dict[str, Any]) -> None:
+    """Drop the session lock ``begin_delivery`` took (after the outcome is committed)."""
+    if conn.closed:
+        return  # the lock died with the connection
+    conn.execute("SELECT pg_advisory_unlock(%s, %s)", _lock_key(row["delivery_id"]))
+
 
 def next_delivery(conn: psycopg.Connection, now: float) -> dict[str, Any] | None:
-    """Lock the next due outbox row (the caller holds the transaction while it sends)."""
+    """Lock the next due pending outbox row (inside the caller's transaction)."""
     return _one(conn, _NEXT_DELIVERY_SQL, (as_datetime(now),))
+
+
+def begin_delivery(conn: psycopg.Connection, now: float, worker_id: str,
+                   message_id: Any = None) -> dict[str, Any] | None:
+    """Start one send, committed before any network call (the caller must not be in a transaction).
+
+    Picks the next due pending row, or else an in-doubt one (status 'sending' whose sender died).
+    Takes the delivery's session advisory lock, marks the row ``sending`` with a fresh attempt id and
+    commits. An in-doubt row is counted in ``resends`` and keeps its Message-ID: what the dead sender
+    may already have handed to the channel is sent again as the same message.
+    ``message_id(row)`` returns the Message-ID to pin (e-mail), or None.
+    Returns the row (``attempt_id``, ``resend`` set; ``skipped`` if not worth sending any more), or
+    None when there is nothing to do. The caller sends, then ``finish_delivery`` and ``release_delivery``.
+    """
+    with conn.transaction():
+        row = next_delivery(conn, now)
+        if row is not None and not _try_lock_delivery(conn, row["delivery_id"]):
+            row = None  # its previous attempt is still finishing (a moment): later
+        resend = False
+        if row is None:
+            for candidate in _rows(conn, _IN_DOUBT_SQL):
+                if _try_lock_delivery(conn, candidate["delivery_id"]):
+                    row, resend = candidate, True
+                    break
+        if row is None:
+            return None
+        reason = _superseded(row)
+        if reason:
+            record_delivery(conn, row, ok=False, error=reason, now=now, channel_name=str(row["channel"]), skip=True)
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", _lock_key(row["delivery_id"]))
+            return {**row, "skipped": True, "resend": resend, "skip_reason": reason}
+        attempt_id = uuid.uuid4().hex
+        mid = row["message_id"] or (message_id(row) if message_id is not None else None)
+        conn.execute("""UPDATE alert_deliveries SET status = 'sending', attempt_id = %s, sending_since = %s, sending_by = %s,
+                               message_id = %s, resends = resends + %s WHERE delivery_id = %s""",
+                     (attempt_id, as_datetime(now), worker_id, mid, 1 if resend else 0, row["delivery_id"]))
+        if resend:
+            _timeline(conn, row["incident_id"], now, None, "resend_in_doubt", "system",
+                      "a sender stopped between sending and recording; the same message is sent again",
+                      {"recipient": row["recipient"], "step": row["step_key"], "channel": row["channel"],
+                       "message_id": mid, "previous_worker": row["sending_by"]})
+        return {**row, "attempt_id": attempt_id, "message_id": mid, "resend": resend, "skipped": False,
+                "resends": int(row["resends"]) + (1 if resend else 0)}
+
+
+def _superseded(row: dict[str, Any]) -> str | None:
+    """An alert (or blink) for an incident someone already claimed or closed is not worth sending."""
+    if row["notice"] in ("alert", "blink") and row["incident_status"] != "open":
+        return f"incident already {row['incident_status']}"
+    return None
+
+
+def finish_delivery(conn: psycopg.Connection, row: dict[str, Any], *, ok: bool, error: str | None, now: float,
+                    channel_name: str, final: bool = False) -> bool:
+    """Record the outcome of the attempt ``begin_delivery`` started, in a transaction of its own.
+    False if the attempt is no longer the current one (another worker took it over as in doubt)."""
+    with conn.transaction():
+        current = _one(conn, "SELECT attempt_id, status FROM alert_deliveries WHERE delivery_id = %s FOR UPDATE",
+                       (row["delivery_id"],))
+        if current is None or current["attempt_id"] != row["attempt_id"] or current["status"] != "sending":
+            return False
+        record_delivery(conn, row, ok=ok, error=error, now=now, channel_name=channel_name, final=final)
+    return True
 
 
 def record_delivery(conn: psycopg.Connection, row: dict[str, Any], *, ok: bool, error: str | None, now: float,
@@ -745,12 +840,17 @@ def record_delivery(conn: psycopg.Connection, row: dict[str, Any], *, ok: bool, 
         conn.execute("""UPDATE alert_deliveries SET status = 'sent', attempts = %s, sent_at = %s,
                         sent_real_at = clock_timestamp(), last_error = NULL WHERE delivery_id = %s""",
                      (attempts, as_datetime(now), row["delivery_id"]))
+        data = {"recipient": row["recipient"], "notice": row["notice"], "step": row["step_key"], "attempts": attempts}
+        if row.get("message_id"):
+            data["message_id"] = row["message_id"]
+        if row.get("resends"):
+            data["resends"] = row["resends"]
         _timeline(conn, incident_id, now, None, "blinked" if row["notice"] == "blink" else "delivered", channel_name, None,
-                  {"recipient": row["recipient"], "notice": row["notice"], "step": row["step_key"], "attempts": attempts})
+                  data)
         return
     delay = None if final else policy.retry_delay(attempts)
     if delay is not None:
-        conn.execute("""UPDATE alert_deliveries SET attempts = %s, next_attempt_at = %s, last_error = %s
+        conn.execute("""UPDATE alert_deliveries SET status = 'pending', attempts = %s, next_attempt_at = %s, last_error = %s
                         WHERE delivery_id = %s""", (attempts, as_datetime(now + delay), error, row["delivery_id"]))
         return
     conn.execute("UPDATE alert_deliveries SET status = 'failed', attempts = %s, last_error = %s WHERE delivery_id = %s",
@@ -759,7 +859,7 @@ def record_delivery(conn: psycopg.Connection, row: dict[str, Any], *, ok: bool, 
               {"recipient": row["recipient"], "notice": row["notice"], "step": row["step_key"], "attempts": attempts})
     if row["notice"] in ("alert", "technical") and row["person_id"]:
         still = _one(conn, """SELECT 1 AS ok FROM alert_deliveries WHERE incident_id = %s AND step_key = %s AND recipient = %s
-                              AND channel <> 'inapp' AND status IN ('pending', 'sent')""",
+                              AND channel <> 'inapp' AND status IN ('pending', 'sending', 'sent')""",
                      (incident_id, row["step_key"], row["recipient"]))
         if still is None:
             inc = incident_row(conn, incident_id)

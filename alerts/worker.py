@@ -25,8 +25,9 @@ from typing import Any
 
 import psycopg
 
-from alerts import flows, service
+from alerts import flows, metrics, service
 from alerts.channels import AlertSettings, AppriseSender, MqttBlinkSender, WebPushSender
+from mimamori import observability
 from mimamori.clock import Clock, ScaledClock, SystemClock
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
@@ -44,7 +45,11 @@ def _engine_pass(conn: psycopg.Connection, clock: Clock, worker_id: str, wake: t
     delivery threads after every committed batch so sends start while the pass goes on."""
     done = 0
     while done < BATCH:
-        n = service.adopt_new(conn, clock, worker_id, limit=BATCH_STEP) + service.step_due(conn, clock, worker_id, limit=BATCH_STEP)
+        adopted = service.adopt_new(conn, clock, worker_id, limit=BATCH_STEP)
+        stepped = service.step_due(conn, clock, worker_id, limit=BATCH_STEP)
+        metrics.STEPS.labels("adopt").inc(adopted)
+        metrics.STEPS.labels("step").inc(stepped)
+        n = adopted + stepped
         if n == 0:
             break
         wake.set()
@@ -53,21 +58,28 @@ def _engine_pass(conn: psycopg.Connection, clock: Clock, worker_id: str, wake: t
 
 
 def _delivery_loop(database_url: str, clock: Clock, senders: flows.Senders, wake: threading.Event,
-                   stop: threading.Event, poll_s: float) -> None:
+                   stop: threading.Event, poll_s: float, worker_id: str = "worker") -> None:
     conn: psycopg.Connection | None = None
     while not stop.is_set():
         try:
             if conn is None or conn.closed:
                 conn = psycopg.connect(database_url, autocommit=True)
-            while not stop.is_set() and flows.deliver_one(conn, clock, senders):
+            while not stop.is_set() and flows.deliver_one(conn, clock, senders, worker_id):
                 pass
         except psycopg.OperationalError:
             log.exception("alert delivery: database error; reconnecting")
+            if conn is not None:
+                conn.close()  # its advisory locks go with it: the row is found in doubt and re-sent
             conn = None
             stop.wait(1.0)
             continue
-        except Exception:  # a bug must not silently end this thread; the row stays pending
+        except Exception:  # a bug must not silently end this thread; the row stays pending (or in doubt)
             log.exception("alert delivery: unexpected error; retrying in a second")
+            try:
+                if conn is not None and not conn.closed:
+                    conn.execute("SELECT pg_advisory_unlock_all()")  # a lock left by the failed attempt
+            except psycopg.Error:
+                conn = None
             stop.wait(1.0)
             continue
         if wake.wait(poll_s):
@@ -90,13 +102,17 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
     halt = _AnyEvent(stop, finished)
     wake = threading.Event()
     threads = [threading.Thread(target=_delivery_loop, name=f"alerts-deliver-{worker_id}-{i}",
-                                args=(database_url, clock, senders, wake, halt, cfg.poll_s), daemon=True)
+                                args=(database_url, clock, senders, wake, halt, cfg.poll_s, worker_id), daemon=True)
                for i in range(max(1, cfg.delivery_threads))]
     for t in threads:
         t.start()
     listen: psycopg.Connection | None = None
     conn: psycopg.Connection | None = None
     log.info("alert worker %s started", worker_id)
+    alive = {"at": time.monotonic()}
+    # ready while the engine loop keeps completing passes (it polls every poll_s at the latest)
+    observability.register_readiness("alerts", lambda: time.monotonic() - alive["at"] < max(30.0, 20 * cfg.poll_s))
+    refreshed = 0.0
     try:
         while not stop.is_set():
             try:
@@ -106,7 +122,12 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
                     listen.execute(f"LISTEN {service.DELIVERIES_CHANNEL}")
                 if conn is None or conn.closed:
                     conn = psycopg.connect(database_url, autocommit=True)
-                if _engine_pass(conn, clock, worker_id, wake):
+                if time.monotonic() - refreshed >= cfg.metrics_every_s:
+                    metrics.refresh(conn, clock.now())
+                    refreshed = time.monotonic()
+                busy = _engine_pass(conn, clock, worker_id, wake)
+                alive["at"] = time.monotonic()
+                if busy:
                     continue
                 for note in listen.notifies(timeout=cfg.poll_s, stop_after=1):
                     if note.channel == service.DELIVERIES_CHANNEL:
@@ -122,6 +143,7 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
                 log.exception("alert worker: unexpected error; retrying in a second")
                 stop.wait(1.0)
     finally:
+        observability.unregister_readiness("alerts")
         finished.set()
         wake.set()
         for t in threads:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.header
 import socket
@@ -31,6 +32,7 @@ class Mail:
     rcpt: list[str]
     subject: str
     body: str
+    message_id: str = ""
 
 
 class SmtpSink:
@@ -41,15 +43,34 @@ class SmtpSink:
         self.mails: list[Mail] = []
         self.lock = threading.Lock()
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        #: Fault injection: when set, the n-th message (1-based) is kept but its "250 OK" is held back
+        #: until ``release`` is set: the sender's crash window between "accepted" and "recorded".
+        self.hold_nth: int | None = None
+        self.holding = threading.Event()
+        self.release = threading.Event()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = email.message_from_bytes(envelope.content)
         subject = str(email.header.make_header(email.header.decode_header(msg.get("Subject", ""))))
         part = msg.get_payload(0) if msg.is_multipart() else msg
         body = part.get_payload(decode=True).decode("utf-8", "replace")  # type: ignore[union-attr]
+        message_ids = msg.get_all("Message-ID") or []
+        assert len(message_ids) <= 1, message_ids  # one Message-ID header, never two
         with self.lock:
-            self.mails.append(Mail(time.time(), list(envelope.rcpt_tos), subject, body))
+            self.mails.append(Mail(time.time(), list(envelope.rcpt_tos), subject, body, str(message_ids[0]) if message_ids else ""))
+            hold = self.hold_nth is not None and len(self.mails) == self.hold_nth
+        if hold:
+            self.holding.set()
+            while not self.release.is_set():
+                await asyncio.sleep(0.01)
         return "250 OK"
+
+    def by_message_id(self) -> dict[str, list[Mail]]:
+        with self.lock:
+            out: dict[str, list[Mail]] = {}
+            for m in self.mails:
+                out.setdefault(m.message_id, []).append(m)
+            return out
 
     def start(self) -> SmtpSink:
         self.controller.start()

@@ -107,7 +107,7 @@ def test_lifecycle_tiers_claim_resolve_and_audit(conn: psycopg.Connection, smtp:
     view = service.resolve(conn, who(conn, t2), iid, "fine", "ご本人は元気でした", clock=clock)
     assert view.status == "resolved" and view.outcome == "fine" and view.escalation_status == "done"
     wait_for(lambda: len(smtp.to(town.emails[t1a])) == 3 and len(smtp.to(town.emails[t1b])) == 3, what="resolved mail")
-    wait_for(lambda: conn.execute("SELECT count(*) FROM alert_deliveries WHERE status = 'pending'").fetchone() == (0,),
+    wait_for(lambda: conn.execute("SELECT count(*) FROM alert_deliveries WHERE status IN ('pending', 'sending')").fetchone() == (0,),
              what="outbox drained")
     # the complete audit trail, in order, with who and through which channel
     trail = service.timeline(conn, who(conn, t1a), iid)
