@@ -115,6 +115,7 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     app.include_router(live_router)
     app.include_router(pwa_router)
     _include_alerts_routers(app)
+    importlib.import_module("app.safety").include(app)  # the safety check (安否確認): API and pages
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
 
