@@ -68,8 +68,8 @@ EVENT_KINDS_SQL = "kind <> 'heartbeat'"
 class ChaosPlan:
     """Sizes and durations. ``full()`` is what ``mimamori chaos`` runs; ``short()`` is CI-sized."""
 
-    households: int = 200
-    days: float = 2.0
+    households: int = 100
+    days: float = 1.0
     seed: int = 1
     broker_down_s: float = 5.0
     db_down_s: float = 60.0
@@ -503,7 +503,7 @@ def _fault_gateway_offline_hour(stack: Stack, plan: ChaosPlan, res: FaultResult,
     stack.start_ingest()
     at_s = round(plan.days * 86400.0 * 0.3)  # a third into the run
     faults = [{"household": 0, "at_s": at_s, "kind": "power_loss", "down_s": plan.offline_sim_s}]
-    fleet, out = start_fleet(stack, plan, speed=plan.fault_speed, faults=faults, linger_s=plan.linger_s)
+    fleet, out = start_fleet(stack, plan, speed=plan.fault_speed, faults=faults)
     res.events = _count_events(stack, fleet, out, plan.settle_timeout_s)
     gw = _gateway_of(stack, 0, plan)
     with psycopg.connect(stack.database_url) as conn:
@@ -525,7 +525,7 @@ def _fault_reconnect_storm(stack: Stack, plan: ChaosPlan, res: FaultResult, expe
     n = min(plan.storm_gateways, plan.households)
     at_s = plan.days * 86400.0 * 0.5
     faults = [{"household": k, "at_s": at_s, "kind": "power_loss", "down_s": plan.storm_down_sim_s} for k in range(n)]
-    fleet, out = start_fleet(stack, plan, speed=plan.fault_speed, faults=faults, linger_s=plan.linger_s)
+    fleet, out = start_fleet(stack, plan, speed=plan.fault_speed, faults=faults)
     res.events = _count_events(stack, fleet, out, plan.settle_timeout_s)
     res.evidence.update(gateways_reconnecting=n, down_sim_s=plan.storm_down_sim_s, speed=plan.fault_speed,
                         gateway_restarts=res.events["fleet"]["gateway_restarts"])

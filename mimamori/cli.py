@@ -335,10 +335,88 @@ def bench_alerts(
     _print_json(result) if json_out else console.print(result)
 
 
+@bench_app.command("all")
+def bench_all(
+    events: Annotated[int, typer.Option(min=1000, help="Ingest events.")] = 200_000,
+    households: Annotated[int, typer.Option(min=1, help="Detector households.")] = 1_000_000,
+    incidents: Annotated[int, typer.Option(min=10, help="Alert incidents (opened at 20/s).")] = 1000,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the JSON to this file.")] = None,
+    json_out: JsonOpt = False,
+    database_url: DatabaseOpt = None,
+    mqtt_url: Annotated[Optional[str], typer.Option("--mqtt-url", help="A broker with the project's limits; unset = a Mosquitto started for the run.")] = None,
+) -> None:
+    """Ingest, detector and alerts benchmarks plus memory figures, in one run, one JSON object."""
+    from bench.bench_all import run_bench_all
+    from mimamori import embedded
+
+    settings = _settings(database_url)
+    pg = None if settings.database_url else embedded.start_postgres(settings.data_dir)
+    try:
+        result = run_bench_all(settings.database_url or pg.admin_url, mqtt_url=mqtt_url, events=events,  # type: ignore[union-attr]
+                               households=households, incidents=incidents)
+    finally:
+        if pg is not None:
+            pg.close()
+    if out:
+        out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if json_out:
+        _print_json(result)
+        return
+    from rich.table import Table
+
+    table = Table(title="mimamori bench all")
+    for col in ("area", "measure", "value", "unit"):
+        table.add_column(col)
+    for row in result["table"]:
+        table.add_row(*(str(row[k]) for k in ("area", "measure", "value", "unit")))
+    Console().print(table)
+
+
 @app.command()
 def chaos(
     faults: Annotated[str, typer.Option(help="Comma-separated faults (default: all).")] = "",
     households: Annotated[Optional[int], typer.Option(min=20, help="Simulated households (default 200; 20 with --short).")] = None,
+    short: Annotated[bool, typer.Option("--short", help="CI-sized: smaller fleet, 5 s database outage, one kill.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the JSON report to this file.")] = None,
+    json_out: JsonOpt = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Fault suite: each fault on its own scratch database, broker and processes; counts lost and
+    duplicated events and alerts. Exit code 1 if any count is non-zero."""
+    from bench.chaos import FAULTS, ChaosPlan, run_chaos, table_row
+    from mimamori import embedded
+
+    settings = _settings(database_url)  # the suite starts a broker of its own per fault
+    chosen = [f.strip() for f in faults.split(",") if f.strip()] or list(FAULTS)
+    plan = ChaosPlan.short(households) if short else ChaosPlan.full(households)
+    pg = None if settings.database_url else embedded.start_postgres(settings.data_dir)
+    try:
+        work = Path(tempfile.mkdtemp(prefix="mimamori-chaos-"))
+        report = run_chaos(chosen, plan, settings.database_url or pg.admin_url, work,  # type: ignore[union-attr]
+                           progress=lambda r: console.print(f"chaos {r.fault}: {table_row(r)}"))
+    finally:
+        if pg is not None:
+            pg.close()
+    if out:
+        out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if json_out:
+        _print_json(report)
+    else:
+        from rich.table import Table
+
+        table = Table(title="mimamori chaos")
+        for col in report["table"][0]:
+            table.add_column(col)
+        for row in report["table"]:
+            table.add_row(*("" if v is None else str(v) for v in row.values()))
+        Console().print(table)
+    raise typer.Exit(0 if report["ok"] else 1)
+
+
+@app.command()
+def chaos(
+    faults: Annotated[str, typer.Option(help="Comma-separated faults (default: all).")] = "",
+    households: Annotated[Optional[int], typer.Option(min=20, help="Simulated households (default 100; 20 with --short).")] = None,
     short: Annotated[bool, typer.Option("--short", help="CI-sized: smaller fleet, 5 s database outage, one kill.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the JSON report to this file.")] = None,
     json_out: JsonOpt = False,
