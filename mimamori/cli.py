@@ -375,47 +375,6 @@ def bench_all(
 @app.command()
 def chaos(
     faults: Annotated[str, typer.Option(help="Comma-separated faults (default: all).")] = "",
-    households: Annotated[Optional[int], typer.Option(min=20, help="Simulated households (default 200; 20 with --short).")] = None,
-    short: Annotated[bool, typer.Option("--short", help="CI-sized: smaller fleet, 5 s database outage, one kill.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Also write the JSON report to this file.")] = None,
-    json_out: JsonOpt = False,
-    database_url: DatabaseOpt = None,
-) -> None:
-    """Fault suite: each fault on its own scratch database, broker and processes; counts lost and
-    duplicated events and alerts. Exit code 1 if any count is non-zero."""
-    from bench.chaos import FAULTS, ChaosPlan, run_chaos, table_row
-    from mimamori import embedded
-
-    settings = _settings(database_url)  # the suite starts a broker of its own per fault
-    chosen = [f.strip() for f in faults.split(",") if f.strip()] or list(FAULTS)
-    plan = ChaosPlan.short(households) if short else ChaosPlan.full(households)
-    pg = None if settings.database_url else embedded.start_postgres(settings.data_dir)
-    try:
-        work = Path(tempfile.mkdtemp(prefix="mimamori-chaos-"))
-        report = run_chaos(chosen, plan, settings.database_url or pg.admin_url, work,  # type: ignore[union-attr]
-                           progress=lambda r: console.print(f"chaos {r.fault}: {table_row(r)}"))
-    finally:
-        if pg is not None:
-            pg.close()
-    if out:
-        out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    if json_out:
-        _print_json(report)
-    else:
-        from rich.table import Table
-
-        table = Table(title="mimamori chaos")
-        for col in report["table"][0]:
-            table.add_column(col)
-        for row in report["table"]:
-            table.add_row(*("" if v is None else str(v) for v in row.values()))
-        Console().print(table)
-    raise typer.Exit(0 if report["ok"] else 1)
-
-
-@app.command()
-def chaos(
-    faults: Annotated[str, typer.Option(help="Comma-separated faults (default: all).")] = "",
     households: Annotated[Optional[int], typer.Option(min=20, help="Simulated households (default 100; 20 with --short).")] = None,
     short: Annotated[bool, typer.Option("--short", help="CI-sized: smaller fleet, 5 s database outage, one kill.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the JSON report to this file.")] = None,
