@@ -180,8 +180,17 @@ def run_fleet(
     flush_timeout_s: float = 120.0,
     gateway_protocol: int | None = None,
     linger_s: float = 0.0,
+    streams: Sequence[HouseholdStream] | None = None,
+    feed_from: float | None = None,
+    clock: Clock | None = None,
 ) -> FleetReport:
-    """Run ``households`` homes for ``days`` simulated days through real gateways; see module doc."""
+    """Run ``households`` homes for ``days`` simulated days through real gateways; see module doc.
+
+    ``streams``: the households' simulated streams when the caller made them already (the demo loads
+    their first days straight into the database as history); ``feed_from``: events the devices made
+    before this moment are not fed (they are that history) and the gateways start then; ``clock``:
+    a clock to share with the service (else one of ``speed``, starting at the first fed moment).
+    """
     if isinstance(uplink, str):
         uplink = MqttUrl.parse(uplink)
     if speed is not None and speed <= 0:
@@ -191,7 +200,12 @@ def run_fleet(
     t1 = t0 + days * DAY
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    streams = [simulate_household(k, seed, t0, t1, bulbs_only=bulbs_only, incidents=incidents, heartbeat_s=heartbeat_s) for k in range(households)]
+    if streams is None:
+        streams = [simulate_household(k, seed, t0, t1, bulbs_only=bulbs_only, incidents=incidents, heartbeat_s=heartbeat_s)
+                   for k in range(households)]
+    elif len(streams) != households:
+        raise ValueError(f"{len(streams)} streams given for {households} households")
+    live_from = t0 if feed_from is None else float(feed_from)
     if gateway_protocol is None:
         from mimamori.mqtt import negotiate_protocol
 
@@ -211,12 +225,14 @@ def run_fleet(
                 controls.append((inc.end, 1, k, "up", ""))
     heapq.heapify(controls)
 
-    clock: Clock
     manual: ManualClock | None = None
-    if speed is None:
-        clock = manual = ManualClock(t0)
-    else:
-        clock = ScaledClock(t0, speed)
+    if clock is None:
+        if speed is None:
+            clock = manual = ManualClock(live_from)
+        else:
+            clock = ScaledClock(live_from, speed)
+    elif isinstance(clock, ManualClock):
+        manual = clock
 
     delivered = _Delivered()
     gateways: list[Gateway | None] = []
@@ -271,6 +287,9 @@ def run_fleet(
 
     last_progress = 0.0
     arrival, hh_index, ev_index = _merge_order(streams)
+    if feed_from is not None:
+        live = arrival >= live_from
+        arrival, hh_index, ev_index = arrival[live], hh_index[live], ev_index[live]
     total = len(arrival)
 
     def snapshot(sim_time: float) -> dict[str, Any]:
@@ -289,6 +308,8 @@ def run_fleet(
 
     try:
         gateways.extend(new_gateway(k) for k in range(households))
+        if progress is not None:
+            progress(snapshot(live_from))  # the gateways are up: a caller sharing the clock may speed it up
         for t, k, i in zip(arrival.tolist(), hh_index.tolist(), ev_index.tolist()):
             apply_controls(t)
             advance(t)

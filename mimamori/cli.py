@@ -269,18 +269,25 @@ def sim(
 @app.command()
 def demo(
     households: Annotated[int, typer.Option(min=1, max=5000)] = 50,
-    days: Annotated[float, typer.Option(min=0.1)] = 7.0,
-    speed: Annotated[str, typer.Option(help="Simulated seconds per real second, or 'max'.")] = "7200",
+    days: Annotated[float, typer.Option(min=0.1, help="Simulated days after the history.")] = 7.0,
+    speed: Annotated[str, typer.Option(help="Simulated seconds per real second once the first alert is open, or 'max'.")] = "60",
+    fast_forward: Annotated[float, typer.Option(min=1, help="Simulated seconds per real second until then.")] = 3600.0,
+    history_days: Annotated[float, typer.Option(min=1, help="Days of history loaded before the live part.")] = 14.0,
     seed: int = 1,
     exit_when_done: Annotated[bool, typer.Option(help="Stop once the simulation is stored (for scripts).")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """The whole service on embedded defaults with a simulated town, with live progress."""
     from mimamori.demo import run_demo
 
     settings = _settings()
     result = run_demo(settings, households=households, days=days, speed=_speed(speed), seed=seed,
-                      stop=_stop_on_signals(), exit_when_done=exit_when_done)
-    console.print(f"demo stopped: {result}")
+                      stop=_stop_on_signals(), exit_when_done=exit_when_done, fast_forward=fast_forward,
+                      history_days=history_days)
+    if json_out:
+        _print_json(result)
+    else:
+        console.print(f"demo stopped: {result}")
 
 
 @bench_app.command("ingest")

@@ -58,24 +58,47 @@ class SystemClock:
 
 
 class ScaledClock:
-    """Simulated time = ``start + speed * (real time elapsed)``."""
+    """Simulated time = ``start + speed * (real time elapsed)``; the speed may change while it runs
+    (the demo fast-forwards until something happens, then slows down so people can follow)."""
 
     def __init__(self, start: float, speed: float) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
-        self.start = start
-        self.speed = speed
-        self._real_start = time.monotonic()
+        # One tuple, replaced whole, so a reader never sees half of a speed change.
+        self._base = (start, time.monotonic(), speed)
+
+    @property
+    def start(self) -> float:
+        return self._base[0]
+
+    @property
+    def speed(self) -> float:
+        return self._base[2]
 
     def now(self) -> float:
-        return self.start + (time.monotonic() - self._real_start) * self.speed
+        start, real_start, speed = self._base
+        return start + (time.monotonic() - real_start) * speed
+
+    def set_speed(self, speed: float) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self._base = (self.now(), time.monotonic(), speed)
 
     def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            time.sleep(seconds / self.speed)
+        if seconds <= 0:
+            return
+        target = self.now() + seconds
+        # Short real naps, so a speed change is honoured within a quarter of a second.
+        while (left := target - self.now()) > 0:
+            time.sleep(min(left / self.speed, 0.25))
 
     async def asleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds) / self.speed)
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        target = self.now() + seconds
+        while (left := target - self.now()) > 0:
+            await asyncio.sleep(min(left / self.speed, 0.25))
 
     def __repr__(self) -> str:
         return f"ScaledClock(start={self.start!r}, speed={self.speed!r})"

@@ -10,21 +10,25 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import psycopg
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from mimamori.clock import Clock, ScaledClock, SystemClock, as_datetime
+from mimamori.clock import Clock, ManualClock, ScaledClock, SystemClock, as_datetime
 from mimamori.config import Settings
 from mimamori.runtime import services
 
 log = logging.getLogger(__name__)
 _TOWN_TZ = ZoneInfo("Asia/Tokyo")  # the simulated town's households live in Japan
+HOUR = 3600.0
+DAY = 86400.0
 
 _COUNTS_SQL = """
 SELECT (SELECT count(*) FROM events WHERE kind IN ('on', 'off', 'motion', 'open', 'close')),
@@ -37,32 +41,105 @@ SELECT (SELECT count(*) FROM events WHERE kind IN ('on', 'off', 'motion', 'open'
 """
 
 
+#: The demo's story: the town's first 14 days are history (loaded straight into the database, so the
+#: detector has learned every home's rhythm), the live part starts at 08:00 on the next day, and the
+#: resident of the first home on watcher1's team collapses at 09:30 with no one around.
+HISTORY_DAYS = 14.0
+LIVE_FROM_LOCAL_H = 8.0
+FALL_LOCAL_H = 9.5
+#: Simulated seconds per real second until the first welfare alert opens (so it comes within the
+#: first minute), then ``speed`` so a person can follow the escalation in the web app.
+FAST_FORWARD = 3600.0
+_WELFARE_KINDS = ("inactivity", "long_on")
+
+_FIRST_ALERT_SQL = """
+SELECT i.incident_id, i.household_id, h.display_name, i.kind, i.opened_at
+FROM incidents i JOIN households h USING (household_id)
+WHERE i.kind = ANY(%s) AND i.household_id = %s ORDER BY i.opened_at LIMIT 1
+"""
+
+
 class _Progress:
     def __init__(self) -> None:
         self.fleet: dict[str, Any] = {}
         self.db: tuple[int, ...] = (0,) * 7
+        self.history_activity = 0
+        self.first_alert: tuple[Any, ...] | None = None
+        self.first_alert_after_s: float | None = None
         self.done = False
         self.report: Any = None
         self.error: BaseException | None = None
 
+    @property
+    def live_activity_stored(self) -> int:
+        return max(0, self.db[0] - self.history_activity)
 
-def _render(state: _Progress, households: int, started: float, services: str) -> Panel:
+
+def _local(epoch: float) -> str:
+    return as_datetime(epoch).astimezone(_TOWN_TZ).strftime("%a %Y-%m-%d %H:%M JST")
+
+
+def _render(state: _Progress, households: int, started: float, services: str, clock: Clock) -> Panel:
     table = Table.grid(padding=(0, 2))
     table.add_column(justify="right", style="bold")
     table.add_column()
     f = state.fleet
-    sim_now = f.get("sim_time")
-    table.add_row("simulated time", as_datetime(sim_now).astimezone(_TOWN_TZ).strftime("%a %Y-%m-%d %H:%M JST") if sim_now else "starting…")
+    speed = getattr(clock, "speed", None)
+    table.add_row("simulated time", (_local(clock.now()) if speed else _local(f["sim_time"]) if f.get("sim_time") else "starting…")
+                  + (f"   ({speed:,.0f}× real time)" if speed else ""))
     table.add_row("homes", f"{households}  ({f.get('devices', '…')} devices, {state.db[4]} gateways online)")
-    table.add_row("activity published", f"{f.get('activity_events_published', 0):,}")
-    table.add_row("activity stored", f"{state.db[0]:,}   (all events {state.db[2]:,})")
+    table.add_row("history loaded", f"{state.history_activity:,} activity events ({HISTORY_DAYS:.0f} days)")
+    table.add_row("live activity", f"{f.get('activity_events_published', 0):,} published, {state.live_activity_stored:,} stored"
+                                   f"   (all events {state.db[2]:,})")
     table.add_row("open incidents", f"{state.db[1]:,}")
+    if state.first_alert is not None:
+        incident_id, _, name, kind, opened_at = state.first_alert
+        table.add_row("the story's alert", f"[bold red]{name}[/] ({kind}) at {_local(opened_at.timestamp())},"
+                                     f" {state.first_alert_after_s:.0f} s after start → /alerts/{incident_id}")
     table.add_row("lights on now", f"{state.db[6]:,}")
     table.add_row("dead letters", f"{state.db[3]:,}")
     table.add_row("unpaired devices", f"{state.db[5]:,}")
     table.add_row("running for", f"{time.monotonic() - started:,.0f} s")
     status = "[green]simulation finished — the service keeps running; Ctrl-C to stop[/]" if state.done else "Ctrl-C to stop"
     return Panel(Group(table, status), title="[bold]見守り mimamori demo[/]", subtitle=services)
+
+
+def _log_to_file(settings: Settings) -> Path:
+    """The live panel owns the terminal: logs go to a file."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = settings.data_dir / "demo.log"
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    file_handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(file_handler)
+    return log_path
+
+
+def load_history(database_url: str, streams: Sequence[Any], until: float, *, chunk: int = 20_000) -> int:
+    """Store every event the simulated devices delivered before ``until`` through the ingest's own
+    batch writer (as if the service had been running); returns the activity events stored."""
+    from ingest.batch import Batch
+    from ingest.store import prepare, write_batch
+    from mimamori.protocol import ACTIVITY_KINDS
+
+    activity = 0
+    with psycopg.connect(database_url) as conn:
+        prepare(conn)
+        batch = Batch()
+        for stream in streams:
+            gateway_id = stream.info.gateway_id
+            for i in np.flatnonzero(stream.arrival < until).tolist():
+                event = stream.protocol_event(i)
+                batch.add_event(gateway_id, event)
+                activity += event.kind in ACTIVITY_KINDS
+                if len(batch) >= chunk:
+                    write_batch(conn, batch, until)
+                    batch = Batch()
+        if len(batch):
+            write_batch(conn, batch, until)
+    return activity
 
 
 def run_demo(
@@ -75,46 +152,64 @@ def run_demo(
     stop: threading.Event,
     exit_when_done: bool = False,
     console: Console | None = None,
+    history_days: float = HISTORY_DAYS,
+    fast_forward: float = FAST_FORWARD,
 ) -> dict[str, Any]:
+    """``days`` of live simulation after ``history_days`` of history. ``speed``: simulated seconds per
+    real second once the first welfare alert is open (None: as fast as possible, for scripts)."""
     from app.demo import create_demo_accounts
     from firmware_sim.fleet import fleet_manifest, register_manifest, run_fleet
-    from firmware_sim.offline import DEFAULT_START
+    from firmware_sim.incidents import IncidentPlan, IncidentSpec
+    from firmware_sim.offline import DEFAULT_START, simulate_household
     from mimamori.cli import run_stages
 
     console = console or Console()
     state = _Progress()
-    # The live panel owns the terminal: logs go to a file, and the detector ticks twice per real
-    # second of simulated time rather than every simulated minute.
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = settings.data_dir / "demo.log"
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    file_handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(file_handler)
+    log_path = _log_to_file(settings)
+    history_start = DEFAULT_START  # local midnight
+    live_from = history_start + history_days * DAY + LIVE_FROM_LOCAL_H * HOUR
+    live_until = live_from + days * DAY
     if speed is not None:
-        settings.detector_tick_s = max(settings.detector_tick_s, speed / 2)
+        # The detector ticks about twice per real second of simulated time, not every simulated minute.
+        settings.detector_tick_s = max(settings.detector_tick_s, max(speed, fast_forward) / 2)
     with services(settings, embedded_database="mimamori_demo", fresh_embedded_database=True) as svc:
         manifest = fleet_manifest(households, seed)
         with psycopg.connect(svc.database_url) as conn:
             register_manifest(conn, manifest)
-            logins = create_demo_accounts(conn)
-        # The service runs on the town's simulated clock, so the detector sees hours pass as the
-        # residents live them.
-        clock: Clock = SystemClock() if speed is None else ScaledClock(DEFAULT_START, speed)
+            logins = create_demo_accounts(conn, ManualClock(live_from))
+        ids = [h["household_id"] for h in manifest["households"]]
+        watched = next((login.households for login in logins if login.login == "watcher1"), ())
+        focus = ids.index(watched[0]) if watched and watched[0] in ids else 0
+        fall_at = live_from + (FALL_LOCAL_H - LIVE_FROM_LOCAL_H) * HOUR
+        plan = IncidentPlan.at(IncidentSpec("collapse", household=focus, at=fall_at))
+        with console.status(f"simulating {households} homes and loading {history_days:g} days of history…"):
+            streams = [simulate_household(k, seed, history_start, live_until, incidents=plan) for k in range(households)]
+            state.history_activity = load_history(svc.database_url, streams, live_from)
+
+        # The service and the town share one clock, so the detector sees hours pass as residents live them.
+        # It runs at real speed until the town's gateways are up (starting 50 MQTT clients takes seconds,
+        # which at full speed would be hours of silence), then fast-forwards.
+        clock: Clock = SystemClock() if speed is None else ScaledClock(live_from, 1.0)
         stage_threads = run_stages(settings, svc, stop, clock=clock)
-        url = f"http://{settings.app_host}:{settings.app_port}/"
+        url = settings.app_url() + "/"
         console.print(f"[bold]web app[/]: {url}    logs: {log_path}")
+        console.print(f"the story: {ids[focus]} ({manifest['households'][focus]['display_name']}) collapses at "
+                      f"{_local(fall_at)}; sign in as watcher1 to see the alert arrive")
         for login in logins:
             console.print("  " + login.line())
         workdir = Path(tempfile.mkdtemp(prefix="mimamori-demo-"))
 
+        def on_progress(snapshot: dict[str, Any]) -> None:
+            if not state.fleet and isinstance(clock, ScaledClock) and state.first_alert is None:
+                clock.set_speed(fast_forward)
+            state.fleet.update(snapshot)
+
         def drive() -> None:
             try:
                 state.report = run_fleet(
-                    svc.mqtt_url, households=households, days=days, speed=speed, seed=seed, workdir=workdir,
-                    start=DEFAULT_START, progress=lambda snapshot: state.fleet.update(snapshot),
+                    svc.mqtt_url, households=households, days=(live_until - history_start) / DAY, speed=speed,
+                    seed=seed, workdir=workdir, start=history_start, streams=streams, feed_from=live_from,
+                    clock=None if speed is None else clock, progress=on_progress,
                 )
                 state.fleet.update(state.report.to_json())
             except BaseException as exc:  # shown to the user; the service keeps running
@@ -129,8 +224,16 @@ def run_demo(
         with psycopg.connect(svc.database_url, autocommit=True) as conn, Live(console=console, refresh_per_second=4) as live:
             while not stop.is_set():
                 state.db = tuple(conn.execute(_COUNTS_SQL).fetchone())  # type: ignore[arg-type]
-                live.update(_render(state, households, started, svc.describe()))
-                if state.done and exit_when_done and state.db[0] >= state.fleet.get("activity_events_published", 0):
+                if state.first_alert is None:
+                    state.first_alert = conn.execute(_FIRST_ALERT_SQL, (list(_WELFARE_KINDS), ids[focus])).fetchone()
+                    if state.first_alert is not None:
+                        state.first_alert_after_s = time.monotonic() - started
+                        if isinstance(clock, ScaledClock) and speed is not None:
+                            clock.set_speed(speed)  # now slow enough to follow the escalation
+                        live.console.print(f"[bold red]alert[/] {state.first_alert[2]}: {url}alerts/{state.first_alert[0]}"
+                                           f" ({state.first_alert_after_s:.0f} s after start)")
+                live.update(_render(state, households, started, svc.describe(), clock))
+                if state.done and exit_when_done and state.live_activity_stored >= state.fleet.get("activity_events_published", 0):
                     break
                 if not all(t.is_alive() for t in stage_threads):
                     console.print("[red]a service stage stopped unexpectedly[/]")
@@ -139,7 +242,11 @@ def run_demo(
         stop.set()
         for t in stage_threads:
             t.join(30)
+        fleet_thread.join(10 if state.done else 0.1)
         if state.error:
             raise state.error
-        return {"published": state.fleet.get("activity_events_published", 0), "stored": state.db[0],
-                "open_incidents": state.db[1], "dead_letters": state.db[3]}
+        return {"published": state.fleet.get("activity_events_published", 0), "stored": state.live_activity_stored,
+                "history_activity": state.history_activity, "open_incidents": state.db[1], "dead_letters": state.db[3],
+                "first_alert": None if state.first_alert is None else {
+                    "incident_id": state.first_alert[0], "household_id": state.first_alert[1], "kind": state.first_alert[3],
+                    "after_s": round(state.first_alert_after_s or 0.0, 1)}}
