@@ -26,7 +26,8 @@ from app.errors import AppError, NotAuthenticated
 from app.households import views as household_views
 from app.i18n import request_locale, translate
 from app.incidents import views as incident_views
-from app.live import router as live_router
+from app.live.hub import LiveHub
+from app.live.views import router as live_router
 from app.privacy import views as privacy_views
 from app.pwa import router as pwa_router
 from app.pwa import vapid_public_key
@@ -47,10 +48,12 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = make_pool(database_url, min_size=1, max_size=8, name="mimamori-app")
+        app.state.live = LiveHub(database_url, app.state.pool, app.state.clock)
         try:
             yield
         finally:
             app.state.stopping.set()
+            app.state.live.stop()
             app.state.pool.close()
 
     app = FastAPI(title="mimamori", version="0.1.0", lifespan=lifespan,
