@@ -129,6 +129,8 @@ _NOTICE_TEXT: Final = {
         "unreachable": ("連絡できない見守り担当者がいます", "{person}さんにどの通知手段でも届きませんでした({name}さんのアラート)。"),
         "device_task": ("機器の点検依頼: {name}さん宅", "{note}"),
         "technical": ("機器の問題: {name}", "{kind}。"),
+        "claim_reminder": ("{name}さん: 確認はどうなりましたか", "{by}さんが確認に行くと押してから時間がたちました。結果をアプリで報告してください。まもなく他の担当者にも再通知されます。"),
+        "reopened": ("{name}さん: 確認が終わっていません", "{by}さんの確認が報告されないため、アラートを再開しました。アプリで「確認に行きます」を押してください。"),
     },
     "en": {
         "alert": ("Watch-over alert: {name}", "{kind}. Open the app and press \"I'll go\"."),
@@ -139,6 +141,8 @@ _NOTICE_TEXT: Final = {
         "unreachable": ("A watcher could not be reached", "No channel reached {person} (alert for {name})."),
         "device_task": ("Device check needed: {name}", "{note}"),
         "technical": ("Device problem: {name}", "{kind}."),
+        "claim_reminder": ("{name}: how did the check go?", "{by} said they would go a while ago. Please report the outcome in the app; the team will be alerted again soon."),
+        "reopened": ("{name}: the check was not reported", "{by}'s check was not reported, so the alert is open again. Open the app and press \"I'll go\"."),
     },
 }
 

@@ -14,6 +14,12 @@ Step types:
 - ``{"type": "resident_check", "minutes": 5, "blinks": 3}``: blink the home's bulbs; if the resident
   switches something within ``minutes`` the incident is cancelled ("resident responded").
 - ``{"type": "repeat", "times": 2}``: go back to the first step, at most ``times`` times.
+
+One option, written as a step that does nothing when reached (so it lives in the snapshotted chain):
+- ``{"type": "claim_timeout", "minutes": 90, "grace_minutes": 30}``: a claim that is not resolved
+  ``minutes`` after it was made reminds the claimer; ``grace_minutes`` later, still unresolved, the
+  incident is reopened to the team and the escalation resumes where it paused. Without the step the
+  defaults below apply.
 """
 
 from __future__ import annotations
@@ -39,6 +45,12 @@ DEFAULT_CHAIN: tuple[dict[str, Any], ...] = (
 #: Technical incidents (device offline, area outage) go to the coordinator only, never the team.
 #: Not urgent: the coordinator's quiet hours apply.
 TECHNICAL_CHAIN: tuple[dict[str, Any], ...] = ({"type": "notify", "coordinator": True, "urgent": False},)
+
+#: A claim unresolved this long reminds the claimer; this much later again it is reopened to the team.
+DEFAULT_CLAIM_TIMEOUT_MINUTES = 90.0
+DEFAULT_CLAIM_GRACE_MINUTES = 30.0
+#: While an area outage pauses a welfare escalation, how often to look again (a trigger also wakes it).
+OUTAGE_RECHECK_S = 300.0
 
 #: How often a resident check looks for the resident's response while it waits.
 RESIDENT_CHECK_POLL_S = 30.0
@@ -80,11 +92,14 @@ class State:
     wait_until: float | None = None  # a wait or resident check in progress
     check_since: float | None = None  # when the current resident check blinked
     done: bool = False
+    claim_reminded_at: float | None = None  # the current claim's claimer was reminded then
+    paused_for: str | None = None  # e.g. "area_outage:<incident id>" while an outage pauses it
 
     def to_json(self) -> dict[str, Any]:
         return {
             "step": self.step, "round": self.round, "rr": self.rr, "notified": list(self.notified),
             "wait_until": self.wait_until, "check_since": self.check_since, "done": self.done,
+            "claim_reminded_at": self.claim_reminded_at, "paused_for": self.paused_for,
         }
 
     @classmethod
@@ -95,6 +110,7 @@ class State:
             step=int(obj.get("step", 0)), round=int(obj.get("round", 0)), rr=int(obj.get("rr", 0)),
             notified=tuple(obj.get("notified", ())), wait_until=obj.get("wait_until"),
             check_since=obj.get("check_since"), done=bool(obj.get("done", False)),
+            claim_reminded_at=obj.get("claim_reminded_at"), paused_for=obj.get("paused_for"),
         )
 
     @property
@@ -221,6 +237,10 @@ def _repeat(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> 
     return StepResult((), _next(state))
 
 
+def _option(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:
+    return StepResult((), _next(state))  # an option read elsewhere (claim_timeout): nothing to do here
+
+
 StepFunction = Callable[[State, Mapping[str, Any], Context, float], StepResult]
 
 STEP_FUNCTIONS: dict[str, StepFunction] = {
@@ -229,7 +249,27 @@ STEP_FUNCTIONS: dict[str, StepFunction] = {
     "wait": _wait,
     "resident_check": _resident_check,
     "repeat": _repeat,
+    "claim_timeout": _option,
 }
+
+
+def claim_timeout(chain: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
+    """(seconds after a claim to remind the claimer, seconds after the reminder to reopen)."""
+    for step in chain:
+        if step.get("type") == "claim_timeout":
+            return float(step["minutes"]) * 60.0, float(step.get("grace_minutes", DEFAULT_CLAIM_GRACE_MINUTES)) * 60.0
+    return DEFAULT_CLAIM_TIMEOUT_MINUTES * 60.0, DEFAULT_CLAIM_GRACE_MINUTES * 60.0
+
+
+def claim_due(chain: Sequence[Mapping[str, Any]], claimed_at: float, reminded_at: float | None,
+              now: float) -> tuple[str | None, float]:
+    """What an unresolved claim needs now: ("remind" | "reopen" | None, when to look next)."""
+    remind_s, grace_s = claim_timeout(chain)
+    if reminded_at is None:
+        at = claimed_at + remind_s
+        return ("remind", now + grace_s) if now >= at else (None, at)
+    at = reminded_at + grace_s
+    return ("reopen", now) if now >= at else (None, at)
 
 
 def advance(chain: Sequence[Mapping[str, Any]], state: State, ctx: Context, now: float) -> Advance:
@@ -295,6 +335,12 @@ def validate_chain(steps: Any) -> list[dict[str, Any]]:
         elif kind == "resident_check":
             clean["minutes"] = _number(step, "minutes", 0.5, 24 * 60)
             clean["blinks"] = int(_number({"type": kind, "blinks": step.get("blinks", 3)}, "blinks", 1, 20))
+        elif kind == "claim_timeout":
+            if any(o.get("type") == "claim_timeout" for o in out):
+                raise ChainError(f"step {i}: only one claim_timeout")
+            clean["minutes"] = _number(step, "minutes", 1, MAX_WAIT_MINUTES)
+            clean["grace_minutes"] = _number({"type": kind, "grace_minutes": step.get("grace_minutes", DEFAULT_CLAIM_GRACE_MINUTES)},
+                                             "grace_minutes", 0, 24 * 60)
         elif kind == "repeat":
             times = step.get("times")
             if type(times) is not int or not 1 <= times <= 10:

@@ -22,6 +22,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -186,15 +187,32 @@ def claim(conn: psycopg.Connection, actor: ActorLike, incident_id: int, *, clock
         inc = _incident_for(conn, actor, incident_id, lock=True)
         if inc["status"] != "open":
             raise Conflict(f"incident is {inc['status']}" + (f" by {inc['claimed_by']}" if inc["claimed_by"] else ""))
-        _stop_escalation(conn, incident_id, "paused", now)
         conn.execute("""UPDATE incidents SET status = 'claimed', claimed_at = %s, claimed_by = %s, updated_at = %s
                         WHERE incident_id = %s""", (as_datetime(now), actor.person_id, as_datetime(now), incident_id))
         _timeline(conn, incident_id, now, actor.person_id, "claimed", channel)
+        _pause_for_claim(conn, inc, now)
         others = [p for p in _escalation_state(conn, incident_id).notified if p != actor.person_id]
         if others:
             by = _actor_name(conn, actor.person_id)
             enqueue_notice(conn, inc, others, "claimed", "claimed", urgent=True, now=now, by=by)
         return _view(_incident_for(conn, actor, incident_id))
+
+
+def _pause_for_claim(conn: psycopg.Connection, inc: dict[str, Any], now: float) -> None:
+    """Escalation pauses while someone is going; it wakes when the claim expires (policy.claim_due)."""
+    esc = _one(conn, "SELECT chain, state FROM alert_escalations WHERE incident_id = %s FOR UPDATE", (inc["incident_id"],))
+    if esc is None:  # claimed before any worker took the incident on: snapshot its chain now
+        chain, source = _chain_for(conn, inc)
+        conn.execute("""INSERT INTO alert_escalations (incident_id, household_id, chain, chain_source, state, status,
+                               started_at, updated_at) VALUES (%s, %s, %s, %s, '{}', 'paused', %s, %s)""",
+                     (inc["incident_id"], inc["household_id"], Jsonb(chain), source, as_datetime(now), as_datetime(now)))
+        state = policy.State()
+    else:
+        chain, state = esc["chain"], policy.State.from_json(esc["state"])
+    _, next_at = policy.claim_due(chain, now, None, now)
+    state = replace(state, claim_reminded_at=None)
+    conn.execute("""UPDATE alert_escalations SET status = 'paused', state = %s, next_step_at = %s, updated_at = %s
+                    WHERE incident_id = %s""", (Jsonb(state.to_json()), as_datetime(next_at), as_datetime(now), inc["incident_id"]))
 
 
 def comment(conn: psycopg.Connection, actor: ActorLike, incident_id: int, text: str, *, clock: Clock,
@@ -534,7 +552,7 @@ def _adopt(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id:
     if inc["kind"] in WELFARE_KINDS and inc["household_id"] and _away(conn, inc["household_id"], now):
         _cancel(conn, inc, policy.State(), now, "away", "away mode was on when the incident opened")
     else:
-        _run(conn, inc, chain, policy.State(), now, worker_id)
+        _run_unless_outage(conn, inc, chain, policy.State(), now, worker_id)
 
 
 def step_due(conn: psycopg.Connection, clock: Clock, worker_id: str, limit: int = 20) -> int:
@@ -556,9 +574,80 @@ def _step(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: 
     if inc["status"] in ("resolved", "cancelled"):
         _closed_elsewhere(conn, inc, state, now)
     elif inc["status"] == "claimed":
-        _stop_escalation(conn, inc["incident_id"], "paused", now)
+        _claim_timer(conn, inc, esc["chain"], state, now, worker_id)
     else:
-        _run(conn, inc, esc["chain"], state, now, worker_id)
+        _run_unless_outage(conn, inc, esc["chain"], state, now, worker_id)
+
+
+def _set_escalation(conn: psycopg.Connection, incident_id: int, state: policy.State, status: str, next_at: float | None,
+                    now: float, worker_id: str) -> None:
+    conn.execute("""UPDATE alert_escalations SET state = %s, status = %s, next_step_at = %s, updated_at = %s, worker_id = %s
+                    WHERE incident_id = %s""",
+                 (Jsonb(state.to_json()), status, as_datetime(next_at) if next_at is not None else None, as_datetime(now),
+                  worker_id, incident_id))
+
+
+def _claim_timer(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, Any]], state: policy.State,
+                 now: float, worker_id: str) -> None:
+    """A claim nobody resolved: remind the claimer, later reopen the incident to the team and resume."""
+    claimed_at = _epoch(inc["claimed_at"]) or now
+    claimer = inc["claimed_by"]
+    what, next_at = policy.claim_due(chain, claimed_at, state.claim_reminded_at, now)
+    key = f"{int(claimed_at * 1000)}"  # one reminder / reopening per claim
+    by = _actor_name(conn, claimer) if claimer else ""
+    remind_s, grace_s = policy.claim_timeout(chain)
+    if what is None:
+        _set_escalation(conn, inc["incident_id"], state, "paused", next_at, now, worker_id)
+    elif what == "remind":
+        _timeline(conn, inc["incident_id"], now, None, "claim_reminder", "system", None,
+                  {"claimed_by": claimer, "claimed_minutes_ago": round((now - claimed_at) / 60, 1),
+                   "reopen_in_minutes": grace_s / 60})
+        if claimer:
+            enqueue_notice(conn, inc, [claimer], f"claim_reminder.{key}", "claim_reminder", urgent=True, now=now, by=by)
+        _set_escalation(conn, inc["incident_id"], replace(state, claim_reminded_at=now), "paused", next_at, now, worker_id)
+    else:  # reopen
+        conn.execute("""UPDATE incidents SET status = 'open', claimed_at = NULL, claimed_by = NULL, updated_at = %s
+                        WHERE incident_id = %s""", (as_datetime(now), inc["incident_id"]))
+        _timeline(conn, inc["incident_id"], now, None, "claim_expired", "system", None,
+                  {"claimed_by": claimer, "claimed_at": claimed_at, "timeout_minutes": remind_s / 60,
+                   "grace_minutes": grace_s / 60})
+        team = [p for p, _tier in load_team(conn, inc["household_id"], inc["eff_area"]).members]
+        told = list(dict.fromkeys([*team, *state.notified, *([claimer] if claimer else [])]))
+        reopened = {**inc, "status": "open", "claimed_by": None, "claimed_at": None}
+        if told:
+            enqueue_notice(conn, reopened, told, f"reopened.{key}", "reopened", urgent=True, now=now, by=by)
+        _timeline(conn, inc["incident_id"], now, None, "escalation_resumed", "system", None,
+                  {"reason": "claim_expired", "step": state.step_key})
+        _run_unless_outage(conn, reopened, chain, replace(state, claim_reminded_at=None), now, worker_id)
+
+
+def _area_outage(conn: psycopg.Connection, inc: dict[str, Any]) -> int | None:
+    """The open area-outage incident of a welfare incident's area, if any."""
+    if inc["kind"] not in WELFARE_KINDS or not inc.get("eff_area"):
+        return None
+    row = _one(conn, """SELECT incident_id FROM incidents WHERE kind = 'area_outage' AND area = %s
+                        AND status IN ('open', 'claimed') ORDER BY incident_id LIMIT 1""", (inc["eff_area"],))
+    return int(row["incident_id"]) if row else None
+
+
+def _run_unless_outage(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, Any]], state: policy.State,
+                       now: float, worker_id: str) -> None:
+    """While the area's gateways are down the silence says nothing about the resident: a welfare
+    escalation in flight pauses (timeline entry) and resumes where it was when the outage closes."""
+    outage = _area_outage(conn, inc)
+    if outage is not None:
+        if state.paused_for is None:
+            state = replace(state, paused_for=f"area_outage:{outage}")
+            _timeline(conn, inc["incident_id"], now, None, "escalation_paused", "system",
+                      "area outage: the gateways of the area are offline", {"reason": "area_outage", "outage_incident": outage,
+                                                                            "step": state.step_key})
+        _set_escalation(conn, inc["incident_id"], state, "paused", now + policy.OUTAGE_RECHECK_S, now, worker_id)
+        return
+    if state.paused_for is not None:
+        _timeline(conn, inc["incident_id"], now, None, "escalation_resumed", "system", None,
+                  {"reason": "area_outage_closed", "paused_for": state.paused_for, "step": state.step_key})
+        state = replace(state, paused_for=None)
+    _run(conn, inc, chain, state, now, worker_id)
 
 
 def _away(conn: psycopg.Connection, household_id: str, now: float) -> bool:
