@@ -85,16 +85,21 @@ _TEXT: Final = {
         "resident": "{message}\n無事なら、電球のスイッチを2回続けて切り替えてください(消して、またつける)。"
                     "または次のリンクを開いてボタンを押してください:\n{link}",
         "watcher": "{message}\n見守り先: {names}\n状況はアプリで確認できます: {board}",
+        "needs_help_title": "安否確認: {name}さんが助けを求めています",
+        "needs_help": "{name}さんが「助けが必要」と答えました。アプリで「私が行きます」を押してください。",
     },
     "en": {
         "title": "Safety check: {message}",
         "resident": "{message}\nIf you are safe, switch a light twice in a row (off and on again), "
                     "or open this link and press a button:\n{link}",
         "watcher": "{message}\nYour households: {names}\nSee who has answered in the app: {board}",
+        "needs_help_title": "Safety check: {name} needs help",
+        "needs_help": "{name} answered \"I need help\". Open the app and press \"I'll go\".",
     },
 }
 
 
 def render_message(kind: str, locale: str, **fields: str) -> tuple[str, str]:
     lang = locale if locale in _TEXT else "ja"
-    return _TEXT[lang]["title"].format(**fields), _TEXT[lang][kind].format(**fields)
+    title = _TEXT[lang]["needs_help_title" if kind == "needs_help" else "title"]
+    return title.format(**fields), _TEXT[lang][kind].format(**fields)

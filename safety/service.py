@@ -429,6 +429,47 @@ def link_info(conn: psycopg.Connection, links: Links, token: str) -> dict[str, A
             "used_answer": row["used_answer"]}
 
 
+def _tell_team_needs_help(conn: psycopg.Connection, check_id: int, household_id: str, now: float, how: str) -> None:
+    """"Needs help" from a home: the household's team and the area's coordinators hear it at once (in
+    the app, and on their other channels through the outbox), and the household's safety-check
+    incident opens so one of them can claim it."""
+    a = _one(conn, """SELECT a.*, h.display_name AS household_name, h.area FROM safety_answers a
+                      JOIN households h ON h.household_id = a.household_id
+                      WHERE a.check_id = %s AND a.household_id = %s""", (check_id, household_id))
+    assert a is not None
+    incident_id = _ensure_incident(conn, None, a, now)
+    conn.execute("""INSERT INTO incident_timeline (incident_id, at, actor, action, channel, body)
+                    VALUES (%s, %s, NULL, 'safety_needs_help', %s, NULL)""", (incident_id, as_datetime(now), how))
+    team = alerts_service.load_team(conn, household_id, a["area"])
+    people = list(dict.fromkeys([p for p, _tier in team.members] + list(team.coordinators)))
+    if not people:
+        return
+    locales = {r["person_id"]: r["locale"] for r in _rows(conn, "SELECT person_id, locale FROM people WHERE person_id = ANY(%s)",
+                                                          (people,))}
+    channels = _rows(conn, """SELECT channel_id, person_id, kind, target FROM person_channels
+                              WHERE person_id = ANY(%s) AND enabled ORDER BY person_id, position, channel_id""", (people,))
+    for person_id in people:
+        title, body = render_message("needs_help", locales.get(person_id, "ja"), name=a["household_name"], message="")
+        data = {"safety_check_id": check_id, "household_id": household_id, "incident_id": incident_id,
+                "url": f"/safety/{check_id}/h/{household_id}"}
+        conn.execute("""INSERT INTO notifications (person_id, incident_id, notice, urgent, title, body, data, created_at)
+                        VALUES (%s, %s, 'safety_needs_help', true, %s, %s, %s, %s)""",
+                     (person_id, incident_id, title, body, Jsonb(data), as_datetime(now)))
+        for ch in (c for c in channels if c["person_id"] == person_id):
+            key = apprise_channel_name(ch["target"]) if ch["kind"] == "apprise" else "webpush"
+            conn.execute("""INSERT INTO safety_deliveries (check_id, recipient, person_id, channel, channel_id, throttle_key,
+                                   payload, created_at, next_attempt_at)
+                            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                         (check_id, f"{person_id}#help:{household_id}", person_id, f"{ch['kind']}:{ch['channel_id']}",
+                          ch["channel_id"], key, Jsonb({"title": title, "body": body, **data}), as_datetime(now),
+                          as_datetime(now)))
+    # the alert engine tells everyone notified when one of them claims ("X is going") or resolves
+    conn.execute("UPDATE alert_escalations SET state = %s, updated_at = %s WHERE incident_id = %s",
+                 (Jsonb({"notified": people}), as_datetime(now), incident_id))
+    _audit(conn, check_id, household_id, now, None, "team_alerted", "system", {"people": people, "incident_id": incident_id})
+    conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(check_id)))
+
+
 def answer_by_link(conn: psycopg.Connection, links: Links, token: str, answer: str, *, clock: Clock,
                    check_id: int | None = None, household_id: str | None = None) -> dict[str, Any]:
     """Record a no-login answer ('safe' / 'needs_help') from a signed link, using the link up in the
@@ -461,6 +502,8 @@ def answer_by_link(conn: psycopg.Connection, links: Links, token: str, answer: s
              (t_check, t_household))
         _set_answer(conn, t_check, t_household, answer, "link", now, by=link["person_id"])
         _audit(conn, t_check, t_household, now, link["person_id"], f"answered_{answer}", "link")
+        if answer == "needs_help":
+            _tell_team_needs_help(conn, t_check, t_household, now, "link")
     return {"check_id": t_check, "household_id": t_household, "state": answer}
 
 
@@ -484,6 +527,8 @@ def answer_in_app(conn: psycopg.Connection, actor: Any, check_id: int, household
         _set_answer(conn, check_id, household_id, answer, how, now, by=actor.person_id, note=note)
         _audit(conn, check_id, household_id, now, actor.person_id, f"answered_{answer}", channel,
                {"how": how, "note": note} if note else {"how": how})
+        if own and answer == "needs_help":
+            _tell_team_needs_help(conn, check_id, household_id, now, "app")
         if a["incident_id"] is not None and not own and answer in ("safe", "needs_help"):
             inc = _one(conn, "SELECT status FROM incidents WHERE incident_id = %s", (a["incident_id"],))
             if inc and inc["status"] in ("open", "claimed"):
@@ -521,7 +566,8 @@ def _ensure_incident(conn: psycopg.Connection, actor: Any, a: dict[str, Any], no
                  (incident_id, a["household_id"], as_datetime(now), as_datetime(now)))
     conn.execute("""INSERT INTO incident_timeline (incident_id, at, actor, action, channel, body, data)
                     VALUES (%s, %s, %s, 'safety_check_opened', 'system', NULL, %s)""",
-                 (incident_id, as_datetime(now), actor.person_id, Jsonb({"safety_check_id": a["check_id"]})))
+                 (incident_id, as_datetime(now), actor.person_id if actor is not None else None,
+                  Jsonb({"safety_check_id": a["check_id"]})))
     conn.execute("UPDATE safety_answers SET incident_id = %s, updated_at = %s WHERE check_id = %s AND household_id = %s",
                  (incident_id, as_datetime(now), a["check_id"], a["household_id"]))
     return incident_id

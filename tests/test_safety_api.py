@@ -71,6 +71,16 @@ def test_links_are_single_use_unforgeable_and_bound_to_household_and_check(world
         assert done.status_code == 200 and 'id="answer-done"' in done.text
         again = client.post(f"/safety/a/{link2}", data={"answer": "safe"})
         assert again.status_code == 409
+        # "need help": the area's coordinator hears it at once, and the household's incident is open to claim
+        with psycopg.connect(url) as conn:
+            note = conn.execute("SELECT title, data->>'household_id' FROM notifications WHERE person_id = 'coord_a'"
+                                " AND notice = 'safety_needs_help'").fetchall()
+        assert len(note) == 1 and note[0][1] == "h2" and "佐藤 花子" in note[0][0]
+        r = client.post(f"/api/safety/checks/{cid}/households/h2/claim", headers=bearer(client, "oper"))
+        assert r.status_code == 200, r.text
+        with psycopg.connect(url) as conn:
+            told = conn.execute("SELECT person_id FROM notifications WHERE notice = 'claimed'").fetchall()
+        assert told == [("coord_a",)]  # the others who were alerted learn who is going
 
         # closed: unused links stop working
         link3 = _token(client.post(f"/api/safety/checks/{cid}/households/h1/link", headers=coord).json()["url"])

@@ -34,6 +34,7 @@ from mimamori.embedded import EmbeddedBroker
 from mimamori.mqtt import MqttUrl
 from safety.models import SafetySettings
 from safety.worker import run_safety_worker
+from test_app_browser import A11Y_JS
 from test_app_support import served
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -179,9 +180,19 @@ def test_safety_check_over_200_homes_end_to_end(pg_url: str, own_broker: Embedde
                                              WHERE notice = 'safety_check' AND data ? 'household_id'""").fetchall())
             assert set(links) == set(link_homes)
             answerer = requests.Session()
+            by_phone = homes[60]["household_id"]  # this resident opens the link on a phone
+            resident = page.context.new_page()
+            resident.goto(links[by_phone])
+            resident.wait_for_selector("#btn-safe")
+            assert not resident.evaluate(A11Y_JS)
+            _shot(resident, "4_answer_link")
+            resident.click("#btn-safe")
+            resident.wait_for_selector("#answer-done")
+            _shot(resident, "5_answer_done")
+            resident.close()
             for lo, hi, _b, _s, how in PLAN:
                 for k in range(lo, hi):
-                    if how in ("link_safe", "link_help", "offline_link"):
+                    if how in ("link_safe", "link_help", "offline_link") and homes[k]["household_id"] != by_phone:
                         hid = homes[k]["household_id"]
                         path = links[hid].split("/safety/a/", 1)[1]
                         form = answerer.get(f"{base}/safety/a/{path}")
@@ -206,6 +217,8 @@ def test_safety_check_over_200_homes_end_to_end(pg_url: str, own_broker: Embedde
             assert [h["lives_alone"] for h in no_answer][-3:] == [False] * 3 and all(h["lives_alone"] for h in no_answer[:-3])
             hows = {h["household_id"]: h["how"] for h in board["households"]}
             assert all(hows[homes[k]["household_id"]] == "double_toggle" for k in range(60))
+            assert not page.evaluate(A11Y_JS)
+            page.click(".sc-filters summary")
             page.select_option("#f-state", "no_answer")
             page.click(".sc-filter button")
             page.wait_for_selector(".sc-card.b-no_answer")
@@ -214,6 +227,13 @@ def test_safety_check_over_200_homes_end_to_end(pg_url: str, own_broker: Embedde
             page.goto(f"{base}/safety/{check_id}")
             page.wait_for_selector("#count-safe")
             _shot(page, "3_board_final")
+            # the team: "I'll go" for the most urgent home (needs help, first on the board)
+            first = page.locator(".sc-card").first
+            assert first.get_attribute("data-state") == "needs_help"
+            first.locator("button").click()
+            page.wait_for_selector("text=市役所 防災課さんが向かっています")
+            assert not page.evaluate(A11Y_JS)
+            _shot(page, "6_household_claimed")
 
             csv_text = api.get(f"/api/safety/checks/{check_id}/export.csv", headers=auth).content.decode("utf-8-sig")
             assert len(csv_text.strip().splitlines()) == 2 + HOMES

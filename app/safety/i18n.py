@@ -61,6 +61,8 @@ SAFETY_MESSAGES: dict[str, tuple[str, str]] = {
     "safety_check_closed": ("この安否確認は終了しています", "This safety check is closed"),
     "safety_team_timeline": ("チームの記録", "Team timeline"),
     "action_safety_check_opened": ("安否確認の対応を開始しました", "started the safety-check follow-up"),
+    "action_safety_needs_help": ("が「助けが必要」と答えました", "answered \"I need help\""),
+    "safety_audit_team_alerted": ("チームに緊急連絡", "alerted the team"),
     "action_safety_check_closed": ("安否確認を終了しました", "closed the safety check"),
     "safety_audit_started": ("安否確認を開始", "started the safety check"),
     "safety_audit_messages_queued": ("お知らせを送信", "sent the messages"),
