@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.auth import current_person
 from app.auth import views as auth_views
 from app.devices import views as device_views
-from app.errors import AppError, NotAuthenticated
+from app.errors import AppError, CsrfFailed, NotAuthenticated
 from app.households import views as household_views
 from app.i18n import request_locale, translate
 from app.incidents import views as incident_views
@@ -34,6 +34,7 @@ from app.pwa import vapid_public_key
 from mimamori.clock import Clock, SystemClock
 from mimamori.config import Settings
 from mimamori.db import make_pool
+from mimamori.signing import signer
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -62,16 +63,24 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     app.state.clock = clock or SystemClock()
     app.state.stopping = threading.Event()
     app.state.vapid_public_key = vapid_public_key(settings)
+    app.state.csrf_signer = signer(settings, "csrf")
 
     @app.exception_handler(AppError)
     async def app_error(request: Request, exc: AppError) -> Response:
+        reason = exc.detail.get("reason")
         if _wants_json(request):
-            return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=exc.status_code)
+            body = {"detail": exc.message, "code": exc.code}
+            if reason:
+                body["reason"] = str(reason)
+            return JSONResponse(body, status_code=exc.status_code)
         if isinstance(exc, NotAuthenticated):
             return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
         from app.templating import render
 
-        message = translate(request_locale(request), f"err_{exc.code}")
+        locale = request_locale(request)
+        message = translate(locale, f"err_{exc.code}")
+        if isinstance(exc, CsrfFailed) and reason:
+            message = f"{message} ({translate(locale, f'csrf_reason_{reason}')})"
         return render(request, "error.html", status_code=exc.status_code, message=message)
 
     @app.exception_handler(RequestValidationError)

@@ -227,7 +227,9 @@ def test_coordinator_page_flows(world) -> None:
         link = r.text.split('id="invitation-url">')[1].split("<")[0]
         token = link.rsplit("/", 1)[1]
     with app_client(url, clock) as resident:
-        form = {"login": "haru", "password": "haru-password", "locale": "en"}
+        invite_form = resident.get(f"/invite/{token}").text
+        form_csrf = invite_form.split('name="csrf_token" value="')[1].split('"')[0]
+        form = {"login": "haru", "password": "haru-password", "locale": "en", "csrf_token": form_csrf}
         assert resident.post(f"/invite/{token}", data=form, follow_redirects=False).status_code == 422  # no consent
         r = resident.post(f"/invite/{token}", data={**form, "consent": "1"}, follow_redirects=False)
         assert r.status_code == 303

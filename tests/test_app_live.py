@@ -122,9 +122,7 @@ def test_payloads_carry_ids_only(world) -> None:
                      " VALUES ('watcher_a', %s, 'alert', true, '田中 一郎', '確認してください', %s)", (ids["h1"], now))
         conn.execute("INSERT INTO away_periods (household_id, starts_at, until, source, note)"
                      " VALUES ('h1', %s, %s, 'resident', '入院中')", (now, now.replace(day=25)))
-        conn.execute("INSERT INTO sessions (token_hash, person_id, csrf_token, created_at, last_seen_at, expires_at)"
-                     " VALUES ('\\x01', 'watcher_b', '', %s, %s, %s)" if _has_csrf_column(conn) else
-                     "INSERT INTO sessions (token_hash, person_id, created_at, last_seen_at, expires_at)"
+        conn.execute("INSERT INTO sessions (token_hash, person_id, created_at, last_seen_at, expires_at)"
                      " VALUES ('\\x01', 'watcher_b', %s, %s, %s)", (now, now, now.replace(day=28)))
         conn.execute("DELETE FROM sessions WHERE person_id = 'watcher_b'")
         payloads = [n.payload for n in listener.notifies(timeout=2, stop_after=5)]
@@ -142,11 +140,6 @@ def test_payloads_carry_ids_only(world) -> None:
     changes = fold(payloads)
     assert changes.incident_ids == {ids["h1"]} and changes.notified_people == {"watcher_a"}
     assert not fold(["not json", '{"t": "incident"}', '{"t": "away", "h": 5}'])
-
-
-def _has_csrf_column(conn: psycopg.Connection) -> bool:
-    return conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'sessions'"
-                        " AND column_name = 'csrf_token'").fetchone()[0] == 1
 
 
 def _person(pid: str) -> Person:

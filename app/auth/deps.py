@@ -1,24 +1,23 @@
 """``current_person``: the signed-in person of a request (cookie session, or a Bearer token for API
 clients). Unsafe methods with a cookie session must carry the session's CSRF token (header
-``X-CSRF-Token`` or form field ``csrf_token``)."""
+``X-CSRF-Token`` or form field ``csrf_token``; signed and session-bound, see app.auth.csrf)."""
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.auth import service
-from app.errors import CsrfFailed, NotAuthenticated
+from app.auth import csrf, service
+from app.errors import NotAuthenticated
 from app.people import Person
 
 SESSION_COOKIE = "mimamori_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def _lookup(request: Request, token: str) -> tuple[Person, str] | None:
+def _lookup(request: Request, token: str) -> Person | None:
     with request.app.state.pool.connection() as conn:
         conn.autocommit = True
         return service.session_person(conn, request.app.state.clock, token)
@@ -37,9 +36,11 @@ async def optional_person(request: Request) -> Person | None:
         return request.state.person
     token, bearer = session_token(request)
     found = await run_in_threadpool(_lookup, request, token) if token else None
-    request.state.person = found[0] if found else None
-    request.state.csrf = found[1] if found and not bearer else None
-    if found and not bearer and request.method not in SAFE_METHODS:
+    request.state.person = found
+    cookie_session = found is not None and not bearer
+    serializer = request.app.state.csrf_signer
+    request.state.csrf = csrf.issue(serializer, csrf.SESSION, token or "") if cookie_session else None
+    if cookie_session and request.method not in SAFE_METHODS:
         sent = request.headers.get("x-csrf-token")
         if sent is None and request.headers.get("content-type", "").startswith(
             ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -47,8 +48,7 @@ async def optional_person(request: Request) -> Person | None:
             form = await request.form()
             value = form.get("csrf_token")
             sent = value if isinstance(value, str) else None
-        if not sent or not hmac.compare_digest(sent.encode(), found[1].encode()):
-            raise CsrfFailed("missing or wrong CSRF token")
+        csrf.verify(serializer, csrf.SESSION, token, sent, max_age=int(service.SESSION_TTL.total_seconds()))
     return request.state.person
 
 

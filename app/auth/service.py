@@ -1,4 +1,4 @@
-"""Accounts: argon2 password hashes, database sessions with a CSRF token each, invitation links,
+"""Accounts: argon2 password hashes, database sessions (CSRF tokens are derived: app.auth.csrf), invitation links,
 login rate limiting, and signing out everywhere. Plain functions, no HTTP."""
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def create_account(conn: psycopg.Connection, clock: Clock, person_id: str, login
 
 
 def login(conn: psycopg.Connection, clock: Clock, login_name: str, password: str, *, client: str,
-          user_agent: str | None = None) -> tuple[str, str, Person]:
-    """Check a password; return (session token, csrf token, person). Raises RateLimited/NotAuthenticated."""
+          user_agent: str | None = None) -> tuple[str, Person]:
+    """Check a password; return (session token, person). Raises RateLimited/NotAuthenticated."""
     login_name = login_name.lower()
     now = as_datetime(clock.now())
     since = now - LOGIN_WINDOW
@@ -87,38 +87,37 @@ def login(conn: psycopg.Connection, clock: Clock, login_name: str, password: str
     if not ok or row is None:
         raise NotAuthenticated("wrong login or password")
     person = person_from_row(row[1:])
-    token, csrf = start_session(conn, clock, person.person_id, user_agent=user_agent)
-    return token, csrf, person
+    token = start_session(conn, clock, person.person_id, user_agent=user_agent)
+    return token, person
 
 
-def start_session(conn: psycopg.Connection, clock: Clock, person_id: str, *, user_agent: str | None = None) -> tuple[str, str]:
+def start_session(conn: psycopg.Connection, clock: Clock, person_id: str, *, user_agent: str | None = None) -> str:
     now = as_datetime(clock.now())
     token = secrets.token_urlsafe(32)
-    csrf = secrets.token_urlsafe(24)
     conn.execute("DELETE FROM sessions WHERE person_id = %s AND expires_at <= %s", (person_id, now))
     conn.execute(
-        "INSERT INTO sessions (token_hash, person_id, csrf_token, created_at, last_seen_at, expires_at, user_agent)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (_digest(token), person_id, csrf, now, now, now + SESSION_TTL, (user_agent or "")[:200]),
+        "INSERT INTO sessions (token_hash, person_id, created_at, last_seen_at, expires_at, user_agent)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (_digest(token), person_id, now, now, now + SESSION_TTL, (user_agent or "")[:200]),
     )
-    return token, csrf
+    return token
 
 
-def session_person(conn: psycopg.Connection, clock: Clock, token: str) -> tuple[Person, str] | None:
-    """The person and CSRF token of a live session, or None."""
+def session_person(conn: psycopg.Connection, clock: Clock, token: str) -> Person | None:
+    """The person of a live session, or None."""
     if not token or len(token) > 200:
         return None
     now = as_datetime(clock.now())
     row = conn.execute(
-        f"SELECT s.csrf_token, s.last_seen_at, {PERSON_COLUMNS} FROM sessions s JOIN people p USING (person_id)"
+        f"SELECT s.last_seen_at, {PERSON_COLUMNS} FROM sessions s JOIN people p USING (person_id)"
         " WHERE s.token_hash = %s AND s.expires_at > %s",
         (_digest(token), now),
     ).fetchone()
     if row is None:
         return None
-    if now - row[1] > timedelta(minutes=5):  # keep writes rare
+    if now - row[0] > timedelta(minutes=5):  # keep writes rare
         conn.execute("UPDATE sessions SET last_seen_at = %s WHERE token_hash = %s", (now, _digest(token)))
-    return person_from_row(row[2:]), row[0]
+    return person_from_row(row[1:])
 
 
 def logout(conn: psycopg.Connection, token: str) -> None:

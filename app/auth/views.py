@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
-import secrets
 from typing import Annotated
 from urllib.parse import quote
 
@@ -11,20 +9,20 @@ from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.auth import service
+from app.auth import csrf, service
 from app.auth.deps import SESSION_COOKIE, CurrentPerson, OptionalPerson, session_token
 from app.auth.models import AcceptIn, InvitationIn, InvitationOut, LoginIn, PersonOut, SessionOut
 from app.db import ClockDep, Conn
-from app.errors import AppError, NotAuthenticated, RateLimited
+from app import metrics
+from app.errors import AppError, CsrfFailed, NotAuthenticated, RateLimited
 from app.i18n import LANG_COOKIE, LOCALES, request_locale, translate
 from app.templating import render
 
 api = APIRouter(prefix="/api", tags=["auth"])
-#: Login CSRF (there is no session yet): a random token in a short-lived cookie and in the form's
-#: ``csrf_token`` field must match (double submit). The JSON login needs none: it takes only a JSON
-#: body, which a cross-site form cannot send, and API clients use the bearer token it returns.
-LOGIN_CSRF_COOKIE = "mimamori_login_csrf"
-LOGIN_CSRF_MAX_AGE = 2 * 3600
+#: Login CSRF (there is no session yet): the sign-in and invitation forms carry a token signed with
+#: the service secret and bound to a pre-session id kept in a cookie (app.auth.csrf). The JSON login
+#: needs none: it takes only a JSON body, which a cross-site form cannot send, and API clients use
+#: the bearer token it returns.
 pages = APIRouter(include_in_schema=False)
 
 
@@ -49,11 +47,15 @@ def _safe_next(value: str | None) -> str:
 
 @api.post("/auth/login", response_model=SessionOut, responses={401: {}, 429: {}})
 def api_login(body: LoginIn, request: Request, response: Response, conn: Conn, clock: ClockDep) -> SessionOut:
-    token, csrf, person = service.login(conn, clock, body.login, body.password, client=_client(request),
-                                        user_agent=request.headers.get("user-agent"))
+    try:
+        token, person = service.login(conn, clock, body.login, body.password, client=_client(request),
+                                      user_agent=request.headers.get("user-agent"))
+    except (RateLimited, NotAuthenticated) as exc:
+        metrics.LOGIN_FAILURES.labels("rate_limited" if isinstance(exc, RateLimited) else "wrong_login").inc()
+        raise
     _set_session_cookie(request, response, token)
     return SessionOut(person_id=person.person_id, display_name=person.display_name, role=person.role,
-                      csrf_token=csrf, token=token)
+                      csrf_token=csrf.issue(request.app.state.csrf_signer, csrf.SESSION, token), token=token)
 
 
 @api.post("/auth/logout", status_code=204, responses={401: {}, 403: {}})
@@ -93,18 +95,39 @@ def api_accept(token: str, body: AcceptIn, conn: Conn, clock: ClockDep) -> Perso
 # --- pages --------------------------------------------------------------------------------------
 
 
-def _login_form(request: Request, status_code: int = 200, **ctx: object) -> Response:
-    """The sign-in page with a fresh login-CSRF token (cookie + hidden field)."""
-    token = secrets.token_urlsafe(24)
-    response = render(request, "login.html", status_code=status_code, login_csrf=token, **ctx)
-    response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=LOGIN_CSRF_MAX_AGE, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", path="/login")
+def _pre_session(request: Request) -> str:
+    """The browser's pre-session id (kept while it lasts, so two open forms both work), or a new one."""
+    current = request.cookies.get(csrf.PRE_SESSION_COOKIE, "")
+    return current if 20 <= len(current) <= 64 else csrf.new_pre_session()
+
+
+def _with_pre_session(request: Request, name: str, status_code: int = 200, **ctx: object) -> Response:
+    """Render a form that starts a session, with a pre-session cookie and its signed token."""
+    pre = _pre_session(request)
+    token = csrf.issue(request.app.state.csrf_signer, csrf.PRE_SESSION, pre)
+    response = render(request, name, status_code=status_code, form_csrf=token, **ctx)
+    response.set_cookie(csrf.PRE_SESSION_COOKIE, pre, max_age=csrf.PRE_SESSION_MAX_AGE, httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https", path="/")
     return response
 
 
-def login_csrf_ok(request: Request, sent: str) -> bool:
-    expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
-    return bool(expected and sent) and hmac.compare_digest(sent.encode(), expected.encode())
+def _check_pre_session(request: Request, sent: str) -> str | None:
+    """None when the form's token is good, else the refusal's reason."""
+    try:
+        csrf.verify(request.app.state.csrf_signer, csrf.PRE_SESSION, request.cookies.get(csrf.PRE_SESSION_COOKIE),
+                    sent, max_age=csrf.PRE_SESSION_MAX_AGE)
+    except CsrfFailed as exc:
+        return str(exc.detail["reason"])
+    return None
+
+
+def _form_refused(request: Request, reason: str, key: str = "login_form_expired") -> str:
+    locale = request_locale(request)
+    return f"{translate(locale, key)} ({translate(locale, 'csrf_reason_' + reason)})"
+
+
+def _login_form(request: Request, status_code: int = 200, **ctx: object) -> Response:
+    return _with_pre_session(request, "login.html", status_code=status_code, **ctx)
 
 
 @pages.get("/login")
@@ -119,16 +142,18 @@ async def login_submit(request: Request, login: Annotated[str, Form(max_length=6
                        password: Annotated[str, Form(max_length=256)], next: Annotated[str, Form()] = "/",
                        csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
     app = request.app
-    if not login_csrf_ok(request, csrf_token):
+    refused = _check_pre_session(request, csrf_token)
+    if refused is not None:
         # Refused before the password is even checked; the page offers a fresh form.
-        return _login_form(request, status_code=403, error=translate(request_locale(request), "login_form_expired"),
-                           login=login, next=_safe_next(next))
+        metrics.LOGIN_FAILURES.labels("csrf").inc()
+        return _login_form(request, status_code=403, error=_form_refused(request, refused), login=login,
+                           next=_safe_next(next))
 
     def attempt() -> tuple[str, str] | str:
         with app.state.pool.connection() as conn:
             conn.autocommit = True
             try:
-                token, _csrf, _p = service.login(conn, app.state.clock, login, password.replace("\x00", ""),
+                token, _p = service.login(conn, app.state.clock, login, password.replace("\x00", ""),
                                                  client=_client(request), user_agent=request.headers.get("user-agent"))
                 return token, _p.locale
             except RateLimited:
@@ -139,12 +164,13 @@ async def login_submit(request: Request, login: Annotated[str, Form(max_length=6
     result = await run_in_threadpool(attempt)
     if isinstance(result, str):
         locale = request_locale(request)
+        metrics.LOGIN_FAILURES.labels(result).inc()
         status = 429 if result == "rate_limited" else 401
         return _login_form(request, status_code=status, error=translate(locale, result), login=login,
                            next=_safe_next(next))
     response = RedirectResponse(_safe_next(next), status_code=303)
     _set_session_cookie(request, response, result[0])
-    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    response.delete_cookie(csrf.PRE_SESSION_COOKIE, path="/")
     response.set_cookie(LANG_COOKIE, result[1], max_age=365 * 86400, samesite="lax", path="/")
     return response
 
@@ -184,24 +210,32 @@ def switch_language(code: str, request: Request, person: OptionalPerson, conn: C
 @pages.get("/invite/{token}", name="invite_page")
 def invite_page(token: str, request: Request, conn: Conn, clock: ClockDep) -> Response:
     inv = service.get_invitation(conn, clock, token)
-    return render(request, "invite.html", inv=inv, token=token, notice_version=service.NOTICE_VERSION)
+    return _with_pre_session(request, "invite.html", inv=inv, token=token, notice_version=service.NOTICE_VERSION)
 
 
 @pages.post("/invite/{token}")
 def invite_submit(token: str, request: Request, conn: Conn, clock: ClockDep,
                   login: Annotated[str, Form(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.@+-]+$")],
                   password: Annotated[str, Form(min_length=8, max_length=256)],
-                  locale: Annotated[str, Form()] = "ja", consent: Annotated[str | None, Form()] = None) -> Response:
+                  locale: Annotated[str, Form()] = "ja", consent: Annotated[str | None, Form()] = None,
+                  csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
     inv = service.get_invitation(conn, clock, token)
+    refused = _check_pre_session(request, csrf_token)
+    if refused is not None:
+        return _with_pre_session(request, "invite.html", status_code=403, inv=inv, token=token,
+                                 notice_version=service.NOTICE_VERSION,
+                                 error=_form_refused(request, refused, "err_csrf_failed"))
     try:
         person = service.accept_invitation(conn, clock, token, login_name=login, password=password.replace("\x00", ""),
                                            locale=locale if locale in LOCALES else "ja", consent=bool(consent))
     except AppError as exc:
-        return render(request, "invite.html", status_code=exc.status_code, inv=inv, token=token,
-                      notice_version=service.NOTICE_VERSION, error=translate(request_locale(request), f"err_{exc.code}"))
-    session, _csrf = service.start_session(conn, clock, person.person_id, user_agent=request.headers.get("user-agent"))
+        return _with_pre_session(request, "invite.html", status_code=exc.status_code, inv=inv, token=token,
+                                 notice_version=service.NOTICE_VERSION,
+                                 error=translate(request_locale(request), f"err_{exc.code}"))
+    session = service.start_session(conn, clock, person.person_id, user_agent=request.headers.get("user-agent"))
     response = RedirectResponse("/", status_code=303)
     _set_session_cookie(request, response, session)
+    response.delete_cookie(csrf.PRE_SESSION_COOKIE, path="/")
     response.set_cookie(LANG_COOKIE, person.locale, max_age=365 * 86400, samesite="lax", path="/")
     return response
 
