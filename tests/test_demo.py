@@ -100,6 +100,7 @@ def test_demo_alert_reaches_the_watcher_and_ctrl_c_leaves_nothing_running(home: 
 
         try:
             _check_alert(base, incident_id)
+            _see_alert_in_browser(base, incident_id)
         except AssertionError as e:
             raise AssertionError(f"{e}\n--- demo.log ---\n{log.read_text(errors='replace')[-6000:]}") from None
     finally:
@@ -126,3 +127,20 @@ def _check_alert(base: str, incident_id: int) -> None:
     assert alert["household_id"] == "hh-0001" and alert["kind"] in ("inactivity", "long_on")
     timeline = _api(base, f"/api/alerts/{incident_id}/timeline", token)
     assert timeline, "the alert has no timeline (the alert engine did not pick it up)"
+
+
+def _see_alert_in_browser(base: str, incident_id: int) -> None:
+    """What the watcher sees on a phone: the alert page with its big buttons (screenshot kept)."""
+    from test_app_browser import ARTIFACTS, phone
+
+    with phone() as page:
+        page.goto(f"{base}/login")  # type: ignore[attr-defined]
+        page.fill("#login", "watcher1")  # type: ignore[attr-defined]
+        page.fill("#password", "mimamori-demo")  # type: ignore[attr-defined]
+        page.click("button[type=submit]")  # type: ignore[attr-defined]
+        page.wait_for_url(lambda u: "/login" not in u)  # type: ignore[attr-defined]
+        page.goto(f"{base}/alerts/{incident_id}")  # type: ignore[attr-defined]
+        text = page.inner_text("body")  # type: ignore[attr-defined]
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "demo_alert.png"), full_page=True)  # type: ignore[attr-defined]
+        assert "hh-0001" in text, text[:2000]
