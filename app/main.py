@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import metrics
 from app.auth import current_person
 from app.auth import views as auth_views
 from app.devices import views as device_views
@@ -34,6 +35,7 @@ from app.pwa import vapid_public_key
 from mimamori.clock import Clock, SystemClock
 from mimamori.config import Settings
 from mimamori.db import make_pool
+from mimamori.observability import readiness, register_readiness, render_metrics, unregister_readiness
 from mimamori.signing import signer
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,11 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = make_pool(database_url, min_size=1, max_size=8, name="mimamori-app")
         app.state.live = LiveHub(database_url, app.state.pool, app.state.clock)
+        register_readiness("app", lambda: database_ready(app.state.pool))
         try:
             yield
         finally:
+            unregister_readiness("app")
             app.state.stopping.set()
             app.state.live.stop()
             app.state.pool.close()
@@ -116,9 +120,31 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
             "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'")
         return response
 
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        # The route's template (/households/{household_id}), never the raw path: bounded label values.
+        route = request.scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        metrics.REQUESTS.labels(request.method, template, str(response.status_code)).inc()
+        return response
+
+    # Operations (not behind sign-in, not in the OpenAPI document): the same three paths as every
+    # stage's ops server (mimamori.observability), on the app's own port.
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> Response:
+        ok, checks = readiness()
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        body, content_type = render_metrics()
+        return Response(body, media_type=content_type)
 
     for module in (auth_views, household_views, incident_views, device_views, privacy_views):
         app.include_router(module.api)
@@ -130,6 +156,13 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     importlib.import_module("app.safety").include(app)  # the safety check (安否確認): API and pages
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
+
+
+def database_ready(pool: object) -> bool:
+    """The app's readiness: a pool connection answers within a couple of seconds."""
+    with pool.connection(timeout=2) as conn:  # type: ignore[attr-defined]
+        conn.autocommit = True
+        return conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def _include_alerts_routers(app: FastAPI) -> None:
