@@ -87,6 +87,8 @@ _TEXT: Final = {
         "watcher": "{message}\n見守り先: {names}\n状況はアプリで確認できます: {board}",
         "needs_help_title": "安否確認: {name}さんが助けを求めています",
         "needs_help": "{name}さんが「助けが必要」と答えました。アプリで「私が行きます」を押してください。",
+        "no_answer_title": "安否確認: {name}さんの様子を見に行ってください",
+        "no_answer": "{name}さんから安否確認の応答がありません。行ける方はアプリで「私が行きます」を押してください。",
     },
     "en": {
         "title": "Safety check: {message}",
@@ -95,11 +97,13 @@ _TEXT: Final = {
         "watcher": "{message}\nYour households: {names}\nSee who has answered in the app: {board}",
         "needs_help_title": "Safety check: {name} needs help",
         "needs_help": "{name} answered \"I need help\". Open the app and press \"I'll go\".",
+        "no_answer_title": "Safety check: please go and see {name}",
+        "no_answer": "{name} has not answered the safety check. If you can go, press \"I'll go\" in the app.",
     },
 }
 
 
 def render_message(kind: str, locale: str, **fields: str) -> tuple[str, str]:
     lang = locale if locale in _TEXT else "ja"
-    title = _TEXT[lang]["needs_help_title" if kind == "needs_help" else "title"]
+    title = _TEXT[lang][f"{kind}_title" if kind in ("needs_help", "no_answer") else "title"]
     return title.format(**fields), _TEXT[lang][kind].format(**fields)

@@ -429,7 +429,8 @@ def link_info(conn: psycopg.Connection, links: Links, token: str) -> dict[str, A
             "used_answer": row["used_answer"]}
 
 
-def _tell_team_needs_help(conn: psycopg.Connection, check_id: int, household_id: str, now: float, how: str) -> None:
+def _tell_team_needs_help(conn: psycopg.Connection, check_id: int, household_id: str, now: float, how: str, *,
+                          reason: str = "needs_help", actor: str | None = None) -> int:
     """"Needs help" from a home: the household's team and the area's coordinators hear it at once (in
     the app, and on their other channels through the outbox), and the household's safety-check
     incident opens so one of them can claim it."""
@@ -439,35 +440,52 @@ def _tell_team_needs_help(conn: psycopg.Connection, check_id: int, household_id:
     assert a is not None
     incident_id = _ensure_incident(conn, None, a, now)
     conn.execute("""INSERT INTO incident_timeline (incident_id, at, actor, action, channel, body)
-                    VALUES (%s, %s, NULL, 'safety_needs_help', %s, NULL)""", (incident_id, as_datetime(now), how))
+                    VALUES (%s, %s, %s, %s, %s, NULL)""", (incident_id, as_datetime(now), actor, f"safety_{reason}", how))
     team = alerts_service.load_team(conn, household_id, a["area"])
     people = list(dict.fromkeys([p for p, _tier in team.members] + list(team.coordinators)))
     if not people:
-        return
+        return incident_id
     locales = {r["person_id"]: r["locale"] for r in _rows(conn, "SELECT person_id, locale FROM people WHERE person_id = ANY(%s)",
                                                           (people,))}
     channels = _rows(conn, """SELECT channel_id, person_id, kind, target FROM person_channels
                               WHERE person_id = ANY(%s) AND enabled ORDER BY person_id, position, channel_id""", (people,))
     for person_id in people:
-        title, body = render_message("needs_help", locales.get(person_id, "ja"), name=a["household_name"], message="")
+        title, body = render_message(reason, locales.get(person_id, "ja"), name=a["household_name"], message="")
         data = {"safety_check_id": check_id, "household_id": household_id, "incident_id": incident_id,
                 "url": f"/safety/{check_id}/h/{household_id}"}
         conn.execute("""INSERT INTO notifications (person_id, incident_id, notice, urgent, title, body, data, created_at)
-                        VALUES (%s, %s, 'safety_needs_help', true, %s, %s, %s, %s)""",
-                     (person_id, incident_id, title, body, Jsonb(data), as_datetime(now)))
+                        VALUES (%s, %s, %s, true, %s, %s, %s, %s)""",
+                     (person_id, incident_id, f"safety_{reason}", title, body, Jsonb(data), as_datetime(now)))
         for ch in (c for c in channels if c["person_id"] == person_id):
             key = apprise_channel_name(ch["target"]) if ch["kind"] == "apprise" else "webpush"
             conn.execute("""INSERT INTO safety_deliveries (check_id, recipient, person_id, channel, channel_id, throttle_key,
                                    payload, created_at, next_attempt_at)
                             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-                         (check_id, f"{person_id}#help:{household_id}", person_id, f"{ch['kind']}:{ch['channel_id']}",
+                         (check_id, f"{person_id}#{reason}:{household_id}", person_id, f"{ch['kind']}:{ch['channel_id']}",
                           ch["channel_id"], key, Jsonb({"title": title, "body": body, **data}), as_datetime(now),
                           as_datetime(now)))
     # the alert engine tells everyone notified when one of them claims ("X is going") or resolves
     conn.execute("UPDATE alert_escalations SET state = %s, updated_at = %s WHERE incident_id = %s",
                  (Jsonb({"notified": people}), as_datetime(now), incident_id))
-    _audit(conn, check_id, household_id, now, None, "team_alerted", "system", {"people": people, "incident_id": incident_id})
+    _audit(conn, check_id, household_id, now, actor, "team_alerted", how,
+           {"people": people, "incident_id": incident_id, "reason": reason})
     conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(check_id)))
+    return incident_id
+
+
+def escalate(conn: psycopg.Connection, actor: Any, check_id: int, household_id: str, *, clock: Clock,
+             channel: str = "app") -> dict[str, Any]:
+    """The coordinator asks the household's team to go and see (a home that has not answered): they
+    are told at once on all their channels, and the household's incident is open to claim."""
+    _manager(actor)
+    now = clock.now()
+    with conn.transaction():
+        a = _answer_for(conn, actor, check_id, household_id, lock=True)
+        if a["check_closed_at"] is not None:
+            raise Gone("the safety check is closed")
+        incident_id = _tell_team_needs_help(conn, check_id, household_id, now, channel, reason="no_answer",
+                                            actor=actor.person_id)
+    return {"check_id": check_id, "household_id": household_id, "incident_id": incident_id}
 
 
 def answer_by_link(conn: psycopg.Connection, links: Links, token: str, answer: str, *, clock: Clock,

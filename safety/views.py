@@ -153,6 +153,13 @@ def claim(check_id: CheckId, household_id: HouseholdId, actor: Actor, conn: Conn
         return service.claim(conn, actor, check_id, household_id, clock=clock, channel="api")
 
 
+@safety_api.post("/checks/{check_id}/households/{household_id}/escalate", responses=ERRORS)
+def escalate(check_id: CheckId, household_id: HouseholdId, actor: Actor, conn: Conn, clock: ClockDep) -> dict[str, Any]:
+    """Ask the household's team to go and see (coordinator, operator)."""
+    with errors():
+        return service.escalate(conn, actor, check_id, household_id, clock=clock, channel="api")
+
+
 @safety_api.post("/checks/{check_id}/households/{household_id}/comment", status_code=204, responses=ERRORS)
 def comment(check_id: CheckId, household_id: HouseholdId, body: CommentIn, actor: Actor, conn: Conn,
             clock: ClockDep) -> Response:

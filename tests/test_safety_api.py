@@ -128,6 +128,13 @@ def test_scope_claim_on_behalf_close_and_csv(world) -> None:  # noqa: F811
         assert client.post(f"/api/safety/checks/{cid}/households/h2/answer", json={"answer": "safe"},
                            headers=wa).status_code == 404  # not on h2's team
 
+        # the coordinator asks h2's team (none: the area's coordinators) to go and see a silent home
+        assert client.post(f"/api/safety/checks/{cid}/households/h2/escalate", headers=wa).status_code == 403
+        r = client.post(f"/api/safety/checks/{cid}/households/h2/escalate", headers=coord)
+        assert r.status_code == 200, r.text
+        with psycopg.connect(url) as conn:
+            asked = conn.execute("SELECT person_id FROM notifications WHERE notice = 'safety_no_answer'").fetchall()
+        assert asked == [("coord_a",)]
         assert client.get(f"/api/safety/checks/{cid}/export.csv", headers=wa).status_code == 403
         assert client.post(f"/api/safety/checks/{cid}/close", headers=wa).status_code == 403
         assert client.post(f"/api/safety/checks/{cid}/close", headers=coord).status_code == 200

@@ -133,6 +133,14 @@ def claim_submit(check_id: api.CheckId, household_id: api.HouseholdId, person: C
     return RedirectResponse(f"/safety/{check_id}/h/{household_id}", status_code=303)
 
 
+@pages.post("/safety/{check_id}/h/{household_id}/escalate")
+def escalate_submit(check_id: api.CheckId, household_id: api.HouseholdId, person: CurrentPerson, conn: Conn,
+                    clock: ClockDep) -> Response:
+    with page_errors():
+        service.escalate(conn, person, check_id, household_id, clock=clock)
+    return RedirectResponse(f"/safety/{check_id}/h/{household_id}?msg=safety_team_asked", status_code=303)
+
+
 @pages.post("/safety/{check_id}/h/{household_id}/answer")
 def answer_submit(check_id: api.CheckId, household_id: api.HouseholdId, person: CurrentPerson, conn: Conn,
                   clock: ClockDep, answer: Annotated[str, Form(max_length=20)],
