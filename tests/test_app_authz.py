@@ -3,6 +3,8 @@ service layer, so a watcher can never read another team's household, by API or b
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from test_app_support import PEOPLE, app_client, bearer, cookie_login, world  # noqa: F401
@@ -30,8 +32,8 @@ API = [
     ("PUT", "/api/households/h1/chain", {"steps": [{"type": "notify", "tiers": [1]}]}, MANAGERS_NORTH),
     ("GET", "/api/households/h1/views", None, {"oper", "coord_a", "resident_1"}),
     ("GET", "/api/households/h1/consents", None, TEAM_H1),
-    ("GET", "/api/households/h1/export", None, {"oper", "coord_a", "resident_1"}),
-    ("GET", "/api/households/h1/export.csv", None, {"oper", "coord_a", "resident_1"}),
+    ("GET", "/api/households/h1/export?request_note=asked+by+phone", None, {"oper", "coord_a", "resident_1"}),
+    ("GET", "/api/households/h1/export.csv?request_note=asked+by+phone", None, {"oper", "coord_a", "resident_1"}),
     ("POST", "/api/households/h1/delete", {"confirm_name": "not the name"}, MANAGERS_NORTH),
     ("GET", "/api/incidents/{h1}", None, {"oper", "coord_a", "watcher_a"}),
     ("POST", "/api/incidents/{h1}/comment", {"body": "見に行きます"}, {"oper", "coord_a", "watcher_a"}),
@@ -47,7 +49,7 @@ API = [
 PAGES = [
     ("/households/h1", TEAM_H1),
     ("/households/h1/views", {"oper", "coord_a", "resident_1"}),
-    ("/households/h1/export.json", {"oper", "coord_a", "resident_1"}),
+    ("/households/h1/export.json?request_note=asked+by+phone", {"oper", "coord_a", "resident_1"}),
     ("/alerts/{h1}", {"oper", "coord_a", "watcher_a"}),
     ("/partials/alerts/{h1}", {"oper", "coord_a", "watcher_a"}),
     ("/coord", {"oper", "coord_a", "coord_b"}),
@@ -206,17 +208,41 @@ def test_coordinator_on_the_team_sees_contact(world) -> None:
         assert "076-000-0000" not in c.get("/api/households/h1", headers=oper).text
 
 
-def test_export_keeps_contact_for_resident_and_operator_only(world) -> None:
+def test_export_is_the_residents_complete_copy_and_is_logged(world) -> None:
+    """Decision (app/README.md, "Export"): an export is the resident's copy of their data, complete
+    with contact values. The resident takes it as is; a coordinator or operator acting for them must
+    say which request it answers, and the export shows in the resident's view log with that note."""
     url, clock, _ = world
     _give_people_phones(url)
     with app_client(url, clock) as c:
-        for role in ("resident_1", "oper"):
-            exported = c.get("/api/households/h1/export", headers=bearer(c, role)).json()
+        coord = bearer(c, "coord_a")
+        for path in ("/api/households/h1/export", "/api/households/h1/export.csv"):
+            r = c.get(path, headers=coord)  # no request named: refused, nothing exported
+            assert r.status_code == 422 and not _leaked(r.text), (path, r.text)
+            assert c.get(path + "?request_note=%20%20", headers=coord).status_code == 422
+        note = "1月21日 ご本人から電話で依頼"
+        for role in ("resident_1", "oper", "coord_a"):
+            query = "" if role == "resident_1" else f"?request_note={note}"
+            exported = c.get(f"/api/households/h1/export{query}", headers=bearer(c, role)).json()
             assert exported["contact"][0]["phone"] == "076-000-0000", role
             assert exported["contact"][0]["address"] == "north 1-2-3", role
             assert exported["residents"][0]["phone"] == "090-7777-0002", role
-        coord = bearer(c, "coord_a")
-        for path in ("/api/households/h1/export", "/api/households/h1/export.csv"):
-            r = c.get(path, headers=coord)
-            assert r.status_code == 200 and not _leaked(r.text), (path, _leaked(r.text))
-            assert "(registered)" in r.text
+            assert "(registered)" not in json.dumps(exported, ensure_ascii=False)
+        csv_text = c.get(f"/api/households/h1/export.csv?request_note={note}", headers=coord).text
+        assert "076-000-0000" in csv_text and "north 1-2-3" in csv_text
+        # ... while the coordinator's ordinary reads keep the team-only rule
+        assert not _leaked(c.get("/api/households/h1", headers=coord).text)
+        views = c.get("/api/households/h1/views", headers=bearer(c, "resident_1")).json()
+        exports = [(v["viewer_name"], v["what"], v["purpose"]) for v in views if v["what"].startswith("export")]
+        assert exports == [("name-coord_a", "export_csv", note), ("name-coord_a", "export_json", note),
+                           ("name-oper", "export_json", note)]  # the resident's own export is no "view"
+        # a watcher of the team may not export at all
+        assert c.get(f"/api/households/h1/export?request_note={note}", headers=bearer(c, "watcher_a")).status_code == 403
+    with app_client(url, clock) as c:
+        cookie_login(c, "resident_1")
+        me = c.get("/me").text
+        assert note in me and "書き出し（CSV）" in me
+    with app_client(url, clock) as c:
+        cookie_login(c, "coord_a")
+        page = c.get("/households/h1").text
+        assert 'id="request-note"' in page and "required" in page.split('id="request-note"')[1].split(">")[0]

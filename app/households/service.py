@@ -23,14 +23,16 @@ DEVICE_SILENT_AFTER = timedelta(hours=3)
 HEATMAP_DAYS = 14
 
 
-def log_view(conn: psycopg.Connection, clock: Clock, person: Person, household_id: str, what: str) -> None:
-    """Record who looked at a household's data (its residents looking at their own are not "viewers")."""
+def log_view(conn: psycopg.Connection, clock: Clock, person: Person, household_id: str, what: str, *,
+             purpose: str | None = None) -> None:
+    """Record who looked at a household's data, and why when known (its residents looking at their
+    own are not "viewers")."""
     if person.role == "resident" and person.household_id == household_id:
         return
     conn.execute(
-        "INSERT INTO household_views (household_id, person_id, viewer_name, viewer_role, what, viewed_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s)",
-        (household_id, person.person_id, person.display_name, person.role, what, as_datetime(clock.now())),
+        "INSERT INTO household_views (household_id, person_id, viewer_name, viewer_role, what, viewed_at, purpose)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (household_id, person.person_id, person.display_name, person.role, what, as_datetime(clock.now()), purpose),
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 
 from app.errors import Forbidden, Invalid
-from app.households.service import log_view, may_see_contact
+from app.households.service import log_view
 from app.people import Person
 from app.scope import require_manage, require_view
 from mimamori.clock import Clock, as_datetime
@@ -22,9 +22,9 @@ def view_log(conn: psycopg.Connection, person: Person, household_id: str, limit:
     if person.role == "watcher":
         raise Forbidden("the view log is for the resident and coordinators")
     rows = conn.execute(
-        "SELECT viewer_name, viewer_role, what, viewed_at FROM household_views WHERE household_id = %s"
+        "SELECT viewer_name, viewer_role, what, viewed_at, purpose FROM household_views WHERE household_id = %s"
         " ORDER BY viewed_at DESC, id DESC LIMIT %s", (household_id, limit)).fetchall()
-    return [dict(zip(("viewer_name", "viewer_role", "what", "viewed_at"), r)) for r in rows]
+    return [dict(zip(("viewer_name", "viewer_role", "what", "viewed_at", "purpose"), r)) for r in rows]
 
 
 def _may_export(person: Person) -> None:
@@ -38,11 +38,24 @@ def _rows(conn: psycopg.Connection, sql: str, params: tuple) -> list[dict[str, A
     return [dict(zip(names, r)) for r in cur.fetchall()]
 
 
+#: The request an export answers, in a few words (who asked, when, how).
+REQUEST_NOTE_MIN, REQUEST_NOTE_MAX = 3, 200
+
+
 def export_household(conn: psycopg.Connection, clock: Clock, person: Person, household_id: str,
-                     *, fmt: str = "json") -> dict[str, list[dict[str, Any]]]:
-    """Every stored record about the household, table by table."""
+                     *, fmt: str = "json", request_note: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every stored record about the household, table by table — complete, contact values included.
+
+    An export is the resident's copy of their data (their right), not a view for the exporter's own
+    use. The resident may take it themselves; anyone else (the area's coordinator or an operator,
+    acting on the resident's behalf) must say which request it answers, and the export is logged as
+    a view with that note, so the resident sees who exported their data, when and why."""
     require_view(conn, person, household_id)
     _may_export(person)
+    own = person.role == "resident" and person.household_id == household_id
+    note = (request_note or "").strip()
+    if not own and not REQUEST_NOTE_MIN <= len(note) <= REQUEST_NOTE_MAX:
+        raise Invalid("say which request of the resident this export answers", field="request_note")
     h = (household_id,)
     data = {
         "household": _rows(conn, "SELECT * FROM households WHERE household_id = %s", h),
@@ -56,20 +69,12 @@ def export_household(conn: psycopg.Connection, clock: Clock, person: Person, hou
         "devices": _rows(conn, "SELECT device_id, kind, room, paired_at FROM devices WHERE household_id = %s", h),
         "incidents": _rows(conn, "SELECT incident_id, kind, status, opened_at, closed_at, outcome, outcome_note"
                                  " FROM incidents WHERE household_id = %s ORDER BY opened_at", h),
-        "views": _rows(conn, "SELECT viewer_name, viewer_role, what, viewed_at FROM household_views"
+        "views": _rows(conn, "SELECT viewer_name, viewer_role, what, viewed_at, purpose FROM household_views"
                              " WHERE household_id = %s ORDER BY viewed_at", h),
         "events": _rows(conn, "SELECT time, device_id, seq, kind, value FROM events WHERE household_id = %s"
                               " ORDER BY time, device_id, seq", h),
     }
-    if person.role == "coordinator" and not may_see_contact(conn, person, household_id):
-        # A data-export request is handled by the resident or an operator; the coordinator's copy
-        # keeps the rule that address and phone are for the team and the resident only.
-        for row in data["contact"]:
-            row["address"] = "(registered)" if row["address"] else None
-            row["phone"] = "(registered)" if row["phone"] else None
-        for row in data["residents"]:
-            row["phone"] = "(registered)" if row["phone"] else None
-    log_view(conn, clock, person, household_id, f"export_{fmt}")
+    log_view(conn, clock, person, household_id, f"export_{fmt}", purpose=None if own else note)
     return data
 
 

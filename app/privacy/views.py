@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Path, Request, Response
+from fastapi import APIRouter, Form, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
@@ -23,6 +23,10 @@ api = APIRouter(prefix="/api/households", tags=["privacy"])
 pages = APIRouter(include_in_schema=False)
 HouseholdId = Annotated[str, Path(pattern=ID_PATTERN)]
 ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}}
+#: Which request of the resident an export answers (required unless the resident exports their own).
+RequestNote = Annotated[str | None, Query(max_length=service.REQUEST_NOTE_MAX, pattern=r"^[^\x00]*$",
+                                         description="the resident's request this export answers, e.g. "
+                                                     "'asked by phone on 21 Jan'; not needed for the resident")]
 
 
 class DeleteIn(BaseModel):
@@ -50,14 +54,17 @@ def api_consents(household_id: HouseholdId, person: CurrentPerson, conn: Conn) -
     return service.consent_of(conn, person, household_id)
 
 
-@api.get("/{household_id}/export", responses=ERRORS)
-def api_export(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep) -> Response:
-    return _json_response(service.export_household(conn, clock, person, household_id), f"{household_id}.json")
+@api.get("/{household_id}/export", responses={**ERRORS, 422: {}})
+def api_export(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep,
+               request_note: RequestNote = None) -> Response:
+    data = service.export_household(conn, clock, person, household_id, request_note=request_note)
+    return _json_response(data, f"{household_id}.json")
 
 
-@api.get("/{household_id}/export.csv", responses=ERRORS)
-def api_export_csv(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep) -> Response:
-    data = service.export_household(conn, clock, person, household_id, fmt="csv")
+@api.get("/{household_id}/export.csv", responses={**ERRORS, 422: {}})
+def api_export_csv(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep,
+                   request_note: RequestNote = None) -> Response:
+    data = service.export_household(conn, clock, person, household_id, fmt="csv", request_note=request_note)
     return _csv_response(service.export_csv(data), f"{household_id}.csv")
 
 
@@ -71,13 +78,16 @@ def api_delete(household_id: HouseholdId, body: DeleteIn, person: CurrentPerson,
 
 
 @pages.get("/households/{household_id}/export.json")
-def export_json_page(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep) -> Response:
-    return _json_response(service.export_household(conn, clock, person, household_id), f"{household_id}.json")
+def export_json_page(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep,
+                     request_note: RequestNote = None) -> Response:
+    data = service.export_household(conn, clock, person, household_id, request_note=request_note)
+    return _json_response(data, f"{household_id}.json")
 
 
 @pages.get("/households/{household_id}/export.csv")
-def export_csv_page(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep) -> Response:
-    data = service.export_household(conn, clock, person, household_id, fmt="csv")
+def export_csv_page(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep,
+                    request_note: RequestNote = None) -> Response:
+    data = service.export_household(conn, clock, person, household_id, fmt="csv", request_note=request_note)
     return _csv_response(service.export_csv(data), f"{household_id}.csv")
 
 
