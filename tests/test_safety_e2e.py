@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 PASSWORD = "correct horse 1"
 HOMES = 200
-WINDOW_S = 4.0
+WINDOW_S = 3.0
 WEBHOOK_RATE = 4.0
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -144,7 +144,7 @@ def test_safety_check_over_200_homes_end_to_end(pg_url: str, own_broker: Embedde
     ]
     for t in threads:
         t.start()
-    residents = SafetyResidents(url, sim_homes, gap_s=0.4, spread_s=WINDOW_S + 2.0, react_after_s=2.5)
+    residents = SafetyResidents(url, sim_homes, gap_s=0.4, spread_s=WINDOW_S + 1.0, react_after_s=1.5)
     offline = [homes[k]["gateway_id"] for k in range(145, 175)]
     try:
         residents.set_online([h["gateway_id"] for h in homes if h["gateway_id"] not in offline])

@@ -54,7 +54,7 @@ events = st.lists(st.builds(Ev, st.floats(-60, 600), st.sampled_from(["bulb-1", 
                             st.integers(0, 10_000)), max_size=30)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(events)
 def test_safe_exactly_when_some_bulb_has_two_opposite_switches_within_the_window(evs: list[Ev]) -> None:
     evs = [Ev(T0 + e.time, e.device_id, e.kind, e.seq) for e in evs]
