@@ -514,7 +514,7 @@ def _fault_gateway_offline_hour(stack: Stack, plan: ChaosPlan, res: FaultResult,
                  AND e.time >= to_timestamp(%s) AND e.time < to_timestamp(%s)""",
             (gw, _sim_start() + at_s, _sim_start() + at_s + plan.offline_sim_s)).fetchone()
     res.evidence.update(gateway=gw, offline_sim_s=plan.offline_sim_s, speed=plan.fault_speed,
-                        gateway_status_after=status[0] if status else None,
+                        gateway_status_after_fleet_stopped=status[0] if status else None,  # retained 'offline' of a graceful stop
                         events_stored_from_offline_hour=offline_window[0] if offline_window else 0,
                         gateway_restarts=res.events["fleet"]["gateway_restarts"])
     res.fault_mid_run = res.events["fleet"]["gateway_restarts"] >= 1
