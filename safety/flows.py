@@ -15,7 +15,7 @@ import psycopg
 
 from alerts.channels import AppriseSender, MqttBlinkSender, SendResult, WebPushSender
 from mimamori.clock import Clock
-from safety import service
+from safety import metrics, service
 from safety.throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -59,4 +59,5 @@ def deliver_one(conn: psycopg.Connection, clock: Clock, senders: Senders, thrott
             log.exception("safety send failed: delivery %s", row["delivery_id"])
             result = SendResult(False, f"{type(exc).__name__}: {exc!s:.300}")
         service.record_delivery(conn, row, ok=result.ok, error=result.error, now=clock.now(), permanent=result.permanent)
+        metrics.DELIVERIES.labels(row["throttle_key"], "sent" if result.ok else "failed").inc()
     return True

@@ -33,7 +33,7 @@ from alerts import models as alert_models
 from alerts import service as alerts_service
 from alerts.channels import apprise_channel_name
 from mimamori.clock import Clock, as_datetime
-from safety import recognise
+from safety import metrics, recognise
 from safety.models import (
     ANSWERS,
     BOARD_STATES,
@@ -722,6 +722,7 @@ def recognise_new_events(conn: psycopg.Connection, clock: Clock, cursor: float |
     their check started (``recognise.recognise``) and record upgrades (no answer → sign of life →
     safe by double toggle). Returns (new cursor, households whose answer changed)."""
     now = clock.now()
+    metrics.PASSES.inc()
     if cursor is None:  # first pass: everything of open checks
         since_received = None
     else:
@@ -744,6 +745,7 @@ def recognise_new_events(conn: psycopg.Connection, clock: Clock, cursor: float |
     if not touched:
         return new_cursor, 0
     touched_ids = [r["household_id"] for r in touched]
+    received = {r["household_id"]: _epoch(r["m"]) for r in touched}
     events: dict[str, list[recognise.Ev]] = {}
     for r in _rows(conn, """SELECT e.household_id, extract(epoch FROM e.time)::float8 AS t, e.device_id, e.kind, e.seq
                             FROM events e WHERE e.household_id = ANY(%s) AND e.time >= %s
@@ -778,6 +780,9 @@ def recognise_new_events(conn: psycopg.Connection, clock: Clock, cursor: float |
                                 a["check_id"], hid, a["state"]))
             if cur.rowcount:
                 changed += 1
+                metrics.ANSWERS_RECOGNISED.labels(verdict.state).inc()
+                if received.get(hid) is not None:
+                    metrics.RECOGNITION_LATENCY.observe(max(0.0, now - received[hid]))
                 _audit(conn, a["check_id"], hid, now, None, f"recognised_{verdict.state}", "mqtt",
                        {"how": how, "device_id": verdict.device_id, "at": verdict.at, "recognised_at": now})
     return new_cursor, changed

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import psycopg
 
@@ -23,6 +24,7 @@ from alerts.channels import AlertSettings, AppriseSender, MqttBlinkSender, WebPu
 from mimamori.clock import Clock
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
+from mimamori.observability import register_readiness, unregister_readiness
 from safety import flows, service
 from safety.models import SafetySettings
 from safety.throttle import Throttle
@@ -75,6 +77,8 @@ def run_safety_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUr
     listen: psycopg.Connection | None = None
     conn: psycopg.Connection | None = None
     cursor: float | None = None
+    last_pass = [0.0]  # monotonic time of the last completed recognition pass
+    register_readiness("safety", lambda: time.monotonic() - last_pass[0] < max(10.0, 10 * cfg.poll_s))
     log.info("safety worker started")
     try:
         while not stop.is_set():
@@ -87,6 +91,7 @@ def run_safety_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUr
                     cursor = None
                 cursor, _changed = service.recognise_new_events(conn, clock, cursor, lookback_s=cfg.lookback_s,
                                                                 window_s=cfg.double_toggle_window_s)
+                last_pass[0] = time.monotonic()
                 for _note in listen.notifies(timeout=cfg.poll_s, stop_after=1):
                     wake.set()
             except psycopg.OperationalError:
@@ -100,6 +105,7 @@ def run_safety_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUr
                 log.exception("safety worker: unexpected error; retrying in a second")
                 stop.wait(1.0)
     finally:
+        unregister_readiness("safety")
         wake.set()
         deliver.join(timeout=15)
         for c in (listen, conn):
