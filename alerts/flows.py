@@ -89,10 +89,11 @@ def send(row: dict[str, Any], senders: Senders) -> SendResult:
     return SendResult(False, f"unknown channel {row['channel']}", permanent=True)
 
 
-def deliver_one(conn: psycopg.Connection, clock: Clock, senders: Senders, worker_id: str = "worker") -> bool:
-    """Send the next due (or in-doubt) outbox row, if any. Returns whether there was one.
-    ``conn`` is in autocommit mode (this function commits twice)."""
-    row = service.begin_delivery(conn, clock.now(), worker_id, message_id=message_id)
+def deliver_one(conn: psycopg.Connection, clock: Clock, senders: Senders, worker_id: str = "worker", *,
+                recover: bool = True) -> bool:
+    """Send the next due outbox row (or, with ``recover``, an in-doubt one), if any. Returns whether
+    there was one. ``conn`` is in autocommit mode (this function commits twice)."""
+    row = service.begin_delivery(conn, clock.now(), worker_id, message_id=message_id, recover=recover)
     if row is None:
         return False
     name = channel_name(row)

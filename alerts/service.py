@@ -821,11 +821,9 @@ ORDER BY d.next_attempt_at, d.delivery_id
 LIMIT 1 FOR UPDATE OF d SKIP LOCKED"""
 
 # Rows a sender marked 'sending': in flight, or left behind by a sender that died. The advisory lock
-# tells them apart (a live sender holds it; it dies with the sender's connection).
-_IN_DOUBT_SQL = _DELIVERY_SELECT + """
-WHERE d.status = 'sending'
-ORDER BY d.delivery_id
-LIMIT 50 FOR UPDATE OF d SKIP LOCKED"""
+# tells them apart (a live sender holds it; it dies with the sender's connection). No row locks here:
+# the row is locked (and re-checked) only once its advisory lock is ours.
+_IN_DOUBT_SQL = "SELECT delivery_id, attempt_id FROM alert_deliveries WHERE status = 'sending' ORDER BY delivery_id LIMIT 50"
 
 #: First key of the two-key advisory locks a sender holds on a delivery while it is 'sending'
 #: (a space of its own: the migration runner uses the one-bigint form).
@@ -841,11 +839,16 @@ def _try_lock_delivery(conn: psycopg.Connection, delivery_id: int) -> bool:
     return bool(row and row["ok"])
 
 
+def _unlock_delivery(conn: psycopg.Connection, delivery_id: int) -> None:
+    conn.execute("SELECT pg_advisory_unlock(%s, %s)", _lock_key(delivery_id))
+
+
 def release_delivery(conn: psycopg.Connection, row: dict[str, Any]) -> None:
-    """Drop the session lock ``begin_delivery`` took (after the outcome is committed)."""
-    if conn.closed:
-        return  # the lock died with the connection
-    conn.execute("SELECT pg_advisory_unlock(%s, %s)", _lock_key(row["delivery_id"]))
+    """Drop the session lock ``begin_delivery`` took, if ``finish_delivery`` did not (error paths)."""
+    if conn.closed or row.get("released"):
+        return  # the lock died with the connection, or is already gone
+    _unlock_delivery(conn, row["delivery_id"])
+    row["released"] = True
 
 
 def next_delivery(conn: psycopg.Connection, now: float) -> dict[str, Any] | None:
@@ -853,35 +856,50 @@ def next_delivery(conn: psycopg.Connection, now: float) -> dict[str, Any] | None
     return _one(conn, _NEXT_DELIVERY_SQL, (as_datetime(now),))
 
 
+def _in_doubt(conn: psycopg.Connection) -> dict[str, Any] | None:
+    """An in-doubt row whose sender is gone, locked (row and advisory lock), or None."""
+    for candidate in _rows(conn, _IN_DOUBT_SQL):
+        if not _try_lock_delivery(conn, candidate["delivery_id"]):
+            continue  # its sender is alive
+        row = _one(conn, _DELIVERY_SELECT + " WHERE d.delivery_id = %s AND d.status = 'sending' FOR UPDATE OF d",
+                   (candidate["delivery_id"],))
+        if row is not None:
+            return row
+        _unlock_delivery(conn, candidate["delivery_id"])  # finished meanwhile
+    return None
+
+
 def begin_delivery(conn: psycopg.Connection, now: float, worker_id: str,
-                   message_id: Any = None) -> dict[str, Any] | None:
+                   message_id: Any = None, *, recover: bool = True) -> dict[str, Any] | None:
     """Start one send, committed before any network call (the caller must not be in a transaction).
 
-    Picks the next due pending row, or else an in-doubt one (status 'sending' whose sender died).
-    Takes the delivery's session advisory lock, marks the row ``sending`` with a fresh attempt id and
-    commits. An in-doubt row is counted in ``resends`` and keeps its Message-ID: what the dead sender
-    may already have handed to the channel is sent again as the same message.
+    Picks the next due pending row, or else (``recover``) an in-doubt one: status 'sending' whose
+    sender died. Takes the delivery's session advisory lock, marks the row ``sending`` with a fresh
+    attempt id and commits. An in-doubt row is counted in ``resends`` and keeps its Message-ID: what
+    the dead sender may already have handed to the channel is sent again as the same message.
     ``message_id(row)`` returns the Message-ID to pin (e-mail), or None.
     Returns the row (``attempt_id``, ``resend`` set; ``skipped`` if not worth sending any more), or
-    None when there is nothing to do. The caller sends, then ``finish_delivery`` and ``release_delivery``.
+    None when there is nothing to do. The caller sends, then ``finish_delivery`` (which drops the
+    lock), and ``release_delivery`` in a ``finally``.
     """
     with conn.transaction():
+        # the mark needs no fsync of its own: lost in a database crash, the row is 'pending' again
+        # and is re-sent with the same Message-ID (derived from the row)
+        conn.execute("SET LOCAL synchronous_commit TO off")
         row = next_delivery(conn, now)
+        resend = False
         if row is not None and not _try_lock_delivery(conn, row["delivery_id"]):
             row = None  # its previous attempt is still finishing (a moment): later
-        resend = False
-        if row is None:
-            for candidate in _rows(conn, _IN_DOUBT_SQL):
-                if _try_lock_delivery(conn, candidate["delivery_id"]):
-                    row, resend = candidate, True
-                    break
+        if row is None and recover:
+            row = _in_doubt(conn)
+            resend = row is not None
         if row is None:
             return None
         reason = _superseded(row)
         if reason:
             record_delivery(conn, row, ok=False, error=reason, now=now, channel_name=str(row["channel"]), skip=True)
-            conn.execute("SELECT pg_advisory_unlock(%s, %s)", _lock_key(row["delivery_id"]))
-            return {**row, "skipped": True, "resend": resend, "skip_reason": reason}
+            _unlock_delivery(conn, row["delivery_id"])
+            return {**row, "skipped": True, "resend": resend, "skip_reason": reason, "released": True}
         attempt_id = uuid.uuid4().hex
         mid = row["message_id"] or (message_id(row) if message_id is not None else None)
         conn.execute("""UPDATE alert_deliveries SET status = 'sending', attempt_id = %s, sending_since = %s, sending_by = %s,
@@ -893,7 +911,7 @@ def begin_delivery(conn: psycopg.Connection, now: float, worker_id: str,
                       {"recipient": row["recipient"], "step": row["step_key"], "channel": row["channel"],
                        "message_id": mid, "previous_worker": row["sending_by"]})
         return {**row, "attempt_id": attempt_id, "message_id": mid, "resend": resend, "skipped": False,
-                "resends": int(row["resends"]) + (1 if resend else 0)}
+                "resends": int(row["resends"]) + (1 if resend else 0), "released": False}
 
 
 def _superseded(row: dict[str, Any]) -> str | None:
@@ -913,6 +931,9 @@ def finish_delivery(conn: psycopg.Connection, row: dict[str, Any], *, ok: bool, 
         if current is None or current["attempt_id"] != row["attempt_id"] or current["status"] != "sending":
             return False
         record_delivery(conn, row, ok=ok, error=error, now=now, channel_name=channel_name, final=final)
+        # unlocking before COMMIT is safe: whoever takes the lock next locks the row and re-checks it
+        _unlock_delivery(conn, row["delivery_id"])
+        row["released"] = True
     return True
 
 

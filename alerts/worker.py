@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: How many escalations one pass takes on before it looks at its notifications again.
 BATCH = 200
+#: How often a delivery thread looks for sends left in doubt by a worker that died (real seconds).
+RECOVER_EVERY_S = 1.0
 #: Escalations per transaction (each in its own savepoint): fewer commits under a burst.
 BATCH_STEP = 10
 
@@ -60,11 +62,16 @@ def _engine_pass(conn: psycopg.Connection, clock: Clock, worker_id: str, wake: t
 def _delivery_loop(database_url: str, clock: Clock, senders: flows.Senders, wake: threading.Event,
                    stop: threading.Event, poll_s: float, worker_id: str = "worker") -> None:
     conn: psycopg.Connection | None = None
+    recovered = 0.0
     while not stop.is_set():
         try:
             if conn is None or conn.closed:
                 conn = psycopg.connect(database_url, autocommit=True)
-            while not stop.is_set() and flows.deliver_one(conn, clock, senders, worker_id):
+            # in-doubt sends (a sender died mid-send) are looked for about once a second, not on every pass
+            recover = time.monotonic() - recovered >= RECOVER_EVERY_S
+            if recover:
+                recovered = time.monotonic()
+            while not stop.is_set() and flows.deliver_one(conn, clock, senders, worker_id, recover=recover):
                 pass
         except psycopg.OperationalError:
             log.exception("alert delivery: database error; reconnecting")
