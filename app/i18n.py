@@ -213,6 +213,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "err_conflict": ("すでに他の操作がされています", "Already changed by someone else"),
     "err_invalid": ("入力を確かめてください", "Please check the input"),
     "err_csrf_failed": ("ページが古くなりました。もう一度お試しください", "The page expired; please try again"),
+    "date_pick": ("日付を選んでください", "Choose a date"),
     "csrf_reason_missing": ("確認用の情報がありません", "reason: no form token"),
     "csrf_reason_forged": ("確認用の情報が正しくありません", "reason: the form token is not ours"),
     "csrf_reason_other_session": ("別の画面の情報です", "reason: the form token belongs to another session"),

@@ -24,23 +24,31 @@ def _zone(tz: str | None) -> ZoneInfo:
         return DISPLAY_TZ
 
 
-def fmt_dt(value: datetime | None, tz: str | None = None) -> str:
-    if value is None:
-        return ""
-    return value.astimezone(_zone(tz)).strftime("%Y-%m-%d %H:%M")
-
-
-def fmt_date(value: datetime | date | None, tz: str | None = None) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.astimezone(_zone(tz)).strftime("%Y-%m-%d")
+def _day(value: date, locale: str) -> str:
+    # Never a bare 01/02: Japanese readers get 年月日, others ISO (year first, no month/day order to guess).
+    if locale == "ja":
+        return f"{value.year}年{value.month}月{value.day}日"
     return value.isoformat()
 
 
-def fmt_until(value: datetime | None, tz: str | None = None) -> str:
+def fmt_dt(value: datetime | None, tz: str | None = None, locale: str = "ja") -> str:
+    if value is None:
+        return ""
+    local = value.astimezone(_zone(tz))
+    return f"{_day(local.date(), locale)} {local:%H:%M}"
+
+
+def fmt_date(value: datetime | date | None, tz: str | None = None, locale: str = "ja") -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        value = value.astimezone(_zone(tz)).date()
+    return _day(value, locale)
+
+
+def fmt_until(value: datetime | None, tz: str | None = None, locale: str = "ja") -> str:
     """The last day of a period that ends at midnight ("until 30 Jan" ends at 31 Jan 00:00)."""
-    return fmt_date(value - timedelta(seconds=1), tz) if value is not None else ""
+    return fmt_date(value - timedelta(seconds=1), tz, locale) if value is not None else ""
 
 
 def page_context(request: Request, **ctx: Any) -> dict[str, Any]:
@@ -63,7 +71,10 @@ def page_context(request: Request, **ctx: Any) -> dict[str, Any]:
             outages = area_outages(conn, person)
     base = {
         "request": request, "locale": locale, "person": person, "csrf": getattr(request.state, "csrf", None),
-        "t": t, "t_action": t_action, "fmt_dt": fmt_dt, "fmt_date": fmt_date, "fmt_until": fmt_until, "outages": outages,
+        "t": t, "t_action": t_action, "outages": outages,
+        "fmt_dt": lambda value, tz=None: fmt_dt(value, tz, locale),
+        "fmt_date": lambda value, tz=None: fmt_date(value, tz, locale),
+        "fmt_until": lambda value, tz=None: fmt_until(value, tz, locale),
         "vapid_public_key": request.app.state.vapid_public_key,
         "flash": translate(locale, request.query_params["msg"]) if request.query_params.get("msg") in MESSAGES else None,
     }

@@ -67,7 +67,7 @@ def phone() -> Iterator[object]:
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True,
-                                      locale="ja-JP", service_workers="block")
+                                      locale="ja-JP", timezone_id="Asia/Tokyo", service_workers="block")
         page = context.new_page()
         page.set_default_timeout(10_000)
         try:
@@ -180,11 +180,26 @@ def test_resident_sees_own_data_and_pauses_watching(world) -> None:
         sign_in(page, base, "resident_1")
         page.wait_for_selector("svg.heatmap")
         check_a11y(page, "resident")
+        # Dates for a Japanese reader: the page is lang="ja" and the browser a ja-JP one, yet headless
+        # Chromium still draws the date control as mm/dd/yyyy (it follows the UI language, not the
+        # page's), so the chosen date is written out in 年月日 beside it.
+        assert page.evaluate("document.documentElement.lang") == "ja"
+        assert page.evaluate("navigator.language") == "ja-JP"
+        assert page.inner_text("#away-until-text") == "日付を選んでください"
+        page.locator("#away-until").scroll_into_view_if_needed()
+        page.locator("form:has(#away-until)").screenshot(path=str(ARTIFACTS / "app_10a_date_empty_ja.png"))
         page.fill("#away-until", "2026-01-30")
+        assert page.inner_text("#away-until-text") == "2026年1月30日（金）"
+        page.locator("form:has(#away-until)").screenshot(path=str(ARTIFACTS / "app_10b_date_chosen_ja.png"))
         page.click("#pause-submit")
         page.wait_for_selector(".badge-away")
+        assert "2026年1月30日" in page.inner_text("main")
         page.click("a[hreflang=en]")
         page.wait_for_selector("text=Who viewed, and when")
+        assert page.evaluate("document.documentElement.lang") == "en"
         assert "Away until 2026-01-30" in page.inner_text("main")
+        assert page.inner_text("#away-until-text") == "Choose a date"
+        page.fill("#away-until", "2026-02-03")
+        assert page.inner_text("#away-until-text") == "Tue 3 February 2026"
         check_a11y(page, "resident in English")
         shot(page, "10_resident_en")

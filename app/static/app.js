@@ -19,6 +19,29 @@
     es.addEventListener("signed_out", function () { es.close(); window.location.href = "/login"; });
     window.mimamoriLive = es;
   }
+  // Date inputs: write the chosen date out in the page's language (the native control follows the
+  // device's UI language, which may show mm/dd/yyyy to a Japanese reader).
+  var WEEKDAYS = { ja: ["日", "月", "火", "水", "木", "金", "土"], en: ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"] };
+  var MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+                "October", "November", "December"];
+  function spellDate(value, lang) {
+    var m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(value || "");
+    if (!m) { return null; }
+    var y = +m[1], mo = +m[2], d = +m[3];
+    var wd = new Date(Date.UTC(y, mo - 1, d)).getUTCDay();
+    if (lang === "ja") { return y + "年" + mo + "月" + d + "日（" + WEEKDAYS.ja[wd] + "）"; }
+    return WEEKDAYS.en[wd] + " " + d + " " + MONTHS[mo - 1] + " " + y;
+  }
+  document.querySelectorAll("output.date-text").forEach(function (out) {
+    var input = document.getElementById(out.getAttribute("for"));
+    if (!input) { return; }
+    var lang = (document.documentElement.lang || "ja").slice(0, 2);
+    var show = function () { out.textContent = spellDate(input.value, lang) || out.getAttribute("data-empty"); };
+    input.addEventListener("input", show);
+    input.addEventListener("change", show);
+    show();
+  });
+  window.mimamoriSpellDate = spellDate;
   document.addEventListener("submit", function (e) {
     var msg = e.target.getAttribute("data-confirm");
     if (msg && !window.confirm(msg)) { e.preventDefault(); }
