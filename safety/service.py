@@ -240,7 +240,7 @@ def _send_messages(conn: psycopg.Connection, check_id: int, homes: list[dict[str
         for ch in channels.get(person_id, []):
             key = apprise_channel_name(ch["target"]) if ch["kind"] == "apprise" else "webpush"
             outbox.append((check_id, person_id, person_id, f"{ch['kind']}:{ch['channel_id']}", ch["channel_id"], key,
-                           Jsonb({"title": title, "body": body, **data}), as_datetime(now), as_datetime(now)))
+                           Jsonb({"title": title, "body": body, "urgent": True, **data}), as_datetime(now), as_datetime(now)))
 
     for r in residents:
         url = links.url(_new_link(conn, links, check_id, r["household_id"], r["person_id"], now))
@@ -462,7 +462,7 @@ def _tell_team_needs_help(conn: psycopg.Connection, check_id: int, household_id:
                                    payload, created_at, next_attempt_at)
                             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
                          (check_id, f"{person_id}#{reason}:{household_id}", person_id, f"{ch['kind']}:{ch['channel_id']}",
-                          ch["channel_id"], key, Jsonb({"title": title, "body": body, **data}), as_datetime(now),
+                          ch["channel_id"], key, Jsonb({"title": title, "body": body, "urgent": True, **data}), as_datetime(now),
                           as_datetime(now)))
     # the alert engine tells everyone notified when one of them claims ("X is going") or resolves
     conn.execute("UPDATE alert_escalations SET state = %s, updated_at = %s WHERE incident_id = %s",
