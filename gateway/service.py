@@ -554,7 +554,7 @@ def run_gateway(
     local_url_parsed = mqtt.MqttUrl.parse(local_url)
     gateway = Gateway(
         gateway_id,
-        mqtt.MqttUrl.parse(settings.mqtt_url),
+        mqtt.url_from_settings(settings),  # credentials and CA file may come from the settings
         outbox_path,
         clock=clock or SystemClock(),
         protocol=_uplink_protocol(settings),

@@ -96,14 +96,24 @@ def ingest(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
     _one_stage("ingest", database_url, mqtt_url)
 
 
-@app.command()
+gateway_app = typer.Typer(help="A home's gateway: `mimamori gateway --gateway-id ID` runs its uplink; "
+                                "`mimamori gateway provision` issues broker credentials.")
+app.add_typer(gateway_app, name="gateway")
+
+
+@gateway_app.callback(invoke_without_command=True)
 def gateway(
-    gateway_id: Annotated[str, typer.Option("--gateway-id", envvar="MIMAMORI_GATEWAY_ID", help="This gateway's id.")],
+    ctx: typer.Context,
+    gateway_id: Annotated[Optional[str], typer.Option("--gateway-id", envvar="MIMAMORI_GATEWAY_ID", help="This gateway's id.")] = None,
     local_url: Annotated[str, typer.Option("--local-mqtt-url", help="The home's broker (Zigbee2MQTT, Tasmota, Shelly, native devices).")] = "mqtt://127.0.0.1:1883",
     outbox: Annotated[Optional[Path], typer.Option(help="Outbox file (SQLite); default under the data dir.")] = None,
     mqtt_url: MqttOpt = None,
 ) -> None:
     """Bridge a home's devices to the service (durable outbox, uplink over MQTT)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not gateway_id:
+        raise typer.BadParameter("required (or MIMAMORI_GATEWAY_ID)", param_hint="--gateway-id")
     from gateway.service import run_gateway
 
     settings = _settings(mqtt_url=mqtt_url)
@@ -117,6 +127,53 @@ def gateway(
     outbox_path = outbox or settings.data_dir / "gateway" / f"{gateway_id}.sqlite3"
     outbox_path.parent.mkdir(parents=True, exist_ok=True)
     run_gateway(settings, gateway_id=gateway_id, local_url=local_url, outbox_path=outbox_path)
+
+
+@gateway_app.command("provision")
+def gateway_provision(
+    gateway: Annotated[Optional[list[str]], typer.Option("--gateway", "-g", help="A gateway id to add (repeatable).")] = None,
+    gateways_file: Annotated[Optional[Path], typer.Option(help="A file of gateway ids, one a line (# comments).")] = None,
+    from_database: Annotated[bool, typer.Option("--from-database", help="Add every gateway in the database's gateways table.")] = False,
+    rotate: Annotated[Optional[list[str]], typer.Option(help="Issue a new password for this account (repeatable; 'all' = every MQTT account).")] = None,
+    remove: Annotated[Optional[list[str]], typer.Option(help="Revoke this gateway (repeatable).")] = None,
+    broker_dir: Annotated[Path, typer.Option(help="Where the broker's passwd, acl and tls/ go.")] = Path("deploy/mosquitto"),
+    secrets_dir: Annotated[Path, typer.Option(help="Where stack.env and gateways/<id>.env (mode 0600) go.")] = Path("deploy/secrets"),
+    uplink_url: Annotated[Optional[str], typer.Option(help="The broker URL written into gateway env files (e.g. mqtts://broker.example.org:8883).")] = None,
+    gateway_ca_file: Annotated[Optional[str], typer.Option(help="CA file path written into gateway env files (default: <broker-dir>/tls/ca.crt if present).")] = None,
+    tls_host: Annotated[Optional[list[str]], typer.Option(help="Make a CA and a server certificate for this broker name/IP (repeatable) in <broker-dir>/tls.")] = None,
+    database_url: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Per-gateway and per-service broker credentials: Mosquitto password file + ACL, env files, TLS (idempotent)."""
+    from gateway import provision
+
+    ids = list(gateway or [])
+    if gateways_file:
+        ids += [line.split("#", 1)[0].strip() for line in gateways_file.read_text().splitlines() if line.split("#", 1)[0].strip()]
+    if from_database:
+        settings = _settings(database_url)
+        if not settings.database_url:
+            raise typer.BadParameter("needs --database-url / MIMAMORI_DATABASE_URL", param_hint="--from-database")
+        ids += provision.gateway_ids_from_database(settings.database_url)
+    try:
+        result = provision.provision(broker_dir, secrets_dir, gateways=ids, rotate=rotate or (), remove=remove or (),
+                                     uplink_url=uplink_url, gateway_ca_file=gateway_ca_file, tls_hosts=tls_host or ())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if json_out:
+        _print_json(result.to_json())
+        return
+    console.print(f"password file {result.password_file}, ACL {result.acl_file}, service secrets {result.stack_env}")
+    if result.tls:
+        console.print(f"TLS: CA {result.tls.ca_cert}, server {result.tls.server_cert} / {result.tls.server_key}")
+    for user, password in result.new_passwords.items():
+        where = result.gateway_env.get(user, result.stack_env)
+        console.print(f"  {'rotated' if user in result.rotated else 'new'} {user}: {password}  (saved in {where})")
+    if result.removed:
+        console.print(f"  revoked: {', '.join(result.removed)}")
+    if result.unrecoverable:
+        console.print(f"[yellow]  kept without a readable env file (use --rotate to reissue): {', '.join(result.unrecoverable)}[/]")
+    console.print("The broker reads these files at start and on SIGHUP (docker compose kill -s HUP broker).")
 
 
 STAGES = ("ingest", "detector", "alerts", "safety", "app")

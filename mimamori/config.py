@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     mqtt_url: str | None = None
     #: "auto" tries MQTT v5 and falls back to 3.1.1 (e.g. amqtt); ingest then uses a plain subscription.
     mqtt_protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    #: Broker credentials when the URL carries none (keeps passwords out of URLs and logs).
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    #: PEM CA bundle that verifies an mqtts:// broker (e.g. from ``mimamori gateway provision --tls-host``);
+    #: unset = the system's CAs. A ``?ca=`` in the URL wins.
+    mqtt_ca_file: str | None = None
     data_dir: Path = Field(default_factory=default_data_dir)
 
     # Ingest batching: flush at this many messages or after this long, whichever comes first.

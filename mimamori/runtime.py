@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mimamori import db, embedded
 from mimamori.config import Settings
-from mimamori.mqtt import MqttUrl, negotiate_protocol
+from mimamori.mqtt import MqttUrl, negotiate_protocol, url_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ def services(settings: Settings, *, start_embedded: bool = True, migrate: bool =
             closers.append(broker)
             mqtt = broker.url
             started.append(broker.kind)
-        url = MqttUrl.parse(str(mqtt))
+        # A configured broker gets the configured credentials and CA file; an embedded one needs none.
+        url = url_from_settings(settings) if settings.mqtt_url else MqttUrl.parse(str(mqtt))
         svc = Services(str(database_url), url, negotiate_protocol(url, settings.mqtt_protocol), started)
         if migrate:
             db.migrate(svc.database_url)

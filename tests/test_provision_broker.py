@@ -1,0 +1,290 @@
+"""Broker security on a real Mosquitto started here with the files `mimamori gateway provision` writes:
+password file, ACL and a TLS listener with the generated CA. One broker for the module (seconds)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+from gateway import provision
+from gateway.adapters import Reading
+from gateway.service import Gateway
+from mimamori import embedded, mqtt, protocol
+from mimamori.clock import SystemClock
+from mimamori.config import Settings
+
+MOSQUITTO = embedded.shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="needs the mosquitto binary"),
+]
+
+T0 = 1_767_225_600_000
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def secure_config(port: int, broker_dir: Path, data_dir: Path) -> str:
+    """The settings of deploy/mosquitto/mosquitto-docker.conf that matter here, on a test port."""
+    tls = broker_dir / "tls"
+    return "\n".join([
+        f"user {os.environ.get('USER') or __import__('pwd').getpwuid(os.getuid()).pw_name}",
+        f"listener {port} 127.0.0.1",
+        f"certfile {tls / 'server.crt'}",
+        f"keyfile {tls / 'server.key'}",
+        "tls_version tlsv1.2",
+        "allow_anonymous false",
+        f"password_file {broker_dir / 'passwd'}",
+        f"acl_file {broker_dir / 'acl'}",
+        "max_queued_messages 10000000",
+        "max_inflight_messages 1000",
+        "persistence false",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+        f"# data {data_dir}",
+    ]) + "\n"
+
+
+@dataclass
+class SecureBroker:
+    port: int
+    broker: embedded.MosquittoBroker
+    result: provision.ProvisionResult
+    ca_file: str
+
+    def url(self, user: str | None, password: str | None) -> mqtt.MqttUrl:
+        return mqtt.MqttUrl(host="127.0.0.1", port=self.port, username=user, password=password, tls=True, ca_file=self.ca_file)
+
+    def password(self, user: str) -> str:
+        return self.result.new_passwords[user]
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    root = tmp_path_factory.mktemp("secure-broker")
+    port = embedded.free_port()
+    result = provision.provision(
+        root / "mosquitto", root / "secrets", gateways=["gw-a", "gw-b"],
+        uplink_url=f"mqtts://localhost:{port}", tls_hosts=["localhost", "127.0.0.1"],
+    )
+    broker = embedded.MosquittoBroker(root / "run", port=port, binary=MOSQUITTO)
+    broker.config_path.write_text(secure_config(port, root / "mosquitto", root / "run"))
+    broker.start()
+    try:
+        assert result.tls is not None
+        yield SecureBroker(port, broker, result, str(result.tls.ca_cert))
+    finally:
+        broker.stop()
+
+
+class Client:
+    """A paho client on its own network thread that records what it receives."""
+
+    def __init__(self, url: mqtt.MqttUrl, client_id: str | None = None, *, protocol_version: int = mqtt.MQTTv5) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.connack: object = None
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.client = mqtt.make_client(url, client_id or f"t-{uuid.uuid4().hex[:10]}", protocol=protocol_version)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.url = url
+
+    def _on_connect(self, client: paho.Client, userdata: object, flags: object, rc: object, props: object) -> None:
+        self.connack = rc
+        self.connected.set()
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, msg.payload))
+
+    def start(self) -> Client:
+        mqtt.connect(self.client, self.url)
+        self.client.loop_start()
+        assert self.connected.wait(5), "no CONNACK"
+        return self
+
+    @property
+    def accepted(self) -> bool:
+        return not getattr(self.connack, "is_failure", True)
+
+    def subscribe(self, *filters: str) -> None:
+        self.subscribed.clear()
+        self.client.subscribe([(f, 1) for f in filters])
+        assert self.subscribed.wait(5)
+
+    def topics(self) -> list[str]:
+        with self.lock:
+            return [t for t, _ in self.messages]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[..., Client]]:
+    made: list[Client] = []
+
+    def make(*args: object, **kw: object) -> Client:
+        c = Client(*args, **kw)  # type: ignore[arg-type]
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def ingest_subscriber(secure: SecureBroker, clients: Callable[..., Client]) -> Client:
+    sub = clients(secure.url("ingest", secure.password("ingest"))).start()
+    assert sub.accepted, sub.connack
+    sub.subscribe(protocol.shared(protocol.EVENT_FILTER), protocol.shared(protocol.STATUS_FILTER))
+    return sub
+
+
+def event_payload(device: str, seq: int) -> bytes:
+    return protocol.encode_event(protocol.Event(device, seq, T0 + seq, "on"))
+
+
+def test_gateway_service_uplink_over_tls_with_provisioned_credentials(
+    secure: SecureBroker, clients: Callable[..., Client], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real Gateway, configured from its generated env file, reaches an ingest-account subscriber."""
+    sub = ingest_subscriber(secure, clients)
+    env = provision.parse_env(secure.result.gateway_env["gw-a"].read_text())
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    url = mqtt.url_from_settings(settings)
+    assert (url.tls, url.username, url.ca_file) == (True, "gw-a", secure.ca_file)
+    assert mqtt.negotiate_protocol(url) == mqtt.MQTTv5  # the probe authenticates too
+    with Gateway(settings.gateway_id or "", url, tmp_path / "o.sqlite3", clock=SystemClock(), heartbeat_s=3600) as gw:
+        sent = gw.submit_many([Reading(f"dev-{i % 3}", "on", T0 + i) for i in range(50)])
+        assert gw.flush(10), gw.stats
+        assert wait_for(lambda: len([t for t in sub.topics() if t.endswith("/event")]) == 50), sub.topics()
+    expected = {protocol.event_topic("gw-a", e.device_id) for e in sent}
+    assert {t for t in sub.topics() if t.endswith("/event")} == expected
+    assert wait_for(lambda: protocol.status_topic("gw-a") in sub.topics())
+
+
+def test_gateway_cannot_publish_as_another_gateway(secure: SecureBroker, clients: Callable[..., Client]) -> None:
+    sub = ingest_subscriber(secure, clients)
+    gw_a = clients(secure.url("gw-a", secure.password("gw-a"))).start()
+    assert gw_a.accepted
+    forged = [
+        protocol.event_topic("gw-b", "dev-x"),
+        protocol.status_topic("gw-b"),
+        protocol.heartbeat_topic("gw-b"),
+        protocol.command_topic("gw-b", "dev-x"),
+    ]
+    for topic in forged:
+        gw_a.client.publish(topic, event_payload("dev-x", 1), qos=1).wait_for_publish(5)
+    # Per-client order is kept: once the marker arrives, anything forged before it would have too.
+    marker = protocol.event_topic("gw-a", "marker")
+    gw_a.client.publish(marker, event_payload("marker", 1), qos=1).wait_for_publish(5)
+    assert wait_for(lambda: marker in sub.topics())
+    assert not set(forged) & set(sub.topics()), sub.topics()
+
+
+def test_gateway_reads_only_its_own_commands(secure: SecureBroker, clients: Callable[..., Client]) -> None:
+    gw_a = clients(secure.url("gw-a", secure.password("gw-a"))).start()
+    gw_a.subscribe(protocol.command_filter("gw-b"), protocol.command_filter("gw-a"), "mimamori/#")
+    alerts = clients(secure.url("alerts", secure.password("alerts"))).start()
+    assert alerts.accepted
+    blink = protocol.encode_command(protocol.Command("blink", {}))
+    for_b, for_a = protocol.command_topic("gw-b", "lamp"), protocol.command_topic("gw-a", "lamp")
+    alerts.client.publish(for_b, blink, qos=1).wait_for_publish(5)
+    alerts.client.publish(for_a, blink, qos=1).wait_for_publish(5)
+    assert wait_for(lambda: for_a in gw_a.topics())
+    time.sleep(0.2)
+    # Not B's command, and no other gateway's status or events (A's own command may come twice:
+    # two of its filters match it).
+    assert set(gw_a.topics()) == {for_a}
+
+
+def test_gateway_cannot_read_events_and_services_cannot_publish_events(secure: SecureBroker, clients: Callable[..., Client]) -> None:
+    spy = clients(secure.url("gw-b", secure.password("gw-b"))).start()
+    spy.subscribe("mimamori/#")
+    alerts = clients(secure.url("alerts", secure.password("alerts"))).start()
+    sub = ingest_subscriber(secure, clients)
+    forged = protocol.event_topic("gw-a", "from-alerts")
+    alerts.client.publish(forged, event_payload("from-alerts", 1), qos=1).wait_for_publish(5)
+    gw_a = clients(secure.url("gw-a", secure.password("gw-a"))).start()
+    real = protocol.event_topic("gw-a", "real")
+    gw_a.client.publish(real, event_payload("real", 1), qos=1).wait_for_publish(5)
+    assert wait_for(lambda: real in sub.topics())
+    assert forged not in sub.topics()
+    time.sleep(0.2)
+    assert spy.topics() == []
+
+
+def connack_of(url: mqtt.MqttUrl) -> object:
+    """CONNECT once, synchronously, and return the CONNACK's reason code (no reconnect thread)."""
+    result: list[object] = []
+    client = mqtt.make_client(url, f"t-{uuid.uuid4().hex[:10]}")
+    client.on_connect = lambda c, u, f, rc, p: result.append(rc)
+    try:
+        mqtt.connect(client, url)
+        deadline = time.monotonic() + 5
+        while not result and time.monotonic() < deadline:
+            client.loop(timeout=0.1)
+    finally:
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+    assert result, "no CONNACK"
+    return result[0]
+
+
+@pytest.mark.parametrize("who", ["unknown user", "wrong password", "no credentials"])
+def test_strangers_cannot_connect(secure: SecureBroker, who: str) -> None:
+    user, password = {
+        "unknown user": ("gw-zzz", "whatever-password"),
+        "wrong password": ("gw-a", secure.password("gw-a") + "x"),
+        "no credentials": (None, None),
+    }[who]
+    rc = connack_of(secure.url(user, password))
+    assert rc.is_failure and rc.getName() in ("Bad user name or password", "Not authorized"), rc  # type: ignore[attr-defined]
+    assert not connack_of(secure.url("gw-a", secure.password("gw-a"))).is_failure  # type: ignore[attr-defined]
+
+
+def test_tls_listener_refuses_plain_mqtt_and_an_unknown_ca(secure: SecureBroker, tmp_path: Path) -> None:
+    # Plain MQTT on the TLS port: the CONNECT is not a TLS handshake, so no CONNACK comes back.
+    with socket.create_connection(("127.0.0.1", secure.port), timeout=5) as raw:
+        raw.sendall(mqtt._v5_connect_packet("plain", "gw-a", secure.password("gw-a")))
+        try:
+            reply = raw.recv(16)
+        except ConnectionError:
+            reply = b""
+    assert not reply.startswith(b"\x20"), reply
+    # A broker certificate that the gateway's CA did not sign is refused by the gateway.
+    other_ca = provision.make_tls(tmp_path / "other", ["localhost"]).ca_cert
+    wrong = mqtt.MqttUrl("127.0.0.1", secure.port, "gw-a", secure.password("gw-a"), tls=True, ca_file=str(other_ca))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        mqtt.negotiate_protocol(wrong)
+    # The right CA, and the broker's name in its certificate, pass.
+    assert mqtt.negotiate_protocol(secure.url("gw-a", secure.password("gw-a"))) == mqtt.MQTTv5
