@@ -33,12 +33,12 @@ from typing import Any, Literal
 
 import paho.mqtt.client as paho
 
-from mimamori import mqtt, protocol
+from mimamori import mqtt, observability, protocol
 from mimamori.clock import Clock, SystemClock, now_ms
 from mimamori.config import Settings
 from mimamori.protocol import Command, Event
 
-from . import adapters
+from . import adapters, metrics
 from .adapters import Reading
 from .outbox import Outbox
 
@@ -136,6 +136,7 @@ class Gateway:
             raise RuntimeError("gateway is closed")
         self._thread = threading.Thread(target=self._run, name=f"gateway-{self.gateway_id}", daemon=True)
         self._thread.start()
+        metrics.track(self)
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -221,6 +222,7 @@ class Gateway:
     def _finish(self, mode: Literal["stop", "kill"], timeout: float) -> None:
         if self._closed:
             return
+        metrics.untrack(self)
         if self._thread is not None:
             self._mode = mode
             self._stop_deadline = time.monotonic() + max(0.0, timeout)
@@ -583,6 +585,9 @@ def run_gateway(
     local.on_connect = on_connect
     local.on_message = on_message
     local.reconnect_delay_set(1, 30)
+    # /metrics, /healthz and /readyz (ready = connected to the service's broker) on MIMAMORI_OPS_PORT.
+    observability.register_readiness("gateway", metrics.all_connected)
+    ops = observability.start_ops_server(settings)
     try:
         gateway.start()
         mqtt.connect(local, local_url_parsed, asynchronous=True)
@@ -596,5 +601,8 @@ def run_gateway(
         if sock is not None:
             sock.close()
         gateway.stop()
+        observability.unregister_readiness("gateway")
+        if ops is not None:
+            ops.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
