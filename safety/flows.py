@@ -8,6 +8,7 @@ twice; a crash between the channel's "accepted" and our commit can repeat one me
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,14 +27,25 @@ class Senders:
     apprise: AppriseSender
     webpush: WebPushSender
     mqtt: MqttBlinkSender | None = None
+    #: makes ``mqtt`` on first use (a broker down when the worker starts must not stop it)
+    mqtt_factory: Callable[[], MqttBlinkSender] | None = None
+
+    def blink_sender(self) -> MqttBlinkSender | None:
+        if self.mqtt is None and self.mqtt_factory is not None:
+            try:
+                self.mqtt = self.mqtt_factory()
+            except Exception as exc:  # broker down (or refused): the blink is retried with backoff
+                log.warning("safety: cannot reach the MQTT broker yet: %s", exc)
+        return self.mqtt
 
 
 def send(row: dict[str, Any], senders: Senders) -> SendResult:
     payload = row["payload"]
     if row["channel"] == "mqtt":
-        if senders.mqtt is None:
-            return SendResult(False, "no MQTT broker configured for this worker")
-        return senders.mqtt.send(payload["gateway_id"], payload["device_id"], payload.get("args", {}))
+        sender = senders.blink_sender()
+        if sender is None:
+            return SendResult(False, "no MQTT broker reachable for this worker")
+        return sender.send(payload["gateway_id"], payload["device_id"], payload.get("args", {}))
     if row.get("target") is None or not row.get("channel_enabled", False):
         return SendResult(False, "channel removed or disabled", permanent=True)
     if row["channel_kind"] == "apprise":

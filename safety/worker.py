@@ -62,12 +62,15 @@ def run_safety_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUr
     """Run until ``stop`` is set. ``mqtt_url`` None: blinks cannot be sent (recorded as failed)."""
     cfg = safety_settings or SafetySettings()
     alert_cfg = AlertSettings()
-    mqtt_sender = None
+    factory = None
     if mqtt_url is not None:
-        mqtt_sender = MqttBlinkSender(mqtt_url, f"mimamori-safety-{socket.gethostname()}-{os.getpid()}-{id(stop):x}",
-                                      protocol_preference=settings.mqtt_protocol)
+        client_id = f"mimamori-safety-{socket.gethostname()}-{os.getpid()}-{id(stop):x}"
+
+        def factory() -> MqttBlinkSender:
+            return MqttBlinkSender(mqtt_url, client_id, protocol_preference=settings.mqtt_protocol)
+
     senders = flows.Senders(AppriseSender(), WebPushSender(alert_cfg.vapid_private_key, alert_cfg.vapid_subject,
-                                                           alert_cfg.send_timeout_s), mqtt_sender)
+                                                           alert_cfg.send_timeout_s), None, factory)
     throttle = Throttle(dict(cfg.rates))
     keys = sorted(set(cfg.rates) | {"mqtt", "email", "webpush"})
     wake = threading.Event()
@@ -111,6 +114,6 @@ def run_safety_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUr
         for c in (listen, conn):
             if c is not None:
                 c.close()
-        if mqtt_sender is not None:
-            mqtt_sender.close()
+        if senders.mqtt is not None:
+            senders.mqtt.close()
         log.info("safety worker stopped")
