@@ -50,28 +50,55 @@
     var t = e.target.closest ? e.target.closest(".pick-device") : null;
     if (t) { var input = document.getElementById("device-id"); if (input) { input.value = t.getAttribute("data-device"); input.focus(); } }
   });
-  // Pairing: read a device's QR code with the camera where the browser can (BarcodeDetector).
+  // Pairing: read a device's QR code with the camera where the browser can (BarcodeDetector:
+  // Chrome on Android and macOS; not Chromium on Linux, Firefox or Safari). Elsewhere the page says
+  // so plainly (the notice is in the HTML, shown unless scanning is possible) and typing the id works.
   var scanBtn = document.getElementById("scan-btn");
-  if (scanBtn && "BarcodeDetector" in window && navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
-    scanBtn.hidden = false;
-    scanBtn.addEventListener("click", function () {
-      var video = document.getElementById("scan-video");
-      var detector = new window.BarcodeDetector({ formats: ["qr_code", "code_128", "data_matrix"] });
-      navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } }).then(function (stream) {
-        video.srcObject = stream; video.hidden = false; video.play();
-        var stop = function () { stream.getTracks().forEach(function (t) { t.stop(); }); video.hidden = true; };
-        var tick = function () {
-          detector.detect(video).then(function (codes) {
-            if (codes.length) {
-              var raw = codes[0].rawValue.trim();
-              var id = raw.split(/[\/?#=]/).filter(Boolean).pop();  // a bare id, or a URL ending in it
-              document.getElementById("device-id").value = id; stop();
-            } else { window.setTimeout(tick, 250); }
-          }).catch(function () { window.setTimeout(tick, 500); });
-        };
-        tick();
-      }).catch(function () { scanBtn.hidden = true; });
+  var idInput = document.getElementById("device-id");
+  function scanFallback(noticeId) {
+    ["scan-unavailable", "scan-no-camera"].forEach(function (id) {
+      var el = document.getElementById(id); if (el) { el.hidden = id !== noticeId; }
     });
+    if (scanBtn) { scanBtn.hidden = true; }
+    if (idInput) { idInput.focus(); }
+  }
+  function deviceIdFrom(raw) {  // a bare id, or a URL ending in it
+    return (raw || "").trim().split(/[\/?#=]/).filter(Boolean).pop() || "";
+  }
+  window.mimamoriDeviceIdFrom = deviceIdFrom;
+  if (scanBtn && "BarcodeDetector" in window && navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
+    Promise.resolve(window.BarcodeDetector.getSupportedFormats ? window.BarcodeDetector.getSupportedFormats() : ["qr_code"])
+      .then(function (formats) {
+        if (formats.indexOf("qr_code") < 0) { return; }
+        document.getElementById("scan-unavailable").hidden = true;
+        scanBtn.hidden = false;
+        scanBtn.addEventListener("click", startScan);
+      }).catch(function () {});
+  }
+  function startScan() {
+    var video = document.getElementById("scan-video");
+    var stopBtn = document.getElementById("scan-stop");
+    var detector = new window.BarcodeDetector({ formats: ["qr_code"] });
+    navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } }).then(function (stream) {
+      var running = true;
+      video.srcObject = stream; video.hidden = false; stopBtn.hidden = false; scanBtn.hidden = true;
+      video.play().catch(function () {});
+      var stop = function () {
+        running = false;
+        stream.getTracks().forEach(function (t) { t.stop(); });
+        video.hidden = true; stopBtn.hidden = true; scanBtn.hidden = false;
+      };
+      stopBtn.onclick = stop;
+      var tick = function () {
+        if (!running) { return; }
+        if (video.readyState < 2) { window.setTimeout(tick, 100); return; }
+        detector.detect(video).then(function (codes) {
+          var id = codes.length ? deviceIdFrom(codes[0].rawValue) : "";
+          if (id) { idInput.value = id; stop(); idInput.focus(); } else { window.setTimeout(tick, 250); }
+        }).catch(function () { window.setTimeout(tick, 500); });
+      };
+      tick();
+    }).catch(function () { scanFallback("scan-no-camera"); });
   }
   if ("serviceWorker" in navigator) {
     navigator.serviceWorker.register("/sw.js").then(function (reg) { setupPush(reg); }).catch(function () {});
