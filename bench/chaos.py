@@ -94,7 +94,7 @@ class ChaosPlan:
     @classmethod
     def short(cls, households: int | None = None) -> ChaosPlan:
         return cls(households=households or 20, days=0.5, broker_down_s=2.0, db_down_s=5.0, ingest_kills=1,
-                   fault_speed=None, linger_s=0.0, incidents=30, alert_kills=1, settle_timeout_s=60.0)
+                   fault_speed=None, linger_s=0.0, incidents=20, alert_kills=1, settle_timeout_s=60.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,6 @@ def test_short_faults_lose_and_duplicate_nothing(pg_server, tmp_path: Path) -> N
     assert outage["ingest_ready_during_outage"] is False  # readiness tells the operator
     assert outage["rows_end_of_outage"] == outage["rows_at_cut"]
     alerts = faults["alert_worker_sigkill"]["alerts"]
-    assert alerts["due"] == alerts["sent"] == 2 * 30 * 2  # e-mail and in-app, 30 incidents x 2 watchers
+    assert alerts["due"] == alerts["sent"] == 2 * 20 * 2  # e-mail and in-app, 20 incidents x 2 watchers
     assert (alerts["lost"], alerts["duplicated"]) == (0, 0), faults["alert_worker_sigkill"]["evidence"]
     assert report["ok"], report["table"]
