@@ -16,6 +16,7 @@ import json
 import shutil
 import statistics
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -179,7 +180,6 @@ def test_safety_check_over_200_homes_end_to_end(pg_url: str, own_broker: Embedde
                 links = dict(conn.execute("""SELECT data->>'household_id', data->>'url' FROM notifications
                                              WHERE notice = 'safety_check' AND data ? 'household_id'""").fetchall())
             assert set(links) == set(link_homes)
-            answerer = requests.Session()
             by_phone = homes[60]["household_id"]  # this resident opens the link on a phone
             resident = page.context.new_page()
             resident.goto(links[by_phone])
@@ -190,17 +190,21 @@ def test_safety_check_over_200_homes_end_to_end(pg_url: str, own_broker: Embedde
             resident.wait_for_selector("#answer-done")
             _shot(resident, "5_answer_done")
             resident.close()
-            for lo, hi, _b, _s, how in PLAN:
-                for k in range(lo, hi):
-                    if how in ("link_safe", "link_help", "offline_link") and homes[k]["household_id"] != by_phone:
-                        hid = homes[k]["household_id"]
-                        path = links[hid].split("/safety/a/", 1)[1]
-                        form = answerer.get(f"{base}/safety/a/{path}")
-                        assert form.status_code == 200
-                        done = answerer.post(f"{base}/safety/a/{path}",
-                                             data={"answer": "needs_help" if how == "link_help" else "safe",
-                                                   "check_id": check_id, "household_id": hid})
-                        assert done.status_code == 200, done.text
+            def answer_link(k: int, how: str) -> None:
+                hid = homes[k]["household_id"]
+                path = links[hid].split("/safety/a/", 1)[1]
+                with requests.Session() as phone_browser:
+                    form = phone_browser.get(f"{base}/safety/a/{path}", timeout=30)
+                    assert form.status_code == 200
+                    done = phone_browser.post(f"{base}/safety/a/{path}", timeout=30,
+                                              data={"answer": "needs_help" if how == "link_help" else "safe",
+                                                    "check_id": check_id, "household_id": hid})
+                    assert done.status_code == 200, done.text
+
+            with ThreadPoolExecutor(8) as pool:  # residents answer at the same time
+                for f in [pool.submit(answer_link, k, how) for lo, hi, _b, _s, how in PLAN for k in range(lo, hi)
+                          if how in ("link_safe", "link_help", "offline_link") and homes[k]["household_id"] != by_phone]:
+                    f.result()
 
             # the board catches up by itself (fragment polling), exactly
             js = " && ".join(f"document.querySelector('#count-{s}').textContent.trim() === '{n}'" for s, n in want.items())
@@ -238,7 +242,6 @@ def test_safety_check_over_200_homes_end_to_end(pg_url: str, own_broker: Embedde
             csv_text = api.get(f"/api/safety/checks/{check_id}/export.csv", headers=auth).content.decode("utf-8-sig")
             assert len(csv_text.strip().splitlines()) == 2 + HOMES
             api.session.close()
-            answerer.close()
 
         # recognition latency: from the completing switch's publish to the recorded answer
         with psycopg.connect(pg_url) as conn:
