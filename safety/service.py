@@ -283,14 +283,17 @@ SELECT a.household_id, h.display_name AS household_name, h.area, a.state, a.how,
        ap.display_name AS answered_by_name, a.note, a.device_id, a.last_activity_at, a.incident_id,
        i.status AS incident_status, i.claimed_by, cp.display_name AS claimed_by_name,
        coalesce(sp.lives_alone, true) AS lives_alone,
-       (SELECT count(*) FROM gateways g WHERE g.household_id = a.household_id) AS gateways_total,
-       (SELECT count(*) FROM gateways g WHERE g.household_id = a.household_id AND g.status = 'offline') AS gateways_offline
+       gw.total AS gateways_total, gw.offline AS gateways_offline
 FROM safety_answers a
 JOIN households h ON h.household_id = a.household_id
 LEFT JOIN people ap ON ap.person_id = a.answered_by
 LEFT JOIN incidents i ON i.incident_id = a.incident_id
 LEFT JOIN people cp ON cp.person_id = i.claimed_by
 LEFT JOIN safety_household_profiles sp ON sp.household_id = a.household_id
+-- the home's gateways: its own, and area gateways its devices report through
+CROSS JOIN LATERAL (SELECT count(*) AS total, count(*) FILTER (WHERE g.status = 'offline') AS offline FROM gateways g
+                    WHERE g.household_id = a.household_id
+                       OR g.gateway_id IN (SELECT d.gateway_id FROM devices d WHERE d.household_id = a.household_id)) gw
 WHERE a.check_id = %(cid)s AND {where}
 """
 
