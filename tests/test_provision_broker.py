@@ -288,3 +288,47 @@ def test_tls_listener_refuses_plain_mqtt_and_an_unknown_ca(secure: SecureBroker,
         mqtt.negotiate_protocol(wrong)
     # The right CA, and the broker's name in its certificate, pass.
     assert mqtt.negotiate_protocol(secure.url("gw-a", secure.password("gw-a"))) == mqtt.MQTTv5
+
+
+def test_real_ingest_with_its_account_stores_a_gateways_events_and_asks_it_to_resend(
+    secure: SecureBroker, clients: Callable[..., Client], pg_url: str, tmp_path: Path
+) -> None:
+    """The stack's path with provisioned accounts: the real ingest (shared subscription, manual acks,
+    gap sweeper) as `ingest`, the real Gateway as `gw-a`; the resend command reaches gw-a only."""
+    import psycopg
+
+    from ingest.consumer import IngestService
+    from ingest.sweeper import GapSweeper
+
+    settings = Settings(mqtt_username="ingest", mqtt_password=secure.password("ingest"), mqtt_ca_file=secure.ca_file,
+                        ingest_session_expiry_s=60, ingest_batch_max_wait_s=0.02)
+    ingest_url = mqtt.url_from_settings(settings, f"mqtts://127.0.0.1:{secure.port}")
+    gw_cmds = clients(secure.url("gw-a", secure.password("gw-a"))).start()
+    gw_cmds.subscribe(protocol.command_filter("gw-a"))
+    b_cmds = clients(secure.url("gw-b", secure.password("gw-b"))).start()
+    b_cmds.subscribe(protocol.command_filter("gw-b"))
+    sweeper = GapSweeper(SystemClock(), interval_s=0.2, grace_s=0.0, window_s=10 * 365 * 86400.0)
+    svc = IngestService(settings, database_url=pg_url, mqtt_url=ingest_url, client_id=f"ingest-{uuid.uuid4().hex[:6]}",
+                        sweeper=sweeper)
+    thread = threading.Thread(target=svc.run, daemon=True)
+    thread.start()
+    try:
+        assert svc.subscribed.wait(15), "ingest did not subscribe"
+        assert svc.protocol == mqtt.MQTTv5  # so the subscription is the shared one
+        gw_url = secure.url("gw-a", secure.password("gw-a"))
+        with Gateway("gw-a", gw_url, tmp_path / "o.sqlite3", clock=SystemClock(), heartbeat_s=3600) as gw:
+            gw.submit_many([Reading("gap-bulb", "on", T0 + s, seq=s) for s in (1, 2, 3, 7, 8)])
+            assert gw.flush(10)
+            assert wait_for(lambda: svc.stats.stored >= 5, 15), svc.stats
+            resend = protocol.command_topic("gw-a", "gap-bulb")
+            assert wait_for(lambda: resend in gw_cmds.topics(), 15), gw_cmds.topics()
+    finally:
+        svc.stop_event.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT seq FROM events WHERE device_id = 'gap-bulb' ORDER BY seq").fetchall()
+    assert [r[0] for r in rows] == [1, 2, 3, 7, 8]
+    cmd = protocol.decode_command(dict(gw_cmds.messages)[protocol.command_topic("gw-a", "gap-bulb")])
+    assert (cmd.cmd, cmd.args) == ("resend", {"from_seq": 4, "to_seq": 6})
+    assert b_cmds.topics() == []
