@@ -332,3 +332,36 @@ def test_real_ingest_with_its_account_stores_a_gateways_events_and_asks_it_to_re
     cmd = protocol.decode_command(dict(gw_cmds.messages)[protocol.command_topic("gw-a", "gap-bulb")])
     assert (cmd.cmd, cmd.args) == ("resend", {"from_seq": 4, "to_seq": 6})
     assert b_cmds.topics() == []
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    (b"\x20\x03\x00\x00\x00", mqtt.MQTTv5),    # v5 CONNACK, success
+    (b"\x20\x03\x00\x86\x00", mqtt.MQTTv5),    # v5 CONNACK, bad user name or password: still a v5 broker
+    (b"\x20\x02\x00\x01", mqtt.MQTTv311),      # 3.1.1 CONNACK "unacceptable protocol version" (amqtt)
+    (b"", mqtt.MQTTv311),                       # hung up
+])
+def test_protocol_probe_reads_the_connack(reply: bytes, expected: int) -> None:
+    """The v5 probe carries the credentials; a v5-shaped refusal means v5 (the real connection then
+    reports the refusal), anything else 3.1.1."""
+    server = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            got.append(conn.recv(1024))
+            conn.sendall(reply)
+            if reply.endswith(b"\x00\x00\x00"):
+                conn.recv(16)  # the probe's DISCONNECT
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        url = mqtt.MqttUrl("127.0.0.1", server.getsockname()[1], "gw-a", "pw-" + "x" * 200)
+        assert mqtt.negotiate_protocol(url, timeout=5) == expected
+    finally:
+        t.join(5)
+        server.close()
+    packet = got[0]
+    assert packet[0] == 0x10 and packet[1] & 0x80  # CONNECT, remaining length > 127: two bytes
+    assert b"\x00\x04gw-a" in packet and b"pw-" + b"x" * 200 in packet
