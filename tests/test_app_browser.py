@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from mimamori.clock import as_datetime
+from test_app_live import listeners
 from test_app_support import PASSWORD, login_name, served, world  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -117,6 +118,7 @@ def test_watcher_sees_alert_live_then_claims_and_resolves(world) -> None:
                 " 'test') RETURNING incident_id", (now, now)).fetchone()[0]
         page.wait_for_selector(f".alert-card[data-incident='{incident_id}']", timeout=10_000)
         assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+        assert len(listeners(url)) == 1, "live updates come from the one LISTEN connection"
         assert "確認が必要" in page.inner_text("#home-live")
         check_a11y(page, "home with alert")
         shot(page, "2_home_alert_live")
@@ -263,18 +265,12 @@ def test_pairing_page_reads_the_device_id_from_the_camera(world, tmp_path: Path)
         assert page.locator("#scan-video").is_hidden() and page.locator("#scan-btn").is_visible()
         check_a11y(page, "pairing after a scan")
         shot(page, "8b_pairing_scanned")
-
-
-def test_pairing_page_without_camera_says_to_type(world) -> None:
-    url, clock, _ = world
-    deny_camera = STAND_IN_DETECTOR + """
-navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('denied', 'NotAllowedError'));
-"""
-    with served(url, clock) as base, phone((), deny_camera) as page:
-        sign_in(page, base, "coord_a")
+        # the camera refused (permission denied, or no camera): a notice, and the id field has the focus
+        page.add_init_script("navigator.mediaDevices.getUserMedia = () =>"
+                             " Promise.reject(new DOMException('denied', 'NotAllowedError'));")
         page.goto(f"{base}/coord/devices")
         page.click("#scan-btn")
         page.wait_for_selector("#scan-no-camera:not([hidden])")
-        assert page.locator("#scan-btn").is_hidden()
+        assert page.locator("#scan-btn").is_hidden() and page.locator("#scan-unavailable").is_hidden()
         assert page.evaluate("document.activeElement.id") == "device-id"
         check_a11y(page, "pairing without camera")
