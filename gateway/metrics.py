@@ -15,6 +15,7 @@ except the eviction counters, which the outbox persists.
 | ``mimamori_gateway_events_published_total`` | counter | event publishes, including republishes after a reconnect |
 | ``mimamori_gateway_events_acked_total`` | counter | PUBACKs committed to the outbox |
 | ``mimamori_gateway_events_resent_total`` | counter | events resent on the service's request |
+| ``mimamori_gateway_events_resent_after_reconnect_total`` | counter | events re-published because a broker PUBACKed them within the settling window after a reconnect (it may have had no subscriber) |
 | ``mimamori_gateway_reconnects_total`` | counter | successful connections after the first |
 | ``mimamori_gateway_evictions_total{what}`` | counter | outbox rows dropped because it was full (``window``, ``heartbeats``, ``pending``) |
 | ``mimamori_gateway_local_rejected_total`` | counter | local-link messages the adapters refused |
@@ -74,6 +75,11 @@ class GatewayCollector(Collector):
             "published": CounterMetricFamily("mimamori_gateway_events_published", "Event publishes, including republishes after a reconnect.", labels=["gateway"]),
             "acked": CounterMetricFamily("mimamori_gateway_events_acked", "PUBACKs committed to the outbox.", labels=["gateway"]),
             "resent": CounterMetricFamily("mimamori_gateway_events_resent", "Events resent on the service's request.", labels=["gateway"]),
+            "resent_after_reconnect": CounterMetricFamily(
+                "mimamori_gateway_events_resent_after_reconnect",
+                "Events re-published because they were PUBACKed within the settling window after a reconnect.",
+                labels=["gateway"],
+            ),
             "reconnects": CounterMetricFamily("mimamori_gateway_reconnects", "Successful connections after the first.", labels=["gateway"]),
             "rejected_local": CounterMetricFamily("mimamori_gateway_local_rejected", "Local-link messages the adapters refused.", labels=["gateway"]),
             "rejected_commands": CounterMetricFamily("mimamori_gateway_commands_rejected", "Malformed commands from the service.", labels=["gateway"]),

@@ -23,6 +23,10 @@ each eviction counted (``stats["evicted_*"]``, persisted) and logged at WARNING,
 The replay window keeps acknowledged events (never heartbeats) for ``window_s`` seconds of the
 clock and at most ``window_rows_per_device`` per device, pruned by ``prune``.
 
+Unconfirmed range (``unconfirmed``/``set_unconfirmed``/``clear_unconfirmed``, ``rows_between``): the
+row ids a ``Gateway`` published within its settling window after a reconnect, to re-publish although
+PUBACKed (see ``gateway.service``); one row, so it survives a stop or kill of the process.
+
 Thread safety: all methods take one lock; the connection is shared between the caller's thread
 (``submit``) and the gateway's network thread (``pending``/``ack``).
 """
@@ -67,6 +71,11 @@ CREATE TABLE IF NOT EXISTS counter (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS unconfirmed (  -- rows PUBACKed while the broker may have had no subscriber
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    lo  INTEGER NOT NULL,                 -- row ids lo..hi are to be re-published
+    hi  INTEGER                           -- NULL: up to the newest row (the range was still growing)
+);
 """
 
 #: A row to publish: (outbox row id, event).
@@ -279,6 +288,45 @@ class Outbox:
                 (device_id, from_seq, to_seq, limit),
             )
             return [(i, Event(d, s, t, k, v)) for i, d, s, t, k, v in cur]
+
+    def rows_between(self, after_id: int, upto_id: int, limit: int) -> list[Row]:
+        """Events (not heartbeats) still held, pending or in the replay window, with
+        ``after_id < id <= upto_id``, in submission order."""
+        with self._lock:
+            self._check_open()
+            cur = self._db.execute(
+                "SELECT id, device_id, seq, ts_ms, kind, value FROM event "
+                "WHERE id > ? AND id <= ? AND kind != 'heartbeat' ORDER BY id LIMIT ?",
+                (after_id, upto_id, limit),
+            )
+            return [(i, Event(d, s, t, k, v)) for i, d, s, t, k, v in cur]
+
+    def first_pending_id(self) -> int | None:
+        """The oldest pending row's id (``None`` when nothing is pending)."""
+        with self._lock:
+            self._check_open()
+            return self._db.execute("SELECT min(id) FROM event WHERE acked_at IS NULL").fetchone()[0]
+
+    def unconfirmed(self) -> tuple[int, int | None] | None:
+        """The recorded range of row ids to re-publish (see ``Gateway``'s settling window):
+        ``(lo, hi)``, ``hi`` ``None`` when it was still growing; ``None`` when there is none."""
+        with self._lock:
+            self._check_open()
+            row = self._db.execute("SELECT lo, hi FROM unconfirmed").fetchone()
+            return None if row is None else (row[0], row[1])
+
+    def set_unconfirmed(self, lo: int, hi: int | None) -> None:
+        with self._lock:
+            self._check_open()
+            self._db.execute(
+                "INSERT INTO unconfirmed (one, lo, hi) VALUES (1, ?, ?) ON CONFLICT (one) DO UPDATE SET lo = excluded.lo, hi = excluded.hi",
+                (lo, hi),
+            )
+
+    def clear_unconfirmed(self) -> None:
+        with self._lock:
+            self._check_open()
+            self._db.execute("DELETE FROM unconfirmed")
 
     def memory(self) -> dict[str, str]:
         with self._lock:

@@ -12,6 +12,20 @@ session (a fresh paho client); after (re)connecting, every pending row is republ
 Duplicates on the wire are expected and harmless, since ``(device_id, seq)`` identifies an event.
 At most ``max_inflight`` QoS 1 messages await PUBACK at any time.
 
+Settling window after a reconnect: a PUBACK only says the broker took the message. Mosquitto
+2.0.11 does not restore shared subscriptions after a restart, so until the ingest has subscribed
+again it PUBACKs and drops what the gateways publish (found by ``mimamori chaos --faults
+broker_restart``: a third of the events published then were lost). So after a connection that
+follows a *lost* one (not the first connection of the process), every row published during the
+first ``settle_s`` real seconds counts as unconfirmed although it was PUBACKed: the rows with ids
+``lo..hi`` (``lo`` = the oldest row pending at the reconnect, ``hi`` = the newest row published
+during the window) are re-published from the outbox (pending or replay window, heartbeats excluded)
+once the window has passed, as resends (negative row ids, like the ``resend`` command). The state is
+two row ids and a cursor per gateway, and the range is recorded in the outbox, so a broker that
+restarts again during the window widens the range, and a stop or kill during it does not forget it:
+a graceful stop re-publishes the range at once (best effort) and the next start re-publishes it
+again. Resend requests wait until the window has passed (they would be dropped the same way).
+
 Reconnects: exponential backoff with full jitter (``uniform(0, min(cap, base * 2**attempt))``,
 real time, cap 30 s by default). Network waits are real time; protocol time (event and heartbeat
 timestamps, the heartbeat period, the replay window) comes from the ``Clock``.
@@ -74,6 +88,7 @@ class Gateway:
         outbox_max_rows: int = 1_000_000,
         replay_window_s: float = 24 * 3600.0,
         replay_rows_per_device: int = 10_000,
+        settle_s: float = 30.0,
     ) -> None:
         self.gateway_id = protocol_check_gateway(gateway_id)
         self.uplink = uplink
@@ -86,6 +101,7 @@ class Gateway:
         self.reconnect_cap_s = reconnect_cap_s
         self.connect_timeout_s = connect_timeout_s
         self.keepalive_s = keepalive_s
+        self.settle_s = max(0.0, settle_s)
         self._protocol = protocol
         self.outbox = Outbox(
             outbox_path,
@@ -98,7 +114,10 @@ class Gateway:
         self._memory = self.outbox.memory()
         self._local_lock = threading.Lock()
         self._rng = random.Random()
-        self._stats = {"published": 0, "acked": 0, "resent": 0, "rejected_local": 0, "rejected_commands": 0, "reconnects": 0}
+        self._stats = {
+            "published": 0, "acked": 0, "resent": 0, "resent_after_reconnect": 0,
+            "rejected_local": 0, "rejected_commands": 0, "reconnects": 0,
+        }
         self._progress = threading.Condition()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -126,6 +145,17 @@ class Gateway:
         self._poller = select.poll()
         self._polled_fd = -1
         self._polled_mask = 0
+        # Settling window (module docstring): row ids lo..hi are unconfirmed; replayed when
+        # _settle_until (monotonic) has passed, from _replay_cursor (exclusive) up to _replay_hi.
+        self._settle_until = 0.0
+        self._settle_lo = 0
+        self._settle_hi = 0
+        self._replay_cursor = 0
+        self._replay_hi = 0
+        recorded = self.outbox.unconfirmed()
+        if recorded is not None:  # a stop or kill during a window: re-publish once connected
+            lo, hi = recorded
+            self._replay_cursor, self._replay_hi = lo - 1, self.outbox.last_id if hi is None else hi
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -386,6 +416,17 @@ class Gateway:
             self._abort_socket()
             return
         self._collect_acks()
+        if self._settle_until or self._replay_cursor < self._replay_hi:
+            # Stopping within the window (or during its replay): re-publish now, best effort (the
+            # service has likely subscribed again by now); the range stays recorded for the next start.
+            if self._settle_until:
+                self._close_settling_window()
+            while self._replay_cursor < self._replay_hi and time.monotonic() < self._stop_deadline:
+                self._replay_unconfirmed(client, self.max_inflight - len(self._inflight), final=True)
+                if not self._step(0.05):
+                    self._abort_socket()
+                    return
+            self._collect_acks()
         self._status_acked = False
         self._status_mid = client.publish(protocol.status_topic(self.gateway_id), protocol.STATUS_OFFLINE, qos=1, retain=True).mid
         while not self._status_acked and time.monotonic() < self._stop_deadline:
@@ -409,6 +450,7 @@ class Gateway:
         self._connected = True
         if self._ever_connected:
             self._stats["reconnects"] += 1
+            self._open_settling_window()
         self._ever_connected = True
         self._last_id = 0
         client.subscribe(protocol.command_filter(self.gateway_id), qos=1)
@@ -448,6 +490,57 @@ class Gateway:
             except Exception:
                 log.exception("gateway %s: on_command failed", self.gateway_id)
 
+    def _open_settling_window(self) -> None:
+        """A reconnect: what is published from now until ``settle_s`` has passed may be PUBACKed and
+        dropped by a broker that lost the service's subscriptions. Widen the unconfirmed range to
+        the oldest pending row (republished right away) and any replay not finished yet."""
+        if self.settle_s <= 0:
+            return
+        first_pending = self.outbox.first_pending_id()
+        lo = self.outbox.last_id + 1 if first_pending is None else first_pending
+        hi = 0
+        if self._settle_until:  # the broker went away again during the window
+            lo, hi = min(lo, self._settle_lo), self._settle_hi
+        if self._replay_cursor < self._replay_hi:  # a replay cut short: do it again after this window
+            lo, hi = min(lo, self._replay_cursor + 1), max(hi, self._replay_hi)
+        self._replay_cursor = self._replay_hi = 0
+        self._settle_lo, self._settle_hi = lo, hi
+        self._settle_until = time.monotonic() + self.settle_s
+        self.outbox.set_unconfirmed(lo, None)
+        log.info("gateway %s: settling for %.0fs; rows from %d count as unconfirmed", self.gateway_id, self.settle_s, lo)
+
+    def _close_settling_window(self) -> None:
+        """The window has passed (or we stop): schedule the re-publication of ``lo..hi``."""
+        hi = max(self._settle_hi, self._last_id)
+        self._settle_until = 0.0
+        if hi >= self._settle_lo:
+            self._replay_cursor, self._replay_hi = self._settle_lo - 1, hi
+            self.outbox.set_unconfirmed(self._settle_lo, hi)
+            log.info("gateway %s: re-publishing rows %d..%d sent while settling", self.gateway_id, self._settle_lo, hi)
+        else:
+            self.outbox.clear_unconfirmed()
+
+    def _replay_unconfirmed(self, client: paho.Client, room: int, *, final: bool = False) -> int:
+        """Publish the next unconfirmed rows as resends, within ``room``; returns the room left.
+        When the range is done it is forgotten, except on the way out (``final``): the next start
+        re-publishes it once more, since this stop may still fall within the window."""
+        while room > 0 and self._replay_cursor < self._replay_hi:
+            rows = self.outbox.rows_between(self._replay_cursor, self._replay_hi, min(room, 1000))
+            if not rows:
+                self._replay_cursor = self._replay_hi
+                break
+            for row_id, event in rows:
+                # Negative row ids mark resends: their PUBACK still acks the row if it was pending.
+                if not self._publish(client, -row_id, event):
+                    return 0  # the connection is going down; this row is redone after the next window
+                self._replay_cursor = row_id
+                self._stats["resent_after_reconnect"] += 1
+                room -= 1
+        if self._replay_hi and self._replay_cursor >= self._replay_hi and not final:
+            self._replay_cursor = self._replay_hi = 0
+            self.outbox.clear_unconfirmed()
+        return room
+
     def _queue_resend(self, device_id: str, from_seq: int, to_seq: int) -> None:
         room = _MAX_RESEND_QUEUE - len(self._resend_queue)
         rows = self.outbox.replay(device_id, from_seq, to_seq, limit=max(0, room))
@@ -484,18 +577,29 @@ class Gateway:
         client = self._client
         assert client is not None
         room = self.max_inflight - len(self._inflight)
-        while room > 0 and self._resend_queue:
-            row_id, event = self._resend_queue.popleft()
-            if not self._publish(client, row_id, event):
-                self._resend_queue.appendleft((row_id, event))
-                return
-            self._stats["resent"] += 1
-            room -= 1
+        if self._settle_until and time.monotonic() >= self._settle_until:
+            self._close_settling_window()
+        if not self._settle_until:  # resends published while settling could be dropped the same way
+            while room > 0 and self._resend_queue:
+                row_id, event = self._resend_queue.popleft()
+                if not self._publish(client, row_id, event):
+                    self._resend_queue.appendleft((row_id, event))
+                    return
+                self._stats["resent"] += 1
+                room -= 1
+            if room > 0 and self._replay_hi:
+                room = self._replay_unconfirmed(client, room)
         if room > 0 and self.outbox.depth > 0 and self._last_id < self.outbox.last_id:
+            sent_all = True
             for row_id, event in self.outbox.pending(room, after_id=self._last_id):
                 if not self._publish(client, row_id, event):
-                    return
+                    sent_all = False
+                    break
                 self._last_id = row_id
+            if self._settle_until:
+                self._settle_hi = max(self._settle_hi, self._last_id)
+            if not sent_all:
+                return
         now = self.clock.now()
         if now >= self._next_heartbeat:
             # Keep the cadence; after a jump of the clock (or a long outage) resume from now.

@@ -197,3 +197,23 @@ def test_throughput_is_enough_for_a_simulated_fleet(tmp_path: Path, clock: Manua
         ack_rate = n / (time.perf_counter() - start)
     assert rate > 1000, rate  # measured ~17,000/s on an idle 2-core machine
     assert ack_rate > 5000, ack_rate
+
+
+def test_unconfirmed_range_and_rows_between(tmp_path: Path, clock: ManualClock) -> None:
+    path = tmp_path / "gw.sqlite3"
+    with Outbox(path, clock=clock) as box:
+        assert box.unconfirmed() is None and box.first_pending_id() is None
+        box.submit_many([Reading("bulb", "on", T0), Reading("bulb", "heartbeat", T0 + 1), Reading("bulb", "off", T0 + 2),
+                         Reading("door", "open", T0 + 3)])
+        ids = [i for i, _ in box.pending(10)]
+        box.ack(ids[:3])  # the heartbeat goes, the events move to the replay window
+        assert box.first_pending_id() == ids[3]
+        # Pending and replay-window rows alike, never heartbeats, in id order, bounded.
+        assert [(e.device_id, e.seq) for _, e in box.rows_between(0, ids[3], 10)] == [("bulb", 1), ("bulb", 2), ("door", 1)]
+        assert [i for i, _ in box.rows_between(ids[0], ids[3], 1)] == [ids[2]]
+        box.set_unconfirmed(ids[2], None)
+        box.set_unconfirmed(ids[0], ids[3])  # one range, replaced
+    with Outbox(path, clock=clock) as box:  # survives a restart of the process
+        assert box.unconfirmed() == (ids[0], ids[3])
+        box.clear_unconfirmed()
+        assert box.unconfirmed() is None

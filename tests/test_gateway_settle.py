@@ -1,0 +1,172 @@
+"""Broker restart with a shared subscription: the gateway's settling window after a reconnect.
+
+Mosquitto 2.0.11 does not restore shared subscriptions after a restart. Gateways that reconnect
+before the ingest has subscribed again get PUBACKs for messages the broker then drops (found by
+``mimamori chaos --faults broker_restart``). Here real Mosquitto processes and a subscriber that
+does what the ingest does (MQTT v5, ``$share/ingest/...``, persistent session, resubscribes on every
+connect, a little slower to come back than the gateways) check that the gateways re-publish what
+they sent while settling, so every ``(device_id, seq)`` arrives without any resend request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+from gateway.adapters import Reading
+from gateway.outbox import Outbox
+from gateway.service import Gateway
+from mimamori import embedded, mqtt, observability, protocol
+from mimamori.clock import SystemClock
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_767_225_600_000
+SETTLE = {"settle_s": 3.0}  # the gateways' settling window for these tests (real seconds)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+class IngestLikeSubscriber:
+    """What the ingest does at the broker: v5, shared subscription, persistent session, subscribe on
+    every CONNACK. ``reconnect_s``: how long it stays away after losing the broker (the ingest's
+    backoff reaches seconds; the gateways come back first)."""
+
+    def __init__(self, url: mqtt.MqttUrl, reconnect_s: float) -> None:
+        self.url = url
+        self.got: set[tuple[str, str, int]] = set()
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.client = mqtt.make_client(url, f"ingest-like-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"$share/ingest/{protocol.ROOT}/+/+/event", qos=1)
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_disconnect = lambda *a: self.subscribed.clear()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(reconnect_s, reconnect_s)
+        mqtt.connect(self.client, url, clean_start=False, session_expiry_s=3600)
+        self.client.loop_start()
+        assert self.subscribed.wait(5)
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        topic = protocol.parse_topic(msg.topic)
+        event = protocol.decode_event(msg.payload, topic.device_id)
+        with self.lock:
+            self.got.add((topic.gateway_id, event.device_id, event.seq))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
+
+
+@pytest.fixture
+def mosquitto(own_broker: embedded.EmbeddedBroker) -> embedded.EmbeddedBroker:
+    if own_broker.kind != "mosquitto":
+        pytest.skip("needs a restartable Mosquitto (shared subscriptions, persistence)")
+    return own_broker
+
+
+def test_events_published_while_settling_after_a_broker_restart_all_arrive(mosquitto: embedded.EmbeddedBroker, tmp_path: Path) -> None:
+    url = mqtt.MqttUrl.parse(mosquitto.url)
+    subscriber = IngestLikeSubscriber(url, reconnect_s=2.0)
+    prefix = f"gw{uuid.uuid4().hex[:6]}"
+    gateways = [
+        Gateway(f"{prefix}-{i}", url, tmp_path / f"{i}.sqlite3", clock=SystemClock(), protocol=mqtt.MQTTv5,
+                heartbeat_s=3600, reconnect_base_s=0.05, reconnect_cap_s=0.3, **SETTLE).start()  # type: ignore[arg-type]
+        for i in range(3)
+    ]
+    sent: set[tuple[str, str, int]] = set()
+    stop_feeding = threading.Event()
+
+    def feed() -> None:  # a steady trickle per gateway, across the restart
+        k = 0
+        while not stop_feeding.is_set():
+            for gw in gateways:
+                e = gw.submit(Reading(f"dev-{k % 4}", "on" if k % 2 else "off", T0 + k))
+                sent.add((gw.gateway_id, e.device_id, e.seq))
+            k += 1
+            time.sleep(0.01)
+
+    feeder = threading.Thread(target=feed)
+    try:
+        assert wait_for(lambda: all(g.connected for g in gateways))
+        feeder.start()
+        time.sleep(1.0)
+        mosquitto.stop()  # sessions saved; the shared subscription is not restored
+        time.sleep(1.0)  # the gateways keep storing
+        mosquitto.start()
+        assert wait_for(lambda: all(g.connected for g in gateways), 10)
+        reconnected = time.monotonic()
+        time.sleep(1.5)  # the gateways publish the backlog and new events; the subscriber is not back yet
+        stop_feeding.set()
+        feeder.join()
+        assert all(g.flush(10) for g in gateways)
+        assert subscriber.subscribed.wait(10)
+        # Stop shortly after the settling window: what was sent during it is re-published first.
+        assert wait_for(lambda: time.monotonic() > reconnected + SETTLE.get("settle_s", 0) + 0.2
+                        and all(not g._settle_until and not g._replay_hi for g in gateways), 10), [g.stats for g in gateways]
+        assert all(g.flush(5) for g in gateways)
+        stats = [g.stats for g in gateways]
+        body = observability.render_metrics()[0].decode()
+        name = "mimamori_gateway_events_resent_after_reconnect_total"
+        assert f'{name}{{gateway="{gateways[0].gateway_id}"}} {float(stats[0]["resent_after_reconnect"])}' in body
+    finally:
+        stop_feeding.set()
+        if feeder.is_alive():
+            feeder.join()
+        for g in gateways:
+            g.stop(timeout=2)
+    try:
+        assert wait_for(lambda: sent <= subscriber.got, 5), (len(sent - subscriber.got), len(sent), stats)
+    finally:
+        subscriber.close()
+    assert all(s["reconnects"] == 1 and s["resent_after_reconnect"] > 0 for s in stats), stats
+    for i in range(3):  # the window's range was replayed and forgotten: nothing left for a next start
+        with Outbox(tmp_path / f"{i}.sqlite3", clock=SystemClock()) as box:
+            assert box.unconfirmed() is None
+
+
+def test_a_stop_within_the_window_republishes_and_keeps_the_range(mosquitto: embedded.EmbeddedBroker, tmp_path: Path) -> None:
+    """Stopped (or killed) while settling: re-published at once, best effort, and recorded so that
+    the next start on the same outbox re-publishes the range again."""
+    url = mqtt.MqttUrl.parse(mosquitto.url)
+    gw_id = f"gw{uuid.uuid4().hex[:6]}"
+    path = tmp_path / "o.sqlite3"
+    subscriber = IngestLikeSubscriber(url, reconnect_s=0.5)
+    try:
+        gw = Gateway(gw_id, url, path, clock=SystemClock(), heartbeat_s=3600, reconnect_base_s=0.05, reconnect_cap_s=0.3,
+                     settle_s=60.0).start()
+        before = [gw.submit(Reading("dev", "on", T0 + k)) for k in range(5)]
+        assert gw.flush(5)
+        mosquitto.stop()
+        during = [gw.submit(Reading("dev", "off", T0 + 10 + k)) for k in range(5)]
+        mosquitto.start()
+        assert gw.flush(10)
+        assert gw.stats["reconnects"] == 1 and gw.stats["resent_after_reconnect"] == 0  # still settling
+        assert subscriber.subscribed.wait(10)
+        gw.stop(timeout=5)
+        assert gw.stats["resent_after_reconnect"] == 5  # the 5 pending at the reconnect, not the 5 before
+        with Outbox(path, clock=SystemClock()) as box:
+            lo, hi = box.unconfirmed()  # type: ignore[misc]
+            assert [e.seq for _, e in box.rows_between(lo - 1, hi, 100)] == [e.seq for e in during]
+        assert wait_for(lambda: {("dev", e.seq) for e in before + during} <= {(d, s) for _, d, s in subscriber.got})
+        with Gateway(gw_id, url, path, clock=SystemClock(), heartbeat_s=3600) as again:
+            assert wait_for(lambda: again.stats["resent_after_reconnect"] == 5)
+            assert wait_for(lambda: again.outbox.unconfirmed() is None)
+    finally:
+        subscriber.close()
