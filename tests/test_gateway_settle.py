@@ -28,7 +28,7 @@ from mimamori.clock import SystemClock
 pytestmark = pytest.mark.integration
 
 T0 = 1_767_225_600_000
-SETTLE = {"settle_s": 3.0}  # the gateways' settling window for these tests (real seconds)
+SETTLE = {"settle_s": 4.0}  # the gateways' settling window for these tests (real seconds)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -42,16 +42,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 class IngestLikeSubscriber:
     """What the ingest does at the broker: v5, shared subscription, persistent session, subscribe on
-    every CONNACK. ``reconnect_s``: how long it stays away after losing the broker (the ingest's
-    backoff reaches seconds; the gateways come back first)."""
+    every CONNACK. ``hold()`` delays the next subscribe until ``subscribe()`` (the ingest's backoff
+    reaches seconds: the gateways come back first), so the test controls when it is back."""
 
-    def __init__(self, url: mqtt.MqttUrl, reconnect_s: float) -> None:
+    def __init__(self, url: mqtt.MqttUrl, reconnect_s: float = 0.2) -> None:
         self.url = url
         self.got: set[tuple[str, str, int]] = set()
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
         self.client = mqtt.make_client(url, f"ingest-like-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"$share/ingest/{protocol.ROOT}/+/+/event", qos=1)
+        self.held = False
+        self.client.on_connect = lambda c, u, f, rc, p: None if self.held else self.subscribe()
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_disconnect = lambda *a: self.subscribed.clear()
         self.client.on_message = self._on_message
@@ -59,6 +60,14 @@ class IngestLikeSubscriber:
         mqtt.connect(self.client, url, clean_start=False, session_expiry_s=3600)
         self.client.loop_start()
         assert self.subscribed.wait(5)
+
+    def hold(self) -> None:
+        self.held = True
+
+    def subscribe(self) -> None:
+        self.held = False
+        assert wait_for(self.client.is_connected, 10)
+        self.client.subscribe(f"$share/ingest/{protocol.ROOT}/+/+/event", qos=1)
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         topic = protocol.parse_topic(msg.topic)
@@ -83,7 +92,7 @@ def mosquitto(own_broker: embedded.EmbeddedBroker) -> embedded.EmbeddedBroker:
 
 def test_events_published_while_settling_after_a_broker_restart_all_arrive(mosquitto: embedded.EmbeddedBroker, tmp_path: Path) -> None:
     url = mqtt.MqttUrl.parse(mosquitto.url)
-    subscriber = IngestLikeSubscriber(url, reconnect_s=2.0)
+    subscriber = IngestLikeSubscriber(url)
     prefix = f"gw{uuid.uuid4().hex[:6]}"
     gateways = [
         Gateway(f"{prefix}-{i}", url, tmp_path / f"{i}.sqlite3", clock=SystemClock(), protocol=mqtt.MQTTv5,
@@ -107,6 +116,7 @@ def test_events_published_while_settling_after_a_broker_restart_all_arrive(mosqu
         assert wait_for(lambda: all(g.connected for g in gateways))
         feeder.start()
         time.sleep(1.0)
+        subscriber.hold()
         mosquitto.stop()  # sessions saved; the shared subscription is not restored
         time.sleep(1.0)  # the gateways keep storing
         mosquitto.start()
@@ -116,9 +126,12 @@ def test_events_published_while_settling_after_a_broker_restart_all_arrive(mosqu
         stop_feeding.set()
         feeder.join()
         assert all(g.flush(10) for g in gateways)
+        subscriber.subscribe()
         assert subscriber.subscribed.wait(10)
+        window = SETTLE.get("settle_s", 0.0)
+        assert not window or time.monotonic() < reconnected + window - 0.5, "too slow to test the window"
         # Stop shortly after the settling window: what was sent during it is re-published first.
-        assert wait_for(lambda: time.monotonic() > reconnected + SETTLE.get("settle_s", 0) + 0.2
+        assert wait_for(lambda: time.monotonic() > reconnected + window + 0.2
                         and all(not g._settle_until and not g._replay_hi for g in gateways), 10), [g.stats for g in gateways]
         assert all(g.flush(5) for g in gateways)
         stats = [g.stats for g in gateways]
@@ -147,7 +160,7 @@ def test_a_stop_within_the_window_republishes_and_keeps_the_range(mosquitto: emb
     url = mqtt.MqttUrl.parse(mosquitto.url)
     gw_id = f"gw{uuid.uuid4().hex[:6]}"
     path = tmp_path / "o.sqlite3"
-    subscriber = IngestLikeSubscriber(url, reconnect_s=0.5)
+    subscriber = IngestLikeSubscriber(url)
     try:
         gw = Gateway(gw_id, url, path, clock=SystemClock(), heartbeat_s=3600, reconnect_base_s=0.05, reconnect_cap_s=0.3,
                      settle_s=60.0).start()
@@ -169,4 +182,37 @@ def test_a_stop_within_the_window_republishes_and_keeps_the_range(mosquitto: emb
             assert wait_for(lambda: again.stats["resent_after_reconnect"] == 5)
             assert wait_for(lambda: again.outbox.unconfirmed() is None)
     finally:
+        subscriber.close()
+
+
+def test_a_second_restart_within_the_window_widens_it(mosquitto: embedded.EmbeddedBroker, tmp_path: Path) -> None:
+    """The broker goes away again while the gateway settles: nothing sent since the first reconnect
+    is forgotten, and the replay waits for the end of the new window."""
+    url = mqtt.MqttUrl.parse(mosquitto.url)
+    subscriber = IngestLikeSubscriber(url)
+    gw = Gateway(f"gw{uuid.uuid4().hex[:6]}", url, tmp_path / "o.sqlite3", clock=SystemClock(), heartbeat_s=3600,
+                 reconnect_base_s=0.05, reconnect_cap_s=0.3, settle_s=5.0).start()
+    try:
+        sent = [gw.submit(Reading("dev", "on", T0))]
+        assert gw.flush(5)
+        subscriber.hold()
+        mosquitto.stop()
+        sent += [gw.submit(Reading("dev", "off", T0 + 1 + k)) for k in range(20)]
+        mosquitto.start()
+        assert gw.flush(10) and gw.stats["reconnects"] == 1
+        sent += [gw.submit(Reading("dev", "on", T0 + 100 + k)) for k in range(20)]
+        assert gw.flush(10)
+        mosquitto.stop()  # again, within the window: all of the above was PUBACKed and dropped
+        sent += [gw.submit(Reading("dev", "off", T0 + 200 + k)) for k in range(20)]
+        mosquitto.start()
+        assert wait_for(lambda: gw.stats["reconnects"] == 2 and gw.flush(0.1), 10)
+        second = time.monotonic()
+        subscriber.subscribe()
+        assert subscriber.subscribed.wait(10)
+        assert gw.stats["resent_after_reconnect"] == 0  # still settling
+        assert wait_for(lambda: time.monotonic() > second + 5.0 and gw.stats["resent_after_reconnect"] >= 60, 10), gw.stats
+        assert wait_for(lambda: {("dev", e.seq) for e in sent[1:]} <= {(d, s) for _, d, s in subscriber.got}, 5), gw.stats
+        assert gw.stats["resent_after_reconnect"] == 60  # the 60 since the first reconnect, not seq 1
+    finally:
+        gw.stop(timeout=2)
         subscriber.close()
