@@ -27,7 +27,6 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from alerts import metrics, policy
@@ -46,6 +45,7 @@ from alerts.models import (
     render_notice,
 )
 from mimamori.clock import Clock, as_datetime
+from mimamori.db import fetch_dict, fetch_dicts
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +55,8 @@ NOTIFICATIONS_CHANNEL = "mimamori_notifications"
 MAX_COMMENT = 2000
 
 
-def _rows(conn: psycopg.Connection, sql: str, params: Any = None) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(sql, params)
-        return cur.fetchall() if cur.description else []
-
-
-def _one(conn: psycopg.Connection, sql: str, params: Any = None) -> dict[str, Any] | None:
-    rows = _rows(conn, sql, params)
-    return rows[0] if rows else None
+_rows = fetch_dicts
+_one = fetch_dict
 
 
 def _epoch(value: datetime | None) -> float | None:

@@ -19,9 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,18 @@ _MIGRATION_LOCK_KEY = 0x6D696D616D6F7269  # "mimamori"
 
 def connect(url: str, **kwargs: object) -> psycopg.Connection:
     return psycopg.connect(url, **kwargs)  # type: ignore[arg-type]
+
+
+def fetch_dicts(conn: psycopg.Connection, sql: str, params: Any = None) -> list[dict[str, Any]]:
+    """Rows as dicts keyed by column name (``[]`` for a statement that returns none)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def fetch_dict(conn: psycopg.Connection, sql: str, params: Any = None) -> dict[str, Any] | None:
+    rows = fetch_dicts(conn, sql, params)
+    return rows[0] if rows else None
 
 
 def make_pool(url: str, *, min_size: int = 1, max_size: int = 4, name: str = "mimamori") -> ConnectionPool:

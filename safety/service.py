@@ -26,13 +26,13 @@ from typing import Any
 
 import psycopg
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from alerts import models as alert_models
 from alerts import service as alerts_service
 from alerts.channels import apprise_channel_name
 from mimamori.clock import Clock, as_datetime
+from mimamori.db import fetch_dict, fetch_dicts
 from safety import metrics, recognise
 from safety.models import (
     ANSWERS,
@@ -52,15 +52,8 @@ MAX_NOTE = 2000
 MAX_HOUSEHOLDS = 20_000
 
 
-def _rows(conn: psycopg.Connection, sql: str, params: Any = None) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(sql, params)
-        return cur.fetchall() if cur.description else []
-
-
-def _one(conn: psycopg.Connection, sql: str, params: Any = None) -> dict[str, Any] | None:
-    rows = _rows(conn, sql, params)
-    return rows[0] if rows else None
+_rows = fetch_dicts
+_one = fetch_dict
 
 
 def _epoch(value: datetime | None) -> float | None:
