@@ -8,7 +8,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +16,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -31,6 +29,7 @@ from mimamori.clock import SystemClock
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
 from mimamori.protocol import Event
+from bench.chaos import PgProxy
 
 pytestmark = pytest.mark.integration
 
@@ -217,93 +216,10 @@ def test_sigkill_mid_stream_then_restart_stores_every_event_exactly_once(pg_url:
     assert count(pg_url, "SELECT count(DISTINCT (device_id, seq)) FROM events") == total
 
 
-class TcpProxy:
-    """A TCP forwarder to PostgreSQL that a test can cut (every connection dies, none accepted).
-
-    ``target`` is (host, port), or the path of a Unix socket (the embedded PostgreSQL has no TCP)."""
-
-    def __init__(self, target: tuple[str, int] | str) -> None:
-        self.target = target
-        self.port = embedded.free_port()
-        self._socks: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
-        self.resume()
-
-    def resume(self) -> None:
-        lsock = socket.socket()
-        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        lsock.bind(("127.0.0.1", self.port))
-        lsock.listen(16)
-        self._listener = lsock
-        threading.Thread(target=self._accept, args=(lsock,), daemon=True).start()
-
-    def _accept(self, lsock: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = lsock.accept()
-            except OSError:
-                return
-            if isinstance(self.target, str):
-                upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                upstream.connect(self.target)
-            else:
-                upstream = socket.create_connection(self.target)
-            with self._lock:
-                self._socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def cut(self) -> None:
-        if self._listener is not None:
-            try:
-                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close alone does not
-            except OSError:
-                pass
-            self._listener.close()
-            self._listener = None
-        with self._lock:
-            socks, self._socks = self._socks, []
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    @staticmethod
-    def target_of(pg_url: str) -> tuple[str, int] | str:
-        parts = urlsplit(pg_url)
-        query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
-        if query.get("host", "").startswith("/"):
-            return f"{query['host']}/.s.PGSQL.{query.get('port', parts.port or 5432)}"
-        return (parts.hostname or "127.0.0.1", parts.port or 5432)
-
-    def url_for(self, pg_url: str) -> str:
-        parts = urlsplit(pg_url)
-        user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-        query = "&".join(p for p in parts.query.split("&") if p and not p.startswith(("host=", "port=")))
-        return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{self.port}", query=query))
-
-
 def test_database_outage_loses_nothing_and_acks_nothing_meanwhile(pg_url: str, mqtt_url: MqttUrl) -> None:
-    proxy = TcpProxy(TcpProxy.target_of(pg_url))
+    proxy = PgProxy(pg_url)  # the fault suite's: a TCP forwarder to PostgreSQL that can be cut
     gw = unique("gw")
-    svc = make_service(proxy.url_for(pg_url), mqtt_url)
+    svc = make_service(proxy.url, mqtt_url)
     try:
         with running(svc):
             publish_raw(mqtt_url, [event_msg(gw, f"{gw}-d{i % 3}", i // 3) for i in range(300)])
