@@ -58,9 +58,23 @@ def page_context(request: Request, **ctx: Any) -> dict[str, Any]:
     def t(key: str, **values: object) -> str:
         return translate(locale, key, **values)
 
-    def t_action(action: str) -> str:
-        key = f"action_{action}"
-        return translate(locale, key) if key in MESSAGES else action
+    def t_entry(entry: dict[str, Any], names: dict[str, str] | None = None) -> str:
+        """A team-timeline entry in words (app.incidents.timeline), with a person's own note after it."""
+        from app.incidents.timeline import describe, person_body
+
+        text = describe(locale, entry, names or {})
+        body = person_body(entry)
+        return f"{text}: {body}" if body else text
+
+    def t_step(step: dict[str, Any]) -> str:
+        from app.incidents.timeline import chain_step_text
+
+        return chain_step_text(locale, step)
+
+    def t_audit(action: str) -> str:
+        """A safety check's audit action in words (a generic text for one without its own)."""
+        key = f"safety_audit_{action}"
+        return translate(locale, key if key in MESSAGES else "tl_unknown")
 
     outages: list[dict[str, Any]] = []
     if person is not None:
@@ -71,7 +85,7 @@ def page_context(request: Request, **ctx: Any) -> dict[str, Any]:
             outages = area_outages(conn, person)
     base = {
         "request": request, "locale": locale, "person": person, "csrf": getattr(request.state, "csrf", None),
-        "t": t, "t_action": t_action, "outages": outages,
+        "t": t, "t_entry": t_entry, "t_audit": t_audit, "t_step": t_step, "outages": outages,
         "fmt_dt": lambda value, tz=None: fmt_dt(value, tz, locale),
         "fmt_date": lambda value, tz=None: fmt_date(value, tz, locale),
         "fmt_until": lambda value, tz=None: fmt_until(value, tz, locale),

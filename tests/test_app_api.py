@@ -197,7 +197,7 @@ def test_engine_notifications_reach_the_watcher_in_app(world) -> None:
         home = c.get("/").text
         assert unread[0]["title"] in home
         alert = c.get(f"/alerts/{ids['h1']}").text  # the engine's timeline, in words
-        assert "連絡を始めました" in alert and "に通知しました" in alert
+        assert "チームへの連絡を始めました" in alert and "name-watcher_aさんに知らせました" in alert
         assert c.post("/notifications/read", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
         assert c.get("/api/notifications/unread", headers=h).json() == []
 

@@ -124,6 +124,7 @@ def household_page(household_id: HouseholdId, request: Request, person: CurrentP
     if person.manages:
         extra["watchers"] = service.area_watchers(conn, person)
         extra["chain"] = _chain_text(conn, person, household_id)
+        extra["chain_steps"] = json.loads(extra["chain"])
     return render(request, "household.html", h=h, heatmap_svg=svg, **extra)
 
 

@@ -15,6 +15,7 @@ import psycopg
 
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.households.service import log_view
+from app.incidents.timeline import visible_names
 from app.people import Person
 from app.scope import household_scope_sql
 from alerts import service as alerts_service
@@ -64,6 +65,8 @@ def get_incident(conn: psycopg.Connection, clock: Clock, person: Person, inciden
         raise NotFound("incident not found")
     incident = dict(zip(_COLUMNS, row))
     incident["timeline"] = timeline(conn, incident_id)
+    incident["names"] = visible_names(conn, person.person_id, incident["household_id"], incident["area"],
+                                      incident["timeline"])
     if incident["household_id"]:
         log_view(conn, clock, person, incident["household_id"], "incident")
     return incident
@@ -71,11 +74,11 @@ def get_incident(conn: psycopg.Connection, clock: Clock, person: Person, inciden
 
 def timeline(conn: psycopg.Connection, incident_id: int) -> list[dict[str, Any]]:
     rows = conn.execute(
-        "SELECT t.at, t.actor, p.display_name, t.action, t.channel, t.body FROM incident_timeline t"
+        "SELECT t.at, t.actor, p.display_name, t.action, t.channel, t.body, t.data FROM incident_timeline t"
         " LEFT JOIN people p ON p.person_id = t.actor WHERE t.incident_id = %s ORDER BY t.at, t.entry_id",
         (incident_id,),
     ).fetchall()
-    return [dict(zip(("at", "actor", "actor_name", "action", "channel", "body"), r)) for r in rows]
+    return [dict(zip(("at", "actor", "actor_name", "action", "channel", "body", "data"), r)) for r in rows]
 
 
 @contextmanager

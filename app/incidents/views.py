@@ -39,7 +39,12 @@ def api_list(person: CurrentPerson, conn: Conn, active_only: bool = True) -> lis
 
 @api.get("/{incident_id}", responses=ERRORS)
 def api_get(incident_id: IncidentId, person: CurrentPerson, conn: Conn, clock: ClockDep) -> dict[str, Any]:
-    return service.get_incident(conn, clock, person, incident_id)
+    incident = service.get_incident(conn, clock, person, incident_id)
+    # The engines' raw data (chain snapshots, worker ids, person ids) stays out of the API.
+    incident.pop("names", None)
+    for entry in incident["timeline"]:
+        entry.pop("data", None)
+    return incident
 
 
 @api.post("/{incident_id}/claim", status_code=204, responses=ERRORS)

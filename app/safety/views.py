@@ -15,6 +15,8 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 import safety.views as api
 from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
+from app.incidents.service import timeline as incident_timeline
+from app.incidents.timeline import visible_names
 from app.templating import render
 from safety import service
 from app import errors as app_errors
@@ -119,6 +121,9 @@ def household_page(check_id: api.CheckId, household_id: api.HouseholdId, request
     with page_errors():
         check = service.get_check(conn, person, check_id)
         detail = service.household_detail(conn, person, check_id, household_id)
+    if detail["timeline"] and detail.get("incident_id"):  # the viewer may see the team timeline: in words
+        detail["timeline"] = incident_timeline(conn, detail["incident_id"])
+        detail["names"] = visible_names(conn, person.person_id, household_id, detail.get("area"), detail["timeline"])
     return render(request, "safety_household.html", check=check, h=detail)
 
 
