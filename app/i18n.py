@@ -51,6 +51,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "alert": ("お知らせ", "Alert"),
     "opened_at": ("発生: {when}", "Opened: {when}"),
     "see_household": ("この家の様子を見る", "See this household"),
+    "see_safety_household": ("安否確認でのこの家の様子を見る", "See this home in the safety check"),
     "btn_ill_go": ("私が行きます", "I'll go"),
     "btn_all_fine": ("無事でした", "All fine"),
     "btn_needs_help": ("助けが必要", "Needs help"),

@@ -189,3 +189,34 @@ def test_chain_editor_shows_claim_timeout(world) -> None:  # noqa: F811
         page = c.get("/households/h1").text
         assert "45分で向かった方に状況を尋ね" in page and "15分たっても" in page
         assert "&#34;claim_timeout&#34;" in page  # the JSON stays editable
+
+
+@pytest.mark.integration
+def test_watchers_see_their_households_safety_follow_ups(world) -> None:  # noqa: F811
+    from test_app_support import bearer
+
+    url, clock, ids = world
+    with app_client(url, clock) as c:
+        coord, wa, wb = (bearer(c, p) for p in ("coord_a", "watcher_a", "watcher_b"))
+        r = c.post("/api/safety/checks", json={"message": "地震がありました。無事ですか？", "area": "north"}, headers=coord)
+        assert r.status_code == 201, r.text
+        cid = r.json()["check_id"]
+        r = c.post(f"/api/safety/checks/{cid}/households/h1/claim", headers=coord)  # the coordinator goes to h1
+        assert r.status_code == 200, r.text
+        follow_up = r.json()["incident_id"]
+        listed = {i["incident_id"]: i for i in c.get("/api/incidents", headers=wa).json()}
+        assert follow_up in listed and listed[follow_up]["kind"] == "safety_check"
+        assert listed[follow_up]["href"] == f"/safety/{cid}/h/h1" and listed[ids["h1"]]["href"] == f"/alerts/{ids['h1']}"
+        assert follow_up not in {i["incident_id"] for i in c.get("/api/incidents", headers=wb).json()}  # not h3's team
+        cookie_login(c, "watcher_a")
+        home = c.get("/").text
+        assert f'href="/safety/{cid}/h/h1" data-incident="{follow_up}"' in home and "安否確認" in home
+        alert = c.get(f"/alerts/{follow_up}").text
+        assert "安否確認: 田中 一郎" in alert and f'href="/safety/{cid}/h/h1"' in alert
+        # the safety household page's team timeline, in words
+        page = c.get(f"/safety/{cid}/h/h1").text
+        assert "安否確認の対応を始めました" in page and "name-coord_a</strong> さんが向かいます" in page
+        assert "safety_check_opened" not in page
+        # closed by the check: no longer in the list
+        assert c.post(f"/api/safety/checks/{cid}/close", headers=coord).status_code == 200
+        assert follow_up not in {i["incident_id"] for i in c.get("/api/incidents", headers=wa).json()}

@@ -44,7 +44,9 @@ def _incident_scope(person: Person) -> tuple[str, dict[str, Any]]:
         return (f"((i.household_id IS NOT NULL AND {where}) OR (i.household_id IS NULL AND i.area = %(scope_area)s))",
                 params)
     if person.role == "watcher":
-        return f"(i.household_id IS NOT NULL AND {where} AND i.kind IN ('inactivity', 'long_on'))", params
+        # welfare alerts, and the follow-up visit of a safety check (安否確認) for their households
+        return (f"(i.household_id IS NOT NULL AND {where} AND i.kind IN ('inactivity', 'long_on', 'safety_check'))",
+                params)
     return "FALSE", {}  # residents see their own activity, not the team's alerts
 
 
@@ -55,7 +57,18 @@ def list_incidents(conn: psycopg.Connection, person: Person, *, active_only: boo
     rows = conn.execute(
         f"{_SELECT} WHERE {where} {status} ORDER BY i.opened_at DESC LIMIT %(limit)s", {**params, "limit": limit}
     ).fetchall()
-    return [dict(zip(_COLUMNS, r)) for r in rows]
+    return [_with_href(dict(zip(_COLUMNS, r))) for r in rows]
+
+
+def _with_href(incident: dict[str, Any]) -> dict[str, Any]:
+    """Where the incident is acted on: a safety check's follow-up on the check's household page."""
+    incident["href"] = f"/alerts/{incident['incident_id']}"
+    check_id = (incident.get("evidence") or {}).get("safety_check_id") if incident["kind"] == "safety_check" else None
+    incident["safety_href"] = (f"/safety/{int(check_id)}/h/{incident['household_id']}"
+                               if isinstance(check_id, int) and incident["household_id"] else None)
+    if incident["safety_href"]:
+        incident["href"] = incident["safety_href"]
+    return incident
 
 
 def get_incident(conn: psycopg.Connection, clock: Clock, person: Person, incident_id: int) -> dict[str, Any]:
@@ -63,7 +76,7 @@ def get_incident(conn: psycopg.Connection, clock: Clock, person: Person, inciden
     row = conn.execute(f"{_SELECT} WHERE i.incident_id = %(iid)s AND {where}", {**params, "iid": incident_id}).fetchone()
     if row is None:
         raise NotFound("incident not found")
-    incident = dict(zip(_COLUMNS, row))
+    incident = _with_href(dict(zip(_COLUMNS, row)))
     incident["timeline"] = timeline(conn, incident_id)
     incident["names"] = visible_names(conn, person.person_id, incident["household_id"], incident["area"],
                                       incident["timeline"])
