@@ -38,6 +38,11 @@ def make_fleet_state(households: int, *, seed: int = 0, now: float = 1_767_225_6
         on_base = rng.uniform(2, 20, (hi - lo, m.MAX_SWITCHES, m.N_ON_BLOCKS, 1)).astype(np.float32)
         on_decay = np.cumprod(rng.uniform(0.2, 0.9, (hi - lo, m.MAX_SWITCHES, m.N_ON_BLOCKS, len(m.ON_EDGES_H))).astype(np.float32), axis=-1)
         state.on_hist[lo:hi] = (on_base * on_decay / on_decay[..., :1]).astype(np.float16)
+    # The daily routine: active days, and some 2-hour bins the household is active in every day.
+    days = rng.uniform(15, 40, households).astype(np.float32)
+    share = np.where(rng.random((households, m.N_BINS)) < 0.3, 1.0, rng.uniform(0.1, 0.95, (households, m.N_BINS)))
+    state.days_active[:] = days.astype(np.float16)
+    state.bin_days[:] = (days[:, None] * share).astype(np.float16)
     state.last_activity[:] = now - rng.exponential(2.0, households) * 3600.0
     state.quantile_h[:] = rng.uniform(1, 10, households).astype(np.float32)
     state.alarm_after_h[:] = state.quantile_h * 1.3 + 2.0

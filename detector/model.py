@@ -52,8 +52,8 @@ SUPPRESS_NONE, SUPPRESS_AWAY, SUPPRESS_DEVICE, SUPPRESS_AREA, SUPPRESS_DOOR = 0,
 SUPPRESS_REASONS = ("none", "away", "device_offline", "area_outage", "inferred_away")
 
 # Which rule raised the inactivity alarm (``Scores.inactivity_rule``).
-RULE_NONE, RULE_MODEL, RULE_PRIOR, RULE_HARD_CAP = 0, 1, 2, 3
-RULES = ("none", "model", "population_prior", "hard_cap")
+RULE_NONE, RULE_MODEL, RULE_PRIOR, RULE_HARD_CAP, RULE_ROUTINE = 0, 1, 2, 3, 4
+RULES = ("none", "model", "population_prior", "hard_cap", "routine")
 
 # Edge 0 counts *exposure*: local hours in which the household was active at all. Each such hour
 # is one trial: the silence that follows its last event. So ``hist[..., k] / hist[..., 0]`` is the
@@ -64,12 +64,16 @@ ON_EDGES_H = np.array([0, 0.5, 1, 2, 3, 5, 8, 11], dtype=np.float32)  # edge 0: 
 ON_BLOCK_H = 4  # long-on episodes are grouped by the local 4-hour block they began in
 N_ON_BLOCKS = 24 // ON_BLOCK_H
 
+BIN_H = 2  # the daily routine: activity per local 2-hour bin
+N_BINS = 24 // BIN_H
+
 MAX_DEVICES = 12  # per household
 MAX_SWITCHES = 6  # switchable devices (bulbs, plugs) whose long-on is learned per household
 
 _FLAG_DOOR = np.uint8(1)  # the current silence began with a front-door event (resident went out?)
 _FLAG_BLIND = np.uint8(2)  # part of the current silence was unobservable or paused: do not learn it
 _FLAG_REJUDGED = np.uint8(4)  # the threshold was recomputed from the end of that stretch
+_FLAG_MOVED_AFTER_DOOR = np.uint8(8)  # a motion sensor saw someone after the latest front-door event
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,12 @@ class DetectorParams:
     alpha: float = 1e-3  # score threshold = -log10(alpha)
     tail_tau_h: float = 3.0  # extrapolation past the last edge
     min_history: float = 6.0  # less exposure than this behind a threshold: the "population prior" rule
+    # The daily routine: a local 2-hour bin in which the household was active on at least
+    # ``routine_p`` of its active days (e.g. the evening lights) passing entirely in silence, plus
+    # ``routine_margin_h``, is an alarm too (rule "routine"), whatever the silence quantile says.
+    routine_p: float = 0.99  # above one day's decay (0.9755): a bin missed once is not trusted for weeks
+    routine_margin_h: float = 1.0
+    routine_min_days: float = 10.0
     anomalous_weight: float = 1.0  # weight of a silence that exceeded its own alarm threshold
     # Hard caps (safety nets): Kanazawa's 24 h off rule; long-on capped at 16 h (8 h would wake
     # everyone who sleeps with a light on).
@@ -109,8 +119,15 @@ class DetectorParams:
     # Inferred away: a silence that began with the front door (and a home that has motion
     # sensors, so a return would be seen) is "out" for at most this long.
     door_away_cap_h: float = 28.0  # a night with family lasts up to ~26 h
+    # ... when the silence began at most this long after the door with no motion since (lights are
+    # switched off on the way out, so the last event is often a switch just after the door).
+    door_grace_s: float = 600.0
     # Device health.
     heartbeat_timeout_s: float = 2 * 3600.0
+    # A gateway offline this long is a device problem (a reboot or a firmware update takes minutes;
+    # and when a whole area goes down, its area outage forms first instead of one ticket per home).
+    # Welfare alarms pause at once all the same.
+    gateway_grace_s: float = 600.0
     offline_share_suppress: float = 0.3  # offline devices carrying this share of activity: suppress
     # Area outage: this many gateways of an area offline at once, and this share of them.
     area_min_gateways: int = 3
@@ -121,13 +138,16 @@ DEFAULT_PARAMS = DetectorParams()
 
 
 def default_silence_prior() -> np.ndarray:
-    """A broad generic survival curve [2 light contexts, 24, E] for a fleet with no history yet."""
+    """A broad generic survival curve [2 light contexts, 24, E] for a fleet with no history yet.
+
+    Broad on purpose: a home with bulbs only is often silent from the morning until the lights go on
+    at dusk (10 h and more), so a fleet with no history alarms on little more than the hard cap."""
     hours = np.arange(24)
     # Longer expected silences from the evening (sleep) than from the day.
     night = ((hours >= 19) | (hours < 5)).astype(np.float32)
-    tau = 1.5 + 3.5 * night  # hours
+    tau = 3.5 + 1.5 * night  # hours
     d = np.maximum(SILENCE_EDGES_H[None, :] - 0.5, 0.0)
-    surv = np.where(SILENCE_EDGES_H[None, :] > 0, (0.2 + 0.2 * night[:, None]) * np.exp(-d / tau[:, None]), 1.0).astype(np.float32)
+    surv = np.where(SILENCE_EDGES_H[None, :] > 0, (0.3 + 0.1 * night[:, None]) * np.exp(-d / tau[:, None]), 1.0).astype(np.float32)
     return np.broadcast_to(surv, (2, 24, len(SILENCE_EDGES_H))).copy()
 
 
@@ -158,17 +178,20 @@ class FleetState:
     dev_heartbeats: np.ndarray  # bool[H, D] the device sends heartbeats (only then can silence mean "dead")
     dev_activity: np.ndarray  # float16[H, D] decayed share-of-activity counts
     last_activity: np.ndarray  # float64[H] (NaN = never)
+    door_at: np.ndarray  # float32[H] latest front-door event (since epoch; NaN = never)
     resume_from: np.ndarray  # float64[H] end of the latest paused/unobservable stretch
     flags: np.ndarray  # uint8[H]
-    decay_day: np.ndarray  # int32[H] day number the histograms were last decayed to
+    decay_day: np.ndarray  # int16[H] day (local day number minus the epoch's day) the histograms were last decayed to
     last_hour: np.ndarray  # int32[H, 2] the latest local hour (hours since epoch) counted as exposure, per light context
-    quantile_h: np.ndarray  # float32[H] threshold parts for the current silence
-    alarm_after_h: np.ndarray  # float32[H]
+    quantile_h: np.ndarray  # float16[H] threshold parts for the current silence
+    alarm_after_h: np.ndarray  # float16[H]
     slot_history: np.ndarray  # float16[H] recorded silences behind the current threshold
     sil_hist: np.ndarray  # float16[H, 2 light contexts (all off / some on), 24, E_S]
     on_hist: np.ndarray  # float16[H, W, blocks, E_O]
     sw_on_since: np.ndarray  # float32[H, W] (since epoch; NaN = off)
-    sw_alarm_after_h: np.ndarray  # float32[H, W]
+    sw_alarm_after_h: np.ndarray  # float16[H, W]
+    bin_days: np.ndarray  # float16[H, N_BINS] decayed count of active days with activity in each local 2-hour bin
+    days_active: np.ndarray  # float16[H] decayed count of local days with any activity
     gateway_offline_since: np.ndarray  # float64[H] (NaN = online)
     # Population priors per kind of home (0: bulbs only, 1: with sensors): their rhythms differ.
     prior_sil: np.ndarray = field(default_factory=lambda: np.stack([default_silence_prior()] * 2))  # [2, 2, 24, E_S]
@@ -191,8 +214,11 @@ def new_state(
     tz_offset_s: np.ndarray | int = 9 * 3600,
     area: np.ndarray | None = None,
     params: DetectorParams = DEFAULT_PARAMS,
+    watch_start: np.ndarray | float | None = None,
 ) -> FleetState:
-    """A fleet with no history. ``device_kinds``: int8[H, D<=MAX_DEVICES], DEV_* codes, -1 = none."""
+    """A fleet with no history. ``device_kinds``: int8[H, D<=MAX_DEVICES], DEV_* codes, -1 = none.
+    ``watch_start`` (epoch s, per household or one for all; default ``epoch``): a home that has not
+    reported any activity yet is silent since then (so only the hard cap applies, never at once)."""
     kinds = np.full((device_kinds.shape[0], MAX_DEVICES), DEV_NONE, dtype=np.int8)
     kinds[:, : device_kinds.shape[1]] = device_kinds[:, :MAX_DEVICES]
     h = kinds.shape[0]
@@ -211,17 +237,20 @@ def new_state(
         dev_heartbeats=np.zeros((h, MAX_DEVICES), bool),
         dev_activity=np.zeros((h, MAX_DEVICES), np.float16),
         last_activity=np.full(h, np.nan),
-        resume_from=np.full(h, -np.inf),
+        door_at=np.full(h, nan32, np.float32),
+        resume_from=np.broadcast_to(np.asarray(epoch if watch_start is None else watch_start, np.float64), (h,)).copy(),
         flags=np.zeros(h, np.uint8),
-        decay_day=np.full(h, int(epoch // 86400), np.int32),
+        decay_day=np.zeros(h, np.int16),
         last_hour=np.full((h, 2), -1, np.int32),
-        quantile_h=np.zeros(h, np.float32),
-        alarm_after_h=np.full(h, params.silence_cap_h, np.float32),
+        quantile_h=np.zeros(h, np.float16),
+        alarm_after_h=np.full(h, params.silence_cap_h, np.float16),
         slot_history=np.zeros(h, np.float16),
         sil_hist=np.zeros((h, 2, 24, len(SILENCE_EDGES_H)), np.float16),
         on_hist=np.zeros((h, MAX_SWITCHES, N_ON_BLOCKS, len(ON_EDGES_H)), np.float16),
         sw_on_since=np.full((h, MAX_SWITCHES), nan32, np.float32),
-        sw_alarm_after_h=np.full((h, MAX_SWITCHES), params.on_cap_h, np.float32),
+        sw_alarm_after_h=np.full((h, MAX_SWITCHES), params.on_cap_h, np.float16),
+        bin_days=np.zeros((h, N_BINS), np.float16),
+        days_active=np.zeros(h, np.float16),
         gateway_offline_since=np.full(h, np.nan),
     )
     return state
@@ -299,6 +328,7 @@ def on_thresholds(state: FleetState, rows: np.ndarray, sw: np.ndarray, start: np
 
 def _decay(state: FleetState, rows: np.ndarray, day: np.ndarray, p: DetectorParams) -> None:
     """Bring the histograms of ``rows`` (unique) to ``day`` with the decay they missed."""
+    day = day - int(state.epoch // 86400)  # int16 days since the epoch's day: 89 years of range
     gap = day - state.decay_day[rows]
     due = gap > 0
     if not due.any():
@@ -308,6 +338,8 @@ def _decay(state: FleetState, rows: np.ndarray, day: np.ndarray, p: DetectorPara
     state.sil_hist[r] = (state.sil_hist[r].astype(np.float32) * f[:, None, None, None]).astype(np.float16)
     state.on_hist[r] = (state.on_hist[r].astype(np.float32) * f[:, None, None, None]).astype(np.float16)
     state.dev_activity[r] = (state.dev_activity[r].astype(np.float32) * f[:, None]).astype(np.float16)
+    state.bin_days[r] = (state.bin_days[r].astype(np.float32) * f[:, None]).astype(np.float16)
+    state.days_active[r] = (state.days_active[r].astype(np.float32) * f).astype(np.float16)
     state.decay_day[r] = day[due]
 
 
@@ -387,15 +419,32 @@ def observe(
     prev[1:] = t[:-1]
     prev[~same] = state.last_activity[hh[~same]]
     starts_effective = prev.copy()
+    # The daily routine: each (local day, 2-hour bin) with activity once, each active local day once.
+    local_t = t + state.tz_offset_s[hh]
+    local_prev = prev + state.tz_offset_s[hh]
+    with np.errstate(invalid="ignore"):
+        new_day = ~(np.floor(local_prev / 86400.0) == np.floor(local_t / 86400.0))  # NaN prev: new
+        new_bin = new_day | ~(np.floor(local_prev / (BIN_H * 3600.0)) == np.floor(local_t / (BIN_H * 3600.0)))
+    new_day &= prev <= t
+    new_bin &= prev <= t  # a late arrival inside a stretch already counted is not a new day
+    if new_bin.any():
+        bins = ((local_t[new_bin] % 86400.0) // (BIN_H * 3600.0)).astype(np.int64)
+        np.add.at(state.bin_days.reshape(-1), hh[new_bin] * N_BINS + bins, np.float16(1.0))
+    # An active day is counted once it is over (at the first event of a later day): counted in the
+    # morning, it would make every later bin of today look missed until the day's end.
+    done_day = new_day & np.isfinite(prev)
+    if done_day.any():
+        # ... with the decay the bins of that day have had since (the histograms are already at today).
+        age = np.floor(local_t[done_day] / 86400.0) - np.floor(local_prev[done_day] / 86400.0)
+        np.add.at(state.days_active, hh[done_day], (0.5 ** (age / p.half_life_days)).astype(np.float16))
     learnable = np.isfinite(prev)
     # The first silence of each household in the batch may have been paused, blind or door-started.
     first_mask = ~same
     blind = (state.flags[hh] & (_FLAG_BLIND | _FLAG_DOOR)) != 0
     learnable &= ~(first_mask & blind)
     # Inside the batch, a silence that began with a door event is not an at-home silence.
-    prev_kind = np.r_[-1, kind[:-1]]
-    prev_dev_kind = np.r_[-1, state.dev_kind[hh[:-1], dev[:-1]]] if len(hh) > 1 else np.array([-1])
-    door_start = same & (prev_dev_kind == DEV_DOOR) & np.isin(prev_kind, (EV_OPEN, EV_CLOSE)) & state.has_motion[hh]
+    out_after = _out_after_events(state, hh, dev, t, kind, same, p)
+    door_start = same & np.r_[False, out_after[:-1]]
     learnable &= ~door_start
     gap_h = (t - prev) / 3600.0
     rec = learnable & (gap_h >= p.silence_min_h)
@@ -413,13 +462,42 @@ def observe(
     last = np.r_[np.nonzero(hh[1:] != hh[:-1])[0], len(hh) - 1]
     r_last = hh[last]
     state.last_activity[r_last] = np.fmax(state.last_activity[r_last], t[last])  # late arrivals never move it back
-    last_dev_kind = state.dev_kind[r_last, dev[last]]
-    door = (last_dev_kind == DEV_DOOR) & np.isin(kind[last], (EV_OPEN, EV_CLOSE)) & state.has_motion[r_last]
-    state.flags[r_last] = np.where(door, _FLAG_DOOR, 0).astype(np.uint8)
+    moved = state.flags[r_last] & _FLAG_MOVED_AFTER_DOOR  # updated by _out_after_events
+    state.flags[r_last] = (np.where(out_after[last], _FLAG_DOOR, 0) | moved).astype(np.uint8)
     q, alarm, hist_n = silence_thresholds(state, r_last, state.last_activity[r_last], p)
     state.quantile_h[r_last] = q
     state.alarm_after_h[r_last] = alarm
     state.slot_history[r_last] = hist_n.astype(np.float16)
+
+
+def _out_after_events(state: FleetState, hh: np.ndarray, dev: np.ndarray, t: np.ndarray, kind: np.ndarray, same: np.ndarray,
+                      p: DetectorParams) -> np.ndarray:
+    """For activity events sorted by (household, time): did the resident probably go out by then?
+    True when the household's latest front-door event is at most ``door_grace_s`` before the event
+    and no motion sensor saw anyone since the door (lights switched off on the way out come just
+    after the door). Only homes with motion sensors: there a return would be seen. Updates the
+    stored door time and the "moved after the door" flag."""
+    n = len(t)
+    idx = np.arange(n)
+    first = ~same
+    hh_start = np.maximum.accumulate(np.where(first, idx, 0))
+    is_door = (state.dev_kind[hh, dev] == DEV_DOOR) & np.isin(kind, (EV_OPEN, EV_CLOSE))
+    is_motion = kind == EV_MOTION
+    last_door = np.maximum.accumulate(np.where(is_door, idx, -1))
+    last_motion = np.maximum.accumulate(np.where(is_motion, idx, -1))
+    door_in_batch = last_door >= hh_start
+    motion_in_batch = last_motion >= hh_start
+    stored_door = state.door_at[hh].astype(np.float64) + state.epoch
+    stored_moved = (state.flags[hh] & _FLAG_MOVED_AFTER_DOOR) != 0
+    door_time = np.where(door_in_batch, t[np.maximum(last_door, 0)], stored_door)
+    moved = np.where(door_in_batch, last_motion > last_door, stored_moved | motion_in_batch)
+    with np.errstate(invalid="ignore"):
+        out = state.has_motion[hh] & ~moved & ((t - door_time) <= p.door_grace_s)  # NaN door time: False
+    last = np.r_[np.nonzero(hh[1:] != hh[:-1])[0], n - 1]
+    r = hh[last]
+    state.door_at[r] = (door_time[last] - state.epoch).astype(np.float32)
+    state.flags[r] = np.where(moved[last], state.flags[r] | _FLAG_MOVED_AFTER_DOOR, state.flags[r] & ~_FLAG_MOVED_AFTER_DOOR).astype(np.uint8)
+    return out
 
 
 def _lit_after_events(state: FleetState, hh: np.ndarray, dev: np.ndarray, kind: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -520,6 +598,33 @@ class Scores:
     suppressed: np.ndarray  # uint8[H] SUPPRESS_* (why a welfare alarm is held back)
 
 
+def routine_alarm_at(state: FleetState, ref: np.ndarray, now: float, p: DetectorParams = DEFAULT_PARAMS) -> np.ndarray:
+    """Per household, when the routine rule alarmed for the silence that began at ``ref`` (inf: not
+    by now): the end of the first reliable 2-hour bin of a later local day that passed entirely in
+    silence, plus the margin."""
+    days = state.days_active.astype(np.float32)  # complete active days (bins of today may be counted already)
+    reliable = (state.bin_days.astype(np.float32) >= p.routine_p * days[:, None]) & (days >= p.routine_min_days)[:, None]
+    out = np.full(state.n, np.inf)
+    rows = np.flatnonzero(reliable.any(axis=1) & np.isfinite(ref))
+    if not len(rows):
+        return out
+    tz = state.tz_offset_s[rows].astype(np.float64)
+    bin_s = BIN_H * 3600.0
+    ref_local = ref[rows] + tz
+    # Only the days after the one the silence began in (a day with no sign of life yet): within the
+    # day, the quantile of the silence judges; a reliable bin of today missed by an afternoon silence
+    # was too often a seasonal or one-off change (+0.06-0.10 false/household-month on seed 11).
+    first_start = (np.floor(ref_local / 86400.0) + 1.0) * 86400.0  # the next local midnight
+    first_bin = ((first_start % 86400.0) // bin_s).astype(np.int64)
+    k = (np.arange(N_BINS)[None, :] - first_bin[:, None]) % N_BINS  # bins after the first one
+    end_local = first_start[:, None] + (k + 1) * bin_s
+    at = end_local - tz[:, None] + p.routine_margin_h * 3600.0
+    b = (first_bin[:, None] + k) % N_BINS
+    at = np.where(reliable[rows[:, None], b] & (at <= now + 86400.0), at, np.inf)
+    out[rows] = at.min(axis=1)
+    return out
+
+
 def area_outage_mask(gateway_offline: np.ndarray, area: np.ndarray, p: DetectorParams = DEFAULT_PARAMS) -> np.ndarray:
     """Per household: is its area in an outage (many of its gateways offline at once)?"""
     n_areas = int(area.max()) + 1 if len(area) else 0
@@ -547,9 +652,13 @@ def score(
     with np.errstate(invalid="ignore"):
         dev_silent = ((rel_now - state.dev_last_seen) > p.heartbeat_timeout_s) & state.dev_heartbeats  # NaN compares False
     gw_off = ~np.isnan(state.gateway_offline_since)
+    with np.errstate(invalid="ignore"):
+        gw_down = (now - state.gateway_offline_since) >= p.gateway_grace_s  # reported as a problem (NaN: False)
     present = state.dev_kind >= 0
     offline_devices = dev_silent | (gw_off[:, None] & present)
-    device_problem = offline_devices.any(axis=1)
+    area_alarm = area_outage_mask(gw_down, state.area, p)
+    # A home whose gateway is down in an area outage is covered by the area's incident.
+    device_problem = ((dev_silent & present).any(axis=1) & ~gw_off) | (gw_down & ~area_alarm)
     act = state.dev_activity.astype(np.float32)
     total = act.sum(axis=1)
     offline_share = np.where(total > 0, (act * offline_devices).sum(axis=1) / np.maximum(total, 1e-6), 0.0)
@@ -577,8 +686,8 @@ def score(
     start = state.last_activity
     ref = np.fmax(start, state.resume_from)  # the silence being judged began here
     silence_h = ((now - ref) / 3600.0).astype(np.float32)  # NaN before any activity
-    q = state.quantile_h
-    alarm_h = state.alarm_after_h
+    q = state.quantile_h.astype(np.float32)
+    alarm_h = state.alarm_after_h.astype(np.float32)
     margin = np.maximum(alarm_h - q, 1e-3)
     # Score: -log10(beta) at the quantile, rising to -log10(alpha) at the alarm threshold.
     lb, la = -math.log10(p.beta), -math.log10(p.alpha)
@@ -590,20 +699,26 @@ def score(
     door = (state.flags & _FLAG_DOOR) != 0
     door_until = start + p.door_away_cap_h * 3600.0
     alarm_at = np.minimum(alarm_at, cap_at)
+    routine_at = routine_alarm_at(state, ref, now, p)
+    by_routine = routine_at < alarm_at
+    alarm_at = np.minimum(alarm_at, routine_at)
     alarm_at = np.where(door, np.maximum(alarm_at, door_until), alarm_at)
     inactive = now >= alarm_at  # False for NaN
     hard = now >= np.where(door, np.maximum(cap_at, door_until), cap_at)
     rule = np.where(
         ~inactive,
         RULE_NONE,
-        np.where(hard, RULE_HARD_CAP, np.where(state.slot_history.astype(np.float32) < p.min_history, RULE_PRIOR, RULE_MODEL)),
+        np.where(hard, RULE_HARD_CAP, np.where(by_routine, RULE_ROUTINE,
+                 np.where(state.slot_history.astype(np.float32) < p.min_history, RULE_PRIOR, RULE_MODEL))),
     ).astype(np.uint8)
 
     # --- long-on: a device on unusually long while the household is quieter than usual -----
     on_h = (rel_now - state.sw_on_since) / np.float32(3600.0)  # NaN when off
     gate_h = p.on_silence_q * q + p.on_silence_frac * margin
+    door_out = ((state.flags & _FLAG_DOOR) != 0) & (now < start + p.door_away_cap_h * 3600.0)
     with np.errstate(invalid="ignore"):
         over = (on_h >= state.sw_alarm_after_h) & ((silence_h >= gate_h)[:, None] | ((on_h >= p.on_cap_h) & (silence_h >= p.on_cap_quiet_q * q)[:, None]))
+    over &= ~door_out[:, None]  # a light left on by someone who went out
     long_on = over.any(axis=1)
     # When the long-on alarm began (for the switches past it), to keep one alarm kind per episode:
     # whichever of long-on and inactivity came first stays the alarm while the silence lasts.
@@ -643,7 +758,7 @@ def score(
         device_offline=device_problem,
         offline_devices=offline_devices,
         gateway_offline=gw_off,
-        area_outage=area_out,
+        area_outage=area_alarm,
         suppressed=suppressed,
     )
 
@@ -653,7 +768,7 @@ def score(
 # ---------------------------------------------------------------------------------------------
 
 
-def population_prior(state: FleetState, *, min_count: float = 3.0, default_weight: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+def population_prior(state: FleetState, *, min_count: float = 3.0, default_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """The fleet's average survival curves per kind of home (silence [2, 2, 24, E_S], on [2, blocks,
     E_O]), each slot an average over the homes with some history there, shrunk toward the generic default."""
     sil = np.zeros(state.prior_sil.shape, np.float64)

@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from detector import metrics
 from detector import model as m
 from mimamori.clock import Clock
+from mimamori.observability import register_readiness, unregister_readiness
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,8 @@ class DetectorService:
         self._seen_recent: set[tuple[str, int]] = set()
         self._last_prior = 0.0
         self._health_cursor: datetime | None = None
+        self.newest_event_time: float | None = None  # device time of the newest event seen (for the lag metric)
+        self.last_tick_at: float | None = None  # the clock at the latest finished tick (readiness)
         self.rebuild()
 
     # -- model state ---------------------------------------------------------------------------
@@ -100,6 +104,8 @@ class DetectorService:
         self.cursor = None
         self._health_cursor = None
         self._take_events("time >= %s", (since,))
+        # Homes with no activity in the history are watched from now (the hard cap), not from its start.
+        self.state.resume_from[np.isnan(self.state.last_activity)] = now
         m.refresh_prior(self.state)
         self._last_prior = now
         self.conn.execute(
@@ -129,8 +135,11 @@ class DetectorService:
             hh.append(pos[0])
             dev.append(pos[1])
             t.append(float(ts))
+            if self.newest_event_time is None or float(ts) > self.newest_event_time:
+                self.newest_event_time = float(ts)
             kind.append(_KIND[k])
         self._seen_recent = seen_now
+        metrics.EVENTS_TAKEN.inc(len(hh))
         if hh:
             m.observe(self.state, np.array(hh), np.array(dev), np.array(t), np.array(kind), self.params)
         self.cursor = newest
@@ -159,7 +168,8 @@ class DetectorService:
             "SELECT gateway_id, extract(epoch FROM status_changed_at) FROM gateways WHERE status = 'offline'"
         ):
             for r in self.fleet.gateway_of.get(gateway_id, []):
-                st.gateway_offline_since[r] = float(changed) if changed is not None else now
+                # Clamped to now: a status stamped by a clock ahead of ours still waits out the grace.
+                st.gateway_offline_since[r] = min(float(changed), now) if changed is not None else now
 
     def _away(self, now: float) -> np.ndarray:
         away = np.full(self.state.n, np.nan)
@@ -194,7 +204,19 @@ class DetectorService:
                WHERE worker = %s""",
             (_ts(now), self.cursor, 1000 * (time.perf_counter() - started), counts["open"], self.worker),
         )
+        self.last_tick_at = now
+        metrics.record_tick(
+            seconds=time.perf_counter() - started, households=self.state.n,
+            opened=counts["opened_by_kind"], closed=counts["closed_by_kind"], open_now=counts["open_by_kind"],
+            lag_s=None if self.newest_event_time is None else now - self.newest_event_time, now=now)
         return counts
+
+    def ready(self, max_tick_age_s: float) -> bool:
+        """Readiness: the database answers and the latest tick is recent (on the detector's clock)."""
+        if self.last_tick_at is None or self.clock.now() - self.last_tick_at > max_tick_age_s:
+            return False
+        with psycopg.connect(self.url, connect_timeout=2) as conn:
+            return conn.execute("SELECT 1").fetchone() == (1,)
 
     def _evidence(self, sc: m.Scores, r: int, kind: str) -> tuple[str | None, float | None, dict[str, Any]]:
         iso = lambda x: _ts(float(x)).isoformat() if np.isfinite(x) else None  # noqa: E731
@@ -221,6 +243,8 @@ class DetectorService:
     def _write_incidents(self, sc: m.Scores, now: float) -> dict[str, int]:
         conditions = {"inactivity": sc.inactivity, "long_on": sc.long_on, "device_offline": sc.device_offline}
         opened = updated = closed = 0
+        opened_by_kind = dict.fromkeys(metrics.INCIDENT_KINDS, 0)
+        closed_by_kind = dict.fromkeys(metrics.INCIDENT_KINDS, 0)
         open_rows = {(h, k): (i, s) for i, h, k, s in self.conn.execute(
             "SELECT incident_id, household_id, kind, status FROM incidents WHERE status IN ('open', 'claimed') AND household_id IS NOT NULL")}
         index = {h: i for i, h in enumerate(self.fleet.households)}
@@ -247,6 +271,7 @@ class DetectorService:
                     ).fetchone()
                     if res and res[0]:
                         opened += 1
+                        opened_by_kind[kind] += 1
                     else:
                         updated += 1
                 # Conditions that cleared: an unclaimed incident closes itself (a claimed one waits for its watcher).
@@ -260,6 +285,7 @@ class DetectorService:
                         (_ts(now), _ts(now), outcome, incident_id),
                     )
                     closed += 1
+                    closed_by_kind[kind] += 1
             # Area outages: one incident per area.
             areas_out = sorted({self.fleet.areas[r] for r in np.flatnonzero(sc.area_outage) if self.fleet.areas[r]})
             for area in areas_out:
@@ -273,13 +299,18 @@ class DetectorService:
                     (area, _ts(now), _ts(now), float(down), json.dumps({"gateways_offline": down})),
                 ).fetchone()
                 opened += int(bool(res and res[0]))
-            self.conn.execute(
+                opened_by_kind["area_outage"] += int(bool(res and res[0]))
+            cur = self.conn.execute(
                 """UPDATE incidents SET status = 'resolved', closed_at = %s, updated_at = %s, outcome = 'auto_closed'
                    WHERE kind = 'area_outage' AND status = 'open' AND NOT (area = ANY(%s::text[]))""",
                 (_ts(now), _ts(now), areas_out),
             )
-        n_open = self.conn.execute("SELECT count(*) FROM incidents WHERE status IN ('open', 'claimed')").fetchone()[0]
-        return {"opened": opened, "updated": updated, "closed": closed, "open": int(n_open)}
+            closed += cur.rowcount
+            closed_by_kind["area_outage"] += cur.rowcount
+        open_by_kind = {k: int(n) for k, n in self.conn.execute(
+            "SELECT kind, count(*) FROM incidents WHERE status IN ('open', 'claimed') GROUP BY kind")}
+        return {"opened": opened, "updated": updated, "closed": closed, "open": sum(open_by_kind.values()),
+                "opened_by_kind": opened_by_kind, "closed_by_kind": closed_by_kind, "open_by_kind": open_by_kind}
 
     def close(self) -> None:
         self.conn.close()
@@ -290,6 +321,8 @@ def run_detector(settings: Any, *, database_url: str, clock: Clock, stop: thread
     """The service loop: tick until ``stop`` is set. Households/devices are reloaded hourly."""
     service = DetectorService(database_url, clock)
     last_reload = clock.now()
+    # Ready while the database answers and ticks keep coming (a rebuild or a slow tick may take a while).
+    register_readiness("detector", lambda: service.ready(max(120.0, 5 * tick_s)))
     try:
         while not stop.is_set():
             try:
@@ -305,4 +338,5 @@ def run_detector(settings: Any, *, database_url: str, clock: Clock, stop: thread
                 last_reload = clock.now()
             clock.sleep(tick_s)
     finally:
+        unregister_readiness("detector")
         service.close()

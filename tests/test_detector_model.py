@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -54,7 +56,7 @@ def fleet(kinds: list[list[int]], area: list[int] | None = None) -> m.FleetState
 
 
 def feed(state: m.FleetState, hh: int, rows: np.ndarray, until: float, *, tick: float = 600.0, since: float | None = None,
-         away_until: np.ndarray | None = None) -> list[tuple[float, m.Scores]]:
+         away_until: np.ndarray | None = None, p: m.DetectorParams = m.DEFAULT_PARAMS) -> list[tuple[float, m.Scores]]:
     """Feed one household's rows tick by tick up to ``until``; return the scores at each tick after ``since``."""
     out = []
     t = float(rows[0, 0]) if since is None else since
@@ -65,9 +67,9 @@ def feed(state: m.FleetState, hh: int, rows: np.ndarray, until: float, *, tick: 
         j = int(np.searchsorted(rows[:, 0], now, side="right")) if len(rows) else 0
         if j > i:
             b = rows[i:j]
-            m.observe(state, np.full(len(b), hh), b[:, 1].astype(int), b[:, 0], b[:, 2].astype(int))
+            m.observe(state, np.full(len(b), hh), b[:, 1].astype(int), b[:, 0], b[:, 2].astype(int), p)
             i = j
-        sc = m.score(state, now, away_until=away_until)
+        sc = m.score(state, now, away_until=away_until, p=p)
         if since is None or now >= since:
             out.append((now, sc))
         now += tick
@@ -151,7 +153,10 @@ def test_long_on_is_judged_per_device() -> None:
     rows += [(last + 18.2 * H, 0, m.EV_ON), (last + 21.5 * H, 1, m.EV_ON)]  # and nobody switches them off
     arr = np.array(sorted(rows))
     state = fleet([[m.DEV_BULB, m.DEV_BULB, m.DEV_MOTION]])
-    results = feed(state, 0, arr, last + 40 * H, since=last)
+    # Long-on itself is under test: without the routine rule (which here raises inactivity first, at
+    # 09:00, after the 06:00-08:00 bin that is active every day passed in silence).
+    no_routine = dataclasses.replace(m.DEFAULT_PARAMS, routine_p=2.0)
+    results = feed(state, 0, arr, last + 40 * H, since=last, p=no_routine)
     alarm = first_alarm(results, what="long_on")
     # Long-on speaks once the household is also quieter than usual (after the usual night).
     assert alarm is not None and last + 30.5 * H < alarm <= last + 36 * H, (alarm - last) / H
@@ -188,7 +193,20 @@ def test_area_outage_suppresses_welfare_alerts_there() -> None:
     assert not sc.inactivity[:8].any()  # suppressed in the outage area, even the ones still online
     assert (sc.suppressed[:8] == m.SUPPRESS_AREA).all()
     assert (sc.inactivity | sc.long_on)[8:].all()  # the other area is judged as usual (here: the hard caps)
-    assert sc.device_offline[down].all()
+    # The homes whose gateways are down are covered by the area's incident, not one ticket each.
+    assert sc.gateway_offline[down].all() and not sc.device_offline.any()
+
+
+def test_a_gateway_down_alone_is_a_device_problem_after_a_grace() -> None:
+    state = fleet([[m.DEV_BULB]] * 8, area=[0] * 8)
+    t0 = MONDAY + 8 * H
+    m.observe(state, np.arange(8), np.zeros(8, int), np.full(8, t0), np.full(8, m.EV_ON))
+    m.observe_gateway(state, np.array([3]), np.array([t0 + H]), np.array([False]))
+    grace = m.DEFAULT_PARAMS.gateway_grace_s
+    early = m.score(state, t0 + H + grace / 2)
+    assert not early.device_offline.any() and early.suppressed[3] == m.SUPPRESS_DEVICE  # welfare pauses at once
+    late = m.score(state, t0 + H + grace)
+    assert late.device_offline[3] and late.device_offline.sum() == 1 and not late.area_outage.any()
 
 
 def test_away_mode_pauses_welfare_alerts_until_it_ends() -> None:
@@ -242,3 +260,37 @@ def test_learning_does_not_depend_on_batching(batch: int) -> None:
     a, ref = learn(batch), learn(1)
     np.testing.assert_allclose(a.sil_hist.astype(np.float32), ref.sil_hist.astype(np.float32), rtol=0.02, atol=0.05)
     assert a.sil_hist[..., 0].sum() > 20
+
+
+def lights_only_days(days: int, *, seed: int = 5) -> np.ndarray:
+    """A bulbs-only home in winter daylight: the light on when getting up in the dark, off after
+    breakfast, nothing all day, on at dusk (about 17:00), off at bedtime."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for d in range(days):
+        mid = MONDAY + d * 86400
+        rows += [(mid + rng.uniform(6.0, 6.5) * H, 0, m.EV_ON), (mid + rng.uniform(7.3, 8.0) * H, 0, m.EV_OFF),
+                 (mid + rng.uniform(16.6, 17.4) * H, 0, m.EV_ON), (mid + rng.uniform(21.5, 22.3) * H, 0, m.EV_OFF)]
+    return np.array(sorted(rows))
+
+
+def test_no_sign_of_life_by_the_usual_morning_bin_alarms_by_the_routine() -> None:
+    # The morning light, on between 06:00 and 08:00 every day, not coming on after a quiet night: the
+    # 06:00-08:00 bin passing in silence (+ margin) alarms before the quantile of the night's silence.
+    state = fleet([[m.DEV_BULB]])
+    history = lights_only_days(28)
+    bed = float(history[-1, 0])  # the last evening's light off at bedtime, then nothing
+    results = feed(state, 0, history, bed + 24 * H, since=bed)
+    alarm = first_alarm(results)
+    morning_end = MONDAY + 28 * 86400 + 8 * H + m.DEFAULT_PARAMS.routine_margin_h * H
+    assert alarm is not None and morning_end <= alarm <= morning_end + 600, (alarm - bed) / H
+    assert dict(results)[alarm].inactivity_rule[0] == m.RULE_ROUTINE
+    # Without the routine rule the night's silence alarms only later.
+    no_routine = dataclasses.replace(m.DEFAULT_PARAMS, routine_p=2.0)
+    later = first_alarm(feed(fleet([[m.DEV_BULB]]), 0, history, bed + 24 * H, since=bed, p=no_routine))
+    assert later is None or later > alarm
+    # An ordinary day of the same home raises nothing.
+    state = fleet([[m.DEV_BULB]])
+    rows = lights_only_days(30)
+    results = feed(state, 0, rows, MONDAY + 30 * 86400, since=MONDAY + 28 * 86400)
+    assert first_alarm(results) is None and first_alarm(results, what="long_on") is None

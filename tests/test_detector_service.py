@@ -92,7 +92,9 @@ def test_simulated_collapse_becomes_an_incident_row(pg_url: str) -> None:
 def test_run_detector_loop_stops_and_offline_gateway_is_a_device_incident(pg_url: str) -> None:
     with psycopg.connect(pg_url) as conn:
         conn.execute("INSERT INTO households (household_id, display_name, area) VALUES ('h1', 'x', 'area-01')")
-        conn.execute("INSERT INTO gateways (gateway_id, household_id, area, status, status_changed_at) VALUES ('g1', 'h1', 'area-01', 'offline', now())")
+        # Offline for an hour already (past the grace a reboot gets).
+        conn.execute("INSERT INTO gateways (gateway_id, household_id, area, status, status_changed_at) VALUES ('g1', 'h1', 'area-01', 'offline', to_timestamp(%s))",
+                     (DEFAULT_START - H,))
         conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind) VALUES ('d1', 'g1', 'h1', 'bulb')")
     clock = ManualClock(DEFAULT_START)
     stop = threading.Event()
