@@ -10,7 +10,8 @@ import uuid
 
 import pytest
 from prometheus_client import REGISTRY
-from test_ingest_consumer import TcpProxy, count, event_msg, wait_until
+from bench.chaos import PgProxy
+from test_ingest_consumer import count, event_msg, wait_until
 
 from bench.ingest_bench import publish_raw
 from ingest.consumer import IngestService, run_ingest
@@ -105,10 +106,10 @@ def test_counters_histograms_gauges_and_readiness_follow_the_traffic(pg_url: str
 
 def test_readiness_fails_while_the_database_is_unreachable(pg_url: str, own_broker: embedded.EmbeddedBroker) -> None:
     url = MqttUrl.parse(own_broker.url)
-    proxy = TcpProxy(TcpProxy.target_of(pg_url))
+    proxy = PgProxy(pg_url)
     gw = f"gwr{uuid.uuid4().hex[:6]}"
     stop = threading.Event()
-    thread, svc = start(proxy.url_for(pg_url), url, stop)
+    thread, svc = start(proxy.url, url, stop)
     before = snapshot()
     try:
         publish_raw(url, [event_msg(gw, "d", i) for i in range(10)])
