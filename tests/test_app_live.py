@@ -207,3 +207,28 @@ def test_app_without_streams_holds_no_listener(world) -> None:
     with app_client(url, clock) as c:
         assert c.get("/api/me", headers=bearer(c, "watcher_a")).status_code == 200
         assert listeners(url) == []
+
+
+def test_safety_board_changes_are_live_ids_only_and_scoped(world) -> None:
+    """Migration 0041: an answer (or the worker's recognition) and a home gateway's status NOTIFY the
+    app's channel with ids only; heartbeats (last_seen_at) stay silent; only those who may see the
+    household are told (the safety board's viewers)."""
+    url, clock, _ids = world
+    now = as_datetime(clock.now())
+    with psycopg.connect(url, autocommit=True) as listener, psycopg.connect(url, autocommit=True) as conn:
+        check_id = conn.execute("INSERT INTO safety_checks (area, message, started_by, started_at)"
+                                " VALUES ('north', '地震がありました', 'coord_a', %s) RETURNING check_id", (now,)).fetchone()[0]
+        conn.execute("INSERT INTO safety_answers (check_id, household_id, updated_at) VALUES (%s, 'h1', %s)",
+                     (check_id, now))
+        listener.execute(f"LISTEN {CHANNEL}")
+        conn.execute("UPDATE safety_answers SET state = 'needs_help', how = 'app', note = '足をけがしました', updated_at = %s"
+                     " WHERE check_id = %s AND household_id = 'h1'", (now, check_id))
+        conn.execute("UPDATE gateways SET last_seen_at = %s WHERE gateway_id = 'gw-h1'", (now,))  # a heartbeat: silent
+        conn.execute("UPDATE gateways SET status = 'offline', status_changed_at = %s WHERE gateway_id = 'gw-h3'", (now,))
+        payloads = [n.payload for n in listener.notifies(timeout=1.5, stop_after=3)]
+        assert [json.loads(p) for p in payloads] == [{"t": "safety", "c": check_id, "h": "h1"}, {"t": "gateway", "h": "h3"}]
+        assert "足" not in " ".join(payloads)
+        answer, gateway = fold(payloads[:1]), fold(payloads[1:])
+        assert answer.household_changes == {"h1"} and gateway.household_changes == {"h3"}
+        assert {pid for pid in PEOPLE if touches(conn, _person(pid), answer)} == {"oper", "coord_a", "watcher_a", "resident_1"}
+        assert {pid for pid in PEOPLE if touches(conn, _person(pid), gateway)} == {"oper", "coord_b", "watcher_b"}

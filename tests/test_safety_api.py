@@ -155,7 +155,7 @@ def test_pages_board_and_resident_button(world) -> None:  # noqa: F811
         board_url = r.headers["location"]
         cid = int(board_url.rsplit("/", 1)[1])
         page = client.get(board_url)
-        assert page.status_code == 200 and 'id="count-no_answer">2<' in page.text and "data-safety-live" in page.text
+        assert page.status_code == 200 and 'id="count-no_answer">2<' in page.text and "data-safety-board" in page.text and f'data-live="/partials/safety/{cid}' in page.text
         frag = client.get(f"/partials/safety/{cid}?state=no_answer")
         assert frag.status_code == 200 and frag.text.count("sc-card b-no_answer") == 2
         assert client.get("/safety/static/safety.js").status_code == 200

@@ -173,6 +173,11 @@ def test_safety_check_over_200_homes_end_to_end(pg_url: str, own_broker: Embedde
             first_safe = int(page.inner_text("#count-safe"))
             assert first_safe < want["safe"]
             page.evaluate("window.__sameDocument = true")
+            # the board is live (LISTEN/NOTIFY → /live → fragment): switch its 30 s fallback poll off, so
+            # every update below must come from the live stream
+            assert page.evaluate("typeof window.mimamoriSafetyFallback") == "number"
+            page.evaluate("""() => { clearInterval(window.mimamoriSafetyFallback); window.__liveUpdates = 0;
+                document.addEventListener('live:updated', () => { window.__liveUpdates += 1; }); }""")
             _shot(page, "1_board_started")
 
             # residents answering by their personal link (from their in-app message), no login
@@ -206,10 +211,14 @@ def test_safety_check_over_200_homes_end_to_end(pg_url: str, own_broker: Embedde
                           if how in ("link_safe", "link_help", "offline_link") and homes[k]["household_id"] != by_phone]:
                     f.result()
 
-            # the board catches up by itself (fragment polling), exactly
+            # the board catches up by itself (live updates, no poll), exactly, well before the 30 s fallback
+            t_answered = time.monotonic()
             js = " && ".join(f"document.querySelector('#count-{s}').textContent.trim() === '{n}'" for s, n in want.items())
-            page.wait_for_function(f"() => {js}", timeout=30_000)
+            page.wait_for_function(f"() => {js}", timeout=15_000)
             t_board = time.monotonic() - t_start
+            board_after_answers = time.monotonic() - t_answered
+            live_updates = page.evaluate("window.__liveUpdates")
+            assert live_updates > 0 and board_after_answers < 15.0
             assert page.evaluate("window.__sameDocument") is True, "the board reloaded"
             board = api.get(f"/api/safety/checks/{check_id}/board", headers=auth).json()
             got = {h["household_id"]: h["state"] for h in board["households"]}
@@ -268,6 +277,8 @@ def test_safety_check_over_200_homes_end_to_end(pg_url: str, own_broker: Embedde
         (ARTIFACTS / "safety_e2e.json").write_text(json.dumps({
             "homes": HOMES, "counts": want, "recognition_latency_p50_s": round(p50, 3),
             "recognition_latency_max_s": round(worst, 3), "board_exact_after_s": round(t_board, 2),
+            "board_exact_after_last_answer_s": round(board_after_answers, 2), "board_live_updates": live_updates,
+            "board_fallback_poll": "off (live only)",
             "webhook_span_s": round(span, 2), "test_wall_s": round(time.monotonic() - started_test, 1)}, indent=2))
         print(f"recognition latency p50 {p50:.2f}s max {worst:.2f}s; board exact after {t_board:.1f}s")
     finally:

@@ -27,12 +27,15 @@ class Changes:
     away_households: set[str] = field(default_factory=set)
     notified_people: set[str] = field(default_factory=set)      # in-app notifications
     session_people: set[str] = field(default_factory=set)       # someone's session ended
+    #: a household's safety-check answer or a home gateway's status (0041): whoever may see the household
+    household_changes: set[str] = field(default_factory=set)
     #: the listener lost its connection: anything may have changed, every client refreshes
     resync: bool = False
 
     def __bool__(self) -> bool:
         return self.resync or any((self.incident_ids, self.incident_households, self.incident_areas,
-                                   self.away_households, self.notified_people, self.session_people))
+                                   self.away_households, self.notified_people, self.session_people,
+                                   self.household_changes))
 
     def add(self, payload: str) -> None:
         """Fold one NOTIFY payload in; anything malformed is ignored (it only ever costs a refresh)."""
@@ -49,6 +52,8 @@ class Changes:
                 self.incident_areas.add(data["a"])
         elif kind == "away" and isinstance(data.get("h"), str):
             self.away_households.add(data["h"])
+        elif kind in ("safety", "gateway") and isinstance(data.get("h"), str):
+            self.household_changes.add(data["h"])
         elif kind == "notification" and isinstance(data.get("p"), str):
             self.notified_people.add(data["p"])
         elif kind == "session" and isinstance(data.get("p"), str):
@@ -68,13 +73,14 @@ def touches(conn: psycopg.Connection, person: Person, changes: Changes) -> bool:
     Incidents and their timelines: the incident scope (watchers: their team's welfare alerts;
     residents: none). Statuses at a glance: a household's incident (device problem) or an area
     outage changes the home list of those who may see that household — not its resident, who does
-    not see the team's alerts. Away periods: anyone who may see the household. Notifications: only
-    their recipient."""
+    not see the team's alerts. Away periods, safety-check answers and home gateway statuses: anyone
+    who may see the household (the safety board shows only households in the viewer's scope).
+    Notifications: only their recipient."""
     if changes.resync or person.person_id in changes.notified_people:
         return True
     iwhere, iparams = _incident_scope(person)
     hwhere, hparams = household_scope_sql(person)
-    households = set(changes.away_households)
+    households = changes.away_households | changes.household_changes
     areas: set[str] = set()
     if person.role != "resident":
         households |= changes.incident_households

@@ -1,5 +1,6 @@
-"""The safety check's pages: the list and start form, the live board (a fragment fetched every
-2 s by ``/safety/static/safety.js``), a household's page (claim, on-behalf answer, timeline), and
+"""The safety check's pages: the list and start form, the live board (its fragment refetched when
+the app's live stream reports a change in the check — migration 0041 — with a 30 s fallback poll in
+``/safety/static/safety.js``), a household's page (claim, on-behalf answer, timeline), and
 the no-login answer page of a signed link. All rules are in ``safety.service``."""
 
 from __future__ import annotations

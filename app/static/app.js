@@ -3,14 +3,24 @@
 (function () {
   "use strict";
   var live = document.querySelectorAll("[data-live]");
-  function refresh() {
-    live.forEach(function (el) {
-      fetch(el.getAttribute("data-live"), { credentials: "same-origin", headers: { "accept": "text/html" } })
-        .then(function (r) { return r.ok ? r.text() : null; })
-        .then(function (html) { if (html !== null) { el.innerHTML = html; el.dispatchEvent(new CustomEvent("live:updated", { bubbles: true })); } })
-        .catch(function () {});
-    });
+  // One fetch per fragment at a time: changes arriving meanwhile cause one more fetch afterwards.
+  function refreshOne(el) {
+    if (el.__liveBusy) { el.__liveAgain = true; return; }
+    el.__liveBusy = true;
+    fetch(el.getAttribute("data-live"), { credentials: "same-origin", headers: { "accept": "text/html" } })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (html !== null && html !== el.innerHTML) { el.innerHTML = html; }
+        if (html !== null) { el.dispatchEvent(new CustomEvent("live:updated", { bubbles: true })); }
+      })
+      .catch(function () {})
+      .then(function () {
+        el.__liveBusy = false;
+        if (el.__liveAgain) { el.__liveAgain = false; refreshOne(el); }
+      });
   }
+  function refresh() { live.forEach(refreshOne); }
+  window.mimamoriRefresh = refresh;
   if (live.length && window.EventSource) {
     var es = new EventSource("/live");
     var first = true;

@@ -1,17 +1,12 @@
-// The safety board refreshes its fragment every 2 s (no reload, no framework).
+// The safety board is live: app.js refreshes its fragment ([data-live]) when the app's live stream
+// (/live, LISTEN/NOTIFY) says an answer, a claim or a gateway status of a household the viewer may
+// see has changed. This slow poll is only a fallback (a stream that silently stalled).
 (function () {
   "use strict";
-  var el = document.querySelector("[data-safety-live]");
+  var FALLBACK_MS = 30000;
+  var el = document.querySelector("[data-live][data-safety-board]");
   if (!el) { return; }
-  var busy = false;
-  function refresh() {
-    if (busy || document.hidden) { return; }
-    busy = true;
-    fetch(el.getAttribute("data-safety-live"), { credentials: "same-origin", headers: { "accept": "text/html" } })
-      .then(function (r) { return r.ok ? r.text() : null; })
-      .then(function (html) { if (html !== null && html !== el.innerHTML) { el.innerHTML = html; } })
-      .catch(function () {})
-      .then(function () { busy = false; });
-  }
-  window.setInterval(refresh, 2000);
+  window.mimamoriSafetyFallback = window.setInterval(function () {
+    if (!document.hidden && window.mimamoriRefresh) { window.mimamoriRefresh(); }
+  }, FALLBACK_MS);
 })();
