@@ -188,6 +188,9 @@ def test_engine_notifications_reach_the_watcher_in_app(world) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         while alerts_service.adopt_one(conn, clock, "test-worker") is not None:
             pass
+        # an entry naming someone outside h1's team and area (the other area's coordinator)
+        conn.execute("""INSERT INTO incident_timeline (incident_id, at, actor, action, channel, body, data)
+                        VALUES (%s, now(), NULL, 'notified', 'system', NULL, '{"people": ["coord_b"]}')""", (ids["h1"],))
     with app_client(url, clock) as c:
         h = bearer(c, "watcher_a")
         unread = c.get("/api/notifications/unread", headers=h).json()
@@ -196,10 +199,18 @@ def test_engine_notifications_reach_the_watcher_in_app(world) -> None:
         csrf = cookie_login(c, "watcher_a")
         home = c.get("/").text
         assert unread[0]["title"] in home
-        alert = c.get(f"/alerts/{ids['h1']}").text  # the engine's timeline, in words
+        alert = c.get(f"/alerts/{ids['h1']}").text  # the engine's timeline, in words (app/incidents/timeline.py)
         assert "チームへの連絡を始めました" in alert and "name-watcher_aさんに知らせました" in alert
+        assert "name-watcher_aさんにはアプリ以外の連絡手段がありません" in alert
+        # names only of the team, the area's coordinators and the reader; never the engine's codes or English
+        assert "name-coord_b" not in alert and "担当の方に知らせました" in alert
+        assert "no channel besides the app" not in alert and "unreachable" not in alert and "notified" not in alert
+        assert all("data" not in e for e in c.get(f"/api/incidents/{ids['h1']}", headers=h).json()["timeline"])
         assert c.post("/notifications/read", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
         assert c.get("/api/notifications/unread", headers=h).json() == []
+        c.get("/lang/en")
+        alert = c.get(f"/alerts/{ids['h1']}").text
+        assert "notified name-watcher_a" in alert and "name-watcher_a has no channel besides the app" in alert
 
 
 def test_pages_show_friendly_errors(world) -> None:
@@ -225,7 +236,13 @@ def test_coordinator_page_flows(world) -> None:
         r = c.post(f"/households/{hid}/team", data={"csrf_token": csrf, "person_id": "watcher_a", "tier": "2",
                                                      "relation": "近所"}, follow_redirects=False)
         assert r.status_code == 303
+        # the chain editor takes the claim_timeout option and shows the chain in words above its JSON
+        steps = [{"type": "notify", "tiers": [1]}, {"type": "claim_timeout", "minutes": 45, "grace_minutes": 15}]
+        r = c.post(f"/households/{hid}/chain", data={"csrf_token": csrf, "steps": json.dumps(steps)},
+                   follow_redirects=False)
+        assert r.status_code == 303
         page = c.get(f"/households/{hid}").text
+        assert "45分で向かった方に状況を尋ね" in page and "15分たっても" in page and "&#34;claim_timeout&#34;" in page
         assert "name-watcher_a" in page and "2026-01" in page  # team, paper consent
         # the coordinator is not on the team: the phone is "registered", its number is not shown
         assert "090-1" not in page and "登録済み" in page

@@ -1,6 +1,7 @@
 """The team timeline in words: every action the alert engine and the safety check can write has a
 Japanese and an English sentence (found by reading the engines' source, so a new action without a
-text fails here), people are named only where the reader may see them, raw codes never show."""
+text fails here), people are named only where the reader may see them, raw codes never show. (The
+alert page's timeline and the chain editor are checked in test_app_api.py, on its seeded world.)"""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import pytest
 import app.safety  # noqa: F401  (merges the safety check's strings)
 from app.i18n import MESSAGES
 from app.incidents.timeline import action_key, chain_step_text, describe
-from mimamori.clock import as_datetime
 from test_app_support import app_client, cookie_login, world  # noqa: F401
 
 ROOT = Path(__file__).parent.parent
@@ -147,48 +147,6 @@ def test_chain_steps_in_words_include_claim_timeout() -> None:
     assert "60 minutes" in chain_step_text("en", step)
     assert chain_step_text("ja", {"type": "notify", "tiers": [1]}) == "1番目の連絡先に知らせる"
     assert "unknown step" in chain_step_text("en", {"type": "teleport"})
-
-
-@pytest.mark.integration
-def test_alert_page_timeline_in_words_with_visible_names_only(world) -> None:  # noqa: F811
-    from alerts import service as alerts_service
-
-    url, clock, ids = world
-    with psycopg.connect(url, autocommit=True) as conn:
-        while alerts_service.adopt_one(conn, clock, "test-worker") is not None:
-            pass
-        # an entry naming someone outside h1's team and area (the other area's coordinator)
-        conn.execute("""INSERT INTO incident_timeline (incident_id, at, actor, action, channel, body, data)
-                        VALUES (%s, %s, NULL, 'notified', 'system', NULL, '{"people": ["coord_b"]}')""",
-                     (ids["h1"], as_datetime(clock.now())))
-    with app_client(url, clock) as c:
-        cookie_login(c, "watcher_a")
-        page = c.get(f"/alerts/{ids['h1']}").text
-        assert "チームへの連絡を始めました" in page
-        assert "name-watcher_aさんに知らせました" in page
-        assert "name-watcher_aさんにはアプリ以外の連絡手段がありません" in page
-        assert "name-coord_b" not in page and "担当の方に知らせました" in page
-        assert "no channel besides the app" not in page and "unreachable" not in page and "notified" not in page
-        api = c.get(f"/api/incidents/{ids['h1']}").json()
-        assert all("data" not in e for e in api["timeline"])  # the engines' raw data stays out of the API
-        c.get("/lang/en")
-        page = c.get(f"/alerts/{ids['h1']}").text
-        assert "notified name-watcher_a" in page and "name-watcher_a has no channel besides the app" in page
-
-
-@pytest.mark.integration
-def test_chain_editor_shows_claim_timeout(world) -> None:  # noqa: F811
-    url, clock, _ = world
-    steps = [{"type": "notify", "tiers": [1]}, {"type": "claim_timeout", "minutes": 45, "grace_minutes": 15}]
-    with app_client(url, clock) as c:
-        csrf = cookie_login(c, "coord_a")
-        import json
-
-        r = c.post("/households/h1/chain", data={"csrf_token": csrf, "steps": json.dumps(steps)}, follow_redirects=False)
-        assert r.status_code == 303
-        page = c.get("/households/h1").text
-        assert "45分で向かった方に状況を尋ね" in page and "15分たっても" in page
-        assert "&#34;claim_timeout&#34;" in page  # the JSON stays editable
 
 
 @pytest.mark.integration
