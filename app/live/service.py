@@ -1,5 +1,5 @@
 """What a live change means for one person: parsing the NOTIFY payloads of ``mimamori_app_live``
-(migration 0031; ids only) and deciding, with the same scope rules as every read, whether a batch
+(migrations 0031 and 0041; ids only) and deciding, with the same scope rules as every read, whether a batch
 of changes touches anything the person may see. Plain functions, no threads, no HTTP."""
 
 from __future__ import annotations
