@@ -153,10 +153,7 @@ def test_long_on_is_judged_per_device() -> None:
     rows += [(last + 18.2 * H, 0, m.EV_ON), (last + 21.5 * H, 1, m.EV_ON)]  # and nobody switches them off
     arr = np.array(sorted(rows))
     state = fleet([[m.DEV_BULB, m.DEV_BULB, m.DEV_MOTION]])
-    # Long-on itself is under test: without the routine rule (which here raises inactivity first, at
-    # 09:00, after the 06:00-08:00 bin that is active every day passed in silence).
-    no_routine = dataclasses.replace(m.DEFAULT_PARAMS, routine_p=2.0)
-    results = feed(state, 0, arr, last + 40 * H, since=last, p=no_routine)
+    results = feed(state, 0, arr, last + 40 * H, since=last)
     alarm = first_alarm(results, what="long_on")
     # Long-on speaks once the household is also quieter than usual (after the usual night).
     assert alarm is not None and last + 30.5 * H < alarm <= last + 36 * H, (alarm - last) / H
@@ -277,20 +274,20 @@ def lights_only_days(days: int, *, seed: int = 5) -> np.ndarray:
 def test_no_sign_of_life_by_the_usual_morning_bin_alarms_by_the_routine() -> None:
     # The morning light, on between 06:00 and 08:00 every day, not coming on after a quiet night: the
     # 06:00-08:00 bin passing in silence (+ margin) alarms before the quantile of the night's silence.
+    on = dataclasses.replace(m.DEFAULT_PARAMS, routine=True)  # off by default (see DetectorParams)
     state = fleet([[m.DEV_BULB]])
     history = lights_only_days(28)
     bed = float(history[-1, 0])  # the last evening's light off at bedtime, then nothing
-    results = feed(state, 0, history, bed + 24 * H, since=bed)
+    results = feed(state, 0, history, bed + 24 * H, since=bed, p=on)
     alarm = first_alarm(results)
-    morning_end = MONDAY + 28 * 86400 + 8 * H + m.DEFAULT_PARAMS.routine_margin_h * H
+    morning_end = MONDAY + 28 * 86400 + 8 * H + on.routine_margin_h * H
     assert alarm is not None and morning_end <= alarm <= morning_end + 600, (alarm - bed) / H
     assert dict(results)[alarm].inactivity_rule[0] == m.RULE_ROUTINE
     # Without the routine rule the night's silence alarms only later.
-    no_routine = dataclasses.replace(m.DEFAULT_PARAMS, routine_p=2.0)
-    later = first_alarm(feed(fleet([[m.DEV_BULB]]), 0, history, bed + 24 * H, since=bed, p=no_routine))
+    later = first_alarm(feed(fleet([[m.DEV_BULB]]), 0, history, bed + 24 * H, since=bed))
     assert later is None or later > alarm
     # An ordinary day of the same home raises nothing.
     state = fleet([[m.DEV_BULB]])
     rows = lights_only_days(30)
-    results = feed(state, 0, rows, MONDAY + 30 * 86400, since=MONDAY + 28 * 86400)
+    results = feed(state, 0, rows, MONDAY + 30 * 86400, since=MONDAY + 28 * 86400, p=on)
     assert first_alarm(results) is None and first_alarm(results, what="long_on") is None
