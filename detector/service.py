@@ -77,6 +77,21 @@ def load_fleet(conn: psycopg.Connection) -> tuple[Fleet, np.ndarray, np.ndarray,
     return fleet, kinds, area_idx, tz
 
 
+#: What the model's layout depends on: households (area, time zone), paired devices, gateways. A
+#: change means a rebuild; an unchanged fleet never needs one (the model is updated online).
+FLEET_FINGERPRINT_SQL = """
+SELECT (SELECT count(*) || ':' || coalesce(sum(hashtext(household_id || '|' || coalesce(area, '') || '|' || coalesce(timezone, ''))), 0)
+        FROM households),
+       (SELECT count(*) || ':' || coalesce(sum(hashtext(device_id || '|' || household_id || '|' || kind)), 0)
+        FROM devices WHERE household_id IS NOT NULL AND kind IS NOT NULL),
+       (SELECT count(*) || ':' || coalesce(sum(hashtext(gateway_id || '|' || coalesce(household_id, ''))), 0) FROM gateways)
+"""
+
+
+def fleet_fingerprint(conn: psycopg.Connection) -> tuple[str, ...]:
+    return tuple(conn.execute(FLEET_FINGERPRINT_SQL).fetchone())  # type: ignore[arg-type]
+
+
 class DetectorService:
     def __init__(self, database_url: str, clock: Clock, *, params: m.DetectorParams = m.DEFAULT_PARAMS,
                  history_days: float = 56.0, worker: str = "detector") -> None:
@@ -317,10 +332,13 @@ class DetectorService:
 
 
 def run_detector(settings: Any, *, database_url: str, clock: Clock, stop: threading.Event, tick_s: float = 60.0,
-                 reload_every_s: float = 3600.0) -> None:
-    """The service loop: tick until ``stop`` is set. Households/devices are reloaded hourly."""
+                 fleet_check_every_s: float = 30.0) -> None:
+    """The service loop: tick until ``stop`` is set. The model is rebuilt when households, devices or
+    gateways change (checked at most every ``fleet_check_every_s`` real seconds, so an accelerated
+    clock does not rebuild 56 days of history every simulated hour)."""
     service = DetectorService(database_url, clock)
-    last_reload = clock.now()
+    fingerprint = fleet_fingerprint(service.conn)
+    last_check = time.monotonic()
     # Ready while the database answers and ticks keep coming (a rebuild or a slow tick may take a while).
     register_readiness("detector", lambda: service.ready(max(120.0, 5 * tick_s)))
     try:
@@ -329,13 +347,25 @@ def run_detector(settings: Any, *, database_url: str, clock: Clock, stop: thread
                 counts = service.tick()
                 if counts["opened"] or counts["closed"]:
                     log.info("detector tick: %s", counts)
+                if time.monotonic() - last_check >= fleet_check_every_s:
+                    last_check = time.monotonic()
+                    now_fingerprint = fleet_fingerprint(service.conn)
+                    if now_fingerprint != fingerprint:
+                        service.rebuild()
+                        fingerprint = now_fingerprint
             except psycopg.OperationalError:
                 log.exception("detector tick failed; reconnecting")
                 service.close()
-                service = DetectorService(database_url, clock)
-            if clock.now() - last_reload >= reload_every_s:
-                service.rebuild()
-                last_reload = clock.now()
+                # A fresh service rebuilds from the database; while it is down, wait (never let the stage die).
+                while not stop.is_set():
+                    try:
+                        service = DetectorService(database_url, clock)
+                        fingerprint = fleet_fingerprint(service.conn)
+                        break
+                    except psycopg.OperationalError:
+                        log.warning("detector: database unavailable; retrying in 2 s")
+                        stop.wait(2.0)
+                continue
             clock.sleep(tick_s)
     finally:
         unregister_readiness("detector")
