@@ -104,6 +104,21 @@ def _render(state: _Progress, households: int, started: float, services: str, cl
     return Panel(Group(table, status), title="[bold]見守り mimamori demo[/]", subtitle=services)
 
 
+#: While fast-forwarding, the town must never fall behind the service's clock: a device whose
+#: heartbeats are hours late looks offline, and a home that looks offline is not judged.
+MAX_LAG_S = 900.0
+MIN_FAST_FORWARD = 120.0
+
+
+def _pace(clock: ScaledClock, lag_s: float, fast_forward: float) -> None:
+    """Slow the shared clock down when the simulated town lags behind it; speed up again when it
+    keeps up (a loaded machine feeds fewer events per second)."""
+    if lag_s > MAX_LAG_S and clock.speed > MIN_FAST_FORWARD:
+        clock.set_speed(max(MIN_FAST_FORWARD, clock.speed / 2))
+    elif lag_s < MAX_LAG_S / 4 and clock.speed < fast_forward:
+        clock.set_speed(min(fast_forward, clock.speed * 1.25))
+
+
 def _log_to_file(settings: Settings) -> Path:
     """The live panel owns the terminal: logs go to a file."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -200,8 +215,11 @@ def run_demo(
         workdir = Path(tempfile.mkdtemp(prefix="mimamori-demo-"))
 
         def on_progress(snapshot: dict[str, Any]) -> None:
-            if not state.fleet and isinstance(clock, ScaledClock) and state.first_alert is None:
-                clock.set_speed(fast_forward)
+            if isinstance(clock, ScaledClock) and state.first_alert is None:
+                if not state.fleet:
+                    clock.set_speed(fast_forward)
+                else:
+                    _pace(clock, clock.now() - snapshot["sim_time"], fast_forward)
             state.fleet.update(snapshot)
 
         def drive() -> None:
