@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,17 +18,10 @@ from gateway.service import Gateway
 from mimamori import embedded, mqtt, observability
 from mimamori.clock import SystemClock
 from mimamori.config import Settings
+from test_gateway_service import wait_for
 
 T0 = 1_767_225_600_000
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def scrape(gateway_id: str) -> dict[str, float]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -24,20 +23,13 @@ from gateway.outbox import Outbox
 from gateway.service import Gateway
 from mimamori import embedded, mqtt, observability, protocol
 from mimamori.clock import SystemClock
+from test_gateway_service import wait_for
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_767_225_600_000
 SETTLE = {"settle_s": 4.0}  # the gateways' settling window for these tests (real seconds)
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 class IngestLikeSubscriber:

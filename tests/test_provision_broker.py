@@ -22,6 +22,7 @@ from gateway.service import Gateway
 from mimamori import embedded, mqtt, protocol
 from mimamori.clock import SystemClock
 from mimamori.config import Settings
+from test_gateway_service import wait_for
 
 MOSQUITTO = embedded.shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 pytestmark = [
@@ -31,14 +32,6 @@ pytestmark = [
 
 T0 = 1_767_225_600_000
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def secure_config(port: int, broker_dir: Path, data_dir: Path) -> str:
