@@ -14,7 +14,8 @@ from typing import Any
 
 import psycopg
 
-from alerts.channels import AppriseSender, MqttBlinkSender, SendResult, WebPushSender
+from alerts import flows as alert_flows
+from alerts.channels import MqttBlinkSender, SendResult
 from mimamori.clock import Clock
 from safety import metrics, service
 from safety.throttle import Throttle
@@ -23,10 +24,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Senders:
-    apprise: AppriseSender
-    webpush: WebPushSender
-    mqtt: MqttBlinkSender | None = None
+class Senders(alert_flows.Senders):
+    """The alert engine's senders, with the MQTT blink sender made on first use."""
+
     #: makes ``mqtt`` on first use (a broker down when the worker starts must not stop it)
     mqtt_factory: Callable[[], MqttBlinkSender] | None = None
 
