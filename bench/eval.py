@@ -221,7 +221,8 @@ def run_systems(rp: Replay, *, tick_s: float = 600.0, params: m.DetectorParams =
             "history": float(state.slot_history[r])})
         log.update("long_on", sc.long_on, now, lambda r: {
             "switch": int(sc.long_on_switch[r]), "since": float(sc.long_on_since[r]), "hours": float(sc.long_on_hours[r]),
-            "alarm_after_h": float(state.sw_alarm_after_h[r, sc.long_on_switch[r]])})
+            "alarm_after_h": float(state.sw_alarm_after_h[r, sc.long_on_switch[r]]),
+            "silence_start": float(sc.silence_start[r]), "expected_by": float(sc.expected_by[r])})
         log.update("device_offline", sc.device_offline, now)
         log.update_extent("device_offline", sc.offline_devices.sum(axis=1) + sc.gateway_offline * m.MAX_DEVICES, now)
         area_alarm = np.zeros(n_areas, bool)

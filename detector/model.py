@@ -74,6 +74,8 @@ _FLAG_DOOR = np.uint8(1)  # the current silence began with a front-door event (r
 _FLAG_BLIND = np.uint8(2)  # part of the current silence was unobservable or paused: do not learn it
 _FLAG_REJUDGED = np.uint8(4)  # the threshold was recomputed from the end of that stretch
 _FLAG_MOVED_AFTER_DOOR = np.uint8(8)  # a motion sensor saw someone after the latest front-door event
+_FLAG_LIGHTS_OUT = np.uint8(16)  # the current silence began with the last light switched off at a lit, waking hour
+_FLAGS_OUT = np.uint8(_FLAG_DOOR | _FLAG_LIGHTS_OUT)  # the resident probably went out
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class DetectorParams:
     routine_p: float = 0.99  # above one day's decay (0.9755): a bin missed once is not trusted for weeks
     routine_margin_h: float = 1.0
     routine_min_days: float = 10.0
+    routine_night_share: float = 0.5  # ... for silences that began when this home usually goes to sleep
     anomalous_weight: float = 1.0  # weight of a silence that exceeded its own alarm threshold
     # Hard caps (safety nets): Kanazawa's 24 h off rule; long-on capped at 16 h (8 h would wake
     # everyone who sleeps with a light on).
@@ -125,6 +128,16 @@ class DetectorParams:
     # ... when the silence began at most this long after the door with no motion since (lights are
     # switched off on the way out, so the last event is often a switch just after the door).
     door_grace_s: float = 600.0
+    # Inferred away without a door sensor: the last light switched off, leaving the home dark, at an
+    # hour this home is usually lit when active (``lights_out_lit_share`` of its active hours), and
+    # not its bedtime (at most ``lights_out_long_share`` of all-off silences from that hour last
+    # ``lights_out_long_h``): people switch the lights off when they go out. Judged as "out" for up to
+    # ``door_away_cap_h``, like a door departure.
+    lights_out: bool = True
+    lights_out_lit_share: float = 0.5
+    lights_out_long_share: float = 0.2
+    lights_out_long_h: float = 6.0
+    lights_out_min_exposure: float = 3.0
     # Device health.
     heartbeat_timeout_s: float = 2 * 3600.0
     # A gateway offline this long is a device problem (a reboot or a firmware update takes minutes;
@@ -443,7 +456,7 @@ def observe(
     learnable = np.isfinite(prev)
     # The first silence of each household in the batch may have been paused, blind or door-started.
     first_mask = ~same
-    blind = (state.flags[hh] & (_FLAG_BLIND | _FLAG_DOOR)) != 0
+    blind = (state.flags[hh] & (_FLAG_BLIND | _FLAG_DOOR)) != 0  # a lights-out silence is learned: it says how long outings last
     learnable &= ~(first_mask & blind)
     # Inside the batch, a silence that began with a door event is not an at-home silence.
     out_after = _out_after_events(state, hh, dev, t, kind, same, p)
@@ -466,11 +479,35 @@ def observe(
     r_last = hh[last]
     state.last_activity[r_last] = np.fmax(state.last_activity[r_last], t[last])  # late arrivals never move it back
     moved = state.flags[r_last] & _FLAG_MOVED_AFTER_DOOR  # updated by _out_after_events
-    state.flags[r_last] = (np.where(out_after[last], _FLAG_DOOR, 0) | moved).astype(np.uint8)
+    lights_out = _lights_out_departure(state, r_last, t[last], kind[last], lit_after[last], p)
+    state.flags[r_last] = (np.where(out_after[last], _FLAG_DOOR, 0) | np.where(lights_out, _FLAG_LIGHTS_OUT, 0) | moved).astype(np.uint8)
     q, alarm, hist_n = silence_thresholds(state, r_last, state.last_activity[r_last], p)
     state.quantile_h[r_last] = q
     state.alarm_after_h[r_last] = alarm
     state.slot_history[r_last] = hist_n.astype(np.float16)
+
+
+def _lights_out_departure(state: FleetState, rows: np.ndarray, t: np.ndarray, kind: np.ndarray, lit_after: np.ndarray,
+                          p: DetectorParams) -> np.ndarray:
+    """For each household's latest activity event: did it switch the last light off at an hour the
+    home is usually lit while someone is up, and which is not its bedtime? Then the resident has
+    probably gone out (the dark home is how leaving looks in a home with bulbs only)."""
+    out = np.zeros(len(rows), bool)
+    cand = (kind == EV_OFF) & ~lit_after
+    if not p.lights_out or not cand.any():
+        return out
+    r = rows[cand]
+    _, hour = local_slot(t[cand], state.tz_offset_s[r])
+    dark = state.sil_hist[r, 0, hour].astype(np.float32)
+    k = int(np.searchsorted(SILENCE_EDGES_H, p.lights_out_long_h))
+    # Lit at this hour and the next (so not the morning, when daylight switches the lights off).
+    usually_lit = np.ones(len(r), bool)
+    for h in (hour, (hour + 1) % 24):
+        lit_exposure = state.sil_hist[r, 1, h, 0].astype(np.float32)
+        usually_lit &= lit_exposure >= p.lights_out_lit_share * (lit_exposure + state.sil_hist[r, 0, h, 0].astype(np.float32))
+    not_bedtime = (dark[:, 0] >= p.lights_out_min_exposure) & (dark[:, k] <= p.lights_out_long_share * dark[:, 0])
+    out[cand] = usually_lit & not_bedtime
+    return out
 
 
 def _out_after_events(state: FleetState, hh: np.ndarray, dev: np.ndarray, t: np.ndarray, kind: np.ndarray, same: np.ndarray,
@@ -615,6 +652,16 @@ def routine_alarm_at(state: FleetState, ref: np.ndarray, now: float, p: Detector
     rows = np.flatnonzero(later_day & (state.days_active >= p.routine_min_days))
     if not len(rows):
         return out
+    # Only a silence that began as this home's night (all lights off, at an hour from which its
+    # dark silences usually last the night): "went to bed and is not up". One that began in the
+    # afternoon and ran into the next day is mostly a night away, which misses the morning too.
+    _, start_hour = local_slot(ref[rows], state.tz_offset_s[rows])
+    dark = state.sil_hist[rows, 0, start_hour].astype(np.float32)
+    k = int(np.searchsorted(SILENCE_EDGES_H, p.lights_out_long_h))
+    night = (lit_context(state, rows) == 0) & (dark[:, 0] >= p.lights_out_min_exposure) & (dark[:, k] >= p.routine_night_share * dark[:, 0])
+    rows = rows[night]
+    if not len(rows):
+        return out
     days = state.days_active[rows].astype(np.float32)  # complete active days (bins of today may be counted already)
     reliable_rows = state.bin_days[rows].astype(np.float32) >= p.routine_p * days[:, None]
     keep = reliable_rows.any(axis=1)
@@ -709,7 +756,7 @@ def score(
     sc = np.nan_to_num(sc, nan=0.0).astype(np.float32)
     alarm_at = ref + alarm_h * 3600.0
     cap_at = ref + p.silence_cap_h * 3600.0
-    door = (state.flags & _FLAG_DOOR) != 0
+    door = (state.flags & _FLAGS_OUT) != 0
     door_until = start + p.door_away_cap_h * 3600.0
     alarm_at = np.minimum(alarm_at, cap_at)
     routine_at = routine_alarm_at(state, ref, now, p)
@@ -728,7 +775,7 @@ def score(
     # --- long-on: a device on unusually long while the household is quieter than usual -----
     on_h = (rel_now - state.sw_on_since) / np.float32(3600.0)  # NaN when off
     gate_h = p.on_silence_q * q + p.on_silence_frac * margin
-    door_out = ((state.flags & _FLAG_DOOR) != 0) & (now < start + p.door_away_cap_h * 3600.0)
+    door_out = ((state.flags & _FLAGS_OUT) != 0) & (now < start + p.door_away_cap_h * 3600.0)
     with np.errstate(invalid="ignore"):
         over = (on_h >= state.sw_alarm_after_h) & ((silence_h >= gate_h)[:, None] | ((on_h >= p.on_cap_h) & (silence_h >= p.on_cap_quiet_q * q)[:, None]))
     over &= ~door_out[:, None]  # a light left on by someone who went out

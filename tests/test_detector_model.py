@@ -291,3 +291,62 @@ def test_no_sign_of_life_by_the_usual_morning_bin_alarms_by_the_routine() -> Non
     rows = lights_only_days(30)
     results = feed(state, 0, rows, MONDAY + 30 * 86400, since=MONDAY + 28 * 86400, p=on)
     assert first_alarm(results) is None and first_alarm(results, what="long_on") is None
+
+
+def evening_outings_days(days: int, *, seed: int = 7) -> np.ndarray:
+    """``lights_only_days`` with a kitchen light (column 1) switched on and off for a few minutes each
+    evening hour while the living-room light (column 0) stays on, and an evening out every third day:
+    the living-room light switched off at about 18:00 when leaving, on again at about 20:00 when back."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for d in range(days):
+        mid = MONDAY + d * 86400
+        rows += [(mid + rng.uniform(6.0, 6.5) * H, 0, m.EV_ON), (mid + rng.uniform(7.3, 8.0) * H, 0, m.EV_OFF),
+                 (mid + rng.uniform(16.6, 17.4) * H, 0, m.EV_ON), (mid + rng.uniform(21.5, 22.3) * H, 0, m.EV_OFF)]
+        out = d % 3 == 0
+        if out:
+            rows += [(mid + rng.uniform(18.0, 18.4) * H, 0, m.EV_OFF), (mid + rng.uniform(20.0, 20.4) * H, 0, m.EV_ON)]
+        for hour in (17.5, 18.5, 19.5, 20.5):
+            if not (out and 18 <= hour <= 20.5):
+                t = mid + (hour + rng.uniform(0, 0.3)) * H
+                rows += [(t, 1, m.EV_ON), (t + rng.uniform(3, 8) * 60, 1, m.EV_OFF)]
+    return np.array(sorted(rows))
+
+
+def test_the_last_light_switched_off_on_a_lit_evening_is_a_departure_not_a_collapse() -> None:
+    # A bulbs-only home that goes out some evenings (light off at 18:00, back by 20:30) leaves for a
+    # night with family: light off at 18:10, dark until the next evening. Without a door sensor the
+    # dark home on an evening it is normally lit is how leaving looks: judged as out (for at most
+    # the away cap), not as a silence at home.
+    history = evening_outings_days(28)
+    leave = MONDAY + 28 * 86400 + 18.17 * H
+    day = np.array([(leave - 11 * H, 0, m.EV_ON), (leave - 10.3 * H, 0, m.EV_OFF), (leave - 1.1 * H, 0, m.EV_ON), (leave, 0, m.EV_OFF)])
+    rows = np.concatenate([history, day])
+    back = leave + 23 * H  # the next evening's light
+    results = feed(fleet([[m.DEV_BULB, m.DEV_BULB]]), 0, rows, back - 600, since=leave)
+    assert first_alarm(results) is None
+    # Held back as inferred away ("out"), which the service records as the reason.
+    assert all(sc.suppressed[0] == m.SUPPRESS_DOOR for now, sc in results if now > leave + 600)
+    # The same evening judged as a silence at home raises an alarm that night.
+    off = dataclasses.replace(m.DEFAULT_PARAMS, lights_out=False)
+    alarm = first_alarm(feed(fleet([[m.DEV_BULB, m.DEV_BULB]]), 0, rows, back - 600, since=leave, p=off))
+    assert alarm is not None and alarm < back - 600
+    # Not back at all: the away cap still raises it.
+    capped = first_alarm(feed(fleet([[m.DEV_BULB, m.DEV_BULB]]), 0, rows, leave + 30 * H, since=leave))
+    cap = leave + m.DEFAULT_PARAMS.door_away_cap_h * H
+    assert capped is not None and cap <= capped <= cap + 600
+
+
+def test_bedtime_and_the_morning_daylight_switch_off_are_not_departures() -> None:
+    history = evening_outings_days(28)
+    state = fleet([[m.DEV_BULB, m.DEV_BULB]])
+    bed = float(history[-1, 0])  # the last bedtime switch-off, at about 22:00
+    results = feed(state, 0, history, bed + 12 * H, since=bed)
+    assert all(sc.suppressed[0] == m.SUPPRESS_NONE for _, sc in results)
+    # The morning light goes off at about 07:30 because daylight came: not a departure either.
+    last_day = history[history[:, 0] >= MONDAY + 27 * 86400]
+    morning_off = float(last_day[1, 0])
+    assert 7.2 <= ((morning_off + TZ) % 86400) / H <= 8.0 and last_day[1, 2] == m.EV_OFF
+    state = fleet([[m.DEV_BULB, m.DEV_BULB]])
+    results = feed(state, 0, history[history[:, 0] <= morning_off], morning_off + 6 * H, since=morning_off)
+    assert all(sc.suppressed[0] == m.SUPPRESS_NONE for _, sc in results)
