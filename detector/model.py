@@ -128,6 +128,8 @@ class DetectorParams:
     # ... when the silence began at most this long after the door with no motion since (lights are
     # switched off on the way out, so the last event is often a switch just after the door).
     door_grace_s: float = 600.0
+    # ... unless the door came after this long with no other activity: then someone came in.
+    door_arrival_quiet_s: float = 7200.0
     # Inferred away without a door sensor: the last light switched off, leaving the home dark, at an
     # hour this home is usually lit when active (``lights_out_lit_share`` of its active hours), and
     # not its bedtime (at most ``lights_out_long_share`` of all-off silences from that hour last
@@ -523,6 +525,15 @@ def _out_after_events(state: FleetState, hh: np.ndarray, dev: np.ndarray, t: np.
     hh_start = np.maximum.accumulate(np.where(first, idx, 0))
     is_door = (state.dev_kind[hh, dev] == DEV_DOOR) & np.isin(kind, (EV_OPEN, EV_CLOSE))
     is_motion = kind == EV_MOTION
+    if p.door_arrival_quiet_s > 0 and is_door.any():
+        # A door after a quiet home is someone coming in, not going out (a resident who collapses
+        # just inside the door must not be taken for out): quiet = no other activity before it.
+        last_other = np.maximum.accumulate(np.where(~is_door, idx, -1))
+        other_in_batch = (last_other >= hh_start) & (last_other < idx)
+        before = np.where(other_in_batch, t[np.maximum(last_other, 0)], state.last_activity[hh])
+        with np.errstate(invalid="ignore"):
+            arrival = ~((t - before) < p.door_arrival_quiet_s)  # never active before: an arrival too
+        is_door &= ~arrival
     last_door = np.maximum.accumulate(np.where(is_door, idx, -1))
     last_motion = np.maximum.accumulate(np.where(is_motion, idx, -1))
     door_in_batch = last_door >= hh_start

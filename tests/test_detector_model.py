@@ -350,3 +350,40 @@ def test_bedtime_and_the_morning_daylight_switch_off_are_not_departures() -> Non
     state = fleet([[m.DEV_BULB, m.DEV_BULB]])
     results = feed(state, 0, history[history[:, 0] <= morning_off], morning_off + 6 * H, since=morning_off)
     assert all(sc.suppressed[0] == m.SUPPRESS_NONE for _, sc in results)
+
+
+def days_with_outings(days: int, *, seed: int = 11) -> np.ndarray:
+    """A home with a bulb, a motion sensor and a front door (columns 0, 1, 2): busy days, out every
+    afternoon from about 14:00 to 16:00 through the door."""
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[float, int, int]] = []
+    for d in range(days):
+        mid = MONDAY + d * 86400
+        leave, back = mid + rng.uniform(13.8, 14.2) * H, mid + rng.uniform(15.8, 16.2) * H
+        day = [r for r in busy_day(rng, mid, rng.uniform(6.5, 7.5), rng.uniform(21.5, 22.5), (0, 1)) if not leave - 60 <= r[0] <= back + 60]
+        rows += day + [(leave, 2, m.EV_OPEN), (leave + 20, 2, m.EV_CLOSE), (back, 2, m.EV_OPEN), (back + 20, 2, m.EV_CLOSE),
+                       (back + 120, 1, m.EV_MOTION)]
+    return np.array(sorted(rows))
+
+
+def test_the_front_door_means_out_when_leaving_and_in_when_coming_home() -> None:
+    history = days_with_outings(28)
+    kinds = [[m.DEV_BULB, m.DEV_MOTION, m.DEV_DOOR]]
+    mid = MONDAY + 28 * 86400
+    morning = np.array([(mid + 7 * H + k * 600, 1, m.EV_MOTION) for k in range(40)])  # 07:00-13:30
+    leave = mid + 14 * H
+    # Out through the door for a night with family: held as "out", no alarm for the day away.
+    rows = np.concatenate([history, morning, [(leave, 2, m.EV_OPEN), (leave + 20, 2, m.EV_CLOSE)]])
+    results = feed(fleet(kinds), 0, rows, leave + 24 * H, since=leave)
+    assert first_alarm(results) is None
+    assert results[-1][1].suppressed[0] == m.SUPPRESS_DOOR
+    # Back at 16:30 through the door, and nothing more (a fall just inside): the door after more than
+    # two quiet hours is an arrival, so the silence is judged at home and alarms within hours.
+    back = mid + 16.5 * H
+    rows = np.concatenate([history, morning, [(leave, 2, m.EV_OPEN), (leave + 20, 2, m.EV_CLOSE), (back, 2, m.EV_OPEN), (back + 20, 2, m.EV_CLOSE)]])
+    alarm = first_alarm(feed(fleet(kinds), 0, rows, back + 30 * H, since=back))
+    assert alarm is not None and alarm <= back + 16 * H, (alarm - back) / H if alarm else None
+    # Taken for a departure (the rule off), the same fall waits for the away cap.
+    no_arrivals = dataclasses.replace(m.DEFAULT_PARAMS, door_arrival_quiet_s=0.0)
+    late = first_alarm(feed(fleet(kinds), 0, rows, back + 30 * H, since=back, p=no_arrivals))
+    assert late is not None and late >= back + m.DEFAULT_PARAMS.door_away_cap_h * H - 600
