@@ -779,17 +779,22 @@ def enqueue_notice(conn: psycopg.Connection, inc: dict[str, Any], people: Sequen
                         ch["channel_id"], notice, urgent, payload, now, send_at + order * 0.001) is not None:
                 pending += 1
         if not mine and notice in ("alert", "technical"):
-            pending += report_unreachable(conn, inc, person_id, now, reason="no channel besides the app")
+            pending += report_unreachable(conn, inc, person_id, now, reason="no_channel")
     if pending:
         conn.execute("SELECT pg_notify(%s, %s)", (DELIVERIES_CHANNEL, str(inc["incident_id"])))
     return pending
 
 
+UNREACHABLE_REASONS = {"no_channel": "no channel besides the app", "all_failed": "every channel failed"}
+
+
 def report_unreachable(conn: psycopg.Connection, inc: dict[str, Any], person_id: str, now: float, *, reason: str) -> int:
     """Tell the area's coordinator that ``person_id`` cannot be reached (a timeline row each time; the
-    coordinator is notified once per incident and person)."""
+    coordinator is notified once per incident and person). ``reason``: a key of ``UNREACHABLE_REASONS``,
+    kept as a code in the entry's data (readers translate it) beside the English note in its body."""
     team = load_team(conn, inc["household_id"], inc["eff_area"])
-    _timeline(conn, inc["incident_id"], now, None, "unreachable", "system", reason, {"person_id": person_id})
+    _timeline(conn, inc["incident_id"], now, None, "unreachable", "system", UNREACHABLE_REASONS[reason],
+              {"person_id": person_id, "reason": reason})
     targets = [c for c in team.coordinators if c != person_id]
     if not targets:
         return 0
@@ -967,4 +972,4 @@ def record_delivery(conn: psycopg.Connection, row: dict[str, Any], *, ok: bool, 
         if still is None:
             inc = incident_row(conn, incident_id)
             assert inc is not None
-            report_unreachable(conn, inc, row["person_id"], now, reason="every channel failed")
+            report_unreachable(conn, inc, row["person_id"], now, reason="all_failed")

@@ -251,6 +251,10 @@ def test_failed_channel_retries_with_backoff_then_reports_to_coordinator(conn: p
     wait_for(lambda: notices(conn, town.coordinator).count("unreachable") == 2, what="second unreachable report")
     trail = actions(conn, iid)
     assert trail.count("unreachable") == 2 and "delivery_failed" in trail
+    # Each report carries its reason as a code the app translates (not only an English note).
+    reasons = conn.execute("""SELECT data->>'reason', data->>'person_id' FROM incident_timeline
+                              WHERE incident_id = %s AND action = 'unreachable' ORDER BY entry_id""", (iid,)).fetchall()
+    assert reasons == [("no_channel", no_channel), ("all_failed", broken)]
 
 
 def test_outcomes_feed_back(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:

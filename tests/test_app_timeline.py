@@ -133,6 +133,10 @@ def test_names_reasons_and_unknown_actions() -> None:
     assert "アプリ以外の連絡手段がありません" in describe("ja", unreachable, names)
     assert "見守り 太郎" in describe("ja", unreachable, names)
     assert describe("ja", {**unreachable, "data": {"person_id": "stranger"}}, names).startswith("担当の方")
+    # The engine now records the reason as a code in the data; the body is only an English note.
+    coded = {"action": "unreachable", "body": "whatever the note says", "data": {"person_id": "w1", "reason": "all_failed"}}
+    assert "どの連絡手段でも届きませんでした" in describe("ja", coded, names)
+    assert "アプリ以外" in describe("ja", {**coded, "data": {"person_id": "w1", "reason": "no_channel"}}, names)
     unknown = {"action": "some_future_action", "data": {}}
     assert describe("ja", unknown, names) == "（その他の記録）"
     assert describe("en", unknown, names) == "(another recorded step)"

@@ -103,9 +103,11 @@ def action_key(entry: Mapping[str, Any]) -> str:
         specific = f"tl_{action}_{data.get('reason')}"
         return specific if specific in MESSAGES else f"tl_{action}"
     if action == "unreachable":
-        reason = {"no channel besides the app": "no_channel", "every channel failed": "all_failed"}.get(
+        # The engine records a reason code; entries written before it had only the English note.
+        reason = data.get("reason") or {"no channel besides the app": "no_channel", "every channel failed": "all_failed"}.get(
             str(entry.get("body") or ""))
-        return f"tl_unreachable_{reason}" if reason else "tl_unreachable"
+        specific = f"tl_unreachable_{reason}"
+        return specific if specific in MESSAGES else "tl_unreachable"
     key = f"tl_{action}"
     return key if key in MESSAGES else "tl_unknown"
 
