@@ -6,19 +6,21 @@ import json
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Path, Request, Response
+from fastapi import APIRouter, Depends, Form, Path, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.datastructures import FormData
 
 from app.auth import service as auth_service
 from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
 from app.errors import Invalid
-from app.households import service
+from app.households import chain_form, service
 from app.households.heatmap import heatmap_svg
 from app.households.models import AwayIn, ChainIn, HouseholdDetail, HouseholdIn, HouseholdSummary, TeamMemberIn
 from app.i18n import request_locale, translate
 from app.incidents import service as incidents
 from app.models import ID_PATTERN
+from app.scope import require_manager
 from app.templating import render
 
 api = APIRouter(prefix="/api/households", tags=["households"])
@@ -114,9 +116,28 @@ def _chain_text(conn: Any, person: Any, household_id: str) -> str:
     return json.dumps(steps, ensure_ascii=False, indent=1)
 
 
-@pages.get("/households/{household_id}")
-def household_page(household_id: HouseholdId, request: Request, person: CurrentPerson, conn: Conn,
-                   clock: ClockDep) -> Response:
+def _tier_options(team: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tiers the editor offers: the team's (with who is on each), 1–3 always, and any a step names."""
+    tiers = {1, 2, 3} | {int(m["tier"]) for m in team if m.get("tier")}
+    tiers |= {int(t) for r in rows for t in r.get("tiers", []) if str(t).isdigit() and int(t) in chain_form.TIERS}
+    return [{"tier": t, "names": [m["display_name"] for m in team if m.get("tier") == t]} for t in sorted(tiers)]
+
+
+def _people_options(team: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The team's people, then anyone a step names who is no longer on the team (shown by id)."""
+    people = [{"person_id": m["person_id"], "name": m["display_name"]} for m in team]
+    known = {p["person_id"] for p in people}
+    for r in rows:
+        for pid in r.get("people", []):
+            if pid not in known:
+                known.add(pid)
+                people.append({"person_id": pid, "name": pid})
+    return people
+
+
+def _household_page(request: Request, person: Any, conn: Any, clock: Any, household_id: str, *,
+                    chain_rows: list[dict[str, Any]] | None = None, chain_errors: list[Any] | None = None,
+                    status_code: int = 200) -> Response:
     h = service.get_household(conn, clock, person, household_id)
     locale = request_locale(request)
     svg = heatmap_svg(h["heatmap"], title=translate(locale, "heatmap_title"), locale=locale)
@@ -125,7 +146,23 @@ def household_page(household_id: HouseholdId, request: Request, person: CurrentP
         extra["watchers"] = service.area_watchers(conn, person)
         extra["chain"] = _chain_text(conn, person, household_id)
         extra["chain_steps"] = json.loads(extra["chain"])
-    return render(request, "household.html", h=h, heatmap_svg=svg, **extra)
+        rows = chain_rows if chain_rows is not None else chain_form.rows_from_steps(extra["chain_steps"])
+        errors = chain_errors or []
+        extra["chain_editor"] = {
+            "rows": rows, "kinds": chain_form.STEP_KINDS, "numbers": chain_form.NUMBER_FIELDS,
+            "defaults": chain_form.NEW_STEP_DEFAULTS,
+            "tiers": _tier_options(h["team"], rows), "people": _people_options(h["team"], rows),
+            "errors": {e.index: translate(locale, e.key, step=e.index + 1, **e.values) for e in errors if e.index is not None},
+            "general_errors": [translate(locale, e.key, **e.values) for e in errors if e.index is None],
+            "unsaved": chain_rows is not None,
+        }
+    return render(request, "household.html", status_code=status_code, h=h, heatmap_svg=svg, **extra)
+
+
+@pages.get("/households/{household_id}")
+def household_page(household_id: HouseholdId, request: Request, person: CurrentPerson, conn: Conn,
+                   clock: ClockDep) -> Response:
+    return _household_page(request, person, conn, clock, household_id)
 
 
 @pages.post("/households/{household_id}/team")
@@ -143,15 +180,40 @@ def team_remove_submit(household_id: HouseholdId, member_id: Annotated[str, Path
     return RedirectResponse(f"/households/{household_id}?msg=saved", status_code=303)
 
 
+async def _posted_form(request: Request) -> FormData:
+    return await request.form()  # the CSRF check has read (and cached) it already
+
+
+PostedForm = Annotated[FormData, Depends(_posted_form)]
+
+
 @pages.post("/households/{household_id}/chain")
-def chain_submit(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep,
-                 steps: Annotated[str, Form(max_length=20000)]) -> Response:
-    try:
-        parsed = json.loads(steps)
-    except ValueError as exc:
-        raise Invalid("the steps are not valid JSON") from exc
-    incidents.set_chain(conn, clock, person, household_id, parsed)
-    return RedirectResponse(f"/households/{household_id}?msg=saved", status_code=303)
+def chain_submit(household_id: HouseholdId, request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep,
+                 form: PostedForm) -> Response:
+    """The chain editor: the structured form (its edit buttons re-render without saving; "save"
+    validates and saves), or the advanced JSON text (field ``steps``), as before."""
+    if "steps" in form:
+        text = str(form["steps"])
+        if len(text) > 20000:
+            raise Invalid("the steps are too long")
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise Invalid("the steps are not valid JSON") from exc
+        incidents.set_chain(conn, clock, person, household_id, parsed)
+        return RedirectResponse(f"/households/{household_id}?msg=saved", status_code=303)
+    require_manager(person)
+    rows = chain_form.rows_from_form(form)
+    op = str(form.get("op") or "save")
+    if op != "save":
+        rows = chain_form.apply_edit(rows, op, str(form.get("new_kind") or "wait"))
+        return _household_page(request, person, conn, clock, household_id, chain_rows=rows)
+    steps, errors = chain_form.steps_from_rows(rows)
+    if errors:
+        return _household_page(request, person, conn, clock, household_id, chain_rows=rows, chain_errors=errors,
+                               status_code=422)
+    incidents.set_chain(conn, clock, person, household_id, steps)
+    return RedirectResponse(f"/households/{household_id}?msg=saved#chain-editor", status_code=303)
 
 
 def _back(person: Any, household_id: str) -> str:

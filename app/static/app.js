@@ -52,6 +52,19 @@
     show();
   });
   window.mimamoriSpellDate = spellDate;
+  // Chain editor: show only the fields of each step's chosen kind (without JS, a button re-renders).
+  document.documentElement.classList.add("js");
+  function showKindFields(select) {
+    var step = select.closest(".chain-step");
+    if (!step) { return; }
+    step.setAttribute("data-kind", select.value);
+    step.querySelectorAll("[data-kinds]").forEach(function (el) {
+      el.hidden = el.getAttribute("data-kinds").split(" ").indexOf(select.value) < 0;
+    });
+  }
+  document.addEventListener("change", function (e) {
+    if (e.target.classList && e.target.classList.contains("chain-kind")) { showKindFields(e.target); }
+  });
   document.addEventListener("submit", function (e) {
     var msg = e.target.getAttribute("data-confirm");
     if (msg && !window.confirm(msg)) { e.preventDefault(); }
