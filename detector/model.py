@@ -94,6 +94,9 @@ class DetectorParams:
     margin_h: float = 3.0
     margin_frac: float = 0.25
     min_alarm_h: float = 3.0
+    # ... for an all-off silence that began at a waking hour of this home (see ``dark_silence_kind``).
+    day_margin_h: float = 2.0
+    day_margin_frac: float = 0.1
     alpha: float = 1e-3  # score threshold = -log10(alpha)
     tail_tau_h: float = 3.0  # extrapolation past the last edge
     min_history: float = 6.0  # less exposure than this behind a threshold: the "population prior" rule
@@ -105,8 +108,7 @@ class DetectorParams:
     routine: bool = False
     routine_p: float = 0.99  # above one day's decay (0.9755): a bin missed once is not trusted for weeks
     routine_margin_h: float = 1.0
-    routine_min_days: float = 10.0
-    routine_night_share: float = 0.5  # ... for silences that began when this home usually goes to sleep
+    routine_min_days: float = 10.0  # ... only for silences that began as the home's night (see ``night_share``)
     anomalous_weight: float = 1.0  # weight of a silence that exceeded its own alarm threshold
     # Hard caps (safety nets): Kanazawa's 24 h off rule; long-on capped at 16 h (8 h would wake
     # everyone who sleeps with a light on).
@@ -132,14 +134,19 @@ class DetectorParams:
     door_arrival_quiet_s: float = 7200.0
     # Inferred away without a door sensor: the last light switched off, leaving the home dark, at an
     # hour this home is usually lit when active (``lights_out_lit_share`` of its active hours), and
-    # not its bedtime (at most ``lights_out_long_share`` of all-off silences from that hour last
-    # ``lights_out_long_h``): people switch the lights off when they go out. Judged as "out" for up to
+    # not its bedtime (fewer than ``night_share`` of all-off silences from that hour last
+    # ``night_long_h``): people switch the lights off when they go out. Judged as "out" for up to
     # ``door_away_cap_h``, like a door departure.
     lights_out: bool = True
     lights_out_lit_share: float = 0.5
-    lights_out_long_share: float = 0.2
-    lights_out_long_h: float = 6.0
-    lights_out_min_exposure: float = 3.0
+    # The home's long-silence hours: an hour from which at least ``night_share`` of its all-off
+    # silences lasted ``night_long_h`` (with ``night_min_exposure`` of them seen): bedtime, and in a
+    # bulbs-only home the morning switch-off before a day without lights. A dark silence that began
+    # then may be a night (the routine rule judges only those); one that began at another (waking)
+    # hour gets the day margin, and a switch-off then on a lit evening may be a departure (lights-out).
+    night_share: float = 0.5
+    night_long_h: float = 6.0
+    night_min_exposure: float = 3.0
     # Device health.
     heartbeat_timeout_s: float = 2 * 3600.0
     # A gateway offline this long is a device problem (a reboot or a firmware update takes minutes;
@@ -313,6 +320,17 @@ def lit_context(state: FleetState, rows: np.ndarray) -> np.ndarray:
     return (~np.isnan(state.sw_on_since[rows])).any(axis=1).astype(np.int64)
 
 
+def dark_silence_kind(state: FleetState, rows: np.ndarray, hour: np.ndarray, p: DetectorParams) -> tuple[np.ndarray, np.ndarray]:
+    """(known, long) for all-off silences of ``rows`` beginning at local ``hour``: ``known`` when the
+    home has seen enough of them (``night_min_exposure``), ``long`` when at least ``night_share`` of
+    them lasted ``night_long_h`` — its bedtime, or in a bulbs-only home also the morning switch-off
+    after which nothing happens until dusk. Short ones are a waking hour's (an outing, a chore)."""
+    dark = state.sil_hist[rows, 0, hour].astype(np.float32)
+    k = int(np.searchsorted(SILENCE_EDGES_H, p.night_long_h))
+    known = dark[:, 0] >= p.night_min_exposure
+    return known, known & (dark[:, k] >= p.night_share * dark[:, 0])
+
+
 def silence_thresholds(state: FleetState, rows: np.ndarray, start: np.ndarray, p: DetectorParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(quantile_h, alarm_after_h, history) for silences of households ``rows`` that began at ``start``
     (in the light context the households are in now: nothing can switch during a silence)."""
@@ -325,7 +343,14 @@ def silence_thresholds(state: FleetState, rows: np.ndarray, start: np.ndarray, p
     pooled = own + p.neighbour_weight * nb + p.other_context_weight * other
     prior = state.prior_sil[state.has_motion[rows].astype(np.int64), ctx, hour]
     q = _quantile(pooled, prior, SILENCE_EDGES_H, p.prior_strength, p.beta, p.tail_tau_h)
-    alarm = np.clip(q + p.margin_h + p.margin_frac * q, p.min_alarm_h, p.silence_cap_h).astype(np.float32)
+    # A dark silence from a waking hour of this home (its dark silences from then are usually short:
+    # an outing, a chore) ends with a regular event; one from bedtime ends with waking up, which
+    # varies more (sleeping late): the waking hour's needs less margin.
+    known, long = dark_silence_kind(state, rows, hour, p)
+    day = (ctx == 0) & known & ~long
+    margin_h = np.where(day, p.day_margin_h, p.margin_h).astype(np.float32)
+    margin_frac = np.where(day, p.day_margin_frac, p.margin_frac).astype(np.float32)
+    alarm = np.clip(q + margin_h + margin_frac * q, p.min_alarm_h, p.silence_cap_h).astype(np.float32)
     return q, alarm, pooled[:, 0]
 
 
@@ -500,15 +525,13 @@ def _lights_out_departure(state: FleetState, rows: np.ndarray, t: np.ndarray, ki
         return out
     r = rows[cand]
     _, hour = local_slot(t[cand], state.tz_offset_s[r])
-    dark = state.sil_hist[r, 0, hour].astype(np.float32)
-    k = int(np.searchsorted(SILENCE_EDGES_H, p.lights_out_long_h))
+    known, long = dark_silence_kind(state, r, hour, p)
     # Lit at this hour and the next (so not the morning, when daylight switches the lights off).
     usually_lit = np.ones(len(r), bool)
     for h in (hour, (hour + 1) % 24):
         lit_exposure = state.sil_hist[r, 1, h, 0].astype(np.float32)
         usually_lit &= lit_exposure >= p.lights_out_lit_share * (lit_exposure + state.sil_hist[r, 0, h, 0].astype(np.float32))
-    not_bedtime = (dark[:, 0] >= p.lights_out_min_exposure) & (dark[:, k] <= p.lights_out_long_share * dark[:, 0])
-    out[cand] = usually_lit & not_bedtime
+    out[cand] = usually_lit & known & ~long
     return out
 
 
@@ -667,10 +690,7 @@ def routine_alarm_at(state: FleetState, ref: np.ndarray, now: float, p: Detector
     # dark silences usually last the night): "went to bed and is not up". One that began in the
     # afternoon and ran into the next day is mostly a night away, which misses the morning too.
     _, start_hour = local_slot(ref[rows], state.tz_offset_s[rows])
-    dark = state.sil_hist[rows, 0, start_hour].astype(np.float32)
-    k = int(np.searchsorted(SILENCE_EDGES_H, p.lights_out_long_h))
-    night = (lit_context(state, rows) == 0) & (dark[:, 0] >= p.lights_out_min_exposure) & (dark[:, k] >= p.routine_night_share * dark[:, 0])
-    rows = rows[night]
+    rows = rows[(lit_context(state, rows) == 0) & dark_silence_kind(state, rows, start_hour, p)[1]]
     if not len(rows):
         return out
     days = state.days_active[rows].astype(np.float32)  # complete active days (bins of today may be counted already)

@@ -387,3 +387,20 @@ def test_the_front_door_means_out_when_leaving_and_in_when_coming_home() -> None
     no_arrivals = dataclasses.replace(m.DEFAULT_PARAMS, door_arrival_quiet_s=0.0)
     late = first_alarm(feed(fleet(kinds), 0, rows, back + 30 * H, since=back, p=no_arrivals))
     assert late is not None and late >= back + m.DEFAULT_PARAMS.door_away_cap_h * H - 600
+
+
+def test_a_dark_silence_from_a_waking_hour_gets_the_day_margin_and_bedtime_the_full_one() -> None:
+    # The home's all-off silences from about 18:00 are its short evenings out; from about 22:00 its nights.
+    state = fleet([[m.DEV_BULB, m.DEV_BULB]])
+    rows = evening_outings_days(28)
+    m.observe(state, np.zeros(len(rows), np.int64), rows[:, 1].astype(int), rows[:, 0], rows[:, 2].astype(int))
+    p = m.DEFAULT_PARAMS
+    assert not m.lit_context(state, np.array([0]))[0]  # the day ended with the light off
+    evening, bedtime = MONDAY + 28 * 86400 + np.array([18.2, 22.0]) * H
+    hours = m.local_slot(np.array([evening, bedtime]), state.tz_offset_s[[0, 0]])[1]
+    known, long = m.dark_silence_kind(state, np.array([0, 0]), hours, p)
+    assert known.all() and list(long) == [False, True]
+    q, alarm, _ = m.silence_thresholds(state, np.array([0, 0]), np.array([evening, bedtime]), p)
+    expected = [q[0] + p.day_margin_h + p.day_margin_frac * q[0], q[1] + p.margin_h + p.margin_frac * q[1]]
+    np.testing.assert_allclose(alarm, np.clip(expected, p.min_alarm_h, p.silence_cap_h), rtol=1e-3)
+    assert p.day_margin_h < p.margin_h
