@@ -136,6 +136,11 @@ def test_coordinator_saves_the_structured_form(world) -> None:
         assert 'id="step-1-error"' in r.text and f"手順 2: 分は0〜{policy.MAX_WAIT_MINUTES}の数で" in r.text
         assert 'value="99999"' in r.text and 'value="45"' in r.text
         assert _chain(c, api) == EVERY_KIND
+        c.get("/lang/en", follow_redirects=False)
+        r = c.post("/households/h1/chain", data={**bad, "step-3-type": "teleport"})
+        assert r.status_code == 422 and "Step 4: choose what to do" in r.text and "Step 2: minutes must be" in r.text
+        assert "Advanced: edit as JSON" in r.text and "Notify the next one in turn" in r.text
+        c.get("/lang/ja", follow_redirects=False)
         # the advanced JSON is still accepted by the same endpoint
         r = c.post("/households/h1/chain", data={"csrf_token": csrf, "steps": '[{"type": "notify", "tiers": [2]}]'},
                    follow_redirects=False)
