@@ -119,6 +119,14 @@ class DetectorParams:
     on_margin_h: float = 1.5
     on_margin_frac: float = 0.3
     on_min_alarm_h: float = 1.5
+    # A switch on since this long before the current silence began is not evidence about it.
+    on_stale_h: float = 24.0
+    lit_bedtime_as_night: bool = True
+    lit_bedtime_within_h: float = 6.0
+    lit_night_on_for_s: float = 1800.0
+    night_beta: float = 0.5
+    lit_night_margin_h: float = 2.0
+    lit_night_margin_frac: float = 0.1
     # ... and only while the household is quiet: past its silence quantile by this share of the margin.
     on_silence_frac: float = 0.8
     on_silence_q: float = 1.0  # ... and past this share of its silence quantile
@@ -343,13 +351,45 @@ def silence_thresholds(state: FleetState, rows: np.ndarray, start: np.ndarray, p
     pooled = own + p.neighbour_weight * nb + p.other_context_weight * other
     prior = state.prior_sil[state.has_motion[rows].astype(np.int64), ctx, hour]
     q = _quantile(pooled, prior, SILENCE_EDGES_H, p.prior_strength, p.beta, p.tail_tau_h)
+    known, long = dark_silence_kind(state, rows, hour, p)
+    lit_held = np.zeros(len(rows), bool)
+    if p.lit_bedtime_as_night:
+        # A lit silence that began in the evening may run into a night's sleep with a light forgotten
+        # on: it is judged no stricter than the dark night that begins at the home's next bedtime
+        # (the first hour, within ``lit_bedtime_within_h``, from which its dark silences are long).
+        # Only a light that had been on a while when the silence began (a light switched on and
+        # then nothing, a fall in the night-time bathroom, keeps the fast path).
+        with np.errstate(invalid="ignore"), np.errstate(all="ignore"):
+            newest_on = np.fmax.reduce(state.sw_on_since[rows].astype(np.float64), axis=1)
+            on_a_while = (start - state.epoch - newest_on) >= p.lit_night_on_for_s  # NaN (none on): False
+        lit = np.flatnonzero((ctx == 1) & on_a_while)
+        if len(lit):
+            r, h0 = rows[lit], hour[lit]
+            dark_all = hist[r, 0].astype(np.float32)  # [n, 24, E]
+            k = int(np.searchsorted(SILENCE_EDGES_H, p.night_long_h))
+            long_all = (dark_all[..., 0] >= p.night_min_exposure) & (dark_all[..., k] >= p.night_share * dark_all[..., 0])
+            steps = np.arange(int(p.lit_bedtime_within_h) + 1)
+            cand_h = (h0[:, None] + steps[None, :]) % 24
+            is_bed = np.take_along_axis(long_all, cand_h, axis=1)
+            has = is_bed.any(axis=1)
+            if has.any():
+                first = np.argmax(is_bed, axis=1)[has]
+                r2, hb = r[has], cand_h[has, first]
+                dark_pooled = (hist[r2, 0, hb].astype(np.float32) + p.other_context_weight * hist[r2, 1, hb].astype(np.float32)
+                               + p.neighbour_weight * (hist[r2, 0, (hb - 1) % 24].astype(np.float32) + hist[r2, 0, (hb + 1) % 24].astype(np.float32)))
+                q_dark = _quantile(dark_pooled, state.prior_sil[state.has_motion[r2].astype(np.int64), 0, hb], SILENCE_EDGES_H,
+                                   p.prior_strength, p.night_beta, p.tail_tau_h)
+                idx = lit[has]
+                night_q = first + q_dark
+                held = night_q > q[idx]
+                q[idx] = np.maximum(q[idx], night_q)
+                lit_held[idx[held]] = True
     # A dark silence from a waking hour of this home (its dark silences from then are usually short:
     # an outing, a chore) ends with a regular event; one from bedtime ends with waking up, which
     # varies more (sleeping late): the waking hour's needs less margin.
-    known, long = dark_silence_kind(state, rows, hour, p)
     day = (ctx == 0) & known & ~long
-    margin_h = np.where(day, p.day_margin_h, p.margin_h).astype(np.float32)
-    margin_frac = np.where(day, p.day_margin_frac, p.margin_frac).astype(np.float32)
+    margin_h = np.where(day, p.day_margin_h, np.where(lit_held, p.lit_night_margin_h, p.margin_h)).astype(np.float32)
+    margin_frac = np.where(day, p.day_margin_frac, np.where(lit_held, p.lit_night_margin_frac, p.margin_frac)).astype(np.float32)
     alarm = np.clip(q + margin_h + margin_frac * q, p.min_alarm_h, p.silence_cap_h).astype(np.float32)
     return q, alarm, pooled[:, 0]
 
@@ -810,6 +850,11 @@ def score(
     with np.errstate(invalid="ignore"):
         over = (on_h >= state.sw_alarm_after_h) & ((silence_h >= gate_h)[:, None] | ((on_h >= p.on_cap_h) & (silence_h >= p.on_cap_quiet_q * q)[:, None]))
     over &= ~door_out[:, None]  # a light left on by someone who went out
+    # A light that was on long before the current silence began, while the resident was up and
+    # about, says nothing about this silence (a lamp left on for days, a stuck state).
+    with np.errstate(invalid="ignore"):
+        stale = ((ref - state.epoch)[:, None] - state.sw_on_since) > p.on_stale_h * 3600.0
+    over &= ~stale
     long_on = over.any(axis=1)
     # When the long-on alarm began (for the switches past it), to keep one alarm kind per episode:
     # whichever of long-on and inactivity came first stays the alarm while the silence lasts.

@@ -404,3 +404,39 @@ def test_a_dark_silence_from_a_waking_hour_gets_the_day_margin_and_bedtime_the_f
     expected = [q[0] + p.day_margin_h + p.day_margin_frac * q[0], q[1] + p.margin_h + p.margin_frac * q[1]]
     np.testing.assert_allclose(alarm, np.clip(expected, p.min_alarm_h, p.silence_cap_h), rtol=1e-3)
     assert p.day_margin_h < p.margin_h
+
+
+def lit_evenings_town(n: int = 8) -> m.FleetState:
+    """A fleet of homes living ``evening_outings_days`` (households 1..n-1 learned, their prior refreshed)."""
+    state = fleet([[m.DEV_BULB, m.DEV_BULB]] * n)
+    for hh in range(1, n):
+        rows = evening_outings_days(29, seed=100 + hh)
+        m.observe(state, np.full(len(rows), hh), rows[:, 1].astype(int), rows[:, 0], rows[:, 2].astype(int))
+    m.refresh_prior(state)
+    return state
+
+
+def test_a_light_forgotten_on_at_bedtime_waits_for_the_morning() -> None:
+    # The living-room light (column 0) stays on after the last kitchen visit at about 20:30: the
+    # resident went to bed and forgot it (the usual bedtime switch-off at about 22:00 never comes).
+    # A light left on like this is judged as the night it probably is: no alarm while the home
+    # usually sleeps; a morning with no sign of life still alarms.
+    history = evening_outings_days(28)
+    mid = MONDAY + 28 * 86400
+    evening = np.array([(mid + 6.2 * H, 0, m.EV_ON), (mid + 7.5 * H, 0, m.EV_OFF), (mid + 17.0 * H, 0, m.EV_ON),
+                        *[(mid + h * H, 1, ev) for h0 in (17.5, 18.5, 19.5, 20.5) for h, ev in ((h0, m.EV_ON), (h0 + 0.08, m.EV_OFF))]])
+    last = float(evening[-1, 0])
+    morning = mid + 86400 + 6.5 * H  # up at the usual time: the light switched off
+    slept = np.concatenate([history, evening, [(morning, 0, m.EV_OFF)]])
+    results = feed(lit_evenings_town(), 0, slept, morning + 600, since=last)
+    assert first_alarm(results) is None and first_alarm(results, what="long_on") is None
+    # Judged as an evening at home with the light on, the same night raised an alarm before morning.
+    strict = dataclasses.replace(m.DEFAULT_PARAMS, lit_bedtime_as_night=False)
+    results = feed(lit_evenings_town(), 0, slept, morning + 600, since=last, p=strict)
+    early = [a for a in (first_alarm(results), first_alarm(results, what="long_on")) if a is not None]
+    assert early and min(early) < morning
+    # No morning at all (a collapse at 20:35 with the light on): the alarm comes by late morning.
+    collapsed = np.concatenate([history, evening])
+    results = feed(lit_evenings_town(), 0, collapsed, last + 20 * H, since=last)
+    alarms = [a for a in (first_alarm(results), first_alarm(results, what="long_on")) if a is not None]
+    assert alarms and min(alarms) <= last + 15 * H, [(a - last) / H for a in alarms]
