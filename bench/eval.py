@@ -18,6 +18,8 @@ Metrics per system (and per incident kind):
   per household per 30 days of that period. Each opening counts: the service opens one incident
   row (one notification) per alert kind, so a silence that raised ``inactivity`` and then
   ``long_on`` would be two.
+- ``unannounced_nights_away``: the simulator's nights with family that nobody announced (after the
+  learning period), how many of them got a false welfare alert, and how many false alerts they made.
 - ``false_welfare_by_silence``: the false welfare alerts split by how long the silence behind them
   lasted in all (last resident-caused event before the alert to the first one after it): ``ge_17h``
   are unannounced absences
@@ -83,6 +85,9 @@ class Replay:
     learning_end: float = 0.0
     #: per household, the end of the stretch in which its alerts can be false (default: the end)
     observed_until: np.ndarray | None = None
+    #: unannounced nights away of the simulated residents (hh, left, back): not incidents (an alert
+    #: then is false), reported apart because a bulbs-only home cannot tell one from a collapse
+    nights_away: list[tuple[int, float, float]] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -139,6 +144,7 @@ def replay_from_fleet(fleet: Any, learning_days: float) -> Replay:
         away=away,
         incidents=incidents,
         learning_end=fleet.start + learning_days * DAY,
+        nights_away=[(i, float(a), float(b)) for i, hh in enumerate(fleet.households) for a, b in hh.nights_away],
     )
 
 
@@ -352,6 +358,12 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
     false_welfare_silence: dict[str, int] = {"lt_8h": 0, "8_17h": 0, "ge_17h": 0}
     silence_around = _silence_lookup(rp)
     false_all = 0
+    nights_by_hh: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for h, left, back in rp.nights_away:
+        if left >= rp.learning_end:
+            nights_by_hh[h].append((left, back))
+    nights_alerted: set[tuple[int, float]] = set()
+    false_in_nights = 0
     for kind, key, t in log.opened:
         pool = by_area[key] if kind == "area_outage" else by_hh[key]
         if any(_explains(inc, kind, t, rp.end) for inc in pool):
@@ -360,6 +372,11 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
         if t >= rp.learning_end and (rp.observed_until is None or kind == "area_outage" or t <= rp.observed_until[key]):
             false_by_kind[kind] += 1
             if kind in WELFARE_ALERTS:
+                # During a night away (the home stays dark until the first light after coming back).
+                night = next(((left, back) for left, back in nights_by_hh.get(key, ()) if left <= t <= back + EXPLAIN_GRACE_S), None)
+                if night is not None:
+                    false_in_nights += 1
+                    nights_alerted.add((key, night[0]))
                 quiet_h = silence_around(key, t) / H
                 false_welfare_silence["lt_8h" if quiet_h < 8 else "8_17h" if quiet_h < 17 else "ge_17h"] += 1
     if rp.observed_until is not None:
@@ -390,6 +407,8 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
         "detected_while_already_open": already_open,
         "false_alerts_by_kind": {k: false_by_kind.get(k, 0) for k in ALERT_KINDS},
         "false_welfare_by_silence": false_welfare_silence,
+        "unannounced_nights_away": {"nights": sum(len(v) for v in nights_by_hh.values()),
+                                    "nights_alerted": len(nights_alerted), "false_alerts": false_in_nights},
         "false_alerts_per_household_month_incl_learning": round(false_all / months_all, 4) if months_all else None,
         "welfare": welfare,
         "per_kind": per_kind,
@@ -441,4 +460,9 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per system (detector, then the baselines) for a human-readable table."""
     systems = [("detector", result["detector"]), *result["baselines"].items()]
     keys = ("recall", "median_delay_h", "p90_delay_h", "false_alerts_per_household_month")
-    return [{"system": name, **{k: r[k] for k in keys}} for name, r in systems]
+    rows = []
+    for name, r in systems:
+        nights = r.get("unannounced_nights_away") or {}
+        rows.append({"system": name, **{k: r[k] for k in keys},
+                     "nights_away_alerted": f"{nights.get('nights_alerted', 0)} of {nights.get('nights', 0)}"})
+    return rows

@@ -509,7 +509,7 @@ def evaluate(
     from rich.table import Table
 
     table = Table(title="mimamori eval")
-    for col in ("system", "recall", "median_delay_h", "p90_delay_h", "false_alerts_per_household_month"):
+    for col in ("system", "recall", "median_delay_h", "p90_delay_h", "false_alerts_per_household_month", "nights_away_alerted"):
         table.add_column(col, justify="right" if col != "system" else "left")
     for row in summary_rows(result):
         table.add_row(*(str(row[k]) if not isinstance(row[k], float) else f"{row[k]:.3f}" for k in row))

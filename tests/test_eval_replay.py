@@ -31,9 +31,17 @@ def test_metrics_match_alerts_to_incidents_and_count_false_ones() -> None:
         ("device_offline", 1, 25 * 86400.0 + 3 * H),  # the dead bulb, 3 h
         ("long_on", 0, 5 * 86400.0),  # in the learning period: not counted
     ]
+    # An unannounced night with family: 35 d 15:00 to 36 d 13:00 for household 1, and one before learning ended.
+    rp.nights_away = [(1, 35 * 86400.0 + 15 * H, 36 * 86400.0 + 13 * H), (1, 2 * 86400.0, 3 * 86400.0)]
+    log.opened.append(("inactivity", 1, 36 * 86400.0 + 2 * H))  # false: the resident is away
     r = ev.metrics(rp, log)
     assert r["recall"] == 1.0 and r["incidents"] == 2
     assert r["median_delay_h"] == pytest.approx(2.5)
+    assert r["false_alerts"] == 3
+    assert r["unannounced_nights_away"] == {"nights": 1, "nights_alerted": 1, "false_alerts": 1}
+    del log.opened[-1]
+    rp.nights_away = []
+    r = ev.metrics(rp, log)
     assert r["false_alerts"] == 2
     assert r["false_alerts_per_household_month"] == pytest.approx(2 / (2 * 30 / 30))
     assert r["per_kind"]["collapse"]["median_delay_h"] == 2.0
@@ -48,6 +56,8 @@ def test_small_fleet_evaluation_runs_detector_and_baselines() -> None:
         for key in ("recall", "median_delay_h", "p90_delay_h", "false_alerts_per_household_month", "per_kind"):
             assert key in sysr
     assert r["detector"]["recall"] >= r["baselines"]["kanazawa_8h_on_24h_off"]["recall"]
+    nights = r["detector"]["unannounced_nights_away"]
+    assert nights["nights"] > 0 and nights["nights_alerted"] <= nights["nights"] and nights["false_alerts"] >= nights["nights_alerted"]
 
 
 def write_casas(path: Path) -> None:
