@@ -271,26 +271,52 @@ def lights_only_days(days: int, *, seed: int = 5) -> np.ndarray:
     return np.array(sorted(rows))
 
 
-def test_no_sign_of_life_by_the_usual_morning_bin_alarms_by_the_routine() -> None:
-    # The morning light, on between 06:00 and 08:00 every day, not coming on after a quiet night: the
-    # 06:00-08:00 bin passing in silence (+ margin) alarms before the quantile of the night's silence.
-    on = dataclasses.replace(m.DEFAULT_PARAMS, routine=True)  # off by default (see DetectorParams)
+def spring_lights_days(days: int, *, seed: int = 5) -> np.ndarray:
+    """A bulbs-only home in spring daylight: no light needed in the morning; on at dusk (about 17:00),
+    off at bedtime (about 22:00). From bedtime to dusk the home shows no sign of life every day."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for d in range(days):
+        mid = MONDAY + d * 86400
+        rows += [(mid + rng.uniform(16.6, 17.4) * H, 0, m.EV_ON), (mid + rng.uniform(21.5, 22.3) * H, 0, m.EV_OFF)]
+    return np.array(sorted(rows))
+
+
+def test_no_light_by_the_usual_evening_after_a_night_alarms_by_the_routine() -> None:
+    # Bedtime, then nothing: the night's silence normally lasts until the dusk light (19 h), so the
+    # quantile waits for the hard cap; the evening bin (16:00-18:00, lit every day) passing in silence
+    # (+ margin) alarms hours before it.
     state = fleet([[m.DEV_BULB]])
-    history = lights_only_days(28)
+    history = spring_lights_days(28)
     bed = float(history[-1, 0])  # the last evening's light off at bedtime, then nothing
-    results = feed(state, 0, history, bed + 24 * H, since=bed, p=on)
+    results = feed(state, 0, history, bed + 24 * H, since=bed)
     alarm = first_alarm(results)
-    morning_end = MONDAY + 28 * 86400 + 8 * H + on.routine_margin_h * H
-    assert alarm is not None and morning_end <= alarm <= morning_end + 600, (alarm - bed) / H
+    evening_end = MONDAY + 28 * 86400 + 18 * H + m.DEFAULT_PARAMS.routine_margin_h * H
+    assert alarm is not None and evening_end <= alarm <= evening_end + 600, (alarm - bed) / H
     assert dict(results)[alarm].inactivity_rule[0] == m.RULE_ROUTINE
     # Without the routine rule the night's silence alarms only later.
-    later = first_alarm(feed(fleet([[m.DEV_BULB]]), 0, history, bed + 24 * H, since=bed))
-    assert later is None or later > alarm
+    off = dataclasses.replace(m.DEFAULT_PARAMS, routine=False)
+    later = first_alarm(feed(fleet([[m.DEV_BULB]]), 0, history, bed + 24 * H, since=bed, p=off))
+    assert later is None or later > alarm + H
     # An ordinary day of the same home raises nothing.
-    state = fleet([[m.DEV_BULB]])
-    rows = lights_only_days(30)
-    results = feed(state, 0, rows, MONDAY + 30 * 86400, since=MONDAY + 28 * 86400, p=on)
+    rows = spring_lights_days(30)
+    results = feed(fleet([[m.DEV_BULB]]), 0, rows, MONDAY + 30 * 86400, since=MONDAY + 28 * 86400)
     assert first_alarm(results) is None and first_alarm(results, what="long_on") is None
+
+
+def test_the_first_bright_morning_without_the_morning_light_is_not_an_alarm() -> None:
+    # Four weeks with the light on every dark morning (06:00-08:00), then spring: up in daylight, no
+    # light until dusk. The morning habit follows sunrise, so its bin is not part of the routine.
+    history = lights_only_days(28)
+    bright_day = MONDAY + 28 * 86400
+    rows = np.concatenate([history, [(bright_day + 17.0 * H, 0, m.EV_ON)]])
+    bed = float(history[-1, 0])
+    results = feed(fleet([[m.DEV_BULB]]), 0, rows, bright_day + 17.0 * H, since=bed)
+    assert first_alarm(results) is None
+    # Judged by the morning bin too, it would have raised an alarm at 09:00.
+    with_mornings = dataclasses.replace(m.DEFAULT_PARAMS, routine_from_hour=0.0)
+    alarm = first_alarm(feed(fleet([[m.DEV_BULB]]), 0, rows, bright_day + 17.0 * H, since=bed, p=with_mornings))
+    assert alarm is not None and alarm <= bright_day + 9 * H + 600
 
 
 def evening_outings_days(days: int, *, seed: int = 7) -> np.ndarray:
