@@ -127,6 +127,7 @@ class DetectorParams:
     lit_bedtime_as_night: bool = True
     lit_bedtime_within_h: float = 6.0
     lit_night_on_for_s: float = 1800.0
+    lit_night_long_light_h: float = 4.0
     night_beta: float = 0.5
     lit_night_margin_h: float = 2.0
     lit_night_margin_frac: float = 0.1
@@ -360,12 +361,15 @@ def silence_thresholds(state: FleetState, rows: np.ndarray, start: np.ndarray, p
         # A lit silence that began in the evening may run into a night's sleep with a light forgotten
         # on: it is judged no stricter than the dark night that begins at the home's next bedtime
         # (the first hour, within ``lit_bedtime_within_h``, from which its dark silences are long).
-        # Only a light that had been on a while when the silence began (a light switched on and
-        # then nothing, a fall in the night-time bathroom, keeps the fast path).
+        # Only a light that had been on a while when the silence began, or one that usually stays on
+        # for hours (the evening light): a light switched on and then nothing that is normally on for
+        # minutes (a fall in the night-time bathroom) keeps the fast path.
         with np.errstate(invalid="ignore"), np.errstate(all="ignore"):
             newest_on = np.fmax.reduce(state.sw_on_since[rows].astype(np.float64), axis=1)
             on_a_while = (start - state.epoch - newest_on) >= p.lit_night_on_for_s  # NaN (none on): False
-        lit = np.flatnonzero((ctx == 1) & on_a_while)
+            is_on = ~np.isnan(state.sw_on_since[rows])
+            stays_on = (np.where(is_on, state.sw_alarm_after_h[rows].astype(np.float32), 0.0) >= p.lit_night_long_light_h).any(axis=1)
+        lit = np.flatnonzero((ctx == 1) & (on_a_while | stays_on))
         if len(lit):
             r, h0 = rows[lit], hour[lit]
             dark_all = hist[r, 0].astype(np.float32)  # [n, 24, E]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -466,3 +467,24 @@ def test_a_light_forgotten_on_at_bedtime_waits_for_the_morning() -> None:
     results = feed(lit_evenings_town(), 0, collapsed, last + 20 * H, since=last)
     alarms = [a for a in (first_alarm(results), first_alarm(results, what="long_on")) if a is not None]
     assert alarms and min(alarms) <= last + 15 * H, [(a - last) / H for a in alarms]
+
+
+def test_the_evening_light_switched_on_and_forgotten_overnight_waits_for_the_morning() -> None:
+    # One bulb, usually on from dusk to bedtime (hours). Tonight it goes on at dusk and nothing else
+    # happens until it is switched off at 08:00: the resident sat under it and went to bed leaving it
+    # on. A light that normally stays on for hours being on says nothing; the night is judged as a night.
+    state = fleet([[m.DEV_BULB]] * 8)
+    for hh in range(1, 8):
+        rows = spring_lights_days(29, seed=200 + hh)
+        m.observe(state, np.full(len(rows), hh), rows[:, 1].astype(int), rows[:, 0], rows[:, 2].astype(int))
+    m.refresh_prior(state)
+    history = spring_lights_days(28)
+    dusk = MONDAY + 28 * 86400 + 17.0 * H
+    morning = dusk + 15 * H  # 08:00
+    rows = np.concatenate([history, [(dusk, 0, m.EV_ON), (morning, 0, m.EV_OFF)]])
+    results = feed(copy.deepcopy(state), 0, rows, morning - 600, since=dusk)
+    assert first_alarm(results) is None and first_alarm(results, what="long_on") is None
+    # Treated like a light switched on for minutes (the bathroom's), the night raised an alarm.
+    strict = dataclasses.replace(m.DEFAULT_PARAMS, lit_night_long_light_h=99.0)
+    results = feed(copy.deepcopy(state), 0, rows, morning - 600, since=dusk, p=strict)
+    assert first_alarm(results) is not None or first_alarm(results, what="long_on") is not None
