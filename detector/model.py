@@ -124,6 +124,11 @@ class DetectorParams:
     on_min_alarm_h: float = 1.5
     # A switch on since this long before the current silence began is not evidence about it.
     on_stale_h: float = 24.0
+    # A light forgotten on at bedtime: a lit silence whose light had been on ``lit_night_on_for_s``
+    # when it began, or usually stays on for hours (long-on threshold >= ``lit_night_long_light_h``),
+    # and which reaches the home's bedtime (its next long-silence hour) within
+    # ``lit_bedtime_within_h``, is judged no stricter than that night: the hours to bedtime plus the
+    # home's ``night_beta`` quantile of the night (its median), with ``lit_night_margin_*``.
     lit_bedtime_as_night: bool = True
     lit_bedtime_within_h: float = 6.0
     lit_night_on_for_s: float = 1800.0
@@ -337,10 +342,10 @@ def dark_silence_kind(state: FleetState, rows: np.ndarray, hour: np.ndarray, p: 
     home has seen enough of them (``night_min_exposure``), ``long`` when at least ``night_share`` of
     them lasted ``night_long_h`` — its bedtime, or in a bulbs-only home also the morning switch-off
     after which nothing happens until dusk. Short ones are a waking hour's (an outing, a chore)."""
-    dark = state.sil_hist[rows, 0, hour].astype(np.float32)
+    dark = state.sil_hist[rows, 0, hour].astype(np.float32)  # rows and hour broadcast ([n] or [n, m])
     k = int(np.searchsorted(SILENCE_EDGES_H, p.night_long_h))
-    known = dark[:, 0] >= p.night_min_exposure
-    return known, known & (dark[:, k] >= p.night_share * dark[:, 0])
+    known = dark[..., 0] >= p.night_min_exposure
+    return known, known & (dark[..., k] >= p.night_share * dark[..., 0])
 
 
 def silence_thresholds(state: FleetState, rows: np.ndarray, start: np.ndarray, p: DetectorParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -356,41 +361,7 @@ def silence_thresholds(state: FleetState, rows: np.ndarray, start: np.ndarray, p
     prior = state.prior_sil[state.has_motion[rows].astype(np.int64), ctx, hour]
     q = _quantile(pooled, prior, SILENCE_EDGES_H, p.prior_strength, p.beta, p.tail_tau_h)
     known, long = dark_silence_kind(state, rows, hour, p)
-    lit_held = np.zeros(len(rows), bool)
-    if p.lit_bedtime_as_night:
-        # A lit silence that began in the evening may run into a night's sleep with a light forgotten
-        # on: it is judged no stricter than the dark night that begins at the home's next bedtime
-        # (the first hour, within ``lit_bedtime_within_h``, from which its dark silences are long).
-        # Only a light that had been on a while when the silence began, or one that usually stays on
-        # for hours (the evening light): a light switched on and then nothing that is normally on for
-        # minutes (a fall in the night-time bathroom) keeps the fast path.
-        with np.errstate(invalid="ignore"), np.errstate(all="ignore"):
-            newest_on = np.fmax.reduce(state.sw_on_since[rows].astype(np.float64), axis=1)
-            on_a_while = (start - state.epoch - newest_on) >= p.lit_night_on_for_s  # NaN (none on): False
-            is_on = ~np.isnan(state.sw_on_since[rows])
-            stays_on = (np.where(is_on, state.sw_alarm_after_h[rows].astype(np.float32), 0.0) >= p.lit_night_long_light_h).any(axis=1)
-        lit = np.flatnonzero((ctx == 1) & (on_a_while | stays_on))
-        if len(lit):
-            r, h0 = rows[lit], hour[lit]
-            dark_all = hist[r, 0].astype(np.float32)  # [n, 24, E]
-            k = int(np.searchsorted(SILENCE_EDGES_H, p.night_long_h))
-            long_all = (dark_all[..., 0] >= p.night_min_exposure) & (dark_all[..., k] >= p.night_share * dark_all[..., 0])
-            steps = np.arange(int(p.lit_bedtime_within_h) + 1)
-            cand_h = (h0[:, None] + steps[None, :]) % 24
-            is_bed = np.take_along_axis(long_all, cand_h, axis=1)
-            has = is_bed.any(axis=1)
-            if has.any():
-                first = np.argmax(is_bed, axis=1)[has]
-                r2, hb = r[has], cand_h[has, first]
-                dark_pooled = (hist[r2, 0, hb].astype(np.float32) + p.other_context_weight * hist[r2, 1, hb].astype(np.float32)
-                               + p.neighbour_weight * (hist[r2, 0, (hb - 1) % 24].astype(np.float32) + hist[r2, 0, (hb + 1) % 24].astype(np.float32)))
-                q_dark = _quantile(dark_pooled, state.prior_sil[state.has_motion[r2].astype(np.int64), 0, hb], SILENCE_EDGES_H,
-                                   p.prior_strength, p.night_beta, p.tail_tau_h)
-                idx = lit[has]
-                night_q = first + q_dark
-                held = night_q > q[idx]
-                q[idx] = np.maximum(q[idx], night_q)
-                lit_held[idx[held]] = True
+    lit_held = _lit_night_quantile(state, rows, start, hour, ctx, q, p) if p.lit_bedtime_as_night else np.zeros(len(rows), bool)
     # A dark silence from a waking hour of this home (its dark silences from then are usually short:
     # an outing, a chore) ends with a regular event; one from bedtime ends with waking up, which
     # varies more (sleeping late): the waking hour's needs less margin.
@@ -399,6 +370,43 @@ def silence_thresholds(state: FleetState, rows: np.ndarray, start: np.ndarray, p
     margin_frac = np.where(day, p.day_margin_frac, np.where(lit_held, p.lit_night_margin_frac, p.margin_frac)).astype(np.float32)
     alarm = np.clip(q + margin_h + margin_frac * q, p.min_alarm_h, p.silence_cap_h).astype(np.float32)
     return q, alarm, pooled[:, 0]
+
+
+def _lit_night_quantile(state: FleetState, rows: np.ndarray, start: np.ndarray, hour: np.ndarray, ctx: np.ndarray,
+                        q: np.ndarray, p: DetectorParams) -> np.ndarray:
+    """A lit silence that began in the evening may run into a night's sleep with a light forgotten
+    on: raise its quantile ``q`` (in place) to the hours until the home's next bedtime (its first
+    long-silence hour within ``lit_bedtime_within_h``) plus its ``night_beta`` quantile of the night
+    from then. Only for a light that had been on a while when the silence began, or one that usually
+    stays on for hours (the evening light): a light switched on and then nothing that is normally on
+    for minutes (a fall in the night-time bathroom) keeps the fast path. Returns the rows raised."""
+    held = np.zeros(len(rows), bool)
+    with np.errstate(invalid="ignore", all="ignore"):
+        newest_on = np.fmax.reduce(state.sw_on_since[rows].astype(np.float64), axis=1)
+        on_a_while = (start - state.epoch - newest_on) >= p.lit_night_on_for_s  # NaN (none on): False
+        is_on = ~np.isnan(state.sw_on_since[rows])
+        stays_on = (np.where(is_on, state.sw_alarm_after_h[rows].astype(np.float32), 0.0) >= p.lit_night_long_light_h).any(axis=1)
+    lit = np.flatnonzero((ctx == 1) & (on_a_while | stays_on))
+    if not len(lit):
+        return held
+    r = rows[lit]
+    ahead = (hour[lit, None] + np.arange(int(p.lit_bedtime_within_h) + 1)[None, :]) % 24
+    is_bed = dark_silence_kind(state, r[:, None], ahead, p)[1]
+    has = is_bed.any(axis=1)
+    if not has.any():
+        return held
+    to_bed = np.argmax(is_bed, axis=1)[has]
+    r, bed = r[has], ahead[has, to_bed]
+    hist = state.sil_hist
+    pooled = (hist[r, 0, bed].astype(np.float32) + p.other_context_weight * hist[r, 1, bed].astype(np.float32)
+              + p.neighbour_weight * (hist[r, 0, (bed - 1) % 24].astype(np.float32) + hist[r, 0, (bed + 1) % 24].astype(np.float32)))
+    night = to_bed + _quantile(pooled, state.prior_sil[state.has_motion[r].astype(np.int64), 0, bed], SILENCE_EDGES_H,
+                               p.prior_strength, p.night_beta, p.tail_tau_h)
+    idx = lit[has]
+    raised = night > q[idx]
+    q[idx[raised]] = night[raised]
+    held[idx[raised]] = True
+    return held
 
 
 def on_thresholds(state: FleetState, rows: np.ndarray, sw: np.ndarray, start: np.ndarray, p: DetectorParams) -> np.ndarray:

@@ -260,16 +260,17 @@ def test_learning_does_not_depend_on_batching(batch: int) -> None:
     assert a.sil_hist[..., 0].sum() > 20
 
 
+def winter_light_day(rng: np.random.Generator, mid: float) -> list[tuple[float, int, int]]:
+    """One day of light 0 in winter: on when getting up in the dark, off after breakfast, on at dusk
+    (about 17:00), off at bedtime."""
+    return [(mid + rng.uniform(6.0, 6.5) * H, 0, m.EV_ON), (mid + rng.uniform(7.3, 8.0) * H, 0, m.EV_OFF),
+            (mid + rng.uniform(16.6, 17.4) * H, 0, m.EV_ON), (mid + rng.uniform(21.5, 22.3) * H, 0, m.EV_OFF)]
+
+
 def lights_only_days(days: int, *, seed: int = 5) -> np.ndarray:
-    """A bulbs-only home in winter daylight: the light on when getting up in the dark, off after
-    breakfast, nothing all day, on at dusk (about 17:00), off at bedtime."""
+    """A bulbs-only home in winter daylight: ``winter_light_day`` every day, nothing else."""
     rng = np.random.default_rng(seed)
-    rows = []
-    for d in range(days):
-        mid = MONDAY + d * 86400
-        rows += [(mid + rng.uniform(6.0, 6.5) * H, 0, m.EV_ON), (mid + rng.uniform(7.3, 8.0) * H, 0, m.EV_OFF),
-                 (mid + rng.uniform(16.6, 17.4) * H, 0, m.EV_ON), (mid + rng.uniform(21.5, 22.3) * H, 0, m.EV_OFF)]
-    return np.array(sorted(rows))
+    return np.array(sorted(r for d in range(days) for r in winter_light_day(rng, MONDAY + d * 86400)))
 
 
 def spring_lights_days(days: int, *, seed: int = 5) -> np.ndarray:
@@ -328,8 +329,7 @@ def evening_outings_days(days: int, *, seed: int = 7) -> np.ndarray:
     rows = []
     for d in range(days):
         mid = MONDAY + d * 86400
-        rows += [(mid + rng.uniform(6.0, 6.5) * H, 0, m.EV_ON), (mid + rng.uniform(7.3, 8.0) * H, 0, m.EV_OFF),
-                 (mid + rng.uniform(16.6, 17.4) * H, 0, m.EV_ON), (mid + rng.uniform(21.5, 22.3) * H, 0, m.EV_OFF)]
+        rows += winter_light_day(rng, mid)
         out = d % 3 == 0
         if out:
             rows += [(mid + rng.uniform(18.0, 18.4) * H, 0, m.EV_OFF), (mid + rng.uniform(20.0, 20.4) * H, 0, m.EV_ON)]
