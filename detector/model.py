@@ -111,7 +111,7 @@ class DetectorParams:
     routine_from_hour: float = 12.0
     routine_p: float = 0.99  # above one day's decay (0.9755): a bin missed once is not trusted for weeks
     routine_margin_h: float = 1.0
-    routine_min_days: float = 10.0  # ... only for silences that began as the home's night (see ``night_share``)
+    routine_min_days: float = 10.0  # active days learned before the rule applies
     anomalous_weight: float = 1.0  # weight of a silence that exceeded its own alarm threshold
     # Hard caps (safety nets): Kanazawa's 24 h off rule; long-on capped at 16 h (8 h would wake
     # everyone who sleeps with a light on).
@@ -381,7 +381,7 @@ def _lit_night_quantile(state: FleetState, rows: np.ndarray, start: np.ndarray, 
     stays on for hours (the evening light): a light switched on and then nothing that is normally on
     for minutes (a fall in the night-time bathroom) keeps the fast path. Returns the rows raised."""
     held = np.zeros(len(rows), bool)
-    with np.errstate(invalid="ignore", all="ignore"):
+    with np.errstate(all="ignore"):
         newest_on = np.fmax.reduce(state.sw_on_since[rows].astype(np.float64), axis=1)
         on_a_while = (start - state.epoch - newest_on) >= p.lit_night_on_for_s  # NaN (none on): False
         is_on = ~np.isnan(state.sw_on_since[rows])
