@@ -23,7 +23,7 @@ from gateway.outbox import Outbox
 from gateway.service import Gateway
 from mimamori import embedded, mqtt, observability, protocol
 from mimamori.clock import SystemClock
-from test_gateway_service import wait_for
+from test_gateway_service import close_client, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -68,11 +68,7 @@ class IngestLikeSubscriber:
             self.got.add((topic.gateway_id, event.device_id, event.seq))
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-        sock = self.client.socket()
-        if sock is not None:
-            sock.close()
+        close_client(self.client)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from gateway.service import Gateway
 from mimamori import embedded, mqtt, protocol
 from mimamori.clock import SystemClock
 from mimamori.config import Settings
-from test_gateway_service import wait_for
+from test_gateway_service import close_client, wait_for
 
 MOSQUITTO = embedded.shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 pytestmark = [
@@ -131,11 +131,7 @@ class Client:
             return [t for t, _ in self.messages]
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-        sock = self.client.socket()
-        if sock is not None:
-            sock.close()
+        close_client(self.client)
 
 
 @pytest.fixture
