@@ -488,3 +488,22 @@ def test_the_evening_light_switched_on_and_forgotten_overnight_waits_for_the_mor
     strict = dataclasses.replace(m.DEFAULT_PARAMS, lit_night_long_light_h=99.0)
     results = feed(copy.deepcopy(state), 0, rows, morning - 600, since=dusk, p=strict)
     assert first_alarm(results) is not None or first_alarm(results, what="long_on") is not None
+
+
+def test_a_lamp_left_on_for_days_is_not_long_on_evidence() -> None:
+    # A third light (a lamp in a spare room) switched on at noon on day 20 and never off, while the
+    # resident lives the usual days: after a day it says nothing about any silence.
+    state = fleet([[m.DEV_BULB] * 3] * 8)
+    for hh in range(1, 8):
+        rows = evening_outings_days(31, seed=100 + hh)
+        m.observe(state, np.full(len(rows), hh), rows[:, 1].astype(int), rows[:, 0], rows[:, 2].astype(int))
+    m.refresh_prior(state)
+    rows = np.concatenate([evening_outings_days(31), [(MONDAY + 20 * 86400 + 12 * H, 2, m.EV_ON)]])
+    rows = rows[np.argsort(rows[:, 0], kind="stable")]
+
+    def long_on_alarms(p: m.DetectorParams) -> int:
+        results = feed(copy.deepcopy(state), 0, rows, MONDAY + 31 * 86400, since=MONDAY + 21 * 86400, p=p)
+        return sum(1 for (_, a), (_, b) in zip(results, results[1:]) if b.long_on[0] and not a.long_on[0])
+
+    assert long_on_alarms(m.DEFAULT_PARAMS) == 0
+    assert long_on_alarms(dataclasses.replace(m.DEFAULT_PARAMS, on_stale_h=1e9)) >= 1  # judged without the rule
