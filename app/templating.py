@@ -71,6 +71,12 @@ def page_context(request: Request, **ctx: Any) -> dict[str, Any]:
 
         return chain_step_text(locale, step)
 
+    def t_why(incident: dict[str, Any]) -> list[str]:
+        """Why the detector raised this incident, in sentences (app.incidents.why)."""
+        from app.incidents.why import explain
+
+        return explain(locale, incident, incident.get("devices") or {})
+
     def t_audit(action: str) -> str:
         """A safety check's audit action in words (a generic text for one without its own)."""
         key = f"safety_audit_{action}"
@@ -85,7 +91,7 @@ def page_context(request: Request, **ctx: Any) -> dict[str, Any]:
             outages = area_outages(conn, person)
     base = {
         "request": request, "locale": locale, "person": person, "csrf": getattr(request.state, "csrf", None),
-        "t": t, "t_entry": t_entry, "t_audit": t_audit, "t_step": t_step, "outages": outages,
+        "t": t, "t_entry": t_entry, "t_audit": t_audit, "t_step": t_step, "t_why": t_why, "outages": outages,
         "fmt_dt": lambda value, tz=None: fmt_dt(value, tz, locale),
         "fmt_date": lambda value, tz=None: fmt_date(value, tz, locale),
         "fmt_until": lambda value, tz=None: fmt_until(value, tz, locale),

@@ -80,9 +80,21 @@ def get_incident(conn: psycopg.Connection, clock: Clock, person: Person, inciden
     incident["timeline"] = timeline(conn, incident_id)
     incident["names"] = visible_names(conn, person.person_id, incident["household_id"], incident["area"],
                                       incident["timeline"])
+    incident["devices"] = _evidence_devices(conn, incident)
     if incident["household_id"]:
         log_view(conn, clock, person, incident["household_id"], "incident")
     return incident
+
+
+def _evidence_devices(conn: psycopg.Connection, incident: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Room and kind of the devices the detector's evidence names (of this incident's household only)."""
+    ev = incident.get("evidence") or {}
+    ids = [str(d) for d in ([ev["device"]] if ev.get("device") else []) + list(ev.get("devices") or [])]
+    if not ids or not incident.get("household_id"):
+        return {}
+    rows = conn.execute("SELECT device_id, room, kind FROM devices WHERE household_id = %s AND device_id = ANY(%s)",
+                        (incident["household_id"], ids)).fetchall()
+    return {d: {"room": room, "kind": kind} for d, room, kind in rows}
 
 
 def timeline(conn: psycopg.Connection, incident_id: int) -> list[dict[str, Any]]:
