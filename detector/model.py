@@ -603,6 +603,7 @@ def _out_after_events(state: FleetState, hh: np.ndarray, dev: np.ndarray, t: np.
     hh_start = np.maximum.accumulate(np.where(first, idx, 0))
     is_door = (state.dev_kind[hh, dev] == DEV_DOOR) & np.isin(kind, (EV_OPEN, EV_CLOSE))
     is_motion = kind == EV_MOTION
+    leaving = is_door
     if p.door_arrival_quiet_s > 0 and is_door.any():
         # A door after a quiet home is someone coming in, not going out (a resident who collapses
         # just inside the door must not be taken for out): quiet = no other activity before it.
@@ -611,8 +612,8 @@ def _out_after_events(state: FleetState, hh: np.ndarray, dev: np.ndarray, t: np.
         before = np.where(other_in_batch, t[np.maximum(last_other, 0)], state.last_activity[hh])
         with np.errstate(invalid="ignore"):
             arrival = ~((t - before) < p.door_arrival_quiet_s)  # never active before: an arrival too
-        is_door &= ~arrival
-    last_door = np.maximum.accumulate(np.where(is_door, idx, -1))
+        leaving = is_door & ~arrival
+    last_door = np.maximum.accumulate(np.where(leaving, idx, -1))
     last_motion = np.maximum.accumulate(np.where(is_motion, idx, -1))
     door_in_batch = last_door >= hh_start
     motion_in_batch = last_motion >= hh_start
@@ -843,15 +844,16 @@ def score(
     sc = np.nan_to_num(sc, nan=0.0).astype(np.float32)
     alarm_at = ref + alarm_h * 3600.0
     cap_at = ref + p.silence_cap_h * 3600.0
-    door = (state.flags & _FLAGS_OUT) != 0
-    door_until = start + p.door_away_cap_h * 3600.0
+    went_out = (state.flags & _FLAGS_OUT) != 0  # by the door, or the lights switched off (inferred away)
+    out_until = start + p.door_away_cap_h * 3600.0
+    out_now = went_out & (now < out_until)
     alarm_at = np.minimum(alarm_at, cap_at)
     routine_at = routine_alarm_at(state, ref, now, p)
     by_routine = routine_at < alarm_at
     alarm_at = np.minimum(alarm_at, routine_at)
-    alarm_at = np.where(door, np.maximum(alarm_at, door_until), alarm_at)
+    alarm_at = np.where(went_out, np.maximum(alarm_at, out_until), alarm_at)
     inactive = now >= alarm_at  # False for NaN
-    hard = now >= np.where(door, np.maximum(cap_at, door_until), cap_at)
+    hard = now >= np.where(went_out, np.maximum(cap_at, out_until), cap_at)
     rule = np.where(
         ~inactive,
         RULE_NONE,
@@ -862,10 +864,9 @@ def score(
     # --- long-on: a device on unusually long while the household is quieter than usual -----
     on_h = (rel_now - state.sw_on_since) / np.float32(3600.0)  # NaN when off
     gate_h = p.on_silence_q * q + p.on_silence_frac * margin
-    door_out = ((state.flags & _FLAGS_OUT) != 0) & (now < start + p.door_away_cap_h * 3600.0)
     with np.errstate(invalid="ignore"):
         over = (on_h >= state.sw_alarm_after_h) & ((silence_h >= gate_h)[:, None] | ((on_h >= p.on_cap_h) & (silence_h >= p.on_cap_quiet_q * q)[:, None]))
-    over &= ~door_out[:, None]  # a light left on by someone who went out
+    over &= ~out_now[:, None]  # a light left on by someone who went out
     # A light that was on long before the current silence began, while the resident was up and
     # about, says nothing about this silence (a lamp left on for days, a stuck state).
     with np.errstate(invalid="ignore"):
@@ -890,7 +891,7 @@ def score(
     # --- context ---------------------------------------------------------------------------
     partial_hold = partial & (rule != RULE_HARD_CAP)
     suppressed = np.full(h, SUPPRESS_NONE, np.uint8)
-    suppressed[door & (now < door_until)] = SUPPRESS_DOOR
+    suppressed[out_now] = SUPPRESS_DOOR
     suppressed[blind | (partial_hold & inactive)] = SUPPRESS_DEVICE
     suppressed[area_out] = SUPPRESS_AREA
     suppressed[away] = SUPPRESS_AWAY
