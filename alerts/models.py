@@ -131,6 +131,10 @@ _NOTICE_TEXT: Final = {
         "technical": ("機器の問題: {name}", "{kind}。"),
         "claim_reminder": ("{name}さん: 確認はどうなりましたか", "{by}さんが確認に行くと押してから時間がたちました。結果をアプリで報告してください。まもなく他の担当者にも再通知されます。"),
         "reopened": ("{name}さん: 確認が終わっていません", "{by}さんの確認が報告されないため、アラートを再開しました。アプリで「確認に行きます」を押してください。"),
+        "resident_check": ("見守りからの確認: お変わりありませんか", "{name}さん、いつもの時間に照明やセンサーの動きがありません。お変わりなければ、このリンクから一度押してください（{minutes}分以内に返事がないと見守りの方に連絡します）: {url}"),
+        "resident_answered_fine": ("{name}さん: ご本人から「大丈夫」と返事がありました", "{by}さんが見守りの確認に「大丈夫です」と答えました。"),
+        "resident_answered_away": ("{name}さん: ご本人はお出かけ中です", "{by}さんが見守りの確認に「出かけています」と答えました。戻られるまで見守りを休止します。"),
+        "resident_answered_help": ("{name}さん: ご本人が助けを求めています", "{by}さんが見守りの確認に「助けてほしい」と答えました。すぐに確認に行ってください。"),
     },
     "en": {
         "alert": ("Watch-over alert: {name}", "{kind}. Open the app and press \"I'll go\"."),
@@ -143,15 +147,19 @@ _NOTICE_TEXT: Final = {
         "technical": ("Device problem: {name}", "{kind}."),
         "claim_reminder": ("{name}: how did the check go?", "{by} said they would go a while ago. Please report the outcome in the app; the team will be alerted again soon."),
         "reopened": ("{name}: the check was not reported", "{by}'s check was not reported, so the alert is open again. Open the app and press \"I'll go\"."),
+        "resident_check": ("Watch-over: is everything all right?", "{name}, your lights and sensors have been quiet for longer than usual. If you are fine, please press once on this link (your watchers will be told if there is no answer within {minutes} minutes): {url}"),
+        "resident_answered_fine": ("{name}: the resident says they are fine", "{by} answered the check: \"I'm fine\"."),
+        "resident_answered_away": ("{name}: the resident is away", "{by} answered the check: \"I'm out\". Watching pauses until they are back."),
+        "resident_answered_help": ("{name}: the resident asks for help", "{by} answered the check: \"Please help\". Please go and see now."),
     },
 }
 
 
 def render_notice(notice: str, locale: str, *, name: str, kind: str = "", by: str = "", outcome: str = "",
-                  note: str = "", person: str = "") -> tuple[str, str]:
+                  note: str = "", person: str = "", url: str = "", minutes: str = "") -> tuple[str, str]:
     """(title, body) of a notice in the person's language."""
     lang = locale if locale in _NOTICE_TEXT else "ja"
     title, body = _NOTICE_TEXT[lang][notice]
     fields = {"name": name, "kind": _KIND_TEXT[lang].get(kind, kind), "by": by, "outcome": outcome,
-              "note": note or "", "person": person}
+              "note": note or "", "person": person, "url": url, "minutes": minutes}
     return title.format(**fields), body.format(**fields).strip()

@@ -11,8 +11,11 @@ Step types:
 - ``{"type": "notify", "tiers": [1]}`` / ``{"people": ["p1"]}`` / ``{"coordinator": true}``: alert them.
 - ``{"type": "wait", "minutes": 15}``.
 - ``{"type": "notify_next", "tiers": [1, 2]}``: alert the next one of them in turn (round-robin).
-- ``{"type": "resident_check", "minutes": 5, "blinks": 3}``: blink the home's bulbs; if the resident
-  switches something within ``minutes`` the incident is cancelled ("resident responded").
+- ``{"type": "resident_check", "minutes": 5, "blinks": 3, "ask": true}``: ask the resident first. The
+  home's bulbs blink, and (``ask``, the default) the resident gets a message on their own channels
+  with a one-tap link: "I'm fine" / "I'm out until ..." / "Please help". A switch toggled, or "fine"
+  or "out" answered, within ``minutes`` cancels the incident before the team hears of it; "help"
+  ends the check at once and the chain goes on to the team.
 - ``{"type": "repeat", "times": 2}``: go back to the first step, at most ``times`` times.
 
 One option, written as a step that does nothing when reached (so it lives in the snapshotted chain):
@@ -65,11 +68,13 @@ class ChainError(ValueError):
 @dataclass(frozen=True)
 class Team:
     """Who an incident's chain can reach: the household's watchers by tier, the area coordinators
-    (or operators when the area has none), and the bulbs a resident check blinks."""
+    (or operators when the area has none), and for a resident check the bulbs it blinks and the
+    residents it asks."""
 
     members: tuple[tuple[str, int], ...] = ()  # (person_id, tier), ordered by tier then id
     coordinators: tuple[str, ...] = ()
     bulbs: tuple[tuple[str, str], ...] = ()  # (gateway_id, device_id)
+    residents: tuple[str, ...] = ()
 
     def in_tiers(self, tiers: Sequence[int]) -> tuple[str, ...]:
         wanted = set(tiers)
@@ -81,6 +86,8 @@ class Context:
     team: Team
     #: Time of the household's newest resident activity (device time), for resident checks.
     last_activity_at: float | None = None
+    #: When a resident last answered a resident check's message with "please help".
+    help_asked_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,15 @@ class Blink:
 
 
 @dataclass(frozen=True)
+class AskResident:
+    """Send the residents a message with their own answer link (fine / out until / help)."""
+
+    people: tuple[str, ...]
+    step_key: str
+    minutes: float
+
+
+@dataclass(frozen=True)
 class Cancel:
     outcome: str  # resident_responded
     note: str
@@ -150,7 +166,7 @@ class Log:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-Action = Notify | Blink | Cancel | Log
+Action = Notify | Blink | AskResident | Cancel | Log
 
 
 @dataclass(frozen=True)
@@ -213,18 +229,25 @@ def _wait(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> St
 
 def _resident_check(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:
     if state.check_since is None:
-        until = now + float(step["minutes"]) * 60.0
+        minutes = float(step["minutes"])
+        until = now + minutes * 60.0
         actions: list[Action] = []
         if ctx.team.bulbs:
             args = {"times": int(step.get("blinks", 3)), "reason": "resident_check"}
             actions.append(Blink(ctx.team.bulbs, state.step_key, args))
-        else:
-            return StepResult((Log("resident_check_skipped", {"reason": "no bulb"}),), _next(state))
+        if step.get("ask", True) and ctx.team.residents:
+            actions.append(AskResident(ctx.team.residents, state.step_key, minutes))
+        if not actions:
+            reason = "no bulb" if not step.get("ask", True) else "no bulb and no resident to ask"
+            return StepResult((Log("resident_check_skipped", {"reason": reason}),), _next(state))
         new = replace(state, check_since=now, wait_until=until)
         return StepResult(tuple(actions), new, min(until, now + RESIDENT_CHECK_POLL_S))
     if ctx.last_activity_at is not None and ctx.last_activity_at > state.check_since:
         note = "resident responded to the blink"
         return StepResult((Cancel("resident_responded", note),), replace(_next(state), done=True))
+    if ctx.help_asked_at is not None and ctx.help_asked_at >= state.check_since:
+        # the resident asked for help: the team hears of it now, not when the check would have ended
+        return StepResult((Log("resident_asked_for_help", {"since": state.check_since}),), _next(state))
     assert state.wait_until is not None
     if now >= state.wait_until:
         return StepResult((Log("resident_did_not_respond", {"since": state.check_since}),), _next(state))
@@ -335,6 +358,10 @@ def validate_chain(steps: Any) -> list[dict[str, Any]]:
         elif kind == "resident_check":
             clean["minutes"] = _number(step, "minutes", 0.5, 24 * 60)
             clean["blinks"] = int(_number({"type": kind, "blinks": step.get("blinks", 3)}, "blinks", 1, 20))
+            if "ask" in step:
+                if not isinstance(step["ask"], bool):
+                    raise ChainError(f"step {i}: resident_check ask must be true or false")
+                clean["ask"] = step["ask"]
         elif kind == "claim_timeout":
             if any(o.get("type") == "claim_timeout" for o in out):
                 raise ChainError(f"step {i}: only one claim_timeout")

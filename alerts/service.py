@@ -17,9 +17,11 @@ Times are the caller's clock (``clock.now()``), never the database's ``now()``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+import secrets
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -460,11 +462,14 @@ def load_team(conn: psycopg.Connection, household_id: str | None, area: str | No
         bulbs = tuple((r["gateway_id"], r["device_id"]) for r in _rows(
             conn, """SELECT gateway_id, device_id FROM devices WHERE household_id = %s AND kind = 'bulb'
                      AND gateway_id IS NOT NULL ORDER BY device_id""", (household_id,)))
+        residents = tuple(r["person_id"] for r in _rows(
+            conn, "SELECT person_id FROM people WHERE role = 'resident' AND household_id = %s ORDER BY person_id",
+            (household_id,)))
     coordinators = [r["person_id"] for r in _rows(
         conn, "SELECT person_id FROM people WHERE role = 'coordinator' AND area = %s ORDER BY person_id", (area,))]
     if not coordinators:  # an area without a coordinator falls to the operators
         coordinators = [r["person_id"] for r in _rows(conn, "SELECT person_id FROM people WHERE role = 'operator' ORDER BY person_id")]
-    return policy.Team(members, tuple(coordinators), bulbs)
+    return policy.Team(members, tuple(coordinators), bulbs, residents if household_id is not None else ())
 
 
 def _chain_for(conn: psycopg.Connection, inc: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
@@ -498,39 +503,40 @@ def _each_isolated(conn: psycopg.Connection, rows: list[dict[str, Any]], fn: Any
             log.exception("alert engine: incident %s failed; will retry", row["incident_id"])
 
 
-def adopt_new(conn: psycopg.Connection, clock: Clock, worker_id: str, limit: int = 20) -> int:
+def adopt_new(conn: psycopg.Connection, clock: Clock, worker_id: str, limit: int = 20, *, app_url: str = "") -> int:
     """Take on newly opened incidents (up to ``limit``, one transaction): snapshot each one's chain
-    and run its first steps. Returns how many it took."""
+    and run its first steps. Returns how many it took. ``app_url``: the web app's public address, for
+    the links in messages to residents (empty: links relative to the app)."""
     now = clock.now()
     with conn.transaction():
         incidents = _rows(conn, _ADOPT_SQL, (limit,))
-        _each_isolated(conn, incidents, lambda inc: _adopt(conn, inc, now, worker_id))
+        _each_isolated(conn, incidents, lambda inc: _adopt(conn, inc, now, worker_id, app_url))
     return len(incidents)
 
 
-def adopt_one(conn: psycopg.Connection, clock: Clock, worker_id: str) -> int | None:
+def adopt_one(conn: psycopg.Connection, clock: Clock, worker_id: str, *, app_url: str = "") -> int | None:
     """Take on one newly opened incident; its id, or None when there is none (tests, tools)."""
     now = clock.now()
     with conn.transaction():
         incidents = _rows(conn, _ADOPT_SQL, (1,))
         if not incidents:
             return None
-        _adopt(conn, incidents[0], now, worker_id)
+        _adopt(conn, incidents[0], now, worker_id, app_url)
     return int(incidents[0]["incident_id"])
 
 
-def step_one_due(conn: psycopg.Connection, clock: Clock, worker_id: str) -> int | None:
+def step_one_due(conn: psycopg.Connection, clock: Clock, worker_id: str, *, app_url: str = "") -> int | None:
     """Advance one due escalation; its incident id, or None when nothing is due (tests, tools)."""
     now = clock.now()
     with conn.transaction():
         incidents = _rows(conn, _DUE_SQL, (as_datetime(now), 1))
         if not incidents:
             return None
-        _step(conn, incidents[0], now, worker_id)
+        _step(conn, incidents[0], now, worker_id, app_url)
     return int(incidents[0]["incident_id"])
 
 
-def _adopt(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: str) -> None:
+def _adopt(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: str, app_url: str) -> None:
     chain, source = _chain_for(conn, inc)
     created = _one(conn, """INSERT INTO alert_escalations (incident_id, household_id, chain, chain_source, state,
                                    status, next_step_at, started_at, updated_at, worker_id)
@@ -545,19 +551,19 @@ def _adopt(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id:
     if inc["kind"] in WELFARE_KINDS and inc["household_id"] and _away(conn, inc["household_id"], now):
         _cancel(conn, inc, policy.State(), now, "away", "away mode was on when the incident opened")
     else:
-        _run_unless_outage(conn, inc, chain, policy.State(), now, worker_id)
+        _run_unless_outage(conn, inc, chain, policy.State(), now, worker_id, app_url)
 
 
-def step_due(conn: psycopg.Connection, clock: Clock, worker_id: str, limit: int = 20) -> int:
+def step_due(conn: psycopg.Connection, clock: Clock, worker_id: str, limit: int = 20, *, app_url: str = "") -> int:
     """Advance escalations whose next step is due (up to ``limit``, one transaction)."""
     now = clock.now()
     with conn.transaction():
         incidents = _rows(conn, _DUE_SQL, (as_datetime(now), limit))
-        _each_isolated(conn, incidents, lambda inc: _step(conn, inc, now, worker_id))
+        _each_isolated(conn, incidents, lambda inc: _step(conn, inc, now, worker_id, app_url))
     return len(incidents)
 
 
-def _step(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: str) -> None:
+def _step(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: str, app_url: str) -> None:
     esc = _one(conn, "SELECT * FROM alert_escalations WHERE incident_id = %s FOR UPDATE", (inc["incident_id"],))
     assert esc is not None
     # the due row we saw may be stale (another worker advanced it before we locked): re-check
@@ -567,9 +573,9 @@ def _step(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: 
     if inc["status"] in ("resolved", "cancelled"):
         _closed_elsewhere(conn, inc, state, now)
     elif inc["status"] == "claimed":
-        _claim_timer(conn, inc, esc["chain"], state, now, worker_id)
+        _claim_timer(conn, inc, esc["chain"], state, now, worker_id, app_url)
     else:
-        _run_unless_outage(conn, inc, esc["chain"], state, now, worker_id)
+        _run_unless_outage(conn, inc, esc["chain"], state, now, worker_id, app_url)
 
 
 def _set_escalation(conn: psycopg.Connection, incident_id: int, state: policy.State, status: str, next_at: float | None,
@@ -581,7 +587,7 @@ def _set_escalation(conn: psycopg.Connection, incident_id: int, state: policy.St
 
 
 def _claim_timer(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, Any]], state: policy.State,
-                 now: float, worker_id: str) -> None:
+                 now: float, worker_id: str, app_url: str) -> None:
     """A claim nobody resolved: remind the claimer, later reopen the incident to the team and resume."""
     claimed_at = _epoch(inc["claimed_at"]) or now
     claimer = inc["claimed_by"]
@@ -611,7 +617,7 @@ def _claim_timer(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict
             enqueue_notice(conn, reopened, told, f"reopened.{key}", "reopened", urgent=True, now=now, by=by)
         _timeline(conn, inc["incident_id"], now, None, "escalation_resumed", "system", None,
                   {"reason": "claim_expired", "step": state.step_key})
-        _run_unless_outage(conn, reopened, chain, replace(state, claim_reminded_at=None), now, worker_id)
+        _run_unless_outage(conn, reopened, chain, replace(state, claim_reminded_at=None), now, worker_id, app_url)
 
 
 def _area_outage(conn: psycopg.Connection, inc: dict[str, Any]) -> int | None:
@@ -624,7 +630,7 @@ def _area_outage(conn: psycopg.Connection, inc: dict[str, Any]) -> int | None:
 
 
 def _run_unless_outage(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, Any]], state: policy.State,
-                       now: float, worker_id: str) -> None:
+                       now: float, worker_id: str, app_url: str) -> None:
     """While the area's gateways are down the silence says nothing about the resident: a welfare
     escalation in flight pauses (timeline entry) and resumes where it was when the outage closes."""
     outage = _area_outage(conn, inc)
@@ -640,7 +646,7 @@ def _run_unless_outage(conn: psycopg.Connection, inc: dict[str, Any], chain: lis
         _timeline(conn, inc["incident_id"], now, None, "escalation_resumed", "system", None,
                   {"reason": "area_outage_closed", "paused_for": state.paused_for, "step": state.step_key})
         state = replace(state, paused_for=None)
-    _run(conn, inc, chain, state, now, worker_id)
+    _run(conn, inc, chain, state, now, worker_id, app_url)
 
 
 def _away(conn: psycopg.Connection, household_id: str, now: float) -> bool:
@@ -666,11 +672,20 @@ def _last_activity(conn: psycopg.Connection, household_id: str | None, since: fl
     return _epoch(row["t"]) if row else None
 
 
+def _help_asked_at(conn: psycopg.Connection, incident_id: int) -> float | None:
+    row = _one(conn, "SELECT max(used_at) AS t FROM resident_check_links WHERE incident_id = %s AND answer = 'help'",
+               (incident_id,))
+    return _epoch(row["t"]) if row else None
+
+
 def _run(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, Any]], state: policy.State,
-         now: float, worker_id: str) -> None:
+         now: float, worker_id: str, app_url: str) -> None:
     team = load_team(conn, inc["household_id"], inc["eff_area"])
-    last_activity = _last_activity(conn, inc["household_id"], state.check_since) if state.check_since is not None else None
-    result = policy.advance(chain, state, policy.Context(team, last_activity), now)
+    last_activity = help_at = None
+    if state.check_since is not None:
+        last_activity = _last_activity(conn, inc["household_id"], state.check_since)
+        help_at = _help_asked_at(conn, inc["incident_id"])
+    result = policy.advance(chain, state, policy.Context(team, last_activity, help_at), now)
     cancelled = False
     for action in result.actions:
         if isinstance(action, policy.Notify):
@@ -684,6 +699,8 @@ def _run(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, An
                          True, {"gateway_id": gateway_id, "device_id": device_id, "args": action.args}, now, now)
             _timeline(conn, inc["incident_id"], now, None, "blink_requested", "mqtt", None,
                       {"bulbs": [list(b) for b in action.bulbs], "step": action.step_key})
+        elif isinstance(action, policy.AskResident):
+            _ask_residents(conn, inc, action, now, app_url)
         elif isinstance(action, policy.Cancel):
             _cancel(conn, inc, result.state, now, action.outcome, action.note)
             cancelled = True
@@ -708,6 +725,43 @@ def _cancel(conn: psycopg.Connection, inc: dict[str, Any], state: policy.State, 
     _timeline(conn, inc["incident_id"], now, None, "cancelled", "system", note, {"outcome": outcome})
     if state.notified:
         enqueue_notice(conn, inc, state.notified, "cancelled", "cancelled", urgent=True, now=now, note=note)
+
+
+# --- asking the resident first -------------------------------------------------------------------
+
+#: A resident's answer link stays usable this long after the check's own wait (a late "I'm fine"
+#: still closes an alert nobody has claimed yet).
+RESIDENT_LINK_GRACE_S = 24 * 3600.0
+RESIDENT_LINK_PATH = "/r/"  # the app serves the answer page there (app/incidents/resident_views.py)
+
+
+def resident_token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _ask_residents(conn: psycopg.Connection, inc: dict[str, Any], action: policy.AskResident, now: float,
+                   app_url: str) -> None:
+    """Each resident gets a message with a single-use answer link of their own (only its hash is
+    stored); a resident already asked at this step (a replay) is not asked again."""
+    expires = now + action.minutes * 60.0 + RESIDENT_LINK_GRACE_S
+    asked = []
+    for person_id in action.people:
+        token = secrets.token_urlsafe(24)
+        row = _one(conn, """INSERT INTO resident_check_links (token_hash, incident_id, household_id, person_id, step_key,
+                                   created_at, expires_at)
+                            VALUES (%s, %s, %s, %s, %s, %s, %s)
+                            ON CONFLICT (incident_id, step_key, person_id) DO NOTHING RETURNING incident_id""",
+                   (resident_token_hash(token), inc["incident_id"], inc["household_id"], person_id, action.step_key,
+                    as_datetime(now), as_datetime(expires)))
+        if row is None:
+            continue
+        url = f"{app_url.rstrip('/')}{RESIDENT_LINK_PATH}{token}"
+        enqueue_notice(conn, inc, [person_id], action.step_key, "resident_check", urgent=True, now=now, url=url,
+                       minutes=f"{action.minutes:g}")
+        asked.append(person_id)
+    if asked:
+        _timeline(conn, inc["incident_id"], now, None, "resident_asked", "system", None,
+                  {"people": asked, "step": action.step_key, "minutes": action.minutes})
 
 
 # --- the outbox -------------------------------------------------------------------------------
@@ -761,10 +815,12 @@ def enqueue_notice(conn: psycopg.Connection, inc: dict[str, Any], people: Sequen
                          now, now, status="sent")
         if first is None:
             continue  # this step already told this person (a replay)
+        data = {"step": step_key, "household_id": inc["household_id"], "kind": inc["kind"]}
+        if "url" in fields:  # a notice with a link of its own (a resident's answer link)
+            data["url"] = fields["url"]
         conn.execute("""INSERT INTO notifications (person_id, incident_id, notice, urgent, title, body, data, created_at)
                         VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
-                     (person_id, inc["incident_id"], notice, urgent, title, body,
-                      Jsonb({"step": step_key, "household_id": inc["household_id"], "kind": inc["kind"]}), as_datetime(now)))
+                     (person_id, inc["incident_id"], notice, urgent, title, body, Jsonb(data), as_datetime(now)))
         metrics.count_notification("inapp", "sent")
         if inapp_only:
             continue

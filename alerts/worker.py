@@ -42,13 +42,13 @@ RECOVER_EVERY_S = 1.0
 BATCH_STEP = 10
 
 
-def _engine_pass(conn: psycopg.Connection, clock: Clock, worker_id: str, wake: threading.Event) -> int:
+def _engine_pass(conn: psycopg.Connection, clock: Clock, worker_id: str, wake: threading.Event, app_url: str = "") -> int:
     """Adopt new incidents and advance due escalations; returns how many it handled. Wakes the
     delivery threads after every committed batch so sends start while the pass goes on."""
     done = 0
     while done < BATCH:
-        adopted = service.adopt_new(conn, clock, worker_id, limit=BATCH_STEP)
-        stepped = service.step_due(conn, clock, worker_id, limit=BATCH_STEP)
+        adopted = service.adopt_new(conn, clock, worker_id, limit=BATCH_STEP, app_url=app_url)
+        stepped = service.step_due(conn, clock, worker_id, limit=BATCH_STEP, app_url=app_url)
         metrics.STEPS.labels("adopt").inc(adopted)
         metrics.STEPS.labels("step").inc(stepped)
         n = adopted + stepped
@@ -132,7 +132,7 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
                 if time.monotonic() - refreshed >= cfg.metrics_every_s:
                     metrics.refresh(conn, clock.now())
                     refreshed = time.monotonic()
-                busy = _engine_pass(conn, clock, worker_id, wake)
+                busy = _engine_pass(conn, clock, worker_id, wake, settings.app_url())
                 alive["at"] = time.monotonic()
                 if busy:
                     continue

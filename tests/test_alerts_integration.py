@@ -32,13 +32,14 @@ def conn(pg_url: str) -> Iterator[psycopg.Connection]:
 
 
 class Worker:
-    def __init__(self, pg_url: str, clock: ManualClock, mqtt_url: MqttUrl | None = None, worker_id: str = "t1") -> None:
+    def __init__(self, pg_url: str, clock: ManualClock, mqtt_url: MqttUrl | None = None, worker_id: str = "t1",
+                 settings: Settings | None = None) -> None:
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
 
         def run() -> None:
             try:
-                run_alert_worker(Settings(), database_url=pg_url, mqtt_url=mqtt_url, clock=clock, stop=self.stop,
+                run_alert_worker(settings or Settings(), database_url=pg_url, mqtt_url=mqtt_url, clock=clock, stop=self.stop,
                                  worker_id=worker_id, alert_settings=AlertSettings(poll_s=0.05, delivery_threads=2))
             except BaseException as exc:  # surfaced by the test
                 self.errors.append(exc)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from alerts import policy
-from alerts.policy import Blink, Cancel, Context, Notify, State, Team, advance, validate_chain
+from alerts.policy import AskResident, Blink, Cancel, Context, Log, Notify, State, Team, advance, validate_chain
 from mimamori.clock import ManualClock
 
 TEAM = Team(members=(("a", 1), ("b", 1), ("c", 2)), coordinators=("coord",), bulbs=(("gw1", "bulb1"),))
@@ -151,3 +151,48 @@ def test_lazy_tls_context_applies_settings_when_tls_is_used() -> None:
     assert isinstance(ctx._real, ssl.SSLContext)
     verified = shim.create_default_context()
     assert verified.verify_mode == ssl.CERT_REQUIRED and verified.check_hostname is True
+
+
+# --- asking the resident first ----------------------------------------------------------------
+
+ASK_CHAIN = [{"type": "resident_check", "minutes": 10}, {"type": "notify", "tiers": [1]}]
+
+
+def test_resident_check_asks_the_resident_even_without_a_bulb() -> None:
+    team = Team(members=TEAM.members, coordinators=TEAM.coordinators, residents=("res",))
+    out = advance(ASK_CHAIN, State(), Context(team), 0.0)
+    assert out.actions == (AskResident(("res",), "r0.s0", 10.0),)
+    assert out.state.check_since == 0.0 and not notified(out.actions)
+    # with a bulb as well: both, blink first
+    both = advance(ASK_CHAIN, State(), Context(Team(TEAM.members, TEAM.coordinators, TEAM.bulbs, ("res",))), 0.0)
+    assert [type(a).__name__ for a in both.actions] == ["Blink", "AskResident"]
+
+
+def test_resident_check_with_nobody_to_ask_and_no_bulb_goes_straight_to_the_team() -> None:
+    team = Team(members=TEAM.members, coordinators=TEAM.coordinators)
+    out = advance(ASK_CHAIN, State(), Context(team), 0.0)
+    assert [type(a).__name__ for a in out.actions] == ["Log", "Notify", "Log"]
+    assert notified(out.actions) == [(("a", "b"), "r0.s1")]
+    # "ask": false keeps the old blink-only check: a resident alone is not asked
+    blink_only = [{"type": "resident_check", "minutes": 10, "ask": False}, {"type": "notify", "tiers": [1]}]
+    out = advance(blink_only, State(), Context(Team(TEAM.members, TEAM.coordinators, residents=("res",))), 0.0)
+    assert not any(isinstance(a, AskResident) for a in out.actions) and notified(out.actions)
+
+
+def test_resident_asking_for_help_ends_the_check_at_once() -> None:
+    team = Team(members=TEAM.members, coordinators=TEAM.coordinators, residents=("res",))
+    out = advance(ASK_CHAIN, State(), Context(team), 0.0)
+    # an answer from before this check (an earlier incident's) does not count
+    early = advance(ASK_CHAIN, out.state, Context(team, help_asked_at=-5.0), 60.0)
+    assert early.actions == () and early.next_step_at is not None
+    helped = advance(ASK_CHAIN, out.state, Context(team, help_asked_at=70.0), 75.0)
+    assert [type(a).__name__ for a in helped.actions] == ["Log", "Notify", "Log"]
+    assert helped.actions[0] == Log("resident_asked_for_help", {"since": 0.0})
+    assert notified(helped.actions) == [(("a", "b"), "r0.s1")]  # at 75 s, not after 10 minutes
+
+
+def test_validate_chain_keeps_the_ask_switch() -> None:
+    assert validate_chain([{"type": "resident_check", "minutes": 5, "ask": False}]) == [
+        {"type": "resident_check", "minutes": 5.0, "blinks": 3, "ask": False}]
+    with pytest.raises(policy.ChainError):
+        validate_chain([{"type": "resident_check", "minutes": 5, "ask": "no"}])

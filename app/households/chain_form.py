@@ -4,7 +4,7 @@ A *row* is one step as the form shows it: the kind and the raw text of its field
 post re-renders exactly as typed. ``parse_chain_form`` turns the posted fields into the engine's
 step dicts plus per-step errors; the engine's own validation (``alerts.policy.validate_chain``, the
 same one ``incidents.set_chain`` runs) is applied step by step, so an error always names its step.
-Field names: ``step-<i>-type``, ``step-<i>-tiers`` / ``-people`` (repeated), ``-coordinator``, ``-urgent``,
+Field names: ``step-<i>-type``, ``step-<i>-tiers`` / ``-people`` (repeated), ``-coordinator``, ``-urgent``, ``-ask``,
 and numbers per kind, ``step-<i>-<kind>-<field>`` (``step-2-wait-minutes``); the edit
 buttons post ``op`` = ``add`` | ``up-<i>`` | ``down-<i>`` | ``remove-<i>`` | ``save``.
 """
@@ -56,7 +56,7 @@ class StepError:
 
 
 def blank_row(kind: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"type": kind, "tiers": [], "people": [], "coordinator": False, "urgent": True,
+    row: dict[str, Any] = {"type": kind, "tiers": [], "people": [], "coordinator": False, "urgent": True, "ask": True,
                            "minutes": "", "blinks": "", "grace_minutes": "", "times": ""}
     row.update({k: (list(v) if isinstance(v, list) else v) for k, v in NEW_STEP_DEFAULTS.get(kind, {}).items()})
     return row
@@ -74,7 +74,8 @@ def rows_from_steps(steps: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for step in steps:
         row = blank_row(str(step.get("type", "")))
         row.update({"tiers": [str(t) for t in step.get("tiers") or []], "people": [str(p) for p in step.get("people") or []],
-                    "coordinator": bool(step.get("coordinator")), "urgent": bool(step.get("urgent", True))})
+                    "coordinator": bool(step.get("coordinator")), "urgent": bool(step.get("urgent", True)),
+                    "ask": bool(step.get("ask", True))})
         for key in ("minutes", "blinks", "grace_minutes", "times"):
             row[key] = _text(step.get(key, row[key]))
         rows.append(row)
@@ -104,6 +105,7 @@ def rows_from_form(fields: Mapping[str, Any]) -> list[dict[str, Any]]:
             "coordinator": bool(_get(fields, f"step-{i}-coordinator")),
             # the urgent box is a checkbox: present = urgent; the hidden marker tells "unticked" from "absent"
             "urgent": bool(_get(fields, f"step-{i}-urgent")) or not _get(fields, f"step-{i}-urgent-shown"),
+            "ask": bool(_get(fields, f"step-{i}-ask")) or not _get(fields, f"step-{i}-ask-shown"),
         })
         # number fields are named per kind (step-<i>-<kind>-<field>): their bounds differ
         for key in NUMBER_FIELDS.get(kind, {}):
@@ -169,6 +171,8 @@ def step_from_row(i: int, row: Mapping[str, Any]) -> tuple[dict[str, Any] | None
         if value is None:
             return None, StepError(i, f"chain_err_{key}", {"lo": _text(float(lo)), "hi": _text(float(hi))})
         step[key] = value
+    if kind == "resident_check" and not row.get("ask", True):
+        step["ask"] = False
     return step, None
 
 

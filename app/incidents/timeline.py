@@ -36,7 +36,7 @@ def _ids_in(data: Mapping[str, Any]) -> list[str]:
 def visible_names(conn: psycopg.Connection, viewer_id: str, household_id: str | None, area: str | None,
                   entries: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     """Display names of the people the entries mention whom the reader may see: the household's team,
-    the area's coordinators, and the reader. Anyone else (an operator standing in, a resident of
+    its residents, the area's coordinators, and the reader. Anyone else (an operator standing in, a resident of
     another home) stays unnamed."""
     wanted = sorted({pid for e in entries for pid in _ids_in(e.get("data") or {})})
     if not wanted:
@@ -47,7 +47,8 @@ def visible_names(conn: psycopg.Connection, viewer_id: str, household_id: str | 
              AND (p.person_id = %(viewer)s
                   OR EXISTS (SELECT 1 FROM household_watchers w
                              WHERE w.person_id = p.person_id AND w.household_id = %(household)s)
-                  OR (p.role = 'coordinator' AND p.area = %(area)s))""",
+                  OR (p.role = 'coordinator' AND p.area = %(area)s)
+                  OR (p.role = 'resident' AND p.household_id = %(household)s))""",
         {"ids": wanted, "viewer": viewer_id, "household": household_id, "area": area},
     ).fetchall()
     return {r[0]: r[1] for r in rows}
@@ -102,6 +103,9 @@ def action_key(entry: Mapping[str, Any]) -> str:
     if action in ("escalation_resumed", "escalation_paused"):
         specific = f"tl_{action}_{data.get('reason')}"
         return specific if specific in MESSAGES else f"tl_{action}"
+    if action == "resident_answered":
+        specific = f"tl_resident_answered_{data.get('answer')}"
+        return specific if specific in MESSAGES else "tl_unknown"
     if action == "unreachable":
         # The engine records a reason code; entries written before it had only the English note.
         reason = data.get("reason") or {"no channel besides the app": "no_channel", "every channel failed": "all_failed"}.get(
@@ -147,7 +151,7 @@ def chain_step_text(locale: str, step: Mapping[str, Any]) -> str:
               "minutes": _num(step.get("minutes", 90 if kind == "claim_timeout" else "")),
               "grace": _num(step.get("grace_minutes", 30)), "blinks": _num(step.get("blinks", 3)),
               "times": _num(step.get("times", ""))}
-    key = f"step_{kind}"
+    key = f"step_{kind}" + ("_blink_only" if kind == "resident_check" and step.get("ask") is False else "")
     if key not in MESSAGES:
         return translate(locale, "step_unknown", type=kind or "?")
     text = MESSAGES[key][1 if locale == "en" else 0]

@@ -1,0 +1,142 @@
+"""The resident's own answer to a resident check (a no-login, single-use link in their message).
+
+A resident check (``policy._resident_check``) asks the residents before the team hears anything.
+Their answer, from the link's page:
+
+- ``fine``: an alert nobody has claimed yet is cancelled (outcome ``resident_responded``); whoever
+  was already alerted is told. A claimed alert stays with its claimer, who is told the answer.
+- ``away`` (until a date): away mode until then (``away_periods``, source ``resident``), and the
+  alert is cancelled the same way (outcome ``away``).
+- ``help``: the whole team is told at once, and a check still waiting ends now so the chain goes on
+  (the engine reads the answer from ``resident_check_links``). Never refused: not when the alert
+  has closed meanwhile, not when the link has expired.
+
+Whatever the answer, the link is used up and the answer is on the incident's timeline with the
+resident as its actor. Only the token's hash is stored (``resident_check_links``).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+import psycopg
+
+from alerts import policy, service
+from alerts.models import Conflict, InvalidInput, NotFound
+from mimamori.clock import Clock, as_datetime
+
+ANSWERS: Final = ("fine", "away", "help")
+MAX_AWAY_DAYS: Final = 60
+MAX_TOKEN = 200
+LINK_PATH: Final = service.RESIDENT_LINK_PATH
+
+
+class LinkGone(Conflict):
+    """The link expired (an answer is no longer useful to anyone)."""
+
+
+def _link(conn: psycopg.Connection, token: str, *, lock: bool = False) -> dict[str, Any]:
+    if not token or len(token) > MAX_TOKEN:
+        raise NotFound("this link is not valid")
+    row = service._one(conn, f"""SELECT l.*, i.status, i.claimed_by, i.kind, h.display_name AS household_name, h.timezone
+                                FROM resident_check_links l JOIN incidents i ON i.incident_id = l.incident_id
+                                JOIN households h ON h.household_id = l.household_id
+                                WHERE l.token_hash = %s {"FOR UPDATE OF l, i" if lock else ""}""",
+                       (service.resident_token_hash(token),))
+    if row is None:
+        raise NotFound("this link is not valid (it was changed or never sent)")
+    return row
+
+
+def link_info(conn: psycopg.Connection, token: str, *, clock: Clock) -> dict[str, Any]:
+    """What the answer page shows before the resident presses anything (does not use the link up)."""
+    row = _link(conn, token)
+    tz = row["timezone"] if policy.valid_timezone(row["timezone"]) else "Asia/Tokyo"
+    today = datetime.fromtimestamp(clock.now(), ZoneInfo(tz)).date()
+    return {"household_name": row["household_name"], "used": row["used_at"] is not None, "answer": row["answer"],
+            "expired": row["used_at"] is None and row["expires_at"] <= as_datetime(clock.now()),
+            "today": today.isoformat(), "tomorrow": (today + timedelta(days=1)).isoformat(),
+            "last_day": (today + timedelta(days=MAX_AWAY_DAYS)).isoformat()}
+
+
+def away_until_from_date(day: str, tz: str, now: float) -> float:
+    """The end of the day the resident says they will be back (their household's time zone)."""
+    try:
+        back = date.fromisoformat(day)
+    except (TypeError, ValueError):
+        raise InvalidInput("the return date must be a date (YYYY-MM-DD)") from None
+    zone = ZoneInfo(tz if policy.valid_timezone(tz) else "Asia/Tokyo")
+    until = datetime.combine(back + timedelta(days=1), time(0, 0), zone).timestamp()
+    if until <= now:
+        raise InvalidInput("the return date is in the past")
+    if until - now > (MAX_AWAY_DAYS + 1) * 86400:
+        raise InvalidInput(f"away mode is at most {MAX_AWAY_DAYS} days; a coordinator can set longer")
+    return until
+
+
+def answer(conn: psycopg.Connection, token: str, reply: str, *, clock: Clock, back_on: str | None = None) -> dict[str, Any]:
+    """Record the resident's answer and act on it (see the module text). ``back_on``: the date they
+    will be back (``away`` only). Raises ``NotFound`` (a link never sent), ``Conflict`` (already
+    used), ``LinkGone`` (expired), ``InvalidInput``."""
+    if reply not in ANSWERS:
+        raise InvalidInput(f"answer must be one of {ANSWERS}")
+    now = clock.now()
+    with conn.transaction():
+        link = _link(conn, token, lock=True)
+        if link["used_at"] is not None:
+            raise Conflict("this link has already been used")
+        if link["expires_at"] <= as_datetime(now) and reply != "help":  # a call for help is never refused
+            raise LinkGone("this link has expired")
+        away_until = away_until_from_date(back_on or "", link["timezone"], now) if reply == "away" else None
+        conn.execute("""UPDATE resident_check_links SET used_at = %s, answer = %s, away_until = %s WHERE token_hash = %s""",
+                     (as_datetime(now), reply, as_datetime(away_until) if away_until else None, link["token_hash"]))
+        incident_id, person_id = link["incident_id"], link["person_id"]
+        service._timeline(conn, incident_id, now, person_id, "resident_answered", "link", None,
+                          {"answer": reply, **({"until": away_until} if away_until else {})})
+        inc = service.incident_row(conn, incident_id)
+        assert inc is not None
+        if away_until is not None:
+            conn.execute("""INSERT INTO away_periods (household_id, starts_at, until, source, set_by, note)
+                            VALUES (%s, %s, %s, 'resident', %s, 'answered a resident check')""",
+                         (link["household_id"], as_datetime(now), as_datetime(away_until), person_id))
+            service._timeline(conn, incident_id, now, person_id, "away_set", "link", None, {"until": away_until})
+        effect = _act(conn, inc, link, reply, now, person_id)
+    return {"incident_id": incident_id, "answer": reply, "away_until": away_until, "effect": effect}
+
+
+def _act(conn: psycopg.Connection, inc: dict[str, Any], link: dict[str, Any], reply: str, now: float,
+         person_id: str | None) -> str:
+    """What the answer did to the alert: 'cancelled', 'escalated' (the check ended early), 'told_team'
+    or 'none' (the alert was already closed, or nobody to tell)."""
+    incident_id = inc["incident_id"]
+    state = service._escalation_state(conn, incident_id)
+    notice = f"resident_answered_{reply}"
+    by = service._actor_name(conn, person_id) if person_id else ""
+    if inc["status"] == "open" and reply in ("fine", "away"):
+        outcome = "resident_responded" if reply == "fine" else "away"
+        note = f"the resident answered the check: {reply}"
+        service._stop_escalation(conn, incident_id, "done", now)
+        conn.execute("""UPDATE incidents SET status = 'cancelled', closed_at = %s, closed_by = %s, outcome = %s,
+                        outcome_note = %s, updated_at = %s WHERE incident_id = %s""",
+                     (as_datetime(now), person_id, outcome, note, as_datetime(now), incident_id))
+        service._timeline(conn, incident_id, now, None, "cancelled", "system", note, {"outcome": outcome})
+        if state.notified:
+            service.enqueue_notice(conn, inc, state.notified, "cancelled", notice, urgent=True, now=now, by=by)
+        return "cancelled"
+    if inc["status"] not in ("open", "claimed") and reply != "help":
+        return "none"  # the alert is over; a call for help never is
+    escalated = False
+    if reply == "help" and inc["status"] == "open" and state.check_since is not None:
+        # during the check: the engine's next look (now) ends the check and goes on with the chain
+        escalated = conn.execute("UPDATE alert_escalations SET next_step_at = %s WHERE incident_id = %s AND status = 'running'",
+                                 (as_datetime(now), incident_id)).rowcount > 0
+    # tell who knows of the alert (the claimer, whoever was alerted) and, for "help", the whole team now
+    team = [p for p, _tier in service.load_team(conn, inc["household_id"], inc["eff_area"]).members]
+    told = list(dict.fromkeys([*([inc["claimed_by"]] if inc["claimed_by"] else []), *state.notified,
+                               *(team if reply == "help" else [])]))
+    if told:
+        service.enqueue_notice(conn, inc, told, f"resident_answered.{link['step_key']}.{person_id}", notice,
+                               urgent=True, now=now, by=by)
+    return "escalated" if escalated else "told_team" if told else "none"

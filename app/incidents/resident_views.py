@@ -1,0 +1,54 @@
+"""The resident's answer page: the link in the message a resident check sends (no login; the link is
+the key, single use). Three big buttons: "I'm fine", "I'm out" (with the day they will be back), "Please
+help". All rules are in ``alerts.resident``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import Response
+
+from alerts import resident
+from alerts.models import AlertError, Conflict, InvalidInput
+from app.db import ClockDep, Conn
+from app.templating import render
+
+pages = APIRouter(include_in_schema=False)
+TEMPLATE = "resident_answer.html"
+
+
+def _error(request: Request, exc: AlertError, token: str | None = None) -> Response:
+    if isinstance(exc, resident.LinkGone):
+        # an expired link still lets the resident ask for help
+        return render(request, TEMPLATE, status_code=410, error_key="rc_link_expired", token=token, help_only=True, info=None)
+    if isinstance(exc, InvalidInput):
+        return render(request, TEMPLATE, status_code=422, error_key="rc_link_invalid", reason=str(exc), info=None)
+    key, status = ("rc_link_used", 409) if isinstance(exc, Conflict) else ("rc_link_invalid", 404)
+    return render(request, TEMPLATE, status_code=status, error_key=key, info=None)
+
+
+@pages.get(f"{resident.LINK_PATH}{{token}}")
+def answer_page(token: str, request: Request, conn: Conn, clock: ClockDep) -> Response:
+    try:
+        info = resident.link_info(conn, token, clock=clock)
+    except AlertError as exc:
+        return _error(request, exc)
+    if info["used"]:
+        return render(request, TEMPLATE, status_code=409, error_key="rc_link_used", info=None)
+    if info["expired"]:
+        return render(request, TEMPLATE, status_code=410, error_key="rc_link_expired", token=token, help_only=True, info=None)
+    return render(request, TEMPLATE, info=info, token=token)
+
+
+@pages.post(f"{resident.LINK_PATH}{{token}}")
+def answer_submit(token: str, request: Request, conn: Conn, clock: ClockDep,
+                  answer: Annotated[str, Form(max_length=10)],
+                  back_on: Annotated[str | None, Form(max_length=10)] = None) -> Response:
+    try:
+        result = resident.answer(conn, token, answer, clock=clock, back_on=back_on)
+    except AlertError as exc:
+        return _error(request, exc, token)
+    until = datetime.fromtimestamp(result["away_until"], UTC) if result["away_until"] else None
+    return render(request, TEMPLATE, done=result["answer"], until=until, info=None)

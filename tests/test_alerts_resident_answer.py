@@ -1,0 +1,181 @@
+"""A resident check asks the resident first: a real PostgreSQL, a real SMTP server (the resident's
+mail with their answer link), the alert worker in-process on a ManualClock, and the app's answer
+page under uvicorn."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+import requests
+from alerts_fixtures import SmtpSink, Town, actions, notices, open_incident, seed_town, smtp, wait_for  # noqa: F401
+from test_alerts_integration import Worker, wait_for_quiet, who
+
+from alerts import resident, service
+from alerts.models import Conflict, InvalidInput, NotFound
+from mimamori.clock import ManualClock
+from mimamori.config import Settings
+from test_app_support import served
+
+pytestmark = pytest.mark.integration
+PUBLIC = "https://mimamori.example.jp"
+ASK_FIRST = [{"type": "resident_check", "minutes": 10}, {"type": "wait", "minutes": 15}, {"type": "notify", "tiers": [1]}]
+
+
+@pytest.fixture
+def conn(pg_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def worker(pg_url: str, clock: ManualClock) -> Iterator[Worker]:
+    w = Worker(pg_url, clock, settings=Settings(public_url=PUBLIC))
+    yield w
+    w.close()
+
+
+def _resident(conn: psycopg.Connection, smtp: SmtpSink, town: Town, chain: list[dict] = ASK_FIRST) -> str:
+    """The home's resident, reachable by e-mail, and the household's chain."""
+    pid = f"res-{town.household_id}"
+    conn.execute("INSERT INTO people (person_id, display_name, role, household_id) VALUES (%s, '山田 花子', 'resident', %s)",
+                 (pid, town.household_id))
+    conn.execute("INSERT INTO person_channels (person_id, kind, target) VALUES (%s, 'apprise', %s)",
+                 (pid, smtp.url(f"{pid}@example.org")))
+    service.set_chain(conn, who(conn, town.coordinator), town.household_id, chain, clock=ManualClock())
+    return pid
+
+
+def _link_in_mail(smtp: SmtpSink, person: str) -> str:
+    mails = wait_for(lambda: smtp.to(f"{person}@example.org"), what="the resident's mail")
+    m = re.search(re.escape(PUBLIC) + r"/r/([A-Za-z0-9_-]+)", mails[0].body)
+    assert m, mails[0].body
+    return m.group(1)
+
+
+def _status(conn: psycopg.Connection, iid: int) -> tuple[str, str | None]:
+    row = conn.execute("SELECT status, outcome FROM incidents WHERE incident_id = %s", (iid,)).fetchone()
+    assert row is not None
+    return row
+
+
+def test_fine_from_the_link_cancels_before_the_team_hears(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,
+                                                          worker: Worker) -> None:
+    town = seed_town(conn, smtp)
+    person = _resident(conn, smtp, town)
+    iid = open_incident(conn, town.household_id, clock.now())
+    token = _link_in_mail(smtp, person)
+    assert "resident_check" in notices(conn, person)  # in the app as well, with the same link
+    url = conn.execute("SELECT data->>'url' FROM notifications WHERE person_id = %s", (person,)).fetchone()[0]
+    assert url == f"{PUBLIC}/r/{token}"
+    # the database keeps only a hash: the token itself is nowhere in the links table
+    assert conn.execute("SELECT count(*) FROM resident_check_links WHERE token_hash = %s",
+                        (service.resident_token_hash(token),)).fetchone()[0] == 1
+    clock.advance(3 * 60)
+    result = resident.answer(conn, token, "fine", clock=clock)
+    assert result["effect"] == "cancelled"
+    assert _status(conn, iid) == ("cancelled", "resident_responded")
+    clock.advance(3600)
+    assert not wait_for_quiet(lambda: notices(conn, town.tier1[0]) or smtp.to(town.emails[town.tier1[0]]))
+    steps = actions(conn, iid)
+    assert steps.index("resident_asked") < steps.index("resident_answered") < steps.index("cancelled")
+    actor = conn.execute("SELECT actor, channel, data->>'answer' FROM incident_timeline WHERE incident_id = %s"
+                         " AND action = 'resident_answered'", (iid,)).fetchone()
+    assert actor == (person, "link", "fine")
+    with pytest.raises(Conflict):  # single use
+        resident.answer(conn, token, "help", clock=clock)
+    with pytest.raises(NotFound):
+        resident.answer(conn, token[:-2] + "xx", "fine", clock=clock)
+
+
+def test_away_sets_away_mode_until_the_end_of_the_day_they_come_back(conn: psycopg.Connection, smtp: SmtpSink,
+                                                                     clock: ManualClock, worker: Worker) -> None:
+    town = seed_town(conn, smtp)
+    person = _resident(conn, smtp, town)
+    iid = open_incident(conn, town.household_id, clock.now())
+    token = _link_in_mail(smtp, person)
+    with pytest.raises(InvalidInput):  # the past
+        resident.answer(conn, token, "away", clock=clock, back_on="2020-01-01")
+    with pytest.raises(InvalidInput):
+        resident.answer(conn, token, "away", clock=clock, back_on="tomorrow")
+    tokyo = ZoneInfo("Asia/Tokyo")
+    back = (datetime.fromtimestamp(clock.now(), tokyo) + timedelta(days=2)).date()
+    result = resident.answer(conn, token, "away", clock=clock, back_on=back.isoformat())
+    end_of_day = datetime.combine(back + timedelta(days=1), datetime.min.time(), tokyo).timestamp()
+    assert result["away_until"] == end_of_day
+    assert _status(conn, iid) == ("cancelled", "away")
+    row = conn.execute("SELECT source, set_by, extract(epoch FROM until) FROM away_periods WHERE household_id = %s",
+                       (town.household_id,)).fetchone()
+    assert row is not None and row[:2] == ("resident", person) and float(row[2]) == end_of_day
+    # away mode holds a new alert for the same home back from everyone
+    clock.advance(3600)
+    iid2 = open_incident(conn, town.household_id, clock.now())
+    wait_for(lambda: _status(conn, iid2) == ("cancelled", "away"), what="second alert cancelled by away mode")
+    assert notices(conn, town.tier1[0]) == []
+
+
+def test_help_ends_the_check_at_once_and_the_whole_team_hears(conn: psycopg.Connection, smtp: SmtpSink,
+                                                              clock: ManualClock, worker: Worker) -> None:
+    town = seed_town(conn, smtp)
+    chain = [{"type": "resident_check", "minutes": 10}, {"type": "notify", "tiers": [1]}, {"type": "wait", "minutes": 15},
+             {"type": "notify", "tiers": [2]}]
+    person = _resident(conn, smtp, town, chain)
+    iid = open_incident(conn, town.household_id, clock.now())
+    token = _link_in_mail(smtp, person)
+    clock.advance(60)
+    assert resident.answer(conn, token, "help", clock=clock)["effect"] == "escalated"
+    # one minute in, not ten: tier 1 gets the alert from the chain; everyone on the team hears "help" now
+    wait_for(lambda: "alert" in notices(conn, town.tier1[0]), what="tier 1 alerted at once")
+    assert "resident_answered_help" in notices(conn, town.tier1[0])
+    assert notices(conn, town.tier2[0]) == ["resident_answered_help"]
+    assert "resident_asked_for_help" in actions(conn, iid)
+    assert _status(conn, iid) == ("open", None)
+    mails = wait_for(lambda: [m for m in smtp.to(town.emails[town.tier2[0]]) if "助け" in m.subject], what="tier 2 mail")
+    assert "山田 花子" in mails[0].body
+
+
+def test_help_still_reaches_the_team_after_the_alert_closed_and_the_link_expired(conn: psycopg.Connection, smtp: SmtpSink,
+                                                                                  clock: ManualClock, worker: Worker) -> None:
+    town = seed_town(conn, smtp)
+    person = _resident(conn, smtp, town)
+    iid = open_incident(conn, town.household_id, clock.now())
+    token = _link_in_mail(smtp, person)
+    # the resident switched a light (the detector closes the alert), then a day and a half passes
+    conn.execute("UPDATE incidents SET status = 'resolved', closed_at = now(), outcome = 'activity_resumed' WHERE incident_id = %s",
+                 (iid,))
+    clock.advance(36 * 3600)
+    with pytest.raises(resident.LinkGone):
+        resident.answer(conn, token, "fine", clock=clock)
+    assert resident.answer(conn, token, "help", clock=clock)["effect"] == "told_team"
+    assert notices(conn, town.tier1[0])[-1] == "resident_answered_help"
+    assert notices(conn, town.tier2[0])[-1] == "resident_answered_help"
+
+
+def test_the_answer_page(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:
+    town = seed_town(conn, smtp)
+    person = _resident(conn, smtp, town)
+    iid = open_incident(conn, town.household_id, clock.now())
+    token = _link_in_mail(smtp, person)
+    with served(pg_url, clock) as base, requests.Session() as phone:
+        page = phone.get(f"{base}/r/{token}", timeout=30)
+        assert page.status_code == 200
+        assert all(f'id="{b}"' in page.text for b in ("btn-fine", "btn-away", "btn-help", "back-on"))
+        assert town.household_id.replace("h-", "山田 ") in page.text  # the household's name, nothing else about it
+        bad = phone.post(f"{base}/r/{token}", data={"answer": "away", "back_on": "1999-01-01"}, timeout=30)
+        assert bad.status_code == 422 and 'id="answer-error"' in bad.text
+        assert phone.post(f"{base}/r/{token}", data={"answer": "maybe"}, timeout=30).status_code == 422
+        done = phone.post(f"{base}/r/{token}", data={"answer": "fine"}, timeout=30)
+        assert done.status_code == 200 and 'data-answer="fine"' in done.text
+        assert phone.get(f"{base}/r/{token}", timeout=30).status_code == 409
+        assert phone.get(f"{base}/r/not-a-token", timeout=30).status_code == 404
+        assert phone.post(f"{base}/r/not-a-token", data={"answer": "help"}, timeout=30).status_code == 404
+    assert _status(conn, iid) == ("cancelled", "resident_responded")
