@@ -179,3 +179,30 @@ def test_the_answer_page(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, 
         assert phone.get(f"{base}/r/not-a-token", timeout=30).status_code == 404
         assert phone.post(f"{base}/r/not-a-token", data={"answer": "help"}, timeout=30).status_code == 404
     assert _status(conn, iid) == ("cancelled", "resident_responded")
+
+
+@pytest.mark.e2e
+def test_the_answer_page_on_a_phone(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, clock: ManualClock,
+                                    worker: Worker) -> None:
+    from test_app_browser import check_a11y, phone, shot
+
+    town = seed_town(conn, smtp)
+    person = _resident(conn, smtp, town)
+    iid = open_incident(conn, town.household_id, clock.now())
+    token = _link_in_mail(smtp, person)
+    with served(pg_url, clock) as base, phone() as page:
+        page.goto(f"{base}/r/{token}")  # type: ignore[attr-defined]
+        page.wait_for_selector("#btn-help")  # type: ignore[attr-defined]
+        check_a11y(page, "resident answer page")
+        # three big targets, each the width of the screen
+        for button in ("#btn-fine", "#btn-away", "#btn-help"):
+            box = page.locator(button).bounding_box()  # type: ignore[attr-defined]
+            assert box["height"] >= 56 and box["width"] >= 300, (button, box)
+        shot(page, "resident_answer")
+        back_on = page.locator("#back-on")  # type: ignore[attr-defined]
+        assert back_on.input_value() > back_on.get_attribute("min")  # offered: tomorrow, after today
+        page.click("#btn-away")  # type: ignore[attr-defined]
+        page.wait_for_selector("#answer-done")  # type: ignore[attr-defined]
+        check_a11y(page, "resident answer done")
+        shot(page, "resident_answer_done")
+    assert _status(conn, iid) == ("cancelled", "away")
