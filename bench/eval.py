@@ -356,6 +356,9 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
         by_area[inc["area"]].append(inc)
     false_by_kind: dict[str, int] = defaultdict(int)
     false_welfare_silence: dict[str, int] = {"lt_8h": 0, "8_17h": 0, "ge_17h": 0}
+    # When false welfare alerts are raised (the household's local hour): a resident asked by message
+    # before the team (alerts' resident check) can answer in waking hours, rarely at 3 a.m.
+    false_welfare_hour = [0] * 24
     silence_around = _silence_lookup(rp)
     false_all = 0
     nights_by_hh: dict[int, list[tuple[float, float]]] = defaultdict(list)
@@ -378,6 +381,7 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
                     false_in_nights += 1
                     nights_alerted.add((key, night[0]))
                 quiet_h = silence_around(key, t) / H
+                false_welfare_hour[int(((t + float(rp.tz_offset_s[key])) % DAY) // H)] += 1
                 false_welfare_silence["lt_8h" if quiet_h < 8 else "8_17h" if quiet_h < 17 else "ge_17h"] += 1
     if rp.observed_until is not None:
         months = float(np.maximum(rp.observed_until - rp.learning_end, 0.0).sum()) / (30 * DAY)
@@ -407,6 +411,8 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
         "detected_while_already_open": already_open,
         "false_alerts_by_kind": {k: false_by_kind.get(k, 0) for k in ALERT_KINDS},
         "false_welfare_by_silence": false_welfare_silence,
+        "false_welfare_by_local_hour": false_welfare_hour,
+        "false_welfare_waking_hours_07_22": sum(false_welfare_hour[7:22]),
         "unannounced_nights_away": {"nights": sum(len(v) for v in nights_by_hh.values()),
                                     "nights_alerted": len(nights_alerted), "false_alerts": false_in_nights},
         "false_alerts_per_household_month_incl_learning": round(false_all / months_all, 4) if months_all else None,

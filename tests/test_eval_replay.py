@@ -39,6 +39,12 @@ def test_metrics_match_alerts_to_incidents_and_count_false_ones() -> None:
     assert r["median_delay_h"] == pytest.approx(2.5)
     assert r["false_alerts"] == 3
     assert r["unannounced_nights_away"] == {"nights": 1, "nights_alerted": 1, "false_alerts": 1}
+    # when the false welfare alerts were raised, in the household's local hour (here UTC, then UTC+9)
+    assert r["false_welfare_by_local_hour"][:3] == [1, 1, 1] and r["false_welfare_waking_hours_07_22"] == 0
+    rp.tz_offset_s = np.full(2, 9 * 3600, np.int32)
+    r9 = ev.metrics(rp, log)
+    assert r9["false_welfare_by_local_hour"][9:12] == [1, 1, 1] and r9["false_welfare_waking_hours_07_22"] == 3
+    rp.tz_offset_s = np.zeros(2, np.int32)
     del log.opened[-1]
     rp.nights_away = []
     r = ev.metrics(rp, log)
