@@ -30,6 +30,15 @@ RESENDS = Counter(
     "with the same Message-ID.",
     ["channel"],
 )
+RESIDENTS_ASKED = Counter(
+    "mimamori_alerts_residents_asked_total",
+    "Residents asked by message, with an answer link, before their team hears of an alert (resident checks).",
+)
+RESIDENT_ANSWERS = Counter(
+    "mimamori_alerts_resident_answers_total",
+    "Residents' answers to resident checks: fine, away, help (the answer rate is these over residents asked).",
+    ["answer"],
+)
 STEPS = Counter("mimamori_alerts_steps_total", "Escalation passes run (adopted incidents and due steps).", ["kind"])
 DUE_STEPS = Gauge("mimamori_alerts_due_steps", "Escalations whose next step is due now (engine clock).")
 STEP_LAG = Gauge(

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from alerts import policy, service
+from alerts import metrics, policy, service
 from alerts.models import Conflict, InvalidInput, NotFound
 from mimamori.clock import Clock, as_datetime
 
@@ -103,6 +103,7 @@ def answer(conn: psycopg.Connection, token: str, reply: str, *, clock: Clock, ba
                          (link["household_id"], as_datetime(now), as_datetime(away_until), person_id))
             service._timeline(conn, incident_id, now, person_id, "away_set", "link", None, {"until": away_until})
         effect = _act(conn, inc, link, reply, now, person_id)
+    metrics.RESIDENT_ANSWERS.labels(reply).inc()
     return {"incident_id": incident_id, "answer": reply, "away_until": away_until, "effect": effect}
 
 

@@ -759,6 +759,7 @@ def _ask_residents(conn: psycopg.Connection, inc: dict[str, Any], action: policy
         enqueue_notice(conn, inc, [person_id], action.step_key, "resident_check", urgent=True, now=now, url=url,
                        minutes=f"{action.minutes:g}")
         asked.append(person_id)
+        metrics.RESIDENTS_ASKED.inc()
     if asked:
         _timeline(conn, inc["incident_id"], now, None, "resident_asked", "system", None,
                   {"people": asked, "step": action.step_key, "minutes": action.minutes})

@@ -206,3 +206,17 @@ def test_the_answer_page_on_a_phone(conn: psycopg.Connection, pg_url: str, smtp:
         check_a11y(page, "resident answer done")
         shot(page, "resident_answer_done")
     assert _status(conn, iid) == ("cancelled", "away")
+
+
+def test_asked_and_answers_are_counted(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:
+    from alerts import metrics
+
+    asked = metrics.RESIDENTS_ASKED._value.get()
+    fine = metrics.RESIDENT_ANSWERS.labels("fine")._value.get()
+    town = seed_town(conn, smtp)
+    person = _resident(conn, smtp, town)
+    open_incident(conn, town.household_id, clock.now())
+    token = _link_in_mail(smtp, person)
+    resident.answer(conn, token, "fine", clock=clock)
+    assert metrics.RESIDENTS_ASKED._value.get() == asked + 1
+    assert metrics.RESIDENT_ANSWERS.labels("fine")._value.get() == fine + 1
