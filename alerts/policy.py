@@ -15,7 +15,8 @@ Step types:
   home's bulbs blink, and (``ask``, the default) the resident gets a message on their own channels
   with a one-tap link: "I'm fine" / "I'm out until ..." / "Please help". A switch toggled, or "fine"
   or "out" answered, within ``minutes`` cancels the incident before the team hears of it; "help"
-  ends the check at once and the chain goes on to the team.
+  ends the check at once and the chain goes on to the team. It runs in the first round only: a
+  ``repeat`` goes back to the team, not to the resident.
 - ``{"type": "repeat", "times": 2}``: go back to the first step, at most ``times`` times.
 
 One option, written as a step that does nothing when reached (so it lives in the snapshotted chain):
@@ -44,6 +45,12 @@ DEFAULT_CHAIN: tuple[dict[str, Any], ...] = (
     {"type": "wait", "minutes": 30},
     {"type": "repeat", "times": 2},
 )
+
+#: The default for a household whose resident has a channel of their own (mail, LINE, push ...): ask
+#: them first for 10 minutes (bulbs blink, a message with an answer link), then the default chain. A
+#: resident who is fine or out says so and the team is never bothered; one who cannot answer costs
+#: the team 10 minutes.
+RESIDENT_FIRST_CHAIN: tuple[dict[str, Any], ...] = ({"type": "resident_check", "minutes": 10, "blinks": 3}, *DEFAULT_CHAIN)
 
 #: Technical incidents (device offline, area outage) go to the coordinator only, never the team.
 #: Not urgent: the coordinator's quiet hours apply.
@@ -228,6 +235,8 @@ def _wait(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> St
 
 
 def _resident_check(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:
+    if state.round > 0 and state.check_since is None:
+        return StepResult((), _next(state))  # the team knows by now: a repeat does not wait for the resident again
     if state.check_since is None:
         minutes = float(step["minutes"])
         until = now + minutes * 60.0

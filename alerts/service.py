@@ -310,7 +310,16 @@ def get_chain(conn: psycopg.Connection, actor: ActorLike, household_id: str) -> 
     if h is None or not _may_act(conn, actor, household_id, h["area"]):
         raise NotFound(f"household {household_id} not found")
     row = _one(conn, "SELECT steps FROM escalation_chains WHERE household_id = %s", (household_id,))
-    return (row["steps"], "household") if row else (list(policy.DEFAULT_CHAIN), "default")
+    return (row["steps"], "household") if row else (default_chain(conn, household_id), "default")
+
+
+def default_chain(conn: psycopg.Connection, household_id: str | None) -> list[dict[str, Any]]:
+    """The chain of a household without one of its own: asking the resident first when a resident
+    has a channel of their own to be asked on, else straight to the team."""
+    reachable = household_id is not None and _one(
+        conn, """SELECT 1 AS ok FROM people p JOIN person_channels c ON c.person_id = p.person_id AND c.enabled
+                 WHERE p.role = 'resident' AND p.household_id = %s LIMIT 1""", (household_id,)) is not None
+    return list(policy.RESIDENT_FIRST_CHAIN if reachable else policy.DEFAULT_CHAIN)
 
 
 def set_chain(conn: psycopg.Connection, actor: ActorLike, household_id: str, steps: Any, *, clock: Clock,
@@ -478,7 +487,7 @@ def _chain_for(conn: psycopg.Connection, inc: dict[str, Any]) -> tuple[list[dict
     row = _one(conn, "SELECT steps FROM escalation_chains WHERE household_id = %s", (inc["household_id"],))
     if row:
         return row["steps"], "household"
-    return list(policy.DEFAULT_CHAIN), "default"
+    return default_chain(conn, inc["household_id"]), "default"
 
 
 _ADOPT_SQL = _INCIDENT_SQL + """

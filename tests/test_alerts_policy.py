@@ -196,3 +196,16 @@ def test_validate_chain_keeps_the_ask_switch() -> None:
         {"type": "resident_check", "minutes": 5.0, "blinks": 3, "ask": False}]
     with pytest.raises(policy.ChainError):
         validate_chain([{"type": "resident_check", "minutes": 5, "ask": "no"}])
+
+
+def test_a_repeat_goes_back_to_the_team_not_to_the_resident() -> None:
+    team = Team(members=TEAM.members, coordinators=TEAM.coordinators, residents=("res",))
+    chain = list(policy.RESIDENT_FIRST_CHAIN)
+    out = advance(chain, State(), Context(team), 0.0)
+    asked = [a for a in out.actions if isinstance(a, AskResident)]
+    assert asked == [AskResident(("res",), "r0.s0", 10.0)]
+    while out.state.round == 0 and out.next_step_at is not None:
+        out = advance(chain, out.state, Context(team), out.next_step_at)
+    # round 1 begins: tier 1 again at once, no second question to the resident
+    assert out.state.round == 1 and not any(isinstance(a, AskResident) for a in out.actions)
+    assert notified(out.actions)[-1] == (("a", "b"), "r1.s1")

@@ -220,3 +220,24 @@ def test_asked_and_answers_are_counted(conn: psycopg.Connection, smtp: SmtpSink,
     resident.answer(conn, token, "fine", clock=clock)
     assert metrics.RESIDENTS_ASKED._value.get() == asked + 1
     assert metrics.RESIDENT_ANSWERS.labels("fine")._value.get() == fine + 1
+
+
+def test_without_a_chain_of_its_own_a_home_whose_resident_has_a_channel_asks_them_first(
+        conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:
+    town = seed_town(conn, smtp)
+    person = _resident(conn, smtp, town)
+    conn.execute("DELETE FROM escalation_chains WHERE household_id = %s", (town.household_id,))
+    assert service.get_chain(conn, who(conn, town.coordinator), town.household_id) == (
+        [dict(s) for s in service.policy.RESIDENT_FIRST_CHAIN], "default")
+    iid = open_incident(conn, town.household_id, clock.now())
+    _link_in_mail(smtp, person)
+    assert not wait_for_quiet(lambda: notices(conn, town.tier1[0]))  # the team waits for the resident
+    clock.advance(10 * 60)
+    wait_for(lambda: notices(conn, town.tier1[0]) == ["alert"], what="tier 1 once the resident did not answer")
+    assert "resident_did_not_respond" in actions(conn, iid)
+    # a home whose resident has no channel of their own keeps the plain default: the team at once
+    other = seed_town(conn, smtp)
+    conn.execute("INSERT INTO people (person_id, display_name, role, household_id) VALUES (%s, '佐藤', 'resident', %s)",
+                 (f"res-{other.household_id}", other.household_id))
+    open_incident(conn, other.household_id, clock.now())
+    wait_for(lambda: notices(conn, other.tier1[0]) == ["alert"], what="tier 1 of the other home at once")
