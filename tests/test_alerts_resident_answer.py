@@ -19,7 +19,7 @@ from alerts import resident, service
 from alerts.models import Conflict, InvalidInput, NotFound
 from mimamori.clock import ManualClock
 from mimamori.config import Settings
-from test_app_support import served
+from test_app_support import served, world  # noqa: F401
 
 pytestmark = pytest.mark.integration
 PUBLIC = "https://mimamori.example.jp"
@@ -241,3 +241,26 @@ def test_without_a_chain_of_its_own_a_home_whose_resident_has_a_channel_asks_the
                  (f"res-{other.household_id}", other.household_id))
     open_incident(conn, other.household_id, clock.now())
     wait_for(lambda: notices(conn, other.tier1[0]) == ["alert"], what="tier 1 of the other home at once")
+
+
+def test_a_signed_in_resident_sees_the_question_on_their_page(world: tuple[str, ManualClock, dict[str, int]]) -> None:
+    from test_app_support import app_client, cookie_login
+
+    url, clock, incidents = world
+    with psycopg.connect(url, autocommit=True) as c:
+        # h1's resident has a channel of their own (a push subscription), so h1's default chain asks them first
+        c.execute("INSERT INTO person_channels (person_id, kind, target) VALUES ('resident_1', 'webpush', '{}')")
+        assert service.adopt_one(c, clock, "t", app_url=PUBLIC) is not None
+        assert service.adopt_one(c, clock, "t", app_url=PUBLIC) is not None
+        link = c.execute("SELECT data->>'url' FROM notifications WHERE person_id = 'resident_1'").fetchone()[0]
+        assert link.startswith(f"{PUBLIC}/r/")
+        assert "resident_asked" in actions(c, incidents["h1"]) and "resident_asked" not in actions(c, incidents["h3"])
+    with app_client(url, clock) as app:
+        csrf = cookie_login(app, "resident_1")
+        me = app.get("/me")
+        assert me.status_code == 200 and f'href="{link}"' in me.text and 'id="rc-answer-1"' in me.text
+        # answered: the question is gone from the page once read (the link is used up either way)
+        token = link.rsplit("/", 1)[1]
+        assert app.post(f"/r/{token}", data={"answer": "fine"}).status_code == 200
+        assert app.post("/notifications/read", data={"csrf_token": csrf}).status_code in (200, 303)
+        assert 'id="rc-answer-1"' not in app.get("/me").text

@@ -15,6 +15,7 @@ from app.errors import Forbidden
 from app.models import ID_PATTERN
 from app.households import service as households
 from app.households.heatmap import heatmap_svg
+from app.incidents import service as incidents
 from app.i18n import request_locale, translate
 from app.privacy import service
 from app.templating import render
@@ -110,6 +111,9 @@ def me_page(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep
     h = households.get_household(conn, clock, person, person.household_id)
     locale = request_locale(request)
     svg = heatmap_svg(h["heatmap"], title=translate(locale, "heatmap_title"), locale=locale)
-    return render(request, "me.html", household_id=person.household_id, h=h, heatmap_svg=svg,
+    # a resident check waiting for the resident's answer (its message carries their answer link)
+    questions = [n for n in incidents.unread_notifications(conn, person, limit=20)
+                 if n["notice"] == "resident_check" and n["data"].get("url")]
+    return render(request, "me.html", household_id=person.household_id, h=h, heatmap_svg=svg, questions=questions,
                   views=service.view_log(conn, person, person.household_id),
                   consents=service.consent_of(conn, person, person.household_id))
