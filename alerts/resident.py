@@ -43,7 +43,7 @@ def _link(conn: psycopg.Connection, token: str, *, lock: bool = False) -> dict[s
     row = service._one(conn, f"""SELECT l.*, i.status, i.claimed_by, i.kind, h.display_name AS household_name, h.timezone
                                 FROM resident_check_links l JOIN incidents i ON i.incident_id = l.incident_id
                                 JOIN households h ON h.household_id = l.household_id
-                                WHERE l.token_hash = %s {"FOR UPDATE OF l, i" if lock else ""}""",
+                                WHERE l.token_hash = %s {"FOR NO KEY UPDATE OF l, i" if lock else ""}""",
                        (service.resident_token_hash(token),))
     if row is None:
         raise NotFound("this link is not valid (it was changed or never sent)")

@@ -150,6 +150,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "rc_link_expired": ("このリンクの期限が切れました。助けが必要なときは下のボタンを押すか、119 番に電話してください。",
                         "This link has expired. If you need help, press the button below or call 119."),
     "rc_link_invalid": ("このリンクは使えません。", "This link cannot be used."),
+    "rc_invalid": ("入力を確かめて、もう一度押してください。", "Please check what you entered and press again."),
     "step_notify": ("{who}に知らせる", "notify {who}"),
     "step_notify_next": ("{who}に順番に1人ずつ知らせる", "notify the next one of {who} in turn"),
     "step_wait": ("{minutes}分待つ", "wait {minutes} minutes"),

@@ -171,7 +171,7 @@ def test_the_answer_page(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, 
         assert all(f'id="{b}"' in page.text for b in ("btn-fine", "btn-away", "btn-help", "back-on"))
         assert town.household_id.replace("h-", "山田 ") in page.text  # the household's name, nothing else about it
         bad = phone.post(f"{base}/r/{token}", data={"answer": "away", "back_on": "1999-01-01"}, timeout=30)
-        assert bad.status_code == 422 and 'id="answer-error"' in bad.text
+        assert bad.status_code == 422 and 'id="answer-error"' in bad.text and 'id="btn-away"' in bad.text  # the form again
         assert phone.post(f"{base}/r/{token}", data={"answer": "maybe"}, timeout=30).status_code == 422
         done = phone.post(f"{base}/r/{token}", data={"answer": "fine"}, timeout=30)
         assert done.status_code == 200 and 'data-answer="fine"' in done.text

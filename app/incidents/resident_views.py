@@ -19,12 +19,15 @@ pages = APIRouter(include_in_schema=False)
 TEMPLATE = "resident_answer.html"
 
 
-def _error(request: Request, exc: AlertError, token: str | None = None) -> Response:
+def _error(request: Request, exc: AlertError, token: str | None = None, conn: Conn | None = None,
+           clock: ClockDep | None = None) -> Response:
     if isinstance(exc, resident.LinkGone):
         # an expired link still lets the resident ask for help
         return render(request, TEMPLATE, status_code=410, error_key="rc_link_expired", token=token, help_only=True, info=None)
-    if isinstance(exc, InvalidInput):
-        return render(request, TEMPLATE, status_code=422, error_key="rc_link_invalid", reason=str(exc), info=None)
+    if isinstance(exc, InvalidInput) and token and conn is not None and clock is not None:
+        # the form again, with what was wrong (e.g. a return day in the past)
+        return render(request, TEMPLATE, status_code=422, error_key="rc_invalid", reason=str(exc), token=token,
+                      info=resident.link_info(conn, token, clock=clock))
     key, status = ("rc_link_used", 409) if isinstance(exc, Conflict) else ("rc_link_invalid", 404)
     return render(request, TEMPLATE, status_code=status, error_key=key, info=None)
 
@@ -49,6 +52,6 @@ def answer_submit(token: str, request: Request, conn: Conn, clock: ClockDep,
     try:
         result = resident.answer(conn, token, answer, clock=clock, back_on=back_on)
     except AlertError as exc:
-        return _error(request, exc, token)
+        return _error(request, exc, token, conn, clock)
     until = datetime.fromtimestamp(result["away_until"], UTC) if result["away_until"] else None
     return render(request, TEMPLATE, done=result["answer"], until=until, info=None)
