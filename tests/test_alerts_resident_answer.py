@@ -62,6 +62,15 @@ def _link_in_mail(smtp: SmtpSink, person: str) -> str:
     return m.group(1)
 
 
+def _asked(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,
+           chain: list[dict] = ASK_FIRST) -> tuple[Town, str, int, str]:
+    """A home whose resident has been asked: (town, resident, incident id, the token of their link)."""
+    town = seed_town(conn, smtp)
+    person = _resident(conn, smtp, town, chain)
+    iid = open_incident(conn, town.household_id, clock.now())
+    return town, person, iid, _link_in_mail(smtp, person)
+
+
 def _status(conn: psycopg.Connection, iid: int) -> tuple[str, str | None]:
     row = conn.execute("SELECT status, outcome FROM incidents WHERE incident_id = %s", (iid,)).fetchone()
     assert row is not None
@@ -70,10 +79,7 @@ def _status(conn: psycopg.Connection, iid: int) -> tuple[str, str | None]:
 
 def test_fine_from_the_link_cancels_before_the_team_hears(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,
                                                           worker: Worker) -> None:
-    town = seed_town(conn, smtp)
-    person = _resident(conn, smtp, town)
-    iid = open_incident(conn, town.household_id, clock.now())
-    token = _link_in_mail(smtp, person)
+    town, person, iid, token = _asked(conn, smtp, clock)
     assert "resident_check" in notices(conn, person)  # in the app as well, with the same link
     url = conn.execute("SELECT data->>'url' FROM notifications WHERE person_id = %s", (person,)).fetchone()[0]
     assert url == f"{PUBLIC}/r/{token}"
@@ -99,10 +105,7 @@ def test_fine_from_the_link_cancels_before_the_team_hears(conn: psycopg.Connecti
 
 def test_away_sets_away_mode_until_the_end_of_the_day_they_come_back(conn: psycopg.Connection, smtp: SmtpSink,
                                                                      clock: ManualClock, worker: Worker) -> None:
-    town = seed_town(conn, smtp)
-    person = _resident(conn, smtp, town)
-    iid = open_incident(conn, town.household_id, clock.now())
-    token = _link_in_mail(smtp, person)
+    town, person, iid, token = _asked(conn, smtp, clock)
     with pytest.raises(InvalidInput):  # the past
         resident.answer(conn, token, "away", clock=clock, back_on="2020-01-01")
     with pytest.raises(InvalidInput):
@@ -125,12 +128,9 @@ def test_away_sets_away_mode_until_the_end_of_the_day_they_come_back(conn: psyco
 
 def test_help_ends_the_check_at_once_and_the_whole_team_hears(conn: psycopg.Connection, smtp: SmtpSink,
                                                               clock: ManualClock, worker: Worker) -> None:
-    town = seed_town(conn, smtp)
     chain = [{"type": "resident_check", "minutes": 10}, {"type": "notify", "tiers": [1]}, {"type": "wait", "minutes": 15},
              {"type": "notify", "tiers": [2]}]
-    person = _resident(conn, smtp, town, chain)
-    iid = open_incident(conn, town.household_id, clock.now())
-    token = _link_in_mail(smtp, person)
+    town, person, iid, token = _asked(conn, smtp, clock, chain)
     clock.advance(60)
     assert resident.answer(conn, token, "help", clock=clock)["effect"] == "escalated"
     # one minute in, not ten: tier 1 gets the alert from the chain; everyone on the team hears "help" now
@@ -145,10 +145,7 @@ def test_help_ends_the_check_at_once_and_the_whole_team_hears(conn: psycopg.Conn
 
 def test_help_still_reaches_the_team_after_the_alert_closed_and_the_link_expired(conn: psycopg.Connection, smtp: SmtpSink,
                                                                                   clock: ManualClock, worker: Worker) -> None:
-    town = seed_town(conn, smtp)
-    person = _resident(conn, smtp, town)
-    iid = open_incident(conn, town.household_id, clock.now())
-    token = _link_in_mail(smtp, person)
+    town, person, iid, token = _asked(conn, smtp, clock)
     # the resident switched a light (the detector closes the alert), then a day and a half passes
     conn.execute("UPDATE incidents SET status = 'resolved', closed_at = now(), outcome = 'activity_resumed' WHERE incident_id = %s",
                  (iid,))
@@ -161,10 +158,7 @@ def test_help_still_reaches_the_team_after_the_alert_closed_and_the_link_expired
 
 
 def test_the_answer_page(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:
-    town = seed_town(conn, smtp)
-    person = _resident(conn, smtp, town)
-    iid = open_incident(conn, town.household_id, clock.now())
-    token = _link_in_mail(smtp, person)
+    town, person, iid, token = _asked(conn, smtp, clock)
     with served(pg_url, clock) as base, requests.Session() as phone:
         page = phone.get(f"{base}/r/{token}", timeout=30)
         assert page.status_code == 200
@@ -186,10 +180,7 @@ def test_the_answer_page_on_a_phone(conn: psycopg.Connection, pg_url: str, smtp:
                                     worker: Worker) -> None:
     from test_app_browser import check_a11y, phone, shot
 
-    town = seed_town(conn, smtp)
-    person = _resident(conn, smtp, town)
-    iid = open_incident(conn, town.household_id, clock.now())
-    token = _link_in_mail(smtp, person)
+    town, person, iid, token = _asked(conn, smtp, clock)
     with served(pg_url, clock) as base, phone() as page:
         page.goto(f"{base}/r/{token}")  # type: ignore[attr-defined]
         page.wait_for_selector("#btn-help")  # type: ignore[attr-defined]
@@ -213,10 +204,7 @@ def test_asked_and_answers_are_counted(conn: psycopg.Connection, smtp: SmtpSink,
 
     asked = metrics.RESIDENTS_ASKED._value.get()
     fine = metrics.RESIDENT_ANSWERS.labels("fine")._value.get()
-    town = seed_town(conn, smtp)
-    person = _resident(conn, smtp, town)
-    open_incident(conn, town.household_id, clock.now())
-    token = _link_in_mail(smtp, person)
+    _town, _person, _iid, token = _asked(conn, smtp, clock)
     resident.answer(conn, token, "fine", clock=clock)
     assert metrics.RESIDENTS_ASKED._value.get() == asked + 1
     assert metrics.RESIDENT_ANSWERS.labels("fine")._value.get() == fine + 1
