@@ -26,6 +26,15 @@ Metrics per system (and per incident kind):
   such as the simulator's nights with family (out 17-26 h, no away mode), which in a bulbs-only
   home look like a collapse until the resident is back; they are still counted as false.
 
+With ``resident_check`` (``mimamori eval --resident-answers RATE``), each system also gets a ``team``
+view: what the household's team would receive if the alert engine asked the resident first (the
+default chain when a resident has a channel of their own: ``alerts.policy.RESIDENT_FIRST_CHAIN``). A
+what-if, and its assumptions are the inputs: a resident behind a false welfare alert answers
+"fine"/"out" with probability RATE when the alert comes in waking hours (07-22 local) and never at
+night; a resident in trouble never answers (the "help" button is not modelled, which would only
+shorten delays), so every welfare incident the team hears of reaches them ``minutes`` later, unless
+an alert was already open when it began (the team already knew).
+
 An alert is an incident row in the service: it opens when the condition starts, stays one while
 the condition holds, and closes when it clears (activity resumes, the device is back ...).
 """
@@ -303,7 +312,21 @@ def _silence_lookup(rp: Replay) -> Any:
     return silence_around
 
 
-def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ResidentCheck:
+    """The what-if of asking the resident first (see the module text)."""
+
+    answer_rate: float
+    minutes: float = 10.0
+    waking_hours: tuple[int, int] = (7, 22)  # local [from, to)
+    seed: int = 0
+
+
+WELFARE_INCIDENTS = ("collapse", "bathroom_collapse", "hospital_stay", "cut")
+
+
+def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
+            resident_check: ResidentCheck | None = None) -> dict[str, Any]:
     n = rp.n if households is None else households
     by_target: dict[tuple[str, int], list[float]] = defaultdict(list)
     for kind, key, t in log.opened + log.updated:
@@ -319,6 +342,7 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
         intervals[(kind, key)].append((t, min(later) if later else math.inf))
     already_open = 0
     delays: list[float] = []
+    team_delays: list[float] = []  # welfare incidents, with a resident check first: they reach the team later
     per_kind: dict[str, dict[str, Any]] = {}
     kinds_delays: dict[str, list[float]] = defaultdict(list)
     kinds_n: dict[str, int] = defaultdict(int)
@@ -336,14 +360,18 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
             for t in by_target.get((ak, key), ()):
                 if inc["start"] <= t <= inc["start"] + DETECTION_WINDOW_S:
                     best = min(best, t)
+        was_open = False
         if best == math.inf:
             for ak in exp:
                 key = inc["area"] if ak == "area_outage" else inc["hh"]
                 if any(a < inc["start"] < b for a, b in intervals.get((ak, key), ())):
                     best = inc["start"]  # already alerted: watchers are on their way (delay 0)
                     already_open += 1
+                    was_open = True
                     break
         if best < math.inf:
+            if resident_check is not None and inc["kind"] in WELFARE_INCIDENTS:
+                team_delays.append(best - inc["start"] + (0.0 if was_open else resident_check.minutes * 60.0))
             hits += 1
             kinds_hit[inc["kind"]] += 1
             delays.append(best - inc["start"])
@@ -367,6 +395,8 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
             nights_by_hh[h].append((left, back))
     nights_alerted: set[tuple[int, float]] = set()
     false_in_nights = 0
+    spared = 0  # false welfare alerts a resident asked first would have answered
+    answers = np.random.default_rng(resident_check.seed if resident_check else 0)
     for kind, key, t in log.opened:
         pool = by_area[key] if kind == "area_outage" else by_hh[key]
         if any(_explains(inc, kind, t, rp.end) for inc in pool):
@@ -381,7 +411,11 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
                     false_in_nights += 1
                     nights_alerted.add((key, night[0]))
                 quiet_h = silence_around(key, t) / H
-                false_welfare_hour[int(((t + float(rp.tz_offset_s[key])) % DAY) // H)] += 1
+                hour = int(((t + float(rp.tz_offset_s[key])) % DAY) // H)
+                false_welfare_hour[hour] += 1
+                if resident_check is not None:
+                    lo, hi = resident_check.waking_hours
+                    spared += int(lo <= hour < hi and answers.random() < resident_check.answer_rate)
                 false_welfare_silence["lt_8h" if quiet_h < 8 else "8_17h" if quiet_h < 17 else "ge_17h"] += 1
     if rp.observed_until is not None:
         months = float(np.maximum(rp.observed_until - rp.learning_end, 0.0).sum()) / (30 * DAY)
@@ -395,12 +429,18 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
             **_delay_stats(kinds_delays[kind]),
         }
     n_false = sum(false_by_kind.values())
-    welfare_kinds = [k for k in kinds_n if k in ("collapse", "bathroom_collapse", "hospital_stay", "cut")]
+    welfare_kinds = [k for k in kinds_n if k in WELFARE_INCIDENTS]
     welfare_delays = [d for k in welfare_kinds for d in kinds_delays[k]]
     welfare_n = sum(kinds_n[k] for k in welfare_kinds)
     welfare = {"incidents": welfare_n,
                "recall": round(sum(kinds_hit[k] for k in welfare_kinds) / welfare_n, 4) if welfare_n else None,
                **_delay_stats(welfare_delays)}
+    team = None
+    if resident_check is not None:
+        team = {"answer_rate": resident_check.answer_rate, "check_minutes": resident_check.minutes,
+                "false_alerts_per_household_month": round((n_false - spared) / months, 4) if months else None,
+                "false_alerts": n_false - spared, "spared_by_the_resident": spared,
+                "welfare": {"incidents": welfare_n, **_delay_stats(team_delays)}}
     return {
         "recall": round(hits / total, 4) if total else None,
         **_delay_stats(delays),
@@ -418,19 +458,22 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None) -> dict
         "false_alerts_per_household_month_incl_learning": round(false_all / months_all, 4) if months_all else None,
         "welfare": welfare,
         "per_kind": per_kind,
+        **({"team": team} if team is not None else {}),
     }
 
 
-def evaluate(rp: Replay, *, tick_s: float = 600.0, params: m.DetectorParams = m.DEFAULT_PARAMS) -> dict[str, Any]:
+def evaluate(rp: Replay, *, tick_s: float = 600.0, params: m.DetectorParams = m.DEFAULT_PARAMS,
+             resident_check: ResidentCheck | None = None) -> dict[str, Any]:
     logs = run_systems(rp, tick_s=tick_s, params=params)
     return {
-        "detector": metrics(rp, logs["detector"]),
-        "baselines": {name: metrics(rp, logs[name]) for name in BASELINES},
+        "detector": metrics(rp, logs["detector"], resident_check=resident_check),
+        "baselines": {name: metrics(rp, logs[name], resident_check=resident_check) for name in BASELINES},
     }
 
 
 def run_eval(households: int, days: float, seed: int, bulbs_only: bool = False, *, tick_s: float = 600.0,
-             learning_days: float = 21.0, params: m.DetectorParams = m.DEFAULT_PARAMS) -> dict[str, Any]:
+             learning_days: float = 21.0, params: m.DetectorParams = m.DEFAULT_PARAMS,
+             resident_check: ResidentCheck | None = None) -> dict[str, Any]:
     """Simulate, inject incidents, replay the detector and both baselines; return the metrics."""
     from firmware_sim.incidents import IncidentPlan
     from firmware_sim.offline import simulate_offline
@@ -441,7 +484,7 @@ def run_eval(households: int, days: float, seed: int, bulbs_only: bool = False, 
     sim_s = time.perf_counter() - t0
     rp = replay_from_fleet(fleet, learning_days)
     t1 = time.perf_counter()
-    result = evaluate(rp, tick_s=tick_s, params=params)
+    result = evaluate(rp, tick_s=tick_s, params=params, resident_check=resident_check)
     result["run"] = {
         "households": households, "days": days, "seed": seed, "bulbs_only": bulbs_only,
         "tick_s": tick_s, "learning_days": learning_days, "events": int(len(rp.t)),

@@ -490,10 +490,13 @@ def evaluate(
     seed: int = 11,
     bulbs_only: Annotated[bool, typer.Option("--bulbs-only", help="Only bulbs, as many homes will have.")] = False,
     replay: Annotated[Optional[str], typer.Option(help="Replay real logs instead: casas:PATH")] = None,
+    resident_answers: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="What-if: the team's view when the resident is asked first (10 min) and answers "
+                               "in waking hours with this probability.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Detector and both baselines on the same streams: recall, delays, false alerts."""
-    from bench.eval import run_eval, run_replay_casas, summary_rows
+    from bench.eval import ResidentCheck, run_eval, run_replay_casas, summary_rows
 
     _settings()
     if replay:
@@ -502,7 +505,8 @@ def evaluate(
             raise typer.BadParameter("--replay takes casas:PATH")
         result = run_replay_casas(path, bulbs_only=bulbs_only)
     else:
-        result = run_eval(households, days, seed, bulbs_only=bulbs_only)
+        check = ResidentCheck(resident_answers, seed=seed) if resident_answers is not None else None
+        result = run_eval(households, days, seed, bulbs_only=bulbs_only, resident_check=check)
     if json_out:
         _print_json(result)
         return
@@ -514,6 +518,16 @@ def evaluate(
     for row in summary_rows(result):
         table.add_row(*(str(row[k]) if not isinstance(row[k], float) else f"{row[k]:.3f}" for k in row))
     Console().print(table)
+    if "team" in result["detector"]:
+        team = Table(title=f"what the team receives, resident asked first (answer rate {resident_answers})")
+        for col in ("system", "welfare median_delay_h", "welfare p90_delay_h", "false_alerts_per_household_month",
+                    "spared_by_the_resident"):
+            team.add_column(col, justify="right" if col != "system" else "left")
+        for name, sysr in [("detector", result["detector"]), *result["baselines"].items()]:
+            t = sysr["team"]
+            team.add_row(name, str(t["welfare"]["median_delay_h"]), str(t["welfare"]["p90_delay_h"]),
+                         str(t["false_alerts_per_household_month"]), str(t["spared_by_the_resident"]))
+        Console().print(team)
 
 
 def main() -> None:

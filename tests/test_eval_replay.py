@@ -41,9 +41,19 @@ def test_metrics_match_alerts_to_incidents_and_count_false_ones() -> None:
     assert r["unannounced_nights_away"] == {"nights": 1, "nights_alerted": 1, "false_alerts": 1}
     # when the false welfare alerts were raised, in the household's local hour (here UTC, then UTC+9)
     assert r["false_welfare_by_local_hour"][:3] == [1, 1, 1] and r["false_welfare_waking_hours_07_22"] == 0
+    night = ev.metrics(rp, log, resident_check=ev.ResidentCheck(1.0))["team"]  # 00-03 h: nobody answers
+    assert night["spared_by_the_resident"] == 0 and night["false_alerts"] == 3
     rp.tz_offset_s = np.full(2, 9 * 3600, np.int32)
     r9 = ev.metrics(rp, log)
     assert r9["false_welfare_by_local_hour"][9:12] == [1, 1, 1] and r9["false_welfare_waking_hours_07_22"] == 3
+    # the team's view when the resident is asked first: waking-hour alerts can be answered, and the
+    # collapse (2 h) reaches the team 10 minutes later
+    day = ev.metrics(rp, log, resident_check=ev.ResidentCheck(1.0, minutes=10))
+    assert day["team"]["spared_by_the_resident"] == 3 and day["team"]["false_alerts_per_household_month"] == 0
+    assert day["team"]["welfare"]["median_delay_h"] == pytest.approx(2 + 10 / 60, abs=0.01)
+    assert day["median_delay_h"] == r9["median_delay_h"] and "team" not in r9  # the system's own figures unchanged
+    none = ev.metrics(rp, log, resident_check=ev.ResidentCheck(0.0))["team"]
+    assert none["spared_by_the_resident"] == 0
     rp.tz_offset_s = np.zeros(2, np.int32)
     del log.opened[-1]
     rp.nights_away = []
