@@ -40,9 +40,11 @@ class LinkGone(Conflict):
 def _link(conn: psycopg.Connection, token: str, *, lock: bool = False) -> dict[str, Any]:
     if not token or len(token) > MAX_TOKEN:
         raise NotFound("this link is not valid")
-    row = service._one(conn, f"""SELECT l.*, i.status, i.claimed_by, i.kind, h.display_name AS household_name, h.timezone
+    row = service._one(conn, f"""SELECT l.*, i.status, i.claimed_by, i.kind, h.display_name AS household_name, h.timezone,
+                                       p.locale
                                 FROM resident_check_links l JOIN incidents i ON i.incident_id = l.incident_id
                                 JOIN households h ON h.household_id = l.household_id
+                                LEFT JOIN people p ON p.person_id = l.person_id
                                 WHERE l.token_hash = %s {"FOR NO KEY UPDATE OF l, i" if lock else ""}""",
                        (service.resident_token_hash(token),))
     if row is None:
@@ -55,7 +57,8 @@ def link_info(conn: psycopg.Connection, token: str, *, clock: Clock) -> dict[str
     row = _link(conn, token)
     tz = row["timezone"] if policy.valid_timezone(row["timezone"]) else "Asia/Tokyo"
     today = datetime.fromtimestamp(clock.now(), ZoneInfo(tz)).date()
-    return {"household_name": row["household_name"], "used": row["used_at"] is not None, "answer": row["answer"],
+    return {"household_name": row["household_name"], "locale": row["locale"] or "ja",
+            "used": row["used_at"] is not None, "answer": row["answer"],
             "expired": row["used_at"] is None and row["expires_at"] <= as_datetime(clock.now()),
             "today": today.isoformat(), "tomorrow": (today + timedelta(days=1)).isoformat(),
             "last_day": (today + timedelta(days=MAX_AWAY_DAYS)).isoformat()}

@@ -402,4 +402,8 @@ def request_locale(request: Request) -> str:
     if person is not None and person.locale in LOCALES:
         return person.locale
     lang = request.cookies.get(LANG_COOKIE)
-    return lang if lang in LOCALES else DEFAULT_LOCALE
+    if lang in LOCALES:
+        return lang
+    # a no-login page may know whom it is for (a resident's answer link): their language
+    hint = getattr(request.state, "locale", None)
+    return hint if hint in LOCALES else DEFAULT_LOCALE

@@ -252,3 +252,15 @@ def test_a_signed_in_resident_sees_the_question_on_their_page(world: tuple[str, 
         assert app.post(f"/r/{token}", data={"answer": "fine"}).status_code == 200
         assert app.post("/notifications/read", data={"csrf_token": csrf}).status_code in (200, 303)
         assert 'id="rc-answer-1"' not in app.get("/me").text
+
+
+def test_the_answer_page_speaks_the_residents_language(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink,
+                                                       clock: ManualClock, worker: Worker) -> None:
+    _town, person, _iid, token = _asked(conn, smtp, clock)
+    conn.execute("UPDATE people SET locale = 'en' WHERE person_id = %s", (person,))
+    with served(pg_url, clock) as base, requests.Session() as phone:
+        assert "Please help" in phone.get(f"{base}/r/{token}", timeout=30).text
+        phone.cookies.set("mimamori_lang", "ja")  # the language switch on the page wins
+        assert "大丈夫です" in phone.get(f"{base}/r/{token}", timeout=30).text
+        phone.cookies.clear()
+        assert "Your watchers will know you are fine" in phone.post(f"{base}/r/{token}", data={"answer": "fine"}, timeout=30).text

@@ -38,6 +38,7 @@ def answer_page(token: str, request: Request, conn: Conn, clock: ClockDep) -> Re
         info = resident.link_info(conn, token, clock=clock)
     except AlertError as exc:
         return _error(request, exc)
+    request.state.locale = info["locale"]  # the page in the resident's language
     if info["used"]:
         return render(request, TEMPLATE, status_code=409, error_key="rc_link_used", info=None)
     if info["expired"]:
@@ -50,6 +51,7 @@ def answer_submit(token: str, request: Request, conn: Conn, clock: ClockDep,
                   answer: Annotated[str, Form(max_length=10)],
                   back_on: Annotated[str | None, Form(max_length=10)] = None) -> Response:
     try:
+        request.state.locale = resident.link_info(conn, token, clock=clock)["locale"]
         result = resident.answer(conn, token, answer, clock=clock, back_on=back_on)
     except AlertError as exc:
         return _error(request, exc, token, conn, clock)
