@@ -665,6 +665,7 @@ def run_gateway(
         clock=clock or SystemClock(),
         protocol=_uplink_protocol(settings),
         heartbeat_s=settings.gateway_heartbeat_s,
+        settle_s=settings.gateway_settle_s,
         synchronous="FULL",
     )
     # A persistent local session: the home broker queues device messages while we restart.

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
 
     gateway_id: str | None = None
     gateway_heartbeat_s: float = Field(default=60.0, gt=0)
+    #: After an uplink reconnect, what is published for this many seconds counts as unconfirmed even if
+    #: PUBACKed, and is replayed once it ends (a broker that restarted may drop what it had not persisted).
+    gateway_settle_s: float = Field(default=30.0, ge=0, le=3600)
 
     #: Detector scoring interval, in seconds of the service clock.
     detector_tick_s: float = Field(default=60.0, gt=0)

@@ -204,3 +204,31 @@ def test_a_second_restart_within_the_window_widens_it(mosquitto: embedded.Embedd
     finally:
         gw.stop(timeout=2)
         subscriber.close()
+
+
+def test_the_settling_window_comes_from_the_settings(mqtt_url: mqtt.MqttUrl, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MIMAMORI_GATEWAY_SETTLE_S`` reaches the gateway that ``mimamori gateway`` runs (a real run
+    against the test broker, which stands in for both the home's and the service's broker)."""
+    from gateway import service as gateway_service
+    from mimamori.config import Settings
+
+    windows: list[float] = []
+
+    class Recorded(gateway_service.Gateway):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            windows.append(self.settle_s)
+
+    monkeypatch.setattr(gateway_service, "Gateway", Recorded)
+    monkeypatch.setenv("MIMAMORI_GATEWAY_SETTLE_S", "7.5")
+    settings = Settings(mqtt_url=str(mqtt_url), data_dir=tmp_path)
+    stop = threading.Event()
+    runner = threading.Thread(target=gateway_service.run_gateway, args=(settings,), daemon=True,
+                              kwargs=dict(gateway_id=f"gw-settle-{uuid.uuid4().hex[:6]}", local_url=str(mqtt_url),
+                                          outbox_path=tmp_path / "outbox.db", stop=stop))
+    runner.start()
+    wait_for(lambda: windows, 10)
+    stop.set()
+    runner.join(15)
+    assert windows == [7.5] and not runner.is_alive()
