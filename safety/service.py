@@ -413,16 +413,17 @@ def link_info(conn: psycopg.Connection, links: Links, token: str) -> dict[str, A
     """What an answer link is for (the page shows it before the resident presses a button). Does
     not use the link up."""
     check_id, household_id, nonce = _read_token(links, token)
-    row = _one(conn, """SELECT l.used_at, l.used_answer, c.message, c.closed_at, h.display_name
+    row = _one(conn, """SELECT l.used_at, l.used_answer, c.message, c.closed_at, h.display_name, p.locale
                         FROM safety_links l JOIN safety_checks c ON c.check_id = l.check_id
                         JOIN households h ON h.household_id = l.household_id
+                        LEFT JOIN people p ON p.person_id = l.person_id
                         WHERE l.nonce_hash = %s AND l.check_id = %s AND l.household_id = %s""",
                (_nonce_hash(nonce), check_id, household_id))
     if row is None:
         raise BadLink("this link is not valid")
     return {"check_id": check_id, "household_id": household_id, "household_name": row["display_name"],
             "message": row["message"], "closed": row["closed_at"] is not None, "used": row["used_at"] is not None,
-            "used_answer": row["used_answer"]}
+            "used_answer": row["used_answer"], "locale": row["locale"] or "ja"}
 
 
 def _tell_team_needs_help(conn: psycopg.Connection, check_id: int, household_id: str, now: float, how: str, *,

@@ -170,3 +170,20 @@ def test_pages_board_and_resident_button(world) -> None:  # noqa: F811
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT state, how FROM safety_answers WHERE check_id = %s AND household_id = 'h1'",
                             (cid,)).fetchone() == ("safe", "app")
+
+
+def test_a_residents_link_page_speaks_their_language(world) -> None:  # noqa: F811
+    url, clock, _ = world
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE people SET locale = 'en' WHERE person_id = 'resident_1'")
+    with app_client(url, clock) as client:
+        cid = _start(client, bearer(client, "coord_a"), area="north")["check_id"]
+        with psycopg.connect(url) as conn:
+            link = conn.execute("SELECT data->>'url' FROM notifications WHERE person_id = 'resident_1' AND notice = 'safety_check'"
+                                " AND (data->>'safety_check_id')::bigint = %s", (cid,)).fetchone()[0]
+        token = _token(link)
+        assert "Need help" in client.get(f"/safety/a/{token}").text  # resident_1 reads English
+        client.cookies.set("mimamori_lang", "ja")
+        assert "助けが必要" in client.get(f"/safety/a/{token}").text  # the page's own switch wins
+        client.cookies.clear()
+        assert "Thank you" in client.post(f"/safety/a/{token}", data={"answer": "safe"}).text

@@ -173,6 +173,7 @@ def answer_page(token: str, request: Request, conn: Conn) -> Response:
         info = service.link_info(conn, _links(request), token)
     except SafetyError as exc:
         return _error_page(request, exc)
+    request.state.locale = info["locale"]  # the page in the resident's language
     if info["closed"]:
         return render(request, "safety_answer.html", status_code=410, info=info, error_key="safety_link_closed", reason="")
     if info["used"]:
@@ -186,6 +187,7 @@ def answer_link_submit(token: str, request: Request, conn: Conn, clock: ClockDep
                        check_id: Annotated[int | None, Form(ge=1, le=2**62)] = None,
                        household_id: Annotated[str | None, Form(max_length=64)] = None) -> Response:
     try:
+        request.state.locale = service.link_info(conn, _links(request), token)["locale"]
         result = service.answer_by_link(conn, _links(request), token, answer, clock=clock, check_id=check_id,
                                         household_id=household_id)
     except SafetyError as exc:
