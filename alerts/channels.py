@@ -10,13 +10,14 @@ Server-Sent Events.
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import threading
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import psycopg
 from psycopg.rows import dict_row
@@ -37,6 +38,10 @@ class AlertSettings(BaseSettings):
     vapid_private_key: str | None = None
     #: VAPID "sub" claim: a mailto: or https: contact of the operator.
     vapid_subject: str = "mailto:operator@mimamori.invalid"
+    #: The operator's mail server for ``email`` channels (a person's plain address): an Apprise
+    #: mailto:// or mailtos:// URL without a recipient, e.g.
+    #: ``mailtos://user:password@smtp.example.org?from=mimamori@example.org``. Unset: e-mail channels fail.
+    smtp_url: str | None = None
     delivery_threads: int = 4
     #: Longest a worker sleeps between looks at the queue when no NOTIFY wakes it (seconds).
     poll_s: float = 0.2
@@ -176,6 +181,22 @@ def message_id_for(delivery_id: int, incident_id: int, created_at_ms: int, domai
 def apprise_channel_name(url: str) -> str:
     scheme = urlsplit(url).scheme.lower()
     return APPRISE_CHANNEL_NAMES.get(scheme, scheme or "apprise")
+
+
+def channel_kind_name(kind: str, target: str | None) -> str:
+    """What a person's channel is for metrics and throttling: email, line, slack ..., webpush."""
+    if kind == "apprise" and target:
+        return apprise_channel_name(target)
+    return kind
+
+
+#: A plain e-mail address (kind ``email``): one @, a dot in the domain, no spaces or URL syntax.
+EMAIL_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+def mail_url(smtp_url: str, address: str) -> str:
+    """The Apprise URL that sends to ``address`` through the operator's mail server."""
+    return f"{smtp_url}{'&' if '?' in smtp_url else '?'}to={quote(address, safe='@')}"
 
 
 class AppriseSender:

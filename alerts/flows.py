@@ -32,7 +32,15 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 
 from alerts import metrics, service
-from alerts.channels import AppriseSender, MqttBlinkSender, SendResult, WebPushSender, apprise_channel_name, message_id_for
+from alerts.channels import (
+    AppriseSender,
+    MqttBlinkSender,
+    SendResult,
+    WebPushSender,
+    channel_kind_name,
+    mail_url,
+    message_id_for,
+)
 from mimamori.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -43,13 +51,28 @@ class Senders:
     apprise: AppriseSender
     webpush: WebPushSender
     mqtt: MqttBlinkSender | None = None
+    #: the operator's mail server for ``email`` channels (``AlertSettings.smtp_url``)
+    smtp_url: str | None = None
+
+    def apprise_url(self, kind: str, target: str) -> str | None:
+        """The Apprise URL a channel sends through: its own, or the mail server's to its address."""
+        if kind == "email":
+            return mail_url(self.smtp_url, target) if self.smtp_url else None
+        return target
+
+    def message(self, kind: str, target: str, title: str, body: str, *, message_id: str | None = None) -> SendResult:
+        """Send a text message on an ``apprise`` or ``email`` channel."""
+        url = self.apprise_url(kind, target)
+        if url is None:
+            return SendResult(False, "no mail server configured (MIMAMORI_ALERTS_SMTP_URL)", permanent=True)
+        return self.apprise.send(url, title, body, message_id=message_id)
 
 
 def channel_name(row: dict[str, Any]) -> str:
     if row["channel"] == "mqtt":
         return "mqtt"
-    if row.get("channel_kind") == "apprise" and row.get("target"):
-        return apprise_channel_name(row["target"])
+    if row.get("channel_kind"):
+        return channel_kind_name(row["channel_kind"], row.get("target"))
     return str(row["channel"]).split(":", 1)[0]
 
 
@@ -64,12 +87,14 @@ def _domain_of(url: str | None) -> str:
     return parts.hostname or "mimamori.invalid"
 
 
-def message_id(row: dict[str, Any]) -> str | None:
-    """The pinned Message-ID of an e-mail delivery (None for other channels)."""
-    if row.get("channel_kind") != "apprise" or channel_name(row) != "email":
+def message_id(row: dict[str, Any], smtp_url: str | None = None) -> str | None:
+    """The pinned Message-ID of an e-mail delivery (None for other channels); ``smtp_url``: the
+    operator's mail server, whose sender domain an ``email`` channel's messages carry."""
+    if channel_name(row) != "email":
         return None
     created_ms = int(row["created_at"].timestamp() * 1000)
-    return message_id_for(int(row["delivery_id"]), int(row["incident_id"]), created_ms, _domain_of(row.get("target")))
+    url = smtp_url if row.get("channel_kind") == "email" else row.get("target")
+    return message_id_for(int(row["delivery_id"]), int(row["incident_id"]), created_ms, _domain_of(url))
 
 
 def send(row: dict[str, Any], senders: Senders) -> SendResult:
@@ -81,8 +106,9 @@ def send(row: dict[str, Any], senders: Senders) -> SendResult:
         return senders.mqtt.send(payload["gateway_id"], payload["device_id"], args)
     if row.get("target") is None or not row.get("channel_enabled", False):
         return SendResult(False, "channel removed or disabled", permanent=True)
-    if row["channel_kind"] == "apprise":
-        return senders.apprise.send(row["target"], payload["title"], payload["body"], message_id=row.get("message_id"))
+    if row["channel_kind"] in ("apprise", "email"):
+        return senders.message(row["channel_kind"], row["target"], payload["title"], payload["body"],
+                               message_id=row.get("message_id"))
     if row["channel_kind"] == "webpush":
         return senders.webpush.send(row["target"], {**payload, "delivery_id": row["delivery_id"]}, bool(row["urgent"]),
                                     topic=f"alert-{row['delivery_id']}")
@@ -93,7 +119,8 @@ def deliver_one(conn: psycopg.Connection, clock: Clock, senders: Senders, worker
                 recover: bool = True) -> bool:
     """Send the next due outbox row (or, with ``recover``, an in-doubt one), if any. Returns whether
     there was one. ``conn`` is in autocommit mode (this function commits twice)."""
-    row = service.begin_delivery(conn, clock.now(), worker_id, message_id=message_id, recover=recover)
+    row = service.begin_delivery(conn, clock.now(), worker_id, message_id=lambda r: message_id(r, senders.smtp_url),
+                                 recover=recover)
     if row is None:
         return False
     name = channel_name(row)

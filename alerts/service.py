@@ -32,6 +32,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from alerts import metrics, policy
+from alerts.channels import EMAIL_ADDRESS
 from alerts.models import (
     ACTIVITY_KINDS,
     OUTCOMES,
@@ -368,9 +369,12 @@ def _may_manage_person(conn: psycopg.Connection, actor: ActorLike, person_id: st
     if actor.person_id == person_id or actor.role == "operator":
         return
     if actor.role == "coordinator":
+        # the area's people: its coordinators, the watchers of its households, and their residents
         row = _one(conn, """SELECT 1 AS ok FROM people p WHERE p.person_id = %(p)s AND (p.area = %(a)s OR EXISTS (
                                SELECT 1 FROM household_watchers w JOIN households h USING (household_id)
-                               WHERE w.person_id = p.person_id AND h.area = %(a)s))""", {"p": person_id, "a": actor.area})
+                               WHERE w.person_id = p.person_id AND h.area = %(a)s) OR EXISTS (
+                               SELECT 1 FROM households h WHERE h.household_id = p.household_id AND h.area = %(a)s))""",
+                   {"p": person_id, "a": actor.area})
         if row:
             return
     raise NotFound(f"person {person_id} not found")
@@ -378,10 +382,17 @@ def _may_manage_person(conn: psycopg.Connection, actor: ActorLike, person_id: st
 
 def add_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, kind: str, target: str, *,
                 label: str | None = None, position: int = 0, clock: Clock | None = None) -> int:
-    """Add an Apprise URL (``kind='apprise'``) or a Web Push subscription (JSON) for a person."""
+    """Add an e-mail address (``kind='email'``, sent through the operator's mail server), an Apprise
+    URL (``kind='apprise'``) or a Web Push subscription (JSON) for a person."""
     if "\x00" in (target or "") or "\x00" in (label or ""):
         raise InvalidInput("no NUL characters")
-    if kind == "apprise":
+    if kind == "email":
+        target = (target or "").strip()
+        if len(target) > 254 or not EMAIL_ADDRESS.fullmatch(target):
+            raise InvalidInput("an e-mail address looks like name@example.jp")
+        local, domain = target.rsplit("@", 1)
+        target = f"{local}@{domain.lower()}"
+    elif kind == "apprise":
         if not re.match(r"^[a-z][a-z0-9+.-]*://\S+$", target or ""):
             raise InvalidInput("an Apprise URL looks like mailto://..., slack://..., ntfy://...")
     elif kind == "webpush":
@@ -392,7 +403,7 @@ def add_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, kind
         if not isinstance(sub, dict) or not all(k in sub for k in _WEBPUSH_KEYS):
             raise InvalidInput("a Web Push subscription has endpoint and keys")
     else:
-        raise InvalidInput("kind is apprise or webpush")
+        raise InvalidInput("kind is email, apprise or webpush")
     with conn.transaction():
         _may_manage_person(conn, actor, person_id)
         row = _one(conn, """INSERT INTO person_channels (person_id, kind, target, label, position) VALUES (%s, %s, %s, %s, %s)
@@ -401,7 +412,7 @@ def add_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, kind
         assert row is not None
         # the target may hold a secret (a token in an Apprise URL): the log keeps only its scheme
         _admin_log(conn, _now_or_db(conn, clock), actor, "channel_added", person_id,
-                   {"channel_id": row["channel_id"], "kind": kind, "scheme": target.split(":", 1)[0] if kind == "apprise" else "webpush"})
+                   {"channel_id": row["channel_id"], "kind": kind, "scheme": target.split(":", 1)[0] if kind == "apprise" else kind})
     return int(row["channel_id"])
 
 

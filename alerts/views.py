@@ -88,7 +88,7 @@ class ResolveIn(BaseModel):
 
 
 class ChannelIn(BaseModel):
-    kind: Literal["apprise", "webpush"]
+    kind: Literal["email", "apprise", "webpush"]
     target: str = Field(min_length=1, max_length=4000, pattern=NO_NUL)
     label: str | None = Field(default=None, max_length=100, pattern=NO_NUL)
     position: int = Field(default=0, ge=0, le=100)

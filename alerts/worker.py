@@ -104,7 +104,7 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
     if mqtt_url is not None:
         mqtt_sender = MqttBlinkSender(mqtt_url, f"mimamori-alerts-{worker_id}", protocol_preference=settings.mqtt_protocol)
     senders = flows.Senders(AppriseSender(), WebPushSender(cfg.vapid_private_key, cfg.vapid_subject, cfg.send_timeout_s),
-                            mqtt_sender)
+                            mqtt_sender, smtp_url=cfg.smtp_url)
     finished = threading.Event()  # stops the delivery threads if this loop dies
     halt = _AnyEvent(stop, finished)
     wake = threading.Event()

@@ -48,8 +48,8 @@ def send(row: dict[str, Any], senders: Senders) -> SendResult:
         return sender.send(payload["gateway_id"], payload["device_id"], payload.get("args", {}))
     if row.get("target") is None or not row.get("channel_enabled", False):
         return SendResult(False, "channel removed or disabled", permanent=True)
-    if row["channel_kind"] == "apprise":
-        return senders.apprise.send(row["target"], payload["title"], payload["body"])
+    if row["channel_kind"] in ("apprise", "email"):
+        return senders.message(row["channel_kind"], row["target"], payload["title"], payload["body"])
     if row["channel_kind"] == "webpush":
         return senders.webpush.send(row["target"], payload, True)
     return SendResult(False, f"unknown channel {row['channel']}", permanent=True)

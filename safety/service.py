@@ -30,7 +30,7 @@ from psycopg.types.json import Jsonb
 
 from alerts import models as alert_models
 from alerts import service as alerts_service
-from alerts.channels import apprise_channel_name
+from alerts.channels import channel_kind_name
 from mimamori.clock import Clock, as_datetime
 from mimamori.db import fetch_dict, fetch_dicts
 from safety import metrics, recognise
@@ -231,7 +231,7 @@ def _send_messages(conn: psycopg.Connection, check_id: int, homes: list[dict[str
     def deliver(person_id: str, title: str, body: str, data: dict[str, Any]) -> None:
         notes.append((person_id, title, body, Jsonb(data), as_datetime(now)))
         for ch in channels.get(person_id, []):
-            key = apprise_channel_name(ch["target"]) if ch["kind"] == "apprise" else "webpush"
+            key = channel_kind_name(ch["kind"], ch["target"])
             outbox.append((check_id, person_id, person_id, f"{ch['kind']}:{ch['channel_id']}", ch["channel_id"], key,
                            Jsonb({"title": title, "body": body, "urgent": True, **data}), as_datetime(now), as_datetime(now)))
 
@@ -454,7 +454,7 @@ def _tell_team_needs_help(conn: psycopg.Connection, check_id: int, household_id:
                         VALUES (%s, %s, %s, true, %s, %s, %s, %s)""",
                      (person_id, incident_id, f"safety_{reason}", title, body, Jsonb(data), as_datetime(now)))
         for ch in (c for c in channels if c["person_id"] == person_id):
-            key = apprise_channel_name(ch["target"]) if ch["kind"] == "apprise" else "webpush"
+            key = channel_kind_name(ch["kind"], ch["target"])
             conn.execute("""INSERT INTO safety_deliveries (check_id, recipient, person_id, channel, channel_id, throttle_key,
                                    payload, created_at, next_attempt_at)
                             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",

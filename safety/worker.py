@@ -70,7 +70,8 @@ def run_safety_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUr
             return MqttBlinkSender(mqtt_url, client_id, protocol_preference=settings.mqtt_protocol)
 
     senders = flows.Senders(AppriseSender(), WebPushSender(alert_cfg.vapid_private_key, alert_cfg.vapid_subject,
-                                                           alert_cfg.send_timeout_s), None, factory)
+                                                           alert_cfg.send_timeout_s), None, smtp_url=alert_cfg.smtp_url,
+                            mqtt_factory=factory)
     throttle = Throttle(dict(cfg.rates))
     keys = sorted(set(cfg.rates) | {"mqtt", "email", "webpush"})
     wake = threading.Event()
