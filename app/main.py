@@ -28,6 +28,7 @@ from app.households import views as household_views
 from app.i18n import request_locale, translate
 from app.incidents import views as incident_views
 from app.incidents import resident_views
+from app.contacts import views as contact_views
 from app.live.hub import LiveHub
 from app.live.views import router as live_router
 from app.privacy import views as privacy_views
@@ -152,6 +153,7 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
         app.include_router(module.pages)
     app.include_router(incident_views.notifications)
     app.include_router(resident_views.pages)  # the resident's answer to a resident check (no login)
+    app.include_router(contact_views.pages)  # where each person's alerts go
     app.include_router(live_router)
     app.include_router(pwa_router)
     _include_alerts_routers(app)

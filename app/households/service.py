@@ -268,6 +268,19 @@ def remove_from_team(conn: psycopg.Connection, actor: Person, household_id: str,
     conn.execute("DELETE FROM household_watchers WHERE household_id = %s AND person_id = %s", (household_id, person_id))
 
 
+def residents(conn: psycopg.Connection, actor: Person, household_id: str) -> list[dict[str, Any]]:
+    """The household's residents and how many channels of their own they have (the default chain asks
+    a resident with one before the team), for the coordinator's household page."""
+    if not actor.manages:
+        raise Forbidden("only a coordinator or operator may do this")
+    rows = conn.execute(
+        """SELECT p.person_id, p.display_name, count(c.channel_id) FILTER (WHERE c.enabled)
+           FROM people p LEFT JOIN person_channels c ON c.person_id = p.person_id
+           WHERE p.role = 'resident' AND p.household_id = %s GROUP BY p.person_id, p.display_name
+           ORDER BY p.display_name""", (household_id,)).fetchall()
+    return [{"person_id": r[0], "display_name": r[1], "channels": int(r[2])} for r in rows]
+
+
 def area_watchers(conn: psycopg.Connection, actor: Person) -> list[dict[str, Any]]:
     """Watchers a coordinator can put on teams: those on a team in the area, or invited by them."""
     if not actor.manages:

@@ -144,6 +144,7 @@ def _household_page(request: Request, person: Any, conn: Any, clock: Any, househ
     extra: dict[str, Any] = {"chain": None, "watchers": []}
     if person.manages:
         extra["watchers"] = service.area_watchers(conn, person)
+        extra["residents"] = service.residents(conn, person, household_id)
         extra["chain"] = _chain_text(conn, person, household_id)
         extra["chain_steps"] = json.loads(extra["chain"])
         rows = chain_rows if chain_rows is not None else chain_form.rows_from_steps(extra["chain_steps"])

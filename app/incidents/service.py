@@ -107,7 +107,7 @@ def timeline(conn: psycopg.Connection, incident_id: int) -> list[dict[str, Any]]
 
 
 @contextmanager
-def _alerts_errors() -> Iterator[None]:
+def alerts_errors() -> Iterator[None]:
     """The alert engine's errors, as the app's."""
     from alerts import models as am
 
@@ -125,7 +125,7 @@ def _alerts_errors() -> Iterator[None]:
 
 def claim(conn: psycopg.Connection, clock: Clock, person: Person, incident_id: int, *, channel: str = "app") -> None:
     """"I'll go"."""
-    with _alerts_errors():
+    with alerts_errors():
         alerts_service.claim(conn, person, incident_id, clock=clock, channel=channel)
 
 
@@ -134,23 +134,23 @@ def resolve(conn: psycopg.Connection, clock: Clock, person: Person, incident_id:
     """"All fine" / "Needs help" (and the other outcomes)."""
     if outcome not in OUTCOMES or outcome == "away":  # 'away' needs a date: the household page sets away periods
         raise Invalid("unknown outcome")
-    with _alerts_errors():
+    with alerts_errors():
         alerts_service.resolve(conn, person, incident_id, outcome, note or "", clock=clock, channel=channel)
 
 
 def comment(conn: psycopg.Connection, clock: Clock, person: Person, incident_id: int, body: str, *,
             channel: str = "app") -> None:
-    with _alerts_errors():
+    with alerts_errors():
         alerts_service.comment(conn, person, incident_id, body, clock=clock, channel=channel)
 
 
 def get_chain(conn: psycopg.Connection, person: Person, household_id: str) -> tuple[list[dict[str, Any]], str]:
-    with _alerts_errors():
+    with alerts_errors():
         return alerts_service.get_chain(conn, person, household_id)
 
 
 def set_chain(conn: psycopg.Connection, clock: Clock, person: Person, household_id: str, steps: Any) -> list[dict[str, Any]]:
-    with _alerts_errors():
+    with alerts_errors():
         return alerts_service.set_chain(conn, person, household_id, steps, clock=clock)
 
 

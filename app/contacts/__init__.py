@@ -1,0 +1,1 @@
+"""How each person is reached (連絡先): their e-mail addresses and phones' push subscriptions."""

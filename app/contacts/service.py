@@ -1,0 +1,48 @@
+"""A person's channels as the contacts page shows them; the rules (who may see and change whose) are
+the alert engine's (``alerts.service``: the person themselves, their area's coordinator, an operator)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from alerts import service as alerts_service
+from alerts.channels import AlertSettings, channel_kind_name
+from app.errors import NotFound
+from app.i18n import MESSAGES
+from app.incidents.service import alerts_errors
+from app.people import Person
+from mimamori.clock import Clock
+
+
+def _shown(channel: dict[str, Any]) -> dict[str, Any]:
+    """What the page shows of a channel: an address in full; of the others only their kind (an Apprise
+    URL may hold a token, a push subscription means nothing to a person)."""
+    kind = channel["kind"]
+    key = f"channel_{channel_kind_name(kind, channel['target'])}"
+    return {"channel_id": channel["channel_id"], "kind": kind, "label_key": key if key in MESSAGES else "channel_other",
+            "shown": channel["target"] if kind == "email" else ""}
+
+
+def contacts(conn: psycopg.Connection, person: Person, person_id: str) -> dict[str, Any]:
+    """Whose page this is and their active channels. ``NotFound`` unless ``person`` may manage them."""
+    with alerts_errors():
+        channels = alerts_service.list_channels(conn, person, person_id)
+    row = conn.execute("SELECT display_name, role FROM people WHERE person_id = %s", (person_id,)).fetchone()
+    if row is None:
+        raise NotFound("person not found")
+    return {"person_id": person_id, "display_name": row[0], "role": row[1], "own": person_id == person.person_id,
+            "channels": [_shown(c) for c in channels if c["enabled"]],
+            # e-mail needs the operator's mail server: say so to whoever could ask for it
+            "mail_configured": bool(AlertSettings().smtp_url)}
+
+
+def add_email(conn: psycopg.Connection, clock: Clock, person: Person, person_id: str, address: str) -> int:
+    with alerts_errors():
+        return alerts_service.add_channel(conn, person, person_id, "email", address, label="email", clock=clock)
+
+
+def remove(conn: psycopg.Connection, clock: Clock, person: Person, person_id: str, channel_id: int) -> None:
+    with alerts_errors():
+        alerts_service.remove_channel(conn, person, person_id, channel_id, clock=clock)

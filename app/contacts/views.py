@@ -1,0 +1,52 @@
+"""The contacts page (連絡先): where a person's alerts go. Their own (``/contacts``), or, for their
+area's coordinator, a resident's or watcher's (``/contacts/{person_id}``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Path, Request, Response
+from fastapi.responses import RedirectResponse
+
+from app.auth.deps import CurrentPerson
+from app.contacts import service
+from app.db import ClockDep, Conn
+from app.errors import Invalid
+from app.models import ID_PATTERN
+from app.templating import render
+
+pages = APIRouter(include_in_schema=False)
+PersonId = Annotated[str, Path(pattern=ID_PATTERN)]
+
+
+def _page(request: Request, person: CurrentPerson, conn: Conn, person_id: str, *, error: str | None = None,
+          typed: str = "", status_code: int = 200) -> Response:
+    return render(request, "contacts.html", status_code=status_code, c=service.contacts(conn, person, person_id),
+                  error=error, typed=typed)
+
+
+@pages.get("/contacts")
+def my_contacts(request: Request, person: CurrentPerson, conn: Conn) -> Response:
+    return _page(request, person, conn, person.person_id)
+
+
+@pages.get("/contacts/{person_id}")
+def contacts_of(person_id: PersonId, request: Request, person: CurrentPerson, conn: Conn) -> Response:
+    return _page(request, person, conn, person_id)
+
+
+@pages.post("/contacts/{person_id}/email")
+def add_email(person_id: PersonId, request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep,
+              address: Annotated[str, Form(max_length=254)]) -> Response:
+    try:
+        service.add_email(conn, clock, person, person_id, address)
+    except Invalid as exc:  # the form again, with what was typed and why it is not an address
+        return _page(request, person, conn, person_id, error=str(exc), typed=address, status_code=422)
+    return RedirectResponse(f"/contacts/{person_id}?msg=saved", status_code=303)
+
+
+@pages.post("/contacts/{person_id}/{channel_id}/remove")
+def remove(person_id: PersonId, channel_id: Annotated[int, Path(ge=1, le=2**62)], person: CurrentPerson, conn: Conn,
+           clock: ClockDep) -> Response:
+    service.remove(conn, clock, person, person_id, channel_id)
+    return RedirectResponse(f"/contacts/{person_id}?msg=saved", status_code=303)
