@@ -154,6 +154,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "contacts_mail_not_configured": ("メールの送信元がまだ設定されていません。運用担当者にお知らせください（MIMAMORI_ALERTS_SMTP_URL）。",
                                      "No mail server is set up yet; please tell the operator (MIMAMORI_ALERTS_SMTP_URL)."),
     "contacts_push": ("このスマホに通知する", "Notify this phone"),
+    "contacts_quiet": ("おやすみ時間", "Quiet hours"),
+    "contacts_quiet_help": ("この時間は、急ぎでないお知らせ（対応の報告など）を朝まで待たせます。見守りアラートはいつでも届きます。",
+                            "Notices that are not urgent (reports, comments) wait until these hours end. Watch-over alerts always arrive."),
+    "contacts_quiet_from": ("開始", "From"),
+    "contacts_quiet_to": ("終了", "Until"),
+    "contacts_quiet_clear": ("おやすみ時間をなくす", "No quiet hours"),
     "contacts_push_help": ("ボタンが出ないときは、このブラウザでは通知を使えません。", "If no button shows, this browser cannot receive notifications."),
     "outcome_other": ("その他", "other"),
     # The resident's answer page (a link in the message a resident check sends them; no login).

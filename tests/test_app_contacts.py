@@ -81,3 +81,21 @@ def test_the_contacts_page_on_a_phone(world) -> None:  # noqa: F811
         page.wait_for_selector("text=tanaka@example.jp")  # type: ignore[attr-defined]
         check_a11y(page, "contacts with an address")
         shot(page, "contacts")
+
+
+def test_quiet_hours_from_the_contacts_page(world) -> None:  # noqa: F811
+    url, clock, _ = world
+    with app_client(url, clock) as app:
+        csrf = cookie_login(app, "watcher_a")
+        assert app.post("/contacts/watcher_a/quiet", data={"csrf_token": csrf, "start": "22:00", "end": ""}).status_code == 422
+        assert app.post("/contacts/watcher_a/quiet", data={"csrf_token": csrf, "start": "25:00", "end": "07:00"}).status_code == 422
+        r = app.post("/contacts/watcher_a/quiet", data={"csrf_token": csrf, "start": "22:00", "end": "07:00"},
+                     follow_redirects=False)
+        assert r.status_code == 303
+        page = app.get("/contacts").text
+        assert 'value="22:00"' in page and 'value="07:00"' in page and 'id="quiet-clear"' in page
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT quiet_start::text, quiet_end::text FROM person_alert_rules"
+                                " WHERE person_id = 'watcher_a'").fetchone() == ("22:00:00", "07:00:00")
+        app.post("/contacts/watcher_a/quiet", data={"csrf_token": csrf, "clear": "1"})
+        assert 'id="quiet-clear"' not in app.get("/contacts").text

@@ -3,13 +3,14 @@ the alert engine's (``alerts.service``: the person themselves, their area's coor
 
 from __future__ import annotations
 
+from datetime import time
 from typing import Any
 
 import psycopg
 
 from alerts import service as alerts_service
 from alerts.channels import AlertSettings, channel_kind_name
-from app.errors import NotFound
+from app.errors import Invalid, NotFound
 from app.i18n import MESSAGES
 from app.incidents.service import alerts_errors
 from app.people import Person
@@ -32,7 +33,10 @@ def contacts(conn: psycopg.Connection, person: Person, person_id: str) -> dict[s
     row = conn.execute("SELECT display_name, role FROM people WHERE person_id = %s", (person_id,)).fetchone()
     if row is None:
         raise NotFound("person not found")
+    quiet = conn.execute("SELECT quiet_start, quiet_end FROM person_alert_rules WHERE person_id = %s", (person_id,)).fetchone()
     return {"person_id": person_id, "display_name": row[0], "role": row[1], "own": person_id == person.person_id,
+            "quiet_start": quiet[0].strftime("%H:%M") if quiet and quiet[0] else "",
+            "quiet_end": quiet[1].strftime("%H:%M") if quiet and quiet[1] else "",
             "channels": [_shown(c) for c in channels if c["enabled"]],
             # e-mail needs the operator's mail server: say so to whoever could ask for it
             "mail_configured": bool(AlertSettings().smtp_url)}
@@ -41,6 +45,15 @@ def contacts(conn: psycopg.Connection, person: Person, person_id: str) -> dict[s
 def add_email(conn: psycopg.Connection, clock: Clock, person: Person, person_id: str, address: str) -> int:
     with alerts_errors():
         return alerts_service.add_channel(conn, person, person_id, "email", address, label="email", clock=clock)
+
+
+def set_quiet_hours(conn: psycopg.Connection, clock: Clock, person: Person, person_id: str, start: time | None,
+                    end: time | None) -> None:
+    """Hours in which notices that are not urgent wait (welfare alerts never do); both None: none."""
+    if (start is None) != (end is None) or (start is not None and start == end):
+        raise Invalid("give a start and a different end, or clear both")
+    with alerts_errors():
+        alerts_service.set_quiet_hours(conn, person, person_id, start, end, clock=clock)
 
 
 def remove(conn: psycopg.Connection, clock: Clock, person: Person, person_id: str, channel_id: int) -> None:

@@ -3,6 +3,7 @@ area's coordinator, a resident's or watcher's (``/contacts/{person_id}``)."""
 
 from __future__ import annotations
 
+from datetime import time
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Path, Request, Response
@@ -42,6 +43,24 @@ def add_email(person_id: PersonId, request: Request, person: CurrentPerson, conn
         service.add_email(conn, clock, person, person_id, address)
     except Invalid as exc:  # the form again, with what was typed and why it is not an address
         return _page(request, person, conn, person_id, error=str(exc), typed=address, status_code=422)
+    return RedirectResponse(f"/contacts/{person_id}?msg=saved", status_code=303)
+
+
+def _time(text: str) -> time | None:
+    try:
+        return time.fromisoformat(text) if text else None
+    except ValueError:
+        raise Invalid("a time is HH:MM") from None
+
+
+@pages.post("/contacts/{person_id}/quiet")
+def quiet_hours(person_id: PersonId, person: CurrentPerson, conn: Conn, clock: ClockDep,
+                start: Annotated[str, Form(max_length=8)] = "", end: Annotated[str, Form(max_length=8)] = "",
+                clear: Annotated[str, Form(max_length=1)] = "") -> Response:
+    if clear:
+        service.set_quiet_hours(conn, clock, person, person_id, None, None)
+    else:
+        service.set_quiet_hours(conn, clock, person, person_id, _time(start), _time(end))
     return RedirectResponse(f"/contacts/{person_id}?msg=saved", status_code=303)
 
 
