@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from alerts import metrics, service
 from alerts.channels import (
@@ -113,6 +114,41 @@ def send(row: dict[str, Any], senders: Senders) -> SendResult:
         return senders.webpush.send(row["target"], {**payload, "delivery_id": row["delivery_id"]}, bool(row["urgent"]),
                                     topic=f"alert-{row['delivery_id']}")
     return SendResult(False, f"unknown channel {row['channel']}", permanent=True)
+
+
+#: A person may test a channel this often (seconds): enough to check a new address, not to flood one.
+TEST_EVERY_S = 60.0
+
+
+def send_test(conn: psycopg.Connection, actor: Any, person_id: str, channel_id: int, senders: Senders, *,
+              clock: Clock, locale: str = "ja") -> SendResult:
+    """Send a test message on one of a person's text channels (e-mail address or Apprise URL) now,
+    so whoever registered it sees that it arrives. The person themselves, their area's coordinator or
+    an operator; once a minute per channel; the outcome goes to ``alert_admin_log``."""
+    from alerts.models import Conflict, InvalidInput, NotFound
+
+    now = clock.now()
+    with conn.transaction():  # checked and recorded before the send: a second click waits, then sees this one
+        service._may_manage_person(conn, actor, person_id)
+        ch = service._one(conn, """SELECT kind, target FROM person_channels WHERE channel_id = %s AND person_id = %s
+                                   AND enabled FOR UPDATE""", (channel_id, person_id))
+        if ch is None:
+            raise NotFound("no such channel")
+        if ch["kind"] not in ("email", "apprise"):
+            raise InvalidInput("only e-mail and chat channels can be tested from here")
+        recent = service._one(conn, """SELECT 1 AS ok FROM alert_admin_log WHERE subject = %s AND action = 'channel_tested'
+                                       AND (data->>'channel_id')::bigint = %s AND at > %s""",
+                              (person_id, channel_id, service.as_datetime(now - TEST_EVERY_S)))
+        if recent:
+            raise Conflict("a test was sent to this channel less than a minute ago")
+        service._admin_log(conn, now, actor, "channel_tested", person_id, {"channel_id": channel_id, "kind": ch["kind"]})
+    title, body = service.render_notice("test", locale, name="")
+    result = senders.message(ch["kind"], ch["target"], title, body)  # the network call, outside any transaction
+    conn.execute("""UPDATE alert_admin_log SET data = data || %s WHERE entry_id = (
+                        SELECT max(entry_id) FROM alert_admin_log WHERE subject = %s AND action = 'channel_tested'
+                        AND (data->>'channel_id')::bigint = %s)""",
+                 (Jsonb({"ok": result.ok, "error": result.error}), person_id, channel_id))
+    return result
 
 
 def deliver_one(conn: psycopg.Connection, clock: Clock, senders: Senders, worker_id: str = "worker", *,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from alerts_fixtures import smtp, wait_for  # noqa: F401
 from test_app_support import app_client, cookie_login, served, world  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -99,3 +100,30 @@ def test_quiet_hours_from_the_contacts_page(world) -> None:  # noqa: F811
                                 " WHERE person_id = 'watcher_a'").fetchone() == ("22:00:00", "07:00:00")
         app.post("/contacts/watcher_a/quiet", data={"csrf_token": csrf, "clear": "1"})
         assert 'id="quiet-clear"' not in app.get("/contacts").text
+
+
+def test_a_test_message_reaches_the_address(world, smtp, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    url, clock, _ = world
+    monkeypatch.setenv("MIMAMORI_ALERTS_SMTP_URL", f"mailto://127.0.0.1:{smtp.port}?from=alerts@city.example.jp&mode=insecure")
+    with app_client(url, clock) as app:
+        csrf = cookie_login(app, "watcher_a")
+        app.post("/contacts/watcher_a/email", data={"csrf_token": csrf, "address": "tanaka@example.jp"})
+        with psycopg.connect(url) as conn:
+            cid = conn.execute("SELECT channel_id FROM person_channels WHERE person_id = 'watcher_a'").fetchone()[0]
+        page = app.get("/contacts").text
+        assert f'id="test-{cid}"' in page
+        sent = app.post(f"/contacts/watcher_a/{cid}/test", data={"csrf_token": csrf})
+        assert sent.status_code == 200 and "テストを送りました" in sent.text
+        mail = wait_for(lambda: smtp.to("tanaka@example.jp"), what="the test mail")[0]
+        assert mail.subject == "見守り: テスト送信"
+        again = app.post(f"/contacts/watcher_a/{cid}/test", data={"csrf_token": csrf})
+        assert again.status_code == 429 and len(smtp.to("tanaka@example.jp")) == 1  # once a minute
+        clock.advance(61)
+        monkeypatch.setenv("MIMAMORI_ALERTS_SMTP_URL", "mailto://127.0.0.1:9?from=a@b.jp&mode=insecure")  # nothing listens
+        failed = app.post(f"/contacts/watcher_a/{cid}/test", data={"csrf_token": csrf})
+        assert failed.status_code == 200 and "テストを送れませんでした" in failed.text
+        assert app.post(f"/contacts/watcher_b/{cid}/test", data={"csrf_token": csrf}).status_code == 404
+    with psycopg.connect(url) as conn:
+        outcomes = [r[0] for r in conn.execute("SELECT data->>'ok' FROM alert_admin_log WHERE action = 'channel_tested'"
+                                                " ORDER BY entry_id")]
+    assert outcomes == ["true", "false"]

@@ -9,7 +9,8 @@ from typing import Any
 import psycopg
 
 from alerts import service as alerts_service
-from alerts.channels import AlertSettings, channel_kind_name
+from alerts.channels import AlertSettings, AppriseSender, WebPushSender, channel_kind_name
+from alerts import flows as alert_flows
 from app.errors import Invalid, NotFound
 from app.i18n import MESSAGES
 from app.incidents.service import alerts_errors
@@ -23,7 +24,7 @@ def _shown(channel: dict[str, Any]) -> dict[str, Any]:
     kind = channel["kind"]
     key = f"channel_{channel_kind_name(kind, channel['target'])}"
     return {"channel_id": channel["channel_id"], "kind": kind, "label_key": key if key in MESSAGES else "channel_other",
-            "shown": channel["target"] if kind == "email" else ""}
+            "shown": channel["target"] if kind == "email" else "", "testable": kind in ("email", "apprise")}
 
 
 def contacts(conn: psycopg.Connection, person: Person, person_id: str) -> dict[str, Any]:
@@ -54,6 +55,16 @@ def set_quiet_hours(conn: psycopg.Connection, clock: Clock, person: Person, pers
         raise Invalid("give a start and a different end, or clear both")
     with alerts_errors():
         alerts_service.set_quiet_hours(conn, person, person_id, start, end, clock=clock)
+
+
+def send_test(conn: psycopg.Connection, clock: Clock, person: Person, person_id: str, channel_id: int,
+              locale: str) -> tuple[bool, str | None]:
+    """Send a test message on one of the person's channels now: (arrived at the server, why not)."""
+    cfg = AlertSettings()
+    senders = alert_flows.Senders(AppriseSender(), WebPushSender(None, cfg.vapid_subject), smtp_url=cfg.smtp_url or None)
+    with alerts_errors():
+        result = alert_flows.send_test(conn, person, person_id, channel_id, senders, clock=clock, locale=locale)
+    return result.ok, result.error
 
 
 def remove(conn: psycopg.Connection, clock: Clock, person: Person, person_id: str, channel_id: int) -> None:

@@ -12,7 +12,8 @@ from fastapi.responses import RedirectResponse
 from app.auth.deps import CurrentPerson
 from app.contacts import service
 from app.db import ClockDep, Conn
-from app.errors import Invalid
+from app.errors import Conflict, Invalid
+from app.i18n import request_locale
 from app.models import ID_PATTERN
 from app.templating import render
 
@@ -21,9 +22,9 @@ PersonId = Annotated[str, Path(pattern=ID_PATTERN)]
 
 
 def _page(request: Request, person: CurrentPerson, conn: Conn, person_id: str, *, error: str | None = None,
-          typed: str = "", status_code: int = 200) -> Response:
+          typed: str = "", status_code: int = 200, tested: dict | None = None) -> Response:
     return render(request, "contacts.html", status_code=status_code, c=service.contacts(conn, person, person_id),
-                  error=error, typed=typed)
+                  error=error, typed=typed, tested=tested)
 
 
 @pages.get("/contacts")
@@ -62,6 +63,17 @@ def quiet_hours(person_id: PersonId, person: CurrentPerson, conn: Conn, clock: C
     else:
         service.set_quiet_hours(conn, clock, person, person_id, _time(start), _time(end))
     return RedirectResponse(f"/contacts/{person_id}?msg=saved", status_code=303)
+
+
+@pages.post("/contacts/{person_id}/{channel_id}/test")
+def send_test(person_id: PersonId, channel_id: Annotated[int, Path(ge=1, le=2**62)], request: Request,
+              person: CurrentPerson, conn: Conn, clock: ClockDep) -> Response:
+    try:
+        ok, why = service.send_test(conn, clock, person, person_id, channel_id, request_locale(request))
+    except Conflict:
+        return _page(request, person, conn, person_id, tested={"ok": False, "key": "contacts_test_wait"}, status_code=429)
+    return _page(request, person, conn, person_id,
+                 tested={"ok": ok, "key": "contacts_test_sent" if ok else "contacts_test_failed", "why": why})
 
 
 @pages.post("/contacts/{person_id}/{channel_id}/remove")
