@@ -131,6 +131,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "channel_other": ("その他の方法", "another channel"),
     # The contacts page (app/contacts): where a person's alerts go.
     "nav_contacts": ("連絡先", "Contacts"),
+    "welcome_contacts": ("ようこそ。お知らせを受け取る連絡先（メールやこのスマホ）を登録してください。",
+                         "Welcome. Add where you want to receive notices (e-mail, this phone)."),
     "contacts_title": ("連絡先", "Contacts"),
     "resident_is": ("ご本人 {name}さん", "Resident {name}"),
     "resident_contacts": ("連絡先 {n}件", "{n} contacts"),

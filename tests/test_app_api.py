@@ -255,7 +255,8 @@ def test_coordinator_page_flows(world) -> None:
         form = {"login": "haru", "password": "haru-password", "locale": "en", "csrf_token": form_csrf}
         assert resident.post(f"/invite/{token}", data=form, follow_redirects=False).status_code == 422  # no consent
         r = resident.post(f"/invite/{token}", data={**form, "consent": "1"}, follow_redirects=False)
-        assert r.status_code == 303
+        assert r.status_code == 303 and r.headers["location"] == "/contacts?msg=welcome_contacts"
+        assert "Welcome. Add where you want to receive notices" in resident.get(r.headers["location"]).text
         me = resident.get("/me")
         assert me.status_code == 200 and "My home" in me.text and "name-coord_a" in me.text  # who viewed
     with psycopg.connect(url) as conn:

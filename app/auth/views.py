@@ -233,7 +233,8 @@ def invite_submit(token: str, request: Request, conn: Conn, clock: ClockDep,
                                  notice_version=service.NOTICE_VERSION,
                                  error=translate(request_locale(request), f"err_{exc.code}"))
     session = service.start_session(conn, clock, person.person_id, user_agent=request.headers.get("user-agent"))
-    response = RedirectResponse("/", status_code=303)
+    # first stop: where their notices should go (an e-mail address, this phone)
+    response = RedirectResponse("/contacts?msg=welcome_contacts", status_code=303)
     _set_session_cookie(request, response, session)
     response.delete_cookie(csrf.PRE_SESSION_COOKIE, path="/")
     response.set_cookie(LANG_COOKIE, person.locale, max_age=365 * 86400, samesite="lax", path="/")
