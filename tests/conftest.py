@@ -80,6 +80,13 @@ def pg_url(pg_server: _PgServer) -> str:
     return pg_server.clone()
 
 
+@pytest.fixture
+def conn(pg_url: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to this test's database (a file may define its own)."""
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        yield c
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.EmbeddedBroker | None]:
     if os.environ.get("MIMAMORI_TEST_MQTT_URL"):

@@ -4,7 +4,6 @@ same Message-ID, and a stale attempt cannot record an outcome."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -15,12 +14,6 @@ from alerts.channels import AppriseSender
 from mimamori.clock import ManualClock
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def conn(pg_url: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        yield c
 
 
 def test_apprise_email_carries_the_pinned_message_id(smtp: SmtpSink) -> None:

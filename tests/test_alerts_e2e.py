@@ -78,12 +78,6 @@ def workers(pg_url: str, tmp_path: Path) -> Iterator[Workers]:
     w.close()
 
 
-@pytest.fixture
-def conn(pg_url: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        yield c
-
-
 def test_fall_to_resolve_end_to_end(conn: psycopg.Connection, smtp: SmtpSink, workers: Workers) -> None:
     town = seed_town(conn, smtp)
     t1a, t1b = town.tier1

@@ -5,7 +5,6 @@ in-process."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -19,12 +18,6 @@ from mimamori.clock import ManualClock
 from mimamori.config import Settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def conn(pg_url: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        yield c
 
 
 def _server(smtp: SmtpSink) -> str:

@@ -25,12 +25,6 @@ pytestmark = pytest.mark.integration
 
 
 
-@pytest.fixture
-def conn(pg_url: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        yield c
-
-
 class Worker:
     def __init__(self, pg_url: str, clock: ManualClock, mqtt_url: MqttUrl | None = None, worker_id: str = "t1",
                  settings: Settings | None = None) -> None:

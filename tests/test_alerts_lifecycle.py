@@ -3,7 +3,6 @@ driven directly (no worker threads) with a ManualClock: hours pass in millisecon
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -16,12 +15,6 @@ from mimamori.clock import ManualClock, as_datetime
 
 pytestmark = pytest.mark.integration
 MIN = 60.0
-
-
-@pytest.fixture
-def conn(pg_url: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        yield c
 
 
 def run_engine(conn: psycopg.Connection, clock: ManualClock) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -23,12 +22,6 @@ pytestmark = pytest.mark.integration
 
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-@pytest.fixture
-def conn(pg_url: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        yield c
 
 
 def test_metrics_count_sends_retries_and_describe_the_queue(pg_url: str, conn: psycopg.Connection, smtp: SmtpSink) -> None:

@@ -27,12 +27,6 @@ ASK_FIRST = [{"type": "resident_check", "minutes": 10}, {"type": "wait", "minute
 
 
 @pytest.fixture
-def conn(pg_url: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        yield c
-
-
-@pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
 
