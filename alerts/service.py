@@ -832,6 +832,8 @@ def enqueue_notice(conn: psycopg.Connection, inc: dict[str, Any], people: Sequen
         title, body = render_notice(notice, person["locale"], name=name, kind=inc["kind"], **fields)
         payload = {"title": title, "body": body, "incident_id": inc["incident_id"], "notice": notice,
                    "household_id": inc["household_id"], "kind": inc["kind"]}
+        if "url" in fields:  # where a push opens (a resident's answer link; else the alert page)
+            payload["url"] = fields["url"]
         first = _enqueue(conn, inc["incident_id"], step_key, person_id, person_id, "inapp", None, notice, urgent, payload,
                          now, now, status="sent")
         if first is None:

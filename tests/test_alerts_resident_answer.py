@@ -77,6 +77,9 @@ def test_fine_from_the_link_cancels_before_the_team_hears(conn: psycopg.Connecti
     assert "resident_check" in notices(conn, person)  # in the app as well, with the same link
     url = conn.execute("SELECT data->>'url' FROM notifications WHERE person_id = %s", (person,)).fetchone()[0]
     assert url == f"{PUBLIC}/r/{token}"
+    # a push on the resident's phone opens the same link (not the team's alert page)
+    payloads = [r[0] for r in conn.execute("SELECT payload->>'url' FROM alert_deliveries WHERE person_id = %s", (person,))]
+    assert payloads and set(payloads) == {url}
     # the database keeps only a hash: the token itself is nowhere in the links table
     assert conn.execute("SELECT count(*) FROM resident_check_links WHERE token_hash = %s",
                         (service.resident_token_hash(token),)).fetchone()[0] == 1
