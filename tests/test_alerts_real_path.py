@@ -175,3 +175,57 @@ def test_simulated_fall_through_broker_ingest_detector_to_alerts(pg_url: str, ow
             stop.set()
             worker.join(15)
             detector.close()
+
+
+def test_the_resident_is_asked_first_and_a_fallen_one_cannot_answer(pg_url: str, own_broker: EmbeddedBroker,
+                                                                    ingest: Ingest, smtp: SmtpSink) -> None:
+    """The same whole path for a home whose resident registered an e-mail address (kind ``email``,
+    sent through the operator's mail server): the default chain asks the resident first; a resident
+    who has fallen does not answer, and the team hears 10 minutes later."""
+    fall_at = DEFAULT_START + 30 * DAY + 10.5 * H
+    k = next(i for i in range(40) if simulate_household(i, 3, DEFAULT_START, DEFAULT_START + DAY).info.has_sensors)
+    stream = simulate_household(k, 3, DEFAULT_START, DEFAULT_START + 31 * DAY, incidents=IncidentPlan.at(
+        IncidentSpec("collapse", k, fall_at)))
+    fall = next(inc for inc in stream.incidents if inc.kind == "collapse")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        emails = register(conn, stream.info, smtp)
+        conn.execute("INSERT INTO people (person_id, display_name, role, household_id) VALUES ('tanaka', '田中', 'resident', %s)",
+                     (stream.info.household_id,))
+        service.add_channel(conn, Actor("chokai", "coordinator", stream.info.area), "tanaka", "email", "tanaka@example.jp")
+        feed = Feed(stream, MqttUrl.parse(own_broker.url), ingest)
+        feed.until(fall.start + 60)
+        clock = ManualClock(fall.start + 60)
+        stop = threading.Event()
+        server = f"mailto://127.0.0.1:{smtp.port}?from=alerts@city.example.jp&mode=insecure"
+        worker = threading.Thread(target=run_alert_worker, args=(Settings(public_url="https://m.example.jp"),), daemon=True,
+                                  kwargs=dict(database_url=pg_url, mqtt_url=MqttUrl.parse(own_broker.url), clock=clock,
+                                              stop=stop, worker_id="e2e",
+                                              alert_settings=AlertSettings(poll_s=0.05, delivery_threads=2, smtp_url=server)))
+        worker.start()
+        detector = DetectorService(pg_url, clock)
+        try:
+            incident = None
+            for _ in range(36):
+                clock.advance(1800)
+                feed.until(clock.now())
+                detector.tick()
+                incident = conn.execute("SELECT incident_id FROM incidents WHERE household_id = %s"
+                                        " AND kind IN ('inactivity', 'long_on')", (stream.info.household_id,)).fetchone()
+                if incident:
+                    break
+            assert incident is not None, "the detector opened no welfare incident within 18 h of the fall"
+            iid = incident[0]
+            question = wait_for(lambda: smtp.to("tanaka@example.jp"), timeout=15, what="the question to the resident")[0]
+            assert "https://m.example.jp/r/" in question.body and question.message_id.endswith("@city.example.jp>")
+            assert not smtp.to(emails["family"]) and notices(conn, "family") == []  # the team waits for the resident
+            clock.advance(10 * 60 + 1)
+            wait_for(lambda: smtp.to(emails["family"]) and smtp.to(emails["neighbour"]), timeout=15, what="tier-1 e-mail")
+            trail = [a for a in actions(conn, iid) if a not in ("delivered", "blinked")]  # sends, recorded as they happen
+            # the bulbs blinked and the resident was mailed; neither brought an answer
+            assert trail[:5] == ["escalation_started", "blink_requested", "resident_asked", "resident_did_not_respond",
+                                 "notified"]
+            assert "blinked" in actions(conn, iid)
+        finally:
+            stop.set()
+            worker.join(15)
+            detector.close()
