@@ -94,6 +94,14 @@ def test_fine_from_the_link_cancels_before_the_team_hears(conn: psycopg.Connecti
     actor = conn.execute("SELECT actor, channel, data->>'answer' FROM incident_timeline WHERE incident_id = %s"
                          " AND action = 'resident_answered'", (iid,)).fetchone()
     assert actor == (person, "link", "fine")
+    # the resident's copy of their data has the answer and how they are reached (not the link, not a URL's token)
+    from app.people import Person
+    from app.privacy.service import export_household
+    exported = export_household(conn, clock, Person(person, "山田 花子", "resident", household_id=town.household_id),
+                                town.household_id)
+    assert [(a["person_id"], a["answer"]) for a in exported["resident_check_answers"]] == [(person, "fine")]
+    assert exported["resident_contacts"][0]["kind"] == "apprise" and exported["resident_contacts"][0]["address"] is None
+    assert token not in str(exported)
     with pytest.raises(Conflict):  # single use
         resident.answer(conn, token, "help", clock=clock)
     with pytest.raises(NotFound):

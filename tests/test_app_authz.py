@@ -228,6 +228,7 @@ def test_export_is_the_residents_complete_copy_and_is_logged(world) -> None:
             assert exported["contact"][0]["address"] == "north 1-2-3", role
             assert exported["residents"][0]["phone"] == "090-7777-0002", role
             assert "(registered)" not in json.dumps(exported, ensure_ascii=False)
+            assert exported["resident_contacts"] == [] and exported["resident_check_answers"] == []  # present, empty here
         csv_text = c.get(f"/api/households/h1/export.csv?request_note={note}", headers=coord).text
         assert "076-000-0000" in csv_text and "north 1-2-3" in csv_text
         # ... while the coordinator's ordinary reads keep the team-only rule

@@ -65,6 +65,15 @@ def export_household(conn: psycopg.Connection, clock: Clock, person: Person, hou
         "team": _rows(conn, "SELECT w.person_id, p.display_name, w.tier, w.relation, w.added_at FROM household_watchers w"
                             " JOIN people p USING (person_id) WHERE w.household_id = %s", h),
         "consents": _rows(conn, "SELECT * FROM consents WHERE household_id = %s", h),
+        # how the residents are reached (an e-mail address in full; other channels by kind: an Apprise URL
+        # holds the operator's or a service's token, a push subscription only the browser's keys)
+        "resident_contacts": _rows(conn, "SELECT c.person_id, c.kind, CASE WHEN c.kind = 'email' THEN c.target END AS address,"
+                                         " c.enabled, c.created_at FROM person_channels c JOIN people p USING (person_id)"
+                                         " WHERE p.household_id = %s ORDER BY c.channel_id", h),
+        # their answers to resident checks ("fine", "away" until, "help"); the links themselves are not kept
+        "resident_check_answers": _rows(conn, "SELECT incident_id, person_id, created_at AS asked_at, used_at AS answered_at,"
+                                              " answer, away_until FROM resident_check_links WHERE household_id = %s"
+                                              " ORDER BY created_at", h),
         "away_periods": _rows(conn, "SELECT starts_at, until, source, note FROM away_periods WHERE household_id = %s", h),
         "devices": _rows(conn, "SELECT device_id, kind, room, paired_at FROM devices WHERE household_id = %s", h),
         "incidents": _rows(conn, "SELECT incident_id, kind, status, opened_at, closed_at, outcome, outcome_note"
