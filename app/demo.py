@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
+from psycopg.types.json import Jsonb
 
+from alerts import policy
 from app.auth.service import NOTICE_VERSION, hash_password
 from mimamori.clock import Clock, SystemClock, as_datetime
 
@@ -74,4 +76,9 @@ def create_demo_accounts(conn: psycopg.Connection, clock: Clock | None = None, *
         conn.execute(
             "INSERT INTO consents (household_id, given_by, notice_version, given_at) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT DO NOTHING", (homes[0], "demo-resident", NOTICE_VERSION, now))
+        # The resident's home asks the resident first (in the app: sign in as "resident" to see the
+        # question), then the team: the chain a home gets by default once its resident has an address.
+        conn.execute("INSERT INTO escalation_chains (household_id, steps, updated_at, updated_by) VALUES (%s, %s, %s, %s)"
+                     " ON CONFLICT (household_id) DO NOTHING",
+                     (homes[0], Jsonb(policy.validate_chain(list(policy.RESIDENT_FIRST_CHAIN))), now, "demo-coordinator"))
     return people

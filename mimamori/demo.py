@@ -209,7 +209,8 @@ def run_demo(
         url = settings.app_url() + "/"
         console.print(f"[bold]web app[/]: {url}    logs: {log_path}")
         console.print(f"the story: {ids[focus]} ({manifest['households'][focus]['display_name']}) collapses at "
-                      f"{_local(fall_at)}; sign in as watcher1 to see the alert arrive")
+                      f"{_local(fall_at)}; the alert asks the resident first (sign in as resident), then "
+                      f"watcher1's team 10 minutes later (sign in as watcher1)")
         for login in logins:
             console.print("  " + login.line())
         workdir = Path(tempfile.mkdtemp(prefix="mimamori-demo-"))

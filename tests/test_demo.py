@@ -127,6 +127,9 @@ def _check_alert(base: str, incident_id: int) -> None:
     assert alert["household_id"] == "hh-0001" and alert["kind"] in ("inactivity", "long_on")
     timeline = _api(base, f"/api/alerts/{incident_id}/timeline", token)
     assert timeline, "the alert has no timeline (the alert engine did not pick it up)"
+    # the demo home asks its resident first (the resident's login has the question on its page)
+    actions = [e["action"] for e in timeline]  # type: ignore[union-attr]
+    assert "resident_asked" in actions, actions
 
 
 def _see_alert_in_browser(base: str, incident_id: int) -> None:
