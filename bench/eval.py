@@ -30,10 +30,12 @@ With ``resident_check`` (``mimamori eval --resident-answers RATE``), each system
 view: what the household's team would receive if the alert engine asked the resident first (the
 default chain when a resident has a channel of their own: ``alerts.policy.RESIDENT_FIRST_CHAIN``). A
 what-if, and its assumptions are the inputs: a resident behind a false welfare alert answers
-"fine"/"out" with probability RATE when the alert comes in waking hours (07-22 local) and never at
-night; a resident in trouble never answers (the "help" button is not modelled, which would only
-shorten delays), so every welfare incident the team hears of reaches them ``minutes`` later, unless
-an alert was already open when it began (the team already knew).
+"fine"/"out" with probability RATE if they are able to: awake at home, or away in waking hours (07-22
+local; the simulator does not say when someone away sleeps), never asleep at home (a late riser
+sleeps through the question). With real logs (no ground truth) "able" is the waking hours. A
+resident in trouble never answers (the "help" button is not modelled, which would only shorten
+delays), so every welfare incident the team hears of reaches them ``minutes`` later, unless an alert
+was already open when it began (the team already knew).
 
 An alert is an incident row in the service: it opens when the condition starts, stays one while
 the condition holds, and closes when it clears (activity resumes, the device is back ...).
@@ -51,6 +53,7 @@ import numpy as np
 
 from detector import model as m
 from detector.baselines import BASELINES, make_baseline
+from firmware_sim.offline import AWAY, PRESENT_ASLEEP, PRESENT_AWAKE
 
 H = 3600.0
 DAY = 86400.0
@@ -97,6 +100,9 @@ class Replay:
     #: unannounced nights away of the simulated residents (hh, left, back): not incidents (an alert
     #: then is false), reported apart because a bulbs-only home cannot tell one from a collapse
     nights_away: list[tuple[int, float, float]] = field(default_factory=list)
+    #: where each simulated resident was, as changes (times, PRESENT_AWAKE / PRESENT_ASLEEP / AWAY);
+    #: None for real logs (then "awake" is guessed from the hour)
+    presence: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def n(self) -> int:
@@ -154,6 +160,7 @@ def replay_from_fleet(fleet: Any, learning_days: float) -> Replay:
         incidents=incidents,
         learning_end=fleet.start + learning_days * DAY,
         nights_away=[(i, float(a), float(b)) for i, hh in enumerate(fleet.households) for a, b in hh.nights_away],
+        presence=[hh.presence for hh in fleet.households] if all(hh.presence is not None for hh in fleet.households) else None,
     )
 
 
@@ -415,7 +422,13 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
                 false_welfare_hour[hour] += 1
                 if resident_check is not None:
                     lo, hi = resident_check.waking_hours
-                    spared += int(lo <= hour < hi and answers.random() < resident_check.answer_rate)
+                    able = lo <= hour < hi
+                    if rp.presence is not None:
+                        times, states = rp.presence[key]
+                        i = int(np.searchsorted(times, t, side="right")) - 1
+                        state = int(states[i]) if i >= 0 else PRESENT_ASLEEP
+                        able = state == PRESENT_AWAKE or (state == AWAY and able)
+                    spared += int(able and answers.random() < resident_check.answer_rate)
                 false_welfare_silence["lt_8h" if quiet_h < 8 else "8_17h" if quiet_h < 17 else "ge_17h"] += 1
     if rp.observed_until is not None:
         months = float(np.maximum(rp.observed_until - rp.learning_end, 0.0).sum()) / (30 * DAY)

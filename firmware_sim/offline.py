@@ -21,7 +21,7 @@ import numpy as np
 from firmware_sim.devices import ACTIVITY_CODES, DEFAULT_HEARTBEAT_S, KIND_CODES, EventArrays, firmware_events
 from firmware_sim.homes import HouseholdInfo, HouseholdSeeds, make_household
 from firmware_sim.incidents import Incident, IncidentPlan, apply_incidents
-from firmware_sim.resident import DEFAULT_TIMEZONE, Draws, simulate_resident
+from firmware_sim.resident import ASLEEP, DEFAULT_TIMEZONE, ENTER, OUT, Draws, ResidentActions, simulate_resident
 from mimamori.protocol import Event
 
 DAY = 86400.0
@@ -37,6 +37,9 @@ class HouseholdStream:
     events: EventArrays  # sorted by device time
     incidents: list[Incident]
     nights_away: tuple[tuple[float, float], ...] = ()
+    #: Where the resident is, as changes: (times, state) with state PRESENT_AWAKE / PRESENT_ASLEEP / AWAY
+    #: from each time on (ground truth for evaluation: could the resident have answered a message?).
+    presence: tuple[np.ndarray, np.ndarray] | None = None
 
     # Convenience views of the arrays the brief names.
     @property
@@ -200,7 +203,18 @@ def simulate_household(
         power_cuts=applied.power_cuts,
         gateway_down=applied.gateway_down,
     )
-    return HouseholdStream(info, events, applied.incidents, actions.nights_away)
+    return HouseholdStream(info, events, applied.incidents, actions.nights_away, presence_of(applied.actions))
+
+
+PRESENT_AWAKE, PRESENT_ASLEEP, AWAY = 0, 1, 2
+
+
+def presence_of(actions: ResidentActions) -> tuple[np.ndarray, np.ndarray]:
+    """The resident's presence from their moves: (times, PRESENT_AWAKE / PRESENT_ASLEEP / AWAY)."""
+    enters = actions.action == ENTER
+    room, level = actions.room[enters], actions.level[enters]
+    state = np.where(room == OUT, AWAY, np.where(level == ASLEEP, PRESENT_ASLEEP, PRESENT_AWAKE)).astype(np.int8)
+    return actions.time[enters].astype(np.float64), state
 
 
 def simulate_offline(

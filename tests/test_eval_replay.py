@@ -54,6 +54,19 @@ def test_metrics_match_alerts_to_incidents_and_count_false_ones() -> None:
     assert day["median_delay_h"] == r9["median_delay_h"] and "team" not in r9  # the system's own figures unchanged
     none = ev.metrics(rp, log, resident_check=ev.ResidentCheck(0.0))["team"]
     assert none["spared_by_the_resident"] == 0
+    # with the simulator's ground truth: asleep at home nobody answers, even at 09:00; away in waking
+    # hours, or awake at home at any hour, they can
+    def presence(state: int) -> list:
+        return [(np.array([0.0]), np.array([0], np.int8)), (np.array([0.0]), np.array([state], np.int8))]
+    rp.presence = presence(ev.PRESENT_ASLEEP)
+    assert ev.metrics(rp, log, resident_check=ev.ResidentCheck(1.0))["team"]["spared_by_the_resident"] == 0
+    rp.presence = presence(ev.AWAY)
+    assert ev.metrics(rp, log, resident_check=ev.ResidentCheck(1.0))["team"]["spared_by_the_resident"] == 3
+    rp.tz_offset_s = np.zeros(2, np.int32)  # 00-03 h: away means asleep somewhere; awake at home still answers
+    assert ev.metrics(rp, log, resident_check=ev.ResidentCheck(1.0))["team"]["spared_by_the_resident"] == 0
+    rp.presence = presence(ev.PRESENT_AWAKE)
+    assert ev.metrics(rp, log, resident_check=ev.ResidentCheck(1.0))["team"]["spared_by_the_resident"] == 3
+    rp.presence = None
     rp.tz_offset_s = np.zeros(2, np.int32)
     del log.opened[-1]
     rp.nights_away = []

@@ -193,3 +193,24 @@ def test_life_includes_outings_naps_and_nights_away_and_quieter_sundays() -> Non
     assert share[6] < 0.6 * share[:5].mean()  # Sundays at home
     assert long_naps >= 5
     assert nights_away >= 1
+
+
+def test_presence_says_when_the_resident_is_away_or_asleep() -> None:
+    from firmware_sim.offline import AWAY, PRESENT_ASLEEP, PRESENT_AWAKE, simulate_household
+
+    start = datetime(2026, 1, 5, tzinfo=ZoneInfo("Asia/Tokyo")).timestamp()
+    homes = [simulate_household(k, 7, start, start + 60 * 86400) for k in range(40)]
+    home = next(h for h in homes if h.nights_away)
+    times, states = home.presence  # type: ignore[misc]
+    assert np.all(np.diff(times) >= 0) and set(np.unique(states)) <= {PRESENT_AWAKE, PRESENT_ASLEEP, AWAY}
+
+    def at(t: float) -> int:
+        return int(states[np.searchsorted(times, t, side="right") - 1])
+
+    left, back = home.nights_away[0]
+    assert at((left + back) / 2) == AWAY
+    # 03:00 on the nights at home: asleep; 15:00 on most days: awake at home or out
+    nights = [start + d * 86400 + 3 * 3600 for d in range(1, 60)]
+    at_home = [t for t in nights if not any(a <= t <= b for a, b in home.nights_away)]
+    assert sum(at(t) == PRESENT_ASLEEP for t in at_home) >= 0.9 * len(at_home)
+    assert sum(at(start + d * 86400 + 15 * 3600) != PRESENT_ASLEEP for d in range(60)) >= 50
