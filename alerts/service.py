@@ -992,9 +992,12 @@ def begin_delivery(conn: psycopg.Connection, now: float, worker_id: str,
 
 
 def _superseded(row: dict[str, Any]) -> str | None:
-    """An alert (or blink) for an incident someone already claimed or closed is not worth sending."""
+    """An alert (or blink) for an incident someone already claimed or closed is not worth sending; nor
+    is a question to the resident about an incident that has closed."""
     if row["notice"] in ("alert", "blink") and row["incident_status"] != "open":
         return f"incident already {row['incident_status']}"
+    if row["notice"] == "resident_check" and row["incident_status"] in ("resolved", "cancelled"):
+        return f"incident already {row['incident_status']}"  # nothing left to ask the resident about
     return None
 
 

@@ -269,3 +269,23 @@ def test_the_answer_page_speaks_the_residents_language(conn: psycopg.Connection,
         assert "大丈夫です" in phone.get(f"{base}/r/{token}", timeout=30).text
         phone.cookies.clear()
         assert "Your watchers will know you are fine" in phone.post(f"{base}/r/{token}", data={"answer": "fine"}, timeout=30).text
+
+
+def test_a_question_about_an_alert_that_closed_meanwhile_is_not_sent(conn: psycopg.Connection, smtp: SmtpSink,
+                                                                     clock: ManualClock) -> None:
+    from alerts import flows
+    from alerts.channels import AppriseSender, WebPushSender
+
+    town = seed_town(conn, smtp)
+    person = _resident(conn, smtp, town)
+    iid = open_incident(conn, town.household_id, clock.now())
+    assert service.adopt_one(conn, clock, "t", app_url=PUBLIC) == iid  # the question is queued for the resident
+    # the resident switches a light before the mail goes out: the detector closes the alert
+    conn.execute("UPDATE incidents SET status = 'resolved', closed_at = now(), outcome = 'activity_resumed'"
+                 " WHERE incident_id = %s", (iid,))
+    senders = flows.Senders(AppriseSender(), WebPushSender(None, "mailto:x@y.jp"))
+    while flows.deliver_one(conn, clock, senders, "t"):
+        pass
+    assert conn.execute("SELECT status FROM alert_deliveries WHERE person_id = %s AND channel <> 'inapp'",
+                        (person,)).fetchone() == ("skipped",)
+    assert not smtp.to(f"{person}@example.org")
