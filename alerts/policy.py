@@ -251,12 +251,13 @@ def _resident_check(state: State, step: Mapping[str, Any], ctx: Context, now: fl
             return StepResult((Log("resident_check_skipped", {"reason": reason}),), _next(state))
         new = replace(state, check_since=now, wait_until=until)
         return StepResult(tuple(actions), new, min(until, now + RESIDENT_CHECK_POLL_S))
+    if ctx.help_asked_at is not None and ctx.help_asked_at >= state.check_since:
+        # the resident asked for help: the team hears of it now, not when the check would have ended
+        # (before the switch: someone who fell may reach a switch and still need help)
+        return StepResult((Log("resident_asked_for_help", {"since": state.check_since}),), _next(state))
     if ctx.last_activity_at is not None and ctx.last_activity_at > state.check_since:
         note = "resident responded to the blink"
         return StepResult((Cancel("resident_responded", note),), replace(_next(state), done=True))
-    if ctx.help_asked_at is not None and ctx.help_asked_at >= state.check_since:
-        # the resident asked for help: the team hears of it now, not when the check would have ended
-        return StepResult((Log("resident_asked_for_help", {"since": state.check_since}),), _next(state))
     assert state.wait_until is not None
     if now >= state.wait_until:
         return StepResult((Log("resident_did_not_respond", {"since": state.check_since}),), _next(state))

@@ -132,6 +132,10 @@ def _act(conn: psycopg.Connection, inc: dict[str, Any], link: dict[str, Any], re
     if inc["status"] not in ("open", "claimed") and reply != "help":
         return "none"  # the alert is over; a call for help never is
     escalated = False
+    if reply == "help" and inc["status"] in ("open", "claimed"):
+        # the detector must not close it when a switch is used again: only a person who went closes it
+        conn.execute("UPDATE incidents SET evidence = evidence || jsonb_build_object('help_asked_at', %s::float8)"
+                     " WHERE incident_id = %s", (now, incident_id))
     if reply == "help" and inc["status"] == "open" and state.check_since is not None:
         # during the check: the engine's next look (now) ends the check and goes on with the chain
         escalated = conn.execute("UPDATE alert_escalations SET next_step_at = %s WHERE incident_id = %s AND status = 'running'",

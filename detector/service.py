@@ -289,18 +289,20 @@ class DetectorService:
                         opened_by_kind[kind] += 1
                     else:
                         updated += 1
-                # Conditions that cleared: an unclaimed incident closes itself (a claimed one waits for its watcher).
+                # Conditions that cleared: an unclaimed incident closes itself (a claimed one waits for its
+                # watcher, and so does one whose resident asked for help: a switch reached is no all-clear).
                 for (hid, k), (incident_id, status) in open_rows.items():
                     r = index.get(hid)
                     if k != kind or status != "open" or r is None or cond[r]:
                         continue
                     outcome = "activity_resumed" if kind in WELFARE else "auto_closed"
-                    self.conn.execute(
-                        "UPDATE incidents SET status = 'resolved', closed_at = %s, updated_at = %s, outcome = %s WHERE incident_id = %s AND status = 'open'",
+                    done_now = self.conn.execute(
+                        "UPDATE incidents SET status = 'resolved', closed_at = %s, updated_at = %s, outcome = %s"
+                        " WHERE incident_id = %s AND status = 'open' AND NOT (evidence ? 'help_asked_at')",
                         (_ts(now), _ts(now), outcome, incident_id),
-                    )
-                    closed += 1
-                    closed_by_kind[kind] += 1
+                    ).rowcount
+                    closed += done_now
+                    closed_by_kind[kind] += done_now
             # Area outages: one incident per area.
             areas_out = sorted({self.fleet.areas[r] for r in np.flatnonzero(sc.area_outage) if self.fleet.areas[r]})
             for area in areas_out:

@@ -189,6 +189,9 @@ def test_resident_asking_for_help_ends_the_check_at_once() -> None:
     assert [type(a).__name__ for a in helped.actions] == ["Log", "Notify", "Log"]
     assert helped.actions[0] == Log("resident_asked_for_help", {"since": 0.0})
     assert notified(helped.actions) == [(("a", "b"), "r0.s1")]  # at 75 s, not after 10 minutes
+    # a switch toggled as well (someone who fell reached it) does not cancel a call for help
+    both = advance(ASK_CHAIN, out.state, Context(team, last_activity_at=72.0, help_asked_at=70.0), 75.0)
+    assert not any(isinstance(a, Cancel) for a in both.actions) and notified(both.actions)
 
 
 def test_validate_chain_keeps_the_ask_switch() -> None:

@@ -144,6 +144,8 @@ def test_help_ends_the_check_at_once_and_the_whole_team_hears(conn: psycopg.Conn
     assert notices(conn, town.tier2[0]) == ["resident_answered_help"]
     assert "resident_asked_for_help" in actions(conn, iid)
     assert _status(conn, iid) == ("open", None)
+    # marked for the detector: a switch used later does not close it (tests/test_detector_service.py)
+    assert conn.execute("SELECT evidence ? 'help_asked_at' FROM incidents WHERE incident_id = %s", (iid,)).fetchone() == (True,)
     mails = wait_for(lambda: [m for m in smtp.to(town.emails[town.tier2[0]]) if "助け" in m.subject], what="tier 2 mail")
     assert "山田 花子" in mails[0].body
 

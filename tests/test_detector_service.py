@@ -182,3 +182,35 @@ def test_the_loop_rebuilds_when_the_fleet_changes_and_not_otherwise(pg_url: str)
         stop.set()
         thread.join(10)
         detector_service.DetectorService.rebuild = original  # type: ignore[method-assign]
+
+
+def test_an_incident_whose_resident_asked_for_help_is_not_closed_by_a_switch(pg_url: str) -> None:
+    """The alert engine marks an incident whose resident answered "please help" (evidence
+    ``help_asked_at``): activity afterwards (someone who fell reached a switch) must not close it;
+    the same activity closes an ordinary one."""
+    with psycopg.connect(pg_url) as conn:
+        for h in ("h1", "h2"):
+            conn.execute("INSERT INTO households (household_id, display_name, area) VALUES (%s, 'x', 'area-01')", (h,))
+            conn.execute("INSERT INTO gateways (gateway_id, household_id, area, status) VALUES (%s, %s, 'area-01', 'online')",
+                         (f"g-{h}", h))
+            conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind) VALUES (%s, %s, %s, 'bulb')",
+                         (f"d-{h}", f"g-{h}", h))
+            conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind) VALUES (to_timestamp(%s), %s, %s, 1, 'off')",
+                         (DEFAULT_START, h, f"d-{h}"))
+    clock = ManualClock(DEFAULT_START + 25 * H)  # 25 h of silence in both homes: the hard cap
+    service = DetectorService(pg_url, clock)
+    try:
+        service.tick()
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT count(*) FROM incidents WHERE kind = 'inactivity' AND status = 'open'").fetchone()[0] == 2
+            conn.execute("UPDATE incidents SET evidence = evidence || '{\"help_asked_at\": 1.0}' WHERE household_id = 'h1'")
+            for h in ("h1", "h2"):
+                conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind, received_at)"
+                             " VALUES (to_timestamp(%s), %s, %s, 2, 'on', now())", (clock.now(), h, f"d-{h}"))
+        clock.advance(600)
+        service.tick()
+        with psycopg.connect(pg_url) as conn:
+            status = dict(conn.execute("SELECT household_id, status FROM incidents WHERE kind = 'inactivity'").fetchall())
+        assert status == {"h1": "open", "h2": "resolved"}
+    finally:
+        service.close()
