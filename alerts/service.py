@@ -318,8 +318,7 @@ def default_chain(conn: psycopg.Connection, household_id: str | None) -> list[di
     """The chain of a household without one of its own: asking the resident first when a resident
     has a channel of their own to be asked on, else straight to the team."""
     reachable = household_id is not None and _one(
-        conn, """SELECT 1 AS ok FROM people p JOIN person_channels c ON c.person_id = p.person_id AND c.enabled
-                 WHERE p.role = 'resident' AND p.household_id = %s LIMIT 1""", (household_id,)) is not None
+        conn, "SELECT 1 AS ok FROM households_resident_reachable WHERE household_id = %s", (household_id,)) is not None
     return list(policy.RESIDENT_FIRST_CHAIN if reachable else policy.DEFAULT_CHAIN)
 
 

@@ -203,11 +203,13 @@ class AlertLog:
         self.open[kind] = condition.copy()
 
 
-def run_systems(rp: Replay, *, tick_s: float = 600.0, params: m.DetectorParams = m.DEFAULT_PARAMS, prior_every_s: float = DAY) -> dict[str, AlertLog]:
+def run_systems(rp: Replay, *, tick_s: float = 600.0, params: m.DetectorParams = m.DEFAULT_PARAMS, prior_every_s: float = DAY,
+                asked_first: bool = False) -> dict[str, AlertLog]:
     state = m.new_state(rp.device_kinds, epoch=rp.start, tz_offset_s=rp.tz_offset_s, area=rp.area, params=params)
     baselines = {name: make_baseline(name, rp.device_kinds, rp.start, rp.tz_offset_s) for name in BASELINES}
     logs = {"detector": AlertLog(), **{name: AlertLog() for name in BASELINES}}
     n = rp.n
+    asked = np.ones(n, bool)  # asked_first: every resident has a channel of their own (the what-if)
     away_hh = np.array([a[0] for a in rp.away], np.int64)
     away_set = np.array([a[1] for a in rp.away])
     away_until = np.array([a[2] for a in rp.away])
@@ -235,7 +237,7 @@ def run_systems(rp: Replay, *, tick_s: float = 600.0, params: m.DetectorParams =
         if len(away_hh):
             active = (away_set <= now) & (now < away_until)
             away[away_hh[active]] = away_until[active]
-        sc = m.score(state, now, away_until=away, p=params)
+        sc = m.score(state, now, away_until=away, asked_first=asked if asked_first else None, p=params)
         log = logs["detector"]
         log.update("inactivity", sc.inactivity, now, lambda r: {
             "rule": m.RULES[sc.inactivity_rule[r]], "score": float(sc.inactivity_score[r]),

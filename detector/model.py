@@ -117,6 +117,12 @@ class DetectorParams:
     # everyone who sleeps with a light on).
     silence_cap_h: float = 24.0
     on_cap_h: float = 16.0
+    # Homes whose resident is asked first (the alert engine's resident check, when a resident has a
+    # channel of their own): an alarm reaches the resident, who answers "fine" or "out" before the
+    # team hears of it, so those homes can afford a faster threshold: the quantile plus this margin
+    # at most, whatever the silence's kind. ``asked_first_margin_h`` None: no faster threshold.
+    asked_first_margin_h: float | None = 1.0
+    asked_first_margin_frac: float = 0.1
     # Long-on threshold from the learned on-durations.
     on_beta: float = 0.05
     on_margin_h: float = 1.5
@@ -787,9 +793,12 @@ def score(
     now: float,
     *,
     away_until: np.ndarray | None = None,
+    asked_first: np.ndarray | None = None,
     p: DetectorParams = DEFAULT_PARAMS,
 ) -> Scores:
     """Score every household at ``now``. ``away_until``: float64[H], away mode ends then (NaN/-inf = not away).
+    ``asked_first``: bool[H], homes whose resident the alert engine asks before the team
+    (``p.asked_first_margin_h``).
 
     Also records in the state that a paused or unobservable stretch happened (so the silence is
     not learned and is judged afresh from its end), which is why it takes the state.
@@ -836,6 +845,9 @@ def score(
     silence_h = ((now - ref) / 3600.0).astype(np.float32)  # NaN before any activity
     q = state.quantile_h.astype(np.float32)
     alarm_h = state.alarm_after_h.astype(np.float32)
+    if asked_first is not None and p.asked_first_margin_h is not None:
+        fast = np.clip(q + p.asked_first_margin_h + p.asked_first_margin_frac * q, p.min_alarm_h, p.silence_cap_h)
+        alarm_h = np.where(asked_first, np.minimum(alarm_h, fast), alarm_h).astype(np.float32)
     margin = np.maximum(alarm_h - q, 1e-3)
     # Score: -log10(beta) at the quantile, rising to -log10(alpha) at the alarm threshold.
     lb, la = -math.log10(p.beta), -math.log10(p.alpha)

@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -47,6 +47,7 @@ class Fleet:
     device_index: dict[str, tuple[int, int]]  # device_id -> (household row, column)
     devices: list[list[str]]  # per household, device ids by column
     gateway_of: dict[str, list[int]]  # gateway_id -> household rows
+    row_of: dict[str, int] = field(default_factory=dict)  # household_id -> row
 
 
 def load_fleet(conn: psycopg.Connection) -> tuple[Fleet, np.ndarray, np.ndarray, np.ndarray]:
@@ -73,7 +74,7 @@ def load_fleet(conn: psycopg.Connection) -> tuple[Fleet, np.ndarray, np.ndarray,
     for gateway_id, household_id in conn.execute("SELECT gateway_id, household_id FROM gateways"):
         if household_id in row_of:
             gateway_of.setdefault(gateway_id, []).append(row_of[household_id])
-    fleet = Fleet(households, [r[1] for r in hh_rows], device_index, devices, gateway_of)
+    fleet = Fleet(households, [r[1] for r in hh_rows], device_index, devices, gateway_of, row_of)
     return fleet, kinds, area_idx, tz
 
 
@@ -192,11 +193,18 @@ class DetectorService:
             "SELECT household_id, max(extract(epoch FROM until)) FROM away_periods WHERE starts_at <= %s AND until > %s GROUP BY household_id",
             (_ts(now), _ts(now)),
         ).fetchall()
-        index = {h: i for i, h in enumerate(self.fleet.households)}
         for household_id, until in rows:
-            if household_id in index:
-                away[index[household_id]] = float(until)
+            if household_id in self.fleet.row_of:
+                away[self.fleet.row_of[household_id]] = float(until)
         return away
+
+    def _asked_first(self) -> np.ndarray:
+        """Homes whose alerts ask the resident before the team (view ``households_asked_first``)."""
+        asked = np.zeros(self.state.n, bool)
+        for (household_id,) in self.conn.execute("SELECT household_id FROM households_asked_first"):
+            if household_id in self.fleet.row_of:
+                asked[self.fleet.row_of[household_id]] = True
+        return asked
 
     # -- one tick ----------------------------------------------------------------------------
     def tick(self) -> dict[str, int]:
@@ -212,7 +220,7 @@ class DetectorService:
             m.refresh_prior(self.state)
             self._last_prior = now
         self._read_health(now)
-        sc = m.score(self.state, now, away_until=self._away(now), p=self.params)
+        sc = m.score(self.state, now, away_until=self._away(now), asked_first=self._asked_first(), p=self.params)
         counts = self._write_incidents(sc, now)
         self.conn.execute(
             """UPDATE detector_runs SET last_tick_at = %s, events_cursor = %s, tick_ms = %s, open_incidents = %s, updated_at = now()

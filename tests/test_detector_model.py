@@ -57,7 +57,8 @@ def fleet(kinds: list[list[int]], area: list[int] | None = None) -> m.FleetState
 
 
 def feed(state: m.FleetState, hh: int, rows: np.ndarray, until: float, *, tick: float = 600.0, since: float | None = None,
-         away_until: np.ndarray | None = None, p: m.DetectorParams = m.DEFAULT_PARAMS) -> list[tuple[float, m.Scores]]:
+         away_until: np.ndarray | None = None, asked_first: np.ndarray | None = None,
+         p: m.DetectorParams = m.DEFAULT_PARAMS) -> list[tuple[float, m.Scores]]:
     """Feed one household's rows tick by tick up to ``until``; return the scores at each tick after ``since``."""
     out = []
     t = float(rows[0, 0]) if since is None else since
@@ -70,7 +71,7 @@ def feed(state: m.FleetState, hh: int, rows: np.ndarray, until: float, *, tick: 
             b = rows[i:j]
             m.observe(state, np.full(len(b), hh), b[:, 1].astype(int), b[:, 0], b[:, 2].astype(int), p)
             i = j
-        sc = m.score(state, now, away_until=away_until, p=p)
+        sc = m.score(state, now, away_until=away_until, asked_first=asked_first, p=p)
         if since is None or now >= since:
             out.append((now, sc))
         now += tick
@@ -507,3 +508,22 @@ def test_a_lamp_left_on_for_days_is_not_long_on_evidence() -> None:
 
     assert long_on_alarms(m.DEFAULT_PARAMS) == 0
     assert long_on_alarms(dataclasses.replace(m.DEFAULT_PARAMS, on_stale_h=1e9)) >= 1  # judged without the rule
+
+
+def test_a_home_whose_resident_is_asked_first_alarms_sooner() -> None:
+    """Not getting up on a Sunday: the resident who is asked first (the alert engine's resident
+    check) hears of it sooner; their team, only if they do not answer."""
+    history = routine(42)
+    sunday = MONDAY + 48 * 86400
+    saturday = busy_day(np.random.default_rng(4), sunday - 86400, 8.5, 22.0, (0, 1))
+    rows = np.concatenate([history, routine(47, seed=1)[len(routine(42, seed=1)):], np.array(saturday)])
+    rows = rows[np.argsort(rows[:, 0], kind="stable")]
+    alarms = {}
+    for name, asked, p in (("team first", None, m.DEFAULT_PARAMS), ("asked first", np.ones(8, bool), m.DEFAULT_PARAMS),
+                           ("switched off", np.ones(8, bool), dataclasses.replace(m.DEFAULT_PARAMS, asked_first_margin_h=None))):
+        state = fleet([[m.DEV_BULB, m.DEV_MOTION]] * 8)
+        learn_busy_neighbours(state, 8, 42)
+        alarms[name] = first_alarm(feed(state, 0, rows, sunday + 20 * H, since=sunday - 86400, asked_first=asked, p=p))
+    assert None not in alarms.values(), alarms
+    assert alarms["asked first"] <= alarms["team first"] - H, {k: (v - sunday) / H for k, v in alarms.items()}
+    assert alarms["switched off"] == alarms["team first"]

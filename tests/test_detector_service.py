@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import datetime, timezone
 
@@ -214,3 +215,36 @@ def test_an_incident_whose_resident_asked_for_help_is_not_closed_by_a_switch(pg_
         assert status == {"h1": "open", "h2": "resolved"}
     finally:
         service.close()
+
+
+def test_the_detector_knows_which_homes_ask_their_resident_first(pg_url: str) -> None:
+    """View ``households_asked_first`` (migration 0044): a resident with a channel of their own and a
+    chain that begins by asking them (the default then does). Those homes get the faster threshold."""
+    chains = {
+        "h-default": None,
+        "h-asks": [{"type": "resident_check", "minutes": 5}, {"type": "notify", "tiers": [1]}],
+        "h-blink-only": [{"type": "resident_check", "minutes": 5, "ask": False}, {"type": "notify", "tiers": [1]}],
+        "h-team-first": [{"type": "notify", "tiers": [1]}, {"type": "resident_check", "minutes": 5}],
+        "h-no-address": None,
+    }
+    with psycopg.connect(pg_url) as conn:
+        for h, chain in chains.items():
+            conn.execute("INSERT INTO households (household_id, display_name, area) VALUES (%s, 'x', 'area-01')", (h,))
+            conn.execute("INSERT INTO people (person_id, display_name, role, household_id) VALUES (%s, 'r', 'resident', %s)",
+                         (f"r-{h}", h))
+            if h != "h-no-address":
+                conn.execute("INSERT INTO person_channels (person_id, kind, target) VALUES (%s, 'email', %s)",
+                             (f"r-{h}", f"{h}@example.jp"))
+            if chain is not None:
+                conn.execute("INSERT INTO escalation_chains (household_id, steps) VALUES (%s, %s)", (h, json.dumps(chain)))
+        # an address that was removed does not count
+        conn.execute("INSERT INTO households (household_id, display_name, area) VALUES ('h-removed', 'x', 'area-01')")
+        conn.execute("INSERT INTO people (person_id, display_name, role, household_id) VALUES ('r-removed', 'r', 'resident', 'h-removed')")
+        conn.execute("INSERT INTO person_channels (person_id, kind, target, enabled) VALUES ('r-removed', 'email', 'x@example.jp', false)")
+    service = DetectorService(pg_url, ManualClock(DEFAULT_START))
+    try:
+        asked = service._asked_first()
+        got = {h for h, yes in zip(service.fleet.households, asked.tolist()) if yes}
+    finally:
+        service.close()
+    assert got == {"h-default", "h-asks"}
