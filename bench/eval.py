@@ -478,8 +478,8 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
 
 
 def evaluate(rp: Replay, *, tick_s: float = 600.0, params: m.DetectorParams = m.DEFAULT_PARAMS,
-             resident_check: ResidentCheck | None = None) -> dict[str, Any]:
-    logs = run_systems(rp, tick_s=tick_s, params=params)
+             resident_check: ResidentCheck | None = None, asked_first: bool = False) -> dict[str, Any]:
+    logs = run_systems(rp, tick_s=tick_s, params=params, asked_first=asked_first)
     return {
         "detector": metrics(rp, logs["detector"], resident_check=resident_check),
         "baselines": {name: metrics(rp, logs[name], resident_check=resident_check) for name in BASELINES},
@@ -488,8 +488,9 @@ def evaluate(rp: Replay, *, tick_s: float = 600.0, params: m.DetectorParams = m.
 
 def run_eval(households: int, days: float, seed: int, bulbs_only: bool = False, *, tick_s: float = 600.0,
              learning_days: float = 21.0, params: m.DetectorParams = m.DEFAULT_PARAMS,
-             resident_check: ResidentCheck | None = None) -> dict[str, Any]:
-    """Simulate, inject incidents, replay the detector and both baselines; return the metrics."""
+             resident_check: ResidentCheck | None = None, asked_first: bool = False) -> dict[str, Any]:
+    """Simulate, inject incidents, replay the detector and both baselines; return the metrics.
+    ``asked_first``: score every home as one whose resident is asked first (the faster threshold)."""
     from firmware_sim.incidents import IncidentPlan
     from firmware_sim.offline import simulate_offline
 
@@ -499,9 +500,9 @@ def run_eval(households: int, days: float, seed: int, bulbs_only: bool = False, 
     sim_s = time.perf_counter() - t0
     rp = replay_from_fleet(fleet, learning_days)
     t1 = time.perf_counter()
-    result = evaluate(rp, tick_s=tick_s, params=params, resident_check=resident_check)
+    result = evaluate(rp, tick_s=tick_s, params=params, resident_check=resident_check, asked_first=asked_first)
     result["run"] = {
-        "households": households, "days": days, "seed": seed, "bulbs_only": bulbs_only,
+        "households": households, "days": days, "seed": seed, "bulbs_only": bulbs_only, "asked_first": asked_first,
         "tick_s": tick_s, "learning_days": learning_days, "events": int(len(rp.t)),
         "incidents_injected": len(rp.incidents), "simulate_s": round(sim_s, 2),
         "replay_s": round(time.perf_counter() - t1, 2),

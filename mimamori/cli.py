@@ -493,6 +493,9 @@ def evaluate(
     resident_answers: Annotated[Optional[float], typer.Option(
         min=0.0, max=1.0, help="What-if: the team's view when the resident is asked first (10 min) and answers "
                                "in waking hours with this probability.")] = None,
+    asked_first: Annotated[bool, typer.Option(
+        "--asked-first", help="Score every home as one whose resident is asked first (the detector's faster "
+                              "threshold for such homes).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Detector and both baselines on the same streams: recall, delays, false alerts."""
@@ -506,7 +509,7 @@ def evaluate(
         result = run_replay_casas(path, bulbs_only=bulbs_only)
     else:
         check = ResidentCheck(resident_answers, seed=seed) if resident_answers is not None else None
-        result = run_eval(households, days, seed, bulbs_only=bulbs_only, resident_check=check)
+        result = run_eval(households, days, seed, bulbs_only=bulbs_only, resident_check=check, asked_first=asked_first)
     if json_out:
         _print_json(result)
         return
