@@ -8,8 +8,9 @@ Their answer, from the link's page:
 - ``away`` (until a date): away mode until then (``away_periods``, source ``resident``), and the
   alert is cancelled the same way (outcome ``away``).
 - ``help``: the whole team is told at once, and a check still waiting ends now so the chain goes on
-  (the engine reads the answer from ``resident_check_links``). Never refused: not when the alert
-  has closed meanwhile, not when the link has expired.
+  (the engine reads the answer from ``resident_check_links``); the detector no longer closes the
+  alert when a switch is used. Never refused: not when the link has expired, and an alert that
+  closed meanwhile opens again (the team can claim it; its chain runs once more from the team).
 
 Whatever the answer, the link is used up and the answer is on the incident's timeline with the
 resident as its actor. Only the token's hash is stored (``resident_check_links``).
@@ -22,6 +23,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from alerts import metrics, policy, service
 from alerts.models import Conflict, InvalidInput, NotFound
@@ -110,10 +112,32 @@ def answer(conn: psycopg.Connection, token: str, reply: str, *, clock: Clock, ba
     return {"incident_id": incident_id, "answer": reply, "away_until": away_until, "effect": effect}
 
 
+def _reopen_for_help(conn: psycopg.Connection, inc: dict[str, Any], state: policy.State, now: float,
+                     person_id: str | None) -> bool:
+    """A call for help on an alert that closed meanwhile (the resident reached a switch, then asked
+    for help) opens it again, so the team can claim it; its chain runs once more from the team's
+    first step (a new round: the resident is not asked again). False when another alert of the same
+    kind is open for the home (the team is told on that one's behalf)."""
+    incident_id = inc["incident_id"]
+    other = service._one(conn, """SELECT incident_id FROM incidents WHERE household_id = %s AND kind = %s
+                                  AND status IN ('open', 'claimed') AND incident_id <> %s""",
+                         (inc["household_id"], inc["kind"], incident_id))
+    if other is not None:
+        return False
+    conn.execute("""UPDATE incidents SET status = 'open', closed_at = NULL, closed_by = NULL, outcome = NULL,
+                    outcome_note = NULL, updated_at = %s WHERE incident_id = %s""", (as_datetime(now), incident_id))
+    service._timeline(conn, incident_id, now, person_id, "reopened_for_help", "link", None, {"was": inc["status"]})
+    again = policy.State(round=state.round + 1, notified=state.notified)
+    # the escalation exists: the question this answers was asked by it
+    conn.execute("""UPDATE alert_escalations SET state = %s, status = 'running', next_step_at = %s, updated_at = %s
+                    WHERE incident_id = %s""", (Jsonb(again.to_json()), as_datetime(now), as_datetime(now), incident_id))
+    return True
+
+
 def _act(conn: psycopg.Connection, inc: dict[str, Any], link: dict[str, Any], reply: str, now: float,
          person_id: str | None) -> str:
-    """What the answer did to the alert: 'cancelled', 'escalated' (the check ended early), 'told_team'
-    or 'none' (the alert was already closed, or nobody to tell)."""
+    """What the answer did to the alert: 'cancelled', 'escalated' (the check ended early), 'reopened'
+    (help after it closed), 'told_team' or 'none' (the alert was already closed, or nobody to tell)."""
     incident_id = inc["incident_id"]
     state = service._escalation_state(conn, incident_id)
     notice = f"resident_answered_{reply}"
@@ -131,12 +155,15 @@ def _act(conn: psycopg.Connection, inc: dict[str, Any], link: dict[str, Any], re
         return "cancelled"
     if inc["status"] not in ("open", "claimed") and reply != "help":
         return "none"  # the alert is over; a call for help never is
+    reopened = inc["status"] not in ("open", "claimed") and _reopen_for_help(conn, inc, state, now, person_id)
+    if reopened:
+        inc = {**inc, "status": "open", "claimed_by": None}
     escalated = False
     if reply == "help" and inc["status"] in ("open", "claimed"):
         # the detector must not close it when a switch is used again: only a person who went closes it
         conn.execute("UPDATE incidents SET evidence = evidence || jsonb_build_object('help_asked_at', %s::float8)"
                      " WHERE incident_id = %s", (now, incident_id))
-    if reply == "help" and inc["status"] == "open" and state.check_since is not None:
+    if reply == "help" and inc["status"] == "open" and state.check_since is not None and not reopened:
         # during the check: the engine's next look (now) ends the check and goes on with the chain
         escalated = conn.execute("UPDATE alert_escalations SET next_step_at = %s WHERE incident_id = %s AND status = 'running'",
                                  (as_datetime(now), incident_id)).rowcount > 0
@@ -147,4 +174,4 @@ def _act(conn: psycopg.Connection, inc: dict[str, Any], link: dict[str, Any], re
     if told:
         service.enqueue_notice(conn, inc, told, f"resident_answered.{link['step_key']}.{person_id}", notice,
                                urgent=True, now=now, by=by)
-    return "escalated" if escalated else "told_team" if told else "none"
+    return "reopened" if reopened else "escalated" if escalated else "told_team" if told else "none"

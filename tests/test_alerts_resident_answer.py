@@ -159,9 +159,21 @@ def test_help_still_reaches_the_team_after_the_alert_closed_and_the_link_expired
     clock.advance(36 * 3600)
     with pytest.raises(resident.LinkGone):
         resident.answer(conn, token, "fine", clock=clock)
-    assert resident.answer(conn, token, "help", clock=clock)["effect"] == "told_team"
+    assert resident.answer(conn, token, "help", clock=clock)["effect"] == "reopened"
     assert notices(conn, town.tier1[0])[-1] == "resident_answered_help"
     assert notices(conn, town.tier2[0])[-1] == "resident_answered_help"
+    # the alert is open again for the team to claim, and its chain runs once more without asking the resident
+    assert _status(conn, iid) == ("open", None) and "reopened_for_help" in actions(conn, iid)
+    # round 1: the resident's question is skipped, the chain's 15-minute wait begins (then the clock moves)
+    def reopened_and_waiting() -> bool:
+        row = conn.execute("SELECT (state->>'round')::int, state->>'wait_until' FROM alert_escalations WHERE incident_id = %s",
+                           (iid,)).fetchone()
+        return row[0] == 1 and row[1] is not None
+
+    wait_for(reopened_and_waiting, what="the reopened chain waiting")
+    clock.advance(15 * 60)
+    wait_for(lambda: notices(conn, town.tier1[0])[-1] == "alert", what="the chain's alert to tier 1 again")
+    assert conn.execute("SELECT count(*) FROM resident_check_links WHERE incident_id = %s", (iid,)).fetchone() == (1,)
 
 
 def test_the_answer_page(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:
