@@ -111,13 +111,33 @@ def register(conn: psycopg.Connection, info, smtp: SmtpSink) -> dict[str, str]: 
     return emails
 
 
-def test_simulated_fall_through_broker_ingest_detector_to_alerts(pg_url: str, own_broker: EmbeddedBroker,
-                                                                 ingest: Ingest, smtp: SmtpSink) -> None:
+def fall_at_home():  # type: ignore[no-untyped-def]
+    """A home with motion sensors, 30 days of ordinary life, then a fall at 10:30: (stream, the fall)."""
     fall_at = DEFAULT_START + 30 * DAY + 10.5 * H
     k = next(i for i in range(40) if simulate_household(i, 3, DEFAULT_START, DEFAULT_START + DAY).info.has_sensors)
     stream = simulate_household(k, 3, DEFAULT_START, DEFAULT_START + 31 * DAY, incidents=IncidentPlan.at(
         IncidentSpec("collapse", k, fall_at)))
-    fall = next(inc for inc in stream.incidents if inc.kind == "collapse")
+    return stream, next(inc for inc in stream.incidents if inc.kind == "collapse")
+
+
+def tick_until_incident(conn: psycopg.Connection, clock: ManualClock, feed: Feed, detector: DetectorService,
+                        household_id: str) -> tuple:
+    """Half-hour ticks (the devices keep sending heartbeats through the broker) until the detector
+    opens a welfare incident: (incident_id, kind, rule, opened_at)."""
+    for _ in range(36):
+        clock.advance(1800)
+        feed.until(clock.now())
+        detector.tick()
+        incident = conn.execute("SELECT incident_id, kind, rule, opened_at FROM incidents WHERE household_id = %s"
+                                " AND kind IN ('inactivity', 'long_on')", (household_id,)).fetchone()
+        if incident:
+            return incident
+    raise AssertionError("the detector opened no welfare incident within 18 h of the fall")
+
+
+def test_simulated_fall_through_broker_ingest_detector_to_alerts(pg_url: str, own_broker: EmbeddedBroker,
+                                                                 ingest: Ingest, smtp: SmtpSink) -> None:
+    stream, fall = fall_at_home()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         emails = register(conn, stream.info, smtp)
         feed = Feed(stream, MqttUrl.parse(own_broker.url), ingest)
@@ -133,17 +153,7 @@ def test_simulated_fall_through_broker_ingest_detector_to_alerts(pg_url: str, ow
         worker.start()
         detector = DetectorService(pg_url, clock)
         try:
-            incident = None
-            for _ in range(36):  # half-hour ticks; the devices keep sending heartbeats through the broker
-                clock.advance(1800)
-                feed.until(clock.now())
-                detector.tick()
-                incident = conn.execute("SELECT incident_id, kind, rule, opened_at FROM incidents WHERE household_id = %s"
-                                        " AND kind IN ('inactivity', 'long_on')", (stream.info.household_id,)).fetchone()
-                if incident:
-                    break
-            assert incident is not None, "the detector opened no welfare incident within 18 h of the fall"
-            iid, kind, rule, opened_at = incident
+            iid, kind, rule, opened_at = tick_until_incident(conn, clock, feed, detector, stream.info.household_id)
             assert rule.startswith("model") and opened_at >= datetime.fromtimestamp(fall.start, timezone.utc)
             print(f"detector: {kind} incident {(opened_at.timestamp() - fall.start) / H:.1f} h after the fall ({rule})")
             # first tier: in the app and by e-mail
@@ -182,11 +192,7 @@ def test_the_resident_is_asked_first_and_a_fallen_one_cannot_answer(pg_url: str,
     """The same whole path for a home whose resident registered an e-mail address (kind ``email``,
     sent through the operator's mail server): the default chain asks the resident first; a resident
     who has fallen does not answer, and the team hears 10 minutes later."""
-    fall_at = DEFAULT_START + 30 * DAY + 10.5 * H
-    k = next(i for i in range(40) if simulate_household(i, 3, DEFAULT_START, DEFAULT_START + DAY).info.has_sensors)
-    stream = simulate_household(k, 3, DEFAULT_START, DEFAULT_START + 31 * DAY, incidents=IncidentPlan.at(
-        IncidentSpec("collapse", k, fall_at)))
-    fall = next(inc for inc in stream.incidents if inc.kind == "collapse")
+    stream, fall = fall_at_home()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         emails = register(conn, stream.info, smtp)
         conn.execute("INSERT INTO people (person_id, display_name, role, household_id) VALUES ('tanaka', '田中', 'resident', %s)",
@@ -204,17 +210,7 @@ def test_the_resident_is_asked_first_and_a_fallen_one_cannot_answer(pg_url: str,
         worker.start()
         detector = DetectorService(pg_url, clock)
         try:
-            incident = None
-            for _ in range(36):
-                clock.advance(1800)
-                feed.until(clock.now())
-                detector.tick()
-                incident = conn.execute("SELECT incident_id FROM incidents WHERE household_id = %s"
-                                        " AND kind IN ('inactivity', 'long_on')", (stream.info.household_id,)).fetchone()
-                if incident:
-                    break
-            assert incident is not None, "the detector opened no welfare incident within 18 h of the fall"
-            iid = incident[0]
+            iid = tick_until_incident(conn, clock, feed, detector, stream.info.household_id)[0]
             question = wait_for(lambda: smtp.to("tanaka@example.jp"), timeout=15, what="the question to the resident")[0]
             assert "https://m.example.jp/r/" in question.body and question.message_id.endswith("@city.example.jp>")
             assert not smtp.to(emails["family"]) and notices(conn, "family") == []  # the team waits for the resident
