@@ -80,6 +80,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "tl_resident_answered_fine": ("さんが「大丈夫です」と答えました", "answered \"I'm fine\""),
     "tl_resident_answered_away": ("さんが「出かけています」と答えました（{until} まで）", "answered \"I'm out\" (until {until})"),
     "tl_resident_answered_help": ("さんが「助けてほしい」と答えました", "answered \"Please help\""),
+    "why_asked_first": ("ご本人に先に確認するお宅のため、いつもより早めに判断しました。",
+                        "The resident is asked first in this home, so the detector decided sooner than usual."),
     "tl_reopened_for_help": ("さんが助けを求めたため、お知らせを再び開きました", "asked for help: the alert is open again"),
     "tl_resident_asked_for_help": ("ご本人が助けを求めたため、すぐにチームに知らせます", "the resident asked for help: contacting the team now"),
     "tl_repeat": ("もう一度はじめから知らせます（{round}回目）", "starting over (round {round})"),

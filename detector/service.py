@@ -108,6 +108,7 @@ class DetectorService:
         self._health_cursor: datetime | None = None
         self.newest_event_time: float | None = None  # device time of the newest event seen (for the lag metric)
         self.last_tick_at: float | None = None  # the clock at the latest finished tick (readiness)
+        self._asked_now = np.zeros(0, bool)  # homes asking their resident first, as of the latest tick
         self.rebuild()
 
     # -- model state ---------------------------------------------------------------------------
@@ -220,7 +221,8 @@ class DetectorService:
             m.refresh_prior(self.state)
             self._last_prior = now
         self._read_health(now)
-        sc = m.score(self.state, now, away_until=self._away(now), asked_first=self._asked_first(), p=self.params)
+        self._asked_now = self._asked_first()
+        sc = m.score(self.state, now, away_until=self._away(now), asked_first=self._asked_now, p=self.params)
         counts = self._write_incidents(sc, now)
         self.conn.execute(
             """UPDATE detector_runs SET last_tick_at = %s, events_cursor = %s, tick_ms = %s, open_incidents = %s, updated_at = now()
@@ -249,7 +251,9 @@ class DetectorService:
             return (f"model:{m.RULES[sc.inactivity_rule[r]]}", float(sc.inactivity_score[r]),
                     {"episode": f"silence:{iso(sc.silence_start[r])}",
                      "silence_start": iso(sc.silence_start[r]), "expected_activity_by": iso(sc.expected_by[r]),
-                     "alarm_at": iso(sc.alarm_at[r]), "score": float(sc.inactivity_score[r]), "rule": m.RULES[sc.inactivity_rule[r]]})
+                     "alarm_at": iso(sc.alarm_at[r]), "score": float(sc.inactivity_score[r]), "rule": m.RULES[sc.inactivity_rule[r]],
+                     # the faster threshold of a home whose resident is asked first (the watcher's "why")
+                     "asked_first": bool(self._asked_now[r]) if r < len(self._asked_now) else False})
         if kind == "long_on":
             sw = int(sc.long_on_switch[r])
             cols = np.flatnonzero(self.state.dev_switch[r] == sw)

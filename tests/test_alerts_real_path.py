@@ -211,6 +211,8 @@ def test_the_resident_is_asked_first_and_a_fallen_one_cannot_answer(pg_url: str,
         detector = DetectorService(pg_url, clock)
         try:
             iid = tick_until_incident(conn, clock, feed, detector, stream.info.household_id)[0]
+            evidence = conn.execute("SELECT evidence FROM incidents WHERE incident_id = %s", (iid,)).fetchone()[0]
+            assert evidence["asked_first"] is True  # the faster threshold of a home that asks its resident first
             question = wait_for(lambda: smtp.to("tanaka@example.jp"), timeout=15, what="the question to the resident")[0]
             assert "https://m.example.jp/r/" in question.body and question.message_id.endswith("@city.example.jp>")
             assert not smtp.to(emails["family"]) and notices(conn, "family") == []  # the team waits for the resident

@@ -23,6 +23,10 @@ def test_inactivity_says_since_when_usually_by_when_and_which_rule() -> None:
     # A learned "usually by" later than the alarm (the safety net fired first) is not claimed.
     late = {**SILENCE, "expected_activity_by": "2026-01-21T09:00:00+00:00"}
     assert not any("ふだん" in line for line in explain("ja", {"kind": "inactivity", "rule": "model:hard_cap", "evidence": late}))
+    # a home that asks its resident first decided sooner: said so
+    asked = explain("ja", {"kind": "inactivity", "rule": "model:model", "evidence": {**SILENCE, "asked_first": True}})
+    assert asked[-1] == "ご本人に先に確認するお宅のため、いつもより早めに判断しました。"
+    assert not any("早めに" in line for line in ja)
 
 
 def test_long_on_device_and_area_alerts_name_what_the_detector_saw() -> None:

@@ -58,6 +58,8 @@ def explain(locale: str, incident: Mapping[str, Any], devices: Mapping[str, Mapp
         rule = RULE_TEXTS.get(str(incident.get("rule") or ""))
         if rule:
             lines.append(translate(locale, rule))
+        if ev.get("asked_first"):
+            lines.append(translate(locale, "why_asked_first"))
     elif kind == "long_on":
         on_since = _time(ev.get("on_since"), locale)
         if ev.get("device") and on_since:
