@@ -117,6 +117,10 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
         response.headers.setdefault("x-content-type-options", "nosniff")
         response.headers.setdefault("x-frame-options", "DENY")
         response.headers.setdefault("referrer-policy", "same-origin")
+        if request.url.path.startswith(NO_LOGIN_LINK_PATHS):
+            # the path is the key (a resident's answer link): no cache, shared or private, keeps the page
+            response.headers["cache-control"] = "no-store"
+            response.headers["referrer-policy"] = "no-referrer"
         response.headers.setdefault(
             "content-security-policy",
             "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'")
@@ -160,6 +164,10 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     importlib.import_module("app.safety").include(app)  # the safety check (安否確認): API and pages
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
+
+
+#: Pages whose URL is a single-use key (no login): resident checks, safety-check answers.
+NO_LOGIN_LINK_PATHS = ("/r/", "/safety/a/")
 
 
 def database_ready(pool: object) -> bool:

@@ -181,6 +181,7 @@ def test_the_answer_page(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, 
     with served(pg_url, clock) as base, requests.Session() as phone:
         page = phone.get(f"{base}/r/{token}", timeout=30)
         assert page.status_code == 200
+        assert page.headers["cache-control"] == "no-store" and page.headers["referrer-policy"] == "no-referrer"
         assert all(f'id="{b}"' in page.text for b in ("btn-fine", "btn-away", "btn-help", "back-on"))
         assert town.household_id.replace("h-", "山田 ") in page.text  # the household's name, nothing else about it
         bad = phone.post(f"{base}/r/{token}", data={"answer": "away", "back_on": "1999-01-01"}, timeout=30)
