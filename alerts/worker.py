@@ -100,6 +100,11 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
     """Run until ``stop`` is set. ``mqtt_url`` None: resident checks cannot blink (the sends fail and
     are recorded as such). Settings of the engine come from ``MIMAMORI_ALERTS_*`` (``AlertSettings``)."""
     cfg = alert_settings or AlertSettings()
+    if not settings.public_url:
+        log.warning("MIMAMORI_PUBLIC_URL is not set: links in messages to residents point to %s, which a phone "
+                    "elsewhere cannot open", settings.app_url())
+    if not cfg.smtp_url:
+        log.warning("MIMAMORI_ALERTS_SMTP_URL is not set: e-mail addresses people registered cannot be sent to")
     mqtt_sender = None
     if mqtt_url is not None:
         mqtt_sender = MqttBlinkSender(mqtt_url, f"mimamori-alerts-{worker_id}", protocol_preference=settings.mqtt_protocol)
