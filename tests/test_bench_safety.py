@@ -55,6 +55,7 @@ def test_safety_bench_small_run_is_exact(pg_server) -> None:  # type: ignore[no-
     assert r["in_app_messages"] == r["in_app_messages_expected"] == HOUSEHOLDS + watchers
     assert r["answer_links"] == HOUSEHOLDS
     assert r["messages_sent"] == r["messages_received"] == r["messages_distinct_recipients"] == watchers
+    assert 0 < r["messages_first_after_s"] <= r["messages_all_sent_after_s"] < 30
     # every switch went through the broker and the ingest into the database, exactly once
     assert r["events_stored"] == r["events_published"] == 2 * n_safe + n_sign
 
