@@ -417,6 +417,24 @@ def bench_alerts(
     _print_json(result) if json_out else console.print(result)
 
 
+@bench_app.command("safety")
+def bench_safety(
+    households: Annotated[int, typer.Option(min=10)] = 2000,
+    seed: int = 0,
+    json_out: JsonOpt = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """An area safety check over N homes on the real services: start, recognition latency, board query,
+    blinks and throttled messages (a scratch database and a Mosquitto of its own)."""
+    from bench.safety_bench import run_safety_bench
+    from mimamori.runtime import services
+
+    settings = _settings(database_url)
+    with services(settings) as svc:  # the database (embedded if none); the bench starts a broker of its own
+        result = run_safety_bench(households, seed=seed, database_url=svc.database_url)
+    _print_json(result) if json_out else console.print(result)
+
+
 @bench_app.command("all")
 def bench_all(
     events: Annotated[int, typer.Option(min=1000, help="Ingest events.")] = 200_000,
