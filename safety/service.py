@@ -729,7 +729,6 @@ def recognise_new_events(conn: psycopg.Connection, clock: Clock, cursor: float |
     late) for households in open checks; re-judge those households from all their events since
     their check started (``recognise.recognise``) and record upgrades (no answer → sign of life →
     safe by double toggle). Returns (new cursor, households whose answer changed)."""
-    now = clock.now()
     metrics.PASSES.inc()
     if cursor is None:  # first pass: everything of open checks
         since_received = None
@@ -764,6 +763,8 @@ def recognise_new_events(conn: psycopg.Connection, clock: Clock, cursor: float |
                    (touched_ids,)):
         switchable.setdefault(r["household_id"], set()).add(r["device_id"])
     changed = 0
+    # stamped once the events are read (the pass began before): the answer is known from now on
+    now = clock.now()
     with conn.transaction():
         for a in open_hh:
             hid = a["household_id"]
