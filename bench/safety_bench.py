@@ -43,6 +43,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import psycopg
@@ -411,7 +412,7 @@ def _run(url: str, mqtt_url: str, households: int, seed: int, workdir: Path, *, 
         "events_stored": int(events_stored[0]) if events_stored else 0,
         "events_published": int(sum(len(v) for v in residents.published.values())),
         "timed_out": timed_out,
-        "scratch_database": url.rsplit("/", 1)[-1].split("?", 1)[0],
+        "scratch_database": urlsplit(url).path.lstrip("/"),  # also for a socket URL (?host=/dir)
         "mqtt_url": str(murl),
         "settings": {"poll_s": cfg.poll_s, "lookback_s": cfg.lookback_s,
                      "double_toggle_window_s": cfg.double_toggle_window_s, "rates": dict(cfg.rates),
