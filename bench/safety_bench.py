@@ -15,8 +15,7 @@ process as ``tests/test_safety_e2e.py`` does, the real ingest (``IngestService``
 - recognition: ``ANSWER_SHARE`` of the homes switch the blinking bulb twice (safe),
   ``SIGN_OF_LIFE_SHARE`` once (sign of life), the rest stay silent. ``recognition_latency_*`` is
   from the completing switch's publish to the ``recognised_at`` the worker records (the e2e test's
-  measure; that stamp is read at the start of the worker's pass, before the events are queried, so
-  it can precede the publish by a few ms). ``board_visible_latency_*`` is from the same publish
+  measure; the worker stamps it once it has read the events). ``board_visible_latency_*`` is from the same publish
   until a client LISTENing like the board (NOTIFY of migration 0041, then a read) sees the home
   safe: after the commit, an upper bound by one small query. ``all_recognised_after_s``: from the
   start of the check until that client has seen every answering home safe;
