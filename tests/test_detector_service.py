@@ -45,6 +45,15 @@ def store_household(url: str, stream, until: float) -> None:
             )
 
 
+def bulb_home(conn: psycopg.Connection, h: str, gateway: str, bulb: str, last_off: float) -> None:
+    """A home with one bulb, switched off at ``last_off`` (then silent)."""
+    conn.execute("INSERT INTO households (household_id, display_name, area) VALUES (%s, 'x', 'area-01')", (h,))
+    conn.execute("INSERT INTO gateways (gateway_id, household_id, area, status) VALUES (%s, %s, 'area-01', 'online')", (gateway, h))
+    conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind) VALUES (%s, %s, %s, 'bulb')", (bulb, gateway, h))
+    conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind) VALUES (to_timestamp(%s), %s, %s, 1, 'off')",
+                 (last_off, h, bulb))
+
+
 def test_simulated_collapse_becomes_an_incident_row(pg_url: str) -> None:
     at = DEFAULT_START + 30 * DAY + 10.5 * H
     # A home with motion sensors (a busy home): the collapse shows within hours.
@@ -118,10 +127,7 @@ def test_run_detector_loop_stops_and_offline_gateway_is_a_device_incident(pg_url
 
 def test_an_incident_a_watcher_closed_is_not_reopened_for_the_same_silence(pg_url: str) -> None:
     with psycopg.connect(pg_url) as conn:
-        conn.execute("INSERT INTO households (household_id, display_name, area) VALUES ('h1', 'x', 'area-01')")
-        conn.execute("INSERT INTO gateways (gateway_id, household_id, area, status) VALUES ('g1', 'h1', 'area-01', 'online')")
-        conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind) VALUES ('d1', 'g1', 'h1', 'bulb')")
-        conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind) VALUES (to_timestamp(%s), 'h1', 'd1', 1, 'off')", (DEFAULT_START,))
+        bulb_home(conn, "h1", "g1", "d1", DEFAULT_START)
     clock = ManualClock(DEFAULT_START + 25 * H)  # 25 h of silence: the hard cap
     service = DetectorService(pg_url, clock)
     try:
@@ -191,13 +197,7 @@ def test_an_incident_whose_resident_asked_for_help_is_not_closed_by_a_switch(pg_
     the same activity closes an ordinary one."""
     with psycopg.connect(pg_url) as conn:
         for h in ("h1", "h2"):
-            conn.execute("INSERT INTO households (household_id, display_name, area) VALUES (%s, 'x', 'area-01')", (h,))
-            conn.execute("INSERT INTO gateways (gateway_id, household_id, area, status) VALUES (%s, %s, 'area-01', 'online')",
-                         (f"g-{h}", h))
-            conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind) VALUES (%s, %s, %s, 'bulb')",
-                         (f"d-{h}", f"g-{h}", h))
-            conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind) VALUES (to_timestamp(%s), %s, %s, 1, 'off')",
-                         (DEFAULT_START, h, f"d-{h}"))
+            bulb_home(conn, h, f"g-{h}", f"d-{h}", DEFAULT_START)
     clock = ManualClock(DEFAULT_START + 25 * H)  # 25 h of silence in both homes: the hard cap
     service = DetectorService(pg_url, clock)
     try:
