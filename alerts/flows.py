@@ -42,7 +42,8 @@ from alerts.channels import (
     mail_url,
     message_id_for,
 )
-from mimamori.clock import Clock
+from alerts.models import Conflict, InvalidInput, NotFound, render_notice
+from mimamori.clock import Clock, as_datetime
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,6 @@ def send_test(conn: psycopg.Connection, actor: Any, person_id: str, channel_id: 
     """Send a test message on one of a person's text channels (e-mail address or Apprise URL) now,
     so whoever registered it sees that it arrives. The person themselves, their area's coordinator or
     an operator; once a minute per channel; the outcome goes to ``alert_admin_log``."""
-    from alerts.models import Conflict, InvalidInput, NotFound
-
     now = clock.now()
     with conn.transaction():  # checked and recorded before the send: a second click waits, then sees this one
         service._may_manage_person(conn, actor, person_id)
@@ -138,16 +137,14 @@ def send_test(conn: psycopg.Connection, actor: Any, person_id: str, channel_id: 
             raise InvalidInput("only e-mail and chat channels can be tested from here")
         recent = service._one(conn, """SELECT 1 AS ok FROM alert_admin_log WHERE subject = %s AND action = 'channel_tested'
                                        AND (data->>'channel_id')::bigint = %s AND at > %s""",
-                              (person_id, channel_id, service.as_datetime(now - TEST_EVERY_S)))
+                              (person_id, channel_id, as_datetime(now - TEST_EVERY_S)))
         if recent:
             raise Conflict("a test was sent to this channel less than a minute ago")
-        service._admin_log(conn, now, actor, "channel_tested", person_id, {"channel_id": channel_id, "kind": ch["kind"]})
-    title, body = service.render_notice("test", locale, name="")
+        entry = service._admin_log(conn, now, actor, "channel_tested", person_id, {"channel_id": channel_id, "kind": ch["kind"]})
+    title, body = render_notice("test", locale, name="")
     result = senders.message(ch["kind"], ch["target"], title, body)  # the network call, outside any transaction
-    conn.execute("""UPDATE alert_admin_log SET data = data || %s WHERE entry_id = (
-                        SELECT max(entry_id) FROM alert_admin_log WHERE subject = %s AND action = 'channel_tested'
-                        AND (data->>'channel_id')::bigint = %s)""",
-                 (Jsonb({"ok": result.ok, "error": result.error}), person_id, channel_id))
+    conn.execute("UPDATE alert_admin_log SET data = data || %s WHERE entry_id = %s",
+                 (Jsonb({"ok": result.ok, "error": result.error}), entry))
     return result
 
 

@@ -278,9 +278,11 @@ def resolve(conn: psycopg.Connection, actor: ActorLike, incident_id: int, outcom
 
 
 def _admin_log(conn: psycopg.Connection, at: float, actor: ActorLike, action: str, subject: str,
-               data: dict[str, Any] | None = None, channel: str = "app") -> None:
-    conn.execute("""INSERT INTO alert_admin_log (at, actor, action, subject, channel, data) VALUES (%s, %s, %s, %s, %s, %s)""",
-                 (as_datetime(at), actor.person_id, action, subject, channel, Jsonb(data or {})))
+               data: dict[str, Any] | None = None, channel: str = "app") -> int:
+    row = _one(conn, """INSERT INTO alert_admin_log (at, actor, action, subject, channel, data) VALUES (%s, %s, %s, %s, %s, %s)
+                        RETURNING entry_id""", (as_datetime(at), actor.person_id, action, subject, channel, Jsonb(data or {})))
+    assert row is not None
+    return int(row["entry_id"])
 
 
 def admin_log(conn: psycopg.Connection, actor: ActorLike, subject: str) -> list[dict[str, Any]]:
