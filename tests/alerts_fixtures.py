@@ -35,6 +35,19 @@ class Mail:
     message_id: str = ""
 
 
+class _TrackingController(Controller):
+    """aiosmtpd's controller, keeping the SMTP session of every connection (to close them at stop)."""
+
+    def __init__(self, handler: Any, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.sessions: list[Any] = []
+
+    def factory(self):  # type: ignore[no-untyped-def]
+        session = super().factory()
+        self.sessions.append(session)
+        return session
+
+
 class SmtpSink:
     """A real SMTP server on a free port that keeps every message it accepts."""
 
@@ -42,7 +55,7 @@ class SmtpSink:
         self.port = free_port()
         self.mails: list[Mail] = []
         self.lock = threading.Lock()
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller = _TrackingController(self, hostname="127.0.0.1", port=self.port)
         #: Fault injection: when set, the n-th message (1-based) is kept but its "250 OK" is held back
         #: until ``release`` is set: the sender's crash window between "accepted" and "recorded".
         self.hold_nth: int | None = None
@@ -77,6 +90,22 @@ class SmtpSink:
         return self
 
     def stop(self) -> None:
+        """Close every client connection in the server's own loop, then stop it. A connection left
+        open (a sender killed mid-send, a held reply) would otherwise be collected after the loop
+        closed, and its stream warns then ("loop is closed": an error, with warnings as errors, in
+        whichever later test the collector happens to run)."""
+        self.release.set()
+        closed = threading.Event()
+
+        def close_connections() -> None:
+            for session in self.controller.sessions:
+                transport = getattr(session, "transport", None)
+                if transport is not None and not transport.is_closing():
+                    transport.close()
+            self.controller.loop.call_soon(closed.set)  # after the connection_lost callbacks just queued
+
+        self.controller.loop.call_soon_threadsafe(close_connections)
+        closed.wait(5)
         self.controller.stop()
 
     def url(self, to: str) -> str:
