@@ -274,7 +274,6 @@ class DetectorService:
         closed_by_kind = dict.fromkeys(metrics.INCIDENT_KINDS, 0)
         open_rows = {(h, k): (i, s) for i, h, k, s in self.conn.execute(
             "SELECT incident_id, household_id, kind, status FROM incidents WHERE status IN ('open', 'claimed') AND household_id IS NOT NULL")}
-        index = {h: i for i, h in enumerate(self.fleet.households)}
         # Episodes a watcher (or the coordinator) already closed recently: not reopened.
         done = {(h, k, e) for h, k, e in self.conn.execute(
             """SELECT household_id, kind, evidence->>'episode' FROM incidents
@@ -304,7 +303,7 @@ class DetectorService:
                 # Conditions that cleared: an unclaimed incident closes itself (a claimed one waits for its
                 # watcher, and so does one whose resident asked for help: a switch reached is no all-clear).
                 for (hid, k), (incident_id, status) in open_rows.items():
-                    r = index.get(hid)
+                    r = self.fleet.row_of.get(hid)
                     if k != kind or status != "open" or r is None or cond[r]:
                         continue
                     outcome = "activity_resumed" if kind in WELFARE else "auto_closed"

@@ -19,17 +19,26 @@ pages = APIRouter(include_in_schema=False)
 TEMPLATE = "resident_answer.html"
 
 
+def _expired(request: Request, token: str | None) -> Response:
+    # an expired link still lets the resident ask for help
+    return render(request, TEMPLATE, status_code=410, error_key="rc_link_expired", token=token, help_only=True, info=None)
+
+
+def _used(request: Request) -> Response:
+    return render(request, TEMPLATE, status_code=409, error_key="rc_link_used", info=None)
+
+
 def _error(request: Request, exc: AlertError, token: str | None = None, conn: Conn | None = None,
            clock: ClockDep | None = None) -> Response:
     if isinstance(exc, resident.LinkGone):
-        # an expired link still lets the resident ask for help
-        return render(request, TEMPLATE, status_code=410, error_key="rc_link_expired", token=token, help_only=True, info=None)
+        return _expired(request, token)
     if isinstance(exc, InvalidInput) and token and conn is not None and clock is not None:
         # the form again, with what was wrong (e.g. a return day in the past)
         return render(request, TEMPLATE, status_code=422, error_key="rc_invalid", reason=str(exc), token=token,
                       info=resident.link_info(conn, token, clock=clock))
-    key, status = ("rc_link_used", 409) if isinstance(exc, Conflict) else ("rc_link_invalid", 404)
-    return render(request, TEMPLATE, status_code=status, error_key=key, info=None)
+    if isinstance(exc, Conflict):
+        return _used(request)
+    return render(request, TEMPLATE, status_code=404, error_key="rc_link_invalid", info=None)
 
 
 @pages.get(f"{resident.LINK_PATH}{{token}}")
@@ -40,9 +49,9 @@ def answer_page(token: str, request: Request, conn: Conn, clock: ClockDep) -> Re
         return _error(request, exc)
     request.state.locale = info["locale"]  # the page in the resident's language
     if info["used"]:
-        return render(request, TEMPLATE, status_code=409, error_key="rc_link_used", info=None)
+        return _used(request)
     if info["expired"]:
-        return render(request, TEMPLATE, status_code=410, error_key="rc_link_expired", token=token, help_only=True, info=None)
+        return _expired(request, token)
     return render(request, TEMPLATE, info=info, token=token)
 
 
