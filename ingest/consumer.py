@@ -31,7 +31,7 @@ from typing import Literal
 import psycopg
 from paho.mqtt.enums import MQTTErrorCode
 
-from mimamori import mqtt, protocol
+from mimamori import db, mqtt, protocol
 from mimamori.clock import Clock, SystemClock
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
@@ -73,12 +73,36 @@ class IngestStats:
         return asdict(self)
 
 
-def default_client_id(settings: Settings, index: int = 0) -> str:
-    """Fixed per process slot so that a restarted ingest resumes its persistent session."""
+def default_client_id(settings: Settings, index: int = 0, database: str | None = None) -> str:
+    """Fixed per process slot and database, so that a restarted ingest resumes its persistent
+    session, and a session (with what the broker queued for it) belongs to one database: an ingest
+    pointed at another database starts a session of its own instead of taking the old one's queue.
+    ``database`` is ``mimamori.db.database_identity``; a configured ``ingest_client_id`` is the prefix."""
     if settings.ingest_client_id:
-        return settings.ingest_client_id if index == 0 else f"{settings.ingest_client_id}-{index}"
-    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40]
-    return f"mimamori-ingest-{host}-{index}"
+        base = settings.ingest_client_id
+    else:
+        host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40]
+        base = f"mimamori-ingest-{host}"
+    db_part = f"-{database}" if database else ""
+    if settings.ingest_client_id and index == 0:
+        return f"{base}{db_part}"
+    return f"{base}{db_part}-{index}"
+
+
+def _identity_of(database_url: str | None) -> str | None:
+    """The database's identity (see ``default_client_id``), waiting for the database if it is down:
+    without it the ingest would not know which broker session is its own."""
+    if not database_url:
+        return None
+    delay = 1.0
+    while True:
+        try:
+            with psycopg.connect(database_url, connect_timeout=5) as conn:
+                return db.database_identity(conn)
+        except psycopg.OperationalError as exc:
+            log.warning("ingest: database unavailable (%s); retrying in %.0f s", str(exc).strip()[:200], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 class IngestService:
@@ -104,7 +128,7 @@ class IngestService:
         self.database_url = database_url
         self.mqtt_url = mqtt_url
         self.clock = clock or SystemClock()
-        self.client_id = client_id or default_client_id(settings, index)
+        self.client_id = client_id or default_client_id(settings, index, _identity_of(database_url) if sink == "database" else None)
         self.on_batch = on_batch
         self.sink = sink
         self.sweeper = sweeper if sweeper is not None else (GapSweeper(self.clock) if sink == "database" else None)

@@ -350,6 +350,8 @@ def demo(
     history_days: Annotated[float, typer.Option(min=1, help="Days of history loaded before the live part.")] = 14.0,
     seed: int = 1,
     exit_when_done: Annotated[bool, typer.Option(help="Stop once the simulation is stored (for scripts).")] = False,
+    until_alert: Annotated[bool, typer.Option(help="Stop once the story's alert is open (exit 1 if it never comes).")] = False,
+    max_seconds: Annotated[Optional[float], typer.Option(min=1, help="Stop after this many real seconds (exit 1 with --until-alert and no alert).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """The whole service on embedded defaults with a simulated town, with live progress."""
@@ -358,11 +360,15 @@ def demo(
     settings = _settings()
     result = run_demo(settings, households=households, days=days, speed=_speed(speed), seed=seed,
                       stop=_stop_on_signals(), exit_when_done=exit_when_done, fast_forward=fast_forward,
-                      history_days=history_days)
+                      history_days=history_days, until_alert=until_alert, max_seconds=max_seconds,
+                      console=console if json_out else None)  # with --json, stdout carries only the JSON
     if json_out:
         _print_json(result)
     else:
         console.print(f"demo stopped: {result}")
+    if until_alert and result.get("first_alert") is None:
+        console.print("[red]the story's alert did not open[/]")
+        raise typer.Exit(1)
 
 
 @bench_app.command("ingest")

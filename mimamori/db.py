@@ -12,6 +12,7 @@ order and recorded in ``schema_migrations``. Header lines change how a file is a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 import uuid
@@ -73,17 +74,16 @@ class Migration:
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:
-    if directory is None:
-        files = [(f.name, f.read_text(encoding="utf-8")) for f in resources.files(MIGRATIONS_PACKAGE).iterdir()]
-    else:
-        files = [(f.name, f.read_text(encoding="utf-8")) for f in directory.iterdir()]
+    # Only ``*.sql`` files: an installed package also holds ``__init__.py`` and ``__pycache__/``.
+    folder = resources.files(MIGRATIONS_PACKAGE) if directory is None else directory
     migrations = []
-    for name, text in files:
-        m = _NAME_RE.match(name)
-        if m:
-            migrations.append(Migration(int(m.group(1)), name, text))
-        elif name.endswith(".sql"):
-            raise ValueError(f"migration file name must look like 0001_name.sql: {name}")
+    for entry in folder.iterdir():
+        if not entry.name.endswith(".sql") or not entry.is_file():
+            continue
+        m = _NAME_RE.match(entry.name)
+        if not m:
+            raise ValueError(f"migration file name must look like 0001_name.sql: {entry.name}")
+        migrations.append(Migration(int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
     migrations.sort(key=lambda mig: mig.version)
     versions = [mig.version for mig in migrations]
     if len(set(versions)) != len(versions):
@@ -97,9 +97,31 @@ def _split_statements(sql: str) -> list[str]:
     return [s.strip() for s in re.split(r";\s*\n", body) if s.strip().rstrip(";")]
 
 
+class MigrationError(RuntimeError):
+    """A migration cannot be applied on this server as it is configured (the message says the fix)."""
+
+
 def extension_available(conn: psycopg.Connection, name: str) -> bool:
     row = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = %s", (name,)).fetchone()
     return row is not None
+
+
+def _check_preloaded(conn: psycopg.Connection, name: str) -> None:
+    """TimescaleDB's files can be installed without its library being preloaded (a common operator
+    mistake); ``CREATE EXTENSION`` then fails deep inside the migration and takes the connection
+    down ("the connection is closed"). Say what is wrong and how to fix it instead."""
+    if name != "timescaledb":
+        return
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = %s", (name,)).fetchone():
+        return  # already created, so it is loaded
+    preload = str(conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0])  # type: ignore[index]
+    if name not in [lib.strip().strip('"') for lib in preload.split(",")]:
+        raise MigrationError(
+            "TimescaleDB is installed on this PostgreSQL server but not preloaded: add "
+            "shared_preload_libraries = 'timescaledb' to postgresql.conf and restart the server "
+            f"(now: shared_preload_libraries = '{preload}'), or uninstall the extension's files to use "
+            "plain PostgreSQL tables"
+        )
 
 
 @dataclass(frozen=True)
@@ -136,6 +158,8 @@ def migrate(url: str, directory: Path | None = None) -> MigrationResult:
                         )
                     skipped.append(mig.name)
                     continue
+                if ext:
+                    _check_preloaded(conn, ext)
                 log.info("applying migration %s", mig.name)
                 if mig.transactional:
                     with conn.transaction():
@@ -149,6 +173,17 @@ def migrate(url: str, directory: Path | None = None) -> MigrationResult:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_KEY,))
     return MigrationResult(applied, skipped)
+
+
+def database_identity(conn: psycopg.Connection) -> str:
+    """A short, stable name for this database: its identity row (0046) and its oid, hashed. Two
+    databases never share it, not even two cloned from one template or two fresh servers."""
+    row = conn.execute(
+        """SELECT (SELECT identity::text FROM database_identity),
+                  (SELECT oid::text FROM pg_database WHERE datname = current_database())"""
+    ).fetchone()
+    assert row is not None
+    return hashlib.sha256(f"{row[0]}/{row[1]}".encode()).hexdigest()[:12]
 
 
 @contextlib.contextmanager

@@ -69,6 +69,7 @@ class _Progress:
         self.done = False
         self.report: Any = None
         self.error: BaseException | None = None
+        self.timed_out = False
 
     @property
     def live_activity_stored(self) -> int:
@@ -169,9 +170,13 @@ def run_demo(
     console: Console | None = None,
     history_days: float = HISTORY_DAYS,
     fast_forward: float = FAST_FORWARD,
+    until_alert: bool = False,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
     """``days`` of live simulation after ``history_days`` of history. ``speed``: simulated seconds per
-    real second once the first welfare alert is open (None: as fast as possible, for scripts)."""
+    real second once the first welfare alert is open (None: as fast as possible, for scripts).
+    ``until_alert``: stop as soon as the story's alert is open (a smoke test of an install);
+    ``max_seconds``: stop after that many real seconds whatever happened (the result says)."""
     from app.demo import create_demo_accounts
     from firmware_sim.fleet import fleet_manifest, register_manifest, run_fleet
     from firmware_sim.incidents import IncidentPlan, IncidentSpec
@@ -187,7 +192,10 @@ def run_demo(
     if speed is not None:
         # The detector ticks about twice per real second of simulated time, not every simulated minute.
         settings.detector_tick_s = max(settings.detector_tick_s, max(speed, fast_forward) / 2)
-    with services(settings, embedded_database="mimamori_demo", fresh_embedded_database=True) as svc:
+    # The demo's broker state lives with the demo's own (fresh) database: an embedded broker starts
+    # from an empty directory, so nothing a broker kept from an earlier run reaches this database.
+    with services(settings, embedded_database="mimamori_demo", fresh_embedded_database=True,
+                  broker_dir=settings.data_dir / "demo-broker", fresh_broker=True) as svc:
         manifest = fleet_manifest(households, seed)
         with psycopg.connect(svc.database_url) as conn:
             register_manifest(conn, manifest)
@@ -254,6 +262,11 @@ def run_demo(
                 live.update(_render(state, households, started, svc.describe(), clock))
                 if state.done and exit_when_done and state.live_activity_stored >= state.fleet.get("activity_events_published", 0):
                     break
+                if until_alert and state.first_alert is not None:
+                    break
+                if max_seconds is not None and time.monotonic() - started >= max_seconds:
+                    state.timed_out = True
+                    break
                 if not all(t.is_alive() for t in stage_threads):
                     console.print("[red]a service stage stopped unexpectedly[/]")
                     break
@@ -266,6 +279,7 @@ def run_demo(
             raise state.error
         return {"published": state.fleet.get("activity_events_published", 0), "stored": state.live_activity_stored,
                 "history_activity": state.history_activity, "open_incidents": state.db[1], "dead_letters": state.db[3],
+                "timed_out": state.timed_out,
                 "first_alert": None if state.first_alert is None else {
                     "incident_id": state.first_alert[0], "household_id": state.first_alert[1], "kind": state.first_alert[3],
                     "after_s": round(state.first_alert_after_s or 0.0, 1)}}

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,11 +72,14 @@ def read_runtime(settings: Settings) -> dict[str, object] | None:
 
 @contextlib.contextmanager
 def services(settings: Settings, *, start_embedded: bool = True, migrate: bool = True,
-             embedded_database: str = embedded.DATABASE_NAME, fresh_embedded_database: bool = False) -> Iterator[Services]:
+             embedded_database: str = embedded.DATABASE_NAME, fresh_embedded_database: bool = False,
+             broker_dir: Path | None = None, fresh_broker: bool = False) -> Iterator[Services]:
     """Yield the services to use, starting embedded ones when nothing is configured or running.
 
     ``embedded_database`` / ``fresh_embedded_database`` apply only to an embedded PostgreSQL started
     here (the demo starts from an empty database each time; a configured database is never dropped).
+    ``broker_dir`` / ``fresh_broker`` likewise for an embedded broker's state (default: the data
+    directory; fresh: emptied first, so no session or queue of an earlier run survives).
     """
     started: list[str] = []
     closers: list[object] = []
@@ -93,7 +97,10 @@ def services(settings: Settings, *, start_embedded: bool = True, migrate: bool =
         if not mqtt:
             if not start_embedded:
                 raise RuntimeError("no broker configured (MIMAMORI_MQTT_URL) and no mimamori serve running")
-            broker = embedded.start_broker(settings.data_dir)
+            workdir = broker_dir or settings.data_dir
+            if fresh_broker:
+                shutil.rmtree(workdir / "mosquitto", ignore_errors=True)
+            broker = embedded.start_broker(workdir)
             closers.append(broker)
             mqtt = broker.url
             started.append(broker.kind)
