@@ -5,17 +5,29 @@ into the model, reads device health (``device_state``), gateway status (the MQTT
 ``gateways``) and away periods, scores every household, and opens / updates / closes incidents
 (one open per household and kind; the area outage per area), with the evidence.
 
-Restart-safe: the model is rebuilt from the last ``history_days`` of ``events`` on start, and
-incident writes are idempotent (the partial unique indexes of 0004 + ON CONFLICT), so a crash
-between two ticks loses nothing and duplicates nothing.
+State that persists (migration 0047, ``detector/checkpoint.py``): the model is saved in PostgreSQL
+with the arrival time of the newest event it has seen, every ``checkpoint_every_s`` and when it
+stops. A start loads it and takes only newer events; a household, device or gateway added or changed
+is fitted in place (that one home's history is replayed); a full rebuild from ``history_days`` of
+``events`` happens only with no usable checkpoint (first start, a model of another format) or as the
+repair command ``mimamori detector rebuild``. Incident writes are idempotent (the partial unique
+indexes of 0004 + ON CONFLICT), so a crash between two ticks loses nothing and duplicates nothing.
+
+Shards: several detector processes may split a large fleet (``shard = "i/n"``: the areas whose hash
+falls to i; a whole area stays in one shard so that its outage is judged on all its gateways). Each
+shard is held by one process at a time through a PostgreSQL advisory lock (``ShardLease``); a second
+process for the same shard waits as a standby.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import select
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -23,9 +35,9 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from detector import metrics
+from detector import checkpoint, history, metrics
 from detector import model as m
-from mimamori.clock import Clock
+from mimamori.clock import Clock, ScaledClock, SystemClock
 from mimamori.observability import register_readiness, unregister_readiness
 
 log = logging.getLogger(__name__)
@@ -34,6 +46,8 @@ _DEV = {"bulb": m.DEV_BULB, "motion": m.DEV_MOTION, "door": m.DEV_DOOR, "plug": 
 _KIND = {name: i for i, name in enumerate(m.EVENT_KINDS)}
 WELFARE = ("inactivity", "long_on")
 _TZ_OFFSETS = {"Asia/Tokyo": 9 * 3600, "UTC": 0}
+#: A tick re-reads this much before its cursor: rows committed late with an earlier received_at.
+_OVERLAP_S = 30.0
 
 
 def _ts(epoch: float) -> datetime:
@@ -48,10 +62,39 @@ class Fleet:
     devices: list[list[str]]  # per household, device ids by column
     gateway_of: dict[str, list[int]]  # gateway_id -> household rows
     row_of: dict[str, int] = field(default_factory=dict)  # household_id -> row
+    #: per household, what its model row was learned with (time zone, devices and kinds by column):
+    #: a saved or kept row is used only while this is unchanged.
+    layouts: list[str] = field(default_factory=list)
 
 
-def load_fleet(conn: psycopg.Connection) -> tuple[Fleet, np.ndarray, np.ndarray, np.ndarray]:
-    hh_rows = conn.execute("SELECT household_id, area, timezone FROM households ORDER BY household_id").fetchall()
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: the households whose area (or, without one, household id) hashes to it."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        try:
+            i, n = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise ValueError(f"a shard looks like 0/1 or 2/4, got {text!r}") from None
+        if not 0 <= i < n:
+            raise ValueError(f"shard index must be in 0..{n - 1}, got {text!r}")
+        return cls(i, n)
+
+    @property
+    def key(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def owns(self, household_id: str, area: str | None) -> bool:
+        return self.count == 1 or zlib.crc32((area or household_id).encode()) % self.count == self.index
+
+
+def load_fleet(conn: psycopg.Connection, shard: Shard = Shard()) -> tuple[Fleet, np.ndarray, np.ndarray, np.ndarray]:
+    hh_rows = [r for r in conn.execute("SELECT household_id, area, timezone FROM households ORDER BY household_id").fetchall()
+               if shard.owns(r[0], r[1])]
     households = [r[0] for r in hh_rows]
     row_of = {h: i for i, h in enumerate(households)}
     area_names = sorted({r[1] for r in hh_rows if r[1] is not None})
@@ -74,7 +117,8 @@ def load_fleet(conn: psycopg.Connection) -> tuple[Fleet, np.ndarray, np.ndarray,
     for gateway_id, household_id in conn.execute("SELECT gateway_id, household_id FROM gateways"):
         if household_id in row_of:
             gateway_of.setdefault(gateway_id, []).append(row_of[household_id])
-    fleet = Fleet(households, [r[1] for r in hh_rows], device_index, devices, gateway_of, row_of)
+    layouts = [f"{tz[r]}|" + ",".join(f"{d}:{int(kinds[r, c])}" for c, d in enumerate(devices[r])) for r in range(len(households))]
+    fleet = Fleet(households, [r[1] for r in hh_rows], device_index, devices, gateway_of, row_of, layouts)
     return fleet, kinds, area_idx, tz
 
 
@@ -95,41 +139,139 @@ def fleet_fingerprint(conn: psycopg.Connection) -> tuple[str, ...]:
 
 class DetectorService:
     def __init__(self, database_url: str, clock: Clock, *, params: m.DetectorParams = m.DEFAULT_PARAMS,
-                 history_days: float = 56.0, worker: str = "detector") -> None:
+                 history_days: float = 56.0, worker: str = "detector", shard: Shard = Shard(),
+                 restore: bool = True) -> None:
         self.url = database_url
         self.clock = clock
         self.params = params
         self.history_days = history_days
         self.worker = worker
+        self.shard = shard
         self.conn = psycopg.connect(database_url, autocommit=True)
         self.cursor: datetime | None = None
         self._seen_recent: set[tuple[str, int]] = set()
         self._last_prior = 0.0
         self._health_cursor: datetime | None = None
+        self._saved: dict[str, bytes] = {}  # household -> digest of its saved row (only changed rows are written)
         self.newest_event_time: float | None = None  # device time of the newest event seen (for the lag metric)
         self.last_tick_at: float | None = None  # the clock at the latest finished tick (readiness)
         self._asked_now = np.zeros(0, bool)  # homes asking their resident first, as of the latest tick
-        self.rebuild()
+        self.started_from = "rebuild"  # or "checkpoint" (how the latest start got its state)
+        if not (restore and self.restore()):
+            self.rebuild()
 
     # -- model state ---------------------------------------------------------------------------
+    def _new_state(self, kinds: np.ndarray, area: np.ndarray, tz: np.ndarray, *, epoch: float) -> m.FleetState:
+        return m.new_state(kinds, epoch=epoch, tz_offset_s=tz, area=area, params=self.params)
+
+    def _record_start(self, now: float) -> None:
+        self.conn.execute(
+            """INSERT INTO detector_runs (worker, started_at, households, devices, shard) VALUES (%s, %s, %s, %s, %s)
+               ON CONFLICT (worker) DO UPDATE SET started_at = EXCLUDED.started_at, households = EXCLUDED.households,
+                   devices = EXCLUDED.devices, shard = EXCLUDED.shard, updated_at = now()""",
+            (self.worker, _ts(now), len(self.fleet.households), len(self.fleet.device_index), self.shard.key),
+        )
+
     def rebuild(self) -> None:
-        """(Re)load households and devices and replay recent history into a fresh model."""
+        """The repair path: a fresh model, every household's last ``history_days`` replayed from ``events``."""
         now = self.clock.now()
-        self.fleet, kinds, area, tz = load_fleet(self.conn)
-        self.state = m.new_state(kinds, epoch=now - self.history_days * 86400, tz_offset_s=tz, area=area, params=self.params)
-        since = _ts(now - self.history_days * 86400)
-        self.cursor = None
+        self.fleet, kinds, area, tz = load_fleet(self.conn, self.shard)
+        self.state = self._new_state(kinds, area, tz, epoch=now - self.history_days * 86400)
+        self._saved = {}
         self._health_cursor = None
-        self._take_events("time >= %s", (since,))
-        # Homes with no activity in the history are watched from now (the hard cap), not from its start.
-        self.state.resume_from[np.isnan(self.state.last_activity)] = now
+        self._replay_rows(np.arange(self.state.n), until=history.newest_received(self.conn), fresh=True)
         m.refresh_prior(self.state)
         self._last_prior = now
-        self.conn.execute(
-            """INSERT INTO detector_runs (worker, started_at, households) VALUES (%s, %s, %s)
-               ON CONFLICT (worker) DO UPDATE SET started_at = EXCLUDED.started_at, households = EXCLUDED.households, updated_at = now()""",
-            (self.worker, _ts(now), len(self.fleet.households)),
-        )
+        self.started_from = "rebuild"
+        self._record_start(now)
+        self.save_checkpoint()
+
+    def restore(self) -> bool:
+        """Load the saved state; households without a usable saved row are replayed from history.
+        False when there is no checkpoint of this model's format (the caller rebuilds)."""
+        now = self.clock.now()
+        self.fleet, kinds, area, tz = load_fleet(self.conn, self.shard)
+        cp = checkpoint.load(self.conn, self.shard.key, self.fleet.households)
+        if cp is None:
+            return False
+        state = self._new_state(kinds, area, tz, epoch=cp.epoch)
+        if cp.format != checkpoint.state_format(state):
+            log.warning("detector: the saved model has another format (%s, now %s): rebuilding from history",
+                        cp.format, checkpoint.state_format(state))
+            return False
+        keep = [r for r, h in enumerate(self.fleet.households) if h in cp.rows and cp.rows[h][0] == self.fleet.layouts[r]]
+        if keep:
+            packed = np.frombuffer(b"".join(cp.rows[self.fleet.households[r]][1] for r in keep), np.uint8)
+            checkpoint.unpack_rows(state, np.array(keep), packed.reshape(len(keep), -1))
+        state.area[:] = area  # the area is not part of the layout: a changed one is taken as it is now
+        for name, value in cp.prior.items():
+            if getattr(state, name).shape == value.shape:
+                setattr(state, name, value)
+        self.state = state
+        self.cursor, self._seen_recent, self._health_cursor = cp.events_cursor, cp.seen_recent, cp.health_cursor
+        self._last_prior = cp.last_prior_at if cp.last_prior_at is not None else now
+        self._saved = {h: d for h, d in checkpoint.saved_digests_of(cp).items() if h in self.fleet.row_of}
+        missing = np.array(sorted(set(range(state.n)) - set(keep)), np.int64)
+        if len(missing):
+            log.info("detector: %d of %d households replayed from history (new or re-laid out)", len(missing), state.n)
+            self._replay_rows(missing, until=self.cursor, fresh=False)
+        self.started_from = "checkpoint"
+        self._record_start(now)
+        return True
+
+    def _replay_rows(self, rows: np.ndarray, *, until: datetime | None, fresh: bool) -> None:
+        """Replay these households' history (events received by ``until``) into their (fresh) rows. With
+        ``fresh`` the whole fleet is replayed and the events cursor starts at ``until``."""
+        now = self.clock.now()
+        wanted = set(rows.tolist())
+        index = {d: rc for d, rc in self.fleet.device_index.items() if rc[0] in wanted}
+        if until is None and not fresh:
+            return  # nothing was ever taken: the next tick takes everything
+        taken, newest = history.replay(self.conn, self.state, index, since=now - self.history_days * 86400,
+                                       until_received=until, params=self.params)
+        metrics.EVENTS_TAKEN.inc(taken)
+        if newest is not None and (self.newest_event_time is None or newest > self.newest_event_time):
+            self.newest_event_time = newest
+        # Homes with no activity in the history are watched from now (the hard cap), not from its start.
+        quiet = rows[np.isnan(self.state.last_activity[rows])]
+        self.state.resume_from[quiet] = now
+        if fresh:
+            self.cursor = until
+            self._seen_recent = history.seen_near(self.conn, until, _OVERLAP_S)
+
+    def sync_fleet(self) -> int:
+        """Fit a changed fleet in place: households whose layout is unchanged keep their rows, new or
+        re-laid-out ones are replayed from history, removed ones are dropped. Returns the replayed count."""
+        fleet, kinds, area, tz = load_fleet(self.conn, self.shard)
+        state = self._new_state(kinds, area, tz, epoch=self.state.epoch)
+        old_rows, new_rows = [], []
+        for r, h in enumerate(fleet.households):
+            o = self.fleet.row_of.get(h)
+            if o is not None and self.fleet.layouts[o] == fleet.layouts[r]:
+                old_rows.append(o)
+                new_rows.append(r)
+        checkpoint.copy_rows(self.state, np.array(old_rows, np.int64), state, np.array(new_rows, np.int64))
+        state.area[:] = area
+        state.prior_sil, state.prior_on = self.state.prior_sil, self.state.prior_on
+        self.state, self.fleet = state, fleet
+        self._asked_now = np.zeros(state.n, bool)
+        missing = np.array(sorted(set(range(state.n)) - set(new_rows)), np.int64)
+        if len(missing):
+            self._replay_rows(missing, until=self.cursor, fresh=False)
+        self._saved = {h: d for h, d in self._saved.items() if h in fleet.row_of}
+        self._record_start(self.clock.now())
+        log.info("detector: fleet changed; %d households kept, %d replayed", len(new_rows), len(missing))
+        return len(missing)
+
+    def save_checkpoint(self) -> int:
+        """Save what changed since the last save (one transaction); returns the household rows written."""
+        started = time.perf_counter()
+        written = checkpoint.save(
+            self.conn, shard=self.shard.key, state=self.state, households=self.fleet.households,
+            layouts=self.fleet.layouts, events_cursor=self.cursor, seen_recent=self._seen_recent,
+            health_cursor=self._health_cursor, last_prior_at=self._last_prior, saved_digests=self._saved)
+        log.debug("detector: checkpoint of %d rows in %.3f s", written, time.perf_counter() - started)
+        return written
 
     def _take_events(self, where: str, args: tuple[Any, ...]) -> int:
         rows = self.conn.execute(
@@ -216,7 +358,7 @@ class DetectorService:
         else:
             # Re-read a short overlap: rows committed late with an earlier received_at are not missed;
             # (device_id, seq) already taken are skipped.
-            self._take_events("received_at > %s", (self.cursor - timedelta(seconds=30),))
+            self._take_events("received_at > %s", (self.cursor - timedelta(seconds=_OVERLAP_S),))
         if now - self._last_prior >= 86400:
             m.refresh_prior(self.state)
             self._last_prior = now
@@ -340,46 +482,151 @@ class DetectorService:
         return {"opened": opened, "updated": updated, "closed": closed, "open": sum(open_by_kind.values()),
                 "opened_by_kind": opened_by_kind, "closed_by_kind": closed_by_kind, "open_by_kind": open_by_kind}
 
-    def close(self) -> None:
+    def close(self, *, save: bool = True) -> None:
+        if save and not self.conn.closed:
+            try:
+                self.save_checkpoint()
+            except psycopg.Error:
+                log.exception("detector: the checkpoint at close failed (the next start replays from the previous one)")
         self.conn.close()
 
 
+class ShardLease:
+    """One process per shard: a session advisory lock on a connection of its own. A second process
+    for the same shard waits (a standby); the lock goes with the holder's connection, so a killed
+    holder frees it at once."""
+
+    def __init__(self, database_url: str, shard: Shard) -> None:
+        self.url = database_url
+        self.key = zlib.crc32(f"mimamori-detector-{shard.key}".encode())
+        self.shard = shard
+        self.conn: psycopg.Connection | None = None
+
+    def acquire(self, stop: threading.Event, *, poll_s: float = 1.0) -> bool:
+        waited = False
+        while not stop.is_set():
+            try:
+                if self.conn is None or self.conn.closed:
+                    self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+                if self.conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]:  # type: ignore[index]
+                    if waited:
+                        log.info("detector: shard %s taken over", self.shard.key)
+                    return True
+                if not waited:
+                    log.info("detector: shard %s is held by another process; waiting as a standby", self.shard.key)
+                    waited = True
+            except psycopg.OperationalError:
+                log.warning("detector: database unavailable; retrying in 2 s")
+                self.release()
+                stop.wait(2.0)
+                continue
+            stop.wait(poll_s)
+        return False
+
+    def held(self) -> bool:
+        try:
+            return self.conn is not None and not self.conn.closed and self.conn.execute("SELECT 1").fetchone() == (1,)
+        except psycopg.Error:
+            return False
+
+    def release(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+        self.conn = None
+
+
+class FleetListener:
+    """Wakes the loop when households, paired devices or gateways change (migration 0047's triggers)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.conn = psycopg.connect(database_url, autocommit=True)
+        self.conn.execute("LISTEN mimamori_fleet")
+
+    def wait(self, timeout_s: float) -> bool:
+        """True when a change was notified within ``timeout_s`` real seconds (all pending ones consumed)."""
+        got = False
+        ready, _, _ = select.select([self.conn.fileno()], [], [], max(0.0, timeout_s))
+        if ready:
+            for _ in self.conn.notifies(timeout=0.0):
+                got = True
+        return got
+
+    def close(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self.conn.close()
+
+
+def _wait_for_tick(clock: Clock, tick_s: float, stop: threading.Event, listener: FleetListener | None) -> bool:
+    """Wait one tick of the clock; True when the fleet changed meanwhile (the loop fits it in and ticks at
+    once, so a paired device is scored within a second or two, not at the next minute)."""
+    if listener is None or not isinstance(clock, (SystemClock, ScaledClock)):
+        clock.sleep(tick_s)  # a manual clock (tests, simulations) jumps
+        return False
+    deadline = clock.now() + tick_s
+    while not stop.is_set():
+        left = deadline - clock.now()
+        if left <= 0:
+            return False
+        speed = clock.speed if isinstance(clock, ScaledClock) else 1.0
+        if listener.wait(min(0.25, left / speed)):
+            return True
+    return False
+
+
 def run_detector(settings: Any, *, database_url: str, clock: Clock, stop: threading.Event, tick_s: float = 60.0,
-                 fleet_check_every_s: float = 30.0) -> None:
-    """The service loop: tick until ``stop`` is set. The model is rebuilt when households, devices or
-    gateways change (checked at most every ``fleet_check_every_s`` real seconds, so an accelerated
-    clock does not rebuild 56 days of history every simulated hour)."""
-    service = DetectorService(database_url, clock)
-    fingerprint = fleet_fingerprint(service.conn)
-    last_check = time.monotonic()
-    # Ready while the database answers and ticks keep coming (a rebuild or a slow tick may take a while).
-    register_readiness("detector", lambda: service.ready(max(120.0, 5 * tick_s)))
+                 fleet_check_every_s: float = 30.0, checkpoint_every_s: float = 300.0, shard: Shard | None = None) -> None:
+    """The service loop: tick until ``stop`` is set. Changes of households, devices or gateways are
+    fitted in place when notified (and checked every ``fleet_check_every_s`` real seconds besides, in
+    case a notification was missed); the model is saved every ``checkpoint_every_s`` real seconds and
+    on a clean stop."""
+    shard = shard or Shard.parse(getattr(settings, "detector_shard", None) or "0/1")
+    checkpoint_every_s = getattr(settings, "detector_checkpoint_s", None) or checkpoint_every_s
+    lease = ShardLease(database_url, shard)
+    service: DetectorService | None = None
+    listener: FleetListener | None = None
+    # Ready while the database answers and ticks keep coming (a replay or a slow tick may take a while).
+    register_readiness("detector", lambda: service is not None and service.ready(max(120.0, 5 * tick_s)))
     try:
         while not stop.is_set():
             try:
+                if service is None:
+                    if not lease.acquire(stop):
+                        break
+                    listener = FleetListener(database_url)
+                    service = DetectorService(database_url, clock, shard=shard)
+                    fingerprint = fleet_fingerprint(service.conn)
+                    last_check = last_save = time.monotonic()
                 counts = service.tick()
                 if counts["opened"] or counts["closed"]:
                     log.info("detector tick: %s", counts)
-                if time.monotonic() - last_check >= fleet_check_every_s:
+                if time.monotonic() - last_save >= checkpoint_every_s:
+                    service.save_checkpoint()
+                    last_save = time.monotonic()
+                changed = _wait_for_tick(clock, tick_s, stop, listener)
+                if changed or time.monotonic() - last_check >= fleet_check_every_s:
                     last_check = time.monotonic()
                     now_fingerprint = fleet_fingerprint(service.conn)
                     if now_fingerprint != fingerprint:
-                        service.rebuild()
+                        service.sync_fleet()
                         fingerprint = now_fingerprint
+                if not lease.held():
+                    raise psycopg.OperationalError("the shard lease's connection was lost")
             except psycopg.OperationalError:
                 log.exception("detector tick failed; reconnecting")
-                service.close()
-                # A fresh service rebuilds from the database; while it is down, wait (never let the stage die).
-                while not stop.is_set():
-                    try:
-                        service = DetectorService(database_url, clock)
-                        fingerprint = fleet_fingerprint(service.conn)
-                        break
-                    except psycopg.OperationalError:
-                        log.warning("detector: database unavailable; retrying in 2 s")
-                        stop.wait(2.0)
-                continue
-            clock.sleep(tick_s)
+                # A fresh service loads the latest checkpoint; while the database is down, wait (never let the stage die).
+                if service is not None:
+                    service.close(save=False)
+                    service = None
+                if listener is not None:
+                    listener.close()
+                    listener = None
+                lease.release()
+                stop.wait(2.0)
     finally:
         unregister_readiness("detector")
-        service.close()
+        if service is not None:
+            service.close()
+        if listener is not None:
+            listener.close()
+        lease.release()

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
 
     #: Detector scoring interval, in seconds of the service clock.
     detector_tick_s: float = Field(default=60.0, gt=0)
+    #: This detector process's share of the fleet, "i/n" (areas hashed to shard i of n); "0/1" = all.
+    detector_shard: str = Field(default="0/1", pattern=r"^\d+/\d+$")
+    #: How often (real seconds) the detector saves its model, so a restart replays only newer events.
+    detector_checkpoint_s: float = Field(default=300.0, gt=0)
     #: Alert worker id (several workers share the step queue through SKIP LOCKED).
     alerts_worker_id: str | None = None
 

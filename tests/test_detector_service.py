@@ -151,44 +151,53 @@ def test_an_incident_a_watcher_closed_is_not_reopened_for_the_same_silence(pg_ur
         service.close()
 
 
-def test_the_loop_rebuilds_when_the_fleet_changes_and_not_otherwise(pg_url: str) -> None:
-    """A household paired while the detector runs is picked up; an unchanged fleet is never rebuilt
-    (an accelerated clock used to rebuild 56 days of history every simulated hour)."""
+def test_the_loop_fits_a_changed_fleet_in_place_and_never_rebuilds(pg_url: str) -> None:
+    """A household paired while the detector runs is fitted in (no rebuild of the fleet's history);
+    an unchanged fleet is never touched (an accelerated clock used to rebuild 56 days of history
+    every simulated hour)."""
     import time
 
     from detector import service as detector_service
 
     with psycopg.connect(pg_url) as conn:
         conn.execute("INSERT INTO households (household_id, display_name, area) VALUES ('hh-a', 'A', 'x')")
-    rebuilds: list[int] = []
-    original = detector_service.DetectorService.rebuild
+    calls: list[str] = []
+    original_rebuild = detector_service.DetectorService.rebuild
+    original_sync = detector_service.DetectorService.sync_fleet
 
     def counting_rebuild(self: DetectorService) -> None:
-        rebuilds.append(1)
-        original(self)
+        calls.append("rebuild")
+        original_rebuild(self)
+
+    def counting_sync(self: DetectorService) -> int:
+        calls.append("sync")
+        return original_sync(self)
 
     stop = threading.Event()
     clock = ManualClock(DEFAULT_START)
     detector_service.DetectorService.rebuild = counting_rebuild  # type: ignore[method-assign]
+    detector_service.DetectorService.sync_fleet = counting_sync  # type: ignore[method-assign]
     try:
         thread = threading.Thread(target=run_detector, args=(None,), daemon=True,
                                   kwargs={"database_url": pg_url, "clock": clock, "stop": stop, "tick_s": 3600,
                                           "fleet_check_every_s": 0.0})
         thread.start()
-        time.sleep(1.5)  # many ticks (a ManualClock sleeps by advancing), one rebuild: the constructor's
-        assert len(rebuilds) == 1
+        time.sleep(1.5)  # many ticks (a ManualClock sleeps by advancing), one rebuild: the first start's (no checkpoint)
+        assert calls == ["rebuild"]
         with psycopg.connect(pg_url) as conn:
             conn.execute("INSERT INTO households (household_id, display_name, area) VALUES ('hh-b', 'B', 'x')")
         deadline = time.monotonic() + 10
-        while len(rebuilds) < 2 and time.monotonic() < deadline:
+        while "sync" not in calls and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(rebuilds) == 2
+        time.sleep(0.3)
+        assert calls == ["rebuild", "sync"]
         with psycopg.connect(pg_url) as conn:
             assert conn.execute("SELECT households FROM detector_runs WHERE worker = 'detector'").fetchone()[0] == 2
     finally:
         stop.set()
         thread.join(10)
-        detector_service.DetectorService.rebuild = original  # type: ignore[method-assign]
+        detector_service.DetectorService.rebuild = original_rebuild  # type: ignore[method-assign]
+        detector_service.DetectorService.sync_fleet = original_sync  # type: ignore[method-assign]
 
 
 def test_an_incident_whose_resident_asked_for_help_is_not_closed_by_a_switch(pg_url: str) -> None:
