@@ -58,7 +58,8 @@ def pack_rows(state: m.FleetState, rows: np.ndarray | None = None) -> np.ndarray
     parts = []
     for name in household_fields(state):
         arr = np.ascontiguousarray(getattr(state, name)[idx])
-        parts.append(arr.reshape(len(idx), -1).view(np.uint8))
+        width = arr.dtype.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
+        parts.append(arr.view(np.uint8).reshape(len(idx), width))
     return np.concatenate(parts, axis=1) if parts else np.zeros((len(idx), 0), np.uint8)
 
 
