@@ -285,10 +285,58 @@ def _one_stage(name: str, database_url: str | None, mqtt_url: str | None) -> Non
         _serve_until_stopped(run_stages(settings, svc, stop, stages=(name,)), stop, settings)
 
 
-@app.command()
-def detector(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
-    """Score every household on a tick; open, update and close incidents."""
-    _one_stage("detector", database_url, mqtt_url)
+detector_app = typer.Typer(help="The detector: `mimamori detector` runs it; `rebuild` and `status` are for operators.")
+app.add_typer(detector_app, name="detector")
+ShardOpt = Annotated[Optional[str], typer.Option("--shard", envvar="MIMAMORI_DETECTOR_SHARD",
+                                                 help="This process's share of the fleet, i/n (areas hashed to shard i of n).")]
+
+
+@detector_app.callback(invoke_without_command=True)
+def detector(ctx: typer.Context, database_url: DatabaseOpt = None, shard: ShardOpt = None) -> None:
+    """Score every household on a tick; open, update and close incidents. Its model is saved in the
+    database: a start loads it and takes only newer events."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from mimamori.runtime import services
+
+    settings = _settings(database_url)
+    if shard:
+        settings.detector_shard = shard
+    stop = _stop_on_signals()
+    with services(settings, start_embedded=False, need_broker=False) as svc:
+        console.print(f"detector (shard {settings.detector_shard}): {svc.describe()}")
+        _serve_until_stopped(run_stages(settings, svc, stop, stages=("detector",)), stop, settings)
+
+
+@detector_app.command("rebuild")
+def detector_rebuild(database_url: DatabaseOpt = None, shard: ShardOpt = None, json_out: JsonOpt = False) -> None:
+    """Repair: rebuild the model from the stored history and save it (not needed in normal operation).
+    Stop the shard's running detector first, or it keeps its own state and saves over this one."""
+    import time as _time
+
+    from detector.service import DetectorService, Shard
+    from mimamori.runtime import services
+
+    settings = _settings(database_url)
+    with services(settings, start_embedded=False, need_broker=False) as svc:
+        started = _time.perf_counter()
+        service = DetectorService(svc.database_url, SystemClock(), shard=Shard.parse(shard or settings.detector_shard), restore=False)
+        result = {"shard": service.shard.key, "households": service.state.n, "devices": len(service.fleet.device_index),
+                  "seconds": round(_time.perf_counter() - started, 2)}
+        service.close(save=False)  # rebuild() saved it
+    _print_json(result) if json_out else console.print(f"detector model rebuilt: {result}")
+
+
+@detector_app.command("status")
+def detector_status(database_url: DatabaseOpt = None) -> None:
+    """The saved model per shard and the running detectors' latest ticks."""
+    from detector.checkpoint import describe
+    from mimamori.db import connect, fetch_dicts
+    from mimamori.runtime import services
+
+    settings = _settings(database_url)
+    with services(settings, start_embedded=False, need_broker=False) as svc, connect(svc.database_url, autocommit=True) as conn:
+        _print_json({"checkpoints": describe(conn), "runs": fetch_dicts(conn, "SELECT * FROM detector_runs ORDER BY worker")})
 
 
 @app.command("alerts")
@@ -394,14 +442,28 @@ def bench_ingest(
 
 @bench_app.command("detector")
 def bench_detector(
-    households: Annotated[int, typer.Option(min=1)] = 1_000_000,
+    households: Annotated[Optional[int], typer.Option(min=1, help="Default 1,000,000 (pass) or 1,000 (--restart).")] = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Start, pair a device, SIGKILL and restart real detector "
+                                          "processes on a town with weeks of history in the database.")] = False,
+    days: Annotated[float, typer.Option(min=1, help="--restart: days of history.")] = 56.0,
     json_out: JsonOpt = False,
+    database_url: DatabaseOpt = None,
 ) -> None:
-    """One scoring pass over N households (pure model, one core) and the state size per household."""
-    from bench.detector_bench import run_detector_bench
+    """One scoring pass over N households (pure model, one core) and the state size per household; with
+    --restart, the detector's cold start, pairing and restart at town scale on the real database."""
+    if not restart:
+        from bench.detector_bench import run_detector_bench
 
-    _settings()
-    result = run_detector_bench(households)
+        _settings()
+        result = run_detector_bench(households or 1_000_000)
+        _print_json(result) if json_out else console.print(result)
+        return
+    from bench.detector_restart import run_restart_bench
+    from mimamori.db import scratch_database
+
+    settings = _settings(database_url)
+    with _admin_database(settings) as admin_url, scratch_database(admin_url, "mimamori_bench_detector") as bench_db:
+        result = run_restart_bench(bench_db, households=households or 1000, days=days, progress=console.print)
     _print_json(result) if json_out else console.print(result)
 
 

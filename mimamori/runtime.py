@@ -26,13 +26,14 @@ log = logging.getLogger(__name__)
 @dataclass
 class Services:
     database_url: str
-    mqtt_url: MqttUrl
+    mqtt_url: MqttUrl | None  # None: a command that needs no broker (the detector)
     mqtt_protocol: int
     embedded: list[str] = field(default_factory=list)  # what this process started
 
     def describe(self) -> str:
         started = f" (embedded: {', '.join(self.embedded)})" if self.embedded else ""
-        return f"database {_redact(self.database_url)}, broker {self.mqtt_url}{started}"
+        broker = f", broker {self.mqtt_url}" if self.mqtt_url is not None else ""
+        return f"database {_redact(self.database_url)}{broker}{started}"
 
 
 def _redact(url: str) -> str:
@@ -73,7 +74,7 @@ def read_runtime(settings: Settings) -> dict[str, object] | None:
 @contextlib.contextmanager
 def services(settings: Settings, *, start_embedded: bool = True, migrate: bool = True,
              embedded_database: str = embedded.DATABASE_NAME, fresh_embedded_database: bool = False,
-             broker_dir: Path | None = None, fresh_broker: bool = False) -> Iterator[Services]:
+             broker_dir: Path | None = None, fresh_broker: bool = False, need_broker: bool = True) -> Iterator[Services]:
     """Yield the services to use, starting embedded ones when nothing is configured or running.
 
     ``embedded_database`` / ``fresh_embedded_database`` apply only to an embedded PostgreSQL started
@@ -94,7 +95,7 @@ def services(settings: Settings, *, start_embedded: bool = True, migrate: bool =
             closers.append(pg)
             database_url = pg.url(embedded_database)
             started.append("postgresql")
-        if not mqtt:
+        if not mqtt and need_broker:
             if not start_embedded:
                 raise RuntimeError("no broker configured (MIMAMORI_MQTT_URL) and no mimamori serve running")
             workdir = broker_dir or settings.data_dir
@@ -105,11 +106,15 @@ def services(settings: Settings, *, start_embedded: bool = True, migrate: bool =
             mqtt = broker.url
             started.append(broker.kind)
         # A configured broker gets the configured credentials and CA file; an embedded one needs none.
-        url = url_from_settings(settings) if settings.mqtt_url else MqttUrl.parse(str(mqtt))
-        svc = Services(str(database_url), url, negotiate_protocol(url, settings.mqtt_protocol), started)
+        if mqtt:
+            url: MqttUrl | None = url_from_settings(settings) if settings.mqtt_url else MqttUrl.parse(str(mqtt))
+            protocol = negotiate_protocol(url, settings.mqtt_protocol)  # type: ignore[arg-type]
+        else:
+            url, protocol = None, 0
+        svc = Services(str(database_url), url, protocol, started)
         if migrate:
             db.migrate(svc.database_url)
-        if started:
+        if started and url is not None:
             _runtime_file(settings).parent.mkdir(parents=True, exist_ok=True)
             _runtime_file(settings).write_text(
                 json.dumps({"pid": os.getpid(), "database_url": svc.database_url, "mqtt_url": str(mqtt)})
