@@ -142,4 +142,23 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     mq = os.environ.get("MIMAMORI_TEST_MQTT_URL") and "configured" or (
         "mosquitto started for the session" if forced == "mosquitto" or (forced == "auto" and has_mosquitto) else "amqtt in-process"
     )
-    return [f"mimamori services: PostgreSQL {pg}; MQTT broker {mq}"]
+    return [f"mimamori services: PostgreSQL {pg}; MQTT broker {mq}", f"mimamori store: {_store_description()}"]
+
+
+def _store_description() -> str:
+    """Which store the suite runs on: the server's version and whether TimescaleDB is there and preloaded."""
+    url = os.environ.get("MIMAMORI_TEST_DATABASE_URL") or (_LOCAL_PG if embedded.port_open("127.0.0.1", 5432) else None)
+    if url is None:
+        return "embedded PostgreSQL (no TimescaleDB: plain tables)"
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+            ts = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+            preload = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]  # type: ignore[index]
+    except psycopg.Error as exc:
+        return f"unreachable ({exc})"
+    if ts and "timescaledb" in preload:
+        return f"PostgreSQL {version} + TimescaleDB {ts[0]} (hypertables, compression, continuous aggregate)"
+    if ts:
+        return f"PostgreSQL {version}, TimescaleDB {ts[0]} installed but NOT preloaded (migrations will refuse)"
+    return f"PostgreSQL {version} without TimescaleDB (plain tables)"
