@@ -161,20 +161,38 @@ def _drop_session(url: MqttUrl, client_id: str) -> None:
     client.loop(0.1)
 
 
-def _drain(service: IngestService, expected: int, timeout: float) -> dict[str, Any]:
+class DrainStalled(RuntimeError):
+    """The backlog stopped arriving before all of it came: the message says why and what to change."""
+
+
+def _drain(service: IngestService, expected: int, timeout: float, stall_s: float = 10.0) -> dict[str, Any]:
     sizes: list[int] = []
     service.on_batch = lambda info: sizes.append(info["size"])
     thread = threading.Thread(target=service.run, name=f"bench-{service.sink}", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
     stats = service.stats
+    last_received, last_progress = -1, time.monotonic()
+    stalled = False
     while time.monotonic() < deadline:
         committed = stats.stored + stats.duplicates if service.sink == "database" else sum(sizes)
         if committed >= expected:
             break
+        if stats.received != last_received:
+            last_received, last_progress = stats.received, time.monotonic()
+        elif time.monotonic() - last_progress >= stall_s and committed >= stats.received:
+            stalled = True  # everything received is committed, and nothing more has come for stall_s
+            break
         time.sleep(0.01)
     service.stop_event.set()
     thread.join(60)
+    if stalled:
+        raise DrainStalled(
+            f"the {service.sink} sink received {stats.received:,} of {expected:,} messages, then nothing for "
+            f"{stall_s:.0f} s: the broker dropped the rest of the backlog. A stock Mosquitto keeps at most "
+            "1000 queued messages per client (max_queued_messages); set `max_queued_messages 10000000` and "
+            "`max_queued_bytes 0` in mosquitto.conf (deploy/mosquitto/mosquitto.conf does), or leave "
+            "--mqtt-url unset so that the benchmark starts a broker of its own with those limits lifted")
     elapsed = max(stats.last_commit_at - stats.first_message_at, 1e-9)
     return {
         "received": stats.received,
@@ -198,6 +216,7 @@ def run_ingest_bench(
     devices: int = 1000,
     settings: Settings | None = None,
     timeout_s: float = 300.0,
+    stall_s: float = 10.0,
 ) -> dict[str, Any]:
     """Measure ingest drain throughput; return a JSON-able dict (see module docstring)."""
     settings = settings or Settings()
@@ -229,8 +248,10 @@ def run_ingest_bench(
             sweeper=None,
         )
         service.sweeper = None
-        results[sink] = _drain(service, events, timeout_s)
-        _drop_session(mqtt_url, client_id)
+        try:
+            results[sink] = _drain(service, events, timeout_s, stall_s)
+        finally:
+            _drop_session(mqtt_url, client_id)
 
     with psycopg.connect(database_url) as conn:
         stored, distinct = conn.execute(

@@ -431,9 +431,15 @@ def bench_ingest(
     from mimamori.db import scratch_database
     from mimamori.runtime import services
 
+    from bench.ingest_bench import DrainStalled
+
     settings = _settings(database_url, mqtt_url)
-    with services(settings) as svc, scratch_database(svc.database_url, "mimamori_bench") as bench_db:
-        result = run_ingest_bench(bench_db, svc.mqtt_url, events=events)
+    try:
+        with services(settings) as svc, scratch_database(svc.database_url, "mimamori_bench") as bench_db:
+            result = run_ingest_bench(bench_db, svc.mqtt_url, events=events)
+    except DrainStalled as exc:
+        console.print(f"[red]bench ingest stalled:[/] {exc}")
+        raise typer.Exit(2) from None
     if json_out:
         _print_json(result)
     else:
