@@ -140,13 +140,14 @@ def fleet_fingerprint(conn: psycopg.Connection) -> tuple[str, ...]:
 class DetectorService:
     def __init__(self, database_url: str, clock: Clock, *, params: m.DetectorParams = m.DEFAULT_PARAMS,
                  history_days: float = 56.0, worker: str = "detector", shard: Shard = Shard(),
-                 restore: bool = True) -> None:
+                 restore: bool = True, late_window_s: float = 7 * 86400.0) -> None:
         self.url = database_url
         self.clock = clock
         self.params = params
         self.history_days = history_days
         self.worker = worker
         self.shard = shard
+        self.late_window_s = late_window_s
         self.conn = psycopg.connect(database_url, autocommit=True)
         self.cursor: datetime | None = None
         self._seen_recent: set[tuple[str, int]] = set()
@@ -358,7 +359,11 @@ class DetectorService:
         else:
             # Re-read a short overlap: rows committed late with an earlier received_at are not missed;
             # (device_id, seq) already taken are skipped.
-            self._take_events("received_at > %s", (self.cursor - timedelta(seconds=_OVERLAP_S),))
+            # Bounded by device time too, so that only recent chunks are read (TimescaleDB excludes the
+            # others; older ones are compressed and have no received_at index). Rows older than
+            # ``late_window_s`` that arrive now (a gateway back after a week) are stored, not learned.
+            self._take_events("received_at > %s AND time > %s",
+                              (self.cursor - timedelta(seconds=_OVERLAP_S), _ts(now - self.late_window_s)))
         if now - self._last_prior >= 86400:
             m.refresh_prior(self.state)
             self._last_prior = now
