@@ -8,6 +8,9 @@ can run hours in milliseconds:
   instant (the accelerated fleet and demo).
 - ``ManualClock``: time moves only when the test or a discrete-event loop calls ``advance`` or
   ``set``; ``sleep`` advances it instantly.
+- ``FollowingClock``: simulated time that follows another process's progress (``advance_to``); a
+  ``sleep`` really waits until it has moved on (a simulation run as fast as it can go, with the
+  service living on its time).
 """
 
 from __future__ import annotations
@@ -134,3 +137,48 @@ class ManualClock:
 
     def __repr__(self) -> str:
         return f"ManualClock(now={self._now!r})"
+
+
+class FollowingClock:
+    """Time set from outside by ``advance_to`` (never backwards); ``sleep(s)`` blocks until it has moved
+    ``s`` on. ``release()`` (the followed process ended) lets sleepers go: from then on a sleep waits
+    at most a second of real time, so loops keep turning without spinning."""
+
+    def __init__(self, start: float) -> None:
+        self._now = start
+        self._cond = threading.Condition()
+        self._released = False
+
+    def now(self) -> float:
+        return self._now
+
+    def advance_to(self, t: float) -> None:
+        with self._cond:
+            if t > self._now:
+                self._now = t
+                self._cond.notify_all()
+
+    def release(self) -> None:
+        with self._cond:
+            self._released = True
+            self._cond.notify_all()
+
+    def sleep(self, seconds: float) -> None:
+        target = self._now + seconds
+        with self._cond:
+            if self._released:
+                self._cond.wait(min(seconds, 1.0))
+                return
+            while self._now < target and not self._released:
+                self._cond.wait(0.25)
+
+    async def asleep(self, seconds: float) -> None:
+        target = self._now + seconds
+        if self._released:
+            await asyncio.sleep(min(seconds, 1.0))
+            return
+        while self._now < target and not self._released:
+            await asyncio.sleep(0.05)
+
+    def __repr__(self) -> str:
+        return f"FollowingClock(now={self._now!r})"

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from mimamori.clock import Clock, ManualClock, ScaledClock, SystemClock, as_datetime
+from mimamori.clock import Clock, FollowingClock, ManualClock, ScaledClock, as_datetime
 from mimamori.config import Settings
 from mimamori.runtime import services
 
@@ -37,7 +37,8 @@ SELECT (SELECT count(*) FROM events WHERE kind IN ('on', 'off', 'motion', 'open'
        (SELECT count(*) FROM dead_letters),
        (SELECT count(*) FROM gateways WHERE status = 'online'),
        (SELECT count(*) FROM devices WHERE household_id IS NULL),
-       (SELECT count(*) FROM device_state WHERE power = 'on')
+       (SELECT count(*) FROM device_state WHERE power = 'on'),
+       (SELECT extract(epoch FROM max(last_seen_at)) FROM device_state)
 """
 
 
@@ -62,7 +63,7 @@ WHERE i.kind = ANY(%s) AND i.household_id = %s ORDER BY i.opened_at LIMIT 1
 class _Progress:
     def __init__(self) -> None:
         self.fleet: dict[str, Any] = {}
-        self.db: tuple[int, ...] = (0,) * 7
+        self.db: tuple[Any, ...] = (0,) * 7 + (None,)
         self.history_activity = 0
         self.first_alert: tuple[Any, ...] | None = None
         self.first_alert_after_s: float | None = None
@@ -212,7 +213,10 @@ def run_demo(
         # The service and the town share one clock, so the detector sees hours pass as residents live them.
         # It runs at real speed until the town's gateways are up (starting 50 MQTT clients takes seconds,
         # which at full speed would be hours of silence), then fast-forwards.
-        clock: Clock = SystemClock() if speed is None else ScaledClock(live_from, 1.0)
+        # As fast as possible (speed None): the service lives on the town's time as far as the database has
+        # it (the devices' newest report), so that a detector never sees a silence the ingest has not caught
+        # up with, and incidents are dated in the town's January, not on the wall clock.
+        clock: Clock = FollowingClock(live_from) if speed is None else ScaledClock(live_from, 1.0)
         stage_threads = run_stages(settings, svc, stop, clock=clock)
         url = settings.app_url() + "/"
         console.print(f"[bold]web app[/]: {url}    logs: {log_path}")
@@ -251,6 +255,11 @@ def run_demo(
         with psycopg.connect(svc.database_url, autocommit=True) as conn, Live(console=console, refresh_per_second=4) as live:
             while not stop.is_set():
                 state.db = tuple(conn.execute(_COUNTS_SQL).fetchone())  # type: ignore[arg-type]
+                if isinstance(clock, FollowingClock):
+                    if state.done:
+                        clock.release()
+                    elif state.fleet.get("sim_time") and state.db[7] is not None:
+                        clock.advance_to(min(float(state.fleet["sim_time"]), float(state.db[7])))
                 if state.first_alert is None:
                     state.first_alert = conn.execute(_FIRST_ALERT_SQL, (list(_WELFARE_KINDS), ids[focus])).fetchone()
                     if state.first_alert is not None:

@@ -147,3 +147,20 @@ def _see_alert_in_browser(base: str, incident_id: int) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "demo_alert.png"), full_page=True)  # type: ignore[attr-defined]
         assert "hh-0001" in text, text[:2000]
+
+
+def test_demo_at_full_speed_lives_on_the_towns_time(home: Path) -> None:
+    """``--speed max`` (scripts): the service follows the town's simulated days as the database has them,
+    so the story's alert opens and no device looks offline because the wall clock is months ahead."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIMAMORI_")}
+    env.update(XDG_DATA_HOME=str(home / "xdg"), MIMAMORI_APP_PORT=str(free_port()), PYTHONUNBUFFERED="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "mimamori.cli", "demo", "--households", "12", "--days", "1", "--speed", "max",
+         "--exit-when-done", "--json"],
+        env=env, capture_output=True, cwd=home, timeout=400,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    result = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert result["first_alert"] is not None and result["first_alert"]["household_id"] == "hh-0001", result
+    assert result["stored"] == result["published"]
+    assert result["open_incidents"] <= 3, result  # the story's alert, not a town of offline devices
