@@ -65,18 +65,19 @@ def replay(conn: psycopg.Connection, state: m.FleetState, device_index: dict[str
         return 0, None
     start, end = float(bounds[0]), float(bounds[1])
     extra, extra_args = ("AND e.received_at <= %s", (until_received,)) if until_received is not None else ("", ())
-    if len(device_index) <= _FEW_DEVICES:
+    read_s = window_s
+    if few:
         # A few homes (a paired device, a new household): their rows by the (device_id, seq, time) key,
         # in one read, instead of scanning every day of the whole fleet's events.
         extra += " AND e.device_id = ANY(%s)"
         extra_args = (*extra_args, list(device_index))
-        window_s = end - start + 1.0
+        read_s = end - start + 1.0
     kinds = list(m.EVENT_KINDS)
     total = 0
     newest: float | None = None
     lo = start
     while lo <= end:
-        hi = lo + window_s
+        hi = lo + read_s
         buf = bytearray()
         with conn.cursor() as cur, cur.copy(_SELECT.format(extra=extra),
                                             (kinds, datetime.fromtimestamp(lo, timezone.utc),
@@ -87,8 +88,14 @@ def replay(conn: psycopg.Connection, state: m.FleetState, device_index: dict[str
         rows = rows[rows["kind"] >= 0]
         if len(rows):
             t = rows["t"].astype(np.float64)
-            m.observe(state, rows["row"].astype(np.int64), rows["col"].astype(np.int64), t,
-                      rows["kind"].astype(np.int64), params)
+            # The model decays its counts once per batch (to the batch's first day), so a batch must not
+            # span more than a day: one read may hold weeks of a few homes.
+            window = np.floor((t - start) / window_s).astype(np.int64)
+            order = np.argsort(window, kind="stable")
+            bounds_at = np.flatnonzero(np.diff(window[order])) + 1
+            for part in np.split(order, bounds_at):
+                m.observe(state, rows["row"][part].astype(np.int64), rows["col"][part].astype(np.int64), t[part],
+                          rows["kind"][part].astype(np.int64), params)
             total += len(rows)
             newest = max(newest or -np.inf, float(t.max()))
         lo = hi

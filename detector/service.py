@@ -140,7 +140,7 @@ def fleet_fingerprint(conn: psycopg.Connection) -> tuple[str, ...]:
 class DetectorService:
     def __init__(self, database_url: str, clock: Clock, *, params: m.DetectorParams = m.DEFAULT_PARAMS,
                  history_days: float = 56.0, worker: str = "detector", shard: Shard = Shard(),
-                 restore: bool = True, late_window_s: float = 7 * 86400.0) -> None:
+                 restore: bool = True, late_window_s: float = 7 * 86400.0, history_start: float | None = None) -> None:
         self.url = database_url
         self.clock = clock
         self.params = params
@@ -148,6 +148,7 @@ class DetectorService:
         self.worker = worker
         self.shard = shard
         self.late_window_s = late_window_s
+        self.history_start = history_start  # a rebuild's first instant (default: ``history_days`` before now)
         self.conn = psycopg.connect(database_url, autocommit=True)
         self.cursor: datetime | None = None
         self._seen_recent: set[tuple[str, int]] = set()
@@ -177,11 +178,13 @@ class DetectorService:
         """The repair path: a fresh model, every household's last ``history_days`` replayed from ``events``."""
         now = self.clock.now()
         self.fleet, kinds, area, tz = load_fleet(self.conn, self.shard)
-        self.state = self._new_state(kinds, area, tz, epoch=now - self.history_days * 86400)
+        start = self.history_start if self.history_start is not None else now - self.history_days * 86400
+        self.state = self._new_state(kinds, area, tz, epoch=start)
         self._saved = {}
         self._health_cursor = None
         self._replay_rows(np.arange(self.state.n), until=history.newest_received(self.conn), fresh=True)
         m.refresh_prior(self.state)
+        self._rejudge(np.arange(self.state.n))
         self._last_prior = now
         self.started_from = "rebuild"
         self._record_start(now)
@@ -216,6 +219,7 @@ class DetectorService:
         if len(missing):
             log.info("detector: %d of %d households replayed from history (new or re-laid out)", len(missing), state.n)
             self._replay_rows(missing, until=self.cursor, fresh=False)
+            self._rejudge(missing)
         self.started_from = "checkpoint"
         self._record_start(now)
         return True
@@ -228,7 +232,8 @@ class DetectorService:
         index = {d: rc for d, rc in self.fleet.device_index.items() if rc[0] in wanted}
         if until is None and not fresh:
             return  # nothing was ever taken: the next tick takes everything
-        taken, newest = history.replay(self.conn, self.state, index, since=now - self.history_days * 86400,
+        since = max(self.state.epoch, now - self.history_days * 86400)
+        taken, newest = history.replay(self.conn, self.state, index, since=since,
                                        until_received=until, params=self.params)
         metrics.EVENTS_TAKEN.inc(taken)
         if newest is not None and (self.newest_event_time is None or newest > self.newest_event_time):
@@ -239,6 +244,21 @@ class DetectorService:
         if fresh:
             self.cursor = until
             self._seen_recent = history.seen_near(self.conn, until, _OVERLAP_S)
+
+    def _rejudge(self, rows: np.ndarray) -> None:
+        """After a replay: the thresholds of the silences and lit lights under way, from the prior as it
+        is now. A replay fixes them when each began, from the prior as it was then (the default prior,
+        in a rebuild), so a rebuilt home and one that ran all along would judge its current silence
+        differently. Silences whose threshold the model re-fixed after a paused stretch keep theirs."""
+        st, p = self.state, self.params
+        rows = rows[np.isfinite(st.last_activity[rows]) & ((st.flags[rows] & m._FLAG_REJUDGED) == 0)]
+        if len(rows):
+            q, alarm, hist_n = m.silence_thresholds(st, rows, st.last_activity[rows], p)
+            st.quantile_h[rows], st.alarm_after_h[rows], st.slot_history[rows] = q, alarm, hist_n.astype(np.float16)
+        on_r, on_s = np.nonzero(np.isfinite(st.sw_on_since[rows])) if len(rows) else (np.zeros(0, np.int64),) * 2
+        if len(on_r):
+            r = rows[on_r]
+            st.sw_alarm_after_h[r, on_s] = m.on_thresholds(st, r, on_s, st.sw_on_since[r, on_s].astype(np.float64) + st.epoch, p)
 
     def sync_fleet(self) -> int:
         """Fit a changed fleet in place: households whose layout is unchanged keep their rows, new or
@@ -259,6 +279,7 @@ class DetectorService:
         missing = np.array(sorted(set(range(state.n)) - set(new_rows)), np.int64)
         if len(missing):
             self._replay_rows(missing, until=self.cursor, fresh=False)
+            self._rejudge(missing)
         self._saved = {h: d for h, d in self._saved.items() if h in fleet.row_of}
         self._record_start(self.clock.now())
         log.info("detector: fleet changed; %d households kept, %d replayed", len(new_rows), len(missing))
