@@ -125,10 +125,11 @@ def save(conn: psycopg.Connection, *, shard: str, state: m.FleetState, household
                 for i in changed:
                     copy.write_row((households[i], layouts[i], packed[i].tobytes()))
             cur.execute(
-                """INSERT INTO detector_state (household_id, layout, state, saved_at)
-                   SELECT i.household_id, i.layout, i.state, now() FROM detector_state_in i
+                """INSERT INTO detector_state (household_id, shard, layout, state, saved_at)
+                   SELECT i.household_id, %s, i.layout, i.state, now() FROM detector_state_in i
                    JOIN households h USING (household_id)
-                   ON CONFLICT (household_id) DO UPDATE SET layout = EXCLUDED.layout, state = EXCLUDED.state, saved_at = now()""")
+                   ON CONFLICT (household_id) DO UPDATE SET shard = EXCLUDED.shard, layout = EXCLUDED.layout,
+                       state = EXCLUDED.state, saved_at = now()""", (shard,))
         cur.execute(
             """INSERT INTO detector_checkpoints (shard, format, epoch, events_cursor, seen_recent, health_cursor,
                                                 last_prior_at, prior, households, saved_at)
@@ -167,7 +168,10 @@ def load(conn: psycopg.Connection, shard: str, households: list[str]) -> Checkpo
     fmt, epoch, cursor, seen, health, last_prior, prior = row
     saved: dict[str, tuple[str, bytes]] = {}
     with conn.cursor() as cur:
-        cur.execute("SELECT household_id, layout, state FROM detector_state WHERE household_id = ANY(%s)", (households,))
+        # Only rows saved with this shard's checkpoint: a row another shard saved goes with another cursor
+        # (the fleet was re-sharded, or a household moved to another area) and is replayed instead.
+        cur.execute("SELECT household_id, layout, state FROM detector_state WHERE household_id = ANY(%s) AND shard = %s",
+                    (households, shard))
         for household_id, layout, blob in cur:
             saved[household_id] = (layout, bytes(blob))
     return Checkpoint(shard, fmt, float(epoch), cursor, {(d, int(s)) for d, s in seen}, health,

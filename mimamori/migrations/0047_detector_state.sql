@@ -6,6 +6,7 @@
 -- household deletes what the detector learned about it.
 CREATE TABLE detector_state (
     household_id text PRIMARY KEY REFERENCES households ON DELETE CASCADE,
+    shard        text NOT NULL,          -- the checkpoint (and so the events cursor) this row goes with
     layout       text NOT NULL,          -- device ids and kinds by column, time zone: a change means a replay of this home
     state        bytea NOT NULL,
     saved_at     timestamptz NOT NULL DEFAULT now()
