@@ -3,7 +3,8 @@
 A full rebuild (the repair path) or a household re-laid out reads weeks of ``events``. Each day's
 rows come from PostgreSQL as binary COPY of four fixed-width columns (household row, device column,
 epoch seconds, kind code) and are parsed by numpy in one step, so memory stays at one day of the
-fleet's events and the time goes to the model, not to building tuples.
+fleet's events and the time goes to the model, not to building tuples. Like a tick, a replay takes
+an event at its device time but never later than its receipt (a device clock ahead is not trusted).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _HEADER = 19  # signature (11) + flags (4) + header extension length (4, zero)
 _TRAILER = 2  # int16 -1
 
 _SELECT = """
-COPY (SELECT d.r, d.c, extract(epoch FROM e.time)::float8, (array_position(%s::text[], e.kind) - 1)::int4
+COPY (SELECT d.r, d.c, extract(epoch FROM least(e.time, e.received_at))::float8, (array_position(%s::text[], e.kind) - 1)::int4
       FROM events e JOIN pg_temp.detector_devices d ON d.device_id = e.device_id
       WHERE e.time >= %s AND e.time < %s AND e.household_id IS NOT NULL {extra})
 TO STDOUT (FORMAT BINARY)
