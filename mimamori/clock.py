@@ -8,9 +8,9 @@ can run hours in milliseconds:
   instant (the accelerated fleet and demo).
 - ``ManualClock``: time moves only when the test or a discrete-event loop calls ``advance`` or
   ``set``; ``sleep`` advances it instantly.
-- ``FollowingClock``: simulated time that follows another process's progress (``advance_to``); a
-  ``sleep`` really waits until it has moved on (a simulation run as fast as it can go, with the
-  service living on its time).
+- ``PacedClock``: a ``ManualClock`` that a simulation running as fast as it can sets, held within a
+  lead of the service's progress; its ``sleep`` really waits (the service lives on the simulation's
+  time).
 """
 
 from __future__ import annotations
@@ -139,23 +139,39 @@ class ManualClock:
         return f"ManualClock(now={self._now!r})"
 
 
-class FollowingClock:
-    """Time set from outside by ``advance_to`` (never backwards); ``sleep(s)`` blocks until it has moved
-    ``s`` on. ``release()`` (the followed process ended) lets sleepers go: from then on a sleep waits
-    at most a second of real time, so loops keep turning without spinning."""
+class PacedClock(ManualClock):
+    """Simulated time that a simulation running as fast as it can sets (``set``, as a ``ManualClock``),
+    held back so that it never leads the service's progress (``set_floor``: how far the database has
+    the simulation) by more than ``max_lead_s``: the service lives on the simulation's time without
+    mistaking events still on their way for silence. ``sleep`` really waits until time has moved on.
+    ``release()`` (the simulation ended) lets every waiter go; from then on a sleep waits at most a
+    second of real time, so loops keep turning without spinning."""
 
-    def __init__(self, start: float) -> None:
-        self._now = start
+    def __init__(self, start: float, *, max_lead_s: float = 900.0, max_hold_s: float = 5.0) -> None:
+        super().__init__(start)
         self._cond = threading.Condition()
+        self._floor = start
         self._released = False
+        self.max_lead_s = max_lead_s
+        self.max_hold_s = max_hold_s  # never hold the simulation longer than this (the service may be stuck)
 
-    def now(self) -> float:
-        return self._now
-
-    def advance_to(self, t: float) -> None:
+    def set(self, t: float) -> None:
         with self._cond:
+            deadline = time.monotonic() + self.max_hold_s
+            while t - self._floor > self.max_lead_s and not self._released and time.monotonic() < deadline:
+                self._cond.wait(0.05)
             if t > self._now:
                 self._now = t
+                self._cond.notify_all()
+
+    def advance(self, seconds: float) -> float:
+        self.set(self._now + max(0.0, seconds))
+        return self._now
+
+    def set_floor(self, t: float) -> None:
+        with self._cond:
+            if t > self._floor:
+                self._floor = t
                 self._cond.notify_all()
 
     def release(self) -> None:
@@ -181,4 +197,4 @@ class FollowingClock:
             await asyncio.sleep(0.05)
 
     def __repr__(self) -> str:
-        return f"FollowingClock(now={self._now!r})"
+        return f"PacedClock(now={self._now!r}, floor={self._floor!r})"

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from mimamori.clock import Clock, FollowingClock, ManualClock, ScaledClock, as_datetime
+from mimamori.clock import Clock, ManualClock, PacedClock, ScaledClock, as_datetime
 from mimamori.config import Settings
 from mimamori.runtime import services
 
@@ -37,8 +37,7 @@ SELECT (SELECT count(*) FROM events WHERE kind IN ('on', 'off', 'motion', 'open'
        (SELECT count(*) FROM dead_letters),
        (SELECT count(*) FROM gateways WHERE status = 'online'),
        (SELECT count(*) FROM devices WHERE household_id IS NULL),
-       (SELECT count(*) FROM device_state WHERE power = 'on'),
-       (SELECT extract(epoch FROM max(last_seen_at)) FROM device_state)
+       (SELECT count(*) FROM device_state WHERE power = 'on')
 """
 
 
@@ -63,7 +62,7 @@ WHERE i.kind = ANY(%s) AND i.household_id = %s ORDER BY i.opened_at LIMIT 1
 class _Progress:
     def __init__(self) -> None:
         self.fleet: dict[str, Any] = {}
-        self.db: tuple[Any, ...] = (0,) * 7 + (None,)
+        self.db: tuple[int, ...] = (0,) * 7
         self.history_activity = 0
         self.first_alert: tuple[Any, ...] | None = None
         self.first_alert_after_s: float | None = None
@@ -132,6 +131,16 @@ def _log_to_file(settings: Settings) -> Path:
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(file_handler)
     return log_path
+
+
+def _follow_the_database(database_url: str, clock: PacedClock, stop: threading.Event) -> None:
+    """How far the database has the town (its devices' newest report), for the paced clock, 20 times a second."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while not stop.is_set():
+            row = conn.execute("SELECT extract(epoch FROM max(last_seen_at)) FROM device_state").fetchone()
+            if row and row[0] is not None:
+                clock.set_floor(float(row[0]))
+            stop.wait(0.05)
 
 
 def load_history(database_url: str, streams: Sequence[Any], until: float, *, chunk: int = 20_000) -> int:
@@ -213,10 +222,13 @@ def run_demo(
         # The service and the town share one clock, so the detector sees hours pass as residents live them.
         # It runs at real speed until the town's gateways are up (starting 50 MQTT clients takes seconds,
         # which at full speed would be hours of silence), then fast-forwards.
-        # As fast as possible (speed None): the service lives on the town's time as far as the database has
-        # it (the devices' newest report), so that a detector never sees a silence the ingest has not caught
-        # up with, and incidents are dated in the town's January, not on the wall clock.
-        clock: Clock = FollowingClock(live_from) if speed is None else ScaledClock(live_from, 1.0)
+        # As fast as possible (speed None): the town sets the shared clock event by event (incidents are dated
+        # in the town's January, not on the wall clock, and no device time is ahead of the service), held
+        # within 15 simulated minutes of what the database has (the devices' newest report), so that the
+        # detector never takes events still on their way for silence.
+        clock: Clock = PacedClock(live_from, max_lead_s=900.0) if speed is None else ScaledClock(live_from, 1.0)
+        if isinstance(clock, PacedClock):
+            threading.Thread(target=_follow_the_database, args=(svc.database_url, clock, stop), name="pace", daemon=True).start()
         stage_threads = run_stages(settings, svc, stop, clock=clock)
         url = settings.app_url() + "/"
         console.print(f"[bold]web app[/]: {url}    logs: {log_path}")
@@ -240,7 +252,7 @@ def run_demo(
                 state.report = run_fleet(
                     svc.mqtt_url, households=households, days=(live_until - history_start) / DAY, speed=speed,
                     seed=seed, workdir=workdir, start=history_start, streams=streams, feed_from=live_from,
-                    clock=None if speed is None else clock, progress=on_progress,
+                    clock=clock, progress=on_progress,
                 )
                 state.fleet.update(state.report.to_json())
             except BaseException as exc:  # shown to the user; the service keeps running
@@ -255,11 +267,8 @@ def run_demo(
         with psycopg.connect(svc.database_url, autocommit=True) as conn, Live(console=console, refresh_per_second=4) as live:
             while not stop.is_set():
                 state.db = tuple(conn.execute(_COUNTS_SQL).fetchone())  # type: ignore[arg-type]
-                if isinstance(clock, FollowingClock):
-                    if state.done:
-                        clock.release()
-                    elif state.fleet.get("sim_time") and state.db[7] is not None:
-                        clock.advance_to(min(float(state.fleet["sim_time"]), float(state.db[7])))
+                if isinstance(clock, PacedClock) and state.done:
+                    clock.release()
                 if state.first_alert is None:
                     state.first_alert = conn.execute(_FIRST_ALERT_SQL, (list(_WELFARE_KINDS), ids[focus])).fetchone()
                     if state.first_alert is not None:
