@@ -52,8 +52,8 @@ SUPPRESS_NONE, SUPPRESS_AWAY, SUPPRESS_DEVICE, SUPPRESS_AREA, SUPPRESS_DOOR = 0,
 SUPPRESS_REASONS = ("none", "away", "device_offline", "area_outage", "inferred_away")
 
 # Which rule raised the inactivity alarm (``Scores.inactivity_rule``).
-RULE_NONE, RULE_MODEL, RULE_PRIOR, RULE_HARD_CAP, RULE_ROUTINE = 0, 1, 2, 3, 4
-RULES = ("none", "model", "population_prior", "hard_cap", "routine")
+RULE_NONE, RULE_MODEL, RULE_PRIOR, RULE_HARD_CAP, RULE_ROUTINE, RULE_NOT_BACK = 0, 1, 2, 3, 4, 5
+RULES = ("none", "model", "population_prior", "hard_cap", "routine", "not_back")
 
 # Edge 0 counts *exposure*: local hours in which the household was active at all. Each such hour
 # is one trial: the silence that follows its last event. So ``hist[..., k] / hist[..., 0]`` is the
@@ -61,6 +61,11 @@ RULES = ("none", "model", "population_prior", "hard_cap", "routine")
 # a long silence (a busy morning) says so, instead of falling back to the prior.
 SILENCE_EDGES_H = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 16], dtype=np.float32)
 ON_EDGES_H = np.array([0, 0.5, 1, 2, 3, 5, 8, 11], dtype=np.float32)  # edge 0: every episode (exposure)
+# Outings (a silence that began with a departure: the front door, or the lights switched off at a
+# lit hour): exceedance counts of their lengths per kind of departure (0 door, 1 lights out); edge 0
+# counts every outing.
+OUT_EDGES_H = np.array([0, 0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24], dtype=np.float32)
+OUT_DOOR, OUT_LIGHTS = 0, 1
 ON_BLOCK_H = 4  # long-on episodes are grouped by the local 4-hour block they began in
 N_ON_BLOCKS = 24 // ON_BLOCK_H
 
@@ -148,8 +153,17 @@ class DetectorParams:
     on_cap_quiet_q: float = 1.0  # past the on cap the silence must still be past this share of its quantile (a light
     # forgotten on since the evening while the resident is up in another room is not an alarm)
     # Inferred away: a silence that began with the front door (and a home that has motion
-    # sensors, so a return would be seen) is "out" for at most this long.
-    door_away_cap_h: float = 28.0  # a night with family lasts up to ~26 h
+    # sensors, so a return would be seen) is "out" until this home's outings are usually over: the
+    # ``out_beta`` quantile of its learned outing lengths (with the population prior, pseudo-count
+    # ``out_prior_strength``) plus ``out_margin_h`` + ``out_margin_frac``, at least ``out_min_h``
+    # and at most ``door_away_cap_h``. Past it, "not back" (RULE_NOT_BACK): an outing far past this
+    # home's usual is an alarm of its own (someone lost outside), whatever the hour.
+    door_away_cap_h: float = 28.0  # the longest "out" ever (a night with family lasts up to ~26 h)
+    out_beta: float = 0.01
+    out_margin_h: float = 1.0
+    out_margin_frac: float = 0.25
+    out_min_h: float = 2.0
+    out_prior_strength: float = 3.0
     # ... when the silence began at most this long after the door with no motion since (lights are
     # switched off on the way out, so the last event is often a switch just after the door).
     door_grace_s: float = 600.0
@@ -199,6 +213,13 @@ def default_silence_prior() -> np.ndarray:
     return np.broadcast_to(surv, (2, 24, len(SILENCE_EDGES_H))).copy()
 
 
+def default_out_prior() -> np.ndarray:
+    """Generic survival of outings [E_OUT]: most last an hour or two (shopping, a walk, the clinic),
+    some a day out; a night away is rare."""
+    d = OUT_EDGES_H
+    return np.where(d > 0, 0.9 * np.exp(-d / 2.5) + 0.02 * np.exp(-d / 12.0), 1.0).astype(np.float32)
+
+
 def default_on_prior() -> np.ndarray:
     """Generic survival of on-episodes [blocks, E]: longer from the evening blocks."""
     blocks = np.arange(N_ON_BLOCKS) * ON_BLOCK_H
@@ -238,12 +259,15 @@ class FleetState:
     on_hist: np.ndarray  # float16[H, W, blocks, E_O]
     sw_on_since: np.ndarray  # float32[H, W] (since epoch; NaN = off)
     sw_alarm_after_h: np.ndarray  # float16[H, W]
+    out_hist: np.ndarray  # float16[H, 2 departure kinds (door, lights out), E_OUT] outing lengths
+    out_alarm_h: np.ndarray  # float16[H] "not back" after this long, for the current outing
     bin_days: np.ndarray  # float16[H, N_BINS] decayed count of active days with activity in each local 2-hour bin
     days_active: np.ndarray  # float16[H] decayed count of local days with any activity
     gateway_offline_since: np.ndarray  # float64[H] (NaN = online)
     # Population priors per kind of home (0: bulbs only, 1: with sensors): their rhythms differ.
     prior_sil: np.ndarray = field(default_factory=lambda: np.stack([default_silence_prior()] * 2))  # [2, 2, 24, E_S]
     prior_on: np.ndarray = field(default_factory=lambda: np.stack([default_on_prior()] * 2))  # [2, blocks, E_O]
+    prior_out: np.ndarray = field(default_factory=lambda: np.stack([default_out_prior()] * 2))  # [2 kinds, E_OUT]
 
     @property
     def n(self) -> int:
@@ -251,7 +275,7 @@ class FleetState:
 
     def state_bytes(self) -> int:
         """Bytes of per-household arrays (the shared prior is excluded: it is per fleet)."""
-        skip = {"prior_sil", "prior_on"}
+        skip = {"prior_sil", "prior_on", "prior_out"}
         return sum(v.nbytes for k, v in vars(self).items() if isinstance(v, np.ndarray) and k not in skip)
 
 
@@ -297,6 +321,8 @@ def new_state(
         on_hist=np.zeros((h, MAX_SWITCHES, N_ON_BLOCKS, len(ON_EDGES_H)), np.float16),
         sw_on_since=np.full((h, MAX_SWITCHES), nan32, np.float32),
         sw_alarm_after_h=np.full((h, MAX_SWITCHES), params.on_cap_h, np.float16),
+        out_hist=np.zeros((h, 2, len(OUT_EDGES_H)), np.float16),
+        out_alarm_h=np.full(h, params.door_away_cap_h, np.float16),
         bin_days=np.zeros((h, N_BINS), np.float16),
         days_active=np.zeros(h, np.float16),
         gateway_offline_since=np.full(h, np.nan),
@@ -441,6 +467,7 @@ def _decay(state: FleetState, rows: np.ndarray, day: np.ndarray, p: DetectorPara
     f = (0.5 ** (gap[due] / p.half_life_days)).astype(np.float32)
     state.sil_hist[r] = (state.sil_hist[r].astype(np.float32) * f[:, None, None, None]).astype(np.float16)
     state.on_hist[r] = (state.on_hist[r].astype(np.float32) * f[:, None, None, None]).astype(np.float16)
+    state.out_hist[r] = (state.out_hist[r].astype(np.float32) * f[:, None, None]).astype(np.float16)
     state.dev_activity[r] = (state.dev_activity[r].astype(np.float32) * f[:, None]).astype(np.float16)
     state.bin_days[r] = (state.bin_days[r].astype(np.float32) * f[:, None]).astype(np.float16)
     state.days_active[r] = (state.days_active[r].astype(np.float32) * f).astype(np.float16)
@@ -544,13 +571,22 @@ def observe(
     learnable = np.isfinite(prev)
     # The first silence of each household in the batch may have been paused, blind or door-started.
     first_mask = ~same
-    blind = (state.flags[hh] & (_FLAG_BLIND | _FLAG_DOOR)) != 0  # a lights-out silence is learned: it says how long outings last
+    stored_flags = state.flags[hh]
+    blind = (stored_flags & (_FLAG_BLIND | _FLAG_DOOR)) != 0  # a lights-out silence is learned: it says how long outings last
     learnable &= ~(first_mask & blind)
     # Inside the batch, a silence that began with a door event is not an at-home silence.
     out_after = _out_after_events(state, hh, dev, t, kind, same, p)
     door_start = same & np.r_[False, out_after[:-1]]
     learnable &= ~door_start
     gap_h = (t - prev) / 3600.0
+    # Outings: how long this home's departures last (door: in the batch or stored; lights out: stored).
+    unpaused = first_mask & ((stored_flags & _FLAG_BLIND) == 0) & np.isfinite(prev)
+    out_door = door_start | (unpaused & ((stored_flags & _FLAG_DOOR) != 0))
+    out_lights = unpaused & ~out_door & ((stored_flags & _FLAG_LIGHTS_OUT) != 0)
+    for sel, kind_out in ((out_door, OUT_DOOR), (out_lights, OUT_LIGHTS)):
+        if sel.any():
+            base = (hh[sel] * 2 + kind_out) * len(OUT_EDGES_H)
+            _add_exceedance(state.out_hist.reshape(-1), base, gap_h[sel].astype(np.float32), OUT_EDGES_H, exposure=True)
     rec = learnable & (gap_h >= p.silence_min_h)
     if rec.any():
         _, hour = local_slot(starts_effective[rec], state.tz_offset_s[hh[rec]])
@@ -573,6 +609,17 @@ def observe(
     state.quantile_h[r_last] = q
     state.alarm_after_h[r_last] = alarm
     state.slot_history[r_last] = hist_n.astype(np.float16)
+    out_kind = np.where(out_after[last], OUT_DOOR, OUT_LIGHTS)
+    state.out_alarm_h[r_last] = outing_thresholds(state, r_last, out_kind, p).astype(np.float16)
+
+
+def outing_thresholds(state: FleetState, rows: np.ndarray, out_kind: np.ndarray, p: DetectorParams = DEFAULT_PARAMS) -> np.ndarray:
+    """Hours after a departure (``out_kind``: OUT_DOOR / OUT_LIGHTS) past which the outing is far
+    beyond this home's usual ones: "not back"."""
+    own = state.out_hist[rows, out_kind].astype(np.float32)
+    prior = state.prior_out[out_kind]
+    q = _quantile(own, prior, OUT_EDGES_H, p.out_prior_strength, p.out_beta, p.tail_tau_h)
+    return np.clip(q + p.out_margin_h + p.out_margin_frac * q, p.out_min_h, p.door_away_cap_h).astype(np.float32)
 
 
 def _lights_out_departure(state: FleetState, rows: np.ndarray, t: np.ndarray, kind: np.ndarray, lit_after: np.ndarray,
@@ -857,20 +904,25 @@ def score(
     alarm_at = ref + alarm_h * 3600.0
     cap_at = ref + p.silence_cap_h * 3600.0
     went_out = (state.flags & _FLAGS_OUT) != 0  # by the door, or the lights switched off (inferred away)
-    out_until = start + p.door_away_cap_h * 3600.0
+    by_door = (state.flags & _FLAG_DOOR) != 0
+    # Out until this home's outings are usually over ("not back" past it).
+    out_until = start + state.out_alarm_h.astype(np.float64) * 3600.0
     out_now = went_out & (now < out_until)
     alarm_at = np.minimum(alarm_at, cap_at)
     routine_at = routine_alarm_at(state, ref, now, p)
     by_routine = routine_at < alarm_at
     alarm_at = np.minimum(alarm_at, routine_at)
-    alarm_at = np.where(went_out, np.maximum(alarm_at, out_until), alarm_at)
+    # After the front door, the outing's length judges (the at-home silence does not apply); after
+    # the lights went out (a weaker sign of leaving), whichever is later.
+    alarm_at = np.where(by_door, out_until, np.where(went_out, np.maximum(alarm_at, out_until), alarm_at))
     inactive = now >= alarm_at  # False for NaN
     hard = now >= np.where(went_out, np.maximum(cap_at, out_until), cap_at)
+    not_back = went_out & (alarm_at == out_until)
     rule = np.where(
         ~inactive,
         RULE_NONE,
-        np.where(hard, RULE_HARD_CAP, np.where(by_routine, RULE_ROUTINE,
-                 np.where(state.slot_history.astype(np.float32) < p.min_history, RULE_PRIOR, RULE_MODEL))),
+        np.where(not_back, RULE_NOT_BACK, np.where(hard, RULE_HARD_CAP, np.where(by_routine, RULE_ROUTINE,
+                 np.where(state.slot_history.astype(np.float32) < p.min_history, RULE_PRIOR, RULE_MODEL)))),
     ).astype(np.uint8)
 
     # --- long-on: a device on unusually long while the household is quieter than usual -----
@@ -962,7 +1014,19 @@ def population_prior(state: FleetState, *, min_count: float = 3.0, default_weigh
     return prior_sil, prior_on
 
 
+def population_out_prior(state: FleetState, *, min_count: float = 3.0, default_weight: float = 3.0) -> np.ndarray:
+    """The fleet's average survival of outings per kind of departure [2, E_OUT], over the homes with
+    ``min_count`` of them, shrunk toward the generic default (one busy home must not set it alone)."""
+    hist = state.out_hist.astype(np.float32)
+    n = hist[..., :1]
+    ok = n >= min_count
+    surv = np.where(ok, hist / np.maximum(n, 1e-6), 0.0).sum(axis=0)
+    cnt = ok.sum(axis=0)
+    return ((surv + default_weight * default_out_prior()) / (cnt + default_weight)).astype(np.float32)
+
+
 def refresh_prior(state: FleetState) -> None:
     state.prior_sil, state.prior_on = population_prior(state)
+    state.prior_out = population_out_prior(state)
 
 

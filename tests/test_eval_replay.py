@@ -80,7 +80,7 @@ def test_metrics_match_alerts_to_incidents_and_count_false_ones() -> None:
 def test_small_fleet_evaluation_runs_detector_and_baselines() -> None:
     r = ev.run_eval(30, 35, 11)
     assert set(r) >= {"detector", "baselines", "run"}
-    assert set(r["baselines"]) == {"hello_light_24h", "kanazawa_8h_on_24h_off"}
+    assert set(r["baselines"]) == {"hello_light_24h", "kanazawa_8h_on_24h_off", "no_activity_12h", "no_activity_24h"}
     for sysr in [r["detector"], *r["baselines"].values()]:
         for key in ("recall", "median_delay_h", "p90_delay_h", "false_alerts_per_household_month", "per_kind"):
             assert key in sysr
