@@ -114,13 +114,30 @@ class DetectorParams:
     # 10.76/14.10/12.40 -> 9.26/12.92/12.19 h, false alerts +0/+4/+0).
     routine: bool = True
     routine_from_hour: float = 12.0
+    # ... in a home with motion sensors, from this hour: daylight does not switch a motion sensor off,
+    # so its morning (getting up) is as reliable as its evening (issue 14: real homes' nights).
+    routine_from_hour_sensors: float = 4.0
+    # The day a night belongs to ends at this local hour: a bedtime after midnight (00:14) is that
+    # night's, and its morning is missed that same morning, not the next one's.
+    routine_day_start_h: float = 4.0
     routine_p: float = 0.99  # above one day's decay (0.9755): a bin missed once is not trusted for weeks
     routine_margin_h: float = 1.0
-    routine_min_days: float = 10.0  # active days learned before the rule applies
+    routine_min_days: float = 6.0  # active days learned before the rule applies (10 until issue 14: real logs give a week)
     anomalous_weight: float = 1.0  # weight of a silence that exceeded its own alarm threshold
     # Hard caps (safety nets): Kanazawa's 24 h off rule; long-on capped at 16 h (8 h would wake
     # everyone who sleeps with a light on).
     silence_cap_h: float = 24.0
+    # The home's own false-alert budget (issue 14): whatever the slot, a silence is an alarm once it
+    # is longer than this home's silences are more often than ``budget_per_month`` times a month,
+    # judged from its own decayed past (silences at least that long per active day), with the
+    # population's rate as ``budget_prior_days`` pseudo-days (a new home starts from the fleet's), plus
+    # ``budget_margin_h``. A home rarely silent for long gets a tight cap; one that often is, a loose one.
+    # Only in homes with motion sensors: a bulb follows daylight, so a bulbs-only home's silences
+    # lengthen with the season (spring mornings without the light) beyond anything in its past.
+    budget_cap: bool = True
+    budget_per_month: float = 0.3
+    budget_prior_days: float = 7.0
+    budget_margin_h: float = 1.0
     on_cap_h: float = 16.0
     # Homes whose resident is asked first (the alert engine's resident check, when a resident has a
     # channel of their own): an alarm reaches the resident, who answers "fine" or "out" before the
@@ -213,6 +230,14 @@ def default_silence_prior() -> np.ndarray:
     return np.broadcast_to(surv, (2, 24, len(SILENCE_EDGES_H))).copy()
 
 
+def default_silence_rate() -> np.ndarray:
+    """Generic silences of at least each ``SILENCE_EDGES_H`` per day (edge 0 unused): a night's sleep
+    most days, a long day out now and then; broad, so that a fleet with no history caps at the hard
+    cap and its own homes' past tightens it."""
+    rate = np.array([np.inf, 8, 5, 3.5, 2.5, 1.6, 1.2, 1.0, 0.9, 0.6, 0.25, 0.06, 0.02], np.float32)
+    return rate[: len(SILENCE_EDGES_H)]
+
+
 def default_out_prior() -> np.ndarray:
     """Generic survival of outings [E_OUT]: most last an hour or two (shopping, a walk, the clinic),
     some a day out; a night away is rare."""
@@ -268,6 +293,8 @@ class FleetState:
     prior_sil: np.ndarray = field(default_factory=lambda: np.stack([default_silence_prior()] * 2))  # [2, 2, 24, E_S]
     prior_on: np.ndarray = field(default_factory=lambda: np.stack([default_on_prior()] * 2))  # [2, blocks, E_O]
     prior_out: np.ndarray = field(default_factory=lambda: np.stack([default_out_prior()] * 2))  # [2 kinds, E_OUT]
+    # Silences at least each edge long per active day, per kind of home (the budget cap's prior).
+    prior_rate: np.ndarray = field(default_factory=lambda: np.stack([default_silence_rate()] * 2))  # [2, E_S]
 
     @property
     def n(self) -> int:
@@ -275,7 +302,7 @@ class FleetState:
 
     def state_bytes(self) -> int:
         """Bytes of per-household arrays (the shared prior is excluded: it is per fleet)."""
-        skip = {"prior_sil", "prior_on", "prior_out"}
+        skip = {"prior_sil", "prior_on", "prior_out", "prior_rate"}
         return sum(v.nbytes for k, v in vars(self).items() if isinstance(v, np.ndarray) and k not in skip)
 
 
@@ -401,7 +428,34 @@ def silence_thresholds(state: FleetState, rows: np.ndarray, start: np.ndarray, p
     margin_h = np.where(day, p.day_margin_h, np.where(lit_held, p.lit_night_margin_h, p.margin_h)).astype(np.float32)
     margin_frac = np.where(day, p.day_margin_frac, np.where(lit_held, p.lit_night_margin_frac, p.margin_frac)).astype(np.float32)
     alarm = np.clip(q + margin_h + margin_frac * q, p.min_alarm_h, p.silence_cap_h).astype(np.float32)
+    if p.budget_cap:
+        alarm = np.where(state.has_motion[rows], np.minimum(alarm, budget_cap_h(state, rows, p)), alarm).astype(np.float32)
     return q, alarm, pooled[:, 0]
+
+
+def budget_cap_h(state: FleetState, rows: np.ndarray, p: DetectorParams = DEFAULT_PARAMS) -> np.ndarray:
+    """Per household of ``rows``: hours of silence (from any start) past which this home's own past
+    says it would alarm at most ``budget_per_month`` times a month, plus the margin (see
+    ``DetectorParams.budget_cap``); ``silence_cap_h`` when even the last edge is too common."""
+    own = state.sil_hist[rows].astype(np.float32).sum(axis=(1, 2))  # [n, E]: silences at least edge k long
+    days = state.days_active[rows].astype(np.float32)
+    prior = state.prior_rate[state.has_motion[rows].astype(np.int64)]
+    k0 = p.budget_prior_days
+    rate = (own[:, 1:] + k0 * prior[:, 1:]) / (days[:, None] + k0)  # per active day
+    budget = p.budget_per_month / 30.0
+    ok = rate <= budget
+    has = ok.any(axis=1)
+    k = np.argmax(ok, axis=1)  # first edge (from edge 1) within the budget
+    edges = SILENCE_EDGES_H[1:]
+    rows_i = np.arange(len(rows))
+    lo_rate = np.where(k > 0, rate[rows_i, np.maximum(k - 1, 0)], budget)
+    hi_rate = np.maximum(rate[rows_i, k], budget / 4.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(k > 0, (np.log(lo_rate) - np.log(budget)) / (np.log(lo_rate) - np.log(hi_rate)), 1.0)
+    lo_edge = np.where(k > 0, edges[np.maximum(k - 1, 0)], 0.0)
+    cap = lo_edge + np.clip(np.nan_to_num(frac, nan=1.0), 0.0, 1.0) * (edges[k] - lo_edge)
+    cap = np.where(has, cap + p.budget_margin_h, p.silence_cap_h)
+    return np.clip(cap, p.min_alarm_h, p.silence_cap_h).astype(np.float32)
 
 
 def _lit_night_quantile(state: FleetState, rows: np.ndarray, start: np.ndarray, hour: np.ndarray, ctx: np.ndarray,
@@ -789,8 +843,9 @@ def routine_alarm_at(state: FleetState, ref: np.ndarray, now: float, p: Detector
     if not p.routine:
         return out
     # Only silences that already reach into a later local day can fire (few at any time): cheap filter first.
+    shift = p.routine_day_start_h * 3600.0
     with np.errstate(invalid="ignore"):
-        tz_all = state.tz_offset_s.astype(np.float64)
+        tz_all = state.tz_offset_s.astype(np.float64) - shift
         later_day = np.floor((ref + tz_all) / 86400.0) < np.floor((now + tz_all) / 86400.0)
     rows = np.flatnonzero(later_day & (state.days_active >= p.routine_min_days))
     if not len(rows):
@@ -804,7 +859,8 @@ def routine_alarm_at(state: FleetState, ref: np.ndarray, now: float, p: Detector
         return out
     days = state.days_active[rows].astype(np.float32)  # complete active days (bins of today may be counted already)
     reliable_rows = state.bin_days[rows].astype(np.float32) >= p.routine_p * days[:, None]
-    reliable_rows &= (np.arange(N_BINS) * BIN_H >= p.routine_from_hour)[None, :]
+    from_hour = np.where(state.has_motion[rows], p.routine_from_hour_sensors, p.routine_from_hour)
+    reliable_rows &= (np.arange(N_BINS) * BIN_H)[None, :] >= from_hour[:, None]
     keep = reliable_rows.any(axis=1)
     rows, reliable_rows = rows[keep], reliable_rows[keep]
     if not len(rows):
@@ -815,7 +871,7 @@ def routine_alarm_at(state: FleetState, ref: np.ndarray, now: float, p: Detector
     # Only the days after the one the silence began in (a day with no sign of life yet): within the
     # day, the quantile of the silence judges; a reliable bin of today missed by an afternoon silence
     # was too often a seasonal or one-off change (+0.06-0.10 false/household-month on seed 11).
-    first_start = (np.floor(ref_local / 86400.0) + 1.0) * 86400.0  # the next local midnight
+    first_start = (np.floor((ref_local - shift) / 86400.0) + 1.0) * 86400.0 + shift  # the next local day start
     first_bin = ((first_start % 86400.0) // bin_s).astype(np.int64)
     k = (np.arange(N_BINS)[None, :] - first_bin[:, None]) % N_BINS  # bins after the first one
     end_local = first_start[:, None] + (k + 1) * bin_s
@@ -1025,8 +1081,28 @@ def population_out_prior(state: FleetState, *, min_count: float = 3.0, default_w
     return ((surv + default_weight * default_out_prior()) / (cnt + default_weight)).astype(np.float32)
 
 
+def population_rate_prior(state: FleetState, *, min_days: float = 5.0, default_weight: float = 3.0) -> np.ndarray:
+    """The fleet's silences of at least each edge per active day, per kind of home [2, E_S], over
+    the homes with ``min_days`` of history, shrunk toward the generic default."""
+    out = np.zeros(state.prior_rate.shape, np.float64)
+    days = state.days_active.astype(np.float32)
+    for g in (0, 1):
+        sel = (state.has_motion == bool(g)) & (days >= min_days)
+        cnt = int(sel.sum())
+        total = np.zeros(len(SILENCE_EDGES_H), np.float64)
+        for lo in range(0, state.n, 65536):
+            part = sel[lo : lo + 65536]
+            if part.any():
+                own = state.sil_hist[lo : lo + 65536][part].astype(np.float32).sum(axis=(1, 2))
+                total += (own / days[lo : lo + 65536][part][:, None]).sum(axis=0)
+        out[g] = (total + default_weight * np.nan_to_num(default_silence_rate(), posinf=0.0)) / (cnt + default_weight)
+    out[:, 0] = np.inf
+    return out.astype(np.float32)
+
+
 def refresh_prior(state: FleetState) -> None:
     state.prior_sil, state.prior_on = population_prior(state)
     state.prior_out = population_out_prior(state)
+    state.prior_rate = population_rate_prior(state)
 
 

@@ -525,11 +525,49 @@ def test_a_home_whose_resident_is_asked_first_alarms_sooner() -> None:
     rows = np.concatenate([history, routine(47, seed=1)[len(routine(42, seed=1)):], np.array(saturday)])
     rows = rows[np.argsort(rows[:, 0], kind="stable")]
     alarms = {}
-    for name, asked, p in (("team first", None, m.DEFAULT_PARAMS), ("asked first", np.ones(8, bool), m.DEFAULT_PARAMS),
-                           ("switched off", np.ones(8, bool), dataclasses.replace(m.DEFAULT_PARAMS, asked_first_margin_h=None))):
+    # (Without the morning routine and the budget cap of sensor homes, which find this morning as soon
+    # for everyone: below.)
+    base = dataclasses.replace(m.DEFAULT_PARAMS, routine_from_hour_sensors=12.0, budget_cap=False)
+    for name, asked, p in (("team first", None, base), ("asked first", np.ones(8, bool), base),
+                           ("switched off", np.ones(8, bool), dataclasses.replace(base, asked_first_margin_h=None))):
         state = fleet([[m.DEV_BULB, m.DEV_MOTION]] * 8)
         learn_busy_neighbours(state, 8, 42)
         alarms[name] = first_alarm(feed(state, 0, rows, sunday + 20 * H, since=sunday - 86400, asked_first=asked, p=p))
     assert None not in alarms.values(), alarms
     assert alarms["asked first"] <= alarms["team first"] - H, {k: (v - sunday) / H for k, v in alarms.items()}
     assert alarms["switched off"] == alarms["team first"]
+    state = fleet([[m.DEV_BULB, m.DEV_MOTION]] * 8)
+    learn_busy_neighbours(state, 8, 42)
+    results = feed(state, 0, rows, sunday + 20 * H, since=sunday - 86400)
+    morning = first_alarm(results)
+    assert morning is not None and morning <= alarms["asked first"]
+
+
+def test_the_budget_cap_tightens_with_the_home_s_own_evidence() -> None:
+    # Three sensor homes: one whose silences never pass 8 h (nights), one that is silent 14 h now and
+    # then (every fourth day), one with no history yet (the population prior decides: the default's
+    # broad curve, so the hard cap).
+    state = fleet([[m.DEV_MOTION]] * 3)
+
+    def days(first: int, last: int) -> np.ndarray:
+        rows: list[tuple[float, int, int, int]] = []
+        for d in range(first, last):
+            mid = MONDAY + d * 86400
+            wake = 7.0 if d % 4 else 13.0  # hh 1: up at 13:00 every fourth day after a 23:00 bedtime
+            for hh, up in ((0, 7.0), (1, wake)):
+                rows += [(mid + (up + k * 0.5) * H, hh, 0, m.EV_MOTION) for k in range(int((23.0 - up) * 2) + 1)]
+        return np.array(sorted(rows))
+
+    arr = days(0, 10)
+    m.observe(state, arr[:, 1].astype(int), arr[:, 2].astype(int), arr[:, 0], arr[:, 3].astype(int))
+    early = m.budget_cap_h(state, np.array([0, 1, 2]))
+    arr = days(10, 40)
+    m.observe(state, arr[:, 1].astype(int), arr[:, 2].astype(int), arr[:, 0], arr[:, 3].astype(int))
+    cap = m.budget_cap_h(state, np.array([0, 1, 2]))
+    assert cap[1] >= 14.0, cap  # its own 14 h silences are more common than the budget
+    assert cap[2] == m.DEFAULT_PARAMS.silence_cap_h, cap  # the generic prior: broad
+    assert cap[0] < cap[1] - 1.0, cap
+    assert cap[0] < early[0] - 0.5, (early, cap)  # more evidence of short silences: tighter
+    # The silence's own threshold never goes past the cap.
+    q, alarm, _ = m.silence_thresholds(state, np.array([0]), np.array([MONDAY + 40 * 86400 + 23 * H]), m.DEFAULT_PARAMS)
+    assert alarm[0] <= cap[0] + 1e-3
