@@ -138,6 +138,15 @@ class DetectorParams:
     budget_per_month: float = 0.3
     budget_prior_days: float = 7.0
     budget_margin_h: float = 1.0
+    # ... and the tight threshold: a home whose own past silences would have passed the quantile plus
+    # ``tight_margin_h`` + ``tight_margin_frac`` at most ``tight_budget_per_month`` times a month
+    # (with ``tight_min_days`` active days seen) gets it instead of the usual margin: a home rarely
+    # silent beyond its usual is judged tightly; one that often is keeps the wide margin.
+    tight: bool = True
+    tight_margin_h: float = 1.0
+    tight_margin_frac: float = 0.1
+    tight_budget_per_month: float = 0.3
+    tight_min_days: float = 5.0
     on_cap_h: float = 16.0
     # Homes whose resident is asked first (the alert engine's resident check, when a resident has a
     # channel of their own): an alarm reaches the resident, who answers "fine" or "out" before the
@@ -286,6 +295,7 @@ class FleetState:
     sw_alarm_after_h: np.ndarray  # float16[H, W]
     out_hist: np.ndarray  # float16[H, 2 departure kinds (door, lights out), E_OUT] outing lengths
     out_alarm_h: np.ndarray  # float16[H] "not back" after this long, for the current outing
+    over_tight: np.ndarray  # float16[H] decayed count of past silences that passed the tight threshold
     bin_days: np.ndarray  # float16[H, N_BINS] decayed count of active days with activity in each local 2-hour bin
     days_active: np.ndarray  # float16[H] decayed count of local days with any activity
     gateway_offline_since: np.ndarray  # float64[H] (NaN = online)
@@ -350,6 +360,7 @@ def new_state(
         sw_alarm_after_h=np.full((h, MAX_SWITCHES), params.on_cap_h, np.float16),
         out_hist=np.zeros((h, 2, len(OUT_EDGES_H)), np.float16),
         out_alarm_h=np.full(h, params.door_away_cap_h, np.float16),
+        over_tight=np.zeros(h, np.float16),
         bin_days=np.zeros((h, N_BINS), np.float16),
         days_active=np.zeros(h, np.float16),
         gateway_offline_since=np.full(h, np.nan),
@@ -428,6 +439,12 @@ def silence_thresholds(state: FleetState, rows: np.ndarray, start: np.ndarray, p
     margin_h = np.where(day, p.day_margin_h, np.where(lit_held, p.lit_night_margin_h, p.margin_h)).astype(np.float32)
     margin_frac = np.where(day, p.day_margin_frac, np.where(lit_held, p.lit_night_margin_frac, p.margin_frac)).astype(np.float32)
     alarm = np.clip(q + margin_h + margin_frac * q, p.min_alarm_h, p.silence_cap_h).astype(np.float32)
+    if p.tight:
+        days = state.days_active[rows].astype(np.float32)
+        rate = state.over_tight[rows].astype(np.float32) / np.maximum(days, 1e-3) * 30.0
+        ok = (days >= p.tight_min_days) & (rate <= p.tight_budget_per_month)
+        tight = np.maximum(q + p.tight_margin_h + p.tight_margin_frac * q, p.min_alarm_h)
+        alarm = np.where(ok, np.minimum(alarm, tight), alarm).astype(np.float32)
     if p.budget_cap:
         alarm = np.where(state.has_motion[rows], np.minimum(alarm, budget_cap_h(state, rows, p)), alarm).astype(np.float32)
     return q, alarm, pooled[:, 0]
@@ -525,6 +542,7 @@ def _decay(state: FleetState, rows: np.ndarray, day: np.ndarray, p: DetectorPara
     state.dev_activity[r] = (state.dev_activity[r].astype(np.float32) * f[:, None]).astype(np.float16)
     state.bin_days[r] = (state.bin_days[r].astype(np.float32) * f[:, None]).astype(np.float16)
     state.days_active[r] = (state.days_active[r].astype(np.float32) * f).astype(np.float16)
+    state.over_tight[r] = (state.over_tight[r].astype(np.float32) * f).astype(np.float16)
     state.decay_day[r] = day[due]
 
 
@@ -650,6 +668,12 @@ def observe(
         # simulator, full weight (1.0, the default) gave fewer false alerts at the same delays.
         alarmed = ~same[rec] & (gap_h[rec] > state.alarm_after_h[hh[rec]])
         weight = np.where(alarmed, p.anomalous_weight, 1.0)
+        # Would the tight threshold have alarmed on it? (The home's own false-alert budget.)
+        q_then = state.quantile_h[hh[rec]].astype(np.float32)
+        tight_then = np.maximum(q_then + p.tight_margin_h + p.tight_margin_frac * q_then, p.min_alarm_h)
+        over = ~same[rec] & (gap_h[rec] > tight_then)
+        if over.any():
+            np.add.at(state.over_tight, hh[rec][over], np.float16(1.0))
         _add_exceedance(state.sil_hist.reshape(-1), base, gap_h[rec].astype(np.float32), SILENCE_EDGES_H, exposure=False, weight=weight)
 
     # The new current silence of each household begins at its last event.
