@@ -352,6 +352,8 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
         later = [c for c in closes[(kind, key)] if c > t]
         intervals[(kind, key)].append((t, min(later) if later else math.inf))
     already_open = 0
+    welfare_hh: list[tuple[int, float]] = []  # (household, delay) of detected welfare incidents
+    false_hh: list[tuple[int, bool]] = []  # (household, spared by the resident) of counted false alerts
     delays: list[float] = []
     team_delays: list[float] = []  # welfare incidents, with a resident check first: they reach the team later
     per_kind: dict[str, dict[str, Any]] = {}
@@ -386,6 +388,8 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
             hits += 1
             kinds_hit[inc["kind"]] += 1
             delays.append(best - inc["start"])
+            if inc["kind"] in WELFARE_INCIDENTS:
+                welfare_hh.append((inc["hh"], best - inc["start"]))
             kinds_delays[inc["kind"]].append(best - inc["start"])
     # False alerts: opened after the learning period with no incident behind them.
     by_hh: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -415,6 +419,7 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
         false_all += 1
         if t >= rp.learning_end and (rp.observed_until is None or kind == "area_outage" or t <= rp.observed_until[key]):
             false_by_kind[kind] += 1
+            spared_before = spared
             if kind in WELFARE_ALERTS:
                 # During a night away (the home stays dark until the first light after coming back).
                 night = next(((left, back) for left, back in nights_by_hh.get(key, ()) if left <= t <= back + EXPLAIN_GRACE_S), None)
@@ -434,6 +439,8 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
                         able = state == PRESENT_AWAKE or (state == AWAY and able)
                     spared += int(able and answers.random() < resident_check.answer_rate)
                 false_welfare_silence["lt_8h" if quiet_h < 8 else "8_17h" if quiet_h < 17 else "ge_17h"] += 1
+            if kind != "area_outage":
+                false_hh.append((key, spared > spared_before))
     if rp.observed_until is not None:
         months = float(np.maximum(rp.observed_until - rp.learning_end, 0.0).sum()) / (30 * DAY)
     else:
@@ -454,6 +461,8 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
                **_delay_stats(welfare_delays)}
     if raw is not None:
         raw.update(welfare_delays=welfare_delays, team_delays=team_delays, false=n_false, spared=spared,
+                   welfare_hh=welfare_hh, false_hh=false_hh, welfare_incident_hh=[i["hh"] for i in rp.incidents
+                                                                                   if i["kind"] in WELFARE_INCIDENTS and expected_alerts(i)],
                    months=months, welfare_n=welfare_n, welfare_hits=sum(kinds_hit[k] for k in welfare_kinds))
     team = None
     if resident_check is not None:
@@ -512,7 +521,9 @@ def run_eval(households: int, days: float, seed: int, bulbs_only: bool = False, 
     sim_s = time.perf_counter() - t0
     rp = replay_from_fleet(fleet, learning_days)
     t1 = time.perf_counter()
-    result = evaluate(rp, tick_s=tick_s, params=params, resident_check=resident_check, asked_first=asked_first)
+    raw: dict[str, Any] = {}
+    result = evaluate(rp, tick_s=tick_s, params=params, resident_check=resident_check, asked_first=asked_first, raw=raw)
+    result["detector"]["by_devices"] = by_device_set(rp, raw["detector"])
     result["run"] = {
         "households": households, "days": days, "seed": seed, "bulbs_only": bulbs_only, "asked_first": asked_first,
         "tick_s": tick_s, "learning_days": learning_days, "events": int(len(rp.t)),
@@ -520,6 +531,32 @@ def run_eval(households: int, days: float, seed: int, bulbs_only: bool = False, 
         "replay_s": round(time.perf_counter() - t1, 2),
     }
     return result
+
+
+def device_set(kinds: np.ndarray) -> str:
+    """A home's device classes, e.g. ``bulb+motion+door``."""
+    present = {int(k) for k in kinds if k >= 0}
+    return "+".join(name for code, name in enumerate(m.DEVICE_KINDS) if code in present) or "none"
+
+
+def by_device_set(rp: Replay, raw: dict[str, Any]) -> dict[str, Any]:
+    """The welfare figures per set of device classes (the measured effect of a device class: a
+    motion sensor, a door sensor, a plug), with the questions to the resident and the false alerts
+    to the team per household-month."""
+    sets = [device_set(rp.device_kinds[h]) for h in range(rp.n)]
+    months_per_home = max(rp.end - rp.learning_end, 1.0) / (30 * DAY)
+    out: dict[str, Any] = {}
+    for name in sorted(set(sets)):
+        homes = {h for h in range(rp.n) if sets[h] == name}
+        d = [x for h, x in raw["welfare_hh"] if h in homes]
+        n_inc = sum(1 for h in raw["welfare_incident_hh"] if h in homes)
+        false = [s for h, s in raw["false_hh"] if h in homes]
+        months = len(homes) * months_per_home
+        out[name] = {"households": len(homes), "welfare_incidents": n_inc,
+                     "welfare_recall": round(len(d) / n_inc, 4) if n_inc else None, **_delay_stats(d),
+                     "asks_per_household_month": round(len(false) / months, 4),
+                     "team_false_per_household_month": round(sum(1 for s in false if not s) / months, 4)}
+    return out
 
 
 def run_replay_casas(path: str, bulbs_only: bool = False, *, seed: int = 0, cuts: int | None = None,

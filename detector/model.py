@@ -442,7 +442,7 @@ def silence_thresholds(state: FleetState, rows: np.ndarray, start: np.ndarray, p
     if p.tight:
         days = state.days_active[rows].astype(np.float32)
         rate = state.over_tight[rows].astype(np.float32) / np.maximum(days, 1e-3) * 30.0
-        ok = (days >= p.tight_min_days) & (rate <= p.tight_budget_per_month)
+        ok = (days >= p.tight_min_days) & (rate <= p.tight_budget_per_month) & state.has_motion[rows]
         tight = np.maximum(q + p.tight_margin_h + p.tight_margin_frac * q, p.min_alarm_h)
         alarm = np.where(ok, np.minimum(alarm, tight), alarm).astype(np.float32)
     if p.budget_cap:
@@ -1130,3 +1130,40 @@ def refresh_prior(state: FleetState) -> None:
     state.prior_rate = population_rate_prior(state)
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Watch quality
+# ---------------------------------------------------------------------------------------------
+
+#: What would let the detector see more, in the order to suggest (a device class a home lacks).
+WATCH_SUGGESTIONS = ((DEV_MOTION, "motion_sensor_living_room"), (DEV_DOOR, "door_sensor_front_door"),
+                     (DEV_PLUG, "smart_plug_kettle_or_tv"))
+
+
+@dataclass
+class WatchQuality:
+    """Per household: how fast its own data lets the detector notice trouble now."""
+
+    notice_median_h: np.ndarray  # float32[H] alarm threshold of a silence, median over the 24 local start hours
+    notice_worst_h: np.ndarray  # float32[H] ... the longest of them
+    history_days: np.ndarray  # float32[H] decayed active days learned
+    missing: list[list[str]]  # per household, the WATCH_SUGGESTIONS it lacks
+
+
+def watch_quality(state: FleetState, rows: np.ndarray | None = None, *, day: float | None = None,
+                  p: DetectorParams = DEFAULT_PARAMS) -> WatchQuality:
+    """How fast the detector would notice a silence in each home, from its thresholds for silences
+    beginning at each local hour of ``day`` (epoch s of any instant of it; default: the state's
+    latest activity), in the light context the home is in now. Pure: nothing in the state changes."""
+    rows = np.arange(state.n) if rows is None else np.asarray(rows, np.int64)
+    ref = np.nan_to_num(state.last_activity[rows], nan=state.epoch) if day is None else np.full(len(rows), float(day))
+    local_midnight = np.floor((ref + state.tz_offset_s[rows]) / 86400.0) * 86400.0 - state.tz_offset_s[rows]
+    alarms = np.zeros((len(rows), 24), np.float32)
+    for hour in range(24):
+        _, alarm, _ = silence_thresholds(state, rows, local_midnight + hour * 3600.0 + 1800.0, p)
+        alarms[:, hour] = alarm
+    kinds = state.dev_kind[rows]
+    missing = [[name for code, name in WATCH_SUGGESTIONS if not (k == code).any()] for k in kinds]
+    return WatchQuality(np.median(alarms, axis=1).astype(np.float32), alarms.max(axis=1),
+                        state.days_active[rows].astype(np.float32), missing)

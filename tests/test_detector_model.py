@@ -222,8 +222,9 @@ def test_away_mode_pauses_welfare_alerts_until_it_ends() -> None:
 
 def test_state_fits_two_kilobytes_per_household() -> None:
     state = fleet([[m.DEV_BULB] * 6 + [m.DEV_MOTION] * 5 + [m.DEV_DOOR]] * 10)
-    # 2048 bytes until the learned outing lengths (issue 14): + 2 x 11 float16 counts + the threshold
-    assert state.state_bytes() / state.n <= 2048 + 46
+    # 2048 bytes until issue 14: + the learned outing lengths (2 x 11 float16 counts and the
+    # threshold) and the count of past silences beyond the tight threshold
+    assert state.state_bytes() / state.n <= 2048 + 48
 
 
 def test_baselines_fire_as_specified() -> None:
@@ -525,9 +526,9 @@ def test_a_home_whose_resident_is_asked_first_alarms_sooner() -> None:
     rows = np.concatenate([history, routine(47, seed=1)[len(routine(42, seed=1)):], np.array(saturday)])
     rows = rows[np.argsort(rows[:, 0], kind="stable")]
     alarms = {}
-    # (Without the morning routine and the budget cap of sensor homes, which find this morning as soon
-    # for everyone: below.)
-    base = dataclasses.replace(m.DEFAULT_PARAMS, routine_from_hour_sensors=12.0, budget_cap=False)
+    # (Without the morning routine, the budget cap and the tight threshold of sensor homes, which find
+    # this morning as soon for everyone: below.)
+    base = dataclasses.replace(m.DEFAULT_PARAMS, routine_from_hour_sensors=12.0, budget_cap=False, tight=False)
     for name, asked, p in (("team first", None, base), ("asked first", np.ones(8, bool), base),
                            ("switched off", np.ones(8, bool), dataclasses.replace(base, asked_first_margin_h=None))):
         state = fleet([[m.DEV_BULB, m.DEV_MOTION]] * 8)
@@ -571,3 +572,16 @@ def test_the_budget_cap_tightens_with_the_home_s_own_evidence() -> None:
     # The silence's own threshold never goes past the cap.
     q, alarm, _ = m.silence_thresholds(state, np.array([0]), np.array([MONDAY + 40 * 86400 + 23 * H]), m.DEFAULT_PARAMS)
     assert alarm[0] <= cap[0] + 1e-3
+
+
+def test_watch_quality_says_how_fast_a_home_is_noticed_and_what_it_lacks() -> None:
+    state = fleet([[m.DEV_BULB, m.DEV_MOTION], [m.DEV_BULB]])
+    rows = routine(28)
+    m.observe(state, np.zeros(len(rows), np.int64), rows[:, 1].astype(int), rows[:, 0], rows[:, 2].astype(int))
+    before = state.sil_hist.copy()
+    wq = m.watch_quality(state)
+    assert np.array_equal(before, state.sil_hist)  # pure
+    assert wq.notice_median_h[0] < wq.notice_median_h[1] <= m.DEFAULT_PARAMS.silence_cap_h  # learned vs nothing yet
+    assert wq.notice_worst_h[0] >= wq.notice_median_h[0] and wq.history_days[0] > 10 and wq.history_days[1] == 0
+    assert wq.missing[0] == ["door_sensor_front_door", "smart_plug_kettle_or_tv"]
+    assert wq.missing[1][0] == "motion_sensor_living_room"
