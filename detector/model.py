@@ -24,6 +24,18 @@ raises the score. Scoring is then O(households) per pass.
 Long-on is judged per switchable device (bulb, plug) the same way: decayed exceedance counts of
 on-episode durations per local start block.
 
+Going out is learned per home (issue 14): a silence that began with a departure (the front door with
+no motion after it, or the last light switched off at a lit waking hour) is an *outing*; its length
+is recorded in ``out_hist`` and the outing is "out" (no alarm) until this home's outings are usually
+over (``outing_thresholds``), then "not back" (``RULE_NOT_BACK``), at most ``door_away_cap_h``.
+
+The home's own past bounds its thresholds (sensor homes): the *budget cap* (``budget_cap_h``) is the
+silence length that its own past silences (with the population's rate as a few pseudo-days) passed at
+most ``budget_per_month`` times a month, plus a margin; and a home whose past silences would have
+passed the *tight* threshold (quantile + 1 h + 10 %) at most ``tight_budget_per_month`` times a month
+gets that instead of the wide margin. So thresholds tighten with evidence, and a home often silent
+keeps wide ones. ``watch_quality`` says how fast a home's own data lets the detector notice trouble.
+
 Context is an input: away mode, device health (missing heartbeats, gateway last will) and area
 outages suppress welfare alerts; device problems are reported as such. Hard caps (``silence_cap_h``,
 ``on_cap_h``) stay as safety nets whatever the model says.
