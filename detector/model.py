@@ -255,7 +255,7 @@ def default_silence_rate() -> np.ndarray:
     """Generic silences of at least each ``SILENCE_EDGES_H`` per day (edge 0 unused): a night's sleep
     most days, a long day out now and then; broad, so that a fleet with no history caps at the hard
     cap and its own homes' past tightens it."""
-    rate = np.array([np.inf, 8, 5, 3.5, 2.5, 1.6, 1.2, 1.0, 0.9, 0.6, 0.25, 0.06, 0.02], np.float32)
+    rate = np.array([0.0, 8, 5, 3.5, 2.5, 1.6, 1.2, 1.0, 0.9, 0.6, 0.25, 0.06, 0.02], np.float32)  # edge 0: unused (finite, to store)
     return rate[: len(SILENCE_EDGES_H)]
 
 
@@ -1131,8 +1131,8 @@ def population_rate_prior(state: FleetState, *, min_days: float = 5.0, default_w
             if part.any():
                 own = state.sil_hist[lo : lo + 65536][part].astype(np.float32).sum(axis=(1, 2))
                 total += (own / days[lo : lo + 65536][part][:, None]).sum(axis=0)
-        out[g] = (total + default_weight * np.nan_to_num(default_silence_rate(), posinf=0.0)) / (cnt + default_weight)
-    out[:, 0] = np.inf
+        out[g] = (total + default_weight * default_silence_rate()) / (cnt + default_weight)
+    out[:, 0] = 0.0  # unused
     return out.astype(np.float32)
 
 

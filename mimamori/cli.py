@@ -574,7 +574,7 @@ def _print_replay(result: dict) -> None:
     from bench.eval import replay_rows
 
     rate = result["run"]["resident_answers"]
-    table = Table(title=f"mimamori eval --replay (resident asked first, answer rate {rate})")
+    table = Table(title=f"mimamori eval --replay (team_*: what reaches the team when the resident is asked first, answer rate {rate})")
     rows = replay_rows(result)
     for col in rows[0]:
         table.add_column(col, justify="left" if col in ("home", "system") else "right")
