@@ -323,15 +323,31 @@ def replay_from_log(log: SensorLog, *, bulbs_only: bool = False, seed: int = 0, 
     info["days"] = round(days, 1)
     if days < learning_days + 1:
         raise ValueError(f"the log covers {days:.1f} days; need more than {learning_days + 1:.0f}")
-    # Devices: the kept sensors, at most MAX_DEVICES per home (the busiest ones).
-    used = np.unique(sensor)
-    counts = np.bincount(sensor, minlength=len(kinds))[used]
-    used = used[np.argsort(-counts, kind="stable")][: m.MAX_DEVICES]
+    # Devices: at most MAX_DEVICES per home: the busiest of each kind, then the busiest others; a motion
+    # sensor or door beyond them reports through the busiest kept one of its kind (a home with 40
+    # sensors keeps all its activity), a bulb or plug beyond them is dropped (its on/off state is its own).
+    present = np.unique(sensor)
+    counts = np.bincount(sensor, minlength=len(kinds))
+    by_busy = present[np.argsort(-counts[present], kind="stable")]
+    used: list[int] = []
+    for k in dict.fromkeys(int(kinds[x]) for x in by_busy):
+        used.append(int(next(x for x in by_busy if kinds[x] == k)))
+    used += [int(x) for x in by_busy if int(x) not in used][: max(m.MAX_DEVICES - len(used), 0)]
+    used_arr = np.array(used[: m.MAX_DEVICES], np.int64)
     col = np.full(len(kinds), -1, np.int64)
-    col[used] = np.arange(len(used))
+    col[used_arr] = np.arange(len(used_arr))
+    folded = 0
+    for x in by_busy:
+        if col[x] < 0 and kinds[x] in (m.DEV_MOTION, m.DEV_DOOR):
+            same = [u for u in used_arr if kinds[u] == kinds[x]]
+            if same:
+                col[x] = col[same[0]]
+                folded += 1
     ok = col[sensor] >= 0
     t, dev, kind = t[ok], col[sensor[ok]], kind[ok]
+    used = used_arr  # type: ignore[assignment]
     info["devices_used"] = len(used)
+    info["sensors_folded"] = folded
     info["events_used"] = int(len(t))
     n_cuts = cuts if cuts is not None else int(min(40, max(5, days // 3)))
     rng = np.random.default_rng(seed)

@@ -217,3 +217,24 @@ def test_csv_log_reader_and_a_replay_of_several_homes(tmp_path: Path) -> None:
     assert rows[-1]["home"] == "all (pooled)" and {row["home"] for row in rows} == {"a", "c", "all (pooled)"}
     with pytest.raises(ValueError):
         ev.run_replay(["nope:x"])
+
+
+def test_a_home_with_more_sensors_than_devices_keeps_all_its_activity(tmp_path: Path) -> None:
+    lines = []
+    day0 = np.datetime64("2010-11-01T00:00:00")
+    for d in range(10):
+        for s in range(20):  # 20 motion sensors, the later ones rarely
+            for k in range(20 - s):
+                t = day0 + np.timedelta64(d * 86400 + 8 * 3600 + s * 1800 + k * 60, "s")
+                lines.append(f"{str(t).replace('T', ' ')} M{s:03d} ON")
+        t = day0 + np.timedelta64(d * 86400 + 18 * 3600, "s")
+        lines.append(f"{str(t).replace('T', ' ')} D001 OPEN")
+        lines.append(f"{str(t).replace('T', ' ')}.5 LivingLight ON")
+    p = tmp_path / "many.txt"
+    p.write_text("\n".join(lines) + "\n")
+    rp, info = replay_from_casas(str(p), cuts=2)
+    assert info["devices_used"] == m.MAX_DEVICES and info["sensors_folded"] == 20 + 2 - m.MAX_DEVICES
+    kinds = set(rp.device_kinds[0][rp.device_kinds[0] >= 0].tolist())
+    assert kinds == {m.DEV_MOTION, m.DEV_DOOR, m.DEV_BULB}  # the rare door and bulb are kept
+    # every motion event is still there (the rare sensors report through a kept one)
+    assert int((rp.hh == rp.n - 1).sum()) == info["events_used"] == len(lines)
