@@ -207,6 +207,9 @@ class DetectorParams:
     door_grace_s: float = 600.0
     # ... unless the door came after this long with no other activity: then someone came in.
     door_arrival_quiet_s: float = 7200.0
+    # ... nor a door at the home's bedtime (a long-silence hour, see ``night_share``): the bedroom door
+    # or the lock for the night (issue 14: a real home's last door of the day was "not back" 2 h later).
+    door_not_at_bedtime: bool = True
     # Inferred away without a door sensor: the last light switched off, leaving the home dark, at an
     # hour this home is usually lit when active (``lights_out_lit_share`` of its active hours), and
     # not its bedtime (fewer than ``night_share`` of all-off silences from that hour last
@@ -756,6 +759,12 @@ def _out_after_events(state: FleetState, hh: np.ndarray, dev: np.ndarray, t: np.
         with np.errstate(invalid="ignore"):
             arrival = ~((t - before) < p.door_arrival_quiet_s)  # never active before: an arrival too
         leaving = is_door & ~arrival
+    if p.door_not_at_bedtime and leaving.any():
+        # A door at this home's bedtime (an hour from which its silences usually last the night) is
+        # the bedroom or the lock for the night, not a departure: judged as the night it is.
+        d = np.flatnonzero(leaving)
+        _, hour = local_slot(t[d], state.tz_offset_s[hh[d]])
+        leaving[d[dark_silence_kind(state, hh[d], hour, p)[1]]] = False
     last_door = np.maximum.accumulate(np.where(leaving, idx, -1))
     last_motion = np.maximum.accumulate(np.where(is_motion, idx, -1))
     door_in_batch = last_door >= hh_start

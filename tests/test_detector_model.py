@@ -585,3 +585,21 @@ def test_watch_quality_says_how_fast_a_home_is_noticed_and_what_it_lacks() -> No
     assert wq.notice_worst_h[0] >= wq.notice_median_h[0] and wq.history_days[0] > 10 and wq.history_days[1] == 0
     assert wq.missing[0] == ["door_sensor_front_door", "smart_plug_kettle_or_tv"]
     assert wq.missing[1][0] == "motion_sensor_living_room"
+
+
+def test_a_door_at_bedtime_is_the_night_not_a_departure() -> None:
+    # The home's last event of the evening is the door (the lock for the night, a bedroom door):
+    # judged as the night it is, not an outing that is "not back" two hours later.
+    history = days_with_outings(28)
+    kinds = [[m.DEV_BULB, m.DEV_MOTION, m.DEV_DOOR]]
+    last_evening = float(history[-1, 0])
+    bed_door = last_evening + 600
+    rows = np.concatenate([history, [(bed_door, 2, m.EV_OPEN), (bed_door + 10, 2, m.EV_CLOSE)]])
+    results = feed(fleet(kinds), 0, rows, bed_door + 7 * H, since=bed_door)
+    assert first_alarm(results) is None
+    assert all(sc.suppressed[0] != m.SUPPRESS_DOOR for _, sc in results)
+    # With the rule off the same door is a departure, "not back" within hours.
+    off = dataclasses.replace(m.DEFAULT_PARAMS, door_not_at_bedtime=False)
+    results = feed(fleet(kinds), 0, rows, bed_door + 7 * H, since=bed_door, p=off)
+    late = first_alarm(results)
+    assert late is not None and dict(results)[late].inactivity_rule[0] == m.RULE_NOT_BACK
