@@ -298,6 +298,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "why_rule_routine": ("毎日決まった時間帯（夕方の明かりなど）に、今日は動きがありませんでした。",
                          "Nothing happened at a time of day when this home is active every day (such as the evening light)."),
     "why_rule_hard_cap": ("24時間、動きがありません。", "Nothing for 24 hours."),
+    "why_rule_not_back": ("出かけたようですが、この家のふだんの外出よりずっと長く戻っていません。",
+                          "Seems to have gone out, and is not back far longer than this home's usual outings."),
     "why_rule_prior": ("この家の暮らしはまだ学習中のため、地域の家々の平均と比べています。",
                        "This home's routine is still being learned, so it was compared with the average of homes in the area."),
     "why_light_on_since": ("{light}が{since}からついたままです。", "The {light} has been on since {since}."),

@@ -335,7 +335,9 @@ WELFARE_INCIDENTS = ("collapse", "bathroom_collapse", "hospital_stay", "cut")
 
 
 def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
-            resident_check: ResidentCheck | None = None) -> dict[str, Any]:
+            resident_check: ResidentCheck | None = None, raw: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``raw``: filled with the welfare delays (s), the team's delays, the false alerts and the months
+    behind them, to pool several replays (``pool_metrics``)."""
     n = rp.n if households is None else households
     by_target: dict[tuple[str, int], list[float]] = defaultdict(list)
     for kind, key, t in log.opened + log.updated:
@@ -350,6 +352,8 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
         later = [c for c in closes[(kind, key)] if c > t]
         intervals[(kind, key)].append((t, min(later) if later else math.inf))
     already_open = 0
+    welfare_hh: list[tuple[int, float]] = []  # (household, delay) of detected welfare incidents
+    false_hh: list[tuple[int, bool]] = []  # (household, spared by the resident) of counted false alerts
     delays: list[float] = []
     team_delays: list[float] = []  # welfare incidents, with a resident check first: they reach the team later
     per_kind: dict[str, dict[str, Any]] = {}
@@ -384,6 +388,8 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
             hits += 1
             kinds_hit[inc["kind"]] += 1
             delays.append(best - inc["start"])
+            if inc["kind"] in WELFARE_INCIDENTS:
+                welfare_hh.append((inc["hh"], best - inc["start"]))
             kinds_delays[inc["kind"]].append(best - inc["start"])
     # False alerts: opened after the learning period with no incident behind them.
     by_hh: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -413,6 +419,7 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
         false_all += 1
         if t >= rp.learning_end and (rp.observed_until is None or kind == "area_outage" or t <= rp.observed_until[key]):
             false_by_kind[kind] += 1
+            spared_before = spared
             if kind in WELFARE_ALERTS:
                 # During a night away (the home stays dark until the first light after coming back).
                 night = next(((left, back) for left, back in nights_by_hh.get(key, ()) if left <= t <= back + EXPLAIN_GRACE_S), None)
@@ -432,6 +439,8 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
                         able = state == PRESENT_AWAKE or (state == AWAY and able)
                     spared += int(able and answers.random() < resident_check.answer_rate)
                 false_welfare_silence["lt_8h" if quiet_h < 8 else "8_17h" if quiet_h < 17 else "ge_17h"] += 1
+            if kind != "area_outage":
+                false_hh.append((key, spared > spared_before))
     if rp.observed_until is not None:
         months = float(np.maximum(rp.observed_until - rp.learning_end, 0.0).sum()) / (30 * DAY)
     else:
@@ -450,6 +459,11 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
     welfare = {"incidents": welfare_n,
                "recall": round(sum(kinds_hit[k] for k in welfare_kinds) / welfare_n, 4) if welfare_n else None,
                **_delay_stats(welfare_delays)}
+    if raw is not None:
+        raw.update(welfare_delays=welfare_delays, team_delays=team_delays, false=n_false, spared=spared,
+                   welfare_hh=welfare_hh, false_hh=false_hh, welfare_incident_hh=[i["hh"] for i in rp.incidents
+                                                                                   if i["kind"] in WELFARE_INCIDENTS and expected_alerts(i)],
+                   months=months, welfare_n=welfare_n, welfare_hits=sum(kinds_hit[k] for k in welfare_kinds))
     team = None
     if resident_check is not None:
         team = {"answer_rate": resident_check.answer_rate, "check_minutes": resident_check.minutes,
@@ -478,11 +492,18 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
 
 
 def evaluate(rp: Replay, *, tick_s: float = 600.0, params: m.DetectorParams = m.DEFAULT_PARAMS,
-             resident_check: ResidentCheck | None = None, asked_first: bool = False) -> dict[str, Any]:
+             resident_check: ResidentCheck | None = None, asked_first: bool = False,
+             raw: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``raw``: filled per system (``detector`` and each baseline) as ``metrics`` does."""
     logs = run_systems(rp, tick_s=tick_s, params=params, asked_first=asked_first)
+    if raw is not None:
+        for name in ("detector", *BASELINES):
+            raw[name] = {}
     return {
-        "detector": metrics(rp, logs["detector"], resident_check=resident_check),
-        "baselines": {name: metrics(rp, logs[name], resident_check=resident_check) for name in BASELINES},
+        "detector": metrics(rp, logs["detector"], resident_check=resident_check,
+                            raw=raw["detector"] if raw is not None else None),
+        "baselines": {name: metrics(rp, logs[name], resident_check=resident_check,
+                                    raw=raw[name] if raw is not None else None) for name in BASELINES},
     }
 
 
@@ -500,7 +521,9 @@ def run_eval(households: int, days: float, seed: int, bulbs_only: bool = False, 
     sim_s = time.perf_counter() - t0
     rp = replay_from_fleet(fleet, learning_days)
     t1 = time.perf_counter()
-    result = evaluate(rp, tick_s=tick_s, params=params, resident_check=resident_check, asked_first=asked_first)
+    raw: dict[str, Any] = {}
+    result = evaluate(rp, tick_s=tick_s, params=params, resident_check=resident_check, asked_first=asked_first, raw=raw)
+    result["detector"]["by_devices"] = by_device_set(rp, raw["detector"])
     result["run"] = {
         "households": households, "days": days, "seed": seed, "bulbs_only": bulbs_only, "asked_first": asked_first,
         "tick_s": tick_s, "learning_days": learning_days, "events": int(len(rp.t)),
@@ -510,15 +533,212 @@ def run_eval(households: int, days: float, seed: int, bulbs_only: bool = False, 
     return result
 
 
+def device_set(kinds: np.ndarray) -> str:
+    """A home's device classes, e.g. ``bulb+motion+door``."""
+    present = {int(k) for k in kinds if k >= 0}
+    return "+".join(name for code, name in enumerate(m.DEVICE_KINDS) if code in present) or "none"
+
+
+def by_device_set(rp: Replay, raw: dict[str, Any]) -> dict[str, Any]:
+    """The welfare figures per set of device classes (the measured effect of a device class: a
+    motion sensor, a door sensor, a plug), with the questions to the resident and the false alerts
+    to the team per household-month."""
+    sets = [device_set(rp.device_kinds[h]) for h in range(rp.n)]
+    months_per_home = max(rp.end - rp.learning_end, 1.0) / (30 * DAY)
+    out: dict[str, Any] = {}
+    for name in sorted(set(sets)):
+        homes = {h for h in range(rp.n) if sets[h] == name}
+        d = [x for h, x in raw["welfare_hh"] if h in homes]
+        n_inc = sum(1 for h in raw["welfare_incident_hh"] if h in homes)
+        false = [s for h, s in raw["false_hh"] if h in homes]
+        months = len(homes) * months_per_home
+        out[name] = {"households": len(homes), "welfare_incidents": n_inc,
+                     "welfare_recall": round(len(d) / n_inc, 4) if n_inc else None, **_delay_stats(d),
+                     "asks_per_household_month": round(len(false) / months, 4),
+                     "team_false_per_household_month": round(sum(1 for s in false if not s) / months, 4)}
+    return out
+
+
 def run_replay_casas(path: str, bulbs_only: bool = False, *, seed: int = 0, cuts: int | None = None,
                      tick_s: float = 600.0, params: m.DetectorParams = m.DEFAULT_PARAMS) -> dict[str, Any]:
     """Replay a CASAS log (see ``bench.casas``) with incidents injected by cutting it."""
-    from bench.casas import replay_from_casas
+    return run_replay([f"casas:{path}"], bulbs_only, seed=seed, cuts=cuts, tick_s=tick_s, params=params,
+                      resident_check=None)
 
-    rp, info = replay_from_casas(path, bulbs_only=bulbs_only, seed=seed, cuts=cuts)
-    result = evaluate(rp, tick_s=tick_s, params=params)
-    result["run"] = {"replay": f"casas:{path}", "bulbs_only": bulbs_only, "seed": seed, "tick_s": tick_s, **info}
+
+BULB_BASELINES = ("hello_light_24h", "kanazawa_8h_on_24h_off")
+
+
+def _not_applicable(r: dict[str, Any], why: str) -> dict[str, Any]:
+    def blank(v: Any) -> Any:
+        return {k: blank(x) for k, x in v.items()} if isinstance(v, dict) else None
+
+    return {**blank(r), "applicable": False, "why": why}
+
+
+def pool_metrics(raws: list[dict[str, Any]], resident_check: ResidentCheck | None) -> dict[str, Any]:
+    """Several replays' figures as one (delays pooled, false alerts over the months of all)."""
+    delays = [d for r in raws for d in r["welfare_delays"]]
+    n, hits = sum(r["welfare_n"] for r in raws), sum(r["welfare_hits"] for r in raws)
+    months = sum(r["months"] for r in raws)
+    false = sum(r["false"] for r in raws)
+    out: dict[str, Any] = {
+        "recall": round(hits / n, 4) if n else None, **_delay_stats(delays),
+        "false_alerts_per_household_month": round(false / months, 4) if months else None,
+        "incidents": n, "detected": hits, "false_alerts": false,
+        "welfare": {"incidents": n, "recall": round(hits / n, 4) if n else None, **_delay_stats(delays)},
+    }
+    if resident_check is not None:
+        spared = sum(r["spared"] for r in raws)
+        out["team"] = {"answer_rate": resident_check.answer_rate, "check_minutes": resident_check.minutes,
+                       "false_alerts_per_household_month": round((false - spared) / months, 4) if months else None,
+                       "false_alerts": false - spared, "spared_by_the_resident": spared,
+                       "welfare": {"incidents": n, **_delay_stats([d for r in raws for d in r["team_delays"]])}}
+    return out
+
+
+def _across_homes(homes: list[dict[str, Any]], system: str) -> dict[str, Any]:
+    """Median of the homes' figures and the worst home's, for one system."""
+    def get(h: dict[str, Any]) -> dict[str, Any]:
+        return h["detector"] if system == "detector" else h["baselines"][system]
+
+    def vals(fn: Any) -> list[float]:
+        return [v for v in (fn(get(h)) for h in homes if get(h).get("applicable", True)) if v is not None]
+
+    med = vals(lambda r: r["welfare"]["median_delay_h"])
+    p90 = vals(lambda r: r["welfare"]["p90_delay_h"])
+    asks = vals(lambda r: r["false_alerts_per_household_month"])
+    team = vals(lambda r: (r.get("team") or {}).get("false_alerts_per_household_month"))
+    rec = vals(lambda r: r["welfare"]["recall"])
+
+    def md(v: list[float]) -> float | None:
+        return round(float(np.median(v)), 2) if v else None
+
+    return {"median_of_home_medians_h": md(med), "median_of_home_p90s_h": md(p90),
+            "worst_home_median_h": max(med) if med else None, "worst_home_p90_h": max(p90) if p90 else None,
+            "median_home_asks_per_household_month": md(asks),
+            "median_home_team_false_per_household_month": md(team),
+            "worst_home_team_false_per_household_month": max(team) if team else None,
+            "min_home_recall": min(rec) if rec else None}
+
+
+def run_replay(specs: list[str], bulbs_only: bool = False, *, seed: int = 0, cuts: int | None = None,
+               learning_days: float = 7.0, tick_s: float = 600.0, params: m.DetectorParams = m.DEFAULT_PARAMS,
+               resident_check: ResidentCheck | None = ResidentCheck(0.7), asked_first: bool = False,
+               watch_quality: bool = True) -> dict[str, Any]:
+    """Replay real logs (``FORMAT:PATH``, see ``bench.casas``), each home on its own with incidents
+    injected by cutting it; one result per home (``homes``), the figures of all homes pooled
+    (``detector``, ``baselines``: with one log, that home's), and ``across_homes`` (median and worst home).
+
+    ``watch_quality``: per home, how fast its own data lets the detector notice trouble (its welfare
+    delays here) and what each device class adds: the same home replayed without that class."""
+    from bench.casas import home_name, parse_spec, read_log, replay_from_log
+
+    homes: list[dict[str, Any]] = []
+    raws: dict[str, list[dict[str, Any]]] = {name: [] for name in ("detector", *BASELINES)}
+    t0 = time.perf_counter()
+    for spec in specs:
+        fmt, path = parse_spec(spec)
+        log = read_log(fmt, path)
+        rp, info = replay_from_log(log, bulbs_only=bulbs_only, seed=seed, cuts=cuts, learning_days=learning_days,
+                                   source=path)
+        raw: dict[str, Any] = {}
+        r = evaluate(rp, tick_s=tick_s, params=params, resident_check=resident_check, asked_first=asked_first, raw=raw)
+        if not (rp.device_kinds == m.DEV_BULB).any():
+            # The bulb rules watch bulbs: in a home without any they would alarm from the first day.
+            for name in BULB_BASELINES:
+                r["baselines"][name] = _not_applicable(r["baselines"][name], "the home has no bulbs")
+                del raw[name]
+        for name, v in raw.items():
+            raws[name].append(v)
+        home = {"home": home_name(spec), "replay": spec, **r, "run": info}
+        if watch_quality:
+            home["watch_quality"] = _watch_quality(log, r, bulbs_only=bulbs_only, seed=seed, cuts=cuts,
+                                                   learning_days=learning_days, tick_s=tick_s, params=params,
+                                                   resident_check=resident_check, asked_first=asked_first)
+        homes.append(home)
+    if len(homes) == 1:
+        result = {"detector": homes[0]["detector"], "baselines": homes[0]["baselines"]}
+    else:
+        result = {"detector": pool_metrics(raws["detector"], resident_check),
+                  "baselines": {name: pool_metrics(raws[name], resident_check) for name in BASELINES}}
+    result["homes"] = homes
+    result["across_homes"] = {name: _across_homes(homes, name) for name in ("detector", *BASELINES)}
+    result["run"] = {"replay": specs, "bulbs_only": bulbs_only, "seed": seed, "cuts": cuts,
+                     "learning_days": learning_days, "tick_s": tick_s, "asked_first": asked_first,
+                     "resident_answers": resident_check.answer_rate if resident_check else None,
+                     "replay_s": round(time.perf_counter() - t0, 2)}
+    if len(homes) == 1:
+        result["run"].update(homes[0]["run"])
     return result
+
+
+ABLATION_CUTS = 12  # cuts per home when measuring what a device class adds (watch quality)
+_DEVICE_ADVICE = {
+    m.DEV_MOTION: "a motion sensor in the living room",
+    m.DEV_DOOR: "a door sensor on the front door",
+    m.DEV_PLUG: "a smart plug on the kettle or TV",
+    m.DEV_BULB: "a smart bulb in the room used most in the evening",
+}
+
+
+def _watch_quality(log: Any, r: dict[str, Any], *, bulbs_only: bool, **kw: Any) -> dict[str, Any]:
+    """How fast this home's own data lets the detector notice trouble now, and the measured effect of
+    each device class it has (the home replayed without it): what a home lacking it would gain."""
+    from bench.casas import replay_from_log
+
+    det = r["detector"]
+    out: dict[str, Any] = {"notice_median_h": det["welfare"]["median_delay_h"], "notice_p90_h": det["welfare"]["p90_delay_h"],
+                           "asks_per_household_month": det["false_alerts_per_household_month"]}
+    kinds = np.array(log.sensor_kinds, np.int8)
+    present = sorted({int(k) for k in kinds} & ({m.DEV_BULB} if bulbs_only else set(_DEVICE_ADVICE)))
+    out["devices"] = [m.DEVICE_KINDS[k] for k in present]
+    out["missing"] = [_DEVICE_ADVICE[k] for k in _DEVICE_ADVICE if k not in present]
+    effects = {}
+    for k in present:
+        if len(present) < 2:
+            break
+        keep = kinds != k
+        sel = keep[log.sensor]
+        sub = type(log)(log.time[sel], log.sensor[sel], log.kind[sel], log.sensors,
+                        [kk if kk != k else m.DEV_NONE for kk in log.sensor_kinds], log.lines, log.malformed,
+                        log.odd_values_repaired, log.skipped_values, log.unsorted, log.fmt, log.extra)
+        try:
+            # Fewer cuts than the home's own row: an estimate of the device class's effect, at a third of the cost.
+            rp, _ = replay_from_log(sub, seed=kw["seed"], cuts=min(kw["cuts"] or 40, ABLATION_CUTS),
+                                    learning_days=kw["learning_days"])
+        except ValueError:
+            continue
+        w = evaluate(rp, tick_s=kw["tick_s"], params=kw["params"], resident_check=kw["resident_check"],
+                     asked_first=kw["asked_first"])["detector"]
+        effects[m.DEVICE_KINDS[k]] = {
+            "without_median_h": w["welfare"]["median_delay_h"], "without_p90_h": w["welfare"]["p90_delay_h"],
+            "without_asks_per_household_month": w["false_alerts_per_household_month"]}
+    out["measured_effect_of_device_class"] = effects
+    out["measured_effect_cuts"] = min(kw["cuts"] or 40, ABLATION_CUTS)
+    return out
+
+
+def replay_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """A replay's table: per home and system, the welfare delays (the system's and the team's),
+    questions to the resident and false alerts to the team per household-month; then all homes pooled."""
+    def row(home: str, system: str, r: dict[str, Any]) -> dict[str, Any]:
+        team = r.get("team") or {}
+        return {"home": home, "system": system, "cuts": r["welfare"]["incidents"], "recall": r["welfare"]["recall"],
+                "median_h": r["welfare"]["median_delay_h"], "p90_h": r["welfare"]["p90_delay_h"],
+                "team_median_h": (team.get("welfare") or {}).get("median_delay_h"),
+                "team_p90_h": (team.get("welfare") or {}).get("p90_delay_h"),
+                "asks_per_month": r["false_alerts_per_household_month"],
+                "team_false_per_month": team.get("false_alerts_per_household_month")}
+
+    rows = []
+    for h in result["homes"]:
+        rows.append(row(h["home"], "detector", h["detector"]))
+        rows.extend(row(h["home"], name, b) for name, b in h["baselines"].items() if b.get("applicable", True))
+    if len(result["homes"]) > 1:
+        rows.append(row("all (pooled)", "detector", result["detector"]))
+        rows.extend(row("all (pooled)", name, b) for name, b in result["baselines"].items() if b["incidents"])
+    return rows
 
 
 def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:

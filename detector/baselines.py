@@ -5,7 +5,10 @@
 - ``kanazawa_8h_on_24h_off`` (Kanazawa City trial, 2021): alarm when a bulb stayed on 8 hours
   straight (long-on), or no bulb was switched for 24 hours (inactivity).
 
-Both see only bulb switches (``on``/``off`` of bulb devices), as the products do, and know nothing
+- ``no_activity_12h`` / ``no_activity_24h``: what sensor-based services sell: alarm when no
+  sensor of the home (switch, motion, door) saw any activity for 12 / 24 hours.
+
+The bulb rules see only bulb switches (``on``/``off`` of bulb devices), as the products do, and know nothing
 of away mode or device health.
 """
 
@@ -15,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.model import DEV_BULB, EV_OFF, EV_ON
+from detector.model import ACTIVITY_CODES, DEV_BULB, DEV_NONE, EV_OFF, EV_ON
 
 H = 3600.0
-BASELINES = ("hello_light_24h", "kanazawa_8h_on_24h_off")
+BASELINES = ("hello_light_24h", "kanazawa_8h_on_24h_off", "no_activity_12h", "no_activity_24h")
 
 
 @dataclass
@@ -101,9 +104,33 @@ class Kanazawa8hOn24hOff:
         return BaselineAlarms(inactive, long_on)
 
 
-def make_baseline(name: str, device_kinds: np.ndarray, start: float, tz_offset_s: np.ndarray | int = 9 * 3600) -> HelloLight24h | Kanazawa8hOn24hOff:
+class NoActivity:
+    """No resident-caused event from any device for ``hours`` → inactivity alarm (no long-on)."""
+
+    def __init__(self, device_kinds: np.ndarray, start: float, hours: float) -> None:
+        self.name = f"no_activity_{hours:g}h"
+        self.present = device_kinds != DEV_NONE
+        self.last = np.full(device_kinds.shape[0], float(start))
+        self.after_s = hours * H
+
+    def observe(self, hh: np.ndarray, dev: np.ndarray, t: np.ndarray, kind: np.ndarray) -> None:
+        hh, dev, t, kind = (np.asarray(a) for a in (hh, dev, t, kind))
+        m = np.isin(kind, ACTIVITY_CODES) & self.present[hh, dev]
+        np.maximum.at(self.last, hh[m], t[m])
+
+    def check(self, now: float) -> BaselineAlarms:
+        inactive = now - self.last >= self.after_s
+        return BaselineAlarms(inactive, np.zeros_like(inactive))
+
+
+def make_baseline(name: str, device_kinds: np.ndarray, start: float,
+                  tz_offset_s: np.ndarray | int = 9 * 3600) -> HelloLight24h | Kanazawa8hOn24hOff | NoActivity:
     if name == "hello_light_24h":
         return HelloLight24h(device_kinds, start, tz_offset_s)
     if name == "kanazawa_8h_on_24h_off":
         return Kanazawa8hOn24hOff(device_kinds, start)
+    if name == "no_activity_12h":
+        return NoActivity(device_kinds, start, 12.0)
+    if name == "no_activity_24h":
+        return NoActivity(device_kinds, start, 24.0)
     raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")

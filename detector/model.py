@@ -24,6 +24,18 @@ raises the score. Scoring is then O(households) per pass.
 Long-on is judged per switchable device (bulb, plug) the same way: decayed exceedance counts of
 on-episode durations per local start block.
 
+Going out is learned per home (issue 14): a silence that began with a departure (the front door with
+no motion after it, or the last light switched off at a lit waking hour) is an *outing*; its length
+is recorded in ``out_hist`` and the outing is "out" (no alarm) until this home's outings are usually
+over (``outing_thresholds``), then "not back" (``RULE_NOT_BACK``), at most ``door_away_cap_h``.
+
+The home's own past bounds its thresholds (sensor homes): the *budget cap* (``budget_cap_h``) is the
+silence length that its own past silences (with the population's rate as a few pseudo-days) passed at
+most ``budget_per_month`` times a month, plus a margin; and a home whose past silences would have
+passed the *tight* threshold (quantile + 1 h + 10 %) at most ``tight_budget_per_month`` times a month
+gets that instead of the wide margin. So thresholds tighten with evidence, and a home often silent
+keeps wide ones. ``watch_quality`` says how fast a home's own data lets the detector notice trouble.
+
 Context is an input: away mode, device health (missing heartbeats, gateway last will) and area
 outages suppress welfare alerts; device problems are reported as such. Hard caps (``silence_cap_h``,
 ``on_cap_h``) stay as safety nets whatever the model says.
@@ -52,8 +64,8 @@ SUPPRESS_NONE, SUPPRESS_AWAY, SUPPRESS_DEVICE, SUPPRESS_AREA, SUPPRESS_DOOR = 0,
 SUPPRESS_REASONS = ("none", "away", "device_offline", "area_outage", "inferred_away")
 
 # Which rule raised the inactivity alarm (``Scores.inactivity_rule``).
-RULE_NONE, RULE_MODEL, RULE_PRIOR, RULE_HARD_CAP, RULE_ROUTINE = 0, 1, 2, 3, 4
-RULES = ("none", "model", "population_prior", "hard_cap", "routine")
+RULE_NONE, RULE_MODEL, RULE_PRIOR, RULE_HARD_CAP, RULE_ROUTINE, RULE_NOT_BACK = 0, 1, 2, 3, 4, 5
+RULES = ("none", "model", "population_prior", "hard_cap", "routine", "not_back")
 
 # Edge 0 counts *exposure*: local hours in which the household was active at all. Each such hour
 # is one trial: the silence that follows its last event. So ``hist[..., k] / hist[..., 0]`` is the
@@ -61,6 +73,11 @@ RULES = ("none", "model", "population_prior", "hard_cap", "routine")
 # a long silence (a busy morning) says so, instead of falling back to the prior.
 SILENCE_EDGES_H = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 16], dtype=np.float32)
 ON_EDGES_H = np.array([0, 0.5, 1, 2, 3, 5, 8, 11], dtype=np.float32)  # edge 0: every episode (exposure)
+# Outings (a silence that began with a departure: the front door, or the lights switched off at a
+# lit hour): exceedance counts of their lengths per kind of departure (0 door, 1 lights out); edge 0
+# counts every outing.
+OUT_EDGES_H = np.array([0, 0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24], dtype=np.float32)
+OUT_DOOR, OUT_LIGHTS = 0, 1
 ON_BLOCK_H = 4  # long-on episodes are grouped by the local 4-hour block they began in
 N_ON_BLOCKS = 24 // ON_BLOCK_H
 
@@ -109,13 +126,39 @@ class DetectorParams:
     # 10.76/14.10/12.40 -> 9.26/12.92/12.19 h, false alerts +0/+4/+0).
     routine: bool = True
     routine_from_hour: float = 12.0
+    # ... in a home with motion sensors, from this hour: daylight does not switch a motion sensor off,
+    # so its morning (getting up) is as reliable as its evening (issue 14: real homes' nights).
+    routine_from_hour_sensors: float = 4.0
+    # The day a night belongs to ends at this local hour: a bedtime after midnight (00:14) is that
+    # night's, and its morning is missed that same morning, not the next one's.
+    routine_day_start_h: float = 4.0
     routine_p: float = 0.99  # above one day's decay (0.9755): a bin missed once is not trusted for weeks
     routine_margin_h: float = 1.0
-    routine_min_days: float = 10.0  # active days learned before the rule applies
+    routine_min_days: float = 6.0  # active days learned before the rule applies (10 until issue 14: real logs give a week)
     anomalous_weight: float = 1.0  # weight of a silence that exceeded its own alarm threshold
     # Hard caps (safety nets): Kanazawa's 24 h off rule; long-on capped at 16 h (8 h would wake
     # everyone who sleeps with a light on).
     silence_cap_h: float = 24.0
+    # The home's own false-alert budget (issue 14): whatever the slot, a silence is an alarm once it
+    # is longer than this home's silences are more often than ``budget_per_month`` times a month,
+    # judged from its own decayed past (silences at least that long per active day), with the
+    # population's rate as ``budget_prior_days`` pseudo-days (a new home starts from the fleet's), plus
+    # ``budget_margin_h``. A home rarely silent for long gets a tight cap; one that often is, a loose one.
+    # Only in homes with motion sensors: a bulb follows daylight, so a bulbs-only home's silences
+    # lengthen with the season (spring mornings without the light) beyond anything in its past.
+    budget_cap: bool = True
+    budget_per_month: float = 0.3
+    budget_prior_days: float = 7.0
+    budget_margin_h: float = 1.0
+    # ... and the tight threshold: a home whose own past silences would have passed the quantile plus
+    # ``tight_margin_h`` + ``tight_margin_frac`` at most ``tight_budget_per_month`` times a month
+    # (with ``tight_min_days`` active days seen) gets it instead of the usual margin: a home rarely
+    # silent beyond its usual is judged tightly; one that often is keeps the wide margin.
+    tight: bool = True
+    tight_margin_h: float = 1.0
+    tight_margin_frac: float = 0.1
+    tight_budget_per_month: float = 0.3
+    tight_min_days: float = 5.0
     on_cap_h: float = 16.0
     # Homes whose resident is asked first (the alert engine's resident check, when a resident has a
     # channel of their own): an alarm reaches the resident, who answers "fine" or "out" before the
@@ -148,13 +191,25 @@ class DetectorParams:
     on_cap_quiet_q: float = 1.0  # past the on cap the silence must still be past this share of its quantile (a light
     # forgotten on since the evening while the resident is up in another room is not an alarm)
     # Inferred away: a silence that began with the front door (and a home that has motion
-    # sensors, so a return would be seen) is "out" for at most this long.
-    door_away_cap_h: float = 28.0  # a night with family lasts up to ~26 h
+    # sensors, so a return would be seen) is "out" until this home's outings are usually over: the
+    # ``out_beta`` quantile of its learned outing lengths (with the population prior, pseudo-count
+    # ``out_prior_strength``) plus ``out_margin_h`` + ``out_margin_frac``, at least ``out_min_h``
+    # and at most ``door_away_cap_h``. Past it, "not back" (RULE_NOT_BACK): an outing far past this
+    # home's usual is an alarm of its own (someone lost outside), whatever the hour.
+    door_away_cap_h: float = 28.0  # the longest "out" ever (a night with family lasts up to ~26 h)
+    out_beta: float = 0.01
+    out_margin_h: float = 1.0
+    out_margin_frac: float = 0.25
+    out_min_h: float = 2.0
+    out_prior_strength: float = 3.0
     # ... when the silence began at most this long after the door with no motion since (lights are
     # switched off on the way out, so the last event is often a switch just after the door).
     door_grace_s: float = 600.0
     # ... unless the door came after this long with no other activity: then someone came in.
     door_arrival_quiet_s: float = 7200.0
+    # ... nor a door at the home's bedtime (a long-silence hour, see ``night_share``): the bedroom door
+    # or the lock for the night (issue 14: a real home's last door of the day was "not back" 2 h later).
+    door_not_at_bedtime: bool = True
     # Inferred away without a door sensor: the last light switched off, leaving the home dark, at an
     # hour this home is usually lit when active (``lights_out_lit_share`` of its active hours), and
     # not its bedtime (fewer than ``night_share`` of all-off silences from that hour last
@@ -199,6 +254,21 @@ def default_silence_prior() -> np.ndarray:
     return np.broadcast_to(surv, (2, 24, len(SILENCE_EDGES_H))).copy()
 
 
+def default_silence_rate() -> np.ndarray:
+    """Generic silences of at least each ``SILENCE_EDGES_H`` per day (edge 0 unused): a night's sleep
+    most days, a long day out now and then; broad, so that a fleet with no history caps at the hard
+    cap and its own homes' past tightens it."""
+    rate = np.array([0.0, 8, 5, 3.5, 2.5, 1.6, 1.2, 1.0, 0.9, 0.6, 0.25, 0.06, 0.02], np.float32)  # edge 0: unused (finite, to store)
+    return rate[: len(SILENCE_EDGES_H)]
+
+
+def default_out_prior() -> np.ndarray:
+    """Generic survival of outings [E_OUT]: most last an hour or two (shopping, a walk, the clinic),
+    some a day out; a night away is rare."""
+    d = OUT_EDGES_H
+    return np.where(d > 0, 0.9 * np.exp(-d / 2.5) + 0.02 * np.exp(-d / 12.0), 1.0).astype(np.float32)
+
+
 def default_on_prior() -> np.ndarray:
     """Generic survival of on-episodes [blocks, E]: longer from the evening blocks."""
     blocks = np.arange(N_ON_BLOCKS) * ON_BLOCK_H
@@ -238,12 +308,18 @@ class FleetState:
     on_hist: np.ndarray  # float16[H, W, blocks, E_O]
     sw_on_since: np.ndarray  # float32[H, W] (since epoch; NaN = off)
     sw_alarm_after_h: np.ndarray  # float16[H, W]
+    out_hist: np.ndarray  # float16[H, 2 departure kinds (door, lights out), E_OUT] outing lengths
+    out_alarm_h: np.ndarray  # float16[H] "not back" after this long, for the current outing
+    over_tight: np.ndarray  # float16[H] decayed count of past silences that passed the tight threshold
     bin_days: np.ndarray  # float16[H, N_BINS] decayed count of active days with activity in each local 2-hour bin
     days_active: np.ndarray  # float16[H] decayed count of local days with any activity
     gateway_offline_since: np.ndarray  # float64[H] (NaN = online)
     # Population priors per kind of home (0: bulbs only, 1: with sensors): their rhythms differ.
     prior_sil: np.ndarray = field(default_factory=lambda: np.stack([default_silence_prior()] * 2))  # [2, 2, 24, E_S]
     prior_on: np.ndarray = field(default_factory=lambda: np.stack([default_on_prior()] * 2))  # [2, blocks, E_O]
+    prior_out: np.ndarray = field(default_factory=lambda: np.stack([default_out_prior()] * 2))  # [2 kinds, E_OUT]
+    # Silences at least each edge long per active day, per kind of home (the budget cap's prior).
+    prior_rate: np.ndarray = field(default_factory=lambda: np.stack([default_silence_rate()] * 2))  # [2, E_S]
 
     @property
     def n(self) -> int:
@@ -251,7 +327,7 @@ class FleetState:
 
     def state_bytes(self) -> int:
         """Bytes of per-household arrays (the shared prior is excluded: it is per fleet)."""
-        skip = {"prior_sil", "prior_on"}
+        skip = {"prior_sil", "prior_on", "prior_out", "prior_rate"}
         return sum(v.nbytes for k, v in vars(self).items() if isinstance(v, np.ndarray) and k not in skip)
 
 
@@ -297,6 +373,9 @@ def new_state(
         on_hist=np.zeros((h, MAX_SWITCHES, N_ON_BLOCKS, len(ON_EDGES_H)), np.float16),
         sw_on_since=np.full((h, MAX_SWITCHES), nan32, np.float32),
         sw_alarm_after_h=np.full((h, MAX_SWITCHES), params.on_cap_h, np.float16),
+        out_hist=np.zeros((h, 2, len(OUT_EDGES_H)), np.float16),
+        out_alarm_h=np.full(h, params.door_away_cap_h, np.float16),
+        over_tight=np.zeros(h, np.float16),
         bin_days=np.zeros((h, N_BINS), np.float16),
         days_active=np.zeros(h, np.float16),
         gateway_offline_since=np.full(h, np.nan),
@@ -375,7 +454,40 @@ def silence_thresholds(state: FleetState, rows: np.ndarray, start: np.ndarray, p
     margin_h = np.where(day, p.day_margin_h, np.where(lit_held, p.lit_night_margin_h, p.margin_h)).astype(np.float32)
     margin_frac = np.where(day, p.day_margin_frac, np.where(lit_held, p.lit_night_margin_frac, p.margin_frac)).astype(np.float32)
     alarm = np.clip(q + margin_h + margin_frac * q, p.min_alarm_h, p.silence_cap_h).astype(np.float32)
+    if p.tight:
+        days = state.days_active[rows].astype(np.float32)
+        rate = state.over_tight[rows].astype(np.float32) / np.maximum(days, 1e-3) * 30.0
+        ok = (days >= p.tight_min_days) & (rate <= p.tight_budget_per_month) & state.has_motion[rows]
+        tight = np.maximum(q + p.tight_margin_h + p.tight_margin_frac * q, p.min_alarm_h)
+        alarm = np.where(ok, np.minimum(alarm, tight), alarm).astype(np.float32)
+    if p.budget_cap:
+        alarm = np.where(state.has_motion[rows], np.minimum(alarm, budget_cap_h(state, rows, p)), alarm).astype(np.float32)
     return q, alarm, pooled[:, 0]
+
+
+def budget_cap_h(state: FleetState, rows: np.ndarray, p: DetectorParams = DEFAULT_PARAMS) -> np.ndarray:
+    """Per household of ``rows``: hours of silence (from any start) past which this home's own past
+    says it would alarm at most ``budget_per_month`` times a month, plus the margin (see
+    ``DetectorParams.budget_cap``); ``silence_cap_h`` when even the last edge is too common."""
+    own = state.sil_hist[rows].astype(np.float32).sum(axis=(1, 2))  # [n, E]: silences at least edge k long
+    days = state.days_active[rows].astype(np.float32)
+    prior = state.prior_rate[state.has_motion[rows].astype(np.int64)]
+    k0 = p.budget_prior_days
+    rate = (own[:, 1:] + k0 * prior[:, 1:]) / (days[:, None] + k0)  # per active day
+    budget = p.budget_per_month / 30.0
+    ok = rate <= budget
+    has = ok.any(axis=1)
+    k = np.argmax(ok, axis=1)  # first edge (from edge 1) within the budget
+    edges = SILENCE_EDGES_H[1:]
+    rows_i = np.arange(len(rows))
+    lo_rate = np.where(k > 0, rate[rows_i, np.maximum(k - 1, 0)], budget)
+    hi_rate = np.maximum(rate[rows_i, k], budget / 4.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(k > 0, (np.log(lo_rate) - np.log(budget)) / (np.log(lo_rate) - np.log(hi_rate)), 1.0)
+    lo_edge = np.where(k > 0, edges[np.maximum(k - 1, 0)], 0.0)
+    cap = lo_edge + np.clip(np.nan_to_num(frac, nan=1.0), 0.0, 1.0) * (edges[k] - lo_edge)
+    cap = np.where(has, cap + p.budget_margin_h, p.silence_cap_h)
+    return np.clip(cap, p.min_alarm_h, p.silence_cap_h).astype(np.float32)
 
 
 def _lit_night_quantile(state: FleetState, rows: np.ndarray, start: np.ndarray, hour: np.ndarray, ctx: np.ndarray,
@@ -441,9 +553,11 @@ def _decay(state: FleetState, rows: np.ndarray, day: np.ndarray, p: DetectorPara
     f = (0.5 ** (gap[due] / p.half_life_days)).astype(np.float32)
     state.sil_hist[r] = (state.sil_hist[r].astype(np.float32) * f[:, None, None, None]).astype(np.float16)
     state.on_hist[r] = (state.on_hist[r].astype(np.float32) * f[:, None, None, None]).astype(np.float16)
+    state.out_hist[r] = (state.out_hist[r].astype(np.float32) * f[:, None, None]).astype(np.float16)
     state.dev_activity[r] = (state.dev_activity[r].astype(np.float32) * f[:, None]).astype(np.float16)
     state.bin_days[r] = (state.bin_days[r].astype(np.float32) * f[:, None]).astype(np.float16)
     state.days_active[r] = (state.days_active[r].astype(np.float32) * f).astype(np.float16)
+    state.over_tight[r] = (state.over_tight[r].astype(np.float32) * f).astype(np.float16)
     state.decay_day[r] = day[due]
 
 
@@ -544,13 +658,22 @@ def observe(
     learnable = np.isfinite(prev)
     # The first silence of each household in the batch may have been paused, blind or door-started.
     first_mask = ~same
-    blind = (state.flags[hh] & (_FLAG_BLIND | _FLAG_DOOR)) != 0  # a lights-out silence is learned: it says how long outings last
+    stored_flags = state.flags[hh]
+    blind = (stored_flags & (_FLAG_BLIND | _FLAG_DOOR)) != 0  # a lights-out silence is learned: it says how long outings last
     learnable &= ~(first_mask & blind)
     # Inside the batch, a silence that began with a door event is not an at-home silence.
     out_after = _out_after_events(state, hh, dev, t, kind, same, p)
     door_start = same & np.r_[False, out_after[:-1]]
     learnable &= ~door_start
     gap_h = (t - prev) / 3600.0
+    # Outings: how long this home's departures last (door: in the batch or stored; lights out: stored).
+    unpaused = first_mask & ((stored_flags & _FLAG_BLIND) == 0) & np.isfinite(prev)
+    out_door = door_start | (unpaused & ((stored_flags & _FLAG_DOOR) != 0))
+    out_lights = unpaused & ~out_door & ((stored_flags & _FLAG_LIGHTS_OUT) != 0)
+    for sel, kind_out in ((out_door, OUT_DOOR), (out_lights, OUT_LIGHTS)):
+        if sel.any():
+            base = (hh[sel] * 2 + kind_out) * len(OUT_EDGES_H)
+            _add_exceedance(state.out_hist.reshape(-1), base, gap_h[sel].astype(np.float32), OUT_EDGES_H, exposure=True)
     rec = learnable & (gap_h >= p.silence_min_h)
     if rec.any():
         _, hour = local_slot(starts_effective[rec], state.tz_offset_s[hh[rec]])
@@ -560,6 +683,12 @@ def observe(
         # simulator, full weight (1.0, the default) gave fewer false alerts at the same delays.
         alarmed = ~same[rec] & (gap_h[rec] > state.alarm_after_h[hh[rec]])
         weight = np.where(alarmed, p.anomalous_weight, 1.0)
+        # Would the tight threshold have alarmed on it? (The home's own false-alert budget.)
+        q_then = state.quantile_h[hh[rec]].astype(np.float32)
+        tight_then = np.maximum(q_then + p.tight_margin_h + p.tight_margin_frac * q_then, p.min_alarm_h)
+        over = ~same[rec] & (gap_h[rec] > tight_then)
+        if over.any():
+            np.add.at(state.over_tight, hh[rec][over], np.float16(1.0))
         _add_exceedance(state.sil_hist.reshape(-1), base, gap_h[rec].astype(np.float32), SILENCE_EDGES_H, exposure=False, weight=weight)
 
     # The new current silence of each household begins at its last event.
@@ -573,6 +702,17 @@ def observe(
     state.quantile_h[r_last] = q
     state.alarm_after_h[r_last] = alarm
     state.slot_history[r_last] = hist_n.astype(np.float16)
+    out_kind = np.where(out_after[last], OUT_DOOR, OUT_LIGHTS)
+    state.out_alarm_h[r_last] = outing_thresholds(state, r_last, out_kind, p).astype(np.float16)
+
+
+def outing_thresholds(state: FleetState, rows: np.ndarray, out_kind: np.ndarray, p: DetectorParams = DEFAULT_PARAMS) -> np.ndarray:
+    """Hours after a departure (``out_kind``: OUT_DOOR / OUT_LIGHTS) past which the outing is far
+    beyond this home's usual ones: "not back"."""
+    own = state.out_hist[rows, out_kind].astype(np.float32)
+    prior = state.prior_out[out_kind]
+    q = _quantile(own, prior, OUT_EDGES_H, p.out_prior_strength, p.out_beta, p.tail_tau_h)
+    return np.clip(q + p.out_margin_h + p.out_margin_frac * q, p.out_min_h, p.door_away_cap_h).astype(np.float32)
 
 
 def _lights_out_departure(state: FleetState, rows: np.ndarray, t: np.ndarray, kind: np.ndarray, lit_after: np.ndarray,
@@ -619,6 +759,12 @@ def _out_after_events(state: FleetState, hh: np.ndarray, dev: np.ndarray, t: np.
         with np.errstate(invalid="ignore"):
             arrival = ~((t - before) < p.door_arrival_quiet_s)  # never active before: an arrival too
         leaving = is_door & ~arrival
+    if p.door_not_at_bedtime and leaving.any():
+        # A door at this home's bedtime (an hour from which its silences usually last the night) is
+        # the bedroom or the lock for the night, not a departure: judged as the night it is.
+        d = np.flatnonzero(leaving)
+        _, hour = local_slot(t[d], state.tz_offset_s[hh[d]])
+        leaving[d[dark_silence_kind(state, hh[d], hour, p)[1]]] = False
     last_door = np.maximum.accumulate(np.where(leaving, idx, -1))
     last_motion = np.maximum.accumulate(np.where(is_motion, idx, -1))
     door_in_batch = last_door >= hh_start
@@ -742,8 +888,9 @@ def routine_alarm_at(state: FleetState, ref: np.ndarray, now: float, p: Detector
     if not p.routine:
         return out
     # Only silences that already reach into a later local day can fire (few at any time): cheap filter first.
+    shift = p.routine_day_start_h * 3600.0
     with np.errstate(invalid="ignore"):
-        tz_all = state.tz_offset_s.astype(np.float64)
+        tz_all = state.tz_offset_s.astype(np.float64) - shift
         later_day = np.floor((ref + tz_all) / 86400.0) < np.floor((now + tz_all) / 86400.0)
     rows = np.flatnonzero(later_day & (state.days_active >= p.routine_min_days))
     if not len(rows):
@@ -757,7 +904,8 @@ def routine_alarm_at(state: FleetState, ref: np.ndarray, now: float, p: Detector
         return out
     days = state.days_active[rows].astype(np.float32)  # complete active days (bins of today may be counted already)
     reliable_rows = state.bin_days[rows].astype(np.float32) >= p.routine_p * days[:, None]
-    reliable_rows &= (np.arange(N_BINS) * BIN_H >= p.routine_from_hour)[None, :]
+    from_hour = np.where(state.has_motion[rows], p.routine_from_hour_sensors, p.routine_from_hour)
+    reliable_rows &= (np.arange(N_BINS) * BIN_H)[None, :] >= from_hour[:, None]
     keep = reliable_rows.any(axis=1)
     rows, reliable_rows = rows[keep], reliable_rows[keep]
     if not len(rows):
@@ -768,7 +916,7 @@ def routine_alarm_at(state: FleetState, ref: np.ndarray, now: float, p: Detector
     # Only the days after the one the silence began in (a day with no sign of life yet): within the
     # day, the quantile of the silence judges; a reliable bin of today missed by an afternoon silence
     # was too often a seasonal or one-off change (+0.06-0.10 false/household-month on seed 11).
-    first_start = (np.floor(ref_local / 86400.0) + 1.0) * 86400.0  # the next local midnight
+    first_start = (np.floor((ref_local - shift) / 86400.0) + 1.0) * 86400.0 + shift  # the next local day start
     first_bin = ((first_start % 86400.0) // bin_s).astype(np.int64)
     k = (np.arange(N_BINS)[None, :] - first_bin[:, None]) % N_BINS  # bins after the first one
     end_local = first_start[:, None] + (k + 1) * bin_s
@@ -857,20 +1005,25 @@ def score(
     alarm_at = ref + alarm_h * 3600.0
     cap_at = ref + p.silence_cap_h * 3600.0
     went_out = (state.flags & _FLAGS_OUT) != 0  # by the door, or the lights switched off (inferred away)
-    out_until = start + p.door_away_cap_h * 3600.0
+    by_door = (state.flags & _FLAG_DOOR) != 0
+    # Out until this home's outings are usually over ("not back" past it).
+    out_until = start + state.out_alarm_h.astype(np.float64) * 3600.0
     out_now = went_out & (now < out_until)
     alarm_at = np.minimum(alarm_at, cap_at)
     routine_at = routine_alarm_at(state, ref, now, p)
     by_routine = routine_at < alarm_at
     alarm_at = np.minimum(alarm_at, routine_at)
-    alarm_at = np.where(went_out, np.maximum(alarm_at, out_until), alarm_at)
+    # After the front door, the outing's length judges (the at-home silence does not apply); after
+    # the lights went out (a weaker sign of leaving), whichever is later.
+    alarm_at = np.where(by_door, out_until, np.where(went_out, np.maximum(alarm_at, out_until), alarm_at))
     inactive = now >= alarm_at  # False for NaN
     hard = now >= np.where(went_out, np.maximum(cap_at, out_until), cap_at)
+    not_back = went_out & (alarm_at == out_until)
     rule = np.where(
         ~inactive,
         RULE_NONE,
-        np.where(hard, RULE_HARD_CAP, np.where(by_routine, RULE_ROUTINE,
-                 np.where(state.slot_history.astype(np.float32) < p.min_history, RULE_PRIOR, RULE_MODEL))),
+        np.where(not_back, RULE_NOT_BACK, np.where(hard, RULE_HARD_CAP, np.where(by_routine, RULE_ROUTINE,
+                 np.where(state.slot_history.astype(np.float32) < p.min_history, RULE_PRIOR, RULE_MODEL)))),
     ).astype(np.uint8)
 
     # --- long-on: a device on unusually long while the household is quieter than usual -----
@@ -962,7 +1115,76 @@ def population_prior(state: FleetState, *, min_count: float = 3.0, default_weigh
     return prior_sil, prior_on
 
 
+def population_out_prior(state: FleetState, *, min_count: float = 3.0, default_weight: float = 3.0) -> np.ndarray:
+    """The fleet's average survival of outings per kind of departure [2, E_OUT], over the homes with
+    ``min_count`` of them, shrunk toward the generic default (one busy home must not set it alone)."""
+    hist = state.out_hist.astype(np.float32)
+    n = hist[..., :1]
+    ok = n >= min_count
+    surv = np.where(ok, hist / np.maximum(n, 1e-6), 0.0).sum(axis=0)
+    cnt = ok.sum(axis=0)
+    return ((surv + default_weight * default_out_prior()) / (cnt + default_weight)).astype(np.float32)
+
+
+def population_rate_prior(state: FleetState, *, min_days: float = 5.0, default_weight: float = 3.0) -> np.ndarray:
+    """The fleet's silences of at least each edge per active day, per kind of home [2, E_S], over
+    the homes with ``min_days`` of history, shrunk toward the generic default."""
+    out = np.zeros(state.prior_rate.shape, np.float64)
+    days = state.days_active.astype(np.float32)
+    for g in (0, 1):
+        sel = (state.has_motion == bool(g)) & (days >= min_days)
+        cnt = int(sel.sum())
+        total = np.zeros(len(SILENCE_EDGES_H), np.float64)
+        for lo in range(0, state.n, 65536):
+            part = sel[lo : lo + 65536]
+            if part.any():
+                own = state.sil_hist[lo : lo + 65536][part].astype(np.float32).sum(axis=(1, 2))
+                total += (own / days[lo : lo + 65536][part][:, None]).sum(axis=0)
+        out[g] = (total + default_weight * default_silence_rate()) / (cnt + default_weight)
+    out[:, 0] = 0.0  # unused
+    return out.astype(np.float32)
+
+
 def refresh_prior(state: FleetState) -> None:
     state.prior_sil, state.prior_on = population_prior(state)
+    state.prior_out = population_out_prior(state)
+    state.prior_rate = population_rate_prior(state)
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Watch quality
+# ---------------------------------------------------------------------------------------------
+
+#: What would let the detector see more, in the order to suggest (a device class a home lacks).
+WATCH_SUGGESTIONS = ((DEV_MOTION, "motion_sensor_living_room"), (DEV_DOOR, "door_sensor_front_door"),
+                     (DEV_PLUG, "smart_plug_kettle_or_tv"))
+
+
+@dataclass
+class WatchQuality:
+    """Per household: how fast its own data lets the detector notice trouble now."""
+
+    notice_median_h: np.ndarray  # float32[H] alarm threshold of a silence, median over the 24 local start hours
+    notice_worst_h: np.ndarray  # float32[H] ... the longest of them
+    history_days: np.ndarray  # float32[H] decayed active days learned
+    missing: list[list[str]]  # per household, the WATCH_SUGGESTIONS it lacks
+
+
+def watch_quality(state: FleetState, rows: np.ndarray | None = None, *, day: float | None = None,
+                  p: DetectorParams = DEFAULT_PARAMS) -> WatchQuality:
+    """How fast the detector would notice a silence in each home, from its thresholds for silences
+    beginning at each local hour of ``day`` (epoch s of any instant of it; default: the state's
+    latest activity), in the light context the home is in now. Pure: nothing in the state changes."""
+    rows = np.arange(state.n) if rows is None else np.asarray(rows, np.int64)
+    ref = np.nan_to_num(state.last_activity[rows], nan=state.epoch) if day is None else np.full(len(rows), float(day))
+    local_midnight = np.floor((ref + state.tz_offset_s[rows]) / 86400.0) * 86400.0 - state.tz_offset_s[rows]
+    alarms = np.zeros((len(rows), 24), np.float32)
+    for hour in range(24):
+        _, alarm, _ = silence_thresholds(state, rows, local_midnight + hour * 3600.0 + 1800.0, p)
+        alarms[:, hour] = alarm
+    kinds = state.dev_kind[rows]
+    missing = [[name for code, name in WATCH_SUGGESTIONS if not (k == code).any()] for k in kinds]
+    return WatchQuality(np.median(alarms, axis=1).astype(np.float32), alarms.max(axis=1),
+                        state.days_active[rows].astype(np.float32), missing)

@@ -149,11 +149,11 @@ def draw_params(d: Draws) -> ResidentParams:
         night_bedroom_light_p=d.uniform(0.1, 0.8),
         toilet_every_h=d.uniform(1.8, 3.2),
         tea_every_h=d.uniform(2.0, 5.0),
-        shopping_p=d.uniform(0.2, 0.55),
+        shopping_p=d.uniform(0.25, 0.9),  # real homes go out 0.7-1.6 times a day (bench.realism); was 0.2-0.55
         clinic_weekday=clinic,
         clinic_every_weeks=1 + int(d.random() * 4),
         daycare_weekdays=daycare,
-        nap_p=d.uniform(0.1, 0.6),
+        nap_p=d.uniform(0.2, 0.9),  # real homes: 1.1-1.2 naps of 1-3 h a day (bench.realism); was 0.1-0.6
         long_nap_p=d.uniform(0.02, 0.1),
         bath_p=d.uniform(0.5, 0.95),
         visitor_p=d.uniform(0.03, 0.2),
@@ -396,7 +396,7 @@ def plan_day(plan: _DayPlan, d: Draws, p: ResidentParams, day: LocalDay, state: 
             blocks.append((s, s + d.uniform(1.5, 3.0) * H, "long_nap"))
         elif d.chance(p.nap_p):
             s = m + _block_time(d, 13.5, 0.4)
-            blocks.append((s, s + d.uniform(15, 60) * MIN, "nap"))
+            blocks.append((s, s + d.uniform(15, 120) * MIN, "nap"))  # up to 2 h sitting still (was 60 min)
         if d.chance(p.visitor_p * (2.0 if weekday >= 5 else 1.0)):  # family comes at weekends
             s = m + _block_time(d, 14.3, 1.2)
             blocks.append((s, s + d.uniform(1.0, 3.0) * H, "visitor"))

@@ -581,32 +581,48 @@ def evaluate(
     days: Annotated[float, typer.Option(min=7)] = 90.0,
     seed: int = 11,
     bulbs_only: Annotated[bool, typer.Option("--bulbs-only", help="Only bulbs, as many homes will have.")] = False,
-    replay: Annotated[Optional[str], typer.Option(help="Replay real logs instead: casas:PATH")] = None,
+    replay: Annotated[Optional[list[str]], typer.Option(
+        help="Replay real logs instead, one home each (repeatable): FORMAT:PATH with FORMAT casas, uci_adl or csv "
+             "(time,sensor,value[,kind]).")] = None,
+    cuts: Annotated[Optional[int], typer.Option(min=1, help="Replay: incidents injected per home (cuts).")] = None,
+    learning_days: Annotated[Optional[float], typer.Option(
+        min=1, help="Days learned before incidents (default 21 simulated, 7 replayed).")] = None,
     resident_answers: Annotated[Optional[float], typer.Option(
         min=0.0, max=1.0, help="What-if: the team's view when the resident is asked first (10 min) and answers "
-                               "in waking hours with this probability.")] = None,
+                               "in waking hours with this probability (replay: 0.7 unless given).")] = None,
     asked_first: Annotated[bool, typer.Option(
         "--asked-first", help="Score every home as one whose resident is asked first (the detector's faster "
                               "threshold for such homes).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Detector and both baselines on the same streams: recall, delays, false alerts."""
-    from bench.eval import ResidentCheck, run_eval, run_replay_casas, summary_rows
+    """Detector and the baselines on the same streams: recall, delays, false alerts."""
+    from bench.eval import ResidentCheck, run_eval, run_replay, summary_rows
 
     _settings()
     if replay:
-        kind, _, path = replay.partition(":")
-        if kind != "casas" or not path:
-            raise typer.BadParameter("--replay takes casas:PATH")
-        result = run_replay_casas(path, bulbs_only=bulbs_only)
+        from bench.casas import parse_spec
+
+        for spec in replay:
+            try:
+                parse_spec(spec)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from exc
+        check = ResidentCheck(0.7 if resident_answers is None else resident_answers, seed=seed)
+        result = run_replay(replay, bulbs_only=bulbs_only, seed=seed, cuts=cuts,
+                            learning_days=7.0 if learning_days is None else learning_days,
+                            resident_check=check, asked_first=asked_first)
     else:
         check = ResidentCheck(resident_answers, seed=seed) if resident_answers is not None else None
-        result = run_eval(households, days, seed, bulbs_only=bulbs_only, resident_check=check, asked_first=asked_first)
+        result = run_eval(households, days, seed, bulbs_only=bulbs_only, resident_check=check, asked_first=asked_first,
+                          learning_days=21.0 if learning_days is None else learning_days)
     if json_out:
         _print_json(result)
         return
     from rich.table import Table
 
+    if replay:
+        _print_replay(result)
+        return
     table = Table(title="mimamori eval")
     for col in ("system", "recall", "median_delay_h", "p90_delay_h", "false_alerts_per_household_month", "nights_away_alerted"):
         table.add_column(col, justify="right" if col != "system" else "left")
@@ -623,6 +639,34 @@ def evaluate(
             team.add_row(name, str(t["welfare"]["median_delay_h"]), str(t["welfare"]["p90_delay_h"]),
                          str(t["false_alerts_per_household_month"]), str(t["spared_by_the_resident"]))
         Console().print(team)
+
+
+def _print_replay(result: dict) -> None:
+    """One row per home and system, then the homes pooled and the across-homes summary."""
+    from rich.table import Table
+
+    from bench.eval import replay_rows
+
+    rate = result["run"]["resident_answers"]
+    table = Table(title=f"mimamori eval --replay (team_*: what reaches the team when the resident is asked first, answer rate {rate})")
+    rows = replay_rows(result)
+    for col in rows[0]:
+        table.add_column(col, justify="left" if col in ("home", "system") else "right")
+    for row in rows:
+        table.add_row(*("" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()))
+    console = Console(width=max(Console().width, 150))
+    console.print(table)
+    for home in result["homes"]:
+        wq = home.get("watch_quality")
+        if not wq:
+            continue
+        effects = "; ".join(f"without {k}: median {v['without_median_h']} h, p90 {v['without_p90_h']} h, "
+                            f"asks {v['without_asks_per_household_month']}/month"
+                            for k, v in wq["measured_effect_of_device_class"].items())
+        console.print(f"[bold]{home['home']}[/bold] watch quality: notices trouble in {wq['notice_median_h']} h "
+                        f"(p90 {wq['notice_p90_h']} h) with {', '.join(wq['devices'])}"
+                        + (f"; would help: {', '.join(wq['missing'])}" if wq["missing"] else "")
+                        + (f". Measured: {effects}" if effects else ""))
 
 
 def main() -> None:

@@ -55,3 +55,15 @@ def test_the_alert_page_shows_why(world) -> None:
         cookie_login(c, "watcher_a")
         page = c.get(f"/alerts/{ids['h1']}").text
         assert "なぜ知らせたか" in page and "居間の電球が2026年1月20日 17:05からついたままです。" in page
+
+
+def test_every_detector_rule_has_a_sentence() -> None:
+    from app.incidents.why import RULE_TEXTS
+    from app.i18n import translate
+    from detector import model as m
+
+    for rule in m.RULES:
+        if rule == "none":
+            continue
+        key = RULE_TEXTS[f"model:{rule}"]
+        assert translate("ja", key) != key and translate("en", key) != key

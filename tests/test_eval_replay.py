@@ -80,7 +80,7 @@ def test_metrics_match_alerts_to_incidents_and_count_false_ones() -> None:
 def test_small_fleet_evaluation_runs_detector_and_baselines() -> None:
     r = ev.run_eval(30, 35, 11)
     assert set(r) >= {"detector", "baselines", "run"}
-    assert set(r["baselines"]) == {"hello_light_24h", "kanazawa_8h_on_24h_off"}
+    assert set(r["baselines"]) == {"hello_light_24h", "kanazawa_8h_on_24h_off", "no_activity_12h", "no_activity_24h"}
     for sysr in [r["detector"], *r["baselines"].values()]:
         for key in ("recall", "median_delay_h", "p90_delay_h", "false_alerts_per_household_month", "per_kind"):
             assert key in sysr
@@ -128,3 +128,113 @@ def test_casas_replay_detects_cuts(tmp_path: Path) -> None:
     assert r["detector"]["median_delay_h"] < r["baselines"]["kanazawa_8h_on_24h_off"]["median_delay_h"]
     bulbs, _ = replay_from_casas(str(p), bulbs_only=True, cuts=4)
     assert set(np.unique(bulbs.device_kinds[bulbs.device_kinds >= 0])) == {m.DEV_BULB}
+
+
+def test_casas_columns_are_read_by_position_never_by_a_first_letter(tmp_path: Path) -> None:
+    # With a location column, sensor names that begin like a value (Closet) or like a door (Dishwasher,
+    # DiningRoom) are sensors; a door is what reports OPEN/CLOSE (or is named in the map).
+    p = tmp_path / "loc.txt"
+    p.write_text("\n".join([
+        "2011-06-20 08:01:02.5 Bedroom Closet ON",
+        "2011-06-20 08:01:09.5 Bedroom Closet OFF",
+        "2011-06-20 08:02:00 Kitchen Dishwasher ON",
+        "2011-06-20 08:03:00 Dining DiningRoom ON Eating begin",
+        "2011-06-20 08:04:00 Entry FrontDoor OPEN",
+        "2011-06-20 08:04:30 Entry FrontDoor CLOSE",
+        "2011-06-20 08:05:00 Entry FrontDoor CLOSEx",  # a typo: repaired in the value column only
+        "2011-06-20 08:06:00 Living LivingLight ON",
+        "2011-06-20 08:07:00 Back D017 ON",
+    ]) + "\n")
+    log = read_casas(str(p))
+    kinds = dict(zip(log.sensors, log.sensor_kinds))
+    assert kinds == {"Closet": m.DEV_MOTION, "Dishwasher": m.DEV_MOTION, "DiningRoom": m.DEV_MOTION, "FrontDoor": m.DEV_DOOR,
+                     "LivingLight": m.DEV_BULB, "D017": m.DEV_MOTION}
+    assert log.odd_values_repaired == 1 and log.malformed == 0
+    assert list(log.kind[: 1]) == [m.EV_MOTION] and (log.kind[np.array(log.sensors)[log.sensor] == "FrontDoor"] != m.EV_MOTION).all()
+    mapped = read_casas(str(p), door_names={"D017"})
+    assert dict(zip(mapped.sensors, mapped.sensor_kinds))["D017"] == m.DEV_DOOR
+    # Without a location column (the value is the 4th column): same kinds.
+    q = tmp_path / "noloc.txt"
+    q.write_text("2011-06-20 08:01:02 Closet ON\n2011-06-20 08:02:00 Dishwasher ON\n2011-06-20 08:04:00 D001 OPEN\n"
+                 "2011-06-20 08:05:00 D001 CLOSE\n2011-06-20 08:06:00 D002 ON\n")
+    log = read_casas(str(q))
+    assert dict(zip(log.sensors, log.sensor_kinds)) == {"Closet": m.DEV_MOTION, "Dishwasher": m.DEV_MOTION, "D001": m.DEV_DOOR,
+                                                        "D002": m.DEV_MOTION}
+
+
+UCI_LINES = """Start time          \tEnd time            \tLocation\tType\t\tPlace
+--------------------\t--------------------\t--------\t--------\t-----
+2011-11-28 02:27:59\t\t2011-11-28 10:18:11\t\tBed\t\t\tPressure\tBedroom
+2011-11-28 10:21:44\t\t2011-11-28 10:23:31\t\tBasin\t\tPIR\t\t\tBathroom
+2011-11-28 10:34:23\t\t2011-11-28 10:34:41\t\tFridge\t\tMagnetic\tKitchen
+2011-11-28 13:09:31\t\t2011-11-28 13:09:35\t\tMaindoor\tMagnetic\tEntrance
+2011-11-28 13:05:07\t\t2011-11-28 13:06:31\t\tToilet\t\tFlush\t\tBathroom
+2011-11-28 25:05:07\t\t2011-11-28 13:06:31\t\tToilet\t\tFlush\t\tBathroom
+"""
+
+
+def test_uci_adl_reader_takes_both_ends_of_human_intervals_and_the_main_door(tmp_path: Path) -> None:
+    from bench.casas import read_uci_adl
+
+    p = tmp_path / "uci.txt"
+    p.write_text(UCI_LINES)
+    log = read_uci_adl(str(p))
+    kinds = dict(zip(log.sensors, log.sensor_kinds))
+    assert kinds["Maindoor Entrance"] == m.DEV_DOOR and kinds["Fridge Kitchen"] == m.DEV_MOTION and kinds["Bed Bedroom"] == m.DEV_MOTION
+    assert log.malformed == 1 and log.unsorted >= 1 and np.all(np.diff(log.time) >= 0)
+    names = np.array(log.sensors)[log.sensor]
+    assert (names == "Basin Bathroom").sum() == 1  # a PIR's end is only its timer
+    assert (names == "Bed Bedroom").sum() == 2 and (names == "Toilet Bathroom").sum() == 2
+    assert list(log.kind[names == "Maindoor Entrance"]) == [m.EV_OPEN, m.EV_CLOSE]
+
+
+def test_csv_log_reader_and_a_replay_of_several_homes(tmp_path: Path) -> None:
+    from bench.casas import read_csv_log
+
+    rng = np.random.default_rng(3)
+    lines = ["time,sensor,value,kind"]
+    day0 = np.datetime64("2020-01-06T00:00:00")
+    for d in range(14):
+        for hour in range(7, 23):
+            t = day0 + np.timedelta64(d * 86400 + hour * 3600 + int(rng.integers(0, 3000)), "s")
+            lines.append(f"{t},hall,ON,motion")
+        lines.append(f"{day0 + np.timedelta64(d * 86400 + 18 * 3600, 's')},lamp,ON,bulb")
+        lines.append(f"{day0 + np.timedelta64(d * 86400 + 22 * 3600 + 600, 's')},lamp,OFF,bulb")
+    lines.append("not a time,hall,ON")
+    a = tmp_path / "a.csv"
+    a.write_text("\n".join(lines) + "\n")
+    log = read_csv_log(str(a))
+    assert dict(zip(log.sensors, log.sensor_kinds)) == {"hall": m.DEV_MOTION, "lamp": m.DEV_BULB} and log.malformed == 1
+    c = tmp_path / "c.txt"
+    write_casas(c)
+    r = ev.run_replay([f"csv:{a}", f"casas:{c}"], cuts=4, watch_quality=False)
+    assert [h["home"] for h in r["homes"]] == ["a", "c"]
+    assert set(r["baselines"]) == {"hello_light_24h", "kanazawa_8h_on_24h_off", "no_activity_12h", "no_activity_24h"}
+    pooled = r["detector"]
+    assert pooled["welfare"]["incidents"] == 8 and "team" in pooled and pooled["team"]["answer_rate"] == 0.7
+    assert r["across_homes"]["detector"]["min_home_recall"] is not None
+    rows = ev.replay_rows(r)
+    assert rows[-1]["home"] == "all (pooled)" and {row["home"] for row in rows} == {"a", "c", "all (pooled)"}
+    with pytest.raises(ValueError):
+        ev.run_replay(["nope:x"])
+
+
+def test_a_home_with_more_sensors_than_devices_keeps_all_its_activity(tmp_path: Path) -> None:
+    lines = []
+    day0 = np.datetime64("2010-11-01T00:00:00")
+    for d in range(10):
+        for s in range(20):  # 20 motion sensors, the later ones rarely
+            for k in range(20 - s):
+                t = day0 + np.timedelta64(d * 86400 + 8 * 3600 + s * 1800 + k * 60, "s")
+                lines.append(f"{str(t).replace('T', ' ')} M{s:03d} ON")
+        t = day0 + np.timedelta64(d * 86400 + 18 * 3600, "s")
+        lines.append(f"{str(t).replace('T', ' ')} D001 OPEN")
+        lines.append(f"{str(t).replace('T', ' ')}.5 LivingLight ON")
+    p = tmp_path / "many.txt"
+    p.write_text("\n".join(lines) + "\n")
+    rp, info = replay_from_casas(str(p), cuts=2)
+    assert info["devices_used"] == m.MAX_DEVICES and info["sensors_folded"] == 20 + 2 - m.MAX_DEVICES
+    kinds = set(rp.device_kinds[0][rp.device_kinds[0] >= 0].tolist())
+    assert kinds == {m.DEV_MOTION, m.DEV_DOOR, m.DEV_BULB}  # the rare door and bulb are kept
+    # every motion event is still there (the rare sensors report through a kept one)
+    assert int((rp.hh == rp.n - 1).sum()) == info["events_used"] == len(lines)

@@ -16,7 +16,8 @@ from app.templating import fmt_dt
 
 # The detector's rules (``detector.model.RULES``) that get a sentence of their own.
 RULE_TEXTS = {"model:routine": "why_rule_routine", "model:hard_cap": "why_rule_hard_cap",
-              "model:population_prior": "why_rule_prior", "model:model": "why_rule_model"}
+              "model:population_prior": "why_rule_prior", "model:model": "why_rule_model",
+              "model:not_back": "why_rule_not_back"}
 
 
 def _parse(value: Any) -> datetime | None:
