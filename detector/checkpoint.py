@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -23,17 +23,20 @@ import psycopg
 
 from detector import model as m
 
-#: Fleet-wide fields (one value for all households), saved once per checkpoint.
-FLEET_FIELDS = ("prior_sil", "prior_on")
+def fleet_fields(state: m.FleetState) -> list[str]:
+    """Fleet-wide fields (one value for all households: the population priors), saved once per
+    checkpoint. ``FleetState`` gives exactly those a default; per-household fields have none."""
+    return [f.name for f in fields(state) if f.default is not MISSING or f.default_factory is not MISSING]
 #: Bumped when the meaning of a field changes while its name, dtype and shape stay the same.
 FORMAT_VERSION = 1
 
 
 def household_fields(state: m.FleetState) -> list[str]:
+    fleet = set(fleet_fields(state))
     names = []
     for f in fields(state):
         value = getattr(state, f.name)
-        if f.name in FLEET_FIELDS or not isinstance(value, np.ndarray):
+        if f.name in fleet or not isinstance(value, np.ndarray):
             continue
         if value.shape[:1] != (state.n,):
             raise ValueError(f"FleetState.{f.name} has shape {value.shape}: per-household fields have the household first")
@@ -46,7 +49,7 @@ def state_format(state: m.FleetState) -> str:
     for name in household_fields(state):
         arr = getattr(state, name)
         parts.append(f"{name}:{arr.dtype.str}:{'x'.join(map(str, arr.shape[1:]))}")
-    for name in FLEET_FIELDS:
+    for name in fleet_fields(state):
         arr = getattr(state, name)
         parts.append(f"{name}:{arr.dtype.str}:{'x'.join(map(str, arr.shape))}")
     return hashlib.sha256(";".join(parts).encode()).hexdigest()[:16]
@@ -114,7 +117,7 @@ def save(conn: psycopg.Connection, *, shard: str, state: m.FleetState, household
     packed = pack_rows(state)
     digests = row_digests(packed)
     changed = [i for i, (h, d) in enumerate(zip(households, digests)) if saved_digests.get(h) != d + layouts[i].encode()]
-    prior = {name: getattr(state, name) for name in FLEET_FIELDS}
+    prior = {name: getattr(state, name) for name in fleet_fields(state)}
     prior_blob = json.dumps({k: [v.dtype.str, list(v.shape)] for k, v in prior.items()}).encode() + b"\n" + b"".join(
         np.ascontiguousarray(v).tobytes() for v in prior.values())
     with conn.transaction(), conn.cursor() as cur:

@@ -273,7 +273,8 @@ class DetectorService:
                 new_rows.append(r)
         checkpoint.copy_rows(self.state, np.array(old_rows, np.int64), state, np.array(new_rows, np.int64))
         state.area[:] = area
-        state.prior_sil, state.prior_on = self.state.prior_sil, self.state.prior_on
+        for name in checkpoint.fleet_fields(state):  # the population priors carry over
+            setattr(state, name, getattr(self.state, name))
         self.state, self.fleet = state, fleet
         self._asked_now = np.zeros(state.n, bool)
         missing = np.array(sorted(set(range(state.n)) - set(new_rows)), np.int64)
