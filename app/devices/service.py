@@ -75,6 +75,51 @@ def pair_device(conn: psycopg.Connection, clock: Clock, person: Person, *, devic
     return {"device_id": device_id, "household_id": household_id, "events_moved": moved}
 
 
+def move_device(conn: psycopg.Connection, clock: Clock, person: Person, *, device_id: str, gateway_id: str,
+                reason: str = "") -> dict[str, Any]:
+    """Bind a paired device to another gateway (the home got a new gateway, the bulb moved room).
+
+    Issue 17: ingest never moves a paired device (another gateway's events for it are dead letters),
+    so this is the only way, and it is audited in ``device_moves``. The household's manager only, and
+    only to a gateway of the same household, of their area, or not yet placed (a new home gateway)."""
+    device_id = device_id.strip()
+    row = conn.execute("SELECT household_id, gateway_id FROM devices WHERE device_id = %s", (device_id,)).fetchone()
+    if row is None or row[0] is None:
+        raise NotFound("device not found")
+    household_id, from_gateway = row
+    require_manage(conn, person, household_id)
+    gw = conn.execute(
+        "SELECT g.household_id, g.area, h.area FROM gateways g LEFT JOIN households h ON h.household_id = g.household_id"
+        " WHERE g.gateway_id = %s", (gateway_id,)).fetchone()
+    if gw is None:
+        raise NotFound("gateway not found")
+    gw_household, gw_area, gw_household_area = gw
+    area = gw_household_area if gw_household is not None else gw_area
+    if not person.is_operator and area is not None and area != person.area:
+        raise NotFound("gateway not found")  # another area's gateway: its existence does not leak
+    if gw_household is not None and gw_household != household_id:
+        raise Conflict("gateway belongs to another household")
+    now = as_datetime(clock.now())
+    with conn.transaction():
+        conn.execute("SELECT 1 FROM devices WHERE device_id = %s FOR UPDATE", (device_id,))
+        conn.execute("UPDATE devices SET gateway_id = %s WHERE device_id = %s", (gateway_id, device_id))
+        conn.execute(
+            "INSERT INTO device_moves (at, actor, device_id, household_id, from_gateway, to_gateway, reason)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (now, person.person_id, device_id, household_id, from_gateway, gateway_id, reason[:500]),
+        )
+    return {"device_id": device_id, "household_id": household_id, "from_gateway": from_gateway, "gateway_id": gateway_id}
+
+
+def device_moves(conn: psycopg.Connection, person: Person, household_id: str) -> list[dict[str, Any]]:
+    """The audit of a household's device moves (for whoever manages it)."""
+    require_manage(conn, person, household_id)
+    rows = conn.execute(
+        "SELECT at, actor, device_id, from_gateway, to_gateway, reason FROM device_moves WHERE household_id = %s"
+        " ORDER BY move_id", (household_id,)).fetchall()
+    return [dict(zip(("at", "actor", "device_id", "from_gateway", "to_gateway", "reason"), r)) for r in rows]
+
+
 def unpair_device(conn: psycopg.Connection, person: Person, device_id: str) -> None:
     row = conn.execute("SELECT household_id FROM devices WHERE device_id = %s", (device_id,)).fetchone()
     if row is None or row[0] is None:
