@@ -51,6 +51,11 @@ class _PgServer:
     def make_template(self) -> None:
         embedded.create_database(self.admin_url, self.template)
         db.migrate(self.url_for(self.template))
+        # TimescaleDB's job scheduler keeps a connection to every database with the extension, and
+        # a template with a connection cannot be copied: no connections to the template from now on.
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{self.template}" WITH ALLOW_CONNECTIONS false'.encode())
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (self.template,))
 
     def clone(self) -> str:
         name = f"mimamori_t_{uuid.uuid4().hex[:12]}"

@@ -24,7 +24,7 @@ API = [
     ("POST", "/api/households", {"display_name": "新しい家", "area": "north"}, MANAGERS_NORTH),
     ("GET", "/api/households/h1", None, TEAM_H1),
     ("GET", "/api/households/h1/team", None, TEAM_H1),
-    ("POST", "/api/households/h1/team", {"person_id": "watcher_b", "tier": 2}, MANAGERS_NORTH),
+    ("POST", "/api/households/h1/team", {"person_id": "watcher_a", "tier": 2}, MANAGERS_NORTH),
     ("DELETE", "/api/households/h1/team/watcher_b", None, MANAGERS_NORTH),
     ("POST", "/api/households/h1/away", {"until": "2026-01-25"}, TEAM_H1),
     ("DELETE", "/api/households/h1/away", None, TEAM_H1),

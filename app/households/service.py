@@ -251,8 +251,12 @@ def create_household(conn: psycopg.Connection, clock: Clock, actor: Person, *, d
 def add_to_team(conn: psycopg.Connection, clock: Clock, actor: Person, household_id: str, person_id: str, *,
                 tier: int = 1, relation: str | None = None) -> None:
     require_manage(conn, actor, household_id)
+    # The one rule of who manages whom (alerts.service.managed_people_sql): a coordinator puts only
+    # their own area's people on a team, never another area's watcher (issue 17).
+    from alerts.service import may_manage_person
+
     row = conn.execute("SELECT role FROM people WHERE person_id = %s", (person_id,)).fetchone()
-    if row is None:
+    if row is None or not may_manage_person(conn, actor, person_id):
         raise NotFound("person not found")
     if row[0] not in ("watcher", "coordinator"):
         raise Invalid("only watchers and coordinators join a team")
@@ -285,17 +289,13 @@ def area_watchers(conn: psycopg.Connection, actor: Person) -> list[dict[str, Any
     """Watchers a coordinator can put on teams: those on a team in the area, or invited by them."""
     if not actor.manages:
         raise Forbidden("only a coordinator or operator may do this")
-    if actor.is_operator:
-        rows = conn.execute("SELECT person_id, display_name FROM people WHERE role = 'watcher' ORDER BY display_name").fetchall()
-    else:
-        rows = conn.execute(
-            "SELECT DISTINCT p.person_id, p.display_name FROM people p WHERE p.role = 'watcher' AND ("
-            " EXISTS (SELECT 1 FROM household_watchers w JOIN households h USING (household_id)"
-            "         WHERE w.person_id = p.person_id AND h.area = %(area)s)"
-            " OR EXISTS (SELECT 1 FROM invitations i WHERE i.used_by = p.person_id AND i.invited_by = %(me)s))"
-            " ORDER BY p.display_name",
-            {"area": actor.area, "me": actor.person_id},
-        ).fetchall()
+    from alerts.service import managed_people_sql  # the same rule add_to_team applies
+
+    where, params = managed_people_sql(actor)
+    rows = conn.execute(
+        f"SELECT p.person_id, p.display_name FROM people p WHERE p.role = 'watcher' AND {where} ORDER BY p.display_name",
+        params,
+    ).fetchall()
     return [{"person_id": r[0], "display_name": r[1]} for r in rows]
 
 

@@ -1,0 +1,69 @@
+"""Issue 17, finding 4 (high): a coordinator of another area takes over a watcher's channels.
+
+``add_to_team`` accepted any watcher, and the person rule then let that coordinator list the watcher's
+channels with full targets (Slack tokens, Web Push keys), add an attacker's address, disable the
+watcher's own channels and set quiet hours 00:00-23:59. One rule now decides who manages a person
+(``alerts.service.managed_people_sql``), and ``add_to_team`` applies it too.
+
+h1, h2 are in the north (coord_a); h3 in the south (coord_b); watcher_b is on h3's team.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from test_app_support import app_client, bearer, world  # noqa: F401 (fixture)
+
+pytestmark = [pytest.mark.integration, pytest.mark.security]
+
+SLACK = "slack://TokenA/TokenB/TokenC/#secret"
+
+
+def test_a_coordinator_cannot_put_another_areas_watcher_on_a_team(world) -> None:  # noqa: ANN001
+    url, clock, _ = world
+    with app_client(url, clock) as c:
+        coord_a = bearer(c, "coord_a")
+        r = c.post("/api/households/h1/team", json={"person_id": "watcher_b", "tier": 1}, headers=coord_a)
+        assert r.status_code == 404, r.text
+        # their own area's watcher: yes
+        r = c.post("/api/households/h2/team", json={"person_id": "watcher_a", "tier": 1}, headers=coord_a)
+        assert r.status_code in (200, 201, 204), r.text
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT household_id FROM household_watchers WHERE person_id = 'watcher_b'").fetchall() == [("h3",)]
+
+
+def test_a_coordinator_cannot_reach_another_areas_watchers_channels(world) -> None:  # noqa: ANN001
+    url, clock, _ = world
+    with app_client(url, clock) as c:
+        wb = bearer(c, "watcher_b")
+        r = c.post("/api/alerts/people/watcher_b/channels", json={"kind": "apprise", "target": SLACK}, headers=wb)
+        assert r.status_code == 201, r.text
+        cid = r.json()["channel_id"]
+        coord_a = bearer(c, "coord_a")
+        attempts = [
+            ("GET", "/api/alerts/people/watcher_b/channels", None),
+            ("POST", "/api/alerts/people/watcher_b/channels", {"kind": "email", "target": "attacker@example.com"}),
+            ("DELETE", f"/api/alerts/people/watcher_b/channels/{cid}", None),
+            ("PUT", "/api/alerts/people/watcher_b/quiet-hours", {"start": "00:00", "end": "23:59"}),
+            ("GET", "/api/alerts/audit/watcher_b", None),
+        ]
+        for method, path, body in attempts:
+            r = c.request(method, path, json=body, headers=coord_a)
+            assert r.status_code in (403, 404), (method, path, r.status_code, r.text)
+            assert "TokenA" not in r.text
+        # Even after the operator put watcher_b on a north team too (a watcher of two areas), the north
+        # coordinator does not manage them: only they themselves and the operator do.
+        r = c.post("/api/households/h1/team", json={"person_id": "watcher_b", "tier": 2}, headers=bearer(c, "oper"))
+        assert r.status_code in (200, 201, 204), r.text
+        for who in ("coord_a", "coord_b"):
+            r = c.get("/api/alerts/people/watcher_b/channels", headers=bearer(c, who))
+            assert r.status_code == 404, (who, r.text)
+        assert c.get("/api/alerts/people/watcher_b/channels", headers=bearer(c, "oper")).status_code == 200
+        assert c.get("/api/alerts/people/watcher_b/channels", headers=bearer(c, "watcher_b")).status_code == 200
+        # coord_a still manages the north's own watcher (the rule is not just "nobody").
+        r = c.get("/api/alerts/people/watcher_a/channels", headers=bearer(c, "coord_a"))
+        assert r.status_code == 200, r.text
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT enabled FROM person_channels WHERE person_id = 'watcher_b'").fetchall() == [(True,)]
+        assert conn.execute("SELECT count(*) FROM person_alert_rules WHERE person_id = 'watcher_b'").fetchone() == (0,)
