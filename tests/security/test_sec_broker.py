@@ -147,3 +147,22 @@ def test_provision_writes_the_dynamic_security_file_with_the_same_accounts(tmp_p
     gw_role = next(role for role in cfg["roles"] if role["rolename"] == "gw-1")
     subs = [a["topic"] for a in gw_role["acls"] if a["acltype"].startswith("subscribe")]
     assert subs == [protocol.command_filter("gw-1")]
+
+
+def test_services_keep_what_they_need(secure: SecureBroker) -> None:
+    """The lock does not lock out the stack: the broker's health check (`monitor` reads $SYS) and the
+    app (gateway statuses, retained) still subscribe and receive."""
+    monitor = SubackClient(secure.url("monitor", secure.password("monitor"))).start()
+    app = SubackClient(secure.url("app", secure.password("app"))).start()
+    gw_a = _gateway(secure, "gw-a")
+    try:
+        assert monitor.granted("$SYS/broker/uptime") == [True]
+        assert monitor.granted(protocol.EVENT_FILTER) == [False]
+        gw_a.client.publish(protocol.status_topic("gw-a"), protocol.STATUS_ONLINE, qos=1, retain=True).wait_for_publish(5)
+        assert app.granted(protocol.STATUS_FILTER) == [True]
+        assert wait_for(lambda: protocol.status_topic("gw-a") in app.topics(), 5), app.topics()
+        assert app.granted(protocol.EVENT_FILTER) == [False]
+        assert wait_for(lambda: "$SYS/broker/uptime" in monitor.topics(), 15), monitor.topics()
+    finally:
+        for c in (monitor, app, gw_a):
+            c.close()

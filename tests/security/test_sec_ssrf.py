@@ -19,6 +19,12 @@ from test_app_support import app_client, cookie_login, world  # noqa: F401 (fixt
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
 
+@pytest.fixture(autouse=True)
+def _no_private_allowance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/conftest.py allows loopback for the other tests' sinks; here nothing is allowed."""
+    monkeypatch.setenv("MIMAMORI_ALERTS_PRIVATE_TARGETS", "")
+
+
 @pytest.fixture
 def listener() -> Iterator[tuple[int, list[str]]]:
     """An HTTP server on loopback that records what reaches it (the internal service an attacker aims at)."""
