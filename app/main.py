@@ -9,6 +9,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app import metrics
 from app.auth import current_person
 from app.auth import views as auth_views
+from app.auth.proxy import is_https, parse_trusted
 from app.devices import views as device_views
 from app.errors import AppError, CsrfFailed, NotAuthenticated
 from app.households import views as household_views
@@ -70,6 +72,7 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     app.state.stopping = threading.Event()
     app.state.vapid_public_key = vapid_public_key(settings)
     app.state.csrf_signer = signer(settings, "csrf")
+    app.state.trusted_proxies = parse_trusted(settings.trusted_proxies)
 
     @app.exception_handler(AppError)
     async def app_error(request: Request, exc: AppError) -> Response:
@@ -117,6 +120,8 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
         response.headers.setdefault("x-content-type-options", "nosniff")
         response.headers.setdefault("x-frame-options", "DENY")
         response.headers.setdefault("referrer-policy", "same-origin")
+        if is_https(request):  # issue 17: behind the documented TLS proxy too
+            response.headers.setdefault("strict-transport-security", "max-age=31536000")
         if request.url.path.startswith(NO_LOGIN_LINK_PATHS):
             # the path is the key (a resident's answer link): no cache, shared or private, keeps the page
             response.headers["cache-control"] = "no-store"
@@ -190,15 +195,23 @@ def _include_alerts_routers(app: FastAPI) -> None:
     app.include_router(router)
 
 
+def uvicorn_config(app: FastAPI, *, host: str, port: int) -> Any:
+    """The app's server settings. ``proxy_headers`` off: uvicorn would believe the leftmost
+    X-Forwarded-For of a loopback peer (a value the client writes); the app reads the headers of
+    ``MIMAMORI_TRUSTED_PROXIES`` only (app.auth.proxy)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2,
+                          proxy_headers=False)
+
+
 def run_app(settings: Settings, *, database_url: str, host: str = "127.0.0.1", port: int = 8000,
             stop: threading.Event | None = None, clock: Clock | None = None) -> None:
     """Serve until ``stop`` is set (or Ctrl-C when run in the main thread)."""
     import uvicorn
 
     app = create_app(settings, database_url=database_url, clock=clock)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2,
-                            proxy_headers=True)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, host=host, port=port))
     if stop is not None:
         def watch() -> None:
             stop.wait()

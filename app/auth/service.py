@@ -66,9 +66,11 @@ def login(conn: psycopg.Connection, clock: Clock, login_name: str, password: str
     login_name = login_name.lower()
     now = as_datetime(clock.now())
     since = now - LOGIN_WINDOW
+    # Issue 17: failures count per (login, client), so nobody can lock someone else out of their
+    # account from elsewhere; and per client over all logins (password spraying from one address).
     by_login, by_client = conn.execute(
-        "SELECT count(*) FILTER (WHERE login = %(l)s), count(*) FILTER (WHERE client = %(c)s)"
-        " FROM login_attempts WHERE at > %(since)s AND NOT succeeded AND (login = %(l)s OR client = %(c)s)",
+        "SELECT count(*) FILTER (WHERE login = %(l)s), count(*)"
+        " FROM login_attempts WHERE at > %(since)s AND NOT succeeded AND client = %(c)s",
         {"l": login_name, "c": client, "since": since},
     ).fetchone()
     if by_login >= MAX_FAILURES_PER_LOGIN or by_client >= MAX_FAILURES_PER_CLIENT:
