@@ -16,12 +16,17 @@ from mimamori.clock import Clock, as_datetime
 DEVICE_KINDS = ("bulb", "motion", "door", "plug")
 
 
+#: A gateway's area: its own, or its household's (a home gateway has no area of its own).
+_GATEWAY_AREA = "COALESCE(g.area, (SELECT gh.area FROM households gh WHERE gh.household_id = g.household_id))"
+
+
 def _unpaired_scope(person: Person) -> tuple[str, dict[str, Any]]:
     # A coordinator sees devices reaching the service through a gateway of their area, or through a
-    # gateway not yet placed anywhere (a new home gateway).
+    # gateway not yet placed anywhere (a new home gateway). Issue 17: a home gateway of another area's
+    # household is that area's (its area column is NULL, which used to count as "not placed").
     if person.is_operator:
         return "TRUE", {}
-    return "(g.area IS NULL OR g.area = %(area)s)", {"area": person.area}
+    return f"({_GATEWAY_AREA} IS NULL OR {_GATEWAY_AREA} = %(area)s)", {"area": person.area}
 
 
 def list_unpaired(conn: psycopg.Connection, person: Person) -> list[dict[str, Any]]:
@@ -47,6 +52,13 @@ def pair_device(conn: psycopg.Connection, clock: Clock, person: Person, *, devic
     now = as_datetime(clock.now())
     with conn.transaction():
         row = conn.execute("SELECT household_id FROM devices WHERE device_id = %s FOR UPDATE", (device_id,)).fetchone()
+        if row is not None and row[0] is None and not person.is_operator:
+            # Issue 17: only a device reaching the service through a gateway of one's area (or not placed yet).
+            where, params = _unpaired_scope(person)
+            seen = conn.execute(f"SELECT 1 FROM devices d LEFT JOIN gateways g USING (gateway_id)"
+                                f" WHERE d.device_id = %(d)s AND {where}", {**params, "d": device_id}).fetchone()
+            if seen is None:
+                raise NotFound("device not found")
         if row is None:
             # Entered or scanned before it ever reported: register it now.
             conn.execute(

@@ -67,3 +67,21 @@ def test_a_coordinator_cannot_reach_another_areas_watchers_channels(world) -> No
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT enabled FROM person_channels WHERE person_id = 'watcher_b'").fetchall() == [(True,)]
         assert conn.execute("SELECT count(*) FROM person_alert_rules WHERE person_id = 'watcher_b'").fetchone() == (0,)
+
+
+def test_a_coordinator_cannot_see_or_pair_another_areas_unpaired_device(world) -> None:  # noqa: ANN001
+    """Low finding: a device reported by a south home's gateway is the south's to pair."""
+    url, clock, _ = world
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO devices (device_id, gateway_id, first_seen_at) VALUES ('plug-s', 'gw-h3', now())")
+        conn.execute("INSERT INTO gateways (gateway_id) VALUES ('gw-new')")
+        conn.execute("INSERT INTO devices (device_id, gateway_id, first_seen_at) VALUES ('plug-new', 'gw-new', now())")
+    with app_client(url, clock) as c:
+        north, south = bearer(c, "coord_a"), bearer(c, "coord_b")
+        assert "plug-s" not in [d["device_id"] for d in c.get("/api/devices/unpaired", headers=north).json()]
+        assert "plug-new" in [d["device_id"] for d in c.get("/api/devices/unpaired", headers=north).json()]
+        r = c.post("/api/devices/pair", json={"device_id": "plug-s", "household_id": "h1"}, headers=north)
+        assert r.status_code == 404, r.text
+        assert "plug-s" in [d["device_id"] for d in c.get("/api/devices/unpaired", headers=south).json()]
+        assert c.post("/api/devices/pair", json={"device_id": "plug-s", "household_id": "h3"}, headers=south).status_code == 200
+        assert c.post("/api/devices/pair", json={"device_id": "plug-new", "household_id": "h1"}, headers=north).status_code == 200
