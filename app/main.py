@@ -14,7 +14,8 @@ from urllib.parse import quote
 
 import psycopg
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -95,7 +96,13 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         if _wants_json(request):
-            return await request_validation_exception_handler(request, exc)
+            # The errors without the input they echo: a NaN or Infinity in a JSON body cannot be encoded
+            # back (a 500, issue 17), and the request need not be reflected.
+            errors = [{k: v for k, v in e.items() if k != "input"} for e in exc.errors()]
+            try:
+                return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+            except ValueError:
+                return JSONResponse({"detail": "invalid input", "code": "invalid"}, status_code=422)
         from app.templating import render
 
         return render(request, "error.html", status_code=422, message=translate(request_locale(request), "err_invalid"))

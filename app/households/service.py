@@ -308,6 +308,8 @@ def set_away(conn: psycopg.Connection, clock: Clock, actor: Person, household_id
     now = as_datetime(clock.now())
     if isinstance(until, datetime):
         until_at = until if until.tzinfo else until.replace(tzinfo=_zone(tzname))
+    elif until >= date.max - timedelta(days=1):  # 9999-12-31 + 1 day overflowed (a 500; issue 17)
+        raise Invalid("at most a year ahead")
     else:
         until_at = datetime.combine(until + timedelta(days=1), time(0), _zone(tzname))
     if until_at <= now:

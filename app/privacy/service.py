@@ -87,6 +87,20 @@ def export_household(conn: psycopg.Connection, clock: Clock, person: Person, hou
     return data
 
 
+#: A cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell a spreadsheet will not run: text that starts like a formula gets a
+    leading apostrophe (issue 17: a watcher's note ``=HYPERLINK(...)`` ran in the resident's export)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def export_csv(data: dict[str, list[dict[str, Any]]]) -> str:
     """One CSV: a `table` column, then that table's columns (header row per table)."""
     out = io.StringIO()
@@ -97,7 +111,7 @@ def export_csv(data: dict[str, list[dict[str, Any]]]) -> str:
         names = list(rows[0])
         writer.writerow(["table", *names])
         for row in rows:
-            writer.writerow([table, *("" if row[n] is None else row[n] for n in names)])
+            writer.writerow([table, *(csv_cell(row[n]) for n in names)])
     return out.getvalue()
 
 
