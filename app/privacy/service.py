@@ -8,6 +8,7 @@ import io
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from app.errors import Forbidden, Invalid
 from app.households.service import log_view
@@ -129,10 +130,33 @@ def delete_household(conn: psycopg.Connection, clock: Clock, person: Person, hou
             " WHERE household_id = %s)", (household_id, household_id)).rowcount
         conn.execute("UPDATE devices SET household_id = NULL, paired_at = NULL, room = NULL WHERE household_id = %s",
                      (household_id,))
+        # Issue 17: what named the household outside its own rows (no foreign key reaches these):
+        # in-app notifications and safety outbox rows about it, the admin log of its chain and of its
+        # residents' channels, the device moves.
+        resident_ids = [r[0] for r in conn.execute(
+            "SELECT person_id FROM people WHERE household_id = %s AND role = 'resident'", (household_id,))]
+        conn.execute("DELETE FROM notifications WHERE data->>'household_id' = %s", (household_id,))
+        conn.execute("DELETE FROM safety_deliveries WHERE payload->>'household_id' = %s", (household_id,))
+        conn.execute("DELETE FROM alert_admin_log WHERE subject = %s OR subject = ANY(%s)", (household_id, resident_ids))
+        conn.execute("DELETE FROM device_moves WHERE household_id = %s", (household_id,))
+        _forget_activity(conn, household_id)
         residents = conn.execute("DELETE FROM people WHERE household_id = %s AND role = 'resident'",
                                  (household_id,)).rowcount
         conn.execute("DELETE FROM households WHERE household_id = %s", (household_id,))  # cascades the rest
     return {"events": events, "residents": residents}
+
+
+def _forget_activity(conn: psycopg.Connection, household_id: str) -> None:
+    """With TimescaleDB, ``activity_15m`` is a continuous aggregate whose materialized buckets keep a
+    deleted household's counts (issue 17; a refresh of the range did not drop the newest bucket in
+    tests): delete its rows from the materialization hypertable itself, in the same transaction."""
+    if conn.execute("SELECT to_regclass('timescaledb_information.continuous_aggregates') IS NOT NULL").fetchone() != (True,):
+        return
+    row = conn.execute("SELECT materialization_hypertable_schema, materialization_hypertable_name"
+                       " FROM timescaledb_information.continuous_aggregates WHERE view_name = 'activity_15m'").fetchone()
+    if row is None:
+        return
+    conn.execute(sql.SQL("DELETE FROM {} WHERE household_id = %s").format(sql.Identifier(row[0], row[1])), (household_id,))
 
 
 def consent_of(conn: psycopg.Connection, person: Person, household_id: str) -> list[dict[str, Any]]:
