@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
+from starlette.concurrency import run_in_threadpool
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
@@ -28,6 +29,7 @@ from app.auth.proxy import is_https, parse_trusted
 from app.devices import views as device_views
 from app.errors import AppError, CsrfFailed, NotAuthenticated
 from app.households import views as household_views
+from app.households.service import LOGGED_VIEWS, log_view
 from app.i18n import request_locale, translate
 from app.incidents import views as incident_views
 from app.incidents import resident_views
@@ -139,6 +141,27 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
         return response
 
     @app.middleware("http")
+    async def view_log(request: Request, call_next):  # type: ignore[no-untyped-def]
+        """The one view-log point (issue 17): every successful read of a route that names a household
+        (or an incident, or a safety check's household) is in the household's view log, whichever
+        stage's router serves it; services that log with more detail (exports, pages) go first."""
+        logged: set[str] = set()
+        token = LOGGED_VIEWS.set(logged)
+        try:
+            response = await call_next(request)
+        finally:
+            LOGGED_VIEWS.reset(token)
+        if request.method != "GET" or not 200 <= response.status_code < 300:
+            return response
+        params = request.scope.get("path_params") or {}
+        person = request.scope.get("state", {}).get("person")
+        if person is None or not ("household_id" in params or "incident_id" in params):
+            return response
+        route = getattr(request.scope.get("route"), "path", "") or request.url.path
+        await run_in_threadpool(_log_route_view, app, person, params, route, logged)
+        return response
+
+    @app.middleware("http")
     async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
         response = await call_next(request)
         # The route's template (/households/{household_id}), never the raw path: bounded label values.
@@ -180,6 +203,24 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
 
 #: Pages whose URL is a single-use key (no login): resident checks, safety-check answers.
 NO_LOGIN_LINK_PATHS = ("/r/", "/safety/a/")
+
+
+def _log_route_view(app: FastAPI, person: Any, params: dict[str, Any], route: str, logged: set[str]) -> None:
+    with app.state.pool.connection() as conn:
+        conn.autocommit = True
+        household_id = params.get("household_id")
+        if household_id is None:
+            try:
+                incident_id = int(params["incident_id"])
+            except (KeyError, TypeError, ValueError):
+                return
+            row = conn.execute("SELECT household_id FROM incidents WHERE incident_id = %s", (incident_id,)).fetchone()
+            household_id = row[0] if row else None
+        if household_id is None or household_id in logged:
+            return
+        if conn.execute("SELECT 1 FROM households WHERE household_id = %s", (household_id,)).fetchone() is None:
+            return
+        log_view(conn, app.state.clock, person, str(household_id), ("api " if route.startswith("/api") else "page ") + route[:180])
 
 
 def database_ready(pool: object) -> bool:

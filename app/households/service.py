@@ -4,6 +4,7 @@ acting person and checks scope; every read of a household's data is logged for i
 
 from __future__ import annotations
 
+import contextvars
 import secrets
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -23,10 +24,20 @@ DEVICE_SILENT_AFTER = timedelta(hours=3)
 HEATMAP_DAYS = 14
 
 
+#: Households whose view this request already logged (set per request by the app's view-log
+#: middleware; a mutable set, so a service running in a worker thread adds to the same one).
+LOGGED_VIEWS: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("mimamori_logged_views", default=None)
+
+
 def log_view(conn: psycopg.Connection, clock: Clock, person: Person, household_id: str, what: str, *,
              purpose: str | None = None) -> None:
     """Record who looked at a household's data, and why when known (its residents looking at their
-    own are not "viewers")."""
+    own are not "viewers"). Issue 17: the app's middleware (``app.main``) calls this for every
+    successful read of a route naming a household or an incident, unless the service logged it first
+    (with a better ``what`` or a purpose)."""
+    logged = LOGGED_VIEWS.get()
+    if logged is not None:
+        logged.add(household_id)
     if person.role == "resident" and person.household_id == household_id:
         return
     conn.execute(

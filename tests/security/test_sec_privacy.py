@@ -57,3 +57,32 @@ def test_deleting_a_household_leaves_nothing_that_names_it(world) -> None:  # no
                                   FROM timescaledb_information.continuous_aggregates WHERE view_name = 'activity_15m'""").fetchone()[0]
             left["materialized"] = conn.execute(f"SELECT count(*) FROM {mat} WHERE household_id = 'h1'").fetchone()[0]  # noqa: S608
     assert left == dict.fromkeys(left, 0), left
+
+
+def test_every_read_of_a_households_data_is_in_its_view_log(world) -> None:  # noqa: ANN001
+    """Before: 6 of 24 per-household reads were logged (the alerts API, the safety pages and more were
+    not). Each read below by the area's coordinator adds a row to h1's view log."""
+    url, clock, ids = world
+    inc = ids["h1"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        check = conn.execute("INSERT INTO safety_checks (area, message, started_by, started_at)"
+                             " VALUES ('north', '地震', 'coord_a', now()) RETURNING check_id").fetchone()[0]
+        conn.execute("INSERT INTO safety_answers (check_id, household_id, updated_at) VALUES (%s, 'h1', now())", (check,))
+    reads = [
+        "/api/households/h1", "/api/households/h1/team", "/api/households/h1/consents", "/api/alerts/chains/h1",
+        f"/api/alerts/{inc}", f"/api/alerts/{inc}/timeline", f"/api/incidents/{inc}",
+        f"/api/safety/checks/{check}/households/h1",
+    ]
+    missing = []
+    with app_client(url, clock) as c:
+        coord = bearer(c, "coord_a")
+        for path in reads:
+            with psycopg.connect(url) as conn:
+                before = conn.execute("SELECT count(*) FROM household_views WHERE household_id = 'h1'").fetchone()[0]
+            r = c.get(path, headers=coord)
+            assert r.status_code == 200, (path, r.status_code, r.text[:200])
+            with psycopg.connect(url) as conn:
+                after = conn.execute("SELECT count(*) FROM household_views WHERE household_id = 'h1'").fetchone()[0]
+            if after - before != 1:
+                missing.append((path, after - before))
+    assert not missing, missing
