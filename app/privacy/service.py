@@ -79,6 +79,18 @@ def export_household(conn: psycopg.Connection, clock: Clock, person: Person, hou
         "devices": _rows(conn, "SELECT device_id, kind, room, paired_at FROM devices WHERE household_id = %s", h),
         "incidents": _rows(conn, "SELECT incident_id, kind, status, opened_at, closed_at, outcome, outcome_note"
                                  " FROM incidents WHERE household_id = %s ORDER BY opened_at", h),
+        # Issue 17: what the team wrote and did about the household, and its safety-check answers
+        "incident_timeline": _rows(conn, "SELECT t.incident_id, t.at, p.display_name AS actor_name, t.action, t.channel, t.body"
+                                         " FROM incident_timeline t JOIN incidents i USING (incident_id)"
+                                         " LEFT JOIN people p ON p.person_id = t.actor WHERE i.household_id = %s"
+                                         " ORDER BY t.at, t.incident_id", h),
+        "safety_answers": _rows(conn, "SELECT a.check_id, c.message, c.started_at, a.state, a.how, a.answered_at,"
+                                      " p.display_name AS answered_by_name, a.note FROM safety_answers a"
+                                      " JOIN safety_checks c USING (check_id) LEFT JOIN people p ON p.person_id = a.answered_by"
+                                      " WHERE a.household_id = %s ORDER BY c.started_at", h),
+        "safety_profile": _rows(conn, "SELECT lives_alone, updated_at FROM safety_household_profiles WHERE household_id = %s", h),
+        "device_moves": _rows(conn, "SELECT at, device_id, from_gateway, to_gateway, reason FROM device_moves"
+                                    " WHERE household_id = %s ORDER BY move_id", h),
         "views": _rows(conn, "SELECT viewer_name, viewer_role, what, viewed_at, purpose FROM household_views"
                              " WHERE household_id = %s ORDER BY viewed_at", h),
         "events": _rows(conn, "SELECT time, device_id, seq, kind, value FROM events WHERE household_id = %s"

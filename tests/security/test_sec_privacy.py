@@ -86,3 +86,20 @@ def test_every_read_of_a_households_data_is_in_its_view_log(world) -> None:  # n
             if after - before != 1:
                 missing.append((path, after - before))
     assert not missing, missing
+
+
+def test_the_export_holds_the_teams_comments_and_safety_answers(world) -> None:  # noqa: ANN001
+    url, clock, ids = world
+    with psycopg.connect(url, autocommit=True) as conn:
+        check = conn.execute("INSERT INTO safety_checks (area, message, started_by, started_at)"
+                             " VALUES ('north', '地震の安否確認', 'coord_a', now()) RETURNING check_id").fetchone()[0]
+        conn.execute("INSERT INTO safety_answers (check_id, household_id, state, how, answered_by, note, updated_at)"
+                     " VALUES (%s, 'h1', 'safe', 'on_behalf', 'watcher_a', '電話で無事を確認', now())", (check,))
+    with app_client(url, clock) as c:
+        r = c.post(f"/api/incidents/{ids['h1']}/comment", json={"body": "玄関の鍵が開いていた"}, headers=bearer(c, "watcher_a"))
+        assert r.status_code in (200, 201, 204), r.text
+        export = c.get("/api/households/h1/export", headers=bearer(c, "resident_1"))
+        assert export.status_code == 200, export.text
+    text = export.text
+    assert "玄関の鍵が開いていた" in text  # the team's comment
+    assert "電話で無事を確認" in text and "地震の安否確認" in text  # the safety answer and its note
