@@ -156,7 +156,11 @@ def create_invitation(conn: psycopg.Connection, clock: Clock, actor: Person, *, 
             require_manage(conn, actor, household_id)
             area = None
         else:
-            require_area(actor, actor.area if actor.role == "coordinator" else area)
+            # Issue 17: a coordinator invites into their own area only (the check used to compare the
+            # coordinator's area with itself and store whatever area was asked for).
+            require_area(actor, area if area is not None else actor.area)
+            if actor.role == "coordinator":
+                area = actor.area
     else:
         raise Invalid("unknown role")
     now = as_datetime(clock.now())

@@ -85,3 +85,17 @@ def test_a_coordinator_cannot_see_or_pair_another_areas_unpaired_device(world) -
         assert "plug-s" in [d["device_id"] for d in c.get("/api/devices/unpaired", headers=south).json()]
         assert c.post("/api/devices/pair", json={"device_id": "plug-s", "household_id": "h3"}, headers=south).status_code == 200
         assert c.post("/api/devices/pair", json={"device_id": "plug-new", "household_id": "h1"}, headers=north).status_code == 200
+
+
+def test_a_coordinator_cannot_invite_into_another_area(world) -> None:  # noqa: ANN001
+    url, clock, _ = world
+    with app_client(url, clock) as c:
+        north = bearer(c, "coord_a")
+        r = c.post("/api/invitations", json={"role": "watcher", "display_name": "近所", "area": "south"}, headers=north)
+        assert r.status_code in (403, 404), r.text
+        r = c.post("/api/invitations", json={"role": "watcher", "display_name": "近所"}, headers=north)
+        assert r.status_code in (200, 201), r.text
+        r = c.post("/api/invitations", json={"role": "watcher", "display_name": "近所", "household_id": "h3"}, headers=north)
+        assert r.status_code in (403, 404), r.text
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT area FROM invitations").fetchall() == [("north",)]
