@@ -161,6 +161,8 @@ class BatchResult:
     duplicates: int  # event rows dropped as already stored (in this batch or earlier)
     dead_letters: int  # bad payloads, and (issue 17) events refused here: future_ts, foreign_device
     heartbeats: int  # device heartbeats folded into device_state
+    #: Dead letters this write made itself (not in ``batch.dead_letters``), by reason (issue 17).
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -295,11 +297,13 @@ def write_batch(conn: psycopg.Connection, batch: Batch, now: float, known: Known
         if need_gateways:
             for gw, _ in events:
                 known.gateways[gw] = now
+    refused = {reason: n for reason, n in (("future_ts", len(future)), ("foreign_device", foreign)) if n}
     return BatchResult(
         stored=stored,
         duplicates=event_rows - foreign_events - stored + batch.in_batch_duplicates,
         dead_letters=len(dead_letters) + foreign,
         heartbeats=heartbeats - (foreign - foreign_events),
+        refused=refused,
     )
 
 

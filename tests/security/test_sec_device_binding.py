@@ -52,6 +52,7 @@ def test_event_for_a_device_paired_under_another_gateway_is_a_dead_letter(db: ps
     r = write_batch(db, batch_of(("gw-a", Event("bulb-b", 2, TS + 30_000, "on")),
                                  ("gw-a", Event("bulb-b", 2, TS + 31_000, "heartbeat"))), NOW, known)
     assert (r.stored, r.duplicates, r.dead_letters) == (0, 0, 2)
+    assert r.refused == {"foreign_device": 2}  # the metric's reason label (not "db_rejected")
     assert db.execute("SELECT count(*) FROM events WHERE device_id = 'bulb-b'").fetchone() == (1,)
     assert db.execute("SELECT gateway_id FROM devices WHERE device_id = 'bulb-b'").fetchone() == ("gw-b",)
     # device_state untouched: no fake activity, no fake heartbeat

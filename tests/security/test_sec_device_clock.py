@@ -45,6 +45,7 @@ def test_ingest_dead_letters_an_event_dated_in_the_future(pg_url: str) -> None:
         b.add_event("gw-1", Event("bulb-1", 4, NOW_MS + 3 * 60 * 1000, "heartbeat"))  # a little skew: kept
         r = write_batch(conn, b, NOW, KnownRows())
         assert (r.stored, r.dead_letters, r.heartbeats) == (1, 2, 1)
+        assert r.refused == {"future_ts": 2}
         assert conn.execute("SELECT seq FROM events ORDER BY seq").fetchall() == [(1,)]
         dead = conn.execute("SELECT topic, reason, payload FROM dead_letters ORDER BY id").fetchall()
         assert [(t, reason) for t, reason, _ in dead] == [("mimamori/v1/gw-1/bulb-1/event", "future_ts")] * 2
