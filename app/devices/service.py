@@ -42,16 +42,40 @@ def list_unpaired(conn: psycopg.Connection, person: Person) -> list[dict[str, An
     return [dict(zip(("device_id", "gateway_id", "first_seen_at", "last_seen_at", "events"), r)) for r in rows]
 
 
+def _check_gateway(conn: psycopg.Connection, person: Person, gateway_id: str, household_id: str) -> None:
+    """A gateway a device of ``household_id`` may be bound to, by ``person``: of the same household,
+    or of no household and of the person's area (or none yet). Another area's: not found."""
+    gw = conn.execute(
+        "SELECT g.household_id, g.area, h.area FROM gateways g LEFT JOIN households h ON h.household_id = g.household_id"
+        " WHERE g.gateway_id = %s", (gateway_id,)).fetchone()
+    if gw is None:
+        raise NotFound("gateway not found")
+    gw_household, gw_area, gw_household_area = gw
+    area = gw_household_area if gw_household is not None else gw_area
+    if not person.is_operator and area is not None and area != person.area:
+        raise NotFound("gateway not found")  # another area's gateway: its existence does not leak
+    if gw_household is not None and gw_household != household_id:
+        raise Conflict("gateway belongs to another household")
+
+
 def pair_device(conn: psycopg.Connection, clock: Clock, person: Person, *, device_id: str, household_id: str,
-                kind: str | None = None, room: str | None = None) -> dict[str, Any]:
-    """Attach a device to a household; its events stored while unpaired now count for the household."""
+                kind: str | None = None, room: str | None = None, gateway_id: str | None = None) -> dict[str, Any]:
+    """Attach a device to a household; its events stored while unpaired now count for the household.
+
+    ``gateway_id`` binds a device entered before it ever reported to the gateway it will report
+    through (issue 17: otherwise the first gateway that reports its id is taken)."""
     require_manage(conn, person, household_id)
     if kind is not None and kind not in DEVICE_KINDS:
         raise Invalid("unknown device kind")
     device_id = device_id.strip()
     now = as_datetime(clock.now())
+    if gateway_id is not None:
+        _check_gateway(conn, person, gateway_id, household_id)
     with conn.transaction():
-        row = conn.execute("SELECT household_id FROM devices WHERE device_id = %s FOR UPDATE", (device_id,)).fetchone()
+        row = conn.execute("SELECT household_id, gateway_id FROM devices WHERE device_id = %s FOR UPDATE",
+                           (device_id,)).fetchone()
+        if row is not None and gateway_id is not None and row[1] is not None and row[1] != gateway_id:
+            raise Conflict("the device reports through another gateway: move it instead")
         if row is not None and row[0] is None and not person.is_operator:
             # Issue 17: only a device reaching the service through a gateway of one's area (or not placed yet).
             where, params = _unpaired_scope(person)
@@ -62,17 +86,17 @@ def pair_device(conn: psycopg.Connection, clock: Clock, person: Person, *, devic
         if row is None:
             # Entered or scanned before it ever reported: register it now.
             conn.execute(
-                "INSERT INTO devices (device_id, household_id, kind, room, paired_at, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (device_id, household_id, kind, room, now, now),
+                "INSERT INTO devices (device_id, gateway_id, household_id, kind, room, paired_at, created_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (device_id, gateway_id, household_id, kind, room, now, now),
             )
         elif row[0] is not None and row[0] != household_id:
             raise Conflict("device is paired to another household")
         else:
             conn.execute(
                 "UPDATE devices SET household_id = %s, kind = COALESCE(%s, kind), room = COALESCE(%s, room),"
-                " paired_at = %s WHERE device_id = %s",
-                (household_id, kind, room, now, device_id),
+                " paired_at = %s, gateway_id = COALESCE(gateway_id, %s) WHERE device_id = %s",
+                (household_id, kind, room, now, gateway_id, device_id),
             )
         moved = conn.execute(
             "UPDATE events SET household_id = %s WHERE device_id = %s AND household_id IS DISTINCT FROM %s",
@@ -100,17 +124,7 @@ def move_device(conn: psycopg.Connection, clock: Clock, person: Person, *, devic
         raise NotFound("device not found")
     household_id, from_gateway = row
     require_manage(conn, person, household_id)
-    gw = conn.execute(
-        "SELECT g.household_id, g.area, h.area FROM gateways g LEFT JOIN households h ON h.household_id = g.household_id"
-        " WHERE g.gateway_id = %s", (gateway_id,)).fetchone()
-    if gw is None:
-        raise NotFound("gateway not found")
-    gw_household, gw_area, gw_household_area = gw
-    area = gw_household_area if gw_household is not None else gw_area
-    if not person.is_operator and area is not None and area != person.area:
-        raise NotFound("gateway not found")  # another area's gateway: its existence does not leak
-    if gw_household is not None and gw_household != household_id:
-        raise Conflict("gateway belongs to another household")
+    _check_gateway(conn, person, gateway_id, household_id)
     now = as_datetime(clock.now())
     with conn.transaction():
         conn.execute("SELECT 1 FROM devices WHERE device_id = %s FOR UPDATE", (device_id,))

@@ -27,6 +27,8 @@ class PairIn(BaseModel):
     household_id: Id
     kind: Literal["bulb", "motion", "door", "plug"] | None = None
     room: Name | None = None
+    #: The gateway a device not yet seen will report through (it is bound to it; issue 17).
+    gateway_id: Id | None = None
 
 
 @api.get("/unpaired", responses={401: {}, 403: {}})
@@ -37,7 +39,7 @@ def api_unpaired(person: CurrentPerson, conn: Conn) -> list[dict[str, Any]]:
 @api.post("/pair", responses={401: {}, 403: {}, 404: {}, 409: {}, 422: {}})
 def api_pair(body: PairIn, person: CurrentPerson, conn: Conn, clock: ClockDep) -> dict[str, Any]:
     return service.pair_device(conn, clock, person, device_id=body.device_id, household_id=body.household_id,
-                               kind=body.kind, room=body.room)
+                               kind=body.kind, room=body.room, gateway_id=body.gateway_id)
 
 
 class MoveIn(BaseModel):

@@ -125,3 +125,30 @@ def test_moving_a_paired_device_is_a_coordinators_audited_act(world) -> None:  #
         r1 = write_batch(c, batch_of(("gw-h1", Event("bulb-h1", 10_000, t, "on"))), now, KnownRows())
         r2 = write_batch(c, batch_of(("gw-new", Event("bulb-h1", 10_001, t, "off"))), now, KnownRows())
         assert (r1.stored, r1.dead_letters, r2.stored, r2.dead_letters) == (0, 1, 1, 0)
+
+
+def test_a_device_paired_before_it_reported_is_bound_to_the_gateway_named(world) -> None:  # noqa: ANN001
+    """A coordinator enters a new bulb's id (printed on it) before it ever reported, naming the home's
+    gateway: another gateway that reports that id first does not take it."""
+    from test_app_support import app_client, bearer
+
+    url, clock, _ = world
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("INSERT INTO gateways (gateway_id, household_id, area) VALUES ('gw-evil', NULL, 'south')")
+    with app_client(url, clock) as client:
+        coord = bearer(client, "coord_a")
+        r = client.post("/api/devices/pair", json={"device_id": "bulb-new", "household_id": "h1", "kind": "bulb",
+                                                   "gateway_id": "gw-h1"}, headers=coord)
+        assert r.status_code == 200, r.text
+        # another area's gateway cannot be named
+        r = client.post("/api/devices/pair", json={"device_id": "bulb-new2", "household_id": "h1", "gateway_id": "gw-evil"},
+                        headers=coord)
+        assert r.status_code == 404, r.text
+    with psycopg.connect(url) as c:
+        prepare(c)
+        now = clock.now()
+        t = int(now * 1000)
+        r1 = write_batch(c, batch_of(("gw-evil", Event("bulb-new", 1, t, "on"))), now, KnownRows())
+        r2 = write_batch(c, batch_of(("gw-h1", Event("bulb-new", 2, t, "off"))), now, KnownRows())
+        assert (r1.stored, r1.dead_letters, r2.stored, r2.dead_letters) == (0, 1, 1, 0)
+        assert c.execute("SELECT gateway_id FROM devices WHERE device_id = 'bulb-new'").fetchone() == ("gw-h1",)
