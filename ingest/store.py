@@ -154,6 +154,9 @@ ON CONFLICT (device_id) DO UPDATE SET
 """
 
 COPY_DEAD_LETTERS = "COPY dead_letters (received_at, topic, payload, reason, detail) FROM STDIN"
+#: A dead letter keeps at most this much of its payload (enough to see what was wrong; a gateway
+#: sending 64 KB junk messages would otherwise fill the table fast).
+MAX_DEAD_LETTER_BYTES = 4096
 
 @dataclass(frozen=True)
 class BatchResult:
@@ -256,7 +259,11 @@ def write_batch(conn: psycopg.Connection, batch: Batch, now: float, known: Known
                     copy.set_types(["timestamptz", "text", "bytea", "text", "text"])
                     for dl in dead_letters:
                         detail = dl.detail.replace("\x00", "\\x00") if dl.detail else None  # text rejects NUL
-                        copy.write_row((now_dt, dl.topic, dl.payload, dl.reason, detail))
+                        payload = dl.payload
+                        if len(payload) > MAX_DEAD_LETTER_BYTES:  # issue 17: 64 KB per junk message was kept
+                            detail = f"{detail or ''} (payload truncated from {len(payload)} bytes)".strip()
+                            payload = payload[:MAX_DEAD_LETTER_BYTES]
+                        copy.write_row((now_dt, dl.topic, payload, dl.reason, detail))
             with conn.pipeline():
                 gateway_rows = _gateway_rows(events, batch, need_gateways)
                 if gateway_rows:

@@ -63,3 +63,20 @@ def test_the_household_export_csv_runs_no_formulas(world) -> None:  # noqa: ANN0
     cells = [cell for row in csv.reader(io.StringIO(r.text)) for cell in row]
     assert "'" + formula in cells
     assert not [cell for cell in cells if cell[:1] in ("=", "+", "@")], [c for c in cells if c[:1] in ("=", "+", "@")]
+
+
+@pytest.mark.integration
+def test_a_dead_letter_keeps_only_the_head_of_a_huge_payload(pg_url: str) -> None:
+    from ingest.batch import Batch
+    from ingest.store import prepare, write_batch
+    from ingest.validate import DeadLetter
+
+    with psycopg.connect(pg_url) as conn:
+        prepare(conn)
+        b = Batch()
+        b.add(DeadLetter("mimamori/v1/gw/d/event", b"x" * 60_000, "oversized", "60000 bytes"))
+        b.add(DeadLetter("mimamori/v1/gw/d/event", b"y" * 100, "bad_json", ""))
+        write_batch(conn, b, 1_767_225_600.0)
+        rows = conn.execute("SELECT length(payload), detail FROM dead_letters ORDER BY id").fetchall()
+    assert rows[0][0] <= 4096 and "60000" in rows[0][1]
+    assert rows[1][0] == 100
