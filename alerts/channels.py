@@ -9,15 +9,17 @@ Server-Sent Events.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+import socket
 import ssl
 import threading
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote, urlsplit
+from typing import Any, Final
+from urllib.parse import parse_qs, quote, urlsplit
 
 import psycopg
 from psycopg.rows import dict_row
@@ -42,6 +44,10 @@ class AlertSettings(BaseSettings):
     #: mailto:// or mailtos:// URL without a recipient, e.g.
     #: ``mailtos://user:password@smtp.example.org?from=mimamori@example.org``. Unset: e-mail channels fail.
     smtp_url: str | None = None
+    #: Private networks that people's own Apprise channels may reach anyway (comma-separated CIDRs,
+    #: e.g. an on-premises ntfy server ``10.1.2.3/32``). Empty: only public addresses (issue 17: a
+    #: channel URL must not make the service call its own loopback or LAN).
+    private_targets: str = ""
     delivery_threads: int = 4
     #: Longest a worker sleeps between looks at the queue when no NOTIFY wakes it (seconds).
     poll_s: float = 0.2
@@ -176,6 +182,65 @@ def _replace_message_id(raw: str, message_id: str) -> str:
 def message_id_for(delivery_id: int, incident_id: int, created_at_ms: int, domain: str) -> str:
     """The Message-ID of a delivery: the same for every attempt, unique per delivery."""
     return f"<alert.{incident_id}.{delivery_id}.{created_at_ms}@{domain}>"
+
+
+#: Apprise schemes a person may register (the ones the app names). Others (``https://`` native
+#: webhooks, ``xml://``, ``mqtt://``, ``syslog://`` ...) are refused at registration and at send.
+ALLOWED_APPRISE_SCHEMES: Final = frozenset(APPRISE_CHANNEL_NAMES)
+#: Schemes whose URL names the host the service connects to (the rest go to a fixed cloud service
+#: and the URL's "host" is a token or a team name).
+_HOST_SCHEMES: Final = frozenset({"mailto", "mailtos", "json", "jsons", "form", "forms"})
+
+
+def private_target_nets(text: str | None = None) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``AlertSettings.private_targets`` parsed (``text`` overrides the environment)."""
+    raw = AlertSettings().private_targets if text is None else text
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
+
+
+def refused_target(url: str, allowed: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+                   resolve: Callable[[str], list[str]] | None = None) -> str | None:
+    """Why the service must not send to a person's Apprise ``url`` (None: it may). Issue 17 (SSRF):
+    only the schemes the app offers, and every address the target host resolves to must be public
+    (not loopback, private, link-local, multicast, reserved or unspecified) unless an operator allowed
+    its network. Checked right before each send (the host may resolve differently later: a DNS
+    rebinding between this check and Apprise's own connection remains possible)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ALLOWED_APPRISE_SCHEMES:
+        return f"scheme {scheme or '?'} not allowed"
+    hosts: list[str] = []
+    query = parse_qs(parts.query)
+    if scheme in _HOST_SCHEMES or (scheme in ("ntfy", "ntfys") and parts.path.strip("/")):
+        hosts.append(parts.hostname or "")
+    for key in ("smtp", "to_host", "host"):  # Apprise lets a query name the server
+        hosts.extend(query.get(key, []))
+    resolve = resolve or _resolve
+    allowed = tuple(allowed)
+    for host in hosts:
+        if not host:
+            return "no host"
+        try:
+            addresses = resolve(host)
+        except OSError:
+            return "host does not resolve"
+        for text in addresses:
+            ip = ipaddress.ip_address(text.split("%", 1)[0])
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            if any(ip in net for net in allowed):
+                continue
+            if not ip.is_global or ip.is_multicast:
+                return "private or local address"
+    return None
+
+
+def _resolve(host: str) -> list[str]:
+    try:
+        return [str(ipaddress.ip_address(host.strip("[]")))]
+    except ValueError:
+        pass
+    return sorted({info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
 
 
 def apprise_channel_name(url: str) -> str:

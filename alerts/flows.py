@@ -41,6 +41,8 @@ from alerts.channels import (
     channel_kind_name,
     mail_url,
     message_id_for,
+    private_target_nets,
+    refused_target,
 )
 from alerts.models import Conflict, InvalidInput, NotFound, render_notice
 from mimamori.clock import Clock, as_datetime
@@ -67,6 +69,10 @@ class Senders:
         url = self.apprise_url(kind, target)
         if url is None:
             return SendResult(False, "no mail server configured (MIMAMORI_ALERTS_SMTP_URL)", permanent=True)
+        if kind == "apprise":  # a person's own URL (the operator's mail server is trusted): issue 17, SSRF
+            refused = refused_target(url, private_target_nets())
+            if refused is not None:
+                return SendResult(False, f"target refused: {refused}", permanent=True)
         return self.apprise.send(url, title, body, message_id=message_id)
 
 
@@ -143,6 +149,11 @@ def send_test(conn: psycopg.Connection, actor: Any, person_id: str, channel_id: 
         entry = service._admin_log(conn, now, actor, "channel_tested", person_id, {"channel_id": channel_id, "kind": ch["kind"]})
     title, body = render_notice("test", locale, name="")
     result = senders.message(ch["kind"], ch["target"], title, body)  # the network call, outside any transaction
+    # Issue 17: whoever tested sees only "sent" or "failed". The error text of a connection (refused,
+    # timed out, a banner) would map the service's network for them; it goes to the server's log only.
+    if not result.ok:
+        log.warning("channel test failed: person %s channel %s: %s", person_id, channel_id, result.error)
+        result = SendResult(False, "failed", permanent=result.permanent)
     conn.execute("UPDATE alert_admin_log SET data = data || %s WHERE entry_id = %s",
                  (Jsonb({"ok": result.ok, "error": result.error}), entry))
     return result

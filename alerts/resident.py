@@ -72,6 +72,8 @@ def away_until_from_date(day: str, tz: str, now: float) -> float:
         back = date.fromisoformat(day)
     except (TypeError, ValueError):
         raise InvalidInput("the return date must be a date (YYYY-MM-DD)") from None
+    if back >= date.max - timedelta(days=1):  # 9999-12-31 + 1 day overflowed (a 500; issue 17)
+        raise InvalidInput(f"away mode is at most {MAX_AWAY_DAYS} days; a coordinator can set longer")
     zone = ZoneInfo(tz if policy.valid_timezone(tz) else "Asia/Tokyo")
     until = datetime.combine(back + timedelta(days=1), time(0, 0), zone).timestamp()
     if until <= now:

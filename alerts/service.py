@@ -32,7 +32,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from alerts import metrics, policy
-from alerts.channels import EMAIL_ADDRESS
+from alerts.channels import ALLOWED_APPRISE_SCHEMES, EMAIL_ADDRESS
 from alerts.models import (
     ACTIVITY_KINDS,
     OUTCOMES,
@@ -364,21 +364,50 @@ def _now_or_db(conn: psycopg.Connection, clock: Clock | None) -> float:
 _WEBPUSH_KEYS = ("endpoint", "keys")
 
 
+def managed_people_sql(actor: ActorLike, alias: str = "p") -> tuple[str, dict[str, Any]]:
+    """THE rule for who may manage a person (their channels with full targets, quiet hours, the admin
+    log of them, and putting them on a team): a WHERE fragment over ``people AS <alias>``.
+
+    - anyone: themselves; the operator: everyone;
+    - a coordinator: the people of their area only: its coordinators, residents of its households, and
+      watchers who belong to the area (on one of its teams, invited into it, or placed in it) **and to
+      no other area** (issue 17: a coordinator of another area could put any watcher on one of their
+      teams and then read the watcher's Slack token and Web Push keys, add an address, mute them).
+      A watcher on teams of two areas is managed by nobody but themselves and the operator; putting a
+      watcher from another area on a team is the operator's act (or the watcher's own acceptance of an
+      invitation)."""
+    me = {"mp_me": actor.person_id}
+    if actor.role == "operator":
+        return "TRUE", me
+    if actor.role != "coordinator" or actor.area is None:
+        return f"{alias}.person_id = %(mp_me)s", me
+    return (
+        f"""({alias}.person_id = %(mp_me)s OR CASE {alias}.role
+              WHEN 'coordinator' THEN {alias}.area = %(mp_area)s
+              WHEN 'resident' THEN EXISTS (SELECT 1 FROM households mh WHERE mh.household_id = {alias}.household_id
+                                           AND mh.area = %(mp_area)s)
+              WHEN 'watcher' THEN ({alias}.area = %(mp_area)s
+                  OR EXISTS (SELECT 1 FROM household_watchers mw JOIN households mh USING (household_id)
+                             WHERE mw.person_id = {alias}.person_id AND mh.area = %(mp_area)s)
+                  OR EXISTS (SELECT 1 FROM invitations mi LEFT JOIN households mh ON mh.household_id = mi.household_id
+                             WHERE mi.used_by = {alias}.person_id AND COALESCE(mh.area, mi.area) = %(mp_area)s))
+                 AND NOT EXISTS (SELECT 1 FROM household_watchers mw JOIN households mh USING (household_id)
+                                 WHERE mw.person_id = {alias}.person_id AND mh.area IS DISTINCT FROM %(mp_area)s)
+              ELSE false END)""",
+        {**me, "mp_area": actor.area},
+    )
+
+
+def may_manage_person(conn: psycopg.Connection, actor: ActorLike, person_id: str) -> bool:
+    where, params = managed_people_sql(actor)
+    return _one(conn, f"SELECT 1 AS ok FROM people p WHERE p.person_id = %(mp_p)s AND {where}",
+                {**params, "mp_p": person_id}) is not None
+
+
 def _may_manage_person(conn: psycopg.Connection, actor: ActorLike, person_id: str) -> None:
-    if not _one(conn, "SELECT 1 AS ok FROM people WHERE person_id = %(p)s", {"p": person_id}):
+    # Not found either way: whether a person outside one's scope exists does not leak.
+    if not may_manage_person(conn, actor, person_id):
         raise NotFound(f"person {person_id} not found")
-    if actor.person_id == person_id or actor.role == "operator":
-        return
-    if actor.role == "coordinator":
-        # the area's people: its coordinators, the watchers of its households, and their residents
-        row = _one(conn, """SELECT 1 AS ok FROM people p WHERE p.person_id = %(p)s AND (p.area = %(a)s OR EXISTS (
-                               SELECT 1 FROM household_watchers w JOIN households h USING (household_id)
-                               WHERE w.person_id = p.person_id AND h.area = %(a)s) OR EXISTS (
-                               SELECT 1 FROM households h WHERE h.household_id = p.household_id AND h.area = %(a)s))""",
-                   {"p": person_id, "a": actor.area})
-        if row:
-            return
-    raise NotFound(f"person {person_id} not found")
 
 
 def add_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, kind: str, target: str, *,
@@ -396,6 +425,8 @@ def add_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, kind
     elif kind == "apprise":
         if not re.match(r"^[a-z][a-z0-9+.-]*://\S+$", target or ""):
             raise InvalidInput("an Apprise URL looks like mailto://..., slack://..., ntfy://...")
+        if target.split("://", 1)[0] not in ALLOWED_APPRISE_SCHEMES:  # issue 17: no arbitrary protocols
+            raise InvalidInput("this kind of Apprise URL is not offered: " + ", ".join(sorted(ALLOWED_APPRISE_SCHEMES)))
     elif kind == "webpush":
         try:
             sub = json.loads(target)

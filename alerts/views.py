@@ -12,8 +12,9 @@ Wiring (the app does this; the alerts stage does not know how people sign in):
   ``role`` and ``area`` (the app's ``Person`` fits).
 - ``alert_connection`` / ``alert_clock``: a psycopg connection from ``request.app.state.pool`` and
   the clock ``request.app.state.clock`` (the app's conventions); override them to change that.
-- Server-Sent Events of a person's in-app notifications: ``GET /api/alerts/notifications/stream``
-  (uses the pool's conninfo for its LISTEN connection).
+- Server-Sent Events of a person's in-app notifications (``GET /api/alerts/notifications/stream``)
+  are served by the app (``app.live.views``): its streams share one LISTEN connection and re-check
+  the session (issue 17); ``alerts.channels.notification_stream`` remains for other hosts.
 
 Errors: ``NotFound`` 404, ``Forbidden`` 403, ``Conflict`` 409, ``InvalidInput`` 422.
 """
@@ -21,20 +22,18 @@ Errors: ``NotFound`` 404, ``Forbidden`` 403, ``Conflict`` 409, ``InvalidInput`` 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import time as dt_time
 from typing import Annotated, Any, Literal
 
 import psycopg
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as FPath
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from alerts import models, service
-from alerts.channels import notification_stream
 from alerts.models import ActorLike
 from mimamori.clock import Clock
 
@@ -115,24 +114,6 @@ def list_alerts(actor: Actor, conn: Conn, status: Annotated[list[str] | None, Qu
 @alerts_api.get("/notifications")
 def list_notifications(actor: Actor, conn: Conn, after_id: int = 0, unread_only: bool = False) -> list[Any]:
     return [_json(n) for n in service.list_notifications(conn, actor, after_id=after_id, unread_only=unread_only)]
-
-
-@alerts_api.get("/notifications/stream")
-async def stream_notifications(request: Request, actor: Actor,
-                               last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    database_url = request.app.state.pool.conninfo
-
-    async def events() -> AsyncIterator[str]:
-        async for item in notification_stream(database_url, actor.person_id, after_id=after, idle_timeout_s=15):
-            if await request.is_disconnected():
-                return
-            if item.get("keepalive"):
-                yield ": keepalive\n\n"
-            else:
-                yield f"id: {item['notification_id']}\nevent: notification\ndata: {json.dumps(item, default=str)}\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 @alerts_api.get("/chains/{household_id}")

@@ -9,11 +9,14 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
+from starlette.concurrency import run_in_threadpool
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -22,9 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app import metrics
 from app.auth import current_person
 from app.auth import views as auth_views
+from app.auth.proxy import is_https, parse_trusted
 from app.devices import views as device_views
 from app.errors import AppError, CsrfFailed, NotAuthenticated
 from app.households import views as household_views
+from app.households.service import LOGGED_VIEWS, log_view
 from app.i18n import request_locale, translate
 from app.incidents import views as incident_views
 from app.incidents import resident_views
@@ -70,6 +75,7 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     app.state.stopping = threading.Event()
     app.state.vapid_public_key = vapid_public_key(settings)
     app.state.csrf_signer = signer(settings, "csrf")
+    app.state.trusted_proxies = parse_trusted(settings.trusted_proxies)
 
     @app.exception_handler(AppError)
     async def app_error(request: Request, exc: AppError) -> Response:
@@ -92,7 +98,13 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         if _wants_json(request):
-            return await request_validation_exception_handler(request, exc)
+            # The errors without the input they echo: a NaN or Infinity in a JSON body cannot be encoded
+            # back (a 500, issue 17), and the request need not be reflected.
+            errors = [{k: v for k, v in e.items() if k != "input"} for e in exc.errors()]
+            try:
+                return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+            except ValueError:
+                return JSONResponse({"detail": "invalid input", "code": "invalid"}, status_code=422)
         from app.templating import render
 
         return render(request, "error.html", status_code=422, message=translate(request_locale(request), "err_invalid"))
@@ -117,6 +129,8 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
         response.headers.setdefault("x-content-type-options", "nosniff")
         response.headers.setdefault("x-frame-options", "DENY")
         response.headers.setdefault("referrer-policy", "same-origin")
+        if is_https(request):  # issue 17: behind the documented TLS proxy too
+            response.headers.setdefault("strict-transport-security", "max-age=31536000")
         if request.url.path.startswith(NO_LOGIN_LINK_PATHS):
             # the path is the key (a resident's answer link): no cache, shared or private, keeps the page
             response.headers["cache-control"] = "no-store"
@@ -124,6 +138,27 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
         response.headers.setdefault(
             "content-security-policy",
             "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'")
+        return response
+
+    @app.middleware("http")
+    async def view_log(request: Request, call_next):  # type: ignore[no-untyped-def]
+        """The one view-log point (issue 17): every successful read of a route that names a household
+        (or an incident, or a safety check's household) is in the household's view log, whichever
+        stage's router serves it; services that log with more detail (exports, pages) go first."""
+        logged: set[str] = set()
+        token = LOGGED_VIEWS.set(logged)
+        try:
+            response = await call_next(request)
+        finally:
+            LOGGED_VIEWS.reset(token)
+        if request.method != "GET" or not 200 <= response.status_code < 300:
+            return response
+        params = request.scope.get("path_params") or {}
+        person = request.scope.get("state", {}).get("person")
+        if person is None or not ("household_id" in params or "incident_id" in params):
+            return response
+        route = getattr(request.scope.get("route"), "path", "") or request.url.path
+        await run_in_threadpool(_log_route_view, app, person, params, route, logged)
         return response
 
     @app.middleware("http")
@@ -170,6 +205,24 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
 NO_LOGIN_LINK_PATHS = ("/r/", "/safety/a/")
 
 
+def _log_route_view(app: FastAPI, person: Any, params: dict[str, Any], route: str, logged: set[str]) -> None:
+    with app.state.pool.connection() as conn:
+        conn.autocommit = True
+        household_id = params.get("household_id")
+        if household_id is None:
+            try:
+                incident_id = int(params["incident_id"])
+            except (KeyError, TypeError, ValueError):
+                return
+            row = conn.execute("SELECT household_id FROM incidents WHERE incident_id = %s", (incident_id,)).fetchone()
+            household_id = row[0] if row else None
+        if household_id is None or household_id in logged:
+            return
+        if conn.execute("SELECT 1 FROM households WHERE household_id = %s", (household_id,)).fetchone() is None:
+            return
+        log_view(conn, app.state.clock, person, str(household_id), ("api " if route.startswith("/api") else "page ") + route[:180])
+
+
 def database_ready(pool: object) -> bool:
     """The app's readiness: a pool connection answers within a couple of seconds."""
     with pool.connection(timeout=2) as conn:  # type: ignore[attr-defined]
@@ -190,15 +243,23 @@ def _include_alerts_routers(app: FastAPI) -> None:
     app.include_router(router)
 
 
+def uvicorn_config(app: FastAPI, *, host: str, port: int) -> Any:
+    """The app's server settings. ``proxy_headers`` off: uvicorn would believe the leftmost
+    X-Forwarded-For of a loopback peer (a value the client writes); the app reads the headers of
+    ``MIMAMORI_TRUSTED_PROXIES`` only (app.auth.proxy)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2,
+                          proxy_headers=False)
+
+
 def run_app(settings: Settings, *, database_url: str, host: str = "127.0.0.1", port: int = 8000,
             stop: threading.Event | None = None, clock: Clock | None = None) -> None:
     """Serve until ``stop`` is set (or Ctrl-C when run in the main thread)."""
     import uvicorn
 
     app = create_app(settings, database_url=database_url, clock=clock)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2,
-                            proxy_headers=True)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, host=host, port=port))
     if stop is not None:
         def watch() -> None:
             stop.wait()

@@ -33,6 +33,10 @@ import psycopg
 
 from mimamori import db, embedded
 
+# Its sinks listen on loopback: allow them as an operator would an on-premises relay (issue 17 refuses
+# private and loopback targets of people's channels otherwise). Worker processes inherit it.
+os.environ.setdefault("MIMAMORI_ALERTS_PRIVATE_TARGETS", "127.0.0.0/8")
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_INAPP_P99_S = 1.0
 TARGET_EMAIL_P99_S = 2.0

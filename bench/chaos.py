@@ -56,6 +56,10 @@ import psycopg
 
 from mimamori import db, embedded
 
+# Its sinks listen on loopback: allow them as an operator would an on-premises relay (issue 17 refuses
+# private and loopback targets of people's channels otherwise). Worker processes inherit it.
+os.environ.setdefault("MIMAMORI_ALERTS_PRIVATE_TARGETS", "127.0.0.0/8")
+
 log = logging.getLogger("mimamori.chaos")
 
 ROOT = Path(__file__).resolve().parents[1]

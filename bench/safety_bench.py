@@ -59,6 +59,10 @@ from safety import service
 from safety.models import Actor, SafetySettings
 from safety.worker import run_safety_worker
 
+# Its sinks listen on loopback: allow them as an operator would an on-premises relay (issue 17 refuses
+# private and loopback targets of people's channels otherwise). Worker processes inherit it.
+os.environ.setdefault("MIMAMORI_ALERTS_PRIVATE_TARGETS", "127.0.0.0/8")
+
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ANSWER_SHARE = 0.6          # homes that answer "safe" by a double toggle
 SIGN_OF_LIFE_SHARE = 0.1    # homes that switch once (a sign of life, not an answer)

@@ -298,7 +298,8 @@ class DetectorService:
 
     def _take_events(self, where: str, args: tuple[Any, ...]) -> int:
         rows = self.conn.execute(
-            f"""SELECT device_id, seq, extract(epoch FROM time), kind, received_at FROM events
+            # least(time, received_at): a device clock never puts activity past its receipt (issue 17).
+            f"""SELECT device_id, seq, extract(epoch FROM least(time, received_at)), kind, received_at FROM events
                 WHERE household_id IS NOT NULL AND {where} ORDER BY time""",
             args,
         ).fetchall()

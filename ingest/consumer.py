@@ -465,7 +465,9 @@ class IngestService:
         reasons: dict[str, int] = {}
         for dl in batch.dead_letters:
             reasons[dl.reason] = reasons.get(dl.reason, 0) + 1
-        refused = result.dead_letters - len(batch.dead_letters)  # items the database refused (_write_singly)
+        for reason, n in result.refused.items():  # issue 17: future_ts, foreign_device (made by store.write_batch)
+            reasons[reason] = reasons.get(reason, 0) + n
+        refused = result.dead_letters - len(batch.dead_letters) - sum(result.refused.values())  # items the database refused (_write_singly)
         if refused > 0:
             reasons["db_rejected"] = reasons.get("db_rejected", 0) + refused
         for reason, n in reasons.items():

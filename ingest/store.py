@@ -9,14 +9,18 @@ dead letters. The caller commits and only then acknowledges the MQTT messages.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import psycopg
 
+from mimamori import protocol
 from mimamori.clock import as_datetime
+from mimamori.protocol import Event, ProtocolError
 
 from .batch import Batch
+from .validate import DeadLetter
 
 # ``ON COMMIT DELETE ROWS``: the staging table is empty at the start of every batch.
 CREATE_STAGE = """
@@ -59,13 +63,40 @@ WHERE EXCLUDED.status_changed_at IS NOT NULL OR EXCLUDED.last_heartbeat IS NOT N
 """
 
 # Unknown devices are registered unpaired (household NULL, kind NULL) for a coordinator to pair.
-# A device that moved to another gateway follows it (resend commands go to its current gateway).
+# An unpaired device that moved to another gateway follows it (resend commands go to its current
+# gateway). A paired device is bound to its gateway (issue 17): only a device without a known gateway
+# (paired before it ever reported) takes the publishing one; moving a paired device is a coordinator's
+# act (``app.devices.service.move_device``), never a side effect of a publish. REJECT_FOREIGN has
+# already removed the events a paired device's other gateways sent.
 UPSERT_DEVICES = """
 INSERT INTO devices AS d (device_id, gateway_id, first_seen_at)
 SELECT device_id, (array_agg(gateway_id ORDER BY ts_ms DESC))[1], %(now)s::timestamptz
 FROM ingest_stage GROUP BY device_id ORDER BY device_id
 ON CONFLICT (device_id) DO UPDATE SET gateway_id = EXCLUDED.gateway_id
-WHERE d.gateway_id IS DISTINCT FROM EXCLUDED.gateway_id
+WHERE d.gateway_id IS DISTINCT FROM EXCLUDED.gateway_id AND (d.household_id IS NULL OR d.gateway_id IS NULL)
+"""
+
+# Issue 17: a gateway speaks only for its own devices. Messages (events and device heartbeats) for a
+# device paired under another gateway leave the staging table and become dead letters
+# (``foreign_device``) before anything else reads the stage: no event row, no device_state change, no
+# move. The payload is the event re-encoded (the raw bytes are not staged). Runs for every batch
+# (the KnownRows cache cannot know about a pairing made meanwhile); the devices primary key makes it
+# an index probe per staged row.
+REJECT_FOREIGN = """
+WITH foreign_rows AS (
+    DELETE FROM ingest_stage s USING devices d
+    WHERE d.device_id = s.device_id AND d.household_id IS NOT NULL AND d.gateway_id IS NOT NULL
+      AND d.gateway_id <> s.gateway_id
+    RETURNING s.gateway_id, s.device_id, s.seq, s.ts_ms, s.kind, s.value, d.gateway_id AS bound_to
+), dead AS (
+    INSERT INTO dead_letters (received_at, topic, payload, reason, detail)
+    SELECT %(now)s::timestamptz, %(topic_root)s || '/' || gateway_id || '/' || device_id || '/event',
+           convert_to(json_build_object('v', 1, 'device', device_id, 'seq', seq, 'ts', ts_ms, 'kind', kind,
+                                        'value', value)::text, 'UTF8'),
+           'foreign_device', 'device ' || device_id || ' is paired under gateway ' || bound_to
+    FROM foreign_rows ORDER BY device_id, seq
+)
+SELECT count(*) FILTER (WHERE kind <> 'heartbeat'), count(*) FROM foreign_rows
 """
 
 # Key order, like the upserts: concurrent writers meeting the same duplicate wait, never deadlock.
@@ -84,7 +115,9 @@ ON CONFLICT (device_id, seq, time) DO NOTHING
 # Rows are upserted in key order (ORDER BY) so that two ingest processes lock rows in the same order
 # and cannot deadlock.
 # Device time decides: the newest message wins each column, whatever order messages arrive in
-# (resends arrive late). ``power`` follows the newest on/off event.
+# (resends arrive late). ``power`` follows the newest on/off event. No column is ever later than the
+# batch's receipt (issue 17: a device clock a few minutes ahead must not put "last seen" in the future; CASE, not
+# LEAST, which would turn a NULL column into the receipt time).
 UPSERT_DEVICE_STATE = """
 WITH agg AS (
     SELECT device_id,
@@ -100,11 +133,11 @@ WITH agg AS (
 INSERT INTO device_state AS ds (device_id, last_seen_at, last_activity_at, last_heartbeat_at,
                                 power, power_since, max_seq, reported_seq, updated_at)
 SELECT device_id,
-       timestamptz 'epoch' + seen_ms * interval '1 millisecond',
-       timestamptz 'epoch' + activity_ms * interval '1 millisecond',
-       timestamptz 'epoch' + heartbeat_ms * interval '1 millisecond',
+       timestamptz 'epoch' + (CASE WHEN seen_ms > %(now_ms)s THEN %(now_ms)s ELSE seen_ms END) * interval '1 millisecond',
+       timestamptz 'epoch' + (CASE WHEN activity_ms > %(now_ms)s THEN %(now_ms)s ELSE activity_ms END) * interval '1 millisecond',
+       timestamptz 'epoch' + (CASE WHEN heartbeat_ms > %(now_ms)s THEN %(now_ms)s ELSE heartbeat_ms END) * interval '1 millisecond',
        power,
-       timestamptz 'epoch' + power_ms * interval '1 millisecond',
+       timestamptz 'epoch' + (CASE WHEN power_ms > %(now_ms)s THEN %(now_ms)s ELSE power_ms END) * interval '1 millisecond',
        max_seq, reported_seq, %(now)s::timestamptz
 FROM agg ORDER BY device_id
 ON CONFLICT (device_id) DO UPDATE SET
@@ -121,13 +154,18 @@ ON CONFLICT (device_id) DO UPDATE SET
 """
 
 COPY_DEAD_LETTERS = "COPY dead_letters (received_at, topic, payload, reason, detail) FROM STDIN"
+#: A dead letter keeps at most this much of its payload (enough to see what was wrong; a gateway
+#: sending 64 KB junk messages would otherwise fill the table fast).
+MAX_DEAD_LETTER_BYTES = 4096
 
 @dataclass(frozen=True)
 class BatchResult:
     stored: int  # new rows in events
     duplicates: int  # event rows dropped as already stored (in this batch or earlier)
-    dead_letters: int
+    dead_letters: int  # bad payloads, and (issue 17) events refused here: future_ts, foreign_device
     heartbeats: int  # device heartbeats folded into device_state
+    #: Dead letters this write made itself (not in ``batch.dead_letters``), by reason (issue 17).
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -158,63 +196,96 @@ def prepare(conn: psycopg.Connection) -> None:
 _NULL = "\\N"
 
 
-def stage_text(batch: Batch) -> str:
-    """The COPY text of the batch's events. Ids are protocol-validated (``[A-Za-z0-9._:-]``) and
+def stage_text(events: Iterable[tuple[str, Event]]) -> str:
+    """The COPY text of a batch's events. Ids are protocol-validated (``[A-Za-z0-9._:-]``) and
     kinds are fixed words, so nothing needs escaping."""
     return "".join(
         [
             f"{gw}\t{ev.device_id}\t{ev.seq}\t{ev.ts_ms}\t{ev.kind}\t{_NULL if ev.value is None else repr(ev.value)}\n"
-            for gw, ev in batch.events.values()
+            for gw, ev in events
         ]
     )
+
+
+def split_future(batch: Batch, now: float) -> tuple[list[tuple[str, Event]], list[DeadLetter]]:
+    """The batch's events whose device time is acceptable at ``now`` (the service clock), and dead
+    letters (``future_ts``) for those dated beyond it plus ``protocol.MAX_CLOCK_AHEAD_MS``. Only
+    walks the events when the batch's newest device time is too far ahead (rare)."""
+    events = list(batch.events.values())
+    now_ms = int(now * 1000)
+    if batch.newest_ts_ms <= now_ms + protocol.MAX_CLOCK_AHEAD_MS:
+        return events, []
+    kept: list[tuple[str, Event]] = []
+    dead: list[DeadLetter] = []
+    for gw, ev in events:
+        try:
+            protocol.check_device_time(ev.ts_ms, now_ms)
+        except ProtocolError as exc:
+            dead.append(DeadLetter(protocol.event_topic(gw, ev.device_id), protocol.encode_event(ev), exc.reason, exc.detail))
+        else:
+            kept.append((gw, ev))
+    return kept, dead
 
 
 def write_batch(conn: psycopg.Connection, batch: Batch, now: float, known: KnownRows | None = None) -> BatchResult:
     """Write ``batch`` and commit. Raises psycopg errors (the caller retries or isolates).
 
     Round trips: one COPY of the events, one COPY of dead letters (if any), then every statement
-    and the COMMIT in one pipeline.
+    and the COMMIT in one pipeline. Events dated too far past ``now`` and events for a device paired
+    under another gateway become dead letters (issue 17).
     """
     now_dt: datetime = as_datetime(now)
     params = {"now": now_dt}
-    heartbeats = sum(1 for _, ev in batch.events.values() if ev.kind == "heartbeat")
-    event_rows = len(batch.events) - heartbeats
+    events, future = split_future(batch, now)
+    dead_letters = [*batch.dead_letters, *future]
+    heartbeats = sum(1 for _, ev in events if ev.kind == "heartbeat")
+    event_rows = len(events) - heartbeats
     need_gateways = need_devices = True
-    if known is not None and batch.events:
+    if known is not None and events:
         devices = known.devices
         gateways = known.gateways
-        need_devices = any(devices.get(ev.device_id) != gw for gw, ev in batch.events.values())
+        need_devices = any(devices.get(ev.device_id) != gw for gw, ev in events)
         need_gateways = need_devices or any(
-            now - gateways.get(gw, -1e18) >= GATEWAY_SEEN_REFRESH_S for gw in {gw for gw, _ in batch.events.values()}
+            now - gateways.get(gw, -1e18) >= GATEWAY_SEEN_REFRESH_S for gw in {gw for gw, _ in events}
         )
-    events_cursor = None
+    events_cursor = reject_cursor = None
     try:
         with conn.cursor() as cur:
-            if batch.events:
+            if events:
                 with cur.copy(COPY_STAGE) as copy:
-                    copy.write(stage_text(batch))
-            if batch.dead_letters:
+                    copy.write(stage_text(events))
+            if dead_letters:
                 with cur.copy(COPY_DEAD_LETTERS) as copy:
                     copy.set_types(["timestamptz", "text", "bytea", "text", "text"])
-                    for dl in batch.dead_letters:
+                    for dl in dead_letters:
                         detail = dl.detail.replace("\x00", "\\x00") if dl.detail else None  # text rejects NUL
-                        copy.write_row((now_dt, dl.topic, dl.payload, dl.reason, detail))
+                        payload = dl.payload
+                        if len(payload) > MAX_DEAD_LETTER_BYTES:  # issue 17: 64 KB per junk message was kept
+                            detail = f"{detail or ''} (payload truncated from {len(payload)} bytes)".strip()
+                            payload = payload[:MAX_DEAD_LETTER_BYTES]
+                        copy.write_row((now_dt, dl.topic, payload, dl.reason, detail))
             with conn.pipeline():
-                gateway_rows = _gateway_rows(batch, need_gateways)
+                gateway_rows = _gateway_rows(events, batch, need_gateways)
                 if gateway_rows:
                     ids = sorted(gateway_rows)
                     cur.execute(UPSERT_GATEWAYS, {"now": now_dt, "ids": ids,
                                                   "statuses": [gateway_rows[g][0] for g in ids],
                                                   "heartbeats": [gateway_rows[g][1] for g in ids]})
-                if batch.events:
+                if events:
+                    reject_cursor = conn.cursor()
+                    reject_cursor.execute(REJECT_FOREIGN, {"now": now_dt, "topic_root": protocol.ROOT})
                     if need_devices:
                         cur.execute(UPSERT_DEVICES, params)
                     if event_rows:
                         events_cursor = conn.cursor()
                         events_cursor.execute(INSERT_EVENTS, params)
-                    cur.execute(UPSERT_DEVICE_STATE, params)
+                    cur.execute(UPSERT_DEVICE_STATE, {**params, "now_ms": int(now * 1000)})
                 conn.commit()
         stored = events_cursor.rowcount if events_cursor is not None else 0
+        foreign_events = foreign = 0
+        if reject_cursor is not None:
+            row = reject_cursor.fetchone()
+            foreign_events, foreign = (int(row[0]), int(row[1])) if row else (0, 0)
     except BaseException:
         if not conn.closed:
             try:
@@ -223,28 +294,32 @@ def write_batch(conn: psycopg.Connection, batch: Batch, now: float, known: Known
                 pass
         raise
     finally:
-        if events_cursor is not None:
-            events_cursor.close()
-    if known is not None and batch.events:
+        for c in (events_cursor, reject_cursor):
+            if c is not None:
+                c.close()
+    if known is not None and events:
         if need_devices:
-            for gw, ev in batch.events.values():
+            for gw, ev in events:
                 known.devices[ev.device_id] = gw
         if need_gateways:
-            for gw, _ in batch.events.values():
+            for gw, _ in events:
                 known.gateways[gw] = now
+    refused = {reason: n for reason, n in (("future_ts", len(future)), ("foreign_device", foreign)) if n}
     return BatchResult(
         stored=stored,
-        duplicates=event_rows - stored + batch.in_batch_duplicates,
-        dead_letters=len(batch.dead_letters),
-        heartbeats=heartbeats,
+        duplicates=event_rows - foreign_events - stored + batch.in_batch_duplicates,
+        dead_letters=len(dead_letters) + foreign,
+        heartbeats=heartbeats - (foreign - foreign_events),
+        refused=refused,
     )
 
 
-def _gateway_rows(batch: Batch, with_event_gateways: bool) -> dict[str, tuple[str | None, str | None]]:
+def _gateway_rows(events: list[tuple[str, Event]], batch: Batch,
+                  with_event_gateways: bool) -> dict[str, tuple[str | None, str | None]]:
     """gateway_id -> (status or None, heartbeat JSON or None) of every gateway row to write."""
     rows: dict[str, tuple[str | None, str | None]] = {}
     if with_event_gateways:
-        for gw, _ in batch.events.values():
+        for gw, _ in events:
             rows[gw] = (None, None)
     for gw, status in batch.statuses.items():
         rows[gw] = (status, None)

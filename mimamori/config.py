@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     #: Public base URL of the web app, used in links sent by mail/chat (default http://app_host:app_port).
     public_url: str | None = None
+    #: The TLS reverse proxy in front of the app (comma-separated addresses or CIDRs, e.g. the compose
+    #: network's proxy container): only these peers' X-Forwarded-For / X-Forwarded-Proto are believed
+    #: (the sign-in throttle's client, the Secure cookie, HSTS). Empty: no proxy; the TCP peer is the client.
+    trusted_proxies: str = ""
 
     #: Port of the operations endpoint (/metrics, /healthz, /readyz) of a stage process; 0 = off.
     #: The web app serves the same paths on its own port.

@@ -45,6 +45,11 @@ MAX_SEQ: Final = 2**63 - 1
 MIN_TS_MS: Final = 1_577_836_800_000
 MAX_TS_MS: Final = 4_102_444_800_000
 
+#: How far a device clock may run ahead of the service (issue 17). An event dated later than its
+#: receipt plus this is refused (``check_device_time``; ingest dead-letters it as ``future_ts``): one
+#: event dated 2099 would otherwise hold a home's "last activity" in the future and silence it for good.
+MAX_CLOCK_AHEAD_MS: Final = 5 * 60 * 1000
+
 _ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
 
 
@@ -258,3 +263,11 @@ def decode_command(payload: bytes) -> Command:
         if type(lo) is not int or type(hi) is not int or not 0 <= lo <= hi:
             raise ProtocolError("bad_resend_range", f"{lo!r}..{hi!r}")
     return Command(cmd, obj)
+
+
+def check_device_time(ts_ms: int, received_ms: int) -> None:
+    """Raise ``ProtocolError("future_ts")`` when a device time is beyond ``received_ms`` (the
+    service's clock at receipt, epoch ms) plus ``MAX_CLOCK_AHEAD_MS``. Late device times are fine
+    (outboxes replay old events; a clock that runs behind only delays a home's timeline)."""
+    if ts_ms > received_ms + MAX_CLOCK_AHEAD_MS:
+        raise ProtocolError("future_ts", f"device time {ts_ms} is {(ts_ms - received_ms) / 1000:.0f} s after receipt ({received_ms})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 
 from itsdangerous import URLSafeTimedSerializer
@@ -21,9 +22,28 @@ def secret_key(settings: Settings) -> str:
     return _stored_key(settings.data_dir / "secret_key")
 
 
+#: A stored key shorter than this is refused (issue 17: an empty file was accepted as the key, and
+#: anyone could then forge answer links and CSRF tokens).
+MIN_KEY_CHARS = 32
+
+
+def _read_key(path: Path) -> str:
+    """The stored key; waits a moment for a process that created the file but has not written it
+    yet (O_EXCL below), then refuses an empty or short one rather than sign with it."""
+    deadline = time.monotonic() + 2.0
+    while True:
+        key = path.read_text(encoding="ascii").strip()
+        if len(key) >= MIN_KEY_CHARS:
+            return key
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} holds no usable secret key ({len(key)} characters): delete it to have "
+                               "a new one made, or set MIMAMORI_SECRET_KEY")
+        time.sleep(0.05)
+
+
 def _stored_key(path: Path) -> str:
     try:
-        return path.read_text(encoding="ascii").strip()
+        return _read_key(path)
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +52,7 @@ def _stored_key(path: Path) -> str:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return path.read_text(encoding="ascii").strip()
+        return _read_key(path)
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(key)
     return key

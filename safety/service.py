@@ -677,9 +677,11 @@ def export_csv(conn: psycopg.Connection, actor: Any, check_id: int, *, clock: Cl
     c = _check_for(conn, actor, check_id)
     rows = [_household_json(r) for r in _board_rows(conn, actor, check_id)]
     out = io.StringIO()
-    out.write(f"# safety check {c['check_id']}: {c['message']} (started {c['started_at'].isoformat()}"
-              f"{', closed ' + c['closed_at'].isoformat() if c['closed_at'] else ''})\n")
     writer = csv.writer(out)
+    # The check's message is a manager's text: one quoted, formula-safe cell (a newline in it used to
+    # start rows of its own; issue 17).
+    writer.writerow([_csv_cell(f"# safety check {c['check_id']}: {c['message']} (started {c['started_at'].isoformat()}"
+                               f"{', closed ' + c['closed_at'].isoformat() if c['closed_at'] else ''})")])
     writer.writerow(CSV_COLUMNS)
     for r in rows:
         writer.writerow([_csv_cell(r[k]) for k in CSV_COLUMNS])
@@ -691,7 +693,7 @@ def export_csv(conn: psycopg.Connection, actor: Any, check_id: int, *, clock: Cl
 def _csv_cell(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):  # no formulas in a spreadsheet
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):  # no formulas in a spreadsheet
         return "'" + value
     return "" if value is None else value
 

@@ -23,6 +23,11 @@ import pytest
 from mimamori import db, embedded
 from mimamori.mqtt import MqttUrl
 
+# The tests' mail and webhook sinks listen on loopback: an operator's allowance, as a deployment with an
+# on-premises ntfy or SMTP relay would set it (issue 17 refuses private and loopback targets of people's
+# channels otherwise; tests/security/test_sec_ssrf.py clears it to check that).
+os.environ.setdefault("MIMAMORI_ALERTS_PRIVATE_TARGETS", "127.0.0.0/8")
+
 _LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 

@@ -24,7 +24,7 @@ API = [
     ("POST", "/api/households", {"display_name": "新しい家", "area": "north"}, MANAGERS_NORTH),
     ("GET", "/api/households/h1", None, TEAM_H1),
     ("GET", "/api/households/h1/team", None, TEAM_H1),
-    ("POST", "/api/households/h1/team", {"person_id": "watcher_b", "tier": 2}, MANAGERS_NORTH),
+    ("POST", "/api/households/h1/team", {"person_id": "watcher_a", "tier": 2}, MANAGERS_NORTH),
     ("DELETE", "/api/households/h1/team/watcher_b", None, MANAGERS_NORTH),
     ("POST", "/api/households/h1/away", {"until": "2026-01-25"}, TEAM_H1),
     ("DELETE", "/api/households/h1/away", None, TEAM_H1),
@@ -44,6 +44,17 @@ API = [
     ("POST", "/api/devices/pair", {"device_id": "bulb-h1", "household_id": "h1"}, MANAGERS_NORTH),
     ("POST", "/api/invitations", {"role": "watcher", "display_name": "近所", "household_id": "h1"}, MANAGERS_NORTH),
     ("POST", "/api/invitations", {"role": "coordinator", "display_name": "市", "area": "east"}, {"oper"}),
+    # Cross-area (issue 17): the people and devices of the north, against the south's coordinator and the
+    # other team's watcher. A person's channels, quiet hours and admin log: themselves, their area's
+    # coordinator, the operator.
+    ("GET", "/api/alerts/people/watcher_a/channels", None, {"oper", "coord_a", "watcher_a"}),
+    ("PUT", "/api/alerts/people/watcher_a/quiet-hours", {"start": "22:00", "end": "06:00"}, {"oper", "coord_a", "watcher_a"}),
+    ("GET", "/api/alerts/audit/watcher_a", None, {"oper", "coord_a", "watcher_a"}),
+    ("GET", "/api/alerts/people/resident_1/channels", None, {"oper", "coord_a", "resident_1"}),
+    ("POST", "/api/alerts/people/resident_1/channels", {"kind": "email", "target": "r1@example.jp"}, {"oper", "coord_a", "resident_1"}),
+    ("GET", "/api/alerts/audit/h1", None, MANAGERS_NORTH),
+    ("GET", "/api/alerts/chains/h1", None, {"oper", "coord_a", "watcher_a"}),
+    ("POST", "/api/devices/bulb-h1/gateway", {"gateway_id": "gw-h1"}, MANAGERS_NORTH),
 ]
 
 PAGES = [

@@ -194,7 +194,7 @@ def test_stage_text_is_copy_text() -> None:
     b = Batch()
     b.add_event("gw-1", Event("bulb-1", 1, TS, "on", None))
     b.add_event("gw-1", Event("bulb-1", 2, TS, "fault", 2.5))
-    assert stage_text(b) == f"gw-1\tbulb-1\t1\t{TS}\ton\t\\N\ngw-1\tbulb-1\t2\t{TS}\tfault\t2.5\n"
+    assert stage_text(b.events.values()) == f"gw-1\tbulb-1\t1\t{TS}\ton\t\\N\ngw-1\tbulb-1\t2\t{TS}\tfault\t2.5\n"
 
 
 # --- resend planning ----------------------------------------------------------------------------

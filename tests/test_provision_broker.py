@@ -25,9 +25,14 @@ from mimamori.config import Settings
 from test_gateway_service import close_client, wait_for
 
 MOSQUITTO = embedded.shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+DYNSEC_PLUGIN = next((p for p in ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+                                  "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+                                  "/usr/lib/mosquitto_dynamic_security.so",
+                                  "/usr/local/lib/mosquitto_dynamic_security.so") if os.path.exists(p)), "")
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="needs the mosquitto binary"),
+    pytest.mark.skipif(not DYNSEC_PLUGIN, reason="needs Mosquitto's dynamic-security plugin"),
 ]
 
 T0 = 1_767_225_600_000
@@ -44,8 +49,10 @@ def secure_config(port: int, broker_dir: Path, data_dir: Path) -> str:
         f"keyfile {tls / 'server.key'}",
         "tls_version tlsv1.2",
         "allow_anonymous false",
-        f"password_file {broker_dir / 'passwd'}",
-        f"acl_file {broker_dir / 'acl'}",
+        # Accounts and ACL through the dynamic-security plugin, as deploy/mosquitto/mosquitto-docker.conf
+        # (the acl_file cannot refuse a SUBSCRIBE; issue 17).
+        f"plugin {DYNSEC_PLUGIN}",
+        f"plugin_opt_config_file {broker_dir / provision.DYNSEC_FILE}",
         "max_queued_messages 10000000",
         "max_inflight_messages 1000",
         "persistence false",

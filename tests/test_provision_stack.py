@@ -86,6 +86,12 @@ def test_stack_broker_config_runs_with_provisioned_files(tmp_path: Path) -> None
     plain_port, tls_port = embedded.free_port(), embedded.free_port()
     text = (ROOT / "deploy" / "mosquitto" / "mosquitto-docker.conf").read_text()
     assert "listener 1883\n" in text and "listener 8883\n" in text
+    from test_provision_broker import DYNSEC_PLUGIN
+
+    if not DYNSEC_PLUGIN:
+        pytest.skip("needs Mosquitto's dynamic-security plugin")
+    assert "plugin /usr/lib/mosquitto_dynamic_security.so\n" in text  # the eclipse-mosquitto image's path
+    text = text.replace("plugin /usr/lib/mosquitto_dynamic_security.so\n", f"plugin {DYNSEC_PLUGIN}\n")
     text = (text.replace("/mosquitto/config/", f"{config_dir}/").replace("/mosquitto/data/", f"{data_dir}/")
             .replace("listener 1883\n", f"listener {plain_port} 127.0.0.1\n").replace("listener 8883\n", f"listener {tls_port} 127.0.0.1\n"))
     import pwd
@@ -114,8 +120,13 @@ def test_stack_broker_config_runs_with_provisioned_files(tmp_path: Path) -> None
         gw_url = mqtt.MqttUrl("127.0.0.1", tls_port, "gw-a", gw_env["MIMAMORI_MQTT_PASSWORD"], tls=True,
                               ca_file=gw_env["MIMAMORI_MQTT_CA_FILE"])
         pub = mqtt.make_client(gw_url, "gw-a")
+        suback: list[list[object]] = []
+        gw_subscribed = threading.Event()
+        pub.on_subscribe = lambda c, u, mid, codes, p: (suback.append(codes), gw_subscribed.set())
         mqtt.connect(pub, gw_url)
         pub.loop_start()
+        pub.subscribe(protocol.shared(protocol.EVENT_FILTER), qos=1)  # issue 17: refused at subscribe time
+        assert gw_subscribed.wait(5) and suback[0][0].is_failure  # type: ignore[attr-defined]
         topic = protocol.event_topic("gw-a", "lamp")
         pub.publish(topic, protocol.encode_event(protocol.Event("lamp", 1, 1_767_225_600_000, "on")), qos=1).wait_for_publish(5)
         close(pub)

@@ -66,9 +66,11 @@ def login(conn: psycopg.Connection, clock: Clock, login_name: str, password: str
     login_name = login_name.lower()
     now = as_datetime(clock.now())
     since = now - LOGIN_WINDOW
+    # Issue 17: failures count per (login, client), so nobody can lock someone else out of their
+    # account from elsewhere; and per client over all logins (password spraying from one address).
     by_login, by_client = conn.execute(
-        "SELECT count(*) FILTER (WHERE login = %(l)s), count(*) FILTER (WHERE client = %(c)s)"
-        " FROM login_attempts WHERE at > %(since)s AND NOT succeeded AND (login = %(l)s OR client = %(c)s)",
+        "SELECT count(*) FILTER (WHERE login = %(l)s), count(*)"
+        " FROM login_attempts WHERE at > %(since)s AND NOT succeeded AND client = %(c)s",
         {"l": login_name, "c": client, "since": since},
     ).fetchone()
     if by_login >= MAX_FAILURES_PER_LOGIN or by_client >= MAX_FAILURES_PER_CLIENT:
@@ -154,7 +156,11 @@ def create_invitation(conn: psycopg.Connection, clock: Clock, actor: Person, *, 
             require_manage(conn, actor, household_id)
             area = None
         else:
-            require_area(actor, actor.area if actor.role == "coordinator" else area)
+            # Issue 17: a coordinator invites into their own area only (the check used to compare the
+            # coordinator's area with itself and store whatever area was asked for).
+            require_area(actor, area if area is not None else actor.area)
+            if actor.role == "coordinator":
+                area = actor.area
     else:
         raise Invalid("unknown role")
     now = as_datetime(clock.now())

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.auth import csrf, service
 from app.auth.deps import SESSION_COOKIE, CurrentPerson, OptionalPerson, session_token
+from app.auth.proxy import client_address, is_https
 from app.auth.models import AcceptIn, InvitationIn, InvitationOut, LoginIn, PersonOut, SessionOut
 from app.db import ClockDep, Conn
 from app import metrics
@@ -27,12 +28,12 @@ pages = APIRouter(include_in_schema=False)
 
 
 def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    return client_address(request)  # behind a trusted proxy: the address it saw (issue 17)
 
 
 def _set_session_cookie(request: Request, response: Response, token: str) -> None:
     response.set_cookie(SESSION_COOKIE, token, max_age=int(service.SESSION_TTL.total_seconds()), httponly=True,
-                        samesite="lax", secure=request.url.scheme == "https", path="/")
+                        samesite="lax", secure=is_https(request), path="/")
 
 
 def _safe_next(value: str | None) -> str:
@@ -107,7 +108,7 @@ def _with_pre_session(request: Request, name: str, status_code: int = 200, **ctx
     token = csrf.issue(request.app.state.csrf_signer, csrf.PRE_SESSION, pre)
     response = render(request, name, status_code=status_code, form_csrf=token, **ctx)
     response.set_cookie(csrf.PRE_SESSION_COOKIE, pre, max_age=csrf.PRE_SESSION_MAX_AGE, httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https", path="/")
+                        samesite="strict", secure=is_https(request), path="/")
     return response
 
 

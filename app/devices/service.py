@@ -16,12 +16,17 @@ from mimamori.clock import Clock, as_datetime
 DEVICE_KINDS = ("bulb", "motion", "door", "plug")
 
 
+#: A gateway's area: its own, or its household's (a home gateway has no area of its own).
+_GATEWAY_AREA = "COALESCE(g.area, (SELECT gh.area FROM households gh WHERE gh.household_id = g.household_id))"
+
+
 def _unpaired_scope(person: Person) -> tuple[str, dict[str, Any]]:
     # A coordinator sees devices reaching the service through a gateway of their area, or through a
-    # gateway not yet placed anywhere (a new home gateway).
+    # gateway not yet placed anywhere (a new home gateway). Issue 17: a home gateway of another area's
+    # household is that area's (its area column is NULL, which used to count as "not placed").
     if person.is_operator:
         return "TRUE", {}
-    return "(g.area IS NULL OR g.area = %(area)s)", {"area": person.area}
+    return f"({_GATEWAY_AREA} IS NULL OR {_GATEWAY_AREA} = %(area)s)", {"area": person.area}
 
 
 def list_unpaired(conn: psycopg.Connection, person: Person) -> list[dict[str, Any]]:
@@ -37,30 +42,61 @@ def list_unpaired(conn: psycopg.Connection, person: Person) -> list[dict[str, An
     return [dict(zip(("device_id", "gateway_id", "first_seen_at", "last_seen_at", "events"), r)) for r in rows]
 
 
+def _check_gateway(conn: psycopg.Connection, person: Person, gateway_id: str, household_id: str) -> None:
+    """A gateway a device of ``household_id`` may be bound to, by ``person``: of the same household,
+    or of no household and of the person's area (or none yet). Another area's: not found."""
+    gw = conn.execute(
+        "SELECT g.household_id, g.area, h.area FROM gateways g LEFT JOIN households h ON h.household_id = g.household_id"
+        " WHERE g.gateway_id = %s", (gateway_id,)).fetchone()
+    if gw is None:
+        raise NotFound("gateway not found")
+    gw_household, gw_area, gw_household_area = gw
+    area = gw_household_area if gw_household is not None else gw_area
+    if not person.is_operator and area is not None and area != person.area:
+        raise NotFound("gateway not found")  # another area's gateway: its existence does not leak
+    if gw_household is not None and gw_household != household_id:
+        raise Conflict("gateway belongs to another household")
+
+
 def pair_device(conn: psycopg.Connection, clock: Clock, person: Person, *, device_id: str, household_id: str,
-                kind: str | None = None, room: str | None = None) -> dict[str, Any]:
-    """Attach a device to a household; its events stored while unpaired now count for the household."""
+                kind: str | None = None, room: str | None = None, gateway_id: str | None = None) -> dict[str, Any]:
+    """Attach a device to a household; its events stored while unpaired now count for the household.
+
+    ``gateway_id`` binds a device entered before it ever reported to the gateway it will report
+    through (issue 17: otherwise the first gateway that reports its id is taken)."""
     require_manage(conn, person, household_id)
     if kind is not None and kind not in DEVICE_KINDS:
         raise Invalid("unknown device kind")
     device_id = device_id.strip()
     now = as_datetime(clock.now())
+    if gateway_id is not None:
+        _check_gateway(conn, person, gateway_id, household_id)
     with conn.transaction():
-        row = conn.execute("SELECT household_id FROM devices WHERE device_id = %s FOR UPDATE", (device_id,)).fetchone()
+        row = conn.execute("SELECT household_id, gateway_id FROM devices WHERE device_id = %s FOR UPDATE",
+                           (device_id,)).fetchone()
+        if row is not None and gateway_id is not None and row[1] is not None and row[1] != gateway_id:
+            raise Conflict("the device reports through another gateway: move it instead")
+        if row is not None and row[0] is None and not person.is_operator:
+            # Issue 17: only a device reaching the service through a gateway of one's area (or not placed yet).
+            where, params = _unpaired_scope(person)
+            seen = conn.execute(f"SELECT 1 FROM devices d LEFT JOIN gateways g USING (gateway_id)"
+                                f" WHERE d.device_id = %(d)s AND {where}", {**params, "d": device_id}).fetchone()
+            if seen is None:
+                raise NotFound("device not found")
         if row is None:
             # Entered or scanned before it ever reported: register it now.
             conn.execute(
-                "INSERT INTO devices (device_id, household_id, kind, room, paired_at, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (device_id, household_id, kind, room, now, now),
+                "INSERT INTO devices (device_id, gateway_id, household_id, kind, room, paired_at, created_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (device_id, gateway_id, household_id, kind, room, now, now),
             )
         elif row[0] is not None and row[0] != household_id:
             raise Conflict("device is paired to another household")
         else:
             conn.execute(
                 "UPDATE devices SET household_id = %s, kind = COALESCE(%s, kind), room = COALESCE(%s, room),"
-                " paired_at = %s WHERE device_id = %s",
-                (household_id, kind, room, now, device_id),
+                " paired_at = %s, gateway_id = COALESCE(gateway_id, %s) WHERE device_id = %s",
+                (household_id, kind, room, now, gateway_id, device_id),
             )
         moved = conn.execute(
             "UPDATE events SET household_id = %s WHERE device_id = %s AND household_id IS DISTINCT FROM %s",
@@ -73,6 +109,41 @@ def pair_device(conn: psycopg.Connection, clock: Clock, person: Person, *, devic
             (household_id, device_id),
         )
     return {"device_id": device_id, "household_id": household_id, "events_moved": moved}
+
+
+def move_device(conn: psycopg.Connection, clock: Clock, person: Person, *, device_id: str, gateway_id: str,
+                reason: str = "") -> dict[str, Any]:
+    """Bind a paired device to another gateway (the home got a new gateway, the bulb moved room).
+
+    Issue 17: ingest never moves a paired device (another gateway's events for it are dead letters),
+    so this is the only way, and it is audited in ``device_moves``. The household's manager only, and
+    only to a gateway of the same household, of their area, or not yet placed (a new home gateway)."""
+    device_id = device_id.strip()
+    row = conn.execute("SELECT household_id, gateway_id FROM devices WHERE device_id = %s", (device_id,)).fetchone()
+    if row is None or row[0] is None:
+        raise NotFound("device not found")
+    household_id, from_gateway = row
+    require_manage(conn, person, household_id)
+    _check_gateway(conn, person, gateway_id, household_id)
+    now = as_datetime(clock.now())
+    with conn.transaction():
+        conn.execute("SELECT 1 FROM devices WHERE device_id = %s FOR UPDATE", (device_id,))
+        conn.execute("UPDATE devices SET gateway_id = %s WHERE device_id = %s", (gateway_id, device_id))
+        conn.execute(
+            "INSERT INTO device_moves (at, actor, device_id, household_id, from_gateway, to_gateway, reason)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (now, person.person_id, device_id, household_id, from_gateway, gateway_id, reason[:500]),
+        )
+    return {"device_id": device_id, "household_id": household_id, "from_gateway": from_gateway, "gateway_id": gateway_id}
+
+
+def device_moves(conn: psycopg.Connection, person: Person, household_id: str) -> list[dict[str, Any]]:
+    """The audit of a household's device moves (for whoever manages it)."""
+    require_manage(conn, person, household_id)
+    rows = conn.execute(
+        "SELECT at, actor, device_id, from_gateway, to_gateway, reason FROM device_moves WHERE household_id = %s"
+        " ORDER BY move_id", (household_id,)).fetchall()
+    return [dict(zip(("at", "actor", "device_id", "from_gateway", "to_gateway", "reason"), r)) for r in rows]
 
 
 def unpair_device(conn: psycopg.Connection, person: Person, device_id: str) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, Form, Path, Request, Response
 from fastapi.responses import RedirectResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
@@ -27,6 +27,8 @@ class PairIn(BaseModel):
     household_id: Id
     kind: Literal["bulb", "motion", "door", "plug"] | None = None
     room: Name | None = None
+    #: The gateway a device not yet seen will report through (it is bound to it; issue 17).
+    gateway_id: Id | None = None
 
 
 @api.get("/unpaired", responses={401: {}, 403: {}})
@@ -37,7 +39,20 @@ def api_unpaired(person: CurrentPerson, conn: Conn) -> list[dict[str, Any]]:
 @api.post("/pair", responses={401: {}, 403: {}, 404: {}, 409: {}, 422: {}})
 def api_pair(body: PairIn, person: CurrentPerson, conn: Conn, clock: ClockDep) -> dict[str, Any]:
     return service.pair_device(conn, clock, person, device_id=body.device_id, household_id=body.household_id,
-                               kind=body.kind, room=body.room)
+                               kind=body.kind, room=body.room, gateway_id=body.gateway_id)
+
+
+class MoveIn(BaseModel):
+    gateway_id: Id
+    reason: Annotated[str, Field(max_length=500)] = ""
+
+
+@api.post("/{device_id}/gateway", responses={401: {}, 403: {}, 404: {}, 409: {}, 422: {}})
+def api_move(device_id: Annotated[str, Path(pattern=ID_PATTERN)], body: MoveIn, person: CurrentPerson, conn: Conn,
+             clock: ClockDep) -> dict[str, Any]:
+    """Bind a paired device to another gateway: a coordinator's audited act (ingest never moves a
+    paired device; issue 17)."""
+    return service.move_device(conn, clock, person, device_id=device_id, gateway_id=body.gateway_id, reason=body.reason)
 
 
 @api.get("/problems", responses={401: {}, 403: {}})

@@ -4,6 +4,7 @@ acting person and checks scope; every read of a household's data is logged for i
 
 from __future__ import annotations
 
+import contextvars
 import secrets
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -23,10 +24,20 @@ DEVICE_SILENT_AFTER = timedelta(hours=3)
 HEATMAP_DAYS = 14
 
 
+#: Households whose view this request already logged (set per request by the app's view-log
+#: middleware; a mutable set, so a service running in a worker thread adds to the same one).
+LOGGED_VIEWS: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("mimamori_logged_views", default=None)
+
+
 def log_view(conn: psycopg.Connection, clock: Clock, person: Person, household_id: str, what: str, *,
              purpose: str | None = None) -> None:
     """Record who looked at a household's data, and why when known (its residents looking at their
-    own are not "viewers")."""
+    own are not "viewers"). Issue 17: the app's middleware (``app.main``) calls this for every
+    successful read of a route naming a household or an incident, unless the service logged it first
+    (with a better ``what`` or a purpose)."""
+    logged = LOGGED_VIEWS.get()
+    if logged is not None:
+        logged.add(household_id)
     if person.role == "resident" and person.household_id == household_id:
         return
     conn.execute(
@@ -251,8 +262,12 @@ def create_household(conn: psycopg.Connection, clock: Clock, actor: Person, *, d
 def add_to_team(conn: psycopg.Connection, clock: Clock, actor: Person, household_id: str, person_id: str, *,
                 tier: int = 1, relation: str | None = None) -> None:
     require_manage(conn, actor, household_id)
+    # The one rule of who manages whom (alerts.service.managed_people_sql): a coordinator puts only
+    # their own area's people on a team, never another area's watcher (issue 17).
+    from alerts.service import may_manage_person
+
     row = conn.execute("SELECT role FROM people WHERE person_id = %s", (person_id,)).fetchone()
-    if row is None:
+    if row is None or not may_manage_person(conn, actor, person_id):
         raise NotFound("person not found")
     if row[0] not in ("watcher", "coordinator"):
         raise Invalid("only watchers and coordinators join a team")
@@ -285,17 +300,13 @@ def area_watchers(conn: psycopg.Connection, actor: Person) -> list[dict[str, Any
     """Watchers a coordinator can put on teams: those on a team in the area, or invited by them."""
     if not actor.manages:
         raise Forbidden("only a coordinator or operator may do this")
-    if actor.is_operator:
-        rows = conn.execute("SELECT person_id, display_name FROM people WHERE role = 'watcher' ORDER BY display_name").fetchall()
-    else:
-        rows = conn.execute(
-            "SELECT DISTINCT p.person_id, p.display_name FROM people p WHERE p.role = 'watcher' AND ("
-            " EXISTS (SELECT 1 FROM household_watchers w JOIN households h USING (household_id)"
-            "         WHERE w.person_id = p.person_id AND h.area = %(area)s)"
-            " OR EXISTS (SELECT 1 FROM invitations i WHERE i.used_by = p.person_id AND i.invited_by = %(me)s))"
-            " ORDER BY p.display_name",
-            {"area": actor.area, "me": actor.person_id},
-        ).fetchall()
+    from alerts.service import managed_people_sql  # the same rule add_to_team applies
+
+    where, params = managed_people_sql(actor)
+    rows = conn.execute(
+        f"SELECT p.person_id, p.display_name FROM people p WHERE p.role = 'watcher' AND {where} ORDER BY p.display_name",
+        params,
+    ).fetchall()
     return [{"person_id": r[0], "display_name": r[1]} for r in rows]
 
 
@@ -308,6 +319,8 @@ def set_away(conn: psycopg.Connection, clock: Clock, actor: Person, household_id
     now = as_datetime(clock.now())
     if isinstance(until, datetime):
         until_at = until if until.tzinfo else until.replace(tzinfo=_zone(tzname))
+    elif until >= date.max - timedelta(days=1):  # 9999-12-31 + 1 day overflowed (a 500; issue 17)
+        raise Invalid("at most a year ahead")
     else:
         until_at = datetime.combine(until + timedelta(days=1), time(0), _zone(tzname))
     if until_at <= now:

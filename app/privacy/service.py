@@ -8,6 +8,7 @@ import io
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from app.errors import Forbidden, Invalid
 from app.households.service import log_view
@@ -78,6 +79,18 @@ def export_household(conn: psycopg.Connection, clock: Clock, person: Person, hou
         "devices": _rows(conn, "SELECT device_id, kind, room, paired_at FROM devices WHERE household_id = %s", h),
         "incidents": _rows(conn, "SELECT incident_id, kind, status, opened_at, closed_at, outcome, outcome_note"
                                  " FROM incidents WHERE household_id = %s ORDER BY opened_at", h),
+        # Issue 17: what the team wrote and did about the household, and its safety-check answers
+        "incident_timeline": _rows(conn, "SELECT t.incident_id, t.at, p.display_name AS actor_name, t.action, t.channel, t.body"
+                                         " FROM incident_timeline t JOIN incidents i USING (incident_id)"
+                                         " LEFT JOIN people p ON p.person_id = t.actor WHERE i.household_id = %s"
+                                         " ORDER BY t.at, t.incident_id", h),
+        "safety_answers": _rows(conn, "SELECT a.check_id, c.message, c.started_at, a.state, a.how, a.answered_at,"
+                                      " p.display_name AS answered_by_name, a.note FROM safety_answers a"
+                                      " JOIN safety_checks c USING (check_id) LEFT JOIN people p ON p.person_id = a.answered_by"
+                                      " WHERE a.household_id = %s ORDER BY c.started_at", h),
+        "safety_profile": _rows(conn, "SELECT lives_alone, updated_at FROM safety_household_profiles WHERE household_id = %s", h),
+        "device_moves": _rows(conn, "SELECT at, device_id, from_gateway, to_gateway, reason FROM device_moves"
+                                    " WHERE household_id = %s ORDER BY move_id", h),
         "views": _rows(conn, "SELECT viewer_name, viewer_role, what, viewed_at, purpose FROM household_views"
                              " WHERE household_id = %s ORDER BY viewed_at", h),
         "events": _rows(conn, "SELECT time, device_id, seq, kind, value FROM events WHERE household_id = %s"
@@ -85,6 +98,20 @@ def export_household(conn: psycopg.Connection, clock: Clock, person: Person, hou
     }
     log_view(conn, clock, person, household_id, f"export_{fmt}", purpose=None if own else note)
     return data
+
+
+#: A cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell a spreadsheet will not run: text that starts like a formula gets a
+    leading apostrophe (issue 17: a watcher's note ``=HYPERLINK(...)`` ran in the resident's export)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def export_csv(data: dict[str, list[dict[str, Any]]]) -> str:
@@ -97,7 +124,7 @@ def export_csv(data: dict[str, list[dict[str, Any]]]) -> str:
         names = list(rows[0])
         writer.writerow(["table", *names])
         for row in rows:
-            writer.writerow([table, *("" if row[n] is None else row[n] for n in names)])
+            writer.writerow([table, *(csv_cell(row[n]) for n in names)])
     return out.getvalue()
 
 
@@ -115,10 +142,33 @@ def delete_household(conn: psycopg.Connection, clock: Clock, person: Person, hou
             " WHERE household_id = %s)", (household_id, household_id)).rowcount
         conn.execute("UPDATE devices SET household_id = NULL, paired_at = NULL, room = NULL WHERE household_id = %s",
                      (household_id,))
+        # Issue 17: what named the household outside its own rows (no foreign key reaches these):
+        # in-app notifications and safety outbox rows about it, the admin log of its chain and of its
+        # residents' channels, the device moves.
+        resident_ids = [r[0] for r in conn.execute(
+            "SELECT person_id FROM people WHERE household_id = %s AND role = 'resident'", (household_id,))]
+        conn.execute("DELETE FROM notifications WHERE data->>'household_id' = %s", (household_id,))
+        conn.execute("DELETE FROM safety_deliveries WHERE payload->>'household_id' = %s", (household_id,))
+        conn.execute("DELETE FROM alert_admin_log WHERE subject = %s OR subject = ANY(%s)", (household_id, resident_ids))
+        conn.execute("DELETE FROM device_moves WHERE household_id = %s", (household_id,))
+        _forget_activity(conn, household_id)
         residents = conn.execute("DELETE FROM people WHERE household_id = %s AND role = 'resident'",
                                  (household_id,)).rowcount
         conn.execute("DELETE FROM households WHERE household_id = %s", (household_id,))  # cascades the rest
     return {"events": events, "residents": residents}
+
+
+def _forget_activity(conn: psycopg.Connection, household_id: str) -> None:
+    """With TimescaleDB, ``activity_15m`` is a continuous aggregate whose materialized buckets keep a
+    deleted household's counts (issue 17; a refresh of the range did not drop the newest bucket in
+    tests): delete its rows from the materialization hypertable itself, in the same transaction."""
+    if conn.execute("SELECT to_regclass('timescaledb_information.continuous_aggregates') IS NOT NULL").fetchone() != (True,):
+        return
+    row = conn.execute("SELECT materialization_hypertable_schema, materialization_hypertable_name"
+                       " FROM timescaledb_information.continuous_aggregates WHERE view_name = 'activity_15m'").fetchone()
+    if row is None:
+        return
+    conn.execute(sql.SQL("DELETE FROM {} WHERE household_id = %s").format(sql.Identifier(row[0], row[1])), (household_id,))
 
 
 def consent_of(conn: psycopg.Connection, person: Person, household_id: str) -> list[dict[str, Any]]:

