@@ -89,8 +89,10 @@ class Gateway:
         replay_window_s: float = 24 * 3600.0,
         replay_rows_per_device: int = 10_000,
         settle_s: float = 30.0,
+        layout: adapters.Layout = adapters.DEFAULT_LAYOUT,
     ) -> None:
         self.gateway_id = protocol_check_gateway(gateway_id)
+        self.layout = layout
         self.uplink = uplink
         self.clock = clock
         self.heartbeat_s = heartbeat_s
@@ -191,10 +193,11 @@ class Gateway:
         self._wake()
         return events
 
-    def handle_local(self, topic: str, payload: bytes) -> list[Event]:
-        """One message from the home's broker, through the adapters. Never raises."""
+    def handle_local(self, topic: str, payload: bytes, retained: bool = False) -> list[Event]:
+        """One message from the home's broker, through the adapters. Never raises. ``retained``:
+        the broker's retain flag (a retained state is a sync, not a switch)."""
         with self._local_lock:
-            outcome = adapters.normalise(topic, payload, now_ms=now_ms(self.clock), memory=self._memory)
+            outcome = adapters.normalise(topic, payload, now_ms=now_ms(self.clock), memory=self._memory, retained=retained, layout=self.layout)
             if outcome.rejection is not None:
                 self._stats["rejected_local"] += 1
                 log.debug("gateway %s rejected local %s: %s %s", self.gateway_id, topic, outcome.rejection.reason, outcome.rejection.detail)
@@ -643,6 +646,7 @@ def run_gateway(
     outbox_path: Path,
     stop: threading.Event | None = None,
     clock: Clock | None = None,
+    layout: adapters.Layout = adapters.DEFAULT_LAYOUT,
 ) -> None:
     """Bridge the home's broker at ``local_url`` to the service until SIGINT/SIGTERM (or ``stop``
     is set, for embedding and tests), then stop gracefully.
@@ -667,6 +671,7 @@ def run_gateway(
         heartbeat_s=settings.gateway_heartbeat_s,
         settle_s=settings.gateway_settle_s,
         synchronous="FULL",
+        layout=layout,
     )
     # A persistent local session: the home broker queues device messages while we restart.
     local = mqtt.make_client(local_url_parsed, f"mimamori-gw-{gateway_id}-local", protocol=mqtt.MQTTv311, clean_start=False)
@@ -675,12 +680,12 @@ def run_gateway(
         if reason_code.is_failure:
             log.warning("local broker refused connection: %s", reason_code)
             return
-        client.subscribe([(t, 1) for t in adapters.LOCAL_SUBSCRIPTIONS])
+        client.subscribe([(t, 1) for t in layout.subscriptions()])
         log.info("gateway %s listening on %s", gateway_id, local_url_parsed)
 
     def on_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         # Returns after the outbox commit; paho sends the local PUBACK after this callback.
-        gateway.handle_local(message.topic, message.payload)
+        gateway.handle_local(message.topic, message.payload, bool(message.retain))
 
     def on_command(device_id: str, command: Command) -> None:
         # Native devices listen on mimamori/local/<device>/cmd; other dialects have no downlink yet.
