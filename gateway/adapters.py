@@ -46,6 +46,7 @@ from .dialects.base import (
     device_id_for,
     reject,
 )
+from .dialects import zigbee2mqtt
 from .dialects.native import PREFIX as NATIVE_PREFIX
 
 __all__ = [
@@ -79,6 +80,6 @@ def normalise(
             outcome = dialect.handle(topic, payload, ctx)
             if outcome is not None:
                 return outcome
-        return IGNORED_UNKNOWN
+        return zigbee2mqtt.guess(topic, payload, ctx) or IGNORED_UNKNOWN
     except Exception as exc:  # an adapter bug must not take the gateway loop down
         return reject("adapter_error", f"{type(exc).__name__}: {exc}")

@@ -215,6 +215,14 @@ class Gateway:
             self._wake()
         return events
 
+    def local_subscriptions(self) -> list[str]:
+        """What to subscribe to on the home's broker: the layout's topics, and the base topic of any
+        Zigbee2MQTT this home revealed (``<base>/bridge/state``) without it being configured."""
+        subs = list(self.layout.subscriptions())
+        with self._local_lock:
+            found = [k[len("z2mbase|"):] for k in self._memory if k.startswith("z2mbase|")]
+        return subs + [f"{base}/#" for base in sorted(found) if f"{base}/#" not in subs]
+
     @property
     def outbox_depth(self) -> int:
         return self.outbox.depth
@@ -673,6 +681,7 @@ def run_gateway(
         synchronous="FULL",
         layout=layout,
     )
+    subscribed: set[str] = set()
     # A persistent local session: the home broker queues device messages while we restart.
     local = mqtt.make_client(local_url_parsed, f"mimamori-gw-{gateway_id}-local", protocol=mqtt.MQTTv311, clean_start=False)
 
@@ -680,12 +689,20 @@ def run_gateway(
         if reason_code.is_failure:
             log.warning("local broker refused connection: %s", reason_code)
             return
-        client.subscribe([(t, 1) for t in layout.subscriptions()])
+        subscribed.clear()
+        subscribed.update(gateway.local_subscriptions())
+        client.subscribe([(t, 1) for t in sorted(subscribed)])
         log.info("gateway %s listening on %s", gateway_id, local_url_parsed)
 
     def on_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         # Returns after the outbox commit; paho sends the local PUBACK after this callback.
         gateway.handle_local(message.topic, message.payload, bool(message.retain))
+        if message.topic.endswith("/bridge/state"):  # a Zigbee2MQTT base topic nobody configured?
+            new = [t for t in gateway.local_subscriptions() if t not in subscribed]
+            if new:
+                subscribed.update(new)
+                client.subscribe([(t, 1) for t in new])
+                log.info("gateway %s: found Zigbee2MQTT at %s", gateway_id, ", ".join(new))
 
     def on_command(device_id: str, command: Command) -> None:
         # Native devices listen on mimamori/local/<device>/cmd; other dialects have no downlink yet.

@@ -100,7 +100,7 @@ class Layout:
     shelly_prefixes: tuple[str, ...] = ()
 
     def subscriptions(self) -> tuple[str, ...]:
-        subs = ["mimamori/local/#", "homeassistant/status"]
+        subs = ["mimamori/local/#", "homeassistant/status", "+/bridge/state"]  # the latter finds unconfigured Z2M bases
         subs += [f"{b.strip('/')}/#" for b in self.z2m_base_topics]
         for pattern in self.tasmota_full_topics:
             for prefix in ("stat", "tele"):
@@ -284,10 +284,10 @@ class Frame:
             else:
                 self.notes.append("unchanged")
             return
-        if self.ctx.assume_known:
-            self.add(Reading(device_id, kind, ts_ms, value))
-        elif self.ctx.retained:
+        if self.ctx.retained:  # a broker's copy of an old state, delivered on subscribing
             self.notes.append("retained_sync")
+        elif self.ctx.assume_known:
+            self.add(Reading(device_id, kind, ts_ms, value))
         elif sync:
             self.notes.append(sync)
         else:

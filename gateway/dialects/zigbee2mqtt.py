@@ -22,6 +22,7 @@ than ``STALE_MS``, republished at Z2M start) from a live one.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final
 
 from .base import BRIDGE_WINDOW_MS, Context, Frame, Outcome, Reading, device_id_for, epoch_ms, ignored, json_object, number, on_off, reject, text
@@ -31,9 +32,21 @@ _REQUESTS: Final = frozenset({"set", "get"})
 _PRESS_SUFFIXES: Final = frozenset({"action", "click"})
 
 
+#: Keys only Zigbee2MQTT puts in a device's JSON: a message carrying one, on a topic no dialect
+#: claimed, is Z2M under a base topic nobody configured (the first topic level).
+_Z2M_MARKERS: Final = frozenset({"linkquality", "last_seen", "update_available"})
+_BRIDGE = re.compile(r"^(?P<base>[^/]+)/bridge/(?:state|info)$")
+
+
+def bases(ctx: Context) -> list[str]:
+    """Configured base topics, and those this home revealed by a ``<base>/bridge/state``."""
+    found = [b.strip("/") for b in ctx.layout.z2m_base_topics]
+    found += [k[len("z2mbase|"):] for k in ctx.memory if k.startswith("z2mbase|")]
+    return sorted(set(found), key=len, reverse=True)
+
+
 def _base_of(topic: str, ctx: Context) -> tuple[str, str] | None:
-    for base in sorted(ctx.layout.z2m_base_topics, key=len, reverse=True):
-        base = base.strip("/")
+    for base in bases(ctx):
         if topic.startswith(base + "/"):
             return base, topic[len(base) + 1:]
     return None
@@ -57,9 +70,17 @@ def handle(topic: str, payload: bytes, ctx: Context) -> Outcome | None:
                 out.mark_boot(f"z2m:{base.strip('/')}")
         return out.outcome(reason="home_assistant_status")
     found = _base_of(topic, ctx)
+    discovered = None
     if found is None:
-        return None
+        m = _BRIDGE.match(topic)
+        if m is None:
+            return None
+        discovered = m.group("base")  # a Z2M under a base topic nobody configured
+        found = (discovered, topic[len(discovered) + 1:])
     base, name = found
+    if discovered is not None:
+        out = _bridge(base, name[7:], payload, ctx)
+        return Outcome(out.readings, out.rejection, {f"z2mbase|{base}": "1", **out.memory_updates}, out.summary)
     if not name:
         return ignored("not_a_device")
     if name == "bridge" or name.startswith("bridge/"):
@@ -70,6 +91,8 @@ def handle(topic: str, payload: bytes, ctx: Context) -> Outcome | None:
     if head and last == "availability":
         return _availability(base, head, payload, ctx)
     stripped = payload.strip()
+    if head and not stripped.startswith(b"{") and (last in _ATTRIBUTES or last.startswith("state_")):
+        return _attribute(base, head, last, stripped, ctx)
     if head and last in _PRESS_SUFFIXES and not stripped.startswith(b"{"):
         # Legacy action topic: a plain-text press; an empty one only clears Home Assistant's sensor.
         out = Frame(ctx).describe(head, None, device_id(head))
@@ -80,6 +103,36 @@ def handle(topic: str, payload: bytes, ctx: Context) -> Outcome | None:
     obj = json_object(payload)
     if isinstance(obj, Outcome):
         return reject(obj.rejection.reason if obj.rejection else "bad_json", obj.rejection.detail if obj.rejection else "", device_name=name)
+    return _state(base, name, obj, ctx)
+
+
+#: ``output: attribute`` / ``attribute_and_json`` publishes each attribute on its own topic
+#: (``zigbee2mqtt/stopcontact/state`` ``OFF``; Koenkk/zigbee2mqtt#5813).
+_ATTRIBUTES: Final = frozenset({"state", "occupancy", "presence", "contact", "brightness", "linkquality", "battery", "voltage",
+                                "update_available", "update-state", "illuminance", "illuminance_lux", "temperature",
+                                "humidity", "power", "energy", "last_seen", "color_temp", "battery_low", "tamper"})
+
+
+def _attribute(base: str, name: str, attr: str, raw: bytes, ctx: Context) -> Outcome:
+    value: Any = text(raw)
+    if attr in ("occupancy", "presence", "contact", "battery_low", "tamper"):
+        value = {"true": True, "false": False}.get(value.lower(), value)
+    elif not (attr == "state" or attr.startswith("state_")):
+        return Frame(ctx).describe(name, None, device_id(name)).outcome(reason="attribute")
+    return _state(base, name, {attr: value}, ctx)
+
+
+def guess(topic: str, payload: bytes, ctx: Context) -> Outcome | None:
+    """Last resort, after every dialect said no: a Z2M device JSON under an unconfigured base."""
+    base, _, name = topic.partition("/")
+    if not base or not name or not payload.lstrip().startswith(b"{"):
+        return None
+    obj = json_object(payload)
+    if isinstance(obj, Outcome) or not _Z2M_MARKERS & obj.keys():
+        return None
+    head, _, last = name.rpartition("/")
+    if head and (last in _REQUESTS or last == "availability"):
+        return None
     return _state(base, name, obj, ctx)
 
 
