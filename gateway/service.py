@@ -41,7 +41,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,7 +52,7 @@ from mimamori.clock import Clock, SystemClock, now_ms
 from mimamori.config import Settings
 from mimamori.protocol import Command, Event
 
-from . import adapters, metrics
+from . import adapters, downlink, metrics
 from .adapters import Reading
 from .outbox import Outbox
 
@@ -119,6 +119,7 @@ class Gateway:
         self._stats = {
             "published": 0, "acked": 0, "resent": 0, "resent_after_reconnect": 0,
             "rejected_local": 0, "rejected_commands": 0, "reconnects": 0,
+            "commands_refused": 0, "blinks_confirmed": 0, "blinks_unconfirmed": 0,
         }
         self._progress = threading.Condition()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -214,6 +215,18 @@ class Gateway:
         if events:
             self._wake()
         return events
+
+    def remember(self, updates: dict[str, str]) -> None:
+        """Persist adapter memory entries that come from elsewhere (the downlink's echo window)."""
+        if not updates:
+            return
+        with self._local_lock:
+            self.outbox.submit_many([], updates)
+            self._memory.update(updates)
+
+    def memory_snapshot(self) -> dict[str, str]:
+        with self._local_lock:
+            return dict(self._memory)
 
     def local_subscriptions(self) -> list[str]:
         """What to subscribe to on the home's broker: the layout's topics, and the base topic of any
@@ -655,6 +668,8 @@ def run_gateway(
     stop: threading.Event | None = None,
     clock: Clock | None = None,
     layout: adapters.Layout = adapters.DEFAULT_LAYOUT,
+    never_switch: Collection[str] = (),
+    blink_step_s: float = downlink.STEP_S,
 ) -> None:
     """Bridge the home's broker at ``local_url`` to the service until SIGINT/SIGTERM (or ``stop``
     is set, for embedding and tests), then stop gracefully.
@@ -704,9 +719,35 @@ def run_gateway(
                 client.subscribe([(t, 1) for t in new])
                 log.info("gateway %s: found Zigbee2MQTT at %s", gateway_id, ", ".join(new))
 
+    timers: list[threading.Timer] = []
+
+    def later(delay_s: float, fn: Callable[[], None]) -> None:
+        timer = threading.Timer(delay_s, fn)
+        timer.daemon = True
+        timers[:] = [t for t in timers if t.is_alive()] + [timer]
+        timer.start()
+
+    def check_echo(device_id: str) -> None:
+        ok = downlink.confirmed(device_id, gateway.memory_snapshot())
+        gateway._stats["blinks_confirmed" if ok else "blinks_unconfirmed"] += 1
+        log.info("gateway %s: blink of %s %s", gateway_id, device_id, "confirmed by its state reports" if ok else "sent, not confirmed")
+
     def on_command(device_id: str, command: Command) -> None:
-        # Native devices listen on mimamori/local/<device>/cmd; other dialects have no downlink yet.
-        local.publish(f"{adapters.NATIVE_PREFIX}{device_id}/cmd", protocol.encode_command(command), qos=1)
+        # In the device's own language (downlink.py); native devices get the command as it came.
+        plan = downlink.plan(device_id, command, gateway.memory_snapshot(), now_ms=now_ms(gateway.clock),
+                             never_switch=never_switch, step_s=blink_step_s)
+        if plan.refused is not None:
+            gateway._stats["commands_refused"] += 1
+            log.warning("gateway %s: not sending %s to %s (%s): %s", gateway_id, command.cmd, device_id, plan.dialect, plan.refused)
+            return
+        gateway.remember(plan.memory)
+        for step in plan.steps:
+            if step.at_s <= 0:
+                local.publish(step.topic, step.payload, qos=1)
+            else:
+                later(step.at_s, lambda step=step: local.publish(step.topic, step.payload, qos=1))
+        if plan.dialect != "native":
+            later(plan.duration_s + 3.0, lambda: check_echo(device_id))
 
     gateway.on_command = on_command
     local.on_connect = on_connect
@@ -722,6 +763,8 @@ def run_gateway(
         stop.wait()
         log.info("gateway %s stopping", gateway_id)
     finally:
+        for timer in timers:
+            timer.cancel()
         local.disconnect()
         local.loop_stop()
         sock = local.socket()  # loop_stop may win the race against the DISCONNECT write

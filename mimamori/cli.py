@@ -129,6 +129,7 @@ def gateway(
     z2m_base_topic: Annotated[Optional[list[str]], typer.Option(envvar="MIMAMORI_Z2M_BASE_TOPIC", help="Zigbee2MQTT base_topic (repeatable; default zigbee2mqtt).")] = None,
     tasmota_fulltopic: Annotated[Optional[list[str]], typer.Option(envvar="MIMAMORI_TASMOTA_FULLTOPIC", help="Tasmota FullTopic (repeatable; default %prefix%/%topic%/).")] = None,
     shelly_prefix: Annotated[Optional[list[str]], typer.Option(envvar="MIMAMORI_SHELLY_PREFIX", help="A Shelly Gen2+ topic prefix to subscribe to besides the defaults (repeatable; may contain /).")] = None,
+    never_switch: Annotated[Optional[list[str]], typer.Option(envvar="MIMAMORI_NEVER_SWITCH", help="A device id this gateway must never switch, e.g. a plug powering a fridge (repeatable).")] = None,
 ) -> None:
     """Bridge a home's devices to the service (durable outbox, uplink over MQTT)."""
     layout = _gateway_layout(z2m_base_topic, tasmota_fulltopic, shelly_prefix)
@@ -149,7 +150,8 @@ def gateway(
         settings.mqtt_url = str(runtime["mqtt_url"])
     outbox_path = outbox or settings.data_dir / "gateway" / f"{gateway_id}.sqlite3"
     outbox_path.parent.mkdir(parents=True, exist_ok=True)
-    run_gateway(settings, gateway_id=gateway_id, local_url=local_url, outbox_path=outbox_path, layout=layout)
+    run_gateway(settings, gateway_id=gateway_id, local_url=local_url, outbox_path=outbox_path, layout=layout,
+                never_switch=frozenset(never_switch or ()))
 
 
 def _gateway_layout(z2m: Optional[list[str]], tasmota: Optional[list[str]], shelly: Optional[list[str]]) -> Any:

@@ -127,8 +127,9 @@ def test_first_report_rule_is_the_same_in_every_dialect(topic: str, payload: byt
 
 
 def test_state_reports_right_after_our_blink_are_its_echo() -> None:
-    memory = {"z2m-lamp|state": "on", "z2m-lamp|sent": str(NOW - 3000)}
+    memory = {"z2m-lamp|state": "on", "z2m-lamp|sent": str(NOW + 10_000)}  # until when
     out = normalise("zigbee2mqtt/lamp", b'{"state":"OFF"}', now_ms=NOW, memory=memory)
     assert out.readings == () and out.summary is not None and out.summary.reason == "our_command"
+    assert out.memory_updates["z2m-lamp|echoed"] == str(NOW)
     later = normalise("zigbee2mqtt/lamp", b'{"state":"OFF"}', now_ms=NOW + 60_000, memory=memory)
     assert [r.kind for r in later.readings] == ["off"]

@@ -29,7 +29,6 @@ MAX_LOCAL_PAYLOAD: Final = 64 * 1024
 BOOT_WINDOW_MS: Final = 30_000  # what a device or bridge publishes this soon after booting is a sync
 BRIDGE_WINDOW_MS: Final = 45_000  # Z2M republishes cached states at start, and 30 s after HA comes online (Koenkk/zigbee2mqtt#32067)
 STALE_MS: Final = 30_000  # a report whose own timestamp is older than this is a cached state
-ECHO_WINDOW_MS: Final = 20_000  # state reports this soon after our own blink are its echo
 
 ACTIVITY: Final = ("motion", "open", "close", "on", "off")  # summary priority, most telling first
 
@@ -277,6 +276,7 @@ class Frame:
         changed, prev = self.put(f"{device_id}|{field_name}", new)
         if self._ours(device_id):
             self.notes.append("our_command")
+            self.put(f"{device_id}|echoed", str(self.ctx.now_ms))  # the blink is confirmed
             return
         if prev is not None:
             if changed:
@@ -308,11 +308,10 @@ class Frame:
             self.add(Reading(device_id, "heartbeat" if online else "fault", self.ctx.now_ms))
 
     def _ours(self, device_id: str) -> bool:
-        """Within the echo window of a blink we sent to this device (``downlink.mark_sent``)."""
+        """Within the echo window of a blink we sent to this device: ``<device>|sent`` holds until
+        when (``downlink.plan``) its state reports are the blink's echo."""
         raw = self.get(f"{device_id}|sent")
-        if raw is None or not raw.isdigit():
-            return False
-        return 0 <= self.ctx.now_ms - int(raw) <= ECHO_WINDOW_MS
+        return raw is not None and raw.isdigit() and self.ctx.now_ms <= int(raw)
 
     def route(self, device_id: str, route: Mapping[str, Any]) -> None:
         """Remember how to reach this device in its own language (for the downlink)."""
