@@ -33,6 +33,7 @@ timestamps, the heartbeat period, the replay window) comes from the ``Clock``.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import select
@@ -139,6 +140,7 @@ class Gateway:
         self._inflight: dict[int, tuple[int | None, Event]] = {}  # mid -> (outbox row id, event)
         self._last_id = 0  # highest pending row id published on this connection
         self._resend_queue: deque[tuple[int, Event]] = deque()
+        self._acks: deque[tuple[str, bytes]] = deque(maxlen=1000)  # (device, payload), any thread appends
         self._delivered: list[tuple[int | None, Event]] = []
         self._ack_due = 0.0
         self._status_mid: int | None = None
@@ -215,6 +217,12 @@ class Gateway:
         if events:
             self._wake()
         return events
+
+    def publish_ack(self, device_id: str, ack: dict[str, Any]) -> None:
+        """Tell the service what became of a command (``protocol.ack_topic``); sent when connected,
+        dropped if not (like commands, a stale answer is worth nothing)."""
+        self._acks.append((device_id, json.dumps(ack, separators=(",", ":")).encode()))
+        self._wake()
 
     def remember(self, updates: dict[str, str]) -> None:
         """Persist adapter memory entries that come from elsewhere (the downlink's echo window)."""
@@ -624,6 +632,9 @@ class Gateway:
                 self._settle_hi = max(self._settle_hi, self._last_id)
             if not sent_all:
                 return
+        while self._acks:
+            device_id, payload = self._acks.popleft()
+            client.publish(protocol.ack_topic(self.gateway_id, device_id), payload, qos=1)
         now = self.clock.now()
         if now >= self._next_heartbeat:
             # Keep the cadence; after a jump of the clock (or a long outage) resume from now.
@@ -727,10 +738,11 @@ def run_gateway(
         timers[:] = [t for t in timers if t.is_alive()] + [timer]
         timer.start()
 
-    def check_echo(device_id: str) -> None:
+    def check_echo(device_id: str, dialect: str) -> None:
         ok = downlink.confirmed(device_id, gateway.memory_snapshot())
         gateway._stats["blinks_confirmed" if ok else "blinks_unconfirmed"] += 1
         log.info("gateway %s: blink of %s %s", gateway_id, device_id, "confirmed by its state reports" if ok else "sent, not confirmed")
+        gateway.publish_ack(device_id, {"cmd": "blink", "confirmed": ok, "dialect": dialect})
 
     def on_command(device_id: str, command: Command) -> None:
         # In the device's own language (downlink.py); native devices get the command as it came.
@@ -739,6 +751,7 @@ def run_gateway(
         if plan.refused is not None:
             gateway._stats["commands_refused"] += 1
             log.warning("gateway %s: not sending %s to %s (%s): %s", gateway_id, command.cmd, device_id, plan.dialect, plan.refused)
+            gateway.publish_ack(device_id, {"cmd": command.cmd, "confirmed": False, "dialect": plan.dialect, "refused": plan.refused})
             return
         gateway.remember(plan.memory)
         for step in plan.steps:
@@ -747,7 +760,7 @@ def run_gateway(
             else:
                 later(step.at_s, lambda step=step: local.publish(step.topic, step.payload, qos=1))
         if plan.dialect != "native":
-            later(plan.duration_s + 3.0, lambda: check_echo(device_id))
+            later(plan.duration_s + 3.0, lambda: check_echo(device_id, plan.dialect))
 
     gateway.on_command = on_command
     local.on_connect = on_connect

@@ -201,7 +201,8 @@ def start_check(conn: psycopg.Connection, actor: Any, *, message: str, clock: Cl
 
 def _enqueue_blinks(conn: psycopg.Connection, check_id: int, hids: list[str], now: float, blinks: int) -> None:
     devices = _rows(conn, """SELECT d.device_id, d.gateway_id, d.household_id FROM devices d
-                             WHERE d.household_id = ANY(%s) AND d.kind IN ('bulb', 'plug') AND d.gateway_id IS NOT NULL
+                             WHERE d.household_id = ANY(%s) AND d.gateway_id IS NOT NULL
+                               AND (d.kind = 'bulb' AND d.blink_allowed IS NOT FALSE OR d.kind = 'plug' AND d.blink_allowed)
                              ORDER BY d.household_id, d.device_id""", (hids,))
     with conn.cursor() as cur:
         cur.executemany(
@@ -209,7 +210,7 @@ def _enqueue_blinks(conn: psycopg.Connection, check_id: int, hids: list[str], no
                VALUES (%s, %s, 'mqtt', 'mqtt', %s, %s, %s) ON CONFLICT DO NOTHING""",
             [(check_id, f"device:{d['device_id']}", Jsonb({"gateway_id": d["gateway_id"], "device_id": d["device_id"],
                                                             "household_id": d["household_id"],
-                                                            "args": {"times": blinks, "reason": "safety_check"}}),
+                                                            "args": {"times": blinks, "reason": "safety_check", "switch_ok": True}}),
               as_datetime(now), as_datetime(now)) for d in devices])
 
 

@@ -51,6 +51,12 @@ class _PgServer:
     def make_template(self) -> None:
         embedded.create_database(self.admin_url, self.template)
         db.migrate(self.url_for(self.template))
+        # TimescaleDB's background worker scheduler connects to every database that has the
+        # extension, the template included, and CREATE DATABASE ... TEMPLATE then fails ("being
+        # accessed by other users"). A template nobody may connect to keeps it away.
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{self.template}" WITH ALLOW_CONNECTIONS false'.encode())
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (self.template,))
 
     def clone(self) -> str:
         name = f"mimamori_t_{uuid.uuid4().hex[:12]}"

@@ -19,10 +19,12 @@ from pathlib import Path
 import psycopg
 import pytest
 from alerts_fixtures import SmtpSink, actions, open_incident, seed_town, smtp, wait_for  # noqa: F401 - smtp is a fixture
-from test_alerts_integration import Worker, who
+from test_alerts_integration import who
 from test_alerts_real_path import Ingest
 
 from alerts import service
+from alerts.channels import AlertSettings
+from alerts.worker import run_alert_worker
 from gateway.service import run_gateway
 from mimamori import mqtt
 from mimamori.clock import ManualClock
@@ -126,8 +128,13 @@ def stack(pg_url: str, home_broker: MqttUrl, clock: ManualClock, tmp_path: Path)
     """Ingest and the alert worker; ``start_gateway(gateway_id)`` runs the real gateway."""
     mqtt_url = home_broker
     ingest = Ingest(pg_url, mqtt_url)
-    worker = Worker(pg_url, clock, mqtt_url=mqtt_url)
     stops: list[tuple[threading.Event, threading.Thread]] = []
+    # The alert worker waits for the gateway's answer: "blinked" only when the device echoed it.
+    worker_stop = threading.Event()
+    worker = threading.Thread(target=run_alert_worker, args=(Settings(),), daemon=True, kwargs=dict(
+        database_url=pg_url, mqtt_url=mqtt_url, clock=clock, stop=worker_stop, worker_id=f"w-{uuid.uuid4().hex[:6]}",
+        alert_settings=AlertSettings(poll_s=0.05, delivery_threads=2, blink_confirm_s=8.0)))
+    worker.start()
 
     def start_gateway(gateway_id: str) -> None:
         stop = threading.Event()
@@ -145,7 +152,8 @@ def stack(pg_url: str, home_broker: MqttUrl, clock: ManualClock, tmp_path: Path)
         for stop, runner in stops:
             stop.set()
             runner.join(15)
-        worker.close()
+        worker_stop.set()
+        worker.join(20)
         ingest.close()
 
 
@@ -173,7 +181,7 @@ def test_resident_check_blinks_a_real_device_and_its_switch_cancels(make: Callab
         wait_for(lambda: len(device.commands) >= 4, timeout=20, what=f"{dialect.name} blink commands")
         assert [dialect.commanded(c) for c in device.commands[:4]] == [False, True, False, True]
         assert device.on  # put back as it was
-        wait_for(lambda: "blinked" in actions(conn, iid), what="blink recorded")
+        wait_for(lambda: "blinked" in actions(conn, iid), timeout=15, what="blink recorded as confirmed by the device")
         clock.advance(5)  # the worker ticks; the echo must not look like the resident
         threading.Event().wait(1.5)
         assert device_events(conn, dialect.device_id) == ["on"]
@@ -188,3 +196,39 @@ def test_resident_check_blinks_a_real_device_and_its_switch_cancels(make: Callab
                  == ("cancelled", "resident_responded"), timeout=15, what="cancelled as the resident responded")
     finally:
         device.close()
+
+
+def test_a_device_that_does_not_answer_leaves_the_blink_not_confirmed(conn: psycopg.Connection, smtp: SmtpSink,
+                                                                      clock: ManualClock, home_broker: MqttUrl,
+                                                                      stack: Callable[[str], None]) -> None:
+    s = uuid.uuid4().hex[:6]
+    dialect = tasmota(s)
+    town = seed_town(conn, smtp, suffix=s)
+    conn.execute("UPDATE devices SET kind = 'motion' WHERE device_id = %s", (town.bulb_id,))
+    conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind) VALUES (%s, %s, %s, 'bulb')",
+                 (dialect.device_id, town.gateway_id, town.household_id))
+    service.set_chain(conn, who(conn, town.coordinator), town.household_id,
+                      [{"type": "resident_check", "minutes": 5, "blinks": 1, "ask": False}, {"type": "notify", "tiers": [1]}], clock=clock)
+    stack(town.gateway_id)
+    device = FakeDevice(home_broker, dialect, clock)
+    device.d = Dialect(dialect.name, dialect.device_id, f"stat/elsewhere_{s}/POWER", dialect.command_topic, dialect.state, dialect.commanded)
+    try:
+        wait_for(lambda: (device.client.publish(dialect.state_topic, b"ON", qos=1), device_events(conn, dialect.device_id))[1] == ["on"],
+                 timeout=20, interval=0.5, what="the device's first report stored")
+        clock.advance(600)
+        iid = open_incident(conn, town.household_id, clock.now())
+        wait_for(lambda: len(device.commands) >= 2, timeout=20, what="blink commands")  # it gets them, its reports go astray
+        wait_for(lambda: "blink_not_confirmed" in actions(conn, iid), timeout=20, what="recorded as sent, not confirmed")
+        assert "blinked" not in actions(conn, iid)
+    finally:
+        device.close()
+
+
+def test_plugs_are_blinked_only_when_a_coordinator_allows_it(conn: psycopg.Connection, smtp: SmtpSink) -> None:
+    town = seed_town(conn, smtp)
+    conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind) VALUES (%s, %s, %s, 'plug')",
+                 (f"fridge-{town.household_id}", town.gateway_id, town.household_id))
+    assert service.load_team(conn, town.household_id, town.area).bulbs == ((town.gateway_id, town.bulb_id),)
+    conn.execute("UPDATE devices SET blink_allowed = true WHERE device_id = %s", (f"fridge-{town.household_id}",))
+    conn.execute("UPDATE devices SET blink_allowed = false WHERE device_id = %s", (town.bulb_id,))
+    assert service.load_team(conn, town.household_id, town.area).bulbs == ((town.gateway_id, f"fridge-{town.household_id}"),)
