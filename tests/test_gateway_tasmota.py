@@ -137,3 +137,13 @@ def test_custom_full_topic_with_levels() -> None:
     assert home.kinds("brownstone/bedroom/switch/stat/POWER1", "ON") == [("tasmota-switch", "on")]  # [#815]
     assert home.summary("brownstone/bedroom/switch/cmnd/POWER1", "OFF", retained=True) == ("ignored", "command")  # [#815]
     assert "brownstone/bedroom/+/stat/#" in layout.subscriptions()
+
+
+def test_unconfigured_full_topics_are_recognised_by_their_leaves() -> None:
+    home = Home()  # default layout only
+    assert home.kinds("sypialnia_lampka/stat/RESULT", {"POWER": "OFF"}) == [("tasmota-sypialnia_lampka", "off")]  # [paste]
+    assert home.kinds("brownstone/bedroom/switch/stat/POWER1", "ON") == [("tasmota-switch", "on")]  # [#815]
+    assert home.summary("brownstone/bedroom/switch/stat/RESULT", {"SwitchTopic": "switch"}) == ("ignored", "command_reply")  # [#815]
+    assert home.summary("some/where/stat/else", "ON") == ("ignored", "unrecognised_topic")
+    subs = home.layout.subscriptions()
+    assert "+/stat/+" in subs and "+/+/stat/+" in subs

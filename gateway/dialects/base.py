@@ -106,6 +106,8 @@ class Layout:
                 filt = pattern.replace("%prefix%", prefix)
                 filt = re.sub(r"%[a-z]+%", "+", filt).rstrip("/")
                 subs.append(f"{filt}/#")
+        # Tasmota FullTopics nobody configured (dialects.tasmota._guess): %topic%/%prefix%/, x/%topic%/%prefix%/ ...
+        subs += ["+/stat/+", "+/tele/+", "+/+/stat/+", "+/+/tele/+"]
         subs += ["shellies/#", "+/events/rpc", "+/online", "+/status/+", "+/+/events/rpc", "+/+/online", "+/+/status/+"]
         subs += [f"{p.strip('/')}/#" for p in self.shelly_prefixes]
         return tuple(dict.fromkeys(subs))  # ordered, unique

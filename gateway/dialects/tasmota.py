@@ -53,6 +53,11 @@ def _compile(pattern: str) -> re.Pattern[str]:
 _CACHE: dict[str, re.Pattern[str]] = {}
 
 
+#: Leaves only Tasmota publishes: with one of them after a ``stat``/``tele``/``cmnd`` level, a topic
+#: no configured FullTopic matches is still Tasmota (``tasmota/kitchen/stat/POWER``, ``%topic%/%prefix%/``).
+_LEAVES = re.compile(r"POWER[1-8]?|RESULT|STATE|SENSOR|LWT|INFO[1-3]|STATUS\d*|UPTIME|LOGGING|MARGINS|UPGRADE|HASS_STATE")
+
+
 def match(topic: str, ctx: Context) -> tuple[str, str, str, str] | None:
     """(prefix, topic name, leaf, FullTopic pattern) or None."""
     for pattern in ctx.layout.tasmota_full_topics:
@@ -60,6 +65,18 @@ def match(topic: str, ctx: Context) -> tuple[str, str, str, str] | None:
         m = regex.match(topic)
         if m and m.group("prefix") in _PREFIXES:
             return m.group("prefix"), m.group("topic"), m.group("leaf"), pattern
+    return _guess(topic)
+
+
+def _guess(topic: str) -> tuple[str, str, str, str] | None:
+    parts = topic.split("/")
+    if len(parts) < 3 or not _LEAVES.fullmatch(parts[-1]):
+        return None
+    head = "/".join(parts[:-3])
+    if parts[-3] in _PREFIXES and parts[-2]:  # <...>/%prefix%/%topic%/<leaf>
+        return parts[-3], parts[-2], parts[-1], f"{head}/%prefix%/%topic%/".lstrip("/")
+    if parts[-2] in _PREFIXES and parts[-3]:  # <...>/%topic%/%prefix%/<leaf>
+        return parts[-2], parts[-3], parts[-1], f"{head}/%topic%/%prefix%/".lstrip("/")
     return None
 
 
