@@ -147,3 +147,20 @@ def test_unconfigured_full_topics_are_recognised_by_their_leaves() -> None:
     assert home.summary("some/where/stat/else", "ON") == ("ignored", "unrecognised_topic")
     subs = home.layout.subscriptions()
     assert "+/stat/+" in subs and "+/+/stat/+" in subs
+
+
+def test_state_poll_answer_and_full_topic_without_prefix() -> None:
+    home = Home(assume_known=True)
+    # A "State" command's answer on RESULT (github.com/joBr99/nspanel-lovelace-ui/issues/702): periodic, a heartbeat.
+    poll = {"Time": "2023-01-18T21:11:16", "Uptime": "0T00:00:09", "UptimeSec": 9, "Heap": 127, "POWER1": "OFF", "POWER2": "ON"}
+    assert home.summary("stat/tasmota_0DBF2C/RESULT", poll) == ("heartbeat", None)
+    # FullTopic home/primopiano/%topic%/ (github.com/arendst/Tasmota/issues/9134) and StateText "1"
+    # (github.com/jneilliii/OctoPrint-Tasmota/issues/150).
+    assert home.kinds("home/primopiano/lucicorridoio_lucescale/RESULT", {"POWER1": "1"}) == [("tasmota-lucicorridoio_lucescale", "on")]
+    assert home.summary("home/primopiano/lucicorridoio_lucescale/RESULT", {"NAME": "Shelly 2.5", "GPIO": [56, 255]}) == ("ignored", "command_reply")
+
+
+def test_configured_full_topic_without_prefix_does_not_break() -> None:
+    home = Home(Layout(tasmota_full_topics=("home/primopiano/%topic%/",)))
+    assert home.kinds("home/primopiano/scale/POWER", "ON") == [("tasmota-scale", "on")]
+    assert "home/primopiano/+/#" in home.layout.subscriptions()

@@ -63,7 +63,7 @@ def match(topic: str, ctx: Context) -> tuple[str, str, str, str] | None:
     for pattern in ctx.layout.tasmota_full_topics:
         regex = _CACHE.get(pattern) or _CACHE.setdefault(pattern, _compile(pattern))
         m = regex.match(topic)
-        if m and m.group("prefix") in _PREFIXES:
+        if m and "prefix" in regex.groupindex and "topic" in regex.groupindex and m.group("prefix") in _PREFIXES:
             return m.group("prefix"), m.group("topic"), m.group("leaf"), pattern
     return _guess(topic)
 
@@ -77,7 +77,14 @@ def _guess(topic: str) -> tuple[str, str, str, str] | None:
         return parts[-3], parts[-2], parts[-1], f"{head}/%prefix%/%topic%/".lstrip("/")
     if parts[-2] in _PREFIXES and parts[-3]:  # <...>/%topic%/%prefix%/<leaf>
         return parts[-2], parts[-3], parts[-1], f"{head}/%topic%/%prefix%/".lstrip("/")
+    if _NO_PREFIX_LEAVES.fullmatch(parts[-1]) and parts[-2] not in _PREFIXES:
+        # A FullTopic without %prefix% (home/floor/%topic%/: arendst/Tasmota#9134): the leaf says which.
+        prefix = "tele" if parts[-1] in ("STATE", "SENSOR", "LWT") else "stat"
+        return prefix, parts[-2], parts[-1], f"{'/'.join(parts[:-2])}/%topic%/".lstrip("/")
     return None
+
+
+_NO_PREFIX_LEAVES = re.compile(r"POWER[1-8]?|RESULT|STATE|SENSOR|LWT")
 
 
 def device_id(name: str, relay: str = "") -> str:
@@ -102,7 +109,7 @@ def handle(topic: str, payload: bytes, ctx: Context) -> Outcome | None:
         obj = json_object(payload)
         if isinstance(obj, Outcome):
             return reject(obj.rejection.reason if obj.rejection else "bad_json", obj.rejection.detail if obj.rejection else "", device_name=name)
-        if upper == "STATE":
+        if upper == "STATE" or "UptimeSec" in obj:  # a RESULT with UptimeSec answers a State poll
             return _state(out, name, obj, pattern)
         if upper == "SENSOR" or prefix == "tele":
             return _sensor(out, name, obj)
