@@ -156,3 +156,12 @@ def test_gen1_input_motion_and_door() -> None:
 def test_gen1_non_resident_topics_are_ignored(topic: str) -> None:
     out = Home(assume_known=True).send(topic, b'{"id":"x"}')
     assert out.readings == () and out.summary is not None and out.summary.outcome == "ignored"
+
+
+def test_switches_the_device_made_itself_are_not_the_resident() -> None:
+    home = Home(assume_known=True)
+    prefix = "shellyplus1-441793a3c1d4"
+    # "source":"init" (Shelly.GetStatus after boot, shelly-script-examples#4), a timer or a schedule.
+    assert home.summary(f"{prefix}/status/switch:0", {"id": 0, "source": "init", "output": False}) == ("ignored", "boot_sync")
+    assert home.summary(f"{prefix}/status/switch:0", {"id": 0, "source": "timer", "output": True}) == ("ignored", "automation")
+    assert home.summary(f"{prefix}/status/switch:0", {"id": 0, "source": "button", "output": False}) == ("event", "off")

@@ -32,6 +32,8 @@ from .base import Context, Frame, Outcome, Reading, device_id_for, epoch_ms, jso
 NAME: Final = "shelly"
 _OUTPUTS: Final = frozenset({"switch", "light", "rgb", "rgbw", "cct"})
 _PRESSES: Final = frozenset({"single_push", "double_push", "triple_push", "long_push", "long_single_push", "single_long_push"})
+#: ``source`` values of a switch change the device made by itself (Gen2 Switch status; "init" at boot).
+_AUTOMATIC: Final = frozenset({"init", "timer", "schedule", "auto_on", "auto_off"})
 _STATUS = re.compile(r"^(?P<prefix>.+)/status/(?P<comp>[a-z0-9_]+)(?::(?P<id>\d+))?$")
 
 
@@ -102,6 +104,13 @@ def _output(out: Frame, prefix: str, comp: str, cid: str, status: dict[str, Any]
     did = output_id(prefix, cid)
     kind = "on" if output else "off"
     brightness = number(status.get("brightness")) if output else None
+    source = status.get("source")
+    if source in _AUTOMATIC and not periodic:
+        # The device switched itself (its timer, a schedule, power-on): not the resident. The state
+        # is remembered, so the resident's next switch is still a change.
+        out.put(f"{did}|state", kind)
+        out.notes.append("boot_sync" if source == "init" else "automation")
+        return True
     if periodic:
         out.periodic(did, "state", kind, kind, ts_ms, brightness)
     else:
