@@ -133,3 +133,38 @@ def test_state_reports_right_after_our_blink_are_its_echo() -> None:
     assert out.memory_updates["z2m-lamp|echoed"] == str(NOW)
     later = normalise("zigbee2mqtt/lamp", b'{"state":"OFF"}', now_ms=NOW + 60_000, memory=memory)
     assert [r.kind for r in later.readings] == ["off"]
+
+
+def test_mutated_real_messages_never_break_an_adapter() -> None:
+    """Every message of the docs-derived set with a field, a topic level or the payload replaced by
+    odd values: each outcome is a summary, never an adapter exception (found: unhashable ``source``)."""
+    import copy
+    import random
+    from pathlib import Path
+
+    rows = [json.loads(line) for line in (Path(__file__).parent / "data" / "gateway_docs_messages.jsonl").read_text().splitlines()]
+    rnd = random.Random(13)
+    odd = [None, True, 0, -1, 1e308, "ON", "", [], {}, {"a": 1}, [1, 2], {"output": True}, [{"component": None}]]
+    memory: dict[str, str] = {}
+    for i in range(4000):
+        row = rnd.choice(rows)
+        topic, payload = row["topic"], row["payload"]
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and obj:
+            obj[rnd.choice(list(obj))] = copy.deepcopy(rnd.choice(odd))
+            if isinstance(obj.get("params"), dict) and obj["params"]:
+                obj["params"][rnd.choice(list(obj["params"]))] = copy.deepcopy(rnd.choice(odd))
+            payload = json.dumps(obj)
+        elif rnd.random() < 0.5:
+            payload = rnd.choice(["", "ON", "{", "[]", "null", "1", "true", "\u00ff", "NaN"])
+        if rnd.random() < 0.2:
+            parts = topic.split("/")
+            parts[rnd.randrange(len(parts))] = rnd.choice(["", "+", "stat", "bridge", "events", "rpc", "status", "switch:0", "tele"])
+            topic = "/".join(parts)
+        out = normalise(topic, payload.encode(), now_ms=NOW + i * 1000, memory=memory, retained=rnd.random() < 0.2)
+        memory.update(out.memory_updates)
+        assert out.summary is not None, (topic, payload)
+        assert out.rejection is None or out.rejection.reason != "adapter_error", (topic, payload, out.rejection)

@@ -105,7 +105,7 @@ def _output(out: Frame, prefix: str, comp: str, cid: str, status: dict[str, Any]
     kind = "on" if output else "off"
     brightness = number(status.get("brightness")) if output else None
     source = status.get("source")
-    if source in _AUTOMATIC and not periodic:
+    if isinstance(source, str) and source in _AUTOMATIC and not periodic:
         # The device switched itself (its timer, a schedule, power-on): not the resident. The state
         # is remembered, so the resident's next switch is still a change.
         out.put(f"{did}|state", kind)
@@ -158,7 +158,7 @@ def _rpc(prefix: str, payload: bytes, ctx: Context) -> Outcome:
         if type(events) is not list:
             return reject("bad_events", repr(events)[:100], **out.where)
         for ev in events:
-            if type(ev) is not dict or ev.get("event") not in _PRESSES:
+            if type(ev) is not dict or not isinstance(ev.get("event"), str) or ev["event"] not in _PRESSES:
                 continue
             ctype, _, cid = str(ev.get("component", "")).partition(":")
             if ctype not in ("input", "button") or not cid.isdigit():

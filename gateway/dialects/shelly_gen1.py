@@ -105,7 +105,7 @@ def _press(out: Frame, prefix: str, cid: str, payload: bytes) -> Outcome:
     did = input_id(prefix, cid)
     out.where.update(channel=int(cid), device_id=did)
     event, count = obj.get("event"), number(obj.get("event_cnt"))
-    if event not in _PRESS_CODES:
+    if not isinstance(event, str) or event not in _PRESS_CODES:
         return out.outcome(reason="no_press")
     if count is not None:
         _, prev = out.put(f"{did}|event_cnt", str(int(count)))
