@@ -171,7 +171,7 @@ def gateway_replay(
     """What the gateway makes of a captured home: one line per message (outcome, kind, device ...)."""
     from gateway import replay
 
-    rows = list(replay.replay(file.read_text(encoding="utf-8").splitlines(), fresh=fresh, layout=ctx.obj["layout"]))
+    rows = list(replay.replay(file.read_text(encoding="utf-8-sig").splitlines(), fresh=fresh, layout=ctx.obj["layout"]))
     _print_gateway_rows(rows, json_out)
 
 
