@@ -1039,9 +1039,10 @@ def record_delivery(conn: psycopg.Connection, row: dict[str, Any], *, ok: bool, 
         if row.get("resends"):
             data["resends"] = row["resends"]
         if row["notice"] == "blink" and error:  # sent, but the device did not echo it (MqttBlinkSender confirm_s)
-            data["detail"] = error
-        action = ("blink_not_confirmed" if error else "blinked") if row["notice"] == "blink" else "delivered"
-        _timeline(conn, incident_id, now, None, action, channel_name, None, data)
+            _timeline(conn, incident_id, now, None, "blink_not_confirmed", channel_name, None, {**data, "detail": error})
+            return
+        _timeline(conn, incident_id, now, None, "blinked" if row["notice"] == "blink" else "delivered", channel_name, None,
+                  data)
         return
     delay = None if final else policy.retry_delay(attempts)
     if delay is not None:
