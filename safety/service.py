@@ -153,7 +153,7 @@ def _new_link(conn: psycopg.Connection, links: Links, check_id: int, household_i
 def start_check(conn: psycopg.Connection, actor: Any, *, message: str, clock: Clock, links: Links,
                 area: str | None = None, household_ids: Sequence[str] | None = None, blinks: int = 3) -> int:
     """Start a safety check of an area (or a list of households) with a message. In the same
-    transaction: one answer row per household, a blink for each of its bulbs and plugs, an in-app
+    transaction: one answer row per household, a blink for each of its bulbs (and plugs a coordinator allowed), an in-app
     message to every household member and watcher, an outbox row for each of their other channels
     (residents' messages carry their personal single-use link). Returns the check id."""
     _manager(actor)

@@ -1,7 +1,7 @@
 """The worker's recognition pass on a real PostgreSQL (no broker): new events of households in open
 checks are judged once they are stored, also when their batch committed after the cursor moved
 (look-back); a person's answer is never overridden; a closed check is no longer followed; a blink is
-queued for every bulb and plug; replays change nothing."""
+queued for every bulb (a plug only when allowed); replays change nothing."""
 
 from __future__ import annotations
 
