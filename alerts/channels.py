@@ -15,6 +15,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ class AlertSettings(BaseSettings):
     #: Longest a worker sleeps between looks at the queue when no NOTIFY wakes it (seconds).
     poll_s: float = 0.2
     send_timeout_s: float = 10.0
+    #: Seconds a blink waits for the gateway's answer (``protocol.ack_topic``: the device's own state
+    #: reports echoed the blink) before it is recorded as "sent, not confirmed"; 0: a PUBACK is enough.
+    blink_confirm_s: float = 0.0
     #: How often a worker refreshes the queue gauges of ``alerts.metrics`` (seconds, real time).
     metrics_every_s: float = 5.0
 
@@ -335,23 +339,60 @@ class WebPushSender:
 
 
 class MqttBlinkSender:
-    """Publishes ``blink`` commands (QoS 1) and waits for the broker's PUBACK."""
+    """Publishes ``blink`` commands (QoS 1) and waits for the broker's PUBACK; with ``confirm_s``, also
+    for the gateway's ack (the device's own state reports echoed the blink): ``SendResult(True,
+    "sent, not confirmed")`` when none came in time."""
 
-    def __init__(self, url: MqttUrl, client_id: str, *, protocol_preference: Any = "auto", timeout_s: float = 10.0) -> None:
+    def __init__(self, url: MqttUrl, client_id: str, *, protocol_preference: Any = "auto", timeout_s: float = 10.0,
+                 confirm_s: float = 0.0) -> None:
         version = mqtt.negotiate_protocol(url, protocol_preference)
         self.client = mqtt.make_client(url, client_id, protocol=version)
         self.timeout_s = timeout_s
+        self.confirm_s = confirm_s
+        self._acks: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self._acked = threading.Condition()
+        if confirm_s > 0:
+            self.client.on_connect = lambda c, *a: c.subscribe(protocol.ACK_FILTER, qos=1)
+            self.client.on_message = self._on_ack
         mqtt.connect(self.client, url)
         self.client.loop_start()
 
+    def _on_ack(self, client: Any, userdata: Any, message: Any) -> None:
+        try:
+            topic = protocol.parse_topic(message.topic)
+            ack = json.loads(message.payload)
+        except (protocol.ProtocolError, ValueError):
+            return
+        if topic.channel == "ack" and topic.device_id is not None and isinstance(ack, dict):
+            with self._acked:
+                self._acks[(topic.gateway_id, topic.device_id)] = (time.monotonic(), ack)
+                self._acked.notify_all()
+
     def send(self, gateway_id: str, device_id: str, args: dict[str, Any]) -> SendResult:
         topic = protocol.command_topic(gateway_id, device_id)
+        started = time.monotonic()
         info = self.client.publish(topic, protocol.encode_command(protocol.Command("blink", dict(args))), qos=1)
         try:
             info.wait_for_publish(timeout=self.timeout_s)
         except (RuntimeError, ValueError) as exc:
             return SendResult(False, f"mqtt: {exc}")
-        return SendResult(True) if info.is_published() else SendResult(False, "mqtt: no PUBACK in time")
+        if not info.is_published():
+            return SendResult(False, "mqtt: no PUBACK in time")
+        if self.confirm_s <= 0:
+            return SendResult(True)
+        deadline = started + self.confirm_s
+        with self._acked:
+            while True:
+                got = self._acks.get((gateway_id, device_id))
+                if got is not None and got[0] >= started:
+                    ack = got[1]
+                    if ack.get("confirmed"):
+                        return SendResult(True)
+                    return SendResult(True, f"sent, not confirmed: {ack.get('refused') or 'no state report from the device'}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return SendResult(True, "sent, not confirmed: no answer from the gateway")
+                self._acked.wait(remaining)
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -512,7 +512,8 @@ def load_team(conn: psycopg.Connection, household_id: str | None, area: str | No
             conn, "SELECT person_id, tier FROM household_watchers WHERE household_id = %s ORDER BY tier, person_id",
             (household_id,)))
         bulbs = tuple((r["gateway_id"], r["device_id"]) for r in _rows(
-            conn, """SELECT gateway_id, device_id FROM devices WHERE household_id = %s AND kind = 'bulb'
+            conn, """SELECT gateway_id, device_id FROM devices WHERE household_id = %s
+                       AND (kind = 'bulb' AND blink_allowed IS NOT FALSE OR kind = 'plug' AND blink_allowed)
                      AND gateway_id IS NOT NULL ORDER BY device_id""", (household_id,)))
         residents = tuple(r["person_id"] for r in _rows(
             conn, "SELECT person_id FROM people WHERE role = 'resident' AND household_id = %s ORDER BY person_id",
@@ -748,7 +749,8 @@ def _run(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, An
         elif isinstance(action, policy.Blink):
             for gateway_id, device_id in action.bulbs:
                 _enqueue(conn, inc["incident_id"], action.step_key, f"device:{device_id}", None, "mqtt", None, "blink",
-                         True, {"gateway_id": gateway_id, "device_id": device_id, "args": action.args}, now, now)
+                         True, {"gateway_id": gateway_id, "device_id": device_id,
+                                "args": {**action.args, "switch_ok": True}}, now, now)  # chosen under blink_allowed
             _timeline(conn, inc["incident_id"], now, None, "blink_requested", "mqtt", None,
                       {"bulbs": [list(b) for b in action.bulbs], "step": action.step_key})
         elif isinstance(action, policy.AskResident):
@@ -1067,6 +1069,9 @@ def record_delivery(conn: psycopg.Connection, row: dict[str, Any], *, ok: bool, 
             data["message_id"] = row["message_id"]
         if row.get("resends"):
             data["resends"] = row["resends"]
+        if row["notice"] == "blink" and error:  # sent, but the device did not echo it (MqttBlinkSender confirm_s)
+            _timeline(conn, incident_id, now, None, "blink_not_confirmed", channel_name, None, {**data, "detail": error})
+            return
         _timeline(conn, incident_id, now, None, "blinked" if row["notice"] == "blink" else "delivered", channel_name, None,
                   data)
         return

@@ -107,7 +107,8 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
         log.warning("MIMAMORI_ALERTS_SMTP_URL is not set: e-mail addresses people registered cannot be sent to")
     mqtt_sender = None
     if mqtt_url is not None:
-        mqtt_sender = MqttBlinkSender(mqtt_url, f"mimamori-alerts-{worker_id}", protocol_preference=settings.mqtt_protocol)
+        mqtt_sender = MqttBlinkSender(mqtt_url, f"mimamori-alerts-{worker_id}", protocol_preference=settings.mqtt_protocol,
+                                      confirm_s=cfg.blink_confirm_s)
     senders = flows.Senders(AppriseSender(), WebPushSender(cfg.vapid_private_key, cfg.vapid_subject, cfg.send_timeout_s),
                             mqtt_sender, smtp_url=cfg.smtp_url)
     finished = threading.Event()  # stops the delivery threads if this loop dies

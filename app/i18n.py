@@ -73,6 +73,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "tl_nobody_to_notify": ("この段階で知らせる相手がいませんでした", "nobody to notify at this step"),
     "tl_blink_requested": ("電球を点滅させて、ご本人に確認しています", "blinking the bulbs to ask the resident"),
     "tl_blinked": ("電球が点滅しました", "the bulb blinked"),
+    "tl_blink_not_confirmed": ("点滅を送りましたが、電球からの応答がありません", "blink sent, not confirmed by the bulb"),
     "tl_resident_check_skipped": ("ご本人に確認する手段（電球・連絡先）がないため、確認は飛ばしました",
                                   "skipped the resident check: no bulb to blink and nobody to ask"),
     "tl_resident_did_not_respond": ("ご本人の反応はありませんでした", "the resident did not respond"),

@@ -21,7 +21,7 @@ process as ``tests/test_safety_e2e.py`` does, the real ingest (``IngestService``
   start of the check until that client has seen every answering home safe;
 - ``board_query_s``: one ``safety.service.board`` over all households (what the board page and its
   API call), best of 3; the board's counts must be exact;
-- blinks: every bulb and plug blinked (sent by the worker, received by the simulated homes) and how
+- blinks: every bulb blinked (plugs only with ``devices.blink_allowed``) (sent by the worker, received by the simulated homes) and how
   long the outbox took at the ``mqtt`` rate; messages: the webhook outbox's drain at its throttled rate.
 
 Households ids are prefixed per run, so a broker shared with other runs (retained gateway statuses,
@@ -140,7 +140,8 @@ def _plan(manifest: dict[str, Any], seed: int) -> tuple[list[Home], dict[str, st
     sim, expected = [], {}
     state_of = {"double_toggle": "safe", "single_toggle": "sign_of_life", "silent": "no_answer"}
     for h, b in zip(homes, behaviour, strict=True):
-        bulbs = [d["device_id"] for d in h["devices"] if d["kind"] in ("bulb", "plug")]
+        # plugs are not blinked unless a coordinator allows it (devices.blink_allowed; issue 13)
+        bulbs = [d["device_id"] for d in h["devices"] if d["kind"] == "bulb"]
         sensors = [(d["device_id"], d["kind"]) for d in h["devices"] if d["kind"] in ("motion", "door")]
         if not bulbs:  # cannot be asked by a blink: stays silent
             b = "silent"

@@ -20,6 +20,9 @@ except the eviction counters, which the outbox persists.
 | ``mimamori_gateway_evictions_total{what}`` | counter | outbox rows dropped because it was full (``window``, ``heartbeats``, ``pending``) |
 | ``mimamori_gateway_local_rejected_total`` | counter | local-link messages the adapters refused |
 | ``mimamori_gateway_commands_rejected_total`` | counter | malformed commands from the service |
+| ``mimamori_gateway_commands_refused_total`` | counter | commands not sent to a device (never-switch, a plug, unsupported) |
+| ``mimamori_gateway_blinks_confirmed_total`` | counter | blinks the device's own state reports echoed |
+| ``mimamori_gateway_blinks_unconfirmed_total`` | counter | blinks sent that no state report echoed |
 """
 
 from __future__ import annotations
@@ -83,6 +86,9 @@ class GatewayCollector(Collector):
             "reconnects": CounterMetricFamily("mimamori_gateway_reconnects", "Successful connections after the first.", labels=["gateway"]),
             "rejected_local": CounterMetricFamily("mimamori_gateway_local_rejected", "Local-link messages the adapters refused.", labels=["gateway"]),
             "rejected_commands": CounterMetricFamily("mimamori_gateway_commands_rejected", "Malformed commands from the service.", labels=["gateway"]),
+            "commands_refused": CounterMetricFamily("mimamori_gateway_commands_refused", "Commands not sent to a device (never-switch, a plug, unsupported).", labels=["gateway"]),
+            "blinks_confirmed": CounterMetricFamily("mimamori_gateway_blinks_confirmed", "Blinks the device's own state reports echoed.", labels=["gateway"]),
+            "blinks_unconfirmed": CounterMetricFamily("mimamori_gateway_blinks_unconfirmed", "Blinks sent that no state report echoed.", labels=["gateway"]),
         }
         evictions = CounterMetricFamily("mimamori_gateway_evictions", "Outbox rows dropped because the outbox was full.", labels=["gateway", "what"])
         for gw in live_gateways():

@@ -7,6 +7,7 @@ What a gateway may do (Mosquitto ``acl_file``; everything not granted is denied)
     topic write mimamori/v1/gw-1/+/event     # its devices' events
     topic write mimamori/v1/gw-1/status      # online / offline (also its last will)
     topic write mimamori/v1/gw-1/heartbeat
+    topic write mimamori/v1/gw-1/+/ack       # what became of a command (a blink seen or not)
     topic read  mimamori/v1/gw-1/+/cmd       # commands for its devices, nobody else's
 
 Service accounts (``SERVICE_ROLES``): ``ingest`` reads every gateway's events, status and heartbeats
@@ -73,8 +74,8 @@ SERVICE_ROLES: Final[Mapping[str, tuple[AclRule, ...]]] = {
         AclRule("read", protocol.shared(protocol.HEARTBEAT_FILTER)),
         AclRule("write", _cmd_any()),  # resend requests for seq gaps
     ),
-    "alerts": (AclRule("write", _cmd_any()),),  # resident_check: blink the bulb
-    "safety": (AclRule("write", _cmd_any()),),
+    "alerts": (AclRule("write", _cmd_any()), AclRule("read", protocol.ACK_FILTER)),  # resident_check: blink the bulb
+    "safety": (AclRule("write", _cmd_any()), AclRule("read", protocol.ACK_FILTER)),
     "app": (AclRule("read", protocol.STATUS_FILTER),),
     "detector": (),
     "monitor": (AclRule("read", "$SYS/#"),),
@@ -88,6 +89,7 @@ def gateway_acl(gateway_id: str) -> tuple[AclRule, ...]:
         AclRule("write", protocol.event_topic(gateway_id, "+")),
         AclRule("write", protocol.status_topic(gateway_id)),
         AclRule("write", protocol.heartbeat_topic(gateway_id)),
+        AclRule("write", protocol.ack_topic(gateway_id, "+")),
         AclRule("read", protocol.command_filter(gateway_id)),
     )
 

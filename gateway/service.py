@@ -33,6 +33,7 @@ timestamps, the heartbeat period, the replay window) comes from the ``Clock``.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import select
@@ -41,7 +42,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,7 +53,7 @@ from mimamori.clock import Clock, SystemClock, now_ms
 from mimamori.config import Settings
 from mimamori.protocol import Command, Event
 
-from . import adapters, metrics
+from . import adapters, downlink, metrics
 from .adapters import Reading
 from .outbox import Outbox
 
@@ -89,8 +90,10 @@ class Gateway:
         replay_window_s: float = 24 * 3600.0,
         replay_rows_per_device: int = 10_000,
         settle_s: float = 30.0,
+        layout: adapters.Layout = adapters.DEFAULT_LAYOUT,
     ) -> None:
         self.gateway_id = protocol_check_gateway(gateway_id)
+        self.layout = layout
         self.uplink = uplink
         self.clock = clock
         self.heartbeat_s = heartbeat_s
@@ -117,6 +120,7 @@ class Gateway:
         self._stats = {
             "published": 0, "acked": 0, "resent": 0, "resent_after_reconnect": 0,
             "rejected_local": 0, "rejected_commands": 0, "reconnects": 0,
+            "commands_refused": 0, "blinks_confirmed": 0, "blinks_unconfirmed": 0,
         }
         self._progress = threading.Condition()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -136,6 +140,7 @@ class Gateway:
         self._inflight: dict[int, tuple[int | None, Event]] = {}  # mid -> (outbox row id, event)
         self._last_id = 0  # highest pending row id published on this connection
         self._resend_queue: deque[tuple[int, Event]] = deque()
+        self._acks: deque[tuple[str, bytes]] = deque(maxlen=1000)  # (device, payload), any thread appends
         self._delivered: list[tuple[int | None, Event]] = []
         self._ack_due = 0.0
         self._status_mid: int | None = None
@@ -191,10 +196,11 @@ class Gateway:
         self._wake()
         return events
 
-    def handle_local(self, topic: str, payload: bytes) -> list[Event]:
-        """One message from the home's broker, through the adapters. Never raises."""
+    def handle_local(self, topic: str, payload: bytes, retained: bool = False) -> list[Event]:
+        """One message from the home's broker, through the adapters. Never raises. ``retained``:
+        the broker's retain flag (a retained state is a sync, not a switch)."""
         with self._local_lock:
-            outcome = adapters.normalise(topic, payload, now_ms=now_ms(self.clock), memory=self._memory)
+            outcome = adapters.normalise(topic, payload, now_ms=now_ms(self.clock), memory=self._memory, retained=retained, layout=self.layout)
             if outcome.rejection is not None:
                 self._stats["rejected_local"] += 1
                 log.debug("gateway %s rejected local %s: %s %s", self.gateway_id, topic, outcome.rejection.reason, outcome.rejection.detail)
@@ -211,6 +217,32 @@ class Gateway:
         if events:
             self._wake()
         return events
+
+    def publish_ack(self, device_id: str, ack: dict[str, Any]) -> None:
+        """Tell the service what became of a command (``protocol.ack_topic``); sent when connected,
+        dropped if not (like commands, a stale answer is worth nothing)."""
+        self._acks.append((device_id, json.dumps(ack, separators=(",", ":")).encode()))
+        self._wake()
+
+    def remember(self, updates: dict[str, str]) -> None:
+        """Persist adapter memory entries that come from elsewhere (the downlink's echo window)."""
+        if not updates:
+            return
+        with self._local_lock:
+            self.outbox.submit_many([], updates)
+            self._memory.update(updates)
+
+    def memory_snapshot(self) -> dict[str, str]:
+        with self._local_lock:
+            return dict(self._memory)
+
+    def local_subscriptions(self) -> list[str]:
+        """What to subscribe to on the home's broker: the layout's topics, and the base topic of any
+        Zigbee2MQTT this home revealed (``<base>/bridge/state``) without it being configured."""
+        subs = list(self.layout.subscriptions())
+        with self._local_lock:
+            found = [k[len("z2mbase|"):] for k in self._memory if k.startswith("z2mbase|")]
+        return subs + [f"{base}/#" for base in sorted(found) if f"{base}/#" not in subs]
 
     @property
     def outbox_depth(self) -> int:
@@ -600,6 +632,9 @@ class Gateway:
                 self._settle_hi = max(self._settle_hi, self._last_id)
             if not sent_all:
                 return
+        while self._acks:
+            device_id, payload = self._acks.popleft()
+            client.publish(protocol.ack_topic(self.gateway_id, device_id), payload, qos=1)
         now = self.clock.now()
         if now >= self._next_heartbeat:
             # Keep the cadence; after a jump of the clock (or a long outage) resume from now.
@@ -643,6 +678,9 @@ def run_gateway(
     outbox_path: Path,
     stop: threading.Event | None = None,
     clock: Clock | None = None,
+    layout: adapters.Layout = adapters.DEFAULT_LAYOUT,
+    never_switch: Collection[str] = (),
+    blink_step_s: float = downlink.STEP_S,
 ) -> None:
     """Bridge the home's broker at ``local_url`` to the service until SIGINT/SIGTERM (or ``stop``
     is set, for embedding and tests), then stop gracefully.
@@ -667,7 +705,9 @@ def run_gateway(
         heartbeat_s=settings.gateway_heartbeat_s,
         settle_s=settings.gateway_settle_s,
         synchronous="FULL",
+        layout=layout,
     )
+    subscribed: set[str] = set()
     # A persistent local session: the home broker queues device messages while we restart.
     local = mqtt.make_client(local_url_parsed, f"mimamori-gw-{gateway_id}-local", protocol=mqtt.MQTTv311, clean_start=False)
 
@@ -675,16 +715,52 @@ def run_gateway(
         if reason_code.is_failure:
             log.warning("local broker refused connection: %s", reason_code)
             return
-        client.subscribe([(t, 1) for t in adapters.LOCAL_SUBSCRIPTIONS])
+        subscribed.clear()
+        subscribed.update(gateway.local_subscriptions())
+        client.subscribe([(t, 1) for t in sorted(subscribed)])
         log.info("gateway %s listening on %s", gateway_id, local_url_parsed)
 
     def on_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         # Returns after the outbox commit; paho sends the local PUBACK after this callback.
-        gateway.handle_local(message.topic, message.payload)
+        gateway.handle_local(message.topic, message.payload, bool(message.retain))
+        if message.topic.endswith("/bridge/state"):  # a Zigbee2MQTT base topic nobody configured?
+            new = [t for t in gateway.local_subscriptions() if t not in subscribed]
+            if new:
+                subscribed.update(new)
+                client.subscribe([(t, 1) for t in new])
+                log.info("gateway %s: found Zigbee2MQTT at %s", gateway_id, ", ".join(new))
+
+    timers: list[threading.Timer] = []
+
+    def later(delay_s: float, fn: Callable[[], None]) -> None:
+        timer = threading.Timer(delay_s, fn)
+        timer.daemon = True
+        timers[:] = [t for t in timers if t.is_alive()] + [timer]
+        timer.start()
+
+    def check_echo(device_id: str, dialect: str) -> None:
+        ok = downlink.confirmed(device_id, gateway.memory_snapshot())
+        gateway._stats["blinks_confirmed" if ok else "blinks_unconfirmed"] += 1
+        log.info("gateway %s: blink of %s %s", gateway_id, device_id, "confirmed by its state reports" if ok else "sent, not confirmed")
+        gateway.publish_ack(device_id, {"cmd": "blink", "confirmed": ok, "dialect": dialect})
 
     def on_command(device_id: str, command: Command) -> None:
-        # Native devices listen on mimamori/local/<device>/cmd; other dialects have no downlink yet.
-        local.publish(f"{adapters.NATIVE_PREFIX}{device_id}/cmd", protocol.encode_command(command), qos=1)
+        # In the device's own language (downlink.py); native devices get the command as it came.
+        plan = downlink.plan(device_id, command, gateway.memory_snapshot(), now_ms=now_ms(gateway.clock),
+                             never_switch=never_switch, step_s=blink_step_s)
+        if plan.refused is not None:
+            gateway._stats["commands_refused"] += 1
+            log.warning("gateway %s: not sending %s to %s (%s): %s", gateway_id, command.cmd, device_id, plan.dialect, plan.refused)
+            gateway.publish_ack(device_id, {"cmd": command.cmd, "confirmed": False, "dialect": plan.dialect, "refused": plan.refused})
+            return
+        gateway.remember(plan.memory)
+        for step in plan.steps:
+            if step.at_s <= 0:
+                local.publish(step.topic, step.payload, qos=1)
+            else:
+                later(step.at_s, lambda step=step: local.publish(step.topic, step.payload, qos=1))
+        if plan.dialect != "native":
+            later(plan.duration_s + 3.0, lambda: check_echo(device_id, plan.dialect))
 
     gateway.on_command = on_command
     local.on_connect = on_connect
@@ -700,6 +776,8 @@ def run_gateway(
         stop.wait()
         log.info("gateway %s stopping", gateway_id)
     finally:
+        for timer in timers:
+            timer.cancel()
         local.disconnect()
         local.loop_stop()
         sock = local.socket()  # loop_stop may win the race against the DISCONNECT write

@@ -126,8 +126,14 @@ def gateway(
     local_url: Annotated[str, typer.Option("--local-mqtt-url", help="The home's broker (Zigbee2MQTT, Tasmota, Shelly, native devices).")] = "mqtt://127.0.0.1:1883",
     outbox: Annotated[Optional[Path], typer.Option(help="Outbox file (SQLite); default under the data dir.")] = None,
     mqtt_url: MqttOpt = None,
+    z2m_base_topic: Annotated[Optional[list[str]], typer.Option(envvar="MIMAMORI_Z2M_BASE_TOPIC", help="Zigbee2MQTT base_topic (repeatable; default zigbee2mqtt).")] = None,
+    tasmota_fulltopic: Annotated[Optional[list[str]], typer.Option(envvar="MIMAMORI_TASMOTA_FULLTOPIC", help="Tasmota FullTopic (repeatable; default %prefix%/%topic%/).")] = None,
+    shelly_prefix: Annotated[Optional[list[str]], typer.Option(envvar="MIMAMORI_SHELLY_PREFIX", help="A Shelly Gen2+ topic prefix to subscribe to besides the defaults (repeatable; may contain /).")] = None,
+    never_switch: Annotated[Optional[list[str]], typer.Option(envvar="MIMAMORI_NEVER_SWITCH", help="A device id this gateway must never switch, e.g. a plug powering a fridge (repeatable).")] = None,
 ) -> None:
     """Bridge a home's devices to the service (durable outbox, uplink over MQTT)."""
+    layout = _gateway_layout(z2m_base_topic, tasmota_fulltopic, shelly_prefix)
+    ctx.obj = {"layout": layout}
     if ctx.invoked_subcommand is not None:
         return
     if not gateway_id:
@@ -144,7 +150,63 @@ def gateway(
         settings.mqtt_url = str(runtime["mqtt_url"])
     outbox_path = outbox or settings.data_dir / "gateway" / f"{gateway_id}.sqlite3"
     outbox_path.parent.mkdir(parents=True, exist_ok=True)
-    run_gateway(settings, gateway_id=gateway_id, local_url=local_url, outbox_path=outbox_path)
+    run_gateway(settings, gateway_id=gateway_id, local_url=local_url, outbox_path=outbox_path, layout=layout,
+                never_switch=frozenset(never_switch or ()))
+
+
+def _gateway_layout(z2m: Optional[list[str]], tasmota: Optional[list[str]], shelly: Optional[list[str]]) -> Any:
+    from gateway.adapters import Layout
+
+    defaults = Layout()
+    return Layout(tuple(z2m or defaults.z2m_base_topics), tuple(tasmota or defaults.tasmota_full_topics), tuple(shelly or ()))
+
+
+@gateway_app.command("replay")
+def gateway_replay(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help='One JSON object a line: {"topic": ..., "payload": "<text>", "retain": false}.')],
+    fresh: Annotated[bool, typer.Option("--fresh", help="As a gateway started for the first time (default: one that has seen these devices).")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """What the gateway makes of a captured home: one line per message (outcome, kind, device ...)."""
+    from gateway import replay
+
+    rows = list(replay.replay(file.read_text(encoding="utf-8-sig").splitlines(), fresh=fresh, layout=ctx.obj["layout"]))
+    _print_gateway_rows(rows, json_out)
+
+
+@gateway_app.command("listen")
+def gateway_listen(
+    ctx: typer.Context,
+    local_url: Annotated[str, typer.Option("--local-mqtt-url", help="The home's broker.")] = "mqtt://127.0.0.1:1883",
+    minutes: Annotated[float, typer.Option("--minutes", help="How long to listen.")] = 5.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """The replay report live, for the volunteer installing a home: what each message is understood as."""
+    from gateway import replay
+
+    emit = (lambda r: print(json.dumps(r, ensure_ascii=False), flush=True)) if json_out else _print_gateway_row
+    counts = replay.listen(local_url, minutes, emit, layout=ctx.obj["layout"])
+    print(f"{sum(counts.values())} messages: {counts}", file=sys.stderr)
+
+
+def _print_gateway_row(r: dict[str, Any]) -> None:
+    what = r["outcome"] + (f" {r['kind']}" if r["kind"] else "") + (f" ({r['reason']})" if r["reason"] else "")
+    console.print(f"{r['topic']}  →  {what}  {r['device_name'] or ''}{'' if r['channel'] is None else '#' + str(r['channel'])}  {r['device_id'] or ''}",
+                  markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_gateway_rows(rows: list[dict[str, Any]], json_out: bool) -> None:
+    for r in rows:
+        if json_out:
+            print(json.dumps(r, ensure_ascii=False))
+        else:
+            _print_gateway_row(r)
+    if not json_out:
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+        console.print(f"{len(rows)} messages: {counts}")
 
 
 @gateway_app.command("provision")

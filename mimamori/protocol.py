@@ -80,6 +80,7 @@ def check_id(value: object, what: str) -> str:
 EVENT_FILTER: Final = f"{ROOT}/+/+/event"
 STATUS_FILTER: Final = f"{ROOT}/+/status"
 HEARTBEAT_FILTER: Final = f"{ROOT}/+/heartbeat"
+ACK_FILTER: Final = f"{ROOT}/+/+/ack"  # a gateway's answer to a command (was the blink seen?)
 INGEST_SHARE_GROUP: Final = "ingest"
 
 
@@ -101,6 +102,11 @@ def command_filter(gateway_id: str) -> str:
     return f"{ROOT}/{gateway_id}/+/cmd"
 
 
+def ack_topic(gateway_id: str, device_id: str) -> str:
+    """Uplink, QoS 1: what became of a command, ``{"cmd": "blink", "confirmed": true, ...}``."""
+    return f"{ROOT}/{gateway_id}/{device_id}/ack"
+
+
 def status_topic(gateway_id: str) -> str:
     return f"{ROOT}/{gateway_id}/status"
 
@@ -111,7 +117,7 @@ def heartbeat_topic(gateway_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Topic:
-    """A parsed topic. ``channel`` is one of ``event``, ``cmd``, ``status``, ``heartbeat``."""
+    """A parsed topic. ``channel`` is one of ``event``, ``cmd``, ``ack``, ``status``, ``heartbeat``."""
 
     channel: str
     gateway_id: str
@@ -126,7 +132,7 @@ def parse_topic(topic: str) -> Topic:
         raise ProtocolError("unsupported_version", parts[1][:20])
     if len(parts) == 4 and parts[3] in ("status", "heartbeat"):
         return Topic(parts[3], check_id(parts[2], "gateway"))
-    if len(parts) == 5 and parts[4] in ("event", "cmd"):
+    if len(parts) == 5 and parts[4] in ("event", "cmd", "ack"):
         return Topic(parts[4], check_id(parts[2], "gateway"), check_id(parts[3], "device"))
     raise ProtocolError("bad_topic", topic[:200])
 

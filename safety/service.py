@@ -153,7 +153,7 @@ def _new_link(conn: psycopg.Connection, links: Links, check_id: int, household_i
 def start_check(conn: psycopg.Connection, actor: Any, *, message: str, clock: Clock, links: Links,
                 area: str | None = None, household_ids: Sequence[str] | None = None, blinks: int = 3) -> int:
     """Start a safety check of an area (or a list of households) with a message. In the same
-    transaction: one answer row per household, a blink for each of its bulbs and plugs, an in-app
+    transaction: one answer row per household, a blink for each of its bulbs (and plugs a coordinator allowed), an in-app
     message to every household member and watcher, an outbox row for each of their other channels
     (residents' messages carry their personal single-use link). Returns the check id."""
     _manager(actor)
@@ -201,7 +201,8 @@ def start_check(conn: psycopg.Connection, actor: Any, *, message: str, clock: Cl
 
 def _enqueue_blinks(conn: psycopg.Connection, check_id: int, hids: list[str], now: float, blinks: int) -> None:
     devices = _rows(conn, """SELECT d.device_id, d.gateway_id, d.household_id FROM devices d
-                             WHERE d.household_id = ANY(%s) AND d.kind IN ('bulb', 'plug') AND d.gateway_id IS NOT NULL
+                             WHERE d.household_id = ANY(%s) AND d.gateway_id IS NOT NULL
+                               AND (d.kind = 'bulb' AND d.blink_allowed IS NOT FALSE OR d.kind = 'plug' AND d.blink_allowed)
                              ORDER BY d.household_id, d.device_id""", (hids,))
     with conn.cursor() as cur:
         cur.executemany(
@@ -209,7 +210,7 @@ def _enqueue_blinks(conn: psycopg.Connection, check_id: int, hids: list[str], no
                VALUES (%s, %s, 'mqtt', 'mqtt', %s, %s, %s) ON CONFLICT DO NOTHING""",
             [(check_id, f"device:{d['device_id']}", Jsonb({"gateway_id": d["gateway_id"], "device_id": d["device_id"],
                                                             "household_id": d["household_id"],
-                                                            "args": {"times": blinks, "reason": "safety_check"}}),
+                                                            "args": {"times": blinks, "reason": "safety_check", "switch_ok": True}}),
               as_datetime(now), as_datetime(now)) for d in devices])
 
 

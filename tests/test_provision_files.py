@@ -42,6 +42,7 @@ def test_gateway_acl_is_confined_to_its_own_topics() -> None:
         "topic write mimamori/v1/gw-1/+/event",
         "topic write mimamori/v1/gw-1/status",
         "topic write mimamori/v1/gw-1/heartbeat",
+        "topic write mimamori/v1/gw-1/+/ack",
         "topic read mimamori/v1/gw-1/+/cmd",
     ]
     assert "topic read $share/ingest/mimamori/v1/+/+/event" in acl
