@@ -289,3 +289,27 @@ def test_login_form_refuses_cross_site_post_without_token(world) -> None:
         r = c.post("/api/auth/login", content='{"login": "watcher-a", "password": "' + PASSWORD + '"}',
                    headers={"content-type": "text/plain"})
         assert r.status_code == 422
+
+
+def test_a_coordinator_decides_which_devices_we_may_blink(world) -> None:
+    """Issue 13: a plug is never switched by us unless its area's coordinator allows it (it may power a
+    heater or a fridge); a bulb can be excluded. Watchers and other areas' coordinators cannot."""
+    url, clock, _ = world
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind, room) VALUES ('plug-h1', 'gw-h1', 'h1', 'plug', '台所')")
+    with app_client(url, clock) as c:
+        assert c.put("/api/devices/plug-h1/blink", json={"allowed": True}, headers=bearer(c, "watcher_a")).status_code == 403
+        assert c.put("/api/devices/plug-h1/blink", json={"allowed": True}, headers=bearer(c, "coord_b")).status_code in (403, 404)
+        assert c.put("/api/devices/plug-h1/blink", json={"allowed": "maybe"}, headers=bearer(c, "coord_a")).status_code == 422
+        r = c.put("/api/devices/plug-h1/blink", json={"allowed": True}, headers=bearer(c, "coord_a"))
+        assert r.status_code == 200 and r.json()["blinks"] is True
+        assert c.put("/api/devices/bulb-h1/blink", json={"allowed": False}, headers=bearer(c, "coord_a")).json()["blinks"] is False
+        # The household page says so and offers the switch back (a form with the session's CSRF token).
+        csrf_token = cookie_login(c, "coord_a")
+        page = c.get("/households/h1").text
+        assert "/coord/devices/plug-h1/blink" in page and "/coord/devices/bulb-h1/blink" in page
+        r = c.post("/coord/devices/bulb-h1/blink", data={"allowed": "default", "csrf_token": csrf_token}, follow_redirects=False)
+        assert r.status_code == 303
+    with psycopg.connect(url) as conn:
+        got = dict(conn.execute("SELECT device_id, blink_allowed FROM devices WHERE household_id = 'h1'").fetchall())
+    assert got == {"plug-h1": True, "bulb-h1": None}

@@ -146,6 +146,19 @@ def device_moves(conn: psycopg.Connection, person: Person, household_id: str) ->
     return [dict(zip(("at", "actor", "device_id", "from_gateway", "to_gateway", "reason"), r)) for r in rows]
 
 
+def set_blink_allowed(conn: psycopg.Connection, person: Person, device_id: str, allowed: bool | None) -> dict[str, Any]:
+    """May the service switch this device (blink it for a resident or safety check)? ``None``: by its
+    kind (bulbs yes, plugs no: a plug may power a heater or a fridge). The household's manager only
+    (issue 13: off for plugs unless a coordinator turns it on)."""
+    row = conn.execute("SELECT household_id, kind FROM devices WHERE device_id = %s", (device_id,)).fetchone()
+    if row is None or row[0] is None:
+        raise NotFound("device not found")
+    require_manage(conn, person, row[0])
+    conn.execute("UPDATE devices SET blink_allowed = %s WHERE device_id = %s", (allowed, device_id))
+    return {"device_id": device_id, "household_id": row[0], "kind": row[1], "blink_allowed": allowed,
+            "blinks": allowed if allowed is not None else row[1] == "bulb"}
+
+
 def unpair_device(conn: psycopg.Connection, person: Person, device_id: str) -> None:
     row = conn.execute("SELECT household_id FROM devices WHERE device_id = %s", (device_id,)).fetchone()
     if row is None or row[0] is None:

@@ -55,6 +55,25 @@ def api_move(device_id: Annotated[str, Path(pattern=ID_PATTERN)], body: MoveIn, 
     return service.move_device(conn, clock, person, device_id=device_id, gateway_id=body.gateway_id, reason=body.reason)
 
 
+class BlinkIn(BaseModel):
+    #: true: may be switched for a check; false: never; null: by its kind (bulbs yes, plugs no).
+    allowed: bool | None
+
+
+@api.put("/{device_id}/blink", responses={401: {}, 403: {}, 404: {}, 422: {}})
+def api_blink(device_id: Annotated[str, Path(pattern=ID_PATTERN)], body: BlinkIn, person: CurrentPerson,
+              conn: Conn) -> dict[str, Any]:
+    """Whether the service may blink this device (a plug powering a heater must never be switched)."""
+    return service.set_blink_allowed(conn, person, device_id, body.allowed)
+
+
+@pages.post("/coord/devices/{device_id}/blink")
+def blink_submit(device_id: Annotated[str, Path(pattern=ID_PATTERN)], person: CurrentPerson, conn: Conn,
+                 allowed: Annotated[Literal["yes", "no", "default"], Form()]) -> Response:
+    result = service.set_blink_allowed(conn, person, device_id, {"yes": True, "no": False, "default": None}[allowed])
+    return RedirectResponse(f"/households/{result['household_id']}?msg=saved", status_code=303)
+
+
 @api.get("/problems", responses={401: {}, 403: {}})
 def api_problems(person: CurrentPerson, conn: Conn, clock: ClockDep) -> list[dict[str, Any]]:
     return service.device_problems(conn, clock, person)

@@ -206,12 +206,12 @@ def device_health(conn: psycopg.Connection, clock: Clock, household_id: str) -> 
     now = as_datetime(clock.now())
     rows = conn.execute(
         "SELECT d.device_id, d.kind, d.room, d.gateway_id, ds.last_seen_at, ds.last_heartbeat_at, ds.power,"
-        " g.status FROM devices d LEFT JOIN device_state ds USING (device_id) LEFT JOIN gateways g USING (gateway_id)"
+        " g.status, d.blink_allowed FROM devices d LEFT JOIN device_state ds USING (device_id) LEFT JOIN gateways g USING (gateway_id)"
         " WHERE d.household_id = %s ORDER BY d.device_id",
         (household_id,),
     ).fetchall()
     out = []
-    for dev, kind, room, gw, seen, hb, power, gw_status in rows:
+    for dev, kind, room, gw, seen, hb, power, gw_status, blink_allowed in rows:
         last = max([t for t in (seen, hb) if t is not None], default=None)
         problem = None
         if gw_status == "offline":
@@ -219,7 +219,8 @@ def device_health(conn: psycopg.Connection, clock: Clock, household_id: str) -> 
         elif last is None or now - last > DEVICE_SILENT_AFTER:
             problem = "silent"
         out.append({"device_id": dev, "kind": kind, "room": room, "gateway_id": gw, "last_seen_at": last,
-                    "power": power, "problem": problem})
+                    "power": power, "problem": problem, "blink_allowed": blink_allowed,
+                    "blinks": blink_allowed if blink_allowed is not None else kind == "bulb"})
     return out
 
 
