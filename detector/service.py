@@ -230,14 +230,13 @@ class DetectorService:
         now = self.clock.now()
         wanted = set(rows.tolist())
         index = {d: rc for d, rc in self.fleet.device_index.items() if rc[0] in wanted}
-        if until is None and not fresh:
-            return  # nothing was ever taken: the next tick takes everything
-        since = max(self.state.epoch, now - self.history_days * 86400)
-        taken, newest = history.replay(self.conn, self.state, index, since=since,
-                                       until_received=until, params=self.params)
-        metrics.EVENTS_TAKEN.inc(taken)
-        if newest is not None and (self.newest_event_time is None or newest > self.newest_event_time):
-            self.newest_event_time = newest
+        if until is not None or fresh:  # (else nothing was ever taken: the next tick takes everything)
+            since = max(self.state.epoch, now - self.history_days * 86400)
+            taken, newest = history.replay(self.conn, self.state, index, since=since,
+                                           until_received=until, params=self.params)
+            metrics.EVENTS_TAKEN.inc(taken)
+            if newest is not None and (self.newest_event_time is None or newest > self.newest_event_time):
+                self.newest_event_time = newest
         # Homes with no activity in the history are watched from now (the hard cap), not from its start.
         quiet = rows[np.isnan(self.state.last_activity[rows])]
         self.state.resume_from[quiet] = now

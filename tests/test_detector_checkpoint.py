@@ -216,3 +216,37 @@ def test_two_shards_split_the_town_without_overlap(pg_url: str) -> None:
     finally:
         for s in services:
             s.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("with_history", [True, False])
+def test_a_home_that_joins_without_events_is_watched_from_when_it_joined(pg_url: str, with_history: bool) -> None:
+    """A household paired to a running detector, with no events yet, is silent since it joined (only the
+    24 h cap applies later), never since the start of the model's history, also when the model has
+    never taken an event (no cursor yet)."""
+    start = DEFAULT_START + 30 * DAY
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("INSERT INTO households (household_id, display_name, area) VALUES ('h1', 'x', 'a')")
+        conn.execute("INSERT INTO gateways (gateway_id, household_id, area, status) VALUES ('g1', 'h1', 'a', 'online')")
+        conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind) VALUES ('d1', 'g1', 'h1', 'bulb')")
+        if with_history:
+            conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind) VALUES (to_timestamp(%s), 'h1', 'd1', 1, 'on')",
+                         (start - 600,))
+    clock = ManualClock(start)
+    service = DetectorService(pg_url, clock)
+    try:
+        service.tick()
+        with psycopg.connect(pg_url) as conn:
+            conn.execute("INSERT INTO households (household_id, display_name, area) VALUES ('h2', 'y', 'a')")
+            conn.execute("INSERT INTO gateways (gateway_id, household_id, area, status) VALUES ('g2', 'h2', 'a', 'online')")
+            conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind) VALUES ('d2', 'g2', 'h2', 'bulb')")
+        service.sync_fleet()
+        for _ in range(4):
+            clock.advance(3600)
+            service.tick()
+        with psycopg.connect(pg_url) as conn:
+            opened = conn.execute("SELECT household_id, kind FROM incidents WHERE household_id = 'h2'").fetchall()
+        assert opened == []
+        assert service.state.resume_from[service.fleet.row_of["h2"]] >= start
+    finally:
+        service.close(save=False)
