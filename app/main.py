@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app import metrics
 from app.auth import current_person
 from app.auth import views as auth_views
-from app.auth.proxy import is_https, parse_trusted
+from app.auth.proxy import address_in, client_address, is_https, parse_trusted
 from app.devices import views as device_views
 from app.errors import AppError, CsrfFailed, NotAuthenticated
 from app.households import views as household_views
@@ -47,6 +47,10 @@ from mimamori.signing import signer
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
+
+
+#: Served only to ``MIMAMORI_OPS_NETWORKS`` (see ``operator_paths``).
+OPERATOR_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 def _wants_json(request: Request) -> bool:
@@ -122,6 +126,17 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     async def data_error(request: Request, exc: psycopg.DataError) -> Response:
         # e.g. NUL bytes or out-of-range values that slipped past validation: the input's fault.
         return JSONResponse({"detail": "invalid input", "code": "invalid"}, status_code=422)
+
+    ops_nets = None if settings.ops_networks.strip() == "*" else parse_trusted(settings.ops_networks)
+
+    @app.middleware("http")
+    async def operator_paths(request: Request, call_next):  # type: ignore[no-untyped-def]
+        """/metrics and the API's schema and docs are the operator's (issue 17: they were public on the
+        app's port): from ``MIMAMORI_OPS_NETWORKS`` only; anyone else gets the 404 of a path that is
+        not there."""
+        if ops_nets is not None and request.url.path in OPERATOR_PATHS and not address_in(client_address(request), ops_nets):
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        return await call_next(request)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     #: network's proxy container): only these peers' X-Forwarded-For / X-Forwarded-Proto are believed
     #: (the sign-in throttle's client, the Secure cookie, HSTS). Empty: no proxy; the TCP peer is the client.
     trusted_proxies: str = ""
+    #: Who may read the app's operator paths (/metrics, /docs, /redoc, /openapi.json) on its public
+    #: port: comma-separated addresses or CIDRs of the client (as ``trusted_proxies`` resolves it).
+    #: Default: this machine only; add the Prometheus scraper's network. "*" = everyone.
+    ops_networks: str = "127.0.0.0/8,::1"
 
     #: Port of the operations endpoint (/metrics, /healthz, /readyz) of a stage process; 0 = off.
     #: The web app serves the same paths on its own port.

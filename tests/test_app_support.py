@@ -81,7 +81,8 @@ def login_name(person_id: str) -> str:
 @contextmanager
 def app_client(url: str, clock: ManualClock) -> Iterator[TestClient]:
     app = create_app(Settings(), database_url=url, clock=clock)
-    with TestClient(app, base_url="http://testserver") as client:
+    # A client on this machine, as the operator's browser and scraper are (the default MIMAMORI_OPS_NETWORKS).
+    with TestClient(app, base_url="http://testserver", client=("127.0.0.1", 50000)) as client:
         yield client
 
 

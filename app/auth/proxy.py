@@ -73,3 +73,8 @@ def is_https(request: Request) -> bool:
         proto = request.headers.get("x-forwarded-proto", "").split(",")[-1].strip().lower()
         return proto == "https"
     return False
+
+
+def address_in(address: str, nets: Iterable[Net]) -> bool:
+    """Is this client address (as ``client_address`` gives it) in one of the networks?"""
+    return _trusted(_ip(address), nets)

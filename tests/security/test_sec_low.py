@@ -80,3 +80,27 @@ def test_a_dead_letter_keeps_only_the_head_of_a_huge_payload(pg_url: str) -> Non
         rows = conn.execute("SELECT length(payload), detail FROM dead_letters ORDER BY id").fetchall()
     assert rows[0][0] <= 4096 and "60000" in rows[0][1]
     assert rows[1][0] == 100
+
+
+def test_metrics_and_the_api_schema_are_the_operators_only(pg_url: str) -> None:
+    """Issue 17: /metrics, /docs, /openapi.json were public on the app's port. Now only clients in
+    MIMAMORI_OPS_NETWORKS (default: this machine) see them; anyone else gets a 404."""
+    from fastapi.testclient import TestClient
+
+    from app.main import OPERATOR_PATHS, create_app
+    from mimamori.clock import ManualClock
+    from mimamori.config import Settings
+
+    app = create_app(Settings(), database_url=pg_url, clock=ManualClock(1_767_225_600.0))
+    for client, expected in ((("203.0.113.7", 40000), 404), (("127.0.0.1", 40000), 200)):
+        with TestClient(app, client=client) as c:
+            for path in ("/metrics", "/openapi.json", "/docs"):
+                assert c.get(path).status_code == expected, (client, path)
+            assert c.get("/healthz").status_code == 200  # the health checks stay public
+    assert {"/metrics", "/openapi.json", "/docs", "/redoc"} <= OPERATOR_PATHS
+    # Behind the proxy, the proxy's own address does not make a client an operator.
+    app = create_app(Settings(trusted_proxies="10.0.0.2", ops_networks="127.0.0.1,192.168.50.0/24"),
+                     database_url=pg_url, clock=ManualClock(1_767_225_600.0))
+    with TestClient(app, client=("10.0.0.2", 40000)) as c:
+        assert c.get("/metrics", headers={"x-forwarded-for": "198.51.100.9"}).status_code == 404
+        assert c.get("/metrics", headers={"x-forwarded-for": "192.168.50.20"}).status_code == 200
