@@ -86,10 +86,10 @@ def api_invite(body: InvitationIn, request: Request, person: CurrentPerson, conn
     return InvitationOut(token=token, url=str(request.url_for("invite_page", token=token)), expires_at=expires.isoformat())
 
 
-@api.post("/invitations/{token}/accept", response_model=PersonOut, status_code=201, responses={404: {}, 409: {}, 422: {}})
-def api_accept(token: str, body: AcceptIn, conn: Conn, clock: ClockDep) -> PersonOut:
+@api.post("/invitations/{token}/accept", response_model=PersonOut, status_code=201, responses={404: {}, 409: {}, 422: {}, 429: {}})
+def api_accept(token: str, body: AcceptIn, request: Request, conn: Conn, clock: ClockDep) -> PersonOut:
     person = service.accept_invitation(conn, clock, token, login_name=body.login, password=body.password,
-                                       locale=body.locale, consent=body.consent)
+                                       locale=body.locale, consent=body.consent, client=_client(request))
     return PersonOut(**person.as_json())
 
 
@@ -228,7 +228,8 @@ def invite_submit(token: str, request: Request, conn: Conn, clock: ClockDep,
                                  error=_form_refused(request, refused, "err_csrf_failed"))
     try:
         person = service.accept_invitation(conn, clock, token, login_name=login, password=password.replace("\x00", ""),
-                                           locale=locale if locale in LOCALES else "ja", consent=bool(consent))
+                                           locale=locale if locale in LOCALES else "ja", consent=bool(consent),
+                                           client=_client(request))
     except AppError as exc:
         return _with_pre_session(request, "invite.html", status_code=exc.status_code, inv=inv, token=token,
                                  notice_version=service.NOTICE_VERSION,

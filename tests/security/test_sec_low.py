@@ -104,3 +104,22 @@ def test_metrics_and_the_api_schema_are_the_operators_only(pg_url: str) -> None:
     with TestClient(app, client=("10.0.0.2", 40000)) as c:
         assert c.get("/metrics", headers={"x-forwarded-for": "198.51.100.9"}).status_code == 404
         assert c.get("/metrics", headers={"x-forwarded-for": "192.168.50.20"}).status_code == 200
+
+
+def test_an_invitation_is_not_an_oracle_for_login_names(world) -> None:  # noqa: ANN001
+    """Issue 17: accepting an invitation answered "login already taken" as often as asked, so one
+    invitation could test every login name. Now a few taken names per invitation, then 429."""
+    from app.auth import service as auth
+
+    url, clock, _ = world
+    with psycopg.connect(url, autocommit=True) as conn:
+        coord = auth.get_person(conn, "coord_a")
+        token, _ = auth.create_invitation(conn, clock, coord, role="watcher", display_name="新しい人", area="north")
+    with app_client(url, clock) as c:
+        codes = [c.post(f"/api/invitations/{token}/accept", json={"login": name, "password": "long enough 1"}).status_code
+                 for name in ("watcher-a", "coord-a", "coord-b", "oper", "resident-1", "resident-2", "watcher-b")]
+        assert codes[:auth.MAX_TAKEN_NAMES_PER_INVITATION] == [409] * auth.MAX_TAKEN_NAMES_PER_INVITATION
+        assert set(codes[auth.MAX_TAKEN_NAMES_PER_INVITATION:]) == {429}
+        # The window passes: the invitation works again for a free name.
+        clock.advance(16 * 60)
+        assert c.post(f"/api/invitations/{token}/accept", json={"login": "fresh-name", "password": "long enough 1"}).status_code == 201
