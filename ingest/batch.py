@@ -51,6 +51,12 @@ class Batch:
             if ev.ts_ms > self.newest_ts_ms:
                 self.newest_ts_ms = ev.ts_ms
 
+    def add_ack_only(self, mid: int = 0) -> None:
+        """A message counted and acknowledged with the batch, but nothing of it stored."""
+        self.received += 1
+        if mid:
+            self.acks.append(mid)
+
     def add(self, item: Classified, mid: int = 0) -> None:
         self.received += 1
         if mid:

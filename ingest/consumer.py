@@ -41,7 +41,7 @@ from . import metrics, store
 from .batch import Batch
 from .client import IngestClient
 from .sweeper import GapSweeper
-from .validate import TOPIC_CACHE_SIZE, Classifier, DeadLetter, fast_event
+from .validate import TOPIC_CACHE_SIZE, Classifier, DeadLetter, DeadLetterBudget, fast_event
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ class IngestService:
         self.stats = IngestStats()
         self._known = store.KnownRows()
         self.classifier = Classifier()
+        self.dead_letter_budget = DeadLetterBudget()  # per source; over it, dead letters are only counted
         self._event_topics: dict[bytes, tuple[str, str]] = {}  # event topic -> (gateway, device)
 
         self.batch_size = settings.ingest_batch_size
@@ -248,7 +249,17 @@ class IngestService:
         if event is not None:
             batch.add_event(event_topic[0], event, mid)  # type: ignore[index]
         else:
-            batch.add(self.classifier.classify(topic, payload), mid)
+            item = self.classifier.classify(topic, payload)
+            if type(item) is DeadLetter:
+                kept = self.dead_letter_budget.admit(item, self.clock.now())
+                if not kept:
+                    metrics.DEAD_LETTERS_NOT_KEPT.labels(item.reason).inc()
+                    batch.add_ack_only(mid)
+                else:
+                    batch.dead_letters.extend(kept[:-1])  # the summary of those not kept before it
+                    batch.add(kept[-1], mid)
+            else:
+                batch.add(item, mid)
         if batch.received >= self.batch_size:
             self._hand_off()
 

@@ -25,6 +25,10 @@ DUPLICATES = Counter(
     "mimamori_ingest_duplicates_ignored_total",
     "Events dropped because the same (device_id, seq, time) was already stored or in the same batch.",
 )
+DEAD_LETTERS_NOT_KEPT = Counter(
+    "mimamori_ingest_dead_letters_not_kept_total",
+    "Dead letters over their source's budget (counted and acknowledged, not stored), by reason.", ["reason"]
+)
 DEAD_LETTERS = Counter(
     "mimamori_ingest_dead_letters_total", "Messages stored as dead letters, by reason.", ["reason"]
 )

@@ -157,3 +157,42 @@ def _decode_status(payload: bytes) -> str:
     if payload == protocol.STATUS_OFFLINE:
         return "offline"
     raise ProtocolError("bad_status", repr(payload[:40]))
+
+
+class DeadLetterBudget:
+    """How many dead letters one source (a gateway, by the topic's id level) may have stored: a token
+    bucket of ``burst`` refilled at ``per_s``. Issue 17: a gateway (or anyone with a broker account)
+    could fill the table with 64 KB rows as fast as it could publish. Over budget, a dead letter is
+    only counted; the next one admitted from that source is preceded by a ``rate_limited`` row that
+    says how many of which reasons were not kept. Pure: the caller passes the time."""
+
+    def __init__(self, *, per_s: float = 1.0, burst: float = 120.0) -> None:
+        self.per_s = per_s
+        self.burst = burst
+        self._tokens: dict[str, tuple[float, float]] = {}  # source -> (tokens, at)
+        self._dropped: dict[str, dict[str, int]] = {}
+
+    @staticmethod
+    def source(topic: str) -> str:
+        parts = topic.split("/", 3)
+        return parts[2][:64] if len(parts) >= 3 and parts[0] == protocol.ROOT.split("/")[0] else "other"
+
+    def admit(self, dl: DeadLetter, now: float) -> list[DeadLetter]:
+        """The dead letters to store for ``dl``: none (over budget), it, or a summary and it."""
+        src = self.source(dl.topic)
+        tokens, at = self._tokens.get(src, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.per_s)
+        if tokens < 1.0:
+            self._tokens[src] = (tokens, now)
+            dropped = self._dropped.setdefault(src, {})
+            dropped[dl.reason] = dropped.get(dl.reason, 0) + 1
+            return []
+        self._tokens[src] = (tokens - 1.0, now)
+        if len(self._tokens) > 100_000:  # sources are bounded by broker accounts; keep memory bounded anyway
+            self._tokens.clear()
+        dropped = self._dropped.pop(src, None)
+        if not dropped:
+            return [dl]
+        summary = ", ".join(f"{reason} x{n}" for reason, n in sorted(dropped.items()))
+        return [DeadLetter(f"{protocol.ROOT}/{src}" if src != "other" else "", b"", "rate_limited",
+                           f"{sum(dropped.values())} dead letters from {src} not kept: {summary}"[:200]), dl]

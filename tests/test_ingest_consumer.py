@@ -24,6 +24,7 @@ from bench.ingest_bench import _register_session as register_session
 from bench.ingest_bench import publish_events, publish_raw
 from ingest.consumer import IngestService
 from ingest.sweeper import GapSweeper
+from ingest.validate import DeadLetterBudget
 from mimamori import embedded, mqtt, protocol
 from mimamori.clock import SystemClock
 from mimamori.config import Settings
@@ -152,6 +153,9 @@ def test_status_heartbeat_and_malformed_traffic_all_accounted_for(pg_url: str, m
     messages.append((protocol.status_topic(gw).encode(), b"online"))
     messages.append((protocol.heartbeat_topic(gw).encode(), protocol.encode_gateway_heartbeat(TS, 4)))
     svc = make_service(pg_url, mqtt_url)
+    # Every reason at volume, each one stored: a budget the flood fits in (the default keeps 120 a
+    # source and one a second after: tests/security/test_sec_dead_letters.py).
+    svc.dead_letter_budget = DeadLetterBudget(per_s=1.0, burst=20_000)
     with running(svc):
         publish_raw(mqtt_url, messages)
         wait_until(lambda: svc.stats.acked >= len(messages), what="all acked")
