@@ -347,9 +347,10 @@ def get_check(conn: psycopg.Connection, actor: Any, check_id: int) -> dict[str, 
 
 
 def board(conn: psycopg.Connection, actor: Any, check_id: int, *, state: str | None = None,
-          lives_alone: bool | None = None, q: str | None = None) -> dict[str, Any]:
+          lives_alone: bool | None = None, q: str | None = None, now: float | None = None) -> dict[str, Any]:
     """The live board: the check, counts per state (over the actor's households) and the households
-    ordered by risk, filtered by board state / living alone / a name fragment."""
+    ordered by risk, filtered by board state / living alone / a name fragment. With ``now`` (the
+    caller's clock), every household shown is logged as viewed (the database's ``log_household_views``)."""
     c = _check_for(conn, actor, check_id)
     rows = _board_rows(conn, actor, check_id)
     counts = _counts(rows)
@@ -361,6 +362,9 @@ def board(conn: psycopg.Connection, actor: Any, check_id: int, *, state: str | N
         rows = [r for r in rows if r["lives_alone"] == lives_alone]
     if q:
         rows = [r for r in rows if q.lower() in r["household_name"].lower() or q.lower() in r["household_id"].lower()]
+    if now is not None and rows:
+        conn.execute("SELECT log_household_views(%s, %s, %s, %s)",
+                     (actor.person_id, [r["household_id"] for r in rows], f"safety board {check_id}", as_datetime(now)))
     return {"check": _check_json(c), "counts": counts, "households": [_household_json(r) for r in rows]}
 
 

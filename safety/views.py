@@ -122,13 +122,14 @@ def get_check(check_id: CheckId, actor: Actor, conn: Conn) -> dict[str, Any]:
 
 
 @safety_api.get("/checks/{check_id}/board", responses=ERRORS)
-def get_board(check_id: CheckId, actor: Actor, conn: Conn,
+def get_board(check_id: CheckId, actor: Actor, conn: Conn, clock: ClockDep,
               state: Annotated[Literal["needs_help", "no_answer", "unreachable", "sign_of_life", "safe"] | None, Query()] = None,
               lives_alone: bool | None = None,
               q: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None) -> dict[str, Any]:
     """Counts per state and the households ordered by risk (filterable)."""
     with errors():
-        return jsonable_encoder(service.board(conn, actor, check_id, state=state, lives_alone=lives_alone, q=q))
+        return jsonable_encoder(service.board(conn, actor, check_id, state=state, lives_alone=lives_alone, q=q,
+                                              now=clock.now()))
 
 
 @safety_api.get("/checks/{check_id}/households/{household_id}", responses=ERRORS)

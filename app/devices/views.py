@@ -89,7 +89,7 @@ def devices_page(request: Request, person: CurrentPerson, conn: Conn, clock: Clo
                  device_id: str | None = None, error: str | None = None) -> Response:
     require_manager(person)
     return render(request, "devices.html", unpaired=service.list_unpaired(conn, person),
-                  households=households.list_households(conn, clock, person), device_id=device_id, error=error)
+                  households=households.list_households(conn, clock, person, what="page /coord/devices (list)"), device_id=device_id, error=error)
 
 
 @pages.post("/coord/devices/pair")
@@ -102,6 +102,6 @@ def pair_submit(request: Request, person: CurrentPerson, conn: Conn, clock: Cloc
     except AppError as exc:
         locale = request_locale(request)
         return render(request, "devices.html", status_code=exc.status_code, unpaired=service.list_unpaired(conn, person),
-                      households=households.list_households(conn, clock, person), device_id=device_id,
+                      households=households.list_households(conn, clock, person, what="page /coord/devices (list)"), device_id=device_id,
                       error=translate(locale, f"err_{exc.code}"))
     return RedirectResponse(f"/households/{household_id}?msg=saved&paired={result['device_id']}", status_code=303)

@@ -78,9 +78,19 @@ def status_of(away: bool, welfare_incident: int | None, device_problem: bool) ->
     return "calm"
 
 
-def list_households(conn: psycopg.Connection, clock: Clock, person: Person) -> list[dict[str, Any]]:
+def log_list_view(conn: psycopg.Connection, clock: Clock, person: Person, household_ids: list[str], what: str) -> None:
+    """A list shows every household on it: each is in its view log (migration 0049's function, which
+    writes a (viewer, what) once in ten minutes)."""
+    if household_ids:
+        conn.execute("SELECT log_household_views(%s, %s, %s, %s)",
+                     (person.person_id, household_ids, what, as_datetime(clock.now())))
+
+
+def list_households(conn: psycopg.Connection, clock: Clock, person: Person, *, what: str = "list") -> list[dict[str, Any]]:
+    """The households in the person's scope with their state; each shown is logged as viewed."""
     where, params = household_scope_sql(person)
     rows = conn.execute(_STATUS_SQL.format(where=where), {**params, "now": as_datetime(clock.now())}).fetchall()
+    log_list_view(conn, clock, person, [r[0] for r in rows], what)
     out = []
     for hid, name, area, tz, away, away_until, welfare, device_problem, last_activity in rows:
         out.append({

@@ -31,7 +31,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}}
 
 @api.get("", response_model=list[HouseholdSummary], responses={401: {}})
 def api_list(person: CurrentPerson, conn: Conn, clock: ClockDep) -> list[dict[str, Any]]:
-    return service.list_households(conn, clock, person)
+    return service.list_households(conn, clock, person, what="api /api/households (list)")
 
 
 @api.post("", status_code=201, responses={**ERRORS, 409: {}})
@@ -94,7 +94,7 @@ def api_chain_set(household_id: HouseholdId, body: ChainIn, person: CurrentPerso
 
 
 def _home_context(conn: Any, clock: Any, person: Any) -> dict[str, Any]:
-    return {"households": service.list_households(conn, clock, person),
+    return {"households": service.list_households(conn, clock, person, what="page / (list)"),
             "incidents": incidents.list_incidents(conn, person),
             "notifications": incidents.unread_notifications(conn, person)}
 
@@ -253,7 +253,7 @@ def _coord_page(request: Request, person: Any, conn: Any, clock: Any, **extra: A
     from app.scope import require_manager
 
     require_manager(person)
-    return render(request, "coord.html", households=service.list_households(conn, clock, person),
+    return render(request, "coord.html", households=service.list_households(conn, clock, person, what="page /coord (list)"),
                   incidents=incidents.list_incidents(conn, person), problems=devices.device_problems(conn, clock, person),
                   notice_version=auth_service.NOTICE_VERSION, **extra)
 

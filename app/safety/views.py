@@ -94,9 +94,10 @@ def start(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep,
     return RedirectResponse(f"/safety/{check_id}", status_code=303)
 
 
-def _board_ctx(conn: Any, person: Any, check_id: int, state: str | None, alone: str | None, q: str | None) -> dict[str, Any]:
+def _board_ctx(conn: Any, person: Any, check_id: int, state: str | None, alone: str | None, q: str | None,
+               now: float | None = None) -> dict[str, Any]:
     with page_errors():
-        data = service.board(conn, person, check_id, **_filters(state, alone, q))
+        data = service.board(conn, person, check_id, **_filters(state, alone, q), now=now)
     return {"board": data, "check": data["check"], "states": BOARD_STATES,
             "filter_state": state if state in BOARD_STATES else "", "filter_alone": alone == "1", "filter_q": q or ""}
 
@@ -104,7 +105,7 @@ def _board_ctx(conn: Any, person: Any, check_id: int, state: str | None, alone: 
 @pages.get("/safety/{check_id}")
 def board_page(check_id: api.CheckId, request: Request, person: CurrentPerson, conn: Conn, state: str | None = None,
                alone: str | None = None, q: str | None = None) -> Response:
-    ctx = _board_ctx(conn, person, check_id, state, alone, q)
+    ctx = _board_ctx(conn, person, check_id, state, alone, q, now=request.app.state.clock.now())
     query = request.url.query
     return render(request, "safety_board.html", **ctx,
                   fragment_url=f"/partials/safety/{check_id}" + (f"?{query}" if query else ""))
@@ -113,7 +114,8 @@ def board_page(check_id: api.CheckId, request: Request, person: CurrentPerson, c
 @pages.get("/partials/safety/{check_id}")
 def board_fragment(check_id: api.CheckId, request: Request, person: CurrentPerson, conn: Conn, state: str | None = None,
                    alone: str | None = None, q: str | None = None) -> Response:
-    return render(request, "safety_board_fragment.html", **_board_ctx(conn, person, check_id, state, alone, q))
+    return render(request, "safety_board_fragment.html",
+                  **_board_ctx(conn, person, check_id, state, alone, q, now=request.app.state.clock.now()))
 
 
 @pages.get("/safety/{check_id}/h/{household_id}")

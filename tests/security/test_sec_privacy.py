@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from test_app_support import app_client, bearer, world  # noqa: F401 (fixture)
+from test_app_support import app_client, bearer, cookie_login, world  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -103,3 +103,32 @@ def test_the_export_holds_the_teams_comments_and_safety_answers(world) -> None: 
     text = export.text
     assert "玄関の鍵が開いていた" in text  # the team's comment
     assert "電話で無事を確認" in text and "地震の安否確認" in text  # the safety answer and its note
+
+
+def test_lists_log_every_household_they_show(world) -> None:  # noqa: ANN001
+    """Issue 17: the view log missed lists — the households list, the coordinator's overview and the safety
+    board show every household's name and state. Each shown is logged once per (viewer, list) in ten
+    minutes; another area's households are neither shown nor logged."""
+    url, clock, _ = world
+
+    def logged(person: str, what_like: str) -> set[str]:
+        with psycopg.connect(url) as conn:
+            return {r[0] for r in conn.execute("SELECT household_id FROM household_views WHERE person_id = %s AND what LIKE %s",
+                                               (person, what_like))}
+
+    with app_client(url, clock) as c:
+        h = bearer(c, "coord_a")
+        assert {x["household_id"] for x in c.get("/api/households", headers=h).json()} == {"h1", "h2"}
+        assert logged("coord_a", "api /api/households%") == {"h1", "h2"}
+        c.get("/api/households", headers=h)  # a refresh within ten minutes writes nothing new
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM household_views WHERE person_id = 'coord_a'").fetchone()[0] == 2
+        check = c.post("/api/safety/checks", headers=h, json={"message": "地震がありました。ご無事ですか？", "area": "north"})
+        assert check.status_code in (200, 201), check.text
+        board = c.get(f"/api/safety/checks/{check.json()['check_id']}/board", headers=h)
+        assert board.status_code == 200, board.text
+        assert logged("coord_a", "safety board%") == {x["household_id"] for x in board.json()["households"]} == {"h1", "h2"}
+        # A watcher's home page lists their team's households only.
+        cookie_login(c, "watcher_a")
+        assert c.get("/").status_code == 200
+    assert logged("watcher_a", "page / (list)") == {"h1"}
