@@ -255,13 +255,16 @@ class AmqttBroker(EmbeddedBroker):
         self._loop = self._thread = None
 
 
-def start_broker(workdir: Path, port: int | None = None, prefer: str | None = None) -> EmbeddedBroker:
+def start_broker(workdir: Path, port: int | None = None, prefer: str | None = None, *, fresh: bool = False) -> EmbeddedBroker:
     """Start Mosquitto when its binary is available, else amqtt.
 
     ``prefer`` (default: ``MIMAMORI_EMBEDDED_BROKER`` or "auto") forces "mosquitto" or "amqtt".
+    ``fresh``: forget what an earlier run persisted (sessions and their queues) first.
     """
     prefer = prefer or os.environ.get("MIMAMORI_EMBEDDED_BROKER", "auto")
     use_mosquitto = prefer == "mosquitto" or (prefer == "auto" and (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")))
+    if fresh:
+        shutil.rmtree(workdir / "mosquitto", ignore_errors=True)
     broker: EmbeddedBroker = MosquittoBroker(workdir / "mosquitto", port) if use_mosquitto else AmqttBroker(port)
     broker.start()
     log.info("embedded %s broker at %s", broker.kind, broker.url)

@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,10 +97,7 @@ def services(settings: Settings, *, start_embedded: bool = True, migrate: bool =
         if not mqtt and need_broker:
             if not start_embedded:
                 raise RuntimeError("no broker configured (MIMAMORI_MQTT_URL) and no mimamori serve running")
-            workdir = broker_dir or settings.data_dir
-            if fresh_broker:
-                shutil.rmtree(workdir / "mosquitto", ignore_errors=True)
-            broker = embedded.start_broker(workdir)
+            broker = embedded.start_broker(broker_dir or settings.data_dir, fresh=fresh_broker)
             closers.append(broker)
             mqtt = broker.url
             started.append(broker.kind)
