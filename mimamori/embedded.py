@@ -84,6 +84,26 @@ def start_postgres(data_dir: Path, database: str = DATABASE_NAME, *, fresh: bool
     return handle
 
 
+# The states a server passes through around a restart; a connection refused for one of these is retried.
+_TRANSIENT_STATES = ("is starting up", "is shutting down", "is in recovery mode", "not yet accepting connections")
+
+
+def wait_until_accepting(admin_url: str, timeout: float = 180.0) -> None:
+    """Wait until the server at ``admin_url`` accepts connections: a server that was just restarted
+    (TimescaleDB's install restarts the cluster) refuses them for a while with "starting up" or
+    "shutting down". Any other error, or the timeout, raises the server's own error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+                conn.execute("SELECT 1")
+                return
+        except psycopg.OperationalError as error:
+            if not any(state in str(error) for state in _TRANSIENT_STATES) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def create_database(admin_url: str, database: str, template: str | None = None) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()

