@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import psycopg
 
-from mimamori import db, embedded
+from mimamori import contract, db, embedded
 
 # Its sinks listen on loopback: allow them as an operator would an on-premises relay (issue 17 refuses
 # private and loopback targets of people's channels otherwise). Worker processes inherit it.
@@ -121,7 +121,7 @@ def run_alerts_bench(database_url: str, *, incidents: int = 1000, smtp: bool = T
         # an in-app client: LISTEN like the app's SSE stream does
         inapp_at: dict[int, float] = {}
         listener = psycopg.connect(url, autocommit=True)
-        listener.execute("LISTEN mimamori_notifications")
+        listener.execute(f"LISTEN {contract.CHANNEL_NOTIFICATIONS}")
         listening = threading.Event()
         done = threading.Event()
 
@@ -140,8 +140,8 @@ def run_alerts_bench(database_url: str, *, incidents: int = 1000, smtp: bool = T
         ready_deadline = time.monotonic() + 60
         with psycopg.connect(url, autocommit=True) as conn:
             while time.monotonic() < ready_deadline:
-                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                   "AND query = 'LISTEN mimamori_alert_deliveries'").fetchone()
+                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = %s",
+                                   (f"LISTEN {contract.CHANNEL_ALERT_DELIVERIES}",)).fetchone()
                 if row and row[0] >= workers:
                     break
                 time.sleep(0.05)
@@ -159,8 +159,8 @@ def run_alerts_bench(database_url: str, *, incidents: int = 1000, smtp: bool = T
                 t0 = time.time()
                 row = conn.execute(
                     """INSERT INTO incidents (household_id, kind, status, opened_at, updated_at, rule)
-                       VALUES (%s, 'inactivity', 'open', now(), now(), 'bench') RETURNING incident_id""",
-                    (households[i][0],)).fetchone()
+                       VALUES (%s, %s, 'open', now(), now(), 'bench') RETURNING incident_id""",
+                    (households[i][0], contract.INACTIVITY)).fetchone()
                 assert row is not None
                 opened_at[row[0]] = t0
                 person_of[row[0]] = watchers[i][0]

@@ -54,7 +54,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from mimamori import db, embedded
+from mimamori import contract, db, embedded
 
 # Its sinks listen on loopback: allow them as an operator would an on-premises relay (issue 17 refuses
 # private and loopback targets of people's channels otherwise). Worker processes inherit it.
@@ -608,13 +608,13 @@ def _fault_alert_worker_sigkill(stack: Stack, plan: ChaosPlan, res: FaultResult,
         def start_worker(k: int) -> None:
             stack.spawn("alerts", [*worker_args, "--worker-id", f"chaos-{k}"], env)
             _wait(lambda: _count(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                      "AND query LIKE %s", "LISTEN mimamori_alert_deliveries%") >= 1, 30, 0.05)
+                                      "AND query LIKE %s", f"LISTEN {contract.CHANNEL_ALERT_DELIVERIES}%") >= 1, 30, 0.05)
 
         start_worker(0)
         with psycopg.connect(url, autocommit=True) as conn:
             for hid, _, _ in households:
                 conn.execute("""INSERT INTO incidents (household_id, kind, status, opened_at, updated_at, rule)
-                                VALUES (%s, 'inactivity', 'open', now(), now(), 'chaos')""", (hid,))
+                                VALUES (%s, %s, 'open', now(), now(), 'chaos')""", (hid, contract.INACTIVITY))
         due = plan.incidents * plan.watchers
         kills = []
         for k in range(plan.alert_kills):

@@ -54,13 +54,15 @@ import numpy as np
 from detector import model as m
 from detector.baselines import BASELINES, make_baseline
 from firmware_sim.offline import AWAY, PRESENT_ASLEEP, PRESENT_AWAKE
+from mimamori import contract
 
 H = 3600.0
 DAY = 86400.0
 DETECTION_WINDOW_S = 72 * H
 EXPLAIN_GRACE_S = 12 * H
-WELFARE_ALERTS = ("inactivity", "long_on")
-ALERT_KINDS = ("inactivity", "long_on", "device_offline", "area_outage")
+#: Alert kinds in report order (the service's incident kinds, ``mimamori.contract``).
+WELFARE_ALERTS = (contract.INACTIVITY, contract.LONG_ON)
+ALERT_KINDS = (*WELFARE_ALERTS, contract.DEVICE_OFFLINE, contract.AREA_OUTAGE)
 # Broker keepalive: the last will is published this long after the gateway goes silent.
 LAST_WILL_DELAY_S = 90.0
 
@@ -239,23 +241,23 @@ def run_systems(rp: Replay, *, tick_s: float = 600.0, params: m.DetectorParams =
             away[away_hh[active]] = away_until[active]
         sc = m.score(state, now, away_until=away, asked_first=asked if asked_first else None, p=params)
         log = logs["detector"]
-        log.update("inactivity", sc.inactivity, now, lambda r: {
+        log.update(contract.INACTIVITY, sc.inactivity, now, lambda r: {
             "rule": m.RULES[sc.inactivity_rule[r]], "score": float(sc.inactivity_score[r]),
             "silence_start": float(sc.silence_start[r]), "expected_by": float(sc.expected_by[r]),
             "history": float(state.slot_history[r])})
-        log.update("long_on", sc.long_on, now, lambda r: {
+        log.update(contract.LONG_ON, sc.long_on, now, lambda r: {
             "switch": int(sc.long_on_switch[r]), "since": float(sc.long_on_since[r]), "hours": float(sc.long_on_hours[r]),
             "alarm_after_h": float(state.sw_alarm_after_h[r, sc.long_on_switch[r]]),
             "silence_start": float(sc.silence_start[r]), "expected_by": float(sc.expected_by[r])})
-        log.update("device_offline", sc.device_offline, now)
-        log.update_extent("device_offline", sc.offline_devices.sum(axis=1) + sc.gateway_offline * m.MAX_DEVICES, now)
+        log.update(contract.DEVICE_OFFLINE, sc.device_offline, now)
+        log.update_extent(contract.DEVICE_OFFLINE, sc.offline_devices.sum(axis=1) + sc.gateway_offline * m.MAX_DEVICES, now)
         area_alarm = np.zeros(n_areas, bool)
         area_alarm[rp.area[sc.area_outage]] = True
-        log.update("area_outage", area_alarm, now)
+        log.update(contract.AREA_OUTAGE, area_alarm, now)
         for name, b in baselines.items():
             alarms = b.check(now)
-            logs[name].update("inactivity", alarms.inactivity, now)
-            logs[name].update("long_on", alarms.long_on, now)
+            logs[name].update(contract.INACTIVITY, alarms.inactivity, now)
+            logs[name].update(contract.LONG_ON, alarms.long_on, now)
     return logs
 
 
@@ -270,9 +272,9 @@ def expected_alerts(inc: dict[str, Any]) -> tuple[str, ...]:
     if kind in ("collapse", "bathroom_collapse", "hospital_stay", "cut"):
         return WELFARE_ALERTS if inc["welfare"] else ()
     if kind in ("bulb_failure", "gateway_power_loss"):
-        return ("device_offline",)
+        return (contract.DEVICE_OFFLINE,)
     if kind == "area_power_cut":
-        return ("area_outage",)
+        return (contract.AREA_OUTAGE,)
     return ()
 
 
@@ -288,9 +290,9 @@ def _explains(inc: dict[str, Any], alert_kind: str, t: float, end_of_run: float)
             # Taken to hospital: a check is fair until a watcher has set away mode.
             return inc["welfare"] or t < inc["details"].get("away_set_at", math.inf)
         return False
-    if alert_kind == "device_offline":
+    if alert_kind == contract.DEVICE_OFFLINE:
         return kind in ("bulb_failure", "gateway_power_loss", "area_power_cut")
-    if alert_kind == "area_outage":
+    if alert_kind == contract.AREA_OUTAGE:
         return kind == "area_power_cut"
     return False
 
@@ -369,14 +371,14 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
         kinds_n[inc["kind"]] += 1
         best = math.inf
         for ak in exp:
-            key = inc["area"] if ak == "area_outage" else inc["hh"]
+            key = inc["area"] if ak == contract.AREA_OUTAGE else inc["hh"]
             for t in by_target.get((ak, key), ()):
                 if inc["start"] <= t <= inc["start"] + DETECTION_WINDOW_S:
                     best = min(best, t)
         was_open = False
         if best == math.inf:
             for ak in exp:
-                key = inc["area"] if ak == "area_outage" else inc["hh"]
+                key = inc["area"] if ak == contract.AREA_OUTAGE else inc["hh"]
                 if any(a < inc["start"] < b for a, b in intervals.get((ak, key), ())):
                     best = inc["start"]  # already alerted: watchers are on their way (delay 0)
                     already_open += 1
@@ -413,11 +415,11 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
     spared = 0  # false welfare alerts a resident asked first would have answered
     answers = np.random.default_rng(resident_check.seed if resident_check else 0)
     for kind, key, t in log.opened:
-        pool = by_area[key] if kind == "area_outage" else by_hh[key]
+        pool = by_area[key] if kind == contract.AREA_OUTAGE else by_hh[key]
         if any(_explains(inc, kind, t, rp.end) for inc in pool):
             continue
         false_all += 1
-        if t >= rp.learning_end and (rp.observed_until is None or kind == "area_outage" or t <= rp.observed_until[key]):
+        if t >= rp.learning_end and (rp.observed_until is None or kind == contract.AREA_OUTAGE or t <= rp.observed_until[key]):
             false_by_kind[kind] += 1
             spared_before = spared
             if kind in WELFARE_ALERTS:
@@ -439,7 +441,7 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
                         able = state == PRESENT_AWAKE or (state == AWAY and able)
                     spared += int(able and answers.random() < resident_check.answer_rate)
                 false_welfare_silence["lt_8h" if quiet_h < 8 else "8_17h" if quiet_h < 17 else "ge_17h"] += 1
-            if kind != "area_outage":
+            if kind != contract.AREA_OUTAGE:
                 false_hh.append((key, spared > spared_before))
     if rp.observed_until is not None:
         months = float(np.maximum(rp.observed_until - rp.learning_end, 0.0).sum()) / (30 * DAY)

@@ -50,7 +50,7 @@ import psycopg
 from firmware_sim.fleet import fleet_manifest, register_manifest
 from firmware_sim.safety import Home, SafetyResidents
 from ingest.consumer import IngestService
-from mimamori import db, embedded
+from mimamori import contract, db, embedded
 from mimamori.clock import SystemClock
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
@@ -168,7 +168,7 @@ class _BoardWatcher:
     those households are now safe. ``seen_safe``: household -> epoch seconds when this client first
     saw it safe (after the commit, so never before the completing switch was published)."""
 
-    CHANNEL = "mimamori_app_live"
+    CHANNEL = contract.CHANNEL_APP_LIVE
 
     def __init__(self, url: str) -> None:
         self.conn = psycopg.connect(url, autocommit=True)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-INCIDENT_KINDS = ("inactivity", "long_on", "device_offline", "area_outage")
+from mimamori import contract
+
+INCIDENT_KINDS = tuple(sorted(contract.DETECTOR_KINDS))
 
 TICK_SECONDS = Histogram(
     "mimamori_detector_tick_seconds",

@@ -37,6 +37,7 @@ import psycopg
 
 from detector import checkpoint, history, metrics
 from detector import model as m
+from mimamori import contract
 from mimamori.clock import Clock, ScaledClock, SystemClock
 from mimamori.observability import register_readiness, unregister_readiness
 
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 
 _DEV = {"bulb": m.DEV_BULB, "motion": m.DEV_MOTION, "door": m.DEV_DOOR, "plug": m.DEV_PLUG}
 _KIND = {name: i for i, name in enumerate(m.EVENT_KINDS)}
-WELFARE = ("inactivity", "long_on")
 _TZ_OFFSETS = {"Asia/Tokyo": 9 * 3600, "UTC": 0}
 #: A tick re-reads this much before its cursor: rows committed late with an earlier received_at.
 _OVERLAP_S = 30.0
@@ -416,14 +416,14 @@ class DetectorService:
         iso = lambda x: _ts(float(x)).isoformat() if np.isfinite(x) else None  # noqa: E731
         # ``episode`` names what is alarming (this silence, this light since then, these devices), so an
         # incident a watcher closed is not reopened for the same episode.
-        if kind == "inactivity":
+        if kind == contract.INACTIVITY:
             return (f"model:{m.RULES[sc.inactivity_rule[r]]}", float(sc.inactivity_score[r]),
                     {"episode": f"silence:{iso(sc.silence_start[r])}",
                      "silence_start": iso(sc.silence_start[r]), "expected_activity_by": iso(sc.expected_by[r]),
                      "alarm_at": iso(sc.alarm_at[r]), "score": float(sc.inactivity_score[r]), "rule": m.RULES[sc.inactivity_rule[r]],
                      # the faster threshold of a home whose resident is asked first (the watcher's "why")
                      "asked_first": bool(self._asked_now[r]) if r < len(self._asked_now) else False})
-        if kind == "long_on":
+        if kind == contract.LONG_ON:
             sw = int(sc.long_on_switch[r])
             cols = np.flatnonzero(self.state.dev_switch[r] == sw)
             device = self.fleet.devices[r][int(cols[0])] if len(cols) else None
@@ -437,7 +437,7 @@ class DetectorService:
                  "devices": devices, "gateway_offline": bool(sc.gateway_offline[r])})
 
     def _write_incidents(self, sc: m.Scores, now: float) -> dict[str, int]:
-        conditions = {"inactivity": sc.inactivity, "long_on": sc.long_on, "device_offline": sc.device_offline}
+        conditions = {contract.INACTIVITY: sc.inactivity, contract.LONG_ON: sc.long_on, contract.DEVICE_OFFLINE: sc.device_offline}
         opened = updated = closed = 0
         opened_by_kind = dict.fromkeys(metrics.INCIDENT_KINDS, 0)
         closed_by_kind = dict.fromkeys(metrics.INCIDENT_KINDS, 0)
@@ -475,7 +475,7 @@ class DetectorService:
                     r = self.fleet.row_of.get(hid)
                     if k != kind or status != "open" or r is None or cond[r]:
                         continue
-                    outcome = "activity_resumed" if kind in WELFARE else "auto_closed"
+                    outcome = contract.ACTIVITY_RESUMED if kind in contract.WELFARE_KINDS else contract.AUTO_CLOSED
                     done_now = self.conn.execute(
                         "UPDATE incidents SET status = 'resolved', closed_at = %s, updated_at = %s, outcome = %s"
                         " WHERE incident_id = %s AND status = 'open' AND NOT (evidence ? 'help_asked_at')",
@@ -496,14 +496,14 @@ class DetectorService:
                     (area, _ts(now), _ts(now), float(down), json.dumps({"gateways_offline": down})),
                 ).fetchone()
                 opened += int(bool(res and res[0]))
-                opened_by_kind["area_outage"] += int(bool(res and res[0]))
+                opened_by_kind[contract.AREA_OUTAGE] += int(bool(res and res[0]))
             cur = self.conn.execute(
                 """UPDATE incidents SET status = 'resolved', closed_at = %s, updated_at = %s, outcome = 'auto_closed'
                    WHERE kind = 'area_outage' AND status = 'open' AND NOT (area = ANY(%s::text[]))""",
                 (_ts(now), _ts(now), areas_out),
             )
             closed += cur.rowcount
-            closed_by_kind["area_outage"] += cur.rowcount
+            closed_by_kind[contract.AREA_OUTAGE] += cur.rowcount
         open_by_kind = {k: int(n) for k, n in self.conn.execute(
             "SELECT kind, count(*) FROM incidents WHERE status IN ('open', 'claimed') GROUP BY kind")}
         return {"opened": opened, "updated": updated, "closed": closed, "open": sum(open_by_kind.values()),
@@ -568,7 +568,7 @@ class FleetListener:
 
     def __init__(self, database_url: str) -> None:
         self.conn = psycopg.connect(database_url, autocommit=True)
-        self.conn.execute("LISTEN mimamori_fleet")
+        self.conn.execute(f"LISTEN {contract.CHANNEL_FLEET}")
 
     def wait(self, timeout_s: float) -> bool:
         """True when a change was notified within ``timeout_s`` real seconds (all pending ones consumed)."""

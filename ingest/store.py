@@ -15,7 +15,7 @@ from datetime import datetime
 
 import psycopg
 
-from mimamori import protocol
+from mimamori import contract, protocol
 from mimamori.clock import as_datetime
 from mimamori.protocol import Event, ProtocolError
 
@@ -118,14 +118,16 @@ ON CONFLICT (device_id, seq, time) DO NOTHING
 # (resends arrive late). ``power`` follows the newest on/off event. No column is ever later than the
 # batch's receipt (issue 17: a device clock a few minutes ahead must not put "last seen" in the future; CASE, not
 # LEAST, which would turn a NULL column into the receipt time).
+#: The kinds ``UPSERT_DEVICE_STATE`` folds into last activity and power, from the contract.
+_DEVICE_STATE_KINDS = {"activity_kinds": sorted(contract.ACTIVITY_KINDS), "power_kinds": sorted(contract.POWER_KINDS)}
 UPSERT_DEVICE_STATE = """
 WITH agg AS (
     SELECT device_id,
            max(ts_ms) AS seen_ms,
-           max(ts_ms) FILTER (WHERE kind IN ('on', 'off', 'motion', 'open', 'close')) AS activity_ms,
+           max(ts_ms) FILTER (WHERE kind = ANY(%(activity_kinds)s::text[])) AS activity_ms,
            max(ts_ms) FILTER (WHERE kind = 'heartbeat') AS heartbeat_ms,
-           (array_agg(kind ORDER BY ts_ms DESC, seq DESC) FILTER (WHERE kind IN ('on', 'off')))[1] AS power,
-           max(ts_ms) FILTER (WHERE kind IN ('on', 'off')) AS power_ms,
+           (array_agg(kind ORDER BY ts_ms DESC, seq DESC) FILTER (WHERE kind = ANY(%(power_kinds)s::text[])))[1] AS power,
+           max(ts_ms) FILTER (WHERE kind = ANY(%(power_kinds)s::text[])) AS power_ms,
            max(seq) FILTER (WHERE kind <> 'heartbeat') AS max_seq,
            max(seq) FILTER (WHERE kind = 'heartbeat') AS reported_seq
     FROM ingest_stage GROUP BY device_id
@@ -279,7 +281,7 @@ def write_batch(conn: psycopg.Connection, batch: Batch, now: float, known: Known
                     if event_rows:
                         events_cursor = conn.cursor()
                         events_cursor.execute(INSERT_EVENTS, params)
-                    cur.execute(UPSERT_DEVICE_STATE, {**params, "now_ms": int(now * 1000)})
+                    cur.execute(UPSERT_DEVICE_STATE, {**params, "now_ms": int(now * 1000), **_DEVICE_STATE_KINDS})
                 conn.commit()
         stored = events_cursor.rowcount if events_cursor is not None else 0
         foreign_events = foreign = 0

@@ -198,7 +198,7 @@ def decode_event(payload: bytes, topic_device_id: str | None = None) -> Event:
     if obj.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
         raise ProtocolError("unsupported_version", repr(obj.get("v"))[:20])
     device = obj.get("device", topic_device_id)
-    if not valid_id(device):
+    if not isinstance(device, str) or not valid_id(device):
         raise ProtocolError("bad_device_id", repr(device)[:80])
     if topic_device_id is not None and device != topic_device_id:
         raise ProtocolError("device_mismatch", f"{device!r} in payload, {topic_device_id!r} in topic")
@@ -274,6 +274,7 @@ def decode_command(payload: bytes) -> Command:
 def check_device_time(ts_ms: int, received_ms: int) -> None:
     """Raise ``ProtocolError("future_ts")`` when a device time is beyond ``received_ms`` (the
     service's clock at receipt, epoch ms) plus ``MAX_CLOCK_AHEAD_MS``. Late device times are fine
-    (outboxes replay old events; a clock that runs behind only delays a home's timeline)."""
+    (outboxes replay old events; a clock that runs behind only delays a home's timeline).
+    """
     if ts_ms > received_ms + MAX_CLOCK_AHEAD_MS:
         raise ProtocolError("future_ts", f"device time {ts_ms} is {(ts_ms - received_ms) / 1000:.0f} s after receipt ({received_ms})")
