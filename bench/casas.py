@@ -40,12 +40,13 @@ import csv
 import math
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Iterable
+from datetime import UTC, datetime
 
 import numpy as np
 
+from bench.replay import Replay
 from detector import model as m
 
 DAY = 86400.0
@@ -81,7 +82,7 @@ def _parse_time(date: str, clock: str) -> float:
         frac_s = float("0." + frac) if frac.isdigit() else math.nan
     else:
         main, frac_s = clock, 0.0
-    dt = datetime.strptime(f"{date} {main}", "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    dt = datetime.strptime(f"{date} {main}", "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
     return dt.timestamp() + frac_s
 
 
@@ -238,7 +239,7 @@ def _csv_time(raw: str) -> float:
     dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     if dt.tzinfo is not None:  # local wall clock: keep the clock reading, drop the offset
         dt = dt.replace(tzinfo=None)
-    return dt.replace(tzinfo=timezone.utc).timestamp()
+    return dt.replace(tzinfo=UTC).timestamp()
 
 
 def read_csv_log(path: str, *, door_names: Iterable[str] = (), light_names: Iterable[str] = ()) -> SensorLog:
@@ -305,8 +306,6 @@ def home_name(spec: str) -> str:
 def replay_from_log(log: SensorLog, *, bulbs_only: bool = False, seed: int = 0, cuts: int | None = None,
                     learning_days: float = 7.0, source: str = ""):
     """A ``bench.eval.Replay`` of the log: ``cuts`` replicas cut at random times, plus an uncut control."""
-    from bench.eval import Replay
-
     kinds = np.array(log.sensor_kinds, np.int8)
     keep_sensor = (kinds == m.DEV_BULB) if bulbs_only else np.ones(len(kinds), bool)
     sel = keep_sensor[log.sensor] if len(kinds) else np.zeros(0, bool)
@@ -348,7 +347,7 @@ def replay_from_log(log: SensorLog, *, bulbs_only: bool = False, seed: int = 0, 
     used = used_arr  # type: ignore[assignment]
     info["devices_used"] = len(used)
     info["sensors_folded"] = folded
-    info["events_used"] = int(len(t))
+    info["events_used"] = len(t)
     n_cuts = cuts if cuts is not None else int(min(40, max(5, days // 3)))
     rng = np.random.default_rng(seed)
     lo, hi = start + learning_days * DAY, end - 1.0 * DAY

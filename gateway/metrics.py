@@ -30,16 +30,26 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .service import Gateway
-
 EVICTIONS = ("window", "heartbeats", "pending")
+
+
+class Gateway(Protocol):
+    """What the collector reads of a running ``gateway.service.Gateway`` (described here, not imported:
+    the service imports this module, and metrics must not import the service back)."""
+
+    @property
+    def gateway_id(self) -> str: ...
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def stats(self) -> dict[str, Any]: ...
+
 
 _live: weakref.WeakSet[Gateway] = weakref.WeakSet()
 _live_lock = threading.Lock()

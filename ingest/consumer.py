@@ -486,6 +486,11 @@ class IngestService:
 
     # --- observability ---------------------------------------------------------------------------
 
+    @property
+    def unacked_messages(self) -> int:
+        """Messages handed to the database writer and not yet committed and acknowledged."""
+        return self._unacked
+
     def lag_now(self) -> float | None:
         """Seconds from the device time of the newest event stored by this process to now (service
         clock); None before the first."""

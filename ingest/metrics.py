@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
-if TYPE_CHECKING:
-    from .consumer import IngestService
+
+
+class IngestService(Protocol):
+    """What the gauges read of a running ``ingest.consumer.IngestService`` (described here, not imported:
+    the consumer imports this module, and metrics must not import the consumer back)."""
+
+    @property
+    def unacked_messages(self) -> int: ...
+    def lag_now(self) -> float | None: ...
+
 
 MESSAGES_RECEIVED = Counter(
     "mimamori_ingest_messages_received_total",
@@ -80,7 +88,7 @@ def _services() -> list[IngestService]:
 
 
 def _unacked() -> float:
-    return float(sum(max(0, s._unacked) for s in _services()))  # noqa: SLF001 - same stage
+    return float(sum(max(0, s.unacked_messages) for s in _services()))
 
 
 def _lag() -> float:
