@@ -250,7 +250,7 @@ class DetectorService:
         in a rebuild), so a rebuilt home and one that ran all along would judge its current silence
         differently. Silences whose threshold the model re-fixed after a paused stretch keep theirs."""
         st, p = self.state, self.params
-        rows = rows[np.isfinite(st.last_activity[rows]) & ((st.flags[rows] & m._FLAG_REJUDGED) == 0)]
+        rows = rows[np.isfinite(st.last_activity[rows]) & ~m.rejudged_after_pause(st, rows)]
         if len(rows):
             q, alarm, hist_n = m.silence_thresholds(st, rows, st.last_activity[rows], p)
             st.quantile_h[rows], st.alarm_after_h[rows], st.slot_history[rows] = q, alarm, hist_n.astype(np.float16)

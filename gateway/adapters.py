@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from .dialects import DIALECTS
+from .dialects import DIALECTS, zigbee2mqtt
 from .dialects.base import (
     DEFAULT_LAYOUT,
     IGNORED_UNKNOWN,
@@ -46,7 +46,6 @@ from .dialects.base import (
     device_id_for,
     reject,
 )
-from .dialects import zigbee2mqtt
 from .dialects.native import PREFIX as NATIVE_PREFIX
 
 __all__ = [
@@ -81,5 +80,5 @@ def normalise(
             if outcome is not None:
                 return outcome
         return zigbee2mqtt.guess(topic, payload, ctx) or IGNORED_UNKNOWN
-    except Exception as exc:  # an adapter bug must not take the gateway loop down
+    except Exception as exc:  # noqa: BLE001 - an adapter bug must not take the gateway loop down
         return reject("adapter_error", f"{type(exc).__name__}: {exc}")

@@ -74,21 +74,25 @@ class Classifier:
         parsed = self.topic(topic)
         if type(parsed) is ProtocolError:
             return DeadLetter(_text(topic[:MAX_TOPIC_BYTES * 4]), payload, parsed.reason, parsed.detail)
-        channel = parsed.channel  # type: ignore[union-attr]
         try:
-            if channel == "event":
-                return EventMsg(parsed.gateway_id, protocol.decode_event(payload, parsed.device_id))  # type: ignore[union-attr]
-            if channel == "status":
-                return StatusMsg(parsed.gateway_id, _decode_status(payload))  # type: ignore[union-attr]
-            if channel == "heartbeat":
-                if len(payload) > protocol.MAX_PAYLOAD_BYTES:
-                    raise ProtocolError("oversized", f"{len(payload)} bytes")
-                return GatewayHeartbeatMsg(parsed.gateway_id, protocol.decode_gateway_heartbeat(payload))  # type: ignore[union-attr]
-            raise ProtocolError("unexpected_channel", channel)
+            return _decode(parsed, payload)  # type: ignore[arg-type]
         except ProtocolError as exc:
             return DeadLetter(_text(topic), payload, exc.reason, exc.detail)
         except Exception as exc:  # noqa: BLE001 - bad input must never stop ingest
             return DeadLetter(_text(topic), payload, "undecodable", f"{type(exc).__name__}: {exc}"[:200])
+
+
+def _decode(parsed: protocol.Topic, payload: bytes) -> Classified:
+    """The message on a well-formed topic; raises ``ProtocolError`` for a bad payload."""
+    if parsed.channel == "event":
+        return EventMsg(parsed.gateway_id, protocol.decode_event(payload, parsed.device_id))
+    if parsed.channel == "status":
+        return StatusMsg(parsed.gateway_id, _decode_status(payload))
+    if parsed.channel == "heartbeat":
+        if len(payload) > protocol.MAX_PAYLOAD_BYTES:
+            raise ProtocolError("oversized", f"{len(payload)} bytes")
+        return GatewayHeartbeatMsg(parsed.gateway_id, protocol.decode_gateway_heartbeat(payload))
+    raise ProtocolError("unexpected_channel", parsed.channel)
 
 
 _raw_decode_json = json.JSONDecoder().raw_decode  # decode() adds two whitespace regex calls
@@ -164,7 +168,8 @@ class DeadLetterBudget:
     bucket of ``burst`` refilled at ``per_s``. Issue 17: a gateway (or anyone with a broker account)
     could fill the table with 64 KB rows as fast as it could publish. Over budget, a dead letter is
     only counted; the next one admitted from that source is preceded by a ``rate_limited`` row that
-    says how many of which reasons were not kept. Pure: the caller passes the time."""
+    says how many of which reasons were not kept. Pure: the caller passes the time.
+    """
 
     def __init__(self, *, per_s: float = 1.0, burst: float = 120.0) -> None:
         self.per_s = per_s
@@ -190,7 +195,7 @@ class DeadLetterBudget:
         self._tokens[src] = (tokens - 1.0, now)
         if len(self._tokens) > 100_000:  # sources are bounded by broker accounts; keep memory bounded anyway
             self._tokens.clear()
-        dropped = self._dropped.pop(src, None)
+        dropped = self._dropped.pop(src, {})
         if not dropped:
             return [dl]
         summary = ", ".join(f"{reason} x{n}" for reason, n in sorted(dropped.items()))

@@ -409,7 +409,7 @@ def test_gateway_works_with_file_descriptors_above_1024(mqtt_url: mqtt.MqttUrl, 
     filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
     try:
         with make_gateway(mqtt_url, gateway_id, tmp_path / "o.db") as gw:
-            assert gw._wake_r.fileno() > 1024
+            assert gw._waiter._wake_r.fileno() > 1024  # the wake-up socket: opened after the filler
             gw.submit(Reading("bulb", "on", T0))
             assert gw.flush(10)
     finally:

@@ -120,7 +120,7 @@ def test_events_published_while_settling_after_a_broker_restart_all_arrive(mosqu
         assert not window or time.monotonic() < reconnected + window - 0.5, "too slow to test the window"
         # Stop shortly after the settling window: what was sent during it is re-published first.
         assert wait_for(lambda: time.monotonic() > reconnected + window + 0.2
-                        and all(not g._settle_until and not g._replay_hi for g in gateways), 10), [g.stats for g in gateways]
+                        and all(g.settling.idle for g in gateways), 10), [g.stats for g in gateways]
         assert all(g.flush(5) for g in gateways)
         stats = [g.stats for g in gateways]
         body = observability.render_metrics()[0].decode()
@@ -218,7 +218,7 @@ def test_the_settling_window_comes_from_the_settings(mqtt_url: mqtt.MqttUrl, tmp
     class Recorded(gateway_service.Gateway):
         def __init__(self, *args: object, **kwargs: object) -> None:
             super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-            windows.append(self.settle_s)
+            windows.append(self.settling.settle_s)
 
     monkeypatch.setattr(gateway_service, "Gateway", Recorded)
     monkeypatch.setenv("MIMAMORI_GATEWAY_SETTLE_S", "7.5")

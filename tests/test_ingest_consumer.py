@@ -30,7 +30,7 @@ from mimamori.clock import SystemClock
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
 from mimamori.protocol import Event
-from bench.chaos import PgProxy
+from bench.chaos_stack import PgProxy
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 from prometheus_client import REGISTRY
-from bench.chaos import PgProxy
+from bench.chaos_stack import PgProxy
 from test_ingest_consumer import count, event_msg, wait_until
 
 from bench.ingest_bench import publish_raw
