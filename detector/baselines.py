@@ -48,7 +48,7 @@ class _BulbState:
         order = np.argsort(t, kind="stable")
         hh, dev, t, kind = hh[order], dev[order], t[order], kind[order]
         np.maximum.at(self.last_switch, hh, t)
-        for r, c, ts, k in zip(hh.tolist(), dev.tolist(), t.tolist(), kind.tolist()):
+        for r, c, ts, k in zip(hh.tolist(), dev.tolist(), t.tolist(), kind.tolist(), strict=True):
             if k == EV_ON:
                 if np.isnan(self.on_since[r, c]):
                     self.on_since[r, c] = ts

@@ -23,9 +23,11 @@ import psycopg
 
 from detector import model as m
 
+
 def fleet_fields(state: m.FleetState) -> list[str]:
     """Fleet-wide fields (one value for all households: the population priors), saved once per
-    checkpoint. ``FleetState`` gives exactly those a default; per-household fields have none."""
+    checkpoint. ``FleetState`` gives exactly those a default; per-household fields have none.
+    """
     return [f.name for f in fields(state) if f.default is not MISSING or f.default_factory is not MISSING]
 #: Bumped when the meaning of a field changes while its name, dtype and shape stay the same.
 FORMAT_VERSION = 1
@@ -113,16 +115,18 @@ def save(conn: psycopg.Connection, *, shard: str, state: m.FleetState, household
          events_cursor: datetime | None, seen_recent: set[tuple[str, int]], health_cursor: datetime | None,
          last_prior_at: float | None, saved_digests: dict[str, bytes]) -> int:
     """Save the rows that changed since ``saved_digests`` (updated in place) and the checkpoint, in one
-    transaction. Returns the number of household rows written."""
+    transaction. Returns the number of household rows written.
+    """
     packed = pack_rows(state)
     digests = row_digests(packed)
-    changed = [i for i, (h, d) in enumerate(zip(households, digests)) if saved_digests.get(h) != d + layouts[i].encode()]
+    changed = [i for i, (h, d) in enumerate(zip(households, digests, strict=True)) if saved_digests.get(h) != d + layouts[i].encode()]
     prior = {name: getattr(state, name) for name in fleet_fields(state)}
     prior_blob = json.dumps({k: [v.dtype.str, list(v.shape)] for k, v in prior.items()}).encode() + b"\n" + b"".join(
         np.ascontiguousarray(v).tobytes() for v in prior.values())
     with conn.transaction(), conn.cursor() as cur:
         if changed:
-            cur.execute("CREATE TEMP TABLE IF NOT EXISTS detector_state_in (household_id text, layout text, state bytea) ON COMMIT DELETE ROWS")
+            cur.execute("CREATE TEMP TABLE IF NOT EXISTS detector_state_in (household_id text, layout text, state bytea)"
+                        " ON COMMIT DELETE ROWS")
             with cur.copy("COPY detector_state_in (household_id, layout, state) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["text", "text", "bytea"])
                 for i in changed:
@@ -189,5 +193,5 @@ def saved_digests_of(cp: Checkpoint) -> dict[str, bytes]:
 def describe(conn: psycopg.Connection) -> list[dict[str, Any]]:
     """The checkpoints, for operators (``mimamori detector status``)."""
     cols = ("shard", "format", "events_cursor", "households", "saved_at")
-    return [dict(zip(cols, r)) for r in conn.execute(
+    return [dict(zip(cols, r, strict=True)) for r in conn.execute(
         "SELECT shard, format, events_cursor, households, saved_at FROM detector_checkpoints ORDER BY shard")]

@@ -9,7 +9,7 @@ an event at its device time but never later than its receipt (a device clock ahe
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import psycopg
@@ -53,7 +53,8 @@ def replay(conn: psycopg.Connection, state: m.FleetState, device_index: dict[str
            since: float, until_received: datetime | None, params: m.DetectorParams = m.DEFAULT_PARAMS,
            window_s: float = 86400.0) -> tuple[int, float | None]:
     """Observe every stored event of the given devices with ``time >= since`` (and received by
-    ``until_received`` when given), in time order by day. Returns (events, newest device time)."""
+    ``until_received`` when given), in time order by day. Returns (events, newest device time).
+    """
     if not device_index:
         return 0, None
     load_device_map(conn, device_index)
@@ -61,7 +62,7 @@ def replay(conn: psycopg.Connection, state: m.FleetState, device_index: dict[str
     bounds = conn.execute(
         "SELECT extract(epoch FROM min(e.time)), extract(epoch FROM max(e.time)) FROM events e"
         " WHERE e.time >= %s" + (" AND e.device_id = ANY(%s)" if few else ""),  # the time index answers this
-        (datetime.fromtimestamp(since, timezone.utc), *([list(device_index)] if few else []))).fetchone()
+        (datetime.fromtimestamp(since, UTC), *([list(device_index)] if few else []))).fetchone()
     if bounds is None or bounds[0] is None:
         return 0, None
     start, end = float(bounds[0]), float(bounds[1])
@@ -81,8 +82,8 @@ def replay(conn: psycopg.Connection, state: m.FleetState, device_index: dict[str
         hi = lo + read_s
         buf = bytearray()
         with conn.cursor() as cur, cur.copy(_SELECT.format(extra=extra),
-                                            (kinds, datetime.fromtimestamp(lo, timezone.utc),
-                                             datetime.fromtimestamp(hi, timezone.utc), *extra_args)) as copy:
+                                            (kinds, datetime.fromtimestamp(lo, UTC),
+                                             datetime.fromtimestamp(hi, UTC), *extra_args)) as copy:
             for block in copy:
                 buf += block
         rows = _parse(bytes(buf)) if len(buf) > _HEADER + _TRAILER else np.zeros(0, _TUPLE)
@@ -111,7 +112,8 @@ def newest_received(conn: psycopg.Connection) -> datetime | None:
 
 def seen_near(conn: psycopg.Connection, cursor: datetime | None, overlap_s: float) -> set[tuple[str, int]]:
     """Events received in the overlap before ``cursor``: the next tick re-reads that stretch and must
-    not take them twice."""
+    not take them twice.
+    """
     if cursor is None:
         return set()
     return {(d, int(s)) for d, s in conn.execute(

@@ -21,125 +21,37 @@ process for the same shard waits as a standby.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import select
 import threading
 import time
-import zlib
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import psycopg
 
-from detector import checkpoint, history, metrics
+from detector import checkpoint, history, incidents, metrics
 from detector import model as m
-from mimamori import contract
+from detector.fleet import WHOLE_FLEET, Fleet, FleetListener, Shard, ShardLease, fleet_fingerprint, load_fleet
 from mimamori.clock import Clock, ScaledClock, SystemClock
 from mimamori.observability import register_readiness, unregister_readiness
 
+__all__ = ["DetectorService", "Fleet", "Shard", "ShardLease", "run_detector"]
+
 log = logging.getLogger(__name__)
 
-_DEV = {"bulb": m.DEV_BULB, "motion": m.DEV_MOTION, "door": m.DEV_DOOR, "plug": m.DEV_PLUG}
 _KIND = {name: i for i, name in enumerate(m.EVENT_KINDS)}
-_TZ_OFFSETS = {"Asia/Tokyo": 9 * 3600, "UTC": 0}
 #: A tick re-reads this much before its cursor: rows committed late with an earlier received_at.
 _OVERLAP_S = 30.0
 
 
 def _ts(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc)
-
-
-@dataclass
-class Fleet:
-    households: list[str]
-    areas: list[str | None]
-    device_index: dict[str, tuple[int, int]]  # device_id -> (household row, column)
-    devices: list[list[str]]  # per household, device ids by column
-    gateway_of: dict[str, list[int]]  # gateway_id -> household rows
-    row_of: dict[str, int] = field(default_factory=dict)  # household_id -> row
-    #: per household, what its model row was learned with (time zone, devices and kinds by column):
-    #: a saved or kept row is used only while this is unchanged.
-    layouts: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard ``index`` of ``count``: the households whose area (or, without one, household id) hashes to it."""
-
-    index: int = 0
-    count: int = 1
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        try:
-            i, n = (int(x) for x in text.split("/"))
-        except ValueError:
-            raise ValueError(f"a shard looks like 0/1 or 2/4, got {text!r}") from None
-        if not 0 <= i < n:
-            raise ValueError(f"shard index must be in 0..{n - 1}, got {text!r}")
-        return cls(i, n)
-
-    @property
-    def key(self) -> str:
-        return f"{self.index}/{self.count}"
-
-    def owns(self, household_id: str, area: str | None) -> bool:
-        return self.count == 1 or zlib.crc32((area or household_id).encode()) % self.count == self.index
-
-
-def load_fleet(conn: psycopg.Connection, shard: Shard = Shard()) -> tuple[Fleet, np.ndarray, np.ndarray, np.ndarray]:
-    hh_rows = [r for r in conn.execute("SELECT household_id, area, timezone FROM households ORDER BY household_id").fetchall()
-               if shard.owns(r[0], r[1])]
-    households = [r[0] for r in hh_rows]
-    row_of = {h: i for i, h in enumerate(households)}
-    area_names = sorted({r[1] for r in hh_rows if r[1] is not None})
-    area_idx = np.array([area_names.index(r[1]) + 1 if r[1] is not None else 0 for r in hh_rows], np.int32)
-    tz = np.array([_TZ_OFFSETS.get(r[2], 9 * 3600) for r in hh_rows], np.int32)
-    kinds = np.full((len(households), m.MAX_DEVICES), m.DEV_NONE, np.int8)
-    devices: list[list[str]] = [[] for _ in households]
-    device_index: dict[str, tuple[int, int]] = {}
-    for device_id, household_id, kind in conn.execute(
-        "SELECT device_id, household_id, kind FROM devices WHERE household_id IS NOT NULL AND kind IS NOT NULL ORDER BY device_id"
-    ):
-        r = row_of.get(household_id)
-        if r is None or len(devices[r]) >= m.MAX_DEVICES:
-            continue
-        c = len(devices[r])
-        devices[r].append(device_id)
-        kinds[r, c] = _DEV[kind]
-        device_index[device_id] = (r, c)
-    gateway_of: dict[str, list[int]] = {}
-    for gateway_id, household_id in conn.execute("SELECT gateway_id, household_id FROM gateways"):
-        if household_id in row_of:
-            gateway_of.setdefault(gateway_id, []).append(row_of[household_id])
-    layouts = [f"{tz[r]}|" + ",".join(f"{d}:{int(kinds[r, c])}" for c, d in enumerate(devices[r])) for r in range(len(households))]
-    fleet = Fleet(households, [r[1] for r in hh_rows], device_index, devices, gateway_of, row_of, layouts)
-    return fleet, kinds, area_idx, tz
-
-
-#: What the model's layout depends on: households (area, time zone), paired devices, gateways. A
-#: change means a rebuild; an unchanged fleet never needs one (the model is updated online).
-FLEET_FINGERPRINT_SQL = """
-SELECT (SELECT count(*) || ':' || coalesce(sum(hashtext(household_id || '|' || coalesce(area, '') || '|' || coalesce(timezone, ''))), 0)
-        FROM households),
-       (SELECT count(*) || ':' || coalesce(sum(hashtext(device_id || '|' || household_id || '|' || kind)), 0)
-        FROM devices WHERE household_id IS NOT NULL AND kind IS NOT NULL),
-       (SELECT count(*) || ':' || coalesce(sum(hashtext(gateway_id || '|' || coalesce(household_id, ''))), 0) FROM gateways)
-"""
-
-
-def fleet_fingerprint(conn: psycopg.Connection) -> tuple[str, ...]:
-    return tuple(conn.execute(FLEET_FINGERPRINT_SQL).fetchone())  # type: ignore[arg-type]
+    return datetime.fromtimestamp(epoch, tz=UTC)
 
 
 class DetectorService:
     def __init__(self, database_url: str, clock: Clock, *, params: m.DetectorParams = m.DEFAULT_PARAMS,
-                 history_days: float = 56.0, worker: str = "detector", shard: Shard = Shard(),
+                 history_days: float = 56.0, worker: str = "detector", shard: Shard = WHOLE_FLEET,
                  restore: bool = True, late_window_s: float = 7 * 86400.0, history_start: float | None = None) -> None:
         self.url = database_url
         self.clock = clock
@@ -192,7 +104,8 @@ class DetectorService:
 
     def restore(self) -> bool:
         """Load the saved state; households without a usable saved row are replayed from history.
-        False when there is no checkpoint of this model's format (the caller rebuilds)."""
+        False when there is no checkpoint of this model's format (the caller rebuilds).
+        """
         now = self.clock.now()
         self.fleet, kinds, area, tz = load_fleet(self.conn, self.shard)
         cp = checkpoint.load(self.conn, self.shard.key, self.fleet.households)
@@ -226,7 +139,8 @@ class DetectorService:
 
     def _replay_rows(self, rows: np.ndarray, *, until: datetime | None, fresh: bool) -> None:
         """Replay these households' history (events received by ``until``) into their (fresh) rows. With
-        ``fresh`` the whole fleet is replayed and the events cursor starts at ``until``."""
+        ``fresh`` the whole fleet is replayed and the events cursor starts at ``until``.
+        """
         now = self.clock.now()
         wanted = set(rows.tolist())
         index = {d: rc for d, rc in self.fleet.device_index.items() if rc[0] in wanted}
@@ -248,7 +162,8 @@ class DetectorService:
         """After a replay: the thresholds of the silences and lit lights under way, from the prior as it
         is now. A replay fixes them when each began, from the prior as it was then (the default prior,
         in a rebuild), so a rebuilt home and one that ran all along would judge its current silence
-        differently. Silences whose threshold the model re-fixed after a paused stretch keep theirs."""
+        differently. Silences whose threshold the model re-fixed after a paused stretch keep theirs.
+        """
         st, p = self.state, self.params
         rows = rows[np.isfinite(st.last_activity[rows]) & ~m.rejudged_after_pause(st, rows)]
         if len(rows):
@@ -261,7 +176,8 @@ class DetectorService:
 
     def sync_fleet(self) -> int:
         """Fit a changed fleet in place: households whose layout is unchanged keep their rows, new or
-        re-laid-out ones are replayed from history, removed ones are dropped. Returns the replayed count."""
+        re-laid-out ones are replayed from history, removed ones are dropped. Returns the replayed count.
+        """
         fleet, kinds, area, tz = load_fleet(self.conn, self.shard)
         state = self._new_state(kinds, area, tz, epoch=self.state.epoch)
         old_rows, new_rows = [], []
@@ -356,7 +272,8 @@ class DetectorService:
     def _away(self, now: float) -> np.ndarray:
         away = np.full(self.state.n, np.nan)
         rows = self.conn.execute(
-            "SELECT household_id, max(extract(epoch FROM until)) FROM away_periods WHERE starts_at <= %s AND until > %s GROUP BY household_id",
+            "SELECT household_id, max(extract(epoch FROM until)) FROM away_periods"
+            " WHERE starts_at <= %s AND until > %s GROUP BY household_id",
             (_ts(now), _ts(now)),
         ).fetchall()
         for household_id, until in rows:
@@ -412,102 +329,8 @@ class DetectorService:
         with psycopg.connect(self.url, connect_timeout=2) as conn:
             return conn.execute("SELECT 1").fetchone() == (1,)
 
-    def _evidence(self, sc: m.Scores, r: int, kind: str) -> tuple[str | None, float | None, dict[str, Any]]:
-        iso = lambda x: _ts(float(x)).isoformat() if np.isfinite(x) else None  # noqa: E731
-        # ``episode`` names what is alarming (this silence, this light since then, these devices), so an
-        # incident a watcher closed is not reopened for the same episode.
-        if kind == contract.INACTIVITY:
-            return (f"model:{m.RULES[sc.inactivity_rule[r]]}", float(sc.inactivity_score[r]),
-                    {"episode": f"silence:{iso(sc.silence_start[r])}",
-                     "silence_start": iso(sc.silence_start[r]), "expected_activity_by": iso(sc.expected_by[r]),
-                     "alarm_at": iso(sc.alarm_at[r]), "score": float(sc.inactivity_score[r]), "rule": m.RULES[sc.inactivity_rule[r]],
-                     # the faster threshold of a home whose resident is asked first (the watcher's "why")
-                     "asked_first": bool(self._asked_now[r]) if r < len(self._asked_now) else False})
-        if kind == contract.LONG_ON:
-            sw = int(sc.long_on_switch[r])
-            cols = np.flatnonzero(self.state.dev_switch[r] == sw)
-            device = self.fleet.devices[r][int(cols[0])] if len(cols) else None
-            return ("model:long_on", float(sc.long_on_hours[r]),
-                    {"episode": f"on:{device}:{iso(sc.long_on_since[r])}",
-                     "device": device, "on_since": iso(sc.long_on_since[r]), "on_hours": float(sc.long_on_hours[r]),
-                     "silence_start": iso(sc.silence_start[r]), "expected_activity_by": iso(sc.expected_by[r])})
-        devices = [self.fleet.devices[r][c] for c in np.flatnonzero(sc.offline_devices[r]) if c < len(self.fleet.devices[r])]
-        return ("heartbeat_timeout" if not sc.gateway_offline[r] else "gateway_last_will", float(len(devices)),
-                {"episode": "offline:" + ",".join(devices) + (":gateway" if sc.gateway_offline[r] else ""),
-                 "devices": devices, "gateway_offline": bool(sc.gateway_offline[r])})
-
     def _write_incidents(self, sc: m.Scores, now: float) -> dict[str, int]:
-        conditions = {contract.INACTIVITY: sc.inactivity, contract.LONG_ON: sc.long_on, contract.DEVICE_OFFLINE: sc.device_offline}
-        opened = updated = closed = 0
-        opened_by_kind = dict.fromkeys(metrics.INCIDENT_KINDS, 0)
-        closed_by_kind = dict.fromkeys(metrics.INCIDENT_KINDS, 0)
-        open_rows = {(h, k): (i, s) for i, h, k, s in self.conn.execute(
-            "SELECT incident_id, household_id, kind, status FROM incidents WHERE status IN ('open', 'claimed') AND household_id IS NOT NULL")}
-        # Episodes a watcher (or the coordinator) already closed recently: not reopened.
-        done = {(h, k, e) for h, k, e in self.conn.execute(
-            """SELECT household_id, kind, evidence->>'episode' FROM incidents
-               WHERE status IN ('resolved', 'cancelled') AND household_id IS NOT NULL AND closed_at > %s""",
-            (_ts(now - 7 * 86400),))}
-        with self.conn.transaction():
-            for kind, cond in conditions.items():
-                for r in np.flatnonzero(cond).tolist():
-                    rule, score, evidence = self._evidence(sc, r, kind)
-                    hid = self.fleet.households[r]
-                    if (hid, kind, evidence["episode"]) in done and (hid, kind) not in open_rows:
-                        continue
-                    res = self.conn.execute(
-                        """INSERT INTO incidents (household_id, area, kind, opened_at, updated_at, rule, score, evidence)
-                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-                           ON CONFLICT (household_id, kind) WHERE status IN ('open', 'claimed') AND household_id IS NOT NULL
-                           DO UPDATE SET updated_at = EXCLUDED.updated_at, score = EXCLUDED.score,
-                                         evidence = incidents.evidence || EXCLUDED.evidence
-                           RETURNING (xmax = 0)""",
-                        (hid, self.fleet.areas[r], kind, _ts(now), _ts(now), rule, score, json.dumps(evidence)),
-                    ).fetchone()
-                    if res and res[0]:
-                        opened += 1
-                        opened_by_kind[kind] += 1
-                    else:
-                        updated += 1
-                # Conditions that cleared: an unclaimed incident closes itself (a claimed one waits for its
-                # watcher, and so does one whose resident asked for help: a switch reached is no all-clear).
-                for (hid, k), (incident_id, status) in open_rows.items():
-                    r = self.fleet.row_of.get(hid)
-                    if k != kind or status != "open" or r is None or cond[r]:
-                        continue
-                    outcome = contract.ACTIVITY_RESUMED if kind in contract.WELFARE_KINDS else contract.AUTO_CLOSED
-                    done_now = self.conn.execute(
-                        "UPDATE incidents SET status = 'resolved', closed_at = %s, updated_at = %s, outcome = %s"
-                        " WHERE incident_id = %s AND status = 'open' AND NOT (evidence ? 'help_asked_at')",
-                        (_ts(now), _ts(now), outcome, incident_id),
-                    ).rowcount
-                    closed += done_now
-                    closed_by_kind[kind] += done_now
-            # Area outages: one incident per area.
-            areas_out = sorted({self.fleet.areas[r] for r in np.flatnonzero(sc.area_outage) if self.fleet.areas[r]})
-            for area in areas_out:
-                down = int(sum(1 for r in np.flatnonzero(sc.gateway_offline) if self.fleet.areas[r] == area))
-                res = self.conn.execute(
-                    """INSERT INTO incidents (household_id, area, kind, opened_at, updated_at, rule, score, evidence)
-                       VALUES (NULL, %s, 'area_outage', %s, %s, 'gateways_offline', %s, %s)
-                       ON CONFLICT (area) WHERE status IN ('open', 'claimed') AND kind = 'area_outage'
-                       DO UPDATE SET updated_at = EXCLUDED.updated_at, score = EXCLUDED.score, evidence = EXCLUDED.evidence
-                       RETURNING (xmax = 0)""",
-                    (area, _ts(now), _ts(now), float(down), json.dumps({"gateways_offline": down})),
-                ).fetchone()
-                opened += int(bool(res and res[0]))
-                opened_by_kind[contract.AREA_OUTAGE] += int(bool(res and res[0]))
-            cur = self.conn.execute(
-                """UPDATE incidents SET status = 'resolved', closed_at = %s, updated_at = %s, outcome = 'auto_closed'
-                   WHERE kind = 'area_outage' AND status = 'open' AND NOT (area = ANY(%s::text[]))""",
-                (_ts(now), _ts(now), areas_out),
-            )
-            closed += cur.rowcount
-            closed_by_kind[contract.AREA_OUTAGE] += cur.rowcount
-        open_by_kind = {k: int(n) for k, n in self.conn.execute(
-            "SELECT kind, count(*) FROM incidents WHERE status IN ('open', 'claimed') GROUP BY kind")}
-        return {"opened": opened, "updated": updated, "closed": closed, "open": sum(open_by_kind.values()),
-                "opened_by_kind": opened_by_kind, "closed_by_kind": closed_by_kind, "open_by_kind": open_by_kind}
+        return incidents.write_incidents(self.conn, self.fleet, self.state, sc, now, asked_first=self._asked_now)
 
     def close(self, *, save: bool = True) -> None:
         if save and not self.conn.closed:
@@ -518,75 +341,10 @@ class DetectorService:
         self.conn.close()
 
 
-class ShardLease:
-    """One process per shard: a session advisory lock on a connection of its own. A second process
-    for the same shard waits (a standby); the lock goes with the holder's connection, so a killed
-    holder frees it at once."""
-
-    def __init__(self, database_url: str, shard: Shard) -> None:
-        self.url = database_url
-        self.key = zlib.crc32(f"mimamori-detector-{shard.key}".encode())
-        self.shard = shard
-        self.conn: psycopg.Connection | None = None
-
-    def acquire(self, stop: threading.Event, *, poll_s: float = 1.0) -> bool:
-        waited = False
-        while not stop.is_set():
-            try:
-                if self.conn is None or self.conn.closed:
-                    self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
-                if self.conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]:  # type: ignore[index]
-                    if waited:
-                        log.info("detector: shard %s taken over", self.shard.key)
-                    return True
-                if not waited:
-                    log.info("detector: shard %s is held by another process; waiting as a standby", self.shard.key)
-                    waited = True
-            except psycopg.OperationalError:
-                log.warning("detector: database unavailable; retrying in 2 s")
-                self.release()
-                stop.wait(2.0)
-                continue
-            stop.wait(poll_s)
-        return False
-
-    def held(self) -> bool:
-        try:
-            return self.conn is not None and not self.conn.closed and self.conn.execute("SELECT 1").fetchone() == (1,)
-        except psycopg.Error:
-            return False
-
-    def release(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self.conn.close()
-        self.conn = None
-
-
-class FleetListener:
-    """Wakes the loop when households, paired devices or gateways change (migration 0047's triggers)."""
-
-    def __init__(self, database_url: str) -> None:
-        self.conn = psycopg.connect(database_url, autocommit=True)
-        self.conn.execute(f"LISTEN {contract.CHANNEL_FLEET}")
-
-    def wait(self, timeout_s: float) -> bool:
-        """True when a change was notified within ``timeout_s`` real seconds (all pending ones consumed)."""
-        got = False
-        ready, _, _ = select.select([self.conn.fileno()], [], [], max(0.0, timeout_s))
-        if ready:
-            for _ in self.conn.notifies(timeout=0.0):
-                got = True
-        return got
-
-    def close(self) -> None:
-        with contextlib.suppress(psycopg.Error):
-            self.conn.close()
-
-
 def _wait_for_tick(clock: Clock, tick_s: float, stop: threading.Event, listener: FleetListener | None) -> bool:
     """Wait one tick of the clock; True when the fleet changed meanwhile (the loop fits it in and ticks at
-    once, so a paired device is scored within a second or two, not at the next minute)."""
+    once, so a paired device is scored within a second or two, not at the next minute).
+    """
     if listener is None or not isinstance(clock, (SystemClock, ScaledClock)):
         clock.sleep(tick_s)  # a manual clock (tests, simulations) jumps
         return False
@@ -606,7 +364,8 @@ def run_detector(settings: Any, *, database_url: str, clock: Clock, stop: thread
     """The service loop: tick until ``stop`` is set. Changes of households, devices or gateways are
     fitted in place when notified (and checked every ``fleet_check_every_s`` real seconds besides, in
     case a notification was missed); the model is saved every ``checkpoint_every_s`` real seconds and
-    on a clean stop."""
+    on a clean stop.
+    """
     shard = shard or Shard.parse(getattr(settings, "detector_shard", None) or "0/1")
     checkpoint_every_s = getattr(settings, "detector_checkpoint_s", None) or checkpoint_every_s
     lease = ShardLease(database_url, shard)
@@ -638,7 +397,7 @@ def run_detector(settings: Any, *, database_url: str, clock: Clock, stop: thread
                         service.sync_fleet()
                         fingerprint = now_fingerprint
                 if not lease.held():
-                    raise psycopg.OperationalError("the shard lease's connection was lost")
+                    raise psycopg.OperationalError("the shard lease's connection was lost")  # noqa: TRY301 - handled as a lost database, below
             except psycopg.OperationalError:
                 log.exception("detector tick failed; reconnecting")
                 # A fresh service loads the latest checkpoint; while the database is down, wait (never let the stage die).
