@@ -20,18 +20,16 @@ import logging
 import os
 import queue
 import signal
-import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Literal
 
 import psycopg
 from paho.mqtt.enums import MQTTErrorCode
 
-from mimamori import db, mqtt, protocol
+from mimamori import mqtt, protocol
 from mimamori.clock import Clock, SystemClock
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
@@ -40,69 +38,13 @@ from mimamori.observability import register_readiness, unregister_readiness
 from . import metrics, store
 from .batch import Batch
 from .client import IngestClient
+from .session import IngestStats, default_client_id, identity_of
 from .sweeper import GapSweeper
 from .validate import TOPIC_CACHE_SIZE, Classifier, DeadLetter, DeadLetterBudget, fast_event
 
 log = logging.getLogger(__name__)
 
 Sink = Literal["database", "null"]
-
-
-@dataclass
-class IngestStats:
-    """Counters since start (plain ints; read them any time, e.g. for Prometheus)."""
-
-    received: int = 0
-    stored: int = 0
-    duplicates: int = 0
-    dead_letters: int = 0
-    heartbeats: int = 0
-    batches: int = 0
-    acked: int = 0
-    last_batch_size: int = 0
-    #: Seconds from the newest event's device time to its commit, for the last batch.
-    lag_s: float = 0.0
-    db_errors: int = 0
-    connects: int = 0
-    resend_requests: int = 0
-    #: time.monotonic() of the first message and of the last commit (throughput measurements).
-    first_message_at: float = 0.0
-    last_commit_at: float = 0.0
-
-    def snapshot(self) -> dict[str, float | int]:
-        return asdict(self)
-
-
-def default_client_id(settings: Settings, index: int = 0, database: str | None = None) -> str:
-    """Fixed per process slot and database, so that a restarted ingest resumes its persistent
-    session, and a session (with what the broker queued for it) belongs to one database: an ingest
-    pointed at another database starts a session of its own instead of taking the old one's queue.
-    ``database`` is ``mimamori.db.database_identity``; a configured ``ingest_client_id`` is the prefix."""
-    if settings.ingest_client_id:
-        base = settings.ingest_client_id
-    else:
-        host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40]
-        base = f"mimamori-ingest-{host}"
-    db_part = f"-{database}" if database else ""
-    if settings.ingest_client_id and index == 0:
-        return f"{base}{db_part}"
-    return f"{base}{db_part}-{index}"
-
-
-def _identity_of(database_url: str | None) -> str | None:
-    """The database's identity (see ``default_client_id``), waiting for the database if it is down:
-    without it the ingest would not know which broker session is its own."""
-    if not database_url:
-        return None
-    delay = 1.0
-    while True:
-        try:
-            with psycopg.connect(database_url, connect_timeout=5) as conn:
-                return db.database_identity(conn)
-        except psycopg.OperationalError as exc:
-            log.warning("ingest: database unavailable (%s); retrying in %.0f s", str(exc).strip()[:200], delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 30.0)
 
 
 class IngestService:
@@ -128,7 +70,7 @@ class IngestService:
         self.database_url = database_url
         self.mqtt_url = mqtt_url
         self.clock = clock or SystemClock()
-        self.client_id = client_id or default_client_id(settings, index, _identity_of(database_url) if sink == "database" else None)
+        self.client_id = client_id or default_client_id(settings, index, identity_of(database_url) if sink == "database" else None)
         self.on_batch = on_batch
         self.sink = sink
         self.sweeper = sweeper if sweeper is not None else (GapSweeper(self.clock) if sink == "database" else None)
@@ -398,7 +340,7 @@ class IngestService:
                     except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, psycopg.InternalError) as exc:
                         log.error("batch refused by the database (%s); isolating its messages", exc)
                         self._known.clear()
-                        result = self._write_singly(conn, batch)
+                        result = store.write_batch_singly(conn, batch, self.clock.now())
                 break
             except (psycopg.Error, OSError) as exc:
                 self.stats.db_errors += 1
@@ -415,21 +357,6 @@ class IngestService:
                 backoff = min(backoff * 2, 5.0)
         self._committed(batch, result)
         return conn
-
-    def _write_singly(self, conn: psycopg.Connection, batch: Batch) -> store.BatchResult:
-        """Write item by item; an item the database refuses becomes a dead letter."""
-        totals = [0, 0, 0, 0]
-        for single in batch.singles():
-            try:
-                r = store.write_batch(conn, single, self.clock.now())
-            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, psycopg.InternalError) as exc:
-                dl = Batch(batch.generation)
-                dl.add(DeadLetter("", single.describe().encode(), "db_rejected", str(exc)[:200]))
-                r = store.write_batch(conn, dl, self.clock.now())
-            for i, v in enumerate((r.stored, r.duplicates, r.dead_letters, r.heartbeats)):
-                totals[i] += v
-        totals[1] += batch.in_batch_duplicates
-        return store.BatchResult(*totals)
 
     def _committed(self, batch: Batch, result: store.BatchResult) -> None:
         with self._pending_lock:  # several writer threads
@@ -464,25 +391,7 @@ class IngestService:
             self._newest_stored_ms = batch.newest_ts_ms
         self._done.append((batch.generation, batch.acks))
         self._unacked -= batch.received
-        self._count_metrics(batch, result)
-
-    @staticmethod
-    def _count_metrics(batch: Batch, result: store.BatchResult) -> None:
-        metrics.BATCHES.inc()
-        metrics.BATCH_SIZE.observe(batch.received)
-        metrics.ROWS_STORED.inc(result.stored)
-        metrics.DUPLICATES.inc(result.duplicates)
-        metrics.DEVICE_HEARTBEATS.inc(result.heartbeats)
-        reasons: dict[str, int] = {}
-        for dl in batch.dead_letters:
-            reasons[dl.reason] = reasons.get(dl.reason, 0) + 1
-        for reason, n in result.refused.items():  # issue 17: future_ts, foreign_device (made by store.write_batch)
-            reasons[reason] = reasons.get(reason, 0) + n
-        refused = result.dead_letters - len(batch.dead_letters) - sum(result.refused.values())  # items the database refused (_write_singly)
-        if refused > 0:
-            reasons["db_rejected"] = reasons.get("db_rejected", 0) + refused
-        for reason, n in reasons.items():
-            metrics.DEAD_LETTERS.labels(reason).inc(n)
+        metrics.count_batch(batch, result)
 
     # --- observability ---------------------------------------------------------------------------
 

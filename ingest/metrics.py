@@ -13,6 +13,8 @@ from typing import Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from .batch import Batch
+from .store import BatchResult
 
 
 class IngestService(Protocol):
@@ -99,3 +101,22 @@ def _lag() -> float:
 
 UNACKED.set_function(_unacked)
 LAG.set_function(_lag)
+
+
+def count_batch(batch: Batch, result: BatchResult) -> None:
+    """One committed batch, once (never per message)."""
+    BATCHES.inc()
+    BATCH_SIZE.observe(batch.received)
+    ROWS_STORED.inc(result.stored)
+    DUPLICATES.inc(result.duplicates)
+    DEVICE_HEARTBEATS.inc(result.heartbeats)
+    reasons: dict[str, int] = {}
+    for dl in batch.dead_letters:
+        reasons[dl.reason] = reasons.get(dl.reason, 0) + 1
+    for reason, n in result.refused.items():  # issue 17: future_ts, foreign_device (made by store.write_batch)
+        reasons[reason] = reasons.get(reason, 0) + n
+    refused = result.dead_letters - len(batch.dead_letters) - sum(result.refused.values())  # items the database refused (store.write_batch_singly)
+    if refused > 0:
+        reasons["db_rejected"] = reasons.get("db_rejected", 0) + refused
+    for reason, n in reasons.items():
+        DEAD_LETTERS.labels(reason).inc(n)

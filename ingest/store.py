@@ -374,3 +374,20 @@ def pair_device(
             cur.execute(REGISTER_DEVICE, params)
         cur.execute(BACKFILL_EVENTS, params)
         return cur.rowcount
+
+
+def write_batch_singly(conn: psycopg.Connection, batch: Batch, now: float) -> BatchResult:
+    """Write item by item (after the database refused the batch as a whole); an item it refuses becomes a
+    dead letter ``db_rejected``."""
+    totals = [0, 0, 0, 0]
+    for single in batch.singles():
+        try:
+            r = write_batch(conn, single, now)
+        except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, psycopg.InternalError) as exc:
+            dl = Batch(batch.generation)
+            dl.add(DeadLetter("", single.describe().encode(), "db_rejected", str(exc)[:200]))
+            r = write_batch(conn, dl, now)
+        for i, v in enumerate((r.stored, r.duplicates, r.dead_letters, r.heartbeats)):
+            totals[i] += v
+    totals[1] += batch.in_batch_duplicates
+    return BatchResult(*totals)
