@@ -26,17 +26,12 @@ The password file is Mosquitto 2's ``$7$`` format (PBKDF2-HMAC-SHA512, 12-byte s
 summary returned once.
 
 The pure part (``plan``, ``hash_password``, ``render_*``, ``parse_*``) takes its random source as
-an argument; ``provision`` and ``make_tls`` do the file I/O.
+an argument; ``provision`` and ``make_tls`` do the file I/O. Split by responsibility: the password
+file in ``gateway.passwords``, the CA in ``gateway.tls``.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import hashlib
-import hmac
-import ipaddress
-import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,12 +40,16 @@ from typing import Final, Literal
 
 from mimamori import protocol
 
-Access = Literal["read", "write", "readwrite"]
+from .files import write_file
+from .passwords import HASH_ITERATIONS, hash_password, new_password, parse_password_file, render_password_file, verify_password
+from .tls import TlsFiles, make_tls
 
-#: Mosquitto's ``$7$`` hash: PBKDF2-HMAC-SHA512. mosquitto_passwd 2.0 uses 101 iterations; the
-#: passwords issued here are 192-bit random tokens, so the count guards nothing a guess could find.
-HASH_ITERATIONS: Final = 1000
-SALT_BYTES: Final = 12
+__all__ = [
+    "HASH_ITERATIONS", "AclRule", "Plan", "ProvisionResult", "TlsFiles", "gateway_acl", "hash_password", "make_tls", "new_password",
+    "parse_password_file", "plan", "provision", "render_password_file", "verify_password",
+]
+
+Access = Literal["read", "write", "readwrite"]
 
 
 @dataclass(frozen=True)
@@ -102,50 +101,6 @@ def check_gateway_id(gateway_id: str) -> str:
     if gateway_id in SERVICE_ROLES:
         raise ValueError(f"gateway id {gateway_id!r} is reserved for a service account")
     return gateway_id
-
-
-# ---------------------------------------------------------------------------------------------
-# Password hashing (Mosquitto 2 password file)
-# ---------------------------------------------------------------------------------------------
-
-
-def new_password(token: Callable[[int], str] = secrets.token_urlsafe) -> str:
-    """192 random bits, URL- and env-file-safe."""
-    return token(24)
-
-
-def hash_password(password: str, *, salt: bytes | None = None, iterations: int = HASH_ITERATIONS) -> str:
-    """``$7$<iterations>$<salt b64>$<hash b64>``: the line Mosquitto 2 reads after ``user:``."""
-    salt = os.urandom(SALT_BYTES) if salt is None else salt
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
-    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-def verify_password(password: str, encoded: str) -> bool:
-    try:
-        _, kind, iterations, salt_b64, digest_b64 = encoded.split("$")
-        if kind != "7":
-            return False
-        digest = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt_b64), int(iterations), 64)
-    except ValueError:
-        return False
-    return hmac.compare_digest(base64.b64encode(digest).decode(), digest_b64)
-
-
-def parse_password_file(text: str) -> dict[str, str]:
-    """``user:hash`` lines (blank lines and ``#`` comments skipped)."""
-    entries: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or ":" not in line:
-            continue
-        user, encoded = line.split(":", 1)
-        entries[user] = encoded
-    return entries
-
-
-def render_password_file(hashes: Mapping[str, str]) -> str:
-    return "".join(f"{user}:{hashes[user]}\n" for user in sorted(hashes))
 
 
 #: Where the dynamic-security plugin reads its accounts and roles (written next to ``passwd``).
@@ -329,23 +284,6 @@ def plan(
 # ---------------------------------------------------------------------------------------------
 
 
-def write_file(path: Path, text: str, mode: int) -> None:
-    """Atomically (temp file + rename), created with ``mode`` so a secret is never briefly readable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask may have narrowed it; never widened beyond ``mode``
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-
-
 def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -481,90 +419,3 @@ def gateway_ids_from_database(database_url: str) -> list[str]:
         return [row[0] for row in conn.execute("SELECT gateway_id FROM gateways ORDER BY gateway_id")]
 
 
-# ---------------------------------------------------------------------------------------------
-# TLS: a small CA and a server certificate (tests and small deployments)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TlsFiles:
-    ca_cert: Path
-    ca_key: Path
-    server_cert: Path
-    server_key: Path
-
-
-def make_tls(tls_dir: Path, hosts: Sequence[str], *, days: int = 825, now: dt.datetime | None = None) -> TlsFiles:
-    """A CA (``ca.crt``/``ca.key``) and a server certificate for ``hosts`` (DNS names or IP
-    addresses) signed by it, in ``tls_dir``. Existing files are kept, so re-running does not
-    invalidate the CA the gateways already trust; delete ``server.*`` to reissue for new hosts.
-
-    For production, prefer a certificate from a real CA (e.g. Let's Encrypt for the broker's DNS
-    name): gateways then verify it with the system's CAs and need no CA file.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    if not hosts:
-        raise ValueError("make_tls needs at least one host name or IP address for the server certificate")
-    tls_dir = Path(tls_dir)
-    files = TlsFiles(tls_dir / "ca.crt", tls_dir / "ca.key", tls_dir / "server.crt", tls_dir / "server.key")
-    now = now or dt.datetime.now(dt.timezone.utc)
-    start = now - dt.timedelta(minutes=5)
-
-    def key_pem(key: ec.EllipticCurvePrivateKey) -> str:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption()).decode()
-
-    if files.ca_cert.exists() and files.ca_key.exists():
-        ca_cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
-        ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
-    else:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mimamori broker CA")])
-        ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        write_file(files.ca_key, key_pem(ca_key), 0o600)
-        write_file(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM).decode(), 0o644)
-
-    if not (files.server_cert.exists() and files.server_key.exists()):
-        names: list[x509.GeneralName] = []
-        for host in hosts:
-            try:
-                names.append(x509.IPAddress(ipaddress.ip_address(host)))
-            except ValueError:
-                names.append(x509.DNSName(host))
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)  # type: ignore[arg-type]
-            .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-        )
-        # 0640: the broker (e.g. uid 1883 in the eclipse-mosquitto image) must read it; see docs/deployment.md.
-        write_file(files.server_key, key_pem(key), 0o640)
-        write_file(files.server_cert, cert.public_bytes(serialization.Encoding.PEM).decode(), 0o644)
-    return files

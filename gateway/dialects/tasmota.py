@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from .base import Context, Frame, Outcome, Reading, device_id_for, ignored, json_object, json_value, number, on_off, reject, text
+from .base import Context, Frame, Outcome, Reading, device_id_for, json_object, json_value, number, on_off, reject, text
 
 NAME: Final = "tasmota"
 _POWER = re.compile(r"POWER([1-8]?)", re.IGNORECASE)

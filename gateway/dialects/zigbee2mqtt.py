@@ -25,7 +25,21 @@ import json
 import re
 from typing import Any, Final
 
-from .base import BRIDGE_WINDOW_MS, Context, Frame, Outcome, Reading, device_id_for, epoch_ms, ignored, json_object, number, on_off, reject, text
+from .base import (
+    BRIDGE_WINDOW_MS,
+    Context,
+    Frame,
+    Outcome,
+    Reading,
+    device_id_for,
+    epoch_ms,
+    ignored,
+    json_object,
+    number,
+    on_off,
+    reject,
+    text,
+)
 
 NAME: Final = "zigbee2mqtt"
 _REQUESTS: Final = frozenset({"set", "get"})
