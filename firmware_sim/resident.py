@@ -16,11 +16,11 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from functools import lru_cache
-from zoneinfo import ZoneInfo
 
 import numpy as np
+
+from firmware_sim.daylight import DEFAULT_TIMEZONE, LocalDay, local_days
+from firmware_sim.draws import Draws
 
 ROOMS = ("bedroom", "kitchen", "living", "bathroom", "entrance")
 BEDROOM, KITCHEN, LIVING, BATHROOM, ENTRANCE = range(5)
@@ -35,71 +35,8 @@ ASLEEP, CALM, ACTIVE, STILL = 0, 1, 2, 3
 ENTER, LIGHT_ON, LIGHT_OFF, DOOR_OPEN, DOOR_CLOSE, APPLIANCE_ON, APPLIANCE_OFF = range(7)
 ACTION_NAMES = ("enter", "light_on", "light_off", "door_open", "door_close", "appliance_on", "appliance_off")
 
-DEFAULT_TIMEZONE = "Asia/Tokyo"
-TOKYO_LAT_DEG = 35.68
-TOKYO_LON_DEG = 139.69
 H = 3600.0
 MIN = 60.0
-
-
-class Draws:
-    """Scalar draws from a numpy ``Generator``, taken in blocks.
-
-    A scalar call on a Generator costs about a microsecond; a day plan needs ~100 draws and the
-    evaluation simulates tens of thousands of household-days, so draws come from pre-drawn blocks.
-    """
-
-    __slots__ = ("rng", "_u", "_ui", "_n", "_ni", "_block")
-
-    def __init__(self, rng: np.random.Generator, block: int = 1024) -> None:
-        self.rng = rng
-        self._block = block
-        self._u: list[float] = []
-        self._ui = block  # empty: the first call draws a block
-        self._n: list[float] = []
-        self._ni = 0
-
-    def random(self) -> float:
-        i = self._ui
-        if i >= self._block:
-            self._u = self.rng.random(self._block).tolist()
-            i = 0
-        self._ui = i + 1
-        return self._u[i]
-
-    def std_normal(self) -> float:
-        if self._ni >= len(self._n):
-            self._n = self.rng.standard_normal(self._block).tolist()
-            self._ni = 0
-        x = self._n[self._ni]
-        self._ni += 1
-        return x
-
-    def uniform(self, a: float, b: float) -> float:
-        return a + (b - a) * self.random()
-
-    def normal(self, mu: float, sd: float) -> float:
-        return mu + sd * self.std_normal()
-
-    def clipped_normal(self, mu: float, sd: float, lo: float, hi: float) -> float:
-        return min(hi, max(lo, self.normal(mu, sd)))
-
-    def exponential(self, mean: float) -> float:
-        return -mean * math.log(1.0 - self.random())
-
-    def chance(self, p: float) -> bool:
-        return self.random() < p
-
-    def poisson(self, lam: float) -> int:
-        # Knuth's method: lam is small here (night bathroom visits, toilet trips).
-        limit, k, prod = math.exp(-lam), 0, self.random()
-        while prod > limit:
-            k += 1
-            prod *= self.random()
-        return k
-
-    def choice(self, options: tuple | list):  # type: ignore[no-untyped-def]
-        return options[min(len(options) - 1, int(self.random() * len(options)))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,54 +100,6 @@ def draw_params(d: Draws) -> ResidentParams:
         off_habit=d.uniform(0.75, 0.97),
         forget_out_p=d.uniform(0.005, 0.04),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Calendar and daylight
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LocalDay:
-    midnight: float  # epoch s of local 00:00
-    weekday: int  # 0 = Monday
-    week: int  # weeks since the epoch, for "every n weeks"
-    sunrise_h: float  # local hours
-    sunset_h: float
-
-
-@lru_cache(maxsize=64)
-def _local_days_cached(tz: str, first_date_ord: int, n: int) -> tuple[LocalDay, ...]:
-    zone = ZoneInfo(tz)
-    days = []
-    for i in range(n):
-        date = datetime.fromordinal(first_date_ord + i)
-        midnight = date.replace(tzinfo=zone)
-        utc_offset_h = midnight.utcoffset().total_seconds() / H  # type: ignore[union-attr]
-        doy = date.timetuple().tm_yday
-        sunrise, sunset = sun_times(doy, utc_offset_h)
-        days.append(LocalDay(midnight.timestamp(), date.weekday(), (first_date_ord + i) // 7, sunrise, sunset))
-    return tuple(days)
-
-
-def local_days(start: float, end: float, tz: str = DEFAULT_TIMEZONE) -> tuple[LocalDay, ...]:
-    """Local days from the day before ``start`` (the night before) to the day containing ``end``."""
-    zone = ZoneInfo(tz)
-    first = datetime.fromtimestamp(start, zone).date() - timedelta(days=1)
-    last = datetime.fromtimestamp(end, zone).date()
-    return _local_days_cached(tz, first.toordinal(), last.toordinal() - first.toordinal() + 1)
-
-
-def sun_times(day_of_year: int, utc_offset_h: float, lat_deg: float = TOKYO_LAT_DEG, lon_deg: float = TOKYO_LON_DEG) -> tuple[float, float]:
-    """Approximate local sunrise and sunset hours (NOAA-style, within a few minutes)."""
-    g = 2 * math.pi / 365 * (day_of_year - 1)
-    decl = 0.006918 - 0.399912 * math.cos(g) + 0.070257 * math.sin(g) - 0.006758 * math.cos(2 * g) + 0.000907 * math.sin(2 * g)
-    eqtime_min = 229.18 * (0.000075 + 0.001868 * math.cos(g) - 0.032077 * math.sin(g) - 0.014615 * math.cos(2 * g) - 0.040849 * math.sin(2 * g))
-    lat = math.radians(lat_deg)
-    cos_ha = (math.cos(math.radians(90.833)) - math.sin(lat) * math.sin(decl)) / (math.cos(lat) * math.cos(decl))
-    ha_h = math.degrees(math.acos(max(-1.0, min(1.0, cos_ha)))) / 15.0
-    noon_h = 12.0 - eqtime_min / 60.0 - lon_deg / 15.0 + utc_offset_h
-    return noon_h - ha_h, noon_h + ha_h
 
 
 # ---------------------------------------------------------------------------------------------
