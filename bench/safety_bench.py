@@ -81,7 +81,7 @@ def _webhook_server() -> tuple[ThreadingHTTPServer, list[tuple[float, str]]]:
     arrivals: list[tuple[float, str]] = []
 
     class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("content-length", 0)))
             arrivals.append((time.monotonic(), self.path))
             self.send_response(200)
@@ -108,7 +108,8 @@ def _town(households: int, seed: int, prefix: str) -> dict[str, Any]:
 
 def _seed(url: str, manifest: dict[str, Any], prefix: str, hook_port: int) -> tuple[str, int]:
     """Register the town, an operator, one resident per home (in-app only) and one watcher per
-    ``HOMES_PER_WATCHER`` homes with a webhook channel. Returns (operator id, watchers)."""
+    ``HOMES_PER_WATCHER`` homes with a webhook channel. Returns (operator id, watchers).
+    """
     hids = [h["household_id"] for h in manifest["households"]]
     operator = f"{prefix}oper"
     groups = [hids[i:i + HOMES_PER_WATCHER] for i in range(0, len(hids), HOMES_PER_WATCHER)]
@@ -166,7 +167,8 @@ class _BoardWatcher:
     """A client of the board: LISTENs on the app's live channel (migration 0041: a NOTIFY per
     ``safety_answers`` row written, ids only) and, on each batch of notifications, reads which of
     those households are now safe. ``seen_safe``: household -> epoch seconds when this client first
-    saw it safe (after the commit, so never before the completing switch was published)."""
+    saw it safe (after the commit, so never before the completing switch was published).
+    """
 
     CHANNEL = contract.CHANNEL_APP_LIVE
 
@@ -217,7 +219,8 @@ def run_safety_bench(households: int = 2000, *, seed: int = 0, database_url: str
     """Start a safety check over ``households`` simulated homes and measure it (see the module
     docstring). ``database_url``: any database on the PostgreSQL server to use (a scratch database
     is made beside it); None = ``MIMAMORI_DATABASE_URL`` or the local server. ``mqtt_url``: a broker
-    to use; None = a Mosquitto of our own (stopped afterwards). Returns a JSON-serialisable dict."""
+    to use; None = a Mosquitto of our own (stopped afterwards). Returns a JSON-serialisable dict.
+    """
     if households < 1:
         raise ValueError("households must be at least 1")
     wall0 = time.monotonic()

@@ -1,5 +1,6 @@
 """The resident's calendar and daylight: local days (time zone, weekday, day of year) and sunrise and
-sunset, which decide when a room is dark enough for its light."""
+sunset, which decide when a room is dark enough for its light.
+"""
 
 from __future__ import annotations
 

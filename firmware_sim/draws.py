@@ -1,5 +1,6 @@
 """Random draws for the simulator: numpy's generator read in blocks (one call per draw is slow), as
-plain Python floats. One ``Draws`` per household, from its seed, so a home's life is reproducible."""
+plain Python floats. One ``Draws`` per household, from its seed, so a home's life is reproducible.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ class Draws:
     evaluation simulates tens of thousands of household-days, so draws come from pre-drawn blocks.
     """
 
-    __slots__ = ("rng", "_u", "_ui", "_n", "_ni", "_block")
+    __slots__ = ("_block", "_n", "_ni", "_u", "_ui", "rng")
 
     def __init__(self, rng: np.random.Generator, block: int = 1024) -> None:
         self.rng = rng

@@ -275,7 +275,7 @@ def plan_day(plan: _DayPlan, d: Draws, p: ResidentParams, day: LocalDay, state: 
     elif weekday == p.clinic_weekday and day.week % p.clinic_every_weeks == 0:
         s = m + _block_time(d, 9.2, 0.3)
         blocks.append((s, s + d.uniform(2.0, 4.0) * H, "out"))
-    elif weekday < 6 and d.chance(p.shopping_p) or weekday == 6 and d.chance(p.shopping_p / 2):
+    elif (weekday < 6 and d.chance(p.shopping_p)) or (weekday == 6 and d.chance(p.shopping_p / 2)):
         s = m + (_block_time(d, 10.3, 0.6) if d.chance(0.5) else _block_time(d, 15.0, 0.6))
         blocks.append((s, s + d.uniform(0.75, 2.5) * H, "out"))
     if not out_all_day:
@@ -300,8 +300,7 @@ def plan_day(plan: _DayPlan, d: Draws, p: ResidentParams, day: LocalDay, state: 
     blocks.sort()
 
     for start, end, kind in blocks:
-        if start < t + 5 * MIN:
-            start = t + 5 * MIN
+        start = max(start, t + 5 * MIN)
         if start > bed - 30 * MIN:
             continue
         _fill(plan, d, p, t, start)

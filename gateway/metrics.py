@@ -41,7 +41,8 @@ EVICTIONS = ("window", "heartbeats", "pending")
 
 class Gateway(Protocol):
     """What the collector reads of a running ``gateway.service.Gateway`` (described here, not imported:
-    the service imports this module, and metrics must not import the service back)."""
+    the service imports this module, and metrics must not import the service back).
+    """
 
     @property
     def gateway_id(self) -> str: ...

@@ -118,7 +118,8 @@ def dynsec_acls(rules: Sequence[AclRule]) -> list[dict[str, object]]:
     """One account's rules as dynamic-security ACLs. Unlike the ``acl_file`` (which Mosquitto 2.0
     checks only when a message is delivered, so any SUBSCRIBE is granted), these are checked when the
     client subscribes: a ``read`` rule grants ``subscribePattern`` on exactly that filter (and
-    receiving its topics), a ``write`` rule grants ``publishClientSend``. Nothing else is allowed."""
+    receiving its topics), a ``write`` rule grants ``publishClientSend``. Nothing else is allowed.
+    """
     acls: list[dict[str, object]] = []
     for rule in rules:
         if rule.access in ("read", "readwrite"):
@@ -137,7 +138,8 @@ def render_dynsec(hashes: Mapping[str, str], accounts: Mapping[str, Sequence[Acl
     the same PBKDF2-SHA512 the plugin checks (``password``/``salt`` base64, ``iterations``). Default
     access denies publishing, receiving and subscribing; unsubscribing is harmless and allowed. No
     admin client: nobody can change the accounts over ``$CONTROL``; re-run provision and restart
-    the broker instead (the plugin reads this file at start)."""
+    the broker instead (the plugin reads this file at start).
+    """
     import json
 
     clients: list[dict[str, object]] = []
@@ -219,7 +221,8 @@ def gateway_env(gateway_id: str, password: str, uplink_url: str, ca_file: str | 
 @dataclass
 class Plan:
     """The accounts after this run. ``passwords`` holds plaintext only for accounts whose password is
-    known (new, rotated, or read back from an existing env file)."""
+    known (new, rotated, or read back from an existing env file).
+    """
 
     hashes: dict[str, str]
     acl: dict[str, tuple[AclRule, ...]]
@@ -243,7 +246,8 @@ def plan(
     hasher: Callable[[str], str] = hash_password,
 ) -> Plan:
     """Accounts to keep, add, rotate and remove. Existing accounts are never dropped unless removed;
-    a known password is trusted only if it matches the existing hash."""
+    a known password is trusted only if it matches the existing hash.
+    """
     services = list(dict.fromkeys(services))
     for s in services:
         if s not in SERVICE_ROLES:
@@ -341,7 +345,8 @@ def provision(
 
     ``uplink_url`` / ``gateway_ca_file`` go into the gateways' env files; unset, an existing env file
     keeps its values, and a new one gets ``mqtts://localhost:8883`` and ``<broker_dir>/tls/ca.crt``
-    when that exists (a gateway on another machine needs the URL it reaches the broker at)."""
+    when that exists (a gateway on another machine needs the URL it reaches the broker at).
+    """
     broker_dir, secrets_dir = Path(broker_dir), Path(secrets_dir)
     password_file, acl_file = broker_dir / "passwd", broker_dir / "acl"
     stack_env_path = secrets_dir / "stack.env"

@@ -38,7 +38,7 @@ def make_tls(tls_dir: Path, hosts: Sequence[str], *, days: int = 825, now: dt.da
         raise ValueError("make_tls needs at least one host name or IP address for the server certificate")
     tls_dir = Path(tls_dir)
     files = TlsFiles(tls_dir / "ca.crt", tls_dir / "ca.key", tls_dir / "server.crt", tls_dir / "server.key")
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     start = now - dt.timedelta(minutes=5)
 
     def key_pem(key: ec.EllipticCurvePrivateKey) -> str:

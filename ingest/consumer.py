@@ -373,7 +373,7 @@ class IngestService:
                         "totals": self.stats.snapshot(),
                     }
                 )
-            except Exception:  # noqa: BLE001 - an observer must not stop ingest
+            except Exception:
                 log.exception("on_batch callback failed")
 
     def _count_commit(self, batch: Batch, result: store.BatchResult) -> None:
@@ -402,14 +402,16 @@ class IngestService:
 
     def lag_now(self) -> float | None:
         """Seconds from the device time of the newest event stored by this process to now (service
-        clock); None before the first."""
+        clock); None before the first.
+        """
         if not self._newest_stored_ms:
             return None
         return max(0.0, self.clock.now() - self._newest_stored_ms / 1000.0)
 
     def ready(self) -> bool:
         """Readiness: subscribed to the broker, and the database reachable (the writers' last outcome;
-        a fresh probe, at most every few seconds, when they have been idle)."""
+        a fresh probe, at most every few seconds, when they have been idle).
+        """
         return self.subscribed.is_set() and self._database_reachable()
 
     def _database_reachable(self, fresh_s: float = 5.0) -> bool:

@@ -19,7 +19,8 @@ from .store import BatchResult
 
 class IngestService(Protocol):
     """What the gauges read of a running ``ingest.consumer.IngestService`` (described here, not imported:
-    the consumer imports this module, and metrics must not import the consumer back)."""
+    the consumer imports this module, and metrics must not import the consumer back).
+    """
 
     @property
     def unacked_messages(self) -> int: ...

@@ -47,7 +47,8 @@ def default_client_id(settings: Settings, index: int = 0, database: str | None =
     """Fixed per process slot and database, so that a restarted ingest resumes its persistent
     session, and a session (with what the broker queued for it) belongs to one database: an ingest
     pointed at another database starts a session of its own instead of taking the old one's queue.
-    ``database`` is ``mimamori.db.database_identity``; a configured ``ingest_client_id`` is the prefix."""
+    ``database`` is ``mimamori.db.database_identity``; a configured ``ingest_client_id`` is the prefix.
+    """
     if settings.ingest_client_id:
         base = settings.ingest_client_id
     else:
@@ -61,7 +62,8 @@ def default_client_id(settings: Settings, index: int = 0, database: str | None =
 
 def identity_of(database_url: str | None) -> str | None:
     """The database's identity (see ``default_client_id``), waiting for the database if it is down:
-    without it the ingest would not know which broker session is its own."""
+    without it the ingest would not know which broker session is its own.
+    """
     if not database_url:
         return None
     delay = 1.0

@@ -200,7 +200,8 @@ _NULL = "\\N"
 
 def stage_text(events: Iterable[tuple[str, Event]]) -> str:
     """The COPY text of a batch's events. Ids are protocol-validated (``[A-Za-z0-9._:-]``) and
-    kinds are fixed words, so nothing needs escaping."""
+    kinds are fixed words, so nothing needs escaping.
+    """
     return "".join(
         [
             f"{gw}\t{ev.device_id}\t{ev.seq}\t{ev.ts_ms}\t{ev.kind}\t{_NULL if ev.value is None else repr(ev.value)}\n"
@@ -212,7 +213,8 @@ def stage_text(events: Iterable[tuple[str, Event]]) -> str:
 def split_future(batch: Batch, now: float) -> tuple[list[tuple[str, Event]], list[DeadLetter]]:
     """The batch's events whose device time is acceptable at ``now`` (the service clock), and dead
     letters (``future_ts``) for those dated beyond it plus ``protocol.MAX_CLOCK_AHEAD_MS``. Only
-    walks the events when the batch's newest device time is too far ahead (rare)."""
+    walks the events when the batch's newest device time is too far ahead (rare).
+    """
     events = list(batch.events.values())
     now_ms = int(now * 1000)
     if batch.newest_ts_ms <= now_ms + protocol.MAX_CLOCK_AHEAD_MS:
@@ -378,7 +380,8 @@ def pair_device(
 
 def write_batch_singly(conn: psycopg.Connection, batch: Batch, now: float) -> BatchResult:
     """Write item by item (after the database refused the batch as a whole); an item it refuses becomes a
-    dead letter ``db_rejected``."""
+    dead letter ``db_rejected``.
+    """
     totals = [0, 0, 0, 0]
     for single in batch.singles():
         try:

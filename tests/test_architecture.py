@@ -1,6 +1,7 @@
 """Dependency rules from DESIGN.md, checked on the source: stages meet on the wire or in the
 database, the kernel imports no stage, production code never imports the simulator, and no module
-imports itself back through others (no import cycles)."""
+imports itself back through others (no import cycles).
+"""
 
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def _module_name(path: Path, root: Path) -> str:
 
 def _import_targets(path: Path, module: str, modules: set[str]) -> set[str]:
     """The modules of the tree that ``path`` imports, anywhere in it (module level, inside functions, under
-    ``TYPE_CHECKING``): ``from p import name`` is an import of ``p.name`` when that is a module, else of ``p``."""
+    ``TYPE_CHECKING``): ``from p import name`` is an import of ``p.name`` when that is a module, else of ``p``.
+    """
     is_package = path.name == "__init__.py"
     targets: set[str] = set()
 

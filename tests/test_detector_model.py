@@ -264,7 +264,8 @@ def test_learning_does_not_depend_on_batching(batch: int) -> None:
 
 def test_a_home_whose_resident_is_asked_first_alarms_sooner() -> None:
     """Not getting up on a Sunday: the resident who is asked first (the alert engine's resident
-    check) hears of it sooner; their team, only if they do not answer."""
+    check) hears of it sooner; their team, only if they do not answer.
+    """
     history = routine(42)
     sunday = MONDAY + 48 * 86400
     saturday = busy_day(np.random.default_rng(4), sunday - 86400, 8.5, 22.0, (0, 1))

@@ -1,5 +1,6 @@
 """The pure detector model on hand-made streams: lights, outings and the night (split from
-``test_detector_model.py``, whose stream helpers it shares)."""
+``test_detector_model.py``, whose stream helpers it shares).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from detector import model as m
 
 def winter_light_day(rng: np.random.Generator, mid: float) -> list[tuple[float, int, int]]:
     """One day of light 0 in winter: on when getting up in the dark, off after breakfast, on at dusk
-    (about 17:00), off at bedtime."""
+    (about 17:00), off at bedtime.
+    """
     return [(mid + rng.uniform(6.0, 6.5) * H, 0, m.EV_ON), (mid + rng.uniform(7.3, 8.0) * H, 0, m.EV_OFF),
             (mid + rng.uniform(16.6, 17.4) * H, 0, m.EV_ON), (mid + rng.uniform(21.5, 22.3) * H, 0, m.EV_OFF)]
 
@@ -27,7 +29,8 @@ def lights_only_days(days: int, *, seed: int = 5) -> np.ndarray:
 
 def spring_lights_days(days: int, *, seed: int = 5) -> np.ndarray:
     """A bulbs-only home in spring daylight: no light needed in the morning; on at dusk (about 17:00),
-    off at bedtime (about 22:00). From bedtime to dusk the home shows no sign of life every day."""
+    off at bedtime (about 22:00). From bedtime to dusk the home shows no sign of life every day.
+    """
     rng = np.random.default_rng(seed)
     rows = []
     for d in range(days):
@@ -76,7 +79,8 @@ def test_the_first_bright_morning_without_the_morning_light_is_not_an_alarm() ->
 def evening_outings_days(days: int, *, seed: int = 7) -> np.ndarray:
     """``lights_only_days`` with a kitchen light (column 1) switched on and off for a few minutes each
     evening hour while the living-room light (column 0) stays on, and an evening out every third day:
-    the living-room light switched off at about 18:00 when leaving, on again at about 20:00 when back."""
+    the living-room light switched off at about 18:00 when leaving, on again at about 20:00 when back.
+    """
     rng = np.random.default_rng(seed)
     rows = []
     for d in range(days):
@@ -135,7 +139,8 @@ def test_bedtime_and_the_morning_daylight_switch_off_are_not_departures() -> Non
 
 def days_with_outings(days: int, *, seed: int = 11) -> np.ndarray:
     """A home with a bulb, a motion sensor and a front door (columns 0, 1, 2): busy days, out every
-    afternoon from about 14:00 to 16:00 through the door."""
+    afternoon from about 14:00 to 16:00 through the door.
+    """
     rng = np.random.default_rng(seed)
     rows: list[tuple[float, int, int]] = []
     for d in range(days):

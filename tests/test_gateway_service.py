@@ -44,8 +44,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 def close_client(client: paho.Client) -> None:
-    """disconnect + loop_stop, then close the socket if loop_stop won the race against the
-    DISCONNECT write (paho leaves it open, and a collected client then warns ResourceWarning)."""
+    """Disconnect + loop_stop, then close the socket if loop_stop won the race against the
+    DISCONNECT write (paho leaves it open, and a collected client then warns ResourceWarning).
+    """
     client.disconnect()
     client.loop_stop()
     sock = client.socket()
@@ -160,7 +161,8 @@ def test_local_messages_go_through_the_adapters(mqtt_url: mqtt.MqttUrl, gateway_
 @pytest.fixture
 def persistent_mosquitto(own_broker: embedded.EmbeddedBroker) -> embedded.EmbeddedBroker:
     """A Mosquitto of this test's own that keeps sessions across a restart (persistence), so the
-    listener's queued messages survive; amqtt cannot be restarted that way."""
+    listener's queued messages survive; amqtt cannot be restarted that way.
+    """
     if own_broker.kind != "mosquitto":
         pytest.skip("needs a restartable Mosquitto with persistence")
     return own_broker
@@ -350,7 +352,8 @@ def test_stats_and_heartbeat_payload(mqtt_url: mqtt.MqttUrl, gateway_id: str, li
 
 def test_run_gateway_bridges_a_home_broker(mqtt_url: mqtt.MqttUrl, gateway_id: str, listener: Listener, tmp_path: Path) -> None:
     """`mimamori gateway`: the home's Zigbee2MQTT/Tasmota/Shelly/native traffic on a local broker
-    (here the same Mosquitto, other topics) reaches the service; blink reaches a native device."""
+    (here the same Mosquitto, other topics) reaches the service; blink reaches a native device.
+    """
     from gateway.service import run_gateway
     from mimamori.config import Settings
 

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+from test_gateway_service import close_client, wait_for
 
 from gateway.adapters import Reading
 from gateway.outbox import Outbox
 from gateway.service import Gateway
 from mimamori import embedded, mqtt, observability, protocol
 from mimamori.clock import SystemClock
-from test_gateway_service import close_client, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,8 @@ SETTLE = {"settle_s": 4.0}  # the gateways' settling window for these tests (rea
 class IngestLikeSubscriber:
     """What the ingest does at the broker: v5, shared subscription, persistent session, subscribe on
     every CONNACK. ``hold()`` delays the next subscribe until ``subscribe()`` (the ingest's backoff
-    reaches seconds: the gateways come back first), so the test controls when it is back."""
+    reaches seconds: the gateways come back first), so the test controls when it is back.
+    """
 
     def __init__(self, url: mqtt.MqttUrl, reconnect_s: float = 0.2) -> None:
         self.url = url
@@ -144,7 +145,8 @@ def test_events_published_while_settling_after_a_broker_restart_all_arrive(mosqu
 
 def test_a_stop_within_the_window_republishes_and_keeps_the_range(mosquitto: embedded.EmbeddedBroker, tmp_path: Path) -> None:
     """Stopped (or killed) while settling: re-published at once, best effort, and recorded so that
-    the next start on the same outbox re-publishes the range again."""
+    the next start on the same outbox re-publishes the range again.
+    """
     url = mqtt.MqttUrl.parse(mosquitto.url)
     gw_id = f"gw{uuid.uuid4().hex[:6]}"
     path = tmp_path / "o.sqlite3"
@@ -175,7 +177,8 @@ def test_a_stop_within_the_window_republishes_and_keeps_the_range(mosquitto: emb
 
 def test_a_second_restart_within_the_window_widens_it(mosquitto: embedded.EmbeddedBroker, tmp_path: Path) -> None:
     """The broker goes away again while the gateway settles: nothing sent since the first reconnect
-    is forgotten, and the replay waits for the end of the new window."""
+    is forgotten, and the replay waits for the end of the new window.
+    """
     url = mqtt.MqttUrl.parse(mosquitto.url)
     subscriber = IngestLikeSubscriber(url)
     gw = Gateway(f"gw{uuid.uuid4().hex[:6]}", url, tmp_path / "o.sqlite3", clock=SystemClock(), heartbeat_s=3600,
@@ -209,7 +212,8 @@ def test_a_second_restart_within_the_window_widens_it(mosquitto: embedded.Embedd
 def test_the_settling_window_comes_from_the_settings(mqtt_url: mqtt.MqttUrl, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """``MIMAMORI_GATEWAY_SETTLE_S`` reaches the gateway that ``mimamori gateway`` runs (a real run
-    against the test broker, which stands in for both the home's and the service's broker)."""
+    against the test broker, which stands in for both the home's and the service's broker).
+    """
     from gateway import service as gateway_service
     from mimamori.config import Settings
 

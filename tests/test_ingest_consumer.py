@@ -20,6 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from bench.chaos_stack import PgProxy
 from bench.ingest_bench import _register_session as register_session
 from bench.ingest_bench import publish_events, publish_raw
 from ingest.consumer import IngestService
@@ -30,7 +31,6 @@ from mimamori.clock import SystemClock
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
 from mimamori.protocol import Event
-from bench.chaos_stack import PgProxy
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,8 @@ def running(service: IngestService) -> Iterator[IngestService]:
 @pytest.fixture
 def mqtt_url(own_broker: embedded.EmbeddedBroker) -> MqttUrl:
     """A broker of each test's own: the ingest subscribes to every gateway's retained status, so on
-    the session broker it would also count the statuses other tests' gateways left behind."""
+    the session broker it would also count the statuses other tests' gateways left behind.
+    """
     return MqttUrl.parse(own_broker.url)
 
 
@@ -136,7 +137,7 @@ def test_status_heartbeat_and_malformed_traffic_all_accounted_for(pg_url: str, m
         lambda i: (protocol.event_topic(gw, "d1").encode(), protocol.encode_event(Event("d2", i, TS, "on")), "device_mismatch"),
         lambda i: (protocol.status_topic(gw).encode(), b"sleepy", "bad_status"),
         lambda i: (protocol.heartbeat_topic(gw).encode(), b"[]", "bad_heartbeat"),
-        lambda i: (protocol.event_topic(gw, "d1").encode(), "{\"device\":\"d1\",\"kind\":\"\u3042\"}".encode("utf-16"), "bad_seq"),  # UTF-16 JSON is still JSON
+        lambda i: (protocol.event_topic(gw, "d1").encode(), '{"device":"d1","kind":"\u3042"}'.encode("utf-16"), "bad_seq"),  # UTF-16 JSON is still JSON
     ]
     messages: list[tuple[bytes, bytes]] = []
     expected_reasons: dict[str, int] = {}
@@ -326,9 +327,9 @@ def deploy_broker(tmp_path: Path) -> Iterator[MqttUrl]:
         pytest.fail("mosquitto binary missing")
     conf = (ROOT / "deploy/mosquitto/mosquitto.conf").read_text()
     port = embedded.free_port()
-    conf, n = re.subn(r"^listener 1883 127\.0\.0\.1$", f"listener {port} 127.0.0.1", conf, flags=re.M)
+    conf, n = re.subn(r"^listener 1883 127\.0\.0\.1$", f"listener {port} 127.0.0.1", conf, flags=re.MULTILINE)
     assert n == 1
-    conf, n = re.subn(r"^persistence_location .*$", f"persistence_location {tmp_path}/", conf, flags=re.M)
+    conf, n = re.subn(r"^persistence_location .*$", f"persistence_location {tmp_path}/", conf, flags=re.MULTILINE)
     assert n == 1
     if os.geteuid() == 0:
         conf += "user root\n"  # as root, mosquitto would switch to user mosquitto, who cannot write tmp_path
@@ -346,7 +347,7 @@ def deploy_broker(tmp_path: Path) -> Iterator[MqttUrl]:
 
 def test_shipped_mosquitto_config_lifts_the_limits_that_lose_messages() -> None:
     conf = (ROOT / "deploy/mosquitto/mosquitto.conf").read_text()
-    values = dict(re.findall(r"^(\w+) (.+)$", conf, flags=re.M))
+    values = dict(re.findall(r"^(\w+) (.+)$", conf, flags=re.MULTILINE))
     assert values["persistence"] == "true"
     assert int(values["max_queued_messages"]) >= 1_000_000  # 0 means "unlimited" but is buggy in 2.0.x
     assert int(values["max_inflight_messages"]) >= 1000
@@ -367,7 +368,7 @@ def test_ingest_through_the_shipped_config(pg_url: str, deploy_broker: MqttUrl, 
 # amqtt itself leaves the stream of the refused v5 probe connection unclosed (its ResourceWarning).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_ingest_on_an_mqtt_311_only_broker(pg_url: str) -> None:
-    """amqtt speaks only MQTT 3.1.1 and has no shared subscriptions: plain subscription, same acks."""
+    """Amqtt speaks only MQTT 3.1.1 and has no shared subscriptions: plain subscription, same acks."""
     broker = embedded.AmqttBroker()
     broker.start()
     try:

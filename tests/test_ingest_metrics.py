@@ -1,5 +1,6 @@
 """Ingest metrics and readiness: events through a real broker into ``run_ingest``, counters read back
-from the default Prometheus registry (deltas: other tests in the process count too)."""
+from the default Prometheus registry (deltas: other tests in the process count too).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import uuid
 
 import pytest
 from prometheus_client import REGISTRY
-from bench.chaos_stack import PgProxy
 from test_ingest_consumer import count, event_msg, wait_until
 
+from bench.chaos_stack import PgProxy
 from bench.ingest_bench import publish_raw
 from ingest.consumer import IngestService, run_ingest
 from mimamori import embedded, protocol

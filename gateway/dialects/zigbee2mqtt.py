@@ -100,7 +100,7 @@ def handle(topic: str, payload: bytes, ctx: Context) -> Outcome | None:
     if name == "bridge" or name.startswith("bridge/"):
         return _bridge(base, name[7:], payload, ctx)
     head, _, last = name.rpartition("/")
-    if head and last in _REQUESTS or "/set/" in name or "/get/" in name:
+    if (head and last in _REQUESTS) or "/set/" in name or "/get/" in name:
         return ignored("command", device_name=head or name)
     if head and last == "availability":
         return _availability(base, head, payload, ctx)
@@ -274,7 +274,8 @@ def _groups(base: str, payload: bytes, ctx: Context) -> Outcome:
 
 def _devices(base: str, payload: bytes, ctx: Context) -> Outcome:
     """Mark plugs (exposes a ``switch`` and no ``light``): by default the downlink never switches
-    them (they may power a heater or a fridge)."""
+    them (they may power a heater or a fridge).
+    """
     out = Frame(ctx).describe("bridge", None, bridge_id(base))
     for dev in _list(payload):
         if not isinstance(dev, dict) or not isinstance(dev.get("friendly_name"), str):
