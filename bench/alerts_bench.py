@@ -50,7 +50,7 @@ class _Sink:
         self.message_ids: set[str] = set()
         self.count = 0
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's hook name
         now = time.time()
         msg = email.message_from_bytes(envelope.content)  # parse, like a real server would store it
         for rcpt in envelope.rcpt_tos:
@@ -113,10 +113,9 @@ def run_alerts_bench(database_url: str, *, incidents: int = 1000, smtp: bool = T
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                "MIMAMORI_ALERTS_DELIVERY_THREADS": str(delivery_threads), "MIMAMORI_ALERTS_POLL_S": "0.1",
                "MIMAMORI_LOG_LEVEL": "WARNING"}
-        for k in range(workers):
-            procs.append(subprocess.Popen([sys.executable, "-m", "alerts.worker", "--database-url", url,
-                                           "--worker-id", f"bench-{k}"], cwd=ROOT, env=env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.extend(subprocess.Popen([sys.executable, "-m", "alerts.worker", "--database-url", url, "--worker-id", f"bench-{k}"],
+                                      cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for k in range(workers))
 
         # an in-app client: LISTEN like the app's SSE stream does
         inapp_at: dict[int, float] = {}
@@ -161,7 +160,8 @@ def run_alerts_bench(database_url: str, *, incidents: int = 1000, smtp: bool = T
                     """INSERT INTO incidents (household_id, kind, status, opened_at, updated_at, rule)
                        VALUES (%s, %s, 'open', now(), now(), 'bench') RETURNING incident_id""",
                     (households[i][0], contract.INACTIVITY)).fetchone()
-                assert row is not None
+                if row is None:
+                    raise RuntimeError("the incident insert returned no id")
                 opened_at[row[0]] = t0
                 person_of[row[0]] = watchers[i][0]
             send_s = time.monotonic() - start

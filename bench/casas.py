@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
@@ -147,7 +147,7 @@ def read_casas(path: str, *, door_names: Iterable[str] = (), light_names: Iterab
     parsed: list[tuple[float, list[str]]] = []
     lines = malformed = 0
     layout: Counter[int] = Counter()
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with Path(path).open(encoding="utf-8", errors="replace") as fh:
         for line in fh:
             tok = line.split()
             if not tok:
@@ -195,7 +195,7 @@ def read_uci_adl(path: str, *, front_doors: Iterable[str] = ("Maindoor",)) -> Se
     rows: list[tuple[float, str, int]] = []
     lines = malformed = skipped = 0
     kinds: dict[str, int] = {}
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with Path(path).open(encoding="utf-8", errors="replace") as fh:
         for line in fh:
             tok = [x.strip() for x in line.rstrip("\n").split("\t") if x.strip()]
             if not tok or tok[0].startswith(("Start", "-")):
@@ -236,7 +236,7 @@ def _csv_time(raw: str) -> float:
         return float(raw)
     except ValueError:
         pass
-    dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    dt = datetime.fromisoformat(raw)  # Python 3.11 reads a trailing "Z"
     if dt.tzinfo is not None:  # local wall clock: keep the clock reading, drop the offset
         dt = dt.replace(tzinfo=None)
     return dt.replace(tzinfo=UTC).timestamp()
@@ -247,7 +247,7 @@ def read_csv_log(path: str, *, door_names: Iterable[str] = (), light_names: Iter
     rows: list[tuple[float, str, int]] = []
     kinds: dict[str, int] = {}
     lines = malformed = skipped = repaired = 0
-    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+    with Path(path).open(encoding="utf-8", errors="replace", newline="") as fh:
         for rec in csv.reader(fh):
             if not rec or not "".join(rec).strip() or rec[0].lstrip().startswith("#"):
                 continue
@@ -300,11 +300,11 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 def home_name(spec: str) -> str:
     _, path = parse_spec(spec)
-    return os.path.splitext(os.path.basename(path))[0]
+    return Path(path).stem
 
 
 def replay_from_log(log: SensorLog, *, bulbs_only: bool = False, seed: int = 0, cuts: int | None = None,
-                    learning_days: float = 7.0, source: str = ""):
+                    learning_days: float = 7.0, source: str = "") -> Replay:
     """A ``bench.eval.Replay`` of the log: ``cuts`` replicas cut at random times, plus an uncut control."""
     kinds = np.array(log.sensor_kinds, np.int8)
     keep_sensor = (kinds == m.DEV_BULB) if bulbs_only else np.ones(len(kinds), bool)
@@ -329,8 +329,7 @@ def replay_from_log(log: SensorLog, *, bulbs_only: bool = False, seed: int = 0, 
     counts = np.bincount(sensor, minlength=len(kinds))
     by_busy = present[np.argsort(-counts[present], kind="stable")]
     used: list[int] = []
-    for k in dict.fromkeys(int(kinds[x]) for x in by_busy):
-        used.append(int(next(x for x in by_busy if kinds[x] == k)))
+    used.extend(int(next(x for x in by_busy if kinds[x] == k)) for k in dict.fromkeys(int(kinds[x]) for x in by_busy))
     used += [int(x) for x in by_busy if int(x) not in used][: max(m.MAX_DEVICES - len(used), 0)]
     used_arr = np.array(used[: m.MAX_DEVICES], np.int64)
     col = np.full(len(kinds), -1, np.int64)
@@ -390,6 +389,6 @@ def replay_from_log(log: SensorLog, *, bulbs_only: bool = False, seed: int = 0, 
 
 
 def replay_from_casas(path: str, *, bulbs_only: bool = False, seed: int = 0, cuts: int | None = None,
-                      learning_days: float = 7.0):
+                      learning_days: float = 7.0) -> Replay:
     return replay_from_log(read_casas(path), bulbs_only=bulbs_only, seed=seed, cuts=cuts, learning_days=learning_days,
                            source=path)

@@ -123,7 +123,7 @@ def machine_info() -> dict[str, Any]:
         info["ram_gb"] = round(kb / 1024 / 1024, 1)
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         binary = embedded.shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        out = subprocess.run([binary, "-h"], capture_output=True, timeout=5).stdout.decode(errors="replace")
+        out = subprocess.run([binary, "-h"], capture_output=True, timeout=5, check=False).stdout.decode(errors="replace")
         info["mosquitto"] = out.splitlines()[0].strip() if out else None
     with contextlib.suppress(OSError):
         info["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]

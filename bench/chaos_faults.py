@@ -10,7 +10,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 
@@ -25,7 +25,8 @@ def _fault_broker_restart(stack: Stack, plan: ChaosPlan, res: FaultResult, expec
     stack.start_ingest()
     fleet, out = start_fleet(stack, plan, speed=None, linger_s=plan.linger_s)
     at = when_rows(stack.database_url, expected // 3)
-    assert stack.broker is not None
+    if stack.broker is None:
+        raise RuntimeError("the stack has no broker")
     stack.broker.stop()
     time.sleep(plan.broker_down_s)
     stack.broker.start()
@@ -77,13 +78,13 @@ def _fault_ingest_sigkill(stack: Stack, plan: ChaosPlan, res: FaultResult, expec
     res.fault_mid_run = bool(kills) and max(kills) < res.events["published"]
 
 
-def _fault_gateway_offline_hour(stack: Stack, plan: ChaosPlan, res: FaultResult, expected: int) -> None:
+def _fault_gateway_offline_hour(stack: Stack, plan: ChaosPlan, res: FaultResult, _expected: int) -> None:
     stack.start_ingest()
     at_s = round(plan.days * 86400.0 * 0.3)  # a third into the run
     faults = [{"household": 0, "at_s": at_s, "kind": "power_loss", "down_s": plan.offline_sim_s}]
     fleet, out = start_fleet(stack, plan, speed=plan.fault_speed, faults=faults)
     res.events = count_events(stack, fleet, out, plan.settle_timeout_s)
-    gw = _gateway_of(stack, 0, plan)
+    gw = _gateway_of(0, plan)
     with psycopg.connect(stack.database_url) as conn:
         status = conn.execute("SELECT status FROM gateways WHERE gateway_id = %s", (gw,)).fetchone()
         offline_window = conn.execute(
@@ -98,7 +99,7 @@ def _fault_gateway_offline_hour(stack: Stack, plan: ChaosPlan, res: FaultResult,
     res.fault_mid_run = res.events["fleet"]["gateway_restarts"] >= 1
 
 
-def _fault_reconnect_storm(stack: Stack, plan: ChaosPlan, res: FaultResult, expected: int) -> None:
+def _fault_reconnect_storm(stack: Stack, plan: ChaosPlan, res: FaultResult, _expected: int) -> None:
     stack.start_ingest()
     n = min(plan.storm_gateways, plan.households)
     at_s = plan.days * 86400.0 * 0.5
@@ -116,7 +117,7 @@ def _sim_start() -> float:
     return DEFAULT_START
 
 
-def _gateway_of(stack: Stack, household: int, plan: ChaosPlan) -> str:
+def _gateway_of(household: int, plan: ChaosPlan) -> str:
     from firmware_sim.homes import make_household
 
     return make_household(household, plan.seed).gateway_id
@@ -134,7 +135,7 @@ class SmtpSink:
         self.lock = threading.Lock()
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's hook name
         msg = email.message_from_bytes(envelope.content)
         subject = str(email.header.make_header(email.header.decode_header(msg.get("Subject", ""))))
         with self.lock:
@@ -146,7 +147,7 @@ class SmtpSink:
         with self.lock:
             return list(self.mails)
 
-    def __enter__(self) -> SmtpSink:
+    def __enter__(self) -> Self:
         self.controller.start()
         return self
 
@@ -154,7 +155,7 @@ class SmtpSink:
         self.controller.stop()
 
 
-def _fault_alert_worker_sigkill(stack: Stack, plan: ChaosPlan, res: FaultResult, expected: int) -> None:
+def _fault_alert_worker_sigkill(stack: Stack, plan: ChaosPlan, res: FaultResult, _expected: int) -> None:
     url = stack.database_url
     run = uuid.uuid4().hex[:6]
     with SmtpSink() as sink:
@@ -188,7 +189,7 @@ def _fault_alert_worker_sigkill(stack: Stack, plan: ChaosPlan, res: FaultResult,
         kills = []
         for k in range(plan.alert_kills):
             target = due * (k + 1) // (plan.alert_kills + 2)
-            wait_until(lambda: len(sink.snapshot()) >= target, 60, 0.005)
+            wait_until(lambda target=target: len(sink.snapshot()) >= target, 60, 0.005)
             stack.kill("alerts")
             kills.append(len(sink.snapshot()))
             stack.procs.pop("alerts", None)

@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -187,7 +187,7 @@ class Stack:
         self.ops_ports: dict[str, int] = {}
         self._exit = contextlib.ExitStack()
 
-    def __enter__(self) -> Stack:
+    def __enter__(self) -> Self:
         self.database_url = self._exit.enter_context(db.scratch_database(self.admin_url, f"scratch_chaos_{self.fault}"))
         self.broker = embedded.MosquittoBroker(self.workdir / "broker")
         self.broker.start()
@@ -201,7 +201,8 @@ class Stack:
 
     @property
     def mqtt_url(self) -> str:
-        assert self.broker is not None
+        if self.broker is None:
+            raise RuntimeError("the stack is not started")
         return self.broker.url
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -213,7 +214,7 @@ class Stack:
         return env
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with open(self.workdir / f"{name}.log", "ab") as out:
+        with (self.workdir / f"{name}.log").open("ab") as out:
             proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
         self.procs[name] = proc

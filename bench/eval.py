@@ -104,11 +104,11 @@ def run_systems(rp: Replay, *, tick_s: float = 600.0, params: m.DetectorParams =
             away[away_hh[active]] = away_until[active]
         sc = m.score(state, now, away_until=away, asked_first=asked if asked_first else None, p=params)
         log = logs["detector"]
-        log.update(contract.INACTIVITY, sc.inactivity, now, lambda r: {
+        log.update(contract.INACTIVITY, sc.inactivity, now, lambda r, sc=sc: {
             "rule": m.RULES[sc.inactivity_rule[r]], "score": float(sc.inactivity_score[r]),
             "silence_start": float(sc.silence_start[r]), "expected_by": float(sc.expected_by[r]),
             "history": float(state.slot_history[r])})
-        log.update(contract.LONG_ON, sc.long_on, now, lambda r: {
+        log.update(contract.LONG_ON, sc.long_on, now, lambda r, sc=sc: {
             "switch": int(sc.long_on_switch[r]), "since": float(sc.long_on_since[r]), "hours": float(sc.long_on_hours[r]),
             "alarm_after_h": float(state.sw_alarm_after_h[r, sc.long_on_switch[r]]),
             "silence_start": float(sc.silence_start[r]), "expected_by": float(sc.expected_by[r])})
@@ -189,9 +189,13 @@ def _not_applicable(r: dict[str, Any], why: str) -> dict[str, Any]:
     return {**blank(r), "applicable": False, "why": why}
 
 
+#: Real logs: a resident who answers seven questions in ten (the what-if of ``ResidentCheck``).
+DEFAULT_RESIDENT_CHECK = ResidentCheck(0.7)
+
+
 def run_replay(specs: list[str], bulbs_only: bool = False, *, seed: int = 0, cuts: int | None = None,
                learning_days: float = 7.0, tick_s: float = 600.0, params: m.DetectorParams = m.DEFAULT_PARAMS,
-               resident_check: ResidentCheck | None = ResidentCheck(0.7), asked_first: bool = False,
+               resident_check: ResidentCheck | None = DEFAULT_RESIDENT_CHECK, asked_first: bool = False,
                watch_quality: bool = True) -> dict[str, Any]:
     """Replay real logs (``FORMAT:PATH``, see ``bench.casas``), each home on its own with incidents
     injected by cutting it; one result per home (``homes``), the figures of all homes pooled

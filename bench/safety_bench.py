@@ -31,6 +31,7 @@ in the result.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -140,12 +141,11 @@ def _plan(manifest: dict[str, Any], seed: int) -> tuple[list[Home], dict[str, st
         behaviour[k] = "double_toggle" if rank < n_safe else "single_toggle" if rank < n_safe + n_sign else "silent"
     sim, expected = [], {}
     state_of = {"double_toggle": "safe", "single_toggle": "sign_of_life", "silent": "no_answer"}
-    for h, b in zip(homes, behaviour, strict=True):
+    for h, planned in zip(homes, behaviour, strict=True):
         # plugs are not blinked unless a coordinator allows it (devices.blink_allowed; issue 13)
         bulbs = [d["device_id"] for d in h["devices"] if d["kind"] == "bulb"]
         sensors = [(d["device_id"], d["kind"]) for d in h["devices"] if d["kind"] in ("motion", "door")]
-        if not bulbs:  # cannot be asked by a blink: stays silent
-            b = "silent"
+        b = planned if bulbs else "silent"  # a home without a bulb cannot be asked by a blink: stays silent
         sim.append(Home(h["household_id"], h["gateway_id"], bulbs, sensors, b))  # type: ignore[arg-type]
         expected[h["household_id"]] = state_of[b]
     return sim, expected
@@ -208,10 +208,8 @@ def _drop_ingest_session(url: MqttUrl, client_id: str) -> None:
     """Remove the ingest's persistent session from a broker we do not own."""
     from bench.ingest_bench import _drop_session
 
-    try:
+    with contextlib.suppress(Exception):  # best effort; it expires by itself
         _drop_session(url, client_id)
-    except Exception:  # noqa: BLE001 - best effort; it expires by itself
-        pass
 
 
 def run_safety_bench(households: int = 2000, *, seed: int = 0, database_url: str | None = None,
@@ -276,7 +274,8 @@ def _run(url: str, mqtt_url: str, households: int, seed: int, workdir: Path, *, 
     ingest.stop_event = stop
     threads = [threading.Thread(target=ingest.run, name="bench-safety-ingest", daemon=True),
                threading.Thread(target=run_safety_worker, args=(settings,), name="bench-safety-worker", daemon=True,
-                                kwargs=dict(database_url=url, mqtt_url=murl, clock=clock, stop=stop, safety_settings=cfg))]
+                                kwargs={"database_url": url, "mqtt_url": murl, "clock": clock, "stop": stop,
+                                        "safety_settings": cfg})]
     residents: SafetyResidents | None = None
     watcher: _BoardWatcher | None = None
     try:
@@ -310,7 +309,8 @@ def _run(url: str, mqtt_url: str, households: int, seed: int, workdir: Path, *, 
                                                                       AND status = 'sent'),
                               (SELECT count(*) FROM safety_deliveries WHERE check_id = %(c)s AND channel <> 'mqtt'
                                                                       AND status = 'sent')""", {"c": check_id}).fetchone()
-                assert row is not None
+                if row is None:
+                    raise RuntimeError("the safety counts query returned no row")
                 safe, sign, blinks_sent, messages_sent = (int(x) for x in row)
                 now = time.monotonic()
                 if recognised_after is None and safe >= n_safe:
@@ -354,7 +354,8 @@ def _run(url: str, mqtt_url: str, households: int, seed: int, workdir: Path, *, 
 
     published_last = {hid: residents.published[hid][-1][2] for hid in answering if residents.published.get(hid)}
     latencies = [recognised_at[h] - published_last[h] for h in answering if h in recognised_at and h in published_last]
-    assert watcher is not None
+    if watcher is None:
+        raise RuntimeError("the board watcher never started")
     seen = watcher.seen_safe
     visible = [seen[h] - published_last[h] for h in answering if h in seen and h in published_last]
     all_seen_after = (max(seen[h] for h in answering) - t_start_epoch) if answering and all(h in seen for h in answering) else None

@@ -262,8 +262,8 @@ def metrics(rp: Replay, log: AlertLog, *, households: int | None = None,
                **_delay_stats(welfare_delays)}
     if raw is not None:
         raw.update(welfare_delays=welfare_delays, team_delays=team_delays, false=n_false, spared=spared,
-                   welfare_hh=welfare_hh, false_hh=false_hh, welfare_incident_hh=[i["hh"] for i in rp.incidents
-                                                                                   if i["kind"] in WELFARE_INCIDENTS and expected_alerts(i)],
+                   welfare_hh=welfare_hh, false_hh=false_hh,
+                   welfare_incident_hh=[i["hh"] for i in rp.incidents if i["kind"] in WELFARE_INCIDENTS and expected_alerts(i)],
                    months=months, welfare_n=welfare_n, welfare_hits=sum(kinds_hit[k] for k in welfare_kinds))
     team = None
     if resident_check is not None:
