@@ -53,8 +53,10 @@ def local_days(start: float, end: float, tz: str = DEFAULT_TIMEZONE) -> tuple[Lo
 def sun_times(day_of_year: int, utc_offset_h: float, lat_deg: float = TOKYO_LAT_DEG, lon_deg: float = TOKYO_LON_DEG) -> tuple[float, float]:
     """Approximate local sunrise and sunset hours (NOAA-style, within a few minutes)."""
     g = 2 * math.pi / 365 * (day_of_year - 1)
-    decl = 0.006918 - 0.399912 * math.cos(g) + 0.070257 * math.sin(g) - 0.006758 * math.cos(2 * g) + 0.000907 * math.sin(2 * g)
-    eqtime_min = 229.18 * (0.000075 + 0.001868 * math.cos(g) - 0.032077 * math.sin(g) - 0.014615 * math.cos(2 * g) - 0.040849 * math.sin(2 * g))
+    decl = (0.006918 - 0.399912 * math.cos(g) + 0.070257 * math.sin(g)
+            - 0.006758 * math.cos(2 * g) + 0.000907 * math.sin(2 * g))
+    eqtime_min = 229.18 * (0.000075 + 0.001868 * math.cos(g) - 0.032077 * math.sin(g)
+                           - 0.014615 * math.cos(2 * g) - 0.040849 * math.sin(2 * g))
     lat = math.radians(lat_deg)
     cos_ha = (math.cos(math.radians(90.833)) - math.sin(lat) * math.sin(decl)) / (math.cos(lat) * math.cos(decl))
     ha_h = math.degrees(math.acos(max(-1.0, min(1.0, cos_ha)))) / 15.0

@@ -5,8 +5,12 @@ plain Python floats. One ``Draws`` per household, from its seed, so a home's lif
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 class Draws:
@@ -65,5 +69,5 @@ class Draws:
             prod *= self.random()
         return k
 
-    def choice(self, options: tuple | list):  # type: ignore[no-untyped-def]
+    def choice(self, options: Sequence[T]) -> T:
         return options[min(len(options) - 1, int(self.random() * len(options)))]

@@ -142,7 +142,7 @@ class ResidentActions:
         extra = ResidentActions.from_rows(rows)
         return ResidentActions(
             *(np.concatenate([a, b]) for a, b in zip(
-                (self.time, self.action, self.room, self.level), (extra.time, extra.action, extra.room, extra.level))),
+                (self.time, self.action, self.room, self.level), (extra.time, extra.action, extra.room, extra.level), strict=True)),
             self.nights_away,
         ).sorted()
 
@@ -247,8 +247,8 @@ def plan_day(plan: _DayPlan, d: Draws, p: ResidentParams, day: LocalDay, state: 
         lo, hi = prev_bed + 40 * MIN, wake - 20 * MIN
         if hi > lo:
             back = -math.inf
-            for t in sorted(d.uniform(lo, hi) for _ in range(n)):
-                t = max(t, back + 20 * MIN)
+            for drawn in sorted(d.uniform(lo, hi) for _ in range(n)):
+                t = max(drawn, back + 20 * MIN)
                 if t > hi:
                     break
                 plan.move(t, BATHROOM, ACTIVE)
@@ -299,8 +299,8 @@ def plan_day(plan: _DayPlan, d: Draws, p: ResidentParams, day: LocalDay, state: 
             blocks.append((m + _block_time(d, 19.8, 0.5), 0.0, "bath"))
     blocks.sort()
 
-    for start, end, kind in blocks:
-        start = max(start, t + 5 * MIN)
+    for planned_start, planned_end, kind in blocks:
+        start, end = max(planned_start, t + 5 * MIN), planned_end
         if start > bed - 30 * MIN:
             continue
         _fill(plan, d, p, t, start)
@@ -353,7 +353,8 @@ def plan_day(plan: _DayPlan, d: Draws, p: ResidentParams, day: LocalDay, state: 
     state["bed"] = bed
 
 
-def _light_rows(moves: list[tuple[float, int, int]], days: tuple[LocalDay, ...], d: Draws, p: ResidentParams) -> list[tuple[float, int, int, int]]:
+def _light_rows(moves: list[tuple[float, int, int]], days: tuple[LocalDay, ...], d: Draws,
+                p: ResidentParams) -> list[tuple[float, int, int, int]]:
     """Switch lights from moves and daylight: on when entering a dark room, off when leaving (mostly)."""
     rows: list[tuple[float, int, int, int]] = []
     on = [False] * N_ROOMS

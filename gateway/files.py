@@ -20,4 +20,4 @@ def write_file(path: Path, text: str, mode: int) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
+    tmp.replace(path)

@@ -15,7 +15,8 @@ except the eviction counters, which the outbox persists.
 | ``mimamori_gateway_events_published_total`` | counter | event publishes, including republishes after a reconnect |
 | ``mimamori_gateway_events_acked_total`` | counter | PUBACKs committed to the outbox |
 | ``mimamori_gateway_events_resent_total`` | counter | events resent on the service's request |
-| ``mimamori_gateway_events_resent_after_reconnect_total`` | counter | events re-published because a broker PUBACKed them within the settling window after a reconnect (it may have had no subscriber) |
+| ``mimamori_gateway_events_resent_after_reconnect_total`` | counter | events re-published because a broker PUBACKed |
+| | | them within the settling window after a reconnect (it may have had no subscriber) |
 | ``mimamori_gateway_reconnects_total`` | counter | successful connections after the first |
 | ``mimamori_gateway_evictions_total{what}`` | counter | outbox rows dropped because it was full (``window``, ``heartbeats``, ``pending``) |
 | ``mimamori_gateway_local_rejected_total`` | counter | local-link messages the adapters refused |
@@ -77,35 +78,38 @@ def all_connected() -> bool:
     return bool(gateways) and all(g.connected for g in gateways)
 
 
+#: (key in ``Gateway.stats``, metric name, help) per gauge and per counter, one series per gateway.
+_GAUGES = (
+    ("outbox_depth", "mimamori_gateway_outbox_depth", "Events stored but not yet acknowledged by the broker."),
+    ("replay_window", "mimamori_gateway_replay_window_rows", "Acknowledged events kept to serve resend requests."),
+    ("inflight", "mimamori_gateway_inflight_messages", "QoS 1 publishes awaiting PUBACK."),
+    ("connected", "mimamori_gateway_connected", "1 while connected to the service's broker."),
+)
+_COUNTERS = (
+    ("published", "mimamori_gateway_events_published", "Event publishes, including republishes after a reconnect."),
+    ("acked", "mimamori_gateway_events_acked", "PUBACKs committed to the outbox."),
+    ("resent", "mimamori_gateway_events_resent", "Events resent on the service's request."),
+    ("resent_after_reconnect", "mimamori_gateway_events_resent_after_reconnect",
+     "Events re-published because they were PUBACKed within the settling window after a reconnect."),
+    ("reconnects", "mimamori_gateway_reconnects", "Successful connections after the first."),
+    ("rejected_local", "mimamori_gateway_local_rejected", "Local-link messages the adapters refused."),
+    ("rejected_commands", "mimamori_gateway_commands_rejected", "Malformed commands from the service."),
+    ("commands_refused", "mimamori_gateway_commands_refused", "Commands not sent to a device (never-switch, a plug, unsupported)."),
+    ("blinks_confirmed", "mimamori_gateway_blinks_confirmed", "Blinks the device's own state reports echoed."),
+    ("blinks_unconfirmed", "mimamori_gateway_blinks_unconfirmed", "Blinks sent that no state report echoed."),
+)
+
+
 class GatewayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
-        gauges = {
-            "outbox_depth": GaugeMetricFamily("mimamori_gateway_outbox_depth", "Events stored but not yet acknowledged by the broker.", labels=["gateway"]),
-            "replay_window": GaugeMetricFamily("mimamori_gateway_replay_window_rows", "Acknowledged events kept to serve resend requests.", labels=["gateway"]),
-            "inflight": GaugeMetricFamily("mimamori_gateway_inflight_messages", "QoS 1 publishes awaiting PUBACK.", labels=["gateway"]),
-            "connected": GaugeMetricFamily("mimamori_gateway_connected", "1 while connected to the service's broker.", labels=["gateway"]),
-        }
-        counters = {
-            "published": CounterMetricFamily("mimamori_gateway_events_published", "Event publishes, including republishes after a reconnect.", labels=["gateway"]),
-            "acked": CounterMetricFamily("mimamori_gateway_events_acked", "PUBACKs committed to the outbox.", labels=["gateway"]),
-            "resent": CounterMetricFamily("mimamori_gateway_events_resent", "Events resent on the service's request.", labels=["gateway"]),
-            "resent_after_reconnect": CounterMetricFamily(
-                "mimamori_gateway_events_resent_after_reconnect",
-                "Events re-published because they were PUBACKed within the settling window after a reconnect.",
-                labels=["gateway"],
-            ),
-            "reconnects": CounterMetricFamily("mimamori_gateway_reconnects", "Successful connections after the first.", labels=["gateway"]),
-            "rejected_local": CounterMetricFamily("mimamori_gateway_local_rejected", "Local-link messages the adapters refused.", labels=["gateway"]),
-            "rejected_commands": CounterMetricFamily("mimamori_gateway_commands_rejected", "Malformed commands from the service.", labels=["gateway"]),
-            "commands_refused": CounterMetricFamily("mimamori_gateway_commands_refused", "Commands not sent to a device (never-switch, a plug, unsupported).", labels=["gateway"]),
-            "blinks_confirmed": CounterMetricFamily("mimamori_gateway_blinks_confirmed", "Blinks the device's own state reports echoed.", labels=["gateway"]),
-            "blinks_unconfirmed": CounterMetricFamily("mimamori_gateway_blinks_unconfirmed", "Blinks sent that no state report echoed.", labels=["gateway"]),
-        }
-        evictions = CounterMetricFamily("mimamori_gateway_evictions", "Outbox rows dropped because the outbox was full.", labels=["gateway", "what"])
+        gauges = {key: GaugeMetricFamily(name, text, labels=["gateway"]) for key, name, text in _GAUGES}
+        counters = {key: CounterMetricFamily(name, text, labels=["gateway"]) for key, name, text in _COUNTERS}
+        evictions = CounterMetricFamily("mimamori_gateway_evictions", "Outbox rows dropped because the outbox was full.",
+                                        labels=["gateway", "what"])
         for gw in live_gateways():
             try:
                 stats: dict[str, Any] = gw.stats
-            except Exception:  # closing under our feet: skip it this scrape
+            except Exception:  # noqa: BLE001, S112 - a gateway closing under our feet: skip it this scrape
                 continue
             label = [gw.gateway_id]
             for key, family in gauges.items():

@@ -47,8 +47,8 @@ def verify_password(password: str, encoded: str) -> bool:
 def parse_password_file(text: str) -> dict[str, str]:
     """``user:hash`` lines (blank lines and ``#`` comments skipped)."""
     entries: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
+    for raw_line in text.splitlines():
+        line = raw_line.strip()
         if not line or line.startswith("#") or ":" not in line:
             continue
         user, encoded = line.split(":", 1)

@@ -183,8 +183,8 @@ def render_acl(accounts: Mapping[str, Sequence[AclRule]]) -> str:
 
 def parse_env(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
+    for raw_line in text.splitlines():
+        line = raw_line.strip()
         if line and not line.startswith("#") and "=" in line:
             key, value = line.split("=", 1)
             out[key.strip()] = value.strip()
@@ -214,7 +214,7 @@ def gateway_env(gateway_id: str, password: str, uplink_url: str, ca_file: str | 
 
 
 # ---------------------------------------------------------------------------------------------
-# Planning (pure)
+# The plan, without I/O
 # ---------------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ while that many messages await their commit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -129,11 +130,12 @@ class IngestService:
             clean_start=False,
             client_class=IngestClient,
         )
-        assert isinstance(client, IngestClient)
+        if not isinstance(client, IngestClient):
+            raise TypeError("mqtt.make_client ignored client_class")  # a bug, not bad input
         client.on_raw_publish = self._on_raw_publish
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_subscribe = lambda *args: self.subscribed.set()
+        client.on_subscribe = lambda *_args: self.subscribed.set()
         mqtt.connect(
             client,
             self.mqtt_url,
@@ -150,7 +152,7 @@ class IngestService:
             return [protocol.shared(f, self.share_group) for f in filters]
         return filters  # 3.1.1 (amqtt): no shared subscriptions, one ingest process
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_connect(self, client, _userdata, flags, reason_code, _properties) -> None:  # noqa: ANN001 - paho's callback
         if reason_code.is_failure:
             log.warning("MQTT connect refused: %s", reason_code)
             return
@@ -161,13 +163,13 @@ class IngestService:
         client.subscribe([(f, 1) for f in self._filters()])
         log.info("ingest connected to %s as %s (session present: %s)", self.mqtt_url, self.client_id, flags.session_present)
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:  # noqa: ANN001 - paho's callback
         self._connected = False
         self.subscribed.clear()
         if not self.stop_event.is_set():
             log.warning("ingest disconnected from broker: %s", reason_code)
 
-    def _on_raw_publish(self, topic: bytes, payload: bytes, mid: int, qos: int, retain: bool) -> None:
+    def _on_raw_publish(self, topic: bytes, payload: bytes, mid: int, qos: int, _retain: bool) -> None:
         if self._draining:
             return  # stopping: not taken, not acked; the session delivers it again next time
         stats = self.stats
@@ -228,7 +230,8 @@ class IngestService:
 
     def _network_loop(self) -> None:
         client = self.client
-        assert client is not None
+        if client is None:
+            raise RuntimeError("the MQTT client is not made yet")
         backoff = 0.1
         need_connect = True
         while not self.stop_event.is_set():
@@ -261,7 +264,8 @@ class IngestService:
     def _drain_and_disconnect(self) -> None:
         """Graceful stop: commit what we hold, ack it, then leave (the session keeps the rest)."""
         client = self.client
-        assert client is not None
+        if client is None:
+            return  # never connected: nothing held
         self._hand_off()
         # Keep reading (unread bytes at close() would make the kernel reset the connection, and the
         # broker could drop our last PUBACKs) but take nothing new.
@@ -338,7 +342,7 @@ class IngestService:
                         result = store.write_batch(conn, batch, self.clock.now(), self._known)
                         metrics.COMMIT_LATENCY.observe(time.perf_counter() - started)
                     except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, psycopg.InternalError) as exc:
-                        log.error("batch refused by the database (%s); isolating its messages", exc)
+                        log.error("batch refused by the database (%s); isolating its messages", exc)  # noqa: TRY400 - expected, no traceback
                         self._known.clear()
                         result = store.write_batch_singly(conn, batch, self.clock.now())
                 break
@@ -348,10 +352,8 @@ class IngestService:
                 metrics.DATABASE_ERRORS.inc()
                 log.warning("database unavailable (%s); retrying in %.1fs", str(exc).strip()[:200], backoff)
                 if conn is not None:
-                    try:
+                    with contextlib.suppress(Exception):  # closing a broken connection may fail too
                         conn.close()
-                    except Exception:  # noqa: BLE001
-                        pass
                 conn = None
                 self._abort_db.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -503,7 +505,8 @@ def run_ingest(
     service updates in place (counters for metrics). ``service``: if given, the running
     ``IngestService`` is appended to it.
     """
-    svc = IngestService(settings, database_url=database_url, mqtt_url=mqtt_url, clock=clock, client_id=client_id, index=index, on_batch=on_batch)
+    svc = IngestService(settings, database_url=database_url, mqtt_url=mqtt_url, clock=clock, client_id=client_id, index=index,
+                        on_batch=on_batch)
     if stats is not None:
         svc.stats = stats
     if service is not None:

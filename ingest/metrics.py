@@ -116,7 +116,8 @@ def count_batch(batch: Batch, result: BatchResult) -> None:
         reasons[dl.reason] = reasons.get(dl.reason, 0) + 1
     for reason, n in result.refused.items():  # issue 17: future_ts, foreign_device (made by store.write_batch)
         reasons[reason] = reasons.get(reason, 0) + n
-    refused = result.dead_letters - len(batch.dead_letters) - sum(result.refused.values())  # items the database refused (store.write_batch_singly)
+    # Items the database refused one by one (store.write_batch_singly):
+    refused = result.dead_letters - len(batch.dead_letters) - sum(result.refused.values())
     if refused > 0:
         reasons["db_rejected"] = reasons.get("db_rejected", 0) + refused
     for reason, n in reasons.items():

@@ -8,6 +8,7 @@ dead letters. The caller commits and only then acknowledges the MQTT messages.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -292,10 +293,8 @@ def write_batch(conn: psycopg.Connection, batch: Batch, now: float, known: Known
             foreign_events, foreign = (int(row[0]), int(row[1])) if row else (0, 0)
     except BaseException:
         if not conn.closed:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 conn.rollback()
-            except psycopg.Error:
-                pass
         raise
     finally:
         for c in (events_cursor, reject_cursor):

@@ -108,7 +108,8 @@ def handle(topic: str, payload: bytes, ctx: Context) -> Outcome | None:
     if upper in ("RESULT", "STATE", "SENSOR"):
         obj = json_object(payload)
         if isinstance(obj, Outcome):
-            return reject(obj.rejection.reason if obj.rejection else "bad_json", obj.rejection.detail if obj.rejection else "", device_name=name)
+            return reject(obj.rejection.reason if obj.rejection else "bad_json", obj.rejection.detail if obj.rejection else "",
+                          device_name=name)
         if upper == "STATE" or "UptimeSec" in obj:  # a RESULT with UptimeSec answers a State poll
             return _state(out, name, obj, pattern)
         if upper == "SENSOR" or prefix == "tele":
@@ -137,7 +138,8 @@ def _power(out: Frame, name: str, relay: str, on: bool, pattern: str, *, periodi
 
 def _power_topic(out: Frame, name: str, leaf: str, payload: bytes, pattern: str) -> Outcome:
     m = _POWER.fullmatch(leaf)
-    assert m is not None
+    if m is None:  # the caller matched the leaf already
+        return reject("bad_topic", leaf, device_name=name)
     relay = m.group(1)
     raw: Any = text(payload)
     if str(raw).startswith("{"):

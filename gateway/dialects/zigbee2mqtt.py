@@ -116,7 +116,8 @@ def handle(topic: str, payload: bytes, ctx: Context) -> Outcome | None:
         return out.outcome()
     obj = json_object(payload)
     if isinstance(obj, Outcome):
-        return reject(obj.rejection.reason if obj.rejection else "bad_json", obj.rejection.detail if obj.rejection else "", device_name=name)
+        return reject(obj.rejection.reason if obj.rejection else "bad_json", obj.rejection.detail if obj.rejection else "",
+                          device_name=name)
     return _state(base, name, obj, ctx)
 
 
