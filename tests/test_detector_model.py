@@ -16,7 +16,8 @@ TZ = 9 * 3600
 MONDAY = 1_767_538_800.0
 
 
-def busy_day(rng: np.random.Generator, midnight: float, wake_h: float, bed_h: float, devices: tuple[int, ...]) -> list[tuple[float, int, int]]:
+def busy_day(rng: np.random.Generator, midnight: float, wake_h: float, bed_h: float,
+             devices: tuple[int, ...]) -> list[tuple[float, int, int]]:
     """(t, device column, EV_*) of an ordinary day: up at wake, active every few minutes, bed at bed_h."""
     rows: list[tuple[float, int, int]] = []
     t = midnight + wake_h * H
@@ -44,8 +45,7 @@ def routine(days: int, *, seed: int = 1, devices: tuple[int, ...] = (0, 1), sund
         weekday = day % 7
         wake = rng.uniform(*sunday_wake) if weekday >= 5 else rng.uniform(6.5, 7.5)
         rows += busy_day(rng, midnight, wake, rng.uniform(21.5, 22.5), devices)
-    arr = np.array(sorted(rows))
-    return arr
+    return np.array(sorted(rows))
 
 
 def fleet(kinds: list[list[int]], area: list[int] | None = None) -> m.FleetState:
@@ -316,7 +316,7 @@ def test_the_budget_cap_tightens_with_the_home_s_own_evidence() -> None:
     assert cap[0] < cap[1] - 1.0, cap
     assert cap[0] < early[0] - 0.5, (early, cap)  # more evidence of short silences: tighter
     # The silence's own threshold never goes past the cap.
-    q, alarm, _ = m.silence_thresholds(state, np.array([0]), np.array([MONDAY + 40 * 86400 + 23 * H]), m.DEFAULT_PARAMS)
+    _, alarm, _ = m.silence_thresholds(state, np.array([0]), np.array([MONDAY + 40 * 86400 + 23 * H]), m.DEFAULT_PARAMS)
     assert alarm[0] <= cap[0] + 1e-3
 
 

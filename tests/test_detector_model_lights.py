@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 
 import numpy as np
 from test_detector_model import MONDAY, TZ, H, busy_day, feed, first_alarm, fleet
@@ -146,9 +147,10 @@ def days_with_outings(days: int, *, seed: int = 11) -> np.ndarray:
     for d in range(days):
         mid = MONDAY + d * 86400
         leave, back = mid + rng.uniform(13.8, 14.2) * H, mid + rng.uniform(15.8, 16.2) * H
-        day = [r for r in busy_day(rng, mid, rng.uniform(6.5, 7.5), rng.uniform(21.5, 22.5), (0, 1)) if not leave - 60 <= r[0] <= back + 60]
-        rows += day + [(leave, 2, m.EV_OPEN), (leave + 20, 2, m.EV_CLOSE), (back, 2, m.EV_OPEN), (back + 20, 2, m.EV_CLOSE),
-                       (back + 120, 1, m.EV_MOTION)]
+        day = [r for r in busy_day(rng, mid, rng.uniform(6.5, 7.5), rng.uniform(21.5, 22.5), (0, 1))
+               if not leave - 60 <= r[0] <= back + 60]
+        rows += [*day, (leave, 2, m.EV_OPEN), (leave + 20, 2, m.EV_CLOSE), (back, 2, m.EV_OPEN), (back + 20, 2, m.EV_CLOSE),
+                 (back + 120, 1, m.EV_MOTION)]
     return np.array(sorted(rows))
 
 
@@ -169,7 +171,8 @@ def test_the_front_door_means_out_when_leaving_and_in_when_coming_home() -> None
     # Back at 16:30 through the door, and nothing more (a fall just inside): the door after more than
     # two quiet hours is an arrival, so the silence is judged at home and alarms within hours.
     back = mid + 16.5 * H
-    rows = np.concatenate([history, morning, [(leave, 2, m.EV_OPEN), (leave + 20, 2, m.EV_CLOSE), (back, 2, m.EV_OPEN), (back + 20, 2, m.EV_CLOSE)]])
+    door = [(leave, 2, m.EV_OPEN), (leave + 20, 2, m.EV_CLOSE), (back, 2, m.EV_OPEN), (back + 20, 2, m.EV_CLOSE)]
+    rows = np.concatenate([history, morning, door])
     alarm = first_alarm(feed(fleet(kinds), 0, rows, back + 30 * H, since=back))
     assert alarm is not None and alarm <= back + 16 * H, (alarm - back) / H if alarm else None
     # Taken for a departure (the rule off), the same fall waits for "not back".
@@ -265,7 +268,7 @@ def test_a_lamp_left_on_for_days_is_not_long_on_evidence() -> None:
 
     def long_on_alarms(p: m.DetectorParams) -> int:
         results = feed(copy.deepcopy(state), 0, rows, MONDAY + 31 * 86400, since=MONDAY + 21 * 86400, p=p)
-        return sum(1 for (_, a), (_, b) in zip(results, results[1:]) if b.long_on[0] and not a.long_on[0])
+        return sum(1 for (_, a), (_, b) in itertools.pairwise(results) if b.long_on[0] and not a.long_on[0])
 
     assert long_on_alarms(m.DEFAULT_PARAMS) == 0
     assert long_on_alarms(dataclasses.replace(m.DEFAULT_PARAMS, on_stale_h=1e9)) >= 1  # judged without the rule

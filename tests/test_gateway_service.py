@@ -236,7 +236,8 @@ def test_resend_command_republishes_from_the_replay_window(
         assert wait_for(lambda: sum(listener.events.values()) == 13), listener.events
         assert wait_for(lambda: gw.stats["resent"] == 3 and len(delivered) == 13)
         # A resend of seqs the gateway never had is logged, not fatal; garbage is counted.
-        publisher.publish(protocol.command_topic(gateway_id, "dev-0"), protocol.encode_command(Command("resend", {"from_seq": 50, "to_seq": 60})), qos=1)
+        publisher.publish(protocol.command_topic(gateway_id, "dev-0"),
+                          protocol.encode_command(Command("resend", {"from_seq": 50, "to_seq": 60})), qos=1)
         publisher.publish(protocol.command_topic(gateway_id, "dev-0"), b"{nonsense", qos=1).wait_for_publish(5)
         assert wait_for(lambda: gw.stats["rejected_commands"] == 1)
         close_client(publisher)
@@ -251,7 +252,8 @@ def test_other_commands_reach_on_command(mqtt_url: mqtt.MqttUrl, gateway_id: str
         publisher = mqtt.make_client(mqtt_url, f"svc-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311)
         mqtt.connect(publisher, mqtt_url)
         publisher.loop_start()
-        publisher.publish(protocol.command_topic(gateway_id, "kitchen-bulb"), protocol.encode_command(Command("blink", {"times": 3})), qos=1)
+        publisher.publish(protocol.command_topic(gateway_id, "kitchen-bulb"), protocol.encode_command(Command("blink", {"times": 3})),
+                          qos=1)
         assert wait_for(lambda: len(got) == 1)
         close_client(publisher)
     assert got == [("kitchen-bulb", Command("blink", {"times": 3}))]
@@ -275,7 +277,8 @@ def test_heartbeat_follows_the_clock(mqtt_url: mqtt.MqttUrl, gateway_id: str, li
     assert listener.heartbeats[1]["ts"] == listener.heartbeats[0]["ts"] + 60_000
 
 
-def test_submit_while_broker_unreachable_then_deliver(persistent_mosquitto: embedded.EmbeddedBroker, gateway_id: str, tmp_path: Path) -> None:
+def test_submit_while_broker_unreachable_then_deliver(persistent_mosquitto: embedded.EmbeddedBroker, gateway_id: str,
+                                                     tmp_path: Path) -> None:
     url = mqtt.MqttUrl.parse(persistent_mosquitto.url)
     listener = Listener(url, gateway_id)  # its persistent session outlives the broker restart
     persistent_mosquitto.stop()
@@ -333,7 +336,7 @@ def test_many_gateways_in_one_process(mqtt_url: mqtt.MqttUrl, tmp_path: Path) ->
         elapsed = time.perf_counter() - start
         total = n_gateways * per_gateway
         assert wait_for(lambda: len(listener.triples) == total, 20), len(listener.triples)
-        print(f"{n_gateways} gateways: {total} events in {elapsed:.2f}s = {total / elapsed:.0f}/s")
+        print(f"{n_gateways} gateways: {total} events in {elapsed:.2f}s = {total / elapsed:.0f}/s")  # noqa: T201 - the figure, with -s
     finally:
         for g in gateways:
             g.stop(timeout=2)
@@ -362,7 +365,8 @@ def test_run_gateway_bridges_a_home_broker(mqtt_url: mqtt.MqttUrl, gateway_id: s
     stop = threading.Event()
     runner = threading.Thread(
         target=run_gateway,
-        kwargs=dict(settings=settings, gateway_id=gateway_id, local_url=f"mqtt://{mqtt_url.host}:{mqtt_url.port}", outbox_path=tmp_path / "o.db", stop=stop),
+        kwargs={"settings": settings, "gateway_id": gateway_id, "local_url": f"mqtt://{mqtt_url.host}:{mqtt_url.port}",
+                "outbox_path": tmp_path / "o.db", "stop": stop},
     )
     runner.start()
     device = mqtt.make_client(mqtt_url, f"dev-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311)
@@ -378,19 +382,24 @@ def test_run_gateway_bridges_a_home_broker(mqtt_url: mqtt.MqttUrl, gateway_id: s
             (f"zigbee2mqtt/{home}_pir", b'{"occupancy":true,"battery":100,"linkquality":120}'),
             (f"stat/{home}_plug/POWER", b"OFF"),
             (f"stat/{home}_plug/POWER", b"ON"),
-            (f"shellyplus1-{home}/events/rpc", json.dumps({"src": f"shellyplus1-{home}", "method": "NotifyEvent", "params": {"ts": 1767225600.5, "events": [{"component": "input:0", "id": 0, "event": "single_push", "ts": 1767225600.5}]}}).encode()),
+            (f"shellyplus1-{home}/events/rpc", json.dumps({
+                "src": f"shellyplus1-{home}", "method": "NotifyEvent",
+                "params": {"ts": 1767225600.5, "events": [{"component": "input:0", "id": 0, "event": "single_push", "ts": 1767225600.5}]},
+            }).encode()),
             (f"mimamori/local/{home}-bulb/event", protocol.encode_event(Event(f"{home}-bulb", 5, T0, "on"))),
             (f"zigbee2mqtt/{home}_pir", b"{broken"),
         ]
         for topic, payload in msgs:
             device.publish(topic, payload, qos=1).wait_for_publish(5)
         # A fresh gateway: the plug's first report is a real switch (issue 13), not a silent sync.
-        expected = {(f"z2m-{home}_pir", 1, "motion"), (f"tasmota-{home}_plug", 1, "off"), (f"tasmota-{home}_plug", 2, "on"), (f"shellyplus1-{home}.input0", 1, "motion"), (f"{home}-bulb", 5, "on")}
+        expected = {(f"z2m-{home}_pir", 1, "motion"), (f"tasmota-{home}_plug", 1, "off"), (f"tasmota-{home}_plug", 2, "on"),
+                    (f"shellyplus1-{home}.input0", 1, "motion"), (f"{home}-bulb", 5, "on")}
         assert wait_for(lambda: {(d, s, listener.kinds[(d, s)]) for d, s in listener.events} == expected), listener.events
         publisher = mqtt.make_client(mqtt_url, f"svc-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311)
         mqtt.connect(publisher, mqtt_url)
         publisher.loop_start()
-        publisher.publish(protocol.command_topic(gateway_id, f"{home}-bulb"), protocol.encode_command(Command("blink", {"times": 2})), qos=1)
+        publisher.publish(protocol.command_topic(gateway_id, f"{home}-bulb"), protocol.encode_command(Command("blink", {"times": 2})),
+                          qos=1)
         assert wait_for(lambda: len(blinks) == 1)
         assert protocol.decode_command(blinks[0]) == Command("blink", {"times": 2})
         close_client(publisher)
@@ -402,7 +411,8 @@ def test_run_gateway_bridges_a_home_broker(mqtt_url: mqtt.MqttUrl, gateway_id: s
     assert wait_for(lambda: listener.status[-1:] == [b"offline"])
 
 
-def test_gateway_works_with_file_descriptors_above_1024(mqtt_url: mqtt.MqttUrl, gateway_id: str, listener: Listener, tmp_path: Path) -> None:
+def test_gateway_works_with_file_descriptors_above_1024(mqtt_url: mqtt.MqttUrl, gateway_id: str, listener: Listener,
+                                                        tmp_path: Path) -> None:
     """Hundreds of gateways in one process push sockets past 1024, where select() fails."""
     import resource
 
@@ -460,7 +470,8 @@ def test_reconnects_back_off_when_the_broker_hangs_up(gateway_id: str, tmp_path:
         assert box.depth == 1  # still there for the next start
 
 
-def test_no_stall_after_the_newest_row_was_an_acked_heartbeat(mqtt_url: mqtt.MqttUrl, gateway_id: str, listener: Listener, tmp_path: Path) -> None:
+def test_no_stall_after_the_newest_row_was_an_acked_heartbeat(mqtt_url: mqtt.MqttUrl, gateway_id: str, listener: Listener,
+                                                              tmp_path: Path) -> None:
     with make_gateway(mqtt_url, gateway_id, tmp_path / "o.db") as gw:
         gw.submit(Reading("dev", "on", T0))
         gw.submit(Reading("dev", "heartbeat", T0 + 1))

@@ -229,8 +229,8 @@ def test_the_settling_window_comes_from_the_settings(mqtt_url: mqtt.MqttUrl, tmp
     settings = Settings(mqtt_url=str(mqtt_url), data_dir=tmp_path)
     stop = threading.Event()
     runner = threading.Thread(target=gateway_service.run_gateway, args=(settings,), daemon=True,
-                              kwargs=dict(gateway_id=f"gw-settle-{uuid.uuid4().hex[:6]}", local_url=str(mqtt_url),
-                                          outbox_path=tmp_path / "outbox.db", stop=stop))
+                              kwargs={"gateway_id": f"gw-settle-{uuid.uuid4().hex[:6]}", "local_url": str(mqtt_url),
+                                      "outbox_path": tmp_path / "outbox.db", "stop": stop})
     runner.start()
     wait_for(lambda: windows, 10)
     stop.set()

@@ -122,14 +122,15 @@ def test_events_are_stored_once_and_device_state_follows(pg_url: str, mqtt_url: 
 
 def test_status_heartbeat_and_malformed_traffic_all_accounted_for(pg_url: str, mqtt_url: MqttUrl) -> None:
     gw = unique("gw")
-    rnd = random.Random(7)
+    rnd = random.Random(7)  # noqa: S311 - reproducible garbage, not a secret
+    event_topic = protocol.event_topic(gw, "d1").encode()
     big = b"{" + b'"pad":"' + b"x" * 3000 + b'"}'
     makers: list[Callable[[int], tuple[bytes, bytes, str]]] = [
         lambda i: (protocol.event_topic(gw, "d1").encode(), rnd.randbytes(rnd.randint(0, 60)) + b"\xff", "bad_json"),
         lambda i: (protocol.event_topic(gw, "d1").encode(), b'{"v":1,"device":"d1","seq":', "bad_json"),
-        lambda i: (protocol.event_topic(gw, "d1").encode(), json.dumps({"device": "d1", "seq": "x", "ts": TS, "kind": "on"}).encode(), "bad_seq"),
-        lambda i: (protocol.event_topic(gw, "d1").encode(), json.dumps({"device": "d1", "seq": i, "ts": "soon", "kind": "on"}).encode(), "bad_ts"),
-        lambda i: (protocol.event_topic(gw, "d1").encode(), json.dumps({"device": "d1", "seq": i, "ts": TS, "kind": "explode"}).encode(), "unknown_kind"),
+        lambda i: (event_topic, json.dumps({"device": "d1", "seq": "x", "ts": TS, "kind": "on"}).encode(), "bad_seq"),
+        lambda i: (event_topic, json.dumps({"device": "d1", "seq": i, "ts": "soon", "kind": "on"}).encode(), "bad_ts"),
+        lambda i: (event_topic, json.dumps({"device": "d1", "seq": i, "ts": TS, "kind": "explode"}).encode(), "unknown_kind"),
         lambda i: (protocol.event_topic(gw, "d1").encode(), big, "oversized"),
         lambda i: (f"mimamori/v1//d{i}/event".encode(), b"{}", "bad_gateway_id"),  # empty topic level
         lambda i: (f"mimamori/v1/{gw}/{'d' * 70}/event".encode(), b"{}", "bad_device_id"),
@@ -137,7 +138,7 @@ def test_status_heartbeat_and_malformed_traffic_all_accounted_for(pg_url: str, m
         lambda i: (protocol.event_topic(gw, "d1").encode(), protocol.encode_event(Event("d2", i, TS, "on")), "device_mismatch"),
         lambda i: (protocol.status_topic(gw).encode(), b"sleepy", "bad_status"),
         lambda i: (protocol.heartbeat_topic(gw).encode(), b"[]", "bad_heartbeat"),
-        lambda i: (protocol.event_topic(gw, "d1").encode(), '{"device":"d1","kind":"\u3042"}'.encode("utf-16"), "bad_seq"),  # UTF-16 JSON is still JSON
+        lambda i: (event_topic, '{"device":"d1","kind":"\u3042"}'.encode("utf-16"), "bad_seq"),  # UTF-16 JSON is still JSON
     ]
     messages: list[tuple[bytes, bytes]] = []
     expected_reasons: dict[str, int] = {}
@@ -165,7 +166,8 @@ def test_status_heartbeat_and_malformed_traffic_all_accounted_for(pg_url: str, m
         reasons = dict(conn.execute("SELECT reason, count(*) FROM dead_letters GROUP BY reason").fetchall())
         assert reasons == expected_reasons
         assert conn.execute("SELECT payload FROM dead_letters WHERE reason = 'oversized' LIMIT 1").fetchone() == (big,)
-        assert conn.execute("SELECT status, last_heartbeat->>'outbox' FROM gateways WHERE gateway_id = %s", (gw,)).fetchone() == ("online", "4")
+        gateway_row = conn.execute("SELECT status, last_heartbeat->>'outbox' FROM gateways WHERE gateway_id = %s", (gw,)).fetchone()
+        assert gateway_row == ("online", "4")
     assert count(pg_url, "SELECT count(*) FROM events") == valid == 2000
 
 
@@ -185,7 +187,7 @@ svc.run()
 
 def _spawn_ingest(pg_url: str, mqtt_url: MqttUrl, client_id: str, group: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(log, "ab") as log_file:
+    with log.open("ab") as log_file:
         return subprocess.Popen(
             [sys.executable, "-c", _INGEST_PROCESS, pg_url, str(mqtt_url), client_id, group],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log_file,
@@ -323,7 +325,7 @@ def test_gap_sweeper_asks_the_gateway_to_resend(pg_url: str, mqtt_url: MqttUrl) 
 @pytest.fixture
 def deploy_broker(tmp_path: Path) -> Iterator[MqttUrl]:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not os.path.exists(binary):
+    if not Path(binary).exists():
         pytest.fail("mosquitto binary missing")
     conf = (ROOT / "deploy/mosquitto/mosquitto.conf").read_text()
     port = embedded.free_port()
@@ -334,7 +336,7 @@ def deploy_broker(tmp_path: Path) -> Iterator[MqttUrl]:
     if os.geteuid() == 0:
         conf += "user root\n"  # as root, mosquitto would switch to user mosquitto, who cannot write tmp_path
     (tmp_path / "mosquitto.conf").write_text(conf)
-    with open(tmp_path / "log", "wb") as log:
+    with (tmp_path / "log").open("wb") as log:
         proc = subprocess.Popen([binary, "-c", str(tmp_path / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: embedded.port_open("127.0.0.1", port) or proc.poll() is not None, 10, "mosquitto")
