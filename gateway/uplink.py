@@ -1,5 +1,11 @@
 """The gateway's uplink: outbox → MQTT QoS 1 → the service; commands back down.
 
+Why one file of ~580 lines: it is one class whose thread owns every piece of connection state (the
+paho client, the in-flight map, the resend queue), and splitting that state across files would make
+the "only the gateway thread touches it" rule hard to see. What has state of its own is apart:
+``outbox.py`` (durable rows), ``settling.py`` (the window after a reconnect), ``waiter.py`` (poll and
+wake-up), ``service.py`` (the home gateway process around it).
+
 Concurrency model (chosen so a simulator can run hundreds of gateways in one process):
 one thread per ``Gateway`` drives its own paho client through paho's external-loop API
 (``socket()``, ``loop_read``/``loop_write``/``loop_misc``) with one ``select`` over the broker socket

@@ -12,6 +12,10 @@ Threads:
 Memory stays bounded: the broker never has more than ``ingest_receive_maximum`` unacknowledged
 messages out to us (MQTT v5 flow control), and on MQTT 3.1.1 the network thread stops reading
 while that many messages await their commit.
+
+Why ~530 lines: the network thread and the writers share one piece of bookkeeping (which messages
+are held, committed, acknowledged), kept in this one class; what stands alone is apart: the session
+and counters (``session.py``), the database writes (``store.py``), the metrics (``metrics.py``).
 """
 
 from __future__ import annotations
