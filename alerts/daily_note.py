@@ -140,3 +140,64 @@ def weekly_note(name: str, last_day: date, days: Mapping[date, Sequence[int]]) -
     else:
         night = ""
     return Note("weekly", f"{who}（今週）: {activity}{night}")
+
+
+# -- the database read (the I/O edge; the words above stay pure) ---------------------------------------------
+
+READ_SQL = """
+SELECT (a.bucket AT TIME ZONE h.timezone)::date AS day,
+       ((extract(hour FROM a.bucket AT TIME ZONE h.timezone) * 60
+         + extract(minute FROM a.bucket AT TIME ZONE h.timezone)) / 15)::int AS slot,
+       a.events
+  FROM activity_15m a JOIN households h USING (household_id)
+ WHERE a.household_id = %(hid)s
+   AND a.bucket >= ((%(today)s::date - %(days)s::int)::timestamp AT TIME ZONE h.timezone)
+   AND a.bucket < %(now)s
+"""
+
+
+@dataclass(frozen=True)
+class HomeActivity:
+    name: str
+    today: date
+    now_slot: int
+    days: dict[date, list[int]]
+    first_activity: tuple[int, int] | None
+    reporting: bool
+    being_checked: bool
+
+    def note(self) -> Note:
+        return daily_note(self.name, self.today, self.now_slot, self.days, reporting=self.reporting,
+                          being_checked=self.being_checked, first_activity=self.first_activity)
+
+
+def read_home(conn: object, household_id: str, now_epoch: float, *, reporting_within_h: float = 6.0) -> HomeActivity:
+    """Everything the note needs for one home at ``now_epoch``, from the database, in the home's own
+    time zone: activity counts per 15 minutes over the last four weeks, today's first activity, whether
+    its devices have been heard from, and whether a welfare alert is open."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    cur = conn.cursor()  # type: ignore[attr-defined]
+    name, tz = cur.execute("SELECT display_name, timezone FROM households WHERE household_id = %s",
+                           (household_id,)).fetchone()
+    now = datetime.fromtimestamp(now_epoch, UTC)
+    local = now.astimezone(ZoneInfo(tz))
+    today = local.date()
+    days: dict[date, list[int]] = {}
+    for day_, slot, events in cur.execute(READ_SQL, {"hid": household_id, "today": today, "days": HISTORY_DAYS,
+                                                     "now": now}).fetchall():
+        days.setdefault(day_, [0] * SLOTS_PER_DAY)[slot] += int(events)
+    midnight = datetime(today.year, today.month, today.day, tzinfo=ZoneInfo(tz))
+    first = cur.execute(
+        "SELECT min(time) FROM events WHERE household_id = %s AND time >= %s AND time <= %s"
+        " AND kind IN ('on', 'off', 'motion', 'open', 'close')", (household_id, midnight, now)).fetchone()[0]
+    first_local = (first.astimezone(ZoneInfo(tz)).hour, first.astimezone(ZoneInfo(tz)).minute) if first else None
+    heard = cur.execute(
+        "SELECT max(s.last_seen_at) FROM device_state s JOIN devices d USING (device_id) WHERE d.household_id = %s",
+        (household_id,)).fetchone()[0]
+    reporting = heard is not None and (now - heard).total_seconds() <= reporting_within_h * 3600
+    checked = cur.execute(
+        "SELECT 1 FROM incidents WHERE household_id = %s AND kind = 'inactivity' AND status IN ('open', 'claimed')",
+        (household_id,)).fetchone() is not None
+    return HomeActivity(name, today, local.hour * 4 + local.minute // SLOT_MINUTES, days, first_local, reporting, checked)

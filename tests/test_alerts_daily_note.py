@@ -95,3 +95,42 @@ def test_more_nights_up_are_mentioned() -> None:
 def test_a_first_week_says_what_comes_next() -> None:
     days = {TODAY - timedelta(days=i): routine() for i in range(7)}
     assert "来週から" in weekly_note("佐藤", TODAY, days).text
+
+
+# -- from the database: three homes on the real store ---------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_three_homes_read_from_the_database(conn) -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from alerts.daily_note import read_home
+
+    tokyo = ZoneInfo("Asia/Tokyo")
+    now = datetime(2026, 7, 20, 12, 0, tzinfo=tokyo)  # the note is written at noon, Tokyo time
+    rows = []
+    for hid, name, today_from in (("h-usual", "佐藤", 7), ("h-quiet", "鈴木", 11), ("h-alert", "高橋", None)):
+        conn.execute("INSERT INTO households (household_id, display_name) VALUES (%s, %s)", (hid, name))
+        conn.execute("INSERT INTO devices (device_id, household_id, kind) VALUES (%s, %s, 'motion')", (f"{hid}-m", hid))
+        conn.execute("INSERT INTO device_state (device_id, last_seen_at) VALUES (%s, %s)", (f"{hid}-m", now))
+        seq = 0
+        for back in range(14, -1, -1):
+            d = now.date() - timedelta(days=back)
+            start_hour = 7 if back else today_from
+            if start_hour is None:
+                continue
+            for minute in range(start_hour * 60 + 10, (22 if back else 12) * 60, 20):
+                t = datetime(d.year, d.month, d.day, minute // 60, minute % 60, tzinfo=tokyo)
+                if t < now:
+                    seq += 1
+                    rows.append((t.astimezone(UTC), hid, f"{hid}-m", seq))
+    with conn.cursor().copy("COPY events (time, household_id, device_id, seq, kind) FROM STDIN") as copy:
+        for r in rows:
+            copy.write_row((*r, "motion"))
+    conn.execute("INSERT INTO incidents (household_id, kind, opened_at, updated_at) VALUES ('h-alert', 'inactivity', %s, %s)",
+                 (now, now))
+    notes = {hid: read_home(conn, hid, now.timestamp()).note() for hid in ("h-usual", "h-quiet", "h-alert")}
+    assert notes["h-usual"].text == "佐藤さん: いつも通りです（朝7時10分から動きがあります）"
+    assert notes["h-quiet"].text == "鈴木さん: いつもより静かです（昼11時10分から動きがあります）"
+    assert notes["h-alert"].kind == "being_checked"
