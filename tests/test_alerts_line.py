@@ -1,0 +1,144 @@
+"""LINE, both ways: the postback codec (pure) and the real client against a local LINE Platform (issue 16)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from line_platform import LinePlatform
+from linebot.v3.exceptions import InvalidSignatureError
+from linebot.v3.webhooks import MessageEvent, PostbackEvent
+
+from alerts.line import (
+    LineClient,
+    LineError,
+    LineSettings,
+    Postback,
+    PostbackError,
+    alert_message,
+    parse_postback,
+    parse_webhook,
+    resident_check_message,
+    retry_key,
+    safety_check_message,
+    text_message,
+)
+
+ALERT = "佐藤さんのお宅で、いつもより長く動きがありません（最後の動き: 朝7時10分）。"
+
+
+# -- pure ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_every_button_carries_data_that_reads_back_to_its_action() -> None:
+    messages = [alert_message(ALERT, 42), resident_check_message(ALERT, 42), safety_check_message("安否確認です", 7, "h-1")]
+    read = [[parse_postback(a.data) for a in m.template.actions] for m in messages]
+    assert [[p.action for p in row] for row in read] == [
+        ["claim", "fine", "help"], ["resident_fine", "resident_help"], ["safety_safe", "safety_help"]]
+    assert read[0][0].int_id("incident") == 42 and read[2][0].ids == {"check": "7", "household": "h-1"}
+    assert [a.label for a in messages[0].template.actions] == ["私が行きます", "無事でした", "助けが必要"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("data", "reason"), [
+    ("do=claim&incident=1", "version"), ("v=1&do=delete_all&incident=1", "unknown action"),
+    ("v=1&do=claim", "names incident"), ("v=1&do=claim&incident=1&household=h", "names incident"),
+    ("v=1&do=claim&incident=1%3BDROP", "is a number"), ("v=1&do=claim&incident=" + "9" * 400, "too long"),
+])
+def test_postback_data_we_did_not_write_is_refused(data: str, reason: str) -> None:
+    with pytest.raises(PostbackError, match=reason):
+        parse_postback(data)
+
+
+@pytest.mark.unit
+def test_long_words_are_clipped_to_lines_limits() -> None:
+    m = alert_message("長" * 500, 1)
+    assert len(m.template.text) == 160 and m.template.text.endswith("…") and len(m.alt_text) == 400
+    with pytest.raises(PostbackError):
+        Postback("safety_safe", {"check": "1", "household": "h" * 300}).encode()
+
+
+@pytest.mark.unit
+def test_one_attempt_one_retry_key() -> None:
+    assert retry_key(17) == retry_key("17") != retry_key(18)
+
+
+# -- against the local LINE Platform -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def platform() -> Iterator[LinePlatform]:
+    p = LinePlatform(users={"U-sato": "佐藤花子"}).start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def client(platform: LinePlatform) -> Iterator[LineClient]:
+    with LineClient(LineSettings(platform.token, platform.secret, api_base=platform.url)) as c:
+        yield c
+
+
+@pytest.mark.integration
+def test_a_push_arrives_with_its_buttons(platform: LinePlatform, client: LineClient) -> None:
+    assert client.push("U-sato", [alert_message(ALERT, 42)], attempt_id=1) == "sent"
+    [pushed] = platform.pushed
+    assert pushed.to == "U-sato" and pushed.retry_key == retry_key(1)
+    template = pushed.messages[0]["template"]
+    assert [a["label"] for a in template["actions"]] == ["私が行きます", "無事でした", "助けが必要"]
+    assert parse_postback(template["actions"][0]["data"]) == Postback("claim", {"incident": "42"})
+
+
+@pytest.mark.integration
+def test_a_retry_after_an_unclear_failure_is_not_a_second_message(platform: LinePlatform, client: LineClient) -> None:
+    platform.fail_next_push_after_accepting = 1  # LINE took it, then the answer was lost (500)
+    with pytest.raises(LineError) as failed:
+        client.push("U-sato", [text_message("テスト")], attempt_id=7)
+    assert failed.value.retryable
+    assert client.push("U-sato", [text_message("テスト")], attempt_id=7) == "already_sent"
+    assert len(platform.pushed) == 1
+
+
+@pytest.mark.integration
+def test_a_wrong_token_is_a_failure_not_worth_retrying(platform: LinePlatform) -> None:
+    with LineClient(LineSettings("revoked", platform.secret, api_base=platform.url)) as bad, pytest.raises(LineError) as failed:
+        bad.push("U-sato", [text_message("テスト")], attempt_id=1)
+    assert failed.value.status == 401 and not failed.value.retryable
+    assert platform.pushed == []
+
+
+@pytest.mark.integration
+def test_the_monthly_allowance_is_read_and_a_push_over_it_is_refused(platform: LinePlatform, client: LineClient) -> None:
+    platform.monthly_limit = 2
+    for i in range(2):
+        client.push("U-sato", [text_message(f"{i}")], attempt_id=i)
+    assert client.quota() == (2, 2)
+    with pytest.raises(LineError) as failed:
+        client.push("U-sato", [text_message("3")], attempt_id=3)
+    assert failed.value.status == 429
+
+
+@pytest.mark.integration
+def test_profile_and_a_reply_token_good_once(platform: LinePlatform, client: LineClient) -> None:
+    assert client.display_name("U-sato") == "佐藤花子" and client.display_name("U-nobody") is None
+    event = platform.event("U-sato", "message", text="123456")
+    client.reply(event["replyToken"], [text_message("連携しました")])
+    with pytest.raises(LineError, match="Invalid reply token"):
+        client.reply(event["replyToken"], [text_message("二度目")])
+    assert [m[0]["text"] for _, m in platform.replied] == ["連携しました"]
+
+
+@pytest.mark.integration
+def test_the_webhook_signature_is_checked(platform: LinePlatform) -> None:
+    events = [platform.event("U-sato", "postback", data="v=1&do=claim&incident=42", redelivery=True),
+              platform.event("U-sato", "message", text="123456")]
+    body, signature = platform.signed(events)
+    postback, message = parse_webhook(body.decode(), signature, platform.secret)
+    assert isinstance(postback, PostbackEvent) and isinstance(message, MessageEvent)
+    assert postback.source.user_id == "U-sato" and postback.delivery_context.is_redelivery
+    assert postback.webhook_event_id == events[0]["webhookEventId"]
+    forged_body, forged_signature = platform.signed(events, secret="someone-else")
+    for sig in (forged_signature, "", signature + "x"):
+        with pytest.raises(InvalidSignatureError):
+            parse_webhook(forged_body.decode() if sig == forged_signature else body.decode() + " ", sig, platform.secret)
