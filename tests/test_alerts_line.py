@@ -142,3 +142,68 @@ def test_the_webhook_signature_is_checked(platform: LinePlatform) -> None:
     for sig in (forged_signature, "", signature + "x"):
         with pytest.raises(InvalidSignatureError):
             parse_webhook(forged_body.decode() if sig == forged_signature else body.decode() + " ", sig, platform.secret)
+
+
+# -- accounts, redeliveries and the allowance in the database ------------------------------------------------
+
+NOW = 1_780_000_000.0
+
+
+def _person(conn, person_id: str = "p-sato") -> str:
+    conn.execute("INSERT INTO people (person_id, display_name, role) VALUES (%s, '佐藤', 'watcher')", (person_id,))
+    return person_id
+
+
+@pytest.mark.integration
+def test_a_code_from_the_app_links_the_line_account_once(conn) -> None:
+    from alerts import line_accounts as acc
+
+    code = acc.issue_link_code(conn, _person(conn), NOW)
+    assert acc.redeem_link_code(conn, "U-sato", f" {code} ", NOW + 60) == acc.LinkResult("linked", "p-sato")
+    assert acc.person_for(conn, "U-sato") == "p-sato" and acc.line_user_for(conn, "p-sato") == "U-sato"
+    assert acc.redeem_link_code(conn, "U-other", code, NOW + 61).outcome == "wrong_code"  # used up
+    assert acc.redeem_link_code(conn, "U-sato", "こんにちは", NOW).outcome == "not_a_code"
+    # only the hash of a code is stored
+    assert conn.execute("SELECT count(*) FROM line_link_codes WHERE code_hash = %s", (code.encode(),)).fetchone()[0] == 0
+
+
+@pytest.mark.integration
+def test_an_expired_or_replaced_code_does_not_link(conn) -> None:
+    from alerts import line_accounts as acc
+
+    first = acc.issue_link_code(conn, _person(conn), NOW)
+    second = acc.issue_link_code(conn, "p-sato", NOW + 1)
+    assert acc.redeem_link_code(conn, "U-sato", first, NOW + 2).outcome == "wrong_code"
+    assert acc.redeem_link_code(conn, "U-sato", second, NOW + 11 * 60).outcome == "wrong_code"
+    assert acc.person_for(conn, "U-sato") is None
+
+
+@pytest.mark.integration
+def test_guessing_codes_is_throttled(conn) -> None:
+    from alerts import line_accounts as acc
+
+    code = acc.issue_link_code(conn, _person(conn), NOW)
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    outcomes = [acc.redeem_link_code(conn, "U-guess", wrong, NOW + i).outcome for i in range(6)]
+    assert outcomes == ["wrong_code"] * 5 + ["throttled"]
+    assert acc.redeem_link_code(conn, "U-guess", code, NOW + 10).outcome == "throttled"  # even the right one, for an hour
+    assert acc.redeem_link_code(conn, "U-guess", code, NOW + 3700).outcome == "wrong_code"  # expired by then
+
+
+@pytest.mark.integration
+def test_a_redelivered_event_is_acted_on_once(conn) -> None:
+    from alerts import line_accounts as acc
+
+    assert acc.first_delivery(conn, "01HZEVENT", NOW)
+    assert not acc.first_delivery(conn, "01HZEVENT", NOW + 5)
+    assert acc.first_delivery(conn, "01HZEVENT", NOW + 40 * 86400)  # a month later the record is swept
+
+
+@pytest.mark.integration
+def test_the_allowance_warns_once_a_month(conn) -> None:
+    from alerts import line_accounts as acc
+
+    warnings = [acc.count_push(conn, NOW, allowance=10).warn_now for _ in range(10)]
+    assert warnings == [False] * 7 + [True, False, False]
+    assert acc.count_push(conn, NOW, allowance=10).left == 0
+    assert acc.count_push(conn, NOW + 40 * 86400, allowance=10).used == 1  # a new month
