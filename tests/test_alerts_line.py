@@ -8,6 +8,7 @@ import pytest
 from line_platform import LinePlatform
 from linebot.v3.exceptions import InvalidSignatureError
 from linebot.v3.webhooks import MessageEvent, PostbackEvent
+from test_app_support import world  # noqa: F401 (fixture)
 
 from alerts.line import (
     LineClient,
@@ -207,3 +208,93 @@ def test_the_allowance_warns_once_a_month(conn) -> None:
     assert warnings == [False] * 7 + [True, False, False]
     assert acc.count_push(conn, NOW, allowance=10).left == 0
     assert acc.count_push(conn, NOW + 40 * 86400, allowance=10).used == 1  # a new month
+
+
+# -- the webhook in the app: link, act with the person's rights, once ----------------------------------------
+
+
+@pytest.fixture
+def line_app(world, platform: LinePlatform):
+    from fastapi.testclient import TestClient
+    from test_app_support import bearer
+
+    from app.main import create_app
+    from mimamori.config import Settings
+
+    url, clock, ids = world
+    settings = Settings(line_channel_secret=platform.secret, line_access_token=platform.token, line_api_base=platform.url)
+    with TestClient(create_app(settings, database_url=url, clock=clock), client=("127.0.0.1", 50000)) as client:
+
+        def post(events: list[dict], *, forged: bool = False) -> int:
+            body, signature = platform.signed(events, secret="someone-else" if forged else None)
+            return client.post("/line/webhook", content=body, headers={"x-line-signature": signature,
+                                                                        "content-type": "application/json"}).status_code
+
+        def link(person_id: str, line_user: str) -> None:
+            code = client.post("/api/me/line/code", headers=bearer(client, person_id)).json()["code"]
+            assert post([platform.event(line_user, "message", text=code)]) == 200
+
+        yield client, post, link, url, ids
+
+
+def _timeline(url: str, incident_id: int) -> list[tuple[str, str, str]]:
+    import psycopg
+
+    with psycopg.connect(url) as c:
+        return c.execute("SELECT action, channel, coalesce(actor, '') FROM incident_timeline WHERE incident_id = %s"
+                         " ORDER BY at, entry_id", (incident_id,)).fetchall()
+
+
+@pytest.mark.integration
+def test_a_watcher_claims_from_line_once_and_a_stranger_cannot(line_app, platform: LinePlatform) -> None:
+    client, post, link, url, ids = line_app
+    link("watcher_a", "U-watcher-a")
+    assert platform.replied[-1][1][0]["text"].startswith("連携しました")
+    press = platform.event("U-watcher-a", "postback", data=f"v=1&do=claim&incident={ids['h1']}")
+    assert post([press]) == 200
+    answered = len(platform.replied)
+    again = platform.event("U-watcher-a", "postback", data=press["postback"]["data"], event_id=press["webhookEventId"],
+                           redelivery=True)  # LINE redelivers it (with a reply token that would work)
+    assert post([again]) == 200
+    assert len(platform.replied) == answered  # not acted on again: not even refused as "already claimed"
+    claims = [t for t in _timeline(url, ids["h1"]) if t[0] == "claimed"]
+    assert claims == [("claimed", "line", "watcher_a")]
+    assert [m[0]["text"] for _, m in platform.replied].count("ありがとうございます。向かうことをチームに伝えました。") == 1
+
+    link("watcher_b", "U-watcher-b")  # on another household's team
+    assert post([platform.event("U-watcher-b", "postback", data=f"v=1&do=fine&incident={ids['h1']}")]) == 200
+    assert platform.replied[-1][1][0]["text"].startswith("この操作はできませんでした")
+    assert [t for t in _timeline(url, ids["h1"]) if t[0] == "resolved"] == []
+
+
+@pytest.mark.integration
+def test_a_forged_webhook_and_an_unlinked_account_do_nothing(line_app, platform: LinePlatform) -> None:
+    client, post, link, url, ids = line_app
+    before = _timeline(url, ids["h1"])
+    assert post([platform.event("U-watcher-a", "postback", data=f"v=1&do=claim&incident={ids['h1']}")], forged=True) == 400
+    assert post([platform.event("U-nobody", "postback", data=f"v=1&do=claim&incident={ids['h1']}")]) == 200
+    assert platform.replied[-1][1][0]["text"].startswith("このLINEアカウントはまだ連携されていません")
+    assert _timeline(url, ids["h1"]) == before
+
+
+@pytest.mark.integration
+def test_the_resident_answers_their_check_from_line(line_app, platform: LinePlatform) -> None:
+    import os
+    from datetime import timedelta
+
+    import psycopg
+
+    from alerts.service import resident_token_hash
+
+    client, post, link, url, ids = line_app
+    with psycopg.connect(url, autocommit=True) as c:  # the check the chain sent to the resident
+        now = c.execute("SELECT opened_at FROM incidents WHERE incident_id = %s", (ids["h1"],)).fetchone()[0]
+        c.execute("INSERT INTO resident_check_links (token_hash, incident_id, household_id, person_id, step_key, created_at,"
+                  " expires_at) VALUES (%s, %s, 'h1', 'resident_1', 'ask', %s, %s)",
+                  (resident_token_hash(os.urandom(16).hex()), ids["h1"], now, now + timedelta(hours=1)))
+    link("resident_1", "U-resident-1")
+    assert post([platform.event("U-resident-1", "postback", data=f"v=1&do=resident_fine&incident={ids['h1']}")]) == 200
+    assert ("resident_answered", "line", "resident_1") in _timeline(url, ids["h1"])
+    with psycopg.connect(url) as c:
+        status, outcome = c.execute("SELECT status, outcome FROM incidents WHERE incident_id = %s", (ids["h1"],)).fetchone()
+    assert (status, outcome) == ("cancelled", "resident_responded"), (status, outcome)
