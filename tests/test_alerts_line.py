@@ -247,7 +247,7 @@ def _timeline(url: str, incident_id: int) -> list[tuple[str, str, str]]:
 
 @pytest.mark.integration
 def test_a_watcher_claims_from_line_once_and_a_stranger_cannot(line_app, platform: LinePlatform) -> None:
-    client, post, link, url, ids = line_app
+    _client, post, link, url, ids = line_app
     link("watcher_a", "U-watcher-a")
     assert platform.replied[-1][1][0]["text"].startswith("連携しました")
     press = platform.event("U-watcher-a", "postback", data=f"v=1&do=claim&incident={ids['h1']}")
@@ -269,7 +269,7 @@ def test_a_watcher_claims_from_line_once_and_a_stranger_cannot(line_app, platfor
 
 @pytest.mark.integration
 def test_a_forged_webhook_and_an_unlinked_account_do_nothing(line_app, platform: LinePlatform) -> None:
-    client, post, link, url, ids = line_app
+    _client, post, _link, url, ids = line_app
     before = _timeline(url, ids["h1"])
     assert post([platform.event("U-watcher-a", "postback", data=f"v=1&do=claim&incident={ids['h1']}")], forged=True) == 400
     assert post([platform.event("U-nobody", "postback", data=f"v=1&do=claim&incident={ids['h1']}")]) == 200
@@ -286,7 +286,7 @@ def test_the_resident_answers_their_check_from_line(line_app, platform: LinePlat
 
     from alerts.service import resident_token_hash
 
-    client, post, link, url, ids = line_app
+    _client, post, link, url, ids = line_app
     with psycopg.connect(url, autocommit=True) as c:  # the check the chain sent to the resident
         now = c.execute("SELECT opened_at FROM incidents WHERE incident_id = %s", (ids["h1"],)).fetchone()[0]
         c.execute("INSERT INTO resident_check_links (token_hash, incident_id, household_id, person_id, step_key, created_at,"
