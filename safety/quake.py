@@ -209,12 +209,12 @@ def _jma_scale(text: str, *, where: str) -> int:
 
 
 def _jma_place_scale(elem: ET.Element, where: str) -> int | None:
-    max_int = _text(elem, "MaxInt")
-    if max_int:
-        return _jma_scale(max_int, where=where)
+    # "5弱 or more, not reported" wins over a MaxInt of the stations that did report: the silent ones
+    # may have shaken hardest
     if _text(elem, "Condition") == _UNREPORTED_CONDITION:
         return UNREPORTED_5_LOWER
-    return None
+    max_int = _text(elem, "MaxInt")
+    return _jma_scale(max_int, where=where) if max_int else None
 
 
 def parse_jma(data: bytes) -> QuakeReport:

@@ -65,15 +65,22 @@ def test_jma_cancellation_and_document_identity() -> None:
 def test_jma_drill_and_test_status(status: str, expected: str) -> None:
     # No small drill earthquake bulletin was found to store (SOURCES.md); JMA's drills carry the same
     # document with Control/Status 訓練 (or 試験), which is all that changes here.
-    data = doc(SURUGA_1).replace(b"<Status>\xe9\x80\x9a\xe5\xb8\xb8</Status>", f"<Status>{status}</Status>".encode())
+    data = doc(SURUGA_1).replace("<Status>通常</Status>".encode(), f"<Status>{status}</Status>".encode())
     assert quake.parse(data).status == expected
 
 
 def test_jma_unreported_city_counts_as_5_lower() -> None:
-    data = doc(TAMURA).replace(b"<City><Name>\xe7\x94\xb0\xe6\x9d\x91\xe5\xb8\x82</Name><Code>0721100</Code><MaxInt>1</MaxInt>",
+    data = doc(TAMURA).replace("<City><Name>田村市</Name><Code>0721100</Code><MaxInt>1</MaxInt>".encode(),
                                "<City><Name>田村市</Name><Code>0721100</Code><Condition>震度５弱以上未入電</Condition>".encode())
     city = next(p for p in quake.parse(data).places if p.kind == "city")
     assert city.scale == quake.UNREPORTED_5_LOWER
+    # with the reported stations' MaxInt beside it, the unreported ones still decide
+    both = doc(TAMURA).replace(b"<Code>0721100</Code><MaxInt>1</MaxInt>",
+                               "<Code>0721100</Code><MaxInt>1</MaxInt><Condition>震度５弱以上未入電</Condition>".encode())
+    city = next(p for p in quake.parse(both).places if p.kind == "city")
+    assert city.scale == quake.UNREPORTED_5_LOWER
+    (d,) = quake.decide(quake.parse(both), [TAMURA_AREA], {})
+    assert d.decision == "start"
 
 
 def test_p2pquake_records() -> None:
