@@ -6,6 +6,8 @@ coordinator sees and can accept; every document's decisions are recorded with wh
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -208,3 +210,41 @@ def test_cli_feed_dry_run_then_for_real(pg_url: str, tmp_path: Path, monkeypatch
     bad.write_bytes(b"<Report>")
     refused = runner.invoke(root, ["safety", "feed", "--file", str(bad), "--json", "--database-url", pg_url])
     assert refused.exit_code == 2 and "not well-formed" in refused.stdout
+
+
+def test_two_bulletins_of_one_quake_at_once_start_one_check(pg_url: str, links: service.Links) -> None:
+    clock = ManualClock(T0)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        _seed(conn, clock)
+    barrier = threading.Barrier(2)
+
+    def read(data: bytes) -> dict[str, object]:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            barrier.wait()
+            return quake_service.feed(conn, data, clock=clock, links=links)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(read, [SURUGA_1, SURUGA_2]))
+    decisions = sorted(_by_area(r)["shizuoka-chubu"] for r in results)
+    assert decisions == ["already", "start"]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert sorted(_checks(conn)) == [("nagano-nanbu", 2), ("shizuoka-chubu", 3)]
+
+
+def test_cli_area_settings(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIMAMORI_DATA_DIR", str(tmp_path))
+    root = typer.Typer()
+    root.add_typer(safety_app, name="safety")
+    runner = CliRunner()
+    ok = runner.invoke(root, ["safety", "area", "tamura", "--code", "0721100", "--name", "田村市", "--threshold", "1",
+                              "--mode", "propose", "--json", "--database-url", pg_url])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout.strip().splitlines()[-1]) == {
+        "area": "tamura", "municipality_codes": ["0721100"], "municipality_names": ["田村市"], "region_codes": [],
+        "region_names": [], "threshold": "1", "mode": "propose"}
+    bad = runner.invoke(root, ["safety", "area", "tamura", "--code", "721100", "--json", "--database-url", pg_url])
+    assert bad.exit_code == 2 and "not a valid municipality code" in bad.stdout
+    fed = runner.invoke(root, ["safety", "feed", "--file", str(DATA / "20210216233339_0_VXSE53_010000.xml"), "--dry-run",
+                               "--json", "--database-url", pg_url])
+    assert fed.exit_code == 0, fed.output
+    assert _by_area(json.loads(fed.stdout.strip().splitlines()[-1])) == {"tamura": "propose"}
