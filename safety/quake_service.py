@@ -168,7 +168,9 @@ def _act(conn: psycopg.Connection, report: quake.QuakeReport, d: quake.AreaDecis
         conn.execute("""INSERT INTO quake_actions (quake_id, area, action, document_id, scale, message, state, created_at)
                         VALUES (%s, %s, 'propose', %s, %s, %s, 'open', %s)""",
                      (report.quake_id, d.area, report.document_id, d.scale, message, as_datetime(now)))
-        _tell_coordinators(conn, d, report, message, now)
+        _tell_coordinators(conn, d, report, now, notice="quake_proposal",
+                           title=f"地震: {d.area}で震度{quake.scale_name(d.scale)} — 安否確認を始めますか？",
+                           body=f"{d.why}。提案された安否確認のメッセージ: {message}")
         return d.decision, f"{d.why}; proposed to the area's coordinator", None
     try:
         with conn.transaction():  # a savepoint: a check that cannot start leaves the record intact
@@ -180,17 +182,20 @@ def _act(conn: psycopg.Connection, report: quake.QuakeReport, d: quake.AreaDecis
                          (report.quake_id, d.area, report.document_id, d.scale, message, check_id, as_datetime(now)))
     except SafetyError as exc:
         return "failed", f"{d.why}; the check could not start: {exc.message}", None
+    # the coordinators learn that the system started their area's check (its board is theirs to follow)
+    _tell_coordinators(conn, d, report, now, notice="quake_check_started", check_id=check_id,
+                       title=f"地震: {d.area}で震度{quake.scale_name(d.scale)} — 安否確認を自動で始めました",
+                       body=f"{d.why}。メッセージ: {message}")
     return d.decision, d.why, check_id
 
 
-def _tell_coordinators(conn: psycopg.Connection, d: quake.AreaDecision, report: quake.QuakeReport, message: str,
-                       now: float) -> None:
-    title = f"地震: {d.area}で震度{quake.scale_name(d.scale)} — 安否確認を始めますか？"
-    body = f"{d.why}。提案された安否確認のメッセージ: {message}"
+def _tell_coordinators(conn: psycopg.Connection, d: quake.AreaDecision, report: quake.QuakeReport, now: float, *,
+                       notice: str, title: str, body: str, check_id: int | None = None) -> None:
     conn.execute("""INSERT INTO notifications (person_id, notice, urgent, title, body, data, created_at)
-                    SELECT person_id, 'quake_proposal', true, %s, %s, %s, %s FROM people
+                    SELECT person_id, %s, true, %s, %s, %s, %s FROM people
                     WHERE role = 'coordinator' AND area = %s""",
-                 (title, body, Jsonb({"quake_id": report.quake_id, "area": d.area}), as_datetime(now), d.area))
+                 (notice, title, body, Jsonb({"quake_id": report.quake_id, "area": d.area, "check_id": check_id}),
+                  as_datetime(now), d.area))
 
 
 # =============================================================================================

@@ -53,6 +53,8 @@ def links(tmp_path: Path) -> service.Links:
 def _seed(conn: psycopg.Connection, clock: ManualClock) -> None:
     conn.execute("INSERT INTO people (person_id, display_name, role) VALUES ('oper', 'op', 'operator')")
     conn.execute("INSERT INTO people (person_id, display_name, role, area) VALUES ('coord-tokyo', '東京の調整役', 'coordinator', 'tokyo')")
+    conn.execute("""INSERT INTO people (person_id, display_name, role, area)
+                    VALUES ('coord-shizuoka', '静岡の調整役', 'coordinator', 'shizuoka-chubu')""")
     for area, n in (("shizuoka-chubu", 3), ("nagano-nanbu", 2), ("tokyo", 2), ("tamura", 1), ("atsuma", 1)):
         for i in range(n):
             conn.execute("INSERT INTO households (household_id, display_name, area) VALUES (%s, %s, %s)",
@@ -104,6 +106,9 @@ def test_bulletins_start_each_area_once(pg_url: str, links: service.Links) -> No
         assert {a: d for a, d in _by_area(corrected).items() if d != "not_affected"} == {
             "shizuoka-chubu": "already", "nagano-nanbu": "already", "tokyo": "already", "empty": "failed"}
         assert _checks(conn) == [("shizuoka-chubu", 3), ("nagano-nanbu", 2)]
+        # the area's coordinator was told once that the system started the check
+        told = conn.execute("""SELECT person_id, title FROM notifications WHERE notice = 'quake_check_started'""").fetchall()
+        assert told == [("coord-shizuoka", "地震: shizuoka-chubuで震度6弱 — 安否確認を自動で始めました")]
 
         # the record: every document, every area's decision and why
         assert conn.execute("SELECT count(*) FROM quake_documents WHERE quake_id = 'jma:20090811050711'").fetchone() == (3,)
