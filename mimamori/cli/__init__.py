@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from mimamori.cli import bench, gateway, services, tools
+from mimamori.cli import bench, gateway, quake, services, tools
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="見守り mimamori: a watch-over service.")
 for family in (services, tools):
@@ -14,6 +14,7 @@ app.add_typer(services.db_app, name="db")
 app.add_typer(services.detector_app, name="detector")
 app.add_typer(gateway.gateway_app, name="gateway")
 app.add_typer(bench.bench_app, name="bench")
+app.add_typer(quake.safety_app, name="safety")
 
 
 def main() -> None:

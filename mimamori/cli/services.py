@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from mimamori.cli import quake
 from mimamori.cli.common import (
     DatabaseOpt,
     JsonOpt,
@@ -142,10 +143,12 @@ def alerts_worker(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) ->
     run_one_stage("alerts", database_url, mqtt_url)
 
 
-@app.command("safety")
-def safety_worker(database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
-    """Run the safety-check worker (blinks, answer recognition, throttled messages)."""
-    run_one_stage("safety", database_url, mqtt_url)
+@quake.safety_app.callback(invoke_without_command=True)
+def safety_worker(ctx: typer.Context, database_url: DatabaseOpt = None, mqtt_url: MqttOpt = None) -> None:
+    """Run the safety-check worker (blinks, answer recognition, throttled messages); `feed` and `area` read
+    earthquake bulletins and set what starts an area's check."""
+    if ctx.invoked_subcommand is None:
+        run_one_stage("safety", database_url, mqtt_url)
 
 
 @app.command("app")
