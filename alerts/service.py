@@ -22,9 +22,8 @@ import json
 import logging
 import re
 import secrets
-import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -47,12 +46,15 @@ from alerts.models import (
     TimelineEntry,
     render_notice,
 )
+from mimamori import outbox
 from mimamori.clock import Clock, as_datetime
 from mimamori.db import fetch_dict, fetch_dicts
 
 log = logging.getLogger(__name__)
 
 DELIVERIES_CHANNEL = "mimamori_alert_deliveries"
+#: ``outbox.source`` of the alert engine's rows
+SOURCE = "alert"
 INCIDENTS_CHANNEL = "mimamori_incident_opened"
 NOTIFICATIONS_CHANNEL = "mimamori_notifications"
 MAX_COMMENT = 2000
@@ -556,40 +558,46 @@ def _each_isolated(conn: psycopg.Connection, rows: list[dict[str, Any]], fn: Any
             log.exception("alert engine: incident %s failed; will retry", row["incident_id"])
 
 
-def adopt_new(conn: psycopg.Connection, clock: Clock, worker_id: str, limit: int = 20, *, app_url: str = "") -> int:
+def adopt_new(conn: psycopg.Connection, clock: Clock, worker_id: str, limit: int = 20, *, app_url: str = "",
+              sealer: outbox.LinkSealer | None = None) -> int:
     """Take on newly opened incidents (up to ``limit``, one transaction): snapshot each one's chain
     and run its first steps. Returns how many it took. ``app_url``: the web app's public address, for
     the links in messages to residents (empty: links relative to the app)."""
     now = clock.now()
+    links = ResidentLinks(app_url, sealer)
     with conn.transaction():
         incidents = _rows(conn, _ADOPT_SQL, (limit,))
-        _each_isolated(conn, incidents, lambda inc: _adopt(conn, inc, now, worker_id, app_url))
+        _each_isolated(conn, incidents, lambda inc: _adopt(conn, inc, now, worker_id, links))
     return len(incidents)
 
 
-def adopt_one(conn: psycopg.Connection, clock: Clock, worker_id: str, *, app_url: str = "") -> int | None:
+def adopt_one(conn: psycopg.Connection, clock: Clock, worker_id: str, *, app_url: str = "",
+              sealer: outbox.LinkSealer | None = None) -> int | None:
     """Take on one newly opened incident; its id, or None when there is none (tests, tools)."""
     now = clock.now()
+    links = ResidentLinks(app_url, sealer)
     with conn.transaction():
         incidents = _rows(conn, _ADOPT_SQL, (1,))
         if not incidents:
             return None
-        _adopt(conn, incidents[0], now, worker_id, app_url)
+        _adopt(conn, incidents[0], now, worker_id, links)
     return int(incidents[0]["incident_id"])
 
 
-def step_one_due(conn: psycopg.Connection, clock: Clock, worker_id: str, *, app_url: str = "") -> int | None:
+def step_one_due(conn: psycopg.Connection, clock: Clock, worker_id: str, *, app_url: str = "",
+                 sealer: outbox.LinkSealer | None = None) -> int | None:
     """Advance one due escalation; its incident id, or None when nothing is due (tests, tools)."""
     now = clock.now()
+    links = ResidentLinks(app_url, sealer)
     with conn.transaction():
         incidents = _rows(conn, _DUE_SQL, (as_datetime(now), 1))
         if not incidents:
             return None
-        _step(conn, incidents[0], now, worker_id, app_url)
+        _step(conn, incidents[0], now, worker_id, links)
     return int(incidents[0]["incident_id"])
 
 
-def _adopt(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: str, app_url: str) -> None:
+def _adopt(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: str, links: ResidentLinks) -> None:
     chain, source = _chain_for(conn, inc)
     created = _one(conn, """INSERT INTO alert_escalations (incident_id, household_id, chain, chain_source, state,
                                    status, next_step_at, started_at, updated_at, worker_id)
@@ -604,19 +612,21 @@ def _adopt(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id:
     if inc["kind"] in WELFARE_KINDS and inc["household_id"] and _away(conn, inc["household_id"], now):
         _cancel(conn, inc, policy.State(), now, "away", "away mode was on when the incident opened")
     else:
-        _run_unless_outage(conn, inc, chain, policy.State(), now, worker_id, app_url)
+        _run_unless_outage(conn, inc, chain, policy.State(), now, worker_id, links)
 
 
-def step_due(conn: psycopg.Connection, clock: Clock, worker_id: str, limit: int = 20, *, app_url: str = "") -> int:
+def step_due(conn: psycopg.Connection, clock: Clock, worker_id: str, limit: int = 20, *, app_url: str = "",
+             sealer: outbox.LinkSealer | None = None) -> int:
     """Advance escalations whose next step is due (up to ``limit``, one transaction)."""
     now = clock.now()
+    links = ResidentLinks(app_url, sealer)
     with conn.transaction():
         incidents = _rows(conn, _DUE_SQL, (as_datetime(now), limit))
-        _each_isolated(conn, incidents, lambda inc: _step(conn, inc, now, worker_id, app_url))
+        _each_isolated(conn, incidents, lambda inc: _step(conn, inc, now, worker_id, links))
     return len(incidents)
 
 
-def _step(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: str, app_url: str) -> None:
+def _step(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: str, links: ResidentLinks) -> None:
     esc = _one(conn, "SELECT * FROM alert_escalations WHERE incident_id = %s FOR UPDATE", (inc["incident_id"],))
     assert esc is not None
     # the due row we saw may be stale (another worker advanced it before we locked): re-check
@@ -626,9 +636,9 @@ def _step(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: 
     if inc["status"] in ("resolved", "cancelled"):
         _closed_elsewhere(conn, inc, state, now)
     elif inc["status"] == "claimed":
-        _claim_timer(conn, inc, esc["chain"], state, now, worker_id, app_url)
+        _claim_timer(conn, inc, esc["chain"], state, now, worker_id, links)
     else:
-        _run_unless_outage(conn, inc, esc["chain"], state, now, worker_id, app_url)
+        _run_unless_outage(conn, inc, esc["chain"], state, now, worker_id, links)
 
 
 def _set_escalation(conn: psycopg.Connection, incident_id: int, state: policy.State, status: str, next_at: float | None,
@@ -640,7 +650,7 @@ def _set_escalation(conn: psycopg.Connection, incident_id: int, state: policy.St
 
 
 def _claim_timer(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, Any]], state: policy.State,
-                 now: float, worker_id: str, app_url: str) -> None:
+                 now: float, worker_id: str, links: ResidentLinks) -> None:
     """A claim nobody resolved: remind the claimer, later reopen the incident to the team and resume."""
     claimed_at = _epoch(inc["claimed_at"]) or now
     claimer = inc["claimed_by"]
@@ -670,7 +680,7 @@ def _claim_timer(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict
             enqueue_notice(conn, reopened, told, f"reopened.{key}", "reopened", urgent=True, now=now, by=by)
         _timeline(conn, inc["incident_id"], now, None, "escalation_resumed", "system", None,
                   {"reason": "claim_expired", "step": state.step_key})
-        _run_unless_outage(conn, reopened, chain, replace(state, claim_reminded_at=None), now, worker_id, app_url)
+        _run_unless_outage(conn, reopened, chain, replace(state, claim_reminded_at=None), now, worker_id, links)
 
 
 def _area_outage(conn: psycopg.Connection, inc: dict[str, Any]) -> int | None:
@@ -683,7 +693,7 @@ def _area_outage(conn: psycopg.Connection, inc: dict[str, Any]) -> int | None:
 
 
 def _run_unless_outage(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, Any]], state: policy.State,
-                       now: float, worker_id: str, app_url: str) -> None:
+                       now: float, worker_id: str, links: ResidentLinks) -> None:
     """While the area's gateways are down the silence says nothing about the resident: a welfare
     escalation in flight pauses (timeline entry) and resumes where it was when the outage closes."""
     outage = _area_outage(conn, inc)
@@ -699,7 +709,7 @@ def _run_unless_outage(conn: psycopg.Connection, inc: dict[str, Any], chain: lis
         _timeline(conn, inc["incident_id"], now, None, "escalation_resumed", "system", None,
                   {"reason": "area_outage_closed", "paused_for": state.paused_for, "step": state.step_key})
         state = replace(state, paused_for=None)
-    _run(conn, inc, chain, state, now, worker_id, app_url)
+    _run(conn, inc, chain, state, now, worker_id, links)
 
 
 def _away(conn: psycopg.Connection, household_id: str, now: float) -> bool:
@@ -732,7 +742,7 @@ def _help_asked_at(conn: psycopg.Connection, incident_id: int) -> float | None:
 
 
 def _run(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, Any]], state: policy.State,
-         now: float, worker_id: str, app_url: str) -> None:
+         now: float, worker_id: str, links: ResidentLinks) -> None:
     team = load_team(conn, inc["household_id"], inc["eff_area"])
     last_activity = help_at = None
     if state.check_since is not None:
@@ -754,7 +764,7 @@ def _run(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, An
             _timeline(conn, inc["incident_id"], now, None, "blink_requested", "mqtt", None,
                       {"bulbs": [list(b) for b in action.bulbs], "step": action.step_key})
         elif isinstance(action, policy.AskResident):
-            _ask_residents(conn, inc, action, now, app_url)
+            _ask_residents(conn, inc, action, now, links)
         elif isinstance(action, policy.Cancel):
             _cancel(conn, inc, result.state, now, action.outcome, action.note)
             cancelled = True
@@ -787,6 +797,16 @@ def _cancel(conn: psycopg.Connection, inc: dict[str, Any], state: policy.State, 
 #: still closes an alert nobody has claimed yet).
 RESIDENT_LINK_GRACE_S = 24 * 3600.0
 RESIDENT_LINK_PATH = "/r/"  # the app serves the answer page there (app/incidents/resident_views.py)
+RESIDENT_PAGE = "/me"  # a signed-in resident's own page: shows the question with its (opened) link
+
+
+@dataclass(frozen=True)
+class ResidentLinks:
+    """What the engine needs to give a resident an answer link: the app's public address, and the
+    sealer that keeps the link out of the database in clear (None: no resident can be asked)."""
+
+    app_url: str = ""
+    sealer: outbox.LinkSealer | None = None
 
 
 def resident_token_hash(token: str) -> bytes:
@@ -794,9 +814,12 @@ def resident_token_hash(token: str) -> bytes:
 
 
 def _ask_residents(conn: psycopg.Connection, inc: dict[str, Any], action: policy.AskResident, now: float,
-                   app_url: str) -> None:
-    """Each resident gets a message with a single-use answer link of their own (only its hash is
-    stored); a resident already asked at this step (a replay) is not asked again."""
+                   links: ResidentLinks) -> None:
+    """Each resident gets a message with a single-use answer link of their own; only its hash is kept
+    for checking an answer, and the link itself only sealed (issue 17) in the outbox row and the in-app
+    notification, opened by the sender. A resident already asked at this step (a replay) is not asked again."""
+    if links.sealer is None:
+        raise ValueError("asking a resident needs a LinkSealer (the service's secret key)")
     expires = now + action.minutes * 60.0 + RESIDENT_LINK_GRACE_S
     asked = []
     for person_id in action.people:
@@ -809,9 +832,10 @@ def _ask_residents(conn: psycopg.Connection, inc: dict[str, Any], action: policy
                     as_datetime(now), as_datetime(expires)))
         if row is None:
             continue
-        url = f"{app_url.rstrip('/')}{RESIDENT_LINK_PATH}{token}"
-        enqueue_notice(conn, inc, [person_id], action.step_key, "resident_check", urgent=True, now=now, url=url,
-                       minutes=f"{action.minutes:g}")
+        sealed = links.sealer.seal(f"{links.app_url.rstrip('/')}{RESIDENT_LINK_PATH}{token}")
+        # in the app the question points to the resident's own page, which opens the sealed link
+        enqueue_notice(conn, inc, [person_id], action.step_key, "resident_check", urgent=True, now=now,
+                       sealed_link=sealed, url=f"{links.app_url.rstrip('/')}{RESIDENT_PAGE}", minutes=f"{action.minutes:g}")
         asked.append(person_id)
         metrics.RESIDENTS_ASKED.inc()
     if asked:
@@ -826,18 +850,14 @@ def _enqueue(conn: psycopg.Connection, incident_id: int, step_key: str, recipien
              channel: str, channel_id: int | None, notice: str, urgent: bool, payload: dict[str, Any], now: float,
              send_at: float, status: str = "pending") -> int | None:
     """One outbox row; None if this (incident, step, recipient, channel) was already recorded."""
-    row = _one(conn, """INSERT INTO alert_deliveries (incident_id, step_key, recipient, person_id, channel, channel_id, notice,
-                               urgent, payload, status, created_at, next_attempt_at, sent_at, attempts)
-                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                        ON CONFLICT (incident_id, step_key, recipient, channel) DO NOTHING RETURNING delivery_id""",
-               (incident_id, step_key, recipient, person_id, channel, channel_id, notice, urgent, Jsonb(payload), status,
-                as_datetime(now), as_datetime(send_at), as_datetime(now) if status == "sent" else None,
-                1 if status == "sent" else 0))
-    return int(row["delivery_id"]) if row else None
+    return outbox.enqueue(conn, outbox.Send(
+        source=SOURCE, incident_id=incident_id, step_key=step_key, recipient=recipient, person_id=person_id,
+        channel=channel, channel_id=channel_id, notice=notice, urgent=urgent, payload=payload, created_at=now,
+        send_at=send_at, status=status, throttle_key=channel.split(":", 1)[0]))
 
 
 def enqueue_notice(conn: psycopg.Connection, inc: dict[str, Any], people: Sequence[str], step_key: str, notice: str, *,
-                   urgent: bool, now: float, inapp_only: bool = False, **fields: str) -> int:
+                   urgent: bool, now: float, inapp_only: bool = False, sealed_link: str | None = None, **fields: str) -> int:
     """Tell ``people`` about an incident, in the caller's transaction.
 
     The in-app notification is written right here (it *is* a database row, so it is exactly-once
@@ -866,15 +886,21 @@ def enqueue_notice(conn: psycopg.Connection, inc: dict[str, Any], people: Sequen
         title, body = render_notice(notice, person["locale"], name=name, kind=inc["kind"], **fields)
         payload = {"title": title, "body": body, "incident_id": inc["incident_id"], "notice": notice,
                    "household_id": inc["household_id"], "kind": inc["kind"]}
-        if "url" in fields:  # where a push opens (a resident's answer link; else the alert page)
+        if "url" in fields:  # where a push opens (else the alert page)
             payload["url"] = fields["url"]
+        if sealed_link is not None:  # an answer link: the sender opens it into the text, where the slot stands
+            payload["title"], payload["body"] = render_notice(notice, person["locale"], name=name, kind=inc["kind"],
+                                                              **{**fields, "url": outbox.LINK_SLOT})
+            payload["sealed_link"] = sealed_link
         first = _enqueue(conn, inc["incident_id"], step_key, person_id, person_id, "inapp", None, notice, urgent, payload,
                          now, now, status="sent")
         if first is None:
             continue  # this step already told this person (a replay)
         data = {"step": step_key, "household_id": inc["household_id"], "kind": inc["kind"]}
-        if "url" in fields:  # a notice with a link of its own (a resident's answer link)
+        if "url" in fields:
             data["url"] = fields["url"]
+        if sealed_link is not None:
+            data["sealed_link"] = sealed_link
         conn.execute("""INSERT INTO notifications (person_id, incident_id, notice, urgent, title, body, data, created_at)
                         VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
                      (person_id, inc["incident_id"], notice, urgent, title, body, Jsonb(data), as_datetime(now)))
@@ -917,178 +943,3 @@ def report_unreachable(conn: psycopg.Connection, inc: dict[str, Any], person_id:
 
 def incident_row(conn: psycopg.Connection, incident_id: int) -> dict[str, Any] | None:
     return _one(conn, _INCIDENT_SQL + " WHERE i.incident_id = %s", (incident_id,))
-
-
-_DELIVERY_SELECT = """
-SELECT d.*, i.status AS incident_status, c.target, c.kind AS channel_kind, c.enabled AS channel_enabled
-FROM alert_deliveries d
-JOIN incidents i ON i.incident_id = d.incident_id
-LEFT JOIN person_channels c ON c.channel_id = d.channel_id
-"""
-
-_NEXT_DELIVERY_SQL = _DELIVERY_SELECT + """
-WHERE d.status = 'pending' AND d.next_attempt_at <= %s
-ORDER BY d.next_attempt_at, d.delivery_id
-LIMIT 1 FOR UPDATE OF d SKIP LOCKED"""
-
-# Rows a sender marked 'sending': in flight, or left behind by a sender that died. The advisory lock
-# tells them apart (a live sender holds it; it dies with the sender's connection). No row locks here:
-# the row is locked (and re-checked) only once its advisory lock is ours.
-_IN_DOUBT_SQL = "SELECT delivery_id, attempt_id FROM alert_deliveries WHERE status = 'sending' ORDER BY delivery_id LIMIT 50"
-
-#: First key of the two-key advisory locks a sender holds on a delivery while it is 'sending'
-#: (a space of its own: the migration runner uses the one-bigint form).
-DELIVERY_LOCK_CLASS = 0x6D616C74
-
-
-def _lock_key(delivery_id: int) -> tuple[int, int]:
-    return DELIVERY_LOCK_CLASS, int(delivery_id) % 2_147_483_647
-
-
-def _try_lock_delivery(conn: psycopg.Connection, delivery_id: int) -> bool:
-    row = _one(conn, "SELECT pg_try_advisory_lock(%s, %s) AS ok", _lock_key(delivery_id))
-    return bool(row and row["ok"])
-
-
-def _unlock_delivery(conn: psycopg.Connection, delivery_id: int) -> None:
-    conn.execute("SELECT pg_advisory_unlock(%s, %s)", _lock_key(delivery_id))
-
-
-def release_delivery(conn: psycopg.Connection, row: dict[str, Any]) -> None:
-    """Drop the session lock ``begin_delivery`` took, if ``finish_delivery`` did not (error paths)."""
-    if conn.closed or row.get("released"):
-        return  # the lock died with the connection, or is already gone
-    _unlock_delivery(conn, row["delivery_id"])
-    row["released"] = True
-
-
-def next_delivery(conn: psycopg.Connection, now: float) -> dict[str, Any] | None:
-    """Lock the next due pending outbox row (inside the caller's transaction)."""
-    return _one(conn, _NEXT_DELIVERY_SQL, (as_datetime(now),))
-
-
-def _in_doubt(conn: psycopg.Connection) -> dict[str, Any] | None:
-    """An in-doubt row whose sender is gone, locked (row and advisory lock), or None."""
-    for candidate in _rows(conn, _IN_DOUBT_SQL):
-        if not _try_lock_delivery(conn, candidate["delivery_id"]):
-            continue  # its sender is alive
-        row = _one(conn, _DELIVERY_SELECT + " WHERE d.delivery_id = %s AND d.status = 'sending' FOR UPDATE OF d",
-                   (candidate["delivery_id"],))
-        if row is not None:
-            return row
-        _unlock_delivery(conn, candidate["delivery_id"])  # finished meanwhile
-    return None
-
-
-def begin_delivery(conn: psycopg.Connection, now: float, worker_id: str,
-                   message_id: Any = None, *, recover: bool = True) -> dict[str, Any] | None:
-    """Start one send, committed before any network call (the caller must not be in a transaction).
-
-    Picks the next due pending row, or else (``recover``) an in-doubt one: status 'sending' whose
-    sender died. Takes the delivery's session advisory lock, marks the row ``sending`` with a fresh
-    attempt id and commits. An in-doubt row is counted in ``resends`` and keeps its Message-ID: what
-    the dead sender may already have handed to the channel is sent again as the same message.
-    ``message_id(row)`` returns the Message-ID to pin (e-mail), or None.
-    Returns the row (``attempt_id``, ``resend`` set; ``skipped`` if not worth sending any more), or
-    None when there is nothing to do. The caller sends, then ``finish_delivery`` (which drops the
-    lock), and ``release_delivery`` in a ``finally``.
-    """
-    with conn.transaction():
-        # the mark needs no fsync of its own: lost in a database crash, the row is 'pending' again
-        # and is re-sent with the same Message-ID (derived from the row)
-        conn.execute("SET LOCAL synchronous_commit TO off")
-        row = next_delivery(conn, now)
-        resend = False
-        if row is not None and not _try_lock_delivery(conn, row["delivery_id"]):
-            row = None  # its previous attempt is still finishing (a moment): later
-        if row is None and recover:
-            row = _in_doubt(conn)
-            resend = row is not None
-        if row is None:
-            return None
-        reason = _superseded(row)
-        if reason:
-            record_delivery(conn, row, ok=False, error=reason, now=now, channel_name=str(row["channel"]), skip=True)
-            _unlock_delivery(conn, row["delivery_id"])
-            return {**row, "skipped": True, "resend": resend, "skip_reason": reason, "released": True}
-        attempt_id = uuid.uuid4().hex
-        mid = row["message_id"] or (message_id(row) if message_id is not None else None)
-        conn.execute("""UPDATE alert_deliveries SET status = 'sending', attempt_id = %s, sending_since = %s, sending_by = %s,
-                               message_id = %s, resends = resends + %s WHERE delivery_id = %s""",
-                     (attempt_id, as_datetime(now), worker_id, mid, 1 if resend else 0, row["delivery_id"]))
-        if resend:
-            _timeline(conn, row["incident_id"], now, None, "resend_in_doubt", "system",
-                      "a sender stopped between sending and recording; the same message is sent again",
-                      {"recipient": row["recipient"], "step": row["step_key"], "channel": row["channel"],
-                       "message_id": mid, "previous_worker": row["sending_by"]})
-        return {**row, "attempt_id": attempt_id, "message_id": mid, "resend": resend, "skipped": False,
-                "resends": int(row["resends"]) + (1 if resend else 0), "released": False}
-
-
-def _superseded(row: dict[str, Any]) -> str | None:
-    """An alert (or blink) for an incident someone already claimed or closed is not worth sending; nor
-    is a question to the resident about an incident that has closed."""
-    if row["notice"] in ("alert", "blink") and row["incident_status"] != "open":
-        return f"incident already {row['incident_status']}"
-    if row["notice"] == "resident_check" and row["incident_status"] in ("resolved", "cancelled"):
-        return f"incident already {row['incident_status']}"  # nothing left to ask the resident about
-    return None
-
-
-def finish_delivery(conn: psycopg.Connection, row: dict[str, Any], *, ok: bool, error: str | None, now: float,
-                    channel_name: str, final: bool = False) -> bool:
-    """Record the outcome of the attempt ``begin_delivery`` started, in a transaction of its own.
-    False if the attempt is no longer the current one (another worker took it over as in doubt)."""
-    with conn.transaction():
-        current = _one(conn, "SELECT attempt_id, status FROM alert_deliveries WHERE delivery_id = %s FOR UPDATE",
-                       (row["delivery_id"],))
-        if current is None or current["attempt_id"] != row["attempt_id"] or current["status"] != "sending":
-            return False
-        record_delivery(conn, row, ok=ok, error=error, now=now, channel_name=channel_name, final=final)
-        # unlocking before COMMIT is safe: whoever takes the lock next locks the row and re-checks it
-        _unlock_delivery(conn, row["delivery_id"])
-        row["released"] = True
-    return True
-
-
-def record_delivery(conn: psycopg.Connection, row: dict[str, Any], *, ok: bool, error: str | None, now: float,
-                    channel_name: str, skip: bool = False, final: bool = False) -> None:
-    """Record a send's outcome: sent, skipped, retry later with backoff, or failed for good."""
-    attempts = int(row["attempts"]) + (0 if skip else 1)
-    incident_id = row["incident_id"]
-    if skip:
-        conn.execute("UPDATE alert_deliveries SET status = 'skipped', last_error = %s WHERE delivery_id = %s",
-                     (error, row["delivery_id"]))
-        return
-    if ok:
-        conn.execute("""UPDATE alert_deliveries SET status = 'sent', attempts = %s, sent_at = %s,
-                        sent_real_at = clock_timestamp(), last_error = NULL WHERE delivery_id = %s""",
-                     (attempts, as_datetime(now), row["delivery_id"]))
-        data = {"recipient": row["recipient"], "notice": row["notice"], "step": row["step_key"], "attempts": attempts}
-        if row.get("message_id"):
-            data["message_id"] = row["message_id"]
-        if row.get("resends"):
-            data["resends"] = row["resends"]
-        if row["notice"] == "blink" and error:  # sent, but the device did not echo it (MqttBlinkSender confirm_s)
-            _timeline(conn, incident_id, now, None, "blink_not_confirmed", channel_name, None, {**data, "detail": error})
-            return
-        _timeline(conn, incident_id, now, None, "blinked" if row["notice"] == "blink" else "delivered", channel_name, None,
-                  data)
-        return
-    delay = None if final else policy.retry_delay(attempts)
-    if delay is not None:
-        conn.execute("""UPDATE alert_deliveries SET status = 'pending', attempts = %s, next_attempt_at = %s, last_error = %s
-                        WHERE delivery_id = %s""", (attempts, as_datetime(now + delay), error, row["delivery_id"]))
-        return
-    conn.execute("UPDATE alert_deliveries SET status = 'failed', attempts = %s, last_error = %s WHERE delivery_id = %s",
-                 (attempts, error, row["delivery_id"]))
-    _timeline(conn, incident_id, now, None, "delivery_failed", channel_name, error,
-              {"recipient": row["recipient"], "notice": row["notice"], "step": row["step_key"], "attempts": attempts})
-    if row["notice"] in ("alert", "technical") and row["person_id"]:
-        still = _one(conn, """SELECT 1 AS ok FROM alert_deliveries WHERE incident_id = %s AND step_key = %s AND recipient = %s
-                              AND channel <> 'inapp' AND status IN ('pending', 'sending', 'sent')""",
-                     (incident_id, row["step_key"], row["recipient"]))
-        if still is None:
-            inc = incident_row(conn, incident_id)
-            assert inc is not None
-            report_unreachable(conn, inc, row["person_id"], now, reason="all_failed")

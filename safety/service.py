@@ -31,6 +31,7 @@ from psycopg.types.json import Jsonb
 from alerts import models as alert_models
 from alerts import service as alerts_service
 from alerts.channels import channel_kind_name
+from mimamori import outbox
 from mimamori.clock import Clock, as_datetime
 from mimamori.db import fetch_dict, fetch_dicts
 from safety import metrics, recognise
@@ -48,6 +49,8 @@ from safety.models import (
 )
 
 NOTIFY_CHANNEL = "mimamori_safety"
+#: ``outbox.source`` of the safety check's rows
+SOURCE = "safety"
 MAX_NOTE = 2000
 MAX_HOUSEHOLDS = 20_000
 
@@ -133,6 +136,8 @@ class Links:
         self.signer = signer
         self.base_url = base_url.rstrip("/")
         self.max_age_s = max_age_s
+        # links are stored only sealed, with the key they are signed with (the service's secret key)
+        self.sealer = outbox.LinkSealer(signer.secret_key)
 
     def url(self, token: str) -> str:
         return f"{self.base_url}/safety/a/{token}"
@@ -204,14 +209,11 @@ def _enqueue_blinks(conn: psycopg.Connection, check_id: int, hids: list[str], no
                              WHERE d.household_id = ANY(%s) AND d.gateway_id IS NOT NULL
                                AND (d.kind = 'bulb' AND d.blink_allowed IS NOT FALSE OR d.kind = 'plug' AND d.blink_allowed)
                              ORDER BY d.household_id, d.device_id""", (hids,))
-    with conn.cursor() as cur:
-        cur.executemany(
-            """INSERT INTO safety_deliveries (check_id, recipient, channel, throttle_key, payload, created_at, next_attempt_at)
-               VALUES (%s, %s, 'mqtt', 'mqtt', %s, %s, %s) ON CONFLICT DO NOTHING""",
-            [(check_id, f"device:{d['device_id']}", Jsonb({"gateway_id": d["gateway_id"], "device_id": d["device_id"],
-                                                            "household_id": d["household_id"],
-                                                            "args": {"times": blinks, "reason": "safety_check", "switch_ok": True}}),
-              as_datetime(now), as_datetime(now)) for d in devices])
+    outbox.enqueue_many(conn, [outbox.Send(
+        source=SOURCE, check_id=check_id, recipient=f"device:{d['device_id']}", channel="mqtt", throttle_key="mqtt",
+        notice="blink", payload={"gateway_id": d["gateway_id"], "device_id": d["device_id"], "household_id": d["household_id"],
+                                 "args": {"times": blinks, "reason": "safety_check", "switch_ok": True}},
+        created_at=now, send_at=now) for d in devices])
 
 
 def _send_messages(conn: psycopg.Connection, check_id: int, homes: list[dict[str, Any]], message: str, now: float,
@@ -230,31 +232,38 @@ def _send_messages(conn: psycopg.Connection, check_id: int, homes: list[dict[str
         channels.setdefault(ch["person_id"], []).append(ch)
     board = f"{links.base_url}/safety/{check_id}"
     notes: list[tuple[Any, ...]] = []
-    outbox: list[tuple[Any, ...]] = []
+    sends: list[outbox.Send] = []
 
-    def deliver(person_id: str, title: str, body: str, data: dict[str, Any]) -> None:
+    def deliver(person_id: str, note: tuple[str, str, dict[str, Any]], message: tuple[str, str, dict[str, Any]]) -> None:
+        title, body, data = note
         notes.append((person_id, title, body, Jsonb(data), as_datetime(now)))
-        for ch in channels.get(person_id, []):
-            key = channel_kind_name(ch["kind"], ch["target"])
-            outbox.append((check_id, person_id, person_id, f"{ch['kind']}:{ch['channel_id']}", ch["channel_id"], key,
-                           Jsonb({"title": title, "body": body, "urgent": True, **data}), as_datetime(now), as_datetime(now)))
+        title, body, data = message
+        sends.extend(outbox.Send(source=SOURCE, check_id=check_id, recipient=person_id, person_id=person_id,
+                                 channel=f"{ch['kind']}:{ch['channel_id']}", channel_id=ch["channel_id"],
+                                 throttle_key=channel_kind_name(ch["kind"], ch["target"]), notice="safety_check",
+                                 payload={"title": title, "body": body, "urgent": True, **data}, created_at=now, send_at=now)
+                     for ch in channels.get(person_id, []))
 
     for r in residents:
-        url = links.url(_new_link(conn, links, check_id, r["household_id"], r["person_id"], now))
-        title, body = render_message("resident", r["locale"], message=message, link=url)
-        deliver(r["person_id"], title, body, {"safety_check_id": check_id, "household_id": r["household_id"], "url": url})
+        # the resident's link is a credential: stored only sealed (issue 17), opened by the sender; in the
+        # app the resident answers on their own signed-in page instead
+        sealed = links.sealer.seal(links.url(_new_link(conn, links, check_id, r["household_id"], r["person_id"], now)))
+        data = {"safety_check_id": check_id, "household_id": r["household_id"]}
+        page = f"{links.base_url}/safety"
+        deliver(r["person_id"], (*render_message("resident", r["locale"], message=message, link=page), {**data, "url": page}),
+                (*render_message("resident", r["locale"], message=message, link=outbox.LINK_SLOT),
+                 {**data, "sealed_link": sealed}))
     for w in watchers:
         title, body = render_message("watcher", w["locale"], message=message, board=board,
                                      names="、".join(names[h] for h in w["hids"]))
-        deliver(w["person_id"], title, body, {"safety_check_id": check_id, "url": board})
+        data = {"safety_check_id": check_id, "url": board}
+        deliver(w["person_id"], (title, body, data), (title, body, data))
     with conn.cursor() as cur:
         cur.executemany("""INSERT INTO notifications (person_id, incident_id, notice, urgent, title, body, data, created_at)
                            VALUES (%s, NULL, 'safety_check', true, %s, %s, %s, %s)""", notes)
-        cur.executemany("""INSERT INTO safety_deliveries (check_id, recipient, person_id, channel, channel_id, throttle_key,
-                                  payload, created_at, next_attempt_at)
-                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""", outbox)
+    outbox.enqueue_many(conn, sends)
     _audit(conn, check_id, None, now, None, "messages_queued", "system",
-           {"in_app": len(notes), "outbox": len(outbox), "residents": len(residents), "watchers": len(watchers)})
+           {"in_app": len(notes), "outbox": len(sends), "residents": len(residents), "watchers": len(watchers)})
 
 
 def issue_link(conn: psycopg.Connection, actor: Any, check_id: int, household_id: str, *, clock: Clock,
@@ -471,12 +480,11 @@ def _tell_team_needs_help(conn: psycopg.Connection, check_id: int, household_id:
                      (person_id, incident_id, f"safety_{reason}", title, body, Jsonb(data), as_datetime(now)))
         for ch in (c for c in channels if c["person_id"] == person_id):
             key = channel_kind_name(ch["kind"], ch["target"])
-            conn.execute("""INSERT INTO safety_deliveries (check_id, recipient, person_id, channel, channel_id, throttle_key,
-                                   payload, created_at, next_attempt_at)
-                            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-                         (check_id, f"{person_id}#{reason}:{household_id}", person_id, f"{ch['kind']}:{ch['channel_id']}",
-                          ch["channel_id"], key, Jsonb({"title": title, "body": body, "urgent": True, **data}), as_datetime(now),
-                          as_datetime(now)))
+            outbox.enqueue(conn, outbox.Send(
+                source=SOURCE, check_id=check_id, recipient=f"{person_id}#{reason}:{household_id}", person_id=person_id,
+                channel=f"{ch['kind']}:{ch['channel_id']}", channel_id=ch["channel_id"], throttle_key=key,
+                notice=f"safety_{reason}", payload={"title": title, "body": body, "urgent": True, **data},
+                created_at=now, send_at=now))
     # the alert engine tells everyone notified when one of them claims ("X is going") or resolves
     conn.execute("UPDATE alert_escalations SET state = %s, updated_at = %s WHERE incident_id = %s",
                  (Jsonb({"notified": people}), as_datetime(now), incident_id))
@@ -657,8 +665,8 @@ def close_check(conn: psycopg.Connection, actor: Any, check_id: int, *, clock: C
             raise Forbidden("outside your area")
         conn.execute("UPDATE safety_checks SET closed_at = %s, closed_by = %s WHERE check_id = %s",
                      (as_datetime(now), actor.person_id, check_id))
-        conn.execute("""UPDATE safety_deliveries SET status = 'skipped', last_error = 'check closed'
-                        WHERE check_id = %s AND status = 'pending'""", (check_id,))
+        conn.execute("""UPDATE outbox SET status = 'skipped', last_error = 'check closed'
+                        WHERE source = %s AND check_id = %s AND status = 'pending'""", (SOURCE, check_id))
         for r in _rows(conn, """SELECT a.incident_id FROM safety_answers a JOIN incidents i ON i.incident_id = a.incident_id
                                 WHERE a.check_id = %s AND i.status IN ('open', 'claimed')""", (check_id,)):
             conn.execute("""UPDATE incidents SET status = 'resolved', closed_at = %s, closed_by = %s, updated_at = %s,
@@ -802,43 +810,3 @@ def recognise_new_events(conn: psycopg.Connection, clock: Clock, cursor: float |
                 _audit(conn, a["check_id"], hid, now, None, f"recognised_{verdict.state}", "mqtt",
                        {"how": how, "device_id": verdict.device_id, "at": verdict.at, "recognised_at": now})
     return new_cursor, changed
-
-
-# --- the outbox ---------------------------------------------------------------------------------
-
-_NEXT_SQL = """
-SELECT d.*, c.target, c.kind AS channel_kind, c.enabled AS channel_enabled
-FROM safety_deliveries d
-LEFT JOIN person_channels c ON c.channel_id = d.channel_id
-WHERE d.status = 'pending' AND d.next_attempt_at <= %s AND NOT (d.throttle_key = ANY(%s))
-ORDER BY d.next_attempt_at, d.delivery_id
-LIMIT 1 FOR UPDATE OF d SKIP LOCKED"""
-
-
-def next_delivery(conn: psycopg.Connection, now: float, blocked_keys: Sequence[str] = ()) -> dict[str, Any] | None:
-    """Lock the next due outbox row whose channel kind is not throttled right now."""
-    return _one(conn, _NEXT_SQL, (as_datetime(now), list(blocked_keys)))
-
-
-RETRY_DELAYS_S = (5.0, 30.0, 120.0, 600.0)
-
-
-def record_delivery(conn: psycopg.Connection, row: dict[str, Any], *, ok: bool, error: str | None, now: float,
-                    permanent: bool = False) -> None:
-    attempts = int(row["attempts"]) + 1
-    if ok:
-        conn.execute("""UPDATE safety_deliveries SET status = 'sent', attempts = %s, sent_at = %s, last_error = NULL
-                        WHERE delivery_id = %s""", (attempts, as_datetime(now), row["delivery_id"]))
-        if row["channel"] == "mqtt":
-            _audit(conn, row["check_id"], row["payload"].get("household_id"), now, None, "blinked", "mqtt",
-                   {"device_id": row["payload"].get("device_id")})
-        return
-    if not permanent and attempts <= len(RETRY_DELAYS_S):
-        conn.execute("""UPDATE safety_deliveries SET attempts = %s, next_attempt_at = %s, last_error = %s
-                        WHERE delivery_id = %s""",
-                     (attempts, as_datetime(now + RETRY_DELAYS_S[attempts - 1]), error, row["delivery_id"]))
-        return
-    conn.execute("UPDATE safety_deliveries SET status = 'failed', attempts = %s, last_error = %s WHERE delivery_id = %s",
-                 (attempts, error, row["delivery_id"]))
-    _audit(conn, row["check_id"], row["payload"].get("household_id"), now, None, "delivery_failed", row["throttle_key"],
-           {"recipient": row["recipient"], "error": error})

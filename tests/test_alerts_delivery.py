@@ -11,6 +11,7 @@ from alerts_fixtures import SmtpSink, open_incident, seed_town, smtp, wait_for  
 
 from alerts import flows, service
 from alerts.channels import AppriseSender
+from mimamori import outbox
 from mimamori.clock import ManualClock
 
 pytestmark = pytest.mark.integration
@@ -39,24 +40,24 @@ def test_in_doubt_row_is_taken_over_only_when_its_sender_is_gone(pg_url: str, co
     first = psycopg.connect(pg_url, autocommit=True)
     other = psycopg.connect(pg_url, autocommit=True)
     try:
-        row = service.begin_delivery(first, clock.now(), "w1", message_id=flows.message_id)
+        row = outbox.claim(first, flows.SOURCES, clock.now(), "w1", message_id=flows.message_id)
         assert row is not None and not row["resend"] and row["message_id"].startswith(f"<alert.{iid}.{row['delivery_id']}.")
         # committed before any network call: everyone sees the attempt
         state = conn.execute("SELECT status, attempt_id, sending_by FROM alert_deliveries WHERE delivery_id = %s",
                              (row["delivery_id"],)).fetchone()
         assert state == ("sending", row["attempt_id"], "w1")
         # the sender is alive (holds the advisory lock): another worker leaves its row alone
-        assert service.begin_delivery(other, clock.now(), "w2", message_id=flows.message_id) is None
+        assert outbox.claim(other, flows.SOURCES, clock.now(), "w2", message_id=flows.message_id) is None
         # the sender dies (its connection goes, and the lock with it)
         first.close()
-        taken = wait_for(lambda: service.begin_delivery(other, clock.now(), "w2", message_id=flows.message_id),
+        taken = wait_for(lambda: outbox.claim(other, flows.SOURCES, clock.now(), "w2", message_id=flows.message_id),
                          what="the in-doubt row taken over")
         assert taken["delivery_id"] == row["delivery_id"] and taken["resend"] is True
         assert taken["message_id"] == row["message_id"] and taken["attempt_id"] != row["attempt_id"]
         # the dead sender's attempt can no longer record anything; the current one can
-        assert not service.finish_delivery(other, row, ok=True, error=None, now=clock.now(), channel_name="email")
-        assert service.finish_delivery(other, taken, ok=True, error=None, now=clock.now(), channel_name="email")
-        service.release_delivery(other, taken)
+        assert outbox.finish(other, flows.SOURCES, row, ok=True, error=None, now=clock.now()) is None
+        assert outbox.finish(other, flows.SOURCES, taken, ok=True, error=None, now=clock.now()) == "sent"
+        outbox.release(other, taken)
         final = conn.execute("SELECT status, resends, attempts FROM alert_deliveries WHERE delivery_id = %s",
                              (row["delivery_id"],)).fetchone()
         assert final == ("sent", 1, 1)
@@ -64,7 +65,7 @@ def test_in_doubt_row_is_taken_over_only_when_its_sender_is_gone(pg_url: str, co
                                             (iid,))]
         assert trail[-2:] == ["resend_in_doubt", "delivered"]
         # nothing left, and no advisory lock left behind
-        assert service.begin_delivery(other, clock.now(), "w2") is None
+        assert outbox.claim(other, flows.SOURCES, clock.now(), "w2") is None
         assert other.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
                              ).fetchone() == (0,)
     finally:
@@ -79,7 +80,7 @@ def test_alert_for_a_claimed_incident_is_skipped_not_sent(pg_url: str, conn: psy
     service.adopt_new(conn, clock, "t")
     conn.execute("UPDATE incidents SET status = 'claimed' WHERE incident_id = %s", (iid,))
     with psycopg.connect(pg_url, autocommit=True) as c:
-        row = service.begin_delivery(c, clock.now(), "w")
+        row = outbox.claim(c, flows.SOURCES, clock.now(), "w")
         assert row is not None and row["skipped"] and row["notice"] == "alert"
         assert c.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()").fetchone() == (0,)
     assert conn.execute("SELECT status FROM alert_deliveries WHERE delivery_id = %s", (row["delivery_id"],)).fetchone() == ("skipped",)

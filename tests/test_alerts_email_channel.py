@@ -110,7 +110,8 @@ def test_a_safety_check_reaches_a_resident_by_address(conn: psycopg.Connection, 
     key = conn.execute("SELECT throttle_key FROM safety_deliveries WHERE check_id = %s AND person_id = 'res-m'",
                        (cid,)).fetchone()[0]
     assert key == "email"  # throttled with the other e-mail
-    senders = safety_flows.Senders(AppriseSender(), WebPushSender(None, "mailto:x@y.jp"), smtp_url=_server(smtp))
+    senders = safety_flows.Senders(AppriseSender(), WebPushSender(None, "mailto:x@y.jp"), smtp_url=_server(smtp),
+                                   sealer=links.sealer)
     while safety_flows.deliver_one(conn, clock, senders, Throttle({"default": 100.0}), ["email", "mqtt", "webpush"]):
         pass
     mail = wait_for(lambda: smtp.to("yamada@example.jp"), what="the safety message by e-mail")[0]

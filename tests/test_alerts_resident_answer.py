@@ -19,10 +19,14 @@ from alerts import resident, service
 from alerts.models import Conflict, InvalidInput, NotFound
 from mimamori.clock import ManualClock
 from mimamori.config import Settings
+from mimamori.outbox import LinkSealer
+from mimamori.signing import secret_key
 from test_app_support import served, world  # noqa: F401
 
 pytestmark = pytest.mark.integration
 PUBLIC = "https://mimamori.example.jp"
+#: the key the app and the worker use in these tests (the default data dir's)
+SEALER = LinkSealer(secret_key(Settings()))
 ASK_FIRST = [{"type": "resident_check", "minutes": 10}, {"type": "wait", "minutes": 15}, {"type": "notify", "tiers": [1]}]
 
 
@@ -75,11 +79,12 @@ def test_fine_from_the_link_cancels_before_the_team_hears(conn: psycopg.Connecti
                                                           worker: Worker) -> None:
     town, person, iid, token = _asked(conn, smtp, clock)
     assert "resident_check" in notices(conn, person)  # in the app as well, with the same link
-    url = conn.execute("SELECT data->>'url' FROM notifications WHERE person_id = %s", (person,)).fetchone()[0]
-    assert url == f"{PUBLIC}/r/{token}"
-    # a push on the resident's phone opens the same link (not the team's alert page)
-    payloads = [r[0] for r in conn.execute("SELECT payload->>'url' FROM alert_deliveries WHERE person_id = %s", (person,))]
-    assert payloads and set(payloads) == {url}
+    data = conn.execute("SELECT data FROM notifications WHERE person_id = %s", (person,)).fetchone()[0]
+    assert data["url"] == f"{PUBLIC}/me" and SEALER.open(data["sealed_link"]) == f"{PUBLIC}/r/{token}"
+    # a push on the resident's phone opens the same link (not the team's alert page): sealed in the outbox
+    payloads = [r[0] for r in conn.execute("SELECT payload FROM alert_deliveries WHERE person_id = %s", (person,))]
+    assert payloads and {SEALER.open(p["sealed_link"]) for p in payloads} == {f"{PUBLIC}/r/{token}"}
+    assert not any(token in str(p) for p in payloads)
     # the database keeps only a hash: the token itself is nowhere in the links table
     assert conn.execute("SELECT count(*) FROM resident_check_links WHERE token_hash = %s",
                         (service.resident_token_hash(token),)).fetchone()[0] == 1
@@ -258,9 +263,11 @@ def test_a_signed_in_resident_sees_the_question_on_their_page(world: tuple[str, 
     with psycopg.connect(url, autocommit=True) as c:
         # h1's resident has a channel of their own (a push subscription), so h1's default chain asks them first
         c.execute("INSERT INTO person_channels (person_id, kind, target) VALUES ('resident_1', 'webpush', '{}')")
-        assert service.adopt_one(c, clock, "t", app_url=PUBLIC) is not None
-        assert service.adopt_one(c, clock, "t", app_url=PUBLIC) is not None
-        link = c.execute("SELECT data->>'url' FROM notifications WHERE person_id = 'resident_1'").fetchone()[0]
+        assert service.adopt_one(c, clock, "t", app_url=PUBLIC, sealer=SEALER) is not None
+        assert service.adopt_one(c, clock, "t", app_url=PUBLIC, sealer=SEALER) is not None
+        data = c.execute("SELECT data FROM notifications WHERE person_id = 'resident_1'").fetchone()[0]
+        assert data["url"] == f"{PUBLIC}/me"  # in the app the question points to the resident's own page
+        link = SEALER.open(data["sealed_link"])  # which opens the sealed answer link (never stored in clear)
         assert link.startswith(f"{PUBLIC}/r/")
         assert "resident_asked" in actions(c, incidents["h1"]) and "resident_asked" not in actions(c, incidents["h3"])
     with app_client(url, clock) as app:
@@ -294,11 +301,11 @@ def test_a_question_about_an_alert_that_closed_meanwhile_is_not_sent(conn: psyco
     town = seed_town(conn, smtp)
     person = _resident(conn, smtp, town)
     iid = open_incident(conn, town.household_id, clock.now())
-    assert service.adopt_one(conn, clock, "t", app_url=PUBLIC) == iid  # the question is queued for the resident
+    assert service.adopt_one(conn, clock, "t", app_url=PUBLIC, sealer=SEALER) == iid  # the question is queued for the resident
     # the resident switches a light before the mail goes out: the detector closes the alert
     conn.execute("UPDATE incidents SET status = 'resolved', closed_at = now(), outcome = 'activity_resumed'"
                  " WHERE incident_id = %s", (iid,))
-    senders = flows.Senders(AppriseSender(), WebPushSender(None, "mailto:x@y.jp"))
+    senders = flows.Senders(AppriseSender(), WebPushSender(None, "mailto:x@y.jp"), sealer=SEALER)
     while flows.deliver_one(conn, clock, senders, "t"):
         pass
     assert conn.execute("SELECT status FROM alert_deliveries WHERE person_id = %s AND channel <> 'inapp'",
