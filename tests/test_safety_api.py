@@ -10,6 +10,9 @@ import pytest
 
 from alerts import service as alerts_service
 from mimamori.clock import ManualClock
+from mimamori.config import Settings
+from mimamori.outbox import LinkSealer
+from mimamori.signing import secret_key
 from test_app_support import app_client, bearer, cookie_login, world  # noqa: F401
 
 pytestmark = [pytest.mark.integration]
@@ -176,12 +179,14 @@ def test_a_residents_link_page_speaks_their_language(world) -> None:  # noqa: F8
     url, clock, _ = world
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE people SET locale = 'en' WHERE person_id = 'resident_1'")
+        conn.execute("INSERT INTO person_channels (person_id, kind, target) VALUES ('resident_1', 'email', 'r1@example.org')")
     with app_client(url, clock) as client:
         cid = _start(client, bearer(client, "coord_a"), area="north")["check_id"]
         with psycopg.connect(url) as conn:
-            link = conn.execute("SELECT data->>'url' FROM notifications WHERE person_id = 'resident_1' AND notice = 'safety_check'"
-                                " AND (data->>'safety_check_id')::bigint = %s", (cid,)).fetchone()[0]
-        token = _token(link)
+            # the resident's personal link is in their message, stored sealed (issue 17)
+            sealed = conn.execute("SELECT payload->>'sealed_link' FROM outbox WHERE person_id = 'resident_1'"
+                                  " AND check_id = %s", (cid,)).fetchone()[0]
+        token = _token(LinkSealer(secret_key(Settings())).open(sealed))
         assert "Need help" in client.get(f"/safety/a/{token}").text  # resident_1 reads English
         client.cookies.set("mimamori_lang", "ja")
         assert "助けが必要" in client.get(f"/safety/a/{token}").text  # the page's own switch wins

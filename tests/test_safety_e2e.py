@@ -33,6 +33,8 @@ from mimamori.clock import SystemClock
 from mimamori.config import Settings
 from mimamori.embedded import EmbeddedBroker
 from mimamori.mqtt import MqttUrl
+from mimamori.outbox import LinkSealer
+from mimamori.signing import secret_key
 from safety.models import SafetySettings
 from safety.worker import run_safety_worker
 from test_app_browser import A11Y_JS
@@ -95,6 +97,10 @@ def _seed(url: str, manifest: dict, hook_port: int) -> tuple[list[str], list[str
                                 [(h, f"w-{h}") for h in watched])
                 cur.executemany("INSERT INTO person_channels (person_id, kind, target) VALUES (%s, 'apprise', %s)",
                                 [(f"w-{h}", f"json://127.0.0.1:{hook_port}/hook") for h in watched])
+                # each link resident's message (their personal link) goes to an address; the link is read
+                # from the message as queued (sealed, issue 17): the mail server is not the subject here
+                cur.executemany("INSERT INTO person_channels (person_id, kind, target) VALUES (%s, 'email', %s)",
+                                [(f"res-{h}", f"res-{h}@example.org") for h in link_homes])
             # three homes where someone else lives too: they sort after those living alone
             for k in (176, 177, 178):
                 conn.execute("INSERT INTO safety_household_profiles (household_id, lives_alone, updated_at) VALUES (%s, false, now())",
@@ -180,10 +186,12 @@ def test_safety_check_over_200_homes_end_to_end(pg_url: str, own_broker: Embedde
                 document.addEventListener('live:updated', () => { window.__liveUpdates += 1; }); }""")
             _shot(page, "1_board_started")
 
-            # residents answering by their personal link (from their in-app message), no login
+            # residents answering by their personal link (from their message), no login
+            sealer = LinkSealer(secret_key(Settings()))
             with psycopg.connect(pg_url) as conn:
-                links = dict(conn.execute("""SELECT data->>'household_id', data->>'url' FROM notifications
-                                             WHERE notice = 'safety_check' AND data ? 'household_id'""").fetchall())
+                links = {h: sealer.open(sealed) for h, sealed in conn.execute(
+                    """SELECT payload->>'household_id', payload->>'sealed_link' FROM outbox
+                       WHERE source = 'safety' AND payload ? 'sealed_link'""").fetchall()}
             assert set(links) == set(link_homes)
             by_phone = homes[60]["household_id"]  # this resident opens the link on a phone
             resident = page.context.new_page()
@@ -273,7 +281,7 @@ def test_safety_check_over_200_homes_end_to_end(pg_url: str, own_broker: Embedde
         _wait(lambda: len(_Hook.arrivals) >= len(watched), 15, "webhook messages")
         with psycopg.connect(pg_url, autocommit=True) as conn:
             def webhooks_sent() -> int:
-                return conn.execute("SELECT count(*) FROM safety_deliveries WHERE check_id = %s AND throttle_key = 'webhook'"
+                return conn.execute("SELECT count(*) FROM outbox WHERE check_id = %s AND throttle_key = 'webhook'"
                                     " AND status = 'sent'", (check_id,)).fetchone()[0]
             _wait(lambda: webhooks_sent() >= len(watched), 15, "webhook deliveries recorded as sent")
             hooks_sent = webhooks_sent()
