@@ -334,7 +334,8 @@ def _int_list(value: Any, what: str, lo: int, hi: int) -> list[int]:
 
 def _number(step: Mapping[str, Any], key: str, lo: float, hi: float) -> float:
     value = step.get(key)
-    if type(value) not in (int, float) or not lo <= value <= hi:
+    # bool is an int subclass: type() (not isinstance) keeps true/false out
+    if not (type(value) in (int, float) and isinstance(value, (int, float)) and lo <= value <= hi):
         raise ChainError(f"{step.get('type')}: {key} must be a number {lo}..{hi}")
     return float(value)
 

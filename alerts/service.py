@@ -6,9 +6,9 @@ Two groups:
   ``add_channel`` / ``list_channels`` / ``remove_channel``, ``set_quiet_hours``,
   ``list_notifications`` / ``mark_read``. Only the household's team (household_watchers), the
   area's coordinator, or an operator may act on an incident; others get ``NotFound``.
-- the engine the worker runs: ``adopt_new`` (take on newly opened incidents and run their first
-  steps), ``step_due`` (advance escalations whose ``next_step_at`` has come) and the
-  outbox bookkeeping used by ``alerts.flows``.
+- the engine the worker runs lives in ``alerts.engine`` (``adopt_new``, ``step_due``), the records
+  both write in ``alerts.records`` (timeline, team, notices); their names used by callers are
+  re-exported here.
 
 Every function that writes runs in one transaction (``conn.transaction()``), so a step's new state,
 its outbox rows, its in-app notifications and its timeline rows commit together or not at all.
@@ -17,25 +17,31 @@ Times are the caller's clock (``clock.now()``), never the database's ``now()``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
-import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from alerts import metrics, policy
+from alerts import policy
 from alerts.channels import ALLOWED_APPRISE_SCHEMES, EMAIL_ADDRESS
+from alerts.engine import RESIDENT_LINK_GRACE_S as RESIDENT_LINK_GRACE_S
+from alerts.engine import RESIDENT_LINK_PATH as RESIDENT_LINK_PATH
+from alerts.engine import RESIDENT_PAGE as RESIDENT_PAGE
+from alerts.engine import ResidentLinks as ResidentLinks
+
+# the engine and the records, for callers that reach them through this module (the app, the safety check, tools)
+from alerts.engine import adopt_new as adopt_new
+from alerts.engine import adopt_one as adopt_one
+from alerts.engine import resident_token_hash as resident_token_hash
+from alerts.engine import step_due as step_due
+from alerts.engine import step_one_due as step_one_due
 from alerts.models import (
-    ACTIVITY_KINDS,
     OUTCOMES,
-    WELFARE_KINDS,
     ActorLike,
     Conflict,
     Forbidden,
@@ -44,41 +50,33 @@ from alerts.models import (
     NotFound,
     Notification,
     TimelineEntry,
-    render_notice,
 )
-from mimamori import outbox
+from alerts.records import (
+    _INCIDENT_SQL,
+    _actor_name,
+    _chain_for,
+    _escalation_state,
+    _one,
+    _rows,
+    _stop_escalation,
+    _timeline,
+    default_chain,
+    enqueue_notice,
+    load_team,
+)
+from alerts.records import DELIVERIES_CHANNEL as DELIVERIES_CHANNEL
+from alerts.records import INCIDENTS_CHANNEL as INCIDENTS_CHANNEL
+from alerts.records import NOTIFICATIONS_CHANNEL as NOTIFICATIONS_CHANNEL
+from alerts.records import SOURCE as SOURCE
+from alerts.records import UNREACHABLE_REASONS as UNREACHABLE_REASONS
+from alerts.records import _away as _away
+from alerts.records import incident_row as incident_row
+from alerts.records import report_unreachable as report_unreachable
 from mimamori.clock import Clock, as_datetime
-from mimamori.db import fetch_dict, fetch_dicts
 
 log = logging.getLogger(__name__)
 
-DELIVERIES_CHANNEL = "mimamori_alert_deliveries"
-#: ``outbox.source`` of the alert engine's rows
-SOURCE = "alert"
-INCIDENTS_CHANNEL = "mimamori_incident_opened"
-NOTIFICATIONS_CHANNEL = "mimamori_notifications"
 MAX_COMMENT = 2000
-
-
-_rows = fetch_dicts
-_one = fetch_dict
-
-
-def _epoch(value: datetime | None) -> float | None:
-    return value.timestamp() if value is not None else None
-
-
-# =============================================================================================
-# Who may act
-# =============================================================================================
-
-_INCIDENT_SQL = """
-SELECT i.*, h.display_name AS household_name, coalesce(h.area, i.area) AS eff_area,
-       e.status AS escalation_status, e.next_step_at
-FROM incidents i
-LEFT JOIN households h ON h.household_id = i.household_id
-LEFT JOIN alert_escalations e ON e.incident_id = i.incident_id
-"""
 
 
 def _may_act(conn: psycopg.Connection, actor: ActorLike, household_id: str | None, area: str | None) -> bool:
@@ -126,18 +124,6 @@ def _view(row: dict[str, Any]) -> IncidentView:
     )
 
 
-def _timeline(conn: psycopg.Connection, incident_id: int, at: float, actor: str | None, action: str, channel: str,
-              body: str | None = None, data: dict[str, Any] | None = None) -> int:
-    row = _one(conn, """INSERT INTO incident_timeline (incident_id, at, actor, action, channel, body, data)
-                        VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING entry_id""",
-               (incident_id, as_datetime(at), actor, action, channel, body, Jsonb(data or {})))
-    assert row is not None
-    return int(row["entry_id"])
-
-
-# =============================================================================================
-# The API (the app calls these with the acting person)
-# =============================================================================================
 
 
 def list_my_alerts(conn: psycopg.Connection, actor: ActorLike, *, statuses: Sequence[str] = ("open", "claimed"),
@@ -161,21 +147,6 @@ def timeline(conn: psycopg.Connection, actor: ActorLike, incident_id: int) -> li
                           WHERE t.incident_id = %s ORDER BY t.entry_id""", (incident_id,))
     return [TimelineEntry(r["entry_id"], r["incident_id"], r["at"], r["actor"], r["actor_name"], r["action"],
                           r["channel"], r["body"], r["data"]) for r in rows]
-
-
-def _actor_name(conn: psycopg.Connection, person_id: str) -> str:
-    row = _one(conn, "SELECT display_name FROM people WHERE person_id = %s", (person_id,))
-    return row["display_name"] if row else person_id
-
-
-def _stop_escalation(conn: psycopg.Connection, incident_id: int, status: str, now: float) -> None:
-    conn.execute("UPDATE alert_escalations SET status = %s, next_step_at = NULL, updated_at = %s WHERE incident_id = %s",
-                 (status, as_datetime(now), incident_id))
-
-
-def _escalation_state(conn: psycopg.Connection, incident_id: int) -> policy.State:
-    row = _one(conn, "SELECT state FROM alert_escalations WHERE incident_id = %s", (incident_id,))
-    return policy.State.from_json(row["state"] if row else {})
 
 
 def claim(conn: psycopg.Connection, actor: ActorLike, incident_id: int, *, clock: Clock, channel: str = "app") -> IncidentView:
@@ -316,14 +287,6 @@ def get_chain(conn: psycopg.Connection, actor: ActorLike, household_id: str) -> 
         raise NotFound(f"household {household_id} not found")
     row = _one(conn, "SELECT steps FROM escalation_chains WHERE household_id = %s", (household_id,))
     return (row["steps"], "household") if row else (default_chain(conn, household_id), "default")
-
-
-def default_chain(conn: psycopg.Connection, household_id: str | None) -> list[dict[str, Any]]:
-    """The chain of a household without one of its own: asking the resident first when a resident
-    has a channel of their own to be asked on, else straight to the team."""
-    reachable = household_id is not None and _one(
-        conn, "SELECT 1 AS ok FROM households_resident_reachable WHERE household_id = %s", (household_id,)) is not None
-    return list(policy.RESIDENT_FIRST_CHAIN if reachable else policy.DEFAULT_CHAIN)
 
 
 def set_chain(conn: psycopg.Connection, actor: ActorLike, household_id: str, steps: Any, *, clock: Clock,
@@ -499,447 +462,3 @@ def mark_read(conn: psycopg.Connection, actor: ActorLike, notification_ids: Iter
         cur = conn.execute("""UPDATE notifications SET read_at = %s WHERE person_id = %s AND notification_id = ANY(%s)
                               AND read_at IS NULL""", (as_datetime(clock.now()), actor.person_id, list(notification_ids)))
         return cur.rowcount
-
-
-# =============================================================================================
-# The engine (the worker runs these)
-# =============================================================================================
-
-
-def load_team(conn: psycopg.Connection, household_id: str | None, area: str | None) -> policy.Team:
-    members: tuple[tuple[str, int], ...] = ()
-    bulbs: tuple[tuple[str, str], ...] = ()
-    if household_id is not None:
-        members = tuple((r["person_id"], int(r["tier"])) for r in _rows(
-            conn, "SELECT person_id, tier FROM household_watchers WHERE household_id = %s ORDER BY tier, person_id",
-            (household_id,)))
-        bulbs = tuple((r["gateway_id"], r["device_id"]) for r in _rows(
-            conn, """SELECT gateway_id, device_id FROM devices WHERE household_id = %s
-                       AND (kind = 'bulb' AND blink_allowed IS NOT FALSE OR kind = 'plug' AND blink_allowed)
-                     AND gateway_id IS NOT NULL ORDER BY device_id""", (household_id,)))
-        residents = tuple(r["person_id"] for r in _rows(
-            conn, "SELECT person_id FROM people WHERE role = 'resident' AND household_id = %s ORDER BY person_id",
-            (household_id,)))
-    coordinators = [r["person_id"] for r in _rows(
-        conn, "SELECT person_id FROM people WHERE role = 'coordinator' AND area = %s ORDER BY person_id", (area,))]
-    if not coordinators:  # an area without a coordinator falls to the operators
-        coordinators = [r["person_id"] for r in _rows(conn, "SELECT person_id FROM people WHERE role = 'operator' ORDER BY person_id")]
-    return policy.Team(members, tuple(coordinators), bulbs, residents if household_id is not None else ())
-
-
-def _chain_for(conn: psycopg.Connection, inc: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
-    if inc["kind"] not in WELFARE_KINDS:
-        return list(policy.TECHNICAL_CHAIN), "technical"
-    row = _one(conn, "SELECT steps FROM escalation_chains WHERE household_id = %s", (inc["household_id"],))
-    if row:
-        return row["steps"], "household"
-    return default_chain(conn, inc["household_id"]), "default"
-
-
-_ADOPT_SQL = _INCIDENT_SQL + """
-WHERE i.status = 'open' AND e.incident_id IS NULL
-ORDER BY i.incident_id LIMIT %s FOR NO KEY UPDATE OF i SKIP LOCKED"""
-
-_DUE_SQL = _INCIDENT_SQL + """
-WHERE e.next_step_at <= %s
-ORDER BY e.next_step_at LIMIT %s FOR NO KEY UPDATE OF i SKIP LOCKED"""
-
-
-def _each_isolated(conn: psycopg.Connection, rows: list[dict[str, Any]], fn: Any) -> None:
-    """Run ``fn(row)`` for each row in its own savepoint: one bad incident must not block the batch
-    (it is logged and retried on the next pass). A lost connection still aborts everything."""
-    for row in rows:
-        try:
-            with conn.transaction():
-                fn(row)
-        except psycopg.OperationalError:
-            raise
-        except Exception:
-            log.exception("alert engine: incident %s failed; will retry", row["incident_id"])
-
-
-def adopt_new(conn: psycopg.Connection, clock: Clock, worker_id: str, limit: int = 20, *, app_url: str = "",
-              sealer: outbox.LinkSealer | None = None) -> int:
-    """Take on newly opened incidents (up to ``limit``, one transaction): snapshot each one's chain
-    and run its first steps. Returns how many it took. ``app_url``: the web app's public address, for
-    the links in messages to residents (empty: links relative to the app)."""
-    now = clock.now()
-    links = ResidentLinks(app_url, sealer)
-    with conn.transaction():
-        incidents = _rows(conn, _ADOPT_SQL, (limit,))
-        _each_isolated(conn, incidents, lambda inc: _adopt(conn, inc, now, worker_id, links))
-    return len(incidents)
-
-
-def adopt_one(conn: psycopg.Connection, clock: Clock, worker_id: str, *, app_url: str = "",
-              sealer: outbox.LinkSealer | None = None) -> int | None:
-    """Take on one newly opened incident; its id, or None when there is none (tests, tools)."""
-    now = clock.now()
-    links = ResidentLinks(app_url, sealer)
-    with conn.transaction():
-        incidents = _rows(conn, _ADOPT_SQL, (1,))
-        if not incidents:
-            return None
-        _adopt(conn, incidents[0], now, worker_id, links)
-    return int(incidents[0]["incident_id"])
-
-
-def step_one_due(conn: psycopg.Connection, clock: Clock, worker_id: str, *, app_url: str = "",
-                 sealer: outbox.LinkSealer | None = None) -> int | None:
-    """Advance one due escalation; its incident id, or None when nothing is due (tests, tools)."""
-    now = clock.now()
-    links = ResidentLinks(app_url, sealer)
-    with conn.transaction():
-        incidents = _rows(conn, _DUE_SQL, (as_datetime(now), 1))
-        if not incidents:
-            return None
-        _step(conn, incidents[0], now, worker_id, links)
-    return int(incidents[0]["incident_id"])
-
-
-def _adopt(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: str, links: ResidentLinks) -> None:
-    chain, source = _chain_for(conn, inc)
-    created = _one(conn, """INSERT INTO alert_escalations (incident_id, household_id, chain, chain_source, state,
-                                   status, next_step_at, started_at, updated_at, worker_id)
-                            VALUES (%s, %s, %s, %s, '{}', 'running', %s, %s, %s, %s)
-                            ON CONFLICT (incident_id) DO NOTHING RETURNING incident_id""",
-                   (inc["incident_id"], inc["household_id"], Jsonb(chain), source, as_datetime(now),
-                    as_datetime(now), as_datetime(now), worker_id))
-    if created is None:  # another worker got there first
-        return
-    _timeline(conn, inc["incident_id"], now, None, "escalation_started", "system", None,
-              {"chain": chain, "chain_source": source, "worker": worker_id})
-    if inc["kind"] in WELFARE_KINDS and inc["household_id"] and _away(conn, inc["household_id"], now):
-        _cancel(conn, inc, policy.State(), now, "away", "away mode was on when the incident opened")
-    else:
-        _run_unless_outage(conn, inc, chain, policy.State(), now, worker_id, links)
-
-
-def step_due(conn: psycopg.Connection, clock: Clock, worker_id: str, limit: int = 20, *, app_url: str = "",
-             sealer: outbox.LinkSealer | None = None) -> int:
-    """Advance escalations whose next step is due (up to ``limit``, one transaction)."""
-    now = clock.now()
-    links = ResidentLinks(app_url, sealer)
-    with conn.transaction():
-        incidents = _rows(conn, _DUE_SQL, (as_datetime(now), limit))
-        _each_isolated(conn, incidents, lambda inc: _step(conn, inc, now, worker_id, links))
-    return len(incidents)
-
-
-def _step(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: str, links: ResidentLinks) -> None:
-    esc = _one(conn, "SELECT * FROM alert_escalations WHERE incident_id = %s FOR UPDATE", (inc["incident_id"],))
-    assert esc is not None
-    # the due row we saw may be stale (another worker advanced it before we locked): re-check
-    if esc["next_step_at"] is None or esc["next_step_at"] > as_datetime(now) or esc["status"] == "done":
-        return
-    state = policy.State.from_json(esc["state"])
-    if inc["status"] in ("resolved", "cancelled"):
-        _closed_elsewhere(conn, inc, state, now)
-    elif inc["status"] == "claimed":
-        _claim_timer(conn, inc, esc["chain"], state, now, worker_id, links)
-    else:
-        _run_unless_outage(conn, inc, esc["chain"], state, now, worker_id, links)
-
-
-def _set_escalation(conn: psycopg.Connection, incident_id: int, state: policy.State, status: str, next_at: float | None,
-                    now: float, worker_id: str) -> None:
-    conn.execute("""UPDATE alert_escalations SET state = %s, status = %s, next_step_at = %s, updated_at = %s, worker_id = %s
-                    WHERE incident_id = %s""",
-                 (Jsonb(state.to_json()), status, as_datetime(next_at) if next_at is not None else None, as_datetime(now),
-                  worker_id, incident_id))
-
-
-def _claim_timer(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, Any]], state: policy.State,
-                 now: float, worker_id: str, links: ResidentLinks) -> None:
-    """A claim nobody resolved: remind the claimer, later reopen the incident to the team and resume."""
-    claimed_at = _epoch(inc["claimed_at"]) or now
-    claimer = inc["claimed_by"]
-    what, next_at = policy.claim_due(chain, claimed_at, state.claim_reminded_at, now)
-    key = f"{int(claimed_at * 1000)}"  # one reminder / reopening per claim
-    by = _actor_name(conn, claimer) if claimer else ""
-    remind_s, grace_s = policy.claim_timeout(chain)
-    if what is None:
-        _set_escalation(conn, inc["incident_id"], state, "paused", next_at, now, worker_id)
-    elif what == "remind":
-        _timeline(conn, inc["incident_id"], now, None, "claim_reminder", "system", None,
-                  {"claimed_by": claimer, "claimed_minutes_ago": round((now - claimed_at) / 60, 1),
-                   "reopen_in_minutes": grace_s / 60})
-        if claimer:
-            enqueue_notice(conn, inc, [claimer], f"claim_reminder.{key}", "claim_reminder", urgent=True, now=now, by=by)
-        _set_escalation(conn, inc["incident_id"], replace(state, claim_reminded_at=now), "paused", next_at, now, worker_id)
-    else:  # reopen
-        conn.execute("""UPDATE incidents SET status = 'open', claimed_at = NULL, claimed_by = NULL, updated_at = %s
-                        WHERE incident_id = %s""", (as_datetime(now), inc["incident_id"]))
-        _timeline(conn, inc["incident_id"], now, None, "claim_expired", "system", None,
-                  {"claimed_by": claimer, "claimed_at": claimed_at, "timeout_minutes": remind_s / 60,
-                   "grace_minutes": grace_s / 60})
-        team = [p for p, _tier in load_team(conn, inc["household_id"], inc["eff_area"]).members]
-        told = list(dict.fromkeys([*team, *state.notified, *([claimer] if claimer else [])]))
-        reopened = {**inc, "status": "open", "claimed_by": None, "claimed_at": None}
-        if told:
-            enqueue_notice(conn, reopened, told, f"reopened.{key}", "reopened", urgent=True, now=now, by=by)
-        _timeline(conn, inc["incident_id"], now, None, "escalation_resumed", "system", None,
-                  {"reason": "claim_expired", "step": state.step_key})
-        _run_unless_outage(conn, reopened, chain, replace(state, claim_reminded_at=None), now, worker_id, links)
-
-
-def _area_outage(conn: psycopg.Connection, inc: dict[str, Any]) -> int | None:
-    """The open area-outage incident of a welfare incident's area, if any."""
-    if inc["kind"] not in WELFARE_KINDS or not inc.get("eff_area"):
-        return None
-    row = _one(conn, """SELECT incident_id FROM incidents WHERE kind = 'area_outage' AND area = %s
-                        AND status IN ('open', 'claimed') ORDER BY incident_id LIMIT 1""", (inc["eff_area"],))
-    return int(row["incident_id"]) if row else None
-
-
-def _run_unless_outage(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, Any]], state: policy.State,
-                       now: float, worker_id: str, links: ResidentLinks) -> None:
-    """While the area's gateways are down the silence says nothing about the resident: a welfare
-    escalation in flight pauses (timeline entry) and resumes where it was when the outage closes."""
-    outage = _area_outage(conn, inc)
-    if outage is not None:
-        if state.paused_for is None:
-            state = replace(state, paused_for=f"area_outage:{outage}")
-            _timeline(conn, inc["incident_id"], now, None, "escalation_paused", "system",
-                      "area outage: the gateways of the area are offline", {"reason": "area_outage", "outage_incident": outage,
-                                                                            "step": state.step_key})
-        _set_escalation(conn, inc["incident_id"], state, "paused", now + policy.OUTAGE_RECHECK_S, now, worker_id)
-        return
-    if state.paused_for is not None:
-        _timeline(conn, inc["incident_id"], now, None, "escalation_resumed", "system", None,
-                  {"reason": "area_outage_closed", "paused_for": state.paused_for, "step": state.step_key})
-        state = replace(state, paused_for=None)
-    _run(conn, inc, chain, state, now, worker_id, links)
-
-
-def _away(conn: psycopg.Connection, household_id: str, now: float) -> bool:
-    return _one(conn, "SELECT 1 AS ok FROM away_periods WHERE household_id = %s AND starts_at <= %s AND until > %s",
-                (household_id, as_datetime(now), as_datetime(now))) is not None
-
-
-def _closed_elsewhere(conn: psycopg.Connection, inc: dict[str, Any], state: policy.State, now: float) -> None:
-    """The detector (or anyone outside this engine) closed the incident: stop, and tell who was alerted."""
-    _stop_escalation(conn, inc["incident_id"], "done", now)
-    _timeline(conn, inc["incident_id"], now, None, "escalation_stopped", "system", None,
-              {"status": inc["status"], "outcome": inc["outcome"]})
-    if state.notified and inc["closed_by"] is None:
-        note = inc["outcome_note"] or inc["outcome"] or ""
-        enqueue_notice(conn, inc, state.notified, "closed", "cancelled", urgent=True, now=now, note=note)
-
-
-def _last_activity(conn: psycopg.Connection, household_id: str | None, since: float) -> float | None:
-    if household_id is None:
-        return None
-    row = _one(conn, "SELECT max(time) AS t FROM events WHERE household_id = %s AND kind = ANY(%s) AND time > %s",
-               (household_id, list(ACTIVITY_KINDS), as_datetime(since)))
-    return _epoch(row["t"]) if row else None
-
-
-def _help_asked_at(conn: psycopg.Connection, incident_id: int) -> float | None:
-    row = _one(conn, "SELECT max(used_at) AS t FROM resident_check_links WHERE incident_id = %s AND answer = 'help'",
-               (incident_id,))
-    return _epoch(row["t"]) if row else None
-
-
-def _run(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, Any]], state: policy.State,
-         now: float, worker_id: str, links: ResidentLinks) -> None:
-    team = load_team(conn, inc["household_id"], inc["eff_area"])
-    last_activity = help_at = None
-    if state.check_since is not None:
-        last_activity = _last_activity(conn, inc["household_id"], state.check_since)
-        help_at = _help_asked_at(conn, inc["incident_id"])
-    result = policy.advance(chain, state, policy.Context(team, last_activity, help_at), now)
-    cancelled = False
-    for action in result.actions:
-        if isinstance(action, policy.Notify):
-            notice = "alert" if inc["kind"] in WELFARE_KINDS else "technical"
-            enqueue_notice(conn, inc, action.people, action.step_key, notice, urgent=action.urgent, now=now)
-            _timeline(conn, inc["incident_id"], now, None, "notified", "system", None,
-                      {"people": list(action.people), "step": action.step_key, "worker": worker_id})
-        elif isinstance(action, policy.Blink):
-            for gateway_id, device_id in action.bulbs:
-                _enqueue(conn, inc["incident_id"], action.step_key, f"device:{device_id}", None, "mqtt", None, "blink",
-                         True, {"gateway_id": gateway_id, "device_id": device_id,
-                                "args": {**action.args, "switch_ok": True}}, now, now)  # chosen under blink_allowed
-            _timeline(conn, inc["incident_id"], now, None, "blink_requested", "mqtt", None,
-                      {"bulbs": [list(b) for b in action.bulbs], "step": action.step_key})
-        elif isinstance(action, policy.AskResident):
-            _ask_residents(conn, inc, action, now, links)
-        elif isinstance(action, policy.Cancel):
-            _cancel(conn, inc, result.state, now, action.outcome, action.note)
-            cancelled = True
-        elif isinstance(action, policy.Log):
-            _timeline(conn, inc["incident_id"], now, None, action.action, "system", None, action.data)
-    if cancelled:
-        conn.execute("UPDATE alert_escalations SET state = %s, updated_at = %s, worker_id = %s WHERE incident_id = %s",
-                     (Jsonb(result.state.to_json()), as_datetime(now), worker_id, inc["incident_id"]))
-        return
-    status = "done" if result.next_step_at is None else "running"
-    next_at = as_datetime(result.next_step_at) if result.next_step_at is not None else None
-    conn.execute("""UPDATE alert_escalations SET state = %s, status = %s, next_step_at = %s, updated_at = %s, worker_id = %s
-                    WHERE incident_id = %s""",
-                 (Jsonb(result.state.to_json()), status, next_at, as_datetime(now), worker_id, inc["incident_id"]))
-
-
-def _cancel(conn: psycopg.Connection, inc: dict[str, Any], state: policy.State, now: float, outcome: str, note: str) -> None:
-    _stop_escalation(conn, inc["incident_id"], "done", now)
-    conn.execute("""UPDATE incidents SET status = 'cancelled', closed_at = %s, outcome = %s, outcome_note = %s,
-                    updated_at = %s WHERE incident_id = %s""",
-                 (as_datetime(now), outcome, note, as_datetime(now), inc["incident_id"]))
-    _timeline(conn, inc["incident_id"], now, None, "cancelled", "system", note, {"outcome": outcome})
-    if state.notified:
-        enqueue_notice(conn, inc, state.notified, "cancelled", "cancelled", urgent=True, now=now, note=note)
-
-
-# --- asking the resident first -------------------------------------------------------------------
-
-#: A resident's answer link stays usable this long after the check's own wait (a late "I'm fine"
-#: still closes an alert nobody has claimed yet).
-RESIDENT_LINK_GRACE_S = 24 * 3600.0
-RESIDENT_LINK_PATH = "/r/"  # the app serves the answer page there (app/incidents/resident_views.py)
-RESIDENT_PAGE = "/me"  # a signed-in resident's own page: shows the question with its (opened) link
-
-
-@dataclass(frozen=True)
-class ResidentLinks:
-    """What the engine needs to give a resident an answer link: the app's public address, and the
-    sealer that keeps the link out of the database in clear (None: no resident can be asked)."""
-
-    app_url: str = ""
-    sealer: outbox.LinkSealer | None = None
-
-
-def resident_token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
-def _ask_residents(conn: psycopg.Connection, inc: dict[str, Any], action: policy.AskResident, now: float,
-                   links: ResidentLinks) -> None:
-    """Each resident gets a message with a single-use answer link of their own; only its hash is kept
-    for checking an answer, and the link itself only sealed (issue 17) in the outbox row and the in-app
-    notification, opened by the sender. A resident already asked at this step (a replay) is not asked again."""
-    if links.sealer is None:
-        raise ValueError("asking a resident needs a LinkSealer (the service's secret key)")
-    expires = now + action.minutes * 60.0 + RESIDENT_LINK_GRACE_S
-    asked = []
-    for person_id in action.people:
-        token = secrets.token_urlsafe(24)
-        row = _one(conn, """INSERT INTO resident_check_links (token_hash, incident_id, household_id, person_id, step_key,
-                                   created_at, expires_at)
-                            VALUES (%s, %s, %s, %s, %s, %s, %s)
-                            ON CONFLICT (incident_id, step_key, person_id) DO NOTHING RETURNING incident_id""",
-                   (resident_token_hash(token), inc["incident_id"], inc["household_id"], person_id, action.step_key,
-                    as_datetime(now), as_datetime(expires)))
-        if row is None:
-            continue
-        sealed = links.sealer.seal(f"{links.app_url.rstrip('/')}{RESIDENT_LINK_PATH}{token}")
-        # in the app the question points to the resident's own page, which opens the sealed link
-        enqueue_notice(conn, inc, [person_id], action.step_key, "resident_check", urgent=True, now=now,
-                       sealed_link=sealed, url=f"{links.app_url.rstrip('/')}{RESIDENT_PAGE}", minutes=f"{action.minutes:g}")
-        asked.append(person_id)
-        metrics.RESIDENTS_ASKED.inc()
-    if asked:
-        _timeline(conn, inc["incident_id"], now, None, "resident_asked", "system", None,
-                  {"people": asked, "step": action.step_key, "minutes": action.minutes})
-
-
-# --- the outbox -------------------------------------------------------------------------------
-
-
-def _enqueue(conn: psycopg.Connection, incident_id: int, step_key: str, recipient: str, person_id: str | None,
-             channel: str, channel_id: int | None, notice: str, urgent: bool, payload: dict[str, Any], now: float,
-             send_at: float, status: str = "pending") -> int | None:
-    """One outbox row; None if this (incident, step, recipient, channel) was already recorded."""
-    return outbox.enqueue(conn, outbox.Send(
-        source=SOURCE, incident_id=incident_id, step_key=step_key, recipient=recipient, person_id=person_id,
-        channel=channel, channel_id=channel_id, notice=notice, urgent=urgent, payload=payload, created_at=now,
-        send_at=send_at, status=status, throttle_key=channel.split(":", 1)[0]))
-
-
-def enqueue_notice(conn: psycopg.Connection, inc: dict[str, Any], people: Sequence[str], step_key: str, notice: str, *,
-                   urgent: bool, now: float, inapp_only: bool = False, sealed_link: str | None = None, **fields: str) -> int:
-    """Tell ``people`` about an incident, in the caller's transaction.
-
-    The in-app notification is written right here (it *is* a database row, so it is exactly-once
-    with the step). Every other channel of each person gets an outbox row, sent by a delivery worker,
-    in the person's channel order; non-urgent ones wait for the end of the person's quiet hours.
-    A person with no channel besides the app is reported to the coordinator. Returns the number of
-    outbox rows waiting to be sent.
-    """
-    if not people:
-        return 0
-    persons = {r["person_id"]: r for r in _rows(
-        conn, """SELECT p.person_id, p.display_name, p.locale, r.quiet_start, r.quiet_end, r.timezone
-                 FROM people p LEFT JOIN person_alert_rules r ON r.person_id = p.person_id WHERE p.person_id = ANY(%s)""",
-        (list(people),))}
-    channels: dict[str, list[dict[str, Any]]] = {}
-    if not inapp_only:
-        for r in _rows(conn, """SELECT channel_id, person_id, kind FROM person_channels WHERE person_id = ANY(%s) AND enabled
-                                ORDER BY person_id, position, channel_id""", (list(people),)):
-            channels.setdefault(r["person_id"], []).append(r)
-    name = inc.get("household_name") or inc.get("eff_area") or inc.get("area") or ""
-    pending = 0
-    for position, person_id in enumerate(people):
-        person = persons.get(person_id)
-        if person is None:
-            continue  # a chain naming someone since deleted
-        title, body = render_notice(notice, person["locale"], name=name, kind=inc["kind"], **fields)
-        payload = {"title": title, "body": body, "incident_id": inc["incident_id"], "notice": notice,
-                   "household_id": inc["household_id"], "kind": inc["kind"]}
-        if "url" in fields:  # where a push opens (else the alert page)
-            payload["url"] = fields["url"]
-        if sealed_link is not None:  # an answer link: the sender opens it into the text, where the slot stands
-            payload["title"], payload["body"] = render_notice(notice, person["locale"], name=name, kind=inc["kind"],
-                                                              **{**fields, "url": outbox.LINK_SLOT})
-            payload["sealed_link"] = sealed_link
-        first = _enqueue(conn, inc["incident_id"], step_key, person_id, person_id, "inapp", None, notice, urgent, payload,
-                         now, now, status="sent")
-        if first is None:
-            continue  # this step already told this person (a replay)
-        data = {"step": step_key, "household_id": inc["household_id"], "kind": inc["kind"]}
-        if "url" in fields:
-            data["url"] = fields["url"]
-        if sealed_link is not None:
-            data["sealed_link"] = sealed_link
-        conn.execute("""INSERT INTO notifications (person_id, incident_id, notice, urgent, title, body, data, created_at)
-                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
-                     (person_id, inc["incident_id"], notice, urgent, title, body, Jsonb(data), as_datetime(now)))
-        metrics.count_notification("inapp", "sent")
-        if inapp_only:
-            continue
-        send_at = now
-        if not urgent:
-            tz = person["timezone"] if policy.valid_timezone(person["timezone"]) else "Asia/Tokyo"
-            send_at = policy.quiet_hours_end(now, person["quiet_start"], person["quiet_end"], tz) or now
-        mine = channels.get(person_id, [])
-        for order, ch in enumerate(mine):
-            # the channel order is kept by staggering by a millisecond per position
-            if _enqueue(conn, inc["incident_id"], step_key, person_id, person_id, f"{ch['kind']}:{ch['channel_id']}",
-                        ch["channel_id"], notice, urgent, payload, now, send_at + order * 0.001) is not None:
-                pending += 1
-        if not mine and notice in ("alert", "technical"):
-            pending += report_unreachable(conn, inc, person_id, now, reason="no_channel")
-    if pending:
-        conn.execute("SELECT pg_notify(%s, %s)", (DELIVERIES_CHANNEL, str(inc["incident_id"])))
-    return pending
-
-
-UNREACHABLE_REASONS = {"no_channel": "no channel besides the app", "all_failed": "every channel failed"}
-
-
-def report_unreachable(conn: psycopg.Connection, inc: dict[str, Any], person_id: str, now: float, *, reason: str) -> int:
-    """Tell the area's coordinator that ``person_id`` cannot be reached (a timeline row each time; the
-    coordinator is notified once per incident and person). ``reason``: a key of ``UNREACHABLE_REASONS``,
-    kept as a code in the entry's data (readers translate it) beside the English note in its body."""
-    team = load_team(conn, inc["household_id"], inc["eff_area"])
-    _timeline(conn, inc["incident_id"], now, None, "unreachable", "system", UNREACHABLE_REASONS[reason],
-              {"person_id": person_id, "reason": reason})
-    targets = [c for c in team.coordinators if c != person_id]
-    if not targets:
-        return 0
-    return enqueue_notice(conn, inc, targets, f"unreachable.{person_id}", "unreachable", urgent=True, now=now,
-                          person=_actor_name(conn, person_id))
-
-
-def incident_row(conn: psycopg.Connection, incident_id: int) -> dict[str, Any] | None:
-    return _one(conn, _INCIDENT_SQL + " WHERE i.incident_id = %s", (incident_id,))

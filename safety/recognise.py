@@ -96,7 +96,7 @@ def effective_state(state: str, gateways_total: int, gateways_offline: int) -> s
     return state
 
 
-def risk_key(state: str, lives_alone: bool, last_activity: float | None, name: str) -> tuple:
+def risk_key(state: str, lives_alone: bool, last_activity: float | None, name: str) -> tuple[int, bool, bool, float, str]:
     """Sort key, most at risk first: needs help, no answer, unreachable, sign of life, safe; then
     living alone; then no activity since the check (oldest activity first); then by name."""
     return (STATES.index(state) if state in STATES else len(STATES), not lives_alone,
