@@ -26,17 +26,17 @@ from alerts.models import (
 )
 from alerts.records import (
     _INCIDENT_SQL,
-    _actor_name,
     _away,
     _chain_for,
     _enqueue,
     _epoch,
     _one,
     _rows,
-    _stop_escalation,
-    _timeline,
+    actor_name,
+    add_timeline,
     enqueue_notice,
     load_team,
+    stop_escalation,
 )
 from mimamori import outbox
 from mimamori.clock import Clock, as_datetime
@@ -54,7 +54,8 @@ ORDER BY e.next_step_at LIMIT %s FOR NO KEY UPDATE OF i SKIP LOCKED"""
 
 def _each_isolated(conn: psycopg.Connection, rows: list[dict[str, Any]], fn: Any) -> None:
     """Run ``fn(row)`` for each row in its own savepoint: one bad incident must not block the batch
-    (it is logged and retried on the next pass). A lost connection still aborts everything."""
+    (it is logged and retried on the next pass). A lost connection still aborts everything.
+    """
     for row in rows:
         try:
             with conn.transaction():
@@ -69,7 +70,8 @@ def adopt_new(conn: psycopg.Connection, clock: Clock, worker_id: str, limit: int
               sealer: outbox.LinkSealer | None = None) -> int:
     """Take on newly opened incidents (up to ``limit``, one transaction): snapshot each one's chain
     and run its first steps. Returns how many it took. ``app_url``: the web app's public address, for
-    the links in messages to residents (empty: links relative to the app)."""
+    the links in messages to residents (empty: links relative to the app).
+    """
     now = clock.now()
     links = ResidentLinks(app_url, sealer)
     with conn.transaction():
@@ -114,7 +116,7 @@ def _adopt(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id:
                     as_datetime(now), as_datetime(now), worker_id))
     if created is None:  # another worker got there first
         return
-    _timeline(conn, inc["incident_id"], now, None, "escalation_started", "system", None,
+    add_timeline(conn, inc["incident_id"], now, None, "escalation_started", "system", None,
               {"chain": chain, "chain_source": source, "worker": worker_id})
     if inc["kind"] in WELFARE_KINDS and inc["household_id"] and _away(conn, inc["household_id"], now):
         _cancel(conn, inc, policy.State(), now, "away", "away mode was on when the incident opened")
@@ -135,7 +137,8 @@ def step_due(conn: psycopg.Connection, clock: Clock, worker_id: str, limit: int 
 
 def _step(conn: psycopg.Connection, inc: dict[str, Any], now: float, worker_id: str, links: ResidentLinks) -> None:
     esc = _one(conn, "SELECT * FROM alert_escalations WHERE incident_id = %s FOR UPDATE", (inc["incident_id"],))
-    assert esc is not None
+    if esc is None:  # a row the same transaction just wrote or locked
+        raise RuntimeError("esc: expected a row, found none")
     # the due row we saw may be stale (another worker advanced it before we locked): re-check
     if esc["next_step_at"] is None or esc["next_step_at"] > as_datetime(now) or esc["status"] == "done":
         return
@@ -163,12 +166,12 @@ def _claim_timer(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict
     claimer = inc["claimed_by"]
     what, next_at = policy.claim_due(chain, claimed_at, state.claim_reminded_at, now)
     key = f"{int(claimed_at * 1000)}"  # one reminder / reopening per claim
-    by = _actor_name(conn, claimer) if claimer else ""
+    by = actor_name(conn, claimer) if claimer else ""
     remind_s, grace_s = policy.claim_timeout(chain)
     if what is None:
         _set_escalation(conn, inc["incident_id"], state, "paused", next_at, now, worker_id)
     elif what == "remind":
-        _timeline(conn, inc["incident_id"], now, None, "claim_reminder", "system", None,
+        add_timeline(conn, inc["incident_id"], now, None, "claim_reminder", "system", None,
                   {"claimed_by": claimer, "claimed_minutes_ago": round((now - claimed_at) / 60, 1),
                    "reopen_in_minutes": grace_s / 60})
         if claimer:
@@ -177,7 +180,7 @@ def _claim_timer(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict
     else:  # reopen
         conn.execute("""UPDATE incidents SET status = 'open', claimed_at = NULL, claimed_by = NULL, updated_at = %s
                         WHERE incident_id = %s""", (as_datetime(now), inc["incident_id"]))
-        _timeline(conn, inc["incident_id"], now, None, "claim_expired", "system", None,
+        add_timeline(conn, inc["incident_id"], now, None, "claim_expired", "system", None,
                   {"claimed_by": claimer, "claimed_at": claimed_at, "timeout_minutes": remind_s / 60,
                    "grace_minutes": grace_s / 60})
         team = [p for p, _tier in load_team(conn, inc["household_id"], inc["eff_area"]).members]
@@ -185,7 +188,7 @@ def _claim_timer(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict
         reopened = {**inc, "status": "open", "claimed_by": None, "claimed_at": None}
         if told:
             enqueue_notice(conn, reopened, told, f"reopened.{key}", "reopened", urgent=True, now=now, by=by)
-        _timeline(conn, inc["incident_id"], now, None, "escalation_resumed", "system", None,
+        add_timeline(conn, inc["incident_id"], now, None, "escalation_resumed", "system", None,
                   {"reason": "claim_expired", "step": state.step_key})
         _run_unless_outage(conn, reopened, chain, replace(state, claim_reminded_at=None), now, worker_id, links)
 
@@ -202,18 +205,19 @@ def _area_outage(conn: psycopg.Connection, inc: dict[str, Any]) -> int | None:
 def _run_unless_outage(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, Any]], state: policy.State,
                        now: float, worker_id: str, links: ResidentLinks) -> None:
     """While the area's gateways are down the silence says nothing about the resident: a welfare
-    escalation in flight pauses (timeline entry) and resumes where it was when the outage closes."""
+    escalation in flight pauses (timeline entry) and resumes where it was when the outage closes.
+    """
     outage = _area_outage(conn, inc)
     if outage is not None:
         if state.paused_for is None:
             state = replace(state, paused_for=f"area_outage:{outage}")
-            _timeline(conn, inc["incident_id"], now, None, "escalation_paused", "system",
+            add_timeline(conn, inc["incident_id"], now, None, "escalation_paused", "system",
                       "area outage: the gateways of the area are offline", {"reason": "area_outage", "outage_incident": outage,
                                                                             "step": state.step_key})
         _set_escalation(conn, inc["incident_id"], state, "paused", now + policy.OUTAGE_RECHECK_S, now, worker_id)
         return
     if state.paused_for is not None:
-        _timeline(conn, inc["incident_id"], now, None, "escalation_resumed", "system", None,
+        add_timeline(conn, inc["incident_id"], now, None, "escalation_resumed", "system", None,
                   {"reason": "area_outage_closed", "paused_for": state.paused_for, "step": state.step_key})
         state = replace(state, paused_for=None)
     _run(conn, inc, chain, state, now, worker_id, links)
@@ -221,8 +225,8 @@ def _run_unless_outage(conn: psycopg.Connection, inc: dict[str, Any], chain: lis
 
 def _closed_elsewhere(conn: psycopg.Connection, inc: dict[str, Any], state: policy.State, now: float) -> None:
     """The detector (or anyone outside this engine) closed the incident: stop, and tell who was alerted."""
-    _stop_escalation(conn, inc["incident_id"], "done", now)
-    _timeline(conn, inc["incident_id"], now, None, "escalation_stopped", "system", None,
+    stop_escalation(conn, inc["incident_id"], "done", now)
+    add_timeline(conn, inc["incident_id"], now, None, "escalation_stopped", "system", None,
               {"status": inc["status"], "outcome": inc["outcome"]})
     if state.notified and inc["closed_by"] is None:
         note = inc["outcome_note"] or inc["outcome"] or ""
@@ -256,14 +260,14 @@ def _run(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, An
         if isinstance(action, policy.Notify):
             notice = "alert" if inc["kind"] in WELFARE_KINDS else "technical"
             enqueue_notice(conn, inc, action.people, action.step_key, notice, urgent=action.urgent, now=now)
-            _timeline(conn, inc["incident_id"], now, None, "notified", "system", None,
+            add_timeline(conn, inc["incident_id"], now, None, "notified", "system", None,
                       {"people": list(action.people), "step": action.step_key, "worker": worker_id})
         elif isinstance(action, policy.Blink):
             for gateway_id, device_id in action.bulbs:
                 _enqueue(conn, inc["incident_id"], action.step_key, f"device:{device_id}", None, "mqtt", None, "blink",
                          True, {"gateway_id": gateway_id, "device_id": device_id,
                                 "args": {**action.args, "switch_ok": True}}, now, now)  # chosen under blink_allowed
-            _timeline(conn, inc["incident_id"], now, None, "blink_requested", "mqtt", None,
+            add_timeline(conn, inc["incident_id"], now, None, "blink_requested", "mqtt", None,
                       {"bulbs": [list(b) for b in action.bulbs], "step": action.step_key})
         elif isinstance(action, policy.AskResident):
             _ask_residents(conn, inc, action, now, links)
@@ -271,7 +275,7 @@ def _run(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, An
             _cancel(conn, inc, result.state, now, action.outcome, action.note)
             cancelled = True
         elif isinstance(action, policy.Log):
-            _timeline(conn, inc["incident_id"], now, None, action.action, "system", None, action.data)
+            add_timeline(conn, inc["incident_id"], now, None, action.action, "system", None, action.data)
     if cancelled:
         conn.execute("UPDATE alert_escalations SET state = %s, updated_at = %s, worker_id = %s WHERE incident_id = %s",
                      (Jsonb(result.state.to_json()), as_datetime(now), worker_id, inc["incident_id"]))
@@ -284,11 +288,11 @@ def _run(conn: psycopg.Connection, inc: dict[str, Any], chain: list[dict[str, An
 
 
 def _cancel(conn: psycopg.Connection, inc: dict[str, Any], state: policy.State, now: float, outcome: str, note: str) -> None:
-    _stop_escalation(conn, inc["incident_id"], "done", now)
+    stop_escalation(conn, inc["incident_id"], "done", now)
     conn.execute("""UPDATE incidents SET status = 'cancelled', closed_at = %s, outcome = %s, outcome_note = %s,
                     updated_at = %s WHERE incident_id = %s""",
                  (as_datetime(now), outcome, note, as_datetime(now), inc["incident_id"]))
-    _timeline(conn, inc["incident_id"], now, None, "cancelled", "system", note, {"outcome": outcome})
+    add_timeline(conn, inc["incident_id"], now, None, "cancelled", "system", note, {"outcome": outcome})
     if state.notified:
         enqueue_notice(conn, inc, state.notified, "cancelled", "cancelled", urgent=True, now=now, note=note)
 
@@ -305,7 +309,8 @@ RESIDENT_PAGE = "/me"  # a signed-in resident's own page: shows the question wit
 @dataclass(frozen=True)
 class ResidentLinks:
     """What the engine needs to give a resident an answer link: the app's public address, and the
-    sealer that keeps the link out of the database in clear (None: no resident can be asked)."""
+    sealer that keeps the link out of the database in clear (None: no resident can be asked).
+    """
 
     app_url: str = ""
     sealer: outbox.LinkSealer | None = None
@@ -319,7 +324,8 @@ def _ask_residents(conn: psycopg.Connection, inc: dict[str, Any], action: policy
                    links: ResidentLinks) -> None:
     """Each resident gets a message with a single-use answer link of their own; only its hash is kept
     for checking an answer, and the link itself only sealed (issue 17) in the outbox row and the in-app
-    notification, opened by the sender. A resident already asked at this step (a replay) is not asked again."""
+    notification, opened by the sender. A resident already asked at this step (a replay) is not asked again.
+    """
     if links.sealer is None:
         raise ValueError("asking a resident needs a LinkSealer (the service's secret key)")
     expires = now + action.minutes * 60.0 + RESIDENT_LINK_GRACE_S
@@ -341,5 +347,5 @@ def _ask_residents(conn: psycopg.Connection, inc: dict[str, Any], action: policy
         asked.append(person_id)
         metrics.RESIDENTS_ASKED.inc()
     if asked:
-        _timeline(conn, inc["incident_id"], now, None, "resident_asked", "system", None,
+        add_timeline(conn, inc["incident_id"], now, None, "resident_asked", "system", None,
                   {"people": asked, "step": action.step_key, "minutes": action.minutes})

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 from psycopg.types.json import Jsonb
 
-from alerts import metrics, policy, service
+from alerts import metrics, policy, records, service
 from alerts.channels import (
     AppriseSender,
     MqttBlinkSender,
@@ -40,6 +40,7 @@ from alerts.channels import (
 from alerts.models import Conflict, InvalidInput, NotFound, render_notice
 from mimamori import outbox
 from mimamori.clock import Clock, as_datetime
+from mimamori.db import fetch_dict
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,13 @@ def _domain_of(url: str | None) -> str:
 
 def message_id(row: dict[str, Any], smtp_url: str | None = None) -> str | None:
     """The pinned Message-ID of an e-mail delivery (None for other channels); ``smtp_url``: the
-    operator's mail server, whose sender domain an ``email`` channel's messages carry."""
+    operator's mail server, whose sender domain an ``email`` channel's messages carry.
+    """
     if channel_name(row) != "email":
         return None
     created_ms = int(row["created_at"].timestamp() * 1000)
     url = smtp_url if row.get("channel_kind") == "email" else row.get("target")
-    if row["source"] != service.SOURCE:  # a safety check's message: <safety.<check>.<delivery>...>
+    if row["source"] != records.SOURCE:  # a safety check's message: <safety.<check>.<delivery>...>
         return f"<{row['source']}.{row['check_id']}.{row['delivery_id']}.{created_ms}@{_domain_of(url)}>"
     return message_id_for(int(row["delivery_id"]), int(row["incident_id"]), created_ms, _domain_of(url))
 
@@ -142,14 +144,15 @@ def send(row: dict[str, Any], senders: Senders) -> SendResult:
 class AlertOutbox:
     """The alert engine's rows of the outbox (``outbox.source = 'alert'``)."""
 
-    name = service.SOURCE
+    name = records.SOURCE
 
     def superseded(self, conn: psycopg.Connection, row: dict[str, Any]) -> str | None:
         """An alert (or blink) for an incident someone already claimed or closed is not worth sending;
-        nor is a question to the resident about an incident that has closed."""
+        nor is a question to the resident about an incident that has closed.
+        """
         if row["notice"] not in ("alert", "blink", "resident_check"):
             return None
-        inc = service._one(conn, "SELECT status FROM incidents WHERE incident_id = %s", (row["incident_id"],))
+        inc = fetch_dict(conn, "SELECT status FROM incidents WHERE incident_id = %s", (row["incident_id"],))
         status = inc["status"] if inc else "deleted"
         if row["notice"] in ("alert", "blink") and status != "open":
             return f"incident already {status}"
@@ -165,7 +168,7 @@ class AlertOutbox:
         data: dict[str, Any] = {"recipient": row["recipient"], "notice": row["notice"], "step": row["step_key"],
                                 "attempts": row["attempts"]}
         if outcome == "resend":
-            service._timeline(conn, incident_id, now, None, "resend_in_doubt", "system",
+            records.add_timeline(conn, incident_id, now, None, "resend_in_doubt", "system",
                               "a sender stopped between sending and recording; the same message is sent again",
                               {"recipient": row["recipient"], "step": row["step_key"], "channel": row["channel"],
                                "message_id": row["message_id"], "previous_worker": row["sending_by"]})
@@ -175,25 +178,26 @@ class AlertOutbox:
             if row.get("resends"):
                 data["resends"] = row["resends"]
             if row["notice"] == "blink" and error:  # sent, but the device did not echo it (MqttBlinkSender confirm_s)
-                service._timeline(conn, incident_id, now, None, "blink_not_confirmed", name, None, {**data, "detail": error})
+                records.add_timeline(conn, incident_id, now, None, "blink_not_confirmed", name, None, {**data, "detail": error})
             else:
-                service._timeline(conn, incident_id, now, None, "blinked" if row["notice"] == "blink" else "delivered",
+                records.add_timeline(conn, incident_id, now, None, "blinked" if row["notice"] == "blink" else "delivered",
                                   name, None, data)
         elif outcome == "failed":
-            service._timeline(conn, incident_id, now, None, "delivery_failed", name, error, data)
+            records.add_timeline(conn, incident_id, now, None, "delivery_failed", name, error, data)
             if row["notice"] in ("alert", "technical") and row["person_id"]:
-                still = service._one(conn, """SELECT 1 AS ok FROM outbox WHERE source = 'alert' AND incident_id = %s
+                still = fetch_dict(conn, """SELECT 1 AS ok FROM outbox WHERE source = 'alert' AND incident_id = %s
                                               AND step_key = %s AND recipient = %s AND channel <> 'inapp'
                                               AND status IN ('pending', 'sending', 'sent')""",
                                      (incident_id, row["step_key"], row["recipient"]))
                 if still is None:
-                    inc = service.incident_row(conn, incident_id)
-                    assert inc is not None
-                    service.report_unreachable(conn, inc, row["person_id"], now, reason="all_failed")
+                    inc = records.incident_row(conn, incident_id)
+                    if inc is None:  # a row the same transaction just wrote or locked
+                        raise RuntimeError("inc: expected a row, found none")
+                    records.report_unreachable(conn, inc, row["person_id"], now, reason="all_failed")
 
 
 #: The outbox sources an alert worker serves.
-SOURCES: dict[str, outbox.OutboxSource] = {service.SOURCE: AlertOutbox()}
+SOURCES: dict[str, outbox.OutboxSource] = {records.SOURCE: AlertOutbox()}
 
 
 #: A person may test a channel this often (seconds): enough to check a new address, not to flood one.
@@ -204,22 +208,23 @@ def send_test(conn: psycopg.Connection, actor: Any, person_id: str, channel_id: 
               clock: Clock, locale: str = "ja") -> SendResult:
     """Send a test message on one of a person's text channels (e-mail address or Apprise URL) now,
     so whoever registered it sees that it arrives. The person themselves, their area's coordinator or
-    an operator; once a minute per channel; the outcome goes to ``alert_admin_log``."""
+    an operator; once a minute per channel; the outcome goes to ``alert_admin_log``.
+    """
     now = clock.now()
     with conn.transaction():  # checked and recorded before the send: a second click waits, then sees this one
-        service._may_manage_person(conn, actor, person_id)
-        ch = service._one(conn, """SELECT kind, target FROM person_channels WHERE channel_id = %s AND person_id = %s
+        service._may_manage_person(conn, actor, person_id)  # noqa: SLF001 - the service's own rule, raising NotFound
+        ch = fetch_dict(conn, """SELECT kind, target FROM person_channels WHERE channel_id = %s AND person_id = %s
                                    AND enabled FOR UPDATE""", (channel_id, person_id))
         if ch is None:
             raise NotFound("no such channel")
         if ch["kind"] not in ("email", "apprise"):
             raise InvalidInput("only e-mail and chat channels can be tested from here")
-        recent = service._one(conn, """SELECT 1 AS ok FROM alert_admin_log WHERE subject = %s AND action = 'channel_tested'
+        recent = fetch_dict(conn, """SELECT 1 AS ok FROM alert_admin_log WHERE subject = %s AND action = 'channel_tested'
                                        AND (data->>'channel_id')::bigint = %s AND at > %s""",
                               (person_id, channel_id, as_datetime(now - TEST_EVERY_S)))
         if recent:
             raise Conflict("a test was sent to this channel less than a minute ago")
-        entry = service._admin_log(conn, now, actor, "channel_tested", person_id, {"channel_id": channel_id, "kind": ch["kind"]})
+        entry = service.log_admin_change(conn, now, actor, "channel_tested", person_id, {"channel_id": channel_id, "kind": ch["kind"]})
     title, body = render_notice("test", locale, name="")
     result = senders.message(ch["kind"], ch["target"], title, body)  # the network call, outside any transaction
     # Issue 17: whoever tested sees only "sent" or "failed". The error text of a connection (refused,
@@ -235,7 +240,8 @@ def send_test(conn: psycopg.Connection, actor: Any, person_id: str, channel_id: 
 def deliver_one(conn: psycopg.Connection, clock: Clock, senders: Senders, worker_id: str = "worker", *,
                 recover: bool = True) -> bool:
     """Send the next due alert row (or, with ``recover``, an in-doubt one), if any. Returns whether
-    there was one. ``conn`` is in autocommit mode (this function commits twice)."""
+    there was one. ``conn`` is in autocommit mode (this function commits twice).
+    """
 
     def observe(row: dict[str, Any], result: Any, outcome: str | None) -> None:
         name = channel_name(row)

@@ -53,33 +53,35 @@ LEFT JOIN alert_escalations e ON e.incident_id = i.incident_id
 """
 
 
-def _timeline(conn: psycopg.Connection, incident_id: int, at: float, actor: str | None, action: str, channel: str,
+def add_timeline(conn: psycopg.Connection, incident_id: int, at: float, actor: str | None, action: str, channel: str,
               body: str | None = None, data: dict[str, Any] | None = None) -> int:
     row = _one(conn, """INSERT INTO incident_timeline (incident_id, at, actor, action, channel, body, data)
                         VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING entry_id""",
                (incident_id, as_datetime(at), actor, action, channel, body, Jsonb(data or {})))
-    assert row is not None
+    if row is None:  # a row the same transaction just wrote or locked
+        raise RuntimeError("row: expected a row, found none")
     return int(row["entry_id"])
 
 
-def _actor_name(conn: psycopg.Connection, person_id: str) -> str:
+def actor_name(conn: psycopg.Connection, person_id: str) -> str:
     row = _one(conn, "SELECT display_name FROM people WHERE person_id = %s", (person_id,))
     return row["display_name"] if row else person_id
 
 
-def _stop_escalation(conn: psycopg.Connection, incident_id: int, status: str, now: float) -> None:
+def stop_escalation(conn: psycopg.Connection, incident_id: int, status: str, now: float) -> None:
     conn.execute("UPDATE alert_escalations SET status = %s, next_step_at = NULL, updated_at = %s WHERE incident_id = %s",
                  (status, as_datetime(now), incident_id))
 
 
-def _escalation_state(conn: psycopg.Connection, incident_id: int) -> policy.State:
+def escalation_state(conn: psycopg.Connection, incident_id: int) -> policy.State:
     row = _one(conn, "SELECT state FROM alert_escalations WHERE incident_id = %s", (incident_id,))
     return policy.State.from_json(row["state"] if row else {})
 
 
 def default_chain(conn: psycopg.Connection, household_id: str | None) -> list[dict[str, Any]]:
     """The chain of a household without one of its own: asking the resident first when a resident
-    has a channel of their own to be asked on, else straight to the team."""
+    has a channel of their own to be asked on, else straight to the team.
+    """
     reachable = household_id is not None and _one(
         conn, "SELECT 1 AS ok FROM households_resident_reachable WHERE household_id = %s", (household_id,)) is not None
     return list(policy.RESIDENT_FIRST_CHAIN if reachable else policy.DEFAULT_CHAIN)
@@ -158,7 +160,7 @@ def enqueue_notice(conn: psycopg.Connection, inc: dict[str, Any], people: Sequen
             channels.setdefault(r["person_id"], []).append(r)
     name = inc.get("household_name") or inc.get("eff_area") or inc.get("area") or ""
     pending = 0
-    for position, person_id in enumerate(people):
+    for person_id in people:
         person = persons.get(person_id)
         if person is None:
             continue  # a chain naming someone since deleted
@@ -209,15 +211,16 @@ UNREACHABLE_REASONS = {"no_channel": "no channel besides the app", "all_failed":
 def report_unreachable(conn: psycopg.Connection, inc: dict[str, Any], person_id: str, now: float, *, reason: str) -> int:
     """Tell the area's coordinator that ``person_id`` cannot be reached (a timeline row each time; the
     coordinator is notified once per incident and person). ``reason``: a key of ``UNREACHABLE_REASONS``,
-    kept as a code in the entry's data (readers translate it) beside the English note in its body."""
+    kept as a code in the entry's data (readers translate it) beside the English note in its body.
+    """
     team = load_team(conn, inc["household_id"], inc["eff_area"])
-    _timeline(conn, inc["incident_id"], now, None, "unreachable", "system", UNREACHABLE_REASONS[reason],
+    add_timeline(conn, inc["incident_id"], now, None, "unreachable", "system", UNREACHABLE_REASONS[reason],
               {"person_id": person_id, "reason": reason})
     targets = [c for c in team.coordinators if c != person_id]
     if not targets:
         return 0
     return enqueue_notice(conn, inc, targets, f"unreachable.{person_id}", "unreachable", urgent=True, now=now,
-                          person=_actor_name(conn, person_id))
+                          person=actor_name(conn, person_id))
 
 
 def incident_row(conn: psycopg.Connection, incident_id: int) -> dict[str, Any] | None:

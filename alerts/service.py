@@ -29,17 +29,7 @@ from psycopg.types.json import Jsonb
 
 from alerts import policy
 from alerts.channels import ALLOWED_APPRISE_SCHEMES, EMAIL_ADDRESS
-from alerts.engine import RESIDENT_LINK_GRACE_S as RESIDENT_LINK_GRACE_S
-from alerts.engine import RESIDENT_LINK_PATH as RESIDENT_LINK_PATH
-from alerts.engine import RESIDENT_PAGE as RESIDENT_PAGE
-from alerts.engine import ResidentLinks as ResidentLinks
-
-# the engine and the records, for callers that reach them through this module (the app, the safety check, tools)
-from alerts.engine import adopt_new as adopt_new
-from alerts.engine import adopt_one as adopt_one
-from alerts.engine import resident_token_hash as resident_token_hash
-from alerts.engine import step_due as step_due
-from alerts.engine import step_one_due as step_one_due
+from alerts.engine import adopt_one  # noqa: F401 - re-exported for a caller outside alerts/ (tests/test_app_api.py)
 from alerts.models import (
     OUTCOMES,
     ActorLike,
@@ -53,25 +43,17 @@ from alerts.models import (
 )
 from alerts.records import (
     _INCIDENT_SQL,
-    _actor_name,
     _chain_for,
-    _escalation_state,
     _one,
     _rows,
-    _stop_escalation,
-    _timeline,
+    actor_name,
+    add_timeline,
     default_chain,
     enqueue_notice,
+    escalation_state,
     load_team,
+    stop_escalation,
 )
-from alerts.records import DELIVERIES_CHANNEL as DELIVERIES_CHANNEL
-from alerts.records import INCIDENTS_CHANNEL as INCIDENTS_CHANNEL
-from alerts.records import NOTIFICATIONS_CHANNEL as NOTIFICATIONS_CHANNEL
-from alerts.records import SOURCE as SOURCE
-from alerts.records import UNREACHABLE_REASONS as UNREACHABLE_REASONS
-from alerts.records import _away as _away
-from alerts.records import incident_row as incident_row
-from alerts.records import report_unreachable as report_unreachable
 from mimamori.clock import Clock, as_datetime
 
 log = logging.getLogger(__name__)
@@ -158,11 +140,11 @@ def claim(conn: psycopg.Connection, actor: ActorLike, incident_id: int, *, clock
             raise Conflict(f"incident is {inc['status']}" + (f" by {inc['claimed_by']}" if inc["claimed_by"] else ""))
         conn.execute("""UPDATE incidents SET status = 'claimed', claimed_at = %s, claimed_by = %s, updated_at = %s
                         WHERE incident_id = %s""", (as_datetime(now), actor.person_id, as_datetime(now), incident_id))
-        _timeline(conn, incident_id, now, actor.person_id, "claimed", channel)
+        add_timeline(conn, incident_id, now, actor.person_id, "claimed", channel)
         _pause_for_claim(conn, inc, now)
-        others = [p for p in _escalation_state(conn, incident_id).notified if p != actor.person_id]
+        others = [p for p in escalation_state(conn, incident_id).notified if p != actor.person_id]
         if others:
-            by = _actor_name(conn, actor.person_id)
+            by = actor_name(conn, actor.person_id)
             enqueue_notice(conn, inc, others, "claimed", "claimed", urgent=True, now=now, by=by)
         return _view(_incident_for(conn, actor, incident_id))
 
@@ -193,13 +175,13 @@ def comment(conn: psycopg.Connection, actor: ActorLike, incident_id: int, text: 
     now = clock.now()
     with conn.transaction():
         inc = _incident_for(conn, actor, incident_id)
-        entry_id = _timeline(conn, incident_id, now, actor.person_id, "comment", channel, text)
+        entry_id = add_timeline(conn, incident_id, now, actor.person_id, "comment", channel, text)
         team = [r["person_id"] for r in _rows(conn, "SELECT person_id FROM household_watchers WHERE household_id = %s",
                                               (inc["household_id"],))]
-        others = [p for p in dict.fromkeys([*team, *_escalation_state(conn, incident_id).notified]) if p != actor.person_id]
+        others = [p for p in dict.fromkeys([*team, *escalation_state(conn, incident_id).notified]) if p != actor.person_id]
         if others:
             enqueue_notice(conn, inc, others, f"comment.{entry_id}", "comment", urgent=False, now=now,
-                           by=_actor_name(conn, actor.person_id), note=text, inapp_only=True)
+                           by=actor_name(conn, actor.person_id), note=text, inapp_only=True)
     return next(e for e in timeline(conn, actor, incident_id) if e.entry_id == entry_id)
 
 
@@ -223,38 +205,41 @@ def resolve(conn: psycopg.Connection, actor: ActorLike, incident_id: int, outcom
         inc = _incident_for(conn, actor, incident_id, lock=True)
         if inc["status"] not in ("open", "claimed"):
             raise Conflict(f"incident is already {inc['status']}")
-        _stop_escalation(conn, incident_id, "done", now)
+        stop_escalation(conn, incident_id, "done", now)
         conn.execute("""UPDATE incidents SET status = 'resolved', closed_at = %s, closed_by = %s, outcome = %s,
                                outcome_note = %s, updated_at = %s WHERE incident_id = %s""",
                      (as_datetime(now), actor.person_id, outcome, note or None, as_datetime(now), incident_id))
-        _timeline(conn, incident_id, now, actor.person_id, "resolved", channel, note or None, {"outcome": outcome})
+        add_timeline(conn, incident_id, now, actor.person_id, "resolved", channel, note or None, {"outcome": outcome})
         if outcome == "away" and inc["household_id"]:
-            assert away_until is not None
+            if away_until is None:  # refused above already; for the type checker
+                raise InvalidInput("outcome 'away' needs away_until")
             conn.execute("""INSERT INTO away_periods (household_id, starts_at, until, source, set_by, note)
                             VALUES (%s, %s, %s, 'alert_outcome', %s, %s)""",
                          (inc["household_id"], as_datetime(now), as_datetime(away_until), actor.person_id, note or None))
-            _timeline(conn, incident_id, now, actor.person_id, "away_set", channel, None, {"until": away_until})
+            add_timeline(conn, incident_id, now, actor.person_id, "away_set", channel, None, {"until": away_until})
         if outcome == "device_problem":
             task = _one(conn, """INSERT INTO device_tasks (household_id, area, incident_id, note, opened_at, opened_by)
                                  VALUES (%s, %s, %s, %s, %s, %s) RETURNING task_id""",
                         (inc["household_id"], inc["eff_area"], incident_id, note or None, as_datetime(now), actor.person_id))
-            assert task is not None
-            _timeline(conn, incident_id, now, actor.person_id, "device_task_opened", channel, None, {"task_id": task["task_id"]})
+            if task is None:  # a row the same transaction just wrote or locked
+                raise RuntimeError("task: expected a row, found none")
+            add_timeline(conn, incident_id, now, actor.person_id, "device_task_opened", channel, None, {"task_id": task["task_id"]})
             team = load_team(conn, inc["household_id"], inc["eff_area"])
             if team.coordinators:
                 enqueue_notice(conn, inc, team.coordinators, "device_task", "device_task", urgent=False, now=now,
                                note=note)
-        told = [p for p in _escalation_state(conn, incident_id).notified if p != actor.person_id]
+        told = [p for p in escalation_state(conn, incident_id).notified if p != actor.person_id]
         if told:
             enqueue_notice(conn, inc, told, "resolved", "resolved", urgent=False, now=now, outcome=outcome, note=note)
         return _view(_incident_for(conn, actor, incident_id))
 
 
-def _admin_log(conn: psycopg.Connection, at: float, actor: ActorLike, action: str, subject: str,
+def log_admin_change(conn: psycopg.Connection, at: float, actor: ActorLike, action: str, subject: str,
                data: dict[str, Any] | None = None, channel: str = "app") -> int:
     row = _one(conn, """INSERT INTO alert_admin_log (at, actor, action, subject, channel, data) VALUES (%s, %s, %s, %s, %s, %s)
                         RETURNING entry_id""", (as_datetime(at), actor.person_id, action, subject, channel, Jsonb(data or {})))
-    assert row is not None
+    if row is None:  # a row the same transaction just wrote or locked
+        raise RuntimeError("row: expected a row, found none")
     return int(row["entry_id"])
 
 
@@ -302,7 +287,7 @@ def set_chain(conn: psycopg.Connection, actor: ActorLike, household_id: str, ste
                         ON CONFLICT (household_id) DO UPDATE SET steps = EXCLUDED.steps, updated_at = EXCLUDED.updated_at,
                         updated_by = EXCLUDED.updated_by""",
                      (household_id, Jsonb(clean), as_datetime(clock.now()), actor.person_id))
-        _admin_log(conn, clock.now(), actor, "chain_set", household_id, {"steps": clean}, channel)
+        log_admin_change(conn, clock.now(), actor, "chain_set", household_id, {"steps": clean}, channel)
     return clean
 
 
@@ -312,7 +297,7 @@ def reset_chain(conn: psycopg.Connection, actor: ActorLike, household_id: str, *
     with conn.transaction():
         _household_for_manager(conn, actor, household_id)
         conn.execute("DELETE FROM escalation_chains WHERE household_id = %s", (household_id,))
-        _admin_log(conn, _now_or_db(conn, clock), actor, "chain_reset", household_id, None, channel)
+        log_admin_change(conn, _now_or_db(conn, clock), actor, "chain_reset", household_id, None, channel)
 
 
 def _now_or_db(conn: psycopg.Connection, clock: Clock | None) -> float:
@@ -320,7 +305,8 @@ def _now_or_db(conn: psycopg.Connection, clock: Clock | None) -> float:
     if clock is not None:
         return clock.now()
     row = _one(conn, "SELECT extract(epoch FROM now())::float8 AS t")
-    assert row is not None
+    if row is None:  # a row the same transaction just wrote or locked
+        raise RuntimeError("row: expected a row, found none")
     return float(row["t"])
 
 
@@ -340,7 +326,8 @@ def managed_people_sql(actor: ActorLike, alias: str = "p") -> tuple[str, dict[st
       teams and then read the watcher's Slack token and Web Push keys, add an address, mute them).
       A watcher on teams of two areas is managed by nobody but themselves and the operator; putting a
       watcher from another area on a team is the operator's act (or the watcher's own acceptance of an
-      invitation)."""
+      invitation).
+    """
     me = {"mp_me": actor.person_id}
     if actor.role == "operator":
         return "TRUE", me
@@ -378,7 +365,8 @@ def _may_manage_person(conn: psycopg.Connection, actor: ActorLike, person_id: st
 def add_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, kind: str, target: str, *,
                 label: str | None = None, position: int = 0, clock: Clock | None = None) -> int:
     """Add an e-mail address (``kind='email'``, sent through the operator's mail server), an Apprise
-    URL (``kind='apprise'``) or a Web Push subscription (JSON) for a person."""
+    URL (``kind='apprise'``) or a Web Push subscription (JSON) for a person.
+    """
     if "\x00" in (target or "") or "\x00" in (label or ""):
         raise InvalidInput("no NUL characters")
     if kind == "email":
@@ -406,9 +394,10 @@ def add_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, kind
         row = _one(conn, """INSERT INTO person_channels (person_id, kind, target, label, position) VALUES (%s, %s, %s, %s, %s)
                             ON CONFLICT (person_id, kind, target) DO UPDATE SET enabled = true, label = EXCLUDED.label,
                             position = EXCLUDED.position RETURNING channel_id""", (person_id, kind, target, label, position))
-        assert row is not None
+        if row is None:  # a row the same transaction just wrote or locked
+            raise RuntimeError("row: expected a row, found none")
         # the target may hold a secret (a token in an Apprise URL): the log keeps only its scheme
-        _admin_log(conn, _now_or_db(conn, clock), actor, "channel_added", person_id,
+        log_admin_change(conn, _now_or_db(conn, clock), actor, "channel_added", person_id,
                    {"channel_id": row["channel_id"], "kind": kind, "scheme": target.split(":", 1)[0] if kind == "apprise" else kind})
     return int(row["channel_id"])
 
@@ -424,7 +413,7 @@ def remove_channel(conn: psycopg.Connection, actor: ActorLike, person_id: str, c
     with conn.transaction():
         _may_manage_person(conn, actor, person_id)
         conn.execute("UPDATE person_channels SET enabled = false WHERE person_id = %s AND channel_id = %s", (person_id, channel_id))
-        _admin_log(conn, _now_or_db(conn, clock), actor, "channel_removed", person_id, {"channel_id": channel_id})
+        log_admin_change(conn, _now_or_db(conn, clock), actor, "channel_removed", person_id, {"channel_id": channel_id})
 
 
 def set_quiet_hours(conn: psycopg.Connection, actor: ActorLike, person_id: str, start: Any, end: Any,
@@ -437,7 +426,7 @@ def set_quiet_hours(conn: psycopg.Connection, actor: ActorLike, person_id: str, 
         conn.execute("""INSERT INTO person_alert_rules (person_id, quiet_start, quiet_end, timezone) VALUES (%s, %s, %s, %s)
                         ON CONFLICT (person_id) DO UPDATE SET quiet_start = EXCLUDED.quiet_start,
                         quiet_end = EXCLUDED.quiet_end, timezone = EXCLUDED.timezone""", (person_id, start, end, timezone))
-        _admin_log(conn, _now_or_db(conn, clock), actor, "quiet_hours_set", person_id,
+        log_admin_change(conn, _now_or_db(conn, clock), actor, "quiet_hours_set", person_id,
                    {"start": str(start) if start else None, "end": str(end) if end else None, "timezone": timezone})
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from alerts import flows, metrics, service
+from alerts import engine, flows, metrics, records
 from alerts.channels import AlertSettings, AppriseSender, MqttBlinkSender, WebPushSender
 from mimamori import observability, outbox
 from mimamori.clock import Clock, ScaledClock, SystemClock
@@ -44,11 +44,12 @@ BATCH_STEP = 10
 def _engine_pass(conn: psycopg.Connection, clock: Clock, worker_id: str, wake: threading.Event, app_url: str = "",
                  sealer: outbox.LinkSealer | None = None) -> int:
     """Adopt new incidents and advance due escalations; returns how many it handled. Wakes the
-    delivery threads after every committed batch so sends start while the pass goes on."""
+    delivery threads after every committed batch so sends start while the pass goes on.
+    """
     done = 0
     while done < BATCH:
-        adopted = service.adopt_new(conn, clock, worker_id, limit=BATCH_STEP, app_url=app_url, sealer=sealer)
-        stepped = service.step_due(conn, clock, worker_id, limit=BATCH_STEP, app_url=app_url, sealer=sealer)
+        adopted = engine.adopt_new(conn, clock, worker_id, limit=BATCH_STEP, app_url=app_url, sealer=sealer)
+        stepped = engine.step_due(conn, clock, worker_id, limit=BATCH_STEP, app_url=app_url, sealer=sealer)
         metrics.STEPS.labels("adopt").inc(adopted)
         metrics.STEPS.labels("step").inc(stepped)
         n = adopted + stepped
@@ -64,7 +65,8 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
     """Run until ``stop`` is set, on the one worker runtime (``mimamori.worker``): the engine loop as the
     main task, ``MIMAMORI_ALERTS_DELIVERY_THREADS`` outbox senders as side tasks (if one dies, the worker
     stops with a log line naming it). ``mqtt_url`` None: resident checks cannot blink (the sends fail
-    and are recorded as such). Settings of the engine come from ``MIMAMORI_ALERTS_*`` (``AlertSettings``)."""
+    and are recorded as such). Settings of the engine come from ``MIMAMORI_ALERTS_*`` (``AlertSettings``).
+    """
     cfg = alert_settings or AlertSettings()
     if not settings.public_url:
         log.warning("MIMAMORI_PUBLIC_URL is not set: links in messages to residents point to %s, which a phone "
@@ -106,8 +108,8 @@ def _engine_loop(database_url: str, clock: Clock, worker_id: str, cfg: AlertSett
             try:
                 if listen is None or listen.closed:
                     listen = psycopg.connect(database_url, autocommit=True)
-                    listen.execute(f"LISTEN {service.INCIDENTS_CHANNEL}")
-                    listen.execute(f"LISTEN {service.DELIVERIES_CHANNEL}")
+                    listen.execute(f"LISTEN {records.INCIDENTS_CHANNEL}")
+                    listen.execute(f"LISTEN {records.DELIVERIES_CHANNEL}")
                 if conn is None or conn.closed:
                     conn = psycopg.connect(database_url, autocommit=True)
                 if time.monotonic() - refreshed >= cfg.metrics_every_s:
@@ -118,7 +120,7 @@ def _engine_loop(database_url: str, clock: Clock, worker_id: str, cfg: AlertSett
                 if busy:
                     continue
                 for note in listen.notifies(timeout=cfg.poll_s, stop_after=1):
-                    if note.channel == service.DELIVERIES_CHANNEL:
+                    if note.channel == records.DELIVERIES_CHANNEL:
                         wake.set()
             except psycopg.OperationalError:
                 log.exception("alert worker: database error; reconnecting")

@@ -87,7 +87,8 @@ class OutboxSource(Protocol):
 
     def recorded(self, conn: psycopg.Connection, row: dict[str, Any], outcome: str, error: str | None, now: float) -> None:
         """Record beside the row what happened: ``outcome`` is ``sent``, ``retry``, ``failed``,
-        ``skipped`` or ``resend`` (an in-doubt row about to be sent again)."""
+        ``skipped`` or ``resend`` (an in-doubt row about to be sent again).
+        """
 
 
 # =============================================================================================
@@ -131,7 +132,8 @@ def _params(s: Send) -> tuple[Any, ...]:
 
 def enqueue(conn: psycopg.Connection, send: Send) -> int | None:
     """Queue one row in the caller's transaction; its id, or None if the source's replay key
-    (alerts: incident, step, recipient, channel; safety: check, recipient, channel) was queued already."""
+    (alerts: incident, step, recipient, channel; safety: check, recipient, channel) was queued already.
+    """
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(_INSERT + " RETURNING delivery_id", _params(send))
         row = cur.fetchone()
@@ -154,7 +156,8 @@ def enqueue_many(conn: psycopg.Connection, sends: Sequence[Send]) -> None:
 class Throttle:
     """A token bucket per key (channel kind): ``rates`` in messages per second; keys not listed use
     ``rates['default']`` (1/s when absent). Bursts up to one second's worth (at least 1). Pure: the
-    caller's clock. ``per_minute`` builds one from "at most N a minute" figures."""
+    caller's clock. ``per_minute`` builds one from "at most N a minute" figures.
+    """
 
     rates: dict[str, float]
     _tokens: dict[str, float] = field(default_factory=dict)
@@ -231,7 +234,8 @@ def claim(conn: psycopg.Connection, sources: Mapping[str, OutboxSource], now: fl
     Picks the next due pending row of ``sources`` whose throttle key has a token, or else
     (``recover``) an in-doubt row. Returns the row with ``attempt_id``, ``resend`` and ``skipped``
     (True: superseded, already recorded as skipped: do not send), or None when there is nothing to do.
-    The caller sends, then calls ``finish``, and ``release`` in a ``finally``."""
+    The caller sends, then calls ``finish``, and ``release`` in a ``finally``.
+    """
     names = list(sources)
     with conn.transaction():
         # the mark needs no fsync of its own: lost in a database crash, the row is 'pending' again and is
@@ -273,7 +277,8 @@ def finish(conn: psycopg.Connection, sources: Mapping[str, OutboxSource], row: d
            error: str | None, now: float, final: bool = False) -> str | None:
     """Step 3: record the attempt's outcome in a transaction of its own; returns the outcome
     (``sent``, ``retry``, ``failed``), or None if the attempt is no longer the current one (another
-    worker took it over as in doubt). ``final``: a permanent failure, no retry can help."""
+    worker took it over as in doubt). ``final``: a permanent failure, no retry can help.
+    """
     source = sources[row["source"]]
     with conn.transaction():
         current = _one(conn, "SELECT attempt_id, status FROM outbox WHERE delivery_id = %s FOR UPDATE", (row["delivery_id"],))
@@ -325,7 +330,8 @@ def deliver_one(conn: psycopg.Connection, sources: Mapping[str, OutboxSource], s
                 observe: Callable[[dict[str, Any], Any, str | None], None] | None = None) -> bool:
     """Claim, send and finish one row; whether there was one. ``send(row)`` returns an object with
     ``ok``, ``error`` and ``permanent`` (``Result`` or a channel's own); an exception from it is a
-    failed attempt (retried), never a dead worker. ``observe(row, result, outcome)`` counts it."""
+    failed attempt (retried), never a dead worker. ``observe(row, result, outcome)`` counts it.
+    """
     row = claim(conn, sources, now(), worker_id, recover=recover, throttle=throttle, throttle_keys=throttle_keys,
                 message_id=message_id)
     if row is None:
@@ -357,7 +363,8 @@ LINK_SLOT = "\u2063{link}\u2063"
 
 class LinkSealer:
     """Seals answer links (their tokens are credentials) for storage and opens them at send time:
-    Fernet with a key derived from the service's secret key (``mimamori.signing.secret_key``)."""
+    Fernet with a key derived from the service's secret key (``mimamori.signing.secret_key``).
+    """
 
     def __init__(self, secret_key: str | bytes) -> None:
         key = secret_key.encode() if isinstance(secret_key, str) else secret_key
@@ -376,7 +383,8 @@ class LinkSealer:
 
 def open_links(payload: Mapping[str, Any], sealer: LinkSealer | None) -> dict[str, Any]:
     """The payload to send: its sealed link (``sealed_link``) opened into ``url`` and into the text
-    where ``LINK_SLOT`` stands. Without a sealer (or a link) the payload is returned as it is."""
+    where ``LINK_SLOT`` stands. Without a sealer (or a link) the payload is returned as it is.
+    """
     out = dict(payload)
     sealed = out.pop("sealed_link", None)
     if sealed is None:
@@ -405,7 +413,8 @@ def delivery_task(database_url: str, deliver: Callable[[psycopg.Connection, bool
     e.g. ``alerts.flows.deliver_one``) while there is work, then a wait for ``wake`` (a NOTIFY) or
     ``idle_s()`` (default ``poll_s``). A lost database connection is reconnected (its advisory locks die
     with it: a row it was sending is found in doubt and re-sent); any other error ends the task, and
-    with it the worker (``mimamori.worker.Worker``)."""
+    with it the worker (``mimamori.worker.Worker``).
+    """
 
     def run(stop: threading.Event) -> None:
         conn: psycopg.Connection | None = None

@@ -29,7 +29,7 @@ JOIN_TIMEOUT_S = 15.0
 Task = Callable[[threading.Event], None]
 
 
-class SideTaskDied(RuntimeError):
+class SideTaskDiedError(RuntimeError):
     """A side task ended while the worker was running (``Worker.run`` raises it after stopping)."""
 
 
@@ -51,7 +51,7 @@ class Worker:
     def _supervised(self, name: str, task: Task) -> None:
         try:
             task(self.stop)
-        except BaseException as exc:  # noqa: BLE001 - whatever ends a side task ends the worker, with its reason
+        except BaseException as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.exception("%s worker: side task %r died: %s; stopping the worker", self.name, name, reason)
         else:
@@ -63,18 +63,18 @@ class Worker:
             self.died = f"{name}: {reason}"
             self.stop.set()
 
-    def _follow_outer(self) -> None:
-        assert self.outer_stop is not None
+    def _follow_outer(self, outer: threading.Event) -> None:
         while not self.stop.is_set():
-            if self.outer_stop.wait(0.1):
+            if outer.wait(0.1):
                 self.stop.set()
 
     def run(self) -> None:
-        """Run until ``stop``; raises ``SideTaskDied`` if a side task ended the worker."""
+        """Run until ``stop``; raises ``SideTaskDiedError`` if a side task ended the worker."""
         threads = [threading.Thread(target=self._supervised, args=(n, t), name=f"{self.name}-{n}", daemon=True)
                    for n, t in self.side_tasks.items()]
         if self.outer_stop is not None:
-            threads.append(threading.Thread(target=self._follow_outer, name=f"{self.name}-stop", daemon=True))
+            threads.append(threading.Thread(target=self._follow_outer, args=(self.outer_stop,), name=f"{self.name}-stop",
+                                            daemon=True))
         log.info("%s worker started (%s)", self.name, ", ".join(["main", *self.side_tasks]))
         try:
             for t in threads:
@@ -93,7 +93,7 @@ class Worker:
                     log.exception("%s worker: cleanup failed", self.name)
             log.info("%s worker stopped%s", self.name, f" because side task {self.died}" if self.died else "")
         if self.died:
-            raise SideTaskDied(self.died)
+            raise SideTaskDiedError(self.died)
 
 
 @contextmanager

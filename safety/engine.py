@@ -8,11 +8,11 @@ import psycopg
 
 from mimamori.clock import Clock, as_datetime
 from safety import metrics, recognise
-from safety.records import _audit, _epoch, _rows
+from safety.records import _epoch, _rows, audit
 
 
 def open_households(conn: psycopg.Connection) -> dict[str, list[tuple[int, float]]]:
-    """household -> [(check_id, started_at)] of open checks."""
+    """Household -> [(check_id, started_at)] of open checks."""
     out: dict[str, list[tuple[int, float]]] = {}
     for r in _rows(conn, """SELECT a.household_id, c.check_id, c.started_at FROM safety_answers a
                             JOIN safety_checks c ON c.check_id = a.check_id WHERE c.closed_at IS NULL"""):
@@ -25,12 +25,10 @@ def recognise_new_events(conn: psycopg.Connection, clock: Clock, cursor: float |
     """Look at events received since ``cursor`` (minus ``lookback_s``, for batches that committed
     late) for households in open checks; re-judge those households from all their events since
     their check started (``recognise.recognise``) and record upgrades (no answer → sign of life →
-    safe by double toggle). Returns (new cursor, households whose answer changed)."""
+    safe by double toggle). Returns (new cursor, households whose answer changed).
+    """
     metrics.PASSES.inc()
-    if cursor is None:  # first pass: everything of open checks
-        since_received = None
-    else:
-        since_received = cursor - lookback_s
+    since_received = None if cursor is None else cursor - lookback_s  # None: first pass, everything of open checks
     open_hh = _rows(conn, """SELECT a.check_id, a.household_id, a.state, a.how, a.last_activity_at, c.started_at
                              FROM safety_answers a JOIN safety_checks c ON c.check_id = a.check_id
                              WHERE c.closed_at IS NULL""")
@@ -89,6 +87,6 @@ def recognise_new_events(conn: psycopg.Connection, clock: Clock, cursor: float |
                 metrics.ANSWERS_RECOGNISED.labels(verdict.state).inc()
                 if received.get(hid) is not None:
                     metrics.RECOGNITION_LATENCY.observe(max(0.0, now - received[hid]))
-                _audit(conn, a["check_id"], hid, now, None, f"recognised_{verdict.state}", "mqtt",
+                audit(conn, a["check_id"], hid, now, None, f"recognised_{verdict.state}", "mqtt",
                        {"how": how, "device_id": verdict.device_id, "at": verdict.at, "recognised_at": now})
     return new_cursor, changed

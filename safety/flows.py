@@ -16,7 +16,8 @@ import psycopg
 from alerts import flows as alert_flows
 from mimamori import outbox
 from mimamori.clock import Clock
-from safety import metrics, service
+from mimamori.db import fetch_dict
+from safety import metrics, records
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,10 @@ RETRY_DELAYS_S = (5.0, 30.0, 120.0, 600.0)
 class SafetyOutbox:
     """The safety check's rows of the outbox (``outbox.source = 'safety'``)."""
 
-    name = service.SOURCE
+    name = records.SOURCE
 
     def superseded(self, conn: psycopg.Connection, row: dict[str, Any]) -> str | None:
-        closed = service._one(conn, "SELECT closed_at FROM safety_checks WHERE check_id = %s", (row["check_id"],))
+        closed = fetch_dict(conn, "SELECT closed_at FROM safety_checks WHERE check_id = %s", (row["check_id"],))
         return "check closed" if closed is None or closed["closed_at"] is not None else None
 
     def retry_delay(self, attempts: int) -> float | None:
@@ -42,19 +43,19 @@ class SafetyOutbox:
     def recorded(self, conn: psycopg.Connection, row: dict[str, Any], outcome: str, error: str | None, now: float) -> None:
         household_id = row["payload"].get("household_id")
         if outcome == "sent" and row["channel"] == "mqtt":
-            service._audit(conn, row["check_id"], household_id, now, None, "blinked", "mqtt",
+            records.audit(conn, row["check_id"], household_id, now, None, "blinked", "mqtt",
                            {"device_id": row["payload"].get("device_id")})
         elif outcome == "failed":
-            service._audit(conn, row["check_id"], household_id, now, None, "delivery_failed", row["throttle_key"],
+            records.audit(conn, row["check_id"], household_id, now, None, "delivery_failed", row["throttle_key"],
                            {"recipient": row["recipient"], "error": error})
         elif outcome == "resend":
-            service._audit(conn, row["check_id"], household_id, now, None, "resend_in_doubt", row["throttle_key"],
+            records.audit(conn, row["check_id"], household_id, now, None, "resend_in_doubt", row["throttle_key"],
                            {"recipient": row["recipient"], "previous_worker": row["sending_by"],
                             "sending_since": row["sending_since"].isoformat() if row["sending_since"] else None})
 
 
 #: The outbox sources a safety worker serves.
-SOURCES: dict[str, outbox.OutboxSource] = {service.SOURCE: SafetyOutbox()}
+SOURCES: dict[str, outbox.OutboxSource] = {records.SOURCE: SafetyOutbox()}
 
 
 def send(row: dict[str, Any], senders: alert_flows.Senders) -> Any:
@@ -65,7 +66,8 @@ def send(row: dict[str, Any], senders: alert_flows.Senders) -> Any:
 def deliver_one(conn: psycopg.Connection, clock: Clock, senders: alert_flows.Senders, throttle: outbox.Throttle,
                 keys: Collection[str], worker_id: str = "safety", *, recover: bool = True) -> bool:
     """Send the next due safety row whose channel kind has a token (or an in-doubt one). Returns
-    whether there was one."""
+    whether there was one.
+    """
 
     def observe(row: dict[str, Any], result: Any, outcome: str | None) -> None:
         if outcome == "skipped":

@@ -19,7 +19,7 @@ from safety.models import (
     Gone,
     InvalidInput,
 )
-from safety.records import Links, _answer_for, _audit, _manager, _new_link, _nonce_hash, _one, _set_answer, _tell_team_needs_help
+from safety.records import Links, _answer_for, _manager, _new_link, _nonce_hash, _one, _set_answer, _tell_team_needs_help, audit
 
 
 def issue_link(conn: psycopg.Connection, actor: Any, check_id: int, household_id: str, *, clock: Clock,
@@ -32,7 +32,7 @@ def issue_link(conn: psycopg.Connection, actor: Any, check_id: int, household_id
         if a["check_closed_at"] is not None:
             raise Gone("the safety check is closed")
         token = _new_link(conn, links, check_id, household_id, None, now)
-        _audit(conn, check_id, household_id, now, actor.person_id, "link_issued", "app")
+        audit(conn, check_id, household_id, now, actor.person_id, "link_issued", "app")
     return links.url(token)
 
 
@@ -51,7 +51,8 @@ def _read_token(links: Links, token: str) -> tuple[int, str, str]:
 
 def link_info(conn: psycopg.Connection, links: Links, token: str) -> dict[str, Any]:
     """What an answer link is for (the page shows it before the resident presses a button). Does
-    not use the link up."""
+    not use the link up.
+    """
     check_id, household_id, nonce = _read_token(links, token)
     row = _one(conn, """SELECT l.used_at, l.used_answer, c.message, c.closed_at, h.display_name, p.locale
                         FROM safety_links l JOIN safety_checks c ON c.check_id = l.check_id
@@ -72,7 +73,8 @@ def answer_by_link(conn: psycopg.Connection, links: Links, token: str, answer: s
     same transaction. ``check_id`` / ``household_id``: what the page or client says it answers; a
     link for another check or household is refused. Raises ``BadLink`` (forged/never issued),
     ``Forbidden`` (another check/household), ``Conflict`` (already used), ``Gone`` (check closed,
-    link expired)."""
+    link expired).
+    """
     if answer not in ANSWERS:
         raise InvalidInput(f"answer is one of {ANSWERS}")
     t_check, t_household, nonce = _read_token(links, token)
@@ -97,7 +99,7 @@ def answer_by_link(conn: psycopg.Connection, links: Links, token: str, answer: s
         _one(conn, "SELECT 1 FROM safety_answers WHERE check_id = %s AND household_id = %s FOR NO KEY UPDATE",
              (t_check, t_household))
         _set_answer(conn, t_check, t_household, answer, "link", now, by=link["person_id"])
-        _audit(conn, t_check, t_household, now, link["person_id"], f"answered_{answer}", "link")
+        audit(conn, t_check, t_household, now, link["person_id"], f"answered_{answer}", "link")
         if answer == "needs_help":
             _tell_team_needs_help(conn, t_check, t_household, now, "link")
     return {"check_id": t_check, "household_id": t_household, "state": answer}

@@ -41,7 +41,7 @@ def _epoch(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
 
-def _audit(conn: psycopg.Connection, check_id: int, household_id: str | None, now: float, actor: str | None,
+def audit(conn: psycopg.Connection, check_id: int, household_id: str | None, now: float, actor: str | None,
            action: str, channel: str, data: dict[str, Any] | None = None) -> None:
     conn.execute("""INSERT INTO safety_audit (check_id, household_id, at, actor, action, channel, data)
                     VALUES (%s, %s, %s, %s, %s, %s, %s)""",
@@ -185,7 +185,7 @@ def _send_messages(conn: psycopg.Connection, check_id: int, homes: list[dict[str
         cur.executemany("""INSERT INTO notifications (person_id, incident_id, notice, urgent, title, body, data, created_at)
                            VALUES (%s, NULL, 'safety_check', true, %s, %s, %s, %s)""", notes)
     outbox.enqueue_many(conn, sends)
-    _audit(conn, check_id, None, now, None, "messages_queued", "system",
+    audit(conn, check_id, None, now, None, "messages_queued", "system",
            {"in_app": len(notes), "outbox": len(sends), "residents": len(residents), "watchers": len(watchers)})
 
 
@@ -202,11 +202,13 @@ def _tell_team_needs_help(conn: psycopg.Connection, check_id: int, household_id:
                           reason: str = "needs_help", actor: str | None = None) -> int:
     """"Needs help" from a home: the household's team and the area's coordinators hear it at once (in
     the app, and on their other channels through the outbox), and the household's safety-check
-    incident opens so one of them can claim it."""
+    incident opens so one of them can claim it.
+    """
     a = _one(conn, """SELECT a.*, h.display_name AS household_name, h.area FROM safety_answers a
                       JOIN households h ON h.household_id = a.household_id
                       WHERE a.check_id = %s AND a.household_id = %s""", (check_id, household_id))
-    assert a is not None
+    if a is None:  # a row the same transaction just wrote or locked
+        raise RuntimeError("a: expected a row, found none")
     incident_id = _ensure_incident(conn, None, a, now)
     conn.execute("""INSERT INTO incident_timeline (incident_id, at, actor, action, channel, body)
                     VALUES (%s, %s, %s, %s, %s, NULL)""", (incident_id, as_datetime(now), actor, f"safety_{reason}", how))
@@ -235,7 +237,7 @@ def _tell_team_needs_help(conn: psycopg.Connection, check_id: int, household_id:
     # the alert engine tells everyone notified when one of them claims ("X is going") or resolves
     conn.execute("UPDATE alert_escalations SET state = %s, updated_at = %s WHERE incident_id = %s",
                  (Jsonb({"notified": people}), as_datetime(now), incident_id))
-    _audit(conn, check_id, household_id, now, actor, "team_alerted", how,
+    audit(conn, check_id, household_id, now, actor, "team_alerted", how,
            {"people": people, "incident_id": incident_id, "reason": reason})
     conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(check_id)))
     return incident_id
@@ -246,7 +248,8 @@ def _tell_team_needs_help(conn: psycopg.Connection, check_id: int, household_id:
 def _ensure_incident(conn: psycopg.Connection, actor: Any, a: dict[str, Any], now: float) -> int:
     """The household's safety-check incident for this check (opened once). It is given a paused,
     empty escalation in the same transaction, so alert workers never adopt it and run the
-    household's normal chain; the claim and the timeline are the alert engine's."""
+    household's normal chain; the claim and the timeline are the alert engine's.
+    """
     if a["incident_id"] is not None:
         inc = _one(conn, "SELECT status FROM incidents WHERE incident_id = %s", (a["incident_id"],))
         if inc and inc["status"] in ("open", "claimed"):
@@ -259,7 +262,8 @@ def _ensure_incident(conn: psycopg.Connection, actor: Any, a: dict[str, Any], no
     row = _one(conn, """INSERT INTO incidents (household_id, kind, opened_at, updated_at, rule, evidence)
                         VALUES (%s, 'safety_check', %s, %s, 'safety_check', %s) RETURNING incident_id""",
                (a["household_id"], as_datetime(now), as_datetime(now), Jsonb({"safety_check_id": a["check_id"]})))
-    assert row is not None
+    if row is None:  # a row the same transaction just wrote or locked
+        raise RuntimeError("row: expected a row, found none")
     incident_id = int(row["incident_id"])
     conn.execute("""INSERT INTO alert_escalations (incident_id, household_id, chain, chain_source, state, status,
                            next_step_at, started_at, updated_at, worker_id)

@@ -29,14 +29,7 @@ from alerts import models as alert_models
 from alerts import service as alerts_service
 from mimamori.clock import Clock, as_datetime
 from safety import recognise
-
-# the links, the worker side and the records, for callers that reach them through this module
-from safety.engine import open_households as open_households
-from safety.engine import recognise_new_events as recognise_new_events
-from safety.links import _read_token as _read_token
-from safety.links import answer_by_link as answer_by_link
-from safety.links import issue_link as issue_link
-from safety.links import link_info as link_info
+from safety.links import answer_by_link, link_info  # noqa: F401 - re-exported: app/safety/views.py
 from safety.models import (
     ANSWERS,
     BOARD_STATES,
@@ -54,7 +47,6 @@ from safety.records import (
     SOURCE,
     Links,
     _answer_for,
-    _audit,
     _check_for,
     _enqueue_blinks,
     _ensure_incident,
@@ -66,6 +58,7 @@ from safety.records import (
     _send_messages,
     _set_answer,
     _tell_team_needs_help,
+    audit,
 )
 
 
@@ -74,7 +67,8 @@ def start_check(conn: psycopg.Connection, actor: Any, *, message: str, clock: Cl
     """Start a safety check of an area (or a list of households) with a message. In the same
     transaction: one answer row per household, a blink for each of its bulbs (and plugs a coordinator allowed), an in-app
     message to every household member and watcher, an outbox row for each of their other channels
-    (residents' messages carry their personal single-use link). Returns the check id."""
+    (residents' messages carry their personal single-use link). Returns the check id.
+    """
     _manager(actor)
     message = (message or "").strip()
     if not message or len(message) > 1000 or "\x00" in message:
@@ -101,13 +95,14 @@ def start_check(conn: psycopg.Connection, actor: Any, *, message: str, clock: Cl
             raise InvalidInput("no households to check")
         row = _one(conn, """INSERT INTO safety_checks (area, message, started_by, started_at) VALUES (%s, %s, %s, %s)
                             RETURNING check_id""", (area, message, actor.person_id, as_datetime(now)))
-        assert row is not None
+        if row is None:  # a row the same transaction just wrote or locked
+            raise RuntimeError("row: expected a row, found none")
         check_id = int(row["check_id"])
         hids = [h["household_id"] for h in homes]
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO safety_answers (check_id, household_id, updated_at) VALUES (%s, %s, %s)",
                             [(check_id, hid, as_datetime(now)) for hid in hids])
-        _audit(conn, check_id, None, now, actor.person_id, "started", "app",
+        audit(conn, check_id, None, now, actor.person_id, "started", "app",
                {"area": area, "households": len(hids), "message": message})
         # People's messages first in the outbox: they are throttled per channel kind, and while their
         # kind waits for a token the worker sends blinks; queued after the blinks, watchers heard of a
@@ -158,7 +153,7 @@ def _board_rows(conn: psycopg.Connection, actor: Any, check_id: int) -> list[dic
 
 
 def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
-    counts = {s: 0 for s in BOARD_STATES}
+    counts = dict.fromkeys(BOARD_STATES, 0)
     for r in rows:
         counts[r["board_state"]] += 1
     counts["total"] = len(rows)
@@ -179,10 +174,7 @@ def list_checks(conn: psycopg.Connection, actor: Any, *, limit: int = 50) -> lis
                             WHERE EXISTS (SELECT 1 FROM safety_answers a JOIN households h ON h.household_id = a.household_id
                                           WHERE a.check_id = c.check_id AND {where})
                             ORDER BY c.started_at DESC, c.check_id DESC LIMIT %(lim)s""", {**params, "lim": limit})
-    out = []
-    for c in checks:
-        out.append({**_check_json(c), "counts": _counts(_board_rows(conn, actor, c["check_id"]))})
-    return out
+    return [{**_check_json(c), "counts": _counts(_board_rows(conn, actor, c["check_id"]))} for c in checks]
 
 
 def get_check(conn: psycopg.Connection, actor: Any, check_id: int) -> dict[str, Any]:
@@ -194,7 +186,8 @@ def board(conn: psycopg.Connection, actor: Any, check_id: int, *, state: str | N
           lives_alone: bool | None = None, q: str | None = None, now: float | None = None) -> dict[str, Any]:
     """The live board: the check, counts per state (over the actor's households) and the households
     ordered by risk, filtered by board state / living alone / a name fragment. With ``now`` (the
-    caller's clock), every household shown is logged as viewed (the database's ``log_household_views``)."""
+    caller's clock), every household shown is logged as viewed (the database's ``log_household_views``).
+    """
     c = _check_for(conn, actor, check_id)
     rows = _board_rows(conn, actor, check_id)
     counts = _counts(rows)
@@ -247,7 +240,8 @@ def _incident_timeline(conn: psycopg.Connection, actor: Any, incident_id: int) -
 def escalate(conn: psycopg.Connection, actor: Any, check_id: int, household_id: str, *, clock: Clock,
              channel: str = "app") -> dict[str, Any]:
     """The coordinator asks the household's team to go and see (a home that has not answered): they
-    are told at once on all their channels, and the household's incident is open to claim."""
+    are told at once on all their channels, and the household's incident is open to claim.
+    """
     _manager(actor)
     now = clock.now()
     with conn.transaction():
@@ -263,7 +257,8 @@ def answer_in_app(conn: psycopg.Connection, actor: Any, check_id: int, household
                   clock: Clock, note: str | None = None, channel: str = "app") -> dict[str, Any]:
     """A resident answers for their own household ('app'), or a team member / coordinator answers
     on its behalf after a visit or call ('on_behalf', with a note). Resolves the household's
-    safety-check incident, if one was opened, with the matching outcome."""
+    safety-check incident, if one was opened, with the matching outcome.
+    """
     note = (note or "").strip() or None
     if note is not None and (len(note) > MAX_NOTE or "\x00" in note):
         raise InvalidInput("note too long")
@@ -277,7 +272,7 @@ def answer_in_app(conn: psycopg.Connection, actor: Any, check_id: int, household
             raise Gone("the safety check is closed")
         how = "app" if own else "on_behalf"
         _set_answer(conn, check_id, household_id, answer, how, now, by=actor.person_id, note=note)
-        _audit(conn, check_id, household_id, now, actor.person_id, f"answered_{answer}", channel,
+        audit(conn, check_id, household_id, now, actor.person_id, f"answered_{answer}", channel,
                {"how": how, "note": note} if note else {"how": how})
         if own and answer == "needs_help":
             _tell_team_needs_help(conn, check_id, household_id, now, "app")
@@ -306,7 +301,7 @@ def claim(conn: psycopg.Connection, actor: Any, check_id: int, household_id: str
             raise Conflict(str(exc)) from None
         except alert_models.NotFound:
             raise NotFound("household not in this safety check") from None
-        _audit(conn, check_id, household_id, now, actor.person_id, "claimed", channel, {"incident_id": incident_id})
+        audit(conn, check_id, household_id, now, actor.person_id, "claimed", channel, {"incident_id": incident_id})
     return {"check_id": check_id, "household_id": household_id, "incident_id": incident_id, "claimed_by": actor.person_id}
 
 
@@ -328,7 +323,8 @@ def comment(conn: psycopg.Connection, actor: Any, check_id: int, household_id: s
 
 def close_check(conn: psycopg.Connection, actor: Any, check_id: int, *, clock: Clock) -> dict[str, Any]:
     """Close a check: links stop working, pending messages and blinks are dropped, and safety-check
-    incidents still open are closed (their timelines stay). Returns the final counts."""
+    incidents still open are closed (their timelines stay). Returns the final counts.
+    """
     _manager(actor)
     now = clock.now()
     with conn.transaction():
@@ -350,7 +346,7 @@ def close_check(conn: psycopg.Connection, actor: Any, check_id: int, *, clock: C
                             VALUES (%s, %s, %s, 'safety_check_closed', 'app', NULL)""",
                          (r["incident_id"], as_datetime(now), actor.person_id))
         counts = _counts(_board_rows(conn, actor, check_id))
-        _audit(conn, check_id, None, now, actor.person_id, "closed", "app", {"counts": counts})
+        audit(conn, check_id, None, now, actor.person_id, "closed", "app", {"counts": counts})
     return {"check_id": check_id, "counts": counts}
 
 
@@ -373,7 +369,7 @@ def export_csv(conn: psycopg.Connection, actor: Any, check_id: int, *, clock: Cl
     for r in rows:
         writer.writerow([_csv_cell(r[k]) for k in CSV_COLUMNS])
     with conn.transaction():
-        _audit(conn, check_id, None, clock.now(), actor.person_id, "exported_csv", "app", {"rows": len(rows)})
+        audit(conn, check_id, None, clock.now(), actor.person_id, "exported_csv", "app", {"rows": len(rows)})
     return out.getvalue()
 
 

@@ -28,7 +28,7 @@ from mimamori.mqtt import MqttUrl
 from mimamori.observability import register_readiness, unregister_readiness
 from mimamori.signing import secret_key
 from mimamori.worker import Worker
-from safety import flows, service
+from safety import engine, flows, records
 from safety.models import SafetySettings
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ def run_safety_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUr
                       stop: threading.Event, safety_settings: SafetySettings | None = None) -> None:
     """Run until ``stop`` is set, on the one worker runtime (``mimamori.worker``): recognition as the main
     task, the outbox sender (the check's rows, throttled per channel kind) as a side task. ``mqtt_url``
-    None: blinks cannot be sent (recorded as failed)."""
+    None: blinks cannot be sent (recorded as failed).
+    """
     cfg = safety_settings or SafetySettings()
     alert_cfg = AlertSettings()
     factory = None
@@ -73,7 +74,8 @@ def run_safety_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUr
 def _recognition_loop(database_url: str, clock: Clock, cfg: SafetySettings, wake: threading.Event, stop: threading.Event,
                       last_pass: list[float]) -> None:
     """The main task: judge new events of households in open checks; a NOTIFY (a check started, a
-    household needs help) wakes the sender."""
+    household needs help) wakes the sender.
+    """
     listen: psycopg.Connection | None = None
     conn: psycopg.Connection | None = None
     cursor: float | None = None
@@ -82,11 +84,11 @@ def _recognition_loop(database_url: str, clock: Clock, cfg: SafetySettings, wake
             try:
                 if listen is None or listen.closed:
                     listen = psycopg.connect(database_url, autocommit=True)
-                    listen.execute(f"LISTEN {service.NOTIFY_CHANNEL}")
+                    listen.execute(f"LISTEN {records.NOTIFY_CHANNEL}")
                 if conn is None or conn.closed:
                     conn = psycopg.connect(database_url, autocommit=True)
                     cursor = None
-                cursor, _changed = service.recognise_new_events(conn, clock, cursor, lookback_s=cfg.lookback_s,
+                cursor, _changed = engine.recognise_new_events(conn, clock, cursor, lookback_s=cfg.lookback_s,
                                                                 window_s=cfg.double_toggle_window_s)
                 last_pass[0] = time.monotonic()
                 for _note in listen.notifies(timeout=cfg.poll_s, stop_after=1):

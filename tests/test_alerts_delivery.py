@@ -1,15 +1,15 @@
 """The send protocol on a real PostgreSQL and a real SMTP server: an attempt is committed before the
 network call, a live sender's in-doubt row is never taken over, a dead sender's is re-sent with the
-same Message-ID, and a stale attempt cannot record an outcome."""
+same Message-ID, and a stale attempt cannot record an outcome.
+"""
 
 from __future__ import annotations
-
 
 import psycopg
 import pytest
 from alerts_fixtures import SmtpSink, open_incident, seed_town, smtp, wait_for  # noqa: F401 - smtp is a fixture
 
-from alerts import flows, service
+from alerts import engine, flows
 from alerts.channels import AppriseSender
 from mimamori import outbox
 from mimamori.clock import ManualClock
@@ -17,7 +17,7 @@ from mimamori.clock import ManualClock
 pytestmark = pytest.mark.integration
 
 
-def test_apprise_email_carries_the_pinned_message_id(smtp: SmtpSink) -> None:
+def test_apprise_email_carries_the_pinned_message_id(smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
     sender = AppriseSender()
     assert sender.send(smtp.url("a@example.org"), "件名", "本文", message_id="<alert.1.2.3@mimamori.test>").ok
     assert sender.send(smtp.url("a@example.org"), "件名", "本文", message_id="<alert.1.2.3@mimamori.test>").ok
@@ -30,12 +30,12 @@ def test_apprise_email_carries_the_pinned_message_id(smtp: SmtpSink) -> None:
 
 
 def test_in_doubt_row_is_taken_over_only_when_its_sender_is_gone(pg_url: str, conn: psycopg.Connection,
-                                                                  smtp: SmtpSink) -> None:
+                                                                  smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
     clock = ManualClock()
     town = seed_town(conn, smtp, tier1=1, tier2=0)  # nothing is sent here: the test plays the sender
     conn.execute("DELETE FROM person_channels WHERE person_id <> %s", (town.tier1[0],))
     iid = open_incident(conn, town.household_id, clock.now())
-    service.adopt_new(conn, clock, "t")
+    engine.adopt_new(conn, clock, "t")
     assert conn.execute("SELECT count(*) FROM alert_deliveries WHERE status = 'pending'").fetchone() == (1,)
     first = psycopg.connect(pg_url, autocommit=True)
     other = psycopg.connect(pg_url, autocommit=True)
@@ -73,11 +73,11 @@ def test_in_doubt_row_is_taken_over_only_when_its_sender_is_gone(pg_url: str, co
         other.close()
 
 
-def test_alert_for_a_claimed_incident_is_skipped_not_sent(pg_url: str, conn: psycopg.Connection, smtp: SmtpSink) -> None:
+def test_alert_for_a_claimed_incident_is_skipped_not_sent(pg_url: str, conn: psycopg.Connection, smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
     clock = ManualClock()
     town = seed_town(conn, smtp, tier1=1, tier2=0)
     iid = open_incident(conn, town.household_id, clock.now())
-    service.adopt_new(conn, clock, "t")
+    engine.adopt_new(conn, clock, "t")
     conn.execute("UPDATE incidents SET status = 'claimed' WHERE incident_id = %s", (iid,))
     with psycopg.connect(pg_url, autocommit=True) as c:
         row = outbox.claim(c, flows.SOURCES, clock.now(), "w")

@@ -1,5 +1,6 @@
 """End to end with the alert worker as a separate process (SIGKILLed, restarted, two at once),
-a real PostgreSQL and a real SMTP server. Simulated time runs 300x (a 15-minute wait is 3 s)."""
+a real PostgreSQL and a real SMTP server. Simulated time runs 300x (a 15-minute wait is 3 s).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from alerts_fixtures import SmtpSink, smtp, actions, notices, open_incident, seed_town, wait_for
+from alerts_fixtures import SmtpSink, actions, notices, open_incident, seed_town, wait_for
 
 from alerts import service
 from alerts.models import Actor
@@ -41,7 +42,7 @@ class Workers:
 
     def start(self, worker_id: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "MIMAMORI_ALERTS_POLL_S": "0.05"}
-        log = open(self.tmp / f"{worker_id}.log", "ab")  # noqa: SIM115 - closed with the process
+        log = (self.tmp / f"{worker_id}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "alerts.worker", "--database-url", self.pg_url, "--worker-id", worker_id,
              "--speed", str(SPEED), "--sim-start", str(self.anchor), "--anchor", str(self.anchor)],
@@ -170,7 +171,7 @@ def test_sigkill_between_smtp_accept_and_record_sends_the_same_message_again(
              .fetchone() == (40,), timeout=30, what="every e-mail recorded as sent")
     time.sleep(0.3)
     figures = delivery_figures(conn, smtp)
-    print(f"SIGKILL between accept and record: {sent_before} mails before the kill, {in_doubt} in doubt; {figures}")
+    print(f"SIGKILL between accept and record: {sent_before} mails before the kill, {in_doubt} in doubt; {figures}")  # noqa: T201 - the measured figures, shown with -s
     assert figures["expected"] == 40 and figures["seen"] == 40
     assert figures["missing"] == 0 and figures["unexpected"] == 0
     assert figures["distinct_duplicates"] == 0
@@ -211,4 +212,4 @@ def test_two_workers_never_double_send(conn: psycopg.Connection, smtp: SmtpSink,
                                    "GROUP BY 1").fetchall())
     assert sum(per_worker.values()) == 60 and len(ids) == 30
     assert set(per_worker) == {"pair-a", "pair-b"}, per_worker  # both took part
-    print(f"two workers: notify steps per worker {per_worker}")
+    print(f"two workers: notify steps per worker {per_worker}")  # noqa: T201 - the measured figures, shown with -s

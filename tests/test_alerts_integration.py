@@ -1,5 +1,6 @@
 """The alert engine on a real PostgreSQL, a real SMTP server and a real broker; worker in-process,
-time from a ManualClock (15-minute waits take no time)."""
+time from a ManualClock (15-minute waits take no time).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from datetime import time as dt_time
 
 import psycopg
 import pytest
-from alerts_fixtures import SmtpSink, smtp, Town, actions, notices, open_incident, seed_town, wait_for
+from alerts_fixtures import SmtpSink, Town, actions, notices, open_incident, seed_town, wait_for
 
-from alerts import models, service
+from alerts import models, records, service
 from alerts.channels import AlertSettings
 from alerts.models import Actor
 from alerts.worker import run_alert_worker
@@ -35,7 +36,7 @@ class Worker:
             try:
                 run_alert_worker(settings or Settings(), database_url=pg_url, mqtt_url=mqtt_url, clock=clock, stop=self.stop,
                                  worker_id=worker_id, alert_settings=AlertSettings(poll_s=0.05, delivery_threads=2))
-            except BaseException as exc:  # surfaced by the test
+            except BaseException as exc:  # noqa: BLE001 - whatever ends the worker is surfaced by the test
                 self.errors.append(exc)
 
         self.thread = threading.Thread(target=run, daemon=True)
@@ -313,9 +314,9 @@ async def test_notification_stream_backlog_then_live(pg_url: str, conn: psycopg.
     town = seed_town(conn, None)
     me = town.tier1[0]
     iid = open_incident(conn, town.household_id, clock.now())
-    inc = service.incident_row(conn, iid)
+    inc = records.incident_row(conn, iid)
     assert inc is not None
-    service.enqueue_notice(conn, inc, [me], "t1", "alert", urgent=True, now=clock.now())
+    records.enqueue_notice(conn, inc, [me], "t1", "alert", urgent=True, now=clock.now())
     stream = notification_stream(pg_url, me, idle_timeout_s=5)
     first = await stream.__anext__()
     assert first["notice"] == "alert" and first["incident_id"] == iid and first["urgent"] is True
@@ -323,8 +324,8 @@ async def test_notification_stream_backlog_then_live(pg_url: str, conn: psycopg.
 
     def later() -> None:
         with psycopg.connect(pg_url, autocommit=True) as c:
-            service.enqueue_notice(c, inc, [town.tier1[1]], "t2", "alert", urgent=True, now=clock.now())  # someone else
-            service.enqueue_notice(c, inc, [me], "t3", "claimed", urgent=True, now=clock.now(), by="x")
+            records.enqueue_notice(c, inc, [town.tier1[1]], "t2", "alert", urgent=True, now=clock.now())  # someone else
+            records.enqueue_notice(c, inc, [me], "t3", "claimed", urgent=True, now=clock.now(), by="x")
 
     threading.Timer(0.2, later).start()
     second = await stream.__anext__()
@@ -351,7 +352,7 @@ def test_web_push_with_vapid_reaches_the_push_service(pg_url: str, conn: psycopg
     got: list[tuple[str, dict[str, str], bytes]] = []
 
     class PushService(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             got.append((self.path, dict(self.headers), body))
             self.send_response(410 if self.path.endswith("/gone") else 201)
@@ -381,15 +382,15 @@ def test_web_push_with_vapid_reaches_the_push_service(pg_url: str, conn: psycopg
     with pytest.raises(models.InvalidInput):
         service.add_channel(conn, who(conn, phone), phone, "webpush", "{}")
     stop = threading.Event()
-    t = threading.Thread(target=run_alert_worker, args=(Settings(),), daemon=True, kwargs=dict(
-        database_url=pg_url, mqtt_url=None, clock=clock, stop=stop, worker_id="wp",
-        alert_settings=AlertSettings(poll_s=0.05, delivery_threads=1, vapid_private_key=pem,
-                                     vapid_subject="mailto:ops@mimamori.test")))
+    t = threading.Thread(target=run_alert_worker, args=(Settings(),), daemon=True, kwargs={
+        "database_url": pg_url, "mqtt_url": None, "clock": clock, "stop": stop, "worker_id": "wp",
+        "alert_settings": AlertSettings(poll_s=0.05, delivery_threads=1, vapid_private_key=pem,
+                                        vapid_subject="mailto:ops@mimamori.test")})
     t.start()
     try:
         iid = open_incident(conn, town.household_id, clock.now())
         wait_for(lambda: len(got) == 2, what="two pushes")
-        path, headers, body = next(g for g in got if g[0] == "/push/phone")
+        _path, headers, body = next(g for g in got if g[0] == "/push/phone")
         headers = {k.lower(): v for k, v in headers.items()}
         assert headers["authorization"].startswith(("vapid t=", "WebPush ")), headers
         assert headers["urgency"] == "high"

@@ -27,16 +27,17 @@ import pytest
 import requests
 from alerts_fixtures import SmtpSink, open_incident, seed_town, smtp, wait_for  # noqa: F401 - smtp is a fixture
 from test_alerts_integration import Worker, who
+from test_app_support import served
 
-from alerts import service
+from alerts import engine, service
 from mimamori import outbox
 from mimamori.clock import ManualClock, SystemClock
 from mimamori.config import Settings
-from mimamori.signing import secret_key, signer
+from mimamori.signing import signer
+from safety import records as safety_records
 from safety import service as safety_service
 from safety.models import Actor, SafetySettings
 from safety.worker import run_safety_worker
-from test_app_support import served
 
 pytestmark = pytest.mark.integration
 PUBLIC = "https://mimamori.example.jp"
@@ -46,7 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _columns_holding(conn: psycopg.Connection, needle: str) -> list[str]:
     """Every text, varchar, json and jsonb column (and text array) of every table in the public schema
-    whose value contains ``needle``: ``table.column`` names."""
+    whose value contains ``needle``: ``table.column`` names.
+    """
     found = []
     cols = conn.execute("""SELECT c.table_name, c.column_name FROM information_schema.columns c
                            JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name
@@ -70,7 +72,7 @@ def safety_worker(pg_url: str) -> Iterator[None]:
         try:
             run_safety_worker(Settings(), database_url=pg_url, mqtt_url=None, clock=SystemClock(), stop=stop,
                               safety_settings=SafetySettings(poll_s=0.05))
-        except BaseException as exc:  # surfaced below
+        except BaseException as exc:  # noqa: BLE001 - whatever ends the worker is surfaced by the test
             errors.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -81,7 +83,7 @@ def safety_worker(pg_url: str) -> Iterator[None]:
     assert not thread.is_alive() and not errors, errors
 
 
-def _safety_home(conn: psycopg.Connection, smtp: SmtpSink) -> tuple[str, str]:
+def _safety_home(conn: psycopg.Connection, smtp: SmtpSink) -> tuple[str, str]:  # noqa: F811 - a pytest fixture imported from its module
     """A home whose resident is reachable by e-mail (an Apprise mailto URL to the sink)."""
     conn.execute("INSERT INTO people (person_id, display_name, role) VALUES ('oper', 'op', 'operator')")
     conn.execute("INSERT INTO households (household_id, display_name, area) VALUES ('hs', '安否の家', 'north')")
@@ -91,11 +93,11 @@ def _safety_home(conn: psycopg.Connection, smtp: SmtpSink) -> tuple[str, str]:
     return "hs", "res-s@example.org"
 
 
-def _links(base: str) -> safety_service.Links:
-    return safety_service.Links(signer(Settings(), "safety-answer"), base)
+def _links(base: str) -> safety_records.Links:
+    return safety_records.Links(signer(Settings(), "safety-answer"), base)
 
 
-def test_answer_links_are_never_stored_in_clear_and_still_work(pg_url: str, conn: psycopg.Connection, smtp: SmtpSink,
+def test_answer_links_are_never_stored_in_clear_and_still_work(pg_url: str, conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
                                                                 safety_worker: None) -> None:
     clock = ManualClock()
     # the alert engine asks a resident first (their answer link by e-mail)
@@ -156,13 +158,14 @@ time.sleep(600)  # killed here: after the claim committed, before any send
 
 
 def test_a_worker_killed_between_claim_and_send_loses_nothing_and_sends_once(pg_url: str, conn: psycopg.Connection,
-                                                                             smtp: SmtpSink) -> None:
+                                                                             smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
     """What it proves: the claim is committed before the network call and guarded by the claimer's
     session advisory lock. (1) While the claimer lives, no other worker sends its row (no double
     send). (2) SIGKILLed, its lock dies with its connection; the row, left 'sending', is found in
     doubt and sent by the next worker: not lost. (3) Sent once: one mail at the sink, ``resends`` = 1,
     an audit row saying so. Here the dead worker had not sent anything yet; had it sent, the same mail
-    would go again with the same Message-ID (the only duplicate the protocol allows)."""
+    would go again with the same Message-ID (the only duplicate the protocol allows).
+    """
     hid, address = _safety_home(conn, smtp)
     check_id = safety_service.start_check(conn, Actor("oper", "operator"), message="台風です", household_ids=[hid],
                                           clock=SystemClock(), links=_links(PUBLIC))
@@ -181,7 +184,7 @@ def test_a_worker_killed_between_claim_and_send_loses_nothing_and_sends_once(pg_
             try:
                 run_safety_worker(Settings(), database_url=pg_url, mqtt_url=None, clock=SystemClock(), stop=stop,
                                   safety_settings=SafetySettings(poll_s=0.05))
-            except BaseException as exc:  # surfaced below
+            except BaseException as exc:  # noqa: BLE001 - whatever ends the worker is surfaced by the test
                 errors.append(exc)
 
         thread = threading.Thread(target=run, daemon=True)
@@ -215,14 +218,14 @@ def test_a_worker_killed_between_claim_and_send_loses_nothing_and_sends_once(pg_
             claimer.stdout.close()
 
 
-def test_each_worker_takes_only_its_own_sources_rows(conn: psycopg.Connection, smtp: SmtpSink) -> None:
+def test_each_worker_takes_only_its_own_sources_rows(conn: psycopg.Connection, smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
     from alerts import flows as alert_flows
     from safety import flows as safety_flows
 
     clock = ManualClock()
     town = seed_town(conn, smtp, tier1=1, tier2=0)
     open_incident(conn, town.household_id, clock.now())
-    service.adopt_new(conn, clock, "t")
+    engine.adopt_new(conn, clock, "t")
     hid, _address = _safety_home(conn, smtp)
     safety_service.start_check(conn, Actor("oper", "operator"), message="m", household_ids=[hid], clock=clock,
                                links=_links(PUBLIC))
@@ -234,7 +237,7 @@ def test_each_worker_takes_only_its_own_sources_rows(conn: psycopg.Connection, s
         outbox.release(conn, row)
 
 
-def test_throttle_per_channel_kind_holds_back_one_kind_only(conn: psycopg.Connection, smtp: SmtpSink) -> None:
+def test_throttle_per_channel_kind_holds_back_one_kind_only(conn: psycopg.Connection, smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
     from safety import flows as safety_flows
 
     clock = ManualClock()
@@ -265,7 +268,8 @@ def test_throttle_per_channel_kind_holds_back_one_kind_only(conn: psycopg.Connec
 def test_the_migration_carries_both_old_outboxes_over(pg_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """0061 on a database holding rows of both old outboxes (built by the migrations before it): every
     row moves, alert rows keep their ids (Message-IDs and blink command ids derive from them), an
-    in-doubt alert row stays in doubt, and the old names still read (views) for their outside readers."""
+    in-doubt alert row stays in doubt, and the old names still read (views) for their outside readers.
+    """
     import shutil
     import uuid
 

@@ -1,7 +1,8 @@
 """The one worker runtime (``mimamori/worker.py``): side tasks supervised (one that dies stops the
 worker, with a log line naming it), a clean stop on the caller's stop or a signal; and the alert
 worker on it: a real worker process stops cleanly on SIGTERM, and an outbox sender that dies on a
-real database error stops the worker instead of leaving it half alive."""
+real database error stops the worker instead of leaving it half alive.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from alerts.channels import AlertSettings
 from alerts.worker import run_alert_worker
 from mimamori.clock import ManualClock
 from mimamori.config import Settings
-from mimamori.worker import SideTaskDied, Worker, stop_on_signals
+from mimamori.worker import SideTaskDiedError, Worker, stop_on_signals
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +45,7 @@ def test_a_side_task_that_raises_stops_the_worker_with_its_name(caplog: pytest.L
         raise RuntimeError("the disk is gone")
 
     worker = Worker("demo", main=main, side_tasks={"sender": broken, "other": _idle}, cleanup=[lambda: cleaned.append("x")])
-    with caplog.at_level(logging.ERROR, logger="mimamori.worker"), pytest.raises(SideTaskDied, match="sender"):
+    with caplog.at_level(logging.ERROR, logger="mimamori.worker"), pytest.raises(SideTaskDiedError, match="sender"):
         worker.run()
     assert main_saw_stop.is_set() and cleaned == ["x"]
     assert any("side task 'sender' died: RuntimeError: the disk is gone; stopping the worker" in r.getMessage()
@@ -53,7 +54,7 @@ def test_a_side_task_that_raises_stops_the_worker_with_its_name(caplog: pytest.L
 
 def test_a_side_task_that_returns_while_running_stops_the_worker(caplog: pytest.LogCaptureFixture) -> None:
     worker = Worker("demo", main=_idle, side_tasks={"quitter": lambda _stop: None})
-    with caplog.at_level(logging.ERROR, logger="mimamori.worker"), pytest.raises(SideTaskDied, match="quitter: returned"):
+    with caplog.at_level(logging.ERROR, logger="mimamori.worker"), pytest.raises(SideTaskDiedError, match="quitter: returned"):
         worker.run()
 
 
@@ -71,7 +72,7 @@ def test_the_callers_stop_ends_the_worker_cleanly_and_a_side_death_does_not_stop
     # a worker whose side task dies stops itself, not the stages sharing the caller's stop (mimamori serve)
     shared = threading.Event()
     dying = Worker("demo", main=_idle, side_tasks={"x": lambda _s: None}, outer_stop=shared)
-    with pytest.raises(SideTaskDied):
+    with pytest.raises(SideTaskDiedError):
         dying.run()
     assert not shared.is_set()
 
@@ -115,7 +116,7 @@ def test_an_outbox_sender_dying_on_a_real_error_stops_the_alert_worker(pg_url: s
         try:
             run_alert_worker(Settings(), database_url=pg_url, mqtt_url=None, clock=ManualClock(), stop=stop, worker_id="t",
                              alert_settings=AlertSettings(poll_s=0.05, delivery_threads=2))
-        except BaseException as exc:  # what the caller sees
+        except BaseException as exc:  # noqa: BLE001 - whatever ends the worker is what the caller sees
             errors.append(exc)
 
     with caplog.at_level(logging.ERROR, logger="mimamori.worker"):
@@ -124,6 +125,6 @@ def test_an_outbox_sender_dying_on_a_real_error_stops_the_alert_worker(pg_url: s
         thread.join(30)
     assert not thread.is_alive()
     assert not stop.is_set()  # the caller's stop (shared in `mimamori serve`) was not touched
-    assert len(errors) == 1 and isinstance(errors[0], SideTaskDied) and "deliver-" in str(errors[0])
+    assert len(errors) == 1 and isinstance(errors[0], SideTaskDiedError) and "deliver-" in str(errors[0])
     assert "UndefinedTable" in str(errors[0])
     wait_for(lambda: any("stopping the worker" in r.getMessage() for r in caplog.records), what="the log line")
