@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from mimamori.clock import Clock
 from mimamori.signing import signer
+from safety import links as answer_links
 from safety import records, service
 from safety.models import SafetyError, SafetySettings
 
@@ -174,7 +175,7 @@ def new_link(check_id: CheckId, household_id: HouseholdId, actor: Actor, conn: C
              links: LinksDep) -> dict[str, str]:
     """A fresh single-use answer link for the household (to print, or send by hand)."""
     with errors():
-        return {"url": links.issue_link(conn, actor, check_id, household_id, clock=clock, links=links)}
+        return {"url": answer_links.issue_link(conn, actor, check_id, household_id, clock=clock, links=links)}
 
 
 @safety_api.post("/checks/{check_id}/close", responses=ERRORS)
@@ -202,5 +203,5 @@ def lives_alone(household_id: HouseholdId, body: LivesAloneIn, actor: Actor, con
 def answer_by_link(body: LinkAnswerIn, conn: Conn, clock: ClockDep, links: LinksDep) -> dict[str, Any]:
     """No login: a resident's answer through their signed single-use link."""
     with errors():
-        return links.answer_by_link(conn, links, body.token, body.answer, clock=clock, check_id=body.check_id,
+        return answer_links.answer_by_link(conn, links, body.token, body.answer, clock=clock, check_id=body.check_id,
                                       household_id=body.household_id)

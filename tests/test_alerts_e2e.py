@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from alerts_fixtures import SmtpSink, actions, notices, open_incident, seed_town, wait_for
+from alerts_fixtures import SmtpSink, actions, notices, open_incident, seed_town, smtp, wait_for  # noqa: F401 - smtp is a fixture
 
 from alerts import service
 from alerts.models import Actor
@@ -79,7 +79,7 @@ def workers(pg_url: str, tmp_path: Path) -> Iterator[Workers]:
     w.close()
 
 
-def test_fall_to_resolve_end_to_end(conn: psycopg.Connection, smtp: SmtpSink, workers: Workers) -> None:
+def test_fall_to_resolve_end_to_end(conn: psycopg.Connection, smtp: SmtpSink, workers: Workers) -> None:  # noqa: F811 - a pytest fixture imported from its module
     town = seed_town(conn, smtp)
     t1a, t1b = town.tier1
     t2 = town.tier2[0]
@@ -108,11 +108,11 @@ def test_fall_to_resolve_end_to_end(conn: psycopg.Connection, smtp: SmtpSink, wo
     assert conn.execute("SELECT label FROM incident_labels WHERE incident_id = %s", (iid,)).fetchone() == ("true_positive",)
 
 
-def _mail_counts(smtp: SmtpSink) -> Counter[tuple[str, str]]:
+def _mail_counts(smtp: SmtpSink) -> Counter[tuple[str, str]]:  # noqa: F811 - a pytest fixture imported from its module
     return Counter((m.rcpt[0], m.subject) for m in smtp.mails)
 
 
-def test_sigkill_mid_escalation_resumes_without_loss_or_duplicates(conn: psycopg.Connection, smtp: SmtpSink,
+def test_sigkill_mid_escalation_resumes_without_loss_or_duplicates(conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
                                                                    workers: Workers) -> None:
     town = seed_town(conn, smtp)
     first = workers.start("kill-1")
@@ -137,7 +137,7 @@ def test_sigkill_mid_escalation_resumes_without_loss_or_duplicates(conn: psycopg
     assert esc == ("kill-2", "3")  # resumed at the right step: now in the second wait
 
 
-def delivery_figures(conn: psycopg.Connection, smtp: SmtpSink) -> dict[str, int]:
+def delivery_figures(conn: psycopg.Connection, smtp: SmtpSink) -> dict[str, int]:  # noqa: F811 - a pytest fixture imported from its module
     """What the SMTP sink saw against what the outbox says was sent: by Message-ID."""
     expected = {r[0] for r in conn.execute("SELECT message_id FROM alert_deliveries WHERE channel <> 'inapp' AND status = 'sent'")}
     seen = smtp.by_message_id()
@@ -151,7 +151,7 @@ def delivery_figures(conn: psycopg.Connection, smtp: SmtpSink) -> dict[str, int]
 
 
 def test_sigkill_between_smtp_accept_and_record_sends_the_same_message_again(
-        conn: psycopg.Connection, smtp: SmtpSink, workers: Workers) -> None:
+        conn: psycopg.Connection, smtp: SmtpSink, workers: Workers) -> None:  # noqa: F811 - a pytest fixture imported from its module
     towns = [seed_town(conn, smtp, tier2=0) for _ in range(20)]
     # the 6th message reaches the sink, which keeps it but holds its "250 OK": the worker is killed
     # in exactly the window the issue is about (the server has the message, our row says 'sending')
@@ -187,7 +187,7 @@ def test_sigkill_between_smtp_accept_and_record_sends_the_same_message_again(
     assert conn.execute("SELECT count(*) FROM notifications").fetchone() == (40,)  # in-app: exactly once
 
 
-def test_two_workers_never_double_send(conn: psycopg.Connection, smtp: SmtpSink, workers: Workers) -> None:
+def test_two_workers_never_double_send(conn: psycopg.Connection, smtp: SmtpSink, workers: Workers) -> None:  # noqa: F811 - a pytest fixture imported from its module
     towns = [seed_town(conn, smtp, tier1=2, tier2=1) for _ in range(30)]
     chain = '[{"type": "notify", "tiers": [1]}, {"type": "wait", "minutes": 15}, {"type": "notify", "tiers": [2]}]'
     conn.execute("INSERT INTO escalation_chains (household_id, steps) SELECT household_id, %s::jsonb FROM households", (chain,))
