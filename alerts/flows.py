@@ -238,9 +238,10 @@ def send_test(conn: psycopg.Connection, actor: Any, person_id: str, channel_id: 
 
 
 def deliver_one(conn: psycopg.Connection, clock: Clock, senders: Senders, worker_id: str = "worker", *,
-                recover: bool = True) -> bool:
+                recover: bool = True, throttle: outbox.Throttle | None = None) -> bool:
     """Send the next due alert row (or, with ``recover``, an in-doubt one), if any. Returns whether
-    there was one. ``conn`` is in autocommit mode (this function commits twice).
+    there was one. ``conn`` is in autocommit mode (this function commits twice). ``throttle``: rate
+    limits per channel kind (the kinds it lists wait while out of tokens).
     """
 
     def observe(row: dict[str, Any], result: Any, outcome: str | None) -> None:
@@ -253,4 +254,5 @@ def deliver_one(conn: psycopg.Connection, clock: Clock, senders: Senders, worker
             log.warning("delivery %s via %s failed: %s", row["delivery_id"], name, result.error)
 
     return outbox.deliver_one(conn, SOURCES, lambda row: send(row, senders), clock.now, worker_id, recover=recover,
+                              throttle=throttle, throttle_keys=list(throttle.rates) if throttle is not None else (),
                               message_id=lambda r: message_id(r, senders.smtp_url), observe=observe)

@@ -18,6 +18,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from alerts import metrics, policy
+from alerts.channels import channel_kind_name
 from alerts.models import (
     WELFARE_KINDS,
     render_notice,
@@ -129,12 +130,14 @@ def _away(conn: psycopg.Connection, household_id: str, now: float) -> bool:
 
 def _enqueue(conn: psycopg.Connection, incident_id: int, step_key: str, recipient: str, person_id: str | None,
              channel: str, channel_id: int | None, notice: str, urgent: bool, payload: dict[str, Any], now: float,
-             send_at: float, status: str = "pending") -> int | None:
-    """One outbox row; None if this (incident, step, recipient, channel) was already recorded."""
+             send_at: float, status: str = "pending", throttle_key: str | None = None) -> int | None:
+    """One outbox row; None if this (incident, step, recipient, channel) was already recorded.
+    ``throttle_key``: the channel kind rate limits count (default: the channel's prefix, e.g. ``mqtt``).
+    """
     return outbox.enqueue(conn, outbox.Send(
         source=SOURCE, incident_id=incident_id, step_key=step_key, recipient=recipient, person_id=person_id,
         channel=channel, channel_id=channel_id, notice=notice, urgent=urgent, payload=payload, created_at=now,
-        send_at=send_at, status=status, throttle_key=channel.split(":", 1)[0]))
+        send_at=send_at, status=status, throttle_key=throttle_key or channel.split(":", 1)[0]))
 
 
 def enqueue_notice(conn: psycopg.Connection, inc: dict[str, Any], people: Sequence[str], step_key: str, notice: str, *,
@@ -155,7 +158,7 @@ def enqueue_notice(conn: psycopg.Connection, inc: dict[str, Any], people: Sequen
         (list(people),))}
     channels: dict[str, list[dict[str, Any]]] = {}
     if not inapp_only:
-        for r in _rows(conn, """SELECT channel_id, person_id, kind FROM person_channels WHERE person_id = ANY(%s) AND enabled
+        for r in _rows(conn, """SELECT channel_id, person_id, kind, target FROM person_channels WHERE person_id = ANY(%s) AND enabled
                                 ORDER BY person_id, position, channel_id""", (list(people),)):
             channels.setdefault(r["person_id"], []).append(r)
     name = inc.get("household_name") or inc.get("eff_area") or inc.get("area") or ""
@@ -196,7 +199,8 @@ def enqueue_notice(conn: psycopg.Connection, inc: dict[str, Any], people: Sequen
         for order, ch in enumerate(mine):
             # the channel order is kept by staggering by a millisecond per position
             if _enqueue(conn, inc["incident_id"], step_key, person_id, person_id, f"{ch['kind']}:{ch['channel_id']}",
-                        ch["channel_id"], notice, urgent, payload, now, send_at + order * 0.001) is not None:
+                        ch["channel_id"], notice, urgent, payload, now, send_at + order * 0.001,
+                        throttle_key=channel_kind_name(ch["kind"], ch["target"])) is not None:
                 pending += 1
         if not mine and notice in ("alert", "technical"):
             pending += report_unreachable(conn, inc, person_id, now, reason="no_channel")

@@ -81,9 +81,10 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
     senders = flows.Senders(AppriseSender(), WebPushSender(cfg.vapid_private_key, cfg.vapid_subject, cfg.send_timeout_s),
                             mqtt_sender, smtp_url=cfg.smtp_url, sealer=sealer)
     wake = threading.Event()
+    throttle = outbox.Throttle.per_minute(cfg.rates_per_minute) if cfg.rates_per_minute else None
 
     def deliver(conn: psycopg.Connection, recover: bool) -> bool:
-        return flows.deliver_one(conn, clock, senders, worker_id, recover=recover)
+        return flows.deliver_one(conn, clock, senders, worker_id, recover=recover, throttle=throttle)
 
     senders_tasks = {f"deliver-{i}": outbox.delivery_task(database_url, deliver, wake=wake, poll_s=cfg.poll_s)
                      for i in range(max(1, cfg.delivery_threads))}

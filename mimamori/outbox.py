@@ -155,13 +155,15 @@ def enqueue_many(conn: psycopg.Connection, sends: Sequence[Send]) -> None:
 @dataclass
 class Throttle:
     """A token bucket per key (channel kind): ``rates`` in messages per second; keys not listed use
-    ``rates['default']`` (1/s when absent). Bursts up to one second's worth (at least 1). Pure: the
-    caller's clock. ``per_minute`` builds one from "at most N a minute" figures.
+    ``rates['default']`` (1/s when absent). Bursts up to one second's worth (at least 1). The caller's
+    clock; safe to share between a worker's delivery threads. ``per_minute`` builds one from "at most
+    N a minute" figures.
     """
 
     rates: dict[str, float]
     _tokens: dict[str, float] = field(default_factory=dict)
     _at: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def per_minute(cls, per_minute: Mapping[str, float]) -> Throttle:
@@ -175,17 +177,19 @@ class Throttle:
         return min(burst, self._tokens.get(key, burst) + (now - self._at.get(key, now)) * self.rate(key))
 
     def try_take(self, key: str, now: float) -> bool:
-        tokens = self._level(key, now)
-        self._at[key] = now
-        if tokens >= 1.0:
-            self._tokens[key] = tokens - 1.0
-            return True
-        self._tokens[key] = tokens
-        return False
+        with self._lock:
+            tokens = self._level(key, now)
+            self._at[key] = now
+            if tokens >= 1.0:
+                self._tokens[key] = tokens - 1.0
+                return True
+            self._tokens[key] = tokens
+            return False
 
     def blocked(self, keys: Collection[str], now: float) -> list[str]:
         """Keys with no token now (without taking one)."""
-        return [key for key in keys if self._level(key, now) < 1.0]
+        with self._lock:
+            return [key for key in keys if self._level(key, now) < 1.0]
 
 
 # =============================================================================================

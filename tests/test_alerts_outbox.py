@@ -323,3 +323,24 @@ def test_the_migration_carries_both_old_outboxes_over(pg_server, tmp_path: Path)
         new = c.execute("""INSERT INTO outbox (source, check_id, recipient, channel, payload, created_at, next_attempt_at)
                            VALUES ('safety', %s, 'x', 'mqtt', '{}', now(), now()) RETURNING delivery_id""", (cid,)).fetchone()[0]
         assert new > max(r[0] for r in rows)
+
+
+def test_the_alert_worker_can_throttle_a_channel_kind(conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from alerts import flows as alert_flows
+    from alerts.channels import AlertSettings, AppriseSender, WebPushSender
+
+    monkeypatch.setenv("MIMAMORI_ALERTS_RATES_PER_MINUTE", '{"email": 60}')
+    throttle = outbox.Throttle.per_minute(AlertSettings().rates_per_minute)  # as the worker builds it: 1 mail/s
+    clock = ManualClock()
+    town = seed_town(conn, smtp, tier1=2, tier2=0)
+    open_incident(conn, town.household_id, clock.now())
+    engine.adopt_new(conn, clock, "t")
+    keys = {r[0] for r in conn.execute("SELECT throttle_key FROM outbox WHERE channel <> 'inapp'")}
+    assert keys == {"email"}  # an Apprise mailto:// channel counts as e-mail
+    senders = alert_flows.Senders(AppriseSender(), WebPushSender(None, "mailto:x@y.jp"))
+    assert alert_flows.deliver_one(conn, clock, senders, "t", throttle=throttle)
+    assert not alert_flows.deliver_one(conn, clock, senders, "t", throttle=throttle)  # the second waits
+    clock.advance(1.0)
+    assert alert_flows.deliver_one(conn, clock, senders, "t", throttle=throttle)
+    wait_for(lambda: len(smtp.mails) == 2, what="both mails, a second apart")
