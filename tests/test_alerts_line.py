@@ -284,7 +284,7 @@ def test_the_resident_answers_their_check_from_line(line_app, platform: LinePlat
 
     import psycopg
 
-    from alerts.service import resident_token_hash
+    from alerts.engine import resident_token_hash
 
     _client, post, link, url, ids = line_app
     with psycopg.connect(url, autocommit=True) as c:  # the check the chain sent to the resident
