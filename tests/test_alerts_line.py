@@ -214,7 +214,7 @@ def test_the_allowance_warns_once_a_month(conn) -> None:
 
 
 @pytest.fixture
-def line_app(world, platform: LinePlatform):
+def line_app(world, platform: LinePlatform):  # noqa: F811 - a pytest fixture imported from its module
     from fastapi.testclient import TestClient
     from test_app_support import bearer
 
