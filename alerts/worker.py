@@ -86,7 +86,8 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
     def deliver(conn: psycopg.Connection, recover: bool) -> bool:
         return flows.deliver_one(conn, clock, senders, worker_id, recover=recover, throttle=throttle)
 
-    senders_tasks = {f"deliver-{i}": outbox.delivery_task(database_url, deliver, wake=wake, poll_s=cfg.poll_s)
+    senders_tasks = {f"deliver-{i}": outbox.delivery_task(database_url, deliver, wake=wake, poll_s=cfg.poll_s,
+                                                          application_name=f"mimamori alerts {worker_id} deliver-{i}")
                      for i in range(max(1, cfg.delivery_threads))}
     alive = {"at": time.monotonic()}
     # ready while the engine loop keeps completing passes (it polls every poll_s at the latest)

@@ -412,7 +412,8 @@ RECOVER_EVERY_S = 1.0
 
 
 def delivery_task(database_url: str, deliver: Callable[[psycopg.Connection, bool], bool], *, wake: threading.Event,
-                  poll_s: float, idle_s: Callable[[], float] | None = None) -> Callable[[threading.Event], None]:
+                  poll_s: float, idle_s: Callable[[], float] | None = None,
+                  application_name: str = "mimamori outbox") -> Callable[[threading.Event], None]:
     """A worker's side task sending the outbox until ``stop``: ``deliver(conn, recover)`` (one row,
     e.g. ``alerts.flows.deliver_one``) while there is work, then a wait for ``wake`` (a NOTIFY) or
     ``idle_s()`` (default ``poll_s``). A lost database connection is reconnected (its advisory locks die
@@ -427,7 +428,7 @@ def delivery_task(database_url: str, deliver: Callable[[psycopg.Connection, bool
             while not stop.is_set():
                 try:
                     if conn is None or conn.closed:
-                        conn = psycopg.connect(database_url, autocommit=True)
+                        conn = psycopg.connect(database_url, autocommit=True, application_name=application_name)
                     # in-doubt rows are looked for about once a second, not on every pass
                     recover = time.monotonic() - recovered >= RECOVER_EVERY_S
                     if recover:

@@ -66,7 +66,7 @@ def run_safety_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUr
     register_readiness("safety", lambda: time.monotonic() - last_pass[0] < max(10.0, 10 * cfg.poll_s))
     worker = Worker("safety", main=lambda halt: _recognition_loop(database_url, clock, cfg, wake, halt, last_pass),
                     side_tasks={"deliver": outbox.delivery_task(database_url, deliver, wake=wake, poll_s=cfg.poll_s,
-                                                                idle_s=idle_s)},
+                                                                idle_s=idle_s, application_name=f"mimamori {worker_id} deliver")},
                     outer_stop=stop, cleanup=[wake.set, senders.close, lambda: unregister_readiness("safety")])
     worker.run()
 
