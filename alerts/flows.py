@@ -37,6 +37,7 @@ from alerts.channels import (
     private_target_nets,
     refused_target,
 )
+from alerts.line import LineSender
 from alerts.models import Conflict, InvalidInput, NotFound, render_notice
 from mimamori import outbox
 from mimamori.clock import Clock, as_datetime
@@ -58,6 +59,8 @@ class Senders:
     mqtt_factory: Callable[[], MqttBlinkSender] | None = None
     #: opens the sealed answer links of messages to residents (None: such messages fail)
     sealer: outbox.LinkSealer | None = None
+    #: LINE's Messaging API (``alerts.line``; None: LINE is not set up, its rows fail)
+    line: LineSender | None = None
 
     def blink_sender(self) -> MqttBlinkSender | None:
         if self.mqtt is None and self.mqtt_factory is not None:
@@ -70,6 +73,8 @@ class Senders:
     def close(self) -> None:
         if self.mqtt is not None:
             self.mqtt.close()
+        if self.line is not None:
+            self.line.close()
 
     def apprise_url(self, kind: str, target: str) -> str | None:
         """The Apprise URL a channel sends through: its own, or the mail server's to its address."""
@@ -135,6 +140,11 @@ def send(row: dict[str, Any], senders: Senders) -> SendResult:
     if row["channel_kind"] in ("apprise", "email"):
         return senders.message(row["channel_kind"], row["target"], payload["title"], payload["body"],
                                message_id=row.get("message_id"))
+    if row["channel_kind"] == "line":
+        if senders.line is None:
+            return SendResult(False, "LINE is not set up (MIMAMORI_LINE_ACCESS_TOKEN)", permanent=True)
+        ok, note, permanent = senders.line.send(row, payload)
+        return SendResult(ok, note, permanent=permanent)
     if row["channel_kind"] == "webpush":
         return senders.webpush.send(row["target"], {**payload, "delivery_id": row["delivery_id"]}, bool(row["urgent"]),
                                     topic=f"{row['source']}-{row['delivery_id']}")
