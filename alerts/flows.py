@@ -121,6 +121,8 @@ def message_id(row: dict[str, Any], smtp_url: str | None = None) -> str | None:
         return None
     created_ms = int(row["created_at"].timestamp() * 1000)
     url = smtp_url if row.get("channel_kind") == "email" else row.get("target")
+    if row["source"] == "note":  # a daily note: <note.<delivery>...>
+        return f"<note.{row['delivery_id']}.{created_ms}@{_domain_of(url)}>"
     if row["source"] != records.SOURCE:  # a safety check's message: <safety.<check>.<delivery>...>
         return f"<{row['source']}.{row['check_id']}.{row['delivery_id']}.{created_ms}@{_domain_of(url)}>"
     return message_id_for(int(row["delivery_id"]), int(row["incident_id"]), created_ms, _domain_of(url))
@@ -206,8 +208,26 @@ class AlertOutbox:
                     records.report_unreachable(conn, inc, row["person_id"], now, reason="all_failed")
 
 
-#: The outbox sources an alert worker serves.
-SOURCES: dict[str, outbox.OutboxSource] = {records.SOURCE: AlertOutbox()}
+class NoteOutbox:
+    """The daily notes' rows (``outbox.source = 'note'``): always worth sending the day they are written,
+    retried like alerts, nothing recorded beside them (the in-app copy is the record)."""
+
+    name = "note"
+
+    def superseded(self, conn: psycopg.Connection, row: dict[str, Any]) -> str | None:  # noqa: ARG002 - OutboxSource
+        return None
+
+    def retry_delay(self, attempts: int) -> float | None:
+        return policy.retry_delay(attempts)
+
+    def recorded(self, conn: psycopg.Connection, row: dict[str, Any], outcome: str, error: str | None,  # noqa: ARG002
+                 now: float) -> None:  # noqa: ARG002 - the OutboxSource protocol
+        if outcome == "failed":
+            log.warning("daily note %s to %s failed: %s", row["delivery_id"], row["recipient"], error)
+
+
+#: The outbox sources an alert worker serves: the alerts, and the daily notes.
+SOURCES: dict[str, outbox.OutboxSource] = {records.SOURCE: AlertOutbox(), "note": NoteOutbox()}
 
 
 #: A person may test a channel this often (seconds): enough to check a new address, not to flood one.

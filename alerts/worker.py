@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from alerts import engine, flows, metrics, records
+from alerts import daily_notes, engine, flows, metrics, records
 from alerts.channels import AlertSettings, AppriseSender, MqttBlinkSender, WebPushSender
 from alerts.line import LineSender, line_settings
 from mimamori import observability, outbox
@@ -47,7 +47,9 @@ def _engine_pass(conn: psycopg.Connection, clock: Clock, worker_id: str, wake: t
     """Adopt new incidents and advance due escalations; returns how many it handled. Wakes the
     delivery threads after every committed batch so sends start while the pass goes on.
     """
-    done = 0
+    done = daily_notes.send_due(conn, clock.now())  # cheap when none is due: one query
+    if done:
+        wake.set()
     while done < BATCH:
         adopted = engine.adopt_new(conn, clock, worker_id, limit=BATCH_STEP, app_url=app_url, sealer=sealer)
         stepped = engine.step_due(conn, clock, worker_id, limit=BATCH_STEP, app_url=app_url, sealer=sealer)
