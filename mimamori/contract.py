@@ -10,7 +10,7 @@ How a bulb switch becomes a neighbour's alert, in tables::
 
     events (ingest writes)  ─►  incidents (detector opens, kind in DETECTOR_KINDS)
         ─► trigger incidents_opened_notify ─► NOTIFY mimamori_incident_opened ─► alert workers
-        ─► alert_deliveries (+ NOTIFY mimamori_alert_deliveries) ─► notifications ─► NOTIFY ─► the app
+        ─► outbox (+ NOTIFY mimamori_alert_deliveries) ─► a channel; notifications ─► NOTIFY ─► the app
 
 The stages read the strings from here instead of repeating them. SQL that needs a kind list takes it
 as a parameter (``kind = ANY(%s)`` with ``list(ACTIVITY_KINDS)``) rather than spelling it out.
@@ -87,13 +87,24 @@ RESIDENT_ANSWERS: Final = ("fine", "away", "help")
 SAFETY_ANSWER_STATES: Final = frozenset({"no_answer", "sign_of_life", "safe", "needs_help"})
 
 # ---------------------------------------------------------------------------------------------
+# The one outbox (``mimamori/outbox.py``, migration 0061): every engine queues what it sends there
+# ---------------------------------------------------------------------------------------------
+
+#: ``outbox.source``: which engine queued a row (and reads its outcome back).
+OUTBOX_SOURCES: Final = frozenset({"alert", "safety", "note"})
+#: ``outbox.status``. ``sending`` with no live sender's lock is in doubt: sent again.
+DELIVERY_STATUSES: Final = frozenset({"pending", "sending", "sent", "failed", "skipped"})
+#: ``person_channels.kind``: the ways a person can be reached besides the app.
+CHANNEL_KINDS: Final = frozenset({"apprise", "webpush", "email", "line"})
+
+# ---------------------------------------------------------------------------------------------
 # LISTEN / NOTIFY channels
 # ---------------------------------------------------------------------------------------------
 
 #: Payload: an incident id. Fired by triggers when an incident opens, is closed by someone else, or
 #: an area outage opens or closes; the alert workers LISTEN (they also poll).
 CHANNEL_INCIDENTS: Final = "mimamori_incident_opened"
-#: Payload: an incident id. Sent by the alert engine (not a trigger) when it queues outbox rows.
+#: Payload: an incident id. Sent by the alert engine (not a trigger) when it queues rows in the outbox.
 CHANNEL_ALERT_DELIVERIES: Final = "mimamori_alert_deliveries"
 #: Payload: JSON ``{"notification_id", "person_id"}``. In-app notifications, on insert.
 CHANNEL_NOTIFICATIONS: Final = "mimamori_notifications"

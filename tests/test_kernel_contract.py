@@ -30,6 +30,9 @@ CHECKED_VOCABULARY: dict[tuple[str, str], frozenset[str]] = {
     ("invitations", "invitations_role_check"): contract.ROLES,
     ("resident_check_links", "resident_check_links_answer_check"): frozenset(contract.RESIDENT_ANSWERS),
     ("safety_answers", "safety_answers_state_check"): contract.SAFETY_ANSWER_STATES,
+    ("outbox", "outbox_source_check"): contract.OUTBOX_SOURCES,
+    ("outbox", "outbox_status_check"): contract.DELIVERY_STATUSES,
+    ("person_channels", "person_channels_kind_check"): contract.CHANNEL_KINDS,
 }
 #: Partial unique indexes that make an incident unique while open: their predicate names the open statuses.
 OPEN_INCIDENT_INDEXES = ("incidents_one_open_per_household_kind", "incidents_one_open_area_outage")
