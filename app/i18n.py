@@ -434,6 +434,9 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "err_rate_limited": ("失敗が続いたため、しばらく待ってからお試しください", "Too many attempts; please wait"),
     "err_not_authenticated": ("ログインしてください", "Please sign in"),
     "err_bad_request": ("入力を確かめてください", "Please check the input"),
+    "err_gone": ("すでに終わっています", "This is already over"),
+    "err_unavailable": ("ただいま利用できません。しばらくしてからお試しください", "Not available right now; please try again later"),
+    "err_internal": ("問題が起きました。しばらくしてからお試しください", "Something went wrong; please try again later"),
 }
 
 

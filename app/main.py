@@ -3,7 +3,6 @@ server-rendered pages, SSE, PWA); ``run_app`` serves it with uvicorn until ``sto
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -23,21 +22,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import metrics
-from app.auth import current_person
-from app.auth import views as auth_views
+from app.api import include_routers
 from app.auth.proxy import address_in, client_address, is_https, parse_trusted
-from app.devices import views as device_views
-from app.errors import AppError, CsrfFailed, NotAuthenticated
-from app.households import views as household_views
+from app.auth.csrf import CsrfFailed
+from mimamori.errors import MimamoriError, NotAuthenticated
 from app.households.service import LOGGED_VIEWS, log_view
 from app.i18n import request_locale, translate
-from app.incidents import views as incident_views
-from app.incidents import resident_views
-from app.contacts import views as contact_views
 from app.live.hub import LiveHub
-from app.live.views import router as live_router
-from app.privacy import views as privacy_views
-from app.pwa import router as pwa_router
 from app.pwa import vapid_public_key
 from mimamori.clock import Clock, SystemClock
 from mimamori.config import Settings
@@ -81,8 +72,8 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     app.state.csrf_signer = signer(settings, "csrf")
     app.state.trusted_proxies = parse_trusted(settings.trusted_proxies)
 
-    @app.exception_handler(AppError)
-    async def app_error(request: Request, exc: AppError) -> Response:
+    @app.exception_handler(MimamoriError)
+    async def app_error(request: Request, exc: MimamoriError) -> Response:
         reason = exc.detail.get("reason")
         if _wants_json(request):
             body = {"detail": exc.message, "code": exc.code}
@@ -202,16 +193,7 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
         body, content_type = render_metrics()
         return Response(body, media_type=content_type)
 
-    for module in (auth_views, household_views, incident_views, device_views, privacy_views):
-        app.include_router(module.api)
-        app.include_router(module.pages)
-    app.include_router(incident_views.notifications)
-    app.include_router(resident_views.pages)  # the resident's answer to a resident check (no login)
-    app.include_router(contact_views.pages)  # where each person's alerts go
-    app.include_router(live_router)
-    app.include_router(pwa_router)
-    _include_alerts_routers(app)
-    importlib.import_module("app.safety").include(app)  # the safety check (安否確認): API and pages
+    include_routers(app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
 
@@ -243,19 +225,6 @@ def database_ready(pool: object) -> bool:
     with pool.connection(timeout=2) as conn:  # type: ignore[attr-defined]
         conn.autocommit = True
         return conn.execute("SELECT 1").fetchone() == (1,)
-
-
-def _include_alerts_routers(app: FastAPI) -> None:
-    """Mount the alerts stage's own JSON API (``/api/alerts``), signed in through the app's sessions."""
-    try:
-        views = importlib.import_module("alerts.views")
-    except ImportError:
-        return
-    router = getattr(views, "alerts_api", None)
-    if router is None:
-        return
-    app.dependency_overrides[views.current_person] = current_person
-    app.include_router(router)
 
 
 def uvicorn_config(app: FastAPI, *, host: str, port: int) -> Any:

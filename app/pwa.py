@@ -14,7 +14,6 @@ from pydantic import BaseModel, Field
 from app.auth.deps import CurrentPerson
 from alerts import service as alerts_service
 from app.db import Conn
-from app.incidents.service import alerts_errors
 from app.i18n import request_locale, translate
 
 log = logging.getLogger(__name__)
@@ -80,6 +79,5 @@ class PushSubscriptionIn(BaseModel):
 @router.post("/api/push/subscriptions", status_code=204, responses={401: {}, 403: {}})
 def subscribe(body: PushSubscriptionIn, person: CurrentPerson, conn: Conn) -> Response:
     target = json.dumps({"endpoint": body.endpoint, "keys": body.keys.model_dump()}, separators=(",", ":"))
-    with alerts_errors():
-        alerts_service.add_channel(conn, person, person.person_id, "webpush", target, label="browser")
+    alerts_service.add_channel(conn, person, person.person_id, "webpush", target, label="browser")
     return Response(status_code=204)

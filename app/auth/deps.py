@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import csrf, service
-from app.errors import NotAuthenticated
+from mimamori.errors import NotAuthenticated
 from app.people import Person
 
 SESSION_COOKIE = "mimamori_session"

@@ -15,7 +15,8 @@ from app.auth.proxy import client_address, is_https
 from app.auth.models import AcceptIn, InvitationIn, InvitationOut, LoginIn, PersonOut, SessionOut
 from app.db import ClockDep, Conn
 from app import metrics
-from app.errors import AppError, CsrfFailed, NotAuthenticated, RateLimited
+from app.auth.csrf import CsrfFailed
+from mimamori.errors import MimamoriError, NotAuthenticated, RateLimited
 from app.i18n import LANG_COOKIE, LOCALES, request_locale, translate
 from app.templating import render
 
@@ -230,7 +231,7 @@ def invite_submit(token: str, request: Request, conn: Conn, clock: ClockDep,
         person = service.accept_invitation(conn, clock, token, login_name=login, password=password.replace("\x00", ""),
                                            locale=locale if locale in LOCALES else "ja", consent=bool(consent),
                                            client=_client(request))
-    except AppError as exc:
+    except MimamoriError as exc:
         return _with_pre_session(request, "invite.html", status_code=exc.status_code, inv=inv, token=token,
                                  notice_version=service.NOTICE_VERSION,
                                  error=translate(request_locale(request), f"err_{exc.code}"))

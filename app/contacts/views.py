@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse
 from app.auth.deps import CurrentPerson
 from app.contacts import service
 from app.db import ClockDep, Conn
-from app.errors import Conflict, Invalid
+from mimamori.errors import Conflict, InvalidInput
 from app.i18n import request_locale
 from app.models import ID_PATTERN
 from app.templating import render
@@ -42,7 +42,7 @@ def add_email(person_id: PersonId, request: Request, person: CurrentPerson, conn
               address: Annotated[str, Form(max_length=254)]) -> Response:
     try:
         service.add_email(conn, clock, person, person_id, address)
-    except Invalid as exc:  # the form again, with what was typed and why it is not an address
+    except InvalidInput as exc:  # the form again, with what was typed and why it is not an address
         return _page(request, person, conn, person_id, error=str(exc), typed=address, status_code=422)
     return RedirectResponse(f"/contacts/{person_id}?msg=saved", status_code=303)
 
@@ -51,7 +51,7 @@ def _time(text: str) -> time | None:
     try:
         return time.fromisoformat(text) if text else None
     except ValueError:
-        raise Invalid("a time is HH:MM") from None
+        raise InvalidInput("a time is HH:MM") from None
 
 
 @pages.post("/contacts/{person_id}/quiet")

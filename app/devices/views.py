@@ -11,11 +11,11 @@ from pydantic import BaseModel, Field
 from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
 from app.devices import service
-from app.errors import AppError
+from mimamori.errors import MimamoriError
 from app.households import service as households
 from app.i18n import request_locale, translate
 from app.models import ID_PATTERN, Id, Name
-from app.scope import require_manager
+from mimamori.access import require_manager
 from app.templating import render
 
 api = APIRouter(prefix="/api/devices", tags=["devices"])
@@ -99,7 +99,7 @@ def pair_submit(request: Request, person: CurrentPerson, conn: Conn, clock: Cloc
     try:
         result = service.pair_device(conn, clock, person, device_id=device_id, household_id=household_id,
                                      kind=kind or None, room=room or None)
-    except AppError as exc:
+    except MimamoriError as exc:
         locale = request_locale(request)
         return render(request, "devices.html", status_code=exc.status_code, unpaired=service.list_unpaired(conn, person),
                       households=households.list_households(conn, clock, person, what="page /coord/devices (list)"), device_id=device_id,

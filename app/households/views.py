@@ -13,14 +13,14 @@ from starlette.datastructures import FormData
 from app.auth import service as auth_service
 from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
-from app.errors import Invalid
+from mimamori.errors import InvalidInput
 from app.households import chain_form, service
 from app.households.heatmap import heatmap_svg
-from app.households.models import AwayIn, ChainIn, HouseholdDetail, HouseholdIn, HouseholdSummary, TeamMemberIn
+from app.households.models import AwayIn, HouseholdDetail, HouseholdIn, HouseholdSummary, TeamMemberIn
 from app.i18n import request_locale, translate
 from app.incidents import service as incidents
 from app.models import ID_PATTERN
-from app.scope import require_manager
+from mimamori.access import require_manager
 from app.templating import render
 
 api = APIRouter(prefix="/api/households", tags=["households"])
@@ -76,18 +76,6 @@ def api_away(household_id: HouseholdId, body: AwayIn, person: CurrentPerson, con
 def api_away_end(household_id: HouseholdId, person: CurrentPerson, conn: Conn, clock: ClockDep) -> Response:
     service.end_away(conn, clock, person, household_id)
     return Response(status_code=204)
-
-
-@api.get("/{household_id}/chain", responses=ERRORS)
-def api_chain(household_id: HouseholdId, person: CurrentPerson, conn: Conn) -> dict[str, Any]:
-    steps, source = incidents.get_chain(conn, person, household_id)
-    return {"steps": steps, "source": source}
-
-
-@api.put("/{household_id}/chain", responses={**ERRORS, 422: {}})
-def api_chain_set(household_id: HouseholdId, body: ChainIn, person: CurrentPerson, conn: Conn,
-                  clock: ClockDep) -> dict[str, Any]:
-    return {"steps": incidents.set_chain(conn, clock, person, household_id, body.steps), "source": "household"}
 
 
 # --- pages --------------------------------------------------------------------------------------
@@ -196,11 +184,11 @@ def chain_submit(household_id: HouseholdId, request: Request, person: CurrentPer
     if "steps" in form:
         text = str(form["steps"])
         if len(text) > 20000:
-            raise Invalid("the steps are too long")
+            raise InvalidInput("the steps are too long")
         try:
             parsed = json.loads(text)
         except ValueError as exc:
-            raise Invalid("the steps are not valid JSON") from exc
+            raise InvalidInput("the steps are not valid JSON") from exc
         incidents.set_chain(conn, clock, person, household_id, parsed)
         return RedirectResponse(f"/households/{household_id}?msg=saved", status_code=303)
     require_manager(person)
@@ -250,8 +238,6 @@ def coord_page(request: Request, person: CurrentPerson, conn: Conn, clock: Clock
 
 def _coord_page(request: Request, person: Any, conn: Any, clock: Any, **extra: Any) -> Response:
     from app.devices import service as devices
-    from app.scope import require_manager
-
     require_manager(person)
     return render(request, "coord.html", households=service.list_households(conn, clock, person, what="page /coord (list)"),
                   incidents=incidents.list_incidents(conn, person), problems=devices.device_problems(conn, clock, person),

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from app.incidents.service import _incident_scope
 from app.people import Person
-from app.scope import household_scope_sql
+from mimamori.access import household_sql, incident_sql
 
 CHANNEL = "mimamori_app_live"
 
@@ -78,8 +77,8 @@ def touches(conn: psycopg.Connection, person: Person, changes: Changes) -> bool:
     Notifications: only their recipient."""
     if changes.resync or person.person_id in changes.notified_people:
         return True
-    iwhere, iparams = _incident_scope(person)
-    hwhere, hparams = household_scope_sql(person)
+    iwhere, iparams = incident_sql(person)
+    hwhere, hparams = household_sql(person)
     households = changes.away_households | changes.household_changes
     areas: set[str] = set()
     if person.role != "resident":

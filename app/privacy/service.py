@@ -10,18 +10,16 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from app.errors import Forbidden, Invalid
+from mimamori.errors import Forbidden, InvalidInput
 from app.households.service import log_view
 from app.people import Person
-from app.scope import require_manage, require_view
+from mimamori.access import require_household, require_manage_household, require_resident_or_manager
 from mimamori.clock import Clock, as_datetime
 
 
 def view_log(conn: psycopg.Connection, person: Person, household_id: str, limit: int = 200) -> list[dict[str, Any]]:
     """Who looked at the household's data, newest first. For its resident and its managers."""
-    require_view(conn, person, household_id)
-    if person.role == "watcher":
-        raise Forbidden("the view log is for the resident and coordinators")
+    require_resident_or_manager(conn, person, household_id)
     rows = conn.execute(
         "SELECT viewer_name, viewer_role, what, viewed_at, purpose FROM household_views WHERE household_id = %s"
         " ORDER BY viewed_at DESC, id DESC LIMIT %s", (household_id, limit)).fetchall()
@@ -51,12 +49,13 @@ def export_household(conn: psycopg.Connection, clock: Clock, person: Person, hou
     use. The resident may take it themselves; anyone else (the area's coordinator or an operator,
     acting on the resident's behalf) must say which request it answers, and the export is logged as
     a view with that note, so the resident sees who exported their data, when and why."""
-    require_view(conn, person, household_id)
+    require_household(conn, person, household_id)
     _may_export(person)
+    require_resident_or_manager(conn, person, household_id)
     own = person.role == "resident" and person.household_id == household_id
     note = (request_note or "").strip()
     if not own and not REQUEST_NOTE_MIN <= len(note) <= REQUEST_NOTE_MAX:
-        raise Invalid("say which request of the resident this export answers", field="request_note")
+        raise InvalidInput("say which request of the resident this export answers", field="request_note")
     h = (household_id,)
     data = {
         "household": _rows(conn, "SELECT * FROM households WHERE household_id = %s", h),
@@ -132,10 +131,10 @@ def delete_household(conn: psycopg.Connection, clock: Clock, person: Person, hou
                      confirm_name: str) -> dict[str, int]:
     """Delete on request: its events and every personal record (people, team, consents, contacts,
     incidents, views). Devices stay in the inventory, unpaired. Confirmed by the household's name."""
-    require_manage(conn, person, household_id)
+    require_manage_household(conn, person, household_id)
     name = conn.execute("SELECT display_name FROM households WHERE household_id = %s", (household_id,)).fetchone()[0]
     if confirm_name.strip() != name:
-        raise Invalid("type the household's name to confirm")
+        raise InvalidInput("type the household's name to confirm")
     with conn.transaction():
         events = conn.execute(
             "DELETE FROM events WHERE household_id = %s OR device_id IN (SELECT device_id FROM devices"
@@ -172,7 +171,7 @@ def _forget_activity(conn: psycopg.Connection, household_id: str) -> None:
 
 
 def consent_of(conn: psycopg.Connection, person: Person, household_id: str) -> list[dict[str, Any]]:
-    require_view(conn, person, household_id)
+    require_household(conn, person, household_id)
     return _rows(conn, "SELECT c.notice_version, c.given_at, c.withdrawn_at, p.display_name AS given_by_name"
                        " FROM consents c LEFT JOIN people p ON p.person_id = c.given_by WHERE c.household_id = %s"
                        " ORDER BY c.given_at DESC", (household_id,))

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
-from app.errors import Forbidden
+from mimamori.errors import Forbidden
 from app.models import ID_PATTERN
 from app.households import service as households
 from app.households.heatmap import heatmap_svg
