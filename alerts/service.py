@@ -81,9 +81,10 @@ LEFT JOIN alert_escalations e ON e.incident_id = i.incident_id
 
 
 def _may_act(conn: psycopg.Connection, actor: ActorLike, household_id: str | None, area: str | None) -> bool:
-    """A household (or, without one, an area) the actor may see: the one rule in ``mimamori.access``."""
+    """A household's team business (or, without a household, an area's) the actor may see and act on:
+    the one rule in ``mimamori.access``."""
     if household_id is not None:
-        return access.may_see_household(conn, actor, household_id)
+        return access.may_act_for_household(conn, actor, household_id)
     return access.may_manage_area(actor, area)
 
 

@@ -59,6 +59,7 @@ __all__ = [
     "incident_sql",
     "managed_household_sql",
     "manages",
+    "may_act_for_household",
     "may_manage_area",
     "may_manage_household",
     "may_see_check",
@@ -232,6 +233,12 @@ def may_see_device(conn: psycopg.Connection, viewer: Viewer, device_id: str) -> 
         f" WHERE d.device_id = %(acc_id)s AND CASE WHEN d.household_id IS NULL THEN {dwhere} ELSE {hwhere} END",
         {**hparams, **dparams, "acc_id": device_id},
     )
+
+
+def may_act_for_household(conn: psycopg.Connection, viewer: Viewer, household_id: str) -> bool:
+    """The team's business about a household (its escalation chain, who is alerted in which order):
+    whoever may see the household, except its resident."""
+    return viewer.role != "resident" and may_see_household(conn, viewer, household_id)
 
 
 def may_manage_area(viewer: Viewer, area: str | None) -> bool:
