@@ -158,7 +158,9 @@ def get_alert(incident_id: IncidentId, actor: Actor, conn: Conn) -> Any:
 
 @alerts_api.get("/{incident_id}/timeline")
 def get_timeline(incident_id: IncidentId, actor: Actor, conn: Conn) -> list[Any]:
-    return [_json(e) for e in service.timeline(conn, actor, incident_id)]
+    """The team's timeline; the engine's raw ``data`` (chain snapshots, worker ids, the ids of people the
+    reader may not know) stays out of the API."""
+    return [{k: v for k, v in _json(e).items() if k != "data"} for e in service.timeline(conn, actor, incident_id)]
 
 
 @alerts_api.post("/{incident_id}/claim")

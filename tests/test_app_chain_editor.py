@@ -105,7 +105,7 @@ def test_edit_buttons_move_add_and_remove() -> None:
 
 
 def _chain(c: Any, headers: dict[str, str]) -> list[dict[str, Any]]:
-    r = c.get("/api/households/h1/chain", headers=headers)
+    r = c.get("/api/alerts/chains/h1", headers=headers)
     assert r.status_code == 200, r.text
     return r.json()["steps"]
 
@@ -198,7 +198,7 @@ def test_coordinator_edits_the_chain_on_a_phone(world) -> None:
         page.locator("#step-0").screenshot(path=str(ARTIFACTS / "chain_editor_notify.png"))
         page.click("#chain-save")
         page.wait_for_selector(".banner-info")
-        steps = page.evaluate("fetch('/api/households/h1/chain').then((r) => r.json())")["steps"]
+        steps = page.evaluate("fetch('/api/alerts/chains/h1').then((r) => r.json())")["steps"]
     expected = [dict(s) for s in policy.DEFAULT_CHAIN]
     del expected[4]
     expected.append({"type": "wait", "minutes": 20})

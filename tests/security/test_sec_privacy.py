@@ -70,7 +70,7 @@ def test_every_read_of_a_households_data_is_in_its_view_log(world) -> None:  # n
         conn.execute("INSERT INTO safety_answers (check_id, household_id, updated_at) VALUES (%s, 'h1', now())", (check,))
     reads = [
         "/api/households/h1", "/api/households/h1/team", "/api/households/h1/consents", "/api/alerts/chains/h1",
-        f"/api/alerts/{inc}", f"/api/alerts/{inc}/timeline", f"/api/incidents/{inc}",
+        f"/api/alerts/{inc}", f"/api/alerts/{inc}/timeline",
         f"/api/safety/checks/{check}/households/h1",
     ]
     missing = []
@@ -96,7 +96,7 @@ def test_the_export_holds_the_teams_comments_and_safety_answers(world) -> None: 
         conn.execute("INSERT INTO safety_answers (check_id, household_id, state, how, answered_by, note, updated_at)"
                      " VALUES (%s, 'h1', 'safe', 'on_behalf', 'watcher_a', '電話で無事を確認', now())", (check,))
     with app_client(url, clock) as c:
-        r = c.post(f"/api/incidents/{ids['h1']}/comment", json={"body": "玄関の鍵が開いていた"}, headers=bearer(c, "watcher_a"))
+        r = c.post(f"/api/alerts/{ids['h1']}/comment", json={"text": "玄関の鍵が開いていた"}, headers=bearer(c, "watcher_a"))
         assert r.status_code in (200, 201, 204), r.text
         export = c.get("/api/households/h1/export", headers=bearer(c, "resident_1"))
         assert export.status_code == 200, export.text
