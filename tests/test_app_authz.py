@@ -494,3 +494,77 @@ def test_export_is_the_residents_complete_copy_and_is_logged(world) -> None:
         cookie_login(c, "coord_a")
         page = c.get("/households/h1").text
         assert 'id="request-note"' in page and "required" in page.split('id="request-note"')[1].split(">")[0]
+
+
+# --- the differences between the four copies, each decided once (mimamori/access.py) ---------------
+
+
+def test_a_coordinator_on_another_areas_team_sees_it_as_a_team_member_but_does_not_manage_it(world) -> None:  # noqa: ANN001
+    """Before, the app hid the household from such a coordinator while alerts let them act on its alerts
+    and even edit its chain. Now they see it and act on its alerts like a watcher; managing it (chain,
+    devices, team) stays with its area's coordinator."""
+    import psycopg
+
+    url, clock, ids = world
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO household_watchers (household_id, person_id, tier) VALUES ('h3', 'coord_a', 2)")
+    with app_client(url, clock) as c:
+        coord_a = bearer(c, "coord_a")
+        assert c.get("/api/households/h3", headers=coord_a).status_code == 200
+        assert "h3" in [h["household_id"] for h in c.get("/api/households", headers=coord_a).json()]
+        assert ids["h3"] in [a["incident_id"] for a in c.get("/api/alerts", headers=coord_a).json()]
+        assert c.post(f"/api/alerts/{ids['h3']}/comment", json={"text": "向かいます"}, headers=coord_a).status_code == 201
+        assert c.get("/api/alerts/chains/h3", headers=coord_a).status_code == 200
+        for method, path, body in (("PUT", "/api/alerts/chains/h3", [{"type": "notify", "tiers": [1]}]),
+                                   ("DELETE", "/api/alerts/chains/h3", None),
+                                   ("POST", "/api/households/h3/team", {"person_id": "watcher_a"}),
+                                   ("POST", "/api/devices/bulb-h3/gateway", {"gateway_id": "gw-h3"}),
+                                   ("GET", "/api/households/h3/views", None)):
+            r = c.request(method, path, json=body, headers=coord_a)
+            assert r.status_code == 403 and r.json()["code"] == "forbidden", (path, r.text)
+        # ... while coord_b, the area's coordinator, still manages it
+        assert c.put("/api/alerts/chains/h3", json=[{"type": "notify", "tiers": [1]}],
+                     headers=bearer(c, "coord_b")).status_code == 200
+
+
+def test_technical_alerts_are_the_coordinators_not_the_teams(world) -> None:  # noqa: ANN001
+    """Before, the alert engine let a household's watchers see and act on its device_offline incidents,
+    which the app hid (and the technical chain never sends them)."""
+    import psycopg
+
+    url, clock, _ids = world
+    with psycopg.connect(url, autocommit=True) as conn:
+        offline = conn.execute("INSERT INTO incidents (household_id, kind, opened_at, updated_at, rule)"
+                               " VALUES ('h1', 'device_offline', now(), now(), 'test') RETURNING incident_id").fetchone()[0]
+    with app_client(url, clock) as c:
+        for role, sees in (("watcher_a", False), ("resident_1", False), ("coord_a", True), ("oper", True), ("coord_b", False)):
+            h = bearer(c, role)
+            assert (offline in [a["incident_id"] for a in c.get("/api/alerts", headers=h).json()]) == sees, role
+            assert (c.post(f"/api/alerts/{offline}/claim", headers=h).status_code not in (403, 404)) == sees, role  # 409: claimed
+
+
+def test_the_resident_sees_their_home_but_not_the_teams_business(world) -> None:  # noqa: ANN001
+    """Their household, its view log and its safety checks yes; the team's alerts and chain no (before,
+    the app and safety let residents see their home, the alert engine's chain API decided on its own)."""
+    url, clock, ids = world
+    with app_client(url, clock) as c:
+        r1 = bearer(c, "resident_1")
+        assert c.get("/api/households/h1", headers=r1).status_code == 200
+        assert c.get("/api/households/h1/views", headers=r1).status_code == 200
+        assert c.get("/api/alerts", headers=r1).json() == []
+        for path in (f"/api/alerts/{ids['h1']}", f"/api/alerts/{ids['h1']}/timeline", "/api/alerts/chains/h1"):
+            assert c.get(path, headers=r1).status_code == 404, path
+
+
+def test_the_matrix_fails_when_the_rule_breaks(world, monkeypatch) -> None:  # noqa: ANN001
+    """The matrix can fail: let residents see the team's alerts and it says so."""
+    url, clock, ids = world
+    real = access.incident_sql
+
+    def leaky(viewer, alias="i"):  # noqa: ANN001, ANN202
+        return ("TRUE", {}) if viewer.role == "resident" else real(viewer, alias)
+
+    monkeypatch.setattr(access, "incident_sql", leaky)
+    with app_client(url, clock) as c:
+        r = c.get(f"/api/alerts/{ids['h1']}", headers=bearer(c, "resident_2"))
+        assert _verdict("resident_2", MATRIX[("GET", "/api/alerts/{incident_id}")][2], r.status_code, "") == "let through"
