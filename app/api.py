@@ -15,8 +15,8 @@ from fastapi import Depends, FastAPI
 import alerts.views as alerts_api
 import safety.views as safety_api
 from app import pwa
-from app.auth.deps import current_person
 from app.auth import views as auth_views
+from app.auth.deps import current_person
 from app.contacts import views as contact_views
 from app.devices import views as device_views
 from app.households import views as household_views

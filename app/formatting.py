@@ -1,5 +1,6 @@
 """Dates and times as people read them (pure functions: pages, the team timeline and "why this alert"
-share them without importing the page machinery)."""
+share them without importing the page machinery).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 DISPLAY_TZ = ZoneInfo("Asia/Tokyo")
 
 
-def _zone(tz: str | None) -> ZoneInfo:
+def zone(tz: str | None) -> ZoneInfo:
+    """A zone by name; none, an unknown or a malformed name: Japan's."""
     try:
         return ZoneInfo(tz) if tz else DISPLAY_TZ
     except (ZoneInfoNotFoundError, ValueError):  # an unknown or malformed zone name: Japan's
@@ -26,7 +28,7 @@ def _day(value: date, locale: str) -> str:
 def fmt_dt(value: datetime | None, tz: str | None = None, locale: str = "ja") -> str:
     if value is None:
         return ""
-    local = value.astimezone(_zone(tz))
+    local = value.astimezone(zone(tz))
     return f"{_day(local.date(), locale)} {local:%H:%M}"
 
 
@@ -34,7 +36,7 @@ def fmt_date(value: datetime | date | None, tz: str | None = None, locale: str =
     if value is None:
         return ""
     if isinstance(value, datetime):
-        value = value.astimezone(_zone(tz)).date()
+        value = value.astimezone(zone(tz)).date()
     return _day(value, locale)
 
 

@@ -1,31 +1,31 @@
 """The web app: ``create_app`` builds the FastAPI application (JSON API with OpenAPI under /api,
-server-rendered pages, SSE, PWA); ``run_app`` serves it with uvicorn until ``stop`` is set."""
+server-rendered pages, SSE, PWA); ``run_app`` serves it with uvicorn until ``stop`` is set.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import psycopg
-from starlette.concurrency import run_in_threadpool
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import metrics
 from app.api import include_routers
-from app.auth.proxy import address_in, client_address, is_https, parse_trusted
 from app.auth.csrf import CsrfFailed
-from mimamori.errors import MimamoriError, NotAuthenticated
+from app.auth.proxy import address_in, client_address, is_https, parse_trusted
 from app.households.service import LOGGED_VIEWS, log_view
 from app.i18n import request_locale, translate
 from app.live.hub import LiveHub
@@ -33,10 +33,12 @@ from app.pwa import vapid_public_key
 from mimamori.clock import Clock, SystemClock
 from mimamori.config import Settings
 from mimamori.db import make_pool
+from mimamori.errors import MimamoriError, NotAuthenticated
 from mimamori.observability import readiness, register_readiness, render_metrics, unregister_readiness
 from mimamori.signing import signer
 
 log = logging.getLogger(__name__)
+CallNext = Callable[[Request], Awaitable[Response]]
 STATIC = Path(__file__).parent / "static"
 
 
@@ -114,23 +116,24 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
                       message=translate(request_locale(request), "err_not_found"))
 
     @app.exception_handler(psycopg.DataError)
-    async def data_error(request: Request, exc: psycopg.DataError) -> Response:
+    async def data_error(_request: Request, _exc: psycopg.DataError) -> Response:
         # e.g. NUL bytes or out-of-range values that slipped past validation: the input's fault.
         return JSONResponse({"detail": "invalid input", "code": "invalid"}, status_code=422)
 
     ops_nets = None if settings.ops_networks.strip() == "*" else parse_trusted(settings.ops_networks)
 
     @app.middleware("http")
-    async def operator_paths(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def operator_paths(request: Request, call_next: CallNext) -> Response:
         """/metrics and the API's schema and docs are the operator's (issue 17: they were public on the
         app's port): from ``MIMAMORI_OPS_NETWORKS`` only; anyone else gets the 404 of a path that is
-        not there."""
+        not there.
+        """
         if ops_nets is not None and request.url.path in OPERATOR_PATHS and not address_in(client_address(request), ops_nets):
             return JSONResponse({"detail": "Not Found"}, status_code=404)
         return await call_next(request)
 
     @app.middleware("http")
-    async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def security_headers(request: Request, call_next: CallNext) -> Response:
         response = await call_next(request)
         response.headers.setdefault("x-content-type-options", "nosniff")
         response.headers.setdefault("x-frame-options", "DENY")
@@ -147,10 +150,11 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
         return response
 
     @app.middleware("http")
-    async def view_log(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def view_log(request: Request, call_next: CallNext) -> Response:
         """The one view-log point (issue 17): every successful read of a route that names a household
         (or an incident, or a safety check's household) is in the household's view log, whichever
-        stage's router serves it; services that log with more detail (exports, pages) go first."""
+        stage's router serves it; services that log with more detail (exports, pages) go first.
+        """
         logged: set[str] = set()
         token = LOGGED_VIEWS.set(logged)
         try:
@@ -168,7 +172,7 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
         return response
 
     @app.middleware("http")
-    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def count_requests(request: Request, call_next: CallNext) -> Response:
         response = await call_next(request)
         # The route's template (/households/{household_id}), never the raw path: bounded label values.
         route = request.scope.get("route")
@@ -230,7 +234,8 @@ def database_ready(pool: object) -> bool:
 def uvicorn_config(app: FastAPI, *, host: str, port: int) -> Any:
     """The app's server settings. ``proxy_headers`` off: uvicorn would believe the leftmost
     X-Forwarded-For of a loopback peer (a value the client writes); the app reads the headers of
-    ``MIMAMORI_TRUSTED_PROXIES`` only (app.auth.proxy)."""
+    ``MIMAMORI_TRUSTED_PROXIES`` only (app.auth.proxy).
+    """
     import uvicorn
 
     return uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2,

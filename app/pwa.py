@@ -1,5 +1,6 @@
 """PWA: the manifest, the service worker (offline shell + Web Push display), and recording a
-browser's push subscription as a ``person_channels`` row of kind ``webpush`` (the alerts stage sends)."""
+browser's push subscription as a ``person_channels`` row of kind ``webpush`` (the alerts stage sends).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from app.auth.deps import CurrentPerson
 from alerts import service as alerts_service
+from app.auth.deps import CurrentPerson
 from app.db import Conn
 from app.i18n import request_locale, translate
 
@@ -43,7 +44,8 @@ def service_worker() -> Response:
 def vapid_public_key(settings: object) -> str | None:
     """The applicationServerKey browsers subscribe with (base64url, uncompressed P-256 point):
     ``MIMAMORI_WEBPUSH_VAPID_PUBLIC_KEY``, else derived from the alert engine's
-    ``MIMAMORI_ALERTS_VAPID_PRIVATE_KEY`` (PEM text, PEM file or base64url), else None (push off)."""
+    ``MIMAMORI_ALERTS_VAPID_PRIVATE_KEY`` (PEM text, PEM file or base64url), else None (push off).
+    """
     explicit = getattr(settings, "webpush_vapid_public_key", None) or os.environ.get("MIMAMORI_WEBPUSH_VAPID_PUBLIC_KEY")
     if explicit:
         return explicit.strip()
@@ -56,7 +58,7 @@ def vapid_public_key(settings: object) -> str | None:
 
         if private.lstrip().startswith("-----BEGIN"):
             vapid = Vapid02.from_pem(private.strip().encode())
-        elif os.path.isfile(private):
+        elif Path(private).is_file():
             vapid = Vapid02.from_file(private)
         else:
             vapid = Vapid02.from_string(private)

@@ -1,5 +1,6 @@
 """Server-rendered pages: one Jinja2 environment; every string goes through ``t`` (app.i18n), every date
-through ``app.formatting``."""
+through ``app.formatting``.
+"""
 
 from __future__ import annotations
 

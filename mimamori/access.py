@@ -86,7 +86,8 @@ Predicate = tuple[str, dict[str, Any]]
 
 class Viewer(Protocol):
     """Whoever looks or acts: the app's ``Person`` and the stages' ``Actor`` fit (``household_id``,
-    a resident's home, is read with ``getattr`` where a stage's actor has none)."""
+    a resident's home, is read with ``getattr`` where a stage's actor has none).
+    """
 
     @property
     def person_id(self) -> str: ...
@@ -127,7 +128,8 @@ def household_sql(viewer: Viewer, alias: str = "h") -> Predicate:
 
 def managed_household_sql(viewer: Viewer, alias: str = "h") -> Predicate:
     """``households AS <alias>`` the viewer manages (device problems, area overview): the operator all,
-    a coordinator their area's."""
+    a coordinator their area's.
+    """
     if viewer.role == "operator":
         return "TRUE", {}
     if viewer.role == "coordinator" and viewer.area is not None:
@@ -137,7 +139,8 @@ def managed_household_sql(viewer: Viewer, alias: str = "h") -> Predicate:
 
 def incident_sql(viewer: Viewer, alias: str = "i") -> Predicate:
     """``incidents AS <alias>`` the viewer may see and act on (no join needed: the household's area is
-    looked up; an area outage has no household and its own area)."""
+    looked up; an area outage has no household and its own area).
+    """
     me = {"acc_me": viewer.person_id, "acc_team_kinds": list(TEAM_INCIDENT_KINDS)}
     as_team = f"({alias}.kind = ANY(%(acc_team_kinds)s) AND {_on_team(alias + '.household_id')})"
     if viewer.role == "operator":
@@ -152,7 +155,8 @@ def incident_sql(viewer: Viewer, alias: str = "i") -> Predicate:
 
 def area_notice_sql(viewer: Viewer, alias: str = "i") -> Predicate:
     """Area-wide incidents (``incidents AS <alias>`` with an area: outages) shown as a banner: over the
-    viewer's own area (coordinator) or the areas of the households they may see."""
+    viewer's own area (coordinator) or the areas of the households they may see.
+    """
     if viewer.role == "operator":
         return "TRUE", {}
     where, params = household_sql(viewer, "acc_nh")
@@ -166,14 +170,16 @@ def check_sql(viewer: Viewer, alias: str = "c") -> Predicate:
     where, params = household_sql(viewer, "acc_ch")
     if where == "TRUE":
         return "TRUE", {}
-    return (f"EXISTS (SELECT 1 FROM safety_answers acc_ca JOIN households acc_ch ON acc_ch.household_id = acc_ca.household_id"
-            f" WHERE acc_ca.check_id = {alias}.check_id AND {where})", params)
+    exists = (f"EXISTS (SELECT 1 FROM safety_answers acc_ca JOIN households acc_ch ON acc_ch.household_id = acc_ca.household_id"
+              f" WHERE acc_ca.check_id = {alias}.check_id AND {where})")
+    return exists, params
 
 
 def unpaired_device_sql(viewer: Viewer, gateway: str = "g") -> Predicate:
     """Gateways (``gateways AS <gateway>``) a manager may bind devices to, and so the unpaired devices
     that came through them (LEFT JOIN the gateway): a gateway of their area, or one placed nowhere yet
-    (a new home gateway). A home gateway's area is its household's (issue 17)."""
+    (a new home gateway). A home gateway's area is its household's (issue 17).
+    """
     if viewer.role == "operator":
         return "TRUE", {}
     if viewer.role != "coordinator" or viewer.area is None:
@@ -186,13 +192,14 @@ def unpaired_device_sql(viewer: Viewer, gateway: str = "g") -> Predicate:
 def visible_people_sql(viewer: Viewer, household_id: str | None, area: str | None, alias: str = "p") -> Predicate:
     """``people AS <alias>`` whose names the viewer may read on a household's team timeline: its team,
     its residents, the area's coordinators, and the viewer. Others (an operator standing in, a resident
-    of another home) stay unnamed."""
-    return (f"({alias}.person_id = %(acc_me)s"
-            f" OR EXISTS (SELECT 1 FROM household_watchers acc_w WHERE acc_w.person_id = {alias}.person_id"
-            f"            AND acc_w.household_id = %(acc_vh)s)"
-            f" OR ({alias}.role = 'coordinator' AND {alias}.area = %(acc_va)s)"
-            f" OR ({alias}.role = 'resident' AND {alias}.household_id = %(acc_vh)s))",
-            {"acc_me": viewer.person_id, "acc_vh": household_id, "acc_va": area})
+    of another home) stay unnamed.
+    """
+    where = (f"({alias}.person_id = %(acc_me)s"
+             f" OR EXISTS (SELECT 1 FROM household_watchers acc_w WHERE acc_w.person_id = {alias}.person_id"
+             f"            AND acc_w.household_id = %(acc_vh)s)"
+             f" OR ({alias}.role = 'coordinator' AND {alias}.area = %(acc_va)s)"
+             f" OR ({alias}.role = 'resident' AND {alias}.household_id = %(acc_vh)s))")
+    return where, {"acc_me": viewer.person_id, "acc_vh": household_id, "acc_va": area}
 
 
 # --- one object -----------------------------------------------------------------------------------
@@ -237,7 +244,8 @@ def may_see_device(conn: psycopg.Connection, viewer: Viewer, device_id: str) -> 
 
 def may_act_for_household(conn: psycopg.Connection, viewer: Viewer, household_id: str) -> bool:
     """The team's business about a household (its escalation chain, who is alerted in which order):
-    whoever may see the household, except its resident."""
+    whoever may see the household, except its resident.
+    """
     return viewer.role != "resident" and may_see_household(conn, viewer, household_id)
 
 
@@ -250,7 +258,8 @@ def may_manage_area(viewer: Viewer, area: str | None) -> bool:
 
 def may_manage_household(conn: psycopg.Connection, viewer: Viewer, household_id: str) -> bool:
     """Devices, team, chain, deletion, export for the resident: the operator and the area's coordinator
-    (being on the team is not enough)."""
+    (being on the team is not enough).
+    """
     if viewer.role == "operator":
         return True
     if viewer.role != "coordinator" or viewer.area is None:

@@ -1,5 +1,6 @@
 """The app's API and pages against a real PostgreSQL: accounts, CSRF, rate limiting, pairing,
-alerts through the escalation engine's service, privacy, i18n."""
+alerts through the escalation engine's service, privacy, i18n.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import json
 
 import psycopg
 import pytest
+from test_app_support import PASSWORD, app_client, bearer, cookie_login, world  # noqa: F401
 
 from app.i18n import MESSAGES
-from test_app_support import PASSWORD, app_client, bearer, cookie_login, world  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +151,8 @@ def test_invitation_creates_resident_with_consent(world) -> None:
     url, clock, _ = world
     with app_client(url, clock) as c:
         coord = bearer(c, "coord_a")
-        assert c.post("/api/invitations", headers=coord, json={"role": "resident", "display_name": "x", "household_id": "h3"}).status_code == 404
+        r = c.post("/api/invitations", headers=coord, json={"role": "resident", "display_name": "x", "household_id": "h3"})
+        assert r.status_code == 404
         r = c.post("/api/invitations", headers=coord, json={"role": "resident", "display_name": "佐藤 花子", "household_id": "h2"})
         assert r.status_code == 201
         token = r.json()["token"]
@@ -269,7 +271,8 @@ def test_coordinator_page_flows(world) -> None:
 
 def test_login_form_refuses_cross_site_post_without_token(world) -> None:
     """Login CSRF: a form posted from another site carries neither the login-CSRF cookie nor its
-    token, and is refused with 403 before the password is checked; no session is started."""
+    token, and is refused with 403 before the password is checked; no session is started.
+    """
     url, clock, _ = world
     with app_client(url, clock) as c:
         creds = {"login": "watcher-a", "password": PASSWORD, "next": "/"}
@@ -296,10 +299,12 @@ def test_login_form_refuses_cross_site_post_without_token(world) -> None:
 
 def test_a_coordinator_decides_which_devices_we_may_blink(world) -> None:
     """Issue 13: a plug is never switched by us unless its area's coordinator allows it (it may power a
-    heater or a fridge); a bulb can be excluded. Watchers and other areas' coordinators cannot."""
+    heater or a fridge); a bulb can be excluded. Watchers and other areas' coordinators cannot.
+    """
     url, clock, _ = world
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind, room) VALUES ('plug-h1', 'gw-h1', 'h1', 'plug', '台所')")
+        conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind, room)"
+                     " VALUES ('plug-h1', 'gw-h1', 'h1', 'plug', '台所')")
     with app_client(url, clock) as c:
         assert c.put("/api/devices/plug-h1/blink", json={"allowed": True}, headers=bearer(c, "watcher_a")).status_code == 403
         assert c.put("/api/devices/plug-h1/blink", json={"allowed": True}, headers=bearer(c, "coord_b")).status_code in (403, 404)

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 from starlette.routing import BaseRoute, Mount
+from test_app_support import PASSWORD, PEOPLE, app_client, bearer, cookie_login, served, world  # noqa: F401
 
 from app.live.service import Changes, touches
 from app.people import Person
 from mimamori import access
-from test_app_support import PASSWORD, PEOPLE, app_client, bearer, cookie_login, served, world  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -281,7 +281,7 @@ def _stream_status(base: str, path: str, headers: dict[str, str]) -> tuple[int, 
         conn.close()
 
 
-def test_matrix(world) -> None:  # noqa: ANN001
+def test_matrix(world) -> None:
     """Every route × every role: passes exactly for those the rule lets through."""
     url, clock, ids = world
     failures: list[str] = []
@@ -323,9 +323,10 @@ def _person(pid: str) -> Person:
     return Person(pid, f"name-{pid}", role, area, household_id, "ja")
 
 
-def test_streams_tell_only_those_who_may_see(world) -> None:  # noqa: ANN001
+def test_streams_tell_only_those_who_may_see(world) -> None:
     """What a stream passes on follows the same rule: a change of h1's alert reaches h1's team only; a
-    change of the household (away, a safety answer) reaches whoever may see h1, its resident too."""
+    change of the household (away, a safety answer) reaches whoever may see h1, its resident too.
+    """
     import psycopg
 
     url, _clock, ids = world
@@ -397,7 +398,8 @@ def _leaked(text: str) -> list[str]:
 
 def test_contact_details_field_matrix(world) -> None:
     """Every role × every API and page read of h1: the team and the resident get the values, the area
-    coordinator and the operator get "registered" only, everyone else gets nothing at all."""
+    coordinator and the operator get "registered" only, everyone else gets nothing at all.
+    """
     url, clock, _ = world
     _give_people_phones(url)
     failures = []
@@ -458,7 +460,8 @@ def test_coordinator_on_the_team_sees_contact(world) -> None:
 def test_export_is_the_residents_complete_copy_and_is_logged(world) -> None:
     """Decision (app/README.md, "Export"): an export is the resident's copy of their data, complete
     with contact values. The resident takes it as is; a coordinator or operator acting for them must
-    say which request it answers, and the export shows in the resident's view log with that note."""
+    say which request it answers, and the export shows in the resident's view log with that note.
+    """
     url, clock, _ = world
     _give_people_phones(url)
     with app_client(url, clock) as c:
@@ -499,10 +502,11 @@ def test_export_is_the_residents_complete_copy_and_is_logged(world) -> None:
 # --- the differences between the four copies, each decided once (mimamori/access.py) ---------------
 
 
-def test_a_coordinator_on_another_areas_team_sees_it_as_a_team_member_but_does_not_manage_it(world) -> None:  # noqa: ANN001
+def test_a_coordinator_on_another_areas_team_sees_it_as_a_team_member_but_does_not_manage_it(world) -> None:
     """Before, the app hid the household from such a coordinator while alerts let them act on its alerts
     and even edit its chain. Now they see it and act on its alerts like a watcher; managing it (chain,
-    devices, team) stays with its area's coordinator."""
+    devices, team) stays with its area's coordinator.
+    """
     import psycopg
 
     url, clock, ids = world
@@ -527,9 +531,10 @@ def test_a_coordinator_on_another_areas_team_sees_it_as_a_team_member_but_does_n
                      headers=bearer(c, "coord_b")).status_code == 200
 
 
-def test_technical_alerts_are_the_coordinators_not_the_teams(world) -> None:  # noqa: ANN001
+def test_technical_alerts_are_the_coordinators_not_the_teams(world) -> None:
     """Before, the alert engine let a household's watchers see and act on its device_offline incidents,
-    which the app hid (and the technical chain never sends them)."""
+    which the app hid (and the technical chain never sends them).
+    """
     import psycopg
 
     url, clock, _ids = world
@@ -543,9 +548,10 @@ def test_technical_alerts_are_the_coordinators_not_the_teams(world) -> None:  # 
             assert (c.post(f"/api/alerts/{offline}/claim", headers=h).status_code not in (403, 404)) == sees, role  # 409: claimed
 
 
-def test_the_resident_sees_their_home_but_not_the_teams_business(world) -> None:  # noqa: ANN001
+def test_the_resident_sees_their_home_but_not_the_teams_business(world) -> None:
     """Their household, its view log and its safety checks yes; the team's alerts and chain no (before,
-    the app and safety let residents see their home, the alert engine's chain API decided on its own)."""
+    the app and safety let residents see their home, the alert engine's chain API decided on its own).
+    """
     url, clock, ids = world
     with app_client(url, clock) as c:
         r1 = bearer(c, "resident_1")
@@ -556,12 +562,12 @@ def test_the_resident_sees_their_home_but_not_the_teams_business(world) -> None:
             assert c.get(path, headers=r1).status_code == 404, path
 
 
-def test_the_matrix_fails_when_the_rule_breaks(world, monkeypatch) -> None:  # noqa: ANN001
+def test_the_matrix_fails_when_the_rule_breaks(world, monkeypatch) -> None:
     """The matrix can fail: let residents see the team's alerts and it says so."""
     url, clock, ids = world
     real = access.incident_sql
 
-    def leaky(viewer, alias="i"):  # noqa: ANN001, ANN202
+    def leaky(viewer, alias="i"):
         return ("TRUE", {}) if viewer.role == "resident" else real(viewer, alias)
 
     monkeypatch.setattr(access, "incident_sql", leaky)

@@ -1,6 +1,7 @@
 """The household page's escalation-chain editor: the form parser (pure), the page against the real
 app and PostgreSQL (save, refuse, re-render as typed, watchers refused), and one phone-sized browser
-run (screenshot: test-artifacts/chain_editor.png)."""
+run (screenshot: test-artifacts/chain_editor.png).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from test_app_support import app_client, bearer, cookie_login, served, world  # noqa: F401
 
 from alerts import policy
 from app.households.chain_form import (
@@ -18,7 +20,6 @@ from app.households.chain_form import (
     steps_from_rows,
 )
 from app.i18n import translate
-from test_app_support import app_client, bearer, cookie_login, served, world  # noqa: F401
 
 EVERY_KIND = [
     {"type": "notify", "tiers": [1, 2], "people": ["watcher_a"], "urgent": False},

@@ -1,23 +1,24 @@
 """CSRF: tokens signed with the service secret and bound to the session (or, before signing in, to a
 pre-session cookie on the sign-in and invitation forms). Missing, forged, expired and other-session
-tokens are refused with 403 and a reason."""
+tokens are refused with 403 and a reason.
+"""
 
 from __future__ import annotations
 
 import pytest
 from itsdangerous import URLSafeTimedSerializer
+from test_app_support import PASSWORD, app_client, bearer, cookie_login, login_name, world  # noqa: F401
 
 from app.auth import csrf
 from app.auth.csrf import CsrfFailed
 from mimamori.config import Settings
 from mimamori.signing import signer
-from test_app_support import PASSWORD, app_client, bearer, cookie_login, login_name, world  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
 
 def _field(html: str, name: str = "csrf_token") -> str:
-    return html.split(f'name="{name}" value="')[1].split('"')[0]
+    return html.split(f'name="{name}" value="')[1].split('"', maxsplit=1)[0]
 
 
 def test_tokens_are_signed_and_bound(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -1,7 +1,8 @@
 """The team timeline in words: every action the alert engine and the safety check can write has a
 Japanese and an English sentence (found by reading the engines' source, so a new action without a
 text fails here), people are named only where the reader may see them, raw codes never show. (The
-alert page's timeline and the chain editor are checked in test_app_api.py, on its seeded world.)"""
+alert page's timeline and the chain editor are checked in test_app_api.py, on its seeded world.)
+"""
 
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ import ast
 import re
 from pathlib import Path
 
-import psycopg
 import pytest
+from test_app_support import app_client, cookie_login, world  # noqa: F401
 
 import app.safety  # noqa: F401  (merges the safety check's strings)
 from app.i18n import MESSAGES
 from app.incidents.timeline import action_key, chain_step_text, describe
-from test_app_support import app_client, cookie_login, world  # noqa: F401
 
 ROOT = Path(__file__).parent.parent
 ENGINE_FILES = ("alerts/service.py", "alerts/policy.py", "alerts/flows.py", "safety/service.py", "safety/flows.py")
@@ -56,7 +56,7 @@ def engine_actions() -> tuple[set[str], set[str]]:
         for node in ast.walk(tree):
             # _tell_team_needs_help(..., reason="needs_help"): timeline action f"safety_{reason}"
             if isinstance(node, ast.FunctionDef) and node.name == "_tell_team_needs_help":
-                for arg, default in zip(node.args.kwonlyargs, node.args.kw_defaults):
+                for arg, default in zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True):
                     if arg.arg == "reason" and default is not None:
                         reasons |= set(_const(default) or [])
             if not isinstance(node, ast.Call):
@@ -120,7 +120,7 @@ def test_every_engine_action_has_words_in_both_languages() -> None:
                 entry = {"action": action, "data": data, "body": body, "channel": "email"}
                 ja, en = describe("ja", entry, names), describe("en", entry, names)
                 assert ja and en and "{" not in ja + en, (action, ja, en)
-                assert action not in ja or action in ("line",), (action, ja)  # never the raw code
+                assert action not in ja or action == "line", (action, ja)  # never the raw code
                 assert not re.search(r"[A-Za-z]{4,}", ja.replace("LINE", "")), (action, ja)  # Japanese only
 
 
@@ -157,7 +157,7 @@ def test_chain_steps_in_words_include_claim_timeout() -> None:
 def test_watchers_see_their_households_safety_follow_ups(world) -> None:  # noqa: F811
     from test_app_support import bearer
 
-    url, clock, ids = world
+    url, clock, _ids = world
     with app_client(url, clock) as c:
         coord, wa, wb = (bearer(c, p) for p in ("coord_a", "watcher_a", "watcher_b"))
         r = c.post("/api/safety/checks", json={"message": "地震がありました。無事ですか？", "area": "north"}, headers=coord)

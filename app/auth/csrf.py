@@ -25,7 +25,6 @@ from app import metrics
 from mimamori.errors import Forbidden
 
 
-
 class CsrfFailed(Forbidden):
     """An unsafe request without a valid token of its session (``detail["reason"]`` says why)."""
 

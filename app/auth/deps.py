@@ -1,6 +1,7 @@
 """``current_person``: the signed-in person of a request (cookie session, or a Bearer token for API
 clients). Unsafe methods with a cookie session must carry the session's CSRF token (header
-``X-CSRF-Token`` or form field ``csrf_token``; signed and session-bound, see app.auth.csrf)."""
+``X-CSRF-Token`` or form field ``csrf_token``; signed and session-bound, see app.auth.csrf).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import csrf, service
-from mimamori.errors import NotAuthenticated
 from app.people import Person
+from mimamori.errors import NotAuthenticated
 
 SESSION_COOKIE = "mimamori_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_UNKNOWN = object()
 
 
 def _lookup(request: Request, token: str) -> Person | None:
@@ -32,8 +34,8 @@ def session_token(request: Request) -> tuple[str | None, bool]:
 
 
 async def optional_person(request: Request) -> Person | None:
-    if "person" in request.state._state:
-        return request.state.person
+    if (known := getattr(request.state, "person", _UNKNOWN)) is not _UNKNOWN:  # asked before in this request
+        return known  # type: ignore[no-any-return]
     token, bearer = session_token(request)
     found = await run_in_threadpool(_lookup, request, token) if token else None
     request.state.person = found

@@ -1,5 +1,6 @@
 """Accounts: argon2 password hashes, database sessions (CSRF tokens are derived: app.auth.csrf), invitation links,
-login rate limiting, and signing out everywhere. Plain functions, no HTTP."""
+login rate limiting, and signing out everywhere. Plain functions, no HTTP.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from mimamori.errors import Conflict, Forbidden, InvalidInput, NotAuthenticated, NotFound, RateLimited
 from app.people import PERSON_COLUMNS, Person, person_from_row
 from mimamori.access import require_area, require_manage_household
 from mimamori.clock import Clock, as_datetime
+from mimamori.errors import Conflict, Forbidden, InvalidInput, NotAuthenticated, NotFound, RateLimited
 
 SESSION_TTL = timedelta(days=30)
 INVITATION_TTL = timedelta(days=14)
@@ -195,7 +196,8 @@ def accept_invitation(conn: psycopg.Connection, clock: Clock, token: str, *, log
                       locale: str = "ja", consent: bool = False, client: str = "unknown") -> Person:
     """Create the person and account an invitation describes; a resident records consent here.
     A name found taken counts as a failed sign-in of the invitation and the client: a few per
-    invitation, and the sign-in throttle's per-client budget, then ``RateLimited``."""
+    invitation, and the sign-in throttle's per-client budget, then ``RateLimited``.
+    """
     if len(password) < 8:
         raise InvalidInput("password too short")
     now = as_datetime(clock.now())
@@ -224,7 +226,7 @@ def _accept(conn: psycopg.Connection, now: datetime, clock: Clock, token: str, *
         ).fetchone()
         if row is None:
             raise NotFound("invitation not found, used or expired")
-        role, name, area, household_id, tier, relation, invited_by = row
+        role, name, area, household_id, tier, relation, _invited_by = row
         if role == "resident" and not consent:
             raise InvalidInput("consent is needed to take part")
         person_id = new_person_id()

@@ -1,5 +1,6 @@
 """A person's channels as the contacts page shows them; the rules (who may see and change whose) are
-the alert engine's (``alerts.service``: the person themselves, their area's coordinator, an operator)."""
+the alert engine's (``alerts.service``: the person themselves, their area's coordinator, an operator).
+"""
 
 from __future__ import annotations
 
@@ -8,18 +9,19 @@ from typing import Any
 
 import psycopg
 
+from alerts import flows as alert_flows
 from alerts import service as alerts_service
 from alerts.channels import AlertSettings, AppriseSender, WebPushSender, channel_kind_name
-from alerts import flows as alert_flows
-from mimamori.errors import InvalidInput, NotFound
 from app.i18n import MESSAGES
 from app.people import Person
 from mimamori.clock import Clock
+from mimamori.errors import InvalidInput, NotFound
 
 
 def _shown(channel: dict[str, Any]) -> dict[str, Any]:
     """What the page shows of a channel: an address in full; of the others only their kind (an Apprise
-    URL may hold a token, a push subscription means nothing to a person)."""
+    URL may hold a token, a push subscription means nothing to a person).
+    """
     kind = channel["kind"]
     key = f"channel_{channel_kind_name(kind, channel['target'])}"
     return {"channel_id": channel["channel_id"], "kind": kind, "label_key": key if key in MESSAGES else "channel_other",

@@ -1,5 +1,6 @@
 """The contacts page (連絡先): where a person's alerts go. Their own (``/contacts``), or, for their
-area's coordinator, a resident's or watcher's (``/contacts/{person_id}``)."""
+area's coordinator, a resident's or watcher's (``/contacts/{person_id}``).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from fastapi.responses import RedirectResponse
 from app.auth.deps import CurrentPerson
 from app.contacts import service
 from app.db import ClockDep, Conn
-from mimamori.errors import Conflict, InvalidInput
 from app.i18n import request_locale
 from app.models import ID_PATTERN
 from app.templating import render
+from mimamori.errors import Conflict, InvalidInput
 
 pages = APIRouter(include_in_schema=False)
 PersonId = Annotated[str, Path(pattern=ID_PATTERN)]

@@ -1,5 +1,6 @@
 """Devices: unpaired devices that have sent events, pairing a device to a household (its past
-events follow it), device problems and area outages for coordinators."""
+events follow it), device problems and area outages for coordinators.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from typing import Any
 
 import psycopg
 
-from mimamori.errors import Conflict, InvalidInput, NotFound
 from app.households.service import DEVICE_SILENT_AFTER
 from app.people import Person
 from mimamori.access import area_notice_sql, managed_household_sql, require_manage_household, require_manager, unpaired_device_sql
 from mimamori.clock import Clock, as_datetime
+from mimamori.errors import Conflict, InvalidInput, NotFound
 
 DEVICE_KINDS = ("bulb", "motion", "door", "plug")
 
@@ -26,12 +27,13 @@ def list_unpaired(conn: psycopg.Connection, person: Person) -> list[dict[str, An
         f" WHERE d.household_id IS NULL AND {where} ORDER BY d.first_seen_at DESC NULLS LAST, d.device_id LIMIT 200",
         params,
     ).fetchall()
-    return [dict(zip(("device_id", "gateway_id", "first_seen_at", "last_seen_at", "events"), r)) for r in rows]
+    return [dict(zip(("device_id", "gateway_id", "first_seen_at", "last_seen_at", "events"), r, strict=True)) for r in rows]
 
 
 def _check_gateway(conn: psycopg.Connection, person: Person, gateway_id: str, household_id: str) -> None:
     """A gateway a device of ``household_id`` may be bound to, by ``person``: of the same household,
-    or of no household and of the person's area (or none yet). Another area's: not found."""
+    or of no household and of the person's area (or none yet). Another area's: not found.
+    """
     where, params = unpaired_device_sql(person)
     gw = conn.execute(f"SELECT g.household_id FROM gateways g WHERE g.gateway_id = %(gw)s AND {where}",
                       {**params, "gw": gateway_id}).fetchone()
@@ -46,7 +48,8 @@ def pair_device(conn: psycopg.Connection, clock: Clock, person: Person, *, devic
     """Attach a device to a household; its events stored while unpaired now count for the household.
 
     ``gateway_id`` binds a device entered before it ever reported to the gateway it will report
-    through (issue 17: otherwise the first gateway that reports its id is taken)."""
+    through (issue 17: otherwise the first gateway that reports its id is taken).
+    """
     require_manage_household(conn, person, household_id)
     if kind is not None and kind not in DEVICE_KINDS:
         raise InvalidInput("unknown device kind")
@@ -100,7 +103,8 @@ def move_device(conn: psycopg.Connection, clock: Clock, person: Person, *, devic
 
     Issue 17: ingest never moves a paired device (another gateway's events for it are dead letters),
     so this is the only way, and it is audited in ``device_moves``. The household's manager only, and
-    only to a gateway of the same household, of their area, or not yet placed (a new home gateway)."""
+    only to a gateway of the same household, of their area, or not yet placed (a new home gateway).
+    """
     device_id = device_id.strip()
     row = conn.execute("SELECT household_id, gateway_id FROM devices WHERE device_id = %s", (device_id,)).fetchone()
     if row is None or row[0] is None:
@@ -126,13 +130,14 @@ def device_moves(conn: psycopg.Connection, person: Person, household_id: str) ->
     rows = conn.execute(
         "SELECT at, actor, device_id, from_gateway, to_gateway, reason FROM device_moves WHERE household_id = %s"
         " ORDER BY move_id", (household_id,)).fetchall()
-    return [dict(zip(("at", "actor", "device_id", "from_gateway", "to_gateway", "reason"), r)) for r in rows]
+    return [dict(zip(("at", "actor", "device_id", "from_gateway", "to_gateway", "reason"), r, strict=True)) for r in rows]
 
 
 def set_blink_allowed(conn: psycopg.Connection, person: Person, device_id: str, allowed: bool | None) -> dict[str, Any]:
     """May the service switch this device (blink it for a resident or safety check)? ``None``: by its
     kind (bulbs yes, plugs no: a plug may power a heater or a fridge). The household's manager only
-    (issue 13: off for plugs unless a coordinator turns it on)."""
+    (issue 13: off for plugs unless a coordinator turns it on).
+    """
     row = conn.execute("SELECT household_id, kind FROM devices WHERE device_id = %s", (device_id,)).fetchone()
     if row is None or row[0] is None:
         raise NotFound("device not found")

@@ -1,6 +1,7 @@
 """Households: the list a person may see with a status at a glance, one household's picture
 (14-day heatmap, today's timeline, device health), teams, away periods. Every function takes the
-acting person and checks scope; every read of a household's data is logged for its resident."""
+acting person and checks scope; every read of a household's data is logged for its resident.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from mimamori.errors import Conflict, Forbidden, InvalidInput, NotFound
+from app.formatting import zone
 from app.people import Person
 from mimamori.access import household_sql, may_see_contact, require_area, require_household, require_manage_household
 from mimamori.clock import Clock, as_datetime
+from mimamori.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 ACTIVITY_KINDS = ("on", "off", "motion", "open", "close")
 WELFARE_KINDS = ("inactivity", "long_on")
@@ -34,7 +36,8 @@ def log_view(conn: psycopg.Connection, clock: Clock, person: Person, household_i
     """Record who looked at a household's data, and why when known (its residents looking at their
     own are not "viewers"). Issue 17: the app's middleware (``app.main``) calls this for every
     successful read of a route naming a household or an incident, unless the service logged it first
-    (with a better ``what`` or a purpose)."""
+    (with a better ``what`` or a purpose).
+    """
     logged = LOGGED_VIEWS.get()
     if logged is not None:
         logged.add(household_id)
@@ -80,7 +83,8 @@ def status_of(away: bool, welfare_incident: int | None, device_problem: bool) ->
 
 def log_list_view(conn: psycopg.Connection, clock: Clock, person: Person, household_ids: list[str], what: str) -> None:
     """A list shows every household on it: each is in its view log (migration 0049's function, which
-    writes a (viewer, what) once in ten minutes)."""
+    writes a (viewer, what) once in ten minutes).
+    """
     if household_ids:
         conn.execute("SELECT log_household_views(%s, %s, %s, %s)",
                      (person.person_id, household_ids, what, as_datetime(clock.now())))
@@ -119,33 +123,27 @@ def get_household(conn: psycopg.Connection, clock: Clock, person: Person, househ
                   what: str = "page") -> dict[str, Any]:
     """Everything about one household the person may see; logs the view."""
     info = _one(conn, clock, person, household_id)
-    tz = _zone(info["timezone"])
+    tz = zone(info["timezone"])
     info["contact"] = contact(conn, person, household_id)
     info["team"] = team(conn, person, household_id)
     info["devices"] = device_health(conn, clock, household_id)
     info["heatmap"] = activity_heatmap(conn, clock, household_id, tz)
     info["today"] = today_timeline(conn, clock, household_id, tz)
-    info["incidents"] = [dict(zip(("incident_id", "kind", "status", "opened_at", "outcome"), r)) for r in conn.execute(
+    info["incidents"] = [dict(zip(("incident_id", "kind", "status", "opened_at", "outcome"), r, strict=True)) for r in conn.execute(
         "SELECT incident_id, kind, status, opened_at, outcome FROM incidents WHERE household_id = %s"
         " ORDER BY opened_at DESC LIMIT 20", (household_id,)).fetchall()]
     consent = conn.execute(
         "SELECT notice_version, given_at, given_by, withdrawn_at FROM consents WHERE household_id = %s"
         " ORDER BY given_at DESC LIMIT 1", (household_id,)).fetchone()
-    info["consent"] = dict(zip(("notice_version", "given_at", "given_by", "withdrawn_at"), consent)) if consent else None
+    info["consent"] = dict(zip(("notice_version", "given_at", "given_by", "withdrawn_at"), consent, strict=True)) if consent else None
     log_view(conn, clock, person, household_id, what)
     return info
 
 
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except Exception:  # unknown zone names fall back to Japan's
-        return ZoneInfo("Asia/Tokyo")
-
-
 def contact(conn: psycopg.Connection, person: Person, household_id: str) -> dict[str, Any] | None:
     """The household's contact details as ``person`` may see them, or None when none are registered.
-    Hidden values come back as None with ``visible`` False; ``has_address``/``has_phone`` say they exist."""
+    Hidden values come back as None with ``visible`` False; ``has_address``/``has_phone`` say they exist.
+    """
     require_household(conn, person, household_id)
     row = conn.execute("SELECT address, phone FROM household_contacts WHERE household_id = %s", (household_id,)).fetchone()
     if row is None or (not row[0] and not row[1]):
@@ -286,7 +284,8 @@ def remove_from_team(conn: psycopg.Connection, actor: Person, household_id: str,
 
 def residents(conn: psycopg.Connection, actor: Person, household_id: str) -> list[dict[str, Any]]:
     """The household's residents and how many channels of their own they have (the default chain asks
-    a resident with one before the team), for the coordinator's household page."""
+    a resident with one before the team), for the coordinator's household page.
+    """
     if not actor.manages:
         raise Forbidden("only a coordinator or operator may do this")
     rows = conn.execute(
@@ -319,11 +318,11 @@ def set_away(conn: psycopg.Connection, clock: Clock, actor: Person, household_id
     tzname = conn.execute("SELECT timezone FROM households WHERE household_id = %s", (household_id,)).fetchone()[0]
     now = as_datetime(clock.now())
     if isinstance(until, datetime):
-        until_at = until if until.tzinfo else until.replace(tzinfo=_zone(tzname))
+        until_at = until if until.tzinfo else until.replace(tzinfo=zone(tzname))
     elif until >= date.max - timedelta(days=1):  # 9999-12-31 + 1 day overflowed (a 500; issue 17)
         raise InvalidInput("at most a year ahead")
     else:
-        until_at = datetime.combine(until + timedelta(days=1), time(0), _zone(tzname))
+        until_at = datetime.combine(until + timedelta(days=1), time(0), zone(tzname))
     if until_at <= now:
         raise InvalidInput("the date must be in the future")
     if until_at - now > timedelta(days=366):

@@ -13,15 +13,15 @@ from starlette.datastructures import FormData
 from app.auth import service as auth_service
 from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
-from mimamori.errors import InvalidInput
 from app.households import chain_form, service
 from app.households.heatmap import heatmap_svg
 from app.households.models import AwayIn, HouseholdDetail, HouseholdIn, HouseholdSummary, TeamMemberIn
 from app.i18n import request_locale, translate
 from app.incidents import service as incidents
 from app.models import ID_PATTERN
-from mimamori.access import require_manager
 from app.templating import render
+from mimamori.access import require_manager
+from mimamori.errors import InvalidInput
 
 api = APIRouter(prefix="/api/households", tags=["households"])
 pages = APIRouter(include_in_schema=False)
@@ -180,7 +180,8 @@ PostedForm = Annotated[FormData, Depends(_posted_form)]
 def chain_submit(household_id: HouseholdId, request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep,
                  form: PostedForm) -> Response:
     """The chain editor: the structured form (its edit buttons re-render without saving; "save"
-    validates and saves), or the advanced JSON text (field ``steps``), as before."""
+    validates and saves), or the advanced JSON text (field ``steps``), as before.
+    """
     if "steps" in form:
         text = str(form["steps"])
         if len(text) > 20000:
@@ -245,7 +246,7 @@ def _coord_page(request: Request, person: Any, conn: Any, clock: Any, **extra: A
 
 
 @pages.post("/coord/households")
-def coord_create_household(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep,
+def coord_create_household(person: CurrentPerson, conn: Conn, clock: ClockDep,
                            display_name: Annotated[str, Form(min_length=1, max_length=200)],
                            area: Annotated[str, Form(max_length=200)] = "",
                            address: Annotated[str, Form(max_length=500)] = "",

@@ -3,7 +3,8 @@
 Reading joins ``incidents`` with names for the pages (who may see which: ``mimamori.access``). Actions
 (claim, resolve, comment) and escalation chains go through ``alerts.service``, the escalation engine's
 API, which asks the same rule; its errors are kinds of ``mimamori.errors``, answered by the app's one
-handler."""
+handler.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from typing import Any
 
 import psycopg
 
-from mimamori.errors import InvalidInput, NotFound
+from alerts import service as alerts_service
 from app.households.service import log_view
 from app.incidents.timeline import visible_names
 from app.people import Person
 from mimamori.access import incident_sql
-from alerts import service as alerts_service
 from mimamori.clock import Clock
+from mimamori.errors import InvalidInput, NotFound
 
 OUTCOMES = ("fine", "needed_help", "emergency_services", "away", "device_problem", "false_alarm")
 _COLUMNS = ("incident_id", "household_id", "household_name", "area", "kind", "status", "opened_at", "updated_at",
@@ -41,7 +42,7 @@ def list_incidents(conn: psycopg.Connection, person: Person, *, active_only: boo
     rows = conn.execute(
         f"{_SELECT} WHERE {where} {status} ORDER BY i.opened_at DESC LIMIT %(limit)s", {**params, "limit": limit}
     ).fetchall()
-    return [_with_href(dict(zip(_COLUMNS, r))) for r in rows]
+    return [_with_href(dict(zip(_COLUMNS, r, strict=True))) for r in rows]
 
 
 def _with_href(incident: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def get_incident(conn: psycopg.Connection, clock: Clock, person: Person, inciden
     row = conn.execute(f"{_SELECT} WHERE i.incident_id = %(iid)s AND {where}", {**params, "iid": incident_id}).fetchone()
     if row is None:
         raise NotFound("incident not found")
-    incident = _with_href(dict(zip(_COLUMNS, row)))
+    incident = _with_href(dict(zip(_COLUMNS, row, strict=True)))
     incident["timeline"] = timeline(conn, incident_id)
     incident["names"] = visible_names(conn, person, incident["household_id"], incident["area"],
                                       incident["timeline"])
@@ -87,7 +88,7 @@ def timeline(conn: psycopg.Connection, incident_id: int) -> list[dict[str, Any]]
         " LEFT JOIN people p ON p.person_id = t.actor WHERE t.incident_id = %s ORDER BY t.at, t.entry_id",
         (incident_id,),
     ).fetchall()
-    return [dict(zip(("at", "actor", "actor_name", "action", "channel", "body", "data"), r)) for r in rows]
+    return [dict(zip(("at", "actor", "actor_name", "action", "channel", "body", "data"), r, strict=True)) for r in rows]
 
 
 def claim(conn: psycopg.Connection, clock: Clock, person: Person, incident_id: int, *, channel: str = "app") -> None:

@@ -5,7 +5,8 @@ Pure functions apart from ``visible_names``; an action without a text reads as a
 never as a raw code.
 
 The engines' own bodies are English technical notes ("no channel besides the app"); only the
-bodies people wrote (comments, resolve notes) are shown, the rest is said from ``data``."""
+bodies people wrote (comments, resolve notes) are shown, the rest is said from ``data``.
+"""
 
 from __future__ import annotations
 
@@ -27,10 +28,7 @@ CHANNELS = ("email", "line", "slack", "telegram", "ntfy", "webhook", "discord", 
 
 
 def _ids_in(data: Mapping[str, Any]) -> list[str]:
-    ids: list[str] = []
-    for key in ("person_id", "claimed_by", "recipient"):
-        if isinstance(data.get(key), str):
-            ids.append(data[key])
+    ids: list[str] = [data[key] for key in ("person_id", "claimed_by", "recipient") if isinstance(data.get(key), str)]
     if isinstance(data.get("people"), list):
         ids.extend(p for p in data["people"] if isinstance(p, str))
     return ids

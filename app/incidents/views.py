@@ -1,10 +1,11 @@
 """The alert pages as watchers see them: detail with the team timeline in words, and the big
 "I'll go" / "All fine" / "Needs help" actions. The JSON API of the same actions is the alert engine's
-(``alerts.views``, ``/api/alerts``): one API per action."""
+(``alerts.views``, ``/api/alerts``): one API per action.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import RedirectResponse
@@ -12,10 +13,9 @@ from pydantic import BaseModel, Field
 
 from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
-from mimamori.errors import Conflict
 from app.incidents import service
-from app.models import Text
 from app.templating import render
+from mimamori.errors import Conflict
 
 #: Marking in-app notifications read sits beside the engine's own list (``/api/alerts/notifications``)
 #: and the app's stream of them (``app.live.views``).

@@ -11,14 +11,14 @@ from pydantic import BaseModel, Field
 
 from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
-from mimamori.errors import Forbidden
-from app.models import ID_PATTERN
 from app.households import service as households
 from app.households.heatmap import heatmap_svg
-from app.incidents import service as incidents
 from app.i18n import request_locale, translate
+from app.incidents import service as incidents
+from app.models import ID_PATTERN
 from app.privacy import service
 from app.templating import render
+from mimamori.errors import Forbidden
 
 api = APIRouter(prefix="/api/households", tags=["privacy"])
 pages = APIRouter(include_in_schema=False)

@@ -1,5 +1,6 @@
 """The safety check's pages (``app.safety.views``; composed with the stage's JSON API in ``app.api``).
-Importing the package merges the strings of ``app.safety.i18n`` into the app's one i18n dictionary."""
+Importing the package merges the strings of ``app.safety.i18n`` into the app's one i18n dictionary.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The safety check's pages: the list and start form, the live board (its fragment refetched when
 the app's live stream reports a change in the check — migration 0041 — with a 30 s fallback poll in
 ``/safety/static/safety.js``), a household's page (claim, on-behalf answer, timeline), and
-the no-login answer page of a signed link. All rules are in ``safety.service``."""
+the no-login answer page of a signed link. All rules are in ``safety.service``.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from app.db import ClockDep, Conn
 from app.incidents.service import timeline as incident_timeline
 from app.incidents.timeline import visible_names
 from app.templating import render
-from safety import service
 from mimamori.errors import Conflict
+from safety import service
 from safety.models import BOARD_STATES, SafetyError, SafetySettings
 
 pages = APIRouter(include_in_schema=False)
