@@ -128,7 +128,7 @@ def _household_page(request: Request, person: Any, conn: Any, clock: Any, househ
                     status_code: int = 200) -> Response:
     h = service.get_household(conn, clock, person, household_id)
     locale = request_locale(request)
-    svg = heatmap_svg(h["heatmap"], title=translate(locale, "heatmap_title"), locale=locale)
+    svg = heatmap_svg(h["heatmap"], title=translate(locale, "heatmap_title"))
     extra: dict[str, Any] = {"chain": None, "watchers": []}
     if person.manages:
         extra["watchers"] = service.area_watchers(conn, person)

@@ -110,7 +110,7 @@ def me_page(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep
         raise Forbidden("this page is for residents")
     h = households.get_household(conn, clock, person, person.household_id)
     locale = request_locale(request)
-    svg = heatmap_svg(h["heatmap"], title=translate(locale, "heatmap_title"), locale=locale)
+    svg = heatmap_svg(h["heatmap"], title=translate(locale, "heatmap_title"))
     # a resident check waiting for the resident's answer (its message carries their answer link)
     questions = [n for n in incidents.unread_notifications(conn, person, limit=20)
                  if n["notice"] == "resident_check" and n["data"].get("url")]

@@ -1,5 +1,6 @@
 """The safety check's strings, merged into ``app.i18n.MESSAGES`` when ``app.safety`` is imported
-(kept here so the safety pages do not edit the shared dictionary)."""
+(kept here so the safety pages do not edit the shared dictionary).
+"""
 
 from __future__ import annotations
 
