@@ -39,18 +39,28 @@ class LinkGone(Conflict):
     """The link expired (an answer is no longer useful to anyone)."""
 
 
+_LINK_SELECT = """SELECT l.*, i.status, i.claimed_by, i.kind, h.display_name AS household_name, h.timezone, p.locale
+                  FROM resident_check_links l JOIN incidents i ON i.incident_id = l.incident_id
+                  JOIN households h ON h.household_id = l.household_id
+                  LEFT JOIN people p ON p.person_id = l.person_id"""
+
+
 def _link(conn: psycopg.Connection, token: str, *, lock: bool = False) -> dict[str, Any]:
     if not token or len(token) > MAX_TOKEN:
         raise NotFound("this link is not valid")
-    row = service._one(conn, f"""SELECT l.*, i.status, i.claimed_by, i.kind, h.display_name AS household_name, h.timezone,
-                                       p.locale
-                                FROM resident_check_links l JOIN incidents i ON i.incident_id = l.incident_id
-                                JOIN households h ON h.household_id = l.household_id
-                                LEFT JOIN people p ON p.person_id = l.person_id
-                                WHERE l.token_hash = %s {"FOR NO KEY UPDATE OF l, i" if lock else ""}""",
+    row = service._one(conn, f"""{_LINK_SELECT} WHERE l.token_hash = %s {"FOR NO KEY UPDATE OF l, i" if lock else ""}""",
                        (service.resident_token_hash(token),))
     if row is None:
         raise NotFound("this link is not valid (it was changed or never sent)")
+    return row
+
+
+def _link_of_person(conn: psycopg.Connection, incident_id: int, person_id: str) -> dict[str, Any]:
+    """The newest check sent to this resident for this incident (the same answer, from another channel)."""
+    row = service._one(conn, f"""{_LINK_SELECT} WHERE l.incident_id = %s AND l.person_id = %s
+                                 ORDER BY l.created_at DESC LIMIT 1 FOR NO KEY UPDATE OF l, i""", (incident_id, person_id))
+    if row is None:
+        raise NotFound("no check was sent to you for this alert")
     return row
 
 
@@ -89,28 +99,47 @@ def answer(conn: psycopg.Connection, token: str, reply: str, *, clock: Clock, ba
     used), ``LinkGone`` (expired), ``InvalidInput``."""
     if reply not in ANSWERS:
         raise InvalidInput(f"answer must be one of {ANSWERS}")
-    now = clock.now()
     with conn.transaction():
-        link = _link(conn, token, lock=True)
-        if link["used_at"] is not None:
-            raise Conflict("this link has already been used")
-        if link["expires_at"] <= as_datetime(now) and reply != "help":  # a call for help is never refused
-            raise LinkGone("this link has expired")
-        away_until = away_until_from_date(back_on or "", link["timezone"], now) if reply == "away" else None
-        conn.execute("""UPDATE resident_check_links SET used_at = %s, answer = %s, away_until = %s WHERE token_hash = %s""",
-                     (as_datetime(now), reply, as_datetime(away_until) if away_until else None, link["token_hash"]))
-        incident_id, person_id = link["incident_id"], link["person_id"]
-        service._timeline(conn, incident_id, now, person_id, "resident_answered", "link", None,
-                          {"answer": reply, **({"until": away_until} if away_until else {})})
-        inc = service.incident_row(conn, incident_id)
-        assert inc is not None
-        if away_until is not None:
-            conn.execute("""INSERT INTO away_periods (household_id, starts_at, until, source, set_by, note)
-                            VALUES (%s, %s, %s, 'resident', %s, 'answered a resident check')""",
-                         (link["household_id"], as_datetime(now), as_datetime(away_until), person_id))
-            service._timeline(conn, incident_id, now, person_id, "away_set", "link", None, {"until": away_until})
-        effect = _act(conn, inc, link, reply, now, person_id)
+        result = _answer(conn, _link(conn, token, lock=True), reply, clock=clock, back_on=back_on, channel="link")
+    metrics.RESIDENT_ANSWERS.labels(reply).inc()  # once committed
+    return result
+
+
+def answer_as_resident(conn: psycopg.Connection, person_id: str, incident_id: int, reply: str, *, clock: Clock,
+                       channel: str) -> dict[str, Any]:
+    """The same answer from a resident known otherwise than by the link (their linked LINE account): the
+    newest check sent to them for this incident. ``fine`` and ``help`` only (``away`` needs a date)."""
+    if reply not in ("fine", "help"):
+        raise InvalidInput("answer must be fine or help")
+    with conn.transaction():
+        result = _answer(conn, _link_of_person(conn, incident_id, person_id), reply, clock=clock, back_on=None,
+                         channel=channel)
     metrics.RESIDENT_ANSWERS.labels(reply).inc()
+    return result
+
+
+def _answer(conn: psycopg.Connection, link: dict[str, Any], reply: str, *, clock: Clock, back_on: str | None,
+            channel: str) -> dict[str, Any]:
+    now = clock.now()
+    # one body for every channel; the caller holds the transaction and the link's lock
+    if link["used_at"] is not None:
+        raise Conflict("this link has already been used")
+    if link["expires_at"] <= as_datetime(now) and reply != "help":  # a call for help is never refused
+        raise LinkGone("this link has expired")
+    away_until = away_until_from_date(back_on or "", link["timezone"], now) if reply == "away" else None
+    conn.execute("""UPDATE resident_check_links SET used_at = %s, answer = %s, away_until = %s WHERE token_hash = %s""",
+                 (as_datetime(now), reply, as_datetime(away_until) if away_until else None, link["token_hash"]))
+    incident_id, person_id = link["incident_id"], link["person_id"]
+    service._timeline(conn, incident_id, now, person_id, "resident_answered", channel, None,
+                      {"answer": reply, **({"until": away_until} if away_until else {})})
+    inc = service.incident_row(conn, incident_id)
+    assert inc is not None
+    if away_until is not None:
+        conn.execute("""INSERT INTO away_periods (household_id, starts_at, until, source, set_by, note)
+                        VALUES (%s, %s, %s, 'resident', %s, 'answered a resident check')""",
+                     (link["household_id"], as_datetime(now), as_datetime(away_until), person_id))
+        service._timeline(conn, incident_id, now, person_id, "away_set", channel, None, {"until": away_until})
+    effect = _act(conn, inc, link, reply, now, person_id)
     return {"incident_id": incident_id, "answer": reply, "away_until": away_until, "effect": effect}
 
 

@@ -22,6 +22,7 @@ from app.devices import views as device_views
 from app.households import views as household_views
 from app.incidents import resident_views
 from app.incidents import views as incident_views
+from app.line import views as line_views
 from app.live import views as live_views
 from app.privacy import views as privacy_views
 from app.safety import views as safety_pages
@@ -40,6 +41,7 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(contact_views.pages)  # where each person's alerts go
     app.include_router(live_views.router)  # /live and /api/alerts/notifications/stream (before /api/alerts/{id})
     app.include_router(pwa.router)
+    app.include_router(line_views.api)  # LINE's webhook (its signature is the credential) and the person's LINE link
     app.include_router(alerts_api.alerts_api, dependencies=AUTHENTICATED)
     app.include_router(safety_api.safety_api, dependencies=AUTHENTICATED)
     app.include_router(safety_api.answer_api)  # no login: the signed single-use link is the credential

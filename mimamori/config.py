@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     #: Default: this machine only; add the Prometheus scraper's network. "*" = everyone.
     ops_networks: str = "127.0.0.0/8,::1"
 
+    #: LINE Messaging API channel (issue 16): the channel secret signs webhooks (X-Line-Signature), the
+    #: access token sends. Both unset = no LINE. ``line_api_base``: LINE's API (a local server in tests).
+    line_channel_secret: SecretStr | None = None
+    line_access_token: SecretStr | None = None
+    line_api_base: str = "https://api.line.me"
+    #: Pushes a month on the channel's plan (the free plan: 200; replies are free). A coordinator is told at 80 %.
+    line_monthly_push_budget: int = Field(default=200, ge=0)
+
     #: Port of the operations endpoint (/metrics, /healthz, /readyz) of a stage process; 0 = off.
     #: The web app serves the same paths on its own port.
     ops_port: int = Field(default=0, ge=0, le=65535)

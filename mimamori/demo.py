@@ -9,8 +9,8 @@ import logging
 import tempfile
 import threading
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -191,7 +191,7 @@ def run_demo(
     from firmware_sim.fleet import fleet_manifest, register_manifest, run_fleet
     from firmware_sim.incidents import IncidentPlan, IncidentSpec
     from firmware_sim.offline import DEFAULT_START, simulate_household
-    from mimamori.cli import run_stages
+    from mimamori.stages import run_stages
 
     console = console or Console()
     state = _Progress()

@@ -139,6 +139,11 @@ MATRIX: dict[tuple[str, str], tuple[str, Any, frozenset[str] | None]] = {
     ("POST", "/contacts/{person_id}/{channel_id}/remove"): ("/contacts/watcher_a/999999/remove", {}, SELF_WATCHER_A),
     ("POST", "/api/push/subscriptions"): ("/api/push/subscriptions", {"endpoint": "https://push.example.com/x",
                                                                       "keys": {"p256dh": "a" * 20, "auth": "b" * 8}}, ALL),
+    # --- LINE (issue 16): the webhook's credential is LINE's signature; the link is the person's own
+    ("POST", "/line/webhook"): ("/line/webhook", {"events": []}, PUBLIC),
+    ("GET", "/api/me/line"): ("/api/me/line", None, ALL),
+    ("POST", "/api/me/line/code"): ("/api/me/line/code", None, ALL),
+    ("DELETE", "/api/me/line"): ("/api/me/line", None, ALL),
     # --- devices
     ("GET", "/api/devices/unpaired"): ("/api/devices/unpaired", None, MANAGERS),
     ("GET", "/api/devices/problems"): ("/api/devices/problems", None, MANAGERS),

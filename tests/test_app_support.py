@@ -129,10 +129,14 @@ def served(url: str, clock: ManualClock) -> Iterator[str]:
     import uvicorn
 
     app = create_app(Settings(), database_url=url, clock=clock)
-    port = free_port()
+    # The socket is bound here and handed to uvicorn: a port found free and bound later can be taken in between
+    # by another process on a busy machine ("address already in use").
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, name="app-under-test", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="app-under-test", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
     while not server.started:

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"gateway", "ingest", "detector", "alerts", "safety", "app"}
 TOOLS = {"firmware_sim", "bench"}
 # The CLI layer wires everything together and imports stages lazily, inside functions.
-CLI_LAYER = {"mimamori/cli.py", "mimamori/demo.py"}
+CLI_LAYER = {"mimamori/cli", "mimamori/demo.py", "mimamori/stages.py"}
 # The app may call the alert engine's and the safety check's service functions; the safety check reuses
 # the alert engine's claim, timeline and delivery queue.
 ALLOWED = {("app", "alerts"), ("app", "safety"), ("safety", "alerts")}
@@ -35,7 +35,7 @@ def test_kernel_imports_no_stage() -> None:
     offenders = []
     for path in _package_files("mimamori"):
         rel = path.relative_to(ROOT).as_posix()
-        if rel in CLI_LAYER:
+        if rel in CLI_LAYER or rel.rsplit("/", 1)[0] in CLI_LAYER:
             continue
         bad = _imports(path) & (STAGES | TOOLS)
         if bad:

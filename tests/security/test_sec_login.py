@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import pytest
 
 from mimamori.config import Settings
-from test_app_support import PASSWORD, free_port, login_name, world  # noqa: F401 (fixture)
+from test_app_support import PASSWORD, login_name, world  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -35,12 +35,15 @@ def app_server(url: str, clock, **settings: str) -> Iterator[int]:  # noqa: ANN0
     from app import main
 
     app = main.create_app(Settings(**settings), database_url=url, clock=clock)  # type: ignore[arg-type]
-    port = free_port()
+    sock = socket.socket()  # bound here and handed to uvicorn: no window for another process to take the port
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", 0))  # noqa: S104 - loopback aliases
+    port = sock.getsockname()[1]
     make = getattr(main, "uvicorn_config", None)
     config = make(app, host="0.0.0.0", port=port) if make else uvicorn.Config(  # noqa: S104 - loopback aliases
         app, host="0.0.0.0", port=port, log_level="warning", timeout_graceful_shutdown=1, proxy_headers=True)  # noqa: S104
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
     while not server.started:

@@ -1,0 +1,1 @@
+"""LINE in the app (issue 16): the webhook LINE calls, and the link between a person and their LINE account."""

@@ -1,0 +1,5 @@
+"""`python -m mimamori.cli`."""
+
+from mimamori.cli import main
+
+main()

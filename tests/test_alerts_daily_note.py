@@ -1,0 +1,136 @@
+"""The daily note's words for the kinds of home a family meets (pure core, issue 16)."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+
+from alerts.daily_note import SLOTS_PER_DAY, clock_words, clock_words_at, daily_note, weekly_note
+
+TODAY = date(2026, 7, 20)
+
+
+def day(active: dict[int, int]) -> list[int]:
+    counts = [0] * SLOTS_PER_DAY
+    for slot, n in active.items():
+        counts[slot] = n
+    return counts
+
+
+def routine(first_slot: int = 28, per_slot: int = 3, last_slot: int = 88) -> list[int]:
+    """Up at 7:00 (slot 28), a few events every quarter hour until 22:00."""
+    return day(dict.fromkeys(range(first_slot, last_slot), per_slot))
+
+
+def history(n_days: int, make=routine) -> dict[date, list[int]]:
+    return {TODAY - timedelta(days=i): make() for i in range(1, n_days + 1)}
+
+
+@pytest.mark.parametrize(("hour", "minute", "words"), [
+    (7, 10, "朝7時10分"), (12, 0, "昼12時"), (13, 5, "午後1時5分"), (20, 0, "夜8時"), (2, 30, "深夜2時30分"),
+])
+def test_times_are_said_as_people_say_them(hour: int, minute: int, words: str) -> None:
+    assert clock_words_at(hour, minute) == words
+
+
+def test_a_slot_is_said_by_its_start() -> None:
+    assert clock_words(29) == "朝7時15分"
+
+
+def test_a_usual_morning() -> None:
+    days = {**history(14), TODAY: routine()}
+    note = daily_note("佐藤", TODAY, now_slot=48, days=days, first_activity=(7, 10))
+    assert (note.kind, note.text) == ("usual", "佐藤さん: いつも通りです（朝7時10分から動きがあります）")
+
+
+def test_a_quieter_day_says_so_without_alarm() -> None:
+    days = {**history(14), TODAY: day(dict.fromkeys(range(30, 48, 4), 1))}
+    note = daily_note("鈴木", TODAY, now_slot=48, days=days)
+    assert note.kind == "quieter"
+    assert note.text == "鈴木さん: いつもより静かです（朝7時30分から動きがあります）"
+
+
+def test_no_movement_yet_today() -> None:
+    note = daily_note("高橋", TODAY, now_slot=40, days={**history(14), TODAY: day({})})
+    assert (note.kind, note.text) == ("none_yet", "高橋さん: 今日はまだ動きがありません")
+
+
+def test_a_late_start_with_usual_activity_afterwards() -> None:
+    late = day(dict.fromkeys(range(38, 48), 12))  # up at 9:30, busy since
+    note = daily_note("田中", TODAY, now_slot=48, days={**history(14), TODAY: late})
+    assert note.kind == "late_start" and "朝9時30分から" in note.text
+
+
+def test_a_new_home_is_still_being_learned() -> None:
+    note = daily_note("伊藤", TODAY, now_slot=40, days={**history(2), TODAY: routine()})
+    assert note.kind == "learning" and note.text.endswith("（ふだんの様子はまだ学習中です）")
+
+
+def test_silent_devices_are_not_called_a_quiet_home() -> None:
+    note = daily_note("渡辺", TODAY, now_slot=40, days={**history(14), TODAY: day({})}, reporting=False)
+    assert note.kind == "not_reporting"
+
+
+def test_an_open_alert_is_named_not_guessed_about() -> None:
+    note = daily_note("山本", TODAY, now_slot=40, days={**history(14), TODAY: day({})}, being_checked=True)
+    assert note.kind == "being_checked" and "見守りチームが確認しています" in note.text
+
+
+def test_the_week_is_compared_with_the_weeks_before() -> None:
+    days = {TODAY - timedelta(days=i): routine() for i in range(7, 28)}
+    days.update({TODAY - timedelta(days=i): routine(per_slot=2) for i in range(7)})  # a third less
+    assert weekly_note("佐藤", TODAY, days).text == "佐藤さん（今週）: いつもより動きが少なめでした（33%減）"
+
+
+def test_more_nights_up_are_mentioned() -> None:
+    days = {TODAY - timedelta(days=i): routine() for i in range(7, 28)}
+    nightly = routine()
+    nightly[8] = 2  # 2 a.m.
+    days.update({TODAY - timedelta(days=i): (nightly if i < 4 else routine()) for i in range(7)})
+    note = weekly_note("佐藤", TODAY, days)
+    assert note.text == "佐藤さん（今週）: いつもと同じくらい動いていました。夜中に起きた日が増えています（7日中4日、ふだんは0日）"
+
+
+def test_a_first_week_says_what_comes_next() -> None:
+    days = {TODAY - timedelta(days=i): routine() for i in range(7)}
+    assert "来週から" in weekly_note("佐藤", TODAY, days).text
+
+
+# -- from the database: three homes on the real store ---------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_three_homes_read_from_the_database(conn) -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from alerts.daily_note import read_home
+
+    tokyo = ZoneInfo("Asia/Tokyo")
+    now = datetime(2026, 7, 20, 12, 0, tzinfo=tokyo)  # the note is written at noon, Tokyo time
+    rows = []
+    for hid, name, today_from in (("h-usual", "佐藤", 7), ("h-quiet", "鈴木", 11), ("h-alert", "高橋", None)):
+        conn.execute("INSERT INTO households (household_id, display_name) VALUES (%s, %s)", (hid, name))
+        conn.execute("INSERT INTO devices (device_id, household_id, kind) VALUES (%s, %s, 'motion')", (f"{hid}-m", hid))
+        conn.execute("INSERT INTO device_state (device_id, last_seen_at) VALUES (%s, %s)", (f"{hid}-m", now))
+        seq = 0
+        for back in range(14, -1, -1):
+            d = now.date() - timedelta(days=back)
+            start_hour = 7 if back else today_from
+            if start_hour is None:
+                continue
+            for minute in range(start_hour * 60 + 10, (22 if back else 12) * 60, 20):
+                t = datetime(d.year, d.month, d.day, minute // 60, minute % 60, tzinfo=tokyo)
+                if t < now:
+                    seq += 1
+                    rows.append((t.astimezone(UTC), hid, f"{hid}-m", seq))
+    with conn.cursor().copy("COPY events (time, household_id, device_id, seq, kind) FROM STDIN") as copy:
+        for r in rows:
+            copy.write_row((*r, "motion"))
+    conn.execute("INSERT INTO incidents (household_id, kind, opened_at, updated_at) VALUES ('h-alert', 'inactivity', %s, %s)",
+                 (now, now))
+    notes = {hid: read_home(conn, hid, now.timestamp()).note() for hid in ("h-usual", "h-quiet", "h-alert")}
+    assert notes["h-usual"].text == "佐藤さん: いつも通りです（朝7時10分から動きがあります）"
+    assert notes["h-quiet"].text == "鈴木さん: いつもより静かです（昼11時10分から動きがあります）"
+    assert notes["h-alert"].kind == "being_checked"
