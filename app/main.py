@@ -19,6 +19,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -224,11 +225,11 @@ def _log_route_view(app: FastAPI, person: Any, params: dict[str, Any], route: st
         log_view(conn, app.state.clock, person, str(household_id), ("api " if route.startswith("/api") else "page ") + route[:180])
 
 
-def database_ready(pool: object) -> bool:
+def database_ready(pool: ConnectionPool) -> bool:
     """The app's readiness: a pool connection answers within a couple of seconds."""
-    with pool.connection(timeout=2) as conn:  # type: ignore[attr-defined]
+    with pool.connection(timeout=2) as conn:
         conn.autocommit = True
-        return conn.execute("SELECT 1").fetchone() == (1,)
+        return bool(conn.execute("SELECT 1").fetchone() == (1,))
 
 
 def uvicorn_config(app: FastAPI, *, host: str, port: int) -> Any:

@@ -5,7 +5,7 @@ clients). Unsafe methods with a cookie session must carry the session's CSRF tok
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
@@ -34,8 +34,9 @@ def session_token(request: Request) -> tuple[str | None, bool]:
 
 
 async def optional_person(request: Request) -> Person | None:
-    if (known := getattr(request.state, "person", _UNKNOWN)) is not _UNKNOWN:  # asked before in this request
-        return known  # type: ignore[no-any-return]
+    known: object = getattr(request.state, "person", _UNKNOWN)
+    if known is not _UNKNOWN:  # asked before in this request
+        return cast("Person | None", known)
     token, bearer = session_token(request)
     found = await run_in_threadpool(_lookup, request, token) if token else None
     request.state.person = found
@@ -51,7 +52,7 @@ async def optional_person(request: Request) -> Person | None:
             value = form.get("csrf_token")
             sent = value if isinstance(value, str) else None
         csrf.verify(serializer, csrf.SESSION, token, sent, max_age=int(service.SESSION_TTL.total_seconds()))
-    return request.state.person
+    return found
 
 
 async def current_person(person: Annotated[Person | None, Depends(optional_person)]) -> Person:
