@@ -534,6 +534,13 @@ def test_a_coordinator_on_another_areas_team_sees_it_as_a_team_member_but_does_n
         # ... while coord_b, the area's coordinator, still manages it
         assert c.put("/api/alerts/chains/h3", json=[{"type": "notify", "tiers": [1]}],
                      headers=bearer(c, "coord_b")).status_code == 200
+    for who, manages in (("coord_a", False), ("coord_b", True)):  # the page offers manage controls accordingly
+        with app_client(url, clock) as c:
+            cookie_login(c, who)
+            page = c.get("/households/h3")
+            assert page.status_code == 200
+            assert ('id="chain-form"' in page.text) == manages, who
+            assert ('/households/h3/team/' in page.text) == manages, who
 
 
 def test_technical_alerts_are_the_coordinators_not_the_teams(world) -> None:

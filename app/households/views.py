@@ -20,7 +20,7 @@ from app.i18n import request_locale, translate
 from app.incidents import service as incidents
 from app.models import ID_PATTERN
 from app.templating import render
-from mimamori.access import require_manager
+from mimamori.access import may_manage_household, require_manager
 from mimamori.errors import InvalidInput
 
 api = APIRouter(prefix="/api/households", tags=["households"])
@@ -129,8 +129,11 @@ def _household_page(request: Request, person: Any, conn: Any, clock: Any, househ
     h = service.get_household(conn, clock, person, household_id)
     locale = request_locale(request)
     svg = heatmap_svg(h["heatmap"], title=translate(locale, "heatmap_title"))
-    extra: dict[str, Any] = {"chain": None, "watchers": []}
-    if person.manages:
+    # Manage controls only for whoever manages this household (a coordinator on another area's team sees
+    # it as a team member: no team, chain or device controls).
+    can_manage = may_manage_household(conn, person, household_id)
+    extra: dict[str, Any] = {"chain": None, "watchers": [], "can_manage": can_manage}
+    if can_manage:
         extra["watchers"] = service.area_watchers(conn, person)
         extra["residents"] = service.residents(conn, person, household_id)
         extra["chain"] = _chain_text(conn, person, household_id)
