@@ -15,9 +15,9 @@ import psycopg
 
 from app.formatting import zone
 from app.people import Person
-from mimamori.access import household_sql, may_see_contact, require_area, require_household, require_manage_household
+from mimamori.access import household_sql, may_see_contact, require_area, require_household, require_manage_household, require_manager
 from mimamori.clock import Clock, as_datetime
-from mimamori.errors import Conflict, Forbidden, InvalidInput, NotFound
+from mimamori.errors import Conflict, InvalidInput, NotFound
 
 ACTIVITY_KINDS = ("on", "off", "motion", "open", "close")
 WELFARE_KINDS = ("inactivity", "long_on")
@@ -286,8 +286,7 @@ def residents(conn: psycopg.Connection, actor: Person, household_id: str) -> lis
     """The household's residents and how many channels of their own they have (the default chain asks
     a resident with one before the team), for the coordinator's household page.
     """
-    if not actor.manages:
-        raise Forbidden("only a coordinator or operator may do this")
+    require_manage_household(conn, actor, household_id)
     rows = conn.execute(
         """SELECT p.person_id, p.display_name, count(c.channel_id) FILTER (WHERE c.enabled)
            FROM people p LEFT JOIN person_channels c ON c.person_id = p.person_id
@@ -298,8 +297,7 @@ def residents(conn: psycopg.Connection, actor: Person, household_id: str) -> lis
 
 def area_watchers(conn: psycopg.Connection, actor: Person) -> list[dict[str, Any]]:
     """Watchers a coordinator can put on teams: those on a team in the area, or invited by them."""
-    if not actor.manages:
-        raise Forbidden("only a coordinator or operator may do this")
+    require_manager(actor)
     from alerts.service import managed_people_sql  # the same rule add_to_team applies
 
     where, params = managed_people_sql(actor)
