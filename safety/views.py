@@ -2,12 +2,14 @@
 
 Wiring (the app does it, as for ``alerts.views``): include ``safety_api`` behind the app's
 authentication (which puts the signed-in person on ``request.state.person``, read by
-``current_person``) and ``answer_api`` as is (no login: a signed single-use link is the credential). ``safety_connection`` / ``safety_clock`` / ``safety_links`` use
-``request.app.state.pool`` / ``.clock`` / ``.settings``.
+``current_person``) and ``answer_api`` as is (no login: a signed single-use link is the credential).
+``safety_connection`` / ``safety_clock`` / ``safety_links`` use ``request.app.state.pool`` / ``.clock`` /
+``.settings``.
 
-Errors: 400 bad link, 403 forbidden (or a link of another check/household), 404 not found (or
-not in scope), 409 conflict (link already used, already claimed/closed), 410 gone (check closed,
-link expired), 422 invalid input — with ``detail`` saying why.
+Errors (kinds of ``mimamori.errors``, answered by the host's one handler): 400 bad link, 403 forbidden
+(or a link of another check/household), 404 not found (or not in scope), 409 conflict (link already
+used, already claimed/closed), 410 gone (check closed, link expired), 422 invalid input — with ``detail``
+saying why.
 """
 
 from __future__ import annotations
