@@ -19,11 +19,13 @@ import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs, quote, urlsplit
 
 import psycopg
 from psycopg.rows import dict_row
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mimamori import mqtt, protocol
@@ -58,6 +60,9 @@ class AlertSettings(BaseSettings):
     blink_confirm_s: float = 0.0
     #: How often a worker refreshes the queue gauges of ``alerts.metrics`` (seconds, real time).
     metrics_every_s: float = 5.0
+    #: At most this many messages a minute per channel kind (JSON, e.g. ``{"line": 60, "email": 600}``;
+    #: kinds not listed are not limited); each worker process counts its own. Empty: no throttling.
+    rates_per_minute: dict[str, float] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,8 @@ class _LazyTlsContext:
     """Stands in for ``ssl.create_default_context()`` inside Apprise's SMTP controller, which builds
     one for every e-mail, even plain SMTP that never uses it. Loading the CA store takes ~45 ms of
     CPU (holding the GIL) per message; this builds the real context only when TLS is actually
-    used (SMTPS / STARTTLS), with the same settings Apprise applied to it."""
+    used (SMTPS / STARTTLS), with the same settings Apprise applied to it.
+    """
 
     def __init__(self) -> None:
         object.__setattr__(self, "_settings", {})
@@ -119,7 +125,7 @@ class _SslForApprise:
 
 def _apprise() -> Any:
     """Import Apprise once; its e-mail plugin imports the deprecated ``imghdr`` (a warning we silence)."""
-    global _apprise_module
+    global _apprise_module  # noqa: PLW0603 - imported once per process, under a lock
     with _apprise_lock:
         if _apprise_module is None:
             with warnings.catch_warnings():
@@ -151,7 +157,8 @@ def _pin_message_ids() -> None:
     A re-send of the same delivery (after a crash between the SMTP server's 250 and our commit) then
     carries the same Message-ID, so mail systems and people's clients recognise it as the same
     message. Apprise builds the message in ``NotifyEmail.prepare_emails`` and sets a random
-    Message-ID after the extra headers; we wrap that function and swap the header."""
+    Message-ID after the extra headers; we wrap that function and swap the header.
+    """
     try:
         from apprise.plugins.email.base import NotifyEmail
     except ImportError:  # another Apprise layout: Message-IDs stay random (documented in README)
@@ -170,7 +177,7 @@ def _pin_message_ids() -> None:
                 message.body = _replace_message_id(message.body, pinned)
             yield message
 
-    prepare_emails._mimamori = True  # type: ignore[attr-defined]
+    prepare_emails._mimamori = True  # type: ignore[attr-defined]  # noqa: SLF001 - our mark on the patched function
     NotifyEmail.prepare_emails = staticmethod(prepare_emails)  # type: ignore[method-assign]
 
 
@@ -208,7 +215,8 @@ def refused_target(url: str, allowed: Iterable[ipaddress.IPv4Network | ipaddress
     only the schemes the app offers, and every address the target host resolves to must be public
     (not loopback, private, link-local, multicast, reserved or unspecified) unless an operator allowed
     its network. Checked right before each send (the host may resolve differently later: a DNS
-    rebinding between this check and Apprise's own connection remains possible)."""
+    rebinding between this check and Apprise's own connection remains possible).
+    """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ALLOWED_APPRISE_SCHEMES:
@@ -292,13 +300,11 @@ class AppriseSender:
 
 def _load_vapid(key: str) -> Any:
     """A VAPID key from PEM text, a PEM/DER file, or the base64url raw/DER string."""
-    import os
-
     from py_vapid import Vapid02
 
     if key.lstrip().startswith("-----BEGIN"):
         return Vapid02.from_pem(key.strip().encode())
-    if os.path.isfile(key):
+    if Path(key).is_file():
         return Vapid02.from_file(key)
     return Vapid02.from_string(key)
 
@@ -341,7 +347,8 @@ class WebPushSender:
 class MqttBlinkSender:
     """Publishes ``blink`` commands (QoS 1) and waits for the broker's PUBACK; with ``confirm_s``, also
     for the gateway's ack (the device's own state reports echoed the blink): ``SendResult(True,
-    "sent, not confirmed")`` when none came in time."""
+    "sent, not confirmed")`` when none came in time.
+    """
 
     def __init__(self, url: MqttUrl, client_id: str, *, protocol_preference: Any = "auto", timeout_s: float = 10.0,
                  confirm_s: float = 0.0) -> None:
@@ -352,12 +359,12 @@ class MqttBlinkSender:
         self._acks: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self._acked = threading.Condition()
         if confirm_s > 0:
-            self.client.on_connect = lambda c, *a: c.subscribe(protocol.ACK_FILTER, qos=1)
+            self.client.on_connect = lambda c, *_: c.subscribe(protocol.ACK_FILTER, qos=1)
             self.client.on_message = self._on_ack
         mqtt.connect(self.client, url)
         self.client.loop_start()
 
-    def _on_ack(self, client: Any, userdata: Any, message: Any) -> None:
+    def _on_ack(self, _client: Any, _userdata: Any, message: Any) -> None:
         try:
             topic = protocol.parse_topic(message.topic)
             ack = json.loads(message.payload)

@@ -78,7 +78,8 @@ class ChainError(errors.InvalidInput, ValueError):
 class Team:
     """Who an incident's chain can reach: the household's watchers by tier, the area coordinators
     (or operators when the area has none), and for a resident check the bulbs it blinks and the
-    residents it asks."""
+    residents it asks.
+    """
 
     members: tuple[tuple[str, int], ...] = ()  # (person_id, tier), ordered by tier then id
     coordinators: tuple[str, ...] = ()
@@ -209,7 +210,7 @@ def _next(state: State, **changes: Any) -> State:
     return replace(state, step=state.step + 1, wait_until=None, check_since=None, **changes)
 
 
-def _notify(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:
+def _notify(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:  # noqa: ARG001 - the signature every step function of the dispatch table shares
     people = _targets(step, ctx.team)
     if not people:
         return StepResult((Log("nobody_to_notify", {"step": state.step, "spec": dict(step)}),), _next(state))
@@ -218,7 +219,7 @@ def _notify(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> 
     return StepResult((Notify(people, state.step_key, "alert", urgent),), _next(state, notified=notified))
 
 
-def _notify_next(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:
+def _notify_next(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:  # noqa: ARG001 - the signature every step function of the dispatch table shares
     people = _targets(step, ctx.team)
     if not people:
         return StepResult((Log("nobody_to_notify", {"step": state.step, "spec": dict(step)}),), _next(state))
@@ -227,7 +228,7 @@ def _notify_next(state: State, step: Mapping[str, Any], ctx: Context, now: float
     return StepResult((Notify((person,), state.step_key, "alert", True),), _next(state, rr=state.rr + 1, notified=notified))
 
 
-def _wait(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:
+def _wait(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:  # noqa: ARG001 - the signature every step function of the dispatch table shares
     if state.wait_until is None:
         until = now + float(step["minutes"]) * 60.0
         return StepResult((), replace(state, wait_until=until), until)
@@ -260,19 +261,20 @@ def _resident_check(state: State, step: Mapping[str, Any], ctx: Context, now: fl
     if ctx.last_activity_at is not None and ctx.last_activity_at > state.check_since:
         note = "resident responded to the blink"
         return StepResult((Cancel("resident_responded", note),), replace(_next(state), done=True))
-    assert state.wait_until is not None
+    if state.wait_until is None:  # set by the step that began the check
+        raise ValueError("a resident check in progress without its deadline")
     if now >= state.wait_until:
         return StepResult((Log("resident_did_not_respond", {"since": state.check_since}),), _next(state))
     return StepResult((), state, min(state.wait_until, now + RESIDENT_CHECK_POLL_S))
 
 
-def _repeat(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:
+def _repeat(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:  # noqa: ARG001 - the signature every step function of the dispatch table shares
     if state.round < int(step["times"]):
         return StepResult((Log("repeat", {"round": state.round + 1}),), replace(state, step=0, round=state.round + 1))
     return StepResult((), _next(state))
 
 
-def _option(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:
+def _option(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:  # noqa: ARG001 - the signature every step function of the dispatch table shares
     return StepResult((), _next(state))  # an option read elsewhere (claim_timeout): nothing to do here
 
 
@@ -336,7 +338,8 @@ def _int_list(value: Any, what: str, lo: int, hi: int) -> list[int]:
 
 def _number(step: Mapping[str, Any], key: str, lo: float, hi: float) -> float:
     value = step.get(key)
-    if type(value) not in (int, float) or not lo <= value <= hi:
+    # bool is an int subclass: type() (not isinstance) keeps true/false out
+    if not (type(value) in (int, float) and isinstance(value, (int, float)) and lo <= value <= hi):
         raise ChainError(f"{step.get('type')}: {key} must be a number {lo}..{hi}")
     return float(value)
 
@@ -408,13 +411,12 @@ def quiet_hours_end(now: float, start: dt_time | None, end: dt_time | None, tz: 
         if not start <= t < end:
             return None
         ends = datetime.combine(local.date(), end, zone)
-    else:  # spans midnight, e.g. 22:00-07:00
-        if start <= t:
-            ends = datetime.combine(local.date() + timedelta(days=1), end, zone)
-        elif t < end:
-            ends = datetime.combine(local.date(), end, zone)
-        else:
-            return None
+    elif start <= t:  # spans midnight, e.g. 22:00-07:00: in its evening part
+        ends = datetime.combine(local.date() + timedelta(days=1), end, zone)
+    elif t < end:  # ... or in its morning part
+        ends = datetime.combine(local.date(), end, zone)
+    else:
+        return None
     return ends.timestamp()
 
 

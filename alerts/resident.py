@@ -25,14 +25,15 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg.types.json import Jsonb
 
-from alerts import metrics, policy, service
+from alerts import engine, metrics, policy, records
 from alerts.models import Conflict, InvalidInput, NotFound
 from mimamori.clock import Clock, as_datetime
+from mimamori.db import fetch_dict
 
 ANSWERS: Final = ("fine", "away", "help")
 MAX_AWAY_DAYS: Final = 60
 MAX_TOKEN = 200
-LINK_PATH: Final = service.RESIDENT_LINK_PATH
+LINK_PATH: Final = engine.RESIDENT_LINK_PATH
 
 
 class LinkGone(Conflict):
@@ -48,8 +49,8 @@ _LINK_SELECT = """SELECT l.*, i.status, i.claimed_by, i.kind, h.display_name AS 
 def _link(conn: psycopg.Connection, token: str, *, lock: bool = False) -> dict[str, Any]:
     if not token or len(token) > MAX_TOKEN:
         raise NotFound("this link is not valid")
-    row = service._one(conn, f"""{_LINK_SELECT} WHERE l.token_hash = %s {"FOR NO KEY UPDATE OF l, i" if lock else ""}""",
-                       (service.resident_token_hash(token),))
+    row = fetch_dict(conn, f"""{_LINK_SELECT} WHERE l.token_hash = %s {"FOR NO KEY UPDATE OF l, i" if lock else ""}""",
+                       (engine.resident_token_hash(token),))
     if row is None:
         raise NotFound("this link is not valid (it was changed or never sent)")
     return row
@@ -57,7 +58,7 @@ def _link(conn: psycopg.Connection, token: str, *, lock: bool = False) -> dict[s
 
 def _link_of_person(conn: psycopg.Connection, incident_id: int, person_id: str) -> dict[str, Any]:
     """The newest check sent to this resident for this incident (the same answer, from another channel)."""
-    row = service._one(conn, f"""{_LINK_SELECT} WHERE l.incident_id = %s AND l.person_id = %s
+    row = fetch_dict(conn, f"""{_LINK_SELECT} WHERE l.incident_id = %s AND l.person_id = %s
                                  ORDER BY l.created_at DESC LIMIT 1 FOR NO KEY UPDATE OF l, i""", (incident_id, person_id))
     if row is None:
         raise NotFound("no check was sent to you for this alert")
@@ -96,7 +97,8 @@ def away_until_from_date(day: str, tz: str, now: float) -> float:
 def answer(conn: psycopg.Connection, token: str, reply: str, *, clock: Clock, back_on: str | None = None) -> dict[str, Any]:
     """Record the resident's answer and act on it (see the module text). ``back_on``: the date they
     will be back (``away`` only). Raises ``NotFound`` (a link never sent), ``Conflict`` (already
-    used), ``LinkGone`` (expired), ``InvalidInput``."""
+    used), ``LinkGone`` (expired), ``InvalidInput``.
+    """
     if reply not in ANSWERS:
         raise InvalidInput(f"answer must be one of {ANSWERS}")
     with conn.transaction():
@@ -130,15 +132,16 @@ def _answer(conn: psycopg.Connection, link: dict[str, Any], reply: str, *, clock
     conn.execute("""UPDATE resident_check_links SET used_at = %s, answer = %s, away_until = %s WHERE token_hash = %s""",
                  (as_datetime(now), reply, as_datetime(away_until) if away_until else None, link["token_hash"]))
     incident_id, person_id = link["incident_id"], link["person_id"]
-    service._timeline(conn, incident_id, now, person_id, "resident_answered", channel, None,
+    records.add_timeline(conn, incident_id, now, person_id, "resident_answered", channel, None,
                       {"answer": reply, **({"until": away_until} if away_until else {})})
-    inc = service.incident_row(conn, incident_id)
-    assert inc is not None
+    inc = records.incident_row(conn, incident_id)
+    if inc is None:  # a row the same transaction just wrote or locked
+        raise RuntimeError("inc: expected a row, found none")
     if away_until is not None:
         conn.execute("""INSERT INTO away_periods (household_id, starts_at, until, source, set_by, note)
                         VALUES (%s, %s, %s, 'resident', %s, 'answered a resident check')""",
                      (link["household_id"], as_datetime(now), as_datetime(away_until), person_id))
-        service._timeline(conn, incident_id, now, person_id, "away_set", channel, None, {"until": away_until})
+        records.add_timeline(conn, incident_id, now, person_id, "away_set", channel, None, {"until": away_until})
     effect = _act(conn, inc, link, reply, now, person_id)
     return {"incident_id": incident_id, "answer": reply, "away_until": away_until, "effect": effect}
 
@@ -148,16 +151,17 @@ def _reopen_for_help(conn: psycopg.Connection, inc: dict[str, Any], state: polic
     """A call for help on an alert that closed meanwhile (the resident reached a switch, then asked
     for help) opens it again, so the team can claim it; its chain runs once more from the team's
     first step (a new round: the resident is not asked again). False when another alert of the same
-    kind is open for the home (the team is told on that one's behalf)."""
+    kind is open for the home (the team is told on that one's behalf).
+    """
     incident_id = inc["incident_id"]
-    other = service._one(conn, """SELECT incident_id FROM incidents WHERE household_id = %s AND kind = %s
+    other = fetch_dict(conn, """SELECT incident_id FROM incidents WHERE household_id = %s AND kind = %s
                                   AND status IN ('open', 'claimed') AND incident_id <> %s""",
                          (inc["household_id"], inc["kind"], incident_id))
     if other is not None:
         return False
     conn.execute("""UPDATE incidents SET status = 'open', closed_at = NULL, closed_by = NULL, outcome = NULL,
                     outcome_note = NULL, updated_at = %s WHERE incident_id = %s""", (as_datetime(now), incident_id))
-    service._timeline(conn, incident_id, now, person_id, "reopened_for_help", "link", None, {"was": inc["status"]})
+    records.add_timeline(conn, incident_id, now, person_id, "reopened_for_help", "link", None, {"was": inc["status"]})
     again = policy.State(round=state.round + 1, notified=state.notified)
     # the escalation exists: the question this answers was asked by it
     conn.execute("""UPDATE alert_escalations SET state = %s, status = 'running', next_step_at = %s, updated_at = %s
@@ -168,21 +172,22 @@ def _reopen_for_help(conn: psycopg.Connection, inc: dict[str, Any], state: polic
 def _act(conn: psycopg.Connection, inc: dict[str, Any], link: dict[str, Any], reply: str, now: float,
          person_id: str | None) -> str:
     """What the answer did to the alert: 'cancelled', 'escalated' (the check ended early), 'reopened'
-    (help after it closed), 'told_team' or 'none' (the alert was already closed, or nobody to tell)."""
+    (help after it closed), 'told_team' or 'none' (the alert was already closed, or nobody to tell).
+    """
     incident_id = inc["incident_id"]
-    state = service._escalation_state(conn, incident_id)
+    state = records.escalation_state(conn, incident_id)
     notice = f"resident_answered_{reply}"
-    by = service._actor_name(conn, person_id) if person_id else ""
+    by = records.actor_name(conn, person_id) if person_id else ""
     if inc["status"] == "open" and reply in ("fine", "away"):
         outcome = "resident_responded" if reply == "fine" else "away"
         note = f"the resident answered the check: {reply}"
-        service._stop_escalation(conn, incident_id, "done", now)
+        records.stop_escalation(conn, incident_id, "done", now)
         conn.execute("""UPDATE incidents SET status = 'cancelled', closed_at = %s, closed_by = %s, outcome = %s,
                         outcome_note = %s, updated_at = %s WHERE incident_id = %s""",
                      (as_datetime(now), person_id, outcome, note, as_datetime(now), incident_id))
-        service._timeline(conn, incident_id, now, None, "cancelled", "system", note, {"outcome": outcome})
+        records.add_timeline(conn, incident_id, now, None, "cancelled", "system", note, {"outcome": outcome})
         if state.notified:
-            service.enqueue_notice(conn, inc, state.notified, "cancelled", notice, urgent=True, now=now, by=by)
+            records.enqueue_notice(conn, inc, state.notified, "cancelled", notice, urgent=True, now=now, by=by)
         return "cancelled"
     if inc["status"] not in ("open", "claimed") and reply != "help":
         return "none"  # the alert is over; a call for help never is
@@ -199,10 +204,10 @@ def _act(conn: psycopg.Connection, inc: dict[str, Any], link: dict[str, Any], re
         escalated = conn.execute("UPDATE alert_escalations SET next_step_at = %s WHERE incident_id = %s AND status = 'running'",
                                  (as_datetime(now), incident_id)).rowcount > 0
     # tell who knows of the alert (the claimer, whoever was alerted) and, for "help", the whole team now
-    team = [p for p, _tier in service.load_team(conn, inc["household_id"], inc["eff_area"]).members]
+    team = [p for p, _tier in records.load_team(conn, inc["household_id"], inc["eff_area"]).members]
     told = list(dict.fromkeys([*([inc["claimed_by"]] if inc["claimed_by"] else []), *state.notified,
                                *(team if reply == "help" else [])]))
     if told:
-        service.enqueue_notice(conn, inc, told, f"resident_answered.{link['step_key']}.{person_id}", notice,
+        records.enqueue_notice(conn, inc, told, f"resident_answered.{link['step_key']}.{person_id}", notice,
                                urgent=True, now=now, by=by)
     return "reopened" if reopened else "escalated" if escalated else "told_team" if told else "none"

@@ -1,7 +1,7 @@
 """The alert worker: takes on new incidents, advances due escalations, sends the outbox.
 
 Nothing is scheduled in process memory: every escalation's next step is ``alert_escalations.
-next_step_at`` and every send is an ``alert_deliveries`` row, both picked with FOR UPDATE SKIP
+next_step_at`` and every send is an ``outbox`` row, both picked with FOR UPDATE SKIP
 LOCKED (incident rows: FOR NO KEY UPDATE ... SKIP LOCKED). So any number of workers can run side by
 side, and a restarted (even SIGKILLed) worker resumes where the last one was.
 
@@ -18,37 +18,38 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import threading
 import time
 from typing import Any
 
 import psycopg
 
-from alerts import flows, metrics, service
+from alerts import engine, flows, metrics, records
 from alerts.channels import AlertSettings, AppriseSender, MqttBlinkSender, WebPushSender
-from mimamori import observability
+from mimamori import observability, outbox
 from mimamori.clock import Clock, ScaledClock, SystemClock
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
+from mimamori.signing import secret_key
+from mimamori.worker import Worker, stop_on_signals
 
 log = logging.getLogger(__name__)
 
 #: How many escalations one pass takes on before it looks at its notifications again.
 BATCH = 200
-#: How often a delivery thread looks for sends left in doubt by a worker that died (real seconds).
-RECOVER_EVERY_S = 1.0
 #: Escalations per transaction (each in its own savepoint): fewer commits under a burst.
 BATCH_STEP = 10
 
 
-def _engine_pass(conn: psycopg.Connection, clock: Clock, worker_id: str, wake: threading.Event, app_url: str = "") -> int:
+def _engine_pass(conn: psycopg.Connection, clock: Clock, worker_id: str, wake: threading.Event, app_url: str = "",
+                 sealer: outbox.LinkSealer | None = None) -> int:
     """Adopt new incidents and advance due escalations; returns how many it handled. Wakes the
-    delivery threads after every committed batch so sends start while the pass goes on."""
+    delivery threads after every committed batch so sends start while the pass goes on.
+    """
     done = 0
     while done < BATCH:
-        adopted = service.adopt_new(conn, clock, worker_id, limit=BATCH_STEP, app_url=app_url)
-        stepped = service.step_due(conn, clock, worker_id, limit=BATCH_STEP, app_url=app_url)
+        adopted = engine.adopt_new(conn, clock, worker_id, limit=BATCH_STEP, app_url=app_url, sealer=sealer)
+        stepped = engine.step_due(conn, clock, worker_id, limit=BATCH_STEP, app_url=app_url, sealer=sealer)
         metrics.STEPS.labels("adopt").inc(adopted)
         metrics.STEPS.labels("step").inc(stepped)
         n = adopted + stepped
@@ -59,46 +60,13 @@ def _engine_pass(conn: psycopg.Connection, clock: Clock, worker_id: str, wake: t
     return done
 
 
-def _delivery_loop(database_url: str, clock: Clock, senders: flows.Senders, wake: threading.Event,
-                   stop: threading.Event, poll_s: float, worker_id: str = "worker") -> None:
-    conn: psycopg.Connection | None = None
-    recovered = 0.0
-    while not stop.is_set():
-        try:
-            if conn is None or conn.closed:
-                conn = psycopg.connect(database_url, autocommit=True)
-            # in-doubt sends (a sender died mid-send) are looked for about once a second, not on every pass
-            recover = time.monotonic() - recovered >= RECOVER_EVERY_S
-            if recover:
-                recovered = time.monotonic()
-            while not stop.is_set() and flows.deliver_one(conn, clock, senders, worker_id, recover=recover):
-                pass
-        except psycopg.OperationalError:
-            log.exception("alert delivery: database error; reconnecting")
-            if conn is not None:
-                conn.close()  # its advisory locks go with it: the row is found in doubt and re-sent
-            conn = None
-            stop.wait(1.0)
-            continue
-        except Exception:  # a bug must not silently end this thread; the row stays pending (or in doubt)
-            log.exception("alert delivery: unexpected error; retrying in a second")
-            try:
-                if conn is not None and not conn.closed:
-                    conn.execute("SELECT pg_advisory_unlock_all()")  # a lock left by the failed attempt
-            except psycopg.Error:
-                conn = None
-            stop.wait(1.0)
-            continue
-        if wake.wait(poll_s):
-            wake.clear()
-    if conn is not None:
-        conn.close()
-
-
 def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl | None, clock: Clock,
                      stop: threading.Event, worker_id: str, alert_settings: AlertSettings | None = None) -> None:
-    """Run until ``stop`` is set. ``mqtt_url`` None: resident checks cannot blink (the sends fail and
-    are recorded as such). Settings of the engine come from ``MIMAMORI_ALERTS_*`` (``AlertSettings``)."""
+    """Run until ``stop`` is set, on the one worker runtime (``mimamori.worker``): the engine loop as the
+    main task, ``MIMAMORI_ALERTS_DELIVERY_THREADS`` outbox senders as side tasks (if one dies, the worker
+    stops with a log line naming it). ``mqtt_url`` None: resident checks cannot blink (the sends fail
+    and are recorded as such). Settings of the engine come from ``MIMAMORI_ALERTS_*`` (``AlertSettings``).
+    """
     cfg = alert_settings or AlertSettings()
     if not settings.public_url:
         log.warning("MIMAMORI_PUBLIC_URL is not set: links in messages to residents point to %s, which a phone "
@@ -109,41 +77,52 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
     if mqtt_url is not None:
         mqtt_sender = MqttBlinkSender(mqtt_url, f"mimamori-alerts-{worker_id}", protocol_preference=settings.mqtt_protocol,
                                       confirm_s=cfg.blink_confirm_s)
+    sealer = outbox.LinkSealer(secret_key(settings))
     senders = flows.Senders(AppriseSender(), WebPushSender(cfg.vapid_private_key, cfg.vapid_subject, cfg.send_timeout_s),
-                            mqtt_sender, smtp_url=cfg.smtp_url)
-    finished = threading.Event()  # stops the delivery threads if this loop dies
-    halt = _AnyEvent(stop, finished)
+                            mqtt_sender, smtp_url=cfg.smtp_url, sealer=sealer)
     wake = threading.Event()
-    threads = [threading.Thread(target=_delivery_loop, name=f"alerts-deliver-{worker_id}-{i}",
-                                args=(database_url, clock, senders, wake, halt, cfg.poll_s, worker_id), daemon=True)
-               for i in range(max(1, cfg.delivery_threads))]
-    for t in threads:
-        t.start()
-    listen: psycopg.Connection | None = None
-    conn: psycopg.Connection | None = None
-    log.info("alert worker %s started", worker_id)
+    throttle = outbox.Throttle.per_minute(cfg.rates_per_minute) if cfg.rates_per_minute else None
+
+    def deliver(conn: psycopg.Connection, recover: bool) -> bool:
+        return flows.deliver_one(conn, clock, senders, worker_id, recover=recover, throttle=throttle)
+
+    senders_tasks = {f"deliver-{i}": outbox.delivery_task(database_url, deliver, wake=wake, poll_s=cfg.poll_s,
+                                                          application_name=f"mimamori alerts {worker_id} deliver-{i}")
+                     for i in range(max(1, cfg.delivery_threads))}
     alive = {"at": time.monotonic()}
     # ready while the engine loop keeps completing passes (it polls every poll_s at the latest)
     observability.register_readiness("alerts", lambda: time.monotonic() - alive["at"] < max(30.0, 20 * cfg.poll_s))
+    worker = Worker(f"alerts {worker_id}", main=lambda halt: _engine_loop(database_url, clock, worker_id, cfg, wake, halt, alive,
+                                                                         settings.app_url(), sealer),
+                    side_tasks=senders_tasks, outer_stop=stop,
+                    cleanup=[wake.set, senders.close, lambda: observability.unregister_readiness("alerts")])
+    worker.run()
+
+
+def _engine_loop(database_url: str, clock: Clock, worker_id: str, cfg: AlertSettings, wake: threading.Event,
+                 stop: threading.Event, alive: dict[str, float], app_url: str, sealer: outbox.LinkSealer) -> None:
+    """The main task: adopt new incidents and advance due escalations, woken by LISTEN or a short poll."""
+    listen: psycopg.Connection | None = None
+    conn: psycopg.Connection | None = None
     refreshed = 0.0
     try:
         while not stop.is_set():
             try:
                 if listen is None or listen.closed:
                     listen = psycopg.connect(database_url, autocommit=True)
-                    listen.execute(f"LISTEN {service.INCIDENTS_CHANNEL}")
-                    listen.execute(f"LISTEN {service.DELIVERIES_CHANNEL}")
+                    listen.execute(f"LISTEN {records.INCIDENTS_CHANNEL}")
+                    listen.execute(f"LISTEN {records.DELIVERIES_CHANNEL}")
                 if conn is None or conn.closed:
                     conn = psycopg.connect(database_url, autocommit=True)
                 if time.monotonic() - refreshed >= cfg.metrics_every_s:
                     metrics.refresh(conn, clock.now())
                     refreshed = time.monotonic()
-                busy = _engine_pass(conn, clock, worker_id, wake, settings.app_url())
+                busy = _engine_pass(conn, clock, worker_id, wake, app_url, sealer)
                 alive["at"] = time.monotonic()
                 if busy:
                     continue
                 for note in listen.notifies(timeout=cfg.poll_s, stop_after=1):
-                    if note.channel == service.DELIVERIES_CHANNEL:
+                    if note.channel == records.DELIVERIES_CHANNEL:
                         wake.set()
             except psycopg.OperationalError:
                 log.exception("alert worker: database error; reconnecting")
@@ -156,30 +135,9 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
                 log.exception("alert worker: unexpected error; retrying in a second")
                 stop.wait(1.0)
     finally:
-        observability.unregister_readiness("alerts")
-        finished.set()
-        wake.set()
-        for t in threads:
-            t.join(timeout=15)
         for c in (listen, conn):
             if c is not None:
                 c.close()
-        if mqtt_sender is not None:
-            mqtt_sender.close()
-        log.info("alert worker %s stopped", worker_id)
-
-
-class _AnyEvent:
-    """Set when either event is set (only ``is_set`` and ``wait`` are used)."""
-
-    def __init__(self, *events: threading.Event) -> None:
-        self.events = events
-
-    def is_set(self) -> bool:
-        return any(e.is_set() for e in self.events)
-
-    def wait(self, timeout: float) -> bool:
-        return self.events[-1].wait(timeout) or self.is_set()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,11 +161,10 @@ def main(argv: list[str] | None = None) -> None:
         anchor = args.anchor if args.anchor is not None else time.time()
         clock = ScaledClock(sim_start + (time.time() - anchor) * args.speed, args.speed)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    run_alert_worker(Settings(), database_url=args.database_url,
-                     mqtt_url=MqttUrl.parse(args.mqtt_url) if args.mqtt_url else None,
-                     clock=clock, stop=stop, worker_id=args.worker_id)
+    with stop_on_signals(stop):
+        run_alert_worker(Settings(), database_url=args.database_url,
+                         mqtt_url=MqttUrl.parse(args.mqtt_url) if args.mqtt_url else None,
+                         clock=clock, stop=stop, worker_id=args.worker_id)
 
 
 if __name__ == "__main__":

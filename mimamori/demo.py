@@ -50,6 +50,11 @@ FALL_LOCAL_H = 9.5
 #: Simulated seconds per real second until the first welfare alert opens (so it comes within the
 #: first minute), then ``speed`` so a person can follow the escalation in the web app.
 FAST_FORWARD = 3600.0
+#: The second story: at 13:00 an earthquake bulletin (a real one, replayed: mimamori/demo_data/README.md)
+#: reaches the first area, whose safety check (安否確認) starts by itself.
+QUAKE_LOCAL_H = 13.0
+QUAKE_DOCUMENT = Path(__file__).parent / "demo_data" / "quake_suruga_2009_vxse51.xml"
+QUAKE_REGION = "442"  # 静岡県中部, 震度6弱 in that bulletin
 _WELFARE_KINDS = ("inactivity", "long_on")
 
 _FIRST_ALERT_SQL = """
@@ -70,6 +75,7 @@ class _Progress:
         self.report: Any = None
         self.error: BaseException | None = None
         self.timed_out = False
+        self.quake: dict[str, Any] | None = None
 
     @property
     def live_activity_stored(self) -> int:
@@ -97,6 +103,11 @@ def _render(state: _Progress, households: int, started: float, services: str, cl
         incident_id, _, name, kind, opened_at = state.first_alert
         table.add_row("the story's alert", f"[bold red]{name}[/] ({kind}) at {_local(opened_at.timestamp())},"
                                      f" {state.first_alert_after_s:.0f} s after start → /alerts/{incident_id}")
+    if state.quake is not None:
+        q = state.quake
+        table.add_row("the second story", f"[bold]{q['at']}[/] earthquake bulletin (震度{q['intensity']} in {q['area']}): "
+                                          + (f"safety check #{q['check_id']} started → /safety/{q['check_id']}"
+                                             if q.get("check_id") else q["why"]))
     table.add_row("lights on now", f"{state.db[6]:,}")
     table.add_row("dead letters", f"{state.db[3]:,}")
     table.add_row("unpaired devices", f"{state.db[5]:,}")
@@ -141,6 +152,50 @@ def _follow_the_database(database_url: str, clock: PacedClock, stop: threading.E
             if row and row[0] is not None:
                 clock.set_floor(float(row[0]))
             stop.wait(0.05)
+
+
+class _DemoOperator:
+    """Who sets up the demo's areas: the operator running it (no account behind it)."""
+
+    person_id = "demo-operator"
+    role = "operator"
+    area = None
+    household_id = None
+
+
+def _prepare_quake_story(conn: psycopg.Connection, manifest: dict[str, Any], clock: Clock) -> str:
+    """The first area is named by the bulletin's region and starts its check from 震度5弱 by itself."""
+    from safety import quake_service
+
+    area = str(manifest["households"][0]["area"])
+    quake_service.set_area(conn, _DemoOperator(), area=area, region_codes=[QUAKE_REGION], threshold="5弱", mode="start",
+                           clock=clock)
+    conn.commit()
+    return area
+
+
+def _quake_story(settings: Settings, database_url: str, clock: Clock, at: float, area: str, state: _Progress,
+                 stop: threading.Event) -> None:
+    """At ``at`` on the town's clock, the bulletin arrives: feed it as a live feed would (replayed: it is old)."""
+    from mimamori.signing import signer
+    from safety import quake_service
+    from safety.models import SafetySettings
+    from safety.service import Links
+
+    while not stop.is_set() and clock.now() < at:
+        stop.wait(0.2)
+    if stop.is_set():
+        return
+    links = Links(signer(settings, "safety-answer"), settings.app_url(), SafetySettings().link_max_age_s)
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            result = quake_service.feed(conn, QUAKE_DOCUMENT.read_bytes(), clock=clock, links=links, replay=True)
+    except Exception:  # the first story goes on; the log says why
+        log.exception("the demo's earthquake bulletin could not be read")
+        return
+    mine = next((d for d in result["decisions"] if d["area"] == area), None) or {}
+    state.quake = {"at": _local(at), "area": area, "intensity": mine.get("intensity"), "decision": mine.get("decision"),
+                   "why": mine.get("why", ""), "check_id": mine.get("check_id")}
 
 
 def load_history(database_url: str, streams: Sequence[Any], until: float, *, chunk: int = 20_000) -> int:
@@ -210,6 +265,7 @@ def run_demo(
         with psycopg.connect(svc.database_url) as conn:
             register_manifest(conn, manifest)
             logins = create_demo_accounts(conn, ManualClock(live_from))
+            quake_area = _prepare_quake_story(conn, manifest, ManualClock(live_from))
         ids = [h["household_id"] for h in manifest["households"]]
         watched = next((login.households for login in logins if login.login == "watcher1"), ())
         focus = ids.index(watched[0]) if watched and watched[0] in ids else 0
@@ -261,6 +317,9 @@ def run_demo(
             finally:
                 state.done = True
 
+        quake_at = live_from + (QUAKE_LOCAL_H - LIVE_FROM_LOCAL_H) * HOUR
+        threading.Thread(target=_quake_story, args=(settings, svc.database_url, clock, quake_at, quake_area, state, stop),
+                         name="quake-story", daemon=True).start()
         fleet_thread = threading.Thread(target=drive, name="fleet", daemon=True)
         fleet_thread.start()
         started = time.monotonic()
@@ -297,7 +356,7 @@ def run_demo(
             raise state.error
         return {"published": state.fleet.get("activity_events_published", 0), "stored": state.live_activity_stored,
                 "history_activity": state.history_activity, "open_incidents": state.db[1], "dead_letters": state.db[3],
-                "timed_out": state.timed_out,
+                "timed_out": state.timed_out, "quake": state.quake,
                 "first_alert": None if state.first_alert is None else {
                     "incident_id": state.first_alert[0], "household_id": state.first_alert[1], "kind": state.first_alert[3],
                     "after_s": round(state.first_alert_after_s or 0.0, 1)}}

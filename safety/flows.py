@@ -1,75 +1,83 @@
-"""Side effects: sending the safety check's outbox (blinks over MQTT, Apprise and Web Push
-messages), throttled per channel kind. The channel senders are the alert engine's
-(``alerts.channels``); what was sent is recorded by ``safety.service.record_delivery`` in the
-transaction that holds the row's lock (FOR UPDATE SKIP LOCKED: several workers never send one row
-twice; a crash between the channel's "accepted" and our commit can repeat one message, never lose it).
+"""Side effects: the safety check's rows of the one outbox (blinks over MQTT, messages on people's
+channels), sent with the alert engine's ``Senders`` by the outbox's protocol (``mimamori.outbox``:
+claimed with an attempt id and an advisory lock, sent outside any transaction, recorded if the
+attempt is still current; a row left in doubt by a dead worker is sent again, never lost), throttled
+per channel kind.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Collection
 from typing import Any
 
 import psycopg
 
 from alerts import flows as alert_flows
-from alerts.channels import MqttBlinkSender, SendResult
+from mimamori import outbox
 from mimamori.clock import Clock
-from safety import metrics, service
-from safety.throttle import Throttle
+from mimamori.db import fetch_dict
+from safety import metrics, records
 
 log = logging.getLogger(__name__)
 
+#: The one ``Senders`` (kept under this name for callers of the safety module).
+Senders = alert_flows.Senders
 
-@dataclass
-class Senders(alert_flows.Senders):
-    """The alert engine's senders, with the MQTT blink sender made on first use."""
-
-    #: makes ``mqtt`` on first use (a broker down when the worker starts must not stop it)
-    mqtt_factory: Callable[[], MqttBlinkSender] | None = None
-
-    def blink_sender(self) -> MqttBlinkSender | None:
-        if self.mqtt is None and self.mqtt_factory is not None:
-            try:
-                self.mqtt = self.mqtt_factory()
-            except Exception as exc:  # broker down (or refused): the blink is retried with backoff
-                log.warning("safety: cannot reach the MQTT broker yet: %s", exc)
-        return self.mqtt
+#: Seconds before the next try after 1, 2, 3, 4 failed ones; then the row fails.
+RETRY_DELAYS_S = (5.0, 30.0, 120.0, 600.0)
 
 
-def send(row: dict[str, Any], senders: Senders) -> SendResult:
-    payload = row["payload"]
-    if row["channel"] == "mqtt":
-        sender = senders.blink_sender()
-        if sender is None:
-            return SendResult(False, "no MQTT broker reachable for this worker")
-        return sender.send(payload["gateway_id"], payload["device_id"], payload.get("args", {}))
-    if row.get("target") is None or not row.get("channel_enabled", False):
-        return SendResult(False, "channel removed or disabled", permanent=True)
-    if row["channel_kind"] in ("apprise", "email"):
-        return senders.message(row["channel_kind"], row["target"], payload["title"], payload["body"])
-    if row["channel_kind"] == "webpush":
-        return senders.webpush.send(row["target"], payload, True)
-    return SendResult(False, f"unknown channel {row['channel']}", permanent=True)
+class SafetyOutbox:
+    """The safety check's rows of the outbox (``outbox.source = 'safety'``)."""
+
+    name = records.SOURCE
+
+    def superseded(self, conn: psycopg.Connection, row: dict[str, Any]) -> str | None:
+        closed = fetch_dict(conn, "SELECT closed_at FROM safety_checks WHERE check_id = %s", (row["check_id"],))
+        return "check closed" if closed is None or closed["closed_at"] is not None else None
+
+    def retry_delay(self, attempts: int) -> float | None:
+        return RETRY_DELAYS_S[attempts - 1] if attempts <= len(RETRY_DELAYS_S) else None
+
+    def recorded(self, conn: psycopg.Connection, row: dict[str, Any], outcome: str, error: str | None, now: float) -> None:
+        household_id = row["payload"].get("household_id")
+        if outcome == "sent" and row["channel"] == "mqtt":
+            records.audit(conn, row["check_id"], household_id, now, None, "blinked", "mqtt",
+                           {"device_id": row["payload"].get("device_id")})
+        elif outcome == "failed":
+            records.audit(conn, row["check_id"], household_id, now, None, "delivery_failed", row["throttle_key"],
+                           {"recipient": row["recipient"], "error": error})
+        elif outcome == "resend":
+            records.audit(conn, row["check_id"], household_id, now, None, "resend_in_doubt", row["throttle_key"],
+                           {"recipient": row["recipient"], "previous_worker": row["sending_by"],
+                            "sending_since": row["sending_since"].isoformat() if row["sending_since"] else None})
 
 
-def deliver_one(conn: psycopg.Connection, clock: Clock, senders: Senders, throttle: Throttle,
-                keys: list[str]) -> bool:
-    """Send the next due outbox row whose channel kind has a token. Returns whether one was sent."""
-    now = clock.now()
-    with conn.transaction():
-        row = service.next_delivery(conn, now, throttle.blocked(keys, now))
-        if row is None:
-            return False
-        if not throttle.try_take(row["throttle_key"], now):
-            return False
-        try:
-            result = send(row, senders)
-        except Exception as exc:  # a channel library bug must not kill the worker; retry later
-            log.exception("safety send failed: delivery %s", row["delivery_id"])
-            result = SendResult(False, f"{type(exc).__name__}: {exc!s:.300}")
-        service.record_delivery(conn, row, ok=result.ok, error=result.error, now=clock.now(), permanent=result.permanent)
+#: The outbox sources a safety worker serves.
+SOURCES: dict[str, outbox.OutboxSource] = {records.SOURCE: SafetyOutbox()}
+
+
+def send(row: dict[str, Any], senders: alert_flows.Senders) -> Any:
+    """One row on its channel (the one ``alerts.flows.send``)."""
+    return alert_flows.send(row, senders)
+
+
+def deliver_one(conn: psycopg.Connection, clock: Clock, senders: alert_flows.Senders, throttle: outbox.Throttle,
+                keys: Collection[str], worker_id: str = "safety", *, recover: bool = True) -> bool:
+    """Send the next due safety row whose channel kind has a token (or an in-doubt one). Returns
+    whether there was one.
+    """
+
+    def observe(row: dict[str, Any], result: Any, outcome: str | None) -> None:
+        if outcome == "skipped":
+            metrics.DELIVERIES.labels(row["throttle_key"], "skipped").inc()
+            return
         metrics.DELIVERIES.labels(row["throttle_key"], "sent" if result.ok else "failed").inc()
-    return True
+        if not result.ok:
+            log.warning("safety delivery %s via %s failed: %s", row["delivery_id"], row["throttle_key"], result.error)
+
+    return outbox.deliver_one(conn, SOURCES, lambda row: send(row, senders), clock.now, worker_id, recover=recover,
+                              throttle=throttle, throttle_keys=keys,
+                              message_id=lambda r: alert_flows.message_id(r, senders.smtp_url), observe=observe)
+

@@ -25,6 +25,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any, Final, Literal
 from xml.etree import ElementTree as ET  # DTDs and entities are refused before parsing: see _parse_xml
 
@@ -33,7 +34,12 @@ from mimamori import errors
 Status = Literal["real", "drill", "test"]
 InfoType = Literal["issued", "corrected", "cancelled"]
 Mode = Literal["start", "propose"]
-Decision = Literal["start", "propose", "already", "below", "not_affected", "drill", "cancelled", "no_intensity"]
+Decision = Literal["start", "propose", "already", "below", "not_affected", "drill", "cancelled", "stale"]
+
+#: A bulletin read this long after it was issued pages nobody: a replayed archive, a feed that caught up
+#: after an outage. An operator may still replay one on purpose (``feed --replay``).
+STALE_AFTER_S = 3 * 3600.0
+_JST = timezone(timedelta(hours=9))
 
 #: P2PQuake's scale numbers and their names; 46 is "5弱 or more, not yet reported".
 SCALE_NAMES: Final[Mapping[int, str]] = {
@@ -348,9 +354,33 @@ def area_places(report: QuakeReport, rule: AreaRule) -> list[Place]:
     return fine or [p for p in report.places if p.kind == "region" and _matches(rule, p)]
 
 
-def decide(report: QuakeReport, rules: Iterable[AreaRule], acted: Mapping[str, str]) -> list[AreaDecision]:
+def issued_epoch(report: QuakeReport) -> float | None:
+    """When the bulletin was issued (epoch seconds), from JMA's ISO 8601 ``ReportDateTime`` or P2PQuake's
+    ``time`` (JST, "YYYY/MM/DD HH:MM:SS[.fff]"); None when the document does not say."""
+    text = (report.issued_at or "").strip()
+    try:
+        if report.source == "p2pquake":
+            moment = datetime.strptime(text.split(".")[0], "%Y/%m/%d %H:%M:%S").replace(tzinfo=_JST)
+        else:
+            moment = datetime.fromisoformat(text)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=_JST)
+    except ValueError:
+        return None
+    return moment.timestamp()
+
+
+def decide(report: QuakeReport, rules: Iterable[AreaRule], acted: Mapping[str, str], *,
+           now: float | None = None) -> list[AreaDecision]:
     """What this document does for each area. ``acted``: area → "start"/"propose" for the areas this
-    quake already acted on (from earlier bulletins); they are never acted on twice."""
+    quake already acted on (from earlier bulletins); they are never acted on twice. ``now``: the
+    service's time; a bulletin issued more than ``STALE_AFTER_S`` before it pages nobody (None: a replay,
+    judged as if read when issued)."""
+    issued = issued_epoch(report)
+    if now is not None and issued is not None and now - issued > STALE_AFTER_S:
+        hours = (now - issued) / 3600
+        return [AreaDecision(None, "stale", f"issued {hours:.1f} h before it was read: a late or replayed bulletin "
+                                            "pages nobody")]
     if report.status != "real":
         what = "訓練 (drill)" if report.status == "drill" else "試験 (test)"
         return [AreaDecision(None, "drill", f"{what} bulletin: never pages anyone")]

@@ -119,9 +119,11 @@ def _previous(conn: psycopg.Connection, document_id: str) -> list[dict[str, Any]
 
 
 def feed(conn: psycopg.Connection, data: bytes, *, clock: Clock, links: safety_service.Links,
-         dry_run: bool = False) -> dict[str, Any]:
-    """Read one bulletin and act on it (or, with ``dry_run``, only say what it would do). Raises
-    ``quake.QuakeDocumentError`` for a document it cannot read (nothing is recorded then)."""
+         dry_run: bool = False, replay: bool = False) -> dict[str, Any]:
+    """Read one bulletin and act on it (or, with ``dry_run``, only say what it would do). A bulletin read
+    hours after it was issued pages nobody, unless ``replay`` (an operator replays an archive on purpose:
+    a drill of the service, the demo). Raises ``quake.QuakeDocumentError`` for a document it cannot read
+    (nothing is recorded then)."""
     report = quake.parse(data)
     result: dict[str, Any] = {"document": report.as_json(), "dry_run": dry_run, "duplicate": False}
     with conn.transaction():
@@ -131,7 +133,8 @@ def feed(conn: psycopg.Connection, data: bytes, *, clock: Clock, links: safety_s
             result["duplicate"] = True
             result["decisions"] = _previous(conn, report.document_id)
             return result
-        decisions = quake.decide(report, area_rules(conn), _acted(conn, report.quake_id))
+        decisions = quake.decide(report, area_rules(conn), _acted(conn, report.quake_id),
+                                 now=None if replay else clock.now())
         if dry_run:
             result["decisions"] = [{**d.as_json(), "check_id": None} for d in decisions]
             return result

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Final
 
 #: Longest time from the first to the second switch of a double toggle (seconds).
@@ -59,7 +60,7 @@ def find_double_toggle(events: Iterable[Ev], *, since: float, switchable: frozen
     best: tuple[float, str] | None = None
     for device, evs in per_device.items():
         evs.sort(key=lambda e: (e.time, e.seq))
-        for a, b in zip(evs, evs[1:]):
+        for a, b in pairwise(evs):
             if a.kind != b.kind and b.time - a.time <= window_s:
                 if best is None or b.time < best[0]:
                     best = (b.time, device)
@@ -82,7 +83,8 @@ def recognise(events: Iterable[Ev], *, since: float, switchable: frozenset[str] 
 
 def upgrades(current_state: str, current_how: str | None, new_state: str) -> bool:
     """Whether a recognised state replaces the stored one: only upwards (no_answer → sign of life →
-    safe), and never over an answer a person gave (link, app, on behalf), e.g. "needs help"."""
+    safe), and never over an answer a person gave (link, app, on behalf), e.g. "needs help".
+    """
     if current_how in ("link", "app", "on_behalf"):
         return False
     return _RANK.get(new_state, -1) > _RANK.get(current_state, 99)
@@ -90,14 +92,16 @@ def upgrades(current_state: str, current_how: str | None, new_state: str) -> boo
 
 def effective_state(state: str, gateways_total: int, gateways_offline: int) -> str:
     """The board's state: a home that has not answered and whose every gateway is offline is
-    'unreachable' (power cut, network), not 'no answer'."""
+    'unreachable' (power cut, network), not 'no answer'.
+    """
     if state == "no_answer" and gateways_total > 0 and gateways_offline == gateways_total:
         return "unreachable"
     return state
 
 
-def risk_key(state: str, lives_alone: bool, last_activity: float | None, name: str) -> tuple:
+def risk_key(state: str, lives_alone: bool, last_activity: float | None, name: str) -> tuple[int, bool, bool, float, str]:
     """Sort key, most at risk first: needs help, no answer, unreachable, sign of life, safe; then
-    living alone; then no activity since the check (oldest activity first); then by name."""
+    living alone; then no activity since the check (oldest activity first); then by name.
+    """
     return (STATES.index(state) if state in STATES else len(STATES), not lives_alone,
             last_activity is not None, last_activity or 0.0, name)

@@ -5,8 +5,9 @@
   here: operator everything; coordinator their area; watcher their teams' households; resident
   their own household);
 - a no-login link answers through ``link_info`` / ``answer_by_link`` (signed, single use);
-- the worker runs ``recognise_new_events`` and the outbox functions ``next_delivery`` /
-  ``record_delivery``.
+- the worker runs ``recognise_new_events`` (``safety.engine``); links live in ``safety.links``, and
+  what the parts share (scope, audit, what a check sends) in ``safety.records``; their names used by
+  callers are re-exported here.
 
 Every function that writes runs in one transaction; times are the caller's clock.
 Team claims and timelines reuse the alert engine: a per-household incident of kind
@@ -17,127 +18,48 @@ claimed and resolved through ``alerts.service``.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import secrets
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import psycopg
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from psycopg.types.json import Jsonb
 
 from alerts import models as alert_models
 from alerts import service as alerts_service
-from alerts.channels import channel_kind_name
-from mimamori import access
 from mimamori.clock import Clock, as_datetime
-from mimamori.db import fetch_dict, fetch_dicts
-from safety import metrics, recognise
+from safety import recognise
+from safety.links import answer_by_link, link_info  # noqa: F401 - re-exported: app/safety/views.py
 from safety.models import (
     ANSWERS,
     BOARD_STATES,
     ON_BEHALF_ANSWERS,
-    BadLink,
     Conflict,
     Forbidden,
     Gone,
     InvalidInput,
     NotFound,
-    render_message,
 )
-
-NOTIFY_CHANNEL = "mimamori_safety"
-MAX_NOTE = 2000
-MAX_HOUSEHOLDS = 20_000
-
-
-_rows = fetch_dicts
-_one = fetch_dict
-
-
-def _epoch(value: datetime | None) -> float | None:
-    return value.timestamp() if value is not None else None
-
-
-def _audit(conn: psycopg.Connection, check_id: int, household_id: str | None, now: float, actor: str | None,
-           action: str, channel: str, data: dict[str, Any] | None = None) -> None:
-    conn.execute("""INSERT INTO safety_audit (check_id, household_id, at, actor, action, channel, data)
-                    VALUES (%s, %s, %s, %s, %s, %s, %s)""",
-                 (check_id, household_id, as_datetime(now), actor, action, channel, Jsonb(data or {})))
-
-
-# =============================================================================================
-# Scope
-# =============================================================================================
-
-
-def _scope(actor: Any, alias: str = "h") -> tuple[str, dict[str, Any]]:
-    """WHERE fragment limiting ``households AS <alias>`` to the actor's (``mimamori.access``)."""
-    return access.household_sql(actor, alias)
-
-
-def _manager(actor: Any) -> None:
-    if actor.role not in ("operator", "coordinator"):
-        raise Forbidden("only a coordinator or an operator starts, closes or exports a safety check")
-
-
-def _check_for(conn: psycopg.Connection, actor: Any, check_id: int) -> dict[str, Any]:
-    """The check, if it holds at least one household the actor may see."""
-    where, params = _scope(actor)
-    row = _one(conn, f"""SELECT c.*, p.display_name AS started_by_name FROM safety_checks c
-                         LEFT JOIN people p ON p.person_id = c.started_by
-                         WHERE c.check_id = %(cid)s AND EXISTS (SELECT 1 FROM safety_answers a
-                           JOIN households h ON h.household_id = a.household_id
-                           WHERE a.check_id = c.check_id AND {where})""", {**params, "cid": check_id})
-    if row is None:
-        raise NotFound(f"safety check {check_id} not found")
-    return row
-
-
-def _answer_for(conn: psycopg.Connection, actor: Any, check_id: int, household_id: str, *,
-                lock: bool = False) -> dict[str, Any]:
-    where, params = _scope(actor)
-    row = _one(conn, f"""SELECT a.*, h.display_name AS household_name, h.area, c.closed_at AS check_closed_at,
-                                c.started_at AS check_started_at
-                         FROM safety_answers a JOIN households h ON h.household_id = a.household_id
-                         JOIN safety_checks c ON c.check_id = a.check_id
-                         WHERE a.check_id = %(cid)s AND a.household_id = %(hid)s AND {where}
-                         {"FOR NO KEY UPDATE OF a" if lock else ""}""",
-               {**params, "cid": check_id, "hid": household_id})
-    if row is None:
-        raise NotFound("household not in this safety check")
-    return row
-
-
-# =============================================================================================
-# Starting a check
-# =============================================================================================
-
-
-class Links:
-    """Makes and reads answer links: ``signer`` is ``mimamori.signing.signer(settings, "safety-answer")``."""
-
-    def __init__(self, signer: URLSafeTimedSerializer, base_url: str, max_age_s: int = 7 * 86400) -> None:
-        self.signer = signer
-        self.base_url = base_url.rstrip("/")
-        self.max_age_s = max_age_s
-
-    def url(self, token: str) -> str:
-        return f"{self.base_url}/safety/a/{token}"
-
-
-def _nonce_hash(nonce: str) -> bytes:
-    return hashlib.sha256(nonce.encode()).digest()
-
-
-def _new_link(conn: psycopg.Connection, links: Links, check_id: int, household_id: str, person_id: str | None,
-              now: float) -> str:
-    nonce = secrets.token_urlsafe(16)
-    conn.execute("""INSERT INTO safety_links (nonce_hash, check_id, household_id, person_id, created_at)
-                    VALUES (%s, %s, %s, %s, %s)""", (_nonce_hash(nonce), check_id, household_id, person_id, as_datetime(now)))
-    return links.signer.dumps({"c": check_id, "h": household_id, "n": nonce})
+from safety.records import (
+    MAX_HOUSEHOLDS,
+    MAX_NOTE,
+    NOTIFY_CHANNEL,
+    SOURCE,
+    Links,
+    _answer_for,
+    _check_for,
+    _enqueue_blinks,
+    _ensure_incident,
+    _epoch,
+    _manager,
+    _one,
+    _rows,
+    _scope,
+    _send_messages,
+    _set_answer,
+    _tell_team_needs_help,
+    audit,
+)
 
 
 def start_check(conn: psycopg.Connection, actor: Any, *, message: str, clock: Clock, links: Links,
@@ -145,7 +67,8 @@ def start_check(conn: psycopg.Connection, actor: Any, *, message: str, clock: Cl
     """Start a safety check of an area (or a list of households) with a message. In the same
     transaction: one answer row per household, a blink for each of its bulbs (and plugs a coordinator allowed), an in-app
     message to every household member and watcher, an outbox row for each of their other channels
-    (residents' messages carry their personal single-use link). Returns the check id."""
+    (residents' messages carry their personal single-use link). Returns the check id.
+    """
     _manager(actor)
     message = (message or "").strip()
     if not message or len(message) > 1000 or "\x00" in message:
@@ -172,13 +95,14 @@ def start_check(conn: psycopg.Connection, actor: Any, *, message: str, clock: Cl
             raise InvalidInput("no households to check")
         row = _one(conn, """INSERT INTO safety_checks (area, message, started_by, started_at) VALUES (%s, %s, %s, %s)
                             RETURNING check_id""", (area, message, actor.person_id, as_datetime(now)))
-        assert row is not None
+        if row is None:  # a row the same transaction just wrote or locked
+            raise RuntimeError("row: expected a row, found none")
         check_id = int(row["check_id"])
         hids = [h["household_id"] for h in homes]
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO safety_answers (check_id, household_id, updated_at) VALUES (%s, %s, %s)",
                             [(check_id, hid, as_datetime(now)) for hid in hids])
-        _audit(conn, check_id, None, now, actor.person_id, "started", "app",
+        audit(conn, check_id, None, now, actor.person_id, "started", "app",
                {"area": area, "households": len(hids), "message": message})
         # People's messages first in the outbox: they are throttled per channel kind, and while their
         # kind waits for a token the worker sends blinks; queued after the blinks, watchers heard of a
@@ -189,81 +113,6 @@ def start_check(conn: psycopg.Connection, actor: Any, *, message: str, clock: Cl
     return check_id
 
 
-def _enqueue_blinks(conn: psycopg.Connection, check_id: int, hids: list[str], now: float, blinks: int) -> None:
-    devices = _rows(conn, """SELECT d.device_id, d.gateway_id, d.household_id FROM devices d
-                             WHERE d.household_id = ANY(%s) AND d.gateway_id IS NOT NULL
-                               AND (d.kind = 'bulb' AND d.blink_allowed IS NOT FALSE OR d.kind = 'plug' AND d.blink_allowed)
-                             ORDER BY d.household_id, d.device_id""", (hids,))
-    with conn.cursor() as cur:
-        cur.executemany(
-            """INSERT INTO safety_deliveries (check_id, recipient, channel, throttle_key, payload, created_at, next_attempt_at)
-               VALUES (%s, %s, 'mqtt', 'mqtt', %s, %s, %s) ON CONFLICT DO NOTHING""",
-            [(check_id, f"device:{d['device_id']}", Jsonb({"gateway_id": d["gateway_id"], "device_id": d["device_id"],
-                                                            "household_id": d["household_id"],
-                                                            "args": {"times": blinks, "reason": "safety_check", "switch_ok": True}}),
-              as_datetime(now), as_datetime(now)) for d in devices])
-
-
-def _send_messages(conn: psycopg.Connection, check_id: int, homes: list[dict[str, Any]], message: str, now: float,
-                   links: Links) -> None:
-    hids = [h["household_id"] for h in homes]
-    names = {h["household_id"]: h["display_name"] for h in homes}
-    residents = _rows(conn, """SELECT person_id, household_id, locale FROM people
-                               WHERE role = 'resident' AND household_id = ANY(%s) ORDER BY person_id""", (hids,))
-    watchers = _rows(conn, """SELECT w.person_id, p.locale, array_agg(w.household_id ORDER BY w.household_id) AS hids
-                              FROM household_watchers w JOIN people p ON p.person_id = w.person_id
-                              WHERE w.household_id = ANY(%s) GROUP BY w.person_id, p.locale ORDER BY w.person_id""", (hids,))
-    people = [r["person_id"] for r in residents] + [r["person_id"] for r in watchers]
-    channels: dict[str, list[dict[str, Any]]] = {}
-    for ch in _rows(conn, """SELECT channel_id, person_id, kind, target FROM person_channels
-                             WHERE person_id = ANY(%s) AND enabled ORDER BY person_id, position, channel_id""", (people,)):
-        channels.setdefault(ch["person_id"], []).append(ch)
-    board = f"{links.base_url}/safety/{check_id}"
-    notes: list[tuple[Any, ...]] = []
-    outbox: list[tuple[Any, ...]] = []
-
-    def deliver(person_id: str, title: str, body: str, data: dict[str, Any]) -> None:
-        notes.append((person_id, title, body, Jsonb(data), as_datetime(now)))
-        for ch in channels.get(person_id, []):
-            key = channel_kind_name(ch["kind"], ch["target"])
-            outbox.append((check_id, person_id, person_id, f"{ch['kind']}:{ch['channel_id']}", ch["channel_id"], key,
-                           Jsonb({"title": title, "body": body, "urgent": True, **data}), as_datetime(now), as_datetime(now)))
-
-    for r in residents:
-        url = links.url(_new_link(conn, links, check_id, r["household_id"], r["person_id"], now))
-        title, body = render_message("resident", r["locale"], message=message, link=url)
-        deliver(r["person_id"], title, body, {"safety_check_id": check_id, "household_id": r["household_id"], "url": url})
-    for w in watchers:
-        title, body = render_message("watcher", w["locale"], message=message, board=board,
-                                     names="、".join(names[h] for h in w["hids"]))
-        deliver(w["person_id"], title, body, {"safety_check_id": check_id, "url": board})
-    with conn.cursor() as cur:
-        cur.executemany("""INSERT INTO notifications (person_id, incident_id, notice, urgent, title, body, data, created_at)
-                           VALUES (%s, NULL, 'safety_check', true, %s, %s, %s, %s)""", notes)
-        cur.executemany("""INSERT INTO safety_deliveries (check_id, recipient, person_id, channel, channel_id, throttle_key,
-                                  payload, created_at, next_attempt_at)
-                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""", outbox)
-    _audit(conn, check_id, None, now, None, "messages_queued", "system",
-           {"in_app": len(notes), "outbox": len(outbox), "residents": len(residents), "watchers": len(watchers)})
-
-
-def issue_link(conn: psycopg.Connection, actor: Any, check_id: int, household_id: str, *, clock: Clock,
-               links: Links) -> str:
-    """A fresh single-use answer link for a household (e.g. printed, or read out on the phone)."""
-    _manager(actor)
-    now = clock.now()
-    with conn.transaction():
-        a = _answer_for(conn, actor, check_id, household_id)
-        if a["check_closed_at"] is not None:
-            raise Gone("the safety check is closed")
-        token = _new_link(conn, links, check_id, household_id, None, now)
-        _audit(conn, check_id, household_id, now, actor.person_id, "link_issued", "app")
-    return links.url(token)
-
-
-# =============================================================================================
-# Reading
-# =============================================================================================
 
 _BOARD_SQL = """
 SELECT a.household_id, h.display_name AS household_name, h.area, a.state, a.how, a.answered_at, a.answered_by,
@@ -304,7 +153,7 @@ def _board_rows(conn: psycopg.Connection, actor: Any, check_id: int) -> list[dic
 
 
 def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
-    counts = {s: 0 for s in BOARD_STATES}
+    counts = dict.fromkeys(BOARD_STATES, 0)
     for r in rows:
         counts[r["board_state"]] += 1
     counts["total"] = len(rows)
@@ -325,10 +174,7 @@ def list_checks(conn: psycopg.Connection, actor: Any, *, limit: int = 50) -> lis
                             WHERE EXISTS (SELECT 1 FROM safety_answers a JOIN households h ON h.household_id = a.household_id
                                           WHERE a.check_id = c.check_id AND {where})
                             ORDER BY c.started_at DESC, c.check_id DESC LIMIT %(lim)s""", {**params, "lim": limit})
-    out = []
-    for c in checks:
-        out.append({**_check_json(c), "counts": _counts(_board_rows(conn, actor, c["check_id"]))})
-    return out
+    return [{**_check_json(c), "counts": _counts(_board_rows(conn, actor, c["check_id"]))} for c in checks]
 
 
 def get_check(conn: psycopg.Connection, actor: Any, check_id: int) -> dict[str, Any]:
@@ -340,7 +186,8 @@ def board(conn: psycopg.Connection, actor: Any, check_id: int, *, state: str | N
           lives_alone: bool | None = None, q: str | None = None, now: float | None = None) -> dict[str, Any]:
     """The live board: the check, counts per state (over the actor's households) and the households
     ordered by risk, filtered by board state / living alone / a name fragment. With ``now`` (the
-    caller's clock), every household shown is logged as viewed (the database's ``log_household_views``)."""
+    caller's clock), every household shown is logged as viewed (the database's ``log_household_views``).
+    """
     c = _check_for(conn, actor, check_id)
     rows = _board_rows(conn, actor, check_id)
     counts = _counts(rows)
@@ -390,96 +237,11 @@ def _incident_timeline(conn: psycopg.Connection, actor: Any, incident_id: int) -
         return []
 
 
-# =============================================================================================
-# Answers
-# =============================================================================================
-
-
-def _set_answer(conn: psycopg.Connection, check_id: int, household_id: str, state: str, how: str, now: float, *,
-                by: str | None = None, note: str | None = None, device_id: str | None = None) -> None:
-    conn.execute("""UPDATE safety_answers SET state = %s, how = %s, answered_at = %s, answered_by = %s, note = %s,
-                           device_id = %s, updated_at = %s WHERE check_id = %s AND household_id = %s""",
-                 (state, how, as_datetime(now), by, note, device_id, as_datetime(now), check_id, household_id))
-
-
-def _read_token(links: Links, token: str) -> tuple[int, str, str]:
-    try:
-        data = links.signer.loads(token, max_age=links.max_age_s)
-    except SignatureExpired:
-        raise Gone("this link has expired") from None
-    except BadSignature:
-        raise BadLink("this link is not valid (it was changed or never issued)") from None
-    if not (isinstance(data, dict) and isinstance(data.get("c"), int) and isinstance(data.get("h"), str)
-            and isinstance(data.get("n"), str)):
-        raise BadLink("this link is not valid")
-    return data["c"], data["h"], data["n"]
-
-
-def link_info(conn: psycopg.Connection, links: Links, token: str) -> dict[str, Any]:
-    """What an answer link is for (the page shows it before the resident presses a button). Does
-    not use the link up."""
-    check_id, household_id, nonce = _read_token(links, token)
-    row = _one(conn, """SELECT l.used_at, l.used_answer, c.message, c.closed_at, h.display_name, p.locale
-                        FROM safety_links l JOIN safety_checks c ON c.check_id = l.check_id
-                        JOIN households h ON h.household_id = l.household_id
-                        LEFT JOIN people p ON p.person_id = l.person_id
-                        WHERE l.nonce_hash = %s AND l.check_id = %s AND l.household_id = %s""",
-               (_nonce_hash(nonce), check_id, household_id))
-    if row is None:
-        raise BadLink("this link is not valid")
-    return {"check_id": check_id, "household_id": household_id, "household_name": row["display_name"],
-            "message": row["message"], "closed": row["closed_at"] is not None, "used": row["used_at"] is not None,
-            "used_answer": row["used_answer"], "locale": row["locale"] or "ja"}
-
-
-def _tell_team_needs_help(conn: psycopg.Connection, check_id: int, household_id: str, now: float, how: str, *,
-                          reason: str = "needs_help", actor: str | None = None) -> int:
-    """"Needs help" from a home: the household's team and the area's coordinators hear it at once (in
-    the app, and on their other channels through the outbox), and the household's safety-check
-    incident opens so one of them can claim it."""
-    a = _one(conn, """SELECT a.*, h.display_name AS household_name, h.area FROM safety_answers a
-                      JOIN households h ON h.household_id = a.household_id
-                      WHERE a.check_id = %s AND a.household_id = %s""", (check_id, household_id))
-    assert a is not None
-    incident_id = _ensure_incident(conn, None, a, now)
-    conn.execute("""INSERT INTO incident_timeline (incident_id, at, actor, action, channel, body)
-                    VALUES (%s, %s, %s, %s, %s, NULL)""", (incident_id, as_datetime(now), actor, f"safety_{reason}", how))
-    team = alerts_service.load_team(conn, household_id, a["area"])
-    people = list(dict.fromkeys([p for p, _tier in team.members] + list(team.coordinators)))
-    if not people:
-        return incident_id
-    locales = {r["person_id"]: r["locale"] for r in _rows(conn, "SELECT person_id, locale FROM people WHERE person_id = ANY(%s)",
-                                                          (people,))}
-    channels = _rows(conn, """SELECT channel_id, person_id, kind, target FROM person_channels
-                              WHERE person_id = ANY(%s) AND enabled ORDER BY person_id, position, channel_id""", (people,))
-    for person_id in people:
-        title, body = render_message(reason, locales.get(person_id, "ja"), name=a["household_name"], message="")
-        data = {"safety_check_id": check_id, "household_id": household_id, "incident_id": incident_id,
-                "url": f"/safety/{check_id}/h/{household_id}"}
-        conn.execute("""INSERT INTO notifications (person_id, incident_id, notice, urgent, title, body, data, created_at)
-                        VALUES (%s, %s, %s, true, %s, %s, %s, %s)""",
-                     (person_id, incident_id, f"safety_{reason}", title, body, Jsonb(data), as_datetime(now)))
-        for ch in (c for c in channels if c["person_id"] == person_id):
-            key = channel_kind_name(ch["kind"], ch["target"])
-            conn.execute("""INSERT INTO safety_deliveries (check_id, recipient, person_id, channel, channel_id, throttle_key,
-                                   payload, created_at, next_attempt_at)
-                            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-                         (check_id, f"{person_id}#{reason}:{household_id}", person_id, f"{ch['kind']}:{ch['channel_id']}",
-                          ch["channel_id"], key, Jsonb({"title": title, "body": body, "urgent": True, **data}), as_datetime(now),
-                          as_datetime(now)))
-    # the alert engine tells everyone notified when one of them claims ("X is going") or resolves
-    conn.execute("UPDATE alert_escalations SET state = %s, updated_at = %s WHERE incident_id = %s",
-                 (Jsonb({"notified": people}), as_datetime(now), incident_id))
-    _audit(conn, check_id, household_id, now, actor, "team_alerted", how,
-           {"people": people, "incident_id": incident_id, "reason": reason})
-    conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(check_id)))
-    return incident_id
-
-
 def escalate(conn: psycopg.Connection, actor: Any, check_id: int, household_id: str, *, clock: Clock,
              channel: str = "app") -> dict[str, Any]:
     """The coordinator asks the household's team to go and see (a home that has not answered): they
-    are told at once on all their channels, and the household's incident is open to claim."""
+    are told at once on all their channels, and the household's incident is open to claim.
+    """
     _manager(actor)
     now = clock.now()
     with conn.transaction():
@@ -491,48 +253,12 @@ def escalate(conn: psycopg.Connection, actor: Any, check_id: int, household_id: 
     return {"check_id": check_id, "household_id": household_id, "incident_id": incident_id}
 
 
-def answer_by_link(conn: psycopg.Connection, links: Links, token: str, answer: str, *, clock: Clock,
-                   check_id: int | None = None, household_id: str | None = None) -> dict[str, Any]:
-    """Record a no-login answer ('safe' / 'needs_help') from a signed link, using the link up in the
-    same transaction. ``check_id`` / ``household_id``: what the page or client says it answers; a
-    link for another check or household is refused. Raises ``BadLink`` (forged/never issued),
-    ``Forbidden`` (another check/household), ``Conflict`` (already used), ``Gone`` (check closed,
-    link expired)."""
-    if answer not in ANSWERS:
-        raise InvalidInput(f"answer is one of {ANSWERS}")
-    t_check, t_household, nonce = _read_token(links, token)
-    if check_id is not None and check_id != t_check:
-        raise Forbidden("this link belongs to another safety check")
-    if household_id is not None and household_id != t_household:
-        raise Forbidden("this link belongs to another household")
-    now = clock.now()
-    with conn.transaction():
-        link = _one(conn, """SELECT l.*, c.closed_at FROM safety_links l JOIN safety_checks c ON c.check_id = l.check_id
-                             WHERE l.nonce_hash = %s FOR UPDATE OF l""", (_nonce_hash(nonce),))
-        if link is None:
-            raise BadLink("this link is not valid")
-        if link["check_id"] != t_check or link["household_id"] != t_household:
-            raise Forbidden("this link belongs to another household or check")
-        if link["used_at"] is not None:
-            raise Conflict("this link has already been used")
-        if link["closed_at"] is not None:
-            raise Gone("the safety check is closed")
-        conn.execute("UPDATE safety_links SET used_at = %s, used_answer = %s WHERE nonce_hash = %s",
-                     (as_datetime(now), answer, _nonce_hash(nonce)))
-        _one(conn, "SELECT 1 FROM safety_answers WHERE check_id = %s AND household_id = %s FOR NO KEY UPDATE",
-             (t_check, t_household))
-        _set_answer(conn, t_check, t_household, answer, "link", now, by=link["person_id"])
-        _audit(conn, t_check, t_household, now, link["person_id"], f"answered_{answer}", "link")
-        if answer == "needs_help":
-            _tell_team_needs_help(conn, t_check, t_household, now, "link")
-    return {"check_id": t_check, "household_id": t_household, "state": answer}
-
-
 def answer_in_app(conn: psycopg.Connection, actor: Any, check_id: int, household_id: str, answer: str, *,
                   clock: Clock, note: str | None = None, channel: str = "app") -> dict[str, Any]:
     """A resident answers for their own household ('app'), or a team member / coordinator answers
     on its behalf after a visit or call ('on_behalf', with a note). Resolves the household's
-    safety-check incident, if one was opened, with the matching outcome."""
+    safety-check incident, if one was opened, with the matching outcome.
+    """
     note = (note or "").strip() or None
     if note is not None and (len(note) > MAX_NOTE or "\x00" in note):
         raise InvalidInput("note too long")
@@ -546,7 +272,7 @@ def answer_in_app(conn: psycopg.Connection, actor: Any, check_id: int, household
             raise Gone("the safety check is closed")
         how = "app" if own else "on_behalf"
         _set_answer(conn, check_id, household_id, answer, how, now, by=actor.person_id, note=note)
-        _audit(conn, check_id, household_id, now, actor.person_id, f"answered_{answer}", channel,
+        audit(conn, check_id, household_id, now, actor.person_id, f"answered_{answer}", channel,
                {"how": how, "note": note} if note else {"how": how})
         if own and answer == "needs_help":
             _tell_team_needs_help(conn, check_id, household_id, now, "app")
@@ -556,42 +282,6 @@ def answer_in_app(conn: psycopg.Connection, actor: Any, check_id: int, household
                 alerts_service.resolve(conn, actor, a["incident_id"], "fine" if answer == "safe" else "needed_help",
                                        note or "", clock=clock, channel=channel)
     return {"check_id": check_id, "household_id": household_id, "state": answer, "how": how}
-
-
-# =============================================================================================
-# Team work: claim ("I'll go") through the alert engine
-# =============================================================================================
-
-
-def _ensure_incident(conn: psycopg.Connection, actor: Any, a: dict[str, Any], now: float) -> int:
-    """The household's safety-check incident for this check (opened once). It is given a paused,
-    empty escalation in the same transaction, so alert workers never adopt it and run the
-    household's normal chain; the claim and the timeline are the alert engine's."""
-    if a["incident_id"] is not None:
-        inc = _one(conn, "SELECT status FROM incidents WHERE incident_id = %s", (a["incident_id"],))
-        if inc and inc["status"] in ("open", "claimed"):
-            return int(a["incident_id"])
-    existing = _one(conn, """SELECT incident_id FROM incidents WHERE household_id = %s AND kind = 'safety_check'
-                             AND status IN ('open', 'claimed')""", (a["household_id"],))
-    if existing is not None:  # an earlier check's, still open: close it first
-        conn.execute("""UPDATE incidents SET status = 'cancelled', closed_at = %s, updated_at = %s, outcome = 'auto_closed'
-                        WHERE incident_id = %s""", (as_datetime(now), as_datetime(now), existing["incident_id"]))
-    row = _one(conn, """INSERT INTO incidents (household_id, kind, opened_at, updated_at, rule, evidence)
-                        VALUES (%s, 'safety_check', %s, %s, 'safety_check', %s) RETURNING incident_id""",
-               (a["household_id"], as_datetime(now), as_datetime(now), Jsonb({"safety_check_id": a["check_id"]})))
-    assert row is not None
-    incident_id = int(row["incident_id"])
-    conn.execute("""INSERT INTO alert_escalations (incident_id, household_id, chain, chain_source, state, status,
-                           next_step_at, started_at, updated_at, worker_id)
-                    VALUES (%s, %s, '[]', 'technical', '{}', 'paused', NULL, %s, %s, 'safety')""",
-                 (incident_id, a["household_id"], as_datetime(now), as_datetime(now)))
-    conn.execute("""INSERT INTO incident_timeline (incident_id, at, actor, action, channel, body, data)
-                    VALUES (%s, %s, %s, 'safety_check_opened', 'system', NULL, %s)""",
-                 (incident_id, as_datetime(now), actor.person_id if actor is not None else None,
-                  Jsonb({"safety_check_id": a["check_id"]})))
-    conn.execute("UPDATE safety_answers SET incident_id = %s, updated_at = %s WHERE check_id = %s AND household_id = %s",
-                 (incident_id, as_datetime(now), a["check_id"], a["household_id"]))
-    return incident_id
 
 
 def claim(conn: psycopg.Connection, actor: Any, check_id: int, household_id: str, *, clock: Clock,
@@ -611,7 +301,7 @@ def claim(conn: psycopg.Connection, actor: Any, check_id: int, household_id: str
             raise Conflict(str(exc)) from None
         except alert_models.NotFound:
             raise NotFound("household not in this safety check") from None
-        _audit(conn, check_id, household_id, now, actor.person_id, "claimed", channel, {"incident_id": incident_id})
+        audit(conn, check_id, household_id, now, actor.person_id, "claimed", channel, {"incident_id": incident_id})
     return {"check_id": check_id, "household_id": household_id, "incident_id": incident_id, "claimed_by": actor.person_id}
 
 
@@ -629,14 +319,12 @@ def comment(conn: psycopg.Connection, actor: Any, check_id: int, household_id: s
             raise InvalidInput(str(exc)) from None
 
 
-# =============================================================================================
-# Closing and exporting
-# =============================================================================================
 
 
 def close_check(conn: psycopg.Connection, actor: Any, check_id: int, *, clock: Clock) -> dict[str, Any]:
     """Close a check: links stop working, pending messages and blinks are dropped, and safety-check
-    incidents still open are closed (their timelines stay). Returns the final counts."""
+    incidents still open are closed (their timelines stay). Returns the final counts.
+    """
     _manager(actor)
     now = clock.now()
     with conn.transaction():
@@ -647,8 +335,8 @@ def close_check(conn: psycopg.Connection, actor: Any, check_id: int, *, clock: C
             raise Forbidden("outside your area")
         conn.execute("UPDATE safety_checks SET closed_at = %s, closed_by = %s WHERE check_id = %s",
                      (as_datetime(now), actor.person_id, check_id))
-        conn.execute("""UPDATE safety_deliveries SET status = 'skipped', last_error = 'check closed'
-                        WHERE check_id = %s AND status = 'pending'""", (check_id,))
+        conn.execute("""UPDATE outbox SET status = 'skipped', last_error = 'check closed'
+                        WHERE source = %s AND check_id = %s AND status = 'pending'""", (SOURCE, check_id))
         for r in _rows(conn, """SELECT a.incident_id FROM safety_answers a JOIN incidents i ON i.incident_id = a.incident_id
                                 WHERE a.check_id = %s AND i.status IN ('open', 'claimed')""", (check_id,)):
             conn.execute("""UPDATE incidents SET status = 'resolved', closed_at = %s, closed_by = %s, updated_at = %s,
@@ -658,7 +346,7 @@ def close_check(conn: psycopg.Connection, actor: Any, check_id: int, *, clock: C
                             VALUES (%s, %s, %s, 'safety_check_closed', 'app', NULL)""",
                          (r["incident_id"], as_datetime(now), actor.person_id))
         counts = _counts(_board_rows(conn, actor, check_id))
-        _audit(conn, check_id, None, now, actor.person_id, "closed", "app", {"counts": counts})
+        audit(conn, check_id, None, now, actor.person_id, "closed", "app", {"counts": counts})
     return {"check_id": check_id, "counts": counts}
 
 
@@ -681,7 +369,7 @@ def export_csv(conn: psycopg.Connection, actor: Any, check_id: int, *, clock: Cl
     for r in rows:
         writer.writerow([_csv_cell(r[k]) for k in CSV_COLUMNS])
     with conn.transaction():
-        _audit(conn, check_id, None, clock.now(), actor.person_id, "exported_csv", "app", {"rows": len(rows)})
+        audit(conn, check_id, None, clock.now(), actor.person_id, "exported_csv", "app", {"rows": len(rows)})
     return out.getvalue()
 
 
@@ -704,131 +392,3 @@ def set_lives_alone(conn: psycopg.Connection, actor: Any, household_id: str, liv
         conn.execute("""INSERT INTO safety_household_profiles (household_id, lives_alone, updated_at) VALUES (%s, %s, %s)
                         ON CONFLICT (household_id) DO UPDATE SET lives_alone = EXCLUDED.lives_alone,
                         updated_at = EXCLUDED.updated_at""", (household_id, lives_alone, as_datetime(clock.now())))
-
-
-# =============================================================================================
-# The worker's side: recognising answers in new events
-# =============================================================================================
-
-
-def open_households(conn: psycopg.Connection) -> dict[str, list[tuple[int, float]]]:
-    """household -> [(check_id, started_at)] of open checks."""
-    out: dict[str, list[tuple[int, float]]] = {}
-    for r in _rows(conn, """SELECT a.household_id, c.check_id, c.started_at FROM safety_answers a
-                            JOIN safety_checks c ON c.check_id = a.check_id WHERE c.closed_at IS NULL"""):
-        out.setdefault(r["household_id"], []).append((int(r["check_id"]), r["started_at"].timestamp()))
-    return out
-
-
-def recognise_new_events(conn: psycopg.Connection, clock: Clock, cursor: float | None, *, lookback_s: float = 5.0,
-                         window_s: float = recognise.DOUBLE_TOGGLE_WINDOW_S) -> tuple[float | None, int]:
-    """Look at events received since ``cursor`` (minus ``lookback_s``, for batches that committed
-    late) for households in open checks; re-judge those households from all their events since
-    their check started (``recognise.recognise``) and record upgrades (no answer → sign of life →
-    safe by double toggle). Returns (new cursor, households whose answer changed)."""
-    metrics.PASSES.inc()
-    if cursor is None:  # first pass: everything of open checks
-        since_received = None
-    else:
-        since_received = cursor - lookback_s
-    open_hh = _rows(conn, """SELECT a.check_id, a.household_id, a.state, a.how, a.last_activity_at, c.started_at
-                             FROM safety_answers a JOIN safety_checks c ON c.check_id = a.check_id
-                             WHERE c.closed_at IS NULL""")
-    if not open_hh:  # nothing to follow: the next check starts from its own start time
-        return None, 0
-    hids = sorted({r["household_id"] for r in open_hh})
-    earliest = min(r["started_at"] for r in open_hh)
-    touched = _rows(conn, """SELECT household_id, max(received_at) AS m FROM events
-                             WHERE household_id = ANY(%s) AND time >= %s AND kind IN ('on','off','motion','open','close')
-                             AND (%s::timestamptz IS NULL OR received_at > %s::timestamptz)
-                             GROUP BY household_id""",
-                    (hids, earliest, as_datetime(since_received) if since_received is not None else None,
-                     as_datetime(since_received) if since_received is not None else None))
-    newest = max((r["m"] for r in touched), default=None)
-    new_cursor = max(filter(None, [cursor, _epoch(newest)]), default=None)
-    if not touched:
-        return new_cursor, 0
-    touched_ids = [r["household_id"] for r in touched]
-    received = {r["household_id"]: _epoch(r["m"]) for r in touched}
-    events: dict[str, list[recognise.Ev]] = {}
-    for r in _rows(conn, """SELECT e.household_id, extract(epoch FROM e.time)::float8 AS t, e.device_id, e.kind, e.seq
-                            FROM events e WHERE e.household_id = ANY(%s) AND e.time >= %s
-                            AND e.kind IN ('on','off','motion','open','close')""", (touched_ids, earliest)):
-        events.setdefault(r["household_id"], []).append(recognise.Ev(r["t"], r["device_id"], r["kind"], int(r["seq"])))
-    switchable: dict[str, set[str]] = {}
-    for r in _rows(conn, "SELECT household_id, device_id FROM devices WHERE household_id = ANY(%s) AND kind IN ('bulb','plug')",
-                   (touched_ids,)):
-        switchable.setdefault(r["household_id"], set()).add(r["device_id"])
-    changed = 0
-    # stamped once the events are read (the pass began before): the answer is known from now on
-    now = clock.now()
-    with conn.transaction():
-        for a in open_hh:
-            hid = a["household_id"]
-            if hid not in events:
-                continue
-            # devices never paired with a kind are taken as switchable when they sent on/off
-            verdict = recognise.recognise(events[hid], since=a["started_at"].timestamp(),
-                                          switchable=switchable.get(hid) or None, window_s=window_s)
-            if verdict.last_activity is not None and (a["last_activity_at"] is None
-                                                      or verdict.last_activity > a["last_activity_at"].timestamp()):
-                conn.execute("""UPDATE safety_answers SET last_activity_at = %s, updated_at = %s
-                                WHERE check_id = %s AND household_id = %s""",
-                             (as_datetime(verdict.last_activity), as_datetime(now), a["check_id"], hid))
-            if not recognise.upgrades(a["state"], a["how"], verdict.state):
-                continue
-            how = "double_toggle" if verdict.state == "safe" else "activity"
-            cur = conn.execute("""UPDATE safety_answers SET state = %s, how = %s, answered_at = %s, device_id = %s,
-                                         updated_at = %s
-                                  WHERE check_id = %s AND household_id = %s AND state = %s
-                                  AND (how IS NULL OR how IN ('activity', 'double_toggle'))""",
-                               (verdict.state, how, as_datetime(verdict.at or now), verdict.device_id, as_datetime(now),
-                                a["check_id"], hid, a["state"]))
-            if cur.rowcount:
-                changed += 1
-                metrics.ANSWERS_RECOGNISED.labels(verdict.state).inc()
-                if received.get(hid) is not None:
-                    metrics.RECOGNITION_LATENCY.observe(max(0.0, now - received[hid]))
-                _audit(conn, a["check_id"], hid, now, None, f"recognised_{verdict.state}", "mqtt",
-                       {"how": how, "device_id": verdict.device_id, "at": verdict.at, "recognised_at": now})
-    return new_cursor, changed
-
-
-# --- the outbox ---------------------------------------------------------------------------------
-
-_NEXT_SQL = """
-SELECT d.*, c.target, c.kind AS channel_kind, c.enabled AS channel_enabled
-FROM safety_deliveries d
-LEFT JOIN person_channels c ON c.channel_id = d.channel_id
-WHERE d.status = 'pending' AND d.next_attempt_at <= %s AND NOT (d.throttle_key = ANY(%s))
-ORDER BY d.next_attempt_at, d.delivery_id
-LIMIT 1 FOR UPDATE OF d SKIP LOCKED"""
-
-
-def next_delivery(conn: psycopg.Connection, now: float, blocked_keys: Sequence[str] = ()) -> dict[str, Any] | None:
-    """Lock the next due outbox row whose channel kind is not throttled right now."""
-    return _one(conn, _NEXT_SQL, (as_datetime(now), list(blocked_keys)))
-
-
-RETRY_DELAYS_S = (5.0, 30.0, 120.0, 600.0)
-
-
-def record_delivery(conn: psycopg.Connection, row: dict[str, Any], *, ok: bool, error: str | None, now: float,
-                    permanent: bool = False) -> None:
-    attempts = int(row["attempts"]) + 1
-    if ok:
-        conn.execute("""UPDATE safety_deliveries SET status = 'sent', attempts = %s, sent_at = %s, last_error = NULL
-                        WHERE delivery_id = %s""", (attempts, as_datetime(now), row["delivery_id"]))
-        if row["channel"] == "mqtt":
-            _audit(conn, row["check_id"], row["payload"].get("household_id"), now, None, "blinked", "mqtt",
-                   {"device_id": row["payload"].get("device_id")})
-        return
-    if not permanent and attempts <= len(RETRY_DELAYS_S):
-        conn.execute("""UPDATE safety_deliveries SET attempts = %s, next_attempt_at = %s, last_error = %s
-                        WHERE delivery_id = %s""",
-                     (attempts, as_datetime(now + RETRY_DELAYS_S[attempts - 1]), error, row["delivery_id"]))
-        return
-    conn.execute("UPDATE safety_deliveries SET status = 'failed', attempts = %s, last_error = %s WHERE delivery_id = %s",
-                 (attempts, error, row["delivery_id"]))
-    _audit(conn, row["check_id"], row["payload"].get("household_id"), now, None, "delivery_failed", row["throttle_key"],
-           {"recipient": row["recipient"], "error": error})

@@ -27,7 +27,8 @@ from pydantic import BaseModel, Field
 from mimamori.clock import Clock
 from mimamori.errors import NotAuthenticated
 from mimamori.signing import signer
-from safety import service
+from safety import links as answer_links
+from safety import records, service
 from safety.models import SafetySettings
 
 
@@ -50,16 +51,16 @@ def safety_clock(request: Request) -> Clock:
     return request.app.state.clock  # type: ignore[no-any-return]
 
 
-def safety_links(request: Request) -> service.Links:
+def safety_links(request: Request) -> records.Links:
     settings = request.app.state.settings
     base = settings.public_url or str(request.base_url)
-    return service.Links(signer(settings, "safety-answer"), base, SafetySettings().link_max_age_s)
+    return records.Links(signer(settings, "safety-answer"), base, SafetySettings().link_max_age_s)
 
 
 Actor = Annotated[Any, Depends(current_person)]
 Conn = Annotated[psycopg.Connection, Depends(safety_connection)]
 ClockDep = Annotated[Clock, Depends(safety_clock)]
-LinksDep = Annotated[service.Links, Depends(safety_links)]
+LinksDep = Annotated[records.Links, Depends(safety_links)]
 CheckId = Annotated[int, FPath(ge=1, le=2**62)]
 HouseholdId = Annotated[str, FPath(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 NO_NUL = r"^[^\x00]*$"
@@ -70,16 +71,16 @@ class StartIn(BaseModel):
     message: str = Field(min_length=1, max_length=1000, pattern=NO_NUL)
     area: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")
     household_ids: list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]] | None = \
-        Field(default=None, max_length=service.MAX_HOUSEHOLDS)
+        Field(default=None, max_length=records.MAX_HOUSEHOLDS)
 
 
 class OnBehalfIn(BaseModel):
     answer: Literal["safe", "needs_help", "sign_of_life"]
-    note: str | None = Field(default=None, max_length=service.MAX_NOTE, pattern=NO_NUL)
+    note: str | None = Field(default=None, max_length=records.MAX_NOTE, pattern=NO_NUL)
 
 
 class CommentIn(BaseModel):
-    text: str = Field(min_length=1, max_length=service.MAX_NOTE, pattern=NO_NUL)
+    text: str = Field(min_length=1, max_length=records.MAX_NOTE, pattern=NO_NUL)
 
 
 class LinkAnswerIn(BaseModel):
@@ -163,7 +164,7 @@ def comment(check_id: CheckId, household_id: HouseholdId, body: CommentIn, actor
 def new_link(check_id: CheckId, household_id: HouseholdId, actor: Actor, conn: Conn, clock: ClockDep,
              links: LinksDep) -> dict[str, str]:
     """A fresh single-use answer link for the household (to print, or send by hand)."""
-    return {"url": service.issue_link(conn, actor, check_id, household_id, clock=clock, links=links)}
+    return {"url": answer_links.issue_link(conn, actor, check_id, household_id, clock=clock, links=links)}
 
 
 @safety_api.post("/checks/{check_id}/close", responses=ERRORS)
@@ -187,5 +188,5 @@ def lives_alone(household_id: HouseholdId, body: LivesAloneIn, actor: Actor, con
 @answer_api.post("", responses=ERRORS)
 def answer_by_link(body: LinkAnswerIn, conn: Conn, clock: ClockDep, links: LinksDep) -> dict[str, Any]:
     """No login: a resident's answer through their signed single-use link."""
-    return service.answer_by_link(conn, links, body.token, body.answer, clock=clock, check_id=body.check_id,
+    return answer_links.answer_by_link(conn, links, body.token, body.answer, clock=clock, check_id=body.check_id,
                                   household_id=body.household_id)

@@ -3,8 +3,8 @@
 - Recognition: about every ``poll_s`` (0.5 s), events received since the last look (with a
   short look-back for batches that committed late) of households in open checks are judged by
   ``safety.recognise`` (double toggle = safe; other activity = sign of life).
-- Delivery: a thread sends blinks and messages from ``safety_deliveries``, throttled per channel
-  kind (``MIMAMORI_SAFETY_RATES``); woken by NOTIFY ``mimamori_safety`` when a check starts.
+- Delivery: a side task sends the check's rows of the one outbox (blinks and messages), throttled
+  per channel kind (``MIMAMORI_SAFETY_RATES``); woken by NOTIFY ``mimamori_safety`` when a check starts.
 
 Nothing is kept in process memory but the event cursor (a restart re-judges everything of the
 open checks once) and the throttle's tokens. Run with ``mimamori safety`` or inside ``mimamori serve``.
@@ -21,79 +21,74 @@ import time
 import psycopg
 
 from alerts.channels import AlertSettings, AppriseSender, MqttBlinkSender, WebPushSender
+from mimamori import outbox
 from mimamori.clock import Clock
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
 from mimamori.observability import register_readiness, unregister_readiness
-from safety import flows, service
+from mimamori.signing import secret_key
+from mimamori.worker import Worker
+from safety import engine, flows, records
 from safety.models import SafetySettings
-from safety.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
 
-def _delivery_loop(database_url: str, clock: Clock, senders: flows.Senders, throttle: Throttle, keys: list[str],
-                   wake: threading.Event, stop: threading.Event, poll_s: float) -> None:
-    conn: psycopg.Connection | None = None
-    while not stop.is_set():
-        try:
-            if conn is None or conn.closed:
-                conn = psycopg.connect(database_url, autocommit=True)
-            while not stop.is_set() and flows.deliver_one(conn, clock, senders, throttle, keys):
-                pass
-        except psycopg.OperationalError:
-            log.exception("safety delivery: database error; reconnecting")
-            conn = None
-            stop.wait(1.0)
-            continue
-        except Exception:
-            log.exception("safety delivery: unexpected error; retrying in a second")
-            stop.wait(1.0)
-            continue
-        # throttled kinds become free within 1/rate s: look again soon
-        if wake.wait(min(poll_s, 0.05 if throttle.blocked(keys, clock.now()) else poll_s)):
-            wake.clear()
-    if conn is not None:
-        conn.close()
-
-
 def run_safety_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl | None, clock: Clock,
                       stop: threading.Event, safety_settings: SafetySettings | None = None) -> None:
-    """Run until ``stop`` is set. ``mqtt_url`` None: blinks cannot be sent (recorded as failed)."""
+    """Run until ``stop`` is set, on the one worker runtime (``mimamori.worker``): recognition as the main
+    task, the outbox sender (the check's rows, throttled per channel kind) as a side task. ``mqtt_url``
+    None: blinks cannot be sent (recorded as failed).
+    """
     cfg = safety_settings or SafetySettings()
     alert_cfg = AlertSettings()
     factory = None
+    worker_id = f"safety-{socket.gethostname()}-{os.getpid()}-{id(stop):x}"
     if mqtt_url is not None:
-        client_id = f"mimamori-safety-{socket.gethostname()}-{os.getpid()}-{id(stop):x}"
 
         def factory() -> MqttBlinkSender:
-            return MqttBlinkSender(mqtt_url, client_id, protocol_preference=settings.mqtt_protocol)
+            return MqttBlinkSender(mqtt_url, f"mimamori-{worker_id}", protocol_preference=settings.mqtt_protocol)
 
     senders = flows.Senders(AppriseSender(), WebPushSender(alert_cfg.vapid_private_key, alert_cfg.vapid_subject,
                                                            alert_cfg.send_timeout_s), None, smtp_url=alert_cfg.smtp_url,
-                            mqtt_factory=factory)
-    throttle = Throttle(dict(cfg.rates))
+                            mqtt_factory=factory, sealer=outbox.LinkSealer(secret_key(settings)))
+    throttle = outbox.Throttle(dict(cfg.rates))
     keys = sorted(set(cfg.rates) | {"mqtt", "email", "webpush"})
     wake = threading.Event()
-    deliver = threading.Thread(target=_delivery_loop, name="safety-deliver",
-                               args=(database_url, clock, senders, throttle, keys, wake, stop, cfg.poll_s), daemon=True)
-    deliver.start()
+
+    def deliver(conn: psycopg.Connection, recover: bool) -> bool:
+        return flows.deliver_one(conn, clock, senders, throttle, keys, worker_id, recover=recover)
+
+    def idle_s() -> float:  # throttled kinds become free within 1/rate s: look again soon
+        return 0.05 if throttle.blocked(keys, clock.now()) else cfg.poll_s
+
+    last_pass = [0.0]  # monotonic time of the last completed recognition pass
+    register_readiness("safety", lambda: time.monotonic() - last_pass[0] < max(10.0, 10 * cfg.poll_s))
+    worker = Worker("safety", main=lambda halt: _recognition_loop(database_url, clock, cfg, wake, halt, last_pass),
+                    side_tasks={"deliver": outbox.delivery_task(database_url, deliver, wake=wake, poll_s=cfg.poll_s,
+                                                                idle_s=idle_s, application_name=f"mimamori {worker_id} deliver")},
+                    outer_stop=stop, cleanup=[wake.set, senders.close, lambda: unregister_readiness("safety")])
+    worker.run()
+
+
+def _recognition_loop(database_url: str, clock: Clock, cfg: SafetySettings, wake: threading.Event, stop: threading.Event,
+                      last_pass: list[float]) -> None:
+    """The main task: judge new events of households in open checks; a NOTIFY (a check started, a
+    household needs help) wakes the sender.
+    """
     listen: psycopg.Connection | None = None
     conn: psycopg.Connection | None = None
     cursor: float | None = None
-    last_pass = [0.0]  # monotonic time of the last completed recognition pass
-    register_readiness("safety", lambda: time.monotonic() - last_pass[0] < max(10.0, 10 * cfg.poll_s))
-    log.info("safety worker started")
     try:
         while not stop.is_set():
             try:
                 if listen is None or listen.closed:
                     listen = psycopg.connect(database_url, autocommit=True)
-                    listen.execute(f"LISTEN {service.NOTIFY_CHANNEL}")
+                    listen.execute(f"LISTEN {records.NOTIFY_CHANNEL}")
                 if conn is None or conn.closed:
                     conn = psycopg.connect(database_url, autocommit=True)
                     cursor = None
-                cursor, _changed = service.recognise_new_events(conn, clock, cursor, lookback_s=cfg.lookback_s,
+                cursor, _changed = engine.recognise_new_events(conn, clock, cursor, lookback_s=cfg.lookback_s,
                                                                 window_s=cfg.double_toggle_window_s)
                 last_pass[0] = time.monotonic()
                 for _note in listen.notifies(timeout=cfg.poll_s, stop_after=1):
@@ -109,12 +104,6 @@ def run_safety_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUr
                 log.exception("safety worker: unexpected error; retrying in a second")
                 stop.wait(1.0)
     finally:
-        unregister_readiness("safety")
-        wake.set()
-        deliver.join(timeout=15)
         for c in (listen, conn):
             if c is not None:
                 c.close()
-        if senders.mqtt is not None:
-            senders.mqtt.close()
-        log.info("safety worker stopped")

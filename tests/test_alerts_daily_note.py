@@ -134,3 +134,38 @@ def test_three_homes_read_from_the_database(conn) -> None:
     assert notes["h-usual"].text == "佐藤さん: いつも通りです（朝7時10分から動きがあります）"
     assert notes["h-quiet"].text == "鈴木さん: いつもより静かです（昼11時10分から動きがあります）"
     assert notes["h-alert"].kind == "being_checked"
+
+
+# -- who gets it, when --------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_opt_in_at_the_home_hour_once_a_day_and_only_on_the_team(conn) -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from alerts import daily_notes
+    from alerts.models import Forbidden
+
+    tokyo = ZoneInfo("Asia/Tokyo")
+    conn.execute("INSERT INTO households (household_id, display_name) VALUES ('h1', '佐藤')")
+    conn.execute("INSERT INTO people (person_id, display_name, role) VALUES ('daughter', '娘', 'watcher'),"
+                 " ('stranger', '他人', 'watcher')")
+    conn.execute("INSERT INTO household_watchers (household_id, person_id, tier) VALUES ('h1', 'daughter', 1)")
+    monday_7 = datetime(2026, 7, 20, 7, 0, tzinfo=tokyo).timestamp()  # a Monday
+    with pytest.raises(Forbidden):
+        daily_notes.subscribe(conn, "stranger", "h1", local_hour=8, weekly_isodow=None, channel_id=None, now=monday_7)
+    daily_notes.subscribe(conn, "daughter", "h1", local_hour=8, weekly_isodow=1, channel_id=None, now=monday_7)
+    consent = conn.execute("SELECT consented_at FROM daily_note_subscriptions").fetchone()[0]
+    assert consent == datetime.fromtimestamp(monday_7, UTC)
+
+    assert daily_notes.due(conn, monday_7) == []  # 7:00 in Tokyo: before the chosen hour
+    [note] = daily_notes.due(conn, monday_7 + 3600)
+    assert (note.person_id, note.household_id, note.weekly, str(note.local_date)) == ("daughter", "h1", True, "2026-07-20")
+    assert daily_notes.mark_sent(conn, note) and not daily_notes.mark_sent(conn, note)  # a second worker loses
+    assert daily_notes.due(conn, monday_7 + 5 * 3600) == []  # once a day
+    [tuesday] = daily_notes.due(conn, monday_7 + 25 * 3600)
+    assert not tuesday.weekly
+
+    conn.execute("DELETE FROM household_watchers WHERE person_id = 'daughter'")  # left the team
+    assert daily_notes.due(conn, monday_7 + 49 * 3600) == []

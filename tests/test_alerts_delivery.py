@@ -1,22 +1,23 @@
 """The send protocol on a real PostgreSQL and a real SMTP server: an attempt is committed before the
 network call, a live sender's in-doubt row is never taken over, a dead sender's is re-sent with the
-same Message-ID, and a stale attempt cannot record an outcome."""
+same Message-ID, and a stale attempt cannot record an outcome.
+"""
 
 from __future__ import annotations
-
 
 import psycopg
 import pytest
 from alerts_fixtures import SmtpSink, open_incident, seed_town, smtp, wait_for  # noqa: F401 - smtp is a fixture
 
-from alerts import flows, service
+from alerts import engine, flows
 from alerts.channels import AppriseSender
+from mimamori import outbox
 from mimamori.clock import ManualClock
 
 pytestmark = pytest.mark.integration
 
 
-def test_apprise_email_carries_the_pinned_message_id(smtp: SmtpSink) -> None:
+def test_apprise_email_carries_the_pinned_message_id(smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
     sender = AppriseSender()
     assert sender.send(smtp.url("a@example.org"), "件名", "本文", message_id="<alert.1.2.3@mimamori.test>").ok
     assert sender.send(smtp.url("a@example.org"), "件名", "本文", message_id="<alert.1.2.3@mimamori.test>").ok
@@ -29,34 +30,34 @@ def test_apprise_email_carries_the_pinned_message_id(smtp: SmtpSink) -> None:
 
 
 def test_in_doubt_row_is_taken_over_only_when_its_sender_is_gone(pg_url: str, conn: psycopg.Connection,
-                                                                  smtp: SmtpSink) -> None:
+                                                                  smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
     clock = ManualClock()
     town = seed_town(conn, smtp, tier1=1, tier2=0)  # nothing is sent here: the test plays the sender
     conn.execute("DELETE FROM person_channels WHERE person_id <> %s", (town.tier1[0],))
     iid = open_incident(conn, town.household_id, clock.now())
-    service.adopt_new(conn, clock, "t")
+    engine.adopt_new(conn, clock, "t")
     assert conn.execute("SELECT count(*) FROM alert_deliveries WHERE status = 'pending'").fetchone() == (1,)
     first = psycopg.connect(pg_url, autocommit=True)
     other = psycopg.connect(pg_url, autocommit=True)
     try:
-        row = service.begin_delivery(first, clock.now(), "w1", message_id=flows.message_id)
+        row = outbox.claim(first, flows.SOURCES, clock.now(), "w1", message_id=flows.message_id)
         assert row is not None and not row["resend"] and row["message_id"].startswith(f"<alert.{iid}.{row['delivery_id']}.")
         # committed before any network call: everyone sees the attempt
         state = conn.execute("SELECT status, attempt_id, sending_by FROM alert_deliveries WHERE delivery_id = %s",
                              (row["delivery_id"],)).fetchone()
         assert state == ("sending", row["attempt_id"], "w1")
         # the sender is alive (holds the advisory lock): another worker leaves its row alone
-        assert service.begin_delivery(other, clock.now(), "w2", message_id=flows.message_id) is None
+        assert outbox.claim(other, flows.SOURCES, clock.now(), "w2", message_id=flows.message_id) is None
         # the sender dies (its connection goes, and the lock with it)
         first.close()
-        taken = wait_for(lambda: service.begin_delivery(other, clock.now(), "w2", message_id=flows.message_id),
+        taken = wait_for(lambda: outbox.claim(other, flows.SOURCES, clock.now(), "w2", message_id=flows.message_id),
                          what="the in-doubt row taken over")
         assert taken["delivery_id"] == row["delivery_id"] and taken["resend"] is True
         assert taken["message_id"] == row["message_id"] and taken["attempt_id"] != row["attempt_id"]
         # the dead sender's attempt can no longer record anything; the current one can
-        assert not service.finish_delivery(other, row, ok=True, error=None, now=clock.now(), channel_name="email")
-        assert service.finish_delivery(other, taken, ok=True, error=None, now=clock.now(), channel_name="email")
-        service.release_delivery(other, taken)
+        assert outbox.finish(other, flows.SOURCES, row, ok=True, error=None, now=clock.now()) is None
+        assert outbox.finish(other, flows.SOURCES, taken, ok=True, error=None, now=clock.now()) == "sent"
+        outbox.release(other, taken)
         final = conn.execute("SELECT status, resends, attempts FROM alert_deliveries WHERE delivery_id = %s",
                              (row["delivery_id"],)).fetchone()
         assert final == ("sent", 1, 1)
@@ -64,7 +65,7 @@ def test_in_doubt_row_is_taken_over_only_when_its_sender_is_gone(pg_url: str, co
                                             (iid,))]
         assert trail[-2:] == ["resend_in_doubt", "delivered"]
         # nothing left, and no advisory lock left behind
-        assert service.begin_delivery(other, clock.now(), "w2") is None
+        assert outbox.claim(other, flows.SOURCES, clock.now(), "w2") is None
         assert other.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
                              ).fetchone() == (0,)
     finally:
@@ -72,14 +73,14 @@ def test_in_doubt_row_is_taken_over_only_when_its_sender_is_gone(pg_url: str, co
         other.close()
 
 
-def test_alert_for_a_claimed_incident_is_skipped_not_sent(pg_url: str, conn: psycopg.Connection, smtp: SmtpSink) -> None:
+def test_alert_for_a_claimed_incident_is_skipped_not_sent(pg_url: str, conn: psycopg.Connection, smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
     clock = ManualClock()
     town = seed_town(conn, smtp, tier1=1, tier2=0)
     iid = open_incident(conn, town.household_id, clock.now())
-    service.adopt_new(conn, clock, "t")
+    engine.adopt_new(conn, clock, "t")
     conn.execute("UPDATE incidents SET status = 'claimed' WHERE incident_id = %s", (iid,))
     with psycopg.connect(pg_url, autocommit=True) as c:
-        row = service.begin_delivery(c, clock.now(), "w")
+        row = outbox.claim(c, flows.SOURCES, clock.now(), "w")
         assert row is not None and row["skipped"] and row["notice"] == "alert"
         assert c.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()").fetchone() == (0,)
     assert conn.execute("SELECT status FROM alert_deliveries WHERE delivery_id = %s", (row["delivery_id"],)).fetchone() == ("skipped",)

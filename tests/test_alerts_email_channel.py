@@ -1,6 +1,7 @@
 """E-mail channels by address (kind ``email``): the operator's mail server sends, a volunteer types
 only an address. A real PostgreSQL, a real SMTP server (aiosmtpd), the alert and safety workers
-in-process."""
+in-process.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import threading
 import psycopg
 import pytest
 from alerts_fixtures import SmtpSink, actions, notices, open_incident, seed_town, smtp, wait_for  # noqa: F401
-from test_alerts_integration import Worker, who
+from test_alerts_integration import who
 
 from alerts import models, service
 from alerts.channels import AlertSettings
@@ -20,21 +21,21 @@ from mimamori.config import Settings
 pytestmark = pytest.mark.integration
 
 
-def _server(smtp: SmtpSink) -> str:
+def _server(smtp: SmtpSink) -> str:  # noqa: F811 - a pytest fixture imported from its module
     """The operator's mail server as an Apprise URL without a recipient."""
     return f"mailto://127.0.0.1:{smtp.port}?from=alerts@city.example.jp&mode=insecure"
 
 
 def _worker(pg_url: str, clock: ManualClock, smtp_url: str | None) -> tuple[threading.Thread, threading.Event]:
     stop = threading.Event()
-    t = threading.Thread(target=run_alert_worker, args=(Settings(),), daemon=True, kwargs=dict(
-        database_url=pg_url, mqtt_url=None, clock=clock, stop=stop, worker_id="mail",
-        alert_settings=AlertSettings(poll_s=0.05, delivery_threads=1, smtp_url=smtp_url)))
+    t = threading.Thread(target=run_alert_worker, args=(Settings(),), daemon=True, kwargs={
+        "database_url": pg_url, "mqtt_url": None, "clock": clock, "stop": stop, "worker_id": "mail",
+        "alert_settings": AlertSettings(poll_s=0.05, delivery_threads=1, smtp_url=smtp_url)})
     t.start()
     return t, stop
 
 
-def test_an_address_is_enough(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink) -> None:
+def test_an_address_is_enough(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
     clock = ManualClock()
     town = seed_town(conn, None, tier1=1, tier2=0)
     watcher = town.tier1[0]
@@ -90,10 +91,11 @@ def test_a_coordinator_manages_the_channels_of_residents_in_their_area(conn: psy
         service.add_channel(conn, who(conn, town.tier1[0]), "res-a", "email", "x@example.jp")
 
 
-def test_a_safety_check_reaches_a_resident_by_address(conn: psycopg.Connection, smtp: SmtpSink, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_safety_check_reaches_a_resident_by_address(conn: psycopg.Connection, smtp: SmtpSink, tmp_path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811 - a pytest fixture imported from its module
     from alerts.channels import AppriseSender, WebPushSender
     from mimamori.signing import signer
     from safety import flows as safety_flows
+    from safety import records as safety_records
     from safety import service as safety_service
     from safety.models import Actor
     from safety.throttle import Throttle
@@ -104,13 +106,14 @@ def test_a_safety_check_reaches_a_resident_by_address(conn: psycopg.Connection, 
     conn.execute("INSERT INTO people (person_id, display_name, role, household_id) VALUES ('res-m', '山田', 'resident', %s)",
                  (town.household_id,))
     service.add_channel(conn, who(conn, town.coordinator), "res-m", "email", "yamada@example.jp")
-    links = safety_service.Links(signer(Settings(secret_key="k", data_dir=tmp_path), "safety-answer"), "https://m.example.jp")
+    links = safety_records.Links(signer(Settings(secret_key="k", data_dir=tmp_path), "safety-answer"), "https://m.example.jp")
     cid = safety_service.start_check(conn, Actor("oper", "operator"), message="地震がありました。無事ですか？",
                                      household_ids=[town.household_id], clock=clock, links=links)
     key = conn.execute("SELECT throttle_key FROM safety_deliveries WHERE check_id = %s AND person_id = 'res-m'",
                        (cid,)).fetchone()[0]
     assert key == "email"  # throttled with the other e-mail
-    senders = safety_flows.Senders(AppriseSender(), WebPushSender(None, "mailto:x@y.jp"), smtp_url=_server(smtp))
+    senders = safety_flows.Senders(AppriseSender(), WebPushSender(None, "mailto:x@y.jp"), smtp_url=_server(smtp),
+                                   sealer=links.sealer)
     while safety_flows.deliver_one(conn, clock, senders, Throttle({"default": 100.0}), ["email", "mqtt", "webpush"]):
         pass
     mail = wait_for(lambda: smtp.to("yamada@example.jp"), what="the safety message by e-mail")[0]

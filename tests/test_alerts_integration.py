@@ -1,5 +1,6 @@
 """The alert engine on a real PostgreSQL, a real SMTP server and a real broker; worker in-process,
-time from a ManualClock (15-minute waits take no time)."""
+time from a ManualClock (15-minute waits take no time).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from datetime import time as dt_time
 
 import psycopg
 import pytest
-from alerts_fixtures import SmtpSink, smtp, Town, actions, notices, open_incident, seed_town, wait_for
+from alerts_fixtures import SmtpSink, Town, actions, notices, open_incident, seed_town, smtp, wait_for  # noqa: F401 - smtp is a fixture
 
-from alerts import models, service
+from alerts import models, records, service
 from alerts.channels import AlertSettings
 from alerts.models import Actor
 from alerts.worker import run_alert_worker
@@ -35,7 +36,7 @@ class Worker:
             try:
                 run_alert_worker(settings or Settings(), database_url=pg_url, mqtt_url=mqtt_url, clock=clock, stop=self.stop,
                                  worker_id=worker_id, alert_settings=AlertSettings(poll_s=0.05, delivery_threads=2))
-            except BaseException as exc:  # surfaced by the test
+            except BaseException as exc:  # noqa: BLE001 - whatever ends the worker is surfaced by the test
                 self.errors.append(exc)
 
         self.thread = threading.Thread(target=run, daemon=True)
@@ -66,11 +67,11 @@ def who(conn: psycopg.Connection, person_id: str) -> Actor:
     return Actor(person_id, row[0], row[1])
 
 
-def mail_subjects(smtp: SmtpSink, town: Town, person: str) -> list[str]:
+def mail_subjects(smtp: SmtpSink, town: Town, person: str) -> list[str]:  # noqa: F811 - a pytest fixture imported from its module
     return [m.subject for m in smtp.to(town.emails[person])]
 
 
-def test_lifecycle_tiers_claim_resolve_and_audit(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,
+def test_lifecycle_tiers_claim_resolve_and_audit(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,  # noqa: F811 - a pytest fixture imported from its module
                                                  worker: Worker) -> None:
     town = seed_town(conn, smtp)
     t1a, t1b = town.tier1
@@ -160,7 +161,7 @@ def test_only_the_team_area_coordinator_or_operator_may_act(conn: psycopg.Connec
     assert service.get_chain(conn, who(conn, town.tier1[0]), town.household_id)[1] == "default"
 
 
-def test_chain_is_snapshotted_when_the_incident_opens(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,
+def test_chain_is_snapshotted_when_the_incident_opens(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,  # noqa: F811 - a pytest fixture imported from its module
                                                       worker: Worker) -> None:
     town = seed_town(conn, smtp)
     coord = who(conn, town.coordinator)
@@ -178,7 +179,7 @@ def test_chain_is_snapshotted_when_the_incident_opens(conn: psycopg.Connection, 
     assert snap is not None and snap[1] == "household" and snap[0][0] == {"type": "notify", "tiers": [2]}
 
 
-def test_resident_check_blinks_the_bulb_and_a_toggle_cancels(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink,
+def test_resident_check_blinks_the_bulb_and_a_toggle_cancels(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
                                                             clock: ManualClock, mqtt_url: MqttUrl) -> None:
     town = seed_town(conn, smtp)
     service.set_chain(conn, who(conn, town.coordinator), town.household_id,
@@ -222,7 +223,7 @@ def test_resident_check_blinks_the_bulb_and_a_toggle_cancels(conn: psycopg.Conne
         sub.disconnect()
 
 
-def test_failed_channel_retries_with_backoff_then_reports_to_coordinator(conn: psycopg.Connection, smtp: SmtpSink,
+def test_failed_channel_retries_with_backoff_then_reports_to_coordinator(conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
                                                                          clock: ManualClock, worker: Worker) -> None:
     town = seed_town(conn, smtp, tier1=2, tier2=0)
     broken, no_channel = town.tier1
@@ -252,7 +253,7 @@ def test_failed_channel_retries_with_backoff_then_reports_to_coordinator(conn: p
     assert reasons == [("no_channel", no_channel), ("all_failed", broken)]
 
 
-def test_outcomes_feed_back(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:
+def test_outcomes_feed_back(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:  # noqa: F811 - a pytest fixture imported from its module
     town = seed_town(conn, smtp)
     me = who(conn, town.tier1[0])
     iid = open_incident(conn, town.household_id, clock.now())
@@ -279,7 +280,7 @@ def test_outcomes_feed_back(conn: psycopg.Connection, smtp: SmtpSink, clock: Man
     assert labels == {iid4: "false_alarm"}
 
 
-def test_quiet_hours_hold_back_non_urgent_notices_only(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,
+def test_quiet_hours_hold_back_non_urgent_notices_only(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,  # noqa: F811 - a pytest fixture imported from its module
                                                      worker: Worker) -> None:
     town = seed_town(conn, smtp)
     sleeper, other = town.tier1
@@ -294,7 +295,7 @@ def test_quiet_hours_hold_back_non_urgent_notices_only(conn: psycopg.Connection,
     wait_for(lambda: len(smtp.to(town.emails[sleeper])) == 2, what="held-back notice after quiet hours")
 
 
-def test_incident_closed_by_the_detector_stops_escalation(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,
+def test_incident_closed_by_the_detector_stops_escalation(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,  # noqa: F811 - a pytest fixture imported from its module
                                                           worker: Worker) -> None:
     town = seed_town(conn, smtp)
     iid = open_incident(conn, town.household_id, clock.now())
@@ -313,9 +314,9 @@ async def test_notification_stream_backlog_then_live(pg_url: str, conn: psycopg.
     town = seed_town(conn, None)
     me = town.tier1[0]
     iid = open_incident(conn, town.household_id, clock.now())
-    inc = service.incident_row(conn, iid)
+    inc = records.incident_row(conn, iid)
     assert inc is not None
-    service.enqueue_notice(conn, inc, [me], "t1", "alert", urgent=True, now=clock.now())
+    records.enqueue_notice(conn, inc, [me], "t1", "alert", urgent=True, now=clock.now())
     stream = notification_stream(pg_url, me, idle_timeout_s=5)
     first = await stream.__anext__()
     assert first["notice"] == "alert" and first["incident_id"] == iid and first["urgent"] is True
@@ -323,8 +324,8 @@ async def test_notification_stream_backlog_then_live(pg_url: str, conn: psycopg.
 
     def later() -> None:
         with psycopg.connect(pg_url, autocommit=True) as c:
-            service.enqueue_notice(c, inc, [town.tier1[1]], "t2", "alert", urgent=True, now=clock.now())  # someone else
-            service.enqueue_notice(c, inc, [me], "t3", "claimed", urgent=True, now=clock.now(), by="x")
+            records.enqueue_notice(c, inc, [town.tier1[1]], "t2", "alert", urgent=True, now=clock.now())  # someone else
+            records.enqueue_notice(c, inc, [me], "t3", "claimed", urgent=True, now=clock.now(), by="x")
 
     threading.Timer(0.2, later).start()
     second = await stream.__anext__()
@@ -351,7 +352,7 @@ def test_web_push_with_vapid_reaches_the_push_service(pg_url: str, conn: psycopg
     got: list[tuple[str, dict[str, str], bytes]] = []
 
     class PushService(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             got.append((self.path, dict(self.headers), body))
             self.send_response(410 if self.path.endswith("/gone") else 201)
@@ -381,15 +382,15 @@ def test_web_push_with_vapid_reaches_the_push_service(pg_url: str, conn: psycopg
     with pytest.raises(models.InvalidInput):
         service.add_channel(conn, who(conn, phone), phone, "webpush", "{}")
     stop = threading.Event()
-    t = threading.Thread(target=run_alert_worker, args=(Settings(),), daemon=True, kwargs=dict(
-        database_url=pg_url, mqtt_url=None, clock=clock, stop=stop, worker_id="wp",
-        alert_settings=AlertSettings(poll_s=0.05, delivery_threads=1, vapid_private_key=pem,
-                                     vapid_subject="mailto:ops@mimamori.test")))
+    t = threading.Thread(target=run_alert_worker, args=(Settings(),), daemon=True, kwargs={
+        "database_url": pg_url, "mqtt_url": None, "clock": clock, "stop": stop, "worker_id": "wp",
+        "alert_settings": AlertSettings(poll_s=0.05, delivery_threads=1, vapid_private_key=pem,
+                                        vapid_subject="mailto:ops@mimamori.test")})
     t.start()
     try:
         iid = open_incident(conn, town.household_id, clock.now())
         wait_for(lambda: len(got) == 2, what="two pushes")
-        path, headers, body = next(g for g in got if g[0] == "/push/phone")
+        _path, headers, body = next(g for g in got if g[0] == "/push/phone")
         headers = {k.lower(): v for k, v in headers.items()}
         assert headers["authorization"].startswith(("vapid t=", "WebPush ")), headers
         assert headers["urgency"] == "high"

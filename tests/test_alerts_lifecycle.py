@@ -1,15 +1,15 @@
 """Claims that are never resolved, and area outages, on a real PostgreSQL. The engine's functions are
-driven directly (no worker threads) with a ManualClock: hours pass in milliseconds."""
+driven directly (no worker threads) with a ManualClock: hours pass in milliseconds.
+"""
 
 from __future__ import annotations
-
 
 import psycopg
 import pytest
 from alerts_fixtures import actions as all_actions
 from alerts_fixtures import notices, open_incident, seed_town
 
-from alerts import policy, service
+from alerts import engine, policy, service
 from alerts.models import Actor, Conflict
 from mimamori.clock import ManualClock, as_datetime
 
@@ -20,7 +20,7 @@ MIN = 60.0
 def run_engine(conn: psycopg.Connection, clock: ManualClock) -> int:
     """One worker's engine passes until nothing is left to do now."""
     total = 0
-    while n := service.adopt_new(conn, clock, "t") + service.step_due(conn, clock, "t"):
+    while n := engine.adopt_new(conn, clock, "t") + engine.step_due(conn, clock, "t"):
         total += n
     return total
 

@@ -214,7 +214,7 @@ def test_the_allowance_warns_once_a_month(conn) -> None:
 
 
 @pytest.fixture
-def line_app(world, platform: LinePlatform):
+def line_app(world, platform: LinePlatform):  # noqa: F811 - a pytest fixture imported from its module
     from fastapi.testclient import TestClient
     from test_app_support import bearer
 
@@ -284,7 +284,7 @@ def test_the_resident_answers_their_check_from_line(line_app, platform: LinePlat
 
     import psycopg
 
-    from alerts.service import resident_token_hash
+    from alerts.engine import resident_token_hash
 
     _client, post, link, url, ids = line_app
     with psycopg.connect(url, autocommit=True) as c:  # the check the chain sent to the resident

@@ -1,6 +1,7 @@
 """A resident check asks the resident first: a real PostgreSQL, a real SMTP server (the resident's
 mail with their answer link), the alert worker in-process on a ManualClock, and the app's answer
-page under uvicorn."""
+page under uvicorn.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +15,19 @@ import pytest
 import requests
 from alerts_fixtures import SmtpSink, Town, actions, notices, open_incident, seed_town, smtp, wait_for  # noqa: F401
 from test_alerts_integration import Worker, wait_for_quiet, who
+from test_app_support import served, world  # noqa: F401
 
-from alerts import resident, service
+from alerts import engine, resident, service
 from alerts.models import Conflict, InvalidInput, NotFound
 from mimamori.clock import ManualClock
 from mimamori.config import Settings
-from test_app_support import served, world  # noqa: F401
+from mimamori.outbox import LinkSealer
+from mimamori.signing import secret_key
 
 pytestmark = pytest.mark.integration
 PUBLIC = "https://mimamori.example.jp"
+#: the key the app and the worker use in these tests (the default data dir's)
+SEALER = LinkSealer(secret_key(Settings()))
 ASK_FIRST = [{"type": "resident_check", "minutes": 10}, {"type": "wait", "minutes": 15}, {"type": "notify", "tiers": [1]}]
 
 
@@ -38,7 +43,7 @@ def worker(pg_url: str, clock: ManualClock) -> Iterator[Worker]:
     w.close()
 
 
-def _resident(conn: psycopg.Connection, smtp: SmtpSink, town: Town, chain: list[dict] = ASK_FIRST) -> str:
+def _resident(conn: psycopg.Connection, smtp: SmtpSink, town: Town, chain: list[dict] = ASK_FIRST) -> str:  # noqa: F811 - a pytest fixture imported from its module
     """The home's resident, reachable by e-mail, and the household's chain."""
     pid = f"res-{town.household_id}"
     conn.execute("INSERT INTO people (person_id, display_name, role, household_id) VALUES (%s, '山田 花子', 'resident', %s)",
@@ -49,14 +54,14 @@ def _resident(conn: psycopg.Connection, smtp: SmtpSink, town: Town, chain: list[
     return pid
 
 
-def _link_in_mail(smtp: SmtpSink, person: str) -> str:
+def _link_in_mail(smtp: SmtpSink, person: str) -> str:  # noqa: F811 - a pytest fixture imported from its module
     mails = wait_for(lambda: smtp.to(f"{person}@example.org"), what="the resident's mail")
     m = re.search(re.escape(PUBLIC) + r"/r/([A-Za-z0-9_-]+)", mails[0].body)
     assert m, mails[0].body
     return m.group(1)
 
 
-def _asked(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,
+def _asked(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,  # noqa: F811 - a pytest fixture imported from its module
            chain: list[dict] = ASK_FIRST) -> tuple[Town, str, int, str]:
     """A home whose resident has been asked: (town, resident, incident id, the token of their link)."""
     town = seed_town(conn, smtp)
@@ -71,18 +76,19 @@ def _status(conn: psycopg.Connection, iid: int) -> tuple[str, str | None]:
     return row
 
 
-def test_fine_from_the_link_cancels_before_the_team_hears(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,
+def test_fine_from_the_link_cancels_before_the_team_hears(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,  # noqa: F811 - a pytest fixture imported from its module
                                                           worker: Worker) -> None:
     town, person, iid, token = _asked(conn, smtp, clock)
     assert "resident_check" in notices(conn, person)  # in the app as well, with the same link
-    url = conn.execute("SELECT data->>'url' FROM notifications WHERE person_id = %s", (person,)).fetchone()[0]
-    assert url == f"{PUBLIC}/r/{token}"
-    # a push on the resident's phone opens the same link (not the team's alert page)
-    payloads = [r[0] for r in conn.execute("SELECT payload->>'url' FROM alert_deliveries WHERE person_id = %s", (person,))]
-    assert payloads and set(payloads) == {url}
+    data = conn.execute("SELECT data FROM notifications WHERE person_id = %s", (person,)).fetchone()[0]
+    assert data["url"] == f"{PUBLIC}/me" and SEALER.open(data["sealed_link"]) == f"{PUBLIC}/r/{token}"
+    # a push on the resident's phone opens the same link (not the team's alert page): sealed in the outbox
+    payloads = [r[0] for r in conn.execute("SELECT payload FROM alert_deliveries WHERE person_id = %s", (person,))]
+    assert payloads and {SEALER.open(p["sealed_link"]) for p in payloads} == {f"{PUBLIC}/r/{token}"}
+    assert not any(token in str(p) for p in payloads)
     # the database keeps only a hash: the token itself is nowhere in the links table
     assert conn.execute("SELECT count(*) FROM resident_check_links WHERE token_hash = %s",
-                        (service.resident_token_hash(token),)).fetchone()[0] == 1
+                        (engine.resident_token_hash(token),)).fetchone()[0] == 1
     clock.advance(3 * 60)
     result = resident.answer(conn, token, "fine", clock=clock)
     assert result["effect"] == "cancelled"
@@ -108,7 +114,7 @@ def test_fine_from_the_link_cancels_before_the_team_hears(conn: psycopg.Connecti
         resident.answer(conn, token[:-2] + "xx", "fine", clock=clock)
 
 
-def test_away_sets_away_mode_until_the_end_of_the_day_they_come_back(conn: psycopg.Connection, smtp: SmtpSink,
+def test_away_sets_away_mode_until_the_end_of_the_day_they_come_back(conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
                                                                      clock: ManualClock, worker: Worker) -> None:
     town, person, iid, token = _asked(conn, smtp, clock)
     with pytest.raises(InvalidInput):  # the past
@@ -131,11 +137,11 @@ def test_away_sets_away_mode_until_the_end_of_the_day_they_come_back(conn: psyco
     assert notices(conn, town.tier1[0]) == []
 
 
-def test_help_ends_the_check_at_once_and_the_whole_team_hears(conn: psycopg.Connection, smtp: SmtpSink,
+def test_help_ends_the_check_at_once_and_the_whole_team_hears(conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
                                                               clock: ManualClock, worker: Worker) -> None:
     chain = [{"type": "resident_check", "minutes": 10}, {"type": "notify", "tiers": [1]}, {"type": "wait", "minutes": 15},
              {"type": "notify", "tiers": [2]}]
-    town, person, iid, token = _asked(conn, smtp, clock, chain)
+    town, _person, iid, token = _asked(conn, smtp, clock, chain)
     clock.advance(60)
     assert resident.answer(conn, token, "help", clock=clock)["effect"] == "escalated"
     # one minute in, not ten: tier 1 gets the alert from the chain; everyone on the team hears "help" now
@@ -150,9 +156,9 @@ def test_help_ends_the_check_at_once_and_the_whole_team_hears(conn: psycopg.Conn
     assert "山田 花子" in mails[0].body
 
 
-def test_help_still_reaches_the_team_after_the_alert_closed_and_the_link_expired(conn: psycopg.Connection, smtp: SmtpSink,
+def test_help_still_reaches_the_team_after_the_alert_closed_and_the_link_expired(conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
                                                                                   clock: ManualClock, worker: Worker) -> None:
-    town, person, iid, token = _asked(conn, smtp, clock)
+    town, _person, iid, token = _asked(conn, smtp, clock)
     # the resident switched a light (the detector closes the alert), then a day and a half passes
     conn.execute("UPDATE incidents SET status = 'resolved', closed_at = now(), outcome = 'activity_resumed' WHERE incident_id = %s",
                  (iid,))
@@ -176,8 +182,8 @@ def test_help_still_reaches_the_team_after_the_alert_closed_and_the_link_expired
     assert conn.execute("SELECT count(*) FROM resident_check_links WHERE incident_id = %s", (iid,)).fetchone() == (1,)
 
 
-def test_the_answer_page(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:
-    town, person, iid, token = _asked(conn, smtp, clock)
+def test_the_answer_page(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:  # noqa: F811 - a pytest fixture imported from its module
+    town, _person, iid, token = _asked(conn, smtp, clock)
     with served(pg_url, clock) as base, requests.Session() as phone:
         page = phone.get(f"{base}/r/{token}", timeout=30)
         assert page.status_code == 200
@@ -196,11 +202,11 @@ def test_the_answer_page(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, 
 
 
 @pytest.mark.e2e
-def test_the_answer_page_on_a_phone(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, clock: ManualClock,
+def test_the_answer_page_on_a_phone(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, clock: ManualClock,  # noqa: F811 - a pytest fixture imported from its module
                                     worker: Worker) -> None:
     from test_app_browser import check_a11y, phone, shot
 
-    town, person, iid, token = _asked(conn, smtp, clock)
+    _town, _person, iid, token = _asked(conn, smtp, clock)
     with served(pg_url, clock) as base, phone() as page:
         page.goto(f"{base}/r/{token}")  # type: ignore[attr-defined]
         page.wait_for_selector("#btn-help")  # type: ignore[attr-defined]
@@ -219,7 +225,7 @@ def test_the_answer_page_on_a_phone(conn: psycopg.Connection, pg_url: str, smtp:
     assert _status(conn, iid) == ("cancelled", "away")
 
 
-def test_asked_and_answers_are_counted(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:
+def test_asked_and_answers_are_counted(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:  # noqa: F811 - a pytest fixture imported from its module
     from alerts import metrics
 
     asked = metrics.RESIDENTS_ASKED._value.get()
@@ -231,7 +237,7 @@ def test_asked_and_answers_are_counted(conn: psycopg.Connection, smtp: SmtpSink,
 
 
 def test_without_a_chain_of_its_own_a_home_whose_resident_has_a_channel_asks_them_first(
-        conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:
+        conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:  # noqa: F811 - a pytest fixture imported from its module
     town = seed_town(conn, smtp)
     person = _resident(conn, smtp, town)
     conn.execute("DELETE FROM escalation_chains WHERE household_id = %s", (town.household_id,))
@@ -251,16 +257,18 @@ def test_without_a_chain_of_its_own_a_home_whose_resident_has_a_channel_asks_the
     wait_for(lambda: notices(conn, other.tier1[0]) == ["alert"], what="tier 1 of the other home at once")
 
 
-def test_a_signed_in_resident_sees_the_question_on_their_page(world: tuple[str, ManualClock, dict[str, int]]) -> None:
+def test_a_signed_in_resident_sees_the_question_on_their_page(world: tuple[str, ManualClock, dict[str, int]]) -> None:  # noqa: F811 - a pytest fixture imported from its module
     from test_app_support import app_client, cookie_login
 
     url, clock, incidents = world
     with psycopg.connect(url, autocommit=True) as c:
         # h1's resident has a channel of their own (a push subscription), so h1's default chain asks them first
         c.execute("INSERT INTO person_channels (person_id, kind, target) VALUES ('resident_1', 'webpush', '{}')")
-        assert service.adopt_one(c, clock, "t", app_url=PUBLIC) is not None
-        assert service.adopt_one(c, clock, "t", app_url=PUBLIC) is not None
-        link = c.execute("SELECT data->>'url' FROM notifications WHERE person_id = 'resident_1'").fetchone()[0]
+        assert engine.adopt_one(c, clock, "t", app_url=PUBLIC, sealer=SEALER) is not None
+        assert engine.adopt_one(c, clock, "t", app_url=PUBLIC, sealer=SEALER) is not None
+        data = c.execute("SELECT data FROM notifications WHERE person_id = 'resident_1'").fetchone()[0]
+        assert data["url"] == f"{PUBLIC}/me"  # in the app the question points to the resident's own page
+        link = SEALER.open(data["sealed_link"])  # which opens the sealed answer link (never stored in clear)
         assert link.startswith(f"{PUBLIC}/r/")
         assert "resident_asked" in actions(c, incidents["h1"]) and "resident_asked" not in actions(c, incidents["h3"])
     with app_client(url, clock) as app:
@@ -274,7 +282,7 @@ def test_a_signed_in_resident_sees_the_question_on_their_page(world: tuple[str, 
         assert 'id="rc-answer-1"' not in app.get("/me").text
 
 
-def test_the_answer_page_speaks_the_residents_language(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink,
+def test_the_answer_page_speaks_the_residents_language(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
                                                        clock: ManualClock, worker: Worker) -> None:
     _town, person, _iid, token = _asked(conn, smtp, clock)
     conn.execute("UPDATE people SET locale = 'en' WHERE person_id = %s", (person,))
@@ -286,7 +294,7 @@ def test_the_answer_page_speaks_the_residents_language(conn: psycopg.Connection,
         assert "Your watchers will know you are fine" in phone.post(f"{base}/r/{token}", data={"answer": "fine"}, timeout=30).text
 
 
-def test_a_question_about_an_alert_that_closed_meanwhile_is_not_sent(conn: psycopg.Connection, smtp: SmtpSink,
+def test_a_question_about_an_alert_that_closed_meanwhile_is_not_sent(conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
                                                                      clock: ManualClock) -> None:
     from alerts import flows
     from alerts.channels import AppriseSender, WebPushSender
@@ -294,11 +302,11 @@ def test_a_question_about_an_alert_that_closed_meanwhile_is_not_sent(conn: psyco
     town = seed_town(conn, smtp)
     person = _resident(conn, smtp, town)
     iid = open_incident(conn, town.household_id, clock.now())
-    assert service.adopt_one(conn, clock, "t", app_url=PUBLIC) == iid  # the question is queued for the resident
+    assert engine.adopt_one(conn, clock, "t", app_url=PUBLIC, sealer=SEALER) == iid  # the question is queued for the resident
     # the resident switches a light before the mail goes out: the detector closes the alert
     conn.execute("UPDATE incidents SET status = 'resolved', closed_at = now(), outcome = 'activity_resumed'"
                  " WHERE incident_id = %s", (iid,))
-    senders = flows.Senders(AppriseSender(), WebPushSender(None, "mailto:x@y.jp"))
+    senders = flows.Senders(AppriseSender(), WebPushSender(None, "mailto:x@y.jp"), sealer=SEALER)
     while flows.deliver_one(conn, clock, senders, "t"):
         pass
     assert conn.execute("SELECT status FROM alert_deliveries WHERE person_id = %s AND channel <> 'inapp'",

@@ -164,3 +164,6 @@ def test_demo_at_full_speed_lives_on_the_towns_time(home: Path) -> None:
     assert result["first_alert"] is not None and result["first_alert"]["household_id"] == "hh-0001", result
     assert result["stored"] == result["published"]
     assert result["open_incidents"] <= 3, result  # the story's alert, not a town of offline devices
+    # the second story: the 13:00 bulletin started the first area's safety check by itself
+    quake = result["quake"]
+    assert quake is not None and quake["decision"] == "start" and isinstance(quake["check_id"], int), quake

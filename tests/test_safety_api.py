@@ -1,16 +1,19 @@
 """The safety check through its JSON API and pages (real PostgreSQL): who may start and see a
 check, answer links (single use, unforgeable, bound to their household and check: refused with a
 4xx and a reason), the team's claim through the alert engine (no escalation chain runs for it),
-answers on behalf, close and CSV export."""
+answers on behalf, close and CSV export.
+"""
 
 from __future__ import annotations
 
 import psycopg
 import pytest
-
-from alerts import service as alerts_service
-from mimamori.clock import ManualClock
 from test_app_support import app_client, bearer, cookie_login, world  # noqa: F401
+
+from alerts import engine as alerts_engine
+from mimamori.config import Settings
+from mimamori.outbox import LinkSealer
+from mimamori.signing import secret_key
 
 pytestmark = [pytest.mark.integration]
 
@@ -25,7 +28,7 @@ def _token(url: str) -> str:
     return url.rsplit("/safety/a/", 1)[1]
 
 
-def test_links_are_single_use_unforgeable_and_bound_to_household_and_check(world) -> None:  # noqa: F811
+def test_links_are_single_use_unforgeable_and_bound_to_household_and_check(world) -> None:  # noqa: F811 - a pytest fixture imported from its module
     url, clock, _ = world
     with app_client(url, clock) as client:
         coord = bearer(client, "coord_a")
@@ -93,7 +96,7 @@ def test_links_are_single_use_unforgeable_and_bound_to_household_and_check(world
         assert audit[0] == "started" and "answered_safe" in audit and "answered_needs_help" in audit and audit[-1] == "closed"
 
 
-def test_scope_claim_on_behalf_close_and_csv(world) -> None:  # noqa: F811
+def test_scope_claim_on_behalf_close_and_csv(world) -> None:  # noqa: F811 - a pytest fixture imported from its module
     url, clock, _ = world
     with app_client(url, clock) as client:
         coord, wa, wb, res = (bearer(client, p) for p in ("coord_a", "watcher_a", "watcher_b", "resident_2"))
@@ -110,8 +113,8 @@ def test_scope_claim_on_behalf_close_and_csv(world) -> None:  # noqa: F811
         assert client.post(f"/api/safety/checks/{cid}/households/h1/claim", headers=coord).status_code == 409
         # the alert workers leave the safety-check incident alone (no escalation chain runs)
         with psycopg.connect(url, autocommit=True) as conn:
-            alerts_service.adopt_new(conn, clock, "test-worker")
-            alerts_service.step_due(conn, clock, "test-worker")
+            alerts_engine.adopt_new(conn, clock, "test-worker")
+            alerts_engine.step_due(conn, clock, "test-worker")
             actions = [r[0] for r in conn.execute("SELECT action FROM incident_timeline WHERE incident_id = %s ORDER BY entry_id",
                                                   (incident_id,))]
             status = conn.execute("SELECT status FROM incidents WHERE incident_id = %s", (incident_id,)).fetchone()[0]
@@ -146,7 +149,7 @@ def test_scope_claim_on_behalf_close_and_csv(world) -> None:  # noqa: F811
         assert any(line.startswith("h2,") and ",no_answer," in line for line in lines)
 
 
-def test_pages_board_and_resident_button(world) -> None:  # noqa: F811
+def test_pages_board_and_resident_button(world) -> None:  # noqa: F811 - a pytest fixture imported from its module
     url, clock, _ = world
     with app_client(url, clock) as client:
         csrf = cookie_login(client, "coord_a")
@@ -155,7 +158,8 @@ def test_pages_board_and_resident_button(world) -> None:  # noqa: F811
         board_url = r.headers["location"]
         cid = int(board_url.rsplit("/", 1)[1])
         page = client.get(board_url)
-        assert page.status_code == 200 and 'id="count-no_answer">2<' in page.text and "data-safety-board" in page.text and f'data-live="/partials/safety/{cid}' in page.text
+        assert page.status_code == 200 and 'id="count-no_answer">2<' in page.text and "data-safety-board" in page.text
+        assert f'data-live="/partials/safety/{cid}' in page.text
         frag = client.get(f"/partials/safety/{cid}?state=no_answer")
         assert frag.status_code == 200 and frag.text.count("sc-card b-no_answer") == 2
         assert client.get("/safety/static/safety.js").status_code == 200
@@ -172,16 +176,18 @@ def test_pages_board_and_resident_button(world) -> None:  # noqa: F811
                             (cid,)).fetchone() == ("safe", "app")
 
 
-def test_a_residents_link_page_speaks_their_language(world) -> None:  # noqa: F811
+def test_a_residents_link_page_speaks_their_language(world) -> None:  # noqa: F811 - a pytest fixture imported from its module
     url, clock, _ = world
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE people SET locale = 'en' WHERE person_id = 'resident_1'")
+        conn.execute("INSERT INTO person_channels (person_id, kind, target) VALUES ('resident_1', 'email', 'r1@example.org')")
     with app_client(url, clock) as client:
         cid = _start(client, bearer(client, "coord_a"), area="north")["check_id"]
         with psycopg.connect(url) as conn:
-            link = conn.execute("SELECT data->>'url' FROM notifications WHERE person_id = 'resident_1' AND notice = 'safety_check'"
-                                " AND (data->>'safety_check_id')::bigint = %s", (cid,)).fetchone()[0]
-        token = _token(link)
+            # the resident's personal link is in their message, stored sealed (issue 17)
+            sealed = conn.execute("SELECT payload->>'sealed_link' FROM outbox WHERE person_id = 'resident_1'"
+                                  " AND check_id = %s", (cid,)).fetchone()[0]
+        token = _token(LinkSealer(secret_key(Settings())).open(sealed))
         assert "Need help" in client.get(f"/safety/a/{token}").text  # resident_1 reads English
         client.cookies.set("mimamori_lang", "ja")
         assert "助けが必要" in client.get(f"/safety/a/{token}").text  # the page's own switch wins

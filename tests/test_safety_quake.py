@@ -4,6 +4,7 @@ threshold, drills and tests, cancellations, repeated bulletins, P2PQuake station
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,16 @@ def test_message_names_area_and_intensity() -> None:
     (d,) = quake.decide(quake.parse(doc(SURUGA_1)), [SHIZUOKA], {})
     text = quake.check_message(d)
     assert "shizuoka-chubu" in text and "震度6弱" in text and len(text) <= 1000
+
+
+def test_when_a_bulletin_was_issued_and_how_late_is_too_late() -> None:
+    jma = quake.parse(doc("32-35_07_01_100915_VXSE51.xml"))
+    p2p = quake.parse(doc("p2pquake_551_20180906_DetailScale.json"))
+    issued_jma, issued_p2p = quake.issued_epoch(jma), quake.issued_epoch(p2p)
+    assert issued_jma is not None and issued_p2p is not None
+    assert datetime.fromtimestamp(issued_jma, UTC).isoformat().startswith("2009-08-10T20:")  # 05:0x JST on the 11th
+    assert datetime.fromtimestamp(issued_p2p, UTC).isoformat().startswith("2018-09-05T18:")  # 03:xx JST on the 6th
+    rules = [rule("shizuoka-chubu", region_codes={"442"})]
+    assert quake.decide(jma, rules, {}, now=issued_jma + 600)[0].decision == "start"
+    [late] = quake.decide(jma, rules, {}, now=issued_jma + quake.STALE_AFTER_S + 1)
+    assert (late.area, late.decision) == (None, "stale")

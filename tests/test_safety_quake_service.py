@@ -198,7 +198,11 @@ def test_cli_feed_dry_run_then_for_real(pg_url: str, tmp_path: Path, monkeypatch
     root = typer.Typer()  # as the lead wires it: `mimamori safety feed`
     root.add_typer(safety_app, name="safety")
     runner = CliRunner()
-    dry = runner.invoke(root, ["safety", "feed", "--file", str(path), "--dry-run", "--json", "--database-url", pg_url])
+    late = runner.invoke(root, ["safety", "feed", "--file", str(path), "--dry-run", "--json", "--database-url", pg_url])
+    assert late.exit_code == 0, late.output  # a 2009 bulletin read today pages nobody
+    assert _by_area(json.loads(late.stdout.strip().splitlines()[-1])) == {None: "stale"}
+    dry = runner.invoke(root, ["safety", "feed", "--file", str(path), "--dry-run", "--replay", "--json", "--database-url",
+                               pg_url])
     assert dry.exit_code == 0, dry.output
     out = json.loads(dry.stdout.strip().splitlines()[-1])
     assert out["dry_run"] is True and _by_area(out)["shizuoka-chubu"] == "start"
@@ -206,7 +210,7 @@ def test_cli_feed_dry_run_then_for_real(pg_url: str, tmp_path: Path, monkeypatch
     with psycopg.connect(pg_url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM quake_documents").fetchone() == (0,)
         assert _checks(conn) == []
-    real = runner.invoke(root, ["safety", "feed", "--file", str(path), "--json", "--database-url", pg_url])
+    real = runner.invoke(root, ["safety", "feed", "--file", str(path), "--replay", "--json", "--database-url", pg_url])
     assert real.exit_code == 0, real.output
     out = json.loads(real.stdout.strip().splitlines()[-1])
     started = next(d for d in out["decisions"] if d["area"] == "shizuoka-chubu")
@@ -250,6 +254,17 @@ def test_cli_area_settings(pg_url: str, tmp_path: Path, monkeypatch: pytest.Monk
     bad = runner.invoke(root, ["safety", "area", "tamura", "--code", "721100", "--json", "--database-url", pg_url])
     assert bad.exit_code == 2 and "not a valid municipality code" in bad.stdout
     fed = runner.invoke(root, ["safety", "feed", "--file", str(DATA / "20210216233339_0_VXSE53_010000.xml"), "--dry-run",
-                               "--json", "--database-url", pg_url])
+                               "--replay", "--json", "--database-url", pg_url])
     assert fed.exit_code == 0, fed.output
     assert _by_area(json.loads(fed.stdout.strip().splitlines()[-1])) == {"tamura": "propose"}
+
+
+def test_a_bulletin_read_hours_late_pages_nobody_unless_replayed(pg_url: str, links: service.Links) -> None:
+    clock = ManualClock(T0 + 4 * 3600)  # the feed caught up after an outage, or an archive is fed in
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        _seed(conn, clock)
+        late = quake_service.feed(conn, SURUGA_1, clock=clock, links=links)
+        assert _by_area(late) == {None: "stale"} and "4.0 h" in late["decisions"][0]["why"]
+        assert _checks(conn) == []
+        replayed = quake_service.feed(conn, SURUGA_2, clock=clock, links=links, replay=True)  # on purpose
+        assert _by_area(replayed)["shizuoka-chubu"] == "start"

@@ -1,14 +1,18 @@
 """The double-toggle recogniser (pure): two opposite switches of one bulb within the window after
 the check started are "safe"; one switch, motion, doors, or switches spread out are only a sign of
-life; before the start counts for nothing."""
+life; before the start counts for nothing.
+"""
 
 from __future__ import annotations
+
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from safety import recognise
-from safety.recognise import Ev, recognise as judge
+from safety.recognise import Ev
+from safety.recognise import recognise as judge
 from safety.throttle import Throttle
 
 T0 = 1_767_225_600.0
@@ -63,7 +67,7 @@ def test_safe_exactly_when_some_bulb_has_two_opposite_switches_within_the_window
     for d in BULBS:
         sw = sorted((e for e in evs if e.device_id == d and e.kind in ("on", "off") and e.time >= T0),
                     key=lambda e: (e.time, e.seq))
-        if any(a.kind != b.kind and b.time - a.time <= 10.0 for a, b in zip(sw, sw[1:])):
+        if any(a.kind != b.kind and b.time - a.time <= 10.0 for a, b in pairwise(sw)):
             expected = True
     assert (v.state == "safe") == expected
     if not any(e.time >= T0 for e in evs):

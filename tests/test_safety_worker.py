@@ -1,7 +1,8 @@
 """The worker's recognition pass on a real PostgreSQL (no broker): new events of households in open
 checks are judged once they are stored, also when their batch committed after the cursor moved
 (look-back); a person's answer is never overridden; a closed check is no longer followed; a blink is
-queued for every bulb (a plug only when allowed); replays change nothing."""
+queued for every bulb (a plug only when allowed); replays change nothing.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from mimamori.clock import ManualClock, as_datetime
 from mimamori.config import Settings
 from mimamori.signing import signer
-from safety import service
+from safety import engine, records, service
 from safety.models import Actor
 
 pytestmark = [pytest.mark.integration]
@@ -44,7 +45,7 @@ def _states(conn: psycopg.Connection, cid: int) -> dict[str, tuple[str, str | No
 
 def test_recognition_pass(pg_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     clock = ManualClock(T0)
-    links = service.Links(signer(Settings(secret_key="k", data_dir=tmp_path), "safety-answer"), "http://x")
+    links = records.Links(signer(Settings(secret_key="k", data_dir=tmp_path), "safety-answer"), "http://x")
     with psycopg.connect(pg_url, autocommit=True) as conn:
         _seed(conn)
         _event(conn, "b1", 0, T0 - 5, "off", T0 - 5)  # before the check: counts for nothing
@@ -53,7 +54,7 @@ def test_recognition_pass(pg_url: str, tmp_path) -> None:  # type: ignore[no-unt
                               (cid,)).fetchall()
         # the plug is not switched: plugs blink only with devices.blink_allowed (a heater, a fridge: issue 13)
         assert [b[0] for b in blinks] == ["device:b1", "device:b2", "device:b3", "device:b4"]
-        cursor, changed = service.recognise_new_events(conn, clock, None)
+        cursor, changed = engine.recognise_new_events(conn, clock, None)
         assert changed == 0 and _states(conn, cid)["h1"] == ("no_answer", None)
 
         clock.advance(5)
@@ -61,11 +62,11 @@ def test_recognition_pass(pg_url: str, tmp_path) -> None:  # type: ignore[no-unt
         _event(conn, "m2", 0, T0 + 3, "motion", T0 + 4)
         _event(conn, "b3", 0, T0 + 2, "off", T0 + 4)
         _event(conn, "b3", 1, T0 + 3, "on", T0 + 4)        # a double toggle
-        cursor, changed = service.recognise_new_events(conn, clock, cursor)
+        cursor, changed = engine.recognise_new_events(conn, clock, cursor)
         assert changed == 3
         assert _states(conn, cid) == {"h1": ("sign_of_life", "activity"), "h2": ("sign_of_life", "activity"),
                                       "h3": ("safe", "double_toggle"), "h4": ("no_answer", None)}
-        assert service.recognise_new_events(conn, clock, cursor)[1] == 0  # a replay changes nothing
+        assert engine.recognise_new_events(conn, clock, cursor)[1] == 0  # a replay changes nothing
 
         # h4 says it needs help; a later double toggle does not turn that into "safe"
         service.answer_in_app(conn, OPER, cid, "h4", "needs_help", note="電話で確認", clock=clock)
@@ -75,7 +76,7 @@ def test_recognition_pass(pg_url: str, tmp_path) -> None:  # type: ignore[no-unt
         _event(conn, "b1", 2, T0 + 8, "off", late)        # with seq 1 (on at +3): 5 s apart -> double toggle
         _event(conn, "b4", 0, T0 + 8, "off", late)
         _event(conn, "b4", 1, T0 + 9, "on", late)
-        cursor, changed = service.recognise_new_events(conn, clock, cursor, lookback_s=5.0)
+        cursor, changed = engine.recognise_new_events(conn, clock, cursor, lookback_s=5.0)
         assert changed == 1
         assert _states(conn, cid)["h1"] == ("safe", "double_toggle")
         assert _states(conn, cid)["h4"] == ("needs_help", "on_behalf")
@@ -87,7 +88,7 @@ def test_recognition_pass(pg_url: str, tmp_path) -> None:  # type: ignore[no-unt
         service.close_check(conn, OPER, cid, clock=clock)
         _event(conn, "b2", 0, T0 + 20, "off", T0 + 21)
         _event(conn, "b2", 1, T0 + 21, "on", T0 + 21)
-        assert service.recognise_new_events(conn, clock, cursor)[1] == 0
+        assert engine.recognise_new_events(conn, clock, cursor)[1] == 0
         assert _states(conn, cid)["h2"] == ("sign_of_life", "activity")
         pending = conn.execute("SELECT count(*) FROM safety_deliveries WHERE check_id = %s AND status = 'pending'",
                                (cid,)).fetchone()[0]

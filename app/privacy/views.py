@@ -19,6 +19,8 @@ from app.models import ID_PATTERN
 from app.privacy import service
 from app.templating import render
 from mimamori.errors import Forbidden
+from mimamori.outbox import LinkSealer
+from mimamori.signing import secret_key
 
 api = APIRouter(prefix="/api/households", tags=["privacy"])
 pages = APIRouter(include_in_schema=False)
@@ -112,8 +114,11 @@ def me_page(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep
     locale = request_locale(request)
     svg = heatmap_svg(h["heatmap"], title=translate(locale, "heatmap_title"))
     # a resident check waiting for the resident's answer (its message carries their answer link)
-    questions = [n for n in incidents.unread_notifications(conn, person, limit=20)
-                 if n["notice"] == "resident_check" and n["data"].get("url")]
+    # (the answer link is stored sealed, issue 17: opened here for the resident it belongs to)
+    sealer = LinkSealer(secret_key(request.app.state.settings))
+    questions = [{**n, "data": {**n["data"], "url": sealer.open(n["data"]["sealed_link"])}}
+                 for n in incidents.unread_notifications(conn, person, limit=20)
+                 if n["notice"] == "resident_check" and n["data"].get("sealed_link")]
     return render(request, "me.html", household_id=person.household_id, h=h, heatmap_svg=svg, questions=questions,
                   views=service.view_log(conn, person, person.household_id),
                   consents=service.consent_of(conn, person, person.household_id))

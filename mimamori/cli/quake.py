@@ -19,16 +19,19 @@ safety_app = typer.Typer(help="The safety check (安否確認): its feeds.")
 FileOpt = Annotated[Path, typer.Option("--file", exists=True, dir_okay=False, readable=True,
                                        help="A JMA earthquake XML document or a P2PQuake 551 JSON record.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Say what the document would do; start and record nothing.")]
+ReplayOpt = Annotated[bool, typer.Option("--replay", help="Judge an archived bulletin as if read when issued (a bulletin "
+                                                            "read hours late otherwise pages nobody).")]
 
 
 @safety_app.command("feed")
-def feed_command(file: FileOpt, dry_run: DryRunOpt = False, json_out: JsonOpt = False, database_url: DatabaseOpt = None) -> None:
+def feed_command(file: FileOpt, dry_run: DryRunOpt = False, replay: ReplayOpt = False, json_out: JsonOpt = False,
+                 database_url: DatabaseOpt = None) -> None:
     """Read one earthquake bulletin: the areas it reaches, their intensity, and whether their safety check
     started (or was proposed to the coordinator), and why."""
-    quake_feed(file, dry_run, json_out, database_url)
+    quake_feed(file, dry_run, json_out, database_url, replay=replay)
 
 
-def quake_feed(file: Path, dry_run: bool, json_out: bool, database_url: str | None) -> None:
+def quake_feed(file: Path, dry_run: bool, json_out: bool, database_url: str | None, *, replay: bool = False) -> None:
     import psycopg
 
     from mimamori.clock import SystemClock
@@ -46,7 +49,7 @@ def quake_feed(file: Path, dry_run: bool, json_out: bool, database_url: str | No
         _refuse(json_out, str(exc))
     links = Links(signer(settings, "safety-answer"), settings.app_url(), SafetySettings().link_max_age_s)
     with services(settings, need_broker=False) as svc, psycopg.connect(svc.database_url, autocommit=True) as conn:
-        result = quake_service.feed(conn, data, clock=SystemClock(), links=links, dry_run=dry_run)
+        result = quake_service.feed(conn, data, clock=SystemClock(), links=links, dry_run=dry_run, replay=replay)
     if json_out:
         print_json(result)
     else:

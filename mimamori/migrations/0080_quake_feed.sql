@@ -39,7 +39,7 @@ CREATE TABLE quake_decisions (
     quake_id      text NOT NULL,
     area          text,
     decision      text NOT NULL CHECK (decision IN ('start', 'propose', 'already', 'below', 'not_affected',
-                                                    'drill', 'cancelled', 'failed')),
+                                                    'drill', 'cancelled', 'stale', 'failed')),
     why           text NOT NULL,
     scale         smallint,
     matched       text[] NOT NULL DEFAULT '{}',

@@ -1,0 +1,104 @@
+"""Who gets the daily note, for which home, when (issue 16): opt-in, consent recorded, at the person's hour
+in the home's own time zone, at most once a day (and the weekly trend once a week).
+
+The words are ``alerts.daily_note``'s; sending goes through the outbox on the person's chosen channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+from psycopg.rows import dict_row
+
+from alerts.models import Forbidden, InvalidInput
+
+
+@dataclass(frozen=True)
+class DueNote:
+    person_id: str
+    household_id: str
+    channel_id: int | None
+    local_date: date
+    weekly: bool          # the weekly trend is due too (sent with the daily note)
+
+
+def _on_team(conn: psycopg.Connection, person_id: str, household_id: str) -> bool:
+    """A note about a home goes only to its team and its resident: whoever would be told of an alert."""
+    return conn.execute(
+        """SELECT 1 FROM household_watchers WHERE household_id = %(h)s AND person_id = %(p)s
+           UNION ALL SELECT 1 FROM people WHERE person_id = %(p)s AND household_id = %(h)s AND role = 'resident'""",
+        {"h": household_id, "p": person_id}).fetchone() is not None
+
+
+def subscribe(conn: psycopg.Connection, person_id: str, household_id: str, *, local_hour: int,
+              weekly_isodow: int | None, channel_id: int | None, now: float) -> dict[str, Any]:
+    """Opt in (or change the hour / channel): the person's own choice, for a home whose team they are on."""
+    if not 0 <= local_hour <= 23:
+        raise InvalidInput("the hour is 0 to 23")
+    if weekly_isodow is not None and not 1 <= weekly_isodow <= 7:
+        raise InvalidInput("the weekday is 1 (Monday) to 7 (Sunday)")
+    if not _on_team(conn, person_id, household_id):
+        raise Forbidden("notes about a home go to its team and its resident only")
+    if channel_id is not None and conn.execute("SELECT 1 FROM person_channels WHERE channel_id = %s AND person_id = %s",
+                                               (channel_id, person_id)).fetchone() is None:
+        raise InvalidInput("not one of your channels")
+    conn.execute(
+        """INSERT INTO daily_note_subscriptions (person_id, household_id, local_hour, weekly_isodow, channel_id,
+                                                 consented_at)
+           VALUES (%s, %s, %s, %s, %s, %s)
+           ON CONFLICT (person_id, household_id) DO UPDATE SET local_hour = EXCLUDED.local_hour,
+               weekly_isodow = EXCLUDED.weekly_isodow, channel_id = EXCLUDED.channel_id""",
+        (person_id, household_id, local_hour, weekly_isodow, channel_id, datetime.fromtimestamp(now, UTC)))
+    return {"household_id": household_id, "local_hour": local_hour, "weekly_isodow": weekly_isodow,
+            "channel_id": channel_id}
+
+
+def unsubscribe(conn: psycopg.Connection, person_id: str, household_id: str) -> bool:
+    return conn.execute("DELETE FROM daily_note_subscriptions WHERE person_id = %s AND household_id = %s RETURNING 1",
+                        (person_id, household_id)).fetchone() is not None
+
+
+def subscriptions(conn: psycopg.Connection, person_id: str) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            """SELECT s.household_id, h.display_name, s.local_hour, s.weekly_isodow, s.channel_id, s.consented_at
+               FROM daily_note_subscriptions s JOIN households h USING (household_id)
+               WHERE s.person_id = %s ORDER BY h.display_name""", (person_id,)).fetchall()
+
+
+def due(conn: psycopg.Connection, now: float) -> list[DueNote]:
+    """Notes due at ``now``: the home's local hour has reached the chosen hour and today's note has not gone
+    out. A person who left the team stops getting notes at once, whatever they subscribed to."""
+    at = datetime.fromtimestamp(now, UTC)
+    rows = conn.execute(
+        """SELECT s.person_id, s.household_id, s.channel_id, s.local_hour, s.weekly_isodow, s.last_daily_on,
+                  s.last_weekly_on, h.timezone
+           FROM daily_note_subscriptions s JOIN households h USING (household_id)
+           WHERE EXISTS (SELECT 1 FROM household_watchers w WHERE w.household_id = s.household_id
+                                                              AND w.person_id = s.person_id)
+              OR EXISTS (SELECT 1 FROM people p WHERE p.person_id = s.person_id AND p.household_id = s.household_id
+                                                  AND p.role = 'resident')""").fetchall()
+    out = []
+    for person_id, household_id, channel_id, hour, isodow, last_daily, last_weekly, tz in rows:
+        local = at.astimezone(ZoneInfo(tz))
+        today = local.date()
+        if local.hour < hour or last_daily == today:
+            continue
+        weekly = isodow is not None and today.isoweekday() == isodow and last_weekly != today
+        out.append(DueNote(person_id, household_id, channel_id, today, weekly))
+    return out
+
+
+def mark_sent(conn: psycopg.Connection, note: DueNote) -> bool:
+    """Record the note as sent for that local date; False when another worker did it first (then this one
+    must not enqueue it: call inside the transaction that enqueues)."""
+    return conn.execute(
+        """UPDATE daily_note_subscriptions SET last_daily_on = %(d)s,
+                  last_weekly_on = CASE WHEN %(w)s THEN %(d)s ELSE last_weekly_on END
+           WHERE person_id = %(p)s AND household_id = %(h)s AND last_daily_on IS DISTINCT FROM %(d)s
+           RETURNING 1""",
+        {"d": note.local_date, "w": note.weekly, "p": note.person_id, "h": note.household_id}).fetchone() is not None
