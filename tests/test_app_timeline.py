@@ -18,7 +18,8 @@ from app.i18n import MESSAGES
 from app.incidents.timeline import action_key, chain_step_text, describe
 
 ROOT = Path(__file__).parent.parent
-ENGINE_FILES = ("alerts/service.py", "alerts/policy.py", "alerts/flows.py", "safety/service.py", "safety/flows.py")
+#: Every module of the two engines (they split their services into service, engine, records, links ...).
+ENGINE_FILES = tuple(sorted(p.relative_to(ROOT).as_posix() for stage in ("alerts", "safety") for p in (ROOT / stage).glob("*.py")))
 
 
 def _const(node: ast.AST) -> list[str] | None:
@@ -46,13 +47,13 @@ def engine_actions() -> tuple[set[str], set[str]]:
     }
     timeline: set[str] = set()
     audit: set[str] = set()
+    reasons: set[str] = set()  # across files: the writer and its callers may live in different modules
     for rel in ENGINE_FILES:
         path = ROOT / rel
         if not path.exists():
             continue
         source = path.read_text(encoding="utf-8")
         tree = ast.parse(source)
-        reasons: set[str] = set()
         for node in ast.walk(tree):
             # _tell_team_needs_help(..., reason="needs_help"): timeline action f"safety_{reason}"
             if isinstance(node, ast.FunctionDef) and node.name == "_tell_team_needs_help":
@@ -65,7 +66,7 @@ def engine_actions() -> tuple[set[str], set[str]]:
             for kw in node.keywords:
                 if name == "_tell_team_needs_help" and kw.arg == "reason":
                     reasons |= set(_const(kw.value) or [])
-            if name == "_timeline" and len(node.args) > 4:
+            if name in ("_timeline", "add_timeline") and len(node.args) > 4:
                 if isinstance(node.args[4], ast.Attribute) and node.args[4].attr == "action":
                     continue  # a policy.Log's action: found below, where the policy builds them
                 found = _const(node.args[4])
@@ -75,7 +76,7 @@ def engine_actions() -> tuple[set[str], set[str]]:
                 found = _const(node.args[0])
                 assert found is not None, f"{rel}:{node.lineno}"
                 timeline |= set(found)
-            elif name == "_audit" and len(node.args) > 5:
+            elif name in ("_audit", "audit") and len(node.args) > 5:
                 found = _const(node.args[5])
                 if found is None:
                     prefix = _fstring_prefix(node.args[5])
@@ -90,10 +91,10 @@ def engine_actions() -> tuple[set[str], set[str]]:
                     prefixes = [_fstring_prefix(a) for a in ast.walk(node.args[1]) if isinstance(a, ast.JoinedStr)]
                     assert prefixes and prefixes[0] == "safety_", f"{rel}:{node.lineno}"
                     timeline.add("safety_{reason}")
-        if "safety_{reason}" in timeline:
-            timeline.remove("safety_{reason}")
-            assert reasons, "no reasons found for safety_{reason}"
-            timeline |= {f"safety_{r}" for r in reasons}
+    if "safety_{reason}" in timeline:
+        timeline.remove("safety_{reason}")
+        assert reasons, "no reasons found for safety_{reason}"
+        timeline |= {f"safety_{r}" for r in reasons}
     return timeline, audit
 
 
@@ -108,7 +109,12 @@ def test_the_scan_finds_the_engines_actions() -> None:
 
 def test_every_engine_action_has_words_in_both_languages() -> None:
     timeline, audit = engine_actions()
-    missing = sorted(a for a in timeline if action_key({"action": a}) == "tl_unknown")
+    from alerts.resident import ANSWERS as RESIDENT_ANSWERS
+
+    # the resident's answer reads by the answer given (its data), one text per answer
+    entries = [{"action": a, "data": {}} for a in timeline - {"resident_answered"}]
+    entries += [{"action": "resident_answered", "data": {"answer": answer}} for answer in RESIDENT_ANSWERS]
+    missing = sorted(f"{e['action']} {e['data']}" for e in entries if action_key(e) == "tl_unknown")
     assert not missing, f"timeline actions without a text in app/i18n.py (tl_<action>): {missing}"
     missing = sorted(a for a in audit if f"safety_audit_{a}" not in MESSAGES)
     assert not missing, f"safety audit actions without a text (safety_audit_<action>): {missing}"
