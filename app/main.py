@@ -35,6 +35,7 @@ from app.incidents import views as incident_views
 from app.incidents import resident_views
 from app.contacts import views as contact_views
 from app.line import views as line_views
+from app.notes import views as note_views
 from app.live.hub import LiveHub
 from app.live.views import router as live_router
 from app.privacy import views as privacy_views
@@ -212,6 +213,7 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     app.include_router(live_router)
     app.include_router(pwa_router)
     app.include_router(line_views.api)  # LINE's webhook and the person's LINE link (issue 16)
+    app.include_router(note_views.api)  # the daily note's opt-in (issue 16)
     _include_alerts_routers(app)
     importlib.import_module("app.safety").include(app)  # the safety check (安否確認): API and pages
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")

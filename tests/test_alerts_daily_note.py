@@ -57,6 +57,22 @@ def test_no_movement_yet_today() -> None:
     assert (note.kind, note.text) == ("none_yet", "高橋さん: 今日はまだ動きがありません")
 
 
+@pytest.mark.unit
+def test_a_trip_to_the_toilet_at_night_is_not_the_start_of_the_day() -> None:
+    # measured on real homes (bench/notes.py, UCI ADL): the day's first event is often at 1 a.m.
+    today = routine()
+    today[5] = 1  # 1:15
+    note = daily_note("佐藤", TODAY, now_slot=48, days={**history(14), TODAY: today})
+    assert note.text == "佐藤さん: いつも通りです（朝7時から動きがあります）"
+
+
+@pytest.mark.unit
+def test_a_day_that_stopped_says_so_before_it_is_quieter_in_total() -> None:
+    stopped = day({s: 3 for s in range(28, 40)})  # up at 7:00, nothing since 10:00
+    note = daily_note("佐藤", TODAY, now_slot=48, days={**history(14), TODAY: stopped})
+    assert (note.kind, note.text) == ("quiet_lately", "佐藤さん: 朝7時から動きがありましたが、ここ2時間ほど動きがありません")
+
+
 def test_a_late_start_with_usual_activity_afterwards() -> None:
     late = day(dict.fromkeys(range(38, 48), 12))  # up at 9:30, busy since
     note = daily_note("田中", TODAY, now_slot=48, days={**history(14), TODAY: late})
@@ -202,3 +218,4 @@ def test_a_due_note_is_written_in_the_app_and_sent_once_by_email(conn, smtp: Smt
     assert conn.execute("SELECT status FROM outbox WHERE source = 'note'").fetchall() == [("sent",)]
     [mail] = wait_for(lambda: smtp.to("daughter@example.jp"), what="the note by e-mail")
     assert "今日の見守り" in mail.subject and "佐藤さん" in mail.body
+
