@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from alerts.models import Forbidden, InvalidInput
 
@@ -102,3 +103,42 @@ def mark_sent(conn: psycopg.Connection, note: DueNote) -> bool:
            WHERE person_id = %(p)s AND household_id = %(h)s AND last_daily_on IS DISTINCT FROM %(d)s
            RETURNING 1""",
         {"d": note.local_date, "w": note.weekly, "p": note.person_id, "h": note.household_id}).fetchone() is not None
+
+
+NOTE_SOURCE = "note"
+DAILY_TITLE = "今日の見守り"
+
+
+def send_due(conn: psycopg.Connection, now: float) -> int:
+    """Write and queue every note due at ``now``: in the app, and on the person's chosen channel through the
+    outbox. One transaction per note: marked sent and queued together, so two workers never both send it."""
+    from datetime import timedelta
+
+    from alerts.channels import channel_kind_name
+    from alerts.daily_note import read_home, weekly_note
+    from mimamori import outbox
+
+    queued = 0
+    for note in due(conn, now):
+        with conn.transaction():
+            if not mark_sent(conn, note):
+                continue
+            home = read_home(conn, note.household_id, now)
+            text = home.note().text
+            if note.weekly:
+                text += "\n" + weekly_note(home.name, home.today - timedelta(days=1), home.days).text
+            at = datetime.fromtimestamp(now, UTC)
+            conn.execute("""INSERT INTO notifications (person_id, notice, urgent, title, body, data, created_at)
+                            VALUES (%s, 'daily_note', false, %s, %s, %s, %s)""",
+                         (note.person_id, DAILY_TITLE, text, Jsonb({"household_id": note.household_id}), at))
+            channel = conn.execute("SELECT kind, target FROM person_channels WHERE channel_id = %s AND person_id = %s"
+                                   " AND enabled", (note.channel_id, note.person_id)).fetchone() if note.channel_id else None
+            if channel is not None:
+                kind, target = channel
+                outbox.enqueue(conn, outbox.Send(
+                    source=NOTE_SOURCE, recipient=note.person_id, person_id=note.person_id,
+                    channel=f"{kind}:{note.channel_id}", channel_id=note.channel_id, notice="daily_note", urgent=False,
+                    throttle_key=channel_kind_name(kind, target), payload={"title": DAILY_TITLE, "body": text},
+                    created_at=now, send_at=now))
+            queued += 1
+    return queued

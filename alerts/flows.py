@@ -37,6 +37,7 @@ from alerts.channels import (
     private_target_nets,
     refused_target,
 )
+from alerts.line import LineSender
 from alerts.models import Conflict, InvalidInput, NotFound, render_notice
 from mimamori import outbox
 from mimamori.clock import Clock, as_datetime
@@ -58,6 +59,8 @@ class Senders:
     mqtt_factory: Callable[[], MqttBlinkSender] | None = None
     #: opens the sealed answer links of messages to residents (None: such messages fail)
     sealer: outbox.LinkSealer | None = None
+    #: LINE's Messaging API (``alerts.line``; None: LINE is not set up, its rows fail)
+    line: LineSender | None = None
 
     def blink_sender(self) -> MqttBlinkSender | None:
         if self.mqtt is None and self.mqtt_factory is not None:
@@ -70,6 +73,8 @@ class Senders:
     def close(self) -> None:
         if self.mqtt is not None:
             self.mqtt.close()
+        if self.line is not None:
+            self.line.close()
 
     def apprise_url(self, kind: str, target: str) -> str | None:
         """The Apprise URL a channel sends through: its own, or the mail server's to its address."""
@@ -116,6 +121,8 @@ def message_id(row: dict[str, Any], smtp_url: str | None = None) -> str | None:
         return None
     created_ms = int(row["created_at"].timestamp() * 1000)
     url = smtp_url if row.get("channel_kind") == "email" else row.get("target")
+    if row["source"] == "note":  # a daily note: <note.<delivery>...>
+        return f"<note.{row['delivery_id']}.{created_ms}@{_domain_of(url)}>"
     if row["source"] != records.SOURCE:  # a safety check's message: <safety.<check>.<delivery>...>
         return f"<{row['source']}.{row['check_id']}.{row['delivery_id']}.{created_ms}@{_domain_of(url)}>"
     return message_id_for(int(row["delivery_id"]), int(row["incident_id"]), created_ms, _domain_of(url))
@@ -135,6 +142,11 @@ def send(row: dict[str, Any], senders: Senders) -> SendResult:
     if row["channel_kind"] in ("apprise", "email"):
         return senders.message(row["channel_kind"], row["target"], payload["title"], payload["body"],
                                message_id=row.get("message_id"))
+    if row["channel_kind"] == "line":
+        if senders.line is None:
+            return SendResult(False, "LINE is not set up (MIMAMORI_LINE_ACCESS_TOKEN)", permanent=True)
+        ok, note, permanent = senders.line.send(row, payload)
+        return SendResult(ok, note, permanent=permanent)
     if row["channel_kind"] == "webpush":
         return senders.webpush.send(row["target"], {**payload, "delivery_id": row["delivery_id"]}, bool(row["urgent"]),
                                     topic=f"{row['source']}-{row['delivery_id']}")
@@ -196,8 +208,26 @@ class AlertOutbox:
                     records.report_unreachable(conn, inc, row["person_id"], now, reason="all_failed")
 
 
-#: The outbox sources an alert worker serves.
-SOURCES: dict[str, outbox.OutboxSource] = {records.SOURCE: AlertOutbox()}
+class NoteOutbox:
+    """The daily notes' rows (``outbox.source = 'note'``): always worth sending the day they are written,
+    retried like alerts, nothing recorded beside them (the in-app copy is the record)."""
+
+    name = "note"
+
+    def superseded(self, conn: psycopg.Connection, row: dict[str, Any]) -> str | None:  # noqa: ARG002 - OutboxSource
+        return None
+
+    def retry_delay(self, attempts: int) -> float | None:
+        return policy.retry_delay(attempts)
+
+    def recorded(self, conn: psycopg.Connection, row: dict[str, Any], outcome: str, error: str | None,  # noqa: ARG002
+                 now: float) -> None:  # noqa: ARG002 - the OutboxSource protocol
+        if outcome == "failed":
+            log.warning("daily note %s to %s failed: %s", row["delivery_id"], row["recipient"], error)
+
+
+#: The outbox sources an alert worker serves: the alerts, and the daily notes.
+SOURCES: dict[str, outbox.OutboxSource] = {records.SOURCE: AlertOutbox(), "note": NoteOutbox()}
 
 
 #: A person may test a channel this often (seconds): enough to check a new address, not to flood one.

@@ -16,8 +16,9 @@ counted against the channel's monthly allowance (free plan: 200); replies to a u
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 from urllib.parse import parse_qs, urlencode
@@ -38,6 +39,8 @@ from linebot.v3.messaging import (
 )
 
 from mimamori import errors
+
+log = logging.getLogger(__name__)
 
 LINE_API = "https://api.line.me"
 # LINE's limits on a buttons template (Messaging API reference, "Buttons template").
@@ -79,6 +82,14 @@ class LineSettings:
     api_base: str = LINE_API
     monthly_push_budget: int = 200   # the free plan's allowance; `quota()` reads the real one
     warn_at_share: float = 0.8       # a coordinator is told when this share is used
+
+
+def line_settings(settings: Any) -> LineSettings | None:
+    """The service's LINE channel from its settings (``MIMAMORI_LINE_*``); None when LINE is not set up."""
+    if settings.line_channel_secret is None or settings.line_access_token is None:
+        return None
+    return LineSettings(settings.line_access_token.get_secret_value(), settings.line_channel_secret.get_secret_value(),
+                        api_base=settings.line_api_base, monthly_push_budget=settings.line_monthly_push_budget)
 
 
 @dataclass(frozen=True)
@@ -231,3 +242,69 @@ def parse_webhook(body: str, signature: str, channel_secret: str) -> list[Any]:
     if not signature:
         raise InvalidSignatureError("no X-Line-Signature")
     return list(WebhookParser(channel_secret).parse(body, signature))
+
+
+# -- the outbox's LINE channel -------------------------------------------------------------------------------
+
+
+def line_messages(row: Mapping[str, Any], payload: Mapping[str, Any]) -> list[Any]:
+    """What one outbox row says on LINE: its words, with the buttons that answer it where there are any.
+    A long text goes first as its own bubble, then the buttons (one push: one message on LINE's count)."""
+    text = "\n".join(part for part in (str(payload.get("title") or ""), str(payload.get("body") or "")) if part)
+    buttons: TemplateMessage | None = None
+    prompt = text if len(text) <= MAX_BUTTONS_TEXT else "ボタンでお知らせください"
+    if row.get("source") == "alert" and row.get("notice") == "alert" and row.get("incident_id"):
+        buttons = alert_message(prompt, int(row["incident_id"]))
+    elif row.get("notice") == "resident_check" and row.get("incident_id"):
+        buttons = resident_check_message(prompt, int(row["incident_id"]))
+    elif row.get("source") == "safety" and payload.get("household_id") and row.get("check_id"):
+        buttons = safety_check_message(prompt, int(row["check_id"]), str(payload["household_id"]))
+    if buttons is None:
+        return [text_message(text or "見守り（mimamori）からのお知らせ")]
+    if buttons.alt_text != text:
+        buttons.alt_text = _clip(text, MAX_ALT_TEXT)
+    return [buttons] if prompt == text else [text_message(text), buttons]
+
+
+class LineSender:
+    """The outbox's ``line`` channel: the target is the person's linked LINE user id. The retry key is the
+    outbox row's id, the same for every attempt of that row: a send repeated after a crash (the outbox's
+    "in doubt") is executed by LINE once and answers 409, which counts as sent."""
+
+    def __init__(self, settings: LineSettings, *, database_url: str | None = None, clock: Any = None) -> None:
+        self.settings = settings
+        self._client: LineClient | None = None
+        # where accepted pushes are counted against the month's allowance (None: not counted)
+        self._database_url = database_url
+        self._clock = clock
+
+    def send(self, row: Mapping[str, Any], payload: Mapping[str, Any]) -> tuple[bool, str | None, bool]:
+        """(ok, error or note, permanent)."""
+        if self._client is None:
+            self._client = LineClient(self.settings)
+        try:
+            outcome = self._client.push(str(row["target"]), line_messages(row, payload),
+                                        attempt_id=f"outbox-{row['delivery_id']}")
+        except LineError as exc:
+            return False, str(exc), not exc.retryable
+        if outcome == "sent":
+            self._count()
+        return True, None if outcome == "sent" else "LINE had accepted it already (retry key)", False
+
+    def _count(self) -> None:
+        if self._database_url is None or self._clock is None:
+            return
+        import psycopg
+
+        from alerts.line_accounts import record_push
+
+        try:
+            with psycopg.connect(self._database_url, autocommit=True) as conn:
+                record_push(conn, self._clock.now(), allowance=self.settings.monthly_push_budget,
+                            warn_at_share=self.settings.warn_at_share)
+        except psycopg.Error as exc:  # the message went out; only the count is late
+            log.warning("line: the push could not be counted: %s", exc)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()

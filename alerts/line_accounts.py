@@ -74,11 +74,49 @@ def redeem_link_code(conn: psycopg.Connection, line_user_id: str, text: str, now
             " ON CONFLICT (person_id) DO UPDATE SET line_user_id = EXCLUDED.line_user_id, linked_at = EXCLUDED.linked_at",
             (person_id, line_user_id, at))
         conn.execute("DELETE FROM line_link_failures WHERE line_user_id = %s", (line_user_id,))
+        _ensure_channel(conn, person_id, line_user_id)
     return LinkResult("linked", person_id)
 
 
+def _ensure_channel(conn: psycopg.Connection, person_id: str, line_user_id: str) -> None:
+    """The linked account as the person's channel of kind ``line`` (last in their order when new); a LINE
+    account linked to someone else before is no longer their channel."""
+    conn.execute("DELETE FROM person_channels WHERE kind = 'line' AND target = %s AND person_id <> %s",
+                 (line_user_id, person_id))
+    updated = conn.execute("UPDATE person_channels SET target = %s, enabled = true WHERE person_id = %s AND kind = 'line'"
+                           " RETURNING 1", (line_user_id, person_id)).fetchone()
+    if updated is None:
+        conn.execute(
+            "INSERT INTO person_channels (person_id, kind, target, label, position)"
+            " SELECT %s, 'line', %s, 'LINE', coalesce(max(position) + 1, 0) FROM person_channels WHERE person_id = %s",
+            (person_id, line_user_id, person_id))
+
+
 def unlink(conn: psycopg.Connection, person_id: str) -> bool:
-    return conn.execute("DELETE FROM line_accounts WHERE person_id = %s RETURNING 1", (person_id,)).fetchone() is not None
+    with conn.transaction():
+        conn.execute("DELETE FROM person_channels WHERE person_id = %s AND kind = 'line'", (person_id,))
+        return conn.execute("DELETE FROM line_accounts WHERE person_id = %s RETURNING 1", (person_id,)).fetchone() is not None
+
+
+#: Who is told when the month's allowance is nearly used: whoever runs the service and its areas.
+_BUDGET_NOTICE = ("LINEの今月の送信枠が残りわずかです",
+                  ("今月のLINEの送信（プッシュ）が枠の{share}%（{used}/{allowance}通）に達しました。枠を超えるとLINEへは"
+                   "届かなくなり、アプリやメールなど他の連絡先にだけ届きます。プランの見直しをご検討ください。"))
+
+
+def record_push(conn: psycopg.Connection, now: float, *, allowance: int, warn_at_share: float = 0.8) -> Budget:
+    """After a LINE push was accepted: count it, and tell the operators and coordinators once a month when
+    the allowance is nearly used."""
+    budget = count_push(conn, now, allowance=allowance, warn_at_share=warn_at_share)
+    if budget.warn_now:
+        title, body = _BUDGET_NOTICE
+        conn.execute(
+            """INSERT INTO notifications (person_id, notice, urgent, title, body, data, created_at)
+               SELECT person_id, 'line_budget', false, %s, %s, '{}'::jsonb, %s FROM people
+               WHERE role IN ('operator', 'coordinator')""",
+            (title, body.format(share=round(100 * budget.used / max(1, allowance)), used=budget.used, allowance=allowance),
+             _at(now)))
+    return budget
 
 
 def person_for(conn: psycopg.Connection, line_user_id: str) -> str | None:

@@ -154,7 +154,7 @@ _NOTICE_TEXT: Final = {
         "test": ("Watch-over: test message", "A test that watch-over notices reach this contact. No need to reply."),
         "resident_answered_fine": ("{name}: the resident says they are fine", "{by} answered the check: \"I'm fine\"."),
         "resident_answered_away": ("{name}: the resident is away", "{by} answered the check: \"I'm out\". Watching pauses until they are back."),
-        "resident_answered_help": ("{name}: the resident asks for help", "{by} answered the check: \"Please help\". Please go and see now."),
+        "resident_answered_help": ("{name}: the resident asks for help", '{by} answered the check: "Please help". Please go and see now.'),
     },
 }
 

@@ -24,8 +24,9 @@ from typing import Any
 
 import psycopg
 
-from alerts import engine, flows, metrics, records
+from alerts import daily_notes, engine, flows, metrics, records
 from alerts.channels import AlertSettings, AppriseSender, MqttBlinkSender, WebPushSender
+from alerts.line import LineSender, line_settings
 from mimamori import observability, outbox
 from mimamori.clock import Clock, ScaledClock, SystemClock
 from mimamori.config import Settings
@@ -46,7 +47,9 @@ def _engine_pass(conn: psycopg.Connection, clock: Clock, worker_id: str, wake: t
     """Adopt new incidents and advance due escalations; returns how many it handled. Wakes the
     delivery threads after every committed batch so sends start while the pass goes on.
     """
-    done = 0
+    done = daily_notes.send_due(conn, clock.now())  # cheap when none is due: one query
+    if done:
+        wake.set()
     while done < BATCH:
         adopted = engine.adopt_new(conn, clock, worker_id, limit=BATCH_STEP, app_url=app_url, sealer=sealer)
         stepped = engine.step_due(conn, clock, worker_id, limit=BATCH_STEP, app_url=app_url, sealer=sealer)
@@ -78,8 +81,10 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
         mqtt_sender = MqttBlinkSender(mqtt_url, f"mimamori-alerts-{worker_id}", protocol_preference=settings.mqtt_protocol,
                                       confirm_s=cfg.blink_confirm_s)
     sealer = outbox.LinkSealer(secret_key(settings))
+    line = line_settings(settings)
+    line_sender = LineSender(line, database_url=database_url, clock=clock) if line else None
     senders = flows.Senders(AppriseSender(), WebPushSender(cfg.vapid_private_key, cfg.vapid_subject, cfg.send_timeout_s),
-                            mqtt_sender, smtp_url=cfg.smtp_url, sealer=sealer)
+                            mqtt_sender, smtp_url=cfg.smtp_url, sealer=sealer, line=line_sender)
     wake = threading.Event()
     throttle = outbox.Throttle.per_minute(cfg.rates_per_minute) if cfg.rates_per_minute else None
 

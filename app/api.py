@@ -24,6 +24,7 @@ from app.incidents import resident_views
 from app.incidents import views as incident_views
 from app.line import views as line_views
 from app.live import views as live_views
+from app.notes import views as note_views
 from app.privacy import views as privacy_views
 from app.safety import views as safety_pages
 
@@ -42,6 +43,7 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(live_views.router)  # /live and /api/alerts/notifications/stream (before /api/alerts/{id})
     app.include_router(pwa.router)
     app.include_router(line_views.api)  # LINE's webhook (its signature is the credential) and the person's LINE link
+    app.include_router(note_views.api)  # the daily note's opt-in (issue 16)
     app.include_router(alerts_api.alerts_api, dependencies=AUTHENTICATED)
     app.include_router(safety_api.safety_api, dependencies=AUTHENTICATED)
     app.include_router(safety_api.answer_api)  # no login: the signed single-use link is the credential

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pytest
+from alerts_fixtures import SmtpSink, smtp, wait_for  # noqa: F401 (fixture)
 
 from alerts.daily_note import SLOTS_PER_DAY, clock_words, clock_words_at, daily_note, weekly_note
 
@@ -54,6 +55,22 @@ def test_a_quieter_day_says_so_without_alarm() -> None:
 def test_no_movement_yet_today() -> None:
     note = daily_note("高橋", TODAY, now_slot=40, days={**history(14), TODAY: day({})})
     assert (note.kind, note.text) == ("none_yet", "高橋さん: 今日はまだ動きがありません")
+
+
+@pytest.mark.unit
+def test_a_trip_to_the_toilet_at_night_is_not_the_start_of_the_day() -> None:
+    # measured on real homes (bench/notes.py, UCI ADL): the day's first event is often at 1 a.m.
+    today = routine()
+    today[5] = 1  # 1:15
+    note = daily_note("佐藤", TODAY, now_slot=48, days={**history(14), TODAY: today})
+    assert note.text == "佐藤さん: いつも通りです（朝7時から動きがあります）"
+
+
+@pytest.mark.unit
+def test_a_day_that_stopped_says_so_before_it_is_quieter_in_total() -> None:
+    stopped = day({s: 3 for s in range(28, 40)})  # up at 7:00, nothing since 10:00
+    note = daily_note("佐藤", TODAY, now_slot=48, days={**history(14), TODAY: stopped})
+    assert (note.kind, note.text) == ("quiet_lately", "佐藤さん: 朝7時から動きがありましたが、ここ2時間ほど動きがありません")
 
 
 def test_a_late_start_with_usual_activity_afterwards() -> None:
@@ -169,3 +186,36 @@ def test_opt_in_at_the_home_hour_once_a_day_and_only_on_the_team(conn) -> None:
 
     conn.execute("DELETE FROM household_watchers WHERE person_id = 'daughter'")  # left the team
     assert daily_notes.due(conn, monday_7 + 49 * 3600) == []
+
+
+@pytest.mark.integration
+def test_a_due_note_is_written_in_the_app_and_sent_once_by_email(conn, smtp: SmtpSink) -> None:  # noqa: F811
+    """The worker's pass: the note in the app and through the outbox on the chosen channel, by real mail."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from alerts import daily_notes, flows
+    from alerts.channels import AppriseSender, WebPushSender
+    from mimamori.clock import ManualClock
+
+    tokyo = ZoneInfo("Asia/Tokyo")
+    conn.execute("INSERT INTO households (household_id, display_name) VALUES ('h1', '佐藤')")
+    conn.execute("INSERT INTO people (person_id, display_name, role) VALUES ('daughter', '娘', 'watcher')")
+    conn.execute("INSERT INTO household_watchers (household_id, person_id, tier) VALUES ('h1', 'daughter', 1)")
+    channel_id = conn.execute("INSERT INTO person_channels (person_id, kind, target) VALUES ('daughter', 'email', %s)"
+                              " RETURNING channel_id", ("daughter@example.jp",)).fetchone()[0]
+    eight = datetime(2026, 7, 20, 8, 5, tzinfo=tokyo).timestamp()
+    daily_notes.subscribe(conn, "daughter", "h1", local_hour=8, weekly_isodow=None, channel_id=channel_id, now=eight)
+    assert daily_notes.send_due(conn, eight) == 1
+    assert daily_notes.send_due(conn, eight + 60) == 0  # the next pass: already sent today
+    body = conn.execute("SELECT body FROM notifications WHERE notice = 'daily_note'").fetchone()[0]
+    assert body.startswith("佐藤さん: センサーから連絡が届いていません")  # no device has reported: not called quiet
+    clock = ManualClock(eight)
+    server = f"mailto://127.0.0.1:{smtp.port}?from=notes@city.example.jp&mode=insecure"
+    senders = flows.Senders(AppriseSender(), WebPushSender(None, "mailto:x@y.jp"), smtp_url=server)
+    while flows.deliver_one(conn, clock, senders, "test"):
+        pass
+    assert conn.execute("SELECT status FROM outbox WHERE source = 'note'").fetchall() == [("sent",)]
+    [mail] = wait_for(lambda: smtp.to("daughter@example.jp"), what="the note by e-mail")
+    assert "今日の見守り" in mail.subject and "佐藤さん" in mail.body
+

@@ -298,3 +298,38 @@ def test_the_resident_answers_their_check_from_line(line_app, platform: LinePlat
     with psycopg.connect(url) as c:
         status, outcome = c.execute("SELECT status, outcome FROM incidents WHERE incident_id = %s", (ids["h1"],)).fetchone()
     assert (status, outcome) == ("cancelled", "resident_responded"), (status, outcome)
+
+
+@pytest.mark.e2e
+def test_an_alert_reaches_line_with_buttons_and_the_button_claims_it(line_app, platform: LinePlatform) -> None:
+    """The whole path: the alert engine queues the alert on watcher_a's linked LINE account, the outbox sends
+    it through the real client, and the button in the message LINE received claims the alert."""
+    import psycopg
+
+    from alerts import flows
+    from alerts import service as alerts_service
+    from alerts.channels import AppriseSender, WebPushSender
+    from alerts.line import LineSender, LineSettings
+    from mimamori.clock import ManualClock
+
+    _client, post, link, url, ids = line_app
+    link("watcher_a", "U-watcher-a")
+    clock = ManualClock(1_767_225_600.0 + 20 * 86400 + 3 * 3600)  # the world's time
+    senders = flows.Senders(AppriseSender(), WebPushSender(None, "mailto:x@y.jp"),
+                            line=LineSender(LineSettings(platform.token, platform.secret, api_base=platform.url),
+                                            database_url=url, clock=clock))
+    with psycopg.connect(url, autocommit=True) as conn:
+        while alerts_service.adopt_one(conn, clock, "test-worker") is not None:
+            pass
+        queued = conn.execute("SELECT count(*) FROM outbox WHERE channel LIKE 'line:%%' AND incident_id = %s",
+                              (ids["h1"],)).fetchone()[0]
+        assert queued == 1
+        while flows.deliver_one(conn, clock, senders, "test-worker"):
+            pass
+        assert conn.execute("SELECT status FROM outbox WHERE channel LIKE 'line:%%'").fetchone() == ("sent",)
+        assert conn.execute("SELECT pushes FROM line_push_usage").fetchone() == (1,)  # counted against the allowance
+    [pushed] = [p for p in platform.pushed if p.to == "U-watcher-a"]
+    buttons = next(m for m in pushed.messages if m["type"] == "template")
+    claim = next(a for a in buttons["template"]["actions"] if a["label"] == "私が行きます")
+    assert post([platform.event("U-watcher-a", "postback", data=claim["data"])]) == 200
+    assert [t for t in _timeline(url, ids["h1"]) if t[0] == "claimed"] == [("claimed", "line", "watcher_a")]

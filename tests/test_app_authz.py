@@ -144,6 +144,11 @@ MATRIX: dict[tuple[str, str], tuple[str, Any, frozenset[str] | None]] = {
     ("GET", "/api/me/line"): ("/api/me/line", None, ALL),
     ("POST", "/api/me/line/code"): ("/api/me/line/code", None, ALL),
     ("DELETE", "/api/me/line"): ("/api/me/line", None, ALL),
+    # --- the daily note (issue 16): about a home whose team one is on, or one's own home; one's own choice
+    ("GET", "/api/me/daily-notes"): ("/api/me/daily-notes", None, ALL),
+    ("PUT", "/api/me/daily-notes/{household_id}"): ("/api/me/daily-notes/h1", {"local_hour": 12},
+                                                    frozenset({"watcher_a", "resident_1"})),
+    ("DELETE", "/api/me/daily-notes/{household_id}"): ("/api/me/daily-notes/h1", None, ALL),
     # --- devices
     ("GET", "/api/devices/unpaired"): ("/api/devices/unpaired", None, MANAGERS),
     ("GET", "/api/devices/problems"): ("/api/devices/problems", None, MANAGERS),

@@ -19,10 +19,9 @@ from linebot.v3.webhooks import FollowEvent, MessageEvent, PostbackEvent, TextMe
 
 from alerts import line_accounts, resident
 from alerts import service as alerts_service
-from alerts.line import LineSettings, PostbackError, parse_postback
+from alerts.line import PostbackError, parse_postback
 from app.auth.service import get_person
 from mimamori.clock import Clock
-from mimamori.config import Settings
 from mimamori.errors import MimamoriError
 from safety import service as safety_service
 
@@ -44,13 +43,6 @@ REPLIES = {
     "refused": "この操作はできませんでした（{reason}）。",
     "unknown": "このボタンは使えません。アプリからお確かめください。",
 }
-
-
-def line_settings(settings: Settings) -> LineSettings | None:
-    if settings.line_channel_secret is None or settings.line_access_token is None:
-        return None
-    return LineSettings(settings.line_access_token.get_secret_value(), settings.line_channel_secret.get_secret_value(),
-                        api_base=settings.line_api_base, monthly_push_budget=settings.line_monthly_push_budget)
 
 
 @dataclass(frozen=True)
