@@ -8,6 +8,11 @@ Broker: ``MIMAMORI_TEST_MQTT_URL`` if set; else a Mosquitto started for the sess
 binary with the project's configuration (the machine's default broker keeps Mosquitto's default
 limits, which drop messages under load, and tests must be able to stop and restart it); else an
 in-process amqtt broker. Nothing is skipped silently: the header says what is used.
+
+Kinds: every test is marked with exactly one of ``unit`` (pure: no database, broker, SMTP server or
+subprocess), ``integration`` (real PostgreSQL / Mosquitto / SMTP), ``e2e`` (several stages together on
+the whole path) or ``browser`` (a real chromium). The collection fails on a test with none or several,
+and on a ``unit`` test that asks for a service fixture, so ``pytest -m unit`` stays a fast lane.
 """
 
 from __future__ import annotations
@@ -16,12 +21,16 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
 from mimamori import db, embedded
+from mimamori.clock import ManualClock
 from mimamori.mqtt import MqttUrl
+from support.town import SmtpSink
+from support.web import START, seed
 
 # The tests' mail and webhook sinks listen on loopback: an operator's allowance, as a deployment with an
 # on-premises ntfy or SMTP relay would set it (issue 17 refuses private and loopback targets of people's
@@ -51,8 +60,6 @@ class _PgServer:
         self.created: list[str] = []
 
     def url_for(self, database: str) -> str:
-        from urllib.parse import urlsplit, urlunsplit
-
         return urlunsplit(urlsplit(self.admin_url)._replace(path=f"/{database}"))
 
     def make_template(self) -> None:
@@ -122,6 +129,47 @@ def own_broker(tmp_path: Path) -> Iterator[embedded.EmbeddedBroker]:
     b = embedded.start_broker(tmp_path / "broker")
     yield b
     b.stop()
+
+
+@pytest.fixture
+def world(pg_url: str) -> tuple[str, ManualClock, dict[str, int]]:
+    """The app tests' seeded world (support.web.seed) on this test's database: (url, clock, incident ids)."""
+    clock = ManualClock(START)
+    return pg_url, clock, seed(pg_url, clock)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    """A real SMTP server (aiosmtpd) collecting the mails of one test."""
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+#: The kinds of test; each test carries exactly one (pyproject.toml declares them).
+KINDS = ("unit", "integration", "e2e", "browser")
+#: Fixtures that reach a real service: a ``unit`` test asking for one (even through another fixture) is mislabelled.
+SERVICE_FIXTURES = frozenset({"pg_server", "pg_url", "conn", "broker", "mqtt_url", "own_broker", "world", "smtp"})
+
+
+def kind_problem(item: pytest.Item) -> str | None:
+    """Why this test's kind markers are wrong, or None when it has exactly one kind and keeps to it."""
+    kinds = sorted({mark.name for mark in item.iter_markers() if mark.name in KINDS})
+    if not kinds:
+        return f"no kind: mark it with one of {', '.join(KINDS)}"
+    if len(kinds) > 1:
+        return f"several kinds ({', '.join(kinds)}): keep one"
+    services = sorted(SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+    if kinds == ["unit"] and services:
+        return f"a unit test uses service fixtures ({', '.join(services)}): mark it integration"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything: every run checks every test
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    problems = [f"  {item.nodeid}: {problem}" for item in items if (problem := kind_problem(item))]
+    if problems:
+        raise pytest.UsageError("tests with a wrong kind marker (see tests/conftest.py):\n" + "\n".join(problems))
 
 
 def _amqtt_mode() -> bool:

@@ -10,7 +10,6 @@ from datetime import time as dt_time
 
 import psycopg
 import pytest
-from alerts_fixtures import SmtpSink, smtp, Town, actions, notices, open_incident, seed_town, wait_for
 
 from alerts import models, service
 from alerts.channels import AlertSettings
@@ -20,6 +19,8 @@ from mimamori import mqtt, protocol
 from mimamori.clock import ManualClock, as_datetime
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
+from support.town import SmtpSink, Town, actions, notices, open_incident, seed_town
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import pytest
 
 from bench.chaos import ChaosPlan, run_chaos
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+pytestmark = pytest.mark.e2e
 
 
 def test_short_faults_lose_and_duplicate_nothing(pg_server, tmp_path: Path) -> None:  # noqa: ANN001 - conftest fixture

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts_fixtures import free_port
+from mimamori.embedded import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -11,6 +11,8 @@ import pytest
 from detector import model as m
 from detector.baselines import HelloLight24h, Kanazawa8hOn24hOff
 
+pytestmark = pytest.mark.unit
+
 H = 3600.0
 TZ = 9 * 3600
 # 2026-01-05 00:00 local (a Monday) in Asia/Tokyo

@@ -19,7 +19,7 @@ import pytest
 
 from mimamori.embedded import EmbeddedBroker
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 HOUSEHOLDS, DAYS, SEED = 200, 1, 1
 #: The fault variants run a smaller town (the fault suite, `mimamori chaos`, runs them at 100 homes x 1 day

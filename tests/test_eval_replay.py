@@ -11,6 +11,8 @@ from bench import eval as ev
 from bench.casas import read_casas, replay_from_casas
 from detector import model as m
 
+pytestmark = pytest.mark.unit
+
 H = 3600.0
 
 

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from mimamori import protocol as p
 
+pytestmark = pytest.mark.unit
+
 
 def test_topic_round_trip() -> None:
     assert p.parse_topic(p.event_topic("gw-1", "bulb.kitchen")) == p.Topic("event", "gw-1", "bulb.kitchen")

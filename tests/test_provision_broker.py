@@ -22,7 +22,8 @@ from gateway.service import Gateway
 from mimamori import embedded, mqtt, protocol
 from mimamori.clock import SystemClock
 from mimamori.config import Settings
-from test_gateway_service import close_client, wait_for
+from support.waiting import wait_for
+from test_gateway_service import close_client
 
 MOSQUITTO = embedded.shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 DYNSEC_PLUGIN = next((p for p in ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",

@@ -34,6 +34,7 @@ def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+@pytest.mark.unit
 def test_compose_names_only_published_images(compose: dict) -> None:
     services = compose["services"]
     assert set(services) == MIMAMORI_SERVICES | {"db", "broker"}
@@ -47,6 +48,7 @@ def test_compose_names_only_published_images(compose: dict) -> None:
             assert image.split(":")[1] not in ("", "latest")
 
 
+@pytest.mark.unit
 def test_compose_stack_shape(compose: dict) -> None:
     services = compose["services"]
     ingest = [services["ingest-1"], services["ingest-2"]]
@@ -69,6 +71,7 @@ def test_compose_stack_shape(compose: dict) -> None:
     assert any(p.startswith("8883:8883") for p in broker["ports"]) and not any("1883:" in p for p in broker["ports"])
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="needs docker-compose")
 def test_docker_compose_config_is_valid() -> None:
     result = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "config", "-q"], cwd=ROOT,

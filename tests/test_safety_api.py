@@ -9,8 +9,7 @@ import psycopg
 import pytest
 
 from alerts import service as alerts_service
-from mimamori.clock import ManualClock
-from test_app_support import app_client, bearer, cookie_login, world  # noqa: F401
+from support.web import app_client, bearer, cookie_login
 
 pytestmark = [pytest.mark.integration]
 

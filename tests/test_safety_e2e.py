@@ -16,14 +16,14 @@ import json
 import shutil
 import statistics
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import requests
 import psycopg
 import pytest
+import requests
 
 from app.auth.service import hash_password
 from firmware_sim.fleet import fleet_manifest, register_manifest
@@ -35,10 +35,10 @@ from mimamori.embedded import EmbeddedBroker
 from mimamori.mqtt import MqttUrl
 from safety.models import SafetySettings
 from safety.worker import run_safety_worker
+from support.web import served
 from test_app_browser import A11Y_JS
-from test_app_support import served
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+pytestmark = pytest.mark.e2e
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 PASSWORD = "correct horse 1"
 HOMES = 200

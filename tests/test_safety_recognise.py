@@ -4,12 +4,16 @@ life; before the start counts for nothing."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from safety import recognise
-from safety.recognise import Ev, recognise as judge
+from safety.recognise import Ev
+from safety.recognise import recognise as judge
 from safety.throttle import Throttle
+
+pytestmark = pytest.mark.unit
 
 T0 = 1_767_225_600.0
 BULBS = {"bulb-1", "bulb-2"}

@@ -23,6 +23,7 @@ SEED = 2  # three homes: two with bulbs only, one with sensors too
 H = 3600.0
 
 
+@pytest.mark.integration
 def test_manifest_registers_households_gateways_devices_idempotently(pg_url: str) -> None:
     manifest = fleet_manifest(5, SEED)
     assert [h["gateway_id"] for h in manifest["households"]] == [f"gw-000{k}" for k in range(1, 6)]

@@ -12,6 +12,8 @@ from firmware_sim.devices import ACTIVITY_CODES, K_BOOT, K_HEARTBEAT, K_OFF, K_O
 from firmware_sim.incidents import IncidentPlan, IncidentSpec
 from firmware_sim.offline import HouseholdStream, simulate_offline
 
+pytestmark = pytest.mark.unit
+
 TZ = ZoneInfo("Asia/Tokyo")
 START = datetime(2026, 1, 5, tzinfo=TZ).timestamp()  # Monday 00:00 local
 DAY, H = 86400.0, 3600.0

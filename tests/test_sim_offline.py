@@ -11,8 +11,10 @@ import pytest
 from firmware_sim.devices import ACTIVITY_CODES, K_HEARTBEAT, K_MOTION, K_ON, KIND_CODES, MOTION_HOLDOFF_S
 from firmware_sim.homes import HouseholdSeeds, household_seed, make_household
 from firmware_sim.offline import FleetStreams, bench_offline, simulate_offline
-from firmware_sim.resident import ASLEEP, BEDROOM, ENTER, ACTIVE, Draws, simulate_resident
+from firmware_sim.resident import ACTIVE, ASLEEP, BEDROOM, ENTER, Draws, simulate_resident
 from mimamori import protocol
+
+pytestmark = pytest.mark.unit
 
 TZ = ZoneInfo("Asia/Tokyo")
 WINTER = datetime(2026, 1, 5, tzinfo=TZ).timestamp()  # a Monday

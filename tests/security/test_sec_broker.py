@@ -21,7 +21,7 @@ import pytest
 from gateway import provision
 from mimamori import mqtt, protocol
 from mimamori.config import Settings
-from test_gateway_service import wait_for
+from support.waiting import wait_for
 from test_provision_broker import Client, SecureBroker, event_payload, secure  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]

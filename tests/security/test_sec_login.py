@@ -21,7 +21,8 @@ from contextlib import contextmanager
 import pytest
 
 from mimamori.config import Settings
-from test_app_support import PASSWORD, free_port, login_name, world  # noqa: F401 (fixture)
+from mimamori.embedded import free_port
+from support.web import PASSWORD, login_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 

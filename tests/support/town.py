@@ -1,11 +1,10 @@
-"""Helpers for the alert tests: a real SMTP server (aiosmtpd), a seeded town, waiting."""
+"""Helpers for the alert tests: a real SMTP server (aiosmtpd) and a seeded town (the ``smtp`` fixture is in conftest)."""
 
 from __future__ import annotations
 
 import asyncio
 import email
 import email.header
-import socket
 import threading
 import time
 import uuid
@@ -14,16 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-import pytest
 from aiosmtpd.controller import Controller
 
 from mimamori.clock import as_datetime
+from mimamori.embedded import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -128,16 +122,6 @@ class SmtpSink:
             return len(self.mails)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
-
 
 @dataclass
 class Town:
@@ -193,11 +177,3 @@ def actions(conn: psycopg.Connection, incident_id: int) -> list[str]:
 def notices(conn: psycopg.Connection, person_id: str) -> list[str]:
     return [r[0] for r in conn.execute("SELECT notice FROM notifications WHERE person_id = %s ORDER BY notification_id",
                                        (person_id,))]
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    """A real SMTP server (aiosmtpd) collecting the mails of one test."""
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
