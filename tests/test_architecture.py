@@ -1,4 +1,4 @@
-"""Dependency rules from DESIGN.md, checked on the source: stages meet on the wire or in the
+"""Dependency rules (CONTRIBUTING.md, "Architecture"), checked on the source: stages meet on the wire or in the
 database, the kernel imports no stage, production code never imports the simulator."""
 
 from __future__ import annotations
