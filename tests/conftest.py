@@ -9,10 +9,9 @@ binary with the project's configuration (the machine's default broker keeps Mosq
 limits, which drop messages under load, and tests must be able to stop and restart it); else an
 in-process amqtt broker. Nothing is skipped silently: the header says what is used.
 
-Kinds: every test is marked with exactly one of ``unit`` (pure: no database, broker, SMTP server or
-subprocess), ``integration`` (real PostgreSQL / Mosquitto / SMTP), ``e2e`` (several stages together on
-the whole path) or ``browser`` (a real chromium). The collection fails on a test with none or several,
-and on a ``unit`` test that asks for a service fixture, so ``pytest -m unit`` stays a fast lane.
+Kinds: every test is marked with exactly one of ``unit``, ``integration``, ``e2e`` or ``browser``;
+the plugin ``support.kinds`` fails the collection otherwise (and on a ``unit`` test that asks for one
+of the service fixtures below).
 """
 
 from __future__ import annotations
@@ -36,6 +35,9 @@ from support.web import START, seed
 # on-premises ntfy or SMTP relay would set it (issue 17 refuses private and loopback targets of people's
 # channels otherwise; tests/security/test_sec_ssrf.py clears it to check that).
 os.environ.setdefault("MIMAMORI_ALERTS_PRIVATE_TARGETS", "127.0.0.0/8")
+
+# support.kinds: one kind per test; pytester: its tests run pytest on small files of their own.
+pytest_plugins = ["support.kinds", "pytester"]
 
 _LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -146,35 +148,9 @@ def smtp() -> Iterator[SmtpSink]:
     sink.stop()
 
 
-#: The kinds of test; each test carries exactly one (pyproject.toml declares them).
-KINDS = ("unit", "integration", "e2e", "browser")
-#: Fixtures that reach a real service: a ``unit`` test asking for one (even through another fixture) is mislabelled.
-SERVICE_FIXTURES = frozenset({"pg_server", "pg_url", "conn", "broker", "mqtt_url", "own_broker", "world", "smtp"})
-
-
-def kind_problem(item: pytest.Item) -> str | None:
-    """Why this test's kind markers are wrong, or None when it has exactly one kind and keeps to it."""
-    kinds = sorted({mark.name for mark in item.iter_markers() if mark.name in KINDS})
-    if not kinds:
-        return f"no kind: mark it with one of {', '.join(KINDS)}"
-    if len(kinds) > 1:
-        return f"several kinds ({', '.join(kinds)}): keep one"
-    services = sorted(SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())))
-    if kinds == ["unit"] and services:
-        return f"a unit test uses service fixtures ({', '.join(services)}): mark it integration"
-    return None
-
-
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything: every run checks every test
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    problems = [f"  {item.nodeid}: {problem}" for item in items if (problem := kind_problem(item))]
-    if problems:
-        raise pytest.UsageError("tests with a wrong kind marker (see tests/conftest.py):\n" + "\n".join(problems))
-
-
 def _amqtt_mode() -> bool:
     forced = os.environ.get("MIMAMORI_EMBEDDED_BROKER", "auto")
-    has_mosquitto = bool(embedded.shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto"))
+    has_mosquitto = bool(embedded.shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
     return not os.environ.get("MIMAMORI_TEST_MQTT_URL") and (forced == "amqtt" or (forced == "auto" and not has_mosquitto))
 
 
@@ -183,18 +159,18 @@ def pytest_configure(config: pytest.Config) -> None:
         # amqtt 0.12.1 leaves client sockets and transports unclosed in its own event loop; with
         # warnings as errors every test would fail on them. Only in this mode: with Mosquitto, a
         # leaked socket of ours still fails the test.
-        config.addinivalue_line("filterwarnings", "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning")
-        config.addinivalue_line("filterwarnings", "ignore:Exception ignored in. <_SelectorSocketTransport:pytest.PytestUnraisableExceptionWarning")
+        for leaked in ("socket.socket", "_SelectorSocketTransport"):
+            config.addinivalue_line("filterwarnings", f"ignore:Exception ignored in. <{leaked}:pytest.PytestUnraisableExceptionWarning")
         config.addinivalue_line("filterwarnings", "ignore:unclosed:ResourceWarning")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    pg = os.environ.get("MIMAMORI_TEST_DATABASE_URL") and "configured" or (
+    pg = (os.environ.get("MIMAMORI_TEST_DATABASE_URL") and "configured") or (
         "running at 127.0.0.1:5432" if embedded.port_open("127.0.0.1", 5432) else "embedded (started for the session)"
     )
     forced = os.environ.get("MIMAMORI_EMBEDDED_BROKER", "auto")
-    has_mosquitto = bool(embedded.shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto"))
-    mq = os.environ.get("MIMAMORI_TEST_MQTT_URL") and "configured" or (
+    has_mosquitto = bool(embedded.shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
+    mq = (os.environ.get("MIMAMORI_TEST_MQTT_URL") and "configured") or (
         "mosquitto started for the session" if forced == "mosquitto" or (forced == "auto" and has_mosquitto) else "amqtt in-process"
     )
     return [f"mimamori services: PostgreSQL {pg}; MQTT broker {mq}", f"mimamori store: {_store_description()}"]

@@ -1,5 +1,6 @@
 """Broker security on a real Mosquitto started here with the files `mimamori gateway provision` writes:
-password file, ACL and a TLS listener with the generated CA. One broker for the module (seconds)."""
+password file, ACL and a TLS listener with the generated CA. One broker for the module (seconds).
+"""
 
 from __future__ import annotations
 
@@ -29,10 +30,10 @@ MOSQUITTO = embedded.shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 DYNSEC_PLUGIN = next((p for p in ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
                                   "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
                                   "/usr/lib/mosquitto_dynamic_security.so",
-                                  "/usr/local/lib/mosquitto_dynamic_security.so") if os.path.exists(p)), "")
+                                  "/usr/local/lib/mosquitto_dynamic_security.so") if Path(p).exists()), "")
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="needs the mosquitto binary"),
+    pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="needs the mosquitto binary"),
     pytest.mark.skipif(not DYNSEC_PLUGIN, reason="needs Mosquitto's dynamic-security plugin"),
 ]
 
@@ -291,7 +292,8 @@ def test_real_ingest_with_its_account_stores_a_gateways_events_and_asks_it_to_re
     secure: SecureBroker, clients: Callable[..., Client], pg_url: str, tmp_path: Path
 ) -> None:
     """The stack's path with provisioned accounts: the real ingest (shared subscription, manual acks,
-    gap sweeper) as `ingest`, the real Gateway as `gw-a`; the resend command reaches gw-a only."""
+    gap sweeper) as `ingest`, the real Gateway as `gw-a`; the resend command reaches gw-a only.
+    """
     import psycopg
 
     from ingest.consumer import IngestService
@@ -339,7 +341,8 @@ def test_real_ingest_with_its_account_stores_a_gateways_events_and_asks_it_to_re
 ])
 def test_protocol_probe_reads_the_connack(reply: bytes, expected: int) -> None:
     """The v5 probe carries the credentials; a v5-shaped refusal means v5 (the real connection then
-    reports the refusal), anything else 3.1.1."""
+    reports the refusal), anything else 3.1.1.
+    """
     server = socket.create_server(("127.0.0.1", 0))
     got: list[bytes] = []
 

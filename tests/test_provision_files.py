@@ -48,8 +48,9 @@ def test_gateway_acl_is_confined_to_its_own_topics() -> None:
         "topic read mimamori/v1/gw-1/+/cmd",
     ]
     assert "topic read $share/ingest/mimamori/v1/+/+/event" in acl
-    for bad in ("gw:1", "ingest", "+", "a/b", ""):
-        with pytest.raises(ValueError):
+    for bad, why in (("gw:1", "cannot appear in a broker user name"), ("ingest", "reserved for a service account"),
+                     ("+", "bad_gateway_id"), ("a/b", "bad_gateway_id"), ("", "bad_gateway_id")):
+        with pytest.raises(ValueError, match=why):
             provision.gateway_acl(bad)
 
 
@@ -99,7 +100,7 @@ def test_provision_is_idempotent_and_rotates_only_on_request(tmp_path: Path) -> 
     (secrets / "gateways" / "gw-3.env").unlink()
     lost = provision.provision(broker, secrets)
     assert lost.unrecoverable == ["gw-3"] and "gw-3" in provision.parse_password_file(lost.password_file.read_text())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot rotate unknown accounts: nobody"):
         provision.provision(broker, secrets, rotate=["nobody"])
 
 

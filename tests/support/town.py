@@ -8,7 +8,6 @@ import email.header
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,6 @@ from aiosmtpd.controller import Controller
 
 from mimamori.clock import as_datetime
 from mimamori.embedded import free_port
-
 
 
 @dataclass
@@ -59,7 +57,7 @@ class SmtpSink:
         self.holding = threading.Event()
         self.release = threading.Event()
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's hook name
         msg = email.message_from_bytes(envelope.content)
         subject = str(email.header.make_header(email.header.decode_header(msg.get("Subject", ""))))
         part = msg.get_payload(0) if msg.is_multipart() else msg
@@ -71,7 +69,7 @@ class SmtpSink:
             hold = self.hold_nth is not None and len(self.mails) == self.hold_nth
         if hold:
             self.holding.set()
-            while not self.release.is_set():
+            while not self.release.is_set():  # noqa: ASYNC110 - a threading.Event, set from the test's thread
                 await asyncio.sleep(0.01)
         return "250 OK"
 
@@ -90,7 +88,8 @@ class SmtpSink:
         """Close every client connection in the server's own loop, then stop it. A connection left
         open (a sender killed mid-send, a held reply) would otherwise be collected after the loop
         closed, and its stream warns then ("loop is closed": an error, with warnings as errors, in
-        whichever later test the collector happens to run)."""
+        whichever later test the collector happens to run).
+        """
         self.release.set()
         for _ in range(2):  # twice: a sender may have connected while the first sweep ran
             closed = threading.Event()

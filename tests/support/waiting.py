@@ -12,7 +12,8 @@ T = TypeVar("T")
 def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "condition", *, interval: float = 0.02) -> T:
     """Poll ``predicate`` until it returns something truthy and return that; fail the test after ``timeout``
     seconds (an ``AssertionError`` naming ``what``). The default is generous: a passing test returns at
-    once, and CI's two cores are shared by the whole suite."""
+    once, and CI's two cores are shared by the whole suite.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

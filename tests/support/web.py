@@ -20,7 +20,7 @@ from mimamori.embedded import free_port
 PASSWORD = "correct horse 1"
 START = 1_767_225_600.0 + 20 * 86400 + 3 * 3600  # 2026-01-21 12:00 JST
 
-# person_id: (role, area, household_id, teams)
+#: Each person's role, area, household and the households whose team they are on.
 PEOPLE = {
     "oper": ("operator", None, None, ()),
     "coord_a": ("coordinator", "north", None, ()),
@@ -36,7 +36,8 @@ _HASH: list[str] = []
 
 def seed(url: str, clock: ManualClock) -> dict[str, int]:
     """Households in two areas, people of every role, devices with 14 days of events, one open
-    inactivity incident in h1 and one in h3. Returns the incident ids."""
+    inactivity incident in h1 and one in h3. Returns the incident ids.
+    """
     if not _HASH:
         _HASH.append(hash_password(PASSWORD))
     now = as_datetime(clock.now())
@@ -94,7 +95,8 @@ def bearer(client: TestClient, person_id: str) -> dict[str, str]:
 
 def cookie_login(client: TestClient, person_id: str) -> str:
     """Sign in through the page form (as a browser would: the form first, for its login-CSRF token);
-    returns the CSRF token of the session."""
+    returns the CSRF token of the session.
+    """
     form = client.get("/login")
     assert form.status_code == 200, form.text
     field = 'name="csrf_token" value="'
