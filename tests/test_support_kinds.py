@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
+
+from support import kinds
 
 pytestmark = pytest.mark.unit
 
@@ -70,3 +74,25 @@ def test_a_wrong_kind_fails_the_collection_even_in_the_fast_lane(pytester: pytes
         result = run(pytester, source, *args)
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines([f"*{complaint}*"])
+
+
+def test_a_unit_test_that_starts_a_subprocess_fails_and_an_integration_test_may(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # This test is a unit test too: lift its own guard (only that), so the inner run's guard is the one seen.
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", kinds.START_CHILD)
+    source = """
+import subprocess
+import pytest
+
+@pytest.mark.unit
+def test_runs_a_tool():
+    subprocess.run(["true"], check=True)
+
+@pytest.mark.integration
+def test_runs_it_too():
+    subprocess.run(["true"], check=True)
+"""
+    result = run(pytester, source)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_runs_a_tool: a unit test starts no subprocess*"])

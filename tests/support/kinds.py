@@ -4,16 +4,21 @@ Every test carries exactly one of ``unit`` (pure: no database, broker, SMTP serv
 ``integration`` (real PostgreSQL / Mosquitto / SMTP), ``e2e`` (several stages together on the whole
 path) or ``browser`` (a real chromium); pyproject.toml declares them. The collection fails on a test
 with none or several, and on a ``unit`` test that asks for a service fixture, even through another
-fixture: ``pytest -m unit`` stays a fast lane that needs no services.
+fixture; a ``unit`` test that starts a subprocess fails. ``pytest -m unit`` stays a fast lane that needs
+no services.
 """
 
 from __future__ import annotations
+
+import subprocess
 
 import pytest
 
 KINDS = ("unit", "integration", "e2e", "browser")
 #: The fixtures that reach a real service (tests/conftest.py defines them).
 SERVICE_FIXTURES = frozenset({"pg_server", "pg_url", "conn", "broker", "mqtt_url", "own_broker", "world", "smtp"})
+#: How Popen starts a child; a unit test finds it replaced by a refusal.
+START_CHILD = subprocess.Popen._execute_child  # type: ignore[attr-defined]  # the one place every subprocess passes
 
 
 def kind_problem(item: pytest.Item) -> str | None:
@@ -34,3 +39,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     problems = [f"  {item.nodeid}: {problem}" for item in items if (problem := kind_problem(item))]
     if problems:
         raise pytest.UsageError("tests with a wrong kind marker (tests/support/kinds.py):\n" + "\n".join(problems))
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subprocess (a server, the CLI, a tool) makes a test an integration test: refuse it in a unit test."""
+    if request.node.get_closest_marker("unit") is not None:
+
+        def refuse(*_args: object, **_kwargs: object) -> None:
+            raise AssertionError(f"{request.node.nodeid}: a unit test starts no subprocess; mark it integration (support.kinds)")
+
+        # Popen's own start: subprocess.run, check_output and asyncio's subprocesses all pass through it.
+        monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
