@@ -190,6 +190,7 @@ def test_uci_adl_reader_takes_both_ends_of_human_intervals_and_the_main_door(tmp
     assert list(log.kind[names == "Maindoor Entrance"]) == [m.EV_OPEN, m.EV_CLOSE]
 
 
+@pytest.mark.slow
 def test_csv_log_reader_and_a_replay_of_several_homes(tmp_path: Path) -> None:
     from bench.casas import read_csv_log
 
