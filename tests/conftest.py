@@ -28,6 +28,7 @@ import pytest
 from mimamori import db, embedded
 from mimamori.clock import ManualClock
 from mimamori.mqtt import MqttUrl
+from support.broker import SecureBroker, secure_broker
 from support.town import SmtpSink
 from support.web import START, seed
 
@@ -146,6 +147,13 @@ def smtp() -> Iterator[SmtpSink]:
     sink = SmtpSink().start()
     yield sink
     sink.stop()
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """A Mosquitto with the production stack's accounts, dynamic security and TLS, for one test module."""
+    with secure_broker(tmp_path_factory.mktemp("secure-broker")) as broker:
+        yield broker
 
 
 def _amqtt_mode() -> bool:

@@ -22,6 +22,7 @@ from gateway.service import Gateway
 from mimamori import embedded, mqtt, protocol
 from mimamori.clock import ManualClock, SystemClock
 from mimamori.protocol import Command, Event
+from support.broker import close_client
 from support.waiting import wait_for
 
 pytestmark = [
@@ -33,16 +34,6 @@ pytestmark = [
 ]
 
 T0 = 1_767_225_600_000
-
-
-def close_client(client: paho.Client) -> None:
-    """disconnect + loop_stop, then close the socket if loop_stop won the race against the
-    DISCONNECT write (paho leaves it open, and a collected client then warns ResourceWarning)."""
-    client.disconnect()
-    client.loop_stop()
-    sock = client.socket()
-    if sock is not None:
-        sock.close()
 
 
 class Listener:

@@ -23,8 +23,8 @@ from gateway.outbox import Outbox
 from gateway.service import Gateway
 from mimamori import embedded, mqtt, observability, protocol
 from mimamori.clock import SystemClock
+from support.broker import close_client
 from support.waiting import wait_for
-from test_gateway_service import close_client
 
 pytestmark = pytest.mark.integration
 

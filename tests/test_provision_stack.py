@@ -15,18 +15,10 @@ import pytest
 
 from gateway import provision
 from mimamori import embedded, mqtt, protocol
+from support.broker import DYNSEC_PLUGIN, MOSQUITTO, close_client
 
 ROOT = Path(__file__).resolve().parents[1]
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MIMAMORI_SERVICES = {"migrate", "ingest-1", "ingest-2", "detector", "alerts", "safety", "app"}
-
-
-def close(client: object) -> None:
-    client.disconnect()  # type: ignore[attr-defined]
-    client.loop_stop()  # type: ignore[attr-defined]
-    sock = client.socket()  # type: ignore[attr-defined]
-    if sock is not None:  # loop_stop may win the race against the DISCONNECT write
-        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +83,6 @@ def test_stack_broker_config_runs_with_provisioned_files(tmp_path: Path) -> None
     plain_port, tls_port = embedded.free_port(), embedded.free_port()
     text = (ROOT / "deploy" / "mosquitto" / "mosquitto-docker.conf").read_text()
     assert "listener 1883\n" in text and "listener 8883\n" in text
-    from test_provision_broker import DYNSEC_PLUGIN
 
     if not DYNSEC_PLUGIN:
         pytest.skip("needs Mosquitto's dynamic-security plugin")
@@ -135,7 +126,7 @@ def test_stack_broker_config_runs_with_provisioned_files(tmp_path: Path) -> None
         assert gw_subscribed.wait(5) and suback[0][0].is_failure  # type: ignore[attr-defined]
         topic = protocol.event_topic("gw-a", "lamp")
         pub.publish(topic, protocol.encode_event(protocol.Event("lamp", 1, 1_767_225_600_000, "on")), qos=1).wait_for_publish(5)
-        close(pub)
+        close_client(pub)
         assert got.wait(5) and received == [topic]
 
         anonymous = mqtt.MqttUrl("127.0.0.1", plain_port)
@@ -153,5 +144,5 @@ def test_stack_broker_config_runs_with_provisioned_files(tmp_path: Path) -> None
         assert codes and codes[0].is_failure  # type: ignore[attr-defined]
     finally:
         if sub is not None:
-            close(sub)
+            close_client(sub)
         broker.stop()
