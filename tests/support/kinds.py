@@ -42,12 +42,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A subprocess (a server, the CLI, a tool) makes a test an integration test: refuse it in a unit test."""
-    if request.node.get_closest_marker("unit") is not None:
+def _unit_tests_start_no_process(request: pytest.FixtureRequest) -> None:
+    """A subprocess (a server, the CLI, a tool) makes a test an integration test: refuse it in a unit test.
 
-        def refuse(*_args: object, **_kwargs: object) -> None:
-            raise AssertionError(f"{request.node.nodeid}: a unit test starts no subprocess; mark it integration (support.kinds)")
+    Other kinds are left exactly as they were (no fixture added to their setup and teardown order).
+    """
+    if request.node.get_closest_marker("unit") is None:
+        return
 
-        # Popen's own start: subprocess.run, check_output and asyncio's subprocesses all pass through it.
-        monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError(f"{request.node.nodeid}: a unit test starts no subprocess; mark it integration (support.kinds)")
+
+    # Popen's own start: subprocess.run, check_output and asyncio's subprocesses all pass through it.
+    request.getfixturevalue("monkeypatch").setattr(subprocess.Popen, "_execute_child", refuse)
