@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from app.i18n import MESSAGES
-from test_app_support import PASSWORD, app_client, bearer, cookie_login, world  # noqa: F401
+from support.web import PASSWORD, app_client, bearer, cookie_login
 
 pytestmark = pytest.mark.integration
 

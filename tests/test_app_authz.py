@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from test_app_support import PEOPLE, app_client, bearer, cookie_login, world  # noqa: F401
+from support.web import PEOPLE, app_client, bearer, cookie_login
 
 pytestmark = pytest.mark.integration
 

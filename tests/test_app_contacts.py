@@ -7,12 +7,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from alerts_fixtures import smtp, wait_for  # noqa: F401
-from test_app_support import app_client, cookie_login, served, world  # noqa: F401
-
-pytestmark = pytest.mark.integration
+from support.waiting import wait_for
+from support.web import app_client, cookie_login, served
 
 
+@pytest.mark.integration
 def test_a_watcher_adds_and_removes_an_address(world, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     url, clock, _ = world
     monkeypatch.delenv("MIMAMORI_ALERTS_SMTP_URL", raising=False)
@@ -43,6 +42,7 @@ def test_a_watcher_adds_and_removes_an_address(world, monkeypatch: pytest.Monkey
         assert 'id="mail-not-configured"' not in app.get("/contacts").text
 
 
+@pytest.mark.integration
 def test_the_coordinator_registers_a_residents_address(world) -> None:  # noqa: F811
     url, clock, _ = world
     with app_client(url, clock) as app:
@@ -68,7 +68,7 @@ def test_the_coordinator_registers_a_residents_address(world) -> None:  # noqa: 
         assert ("coord_a", "channel_added") in log
 
 
-@pytest.mark.e2e
+@pytest.mark.browser
 def test_the_contacts_page_on_a_phone(world) -> None:  # noqa: F811
     from test_app_browser import check_a11y, phone, shot, sign_in
 
@@ -84,6 +84,7 @@ def test_the_contacts_page_on_a_phone(world) -> None:  # noqa: F811
         shot(page, "contacts")
 
 
+@pytest.mark.integration
 def test_quiet_hours_from_the_contacts_page(world) -> None:  # noqa: F811
     url, clock, _ = world
     with app_client(url, clock) as app:
@@ -102,6 +103,7 @@ def test_quiet_hours_from_the_contacts_page(world) -> None:  # noqa: F811
         assert 'id="quiet-clear"' not in app.get("/contacts").text
 
 
+@pytest.mark.integration
 def test_a_test_message_reaches_the_address(world, smtp, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     url, clock, _ = world
     monkeypatch.setenv("MIMAMORI_ALERTS_SMTP_URL", f"mailto://127.0.0.1:{smtp.port}?from=alerts@city.example.jp&mode=insecure")

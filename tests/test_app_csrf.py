@@ -11,7 +11,7 @@ from app.auth import csrf
 from app.errors import CsrfFailed
 from mimamori.config import Settings
 from mimamori.signing import signer
-from test_app_support import PASSWORD, app_client, bearer, cookie_login, login_name, world  # noqa: F401
+from support.web import PASSWORD, app_client, bearer, cookie_login, login_name
 
 pytestmark = pytest.mark.integration
 

@@ -9,13 +9,12 @@ import ast
 import re
 from pathlib import Path
 
-import psycopg
 import pytest
 
 import app.safety  # noqa: F401  (merges the safety check's strings)
 from app.i18n import MESSAGES
 from app.incidents.timeline import action_key, chain_step_text, describe
-from test_app_support import app_client, cookie_login, world  # noqa: F401
+from support.web import app_client, cookie_login
 
 ROOT = Path(__file__).parent.parent
 ENGINE_FILES = ("alerts/service.py", "alerts/policy.py", "alerts/flows.py", "safety/service.py", "safety/flows.py")
@@ -97,6 +96,7 @@ def engine_actions() -> tuple[set[str], set[str]]:
     return timeline, audit
 
 
+@pytest.mark.unit
 def test_the_scan_finds_the_engines_actions() -> None:
     timeline, audit = engine_actions()
     # a sample of each kind of writer, so a broken scan cannot pass by finding nothing
@@ -106,6 +106,7 @@ def test_the_scan_finds_the_engines_actions() -> None:
     assert {"started", "answered_safe", "answered_sign_of_life", "recognised_safe", "team_alerted"} <= audit
 
 
+@pytest.mark.unit
 def test_every_engine_action_has_words_in_both_languages() -> None:
     timeline, audit = engine_actions()
     missing = sorted(a for a in timeline if action_key({"action": a}) == "tl_unknown")
@@ -124,6 +125,7 @@ def test_every_engine_action_has_words_in_both_languages() -> None:
                 assert not re.search(r"[A-Za-z]{4,}", ja.replace("LINE", "")), (action, ja)  # Japanese only
 
 
+@pytest.mark.unit
 def test_names_reasons_and_unknown_actions() -> None:
     names = {"w1": "見守り 太郎"}
     notified = {"action": "notified", "data": {"people": ["w1", "stranger"]}, "channel": "system"}
@@ -145,6 +147,7 @@ def test_names_reasons_and_unknown_actions() -> None:
     assert "claim expired" in describe("en", {"action": "escalation_resumed", "data": {"reason": "claim_expired"}}, {})
 
 
+@pytest.mark.unit
 def test_chain_steps_in_words_include_claim_timeout() -> None:
     step = {"type": "claim_timeout", "minutes": 60, "grace_minutes": 20}
     assert "60分" in chain_step_text("ja", step) and "20分" in chain_step_text("ja", step)
@@ -155,7 +158,7 @@ def test_chain_steps_in_words_include_claim_timeout() -> None:
 
 @pytest.mark.integration
 def test_watchers_see_their_households_safety_follow_ups(world) -> None:  # noqa: F811
-    from test_app_support import bearer
+    from support.web import bearer
 
     url, clock, ids = world
     with app_client(url, clock) as c:
