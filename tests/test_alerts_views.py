@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from alerts_fixtures import open_incident, seed_town
 from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
@@ -16,6 +15,7 @@ from alerts.models import Actor
 from mimamori.clock import ManualClock
 from mimamori.db import make_pool
 from mimamori.errors import MimamoriError
+from support.town import open_incident, seed_town
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ import json
 
 import psycopg
 import pytest
-from test_app_support import PASSWORD, app_client, bearer, cookie_login, world  # noqa: F401
 
 from app.i18n import MESSAGES
+from support.web import PASSWORD, app_client, bearer, cookie_login
 
 pytestmark = pytest.mark.integration
 

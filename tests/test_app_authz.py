@@ -2,7 +2,7 @@
 an entry here fails) × every role × its object, for the JSON API, the pages and the live streams.
 The rule it checks is ``mimamori.access`` (its docstring says who may see what, and why).
 
-World (``test_app_support.seed``): h1 and h2 in area north, h3 in south; watcher_a on h1's team,
+World (``support.web.seed``): h1 and h2 in area north, h3 in south; watcher_a on h1's team,
 watcher_b on h3's; coord_a coordinates north, coord_b south; resident_1 lives in h1, resident_2 in h2.
 Objects: household h1, h1's open inactivity incident, a safety check of the north, device bulb-h1,
 person watcher_a. "Passes" means any status but 401/403/404 (and, for pages, no sign-in redirect);
@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 from starlette.routing import BaseRoute, Mount
-from test_app_support import PASSWORD, PEOPLE, app_client, bearer, cookie_login, served, world  # noqa: F401
 
 from app.live.service import Changes, touches
 from app.people import Person
 from mimamori import access
+from support.web import PASSWORD, PEOPLE, app_client, bearer, cookie_login, served
 
 pytestmark = pytest.mark.integration
 
@@ -545,7 +545,7 @@ def test_a_coordinator_on_another_areas_team_sees_it_as_a_team_member_but_does_n
             page = c.get("/households/h3")
             assert page.status_code == 200
             assert ('id="chain-form"' in page.text) == manages, who
-            assert ('/households/h3/team/' in page.text) == manages, who
+            assert ("/households/h3/team/" in page.text) == manages, who
 
 
 def test_technical_alerts_are_the_coordinators_not_the_teams(world) -> None:

@@ -13,10 +13,10 @@ import psycopg
 import pytest
 
 from mimamori.clock import as_datetime
+from support.web import PASSWORD, login_name, served
 from test_app_live import listeners
-from test_app_support import PASSWORD, login_name, served, world  # noqa: F401
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 PHONE = {"width": 390, "height": 844}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -9,7 +9,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from test_app_support import app_client, bearer, cookie_login, served, world  # noqa: F401
 
 from alerts import policy
 from app.households.chain_form import (
@@ -20,6 +19,7 @@ from app.households.chain_form import (
     steps_from_rows,
 )
 from app.i18n import translate
+from support.web import app_client, bearer, cookie_login, served
 
 EVERY_KIND = [
     {"type": "notify", "tiers": [1, 2], "people": ["watcher_a"], "urgent": False},
@@ -55,6 +55,7 @@ def form_of(steps: list[dict[str, Any]]) -> dict[str, Any]:
 # --- the parser (pure) ---------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_every_step_kind_round_trips_through_the_form() -> None:
     assert {s["type"] for s in EVERY_KIND} == set(STEP_KINDS) == set(policy.STEP_FUNCTIONS)
     steps, errors = parse_chain_form(form_of(EVERY_KIND))
@@ -74,6 +75,7 @@ def test_every_step_kind_round_trips_through_the_form() -> None:
     ({"step-2-tiers": []}, 2, "chain_err_who"),
     ({"step-0-tiers": ["12"]}, 0, "chain_err_tier"),
 ])
+@pytest.mark.unit
 def test_bad_input_names_the_step(change: dict[str, Any], index: int, key: str) -> None:
     _, errors = parse_chain_form({**form_of(EVERY_KIND), **change})
     assert [(e.index, e.key) for e in errors] == [(index, key)]
@@ -81,6 +83,7 @@ def test_bad_input_names_the_step(change: dict[str, Any], index: int, key: str) 
     assert f"Step {index + 1}:" in translate("en", errors[0].key, step=index + 1, **errors[0].values)
 
 
+@pytest.mark.unit
 def test_engine_rules_between_steps_name_the_step() -> None:
     _, errors = parse_chain_form(form_of([{"type": "notify", "tiers": [1]}, {"type": "repeat", "times": 2}]))
     assert [(e.index, e.key) for e in errors] == [(1, "chain_err_repeat_needs_wait")]
@@ -91,6 +94,7 @@ def test_engine_rules_between_steps_name_the_step() -> None:
     assert [(e.index, e.key) for e in errors] == [(None, "chain_err_count")]
 
 
+@pytest.mark.unit
 def test_edit_buttons_move_add_and_remove() -> None:
     rows = rows_from_steps(EVERY_KIND[:3])
     assert [r["type"] for r in apply_edit(rows, "up-1")] == ["wait", "notify", "notify_next"]
@@ -169,8 +173,7 @@ def test_watcher_and_other_area_cannot_post_the_form(world) -> None:
 # --- one phone-sized browser run -----------------------------------------------------------------
 
 
-@pytest.mark.integration
-@pytest.mark.e2e
+@pytest.mark.browser
 def test_coordinator_edits_the_chain_on_a_phone(world) -> None:
     from test_app_browser import ARTIFACTS, check_a11y, phone, sign_in
 

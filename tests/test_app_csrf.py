@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 from itsdangerous import URLSafeTimedSerializer
-from test_app_support import PASSWORD, app_client, bearer, cookie_login, login_name, world  # noqa: F401
 
 from app.auth import csrf
 from app.auth.csrf import CsrfFailed
 from mimamori.config import Settings
 from mimamori.signing import signer
+from support.web import PASSWORD, app_client, bearer, cookie_login, login_name
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,6 @@ import json
 import queue
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
@@ -21,7 +20,8 @@ from app.live.hub import APPLICATION_NAME
 from app.live.service import CHANNEL, Changes, fold, touches
 from app.people import Person
 from mimamori.clock import as_datetime
-from test_app_support import PEOPLE, app_client, bearer, served, world  # noqa: F401
+from support.waiting import wait_for
+from support.web import PEOPLE, app_client, bearer, served
 
 pytestmark = pytest.mark.integration
 
@@ -91,13 +91,6 @@ def listeners(url: str) -> list[int]:
         return [r[0] for r in conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
             (APPLICATION_NAME,)).fetchall()]
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def new_incident(url: str, clock: object, household_id: str) -> int:

@@ -11,11 +11,11 @@ import re
 from pathlib import Path
 
 import pytest
-from test_app_support import app_client, cookie_login, world  # noqa: F401
 
 import app.safety  # noqa: F401  (merges the safety check's strings)
 from app.i18n import MESSAGES
 from app.incidents.timeline import action_key, chain_step_text, describe
+from support.web import app_client, cookie_login
 
 ROOT = Path(__file__).parent.parent
 #: Every module of the two engines (they split their services into service, engine, records, links ...).
@@ -98,6 +98,7 @@ def engine_actions() -> tuple[set[str], set[str]]:
     return timeline, audit
 
 
+@pytest.mark.unit
 def test_the_scan_finds_the_engines_actions() -> None:
     timeline, audit = engine_actions()
     # a sample of each kind of writer, so a broken scan cannot pass by finding nothing
@@ -107,6 +108,7 @@ def test_the_scan_finds_the_engines_actions() -> None:
     assert {"started", "answered_safe", "answered_sign_of_life", "recognised_safe", "team_alerted"} <= audit
 
 
+@pytest.mark.unit
 def test_every_engine_action_has_words_in_both_languages() -> None:
     timeline, audit = engine_actions()
     from alerts.resident import ANSWERS as RESIDENT_ANSWERS
@@ -130,6 +132,7 @@ def test_every_engine_action_has_words_in_both_languages() -> None:
                 assert not re.search(r"[A-Za-z]{4,}", ja.replace("LINE", "")), (action, ja)  # Japanese only
 
 
+@pytest.mark.unit
 def test_names_reasons_and_unknown_actions() -> None:
     names = {"w1": "見守り 太郎"}
     notified = {"action": "notified", "data": {"people": ["w1", "stranger"]}, "channel": "system"}
@@ -151,6 +154,7 @@ def test_names_reasons_and_unknown_actions() -> None:
     assert "claim expired" in describe("en", {"action": "escalation_resumed", "data": {"reason": "claim_expired"}}, {})
 
 
+@pytest.mark.unit
 def test_chain_steps_in_words_include_claim_timeout() -> None:
     step = {"type": "claim_timeout", "minutes": 60, "grace_minutes": 20}
     assert "60分" in chain_step_text("ja", step) and "20分" in chain_step_text("ja", step)
@@ -160,8 +164,8 @@ def test_chain_steps_in_words_include_claim_timeout() -> None:
 
 
 @pytest.mark.integration
-def test_watchers_see_their_households_safety_follow_ups(world) -> None:  # noqa: F811
-    from test_app_support import bearer
+def test_watchers_see_their_households_safety_follow_ups(world) -> None:
+    from support.web import bearer
 
     url, clock, _ids = world
     with app_client(url, clock) as c:

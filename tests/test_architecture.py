@@ -1,10 +1,14 @@
-"""Dependency rules from DESIGN.md, checked on the source: stages meet on the wire or in the
+"""Dependency rules (CONTRIBUTING.md, "Architecture"), checked on the source: stages meet on the wire or in the
 database, the kernel imports no stage, production code never imports the simulator."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"gateway", "ingest", "detector", "alerts", "safety", "app"}

@@ -11,6 +11,8 @@ import pytest
 from detector import model as m
 from detector.baselines import HelloLight24h, Kanazawa8hOn24hOff
 
+pytestmark = pytest.mark.unit
+
 H = 3600.0
 TZ = 9 * 3600
 # 2026-01-05 00:00 local (a Monday) in Asia/Tokyo
@@ -93,6 +95,7 @@ def learn_busy_neighbours(state: m.FleetState, n: int, days: int) -> None:
     m.refresh_prior(state)
 
 
+@pytest.mark.slow
 def test_fall_at_ten_on_a_busy_morning_alerts_within_hours() -> None:
     state = fleet([[m.DEV_BULB, m.DEV_MOTION]] * 8)
     learn_busy_neighbours(state, 8, 35)
@@ -113,6 +116,7 @@ def test_fall_at_ten_on_a_busy_morning_alerts_within_hours() -> None:
     assert sc.expected_by[0] < alarm
 
 
+@pytest.mark.slow
 def test_normal_late_sunday_morning_does_not_alert() -> None:
     state = fleet([[m.DEV_BULB, m.DEV_MOTION]] * 8)
     learn_busy_neighbours(state, 8, 42)
@@ -162,6 +166,7 @@ def test_long_on_is_judged_per_device() -> None:
     assert dict(results)[alarm].long_on_switch[0] == 0  # the evening light, not the night light
 
 
+@pytest.mark.slow
 def test_dead_bulb_is_a_device_problem_not_a_welfare_alert() -> None:
     # Bulbs only; the bulb also sends heartbeats every 15 minutes until it dies.
     history = routine(28, devices=(0,))
@@ -208,6 +213,7 @@ def test_a_gateway_down_alone_is_a_device_problem_after_a_grace() -> None:
     assert late.device_offline[3] and late.device_offline.sum() == 1 and not late.area_outage.any()
 
 
+@pytest.mark.slow
 def test_away_mode_pauses_welfare_alerts_until_it_ends() -> None:
     state = fleet([[m.DEV_BULB, m.DEV_MOTION]])
     history = routine(28)
@@ -247,6 +253,7 @@ def test_baselines_fire_as_specified() -> None:
     assert not hello.check(MONDAY + 59 * H).inactivity[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [7, 40])
 def test_learning_does_not_depend_on_batching(batch: int) -> None:
     rows = routine(21)
@@ -287,6 +294,7 @@ def spring_lights_days(days: int, *, seed: int = 5) -> np.ndarray:
     return np.array(sorted(rows))
 
 
+@pytest.mark.slow
 def test_no_light_by_the_usual_evening_after_a_night_alarms_by_the_routine() -> None:
     # Bedtime, then nothing: the night's silence normally lasts until the dusk light (19 h), so the
     # quantile waits for the hard cap; the evening bin (16:00-18:00, lit every day) passing in silence
@@ -309,6 +317,7 @@ def test_no_light_by_the_usual_evening_after_a_night_alarms_by_the_routine() -> 
     assert first_alarm(results) is None and first_alarm(results, what="long_on") is None
 
 
+@pytest.mark.slow
 def test_the_first_bright_morning_without_the_morning_light_is_not_an_alarm() -> None:
     # Four weeks with the light on every dark morning (06:00-08:00), then spring: up in daylight, no
     # light until dusk. The morning habit follows sunrise, so its bin is not part of the routine.
@@ -343,6 +352,7 @@ def evening_outings_days(days: int, *, seed: int = 7) -> np.ndarray:
     return np.array(sorted(rows))
 
 
+@pytest.mark.slow
 def test_the_last_light_switched_off_on_a_lit_evening_is_a_departure_not_a_collapse() -> None:
     # A bulbs-only home that goes out some evenings (light off at 18:00, back by 20:30). Without a
     # door sensor the dark home on an evening it is normally lit is how leaving looks: judged as out
@@ -369,6 +379,7 @@ def test_the_last_light_switched_off_on_a_lit_evening_is_a_departure_not_a_colla
     assert late is not None and usual_back < late <= leave + 16 * H
 
 
+@pytest.mark.slow
 def test_bedtime_and_the_morning_daylight_switch_off_are_not_departures() -> None:
     history = evening_outings_days(28)
     state = fleet([[m.DEV_BULB, m.DEV_BULB]])
@@ -398,6 +409,7 @@ def days_with_outings(days: int, *, seed: int = 11) -> np.ndarray:
     return np.array(sorted(rows))
 
 
+@pytest.mark.slow
 def test_the_front_door_means_out_when_leaving_and_in_when_coming_home() -> None:
     history = days_with_outings(28)
     kinds = [[m.DEV_BULB, m.DEV_MOTION, m.DEV_DOOR]]
@@ -451,6 +463,7 @@ def lit_evenings_town(n: int = 8) -> m.FleetState:
     return state
 
 
+@pytest.mark.slow
 def test_a_light_forgotten_on_at_bedtime_waits_for_the_morning() -> None:
     # The living-room light (column 0) stays on after the last kitchen visit at about 20:30: the
     # resident went to bed and forgot it (the usual bedtime switch-off at about 22:00 never comes).
@@ -477,6 +490,7 @@ def test_a_light_forgotten_on_at_bedtime_waits_for_the_morning() -> None:
     assert alarms and min(alarms) <= last + 15 * H, [(a - last) / H for a in alarms]
 
 
+@pytest.mark.slow
 def test_the_evening_light_switched_on_and_forgotten_overnight_waits_for_the_morning() -> None:
     # One bulb, usually on from dusk to bedtime (hours). Tonight it goes on at dusk and nothing else
     # happens until it is switched off at 08:00: the resident sat under it and went to bed leaving it
@@ -498,6 +512,7 @@ def test_the_evening_light_switched_on_and_forgotten_overnight_waits_for_the_mor
     assert first_alarm(results) is not None or first_alarm(results, what="long_on") is not None
 
 
+@pytest.mark.slow
 def test_a_lamp_left_on_for_days_is_not_long_on_evidence() -> None:
     # A third light (a lamp in a spare room) switched on at noon on day 20 and never off, while the
     # resident lives the usual days: after a day it says nothing about any silence.
@@ -517,6 +532,7 @@ def test_a_lamp_left_on_for_days_is_not_long_on_evidence() -> None:
     assert long_on_alarms(dataclasses.replace(m.DEFAULT_PARAMS, on_stale_h=1e9)) >= 1  # judged without the rule
 
 
+@pytest.mark.slow
 def test_a_home_whose_resident_is_asked_first_alarms_sooner() -> None:
     """Not getting up on a Sunday: the resident who is asked first (the alert engine's resident
     check) hears of it sooner; their team, only if they do not answer."""
@@ -587,6 +603,7 @@ def test_watch_quality_says_how_fast_a_home_is_noticed_and_what_it_lacks() -> No
     assert wq.missing[1][0] == "motion_sensor_living_room"
 
 
+@pytest.mark.slow
 def test_a_door_at_bedtime_is_the_night_not_a_departure() -> None:
     # The home's last event of the evening is the door (the lock for the night, a bedroom door):
     # judged as the night it is, not an outing that is "not back" two hours later.

@@ -23,7 +23,8 @@ from gateway.outbox import Outbox
 from gateway.service import Gateway
 from mimamori import embedded, mqtt, observability, protocol
 from mimamori.clock import SystemClock
-from test_gateway_service import close_client, wait_for
+from support.broker import close_client
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

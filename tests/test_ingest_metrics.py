@@ -10,15 +10,16 @@ import uuid
 
 import pytest
 from prometheus_client import REGISTRY
-from bench.chaos import PgProxy
-from test_ingest_consumer import count, event_msg, wait_until
 
+from bench.chaos import PgProxy
 from bench.ingest_bench import publish_raw
 from ingest.consumer import IngestService, run_ingest
 from mimamori import embedded, protocol
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
 from mimamori.observability import OpsServer, readiness
+from support.waiting import wait_for as wait_until
+from test_ingest_consumer import count, event_msg
 
 pytestmark = pytest.mark.integration
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from test_app_support import app_client, bearer, cookie_login, world  # noqa: F401
 
 from alerts import engine as alerts_engine
 from mimamori.config import Settings
 from mimamori.outbox import LinkSealer
 from mimamori.signing import secret_key
+from support.web import app_client, bearer, cookie_login
 
 pytestmark = [pytest.mark.integration]
 

@@ -23,6 +23,7 @@ SEED = 2  # three homes: two with bulbs only, one with sensors too
 H = 3600.0
 
 
+@pytest.mark.integration
 def test_manifest_registers_households_gateways_devices_idempotently(pg_url: str) -> None:
     manifest = fleet_manifest(5, SEED)
     assert [h["gateway_id"] for h in manifest["households"]] == [f"gw-000{k}" for k in range(1, 6)]
@@ -36,7 +37,8 @@ def test_manifest_registers_households_gateways_devices_idempotently(pg_url: str
         assert conn.execute("SELECT count(*) FROM households").fetchone() == (5,)
         rows = conn.execute("SELECT device_id, kind, room, household_id, gateway_id FROM devices ORDER BY device_id").fetchall()
         tz = conn.execute("SELECT DISTINCT timezone FROM households").fetchall()
-    expected = sorted((d["device_id"], d["kind"], d["room"], h["household_id"], h["gateway_id"]) for h in manifest["households"] for d in h["devices"])
+    expected = sorted((d["device_id"], d["kind"], d["room"], h["household_id"], h["gateway_id"])
+                      for h in manifest["households"] for d in h["devices"])
     assert rows == expected and tz == [("Asia/Tokyo",)]
 
 
@@ -88,7 +90,8 @@ def subscriber(mqtt_url: MqttUrl):  # type: ignore[no-untyped-def]
 def working_gateway(tmp_path: Path) -> None:
     """The fleet tests need a gateway whose outbox never reuses a row id (see the firmware_sim
     report: SQLite reuses the id of a deleted acked heartbeat, and the uplink's ``id > last``
-    cursor then never sees the new row, so the outbox stalls until a reconnect)."""
+    cursor then never sees the new row, so the outbox stalls until a reconnect).
+    """
     try:
         box = Outbox(tmp_path / "probe.sqlite", clock=ManualClock())
         ts = int(DEFAULT_START * 1000)
@@ -99,7 +102,7 @@ def working_gateway(tmp_path: Path) -> None:
         box.submit(Reading("probe", "off", ts + 2, seq=2))
         reused = not box.pending(10, after_id=rows[-1][0])
         box.close()
-    except Exception:  # the outbox API changed: nothing to probe, run the test
+    except Exception:  # noqa: BLE001 - the outbox API changed: nothing to probe, run the test
         reused = False
     if reused:
         pytest.skip("gateway/outbox.py reuses row ids after deleting acked heartbeats (gateway bug, reported)")
@@ -110,7 +113,7 @@ def _offline_activity(households: int, days: float, **kw: object) -> set[tuple[s
     out = set()
     for hh in fleet.households:
         ids = hh.device_ids
-        for d, s, k in zip(hh.device.tolist(), hh.seq.tolist(), hh.kind.tolist()):
+        for d, s, k in zip(hh.device.tolist(), hh.seq.tolist(), hh.kind.tolist(), strict=True):
             if k in ACTIVITY_CODES:
                 out.add((ids[d], s))
     return out
@@ -134,7 +137,9 @@ def test_fleet_hands_the_gateways_exactly_the_offline_stream(mqtt_url: MqttUrl, 
 
 
 @pytest.mark.integration
-def test_fleet_the_broker_gets_every_activity_event(mqtt_url: MqttUrl, subscriber: _Subscriber, tmp_path: Path, working_gateway: None) -> None:
+def test_fleet_the_broker_gets_every_activity_event(
+    mqtt_url: MqttUrl, subscriber: _Subscriber, tmp_path: Path, working_gateway: None,
+) -> None:
     snapshots: list[dict] = []
     report = run_fleet(mqtt_url, households=3, days=1, speed=None, seed=SEED, workdir=tmp_path / "fleet", progress=snapshots.append)
     assert report.flushed and report.rejected_local == 0
@@ -146,7 +151,9 @@ def test_fleet_the_broker_gets_every_activity_event(mqtt_url: MqttUrl, subscribe
 
 
 @pytest.mark.integration
-def test_fleet_survives_gateway_crash_and_power_loss(mqtt_url: MqttUrl, subscriber: _Subscriber, tmp_path: Path, working_gateway: None) -> None:
+def test_fleet_survives_gateway_crash_and_power_loss(
+    mqtt_url: MqttUrl, subscriber: _Subscriber, tmp_path: Path, working_gateway: None,
+) -> None:
     faults = [
         GatewayFault(0, DEFAULT_START + 18 * H, "power_loss", down_s=3 * H),  # the evening: lights switched
         GatewayFault(2, DEFAULT_START + 8 * H, "crash"),

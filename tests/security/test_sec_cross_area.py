@@ -13,7 +13,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from test_app_support import app_client, bearer, world  # noqa: F401 (fixture)
+from support.web import app_client, bearer
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 

@@ -14,9 +14,8 @@ import pytest
 from ingest.batch import Batch
 from ingest.store import KnownRows, pair_device, prepare, write_batch
 from ingest.sweeper import GapSweeper
-from mimamori.clock import ManualClock
-from test_app_support import world  # noqa: F401 (fixture)
 from mimamori import protocol
+from mimamori.clock import ManualClock
 from mimamori.protocol import Event
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
@@ -97,7 +96,7 @@ def test_an_unpaired_device_still_follows_its_gateway(db: psycopg.Connection) ->
 
 
 def test_moving_a_paired_device_is_a_coordinators_audited_act(world) -> None:  # noqa: ANN001
-    from test_app_support import app_client, bearer
+    from support.web import app_client, bearer
 
     url, clock, _ = world
     with psycopg.connect(url, autocommit=True) as c:
@@ -130,7 +129,7 @@ def test_moving_a_paired_device_is_a_coordinators_audited_act(world) -> None:  #
 def test_a_device_paired_before_it_reported_is_bound_to_the_gateway_named(world) -> None:  # noqa: ANN001
     """A coordinator enters a new bulb's id (printed on it) before it ever reported, naming the home's
     gateway: another gateway that reports that id first does not take it."""
-    from test_app_support import app_client, bearer
+    from support.web import app_client, bearer
 
     url, clock, _ = world
     with psycopg.connect(url, autocommit=True) as c:

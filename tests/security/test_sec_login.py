@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import pytest
 
 from mimamori.config import Settings
-from test_app_support import PASSWORD, login_name, world  # noqa: F401 (fixture)
+from support.web import PASSWORD, login_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 

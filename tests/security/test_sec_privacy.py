@@ -9,7 +9,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
-from test_app_support import app_client, bearer, cookie_login, world  # noqa: F401 (fixture)
+
+from support.web import app_client, bearer, cookie_login
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from test_app_support import app_client, cookie_login, world  # noqa: F401 (fixture)
+from support.web import app_client, cookie_login
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 

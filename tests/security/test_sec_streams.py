@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from test_app_support import PASSWORD, login_name, served, world  # noqa: F401 (fixture)
+from support.web import PASSWORD, login_name, served
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
