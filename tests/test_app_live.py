@@ -4,6 +4,7 @@ the database drops it."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import queue
@@ -42,7 +43,8 @@ class SseClient:
 
     def _read(self) -> None:
         name = None
-        try:
+        # closed under it by the test (whatever the closed socket raises): the stream is over
+        with contextlib.suppress(Exception):
             for raw in self.resp:
                 line = raw.decode().rstrip("\n")
                 if line.startswith("event: "):
@@ -50,8 +52,6 @@ class SseClient:
                 elif line == "" and name:
                     self.events.put(name)
                     name = None
-        except Exception:  # closed under it by the test: the stream is over
-            pass
         self.events.put("<closed>")
 
     def expect(self, name: str, within: float = 5.0) -> None:
@@ -65,10 +65,8 @@ class SseClient:
         raise AssertionError(f"unexpected event {got!r}")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # close() alone does not wake the reading thread
-        except OSError:
-            pass
         self.http.close()
 
 

