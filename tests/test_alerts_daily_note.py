@@ -183,9 +183,11 @@ def test_opt_in_at_the_home_hour_once_a_day_and_only_on_the_team(conn) -> None:
                  " ('stranger', '他人', 'watcher')")
     conn.execute("INSERT INTO household_watchers (household_id, person_id, tier) VALUES ('h1', 'daughter', 1)")
     monday_7 = datetime(2026, 7, 20, 7, 0, tzinfo=tokyo).timestamp()  # a Monday
+    daughter = daily_notes.Subscriber("daughter", "watcher", None, None)
+    stranger = daily_notes.Subscriber("stranger", "watcher", None, None)
     with pytest.raises(Forbidden):
-        daily_notes.subscribe(conn, "stranger", "h1", local_hour=8, weekly_isodow=None, channel_id=None, now=monday_7)
-    daily_notes.subscribe(conn, "daughter", "h1", local_hour=8, weekly_isodow=1, channel_id=None, now=monday_7)
+        daily_notes.subscribe(conn, stranger, "h1", local_hour=8, weekly_isodow=None, channel_id=None, now=monday_7)
+    daily_notes.subscribe(conn, daughter, "h1", local_hour=8, weekly_isodow=1, channel_id=None, now=monday_7)
     consent = conn.execute("SELECT consented_at FROM daily_note_subscriptions").fetchone()[0]
     assert consent == datetime.fromtimestamp(monday_7, UTC)
 
@@ -218,7 +220,8 @@ def test_a_due_note_is_written_in_the_app_and_sent_once_by_email(conn, smtp: Smt
     channel_id = conn.execute("INSERT INTO person_channels (person_id, kind, target) VALUES ('daughter', 'email', %s)"
                               " RETURNING channel_id", ("daughter@example.jp",)).fetchone()[0]
     eight = datetime(2026, 7, 20, 8, 5, tzinfo=tokyo).timestamp()
-    daily_notes.subscribe(conn, "daughter", "h1", local_hour=8, weekly_isodow=None, channel_id=channel_id, now=eight)
+    daily_notes.subscribe(conn, daily_notes.Subscriber("daughter", "watcher", None, None), "h1", local_hour=8,
+                          weekly_isodow=None, channel_id=channel_id, now=eight)
     assert daily_notes.send_due(conn, eight) == 1
     assert daily_notes.send_due(conn, eight + 60) == 0  # the next pass: already sent today
     body = conn.execute("SELECT body FROM notifications WHERE notice = 'daily_note'").fetchone()[0]
@@ -232,3 +235,19 @@ def test_a_due_note_is_written_in_the_app_and_sent_once_by_email(conn, smtp: Smt
     [mail] = wait_for(lambda: smtp.to("daughter@example.jp"), what="the note by e-mail")
     assert "今日の見守り" in mail.subject and "佐藤さん" in mail.body
 
+
+@pytest.mark.integration
+def test_opting_in_through_the_api(world) -> None:
+    from support.web import app_client, bearer
+
+    url, clock, _ids = world
+    with app_client(url, clock) as c:
+        watcher = bearer(c, "watcher_a")  # on h1's team
+        r = c.put("/api/me/daily-notes/h1", json={"local_hour": 8, "weekly_isodow": 7}, headers=watcher)
+        assert r.status_code == 200, r.text
+        assert [(n["household_id"], n["local_hour"], n["weekly_isodow"]) for n in c.get("/api/me/daily-notes",
+                                                                                        headers=watcher).json()] == [("h1", 8, 7)]
+        assert c.put("/api/me/daily-notes/h3", json={"local_hour": 8}, headers=watcher).status_code == 403  # not their team
+        assert c.put("/api/me/daily-notes/h1", json={"local_hour": 25}, headers=watcher).status_code == 422
+        assert c.delete("/api/me/daily-notes/h1", headers=watcher).json() == {"removed": True}
+        assert c.get("/api/me/daily-notes", headers=watcher).json() == []

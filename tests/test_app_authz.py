@@ -146,8 +146,8 @@ MATRIX: dict[tuple[str, str], tuple[str, Any, frozenset[str] | None]] = {
     ("DELETE", "/api/me/line"): ("/api/me/line", None, ALL),
     # --- the daily note (issue 16): about a home whose team one is on, or one's own home; one's own choice
     ("GET", "/api/me/daily-notes"): ("/api/me/daily-notes", None, ALL),
-    ("PUT", "/api/me/daily-notes/{household_id}"): ("/api/me/daily-notes/h1", {"local_hour": 12},
-                                                    frozenset({"watcher_a", "resident_1"})),
+    # the daily note about a home: whoever may see the home (mimamori.access), for themselves
+    ("PUT", "/api/me/daily-notes/{household_id}"): ("/api/me/daily-notes/h1", {"local_hour": 12}, SEES_H1),
     ("DELETE", "/api/me/daily-notes/{household_id}"): ("/api/me/daily-notes/h1", None, ALL),
     # --- devices
     ("GET", "/api/devices/unpaired"): ("/api/devices/unpaired", None, MANAGERS),

@@ -31,7 +31,7 @@ def my_daily_notes(person: CurrentPerson, conn: Conn) -> list[dict[str, Any]]:
 
 @api.put("/api/me/daily-notes/{household_id}")
 def opt_in(household_id: HouseholdId, choice: NoteChoice, person: CurrentPerson, conn: Conn, clock: ClockDep) -> dict[str, Any]:
-    return daily_notes.subscribe(conn, person.person_id, household_id, local_hour=choice.local_hour,
+    return daily_notes.subscribe(conn, person, household_id, local_hour=choice.local_hour,
                                  weekly_isodow=choice.weekly_isodow, channel_id=choice.channel_id, now=clock.now())
 
 
