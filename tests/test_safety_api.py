@@ -132,7 +132,7 @@ def test_scope_claim_on_behalf_close_and_csv(world) -> None:  # noqa: F811 - a p
                            headers=wa).status_code == 404  # not on h2's team
 
         # the coordinator asks h2's team (none: the area's coordinators) to go and see a silent home
-        assert client.post(f"/api/safety/checks/{cid}/households/h2/escalate", headers=wa).status_code == 403
+        assert client.post(f"/api/safety/checks/{cid}/households/h2/escalate", headers=wa).status_code == 404  # not a household watcher_a may see (mimamori.access)
         r = client.post(f"/api/safety/checks/{cid}/households/h2/escalate", headers=coord)
         assert r.status_code == 200, r.text
         with psycopg.connect(url) as conn:
@@ -193,3 +193,21 @@ def test_a_residents_link_page_speaks_their_language(world) -> None:  # noqa: F8
         assert "助けが必要" in client.get(f"/safety/a/{token}").text  # the page's own switch wins
         client.cookies.clear()
         assert "Thank you" in client.post(f"/safety/a/{token}", data={"answer": "safe"}).text
+
+
+def test_a_coordinator_on_a_team_in_another_area_does_not_manage_that_home(world) -> None:  # noqa: F811 - a pytest fixture imported from its module
+    """coord_b (south) on h1's team (north): sees and answers like a team member, but issuing answer links,
+    asking the team to go (escalate) and recording who lives alone are for h1's area coordinator."""
+    url, clock, _ = world
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO household_watchers (household_id, person_id, tier) VALUES ('h1', 'coord_b', 2)")
+    with app_client(url, clock) as client:
+        coord_a, coord_b = bearer(client, "coord_a"), bearer(client, "coord_b")
+        cid = _start(client, coord_a, area="north")["check_id"]
+        assert client.get(f"/api/safety/checks/{cid}/households/h1", headers=coord_b).status_code == 200  # on the team
+        for method, path, body in (("post", f"/api/safety/checks/{cid}/households/h1/link", None),
+                                   ("post", f"/api/safety/checks/{cid}/households/h1/escalate", None),
+                                   ("put", "/api/safety/households/h1/lives-alone", {"lives_alone": True})):
+            r = getattr(client, method)(path, json=body, headers=coord_b)
+            assert r.status_code == 403, (path, r.status_code, r.text)
+            assert getattr(client, method)(path, json=body, headers=coord_a).status_code in (200, 201, 204), path
