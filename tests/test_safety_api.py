@@ -28,7 +28,7 @@ def _token(url: str) -> str:
     return url.rsplit("/safety/a/", 1)[1]
 
 
-def test_links_are_single_use_unforgeable_and_bound_to_household_and_check(world) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_links_are_single_use_unforgeable_and_bound_to_household_and_check(world) -> None:
     url, clock, _ = world
     with app_client(url, clock) as client:
         coord = bearer(client, "coord_a")
@@ -96,7 +96,7 @@ def test_links_are_single_use_unforgeable_and_bound_to_household_and_check(world
         assert audit[0] == "started" and "answered_safe" in audit and "answered_needs_help" in audit and audit[-1] == "closed"
 
 
-def test_scope_claim_on_behalf_close_and_csv(world) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_scope_claim_on_behalf_close_and_csv(world) -> None:
     url, clock, _ = world
     with app_client(url, clock) as client:
         coord, wa, wb, res = (bearer(client, p) for p in ("coord_a", "watcher_a", "watcher_b", "resident_2"))
@@ -132,7 +132,8 @@ def test_scope_claim_on_behalf_close_and_csv(world) -> None:  # noqa: F811 - a p
                            headers=wa).status_code == 404  # not on h2's team
 
         # the coordinator asks h2's team (none: the area's coordinators) to go and see a silent home
-        assert client.post(f"/api/safety/checks/{cid}/households/h2/escalate", headers=wa).status_code == 404  # not a household watcher_a may see (mimamori.access)
+        # not a household watcher_a may see: not found (mimamori.access)
+        assert client.post(f"/api/safety/checks/{cid}/households/h2/escalate", headers=wa).status_code == 404
         r = client.post(f"/api/safety/checks/{cid}/households/h2/escalate", headers=coord)
         assert r.status_code == 200, r.text
         with psycopg.connect(url) as conn:
@@ -149,7 +150,7 @@ def test_scope_claim_on_behalf_close_and_csv(world) -> None:  # noqa: F811 - a p
         assert any(line.startswith("h2,") and ",no_answer," in line for line in lines)
 
 
-def test_pages_board_and_resident_button(world) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_pages_board_and_resident_button(world) -> None:
     url, clock, _ = world
     with app_client(url, clock) as client:
         csrf = cookie_login(client, "coord_a")
@@ -176,7 +177,7 @@ def test_pages_board_and_resident_button(world) -> None:  # noqa: F811 - a pytes
                             (cid,)).fetchone() == ("safe", "app")
 
 
-def test_a_residents_link_page_speaks_their_language(world) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_a_residents_link_page_speaks_their_language(world) -> None:
     url, clock, _ = world
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE people SET locale = 'en' WHERE person_id = 'resident_1'")
@@ -195,7 +196,7 @@ def test_a_residents_link_page_speaks_their_language(world) -> None:  # noqa: F8
         assert "Thank you" in client.post(f"/safety/a/{token}", data={"answer": "safe"}).text
 
 
-def test_a_coordinator_on_a_team_in_another_area_does_not_manage_that_home(world) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_a_coordinator_on_a_team_in_another_area_does_not_manage_that_home(world) -> None:
     """coord_b (south) on h1's team (north): sees and answers like a team member, but issuing answer links,
     asking the team to go (escalate) and recording who lives alone are for h1's area coordinator."""
     url, clock, _ = world
