@@ -30,11 +30,17 @@ QUIETER_SHARE = 0.5
 LATE_START_MIN = 120
 # Nights: activity between midnight and 5 a.m.
 NIGHT_SLOTS = range(5 * 60 // SLOT_MINUTES)
+# "Moving since" is the morning's first activity: real residents get up at night (a toilet at 1:15 is not
+# the start of their day; measured on the UCI ADL homes, bench/notes.py).
+MORNING_SLOT = 4 * 60 // SLOT_MINUTES
+# Quiet lately: nothing in the last two hours, a window that had activity on most of the home's days.
+RECENT_SLOTS = 2 * 60 // SLOT_MINUTES
+RECENT_USUAL_SHARE = 0.8
 
 
 @dataclass(frozen=True)
 class Note:
-    kind: str  # usual | quieter | late_start | none_yet | learning | not_reporting | being_checked | weekly
+    kind: str  # usual | quieter | quiet_lately | late_start | none_yet | learning | not_reporting | being_checked | weekly
     text: str
 
 
@@ -59,11 +65,17 @@ def clock_words_at(hour: int, minute: int) -> str:
     return f"{part}{shown}時" + (f"{minute}分" if minute else "")
 
 
-def first_active_slot(counts: Sequence[int], upto: int) -> int | None:
-    for slot in range(min(upto, len(counts))):
+def first_active_slot(counts: Sequence[int], upto: int, start: int = 0) -> int | None:
+    for slot in range(start, min(upto, len(counts))):
         if counts[slot] > 0:
             return slot
     return None
+
+
+def morning_slot(counts: Sequence[int], upto: int) -> int | None:
+    """The day's first activity from 4 a.m. on (the night's trips are not the start of a day); before 4 a.m.
+    or with nothing since, the first of the day."""
+    return first_active_slot(counts, upto, MORNING_SLOT) if upto > MORNING_SLOT else None
 
 
 def daily_note(name: str, today: date, now_slot: int, days: Mapping[date, Sequence[int]], *,
@@ -83,10 +95,13 @@ def daily_note(name: str, today: date, now_slot: int, days: Mapping[date, Sequen
         return Note("not_reporting", f"{who}: センサーから連絡が届いていません（機器の電源や通信を確認してください）")
     today_counts = list(days.get(today, ()))
     upto = max(1, min(now_slot, SLOTS_PER_DAY))
-    first = first_active_slot(today_counts, upto)
+    first = morning_slot(today_counts, upto)
+    if first is None:
+        first = first_active_slot(today_counts, upto)
     if first is None:
         return Note("none_yet", f"{who}: 今日はまだ動きがありません")
-    since = clock_words_at(*first_activity) if first_activity else clock_words(first)
+    exact = first_activity and first_activity[0] * 60 // SLOT_MINUTES + first_activity[1] // SLOT_MINUTES == first
+    since = clock_words_at(*first_activity) if first_activity and exact else clock_words(first)
     moving = f"{since}から動きがあります"
     past = [list(days[d]) for d in sorted(days) if today - timedelta(days=HISTORY_DAYS) <= d < today]
     past = [c for c in past if sum(c) > 0]
@@ -94,7 +109,12 @@ def daily_note(name: str, today: date, now_slot: int, days: Mapping[date, Sequen
         return Note("learning", f"{who}: {moving}（ふだんの様子はまだ学習中です）")
     so_far = sum(today_counts[:upto])
     usual = statistics.median(sum(c[:upto]) for c in past)
-    usual_firsts = [s for c in past if (s := first_active_slot(c, SLOTS_PER_DAY)) is not None]
+    recent = range(max(0, upto - RECENT_SLOTS), upto)
+    if not any(today_counts[s] for s in recent) and first < recent.start:
+        usually_busy = sum(1 for c in past if any(c[s] for s in recent)) / len(past)
+        if usually_busy >= RECENT_USUAL_SHARE:
+            return Note("quiet_lately", f"{who}: {since}から動きがありましたが、ここ2時間ほど動きがありません")
+    usual_firsts = [s for c in past if (s := morning_slot(c, SLOTS_PER_DAY) or first_active_slot(c, SLOTS_PER_DAY)) is not None]
     usual_first = statistics.median(usual_firsts) if usual_firsts else first
     if usual > 0 and so_far < QUIETER_SHARE * usual:
         return Note("quieter", f"{who}: いつもより静かです（{moving}）")

@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from alerts.models import Forbidden, InvalidInput
+from mimamori import access
 
 
 @dataclass(frozen=True)
@@ -27,23 +28,32 @@ class DueNote:
     weekly: bool          # the weekly trend is due too (sent with the daily note)
 
 
-def _on_team(conn: psycopg.Connection, person_id: str, household_id: str) -> bool:
-    """A note about a home goes only to its team and its resident: whoever would be told of an alert."""
-    return conn.execute(
-        """SELECT 1 FROM household_watchers WHERE household_id = %(h)s AND person_id = %(p)s
-           UNION ALL SELECT 1 FROM people WHERE person_id = %(p)s AND household_id = %(h)s AND role = 'resident'""",
-        {"h": household_id, "p": person_id}).fetchone() is not None
+@dataclass(frozen=True)
+class Subscriber:
+    """A subscriber as the access rule reads them."""
+
+    person_id: str
+    role: str
+    area: str | None
+    household_id: str | None
 
 
-def subscribe(conn: psycopg.Connection, person_id: str, household_id: str, *, local_hour: int,
+def _may_hear_of(conn: psycopg.Connection, viewer: access.Viewer, household_id: str) -> bool:
+    """A note about a home is what its page shows, in words: whoever may see the household (its team, its
+    resident, its area's coordinator), by the one access rule."""
+    return access.may_see_household(conn, viewer, household_id)
+
+
+def subscribe(conn: psycopg.Connection, viewer: access.Viewer, household_id: str, *, local_hour: int,
               weekly_isodow: int | None, channel_id: int | None, now: float) -> dict[str, Any]:
-    """Opt in (or change the hour / channel): the person's own choice, for a home whose team they are on."""
+    """Opt in (or change the hour / channel): the person's own choice, for a home they may see."""
+    person_id = viewer.person_id
     if not 0 <= local_hour <= 23:
         raise InvalidInput("the hour is 0 to 23")
     if weekly_isodow is not None and not 1 <= weekly_isodow <= 7:
         raise InvalidInput("the weekday is 1 (Monday) to 7 (Sunday)")
-    if not _on_team(conn, person_id, household_id):
-        raise Forbidden("notes about a home go to its team and its resident only")
+    if not _may_hear_of(conn, viewer, household_id):
+        raise Forbidden("notes about a home go only to those who may see it")
     if channel_id is not None and conn.execute("SELECT 1 FROM person_channels WHERE channel_id = %s AND person_id = %s",
                                                (channel_id, person_id)).fetchone() is None:
         raise InvalidInput("not one of your channels")
@@ -73,22 +83,21 @@ def subscriptions(conn: psycopg.Connection, person_id: str) -> list[dict[str, An
 
 def due(conn: psycopg.Connection, now: float) -> list[DueNote]:
     """Notes due at ``now``: the home's local hour has reached the chosen hour and today's note has not gone
-    out. A person who left the team stops getting notes at once, whatever they subscribed to."""
+    out. A person who may no longer see the home stops getting notes at once, whatever they subscribed to."""
     at = datetime.fromtimestamp(now, UTC)
     rows = conn.execute(
         """SELECT s.person_id, s.household_id, s.channel_id, s.local_hour, s.weekly_isodow, s.last_daily_on,
-                  s.last_weekly_on, h.timezone
+                  s.last_weekly_on, h.timezone, p.role, p.area, p.household_id
            FROM daily_note_subscriptions s JOIN households h USING (household_id)
-           WHERE EXISTS (SELECT 1 FROM household_watchers w WHERE w.household_id = s.household_id
-                                                              AND w.person_id = s.person_id)
-              OR EXISTS (SELECT 1 FROM people p WHERE p.person_id = s.person_id AND p.household_id = s.household_id
-                                                  AND p.role = 'resident')""").fetchall()
+           JOIN people p ON p.person_id = s.person_id""").fetchall()
     out = []
-    for person_id, household_id, channel_id, hour, isodow, last_daily, last_weekly, tz in rows:
+    for person_id, household_id, channel_id, hour, isodow, last_daily, last_weekly, tz, role, area, home in rows:
         local = at.astimezone(ZoneInfo(tz))
         today = local.date()
         if local.hour < hour or last_daily == today:
             continue
+        if not _may_hear_of(conn, Subscriber(person_id, role, area, home), household_id):
+            continue  # left the team, moved area: no more notes, whatever they subscribed to
         weekly = isodow is not None and today.isoweekday() == isodow and last_weekly != today
         out.append(DueNote(person_id, household_id, channel_id, today, weekly))
     return out

@@ -38,6 +38,8 @@ from linebot.v3.messaging import (
     TextMessage,
 )
 
+from mimamori import errors
+
 log = logging.getLogger(__name__)
 
 LINE_API = "https://api.line.me"
@@ -60,7 +62,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-class LineError(Exception):
+class LineError(errors.Unavailable):
     """A LINE request failed (status and LINE's message kept for the delivery's record)."""
 
     def __init__(self, status: int | None, message: str) -> None:
@@ -69,7 +71,7 @@ class LineError(Exception):
         self.retryable = status is None or status >= 500 or status == 429
 
 
-class PostbackError(ValueError):
+class PostbackError(errors.InvalidInput, ValueError):
     """Postback data we did not write (wrong version, unknown action, missing or malformed ids)."""
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Protocol
 
+from mimamori import errors
+
 STATUSES: Final = ("open", "claimed", "resolved", "cancelled")
 #: Outcomes a person may report when resolving (the engine itself also uses resident_responded).
 OUTCOMES: Final = ("fine", "needed_help", "emergency_services", "away", "device_problem", "false_alarm")
@@ -35,23 +37,23 @@ class Actor:
     locale: str = "ja"
 
 
-class AlertError(Exception):
-    """Base of the alert engine's errors (the app maps them to HTTP statuses)."""
+class AlertError(errors.MimamoriError):
+    """Base of the alert engine's errors (each is also a kind of ``mimamori.errors``, which gives its HTTP status)."""
 
 
-class NotFound(AlertError):
+class NotFound(AlertError, errors.NotFound):
     """No such incident or household, or not one the actor may see (existence does not leak)."""
 
 
-class Forbidden(AlertError):
+class Forbidden(AlertError, errors.Forbidden):
     """The actor may see this but not do this."""
 
 
-class Conflict(AlertError):
+class Conflict(AlertError, errors.Conflict):
     """The incident is not in a state that allows this (e.g. already claimed)."""
 
 
-class InvalidInput(AlertError):
+class InvalidInput(AlertError, errors.InvalidInput):
     """A bad outcome, an empty comment, an invalid chain ..."""
 
 

@@ -35,6 +35,8 @@ from datetime import time as dt_time
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from mimamori import errors
+
 #: Notify tier 1, wait, tier 2, wait, the area coordinator, wait, and start again (twice at most).
 DEFAULT_CHAIN: tuple[dict[str, Any], ...] = (
     {"type": "notify", "tiers": [1]},
@@ -68,7 +70,7 @@ MAX_WAIT_MINUTES = 7 * 24 * 60
 MAX_STEPS = 50
 
 
-class ChainError(ValueError):
+class ChainError(errors.InvalidInput, ValueError):
     """A chain a coordinator submitted is not valid."""
 
 

@@ -54,6 +54,7 @@ from alerts.records import (
     load_team,
     stop_escalation,
 )
+from mimamori import access
 from mimamori.clock import Clock, as_datetime
 
 log = logging.getLogger(__name__)
@@ -62,27 +63,16 @@ MAX_COMMENT = 2000
 
 
 def _may_act(conn: psycopg.Connection, actor: ActorLike, household_id: str | None, area: str | None) -> bool:
-    if actor.role == "operator":
-        return True
-    if actor.role == "coordinator" and actor.area is not None and actor.area == area:
-        return True
-    if actor.role in ("watcher", "coordinator") and household_id is not None:  # on the household's team
-        return _one(conn, "SELECT 1 AS ok FROM household_watchers WHERE household_id = %s AND person_id = %s",
-                    (household_id, actor.person_id)) is not None
-    return False
+    """A household's team business (or, without a household, an area's) the actor may see and act on:
+    the one rule in ``mimamori.access``."""
+    if household_id is not None:
+        return access.may_act_for_household(conn, actor, household_id)
+    return access.may_manage_area(actor, area)
 
 
 def _scope_sql(actor: ActorLike) -> tuple[str, dict[str, Any]]:
-    """WHERE fragment: incidents (alias i, households h) the actor may see and act on."""
-    if actor.role == "operator":
-        return "TRUE", {}
-    if actor.role == "coordinator":
-        return ("(coalesce(h.area, i.area) = %(area)s OR EXISTS (SELECT 1 FROM household_watchers w"
-                " WHERE w.household_id = i.household_id AND w.person_id = %(me)s))"), {"area": actor.area, "me": actor.person_id}
-    if actor.role == "watcher":
-        return ("EXISTS (SELECT 1 FROM household_watchers w WHERE w.household_id = i.household_id"
-                " AND w.person_id = %(me)s)"), {"me": actor.person_id}
-    return "FALSE", {}
+    """WHERE fragment: incidents (alias i) the actor may see and act on (``mimamori.access``)."""
+    return access.incident_sql(actor, "i")
 
 
 def _incident_for(conn: psycopg.Connection, actor: ActorLike, incident_id: int, *, lock: bool = False) -> dict[str, Any]:
@@ -90,7 +80,7 @@ def _incident_for(conn: psycopg.Connection, actor: ActorLike, incident_id: int, 
     # checks of rows that merely reference it (timeline entries written by delivery threads)
     sql = _INCIDENT_SQL + " WHERE i.incident_id = %s" + (" FOR NO KEY UPDATE OF i" if lock else "")
     inc = _one(conn, sql, (incident_id,))
-    if inc is None or not _may_act(conn, actor, inc["household_id"], inc["eff_area"]):
+    if inc is None or not access.may_see_incident(conn, actor, incident_id):
         raise NotFound(f"incident {incident_id} not found")
     return inc
 
@@ -260,7 +250,7 @@ def _household_for_manager(conn: psycopg.Connection, actor: ActorLike, household
     h = _one(conn, "SELECT household_id, area FROM households WHERE household_id = %s", (household_id,))
     if h is None or not _may_act(conn, actor, household_id, h["area"]):
         raise NotFound(f"household {household_id} not found")
-    if actor.role not in ("operator", "coordinator"):
+    if not access.may_manage_household(conn, actor, household_id):  # a team member of another area: not theirs
         raise Forbidden("only the area's coordinator or an operator edits escalation chains")
     return h
 

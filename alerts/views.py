@@ -1,29 +1,23 @@
 """Thin FastAPI routers over ``alerts.service`` (JSON API under ``/api/alerts``).
 
-Wiring (the app does this; the alerts stage does not know how people sign in):
-
-- ``current_person``: declared here, provided by the app, which then mounts the router::
-
-      app.dependency_overrides[alerts.views.current_person] = app.auth.current_person
-      app.include_router(alerts.views.alerts_api)
-
-  (Named ``alerts_api``, not ``api``, so nothing mounts it before that override exists; an
-  unwired endpoint answers 503.) Whatever it returns needs ``person_id``,
-  ``role`` and ``area`` (the app's ``Person`` fits).
+Wiring (the app does this; the alerts stage does not know how people sign in): the app includes
+``alerts_api`` behind its own authentication, which puts the signed-in person on
+``request.state.person``; ``current_person`` reads it (nobody: 401). Whatever it is needs
+``person_id``, ``role`` and ``area`` (the app's ``Person`` fits).
 - ``alert_connection`` / ``alert_clock``: a psycopg connection from ``request.app.state.pool`` and
   the clock ``request.app.state.clock`` (the app's conventions); override them to change that.
 - Server-Sent Events of a person's in-app notifications (``GET /api/alerts/notifications/stream``)
   are served by the app (``app.live.views``): its streams share one LISTEN connection and re-check
   the session (issue 17); ``alerts.channels.notification_stream`` remains for other hosts.
 
-Errors: ``NotFound`` 404, ``Forbidden`` 403, ``Conflict`` 409, ``InvalidInput`` 422.
+Errors: the engine's errors are kinds of ``mimamori.errors`` (``NotFound`` 404, ``Forbidden`` 403,
+``Conflict`` 409, ``InvalidInput`` 422); the host's one error handler answers them.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import time as dt_time
 from typing import Annotated, Any, Literal
@@ -36,11 +30,16 @@ from pydantic import BaseModel, Field
 from alerts import models, service
 from alerts.models import ActorLike
 from mimamori.clock import Clock
+from mimamori.errors import NotAuthenticated
 
 
-async def current_person() -> ActorLike:
-    """The signed-in person. Provided by the app through ``dependency_overrides``."""
-    raise HTTPException(503, "alerts.views.current_person is not wired: the app must override it")
+def current_person(request: Request) -> ActorLike:
+    """The signed-in person, as the host put it on ``request.state.person`` (the app authenticates every
+    request to this router before it runs); nobody there: 401."""
+    person = getattr(request.state, "person", None)
+    if person is None:
+        raise NotAuthenticated("sign in first")
+    return person  # type: ignore[no-any-return]
 
 
 def alert_connection(request: Request) -> Iterator[psycopg.Connection]:
@@ -60,17 +59,6 @@ TextId = Annotated[str, FPath(min_length=1, max_length=200, pattern=r"^[^\x00-\x
 NO_NUL = r"^[^\x00]*$"
 Conn = Annotated[psycopg.Connection, Depends(alert_connection)]
 ClockDep = Annotated[Clock, Depends(alert_clock)]
-
-_STATUS = {models.NotFound: 404, models.Forbidden: 403, models.Conflict: 409, models.InvalidInput: 422}
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except models.AlertError as exc:
-        raise HTTPException(_STATUS.get(type(exc), 400), str(exc)) from None
-
 
 def _json(obj: Any) -> Any:
     return json.loads(json.dumps(asdict(obj), default=str))
@@ -118,85 +106,74 @@ def list_notifications(actor: Actor, conn: Conn, after_id: int = 0, unread_only:
 
 @alerts_api.get("/chains/{household_id}")
 def get_chain(household_id: TextId, actor: Actor, conn: Conn) -> dict[str, Any]:
-    with _errors():
-        steps, source = service.get_chain(conn, actor, household_id)
+    steps, source = service.get_chain(conn, actor, household_id)
     return {"household_id": household_id, "steps": steps, "source": source}
 
 
 @alerts_api.put("/chains/{household_id}")
 def set_chain(household_id: TextId, steps: list[dict[str, Any]], actor: Actor, conn: Conn, clock: ClockDep) -> dict[str, Any]:
-    with _errors():
-        clean = service.set_chain(conn, actor, household_id, steps, clock=clock, channel="api")
+    clean = service.set_chain(conn, actor, household_id, steps, clock=clock, channel="api")
     return {"household_id": household_id, "steps": clean, "source": "household"}
 
 
 @alerts_api.delete("/chains/{household_id}", status_code=204)
 def reset_chain(household_id: TextId, actor: Actor, conn: Conn, clock: ClockDep) -> None:
-    with _errors():
-        service.reset_chain(conn, actor, household_id, clock=clock, channel="api")
+    service.reset_chain(conn, actor, household_id, clock=clock, channel="api")
 
 
 @alerts_api.get("/people/{person_id}/channels")
 def list_channels(person_id: TextId, actor: Actor, conn: Conn) -> list[dict[str, Any]]:
-    with _errors():
-        return service.list_channels(conn, actor, person_id)
+    return service.list_channels(conn, actor, person_id)
 
 
 @alerts_api.post("/people/{person_id}/channels", status_code=201)
 def add_channel(person_id: TextId, body: ChannelIn, actor: Actor, conn: Conn, clock: ClockDep) -> dict[str, int]:
-    with _errors():
-        cid = service.add_channel(conn, actor, person_id, body.kind, body.target, label=body.label, position=body.position,
-                                  clock=clock)
+    cid = service.add_channel(conn, actor, person_id, body.kind, body.target, label=body.label, position=body.position,
+                              clock=clock)
     return {"channel_id": cid}
 
 
 @alerts_api.delete("/people/{person_id}/channels/{channel_id}", status_code=204)
 def remove_channel(person_id: TextId, channel_id: ChannelId, actor: Actor, conn: Conn, clock: ClockDep) -> None:
-    with _errors():
-        service.remove_channel(conn, actor, person_id, channel_id, clock=clock)
+    service.remove_channel(conn, actor, person_id, channel_id, clock=clock)
 
 
 @alerts_api.put("/people/{person_id}/quiet-hours", status_code=204)
 def set_quiet_hours(person_id: TextId, body: QuietHoursIn, actor: Actor, conn: Conn, clock: ClockDep) -> None:
     if (body.start is None) != (body.end is None):
         raise HTTPException(422, "give both start and end, or neither")
-    with _errors():
-        service.set_quiet_hours(conn, actor, person_id, body.start, body.end, body.timezone, clock=clock)
+    service.set_quiet_hours(conn, actor, person_id, body.start, body.end, body.timezone, clock=clock)
 
 
 @alerts_api.get("/audit/{subject}")
 def get_admin_log(subject: TextId, actor: Actor, conn: Conn) -> list[Any]:
     """Who changed a household's chain or a person's channels and quiet hours, and when."""
-    with _errors():
-        return json.loads(json.dumps(service.admin_log(conn, actor, subject), default=str))
+    return json.loads(json.dumps(service.admin_log(conn, actor, subject), default=str))
 
 
 @alerts_api.get("/{incident_id}")
 def get_alert(incident_id: IncidentId, actor: Actor, conn: Conn) -> Any:
-    with _errors():
-        return _json(service.get_incident(conn, actor, incident_id))
+    return _json(service.get_incident(conn, actor, incident_id))
 
 
 @alerts_api.get("/{incident_id}/timeline")
 def get_timeline(incident_id: IncidentId, actor: Actor, conn: Conn) -> list[Any]:
-    with _errors():
-        return [_json(e) for e in service.timeline(conn, actor, incident_id)]
+    """The team's timeline; the engine's raw ``data`` (chain snapshots, worker ids, the ids of people the
+    reader may not know) stays out of the API."""
+    return [{k: v for k, v in _json(e).items() if k != "data"} for e in service.timeline(conn, actor, incident_id)]
 
 
 @alerts_api.post("/{incident_id}/claim")
 def claim(incident_id: IncidentId, actor: Actor, conn: Conn, clock: ClockDep) -> Any:
-    with _errors():
-        return _json(service.claim(conn, actor, incident_id, clock=clock, channel="api"))
+    return _json(service.claim(conn, actor, incident_id, clock=clock, channel="api"))
 
 
 @alerts_api.post("/{incident_id}/comment", status_code=201)
 def comment(incident_id: IncidentId, body: CommentIn, actor: Actor, conn: Conn, clock: ClockDep) -> Any:
-    with _errors():
-        return _json(service.comment(conn, actor, incident_id, body.text, clock=clock, channel="api"))
+    return _json(service.comment(conn, actor, incident_id, body.text, clock=clock, channel="api"))
 
 
 @alerts_api.post("/{incident_id}/resolve")
 def resolve(incident_id: IncidentId, body: ResolveIn, actor: Actor, conn: Conn, clock: ClockDep) -> Any:
-    with _errors():
-        return _json(service.resolve(conn, actor, incident_id, body.outcome, body.note, clock=clock,
-                                     away_until=body.away_until, channel="api"))
+    return _json(service.resolve(conn, actor, incident_id, body.outcome, body.note, clock=clock,
+                                 away_until=body.away_until, channel="api"))

@@ -1,5 +1,6 @@
 """Demo logins: an operator, a coordinator of an area, two watchers on some households' teams and
-a resident, on whatever households exist (the simulated town). Idempotent."""
+a resident, on whatever households exist (the simulated town). Idempotent.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from alerts import policy
 from app.auth.service import NOTICE_VERSION, hash_password
 from mimamori.clock import Clock, SystemClock, as_datetime
 
-DEMO_PASSWORD = "mimamori-demo"
+DEMO_PASSWORD = "mimamori-demo"  # noqa: S105 -- the demo prints its logins on purpose; never a real account
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ class DemoLogin:
 def create_demo_accounts(conn: psycopg.Connection, clock: Clock | None = None, *, password: str = DEMO_PASSWORD,
                          area: str | None = None, team_size: int = 3) -> list[DemoLogin]:
     """Create (or refresh) demo people and accounts; returns their logins. Needs at least one household
-    (creates a demo household when there is none)."""
+    (creates a demo household when there is none).
+    """
     clock = clock or SystemClock()
     now = as_datetime(clock.now())
     with conn.transaction():

@@ -1,5 +1,6 @@
 """One i18n mechanism for every string the app shows: ``translate(locale, key, **values)``.
-Japanese is the default; English is selectable (per person, or a cookie before signing in)."""
+Japanese is the default; English is selectable (per person, or a cookie before signing in).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ DEFAULT_LOCALE = "ja"
 LOCALES = ("ja", "en")
 LANG_COOKIE = "mimamori_lang"
 
-# key: (日本語, English)
+# Each entry: key -> (日本語, English).
 MESSAGES: dict[str, tuple[str, str]] = {
     "app_name": ("見守り", "Mimamori"),
     "nav_label": ("メニュー", "Menu"),
@@ -80,11 +81,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "tl_resident_asked": ("{people}に、お変わりないかメッセージで尋ねました", "asked {people} by message whether all is well"),
     "tl_resident_answered_fine": ("さんが「大丈夫です」と答えました", "answered \"I'm fine\""),
     "tl_resident_answered_away": ("さんが「出かけています」と答えました（{until} まで）", "answered \"I'm out\" (until {until})"),
-    "tl_resident_answered_help": ("さんが「助けてほしい」と答えました", "answered \"Please help\""),
+    "tl_resident_answered_help": ("さんが「助けてほしい」と答えました", 'answered "Please help"'),
     "why_asked_first": ("ご本人に先に確認するお宅のため、いつもより早めに判断しました。",
                         "The resident is asked first in this home, so the detector decided sooner than usual."),
     "tl_reopened_for_help": ("さんが助けを求めたため、お知らせを再び開きました", "asked for help: the alert is open again"),
-    "tl_resident_asked_for_help": ("ご本人が助けを求めたため、すぐにチームに知らせます", "the resident asked for help: contacting the team now"),
+    "tl_resident_asked_for_help": ("ご本人が助けを求めたため、すぐにチームに知らせます",
+                                   "the resident asked for help: contacting the team now"),
     "tl_repeat": ("もう一度はじめから知らせます（{round}回目）", "starting over (round {round})"),
     "tl_escalation_finished": ("連絡の手順をすべて終えました", "every step of the chain has run"),
     "tl_escalation_paused": ("連絡を一時止めました", "paused contacting the team"),
@@ -110,7 +112,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "tl_resend_in_doubt": ("{person}への通知を念のためもう一度送りました（送信が途中で止まったため）",
                            "sent a message to {person} again (the first send was interrupted)"),
     "tl_safety_check_opened": ("安否確認の対応を始めました", "started the safety-check follow-up"),
-    "tl_safety_needs_help": ("安否確認に「助けが必要」と回答がありました", "the safety check was answered \"need help\""),
+    "tl_safety_needs_help": ("安否確認に「助けが必要」と回答がありました", 'the safety check was answered "need help"'),
     "tl_safety_no_answer": ("安否確認に応答がないため、チームに確認を依頼しました",
                             "no answer to the safety check: asked the team to go and see"),
     "tl_safety_check_closed": ("安否確認を終了しました", "closed the safety check"),
@@ -170,7 +172,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "contacts_quiet_from": ("開始", "From"),
     "contacts_quiet_to": ("終了", "Until"),
     "contacts_quiet_clear": ("おやすみ時間をなくす", "No quiet hours"),
-    "contacts_push_help": ("ボタンが出ないときは、このブラウザでは通知を使えません。", "If no button shows, this browser cannot receive notifications."),
+    "contacts_push_help": ("ボタンが出ないときは、このブラウザでは通知を使えません。",
+                           "If no button shows, this browser cannot receive notifications."),
     "outcome_other": ("その他", "other"),
     # The resident's answer page (a link in the message a resident check sends them; no login).
     "rc_title": ("見守りからの確認", "A check from your watch-over service"),
@@ -201,9 +204,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "step_resident_check_blink_only": ("電球を{blinks}回点滅させ、{minutes}分ご本人の反応を待つ",
                                        "blink the bulbs {blinks} times and wait {minutes} minutes for the resident"),
     "step_repeat": ("はじめから繰り返す（{times}回まで）", "start over (at most {times} times)"),
-    "step_claim_timeout": ("「私が行きます」のあと{minutes}分で向かった方に状況を尋ね、さらに{grace}分たっても終わらなければ再びチームに知らせる（手順ではなく設定）",
-                           "a claim not resolved after {minutes} minutes reminds the claimer; {grace} minutes later "
-                           "the alert goes back to the team (a setting, not a step)"),
+    "step_claim_timeout": (("「私が行きます」のあと{minutes}分で向かった方に状況を尋ね、"
+                            "さらに{grace}分たっても終わらなければ再びチームに知らせる（手順ではなく設定）"),
+                           ("a claim not resolved after {minutes} minutes reminds the claimer; {grace} minutes later "
+                            "the alert goes back to the team (a setting, not a step)")),
     "step_unknown": ("不明な手順 ({type})", "unknown step ({type})"),
     "step_who_tiers": ("{tiers}番目の連絡先", "contacts of tier {tiers}"),
     "step_who_people": ("指定の{n}名", "{n} chosen people"),
@@ -241,7 +245,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "chain_new_kind": ("加える手順", "Step to add"),
     "chain_add_step": ("手順を加える", "Add the step"),
     "chain_apply_kind": ("選んだ種類で表示しなおす", "Show the fields for the chosen kind"),
-    "chain_unsaved": ("まだ保存されていません。「保存」を押すと反映されます。", "Not saved yet: press \"Save\" to keep it."),
+    "chain_unsaved": ("まだ保存されていません。「保存」を押すと反映されます。", 'Not saved yet: press "Save" to keep it.'),
     "chain_not_saved": ("保存できませんでした。印のついた手順を直してください。", "Not saved: please correct the marked steps."),
     "chain_advanced": ("上級者向け: JSON で編集", "Advanced: edit as JSON"),
     "chain_err_kind": ("手順 {step}: することを選んでください", "Step {step}: choose what to do"),
@@ -255,7 +259,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "chain_err_times": ("手順 {step}: 繰り返す回数は{lo}〜{hi}の整数です", "Step {step}: times must be a whole number from {lo} to {hi}"),
     "chain_err_count": ("手順は1〜{max}個にしてください", "A chain has 1 to {max} steps"),
     "chain_err_repeat_needs_wait": ("手順 {step}: 「繰り返す」の前に「待つ」か「点滅で確認」が必要です（続けて知らせすぎないため）",
-                                    "Step {step}: \"start over\" needs a wait (or a blink check) before it, or it would alert in a burst"),
+                                    'Step {step}: "start over" needs a wait (or a blink check) before it, or it would alert in a burst'),
     "chain_err_one_claim_timeout": ("手順 {step}: 確認時間の設定は1つだけにしてください", "Step {step}: only one time-limit setting"),
     "chain_err_engine": ("手順 {step}: この内容は受け付けられません（{reason}）", "Step {step}: not accepted ({reason})"),
     "kind_safety_check": ("安否確認", "Safety check"),
@@ -273,7 +277,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "address": ("住所", "Address"),
     "phone": ("電話", "Phone"),
     "contact_registered": ("登録済み", "registered"),
-    "contact_team_only": ("住所と電話番号は見守りチームと本人だけに表示されます", "Address and phone are shown to the team and the resident only"),
+    "contact_team_only": ("住所と電話番号は見守りチームと本人だけに表示されます",
+                          "Address and phone are shown to the team and the resident only"),
     "login_form_expired": ("ログイン画面が古くなりました。もう一度お試しください", "The sign-in form expired; please try again"),
     "last_14_days": ("この14日間の様子", "The last 14 days"),
     "heatmap_help": ("横が時刻（0〜23時）、縦が日付。色が濃いほど動きが多い時間です。",
@@ -297,9 +302,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "device_problem_silent": ("しばらく連絡がありません", "Not heard from for a while"),
     "device_problem_gateway_offline": ("中継機がオフライン", "Gateway offline"),
     "why_title": ("なぜ知らせたか", "Why this alert"),
-    "why_silent_since": ("{since}から、明かりやセンサーに生活の動きがありません。", "No sign of life from the lights or sensors since {since}."),
+    "why_silent_since": ("{since}から、明かりやセンサーに生活の動きがありません。",
+                         "No sign of life from the lights or sensors since {since}."),
     "why_usually_by": ("この家では、ふだんは{by}までに動きがあります。", "In this home there is usually some activity again by {by}."),
-    "why_rule_model": ("この家のふだんの暮らしと比べて、とても長い静けさです。", "Compared with this home's usual days, this quiet is very long."),
+    "why_rule_model": ("この家のふだんの暮らしと比べて、とても長い静けさです。",
+                       "Compared with this home's usual days, this quiet is very long."),
     "why_rule_routine": ("毎日決まった時間帯（夕方の明かりなど）に、今日は動きがありませんでした。",
                          "Nothing happened at a time of day when this home is active every day (such as the evening light)."),
     "why_rule_hard_cap": ("24時間、動きがありません。", "Nothing for 24 hours."),
@@ -349,8 +356,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "export_csv": ("データを書き出す（CSV）", "Export data (CSV)"),
     "export_request_note": ("ご本人からのどの依頼か（だれが・いつ）", "Which request of the resident (who asked, when)"),
     "export_request_example": ("例: 1月21日 ご本人から電話で依頼", "e.g. the resident asked by phone on 21 Jan"),
-    "export_request_help": ("書き出しはご本人のためのものです。住所・電話番号も含めたすべての記録が入り、ご本人の「だれが見たか」に残ります。",
-                            "An export is the resident's copy: it holds every record, address and phone included, and shows in the resident's \"who viewed\"."),
+    "export_request_help": (("書き出しはご本人のためのものです。"
+                             "住所・電話番号も含めたすべての記録が入り、ご本人の「だれが見たか」に残ります。"),
+                            ("An export is the resident's copy: it holds every record, address and phone included, "
+                             "and shows in the resident's \"who viewed\".")),
     "who_viewed": ("だれがいつ見たか", "Who viewed, and when"),
     "delete_type_name": ("削除するには家の名前「{name}」を入力してください", "To delete, type the household's name “{name}”"),
     "delete_confirm_js": ("本当に削除しますか？元に戻せません。", "Really delete? This cannot be undone."),
@@ -376,8 +385,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "scan_hint": ("機器のラベルのQRコードを読み取るか、IDを入力してください。",
                   "Scan the QR code on the device label, or type its id."),
     "scan_qr": ("カメラでQRコードを読み取る", "Scan the QR code with the camera"),
-    "scan_unavailable": ("この端末のブラウザではQRコードを読み取れません。機器のラベルに書かれたID（例: bulb-0042）を入力するか、下の一覧から選んでください。",
-                         "This browser cannot read QR codes. Type the id printed on the device's label (e.g. bulb-0042), or pick it from the list below."),
+    "scan_unavailable": (("この端末のブラウザではQRコードを読み取れません。"
+                          "機器のラベルに書かれたID（例: bulb-0042）を入力するか、下の一覧から選んでください。"),
+                         ("This browser cannot read QR codes. Type the id printed on the device's label (e.g. bulb-0042), "
+                          "or pick it from the list below.")),
     "scan_no_camera": ("カメラを使えませんでした。機器のラベルに書かれたIDを入力してください。",
                        "The camera could not be used. Type the id printed on the device's label."),
     "scan_stop": ("読み取りをやめる", "Stop scanning"),
@@ -409,10 +420,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "choose_password": ("パスワードを決めてください（8文字以上）", "Choose a password (8 characters or more)"),
     "language": ("言語", "Language"),
     "notice_title": ("見守りについての説明", "About watching over"),
-    "notice_text": ("お宅の電球やセンサーの動きを記録し、いつもと違って静かなときに見守りチームへ知らせます。"
-                    "必要なのはお名前だけです。記録はいつでも見られ、書き出しや削除をお願いできます。",
-                    "We record when your bulbs and sensors are used and tell your team when the home is unusually quiet. "
-                    "Only your name is required. You can see the record at any time and ask for an export or deletion."),
+    "notice_text": (("お宅の電球やセンサーの動きを記録し、いつもと違って静かなときに見守りチームへ知らせます。"
+                     "必要なのはお名前だけです。記録はいつでも見られ、書き出しや削除をお願いできます。"),
+                    ("We record when your bulbs and sensors are used and tell your team when the home is unusually quiet. "
+                     "Only your name is required. You can see the record at any time and ask for an export or deletion.")),
     "notice_version": ("説明書の版: {version}", "Notice version: {version}"),
     "i_consent": ("説明を読み、同意します", "I have read this and agree"),
     "create_account": ("はじめる", "Create account"),
@@ -434,6 +445,9 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "err_rate_limited": ("失敗が続いたため、しばらく待ってからお試しください", "Too many attempts; please wait"),
     "err_not_authenticated": ("ログインしてください", "Please sign in"),
     "err_bad_request": ("入力を確かめてください", "Please check the input"),
+    "err_gone": ("すでに終わっています", "This is already over"),
+    "err_unavailable": ("ただいま利用できません。しばらくしてからお試しください", "Not available right now; please try again later"),
+    "err_internal": ("問題が起きました。しばらくしてからお試しください", "Something went wrong; please try again later"),
 }
 
 

@@ -1,52 +1,45 @@
 """The web app: ``create_app`` builds the FastAPI application (JSON API with OpenAPI under /api,
-server-rendered pages, SSE, PWA); ``run_app`` serves it with uvicorn until ``stop`` is set."""
+server-rendered pages, SSE, PWA); ``run_app`` serves it with uvicorn until ``stop`` is set.
+"""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import psycopg
-from starlette.concurrency import run_in_threadpool
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from psycopg_pool import ConnectionPool
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import metrics
-from app.auth import current_person
-from app.auth import views as auth_views
+from app.api import include_routers
+from app.auth.csrf import CsrfFailed
 from app.auth.proxy import address_in, client_address, is_https, parse_trusted
-from app.devices import views as device_views
-from app.errors import AppError, CsrfFailed, NotAuthenticated
-from app.households import views as household_views
 from app.households.service import LOGGED_VIEWS, log_view
 from app.i18n import request_locale, translate
-from app.incidents import views as incident_views
-from app.incidents import resident_views
-from app.contacts import views as contact_views
-from app.line import views as line_views
 from app.live.hub import LiveHub
-from app.live.views import router as live_router
-from app.privacy import views as privacy_views
-from app.pwa import router as pwa_router
 from app.pwa import vapid_public_key
 from mimamori.clock import Clock, SystemClock
 from mimamori.config import Settings
 from mimamori.db import make_pool
+from mimamori.errors import MimamoriError, NotAuthenticated
 from mimamori.observability import readiness, register_readiness, render_metrics, unregister_readiness
 from mimamori.signing import signer
 
 log = logging.getLogger(__name__)
+CallNext = Callable[[Request], Awaitable[Response]]
 STATIC = Path(__file__).parent / "static"
 
 
@@ -82,8 +75,8 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
     app.state.csrf_signer = signer(settings, "csrf")
     app.state.trusted_proxies = parse_trusted(settings.trusted_proxies)
 
-    @app.exception_handler(AppError)
-    async def app_error(request: Request, exc: AppError) -> Response:
+    @app.exception_handler(MimamoriError)
+    async def app_error(request: Request, exc: MimamoriError) -> Response:
         reason = exc.detail.get("reason")
         if _wants_json(request):
             body = {"detail": exc.message, "code": exc.code}
@@ -124,23 +117,24 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
                       message=translate(request_locale(request), "err_not_found"))
 
     @app.exception_handler(psycopg.DataError)
-    async def data_error(request: Request, exc: psycopg.DataError) -> Response:
+    async def data_error(_request: Request, _exc: psycopg.DataError) -> Response:
         # e.g. NUL bytes or out-of-range values that slipped past validation: the input's fault.
         return JSONResponse({"detail": "invalid input", "code": "invalid"}, status_code=422)
 
     ops_nets = None if settings.ops_networks.strip() == "*" else parse_trusted(settings.ops_networks)
 
     @app.middleware("http")
-    async def operator_paths(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def operator_paths(request: Request, call_next: CallNext) -> Response:
         """/metrics and the API's schema and docs are the operator's (issue 17: they were public on the
         app's port): from ``MIMAMORI_OPS_NETWORKS`` only; anyone else gets the 404 of a path that is
-        not there."""
+        not there.
+        """
         if ops_nets is not None and request.url.path in OPERATOR_PATHS and not address_in(client_address(request), ops_nets):
             return JSONResponse({"detail": "Not Found"}, status_code=404)
         return await call_next(request)
 
     @app.middleware("http")
-    async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def security_headers(request: Request, call_next: CallNext) -> Response:
         response = await call_next(request)
         response.headers.setdefault("x-content-type-options", "nosniff")
         response.headers.setdefault("x-frame-options", "DENY")
@@ -157,10 +151,11 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
         return response
 
     @app.middleware("http")
-    async def view_log(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def view_log(request: Request, call_next: CallNext) -> Response:
         """The one view-log point (issue 17): every successful read of a route that names a household
         (or an incident, or a safety check's household) is in the household's view log, whichever
-        stage's router serves it; services that log with more detail (exports, pages) go first."""
+        stage's router serves it; services that log with more detail (exports, pages) go first.
+        """
         logged: set[str] = set()
         token = LOGGED_VIEWS.set(logged)
         try:
@@ -178,7 +173,7 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
         return response
 
     @app.middleware("http")
-    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def count_requests(request: Request, call_next: CallNext) -> Response:
         response = await call_next(request)
         # The route's template (/households/{household_id}), never the raw path: bounded label values.
         route = request.scope.get("route")
@@ -203,17 +198,7 @@ def create_app(settings: Settings, *, database_url: str, clock: Clock | None = N
         body, content_type = render_metrics()
         return Response(body, media_type=content_type)
 
-    for module in (auth_views, household_views, incident_views, device_views, privacy_views):
-        app.include_router(module.api)
-        app.include_router(module.pages)
-    app.include_router(incident_views.notifications)
-    app.include_router(resident_views.pages)  # the resident's answer to a resident check (no login)
-    app.include_router(contact_views.pages)  # where each person's alerts go
-    app.include_router(live_router)
-    app.include_router(pwa_router)
-    app.include_router(line_views.api)  # LINE's webhook and the person's LINE link (issue 16)
-    _include_alerts_routers(app)
-    importlib.import_module("app.safety").include(app)  # the safety check (安否確認): API and pages
+    include_routers(app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
 
@@ -240,30 +225,18 @@ def _log_route_view(app: FastAPI, person: Any, params: dict[str, Any], route: st
         log_view(conn, app.state.clock, person, str(household_id), ("api " if route.startswith("/api") else "page ") + route[:180])
 
 
-def database_ready(pool: object) -> bool:
+def database_ready(pool: ConnectionPool) -> bool:
     """The app's readiness: a pool connection answers within a couple of seconds."""
-    with pool.connection(timeout=2) as conn:  # type: ignore[attr-defined]
+    with pool.connection(timeout=2) as conn:
         conn.autocommit = True
-        return conn.execute("SELECT 1").fetchone() == (1,)
-
-
-def _include_alerts_routers(app: FastAPI) -> None:
-    """Mount the alerts stage's own JSON API (``/api/alerts``), signed in through the app's sessions."""
-    try:
-        views = importlib.import_module("alerts.views")
-    except ImportError:
-        return
-    router = getattr(views, "alerts_api", None)
-    if router is None:
-        return
-    app.dependency_overrides[views.current_person] = current_person
-    app.include_router(router)
+        return bool(conn.execute("SELECT 1").fetchone() == (1,))
 
 
 def uvicorn_config(app: FastAPI, *, host: str, port: int) -> Any:
     """The app's server settings. ``proxy_headers`` off: uvicorn would believe the leftmost
     X-Forwarded-For of a loopback peer (a value the client writes); the app reads the headers of
-    ``MIMAMORI_TRUSTED_PROXIES`` only (app.auth.proxy)."""
+    ``MIMAMORI_TRUSTED_PROXIES`` only (app.auth.proxy).
+    """
     import uvicorn
 
     return uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2,

@@ -1,5 +1,6 @@
 """PWA: the manifest, the service worker (offline shell + Web Push display), and recording a
-browser's push subscription as a ``person_channels`` row of kind ``webpush`` (the alerts stage sends)."""
+browser's push subscription as a ``person_channels`` row of kind ``webpush`` (the alerts stage sends).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from app.auth.deps import CurrentPerson
 from alerts import service as alerts_service
+from app.auth.deps import CurrentPerson
 from app.db import Conn
-from app.incidents.service import alerts_errors
 from app.i18n import request_locale, translate
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,8 @@ def service_worker() -> Response:
 def vapid_public_key(settings: object) -> str | None:
     """The applicationServerKey browsers subscribe with (base64url, uncompressed P-256 point):
     ``MIMAMORI_WEBPUSH_VAPID_PUBLIC_KEY``, else derived from the alert engine's
-    ``MIMAMORI_ALERTS_VAPID_PRIVATE_KEY`` (PEM text, PEM file or base64url), else None (push off)."""
+    ``MIMAMORI_ALERTS_VAPID_PRIVATE_KEY`` (PEM text, PEM file or base64url), else None (push off).
+    """
     explicit = getattr(settings, "webpush_vapid_public_key", None) or os.environ.get("MIMAMORI_WEBPUSH_VAPID_PUBLIC_KEY")
     if explicit:
         return explicit.strip()
@@ -57,7 +58,7 @@ def vapid_public_key(settings: object) -> str | None:
 
         if private.lstrip().startswith("-----BEGIN"):
             vapid = Vapid02.from_pem(private.strip().encode())
-        elif os.path.isfile(private):
+        elif Path(private).is_file():
             vapid = Vapid02.from_file(private)
         else:
             vapid = Vapid02.from_string(private)
@@ -80,6 +81,5 @@ class PushSubscriptionIn(BaseModel):
 @router.post("/api/push/subscriptions", status_code=204, responses={401: {}, 403: {}})
 def subscribe(body: PushSubscriptionIn, person: CurrentPerson, conn: Conn) -> Response:
     target = json.dumps({"endpoint": body.endpoint, "keys": body.keys.model_dump()}, separators=(",", ":"))
-    with alerts_errors():
-        alerts_service.add_channel(conn, person, person.person_id, "webpush", target, label="browser")
+    alerts_service.add_channel(conn, person, person.person_id, "webpush", target, label="browser")
     return Response(status_code=204)

@@ -1,54 +1,23 @@
-"""Server-rendered pages: one Jinja2 environment; every string goes through ``t`` (app.i18n)."""
+"""Server-rendered pages: one Jinja2 environment; every string goes through ``t`` (app.i18n), every date
+through ``app.formatting``.
+"""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
 from starlette.responses import HTMLResponse
 
+from app.devices.service import area_outages
+from app.formatting import fmt_date, fmt_dt, fmt_until
 from app.i18n import MESSAGES, request_locale, translate
+from app.incidents.timeline import chain_step_text, describe, person_body
+from app.incidents.why import explain
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-DISPLAY_TZ = ZoneInfo("Asia/Tokyo")
-
-
-def _zone(tz: str | None) -> ZoneInfo:
-    try:
-        return ZoneInfo(tz) if tz else DISPLAY_TZ
-    except Exception:
-        return DISPLAY_TZ
-
-
-def _day(value: date, locale: str) -> str:
-    # Never a bare 01/02: Japanese readers get 年月日, others ISO (year first, no month/day order to guess).
-    if locale == "ja":
-        return f"{value.year}年{value.month}月{value.day}日"
-    return value.isoformat()
-
-
-def fmt_dt(value: datetime | None, tz: str | None = None, locale: str = "ja") -> str:
-    if value is None:
-        return ""
-    local = value.astimezone(_zone(tz))
-    return f"{_day(local.date(), locale)} {local:%H:%M}"
-
-
-def fmt_date(value: datetime | date | None, tz: str | None = None, locale: str = "ja") -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        value = value.astimezone(_zone(tz)).date()
-    return _day(value, locale)
-
-
-def fmt_until(value: datetime | None, tz: str | None = None, locale: str = "ja") -> str:
-    """The last day of a period that ends at midnight ("until 30 Jan" ends at 31 Jan 00:00)."""
-    return fmt_date(value - timedelta(seconds=1), tz, locale) if value is not None else ""
 
 
 def page_context(request: Request, **ctx: Any) -> dict[str, Any]:
@@ -60,21 +29,15 @@ def page_context(request: Request, **ctx: Any) -> dict[str, Any]:
 
     def t_entry(entry: dict[str, Any], names: dict[str, str] | None = None) -> str:
         """A team-timeline entry in words (app.incidents.timeline), with a person's own note after it."""
-        from app.incidents.timeline import describe, person_body
-
         text = describe(locale, entry, names or {})
         body = person_body(entry)
         return f"{text}: {body}" if body else text
 
     def t_step(step: dict[str, Any]) -> str:
-        from app.incidents.timeline import chain_step_text
-
         return chain_step_text(locale, step)
 
     def t_why(incident: dict[str, Any]) -> list[str]:
         """Why the detector raised this incident, in sentences (app.incidents.why)."""
-        from app.incidents.why import explain
-
         return explain(locale, incident, incident.get("devices") or {})
 
     def t_audit(action: str) -> str:
@@ -84,8 +47,6 @@ def page_context(request: Request, **ctx: Any) -> dict[str, Any]:
 
     outages: list[dict[str, Any]] = []
     if person is not None:
-        from app.devices.service import area_outages
-
         with request.app.state.pool.connection() as conn:
             conn.autocommit = True
             outages = area_outages(conn, person)

@@ -18,7 +18,7 @@ Decisions (the detector relies on them):
   are ``motion``: a point activity (``on`` without ``off`` would look like a light left on).
 - Availability (Z2M ``/availability`` and ``bridge/state``, Tasmota ``LWT``, Shelly ``online``):
   ``online`` is a ``heartbeat``, ``offline`` a ``fault``, both only on change. A fault is device
-  health for the coordinator, never a welfare alert (DESIGN.md). Z2M ``bridge/state offline``
+  health for the coordinator, never a welfare alert. Z2M ``bridge/state offline``
   faults every Zigbee device the gateway knows behind that bridge.
 - State reports within seconds of our own blink (``downlink``) are its echo, not the resident.
 - Time: native and Shelly Gen2 messages carry the device's time; the others use ``now_ms``.

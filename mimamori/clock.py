@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 
@@ -42,7 +42,7 @@ def now_ms(clock: Clock) -> int:
 
 
 def as_datetime(epoch_s: float) -> datetime:
-    return datetime.fromtimestamp(epoch_s, tz=timezone.utc)
+    return datetime.fromtimestamp(epoch_s, tz=UTC)
 
 
 class SystemClock:
@@ -62,7 +62,8 @@ class SystemClock:
 
 class ScaledClock:
     """Simulated time = ``start + speed * (real time elapsed)``; the speed may change while it runs
-    (the demo fast-forwards until something happens, then slows down so people can follow)."""
+    (the demo fast-forwards until something happens, then slows down so people can follow).
+    """
 
     def __init__(self, start: float, speed: float) -> None:
         if speed <= 0:
@@ -100,7 +101,8 @@ class ScaledClock:
             await asyncio.sleep(0)
             return
         target = self.now() + seconds
-        while (left := target - self.now()) > 0:
+        # Short naps, not an Event: a speed change moves the target's real time while we wait.
+        while (left := target - self.now()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(min(left / self.speed, 0.25))
 
     def __repr__(self) -> str:
@@ -145,7 +147,8 @@ class PacedClock(ManualClock):
     the simulation) by more than ``max_lead_s``: the service lives on the simulation's time without
     mistaking events still on their way for silence. ``sleep`` really waits until time has moved on.
     ``release()`` (the simulation ended) lets every waiter go; from then on a sleep waits at most a
-    second of real time, so loops keep turning without spinning."""
+    second of real time, so loops keep turning without spinning.
+    """
 
     def __init__(self, start: float, *, max_lead_s: float = 900.0, max_hold_s: float = 5.0) -> None:
         super().__init__(start)
@@ -193,7 +196,8 @@ class PacedClock(ManualClock):
         if self._released:
             await asyncio.sleep(min(seconds, 1.0))
             return
-        while self._now < target and not self._released:
+        # Polled, not an Event: the town advances this clock from another thread, event by event.
+        while self._now < target and not self._released:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
     def __repr__(self) -> str:

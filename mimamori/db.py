@@ -65,12 +65,12 @@ class Migration:
 
     @property
     def required_extension(self) -> str | None:
-        m = re.search(r"^--\s*mimamori:requires-extension\s+(\w+)", self.sql, re.M)
+        m = re.search(r"^--\s*mimamori:requires-extension\s+(\w+)", self.sql, re.MULTILINE)
         return m.group(1) if m else None
 
     @property
     def transactional(self) -> bool:
-        return re.search(r"^--\s*mimamori:no-transaction\b", self.sql, re.M) is None
+        return re.search(r"^--\s*mimamori:no-transaction\b", self.sql, re.MULTILINE) is None
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:
@@ -109,7 +109,8 @@ def extension_available(conn: psycopg.Connection, name: str) -> bool:
 def _check_preloaded(conn: psycopg.Connection, name: str) -> None:
     """TimescaleDB's files can be installed without its library being preloaded (a common operator
     mistake); ``CREATE EXTENSION`` then fails deep inside the migration and takes the connection
-    down ("the connection is closed"). Say what is wrong and how to fix it instead."""
+    down ("the connection is closed"). Say what is wrong and how to fix it instead.
+    """
     if name != "timescaledb":
         return
     if conn.execute("SELECT 1 FROM pg_extension WHERE extname = %s", (name,)).fetchone():
@@ -145,7 +146,7 @@ def migrate(url: str, directory: Path | None = None) -> MigrationResult:
                        status text NOT NULL CHECK (status IN ('applied', 'skipped')),
                        applied_at timestamptz NOT NULL DEFAULT now())"""
             )
-            done = {v: s for v, s in conn.execute("SELECT version, status FROM schema_migrations")}
+            done: dict[int, str] = dict(conn.execute("SELECT version, status FROM schema_migrations").fetchall())
             for mig in migrations:
                 if done.get(mig.version) == "applied":
                     continue
@@ -177,12 +178,14 @@ def migrate(url: str, directory: Path | None = None) -> MigrationResult:
 
 def database_identity(conn: psycopg.Connection) -> str:
     """A short, stable name for this database: its identity row (0046) and its oid, hashed. Two
-    databases never share it, not even two cloned from one template or two fresh servers."""
+    databases never share it, not even two cloned from one template or two fresh servers.
+    """
     row = conn.execute(
         """SELECT (SELECT identity::text FROM database_identity),
                   (SELECT oid::text FROM pg_database WHERE datname = current_database())"""
     ).fetchone()
-    assert row is not None
+    if row is None:  # a single-row SELECT always answers; a None would be a driver fault
+        raise RuntimeError("the database did not say which database it is")
     return hashlib.sha256(f"{row[0]}/{row[1]}".encode()).hexdigest()[:12]
 
 

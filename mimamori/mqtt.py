@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -124,7 +124,7 @@ def negotiate_protocol(url: MqttUrl, preference: Literal["auto", "5", "3.1.1"] =
         sock.sendall(_v5_connect_packet(f"mimamori-probe-{uuid.uuid4().hex[:12]}", url.username, url.password))
         try:
             head = sock.recv(5)
-        except (ConnectionError, socket.timeout, ssl.SSLError):
+        except (TimeoutError, ConnectionError, ssl.SSLError):
             return MQTTv311
         # v5 CONNACK: 0x20, remaining length (>= 3: flags, reason code, properties), ack flags,
         # reason code (0 = success). A 3.1.1 CONNACK has remaining length 2.
@@ -134,8 +134,6 @@ def negotiate_protocol(url: MqttUrl, preference: Literal["auto", "5", "3.1.1"] =
         if ok:
             sock.sendall(b"\xe0\x00")  # DISCONNECT
         return MQTTv5 if ok or refused_v5 else MQTTv311
-    except OSError:
-        raise
     finally:
         sock.close()  # the TLS wrapper owns the connection once made
         raw.close()
@@ -157,16 +155,14 @@ def make_client(
     made at ``connect`` (``clean_start`` + session expiry). ``client_class`` lets a stage use a
     paho subclass (ingest's buffered, batch-acking client).
     """
-    kwargs: dict[str, object] = {}
-    if protocol != MQTTv5:
-        kwargs["clean_session"] = clean_start
     client = client_class(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        protocol=protocol,
+        # paho refuses clean_session for v5 (that choice is clean_start, at connect)
+        clean_session=None if protocol == MQTTv5 else clean_start,
+        protocol=MQTTProtocolVersion(protocol),
         userdata=userdata,
         manual_ack=manual_ack,
-        **kwargs,
     )
     if url.username:
         client.username_pw_set(url.username, url.password)
@@ -179,7 +175,7 @@ def make_client(
 
 
 def connect_properties(*, session_expiry_s: int | None = None, receive_maximum: int | None = None) -> Properties:
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho's Properties is not annotated
     if session_expiry_s is not None:
         props.SessionExpiryInterval = session_expiry_s
     if receive_maximum is not None:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TextIO
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -56,7 +57,7 @@ def render_metrics() -> tuple[bytes, str]:
 
 
 class _OpsHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             body, ctype = render_metrics()
@@ -77,7 +78,7 @@ class _OpsHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # scrapes every 15 s would flood the log
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's name; scrapes every 15 s would flood the log
         pass
 
 
@@ -130,8 +131,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(settings: Settings, *, stream: object = None) -> None:
-    handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
+def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:
+    handler = logging.StreamHandler(stream)
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -29,7 +29,8 @@ MIN_KEY_CHARS = 32
 
 def _read_key(path: Path) -> str:
     """The stored key; waits a moment for a process that created the file but has not written it
-    yet (O_EXCL below), then refuses an empty or short one rather than sign with it."""
+    yet (O_EXCL below), then refuses an empty or short one rather than sign with it.
+    """
     deadline = time.monotonic() + 2.0
     while True:
         key = path.read_text(encoding="ascii").strip()

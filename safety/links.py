@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 from itsdangerous import BadSignature, SignatureExpired
 
+from mimamori import access
 from mimamori.clock import Clock, as_datetime
 from safety.models import (
     ANSWERS,
@@ -19,13 +20,13 @@ from safety.models import (
     Gone,
     InvalidInput,
 )
-from safety.records import Links, _answer_for, _manager, _new_link, _nonce_hash, _one, _set_answer, _tell_team_needs_help, audit
+from safety.records import Links, _answer_for, _new_link, _nonce_hash, _one, _set_answer, _tell_team_needs_help, audit
 
 
 def issue_link(conn: psycopg.Connection, actor: Any, check_id: int, household_id: str, *, clock: Clock,
                links: Links) -> str:
     """A fresh single-use answer link for a household (e.g. printed, or read out on the phone)."""
-    _manager(actor)
+    access.require_manage_household(conn, actor, household_id)
     now = clock.now()
     with conn.transaction():
         a = _answer_for(conn, actor, check_id, household_id)

@@ -8,6 +8,8 @@ from typing import Final
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mimamori import errors
+
 ANSWERS: Final = ("safe", "needs_help")
 ON_BEHALF_ANSWERS: Final = ("safe", "needs_help", "sign_of_life")
 BOARD_STATES: Final = ("needs_help", "no_answer", "unreachable", "sign_of_life", "safe")
@@ -33,7 +35,7 @@ class SafetySettings(BaseSettings):
     blinks: int = Field(default=3, ge=1, le=20)
 
 
-class SafetyError(Exception):
+class SafetyError(errors.MimamoriError):
     """Base of the safety check's errors; ``status`` is the HTTP status the views use."""
 
     status = 400
@@ -43,27 +45,27 @@ class SafetyError(Exception):
         self.message = message
 
 
-class NotFound(SafetyError):
+class NotFound(SafetyError, errors.NotFound):
     status = 404
 
 
-class Forbidden(SafetyError):
+class Forbidden(SafetyError, errors.Forbidden):
     status = 403
 
 
-class Conflict(SafetyError):
+class Conflict(SafetyError, errors.Conflict):
     status = 409
 
 
-class Gone(SafetyError):
+class Gone(SafetyError, errors.Gone):
     status = 410
 
 
-class InvalidInput(SafetyError):
+class InvalidInput(SafetyError, errors.InvalidInput):
     status = 422
 
 
-class BadLink(SafetyError):
+class BadLink(SafetyError, errors.BadRequest):
     """A link that was tampered with, expired, or never issued."""
 
     status = 400

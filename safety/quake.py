@@ -29,6 +29,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Final, Literal
 from xml.etree import ElementTree as ET  # DTDs and entities are refused before parsing: see _parse_xml
 
+from mimamori import errors
+
 Status = Literal["real", "drill", "test"]
 InfoType = Literal["issued", "corrected", "cancelled"]
 Mode = Literal["start", "propose"]
@@ -60,7 +62,7 @@ P2PQUAKE_EARTHQUAKE_CODE: Final = 551
 MAX_DOCUMENT_BYTES: Final = 5_000_000  # the largest real VXSE53 is a few hundred kB
 
 
-class QuakeDocumentError(ValueError):
+class QuakeDocumentError(errors.InvalidInput, ValueError):
     """A document that is not a readable JMA earthquake bulletin or P2PQuake 551 record."""
 
 

@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 
 from alerts import service as alerts_service
 from alerts.channels import channel_kind_name
-from mimamori import outbox
+from mimamori import access, outbox
 from mimamori.clock import as_datetime
 from mimamori.db import fetch_dict, fetch_dicts
 from safety.models import (
@@ -51,19 +51,8 @@ def audit(conn: psycopg.Connection, check_id: int, household_id: str | None, now
 
 
 def _scope(actor: Any, alias: str = "h") -> tuple[str, dict[str, Any]]:
-    """WHERE fragment limiting ``households AS <alias>`` to the actor's."""
-    if actor.role == "operator":
-        return "TRUE", {}
-    if actor.role == "coordinator":
-        return (f"({alias}.area = %(s_area)s OR EXISTS (SELECT 1 FROM household_watchers sw WHERE "
-                f"sw.household_id = {alias}.household_id AND sw.person_id = %(s_me)s))"), \
-            {"s_area": actor.area, "s_me": actor.person_id}
-    if actor.role == "watcher":
-        return (f"EXISTS (SELECT 1 FROM household_watchers sw WHERE sw.household_id = {alias}.household_id"
-                " AND sw.person_id = %(s_me)s)"), {"s_me": actor.person_id}
-    if actor.role == "resident":
-        return f"{alias}.household_id = %(s_hh)s", {"s_hh": getattr(actor, "household_id", None)}
-    return "FALSE", {}
+    """WHERE fragment limiting ``households AS <alias>`` to the actor's: the one rule, ``mimamori.access``."""
+    return access.household_sql(actor, alias)
 
 
 def _manager(actor: Any) -> None:

@@ -27,6 +27,7 @@ import psycopg
 
 from alerts import models as alert_models
 from alerts import service as alerts_service
+from mimamori import access
 from mimamori.clock import Clock, as_datetime
 from safety import recognise
 from safety.links import answer_by_link, link_info  # noqa: F401 - re-exported: app/safety/views.py
@@ -242,7 +243,7 @@ def escalate(conn: psycopg.Connection, actor: Any, check_id: int, household_id: 
     """The coordinator asks the household's team to go and see (a home that has not answered): they
     are told at once on all their channels, and the household's incident is open to claim.
     """
-    _manager(actor)
+    access.require_manage_household(conn, actor, household_id)  # the area's coordinator, not a team member elsewhere
     now = clock.now()
     with conn.transaction():
         a = _answer_for(conn, actor, check_id, household_id, lock=True)
@@ -383,7 +384,7 @@ def _csv_cell(value: Any) -> Any:
 
 def set_lives_alone(conn: psycopg.Connection, actor: Any, household_id: str, lives_alone: bool, *, clock: Clock) -> None:
     """Record whether a household's resident lives alone (the board puts them first)."""
-    _manager(actor)
+    access.require_manage_household(conn, actor, household_id)
     where, params = _scope(actor)
     with conn.transaction():
         if _one(conn, f"SELECT 1 AS ok FROM households h WHERE h.household_id = %(hid)s AND {where}",

@@ -8,6 +8,10 @@ Broker: ``MIMAMORI_TEST_MQTT_URL`` if set; else a Mosquitto started for the sess
 binary with the project's configuration (the machine's default broker keeps Mosquitto's default
 limits, which drop messages under load, and tests must be able to stop and restart it); else an
 in-process amqtt broker. Nothing is skipped silently: the header says what is used.
+
+Kinds: every test is marked with exactly one of ``unit``, ``integration``, ``e2e`` or ``browser``;
+the plugin ``support.kinds`` fails the collection otherwise (and on a ``unit`` test that asks for one
+of the service fixtures below).
 """
 
 from __future__ import annotations
@@ -16,17 +20,25 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
 from mimamori import db, embedded
+from mimamori.clock import ManualClock
 from mimamori.mqtt import MqttUrl
+from support.broker import SecureBroker, secure_broker
+from support.town import SmtpSink
+from support.web import START, seed
 
 # The tests' mail and webhook sinks listen on loopback: an operator's allowance, as a deployment with an
 # on-premises ntfy or SMTP relay would set it (issue 17 refuses private and loopback targets of people's
 # channels otherwise; tests/security/test_sec_ssrf.py clears it to check that).
 os.environ.setdefault("MIMAMORI_ALERTS_PRIVATE_TARGETS", "127.0.0.0/8")
+
+# support.kinds: one kind per test; pytester: its tests run pytest on small files of their own.
+pytest_plugins = ["support.kinds", "pytester"]
 
 _LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -51,8 +63,6 @@ class _PgServer:
         self.created: list[str] = []
 
     def url_for(self, database: str) -> str:
-        from urllib.parse import urlsplit, urlunsplit
-
         return urlunsplit(urlsplit(self.admin_url)._replace(path=f"/{database}"))
 
     def make_template(self) -> None:
@@ -124,9 +134,31 @@ def own_broker(tmp_path: Path) -> Iterator[embedded.EmbeddedBroker]:
     b.stop()
 
 
+@pytest.fixture
+def world(pg_url: str) -> tuple[str, ManualClock, dict[str, int]]:
+    """The app tests' seeded world (support.web.seed) on this test's database: (url, clock, incident ids)."""
+    clock = ManualClock(START)
+    return pg_url, clock, seed(pg_url, clock)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    """A real SMTP server (aiosmtpd) collecting the mails of one test."""
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """A Mosquitto with the production stack's accounts, dynamic security and TLS, for one test module."""
+    with secure_broker(tmp_path_factory.mktemp("secure-broker")) as broker:
+        yield broker
+
+
 def _amqtt_mode() -> bool:
     forced = os.environ.get("MIMAMORI_EMBEDDED_BROKER", "auto")
-    has_mosquitto = bool(embedded.shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto"))
+    has_mosquitto = bool(embedded.shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
     return not os.environ.get("MIMAMORI_TEST_MQTT_URL") and (forced == "amqtt" or (forced == "auto" and not has_mosquitto))
 
 
@@ -135,18 +167,18 @@ def pytest_configure(config: pytest.Config) -> None:
         # amqtt 0.12.1 leaves client sockets and transports unclosed in its own event loop; with
         # warnings as errors every test would fail on them. Only in this mode: with Mosquitto, a
         # leaked socket of ours still fails the test.
-        config.addinivalue_line("filterwarnings", "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning")
-        config.addinivalue_line("filterwarnings", "ignore:Exception ignored in. <_SelectorSocketTransport:pytest.PytestUnraisableExceptionWarning")
+        for leaked in ("socket.socket", "_SelectorSocketTransport"):
+            config.addinivalue_line("filterwarnings", f"ignore:Exception ignored in. <{leaked}:pytest.PytestUnraisableExceptionWarning")
         config.addinivalue_line("filterwarnings", "ignore:unclosed:ResourceWarning")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    pg = os.environ.get("MIMAMORI_TEST_DATABASE_URL") and "configured" or (
+    pg = (os.environ.get("MIMAMORI_TEST_DATABASE_URL") and "configured") or (
         "running at 127.0.0.1:5432" if embedded.port_open("127.0.0.1", 5432) else "embedded (started for the session)"
     )
     forced = os.environ.get("MIMAMORI_EMBEDDED_BROKER", "auto")
-    has_mosquitto = bool(embedded.shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto"))
-    mq = os.environ.get("MIMAMORI_TEST_MQTT_URL") and "configured" or (
+    has_mosquitto = bool(embedded.shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
+    mq = (os.environ.get("MIMAMORI_TEST_MQTT_URL") and "configured") or (
         "mosquitto started for the session" if forced == "mosquitto" or (forced == "auto" and has_mosquitto) else "amqtt in-process"
     )
     return [f"mimamori services: PostgreSQL {pg}; MQTT broker {mq}", f"mimamori store: {_store_description()}"]

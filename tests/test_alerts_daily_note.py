@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pytest
-from alerts_fixtures import SmtpSink, smtp, wait_for  # noqa: F401 (fixture)
 
 from alerts.daily_note import SLOTS_PER_DAY, clock_words, clock_words_at, daily_note, weekly_note
+from support.town import SmtpSink
+from support.waiting import wait_for
 
 TODAY = date(2026, 7, 20)
 
@@ -31,20 +32,24 @@ def history(n_days: int, make=routine) -> dict[date, list[int]]:
 @pytest.mark.parametrize(("hour", "minute", "words"), [
     (7, 10, "朝7時10分"), (12, 0, "昼12時"), (13, 5, "午後1時5分"), (20, 0, "夜8時"), (2, 30, "深夜2時30分"),
 ])
+@pytest.mark.unit
 def test_times_are_said_as_people_say_them(hour: int, minute: int, words: str) -> None:
     assert clock_words_at(hour, minute) == words
 
 
+@pytest.mark.unit
 def test_a_slot_is_said_by_its_start() -> None:
     assert clock_words(29) == "朝7時15分"
 
 
+@pytest.mark.unit
 def test_a_usual_morning() -> None:
     days = {**history(14), TODAY: routine()}
     note = daily_note("佐藤", TODAY, now_slot=48, days=days, first_activity=(7, 10))
     assert (note.kind, note.text) == ("usual", "佐藤さん: いつも通りです（朝7時10分から動きがあります）")
 
 
+@pytest.mark.unit
 def test_a_quieter_day_says_so_without_alarm() -> None:
     days = {**history(14), TODAY: day(dict.fromkeys(range(30, 48, 4), 1))}
     note = daily_note("鈴木", TODAY, now_slot=48, days=days)
@@ -52,38 +57,61 @@ def test_a_quieter_day_says_so_without_alarm() -> None:
     assert note.text == "鈴木さん: いつもより静かです（朝7時30分から動きがあります）"
 
 
+@pytest.mark.unit
 def test_no_movement_yet_today() -> None:
     note = daily_note("高橋", TODAY, now_slot=40, days={**history(14), TODAY: day({})})
     assert (note.kind, note.text) == ("none_yet", "高橋さん: 今日はまだ動きがありません")
 
 
+@pytest.mark.unit
+def test_a_trip_to_the_toilet_at_night_is_not_the_start_of_the_day() -> None:
+    # measured on real homes (bench/notes.py, UCI ADL): the day's first event is often at 1 a.m.
+    today = routine()
+    today[5] = 1  # 1:15
+    note = daily_note("佐藤", TODAY, now_slot=48, days={**history(14), TODAY: today})
+    assert note.text == "佐藤さん: いつも通りです（朝7時から動きがあります）"
+
+
+@pytest.mark.unit
+def test_a_day_that_stopped_says_so_before_it_is_quieter_in_total() -> None:
+    stopped = day(dict.fromkeys(range(28, 40), 3))  # up at 7:00, nothing since 10:00
+    note = daily_note("佐藤", TODAY, now_slot=48, days={**history(14), TODAY: stopped})
+    assert (note.kind, note.text) == ("quiet_lately", "佐藤さん: 朝7時から動きがありましたが、ここ2時間ほど動きがありません")
+
+
+@pytest.mark.unit
 def test_a_late_start_with_usual_activity_afterwards() -> None:
     late = day(dict.fromkeys(range(38, 48), 12))  # up at 9:30, busy since
     note = daily_note("田中", TODAY, now_slot=48, days={**history(14), TODAY: late})
     assert note.kind == "late_start" and "朝9時30分から" in note.text
 
 
+@pytest.mark.unit
 def test_a_new_home_is_still_being_learned() -> None:
     note = daily_note("伊藤", TODAY, now_slot=40, days={**history(2), TODAY: routine()})
     assert note.kind == "learning" and note.text.endswith("（ふだんの様子はまだ学習中です）")
 
 
+@pytest.mark.unit
 def test_silent_devices_are_not_called_a_quiet_home() -> None:
     note = daily_note("渡辺", TODAY, now_slot=40, days={**history(14), TODAY: day({})}, reporting=False)
     assert note.kind == "not_reporting"
 
 
+@pytest.mark.unit
 def test_an_open_alert_is_named_not_guessed_about() -> None:
     note = daily_note("山本", TODAY, now_slot=40, days={**history(14), TODAY: day({})}, being_checked=True)
     assert note.kind == "being_checked" and "見守りチームが確認しています" in note.text
 
 
+@pytest.mark.unit
 def test_the_week_is_compared_with_the_weeks_before() -> None:
     days = {TODAY - timedelta(days=i): routine() for i in range(7, 28)}
     days.update({TODAY - timedelta(days=i): routine(per_slot=2) for i in range(7)})  # a third less
     assert weekly_note("佐藤", TODAY, days).text == "佐藤さん（今週）: いつもより動きが少なめでした（33%減）"
 
 
+@pytest.mark.unit
 def test_more_nights_up_are_mentioned() -> None:
     days = {TODAY - timedelta(days=i): routine() for i in range(7, 28)}
     nightly = routine()
@@ -93,6 +121,7 @@ def test_more_nights_up_are_mentioned() -> None:
     assert note.text == "佐藤さん（今週）: いつもと同じくらい動いていました。夜中に起きた日が増えています（7日中4日、ふだんは0日）"
 
 
+@pytest.mark.unit
 def test_a_first_week_says_what_comes_next() -> None:
     days = {TODAY - timedelta(days=i): routine() for i in range(7)}
     assert "来週から" in weekly_note("佐藤", TODAY, days).text
@@ -154,9 +183,11 @@ def test_opt_in_at_the_home_hour_once_a_day_and_only_on_the_team(conn) -> None:
                  " ('stranger', '他人', 'watcher')")
     conn.execute("INSERT INTO household_watchers (household_id, person_id, tier) VALUES ('h1', 'daughter', 1)")
     monday_7 = datetime(2026, 7, 20, 7, 0, tzinfo=tokyo).timestamp()  # a Monday
+    daughter = daily_notes.Subscriber("daughter", "watcher", None, None)
+    stranger = daily_notes.Subscriber("stranger", "watcher", None, None)
     with pytest.raises(Forbidden):
-        daily_notes.subscribe(conn, "stranger", "h1", local_hour=8, weekly_isodow=None, channel_id=None, now=monday_7)
-    daily_notes.subscribe(conn, "daughter", "h1", local_hour=8, weekly_isodow=1, channel_id=None, now=monday_7)
+        daily_notes.subscribe(conn, stranger, "h1", local_hour=8, weekly_isodow=None, channel_id=None, now=monday_7)
+    daily_notes.subscribe(conn, daughter, "h1", local_hour=8, weekly_isodow=1, channel_id=None, now=monday_7)
     consent = conn.execute("SELECT consented_at FROM daily_note_subscriptions").fetchone()[0]
     assert consent == datetime.fromtimestamp(monday_7, UTC)
 
@@ -173,7 +204,7 @@ def test_opt_in_at_the_home_hour_once_a_day_and_only_on_the_team(conn) -> None:
 
 
 @pytest.mark.integration
-def test_a_due_note_is_written_in_the_app_and_sent_once_by_email(conn, smtp: SmtpSink) -> None:  # noqa: F811
+def test_a_due_note_is_written_in_the_app_and_sent_once_by_email(conn, smtp: SmtpSink) -> None:
     """The worker's pass: the note in the app and through the outbox on the chosen channel, by real mail."""
     from datetime import datetime
     from zoneinfo import ZoneInfo
@@ -189,7 +220,8 @@ def test_a_due_note_is_written_in_the_app_and_sent_once_by_email(conn, smtp: Smt
     channel_id = conn.execute("INSERT INTO person_channels (person_id, kind, target) VALUES ('daughter', 'email', %s)"
                               " RETURNING channel_id", ("daughter@example.jp",)).fetchone()[0]
     eight = datetime(2026, 7, 20, 8, 5, tzinfo=tokyo).timestamp()
-    daily_notes.subscribe(conn, "daughter", "h1", local_hour=8, weekly_isodow=None, channel_id=channel_id, now=eight)
+    daily_notes.subscribe(conn, daily_notes.Subscriber("daughter", "watcher", None, None), "h1", local_hour=8,
+                          weekly_isodow=None, channel_id=channel_id, now=eight)
     assert daily_notes.send_due(conn, eight) == 1
     assert daily_notes.send_due(conn, eight + 60) == 0  # the next pass: already sent today
     body = conn.execute("SELECT body FROM notifications WHERE notice = 'daily_note'").fetchone()[0]
@@ -202,3 +234,20 @@ def test_a_due_note_is_written_in_the_app_and_sent_once_by_email(conn, smtp: Smt
     assert conn.execute("SELECT status FROM outbox WHERE source = 'note'").fetchall() == [("sent",)]
     [mail] = wait_for(lambda: smtp.to("daughter@example.jp"), what="the note by e-mail")
     assert "今日の見守り" in mail.subject and "佐藤さん" in mail.body
+
+
+@pytest.mark.integration
+def test_opting_in_through_the_api(world) -> None:
+    from support.web import app_client, bearer
+
+    url, clock, _ids = world
+    with app_client(url, clock) as c:
+        watcher = bearer(c, "watcher_a")  # on h1's team
+        r = c.put("/api/me/daily-notes/h1", json={"local_hour": 8, "weekly_isodow": 7}, headers=watcher)
+        assert r.status_code == 200, r.text
+        assert [(n["household_id"], n["local_hour"], n["weekly_isodow"]) for n in c.get("/api/me/daily-notes",
+                                                                                        headers=watcher).json()] == [("h1", 8, 7)]
+        assert c.put("/api/me/daily-notes/h3", json={"local_hour": 8}, headers=watcher).status_code == 403  # not their team
+        assert c.put("/api/me/daily-notes/h1", json={"local_hour": 25}, headers=watcher).status_code == 422
+        assert c.delete("/api/me/daily-notes/h1", headers=watcher).json() == {"removed": True}
+        assert c.get("/api/me/daily-notes", headers=watcher).json() == []

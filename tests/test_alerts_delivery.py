@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from alerts_fixtures import SmtpSink, open_incident, seed_town, smtp, wait_for  # noqa: F401 - smtp is a fixture
 
 from alerts import engine, flows
 from alerts.channels import AppriseSender
 from mimamori import outbox
 from mimamori.clock import ManualClock
+from support.town import SmtpSink, open_incident, seed_town
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

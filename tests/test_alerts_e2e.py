@@ -15,13 +15,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from alerts_fixtures import SmtpSink, actions, notices, open_incident, seed_town, smtp, wait_for  # noqa: F401 - smtp is a fixture
 
 from alerts import service
 from alerts.models import Actor
 from mimamori.clock import ScaledClock
+from support.town import SmtpSink, actions, notices, open_incident, seed_town
+from support.waiting import wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEED = 300.0

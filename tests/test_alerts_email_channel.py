@@ -9,14 +9,15 @@ import threading
 
 import psycopg
 import pytest
-from alerts_fixtures import SmtpSink, actions, notices, open_incident, seed_town, smtp, wait_for  # noqa: F401
-from test_alerts_integration import who
 
 from alerts import models, service
 from alerts.channels import AlertSettings
 from alerts.worker import run_alert_worker
 from mimamori.clock import ManualClock
 from mimamori.config import Settings
+from support.town import SmtpSink, actions, notices, open_incident, seed_town
+from support.waiting import wait_for
+from test_alerts_integration import who
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,6 @@ from datetime import time as dt_time
 
 import psycopg
 import pytest
-from alerts_fixtures import SmtpSink, Town, actions, notices, open_incident, seed_town, smtp, wait_for  # noqa: F401 - smtp is a fixture
 
 from alerts import models, records, service
 from alerts.channels import AlertSettings
@@ -21,6 +20,8 @@ from mimamori import mqtt, protocol
 from mimamori.clock import ManualClock, as_datetime
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
+from support.town import SmtpSink, Town, actions, notices, open_incident, seed_town
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from alerts_fixtures import actions as all_actions
-from alerts_fixtures import notices, open_incident, seed_town
 
 from alerts import engine, policy, service
 from alerts.models import Actor, Conflict
 from mimamori.clock import ManualClock, as_datetime
+from support.town import actions as all_actions
+from support.town import notices, open_incident, seed_town
 
 pytestmark = pytest.mark.integration
 MIN = 60.0

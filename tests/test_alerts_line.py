@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from line_platform import LinePlatform
 from linebot.v3.exceptions import InvalidSignatureError
 from linebot.v3.webhooks import MessageEvent, PostbackEvent
-from test_app_support import world  # noqa: F401 (fixture)
 
 from alerts.line import (
     LineClient,
@@ -24,6 +22,7 @@ from alerts.line import (
     safety_check_message,
     text_message,
 )
+from support.line import LinePlatform
 
 ALERT = "佐藤さんのお宅で、いつもより長く動きがありません（最後の動き: 朝7時10分）。"
 
@@ -214,12 +213,12 @@ def test_the_allowance_warns_once_a_month(conn) -> None:
 
 
 @pytest.fixture
-def line_app(world, platform: LinePlatform):  # noqa: F811 - a pytest fixture imported from its module
+def line_app(world, platform: LinePlatform):
     from fastapi.testclient import TestClient
-    from test_app_support import bearer
 
     from app.main import create_app
     from mimamori.config import Settings
+    from support.web import bearer
 
     url, clock, ids = world
     settings = Settings(line_channel_secret=platform.secret, line_access_token=platform.token, line_api_base=platform.url)

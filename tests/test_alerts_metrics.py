@@ -6,7 +6,6 @@ import threading
 
 import psycopg
 import pytest
-from alerts_fixtures import SmtpSink, open_incident, seed_town, smtp, wait_for  # noqa: F401 - smtp is a fixture
 from prometheus_client import REGISTRY
 
 from alerts import metrics, service
@@ -16,6 +15,8 @@ from alerts.worker import run_alert_worker
 from mimamori import observability
 from mimamori.clock import ManualClock
 from mimamori.config import Settings
+from support.town import SmtpSink, open_incident, seed_town
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

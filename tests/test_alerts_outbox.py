@@ -25,9 +25,6 @@ from pathlib import Path
 import psycopg
 import pytest
 import requests
-from alerts_fixtures import SmtpSink, open_incident, seed_town, smtp, wait_for  # noqa: F401 - smtp is a fixture
-from test_alerts_integration import Worker, who
-from test_app_support import served
 
 from alerts import engine, service
 from mimamori import outbox
@@ -38,6 +35,10 @@ from safety import records as safety_records
 from safety import service as safety_service
 from safety.models import Actor, SafetySettings
 from safety.worker import run_safety_worker
+from support.town import SmtpSink, open_incident, seed_town
+from support.waiting import wait_for
+from support.web import served
+from test_alerts_integration import Worker, who
 
 pytestmark = pytest.mark.integration
 PUBLIC = "https://mimamori.example.jp"

@@ -10,6 +10,8 @@ from alerts import policy
 from alerts.policy import AskResident, Blink, Cancel, Context, Log, Notify, State, Team, advance, validate_chain
 from mimamori.clock import ManualClock
 
+pytestmark = pytest.mark.unit
+
 TEAM = Team(members=(("a", 1), ("b", 1), ("c", 2)), coordinators=("coord",), bulbs=(("gw1", "bulb1"),))
 
 

@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 import numpy as np
 import psycopg
 import pytest
-from alerts_fixtures import SmtpSink, actions, notices, smtp, wait_for  # noqa: F401 - smtp is a fixture
 
 from alerts import service
 from alerts.channels import AlertSettings
@@ -30,8 +29,10 @@ from mimamori.clock import ManualClock
 from mimamori.config import Settings
 from mimamori.embedded import EmbeddedBroker
 from mimamori.mqtt import MqttUrl
+from support.town import SmtpSink, actions, notices
+from support.waiting import wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+pytestmark = pytest.mark.e2e
 H, DAY = 3600.0, 86400.0
 KINDS = ("on", "off", "motion", "open", "close", "heartbeat", "boot", "fault")
 

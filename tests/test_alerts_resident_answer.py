@@ -13,9 +13,6 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 import requests
-from alerts_fixtures import SmtpSink, Town, actions, notices, open_incident, seed_town, smtp, wait_for  # noqa: F401
-from test_alerts_integration import Worker, wait_for_quiet, who
-from test_app_support import served, world  # noqa: F401
 
 from alerts import engine, resident, service
 from alerts.models import Conflict, InvalidInput, NotFound
@@ -23,8 +20,11 @@ from mimamori.clock import ManualClock
 from mimamori.config import Settings
 from mimamori.outbox import LinkSealer
 from mimamori.signing import secret_key
+from support.town import SmtpSink, Town, actions, notices, open_incident, seed_town
+from support.waiting import wait_for
+from support.web import served
+from test_alerts_integration import Worker, wait_for_quiet, who
 
-pytestmark = pytest.mark.integration
 PUBLIC = "https://mimamori.example.jp"
 #: the key the app and the worker use in these tests (the default data dir's)
 SEALER = LinkSealer(secret_key(Settings()))
@@ -76,7 +76,8 @@ def _status(conn: psycopg.Connection, iid: int) -> tuple[str, str | None]:
     return row
 
 
-def test_fine_from_the_link_cancels_before_the_team_hears(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,  # noqa: F811 - a pytest fixture imported from its module
+@pytest.mark.integration
+def test_fine_from_the_link_cancels_before_the_team_hears(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,
                                                           worker: Worker) -> None:
     town, person, iid, token = _asked(conn, smtp, clock)
     assert "resident_check" in notices(conn, person)  # in the app as well, with the same link
@@ -114,7 +115,8 @@ def test_fine_from_the_link_cancels_before_the_team_hears(conn: psycopg.Connecti
         resident.answer(conn, token[:-2] + "xx", "fine", clock=clock)
 
 
-def test_away_sets_away_mode_until_the_end_of_the_day_they_come_back(conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
+@pytest.mark.integration
+def test_away_sets_away_mode_until_the_end_of_the_day_they_come_back(conn: psycopg.Connection, smtp: SmtpSink,
                                                                      clock: ManualClock, worker: Worker) -> None:
     town, person, iid, token = _asked(conn, smtp, clock)
     with pytest.raises(InvalidInput):  # the past
@@ -137,7 +139,8 @@ def test_away_sets_away_mode_until_the_end_of_the_day_they_come_back(conn: psyco
     assert notices(conn, town.tier1[0]) == []
 
 
-def test_help_ends_the_check_at_once_and_the_whole_team_hears(conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
+@pytest.mark.integration
+def test_help_ends_the_check_at_once_and_the_whole_team_hears(conn: psycopg.Connection, smtp: SmtpSink,
                                                               clock: ManualClock, worker: Worker) -> None:
     chain = [{"type": "resident_check", "minutes": 10}, {"type": "notify", "tiers": [1]}, {"type": "wait", "minutes": 15},
              {"type": "notify", "tiers": [2]}]
@@ -156,7 +159,8 @@ def test_help_ends_the_check_at_once_and_the_whole_team_hears(conn: psycopg.Conn
     assert "山田 花子" in mails[0].body
 
 
-def test_help_still_reaches_the_team_after_the_alert_closed_and_the_link_expired(conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
+@pytest.mark.integration
+def test_help_still_reaches_the_team_after_the_alert_closed_and_the_link_expired(conn: psycopg.Connection, smtp: SmtpSink,
                                                                                   clock: ManualClock, worker: Worker) -> None:
     town, _person, iid, token = _asked(conn, smtp, clock)
     # the resident switched a light (the detector closes the alert), then a day and a half passes
@@ -182,7 +186,8 @@ def test_help_still_reaches_the_team_after_the_alert_closed_and_the_link_expired
     assert conn.execute("SELECT count(*) FROM resident_check_links WHERE incident_id = %s", (iid,)).fetchone() == (1,)
 
 
-def test_the_answer_page(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:  # noqa: F811 - a pytest fixture imported from its module
+@pytest.mark.integration
+def test_the_answer_page(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:
     town, _person, iid, token = _asked(conn, smtp, clock)
     with served(pg_url, clock) as base, requests.Session() as phone:
         page = phone.get(f"{base}/r/{token}", timeout=30)
@@ -201,8 +206,8 @@ def test_the_answer_page(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, 
     assert _status(conn, iid) == ("cancelled", "resident_responded")
 
 
-@pytest.mark.e2e
-def test_the_answer_page_on_a_phone(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, clock: ManualClock,  # noqa: F811 - a pytest fixture imported from its module
+@pytest.mark.browser
+def test_the_answer_page_on_a_phone(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink, clock: ManualClock,
                                     worker: Worker) -> None:
     from test_app_browser import check_a11y, phone, shot
 
@@ -225,7 +230,8 @@ def test_the_answer_page_on_a_phone(conn: psycopg.Connection, pg_url: str, smtp:
     assert _status(conn, iid) == ("cancelled", "away")
 
 
-def test_asked_and_answers_are_counted(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:  # noqa: F811 - a pytest fixture imported from its module
+@pytest.mark.integration
+def test_asked_and_answers_are_counted(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:
     from alerts import metrics
 
     asked = metrics.RESIDENTS_ASKED._value.get()
@@ -236,6 +242,7 @@ def test_asked_and_answers_are_counted(conn: psycopg.Connection, smtp: SmtpSink,
     assert metrics.RESIDENT_ANSWERS.labels("fine")._value.get() == fine + 1
 
 
+@pytest.mark.integration
 def test_without_a_chain_of_its_own_a_home_whose_resident_has_a_channel_asks_them_first(
         conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:  # noqa: F811 - a pytest fixture imported from its module
     town = seed_town(conn, smtp)
@@ -257,8 +264,9 @@ def test_without_a_chain_of_its_own_a_home_whose_resident_has_a_channel_asks_the
     wait_for(lambda: notices(conn, other.tier1[0]) == ["alert"], what="tier 1 of the other home at once")
 
 
-def test_a_signed_in_resident_sees_the_question_on_their_page(world: tuple[str, ManualClock, dict[str, int]]) -> None:  # noqa: F811 - a pytest fixture imported from its module
-    from test_app_support import app_client, cookie_login
+@pytest.mark.integration
+def test_a_signed_in_resident_sees_the_question_on_their_page(world: tuple[str, ManualClock, dict[str, int]]) -> None:
+    from support.web import app_client, cookie_login
 
     url, clock, incidents = world
     with psycopg.connect(url, autocommit=True) as c:
@@ -282,7 +290,8 @@ def test_a_signed_in_resident_sees_the_question_on_their_page(world: tuple[str, 
         assert 'id="rc-answer-1"' not in app.get("/me").text
 
 
-def test_the_answer_page_speaks_the_residents_language(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
+@pytest.mark.integration
+def test_the_answer_page_speaks_the_residents_language(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink,
                                                        clock: ManualClock, worker: Worker) -> None:
     _town, person, _iid, token = _asked(conn, smtp, clock)
     conn.execute("UPDATE people SET locale = 'en' WHERE person_id = %s", (person,))
@@ -294,7 +303,8 @@ def test_the_answer_page_speaks_the_residents_language(conn: psycopg.Connection,
         assert "Your watchers will know you are fine" in phone.post(f"{base}/r/{token}", data={"answer": "fine"}, timeout=30).text
 
 
-def test_a_question_about_an_alert_that_closed_meanwhile_is_not_sent(conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
+@pytest.mark.integration
+def test_a_question_about_an_alert_that_closed_meanwhile_is_not_sent(conn: psycopg.Connection, smtp: SmtpSink,
                                                                      clock: ManualClock) -> None:
     from alerts import flows
     from alerts.channels import AppriseSender, WebPushSender

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from alerts_fixtures import wait_for
 
 from alerts.channels import AlertSettings
 from alerts.worker import run_alert_worker
 from mimamori.clock import ManualClock
 from mimamori.config import Settings
 from mimamori.worker import SideTaskDiedError, Worker, stop_on_signals
+from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,7 @@ def _idle(stop: threading.Event) -> None:
         pass
 
 
+@pytest.mark.unit
 def test_a_side_task_that_raises_stops_the_worker_with_its_name(caplog: pytest.LogCaptureFixture) -> None:
     cleaned: list[str] = []
     main_saw_stop = threading.Event()
@@ -52,12 +53,14 @@ def test_a_side_task_that_raises_stops_the_worker_with_its_name(caplog: pytest.L
                for r in caplog.records)
 
 
+@pytest.mark.unit
 def test_a_side_task_that_returns_while_running_stops_the_worker(caplog: pytest.LogCaptureFixture) -> None:
     worker = Worker("demo", main=_idle, side_tasks={"quitter": lambda _stop: None})
     with caplog.at_level(logging.ERROR, logger="mimamori.worker"), pytest.raises(SideTaskDiedError, match="quitter: returned"):
         worker.run()
 
 
+@pytest.mark.unit
 def test_the_callers_stop_ends_the_worker_cleanly_and_a_side_death_does_not_stop_the_caller() -> None:
     outer = threading.Event()
     ran = []
@@ -77,6 +80,7 @@ def test_the_callers_stop_ends_the_worker_cleanly_and_a_side_death_does_not_stop
     assert not shared.is_set()
 
 
+@pytest.mark.unit
 def test_a_signal_stops_the_worker() -> None:
     stop = threading.Event()
     worker = Worker("demo", main=_idle, side_tasks={"a": _idle}, stop=stop)

@@ -1,4 +1,4 @@
-"""The thin JSON routers, with ``current_person`` provided the way the app will (dependency override)."""
+"""The thin JSON routers, with ``current_person`` stood in for by a header (a test double of the app's sign-in)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from alerts_fixtures import open_incident, seed_town
 from fastapi import FastAPI, Header
+from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 from alerts import views
 from alerts.models import Actor
 from mimamori.clock import ManualClock
 from mimamori.db import make_pool
+from mimamori.errors import MimamoriError
+from support.town import open_incident, seed_town
 
 pytestmark = pytest.mark.integration
 
@@ -24,6 +26,9 @@ def client(pg_url: str) -> Iterator[TestClient]:
     app.state.pool = make_pool(pg_url, max_size=2, name="alerts-views-test")
     app.state.clock = ManualClock()
     app.include_router(views.alerts_api)
+    # the host's one error handler (the app's, in app.main): a kind of mimamori.errors answers its status
+    app.add_exception_handler(MimamoriError, lambda _request, exc: JSONResponse(
+        {"detail": exc.message, "code": exc.code}, status_code=exc.status_code))  # type: ignore[attr-defined]
 
     def test_person(x_person: str = Header()) -> Actor:  # stands in for app.auth.current_person
         with psycopg.connect(pg_url) as conn:
@@ -32,7 +37,7 @@ def client(pg_url: str) -> Iterator[TestClient]:
         return Actor(x_person, row[0], row[1])
 
     with TestClient(app) as c:
-        assert c.get("/api/alerts").status_code == 503  # not wired yet: refuses, never guesses
+        assert c.get("/api/alerts").status_code == 401  # nobody signed in by a host: refuses, never guesses
         app.dependency_overrides[views.current_person] = test_person
         yield c
     app.state.pool.close()

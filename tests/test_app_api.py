@@ -1,5 +1,6 @@
 """The app's API and pages against a real PostgreSQL: accounts, CSRF, rate limiting, pairing,
-alerts through the escalation engine's service, privacy, i18n."""
+alerts through the escalation engine's service, privacy, i18n.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import psycopg
 import pytest
 
 from app.i18n import MESSAGES
-from test_app_support import PASSWORD, app_client, bearer, cookie_login, world  # noqa: F401
+from support.web import PASSWORD, app_client, bearer, cookie_login
 
 pytestmark = pytest.mark.integration
 
@@ -71,8 +72,8 @@ def test_cookie_session_needs_csrf_for_changes(world) -> None:
         assert c.post(f"/alerts/{ids['h1']}/claim", data={"csrf_token": "forged"}, follow_redirects=False).status_code == 403
         r = c.post(f"/alerts/{ids['h1']}/claim", data={"csrf_token": csrf}, follow_redirects=False)
         assert r.status_code == 303
-        assert c.post(f"/api/incidents/{ids['h1']}/comment", json={"body": "向かいます"},
-                      headers={"x-csrf-token": csrf}).status_code == 204
+        assert c.post(f"/api/alerts/{ids['h1']}/comment", json={"text": "向かいます"},
+                      headers={"x-csrf-token": csrf}).status_code == 201
         # a second "I'll go" (someone was quicker) lands back on the alert with a notice, not an error page
         r = c.post(f"/alerts/{ids['h1']}/claim", data={"csrf_token": csrf})
         assert r.status_code == 200 and "すでに他の操作がされています" in r.text and "向かいます" in r.text
@@ -82,16 +83,19 @@ def test_claim_and_resolve_through_alerts_engine(world) -> None:
     url, clock, ids = world
     with app_client(url, clock) as c:
         h = bearer(c, "watcher_a")
-        listed = c.get("/api/incidents", headers=h).json()
+        listed = c.get("/api/alerts", headers=h).json()
         assert [i["incident_id"] for i in listed] == [ids["h1"]]
-        assert c.post(f"/api/incidents/{ids['h1']}/claim", headers=h).status_code == 204
-        assert c.post(f"/api/incidents/{ids['h1']}/claim", headers=h).status_code == 409
-        assert c.post(f"/api/incidents/{ids['h1']}/resolve", headers=h, json={"outcome": "fine", "note": "元気"}).status_code == 204
-        detail = c.get(f"/api/incidents/{ids['h1']}", headers=h).json()
+        assert c.post(f"/api/alerts/{ids['h1']}/claim", headers=h).status_code == 200
+        r = c.post(f"/api/alerts/{ids['h1']}/claim", headers=h)  # the one error handler: status, code, reason
+        assert r.status_code == 409 and r.json()["code"] == "conflict" and r.json()["detail"]
+        assert c.post(f"/api/alerts/{ids['h1']}/resolve", headers=h, json={"outcome": "fine", "note": "元気"}).status_code == 200
+        detail = c.get(f"/api/alerts/{ids['h1']}", headers=h).json()
         assert detail["status"] == "resolved" and detail["outcome"] == "fine"
-        assert [e["action"] for e in detail["timeline"]] == ["claimed", "resolved"]
+        timeline = c.get(f"/api/alerts/{ids['h1']}/timeline", headers=h).json()
+        assert [e["action"] for e in timeline] == ["claimed", "resolved"]
         # the other team's alert is not even visible
-        assert c.post(f"/api/incidents/{ids['h3']}/claim", headers=h).status_code == 404
+        r = c.post(f"/api/alerts/{ids['h3']}/claim", headers=h)
+        assert r.status_code == 404 and r.json()["code"] == "not_found"
 
 
 def test_pairing_moves_past_events(world) -> None:
@@ -147,7 +151,8 @@ def test_invitation_creates_resident_with_consent(world) -> None:
     url, clock, _ = world
     with app_client(url, clock) as c:
         coord = bearer(c, "coord_a")
-        assert c.post("/api/invitations", headers=coord, json={"role": "resident", "display_name": "x", "household_id": "h3"}).status_code == 404
+        r = c.post("/api/invitations", headers=coord, json={"role": "resident", "display_name": "x", "household_id": "h3"})
+        assert r.status_code == 404
         r = c.post("/api/invitations", headers=coord, json={"role": "resident", "display_name": "佐藤 花子", "household_id": "h2"})
         assert r.status_code == 201
         token = r.json()["token"]
@@ -193,9 +198,9 @@ def test_engine_notifications_reach_the_watcher_in_app(world) -> None:
                         VALUES (%s, now(), NULL, 'notified', 'system', NULL, '{"people": ["coord_b"]}')""", (ids["h1"],))
     with app_client(url, clock) as c:
         h = bearer(c, "watcher_a")
-        unread = c.get("/api/notifications/unread", headers=h).json()
+        unread = c.get("/api/alerts/notifications?unread_only=true", headers=h).json()
         assert [n["incident_id"] for n in unread] == [ids["h1"]]
-        assert c.get("/api/notifications/unread", headers=bearer(c, "watcher_b")).json()[0]["incident_id"] == ids["h3"]
+        assert c.get("/api/alerts/notifications?unread_only=true", headers=bearer(c, "watcher_b")).json()[0]["incident_id"] == ids["h3"]
         csrf = cookie_login(c, "watcher_a")
         home = c.get("/").text
         assert unread[0]["title"] in home
@@ -205,9 +210,9 @@ def test_engine_notifications_reach_the_watcher_in_app(world) -> None:
         # names only of the team, the area's coordinators and the reader; never the engine's codes or English
         assert "name-coord_b" not in alert and "担当の方に知らせました" in alert
         assert "no channel besides the app" not in alert and "unreachable" not in alert and "notified" not in alert
-        assert all("data" not in e for e in c.get(f"/api/incidents/{ids['h1']}", headers=h).json()["timeline"])
+        assert all("data" not in e for e in c.get(f"/api/alerts/{ids['h1']}/timeline", headers=h).json())
         assert c.post("/notifications/read", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
-        assert c.get("/api/notifications/unread", headers=h).json() == []
+        assert c.get("/api/alerts/notifications?unread_only=true", headers=h).json() == []
         c.get("/lang/en")
         alert = c.get(f"/alerts/{ids['h1']}").text
         assert "notified name-watcher_a" in alert and "name-watcher_a has no channel besides the app" in alert
@@ -266,7 +271,8 @@ def test_coordinator_page_flows(world) -> None:
 
 def test_login_form_refuses_cross_site_post_without_token(world) -> None:
     """Login CSRF: a form posted from another site carries neither the login-CSRF cookie nor its
-    token, and is refused with 403 before the password is checked; no session is started."""
+    token, and is refused with 403 before the password is checked; no session is started.
+    """
     url, clock, _ = world
     with app_client(url, clock) as c:
         creds = {"login": "watcher-a", "password": PASSWORD, "next": "/"}
@@ -293,10 +299,12 @@ def test_login_form_refuses_cross_site_post_without_token(world) -> None:
 
 def test_a_coordinator_decides_which_devices_we_may_blink(world) -> None:
     """Issue 13: a plug is never switched by us unless its area's coordinator allows it (it may power a
-    heater or a fridge); a bulb can be excluded. Watchers and other areas' coordinators cannot."""
+    heater or a fridge); a bulb can be excluded. Watchers and other areas' coordinators cannot.
+    """
     url, clock, _ = world
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind, room) VALUES ('plug-h1', 'gw-h1', 'h1', 'plug', '台所')")
+        conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind, room)"
+                     " VALUES ('plug-h1', 'gw-h1', 'h1', 'plug', '台所')")
     with app_client(url, clock) as c:
         assert c.put("/api/devices/plug-h1/blink", json={"allowed": True}, headers=bearer(c, "watcher_a")).status_code == 403
         assert c.put("/api/devices/plug-h1/blink", json={"allowed": True}, headers=bearer(c, "coord_b")).status_code in (403, 404)

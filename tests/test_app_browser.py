@@ -13,10 +13,10 @@ import psycopg
 import pytest
 
 from mimamori.clock import as_datetime
+from support.web import PASSWORD, login_name, served
 from test_app_live import listeners
-from test_app_support import PASSWORD, login_name, served, world  # noqa: F401
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 PHONE = {"width": 390, "height": 844}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -42,7 +42,8 @@ A11Y_JS = """
     if (visible(el) && !el.textContent.trim() && !el.getAttribute('aria-label')) problems.push('unnamed ' + el.tagName);
   });
   const rgb = (s) => (s.match(/[\\d.]+/g) || []).map(Number);
-  const lum = (c) => { const a = c.slice(0, 3).map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+  const lum = (c) => { const a = c.slice(0, 3).map((v) => { v /= 255;
+                                                             return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
                        return 0.2126 * a[0] + 0.7152 * a[1] + 0.0722 * a[2]; };
   const bg = (el) => { for (; el; el = el.parentElement) { const c = rgb(getComputedStyle(el).backgroundColor);
                          if (c.length < 4 || c[3] > 0) return c; } return [255, 255, 255]; };

@@ -1,6 +1,7 @@
 """The household page's escalation-chain editor: the form parser (pure), the page against the real
 app and PostgreSQL (save, refuse, re-render as typed, watchers refused), and one phone-sized browser
-run (screenshot: test-artifacts/chain_editor.png)."""
+run (screenshot: test-artifacts/chain_editor.png).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from app.households.chain_form import (
     steps_from_rows,
 )
 from app.i18n import translate
-from test_app_support import app_client, bearer, cookie_login, served, world  # noqa: F401
+from support.web import app_client, bearer, cookie_login, served
 
 EVERY_KIND = [
     {"type": "notify", "tiers": [1, 2], "people": ["watcher_a"], "urgent": False},
@@ -54,6 +55,7 @@ def form_of(steps: list[dict[str, Any]]) -> dict[str, Any]:
 # --- the parser (pure) ---------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_every_step_kind_round_trips_through_the_form() -> None:
     assert {s["type"] for s in EVERY_KIND} == set(STEP_KINDS) == set(policy.STEP_FUNCTIONS)
     steps, errors = parse_chain_form(form_of(EVERY_KIND))
@@ -73,6 +75,7 @@ def test_every_step_kind_round_trips_through_the_form() -> None:
     ({"step-2-tiers": []}, 2, "chain_err_who"),
     ({"step-0-tiers": ["12"]}, 0, "chain_err_tier"),
 ])
+@pytest.mark.unit
 def test_bad_input_names_the_step(change: dict[str, Any], index: int, key: str) -> None:
     _, errors = parse_chain_form({**form_of(EVERY_KIND), **change})
     assert [(e.index, e.key) for e in errors] == [(index, key)]
@@ -80,6 +83,7 @@ def test_bad_input_names_the_step(change: dict[str, Any], index: int, key: str) 
     assert f"Step {index + 1}:" in translate("en", errors[0].key, step=index + 1, **errors[0].values)
 
 
+@pytest.mark.unit
 def test_engine_rules_between_steps_name_the_step() -> None:
     _, errors = parse_chain_form(form_of([{"type": "notify", "tiers": [1]}, {"type": "repeat", "times": 2}]))
     assert [(e.index, e.key) for e in errors] == [(1, "chain_err_repeat_needs_wait")]
@@ -90,6 +94,7 @@ def test_engine_rules_between_steps_name_the_step() -> None:
     assert [(e.index, e.key) for e in errors] == [(None, "chain_err_count")]
 
 
+@pytest.mark.unit
 def test_edit_buttons_move_add_and_remove() -> None:
     rows = rows_from_steps(EVERY_KIND[:3])
     assert [r["type"] for r in apply_edit(rows, "up-1")] == ["wait", "notify", "notify_next"]
@@ -105,7 +110,7 @@ def test_edit_buttons_move_add_and_remove() -> None:
 
 
 def _chain(c: Any, headers: dict[str, str]) -> list[dict[str, Any]]:
-    r = c.get("/api/households/h1/chain", headers=headers)
+    r = c.get("/api/alerts/chains/h1", headers=headers)
     assert r.status_code == 200, r.text
     return r.json()["steps"]
 
@@ -168,8 +173,7 @@ def test_watcher_and_other_area_cannot_post_the_form(world) -> None:
 # --- one phone-sized browser run -----------------------------------------------------------------
 
 
-@pytest.mark.integration
-@pytest.mark.e2e
+@pytest.mark.browser
 def test_coordinator_edits_the_chain_on_a_phone(world) -> None:
     from test_app_browser import ARTIFACTS, check_a11y, phone, sign_in
 
@@ -198,7 +202,7 @@ def test_coordinator_edits_the_chain_on_a_phone(world) -> None:
         page.locator("#step-0").screenshot(path=str(ARTIFACTS / "chain_editor_notify.png"))
         page.click("#chain-save")
         page.wait_for_selector(".banner-info")
-        steps = page.evaluate("fetch('/api/households/h1/chain').then((r) => r.json())")["steps"]
+        steps = page.evaluate("fetch('/api/alerts/chains/h1').then((r) => r.json())")["steps"]
     expected = [dict(s) for s in policy.DEFAULT_CHAIN]
     del expected[4]
     expected.append({"type": "wait", "minutes": 20})

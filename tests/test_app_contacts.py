@@ -7,13 +7,12 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from alerts_fixtures import smtp, wait_for  # noqa: F401
-from test_app_support import app_client, cookie_login, served, world  # noqa: F401
-
-pytestmark = pytest.mark.integration
+from support.waiting import wait_for
+from support.web import app_client, cookie_login, served
 
 
-def test_a_watcher_adds_and_removes_an_address(world, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+@pytest.mark.integration
+def test_a_watcher_adds_and_removes_an_address(world, monkeypatch: pytest.MonkeyPatch) -> None:
     url, clock, _ = world
     monkeypatch.delenv("MIMAMORI_ALERTS_SMTP_URL", raising=False)
     with app_client(url, clock) as app:
@@ -43,7 +42,8 @@ def test_a_watcher_adds_and_removes_an_address(world, monkeypatch: pytest.Monkey
         assert 'id="mail-not-configured"' not in app.get("/contacts").text
 
 
-def test_the_coordinator_registers_a_residents_address(world) -> None:  # noqa: F811
+@pytest.mark.integration
+def test_the_coordinator_registers_a_residents_address(world) -> None:
     url, clock, _ = world
     with app_client(url, clock) as app:
         csrf = cookie_login(app, "coord_a")
@@ -68,8 +68,8 @@ def test_the_coordinator_registers_a_residents_address(world) -> None:  # noqa: 
         assert ("coord_a", "channel_added") in log
 
 
-@pytest.mark.e2e
-def test_the_contacts_page_on_a_phone(world) -> None:  # noqa: F811
+@pytest.mark.browser
+def test_the_contacts_page_on_a_phone(world) -> None:
     from test_app_browser import check_a11y, phone, shot, sign_in
 
     url, clock, _ = world
@@ -84,7 +84,8 @@ def test_the_contacts_page_on_a_phone(world) -> None:  # noqa: F811
         shot(page, "contacts")
 
 
-def test_quiet_hours_from_the_contacts_page(world) -> None:  # noqa: F811
+@pytest.mark.integration
+def test_quiet_hours_from_the_contacts_page(world) -> None:
     url, clock, _ = world
     with app_client(url, clock) as app:
         csrf = cookie_login(app, "watcher_a")
@@ -102,7 +103,8 @@ def test_quiet_hours_from_the_contacts_page(world) -> None:  # noqa: F811
         assert 'id="quiet-clear"' not in app.get("/contacts").text
 
 
-def test_a_test_message_reaches_the_address(world, smtp, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+@pytest.mark.integration
+def test_a_test_message_reaches_the_address(world, smtp, monkeypatch: pytest.MonkeyPatch) -> None:
     url, clock, _ = world
     monkeypatch.setenv("MIMAMORI_ALERTS_SMTP_URL", f"mailto://127.0.0.1:{smtp.port}?from=alerts@city.example.jp&mode=insecure")
     with app_client(url, clock) as app:

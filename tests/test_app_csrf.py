@@ -1,6 +1,7 @@
 """CSRF: tokens signed with the service secret and bound to the session (or, before signing in, to a
 pre-session cookie on the sign-in and invitation forms). Missing, forged, expired and other-session
-tokens are refused with 403 and a reason."""
+tokens are refused with 403 and a reason.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ import pytest
 from itsdangerous import URLSafeTimedSerializer
 
 from app.auth import csrf
-from app.errors import CsrfFailed
+from app.auth.csrf import CsrfFailed
 from mimamori.config import Settings
 from mimamori.signing import signer
-from test_app_support import PASSWORD, app_client, bearer, cookie_login, login_name, world  # noqa: F401
+from support.web import PASSWORD, app_client, bearer, cookie_login, login_name
 
 pytestmark = pytest.mark.integration
 
 
 def _field(html: str, name: str = "csrf_token") -> str:
-    return html.split(f'name="{name}" value="')[1].split('"')[0]
+    return html.split(f'name="{name}" value="')[1].split('"', maxsplit=1)[0]
 
 
 def test_tokens_are_signed_and_bound(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -53,8 +54,8 @@ def test_cookie_session_refuses_missing_forged_and_other_session_tokens(world) -
         token_a = cookie_login(a, "watcher_a")
         token_b = cookie_login(b, "watcher_a")  # the same person, another session
         assert token_a != token_b
-        path = f"/api/incidents/{ids['h1']}/comment"
-        body = {"body": "向かいます"}
+        path = f"/api/alerts/{ids['h1']}/comment"
+        body = {"text": "向かいます"}
         for sent, reason in ((None, "missing"), ("forged." + token_a[7:], "forged"), (token_b, "other_session")):
             headers = {"x-csrf-token": sent} if sent else {}
             r = a.post(path, json=body, headers=headers)
@@ -64,10 +65,10 @@ def test_cookie_session_refuses_missing_forged_and_other_session_tokens(world) -
         r = a.post(f"/alerts/{ids['h1']}/claim", data={"csrf_token": token_b}, follow_redirects=False)
         assert r.status_code == 403 and "別の画面の情報です" in r.text
         # each session's own token works
-        assert a.post(path, json=body, headers={"x-csrf-token": token_a}).status_code == 204
-        assert b.post(path, json=body, headers={"x-csrf-token": token_b}).status_code == 204
+        assert a.post(path, json=body, headers={"x-csrf-token": token_a}).status_code == 201
+        assert b.post(path, json=body, headers={"x-csrf-token": token_b}).status_code == 201
         # bearer clients need none
-        assert a.post(path, json=body, headers=bearer(a, "watcher_a")).status_code == 204
+        assert a.post(path, json=body, headers=bearer(a, "watcher_a")).status_code == 201
 
 
 def test_sign_in_form_needs_its_pre_session_token(world) -> None:

@@ -4,12 +4,12 @@ the database drops it."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import queue
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
@@ -21,7 +21,8 @@ from app.live.hub import APPLICATION_NAME
 from app.live.service import CHANNEL, Changes, fold, touches
 from app.people import Person
 from mimamori.clock import as_datetime
-from test_app_support import PEOPLE, app_client, bearer, served, world  # noqa: F401
+from support.waiting import wait_for
+from support.web import PEOPLE, app_client, bearer, served
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +43,8 @@ class SseClient:
 
     def _read(self) -> None:
         name = None
-        try:
+        # closed under it by the test (whatever the closed socket raises): the stream is over
+        with contextlib.suppress(Exception):
             for raw in self.resp:
                 line = raw.decode().rstrip("\n")
                 if line.startswith("event: "):
@@ -50,8 +52,6 @@ class SseClient:
                 elif line == "" and name:
                     self.events.put(name)
                     name = None
-        except Exception:  # closed under it by the test: the stream is over
-            pass
         self.events.put("<closed>")
 
     def expect(self, name: str, within: float = 5.0) -> None:
@@ -65,10 +65,8 @@ class SseClient:
         raise AssertionError(f"unexpected event {got!r}")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # close() alone does not wake the reading thread
-        except OSError:
-            pass
         self.http.close()
 
 
@@ -91,13 +89,6 @@ def listeners(url: str) -> list[int]:
         return [r[0] for r in conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
             (APPLICATION_NAME,)).fetchall()]
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def new_incident(url: str, clock: object, household_id: str) -> int:

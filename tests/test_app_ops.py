@@ -10,8 +10,8 @@ import time
 import psycopg
 import pytest
 
+from support.web import app_client, bearer, served
 from test_app_live import SseClient
-from test_app_support import app_client, bearer, served, world  # noqa: F401
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,8 @@ from app.demo import DEMO_PASSWORD, create_demo_accounts
 from app.main import create_app, run_app
 from mimamori.clock import ManualClock, as_datetime
 from mimamori.config import Settings
-from test_app_support import START, app_client, bearer, cookie_login, free_port, served, world  # noqa: F401
+from mimamori.embedded import free_port
+from support.web import START, app_client, bearer, cookie_login, served
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from app.main import create_app
 from mimamori.clock import ManualClock
 from mimamori.config import Settings
-from test_app_support import START, bearer, seed
+from support.web import START, bearer, seed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXAMPLES_PER_OPERATION = 15

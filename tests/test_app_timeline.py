@@ -1,7 +1,8 @@
 """The team timeline in words: every action the alert engine and the safety check can write has a
 Japanese and an English sentence (found by reading the engines' source, so a new action without a
 text fails here), people are named only where the reader may see them, raw codes never show. (The
-alert page's timeline and the chain editor are checked in test_app_api.py, on its seeded world.)"""
+alert page's timeline and the chain editor are checked in test_app_api.py, on its seeded world.)
+"""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ import ast
 import re
 from pathlib import Path
 
-import psycopg
 import pytest
 
 import app.safety  # noqa: F401  (merges the safety check's strings)
 from app.i18n import MESSAGES
 from app.incidents.timeline import action_key, chain_step_text, describe
-from test_app_support import app_client, cookie_login, world  # noqa: F401
+from support.web import app_client, cookie_login
 
 ROOT = Path(__file__).parent.parent
-ENGINE_FILES = ("alerts/service.py", "alerts/policy.py", "alerts/flows.py", "safety/service.py", "safety/flows.py")
+#: Every module of the two engines (they split their services into service, engine, records, links ...).
+ENGINE_FILES = tuple(sorted(p.relative_to(ROOT).as_posix() for stage in ("alerts", "safety") for p in (ROOT / stage).glob("*.py")))
 
 
 def _const(node: ast.AST) -> list[str] | None:
@@ -46,17 +47,17 @@ def engine_actions() -> tuple[set[str], set[str]]:
     }
     timeline: set[str] = set()
     audit: set[str] = set()
+    reasons: set[str] = set()  # across files: the writer and its callers may live in different modules
     for rel in ENGINE_FILES:
         path = ROOT / rel
         if not path.exists():
             continue
         source = path.read_text(encoding="utf-8")
         tree = ast.parse(source)
-        reasons: set[str] = set()
         for node in ast.walk(tree):
             # _tell_team_needs_help(..., reason="needs_help"): timeline action f"safety_{reason}"
             if isinstance(node, ast.FunctionDef) and node.name == "_tell_team_needs_help":
-                for arg, default in zip(node.args.kwonlyargs, node.args.kw_defaults):
+                for arg, default in zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True):
                     if arg.arg == "reason" and default is not None:
                         reasons |= set(_const(default) or [])
             if not isinstance(node, ast.Call):
@@ -65,7 +66,7 @@ def engine_actions() -> tuple[set[str], set[str]]:
             for kw in node.keywords:
                 if name == "_tell_team_needs_help" and kw.arg == "reason":
                     reasons |= set(_const(kw.value) or [])
-            if name == "_timeline" and len(node.args) > 4:
+            if name in ("_timeline", "add_timeline") and len(node.args) > 4:
                 if isinstance(node.args[4], ast.Attribute) and node.args[4].attr == "action":
                     continue  # a policy.Log's action: found below, where the policy builds them
                 found = _const(node.args[4])
@@ -75,7 +76,7 @@ def engine_actions() -> tuple[set[str], set[str]]:
                 found = _const(node.args[0])
                 assert found is not None, f"{rel}:{node.lineno}"
                 timeline |= set(found)
-            elif name == "_audit" and len(node.args) > 5:
+            elif name in ("_audit", "audit") and len(node.args) > 5:
                 found = _const(node.args[5])
                 if found is None:
                     prefix = _fstring_prefix(node.args[5])
@@ -90,13 +91,14 @@ def engine_actions() -> tuple[set[str], set[str]]:
                     prefixes = [_fstring_prefix(a) for a in ast.walk(node.args[1]) if isinstance(a, ast.JoinedStr)]
                     assert prefixes and prefixes[0] == "safety_", f"{rel}:{node.lineno}"
                     timeline.add("safety_{reason}")
-        if "safety_{reason}" in timeline:
-            timeline.remove("safety_{reason}")
-            assert reasons, "no reasons found for safety_{reason}"
-            timeline |= {f"safety_{r}" for r in reasons}
+    if "safety_{reason}" in timeline:
+        timeline.remove("safety_{reason}")
+        assert reasons, "no reasons found for safety_{reason}"
+        timeline |= {f"safety_{r}" for r in reasons}
     return timeline, audit
 
 
+@pytest.mark.unit
 def test_the_scan_finds_the_engines_actions() -> None:
     timeline, audit = engine_actions()
     # a sample of each kind of writer, so a broken scan cannot pass by finding nothing
@@ -106,9 +108,15 @@ def test_the_scan_finds_the_engines_actions() -> None:
     assert {"started", "answered_safe", "answered_sign_of_life", "recognised_safe", "team_alerted"} <= audit
 
 
+@pytest.mark.unit
 def test_every_engine_action_has_words_in_both_languages() -> None:
     timeline, audit = engine_actions()
-    missing = sorted(a for a in timeline if action_key({"action": a}) == "tl_unknown")
+    from alerts.resident import ANSWERS as RESIDENT_ANSWERS
+
+    # the resident's answer reads by the answer given (its data), one text per answer
+    entries = [{"action": a, "data": {}} for a in timeline - {"resident_answered"}]
+    entries += [{"action": "resident_answered", "data": {"answer": answer}} for answer in RESIDENT_ANSWERS]
+    missing = sorted(f"{e['action']} {e['data']}" for e in entries if action_key(e) == "tl_unknown")
     assert not missing, f"timeline actions without a text in app/i18n.py (tl_<action>): {missing}"
     missing = sorted(a for a in audit if f"safety_audit_{a}" not in MESSAGES)
     assert not missing, f"safety audit actions without a text (safety_audit_<action>): {missing}"
@@ -120,10 +128,11 @@ def test_every_engine_action_has_words_in_both_languages() -> None:
                 entry = {"action": action, "data": data, "body": body, "channel": "email"}
                 ja, en = describe("ja", entry, names), describe("en", entry, names)
                 assert ja and en and "{" not in ja + en, (action, ja, en)
-                assert action not in ja or action in ("line",), (action, ja)  # never the raw code
+                assert action not in ja or action == "line", (action, ja)  # never the raw code
                 assert not re.search(r"[A-Za-z]{4,}", ja.replace("LINE", "")), (action, ja)  # Japanese only
 
 
+@pytest.mark.unit
 def test_names_reasons_and_unknown_actions() -> None:
     names = {"w1": "見守り 太郎"}
     notified = {"action": "notified", "data": {"people": ["w1", "stranger"]}, "channel": "system"}
@@ -145,6 +154,7 @@ def test_names_reasons_and_unknown_actions() -> None:
     assert "claim expired" in describe("en", {"action": "escalation_resumed", "data": {"reason": "claim_expired"}}, {})
 
 
+@pytest.mark.unit
 def test_chain_steps_in_words_include_claim_timeout() -> None:
     step = {"type": "claim_timeout", "minutes": 60, "grace_minutes": 20}
     assert "60分" in chain_step_text("ja", step) and "20分" in chain_step_text("ja", step)
@@ -154,10 +164,10 @@ def test_chain_steps_in_words_include_claim_timeout() -> None:
 
 
 @pytest.mark.integration
-def test_watchers_see_their_households_safety_follow_ups(world) -> None:  # noqa: F811
-    from test_app_support import bearer
+def test_watchers_see_their_households_safety_follow_ups(world) -> None:
+    from support.web import bearer
 
-    url, clock, ids = world
+    url, clock, _ids = world
     with app_client(url, clock) as c:
         coord, wa, wb = (bearer(c, p) for p in ("coord_a", "watcher_a", "watcher_b"))
         r = c.post("/api/safety/checks", json={"message": "地震がありました。無事ですか？", "area": "north"}, headers=coord)
@@ -166,10 +176,9 @@ def test_watchers_see_their_households_safety_follow_ups(world) -> None:  # noqa
         r = c.post(f"/api/safety/checks/{cid}/households/h1/claim", headers=coord)  # the coordinator goes to h1
         assert r.status_code == 200, r.text
         follow_up = r.json()["incident_id"]
-        listed = {i["incident_id"]: i for i in c.get("/api/incidents", headers=wa).json()}
+        listed = {i["incident_id"]: i for i in c.get("/api/alerts", headers=wa).json()}
         assert follow_up in listed and listed[follow_up]["kind"] == "safety_check"
-        assert listed[follow_up]["href"] == f"/safety/{cid}/h/h1" and listed[ids["h1"]]["href"] == f"/alerts/{ids['h1']}"
-        assert follow_up not in {i["incident_id"] for i in c.get("/api/incidents", headers=wb).json()}  # not h3's team
+        assert follow_up not in {i["incident_id"] for i in c.get("/api/alerts", headers=wb).json()}  # not h3's team
         cookie_login(c, "watcher_a")
         home = c.get("/").text
         assert f'href="/safety/{cid}/h/h1" data-incident="{follow_up}"' in home and "安否確認" in home
@@ -181,4 +190,4 @@ def test_watchers_see_their_households_safety_follow_ups(world) -> None:  # noqa
         assert "safety_check_opened" not in page
         # closed by the check: no longer in the list
         assert c.post(f"/api/safety/checks/{cid}/close", headers=coord).status_code == 200
-        assert follow_up not in {i["incident_id"] for i in c.get("/api/incidents", headers=wa).json()}
+        assert follow_up not in {i["incident_id"] for i in c.get("/api/alerts", headers=wa).json()}

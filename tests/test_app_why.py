@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 
 import psycopg
+import pytest
 
 from app.incidents.why import explain
-from test_app_support import app_client, cookie_login, world  # noqa: F401
+from support.web import app_client, cookie_login
 
 SILENCE = {"silence_start": "2026-01-20T13:18:00+00:00", "expected_activity_by": "2026-01-20T22:30:00+00:00",
            "alarm_at": "2026-01-21T02:00:00+00:00", "score": 3.0, "rule": "routine"}
 
 
+@pytest.mark.unit
 def test_inactivity_says_since_when_usually_by_when_and_which_rule() -> None:
     ja = explain("ja", {"kind": "inactivity", "rule": "model:routine", "evidence": SILENCE})
     assert ja == ["2026年1月20日 22:18から、明かりやセンサーに生活の動きがありません。",
@@ -29,6 +31,7 @@ def test_inactivity_says_since_when_usually_by_when_and_which_rule() -> None:
     assert not any("早めに" in line for line in ja)
 
 
+@pytest.mark.unit
 def test_long_on_device_and_area_alerts_name_what_the_detector_saw() -> None:
     devices = {"bulb-1": {"room": "居間", "kind": "bulb"}}
     long_on = {"kind": "long_on", "rule": "model:long_on",
@@ -45,6 +48,7 @@ def test_long_on_device_and_area_alerts_name_what_the_detector_saw() -> None:
     assert explain("ja", {"kind": "inactivity", "evidence": {"silence_start": "not a time"}}) == []
 
 
+@pytest.mark.integration
 def test_the_alert_page_shows_why(world) -> None:
     url, clock, ids = world
     evidence = {"device": "bulb-h1", "on_since": "2026-01-20T08:05:00+00:00", "silence_start": "2026-01-20T11:40:00+00:00"}
@@ -57,9 +61,10 @@ def test_the_alert_page_shows_why(world) -> None:
         assert "なぜ知らせたか" in page and "居間の電球が2026年1月20日 17:05からついたままです。" in page
 
 
+@pytest.mark.unit
 def test_every_detector_rule_has_a_sentence() -> None:
-    from app.incidents.why import RULE_TEXTS
     from app.i18n import translate
+    from app.incidents.why import RULE_TEXTS
     from detector import model as m
 
     for rule in m.RULES:

@@ -1,4 +1,4 @@
-"""Dependency rules from DESIGN.md, checked on the source: stages meet on the wire or in the
+"""Dependency rules (CONTRIBUTING.md, "Architecture"), checked on the source: stages meet on the wire or in the
 database, the kernel imports no stage, production code never imports the simulator, and no module
 imports itself back through others (no import cycles).
 """
@@ -8,6 +8,10 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterable
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"gateway", "ingest", "detector", "alerts", "safety", "app"}

@@ -16,9 +16,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def stock_limits_broker(tmp_path: Path):  # noqa: ANN201
+def stock_limits_broker(tmp_path: Path):
     """A real Mosquitto with a small per-client queue, as a stock install has (1000; here 100 so that
-    the test publishes little)."""
+    the test publishes little).
+    """
     if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
         pytest.skip("needs the mosquitto binary (the limit is Mosquitto's)")
     broker = MosquittoBroker(tmp_path / "stock")

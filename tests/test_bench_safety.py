@@ -1,6 +1,7 @@
 """The safety-check benchmark (``bench.safety_bench``), run small on the real services: every
 household accounted for, the counts exact, the latencies positive and bounded, and nothing left
-behind (scratch database dropped, own broker stopped)."""
+behind (scratch database dropped, own broker stopped).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The fault suite, CI-sized: real processes (ingest, alert worker, the simulator's fleet), a
 Mosquitto and a scratch database per fault. Nothing lost, nothing duplicated, and each fault really
-landed mid-run. The full suite is ``mimamori chaos --json`` (report in bench/results/chaos.json)."""
+landed mid-run. The full suite is ``mimamori chaos --json`` (report in bench/results/chaos.json).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import pytest
 
 from bench.chaos import ChaosPlan, run_chaos
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+pytestmark = pytest.mark.e2e
 
 
-def test_short_faults_lose_and_duplicate_nothing(pg_server, tmp_path: Path) -> None:  # noqa: ANN001 - conftest fixture
+def test_short_faults_lose_and_duplicate_nothing(pg_server, tmp_path: Path) -> None:
     report = run_chaos(["ingest_sigkill", "db_unavailable_60s", "alert_worker_sigkill"], ChaosPlan.short(),
                        pg_server.admin_url, tmp_path)
     faults = report["faults"]

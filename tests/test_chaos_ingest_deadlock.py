@@ -1,7 +1,8 @@
 """Found by the fault suite (``mimamori chaos``): the ingest's two database writers deadlocked every
 second or two while 100 gateways heartbeated, because gateway statuses and heartbeats were written
 one statement per gateway in arrival order, after the key-ordered gateway upsert. Now every gateway
-row of a batch is written by one statement in key order. Two writers, each writing events of the gateways whose heartbeats the other writes."""
+row of a batch is written by one statement in key order. Two writers, each writing events of the gateways whose heartbeats the other writes.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """`mimamori demo` as a new user runs it: nothing configured (embedded PostgreSQL and broker), the
 story's collapse becomes an alert that watcher1 sees through the web app's API, and Ctrl-C leaves
-nothing running."""
+nothing running.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts_fixtures import free_port
+from mimamori.embedded import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -67,14 +68,15 @@ def _api(base: str, path: str, token: str | None = None, body: dict | None = Non
 
 
 def _processes_under(path: Path) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines() if str(path) in line and "ps -eo" not in line]
 
 
 @pytest.fixture
 def home() -> Iterator[Path]:
     """A data directory the embedded PostgreSQL's unprivileged user can reach (pytest's tmp_path is
-    private to root when the tests run as root)."""
+    private to root when the tests run as root).
+    """
     path = Path(tempfile.mkdtemp(prefix="mimamori-demo-test-"))
     path.chmod(0o755)
     yield path
@@ -151,13 +153,14 @@ def _see_alert_in_browser(base: str, incident_id: int) -> None:
 
 def test_demo_at_full_speed_lives_on_the_towns_time(home: Path) -> None:
     """``--speed max`` (scripts): the service follows the town's simulated days as the database has them,
-    so the story's alert opens and no device looks offline because the wall clock is months ahead."""
+    so the story's alert opens and no device looks offline because the wall clock is months ahead.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIMAMORI_")}
     env.update(XDG_DATA_HOME=str(home / "xdg"), MIMAMORI_APP_PORT=str(free_port()), PYTHONUNBUFFERED="1")
     done = subprocess.run(
         [sys.executable, "-m", "mimamori.cli", "demo", "--households", "12", "--days", "1", "--speed", "max",
          "--exit-when-done", "--json"],
-        env=env, capture_output=True, cwd=home, timeout=400,
+        env=env, capture_output=True, cwd=home, timeout=400, check=False,  # the assert shows its stderr
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     result = json.loads(done.stdout.decode().strip().splitlines()[-1])

@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from detector import model as m
+
+pytestmark = pytest.mark.unit
 
 H = 3600.0
 TZ = 9 * 3600

@@ -10,6 +10,8 @@ import pytest
 from detector import model as m
 from detector.baselines import HelloLight24h, Kanazawa8hOn24hOff
 
+pytestmark = pytest.mark.unit
+
 H = 3600.0
 TZ = 9 * 3600
 # 2026-01-05 00:00 local (a Monday) in Asia/Tokyo
@@ -92,6 +94,7 @@ def learn_busy_neighbours(state: m.FleetState, n: int, days: int) -> None:
     m.refresh_prior(state)
 
 
+@pytest.mark.slow
 def test_fall_at_ten_on_a_busy_morning_alerts_within_hours() -> None:
     state = fleet([[m.DEV_BULB, m.DEV_MOTION]] * 8)
     learn_busy_neighbours(state, 8, 35)
@@ -112,6 +115,7 @@ def test_fall_at_ten_on_a_busy_morning_alerts_within_hours() -> None:
     assert sc.expected_by[0] < alarm
 
 
+@pytest.mark.slow
 def test_normal_late_sunday_morning_does_not_alert() -> None:
     state = fleet([[m.DEV_BULB, m.DEV_MOTION]] * 8)
     learn_busy_neighbours(state, 8, 42)
@@ -161,6 +165,7 @@ def test_long_on_is_judged_per_device() -> None:
     assert dict(results)[alarm].long_on_switch[0] == 0  # the evening light, not the night light
 
 
+@pytest.mark.slow
 def test_dead_bulb_is_a_device_problem_not_a_welfare_alert() -> None:
     # Bulbs only; the bulb also sends heartbeats every 15 minutes until it dies.
     history = routine(28, devices=(0,))
@@ -207,6 +212,7 @@ def test_a_gateway_down_alone_is_a_device_problem_after_a_grace() -> None:
     assert late.device_offline[3] and late.device_offline.sum() == 1 and not late.area_outage.any()
 
 
+@pytest.mark.slow
 def test_away_mode_pauses_welfare_alerts_until_it_ends() -> None:
     state = fleet([[m.DEV_BULB, m.DEV_MOTION]])
     history = routine(28)
@@ -246,6 +252,7 @@ def test_baselines_fire_as_specified() -> None:
     assert not hello.check(MONDAY + 59 * H).inactivity[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [7, 40])
 def test_learning_does_not_depend_on_batching(batch: int) -> None:
     rows = routine(21)

@@ -9,9 +9,12 @@ import dataclasses
 import itertools
 
 import numpy as np
-from test_detector_model import MONDAY, TZ, H, busy_day, feed, first_alarm, fleet
+import pytest
 
 from detector import model as m
+from test_detector_model import MONDAY, TZ, H, busy_day, feed, first_alarm, fleet
+
+pytestmark = pytest.mark.unit
 
 
 def winter_light_day(rng: np.random.Generator, mid: float) -> list[tuple[float, int, int]]:
@@ -40,6 +43,7 @@ def spring_lights_days(days: int, *, seed: int = 5) -> np.ndarray:
     return np.array(sorted(rows))
 
 
+@pytest.mark.slow
 def test_no_light_by_the_usual_evening_after_a_night_alarms_by_the_routine() -> None:
     # Bedtime, then nothing: the night's silence normally lasts until the dusk light (19 h), so the
     # quantile waits for the hard cap; the evening bin (16:00-18:00, lit every day) passing in silence
@@ -62,6 +66,7 @@ def test_no_light_by_the_usual_evening_after_a_night_alarms_by_the_routine() -> 
     assert first_alarm(results) is None and first_alarm(results, what="long_on") is None
 
 
+@pytest.mark.slow
 def test_the_first_bright_morning_without_the_morning_light_is_not_an_alarm() -> None:
     # Four weeks with the light on every dark morning (06:00-08:00), then spring: up in daylight, no
     # light until dusk. The morning habit follows sunrise, so its bin is not part of the routine.
@@ -97,6 +102,7 @@ def evening_outings_days(days: int, *, seed: int = 7) -> np.ndarray:
     return np.array(sorted(rows))
 
 
+@pytest.mark.slow
 def test_the_last_light_switched_off_on_a_lit_evening_is_a_departure_not_a_collapse() -> None:
     # A bulbs-only home that goes out some evenings (light off at 18:00, back by 20:30). Without a
     # door sensor the dark home on an evening it is normally lit is how leaving looks: judged as out
@@ -123,6 +129,7 @@ def test_the_last_light_switched_off_on_a_lit_evening_is_a_departure_not_a_colla
     assert late is not None and usual_back < late <= leave + 16 * H
 
 
+@pytest.mark.slow
 def test_bedtime_and_the_morning_daylight_switch_off_are_not_departures() -> None:
     history = evening_outings_days(28)
     state = fleet([[m.DEV_BULB, m.DEV_BULB]])
@@ -154,6 +161,7 @@ def days_with_outings(days: int, *, seed: int = 11) -> np.ndarray:
     return np.array(sorted(rows))
 
 
+@pytest.mark.slow
 def test_the_front_door_means_out_when_leaving_and_in_when_coming_home() -> None:
     history = days_with_outings(28)
     kinds = [[m.DEV_BULB, m.DEV_MOTION, m.DEV_DOOR]]
@@ -208,6 +216,7 @@ def lit_evenings_town(n: int = 8) -> m.FleetState:
     return state
 
 
+@pytest.mark.slow
 def test_a_light_forgotten_on_at_bedtime_waits_for_the_morning() -> None:
     # The living-room light (column 0) stays on after the last kitchen visit at about 20:30: the
     # resident went to bed and forgot it (the usual bedtime switch-off at about 22:00 never comes).
@@ -234,6 +243,7 @@ def test_a_light_forgotten_on_at_bedtime_waits_for_the_morning() -> None:
     assert alarms and min(alarms) <= last + 15 * H, [(a - last) / H for a in alarms]
 
 
+@pytest.mark.slow
 def test_the_evening_light_switched_on_and_forgotten_overnight_waits_for_the_morning() -> None:
     # One bulb, usually on from dusk to bedtime (hours). Tonight it goes on at dusk and nothing else
     # happens until it is switched off at 08:00: the resident sat under it and went to bed leaving it
@@ -255,6 +265,7 @@ def test_the_evening_light_switched_on_and_forgotten_overnight_waits_for_the_mor
     assert first_alarm(results) is not None or first_alarm(results, what="long_on") is not None
 
 
+@pytest.mark.slow
 def test_a_lamp_left_on_for_days_is_not_long_on_evidence() -> None:
     # A third light (a lamp in a spare room) switched on at noon on day 20 and never off, while the
     # resident lives the usual days: after a day it says nothing about any silence.
@@ -274,6 +285,7 @@ def test_a_lamp_left_on_for_days_is_not_long_on_evidence() -> None:
     assert long_on_alarms(dataclasses.replace(m.DEFAULT_PARAMS, on_stale_h=1e9)) >= 1  # judged without the rule
 
 
+@pytest.mark.slow
 def test_a_door_at_bedtime_is_the_night_not_a_departure() -> None:
     # The home's last event of the evening is the door (the lock for the night, a bedroom door):
     # judged as the night it is, not an outing that is "not back" two hours later.

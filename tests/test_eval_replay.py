@@ -11,6 +11,8 @@ from bench import eval as ev
 from bench.casas import read_casas, replay_from_casas
 from detector import model as m
 
+pytestmark = pytest.mark.unit
+
 H = 3600.0
 
 
@@ -21,7 +23,8 @@ def test_metrics_match_alerts_to_incidents_and_count_false_ones() -> None:
     rp.incidents = [
         {"kind": "collapse", "start": 20 * 86400.0, "end": None, "welfare": True, "details": {}, "hh": 0, "area": 0},
         {"kind": "bulb_failure", "start": 25 * 86400.0, "end": None, "welfare": False, "details": {}, "hh": 1, "area": 0},
-        {"kind": "trip_away", "start": 30 * 86400.0, "end": 33 * 86400.0, "welfare": False, "details": {"away_mode_set": True}, "hh": 1, "area": 0},
+        {"kind": "trip_away", "start": 30 * 86400.0, "end": 33 * 86400.0, "welfare": False, "details": {"away_mode_set": True},
+         "hh": 1, "area": 0},
     ]
     log = ev.AlertLog()
     log.opened = [
@@ -114,7 +117,7 @@ def test_casas_reader_copes_with_dirty_logs(tmp_path: Path) -> None:
     log = read_casas(str(p))
     assert log.malformed == 2 and log.skipped_values == 1 and log.odd_values_repaired == 1 and log.unsorted >= 1
     assert np.all(np.diff(log.time) >= 0)
-    kinds = dict(zip(log.sensors, log.sensor_kinds))
+    kinds = dict(zip(log.sensors, log.sensor_kinds, strict=True))
     assert kinds == {"M001": m.DEV_MOTION, "LivingLight": m.DEV_BULB, "D001": m.DEV_DOOR}
 
 
@@ -134,7 +137,7 @@ def test_casas_columns_are_read_by_position_never_by_a_first_letter(tmp_path: Pa
     # With a location column, sensor names that begin like a value (Closet) or like a door (Dishwasher,
     # DiningRoom) are sensors; a door is what reports OPEN/CLOSE (or is named in the map).
     p = tmp_path / "loc.txt"
-    p.write_text("\n".join([
+    p.write_text("\n".join([  # noqa: FLY002 - one log record a line, one with a comment
         "2011-06-20 08:01:02.5 Bedroom Closet ON",
         "2011-06-20 08:01:09.5 Bedroom Closet OFF",
         "2011-06-20 08:02:00 Kitchen Dishwasher ON",
@@ -146,19 +149,19 @@ def test_casas_columns_are_read_by_position_never_by_a_first_letter(tmp_path: Pa
         "2011-06-20 08:07:00 Back D017 ON",
     ]) + "\n")
     log = read_casas(str(p))
-    kinds = dict(zip(log.sensors, log.sensor_kinds))
+    kinds = dict(zip(log.sensors, log.sensor_kinds, strict=True))
     assert kinds == {"Closet": m.DEV_MOTION, "Dishwasher": m.DEV_MOTION, "DiningRoom": m.DEV_MOTION, "FrontDoor": m.DEV_DOOR,
                      "LivingLight": m.DEV_BULB, "D017": m.DEV_MOTION}
     assert log.odd_values_repaired == 1 and log.malformed == 0
     assert list(log.kind[: 1]) == [m.EV_MOTION] and (log.kind[np.array(log.sensors)[log.sensor] == "FrontDoor"] != m.EV_MOTION).all()
     mapped = read_casas(str(p), door_names={"D017"})
-    assert dict(zip(mapped.sensors, mapped.sensor_kinds))["D017"] == m.DEV_DOOR
+    assert dict(zip(mapped.sensors, mapped.sensor_kinds, strict=True))["D017"] == m.DEV_DOOR
     # Without a location column (the value is the 4th column): same kinds.
     q = tmp_path / "noloc.txt"
     q.write_text("2011-06-20 08:01:02 Closet ON\n2011-06-20 08:02:00 Dishwasher ON\n2011-06-20 08:04:00 D001 OPEN\n"
                  "2011-06-20 08:05:00 D001 CLOSE\n2011-06-20 08:06:00 D002 ON\n")
     log = read_casas(str(q))
-    assert dict(zip(log.sensors, log.sensor_kinds)) == {"Closet": m.DEV_MOTION, "Dishwasher": m.DEV_MOTION, "D001": m.DEV_DOOR,
+    assert dict(zip(log.sensors, log.sensor_kinds, strict=True)) == {"Closet": m.DEV_MOTION, "Dishwasher": m.DEV_MOTION, "D001": m.DEV_DOOR,
                                                         "D002": m.DEV_MOTION}
 
 
@@ -179,7 +182,7 @@ def test_uci_adl_reader_takes_both_ends_of_human_intervals_and_the_main_door(tmp
     p = tmp_path / "uci.txt"
     p.write_text(UCI_LINES)
     log = read_uci_adl(str(p))
-    kinds = dict(zip(log.sensors, log.sensor_kinds))
+    kinds = dict(zip(log.sensors, log.sensor_kinds, strict=True))
     assert kinds["Maindoor Entrance"] == m.DEV_DOOR and kinds["Fridge Kitchen"] == m.DEV_MOTION and kinds["Bed Bedroom"] == m.DEV_MOTION
     assert log.malformed == 1 and log.unsorted >= 1 and np.all(np.diff(log.time) >= 0)
     names = np.array(log.sensors)[log.sensor]
@@ -188,6 +191,7 @@ def test_uci_adl_reader_takes_both_ends_of_human_intervals_and_the_main_door(tmp
     assert list(log.kind[names == "Maindoor Entrance"]) == [m.EV_OPEN, m.EV_CLOSE]
 
 
+@pytest.mark.slow
 def test_csv_log_reader_and_a_replay_of_several_homes(tmp_path: Path) -> None:
     from bench.casas import read_csv_log
 
@@ -204,7 +208,7 @@ def test_csv_log_reader_and_a_replay_of_several_homes(tmp_path: Path) -> None:
     a = tmp_path / "a.csv"
     a.write_text("\n".join(lines) + "\n")
     log = read_csv_log(str(a))
-    assert dict(zip(log.sensors, log.sensor_kinds)) == {"hall": m.DEV_MOTION, "lamp": m.DEV_BULB} and log.malformed == 1
+    assert dict(zip(log.sensors, log.sensor_kinds, strict=True)) == {"hall": m.DEV_MOTION, "lamp": m.DEV_BULB} and log.malformed == 1
     c = tmp_path / "c.txt"
     write_casas(c)
     r = ev.run_replay([f"csv:{a}", f"casas:{c}"], cuts=4, watch_quality=False)
@@ -215,7 +219,7 @@ def test_csv_log_reader_and_a_replay_of_several_homes(tmp_path: Path) -> None:
     assert r["across_homes"]["detector"]["min_home_recall"] is not None
     rows = ev.replay_rows(r)
     assert rows[-1]["home"] == "all (pooled)" and {row["home"] for row in rows} == {"a", "c", "all (pooled)"}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected FORMAT:PATH"):
         ev.run_replay(["nope:x"])
 
 

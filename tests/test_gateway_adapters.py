@@ -26,6 +26,8 @@ from gateway.adapters import Outcome, Reading, device_id_for, normalise
 from mimamori import protocol
 from mimamori.protocol import Event, encode_event
 
+pytestmark = pytest.mark.unit
+
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 

@@ -18,9 +18,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from alerts_fixtures import SmtpSink, actions, open_incident, seed_town, smtp, wait_for  # noqa: F401 - smtp is a fixture
-from test_alerts_integration import who
-from test_alerts_real_path import Ingest
 
 from alerts import service
 from alerts.channels import AlertSettings
@@ -31,8 +28,12 @@ from mimamori.clock import ManualClock
 from mimamori.config import Settings
 from mimamori.embedded import EmbeddedBroker
 from mimamori.mqtt import MqttUrl
+from support.town import SmtpSink, actions, open_incident, seed_town
+from support.waiting import wait_for
+from test_alerts_integration import who
+from test_alerts_real_path import Ingest
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+pytestmark = pytest.mark.e2e
 
 
 @dataclass

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gateway import downlink
 from gateway.adapters import Layout
-from gateway_home import NOW, Home
 from mimamori import protocol
 from mimamori.protocol import Command
+from support.home import NOW, Home
+
+pytestmark = pytest.mark.unit
 
 BLINK = Command("blink", {"times": 2, "reason": "resident_check"})
 

@@ -18,7 +18,7 @@ from gateway.service import Gateway
 from mimamori import embedded, mqtt, observability
 from mimamori.clock import SystemClock
 from mimamori.config import Settings
-from test_gateway_service import wait_for
+from support.waiting import wait_for
 
 T0 = 1_767_225_600_000
 
@@ -53,6 +53,7 @@ def test_metrics_follow_a_gateway_through_its_life(mqtt_url: mqtt.MqttUrl, tmp_p
     assert scrape(gw_id) == {}  # stopped: its series are gone
 
 
+@pytest.mark.unit
 def test_metrics_count_evictions_while_the_broker_is_unreachable(tmp_path: Path) -> None:
     gw_id = f"gw-{uuid.uuid4().hex[:8]}"
     dead = mqtt.MqttUrl("127.0.0.1", embedded.free_port())  # nothing listens there

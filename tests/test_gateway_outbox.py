@@ -14,6 +14,8 @@ from gateway.outbox import Outbox, OutboxError
 from mimamori.clock import ManualClock
 from mimamori.protocol import Event
 
+pytestmark = pytest.mark.unit
+
 T0 = 1_767_225_600_000
 
 

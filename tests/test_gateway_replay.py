@@ -21,6 +21,8 @@ import pytest
 from gateway import replay
 from mimamori import mqtt
 
+pytestmark = pytest.mark.integration
+
 DATA = Path(__file__).parent / "data" / "gateway_docs_messages.jsonl"
 ACTIVITY = {"on", "off", "motion", "open", "close"}
 

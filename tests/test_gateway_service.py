@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -22,6 +22,8 @@ from gateway.service import Gateway
 from mimamori import embedded, mqtt, protocol
 from mimamori.clock import ManualClock, SystemClock
 from mimamori.protocol import Command, Event
+from support.broker import close_client
+from support.waiting import wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -32,26 +34,6 @@ pytestmark = [
 ]
 
 T0 = 1_767_225_600_000
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
-def close_client(client: paho.Client) -> None:
-    """Disconnect + loop_stop, then close the socket if loop_stop won the race against the
-    DISCONNECT write (paho leaves it open, and a collected client then warns ResourceWarning).
-    """
-    client.disconnect()
-    client.loop_stop()
-    sock = client.socket()
-    if sock is not None:
-        sock.close()
 
 
 class Listener:

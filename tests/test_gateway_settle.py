@@ -17,13 +17,14 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from test_gateway_service import close_client, wait_for
 
 from gateway.adapters import Reading
 from gateway.outbox import Outbox
 from gateway.service import Gateway
 from mimamori import embedded, mqtt, observability, protocol
 from mimamori.clock import SystemClock
+from support.broker import close_client
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.dialects.base import Reading
-from gateway_home import NOW, Home, rejected
+from support.home import NOW, Home, rejected
+
+pytestmark = pytest.mark.unit
 
 PRO = "shellypro4pm-f008d1d8b8b8"
 

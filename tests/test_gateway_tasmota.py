@@ -21,7 +21,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.adapters import Layout
-from gateway_home import Home, rejected
+from support.home import Home, rejected
+
+pytestmark = pytest.mark.unit
 
 DEV = "tasmota_9CF9D1"
 

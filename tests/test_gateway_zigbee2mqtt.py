@@ -20,7 +20,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.adapters import Layout
-from gateway_home import NOW, Home, rejected
+from support.home import NOW, Home, rejected
+
+pytestmark = pytest.mark.unit
 
 BULB = "zigbee2mqtt/0x7cb03eaa00ac34e2"  # [paste]
 

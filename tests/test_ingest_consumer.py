@@ -31,20 +31,12 @@ from mimamori.clock import SystemClock
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
 from mimamori.protocol import Event
+from support.waiting import wait_for as wait_until
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 TS = 1_767_225_600_000
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def count(url: str, sql: str, *args: object) -> int:

@@ -11,7 +11,6 @@ import uuid
 
 import pytest
 from prometheus_client import REGISTRY
-from test_ingest_consumer import count, event_msg, wait_until
 
 from bench.chaos_stack import PgProxy
 from bench.ingest_bench import publish_raw
@@ -20,6 +19,8 @@ from mimamori import embedded, protocol
 from mimamori.config import Settings
 from mimamori.mqtt import MqttUrl
 from mimamori.observability import OpsServer, readiness
+from support.waiting import wait_for as wait_until
+from test_ingest_consumer import count, event_msg
 
 pytestmark = pytest.mark.integration
 

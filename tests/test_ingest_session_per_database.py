@@ -14,7 +14,8 @@ from ingest.consumer import IngestService, default_client_id
 from mimamori import db, embedded, protocol
 from mimamori.mqtt import MqttUrl
 from mimamori.protocol import Event
-from test_ingest_consumer import count, running, settings, wait_until
+from support.waiting import wait_for as wait_until
+from test_ingest_consumer import count, running, settings
 
 pytestmark = pytest.mark.integration
 TS = 1_767_225_600_000

@@ -15,6 +15,8 @@ from ingest.validate import Classifier, DeadLetter, EventMsg, GatewayHeartbeatMs
 from mimamori import protocol
 from mimamori.protocol import Event, ProtocolError
 
+pytestmark = pytest.mark.unit
+
 TS = 1_767_225_600_000
 TOPIC = protocol.event_topic("gw-1", "bulb-1").encode()
 

@@ -1,8 +1,11 @@
 """Migrations on a real PostgreSQL."""
 
 import psycopg
+import pytest
 
 from mimamori import db
+
+pytestmark = pytest.mark.integration
 
 
 def test_migrations_are_recorded_and_idempotent(pg_url: str) -> None:

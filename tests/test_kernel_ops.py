@@ -17,6 +17,8 @@ from mimamori.config import Settings
 from mimamori.observability import JsonFormatter, OpsServer, register_readiness, unregister_readiness
 from mimamori.signing import secret_key, signer
 
+pytestmark = pytest.mark.unit
+
 TEST_COUNTER = Counter("mimamori_kernel_test_total", "Counted by the kernel ops test.")
 
 

@@ -1,144 +1,35 @@
 """Broker security on a real Mosquitto started here with the files `mimamori gateway provision` writes:
-password file, ACL and a TLS listener with the generated CA. One broker for the module (seconds)."""
+password file, ACL and a TLS listener with the generated CA. One broker for the module (seconds).
+"""
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
 
 from gateway import provision
 from gateway.adapters import Reading
 from gateway.service import Gateway
-from mimamori import embedded, mqtt, protocol
+from mimamori import mqtt, protocol
 from mimamori.clock import SystemClock
 from mimamori.config import Settings
-from test_gateway_service import close_client, wait_for
+from support.broker import DYNSEC_PLUGIN, MOSQUITTO, T0, Client, SecureBroker, event_payload
+from support.waiting import wait_for
 
-MOSQUITTO = embedded.shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-DYNSEC_PLUGIN = next((p for p in ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
-                                  "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
-                                  "/usr/lib/mosquitto_dynamic_security.so",
-                                  "/usr/local/lib/mosquitto_dynamic_security.so") if os.path.exists(p)), "")
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="needs the mosquitto binary"),
+    pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="needs the mosquitto binary"),
     pytest.mark.skipif(not DYNSEC_PLUGIN, reason="needs Mosquitto's dynamic-security plugin"),
 ]
 
-T0 = 1_767_225_600_000
 
-
-
-def secure_config(port: int, broker_dir: Path, data_dir: Path) -> str:
-    """The settings of deploy/mosquitto/mosquitto-docker.conf that matter here, on a test port."""
-    tls = broker_dir / "tls"
-    return "\n".join([
-        f"user {os.environ.get('USER') or __import__('pwd').getpwuid(os.getuid()).pw_name}",
-        f"listener {port} 127.0.0.1",
-        f"certfile {tls / 'server.crt'}",
-        f"keyfile {tls / 'server.key'}",
-        "tls_version tlsv1.2",
-        "allow_anonymous false",
-        # Accounts and ACL through the dynamic-security plugin, as deploy/mosquitto/mosquitto-docker.conf
-        # (the acl_file cannot refuse a SUBSCRIBE; issue 17).
-        f"plugin {DYNSEC_PLUGIN}",
-        f"plugin_opt_config_file {broker_dir / provision.DYNSEC_FILE}",
-        "max_queued_messages 10000000",
-        "max_inflight_messages 1000",
-        "persistence false",
-        "log_dest stderr",
-        "log_type error",
-        "log_type warning",
-        f"# data {data_dir}",
-    ]) + "\n"
-
-
-@dataclass
-class SecureBroker:
-    port: int
-    broker: embedded.MosquittoBroker
-    result: provision.ProvisionResult
-    ca_file: str
-
-    def url(self, user: str | None, password: str | None) -> mqtt.MqttUrl:
-        return mqtt.MqttUrl(host="127.0.0.1", port=self.port, username=user, password=password, tls=True, ca_file=self.ca_file)
-
-    def password(self, user: str) -> str:
-        return self.result.new_passwords[user]
-
-
-@pytest.fixture(scope="module")
-def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
-    root = tmp_path_factory.mktemp("secure-broker")
-    port = embedded.free_port()
-    result = provision.provision(
-        root / "mosquitto", root / "secrets", gateways=["gw-a", "gw-b"],
-        uplink_url=f"mqtts://localhost:{port}", tls_hosts=["localhost", "127.0.0.1"],
-    )
-    broker = embedded.MosquittoBroker(root / "run", port=port, binary=MOSQUITTO)
-    broker.config_path.write_text(secure_config(port, root / "mosquitto", root / "run"))
-    broker.start()
-    try:
-        assert result.tls is not None
-        yield SecureBroker(port, broker, result, str(result.tls.ca_cert))
-    finally:
-        broker.stop()
-
-
-class Client:
-    """A paho client on its own network thread that records what it receives."""
-
-    def __init__(self, url: mqtt.MqttUrl, client_id: str | None = None, *, protocol_version: int = mqtt.MQTTv5) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-        self.connack: object = None
-        self.connected = threading.Event()
-        self.subscribed = threading.Event()
-        self.client = mqtt.make_client(url, client_id or f"t-{uuid.uuid4().hex[:10]}", protocol=protocol_version)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.url = url
-
-    def _on_connect(self, client: paho.Client, userdata: object, flags: object, rc: object, props: object) -> None:
-        self.connack = rc
-        self.connected.set()
-
-    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
-        with self.lock:
-            self.messages.append((msg.topic, msg.payload))
-
-    def start(self) -> Client:
-        mqtt.connect(self.client, self.url)
-        self.client.loop_start()
-        assert self.connected.wait(5), "no CONNACK"
-        return self
-
-    @property
-    def accepted(self) -> bool:
-        return not getattr(self.connack, "is_failure", True)
-
-    def subscribe(self, *filters: str) -> None:
-        self.subscribed.clear()
-        self.client.subscribe([(f, 1) for f in filters])
-        assert self.subscribed.wait(5)
-
-    def topics(self) -> list[str]:
-        with self.lock:
-            return [t for t, _ in self.messages]
-
-    def close(self) -> None:
-        close_client(self.client)
 
 
 @pytest.fixture
@@ -160,10 +51,6 @@ def ingest_subscriber(secure: SecureBroker, clients: Callable[..., Client]) -> C
     assert sub.accepted, sub.connack
     sub.subscribe(protocol.shared(protocol.EVENT_FILTER), protocol.shared(protocol.STATUS_FILTER))
     return sub
-
-
-def event_payload(device: str, seq: int) -> bytes:
-    return protocol.encode_event(protocol.Event(device, seq, T0 + seq, "on"))
 
 
 def test_gateway_service_uplink_over_tls_with_provisioned_credentials(
@@ -290,7 +177,8 @@ def test_real_ingest_with_its_account_stores_a_gateways_events_and_asks_it_to_re
     secure: SecureBroker, clients: Callable[..., Client], pg_url: str, tmp_path: Path
 ) -> None:
     """The stack's path with provisioned accounts: the real ingest (shared subscription, manual acks,
-    gap sweeper) as `ingest`, the real Gateway as `gw-a`; the resend command reaches gw-a only."""
+    gap sweeper) as `ingest`, the real Gateway as `gw-a`; the resend command reaches gw-a only.
+    """
     import psycopg
 
     from ingest.consumer import IngestService
@@ -338,7 +226,8 @@ def test_real_ingest_with_its_account_stores_a_gateways_events_and_asks_it_to_re
 ])
 def test_protocol_probe_reads_the_connack(reply: bytes, expected: int) -> None:
     """The v5 probe carries the credentials; a v5-shaped refusal means v5 (the real connection then
-    reports the refusal), anything else 3.1.1."""
+    reports the refusal), anything else 3.1.1.
+    """
     server = socket.create_server(("127.0.0.1", 0))
     got: list[bytes] = []
 

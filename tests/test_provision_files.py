@@ -19,6 +19,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not shutil.which("mosquitto_passwd"), reason="needs mosquitto_passwd")
 def test_hashes_agree_with_mosquitto_passwd(tmp_path: Path) -> None:
     pw = tmp_path / "passwd"
@@ -35,6 +36,7 @@ def test_hashes_agree_with_mosquitto_passwd(tmp_path: Path) -> None:
     assert provision.hash_password("s3cret", salt=base64.b64decode(salt), iterations=int(iterations)) == theirs
 
 
+@pytest.mark.unit
 def test_gateway_acl_is_confined_to_its_own_topics() -> None:
     acl = provision.render_acl({"gw-1": provision.gateway_acl("gw-1"), "ingest": provision.SERVICE_ROLES["ingest"]})
     block = acl.split("user gw-1\n")[1].split("\n\n")[0].splitlines()
@@ -46,11 +48,13 @@ def test_gateway_acl_is_confined_to_its_own_topics() -> None:
         "topic read mimamori/v1/gw-1/+/cmd",
     ]
     assert "topic read $share/ingest/mimamori/v1/+/+/event" in acl
-    for bad in ("gw:1", "ingest", "+", "a/b", ""):
-        with pytest.raises(ValueError):
+    for bad, why in (("gw:1", "cannot appear in a broker user name"), ("ingest", "reserved for a service account"),
+                     ("+", "bad_gateway_id"), ("a/b", "bad_gateway_id"), ("", "bad_gateway_id")):
+        with pytest.raises(ValueError, match=why):
             provision.gateway_acl(bad)
 
 
+@pytest.mark.unit
 def test_provision_is_idempotent_and_rotates_only_on_request(tmp_path: Path) -> None:
     broker, secrets = tmp_path / "mosquitto", tmp_path / "secrets"
     first = provision.provision(broker, secrets, gateways=["gw-1", "gw-2"])
@@ -96,10 +100,11 @@ def test_provision_is_idempotent_and_rotates_only_on_request(tmp_path: Path) -> 
     (secrets / "gateways" / "gw-3.env").unlink()
     lost = provision.provision(broker, secrets)
     assert lost.unrecoverable == ["gw-3"] and "gw-3" in provision.parse_password_file(lost.password_file.read_text())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot rotate unknown accounts: nobody"):
         provision.provision(broker, secrets, rotate=["nobody"])
 
 
+@pytest.mark.unit
 def test_tls_files_chain_to_the_ca_and_are_kept(tmp_path: Path) -> None:
     files = provision.make_tls(tmp_path / "tls", ["broker.example.org", "127.0.0.1"])
     ca = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
@@ -114,6 +119,7 @@ def test_tls_files_chain_to_the_ca_and_are_kept(tmp_path: Path) -> None:
     assert (again.ca_cert.read_bytes(), again.server_cert.read_bytes()) == before
 
 
+@pytest.mark.unit
 def test_cli_provision(tmp_path: Path) -> None:
     ids = tmp_path / "ids.txt"
     ids.write_text("gw-2\n# a comment\n\ngw-3\n")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from test_app_support import app_client, bearer, cookie_login, world  # noqa: F401
 
 from alerts import engine as alerts_engine
 from mimamori.config import Settings
 from mimamori.outbox import LinkSealer
 from mimamori.signing import secret_key
+from support.web import app_client, bearer, cookie_login
 
 pytestmark = [pytest.mark.integration]
 
@@ -28,7 +28,7 @@ def _token(url: str) -> str:
     return url.rsplit("/safety/a/", 1)[1]
 
 
-def test_links_are_single_use_unforgeable_and_bound_to_household_and_check(world) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_links_are_single_use_unforgeable_and_bound_to_household_and_check(world) -> None:
     url, clock, _ = world
     with app_client(url, clock) as client:
         coord = bearer(client, "coord_a")
@@ -96,7 +96,7 @@ def test_links_are_single_use_unforgeable_and_bound_to_household_and_check(world
         assert audit[0] == "started" and "answered_safe" in audit and "answered_needs_help" in audit and audit[-1] == "closed"
 
 
-def test_scope_claim_on_behalf_close_and_csv(world) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_scope_claim_on_behalf_close_and_csv(world) -> None:
     url, clock, _ = world
     with app_client(url, clock) as client:
         coord, wa, wb, res = (bearer(client, p) for p in ("coord_a", "watcher_a", "watcher_b", "resident_2"))
@@ -132,7 +132,8 @@ def test_scope_claim_on_behalf_close_and_csv(world) -> None:  # noqa: F811 - a p
                            headers=wa).status_code == 404  # not on h2's team
 
         # the coordinator asks h2's team (none: the area's coordinators) to go and see a silent home
-        assert client.post(f"/api/safety/checks/{cid}/households/h2/escalate", headers=wa).status_code == 403
+        # not a household watcher_a may see: not found (mimamori.access)
+        assert client.post(f"/api/safety/checks/{cid}/households/h2/escalate", headers=wa).status_code == 404
         r = client.post(f"/api/safety/checks/{cid}/households/h2/escalate", headers=coord)
         assert r.status_code == 200, r.text
         with psycopg.connect(url) as conn:
@@ -149,7 +150,7 @@ def test_scope_claim_on_behalf_close_and_csv(world) -> None:  # noqa: F811 - a p
         assert any(line.startswith("h2,") and ",no_answer," in line for line in lines)
 
 
-def test_pages_board_and_resident_button(world) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_pages_board_and_resident_button(world) -> None:
     url, clock, _ = world
     with app_client(url, clock) as client:
         csrf = cookie_login(client, "coord_a")
@@ -176,7 +177,7 @@ def test_pages_board_and_resident_button(world) -> None:  # noqa: F811 - a pytes
                             (cid,)).fetchone() == ("safe", "app")
 
 
-def test_a_residents_link_page_speaks_their_language(world) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_a_residents_link_page_speaks_their_language(world) -> None:
     url, clock, _ = world
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE people SET locale = 'en' WHERE person_id = 'resident_1'")
@@ -193,3 +194,21 @@ def test_a_residents_link_page_speaks_their_language(world) -> None:  # noqa: F8
         assert "助けが必要" in client.get(f"/safety/a/{token}").text  # the page's own switch wins
         client.cookies.clear()
         assert "Thank you" in client.post(f"/safety/a/{token}", data={"answer": "safe"}).text
+
+
+def test_a_coordinator_on_a_team_in_another_area_does_not_manage_that_home(world) -> None:
+    """coord_b (south) on h1's team (north): sees and answers like a team member, but issuing answer links,
+    asking the team to go (escalate) and recording who lives alone are for h1's area coordinator."""
+    url, clock, _ = world
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO household_watchers (household_id, person_id, tier) VALUES ('h1', 'coord_b', 2)")
+    with app_client(url, clock) as client:
+        coord_a, coord_b = bearer(client, "coord_a"), bearer(client, "coord_b")
+        cid = _start(client, coord_a, area="north")["check_id"]
+        assert client.get(f"/api/safety/checks/{cid}/households/h1", headers=coord_b).status_code == 200  # on the team
+        for method, path, body in (("post", f"/api/safety/checks/{cid}/households/h1/link", None),
+                                   ("post", f"/api/safety/checks/{cid}/households/h1/escalate", None),
+                                   ("put", "/api/safety/households/h1/lives-alone", {"lives_alone": True})):
+            r = getattr(client, method)(path, json=body, headers=coord_b)
+            assert r.status_code == 403, (path, r.status_code, r.text)
+            assert getattr(client, method)(path, json=body, headers=coord_a).status_code in (200, 201, 204), path

@@ -26,8 +26,6 @@ from typing import ClassVar
 import psycopg
 import pytest
 import requests
-from test_app_browser import A11Y_JS
-from test_app_support import served
 
 from app.auth.service import hash_password
 from firmware_sim.fleet import fleet_manifest, register_manifest
@@ -41,8 +39,10 @@ from mimamori.outbox import LinkSealer
 from mimamori.signing import secret_key
 from safety.models import SafetySettings
 from safety.worker import run_safety_worker
+from support.web import served
+from test_app_browser import A11Y_JS
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+pytestmark = pytest.mark.e2e
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 PASSWORD = "correct horse 1"
 HOMES = 200

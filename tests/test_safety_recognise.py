@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +15,8 @@ from safety import recognise
 from safety.recognise import Ev
 from safety.recognise import recognise as judge
 from safety.throttle import Throttle
+
+pytestmark = pytest.mark.unit
 
 T0 = 1_767_225_600.0
 BULBS = {"bulb-1", "bulb-2"}

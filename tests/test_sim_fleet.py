@@ -23,6 +23,7 @@ SEED = 2  # three homes: two with bulbs only, one with sensors too
 H = 3600.0
 
 
+@pytest.mark.integration
 def test_manifest_registers_households_gateways_devices_idempotently(pg_url: str) -> None:
     manifest = fleet_manifest(5, SEED)
     assert [h["gateway_id"] for h in manifest["households"]] == [f"gw-000{k}" for k in range(1, 6)]
@@ -143,8 +144,9 @@ def test_fleet_hands_the_gateways_exactly_the_offline_stream(mqtt_url: MqttUrl, 
 
 
 @pytest.mark.integration
-def test_fleet_the_broker_gets_every_activity_event(mqtt_url: MqttUrl, subscriber: _Subscriber, tmp_path: Path,
-                                                    working_gateway: None) -> None:
+def test_fleet_the_broker_gets_every_activity_event(
+    mqtt_url: MqttUrl, subscriber: _Subscriber, tmp_path: Path, working_gateway: None,
+) -> None:
     snapshots: list[dict] = []
     report = run_fleet(mqtt_url, households=3, days=1, speed=None, seed=SEED, workdir=tmp_path / "fleet", progress=snapshots.append)
     assert report.flushed and report.rejected_local == 0
@@ -156,8 +158,9 @@ def test_fleet_the_broker_gets_every_activity_event(mqtt_url: MqttUrl, subscribe
 
 
 @pytest.mark.integration
-def test_fleet_survives_gateway_crash_and_power_loss(mqtt_url: MqttUrl, subscriber: _Subscriber, tmp_path: Path,
-                                                     working_gateway: None) -> None:
+def test_fleet_survives_gateway_crash_and_power_loss(
+    mqtt_url: MqttUrl, subscriber: _Subscriber, tmp_path: Path, working_gateway: None,
+) -> None:
     faults = [
         GatewayFault(0, DEFAULT_START + 18 * H, "power_loss", down_s=3 * H),  # the evening: lights switched
         GatewayFault(2, DEFAULT_START + 8 * H, "crash"),

@@ -12,6 +12,8 @@ from firmware_sim.devices import ACTIVITY_CODES, K_BOOT, K_HEARTBEAT, K_OFF, K_O
 from firmware_sim.incidents import IncidentPlan, IncidentSpec
 from firmware_sim.offline import HouseholdStream, simulate_offline
 
+pytestmark = pytest.mark.unit
+
 TZ = ZoneInfo("Asia/Tokyo")
 START = datetime(2026, 1, 5, tzinfo=TZ).timestamp()  # Monday 00:00 local
 DAY, H = 86400.0, 3600.0
@@ -144,7 +146,8 @@ def test_random_plan_is_deterministic_and_after_learning() -> None:
     assert len({i.kind for i in a.incidents}) >= 4
     for inc in a.incidents:
         assert inc.start >= a.start + 14 * DAY
-        assert inc.welfare == (inc.kind in ("collapse", "bathroom_collapse") or (inc.kind == "hospital_stay" and not inc.details["away_mode_set"]))
+        hospital_unannounced = inc.kind == "hospital_stay" and not inc.details["away_mode_set"]
+        assert inc.welfare == (inc.kind in ("collapse", "bathroom_collapse") or hospital_unannounced)
     per_home = {}
     for inc in a.incidents:
         if inc.kind in ("collapse", "bathroom_collapse", "hospital_stay"):
@@ -152,7 +155,8 @@ def test_random_plan_is_deterministic_and_after_learning() -> None:
     assert max(per_home.values()) == 1
     # Household k's incidents do not depend on the fleet size either.
     small = simulate_offline(3, 40, 2, incidents=plan)
-    assert [i.to_dict() for i in small.incidents if i.household_id == "hh-0002"] == [i.to_dict() for i in a.incidents if i.household_id == "hh-0002"]
+    assert [i.to_dict() for i in small.incidents if i.household_id == "hh-0002"] == [
+        i.to_dict() for i in a.incidents if i.household_id == "hh-0002"]
 
 
 def test_random_collapses_happen_at_home_while_awake() -> None:
@@ -166,8 +170,8 @@ def test_random_collapses_happen_at_home_while_awake() -> None:
 
 
 def test_unknown_kind_is_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown incident kind 'meteor'"):
         IncidentSpec("meteor", 0, START)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"unknown incident kinds \['meteor'\]"):
         IncidentPlan.random(rates={"meteor": 1.0})
     assert "heartbeat" in KIND_CODES

@@ -11,8 +11,10 @@ import pytest
 from firmware_sim.devices import ACTIVITY_CODES, K_HEARTBEAT, K_MOTION, K_ON, KIND_CODES, MOTION_HOLDOFF_S
 from firmware_sim.homes import HouseholdSeeds, household_seed, make_household
 from firmware_sim.offline import FleetStreams, bench_offline, simulate_offline
-from firmware_sim.resident import ASLEEP, BEDROOM, ENTER, ACTIVE, Draws, simulate_resident
+from firmware_sim.resident import ACTIVE, ASLEEP, BEDROOM, ENTER, Draws, simulate_resident
 from mimamori import protocol
+
+pytestmark = pytest.mark.unit
 
 TZ = ZoneInfo("Asia/Tokyo")
 WINTER = datetime(2026, 1, 5, tzinfo=TZ).timestamp()  # a Monday
@@ -25,7 +27,8 @@ def _local_hours(t: np.ndarray) -> np.ndarray:
 
 def _same(a: FleetStreams, b: FleetStreams, k: int) -> bool:
     x, y = a[k].events, b[k].events
-    return all(np.array_equal(getattr(x, f), getattr(y, f), equal_nan=(f == "value")) for f in ("time", "device", "kind", "value", "seq", "arrival"))
+    fields = ("time", "device", "kind", "value", "seq", "arrival")
+    return all(np.array_equal(getattr(x, f), getattr(y, f), equal_nan=(f == "value")) for f in fields)
 
 
 def test_same_seed_same_streams_other_seed_differs() -> None:
@@ -102,7 +105,7 @@ def test_bulbs_only_keeps_the_same_bulbs() -> None:
     full = simulate_offline(12, 1, seed=1)
     bulbs = simulate_offline(12, 1, seed=1, bulbs_only=True)
     assert any(hh.info.has_sensors for hh in full.households)
-    for a, b in zip(full.households, bulbs.households):
+    for a, b in zip(full.households, bulbs.households, strict=True):
         assert {d.kind for d in b.info.devices} == {"bulb"}
         assert [d for d in a.info.devices if d.kind == "bulb"] == list(b.info.devices)
 
@@ -167,7 +170,7 @@ def test_bench_offline_reports_figures() -> None:
 
 @pytest.mark.parametrize("bad", [(-1, 1.0), (1, 0.0)])
 def test_rejects_nonsense_sizes(bad: tuple[int, float]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="households must be >= 0 and days > 0"):
         simulate_offline(bad[0], bad[1], seed=1)
 
 
@@ -186,7 +189,8 @@ def test_life_includes_outings_naps_and_nights_away_and_quieter_sundays() -> Non
         day = ((t - WINTER) // 86400).astype(int)
         for d in set(day[(room == OUT) & (stay >= 3600)].tolist()):
             out_by_weekday[d % 7] += 1  # WINTER is a Monday
-        long_naps += int(np.sum((room == BEDROOM) & (level == ASLEEP) & (stay >= 1.5 * 3600) & (_local_hours(t) > 11) & (_local_hours(t) < 17)))
+        afternoon = (_local_hours(t) > 11) & (_local_hours(t) < 17)
+        long_naps += int(np.sum((room == BEDROOM) & (level == ASLEEP) & (stay >= 1.5 * 3600) & afternoon))
         nights_away += len(acts.nights_away)
     share = out_by_weekday / (homes * days / 7)
     assert 0.25 < share[:5].mean() < 0.8  # out for an hour or more (shopping, clinic, day care) on many days

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bench import realism
 from detector import model as m
+
+pytestmark = pytest.mark.unit
 
 H = 3600.0
 

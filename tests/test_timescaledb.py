@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -54,16 +54,20 @@ def _compress_older_than(conn: psycopg.Connection, age: timedelta) -> int:
 
 def _home(conn: psycopg.Connection, household: str, gateway: str, device: str) -> None:
     conn.execute("INSERT INTO households (household_id, display_name, area) VALUES (%s, 'x', 'area-01')", (household,))
-    conn.execute("INSERT INTO gateways (gateway_id, household_id, area, status) VALUES (%s, %s, 'area-01', 'online')", (gateway, household))
-    conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind) VALUES (%s, %s, %s, 'motion')", (device, gateway, household))
+    conn.execute("INSERT INTO gateways (gateway_id, household_id, area, status) VALUES (%s, %s, 'area-01', 'online')",
+                 (gateway, household))
+    conn.execute("INSERT INTO devices (device_id, gateway_id, household_id, kind) VALUES (%s, %s, %s, 'motion')",
+                 (device, gateway, household))
 
 
 def test_events_is_a_compressed_hypertable_with_retention_and_a_continuous_aggregate(ts_url: str) -> None:
     with psycopg.connect(ts_url) as conn:
-        assert conn.execute("SELECT compression_enabled FROM timescaledb_information.hypertables WHERE hypertable_name = 'events'").fetchone() == (True,)
+        assert conn.execute("SELECT compression_enabled FROM timescaledb_information.hypertables"
+                            " WHERE hypertable_name = 'events'").fetchone() == (True,)
         jobs = {r[0] for r in conn.execute("SELECT proc_name FROM timescaledb_information.jobs")}
         assert {"policy_compression", "policy_retention", "policy_refresh_continuous_aggregate"} <= jobs
-        assert conn.execute("SELECT materialized_only FROM timescaledb_information.continuous_aggregates WHERE view_name = 'activity_15m'").fetchone() == (False,)
+        assert conn.execute("SELECT materialized_only FROM timescaledb_information.continuous_aggregates"
+                            " WHERE view_name = 'activity_15m'").fetchone() == (False,)
 
 
 def test_a_gateway_back_after_8_days_delivers_into_compressed_chunks_exactly_once(ts_url: str) -> None:
@@ -120,7 +124,7 @@ def test_the_continuous_aggregate_answers_as_the_plain_view_does(ts_url: str) ->
                 times = np.sort(now - rng.uniform(0, 10 * DAY, 3000))
                 for seq, t in enumerate(times.tolist()):
                     kind = ["motion", "on", "off", "boot"][seq % 4]
-                    copy.write_row((datetime.fromtimestamp(t, timezone.utc), h, f"m-{h}", seq, kind))
+                    copy.write_row((datetime.fromtimestamp(t, UTC), h, f"m-{h}", seq, kind))
         expected = _plain_activity(conn)
         query = "SELECT household_id, bucket, events FROM activity_15m ORDER BY 1, 2"
         assert conn.execute(query).fetchall() == expected  # real time, nothing materialised yet
@@ -131,7 +135,7 @@ def test_the_continuous_aggregate_answers_as_the_plain_view_does(ts_url: str) ->
         # part): counted once the policy has run again.
         conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind) VALUES (now(), 'h1', 'm-h1', 99999, 'motion')")
         assert conn.execute(query).fetchall() == _plain_activity(conn)
-        late = datetime.fromtimestamp(now - 8 * DAY, timezone.utc)
+        late = datetime.fromtimestamp(now - 8 * DAY, UTC)
         conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind) VALUES (%s, 'h2', 'm-h2', 99998, 'motion')", (late,))
         _run_job(conn, "policy_refresh_continuous_aggregate")
         assert conn.execute(query).fetchall() == _plain_activity(conn)
@@ -142,13 +146,14 @@ def test_the_continuous_aggregate_answers_as_the_plain_view_does(ts_url: str) ->
 
 
 def test_retention_drops_old_chunks_and_keeps_recent_ones(ts_url: str) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with psycopg.connect(ts_url, autocommit=True) as conn:
         _home(conn, "h1", "gw-1", "m1")
         for seq, age in enumerate((500, 420, 399, 30, 1)):
             conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind) VALUES (%s, 'h1', 'm1', %s, 'motion')",
                          (now - timedelta(days=age), seq))
-        job = conn.execute("SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention' AND hypertable_name = 'events'").fetchone()[0]
+        job = conn.execute("SELECT job_id FROM timescaledb_information.jobs"
+                           " WHERE proc_name = 'policy_retention' AND hypertable_name = 'events'").fetchone()[0]
         conn.execute("CALL run_job(%s)", (job,))
         ages = sorted(round((now - t).total_seconds() / DAY) for (t,) in conn.execute("SELECT time FROM events"))
     assert ages == [1, 30, 399]
@@ -167,7 +172,7 @@ def test_the_detector_reads_its_history_over_compressed_chunks(ts_url: str) -> N
     with psycopg.connect(ts_url, autocommit=True) as conn:
         # The chunks are dated in the simulated past: compress all but the last few days of it.
         chunks = conn.execute("SELECT show_chunks('events', older_than => %s::timestamptz)",
-                              (datetime.fromtimestamp(end - 3 * DAY, timezone.utc),)).fetchall()
+                              (datetime.fromtimestamp(end - 3 * DAY, UTC),)).fetchall()
         assert len(chunks) >= 10
         for (chunk,) in chunks:
             conn.execute("SELECT compress_chunk(%s)", (chunk,))
@@ -185,9 +190,10 @@ _PG15 = Path("/usr/lib/postgresql/15/bin")
 
 
 @pytest.fixture
-def unpreloaded_server(pg_server) -> Iterator[str]:  # noqa: ANN001 (conftest's server)
+def unpreloaded_server(pg_server) -> Iterator[str]:
     """A throwaway PostgreSQL 15 cluster (the machine's binaries, which have TimescaleDB's files) whose
-    configuration does not preload it: the operator's mistake, reproduced."""
+    configuration does not preload it: the operator's mistake, reproduced.
+    """
     if not (_PG15 / "initdb").exists():
         pytest.skip("no PostgreSQL 15 binaries on this machine")
     with psycopg.connect(pg_server.admin_url) as conn:
@@ -204,7 +210,9 @@ def unpreloaded_server(pg_server) -> Iterator[str]:  # noqa: ANN001 (conftest's 
                         "-o", f"-p {port} -k {work} -c listen_addresses=''"], check=True, capture_output=True)
         yield f"postgresql://postgres@/postgres?host={work}&port={port}"
     finally:
-        subprocess.run([*as_user, str(_PG15 / "pg_ctl"), "-D", str(work / "data"), "-m", "immediate", "stop"], capture_output=True)
+        # check=False: the server may be down already
+        subprocess.run([*as_user, str(_PG15 / "pg_ctl"), "-D", str(work / "data"), "-m", "immediate", "stop"],
+                       capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
 
 

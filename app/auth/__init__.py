@@ -1,7 +1,3 @@
-"""Accounts and sessions. Other stages' routers (e.g. ``alerts.views``) depend on
-``current_person`` / ``CurrentPerson`` from here."""
-
-from app.auth.deps import CurrentPerson, OptionalPerson, current_person, optional_person
-from app.people import Person
-
-__all__ = ["CurrentPerson", "OptionalPerson", "Person", "current_person", "optional_person"]
+"""Accounts and sessions: ``deps`` (``current_person`` / ``CurrentPerson``, the signed-in person of a
+request), ``service``, ``views``, ``csrf``, ``proxy``.
+"""

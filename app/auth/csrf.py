@@ -22,7 +22,14 @@ from typing import NoReturn
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from app import metrics
-from app.errors import CsrfFailed
+from mimamori.errors import Forbidden
+
+
+class CsrfFailed(Forbidden):
+    """An unsafe request without a valid token of its session (``detail["reason"]`` says why)."""
+
+    code = "csrf_failed"
+
 
 PRE_SESSION_COOKIE = "mimamori_pre_session"
 PRE_SESSION_MAX_AGE = 2 * 3600

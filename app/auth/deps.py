@@ -1,20 +1,22 @@
 """``current_person``: the signed-in person of a request (cookie session, or a Bearer token for API
 clients). Unsafe methods with a cookie session must carry the session's CSRF token (header
-``X-CSRF-Token`` or form field ``csrf_token``; signed and session-bound, see app.auth.csrf)."""
+``X-CSRF-Token`` or form field ``csrf_token``; signed and session-bound, see app.auth.csrf).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import csrf, service
-from app.errors import NotAuthenticated
 from app.people import Person
+from mimamori.errors import NotAuthenticated
 
 SESSION_COOKIE = "mimamori_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_UNKNOWN = object()
 
 
 def _lookup(request: Request, token: str) -> Person | None:
@@ -32,8 +34,9 @@ def session_token(request: Request) -> tuple[str | None, bool]:
 
 
 async def optional_person(request: Request) -> Person | None:
-    if "person" in request.state._state:
-        return request.state.person
+    known: object = getattr(request.state, "person", _UNKNOWN)
+    if known is not _UNKNOWN:  # asked before in this request
+        return cast("Person | None", known)
     token, bearer = session_token(request)
     found = await run_in_threadpool(_lookup, request, token) if token else None
     request.state.person = found
@@ -49,7 +52,7 @@ async def optional_person(request: Request) -> Person | None:
             value = form.get("csrf_token")
             sent = value if isinstance(value, str) else None
         csrf.verify(serializer, csrf.SESSION, token, sent, max_age=int(service.SESSION_TTL.total_seconds()))
-    return request.state.person
+    return found
 
 
 async def current_person(person: Annotated[Person | None, Depends(optional_person)]) -> Person:

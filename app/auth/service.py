@@ -1,5 +1,6 @@
 """Accounts: argon2 password hashes, database sessions (CSRF tokens are derived: app.auth.csrf), invitation links,
-login rate limiting, and signing out everywhere. Plain functions, no HTTP."""
+login rate limiting, and signing out everywhere. Plain functions, no HTTP.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from app.errors import Conflict, Forbidden, Invalid, NotAuthenticated, NotFound, RateLimited
 from app.people import PERSON_COLUMNS, Person, person_from_row
-from app.scope import require_area, require_manage
+from mimamori.access import require_area, require_manage_household
 from mimamori.clock import Clock, as_datetime
+from mimamori.errors import Conflict, Forbidden, InvalidInput, NotAuthenticated, NotFound, RateLimited
 
 SESSION_TTL = timedelta(days=30)
 INVITATION_TTL = timedelta(days=14)
@@ -132,7 +133,7 @@ def logout_everywhere(conn: psycopg.Connection, person: Person) -> int:
 
 def set_locale(conn: psycopg.Connection, person: Person, locale: str) -> None:
     if locale not in ("ja", "en"):
-        raise Invalid("unknown language")
+        raise InvalidInput("unknown language")
     conn.execute("UPDATE people SET locale = %s WHERE person_id = %s", (locale, person.person_id))
 
 
@@ -147,13 +148,13 @@ def create_invitation(conn: psycopg.Connection, clock: Clock, actor: Person, *, 
         if not actor.is_operator:
             raise Forbidden("only an operator may invite coordinators")
         if role == "coordinator" and not area:
-            raise Invalid("a coordinator needs an area")
+            raise InvalidInput("a coordinator needs an area")
         household_id = None
     elif role in ("watcher", "resident"):
         if role == "resident" and not household_id:
-            raise Invalid("a resident invitation needs a household")
+            raise InvalidInput("a resident invitation needs a household")
         if household_id:
-            require_manage(conn, actor, household_id)
+            require_manage_household(conn, actor, household_id)
             area = None
         else:
             # Issue 17: a coordinator invites into their own area only (the check used to compare the
@@ -162,7 +163,7 @@ def create_invitation(conn: psycopg.Connection, clock: Clock, actor: Person, *, 
             if actor.role == "coordinator":
                 area = actor.area
     else:
-        raise Invalid("unknown role")
+        raise InvalidInput("unknown role")
     now = as_datetime(clock.now())
     token = secrets.token_urlsafe(24)
     expires = now + INVITATION_TTL
@@ -195,9 +196,10 @@ def accept_invitation(conn: psycopg.Connection, clock: Clock, token: str, *, log
                       locale: str = "ja", consent: bool = False, client: str = "unknown") -> Person:
     """Create the person and account an invitation describes; a resident records consent here.
     A name found taken counts as a failed sign-in of the invitation and the client: a few per
-    invitation, and the sign-in throttle's per-client budget, then ``RateLimited``."""
+    invitation, and the sign-in throttle's per-client budget, then ``RateLimited``.
+    """
     if len(password) < 8:
-        raise Invalid("password too short")
+        raise InvalidInput("password too short")
     now = as_datetime(clock.now())
     key = f"invitation:{_digest(token)[:24]}"
     by_invitation, by_client = conn.execute(
@@ -224,9 +226,9 @@ def _accept(conn: psycopg.Connection, now: datetime, clock: Clock, token: str, *
         ).fetchone()
         if row is None:
             raise NotFound("invitation not found, used or expired")
-        role, name, area, household_id, tier, relation, invited_by = row
+        role, name, area, household_id, tier, relation, _invited_by = row
         if role == "resident" and not consent:
-            raise Invalid("consent is needed to take part")
+            raise InvalidInput("consent is needed to take part")
         person_id = new_person_id()
         conn.execute(
             "INSERT INTO people (person_id, display_name, role, area, household_id, locale, created_at)"

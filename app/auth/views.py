@@ -5,19 +5,20 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.auth import csrf, service
-from app.auth.deps import SESSION_COOKIE, CurrentPerson, OptionalPerson, session_token
-from app.auth.proxy import client_address, is_https
-from app.auth.models import AcceptIn, InvitationIn, InvitationOut, LoginIn, PersonOut, SessionOut
-from app.db import ClockDep, Conn
 from app import metrics
-from app.errors import AppError, CsrfFailed, NotAuthenticated, RateLimited
+from app.auth import csrf, service
+from app.auth.csrf import CsrfFailed
+from app.auth.deps import SESSION_COOKIE, CurrentPerson, OptionalPerson, session_token
+from app.auth.models import AcceptIn, InvitationIn, InvitationOut, LoginIn, PersonOut, SessionOut
+from app.auth.proxy import client_address, is_https
+from app.db import ClockDep, Conn
 from app.i18n import LANG_COOKIE, LOCALES, request_locale, translate
 from app.templating import render
+from mimamori.errors import MimamoriError, NotAuthenticated, RateLimited
 
 api = APIRouter(prefix="/api", tags=["auth"])
 #: Login CSRF (there is no session yet): the sign-in and invitation forms carry a token signed with
@@ -60,7 +61,7 @@ def api_login(body: LoginIn, request: Request, response: Response, conn: Conn, c
 
 
 @api.post("/auth/logout", status_code=204, responses={401: {}, 403: {}})
-def api_logout(request: Request, person: CurrentPerson, conn: Conn) -> Response:
+def api_logout(request: Request, _person: CurrentPerson, conn: Conn) -> Response:
     token, _ = session_token(request)
     service.logout(conn, token or "")
     response = Response(status_code=204)
@@ -132,15 +133,17 @@ def _login_form(request: Request, status_code: int = 200, **ctx: object) -> Resp
 
 
 @pages.get("/login")
-def login_page(request: Request, person: OptionalPerson, next: str | None = None) -> Response:
+def login_page(request: Request, person: OptionalPerson,
+               next_path: Annotated[str | None, Query(alias="next")] = None) -> Response:
     if person is not None:
-        return RedirectResponse(_safe_next(next), status_code=303)
-    return _login_form(request, next=_safe_next(next))
+        return RedirectResponse(_safe_next(next_path), status_code=303)
+    return _login_form(request, next=_safe_next(next_path))
 
 
 @pages.post("/login")
 async def login_submit(request: Request, login: Annotated[str, Form(max_length=64)],
-                       password: Annotated[str, Form(max_length=256)], next: Annotated[str, Form()] = "/",
+                       password: Annotated[str, Form(max_length=256)],
+                       next_path: Annotated[str, Form(alias="next")] = "/",
                        csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
     app = request.app
     refused = _check_pre_session(request, csrf_token)
@@ -148,7 +151,7 @@ async def login_submit(request: Request, login: Annotated[str, Form(max_length=6
         # Refused before the password is even checked; the page offers a fresh form.
         metrics.LOGIN_FAILURES.labels("csrf").inc()
         return _login_form(request, status_code=403, error=_form_refused(request, refused), login=login,
-                           next=_safe_next(next))
+                           next=_safe_next(next_path))
 
     def attempt() -> tuple[str, str] | str:
         with app.state.pool.connection() as conn:
@@ -156,11 +159,11 @@ async def login_submit(request: Request, login: Annotated[str, Form(max_length=6
             try:
                 token, _p = service.login(conn, app.state.clock, login, password.replace("\x00", ""),
                                                  client=_client(request), user_agent=request.headers.get("user-agent"))
-                return token, _p.locale
             except RateLimited:
                 return "rate_limited"
             except NotAuthenticated:
                 return "wrong_login"
+            return token, _p.locale
 
     result = await run_in_threadpool(attempt)
     if isinstance(result, str):
@@ -168,8 +171,8 @@ async def login_submit(request: Request, login: Annotated[str, Form(max_length=6
         metrics.LOGIN_FAILURES.labels(result).inc()
         status = 429 if result == "rate_limited" else 401
         return _login_form(request, status_code=status, error=translate(locale, result), login=login,
-                           next=_safe_next(next))
-    response = RedirectResponse(_safe_next(next), status_code=303)
+                           next=_safe_next(next_path))
+    response = RedirectResponse(_safe_next(next_path), status_code=303)
     _set_session_cookie(request, response, result[0])
     response.delete_cookie(csrf.PRE_SESSION_COOKIE, path="/")
     response.set_cookie(LANG_COOKIE, result[1], max_age=365 * 86400, samesite="lax", path="/")
@@ -177,7 +180,7 @@ async def login_submit(request: Request, login: Annotated[str, Form(max_length=6
 
 
 @pages.post("/logout")
-def logout_submit(request: Request, person: CurrentPerson, conn: Conn) -> Response:
+def logout_submit(request: Request, _person: CurrentPerson, conn: Conn) -> Response:
     token, _ = session_token(request)
     service.logout(conn, token or "")
     response = RedirectResponse("/login", status_code=303)
@@ -230,7 +233,7 @@ def invite_submit(token: str, request: Request, conn: Conn, clock: ClockDep,
         person = service.accept_invitation(conn, clock, token, login_name=login, password=password.replace("\x00", ""),
                                            locale=locale if locale in LOCALES else "ja", consent=bool(consent),
                                            client=_client(request))
-    except AppError as exc:
+    except MimamoriError as exc:
         return _with_pre_session(request, "invite.html", status_code=exc.status_code, inv=inv, token=token,
                                  notice_version=service.NOTICE_VERSION,
                                  error=translate(request_locale(request), f"err_{exc.code}"))

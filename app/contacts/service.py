@@ -1,5 +1,6 @@
 """A person's channels as the contacts page shows them; the rules (who may see and change whose) are
-the alert engine's (``alerts.service``: the person themselves, their area's coordinator, an operator)."""
+the alert engine's (``alerts.service``: the person themselves, their area's coordinator, an operator).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +9,19 @@ from typing import Any
 
 import psycopg
 
+from alerts import flows as alert_flows
 from alerts import service as alerts_service
 from alerts.channels import AlertSettings, AppriseSender, WebPushSender, channel_kind_name
-from alerts import flows as alert_flows
-from app.errors import Invalid, NotFound
 from app.i18n import MESSAGES
-from app.incidents.service import alerts_errors
 from app.people import Person
 from mimamori.clock import Clock
+from mimamori.errors import InvalidInput, NotFound
 
 
 def _shown(channel: dict[str, Any]) -> dict[str, Any]:
     """What the page shows of a channel: an address in full; of the others only their kind (an Apprise
-    URL may hold a token, a push subscription means nothing to a person)."""
+    URL may hold a token, a push subscription means nothing to a person).
+    """
     kind = channel["kind"]
     key = f"channel_{channel_kind_name(kind, channel['target'])}"
     return {"channel_id": channel["channel_id"], "kind": kind, "label_key": key if key in MESSAGES else "channel_other",
@@ -29,8 +30,7 @@ def _shown(channel: dict[str, Any]) -> dict[str, Any]:
 
 def contacts(conn: psycopg.Connection, person: Person, person_id: str) -> dict[str, Any]:
     """Whose page this is and their active channels. ``NotFound`` unless ``person`` may manage them."""
-    with alerts_errors():
-        channels = alerts_service.list_channels(conn, person, person_id)
+    channels = alerts_service.list_channels(conn, person, person_id)
     row = conn.execute("SELECT display_name, role FROM people WHERE person_id = %s", (person_id,)).fetchone()
     if row is None:
         raise NotFound("person not found")
@@ -44,17 +44,15 @@ def contacts(conn: psycopg.Connection, person: Person, person_id: str) -> dict[s
 
 
 def add_email(conn: psycopg.Connection, clock: Clock, person: Person, person_id: str, address: str) -> int:
-    with alerts_errors():
-        return alerts_service.add_channel(conn, person, person_id, "email", address, label="email", clock=clock)
+    return alerts_service.add_channel(conn, person, person_id, "email", address, label="email", clock=clock)
 
 
 def set_quiet_hours(conn: psycopg.Connection, clock: Clock, person: Person, person_id: str, start: time | None,
                     end: time | None) -> None:
     """Hours in which notices that are not urgent wait (welfare alerts never do); both None: none."""
     if (start is None) != (end is None) or (start is not None and start == end):
-        raise Invalid("give a start and a different end, or clear both")
-    with alerts_errors():
-        alerts_service.set_quiet_hours(conn, person, person_id, start, end, clock=clock)
+        raise InvalidInput("give a start and a different end, or clear both")
+    alerts_service.set_quiet_hours(conn, person, person_id, start, end, clock=clock)
 
 
 def send_test(conn: psycopg.Connection, clock: Clock, person: Person, person_id: str, channel_id: int,
@@ -62,11 +60,9 @@ def send_test(conn: psycopg.Connection, clock: Clock, person: Person, person_id:
     """Send a test message on one of the person's channels now: (arrived at the server, why not)."""
     cfg = AlertSettings()
     senders = alert_flows.Senders(AppriseSender(), WebPushSender(None, cfg.vapid_subject), smtp_url=cfg.smtp_url or None)
-    with alerts_errors():
-        result = alert_flows.send_test(conn, person, person_id, channel_id, senders, clock=clock, locale=locale)
+    result = alert_flows.send_test(conn, person, person_id, channel_id, senders, clock=clock, locale=locale)
     return result.ok, result.error
 
 
 def remove(conn: psycopg.Connection, clock: Clock, person: Person, person_id: str, channel_id: int) -> None:
-    with alerts_errors():
-        alerts_service.remove_channel(conn, person, person_id, channel_id, clock=clock)
+    alerts_service.remove_channel(conn, person, person_id, channel_id, clock=clock)

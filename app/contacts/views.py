@@ -1,5 +1,6 @@
 """The contacts page (連絡先): where a person's alerts go. Their own (``/contacts``), or, for their
-area's coordinator, a resident's or watcher's (``/contacts/{person_id}``)."""
+area's coordinator, a resident's or watcher's (``/contacts/{person_id}``).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from fastapi.responses import RedirectResponse
 from app.auth.deps import CurrentPerson
 from app.contacts import service
 from app.db import ClockDep, Conn
-from app.errors import Conflict, Invalid
 from app.i18n import request_locale
 from app.models import ID_PATTERN
 from app.templating import render
+from mimamori.errors import Conflict, InvalidInput
 
 pages = APIRouter(include_in_schema=False)
 PersonId = Annotated[str, Path(pattern=ID_PATTERN)]
@@ -42,7 +43,7 @@ def add_email(person_id: PersonId, request: Request, person: CurrentPerson, conn
               address: Annotated[str, Form(max_length=254)]) -> Response:
     try:
         service.add_email(conn, clock, person, person_id, address)
-    except Invalid as exc:  # the form again, with what was typed and why it is not an address
+    except InvalidInput as exc:  # the form again, with what was typed and why it is not an address
         return _page(request, person, conn, person_id, error=str(exc), typed=address, status_code=422)
     return RedirectResponse(f"/contacts/{person_id}?msg=saved", status_code=303)
 
@@ -51,7 +52,7 @@ def _time(text: str) -> time | None:
     try:
         return time.fromisoformat(text) if text else None
     except ValueError:
-        raise Invalid("a time is HH:MM") from None
+        raise InvalidInput("a time is HH:MM") from None
 
 
 @pages.post("/contacts/{person_id}/quiet")

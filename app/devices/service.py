@@ -1,5 +1,6 @@
 """Devices: unpaired devices that have sent events, pairing a device to a household (its past
-events follow it), device problems and area outages for coordinators."""
+events follow it), device problems and area outages for coordinators.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +8,18 @@ from typing import Any
 
 import psycopg
 
-from app.errors import Conflict, Invalid, NotFound
 from app.households.service import DEVICE_SILENT_AFTER
 from app.people import Person
-from app.scope import household_scope_sql, require_manage, require_manager
+from mimamori.access import area_notice_sql, managed_household_sql, require_manage_household, require_manager, unpaired_device_sql
 from mimamori.clock import Clock, as_datetime
+from mimamori.errors import Conflict, InvalidInput, NotFound
 
 DEVICE_KINDS = ("bulb", "motion", "door", "plug")
 
 
-#: A gateway's area: its own, or its household's (a home gateway has no area of its own).
-_GATEWAY_AREA = "COALESCE(g.area, (SELECT gh.area FROM households gh WHERE gh.household_id = g.household_id))"
-
-
-def _unpaired_scope(person: Person) -> tuple[str, dict[str, Any]]:
-    # A coordinator sees devices reaching the service through a gateway of their area, or through a
-    # gateway not yet placed anywhere (a new home gateway). Issue 17: a home gateway of another area's
-    # household is that area's (its area column is NULL, which used to count as "not placed").
-    if person.is_operator:
-        return "TRUE", {}
-    return f"({_GATEWAY_AREA} IS NULL OR {_GATEWAY_AREA} = %(area)s)", {"area": person.area}
-
-
 def list_unpaired(conn: psycopg.Connection, person: Person) -> list[dict[str, Any]]:
     require_manager(person)
-    where, params = _unpaired_scope(person)
+    where, params = unpaired_device_sql(person)
     rows = conn.execute(
         "SELECT d.device_id, d.gateway_id, d.first_seen_at, ds.last_seen_at,"
         " (SELECT count(*) FROM events e WHERE e.device_id = d.device_id) AS events"
@@ -39,22 +27,19 @@ def list_unpaired(conn: psycopg.Connection, person: Person) -> list[dict[str, An
         f" WHERE d.household_id IS NULL AND {where} ORDER BY d.first_seen_at DESC NULLS LAST, d.device_id LIMIT 200",
         params,
     ).fetchall()
-    return [dict(zip(("device_id", "gateway_id", "first_seen_at", "last_seen_at", "events"), r)) for r in rows]
+    return [dict(zip(("device_id", "gateway_id", "first_seen_at", "last_seen_at", "events"), r, strict=True)) for r in rows]
 
 
 def _check_gateway(conn: psycopg.Connection, person: Person, gateway_id: str, household_id: str) -> None:
     """A gateway a device of ``household_id`` may be bound to, by ``person``: of the same household,
-    or of no household and of the person's area (or none yet). Another area's: not found."""
-    gw = conn.execute(
-        "SELECT g.household_id, g.area, h.area FROM gateways g LEFT JOIN households h ON h.household_id = g.household_id"
-        " WHERE g.gateway_id = %s", (gateway_id,)).fetchone()
+    or of no household and of the person's area (or none yet). Another area's: not found.
+    """
+    where, params = unpaired_device_sql(person)
+    gw = conn.execute(f"SELECT g.household_id FROM gateways g WHERE g.gateway_id = %(gw)s AND {where}",
+                      {**params, "gw": gateway_id}).fetchone()
     if gw is None:
-        raise NotFound("gateway not found")
-    gw_household, gw_area, gw_household_area = gw
-    area = gw_household_area if gw_household is not None else gw_area
-    if not person.is_operator and area is not None and area != person.area:
         raise NotFound("gateway not found")  # another area's gateway: its existence does not leak
-    if gw_household is not None and gw_household != household_id:
+    if gw[0] is not None and gw[0] != household_id:
         raise Conflict("gateway belongs to another household")
 
 
@@ -63,10 +48,11 @@ def pair_device(conn: psycopg.Connection, clock: Clock, person: Person, *, devic
     """Attach a device to a household; its events stored while unpaired now count for the household.
 
     ``gateway_id`` binds a device entered before it ever reported to the gateway it will report
-    through (issue 17: otherwise the first gateway that reports its id is taken)."""
-    require_manage(conn, person, household_id)
+    through (issue 17: otherwise the first gateway that reports its id is taken).
+    """
+    require_manage_household(conn, person, household_id)
     if kind is not None and kind not in DEVICE_KINDS:
-        raise Invalid("unknown device kind")
+        raise InvalidInput("unknown device kind")
     device_id = device_id.strip()
     now = as_datetime(clock.now())
     if gateway_id is not None:
@@ -78,7 +64,7 @@ def pair_device(conn: psycopg.Connection, clock: Clock, person: Person, *, devic
             raise Conflict("the device reports through another gateway: move it instead")
         if row is not None and row[0] is None and not person.is_operator:
             # Issue 17: only a device reaching the service through a gateway of one's area (or not placed yet).
-            where, params = _unpaired_scope(person)
+            where, params = unpaired_device_sql(person)
             seen = conn.execute(f"SELECT 1 FROM devices d LEFT JOIN gateways g USING (gateway_id)"
                                 f" WHERE d.device_id = %(d)s AND {where}", {**params, "d": device_id}).fetchone()
             if seen is None:
@@ -117,13 +103,14 @@ def move_device(conn: psycopg.Connection, clock: Clock, person: Person, *, devic
 
     Issue 17: ingest never moves a paired device (another gateway's events for it are dead letters),
     so this is the only way, and it is audited in ``device_moves``. The household's manager only, and
-    only to a gateway of the same household, of their area, or not yet placed (a new home gateway)."""
+    only to a gateway of the same household, of their area, or not yet placed (a new home gateway).
+    """
     device_id = device_id.strip()
     row = conn.execute("SELECT household_id, gateway_id FROM devices WHERE device_id = %s", (device_id,)).fetchone()
     if row is None or row[0] is None:
         raise NotFound("device not found")
     household_id, from_gateway = row
-    require_manage(conn, person, household_id)
+    require_manage_household(conn, person, household_id)
     _check_gateway(conn, person, gateway_id, household_id)
     now = as_datetime(clock.now())
     with conn.transaction():
@@ -139,21 +126,22 @@ def move_device(conn: psycopg.Connection, clock: Clock, person: Person, *, devic
 
 def device_moves(conn: psycopg.Connection, person: Person, household_id: str) -> list[dict[str, Any]]:
     """The audit of a household's device moves (for whoever manages it)."""
-    require_manage(conn, person, household_id)
+    require_manage_household(conn, person, household_id)
     rows = conn.execute(
         "SELECT at, actor, device_id, from_gateway, to_gateway, reason FROM device_moves WHERE household_id = %s"
         " ORDER BY move_id", (household_id,)).fetchall()
-    return [dict(zip(("at", "actor", "device_id", "from_gateway", "to_gateway", "reason"), r)) for r in rows]
+    return [dict(zip(("at", "actor", "device_id", "from_gateway", "to_gateway", "reason"), r, strict=True)) for r in rows]
 
 
 def set_blink_allowed(conn: psycopg.Connection, person: Person, device_id: str, allowed: bool | None) -> dict[str, Any]:
     """May the service switch this device (blink it for a resident or safety check)? ``None``: by its
     kind (bulbs yes, plugs no: a plug may power a heater or a fridge). The household's manager only
-    (issue 13: off for plugs unless a coordinator turns it on)."""
+    (issue 13: off for plugs unless a coordinator turns it on).
+    """
     row = conn.execute("SELECT household_id, kind FROM devices WHERE device_id = %s", (device_id,)).fetchone()
     if row is None or row[0] is None:
         raise NotFound("device not found")
-    require_manage(conn, person, row[0])
+    require_manage_household(conn, person, row[0])
     conn.execute("UPDATE devices SET blink_allowed = %s WHERE device_id = %s", (allowed, device_id))
     return {"device_id": device_id, "household_id": row[0], "kind": row[1], "blink_allowed": allowed,
             "blinks": allowed if allowed is not None else row[1] == "bulb"}
@@ -163,14 +151,14 @@ def unpair_device(conn: psycopg.Connection, person: Person, device_id: str) -> N
     row = conn.execute("SELECT household_id FROM devices WHERE device_id = %s", (device_id,)).fetchone()
     if row is None or row[0] is None:
         raise NotFound("device not found")
-    require_manage(conn, person, row[0])
+    require_manage_household(conn, person, row[0])
     conn.execute("UPDATE devices SET household_id = NULL, paired_at = NULL WHERE device_id = %s", (device_id,))
 
 
 def device_problems(conn: psycopg.Connection, clock: Clock, person: Person) -> list[dict[str, Any]]:
     """Paired devices in the person's scope that are silent or behind an offline gateway."""
     require_manager(person)
-    where, params = household_scope_sql(person)
+    where, params = managed_household_sql(person)
     now = as_datetime(clock.now())
     rows = conn.execute(
         "SELECT d.device_id, d.kind, d.room, h.household_id, h.display_name, g.gateway_id, g.status,"
@@ -189,13 +177,7 @@ def device_problems(conn: psycopg.Connection, clock: Clock, person: Person) -> l
 
 def area_outages(conn: psycopg.Connection, person: Person) -> list[dict[str, Any]]:
     """Open area outages the person should see as a banner (their area, or all for operators)."""
-    if person.is_operator:
-        cond, params = "TRUE", {}
-    elif person.role == "coordinator":
-        cond, params = "i.area = %(area)s", {"area": person.area}
-    else:
-        where, params = household_scope_sql(person)
-        cond = f"i.area IN (SELECT h.area FROM households h WHERE {where})"
+    cond, params = area_notice_sql(person)
     rows = conn.execute(
         f"SELECT i.incident_id, i.area, i.opened_at, i.evidence FROM incidents i WHERE i.kind = 'area_outage'"
         f" AND i.status IN ('open', 'claimed') AND {cond} ORDER BY i.opened_at",

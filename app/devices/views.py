@@ -11,12 +11,12 @@ from pydantic import BaseModel, Field
 from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
 from app.devices import service
-from app.errors import AppError
 from app.households import service as households
 from app.i18n import request_locale, translate
 from app.models import ID_PATTERN, Id, Name
-from app.scope import require_manager
 from app.templating import render
+from mimamori.access import require_manager
+from mimamori.errors import MimamoriError
 
 api = APIRouter(prefix="/api/devices", tags=["devices"])
 pages = APIRouter(include_in_schema=False)
@@ -51,7 +51,8 @@ class MoveIn(BaseModel):
 def api_move(device_id: Annotated[str, Path(pattern=ID_PATTERN)], body: MoveIn, person: CurrentPerson, conn: Conn,
              clock: ClockDep) -> dict[str, Any]:
     """Bind a paired device to another gateway: a coordinator's audited act (ingest never moves a
-    paired device; issue 17)."""
+    paired device; issue 17).
+    """
     return service.move_device(conn, clock, person, device_id=device_id, gateway_id=body.gateway_id, reason=body.reason)
 
 
@@ -89,7 +90,8 @@ def devices_page(request: Request, person: CurrentPerson, conn: Conn, clock: Clo
                  device_id: str | None = None, error: str | None = None) -> Response:
     require_manager(person)
     return render(request, "devices.html", unpaired=service.list_unpaired(conn, person),
-                  households=households.list_households(conn, clock, person, what="page /coord/devices (list)"), device_id=device_id, error=error)
+                  households=households.list_households(conn, clock, person, what="page /coord/devices (list)"),
+                  device_id=device_id, error=error)
 
 
 @pages.post("/coord/devices/pair")
@@ -99,7 +101,7 @@ def pair_submit(request: Request, person: CurrentPerson, conn: Conn, clock: Cloc
     try:
         result = service.pair_device(conn, clock, person, device_id=device_id, household_id=household_id,
                                      kind=kind or None, room=room or None)
-    except AppError as exc:
+    except MimamoriError as exc:
         locale = request_locale(request)
         return render(request, "devices.html", status_code=exc.status_code, unpaired=service.list_unpaired(conn, person),
                       households=households.list_households(conn, clock, person, what="page /coord/devices (list)"), device_id=device_id,

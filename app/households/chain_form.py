@@ -21,7 +21,8 @@ from alerts import policy
 
 #: The engine's step kinds, in the order the form offers them.
 STEP_KINDS: tuple[str, ...] = ("notify", "wait", "notify_next", "resident_check", "repeat", "claim_timeout")
-assert set(STEP_KINDS) == set(policy.STEP_FUNCTIONS), "a new step kind needs a place in the chain editor"
+if set(STEP_KINDS) != set(policy.STEP_FUNCTIONS):  # checked at import: the editor must offer every kind the engine runs
+    raise ImportError("a new step kind needs a place in the chain editor (app/households/chain_form.py)")
 
 #: (min, max, step) of each number field, per kind: the engine's bounds (alerts.policy.validate_chain).
 NUMBER_FIELDS: dict[str, dict[str, tuple[float, float, float]]] = {
@@ -94,7 +95,7 @@ def _get(fields: Mapping[str, Any], key: str) -> list[str]:
 
 def rows_from_form(fields: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The posted form as rows, in their order on the page; nothing is checked here."""
-    indexes = sorted({int(m.group(1)) for key in fields.keys() if (m := _STEP_FIELD.match(key))})
+    indexes = sorted({int(m.group(1)) for key in fields if (m := _STEP_FIELD.match(key))})
     rows = []
     for i in indexes:
         kind = (_get(fields, f"step-{i}-type") or [""])[0].strip()

@@ -49,6 +49,3 @@ class HouseholdDetail(HouseholdSummary):
     incidents: list[dict[str, Any]]
     consent: dict[str, Any] | None
 
-
-class ChainIn(BaseModel):
-    steps: list[dict[str, Any]] = Field(max_length=50)

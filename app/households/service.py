@@ -1,6 +1,7 @@
 """Households: the list a person may see with a status at a glance, one household's picture
 (14-day heatmap, today's timeline, device health), teams, away periods. Every function takes the
-acting person and checks scope; every read of a household's data is logged for its resident."""
+acting person and checks scope; every read of a household's data is logged for its resident.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from app.errors import Conflict, Forbidden, Invalid, NotFound
+from app.formatting import zone
 from app.people import Person
-from app.scope import household_scope_sql, require_area, require_manage, require_view
+from mimamori.access import household_sql, may_see_contact, require_area, require_household, require_manage_household, require_manager
 from mimamori.clock import Clock, as_datetime
+from mimamori.errors import Conflict, InvalidInput, NotFound
 
 ACTIVITY_KINDS = ("on", "off", "motion", "open", "close")
 WELFARE_KINDS = ("inactivity", "long_on")
@@ -34,7 +36,8 @@ def log_view(conn: psycopg.Connection, clock: Clock, person: Person, household_i
     """Record who looked at a household's data, and why when known (its residents looking at their
     own are not "viewers"). Issue 17: the app's middleware (``app.main``) calls this for every
     successful read of a route naming a household or an incident, unless the service logged it first
-    (with a better ``what`` or a purpose)."""
+    (with a better ``what`` or a purpose).
+    """
     logged = LOGGED_VIEWS.get()
     if logged is not None:
         logged.add(household_id)
@@ -80,7 +83,8 @@ def status_of(away: bool, welfare_incident: int | None, device_problem: bool) ->
 
 def log_list_view(conn: psycopg.Connection, clock: Clock, person: Person, household_ids: list[str], what: str) -> None:
     """A list shows every household on it: each is in its view log (migration 0049's function, which
-    writes a (viewer, what) once in ten minutes)."""
+    writes a (viewer, what) once in ten minutes).
+    """
     if household_ids:
         conn.execute("SELECT log_household_views(%s, %s, %s, %s)",
                      (person.person_id, household_ids, what, as_datetime(clock.now())))
@@ -88,7 +92,7 @@ def log_list_view(conn: psycopg.Connection, clock: Clock, person: Person, househ
 
 def list_households(conn: psycopg.Connection, clock: Clock, person: Person, *, what: str = "list") -> list[dict[str, Any]]:
     """The households in the person's scope with their state; each shown is logged as viewed."""
-    where, params = household_scope_sql(person)
+    where, params = household_sql(person)
     rows = conn.execute(_STATUS_SQL.format(where=where), {**params, "now": as_datetime(clock.now())}).fetchall()
     log_list_view(conn, clock, person, [r[0] for r in rows], what)
     out = []
@@ -102,7 +106,7 @@ def list_households(conn: psycopg.Connection, clock: Clock, person: Person, *, w
 
 
 def _one(conn: psycopg.Connection, clock: Clock, person: Person, household_id: str) -> dict[str, Any]:
-    where, params = household_scope_sql(person)
+    where, params = household_sql(person)
     rows = conn.execute(
         _STATUS_SQL.format(where=f"h.household_id = %(hid)s AND {where}"),
         {**params, "hid": household_id, "now": as_datetime(clock.now())},
@@ -119,44 +123,28 @@ def get_household(conn: psycopg.Connection, clock: Clock, person: Person, househ
                   what: str = "page") -> dict[str, Any]:
     """Everything about one household the person may see; logs the view."""
     info = _one(conn, clock, person, household_id)
-    tz = _zone(info["timezone"])
+    tz = zone(info["timezone"])
     info["contact"] = contact(conn, person, household_id)
     info["team"] = team(conn, person, household_id)
     info["devices"] = device_health(conn, clock, household_id)
     info["heatmap"] = activity_heatmap(conn, clock, household_id, tz)
     info["today"] = today_timeline(conn, clock, household_id, tz)
-    info["incidents"] = [dict(zip(("incident_id", "kind", "status", "opened_at", "outcome"), r)) for r in conn.execute(
+    info["incidents"] = [dict(zip(("incident_id", "kind", "status", "opened_at", "outcome"), r, strict=True)) for r in conn.execute(
         "SELECT incident_id, kind, status, opened_at, outcome FROM incidents WHERE household_id = %s"
         " ORDER BY opened_at DESC LIMIT 20", (household_id,)).fetchall()]
     consent = conn.execute(
         "SELECT notice_version, given_at, given_by, withdrawn_at FROM consents WHERE household_id = %s"
         " ORDER BY given_at DESC LIMIT 1", (household_id,)).fetchone()
-    info["consent"] = dict(zip(("notice_version", "given_at", "given_by", "withdrawn_at"), consent)) if consent else None
+    info["consent"] = dict(zip(("notice_version", "given_at", "given_by", "withdrawn_at"), consent, strict=True)) if consent else None
     log_view(conn, clock, person, household_id, what)
     return info
 
 
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except Exception:  # unknown zone names fall back to Japan's
-        return ZoneInfo("Asia/Tokyo")
-
-
-def may_see_contact(conn: psycopg.Connection, person: Person, household_id: str) -> bool:
-    """Address and phone numbers are for the household's team and its own resident only; the area
-    coordinator and operators (unless they are on the team) learn only that they are registered."""
-    if person.role == "resident":
-        return person.household_id == household_id
-    return conn.execute(
-        "SELECT 1 FROM household_watchers WHERE household_id = %s AND person_id = %s", (household_id, person.person_id)
-    ).fetchone() is not None
-
-
 def contact(conn: psycopg.Connection, person: Person, household_id: str) -> dict[str, Any] | None:
     """The household's contact details as ``person`` may see them, or None when none are registered.
-    Hidden values come back as None with ``visible`` False; ``has_address``/``has_phone`` say they exist."""
-    require_view(conn, person, household_id)
+    Hidden values come back as None with ``visible`` False; ``has_address``/``has_phone`` say they exist.
+    """
+    require_household(conn, person, household_id)
     row = conn.execute("SELECT address, phone FROM household_contacts WHERE household_id = %s", (household_id,)).fetchone()
     if row is None or (not row[0] and not row[1]):
         return None
@@ -167,7 +155,7 @@ def contact(conn: psycopg.Connection, person: Person, household_id: str) -> dict
 
 def team(conn: psycopg.Connection, person: Person, household_id: str) -> list[dict[str, Any]]:
     """The team; members' phone numbers only for the team itself and the resident (else ``phone_registered``)."""
-    require_view(conn, person, household_id)
+    require_household(conn, person, household_id)
     visible = may_see_contact(conn, person, household_id)
     rows = conn.execute(
         "SELECT p.person_id, p.display_name, w.tier, w.relation, p.phone FROM household_watchers w"
@@ -272,7 +260,7 @@ def create_household(conn: psycopg.Connection, clock: Clock, actor: Person, *, d
 
 def add_to_team(conn: psycopg.Connection, clock: Clock, actor: Person, household_id: str, person_id: str, *,
                 tier: int = 1, relation: str | None = None) -> None:
-    require_manage(conn, actor, household_id)
+    require_manage_household(conn, actor, household_id)
     # The one rule of who manages whom (alerts.service.managed_people_sql): a coordinator puts only
     # their own area's people on a team, never another area's watcher (issue 17).
     from alerts.service import may_manage_person
@@ -281,7 +269,7 @@ def add_to_team(conn: psycopg.Connection, clock: Clock, actor: Person, household
     if row is None or not may_manage_person(conn, actor, person_id):
         raise NotFound("person not found")
     if row[0] not in ("watcher", "coordinator"):
-        raise Invalid("only watchers and coordinators join a team")
+        raise InvalidInput("only watchers and coordinators join a team")
     conn.execute(
         "INSERT INTO household_watchers (household_id, person_id, tier, relation, added_at) VALUES (%s, %s, %s, %s, %s)"
         " ON CONFLICT (household_id, person_id) DO UPDATE SET tier = EXCLUDED.tier, relation = EXCLUDED.relation",
@@ -290,15 +278,15 @@ def add_to_team(conn: psycopg.Connection, clock: Clock, actor: Person, household
 
 
 def remove_from_team(conn: psycopg.Connection, actor: Person, household_id: str, person_id: str) -> None:
-    require_manage(conn, actor, household_id)
+    require_manage_household(conn, actor, household_id)
     conn.execute("DELETE FROM household_watchers WHERE household_id = %s AND person_id = %s", (household_id, person_id))
 
 
 def residents(conn: psycopg.Connection, actor: Person, household_id: str) -> list[dict[str, Any]]:
     """The household's residents and how many channels of their own they have (the default chain asks
-    a resident with one before the team), for the coordinator's household page."""
-    if not actor.manages:
-        raise Forbidden("only a coordinator or operator may do this")
+    a resident with one before the team), for the coordinator's household page.
+    """
+    require_manage_household(conn, actor, household_id)
     rows = conn.execute(
         """SELECT p.person_id, p.display_name, count(c.channel_id) FILTER (WHERE c.enabled)
            FROM people p LEFT JOIN person_channels c ON c.person_id = p.person_id
@@ -309,8 +297,7 @@ def residents(conn: psycopg.Connection, actor: Person, household_id: str) -> lis
 
 def area_watchers(conn: psycopg.Connection, actor: Person) -> list[dict[str, Any]]:
     """Watchers a coordinator can put on teams: those on a team in the area, or invited by them."""
-    if not actor.manages:
-        raise Forbidden("only a coordinator or operator may do this")
+    require_manager(actor)
     from alerts.service import managed_people_sql  # the same rule add_to_team applies
 
     where, params = managed_people_sql(actor)
@@ -324,20 +311,20 @@ def area_watchers(conn: psycopg.Connection, actor: Person) -> list[dict[str, Any
 def set_away(conn: psycopg.Connection, clock: Clock, actor: Person, household_id: str, until: date | datetime,
              note: str | None = None) -> int:
     """Pause watching until a date (end of that local day). Resident (own), team watchers, coordinators."""
-    require_view(conn, actor, household_id)
+    require_household(conn, actor, household_id)
     source = {"resident": "resident", "watcher": "watcher"}.get(actor.role, "coordinator")
     tzname = conn.execute("SELECT timezone FROM households WHERE household_id = %s", (household_id,)).fetchone()[0]
     now = as_datetime(clock.now())
     if isinstance(until, datetime):
-        until_at = until if until.tzinfo else until.replace(tzinfo=_zone(tzname))
+        until_at = until if until.tzinfo else until.replace(tzinfo=zone(tzname))
     elif until >= date.max - timedelta(days=1):  # 9999-12-31 + 1 day overflowed (a 500; issue 17)
-        raise Invalid("at most a year ahead")
+        raise InvalidInput("at most a year ahead")
     else:
-        until_at = datetime.combine(until + timedelta(days=1), time(0), _zone(tzname))
+        until_at = datetime.combine(until + timedelta(days=1), time(0), zone(tzname))
     if until_at <= now:
-        raise Invalid("the date must be in the future")
+        raise InvalidInput("the date must be in the future")
     if until_at - now > timedelta(days=366):
-        raise Invalid("at most a year ahead")
+        raise InvalidInput("at most a year ahead")
     return conn.execute(
         "INSERT INTO away_periods (household_id, starts_at, until, source, set_by, note, created_at)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
@@ -346,7 +333,7 @@ def set_away(conn: psycopg.Connection, clock: Clock, actor: Person, household_id
 
 
 def end_away(conn: psycopg.Connection, clock: Clock, actor: Person, household_id: str) -> None:
-    require_view(conn, actor, household_id)
+    require_household(conn, actor, household_id)
     now = as_datetime(clock.now())
     conn.execute(
         "UPDATE away_periods SET until = GREATEST(starts_at + interval '1 second', %s)"

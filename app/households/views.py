@@ -13,15 +13,15 @@ from starlette.datastructures import FormData
 from app.auth import service as auth_service
 from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
-from app.errors import Invalid
 from app.households import chain_form, service
 from app.households.heatmap import heatmap_svg
-from app.households.models import AwayIn, ChainIn, HouseholdDetail, HouseholdIn, HouseholdSummary, TeamMemberIn
+from app.households.models import AwayIn, HouseholdDetail, HouseholdIn, HouseholdSummary, TeamMemberIn
 from app.i18n import request_locale, translate
 from app.incidents import service as incidents
 from app.models import ID_PATTERN
-from app.scope import require_manager
 from app.templating import render
+from mimamori.access import may_manage_household, require_manager
+from mimamori.errors import InvalidInput
 
 api = APIRouter(prefix="/api/households", tags=["households"])
 pages = APIRouter(include_in_schema=False)
@@ -78,18 +78,6 @@ def api_away_end(household_id: HouseholdId, person: CurrentPerson, conn: Conn, c
     return Response(status_code=204)
 
 
-@api.get("/{household_id}/chain", responses=ERRORS)
-def api_chain(household_id: HouseholdId, person: CurrentPerson, conn: Conn) -> dict[str, Any]:
-    steps, source = incidents.get_chain(conn, person, household_id)
-    return {"steps": steps, "source": source}
-
-
-@api.put("/{household_id}/chain", responses={**ERRORS, 422: {}})
-def api_chain_set(household_id: HouseholdId, body: ChainIn, person: CurrentPerson, conn: Conn,
-                  clock: ClockDep) -> dict[str, Any]:
-    return {"steps": incidents.set_chain(conn, clock, person, household_id, body.steps), "source": "household"}
-
-
 # --- pages --------------------------------------------------------------------------------------
 
 
@@ -140,9 +128,12 @@ def _household_page(request: Request, person: Any, conn: Any, clock: Any, househ
                     status_code: int = 200) -> Response:
     h = service.get_household(conn, clock, person, household_id)
     locale = request_locale(request)
-    svg = heatmap_svg(h["heatmap"], title=translate(locale, "heatmap_title"), locale=locale)
-    extra: dict[str, Any] = {"chain": None, "watchers": []}
-    if person.manages:
+    svg = heatmap_svg(h["heatmap"], title=translate(locale, "heatmap_title"))
+    # Manage controls only for whoever manages this household (a coordinator on another area's team sees
+    # it as a team member: no team, chain or device controls).
+    can_manage = may_manage_household(conn, person, household_id)
+    extra: dict[str, Any] = {"chain": None, "watchers": [], "can_manage": can_manage}
+    if can_manage:
         extra["watchers"] = service.area_watchers(conn, person)
         extra["residents"] = service.residents(conn, person, household_id)
         extra["chain"] = _chain_text(conn, person, household_id)
@@ -192,15 +183,16 @@ PostedForm = Annotated[FormData, Depends(_posted_form)]
 def chain_submit(household_id: HouseholdId, request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep,
                  form: PostedForm) -> Response:
     """The chain editor: the structured form (its edit buttons re-render without saving; "save"
-    validates and saves), or the advanced JSON text (field ``steps``), as before."""
+    validates and saves), or the advanced JSON text (field ``steps``), as before.
+    """
     if "steps" in form:
         text = str(form["steps"])
         if len(text) > 20000:
-            raise Invalid("the steps are too long")
+            raise InvalidInput("the steps are too long")
         try:
             parsed = json.loads(text)
         except ValueError as exc:
-            raise Invalid("the steps are not valid JSON") from exc
+            raise InvalidInput("the steps are not valid JSON") from exc
         incidents.set_chain(conn, clock, person, household_id, parsed)
         return RedirectResponse(f"/households/{household_id}?msg=saved", status_code=303)
     require_manager(person)
@@ -250,8 +242,6 @@ def coord_page(request: Request, person: CurrentPerson, conn: Conn, clock: Clock
 
 def _coord_page(request: Request, person: Any, conn: Any, clock: Any, **extra: Any) -> Response:
     from app.devices import service as devices
-    from app.scope import require_manager
-
     require_manager(person)
     return render(request, "coord.html", households=service.list_households(conn, clock, person, what="page /coord (list)"),
                   incidents=incidents.list_incidents(conn, person), problems=devices.device_problems(conn, clock, person),
@@ -259,7 +249,7 @@ def _coord_page(request: Request, person: Any, conn: Any, clock: Any, **extra: A
 
 
 @pages.post("/coord/households")
-def coord_create_household(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep,
+def coord_create_household(person: CurrentPerson, conn: Conn, clock: ClockDep,
                            display_name: Annotated[str, Form(min_length=1, max_length=200)],
                            area: Annotated[str, Form(max_length=200)] = "",
                            address: Annotated[str, Form(max_length=500)] = "",

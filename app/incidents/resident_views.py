@@ -1,6 +1,7 @@
 """The resident's answer page: the link in the message a resident check sends (no login; the link is
 the key, single use). Three big buttons: "I'm fine", "I'm out" (with the day they will be back), "Please
-help". All rules are in ``alerts.resident``."""
+help". All rules are in ``alerts.resident``.
+"""
 
 from __future__ import annotations
 

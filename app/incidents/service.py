@@ -1,25 +1,25 @@
 """Incidents as watchers and coordinators see them, and their actions.
 
-Reading joins ``incidents`` with names for the pages (scope as in ``alerts.service``). Actions (claim,
-resolve, comment) and escalation chains go through ``alerts.service``, the escalation engine's API,
-which enforces team membership; its errors become the app's."""
+Reading joins ``incidents`` with names for the pages (who may see which: ``mimamori.access``). Actions
+(claim, resolve, comment) and escalation chains go through ``alerts.service``, the escalation engine's
+API, which asks the same rule; its errors are kinds of ``mimamori.errors``, answered by the app's one
+handler.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
 import psycopg
 
-from app.errors import Conflict, Forbidden, Invalid, NotFound
+from alerts import service as alerts_service
 from app.households.service import log_view
 from app.incidents.timeline import visible_names
 from app.people import Person
-from app.scope import household_scope_sql
-from alerts import service as alerts_service
+from mimamori.access import incident_sql
 from mimamori.clock import Clock
+from mimamori.errors import InvalidInput, NotFound
 
 OUTCOMES = ("fine", "needed_help", "emergency_services", "away", "device_problem", "false_alarm")
 _COLUMNS = ("incident_id", "household_id", "household_name", "area", "kind", "status", "opened_at", "updated_at",
@@ -35,29 +35,14 @@ LEFT JOIN people cp ON cp.person_id = i.claimed_by
 """
 
 
-def _incident_scope(person: Person) -> tuple[str, dict[str, Any]]:
-    where, params = household_scope_sql(person)
-    # Area outages concern coordinators of the area (and operators), never a household's team.
-    if person.is_operator:
-        return "TRUE", {}
-    if person.role == "coordinator":
-        return (f"((i.household_id IS NOT NULL AND {where}) OR (i.household_id IS NULL AND i.area = %(scope_area)s))",
-                params)
-    if person.role == "watcher":
-        # welfare alerts, and the follow-up visit of a safety check (安否確認) for their households
-        return (f"(i.household_id IS NOT NULL AND {where} AND i.kind IN ('inactivity', 'long_on', 'safety_check'))",
-                params)
-    return "FALSE", {}  # residents see their own activity, not the team's alerts
-
-
 def list_incidents(conn: psycopg.Connection, person: Person, *, active_only: bool = True,
                    limit: int = 100) -> list[dict[str, Any]]:
-    where, params = _incident_scope(person)
+    where, params = incident_sql(person)
     status = "AND i.status IN ('open', 'claimed')" if active_only else ""
     rows = conn.execute(
         f"{_SELECT} WHERE {where} {status} ORDER BY i.opened_at DESC LIMIT %(limit)s", {**params, "limit": limit}
     ).fetchall()
-    return [_with_href(dict(zip(_COLUMNS, r))) for r in rows]
+    return [_with_href(dict(zip(_COLUMNS, r, strict=True))) for r in rows]
 
 
 def _with_href(incident: dict[str, Any]) -> dict[str, Any]:
@@ -72,13 +57,13 @@ def _with_href(incident: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_incident(conn: psycopg.Connection, clock: Clock, person: Person, incident_id: int) -> dict[str, Any]:
-    where, params = _incident_scope(person)
+    where, params = incident_sql(person)
     row = conn.execute(f"{_SELECT} WHERE i.incident_id = %(iid)s AND {where}", {**params, "iid": incident_id}).fetchone()
     if row is None:
         raise NotFound("incident not found")
-    incident = _with_href(dict(zip(_COLUMNS, row)))
+    incident = _with_href(dict(zip(_COLUMNS, row, strict=True)))
     incident["timeline"] = timeline(conn, incident_id)
-    incident["names"] = visible_names(conn, person.person_id, incident["household_id"], incident["area"],
+    incident["names"] = visible_names(conn, person, incident["household_id"], incident["area"],
                                       incident["timeline"])
     incident["devices"] = _evidence_devices(conn, incident)
     if incident["household_id"]:
@@ -103,55 +88,33 @@ def timeline(conn: psycopg.Connection, incident_id: int) -> list[dict[str, Any]]
         " LEFT JOIN people p ON p.person_id = t.actor WHERE t.incident_id = %s ORDER BY t.at, t.entry_id",
         (incident_id,),
     ).fetchall()
-    return [dict(zip(("at", "actor", "actor_name", "action", "channel", "body", "data"), r)) for r in rows]
-
-
-@contextmanager
-def alerts_errors() -> Iterator[None]:
-    """The alert engine's errors, as the app's."""
-    from alerts import models as am
-
-    try:
-        yield
-    except am.NotFound as exc:
-        raise NotFound(str(exc)) from exc
-    except am.Forbidden as exc:
-        raise Forbidden(str(exc)) from exc
-    except am.Conflict as exc:
-        raise Conflict(str(exc)) from exc
-    except am.InvalidInput as exc:
-        raise Invalid(str(exc)) from exc
+    return [dict(zip(("at", "actor", "actor_name", "action", "channel", "body", "data"), r, strict=True)) for r in rows]
 
 
 def claim(conn: psycopg.Connection, clock: Clock, person: Person, incident_id: int, *, channel: str = "app") -> None:
     """"I'll go"."""
-    with alerts_errors():
-        alerts_service.claim(conn, person, incident_id, clock=clock, channel=channel)
+    alerts_service.claim(conn, person, incident_id, clock=clock, channel=channel)
 
 
 def resolve(conn: psycopg.Connection, clock: Clock, person: Person, incident_id: int, *, outcome: str,
             note: str | None = None, channel: str = "app") -> None:
     """"All fine" / "Needs help" (and the other outcomes)."""
     if outcome not in OUTCOMES or outcome == "away":  # 'away' needs a date: the household page sets away periods
-        raise Invalid("unknown outcome")
-    with alerts_errors():
-        alerts_service.resolve(conn, person, incident_id, outcome, note or "", clock=clock, channel=channel)
+        raise InvalidInput("unknown outcome")
+    alerts_service.resolve(conn, person, incident_id, outcome, note or "", clock=clock, channel=channel)
 
 
 def comment(conn: psycopg.Connection, clock: Clock, person: Person, incident_id: int, body: str, *,
             channel: str = "app") -> None:
-    with alerts_errors():
-        alerts_service.comment(conn, person, incident_id, body, clock=clock, channel=channel)
+    alerts_service.comment(conn, person, incident_id, body, clock=clock, channel=channel)
 
 
 def get_chain(conn: psycopg.Connection, person: Person, household_id: str) -> tuple[list[dict[str, Any]], str]:
-    with alerts_errors():
-        return alerts_service.get_chain(conn, person, household_id)
+    return alerts_service.get_chain(conn, person, household_id)
 
 
 def set_chain(conn: psycopg.Connection, clock: Clock, person: Person, household_id: str, steps: Any) -> list[dict[str, Any]]:
-    with alerts_errors():
-        return alerts_service.set_chain(conn, person, household_id, steps, clock=clock)
+    return alerts_service.set_chain(conn, person, household_id, steps, clock=clock)
 
 
 def unread_notifications(conn: psycopg.Connection, person: Person, *, limit: int = 5) -> list[dict[str, Any]]:

@@ -5,16 +5,20 @@ Pure functions apart from ``visible_names``; an action without a text reads as a
 never as a raw code.
 
 The engines' own bodies are English technical notes ("no channel besides the app"); only the
-bodies people wrote (comments, resolve notes) are shown, the rest is said from ``data``."""
+bodies people wrote (comments, resolve notes) are shown, the rest is said from ``data``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
+from app.formatting import fmt_until
 from app.i18n import MESSAGES, translate
+from mimamori.access import Viewer, visible_people_sql
 
 #: Actions whose body is what a person wrote (shown after the sentence).
 PERSON_BODIES = frozenset({"comment", "resolved"})
@@ -24,33 +28,21 @@ CHANNELS = ("email", "line", "slack", "telegram", "ntfy", "webhook", "discord", 
 
 
 def _ids_in(data: Mapping[str, Any]) -> list[str]:
-    ids: list[str] = []
-    for key in ("person_id", "claimed_by", "recipient"):
-        if isinstance(data.get(key), str):
-            ids.append(data[key])
+    ids: list[str] = [data[key] for key in ("person_id", "claimed_by", "recipient") if isinstance(data.get(key), str)]
     if isinstance(data.get("people"), list):
         ids.extend(p for p in data["people"] if isinstance(p, str))
     return ids
 
 
-def visible_names(conn: psycopg.Connection, viewer_id: str, household_id: str | None, area: str | None,
+def visible_names(conn: psycopg.Connection, viewer: Viewer, household_id: str | None, area: str | None,
                   entries: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """Display names of the people the entries mention whom the reader may see: the household's team,
-    its residents, the area's coordinators, and the reader. Anyone else (an operator standing in, a resident of
-    another home) stays unnamed."""
+    """Display names of the people the entries mention whom the reader may see (``mimamori.access``)."""
     wanted = sorted({pid for e in entries for pid in _ids_in(e.get("data") or {})})
     if not wanted:
         return {}
-    rows = conn.execute(
-        """SELECT p.person_id, p.display_name FROM people p
-           WHERE p.person_id = ANY(%(ids)s)
-             AND (p.person_id = %(viewer)s
-                  OR EXISTS (SELECT 1 FROM household_watchers w
-                             WHERE w.person_id = p.person_id AND w.household_id = %(household)s)
-                  OR (p.role = 'coordinator' AND p.area = %(area)s)
-                  OR (p.role = 'resident' AND p.household_id = %(household)s))""",
-        {"ids": wanted, "viewer": viewer_id, "household": household_id, "area": area},
-    ).fetchall()
+    where, params = visible_people_sql(viewer, household_id, area)
+    rows = conn.execute(f"SELECT p.person_id, p.display_name FROM people p WHERE p.person_id = ANY(%(ids)s) AND {where}",
+                        {**params, "ids": wanted}).fetchall()
     return {r[0]: r[1] for r in rows}
 
 
@@ -87,10 +79,6 @@ def _outcome(locale: str, outcome: Any) -> str:
 
 
 def _until(locale: str, until: Any) -> str:
-    from datetime import UTC, datetime
-
-    from app.templating import fmt_until
-
     if not isinstance(until, (int, float)):
         return ""
     return fmt_until(datetime.fromtimestamp(until, UTC), None, locale)

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from app.formatting import fmt_dt
 from app.i18n import translate
-from app.templating import fmt_dt
 
 # The detector's rules (``detector.model.RULES``) that get a sentence of their own.
 RULE_TEXTS = {"model:routine": "why_rule_routine", "model:hard_cap": "why_rule_hard_cap",

@@ -20,12 +20,10 @@ from linebot.v3.webhooks import FollowEvent, MessageEvent, PostbackEvent, TextMe
 from alerts import line_accounts, resident
 from alerts import service as alerts_service
 from alerts.line import PostbackError, parse_postback
-from alerts.models import AlertError
 from app.auth.service import get_person
-from app.errors import AppError
 from mimamori.clock import Clock
+from mimamori.errors import MimamoriError
 from safety import service as safety_service
-from safety.models import SafetyError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +65,7 @@ def handle(conn: psycopg.Connection, event: Any, *, clock: Clock) -> Handled:
             if not line_accounts.first_delivery(conn, event_id, clock.now()):
                 return Handled(event_id, "redelivery", None, None)
             outcome, reply = _act(conn, event, user_id, clock)
-    except (AlertError, SafetyError, AppError) as exc:
+    except MimamoriError as exc:
         # Refused with the person's rights (not theirs to act on, already claimed, closed): nothing was
         # recorded, so a redelivery may try again; the person is told why.
         return Handled(event_id, "refused", token, REPLIES["refused"].format(reason=str(exc)[:80]))

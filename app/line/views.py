@@ -14,8 +14,8 @@ from alerts import line_accounts
 from alerts.line import LineClient, LineError, line_settings, parse_webhook, text_message
 from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
-from app.errors import Invalid
 from app.line.service import Handled, handle
+from mimamori.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 api = APIRouter()
@@ -74,7 +74,7 @@ def my_line(person: CurrentPerson, conn: Conn, request: Request) -> dict[str, An
 def new_link_code(person: CurrentPerson, conn: Conn, clock: ClockDep, request: Request) -> dict[str, Any]:
     """A six-digit code to send to the bot from LINE (ten minutes, once); earlier codes stop working."""
     if line_settings(request.app.state.settings) is None:
-        raise Invalid("LINE is not set up for this service")
+        raise InvalidInput("LINE is not set up for this service")
     code = line_accounts.issue_link_code(conn, person.person_id, clock.now())
     return {"code": code, "expires_in_s": int(line_accounts.LINK_CODE_TTL.total_seconds())}
 

@@ -13,6 +13,7 @@ Streams live on the event loop; the thread hands them events with ``call_soon_th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -54,15 +55,11 @@ class Subscription:
 
     def deliver(self, event: str) -> None:
         def put() -> None:
-            try:
+            with contextlib.suppress(asyncio.QueueFull):  # it already has changes waiting: one refresh covers them all
                 self.queue.put_nowait(event)
-            except asyncio.QueueFull:  # it already has changes waiting: one refresh covers them all
-                pass
 
-        try:
+        with contextlib.suppress(RuntimeError):  # its loop is closed: the stream is gone
             self.loop.call_soon_threadsafe(put)
-        except RuntimeError:  # its loop is closed: the stream is gone
-            pass
 
 
 class LiveHub:

@@ -1,6 +1,7 @@
 """What a live change means for one person: parsing the NOTIFY payloads of ``mimamori_app_live``
 (migrations 0031 and 0041; ids only) and deciding, with the same scope rules as every read, whether a batch
-of changes touches anything the person may see. Plain functions, no threads, no HTTP."""
+of changes touches anything the person may see. Plain functions, no threads, no HTTP.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from app.incidents.service import _incident_scope
 from app.people import Person
-from app.scope import household_scope_sql
+from mimamori.access import household_sql, incident_sql
 
 CHANNEL = "mimamori_app_live"
 
@@ -75,11 +75,12 @@ def touches(conn: psycopg.Connection, person: Person, changes: Changes) -> bool:
     outage changes the home list of those who may see that household — not its resident, who does
     not see the team's alerts. Away periods, safety-check answers and home gateway statuses: anyone
     who may see the household (the safety board shows only households in the viewer's scope).
-    Notifications: only their recipient."""
+    Notifications: only their recipient.
+    """
     if changes.resync or person.person_id in changes.notified_people:
         return True
-    iwhere, iparams = _incident_scope(person)
-    hwhere, hparams = household_scope_sql(person)
+    iwhere, iparams = incident_sql(person)
+    hwhere, hparams = household_sql(person)
     households = changes.away_households | changes.household_changes
     areas: set[str] = set()
     if person.role != "resident":

@@ -3,7 +3,8 @@
 Nothing is polled: the stream waits for the process's live hub (app.live.hub), which listens for
 PostgreSQL NOTIFY and hands each stream only the changes its person may see. Pages then fetch their
 fragment again (app.js). Streams end after a while and the browser's EventSource reconnects (and
-refreshes on ``hello``), so a restart or deploy never strands a client."""
+refreshes on ``hello``), so a restart or deploy never strands a client.
+"""
 
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ async def notifications_stream(request: Request, person: CurrentPerson,
     Issue 17: every stream shares the process's one LISTEN connection (the live hub) instead of
     opening its own (85 streams from one resident exhausted PostgreSQL's connections), and each
     fetch re-checks the session: sign-out (here or everywhere) or expiry ends the stream with
-    ``signed_out`` and nothing more is delivered."""
+    ``signed_out`` and nothing more is delivered.
+    """
     app = request.app
     token, _bearer = session_token(request)
     after = _event_id(last_event_id)

@@ -1,5 +1,6 @@
 """Privacy: who viewed a household's data, export of everything stored about a household (JSON
-and CSV), and deletion on request (events and personal data), confirmed by typing the name."""
+and CSV), and deletion on request (events and personal data), confirmed by typing the name.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +11,20 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from app.errors import Forbidden, Invalid
 from app.households.service import log_view
 from app.people import Person
-from app.scope import require_manage, require_view
+from mimamori.access import require_household, require_manage_household, require_resident_or_manager
 from mimamori.clock import Clock, as_datetime
+from mimamori.errors import Forbidden, InvalidInput
 
 
 def view_log(conn: psycopg.Connection, person: Person, household_id: str, limit: int = 200) -> list[dict[str, Any]]:
     """Who looked at the household's data, newest first. For its resident and its managers."""
-    require_view(conn, person, household_id)
-    if person.role == "watcher":
-        raise Forbidden("the view log is for the resident and coordinators")
+    require_resident_or_manager(conn, person, household_id)
     rows = conn.execute(
         "SELECT viewer_name, viewer_role, what, viewed_at, purpose FROM household_views WHERE household_id = %s"
         " ORDER BY viewed_at DESC, id DESC LIMIT %s", (household_id, limit)).fetchall()
-    return [dict(zip(("viewer_name", "viewer_role", "what", "viewed_at", "purpose"), r)) for r in rows]
+    return [dict(zip(("viewer_name", "viewer_role", "what", "viewed_at", "purpose"), r, strict=True)) for r in rows]
 
 
 def _may_export(person: Person) -> None:
@@ -36,7 +35,7 @@ def _may_export(person: Person) -> None:
 def _rows(conn: psycopg.Connection, sql: str, params: tuple) -> list[dict[str, Any]]:
     cur = conn.execute(sql, params)
     names = [d.name for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
 #: The request an export answers, in a few words (who asked, when, how).
@@ -50,13 +49,15 @@ def export_household(conn: psycopg.Connection, clock: Clock, person: Person, hou
     An export is the resident's copy of their data (their right), not a view for the exporter's own
     use. The resident may take it themselves; anyone else (the area's coordinator or an operator,
     acting on the resident's behalf) must say which request it answers, and the export is logged as
-    a view with that note, so the resident sees who exported their data, when and why."""
-    require_view(conn, person, household_id)
+    a view with that note, so the resident sees who exported their data, when and why.
+    """
+    require_household(conn, person, household_id)
     _may_export(person)
+    require_resident_or_manager(conn, person, household_id)
     own = person.role == "resident" and person.household_id == household_id
     note = (request_note or "").strip()
     if not own and not REQUEST_NOTE_MIN <= len(note) <= REQUEST_NOTE_MAX:
-        raise Invalid("say which request of the resident this export answers", field="request_note")
+        raise InvalidInput("say which request of the resident this export answers", field="request_note")
     h = (household_id,)
     data = {
         "household": _rows(conn, "SELECT * FROM households WHERE household_id = %s", h),
@@ -106,7 +107,8 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 def csv_cell(value: Any) -> Any:
     """A value as a CSV cell a spreadsheet will not run: text that starts like a formula gets a
-    leading apostrophe (issue 17: a watcher's note ``=HYPERLINK(...)`` ran in the resident's export)."""
+    leading apostrophe (issue 17: a watcher's note ``=HYPERLINK(...)`` ran in the resident's export).
+    """
     if value is None:
         return ""
     if isinstance(value, str) and value.startswith(_FORMULA_START):
@@ -128,14 +130,15 @@ def export_csv(data: dict[str, list[dict[str, Any]]]) -> str:
     return out.getvalue()
 
 
-def delete_household(conn: psycopg.Connection, clock: Clock, person: Person, household_id: str, *,
+def delete_household(conn: psycopg.Connection, _clock: Clock, person: Person, household_id: str, *,
                      confirm_name: str) -> dict[str, int]:
     """Delete on request: its events and every personal record (people, team, consents, contacts,
-    incidents, views). Devices stay in the inventory, unpaired. Confirmed by the household's name."""
-    require_manage(conn, person, household_id)
+    incidents, views). Devices stay in the inventory, unpaired. Confirmed by the household's name.
+    """
+    require_manage_household(conn, person, household_id)
     name = conn.execute("SELECT display_name FROM households WHERE household_id = %s", (household_id,)).fetchone()[0]
     if confirm_name.strip() != name:
-        raise Invalid("type the household's name to confirm")
+        raise InvalidInput("type the household's name to confirm")
     with conn.transaction():
         events = conn.execute(
             "DELETE FROM events WHERE household_id = %s OR device_id IN (SELECT device_id FROM devices"
@@ -161,7 +164,8 @@ def delete_household(conn: psycopg.Connection, clock: Clock, person: Person, hou
 def _forget_activity(conn: psycopg.Connection, household_id: str) -> None:
     """With TimescaleDB, ``activity_15m`` is a continuous aggregate whose materialized buckets keep a
     deleted household's counts (issue 17; a refresh of the range did not drop the newest bucket in
-    tests): delete its rows from the materialization hypertable itself, in the same transaction."""
+    tests): delete its rows from the materialization hypertable itself, in the same transaction.
+    """
     if conn.execute("SELECT to_regclass('timescaledb_information.continuous_aggregates') IS NOT NULL").fetchone() != (True,):
         return
     row = conn.execute("SELECT materialization_hypertable_schema, materialization_hypertable_name"
@@ -172,7 +176,7 @@ def _forget_activity(conn: psycopg.Connection, household_id: str) -> None:
 
 
 def consent_of(conn: psycopg.Connection, person: Person, household_id: str) -> list[dict[str, Any]]:
-    require_view(conn, person, household_id)
+    require_household(conn, person, household_id)
     return _rows(conn, "SELECT c.notice_version, c.given_at, c.withdrawn_at, p.display_name AS given_by_name"
                        " FROM consents c LEFT JOIN people p ON p.person_id = c.given_by WHERE c.household_id = %s"
                        " ORDER BY c.given_at DESC", (household_id,))

@@ -11,7 +11,6 @@ from pydantic import BaseModel, Field
 
 from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
-from app.errors import Forbidden
 from app.households import service as households
 from app.households.heatmap import heatmap_svg
 from app.i18n import request_locale, translate
@@ -19,6 +18,7 @@ from app.incidents import service as incidents
 from app.models import ID_PATTERN
 from app.privacy import service
 from app.templating import render
+from mimamori.errors import Forbidden
 from mimamori.outbox import LinkSealer
 from mimamori.signing import secret_key
 
@@ -112,7 +112,7 @@ def me_page(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep
         raise Forbidden("this page is for residents")
     h = households.get_household(conn, clock, person, person.household_id)
     locale = request_locale(request)
-    svg = heatmap_svg(h["heatmap"], title=translate(locale, "heatmap_title"), locale=locale)
+    svg = heatmap_svg(h["heatmap"], title=translate(locale, "heatmap_title"))
     # a resident check waiting for the resident's answer (its message carries their answer link)
     # (the answer link is stored sealed, issue 17: opened here for the resident it belongs to)
     sealer = LinkSealer(secret_key(request.app.state.settings))

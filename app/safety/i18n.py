@@ -1,5 +1,6 @@
 """The safety check's strings, merged into ``app.i18n.MESSAGES`` when ``app.safety`` is imported
-(kept here so the safety pages do not edit the shared dictionary)."""
+(kept here so the safety pages do not edit the shared dictionary).
+"""
 
 from __future__ import annotations
 
@@ -76,4 +77,6 @@ SAFETY_MESSAGES: dict[str, tuple[str, str]] = {
     "safety_audit_closed": ("安否確認を終了", "closed the safety check"),
     "safety_audit_exported_csv": ("CSVを出力", "exported the CSV"),
     "safety_audit_delivery_failed": ("送信に失敗", "a message failed"),
+    "safety_audit_resend_in_doubt": ("送信が途中で止まったため再送（重複の可能性あり）",
+                                     "sent again after an interrupted send (may arrive twice)"),
 }

@@ -1,12 +1,11 @@
 """The safety check's pages: the list and start form, the live board (its fragment refetched when
 the app's live stream reports a change in the check — migration 0041 — with a 30 s fallback poll in
 ``/safety/static/safety.js``), a household's page (claim, on-behalf answer, timeline), and
-the no-login answer page of a signed link. All rules are in ``safety.service``."""
+the no-login answer page of a signed link. All rules are in ``safety.service``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,35 +18,17 @@ from app.db import ClockDep, Conn
 from app.incidents.service import timeline as incident_timeline
 from app.incidents.timeline import visible_names
 from app.templating import render
+from mimamori.errors import Conflict
 from safety import service
-from app import errors as app_errors
 from safety.models import BOARD_STATES, SafetyError, SafetySettings
 
 pages = APIRouter(include_in_schema=False)
 STATIC = Path(__file__).parent / "static"
 
 
-class _Gone(app_errors.AppError):
-    status_code = 410
-    code = "conflict"
-
-
-_APP_ERRORS: dict[int, type[app_errors.AppError]] = {
-    403: app_errors.Forbidden, 404: app_errors.NotFound, 409: app_errors.Conflict, 410: _Gone}
-
-
-@contextmanager
-def page_errors() -> Iterator[None]:
-    """The safety service's errors as the app's (pages show them in the app's error page)."""
-    try:
-        yield
-    except SafetyError as exc:
-        raise _APP_ERRORS.get(exc.status, app_errors.Invalid)(exc.message) from None
-
-
 def _error_page(request: Request, exc: SafetyError) -> Response:
-    key = {409: "safety_link_used", 410: "safety_link_closed"}.get(exc.status, "safety_link_invalid")
-    return render(request, "safety_answer.html", status_code=exc.status, info=None, error_key=key, reason=exc.message)
+    key = {409: "safety_link_used", 410: "safety_link_closed"}.get(exc.status_code, "safety_link_invalid")
+    return render(request, "safety_answer.html", status_code=exc.status_code, info=None, error_key=key, reason=exc.message)
 
 
 def _links(request: Request) -> service.Links:
@@ -88,16 +69,14 @@ def start(request: Request, person: CurrentPerson, conn: Conn, clock: ClockDep,
           household_ids: Annotated[str, Form(max_length=100_000)] = "") -> Response:
     ids = [h.strip() for h in household_ids.replace("\n", ",").split(",") if h.strip()]
     chosen_area = None if ids else (area.strip() or person.area)
-    with page_errors():
-        check_id = service.start_check(conn, person, message=message, area=chosen_area, household_ids=ids or None,
-                                       clock=clock, links=_links(request), blinks=SafetySettings().blinks)
+    check_id = service.start_check(conn, person, message=message, area=chosen_area, household_ids=ids or None,
+                                   clock=clock, links=_links(request), blinks=SafetySettings().blinks)
     return RedirectResponse(f"/safety/{check_id}", status_code=303)
 
 
 def _board_ctx(conn: Any, person: Any, check_id: int, state: str | None, alone: str | None, q: str | None,
                now: float | None = None) -> dict[str, Any]:
-    with page_errors():
-        data = service.board(conn, person, check_id, **_filters(state, alone, q), now=now)
+    data = service.board(conn, person, check_id, **_filters(state, alone, q), now=now)
     return {"board": data, "check": data["check"], "states": BOARD_STATES,
             "filter_state": state if state in BOARD_STATES else "", "filter_alone": alone == "1", "filter_q": q or ""}
 
@@ -121,12 +100,11 @@ def board_fragment(check_id: api.CheckId, request: Request, person: CurrentPerso
 @pages.get("/safety/{check_id}/h/{household_id}")
 def household_page(check_id: api.CheckId, household_id: api.HouseholdId, request: Request, person: CurrentPerson,
                    conn: Conn) -> Response:
-    with page_errors():
-        check = service.get_check(conn, person, check_id)
-        detail = service.household_detail(conn, person, check_id, household_id)
+    check = service.get_check(conn, person, check_id)
+    detail = service.household_detail(conn, person, check_id, household_id)
     if detail["timeline"] and detail.get("incident_id"):  # the viewer may see the team timeline: in words
         detail["timeline"] = incident_timeline(conn, detail["incident_id"])
-        detail["names"] = visible_names(conn, person.person_id, household_id, detail.get("area"), detail["timeline"])
+        detail["names"] = visible_names(conn, person, household_id, detail.get("area"), detail["timeline"])
     return render(request, "safety_household.html", check=check, h=detail)
 
 
@@ -134,9 +112,8 @@ def household_page(check_id: api.CheckId, household_id: api.HouseholdId, request
 def claim_submit(check_id: api.CheckId, household_id: api.HouseholdId, person: CurrentPerson, conn: Conn,
                  clock: ClockDep) -> Response:
     try:
-        with page_errors():
-            service.claim(conn, person, check_id, household_id, clock=clock)
-    except app_errors.Conflict:  # someone was quicker: show the household as it is now
+        service.claim(conn, person, check_id, household_id, clock=clock)
+    except Conflict:  # someone was quicker: show the household as it is now
         return RedirectResponse(f"/safety/{check_id}/h/{household_id}?msg=err_conflict", status_code=303)
     return RedirectResponse(f"/safety/{check_id}/h/{household_id}", status_code=303)
 
@@ -144,8 +121,7 @@ def claim_submit(check_id: api.CheckId, household_id: api.HouseholdId, person: C
 @pages.post("/safety/{check_id}/h/{household_id}/escalate")
 def escalate_submit(check_id: api.CheckId, household_id: api.HouseholdId, person: CurrentPerson, conn: Conn,
                     clock: ClockDep) -> Response:
-    with page_errors():
-        service.escalate(conn, person, check_id, household_id, clock=clock)
+    service.escalate(conn, person, check_id, household_id, clock=clock)
     return RedirectResponse(f"/safety/{check_id}/h/{household_id}?msg=safety_team_asked", status_code=303)
 
 
@@ -153,16 +129,14 @@ def escalate_submit(check_id: api.CheckId, household_id: api.HouseholdId, person
 def answer_submit(check_id: api.CheckId, household_id: api.HouseholdId, person: CurrentPerson, conn: Conn,
                   clock: ClockDep, answer: Annotated[str, Form(max_length=20)],
                   note: Annotated[str, Form(max_length=2000)] = "", back: Annotated[str, Form(max_length=10)] = "") -> Response:
-    with page_errors():
-        service.answer_in_app(conn, person, check_id, household_id, answer, note=note, clock=clock)
+    service.answer_in_app(conn, person, check_id, household_id, answer, note=note, clock=clock)
     target = "/safety" if back == "index" else f"/safety/{check_id}/h/{household_id}"
     return RedirectResponse(target, status_code=303)
 
 
 @pages.post("/safety/{check_id}/close")
 def close_submit(check_id: api.CheckId, person: CurrentPerson, conn: Conn, clock: ClockDep) -> Response:
-    with page_errors():
-        service.close_check(conn, person, check_id, clock=clock)
+    service.close_check(conn, person, check_id, clock=clock)
     return RedirectResponse(f"/safety/{check_id}", status_code=303)
 
 

@@ -21,8 +21,8 @@ import pytest
 from gateway import provision
 from mimamori import mqtt, protocol
 from mimamori.config import Settings
-from test_gateway_service import wait_for
-from test_provision_broker import Client, SecureBroker, event_payload, secure  # noqa: F401 (fixture)
+from support.broker import Client, SecureBroker, event_payload
+from support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from test_app_support import app_client, bearer, world  # noqa: F401 (fixture)
+from support.web import app_client, bearer
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
 SLACK = "slack://TokenA/TokenB/TokenC/#secret"
 
 
-def test_a_coordinator_cannot_put_another_areas_watcher_on_a_team(world) -> None:  # noqa: ANN001
+def test_a_coordinator_cannot_put_another_areas_watcher_on_a_team(world) -> None:
     url, clock, _ = world
     with app_client(url, clock) as c:
         coord_a = bearer(c, "coord_a")
@@ -33,7 +33,7 @@ def test_a_coordinator_cannot_put_another_areas_watcher_on_a_team(world) -> None
         assert conn.execute("SELECT household_id FROM household_watchers WHERE person_id = 'watcher_b'").fetchall() == [("h3",)]
 
 
-def test_a_coordinator_cannot_reach_another_areas_watchers_channels(world) -> None:  # noqa: ANN001
+def test_a_coordinator_cannot_reach_another_areas_watchers_channels(world) -> None:
     url, clock, _ = world
     with app_client(url, clock) as c:
         wb = bearer(c, "watcher_b")
@@ -69,7 +69,7 @@ def test_a_coordinator_cannot_reach_another_areas_watchers_channels(world) -> No
         assert conn.execute("SELECT count(*) FROM person_alert_rules WHERE person_id = 'watcher_b'").fetchone() == (0,)
 
 
-def test_a_coordinator_cannot_see_or_pair_another_areas_unpaired_device(world) -> None:  # noqa: ANN001
+def test_a_coordinator_cannot_see_or_pair_another_areas_unpaired_device(world) -> None:
     """Low finding: a device reported by a south home's gateway is the south's to pair."""
     url, clock, _ = world
     with psycopg.connect(url, autocommit=True) as conn:
@@ -87,7 +87,7 @@ def test_a_coordinator_cannot_see_or_pair_another_areas_unpaired_device(world) -
         assert c.post("/api/devices/pair", json={"device_id": "plug-new", "household_id": "h1"}, headers=north).status_code == 200
 
 
-def test_a_coordinator_cannot_invite_into_another_area(world) -> None:  # noqa: ANN001
+def test_a_coordinator_cannot_invite_into_another_area(world) -> None:
     url, clock, _ = world
     with app_client(url, clock) as c:
         north = bearer(c, "coord_a")

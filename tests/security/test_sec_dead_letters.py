@@ -9,7 +9,8 @@ from bench.ingest_bench import publish_raw
 from ingest.validate import DeadLetter, DeadLetterBudget
 from mimamori import embedded
 from mimamori.mqtt import MqttUrl
-from test_ingest_consumer import count, make_service, running, wait_until
+from support.waiting import wait_for as wait_until
+from test_ingest_consumer import count, make_service, running
 
 
 @pytest.mark.unit

@@ -14,9 +14,8 @@ import pytest
 from ingest.batch import Batch
 from ingest.store import KnownRows, pair_device, prepare, write_batch
 from ingest.sweeper import GapSweeper
-from mimamori.clock import ManualClock
-from test_app_support import world  # noqa: F401 (fixture)
 from mimamori import protocol
+from mimamori.clock import ManualClock
 from mimamori.protocol import Event
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
@@ -33,7 +32,7 @@ def batch_of(*events: tuple[str, Event]) -> Batch:
 
 
 @pytest.fixture
-def db(pg_url: str):  # noqa: ANN201
+def db(pg_url: str):
     with psycopg.connect(pg_url) as c:
         prepare(c)
         c.execute("INSERT INTO households (household_id, display_name, area) VALUES ('hb', 'B', 'area-b')")
@@ -96,8 +95,8 @@ def test_an_unpaired_device_still_follows_its_gateway(db: psycopg.Connection) ->
     assert db.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)
 
 
-def test_moving_a_paired_device_is_a_coordinators_audited_act(world) -> None:  # noqa: ANN001
-    from test_app_support import app_client, bearer
+def test_moving_a_paired_device_is_a_coordinators_audited_act(world) -> None:
+    from support.web import app_client, bearer
 
     url, clock, _ = world
     with psycopg.connect(url, autocommit=True) as c:
@@ -127,10 +126,10 @@ def test_moving_a_paired_device_is_a_coordinators_audited_act(world) -> None:  #
         assert (r1.stored, r1.dead_letters, r2.stored, r2.dead_letters) == (0, 1, 1, 0)
 
 
-def test_a_device_paired_before_it_reported_is_bound_to_the_gateway_named(world) -> None:  # noqa: ANN001
+def test_a_device_paired_before_it_reported_is_bound_to_the_gateway_named(world) -> None:
     """A coordinator enters a new bulb's id (printed on it) before it ever reported, naming the home's
     gateway: another gateway that reports that id first does not take it."""
-    from test_app_support import app_client, bearer
+    from support.web import app_client, bearer
 
     url, clock, _ = world
     with psycopg.connect(url, autocommit=True) as c:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import pytest
 
 from mimamori.config import Settings
-from test_app_support import PASSWORD, login_name, world  # noqa: F401 (fixture)
+from support.web import PASSWORD, login_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -29,7 +29,7 @@ PROXY = "127.0.0.2"
 
 
 @contextmanager
-def app_server(url: str, clock, **settings: str) -> Iterator[int]:  # noqa: ANN001
+def app_server(url: str, clock, **settings: str) -> Iterator[int]:
     import uvicorn
 
     from app import main
@@ -90,7 +90,7 @@ needs_aliases = pytest.mark.skipif(not _loopback_aliases_work(), reason="needs 1
 
 
 @needs_aliases
-def test_someone_elses_failures_do_not_lock_me_out(world) -> None:  # noqa: ANN001
+def test_someone_elses_failures_do_not_lock_me_out(world) -> None:
     url, clock, _ = world
     with app_server(url, clock) as port:
         for _ in range(8):
@@ -100,7 +100,7 @@ def test_someone_elses_failures_do_not_lock_me_out(world) -> None:  # noqa: ANN0
 
 
 @needs_aliases
-def test_behind_the_proxy_each_person_has_their_own_bucket_and_rotation_does_not_escape(world) -> None:  # noqa: ANN001
+def test_behind_the_proxy_each_person_has_their_own_bucket_and_rotation_does_not_escape(world) -> None:
     url, clock, _ = world
     with app_server(url, clock, trusted_proxies=PROXY) as port:
         # the proxy appends the address it saw; an attacker writes whatever it likes to the left
@@ -119,7 +119,7 @@ def test_behind_the_proxy_each_person_has_their_own_bucket_and_rotation_does_not
 
 
 @needs_aliases
-def test_behind_the_tls_proxy_the_cookie_is_secure_and_hsts_is_sent(world) -> None:  # noqa: ANN001
+def test_behind_the_tls_proxy_the_cookie_is_secure_and_hsts_is_sent(world) -> None:
     url, clock, _ = world
     with app_server(url, clock, trusted_proxies=PROXY) as port:
         r = page_login(port, source=PROXY, headers={"x-forwarded-proto": "https", "x-forwarded-for": "203.0.113.7"})

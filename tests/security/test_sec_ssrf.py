@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from test_app_support import app_client, cookie_login, world  # noqa: F401 (fixture)
+from support.web import app_client, cookie_login
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -31,7 +31,7 @@ def listener() -> Iterator[tuple[int, list[str]]]:
     hits: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             hits.append(self.path)
             self.send_response(200)
             self.end_headers()
@@ -49,13 +49,13 @@ def listener() -> Iterator[tuple[int, list[str]]]:
         server.server_close()
 
 
-def _add(app, csrf: str, url: str) -> None:  # noqa: ANN001
+def _add(app, csrf: str, url: str) -> None:
     r = app.post("/api/alerts/people/resident_1/channels", json={"kind": "apprise", "target": url},
                  headers={"x-csrf-token": csrf})
     assert r.status_code == 201, r.text
 
 
-def test_test_send_to_a_loopback_target_never_connects_and_says_only_failed(world, listener) -> None:  # noqa: ANN001
+def test_test_send_to_a_loopback_target_never_connects_and_says_only_failed(world, listener) -> None:
     url, clock, _ = world
     port, hits = listener
     with app_client(url, clock) as app:
@@ -73,7 +73,7 @@ def test_test_send_to_a_loopback_target_never_connects_and_says_only_failed(worl
     assert tested and tested[0]["data"]["error"] == "failed"
 
 
-def test_a_closed_port_and_an_open_one_look_the_same(world, listener) -> None:  # noqa: ANN001
+def test_a_closed_port_and_an_open_one_look_the_same(world, listener) -> None:
     url, clock, _ = world
     port, _ = listener
     texts = []
@@ -90,7 +90,7 @@ def test_a_closed_port_and_an_open_one_look_the_same(world, listener) -> None:  
     assert texts[0] == texts[1]
 
 
-def test_only_offered_schemes_are_registered(world) -> None:  # noqa: ANN001
+def test_only_offered_schemes_are_registered(world) -> None:
     url, clock, _ = world
     with app_client(url, clock) as app:
         csrf = cookie_login(app, "resident_1")

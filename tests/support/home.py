@@ -1,5 +1,6 @@
 """A home's local broker as the adapters see it: messages through ``normalise`` with the memory
-kept between them, as the gateway keeps it (shared by the per-dialect adapter tests)."""
+kept between them, as the gateway keeps it (shared by the per-dialect adapter tests).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Shared helpers for the app tests (no tests here): a seeded world and signed-in clients."""
+"""Helpers for the app tests: a seeded world and signed-in clients (the ``world`` fixture is in conftest)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import psycopg
-import pytest
 from fastapi.testclient import TestClient
 
 from app.auth.service import hash_password
@@ -21,7 +20,7 @@ from mimamori.config import Settings
 PASSWORD = "correct horse 1"
 START = 1_767_225_600.0 + 20 * 86400 + 3 * 3600  # 2026-01-21 12:00 JST
 
-# person_id: (role, area, household_id, teams)
+#: Each person's role, area, household and the households whose team they are on.
 PEOPLE = {
     "oper": ("operator", None, None, ()),
     "coord_a": ("coordinator", "north", None, ()),
@@ -37,7 +36,8 @@ _HASH: list[str] = []
 
 def seed(url: str, clock: ManualClock) -> dict[str, int]:
     """Households in two areas, people of every role, devices with 14 days of events, one open
-    inactivity incident in h1 and one in h3. Returns the incident ids."""
+    inactivity incident in h1 and one in h3. Returns the incident ids.
+    """
     if not _HASH:
         _HASH.append(hash_password(PASSWORD))
     now = as_datetime(clock.now())
@@ -95,7 +95,8 @@ def bearer(client: TestClient, person_id: str) -> dict[str, str]:
 
 def cookie_login(client: TestClient, person_id: str) -> str:
     """Sign in through the page form (as a browser would: the form first, for its login-CSRF token);
-    returns the CSRF token of the session."""
+    returns the CSRF token of the session.
+    """
     form = client.get("/login")
     assert form.status_code == 200, form.text
     field = 'name="csrf_token" value="'
@@ -109,18 +110,6 @@ def cookie_login(client: TestClient, person_id: str) -> str:
     marker = 'name="csrf-token" content="'
     start = page.text.index(marker) + len(marker)
     return page.text[start:page.text.index('"', start)]
-
-
-@pytest.fixture
-def world(pg_url: str) -> tuple[str, ManualClock, dict[str, int]]:
-    clock = ManualClock(START)
-    return pg_url, clock, seed(pg_url, clock)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -1,29 +1,21 @@
-"""Helpers for the alert tests: a real SMTP server (aiosmtpd), a seeded town, waiting."""
+"""Helpers for the alert tests: a real SMTP server (aiosmtpd) and a seeded town (the ``smtp`` fixture is in conftest)."""
 
 from __future__ import annotations
 
 import asyncio
 import email
 import email.header
-import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-import pytest
 from aiosmtpd.controller import Controller
 
 from mimamori.clock import as_datetime
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from mimamori.embedded import free_port
 
 
 @dataclass
@@ -65,7 +57,7 @@ class SmtpSink:
         self.holding = threading.Event()
         self.release = threading.Event()
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's hook name
         msg = email.message_from_bytes(envelope.content)
         subject = str(email.header.make_header(email.header.decode_header(msg.get("Subject", ""))))
         part = msg.get_payload(0) if msg.is_multipart() else msg
@@ -77,7 +69,7 @@ class SmtpSink:
             hold = self.hold_nth is not None and len(self.mails) == self.hold_nth
         if hold:
             self.holding.set()
-            while not self.release.is_set():
+            while not self.release.is_set():  # noqa: ASYNC110 - a threading.Event, set from the test's thread
                 await asyncio.sleep(0.01)
         return "250 OK"
 
@@ -96,7 +88,8 @@ class SmtpSink:
         """Close every client connection in the server's own loop, then stop it. A connection left
         open (a sender killed mid-send, a held reply) would otherwise be collected after the loop
         closed, and its stream warns then ("loop is closed": an error, with warnings as errors, in
-        whichever later test the collector happens to run)."""
+        whichever later test the collector happens to run).
+        """
         self.release.set()
         for _ in range(2):  # twice: a sender may have connected while the first sweep ran
             closed = threading.Event()
@@ -127,16 +120,6 @@ class SmtpSink:
         with self.lock:
             return len(self.mails)
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
@@ -193,11 +176,3 @@ def actions(conn: psycopg.Connection, incident_id: int) -> list[str]:
 def notices(conn: psycopg.Connection, person_id: str) -> list[str]:
     return [r[0] for r in conn.execute("SELECT notice FROM notifications WHERE person_id = %s ORDER BY notification_id",
                                        (person_id,))]
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    """A real SMTP server (aiosmtpd) collecting the mails of one test."""
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()

@@ -1,0 +1,1 @@
+"""The daily note's opt-in in the app (issue 16)."""
