@@ -107,10 +107,12 @@ def contract_mismatches(conn: psycopg.Connection) -> list[str]:
     return problems
 
 
+@pytest.mark.integration
 def test_the_database_keeps_the_contract(conn: psycopg.Connection) -> None:
     assert contract_mismatches(conn) == []
 
 
+@pytest.mark.integration
 def test_a_migration_that_changes_a_kind_alone_is_caught(conn: psycopg.Connection) -> None:
     conn.execute("ALTER TABLE incidents DROP CONSTRAINT incidents_kind_check")
     conn.execute("ALTER TABLE incidents ADD CONSTRAINT incidents_kind_check CHECK (kind IN ('inactivity', 'long_on', 'fall'))")
@@ -126,6 +128,7 @@ def test_a_migration_that_changes_a_kind_alone_is_caught(conn: psycopg.Connectio
     assert "incidents_opened_notify" in problems
 
 
+@pytest.mark.unit
 def test_the_contract_is_consistent_with_itself() -> None:
     assert contract.WELFARE_KINDS.isdisjoint(contract.TECHNICAL_KINDS)
     assert contract.DETECTOR_KINDS < contract.INCIDENT_KINDS
@@ -137,6 +140,7 @@ def test_the_contract_is_consistent_with_itself() -> None:
     assert len({(h.table, h.trigger) for h in contract.HANDOFFS}) == len(contract.HANDOFFS)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("package", ["mimamori", "gateway", "ingest", "detector", "alerts", "safety", "app", "bench", "firmware_sim"])
 def test_code_listens_and_notifies_only_on_contract_channels(package: str) -> None:
     """A LISTEN or pg_notify in Python names a channel of the contract (the SQL side is checked above)."""
