@@ -2,7 +2,7 @@
 
 Stages meet on the wire (``mimamori.protocol``) or in the database. This module is the database half:
 the kinds and states the tables accept, the LISTEN/NOTIFY channels, and the trigger hand-offs by which
-one stage's write wakes another. ``tests/test_contract.py`` holds it against the migrations as applied to
+one stage's write wakes another. ``tests/test_kernel_contract.py`` holds it against the migrations as applied to
 a real database (check constraints, partial indexes, views, ``pg_trigger`` and the functions' source),
 so a migration that changes a kind without this module, or the reverse, fails.
 
