@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 from rich.console import Console
@@ -56,12 +57,36 @@ def stage_target(name: str, settings: Settings, svc: Any, stop: threading.Event,
 def run_stages(
     settings: Settings, svc: Any, stop: threading.Event, *, clock: Clock | None = None, stages: tuple[str, ...] = STAGES
 ) -> list[threading.Thread]:
-    """Start the service stages in threads of this process (one place that knows them all)."""
+    """Start the service stages in threads of this process (one place that knows them all).
+
+    Ingest starts first, and the others once it has subscribed (or after ``INGEST_READY_S``): a broker
+    keeps nothing for a shared subscription that has no member yet, so gateways that publish while the
+    other stages are still being imported (seconds) would have their first events acknowledged and lost.
+    """
     clock = clock or SystemClock()
-    threads = [threading.Thread(target=stage_target(name, settings, svc, stop, clock), name=name, daemon=True) for name in stages]
-    for t in threads:
-        t.start()
+    threads = []
+    for name in stages:
+        thread = threading.Thread(target=stage_target(name, settings, svc, stop, clock), name=name, daemon=True)
+        thread.start()
+        threads.append(thread)
+        if name == "ingest":
+            _wait_ready("ingest", stop, INGEST_READY_S)
     return threads
+
+
+#: How long `serve` waits for ingest's subscription before starting the other stages anyway.
+INGEST_READY_S = 30.0
+
+
+def _wait_ready(name: str, stop: threading.Event, timeout: float) -> bool:
+    from mimamori.observability import readiness
+
+    deadline = time.monotonic() + timeout
+    while not stop.is_set() and time.monotonic() < deadline:
+        if readiness()[1].get(name):
+            return True
+        stop.wait(0.05)
+    return False
 
 
 def serve_until_stopped(threads: list[threading.Thread], stop: threading.Event, settings: Settings) -> None:
