@@ -214,14 +214,14 @@ class NoteOutbox:
 
     name = "note"
 
-    def superseded(self, conn: psycopg.Connection, row: dict[str, Any]) -> str | None:  # noqa: ARG002 - OutboxSource
+    def superseded(self, conn: psycopg.Connection, row: dict[str, Any]) -> str | None:
         return None
 
     def retry_delay(self, attempts: int) -> float | None:
         return policy.retry_delay(attempts)
 
-    def recorded(self, conn: psycopg.Connection, row: dict[str, Any], outcome: str, error: str | None,  # noqa: ARG002
-                 now: float) -> None:  # noqa: ARG002 - the OutboxSource protocol
+    def recorded(self, conn: psycopg.Connection, row: dict[str, Any], outcome: str, error: str | None,
+                 now: float) -> None:
         if outcome == "failed":
             log.warning("daily note %s to %s failed: %s", row["delivery_id"], row["recipient"], error)
 

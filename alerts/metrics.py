@@ -77,7 +77,7 @@ def refresh(conn: psycopg.Connection, now: float) -> dict[str, float]:
     row = conn.execute(
         "SELECT count(*), min(next_step_at) FROM alert_escalations WHERE next_step_at <= %s", (as_datetime(now),)
     ).fetchone()
-    assert row is not None
+    assert row is not None  # noqa: S101
     due, oldest = int(row[0]), row[1]
     lag = max(0.0, now - oldest.timestamp()) if oldest is not None else 0.0
     unadopted = conn.execute(

@@ -131,9 +131,9 @@ _NOTICE_TEXT: Final = {
         "unreachable": ("連絡できない見守り担当者がいます", "{person}さんにどの通知手段でも届きませんでした({name}さんのアラート)。"),
         "device_task": ("機器の点検依頼: {name}さん宅", "{note}"),
         "technical": ("機器の問題: {name}", "{kind}。"),
-        "claim_reminder": ("{name}さん: 確認はどうなりましたか", "{by}さんが確認に行くと押してから時間がたちました。結果をアプリで報告してください。まもなく他の担当者にも再通知されます。"),
+        "claim_reminder": ("{name}さん: 確認はどうなりましたか", "{by}さんが確認に行くと押してから時間がたちました。結果をアプリで報告してください。まもなく他の担当者にも再通知されます。"),  # noqa: E501
         "reopened": ("{name}さん: 確認が終わっていません", "{by}さんの確認が報告されないため、アラートを再開しました。アプリで「確認に行きます」を押してください。"),
-        "resident_check": ("見守りからの確認: お変わりありませんか", "{name}さん、いつもの時間に照明やセンサーの動きがありません。お変わりなければ、このリンクから一度押してください（{minutes}分以内に返事がないと見守りの方に連絡します）: {url}"),
+        "resident_check": ("見守りからの確認: お変わりありませんか", "{name}さん、いつもの時間に照明やセンサーの動きがありません。お変わりなければ、このリンクから一度押してください（{minutes}分以内に返事がないと見守りの方に連絡します）: {url}"),  # noqa: E501
         "test": ("見守り: テスト送信", "見守りのお知らせがこの連絡先に届くことを確かめるためのテストです。返信は不要です。"),
         "resident_answered_fine": ("{name}さん: ご本人から「大丈夫」と返事がありました", "{by}さんが見守りの確認に「大丈夫です」と答えました。"),
         "resident_answered_away": ("{name}さん: ご本人はお出かけ中です", "{by}さんが見守りの確認に「出かけています」と答えました。戻られるまで見守りを休止します。"),
@@ -148,9 +148,9 @@ _NOTICE_TEXT: Final = {
         "unreachable": ("A watcher could not be reached", "No channel reached {person} (alert for {name})."),
         "device_task": ("Device check needed: {name}", "{note}"),
         "technical": ("Device problem: {name}", "{kind}."),
-        "claim_reminder": ("{name}: how did the check go?", "{by} said they would go a while ago. Please report the outcome in the app; the team will be alerted again soon."),
+        "claim_reminder": ("{name}: how did the check go?", "{by} said they would go a while ago. Please report the outcome in the app; the team will be alerted again soon."),  # noqa: E501
         "reopened": ("{name}: the check was not reported", "{by}'s check was not reported, so the alert is open again. Open the app and press \"I'll go\"."),
-        "resident_check": ("Watch-over: is everything all right?", "{name}, your lights and sensors have been quiet for longer than usual. If you are fine, please press once on this link (your watchers will be told if there is no answer within {minutes} minutes): {url}"),
+        "resident_check": ("Watch-over: is everything all right?", "{name}, your lights and sensors have been quiet for longer than usual. If you are fine, please press once on this link (your watchers will be told if there is no answer within {minutes} minutes): {url}"),  # noqa: E501
         "test": ("Watch-over: test message", "A test that watch-over notices reach this contact. No need to reply."),
         "resident_answered_fine": ("{name}: the resident says they are fine", "{by} answered the check: \"I'm fine\"."),
         "resident_answered_away": ("{name}: the resident is away", "{by} answered the check: \"I'm out\". Watching pauses until they are back."),

@@ -210,7 +210,7 @@ def _next(state: State, **changes: Any) -> State:
     return replace(state, step=state.step + 1, wait_until=None, check_since=None, **changes)
 
 
-def _notify(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:  # noqa: ARG001 - the signature every step function of the dispatch table shares
+def _notify(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:
     people = _targets(step, ctx.team)
     if not people:
         return StepResult((Log("nobody_to_notify", {"step": state.step, "spec": dict(step)}),), _next(state))
@@ -219,7 +219,7 @@ def _notify(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> 
     return StepResult((Notify(people, state.step_key, "alert", urgent),), _next(state, notified=notified))
 
 
-def _notify_next(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:  # noqa: ARG001 - the signature every step function of the dispatch table shares
+def _notify_next(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:
     people = _targets(step, ctx.team)
     if not people:
         return StepResult((Log("nobody_to_notify", {"step": state.step, "spec": dict(step)}),), _next(state))
@@ -228,7 +228,7 @@ def _notify_next(state: State, step: Mapping[str, Any], ctx: Context, now: float
     return StepResult((Notify((person,), state.step_key, "alert", True),), _next(state, rr=state.rr + 1, notified=notified))
 
 
-def _wait(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:  # noqa: ARG001 - the signature every step function of the dispatch table shares
+def _wait(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:
     if state.wait_until is None:
         until = now + float(step["minutes"]) * 60.0
         return StepResult((), replace(state, wait_until=until), until)
@@ -268,13 +268,13 @@ def _resident_check(state: State, step: Mapping[str, Any], ctx: Context, now: fl
     return StepResult((), state, min(state.wait_until, now + RESIDENT_CHECK_POLL_S))
 
 
-def _repeat(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:  # noqa: ARG001 - the signature every step function of the dispatch table shares
+def _repeat(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:
     if state.round < int(step["times"]):
         return StepResult((Log("repeat", {"round": state.round + 1}),), replace(state, step=0, round=state.round + 1))
     return StepResult((), _next(state))
 
 
-def _option(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:  # noqa: ARG001 - the signature every step function of the dispatch table shares
+def _option(state: State, step: Mapping[str, Any], ctx: Context, now: float) -> StepResult:
     return StepResult((), _next(state))  # an option read elsewhere (claim_timeout): nothing to do here
 
 

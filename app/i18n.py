@@ -462,7 +462,7 @@ def translate(locale: str, key: str, **values: object) -> str:
 def request_locale(request: Request) -> str:
     person = getattr(request.state, "person", None)
     if person is not None and person.locale in LOCALES:
-        return person.locale
+        return str(person.locale)
     lang = request.cookies.get(LANG_COOKIE)
     if lang in LOCALES:
         return lang

@@ -55,7 +55,7 @@ def _one(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 def _isolated(name: str, kwargs: dict[str, Any], timeout_s: float = 1800) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "MIMAMORI_LOG_LEVEL": "WARNING"}
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "bench.bench_all", "one", name, json.dumps(kwargs)], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_all", "one", name, json.dumps(kwargs)], cwd=ROOT, env=env,  # noqa: PLW1510
                           capture_output=True, timeout=timeout_s)
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}", "stderr": proc.stderr.decode(errors="replace")[-3000:]}

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -68,9 +68,9 @@ def build_town(url: str, households: int, days: float, seed: int, now: float) ->
             keep = np.flatnonzero(stream.kind != _KINDS.index("heartbeat"))
             with conn.cursor().copy("COPY events (time, household_id, device_id, seq, kind, received_at) FROM STDIN") as copy:
                 for i in keep.tolist():
-                    t = datetime.fromtimestamp(float(stream.time[i]), timezone.utc)
+                    t = datetime.fromtimestamp(float(stream.time[i]), UTC)
                     copy.write_row((t, info.household_id, ids[int(stream.device[i])], int(stream.seq[i]), _KINDS[int(stream.kind[i])],
-                                    datetime.fromtimestamp(float(stream.arrival[i]), timezone.utc)))
+                                    datetime.fromtimestamp(float(stream.arrival[i]), UTC)))
             stored += len(keep)
             conn.commit()
     return stored
@@ -78,7 +78,7 @@ def build_town(url: str, households: int, days: float, seed: int, now: float) ->
 
 def _peak_rss_mb(pid: int) -> float:
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/status") as f:  # noqa: PTH123
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024.0
@@ -116,7 +116,7 @@ def _raised(service: Any, at: float) -> set[tuple[str, str]]:
     seen = state.dev_last_seen.copy()
     state.dev_last_seen[:] = np.where(np.isnan(seen), seen, np.float32(at - state.epoch))
     try:
-        sc = m.score(state, at, away_until=service._away(at), asked_first=service._asked_first(), p=service.params)
+        sc = m.score(state, at, away_until=service._away(at), asked_first=service._asked_first(), p=service.params)  # noqa: SLF001
     finally:
         state.dev_last_seen[:] = seen
     out = set()
@@ -138,8 +138,8 @@ def run_restart_bench(database_url: str, *, households: int = 1000, days: float 
     say = progress or (lambda msg: None)
     now = time.time()
     result: dict[str, Any] = {"households": households, "history_days": days}
-    log_path = f"/tmp/mimamori-bench-detector-{os.getpid()}.log"
-    with open(log_path, "wb") as log, psycopg.connect(database_url, autocommit=True) as conn:
+    log_path = f"/tmp/mimamori-bench-detector-{os.getpid()}.log"  # noqa: S108
+    with open(log_path, "wb") as log, psycopg.connect(database_url, autocommit=True) as conn:  # noqa: PTH123
         say(f"building {households} homes with {days:g} days of history")
         t0 = time.perf_counter()
         result["history_events"] = build_town(database_url, households, days, seed, now)
@@ -193,7 +193,7 @@ def run_restart_bench(database_url: str, *, households: int = 1000, days: float 
         # The same first instant of history as the saved model's (its epoch), so that both saw the same events.
         rebuilt = DetectorService(database_url, clock, worker="bench-rebuilt", restore=False, history_start=restarted.state.epoch)
         try:
-            assert restarted.started_from == "checkpoint"
+            assert restarted.started_from == "checkpoint"  # noqa: S101
             restarted.tick()  # what arrived after its state was saved; device health
             rebuilt.tick()
             same, raised, differences = True, [], []

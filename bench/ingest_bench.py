@@ -232,7 +232,7 @@ def run_ingest_bench(
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("fork")  # no threads run yet; spawn would re-import __main__
     with ctx.Pool(publishers) as pool:
-        pool.map(_publisher_process, [(mqtt_url, prefix, s, n, devices) for s, n in zip(starts, per)])
+        pool.map(_publisher_process, [(mqtt_url, prefix, s, n, devices) for s, n in zip(starts, per, strict=False)])
     preload_s = time.perf_counter() - t0
 
     results: dict[str, Any] = {}

@@ -216,7 +216,7 @@ def firmware_events(
         boots = [float(boot_at[i])] + [b + float(dev_rng.uniform(1.0, 20.0)) for a, b in down if b < end and b > start]
         boots_t = _ms(np.asarray([b for b in boots if b < end]))
         boots_t = boots_t[~in_intervals(boots_t, down)]
-        hb = _ms(start + phase[i] + np.arange(0.0, max(0.0, end - start), heartbeat_s) + dev_rng.uniform(-2.0, 2.0, int(math.ceil(max(0.0, end - start) / heartbeat_s))))
+        hb = _ms(start + phase[i] + np.arange(0.0, max(0.0, end - start), heartbeat_s) + dev_rng.uniform(-2.0, 2.0, math.ceil(max(0.0, end - start) / heartbeat_s)))
         hb = hb[(hb > boots_t[0] if len(boots_t) else hb >= start) & (hb < end)]
         hb = hb[~in_intervals(hb, down) & ~in_intervals(hb, gateway_down)]
         ev_t = np.concatenate([boots_t, t])

@@ -58,26 +58,25 @@ def fleet_manifest(households: int, seed: int, *, bulbs_only: bool = False) -> d
 def register_manifest(conn: psycopg.Connection, manifest: dict[str, Any]) -> dict[str, int]:
     """Insert the manifest into ``households``, ``gateways``, ``devices``; idempotent."""
     homes = manifest["households"]
-    with conn.transaction():
-        with conn.cursor() as cur:
-            cur.executemany(
-                """INSERT INTO households (household_id, display_name, area, timezone) VALUES (%s, %s, %s, %s)
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO households (household_id, display_name, area, timezone) VALUES (%s, %s, %s, %s)
                    ON CONFLICT (household_id) DO UPDATE
                    SET display_name = excluded.display_name, area = excluded.area, timezone = excluded.timezone""",
-                [(h["household_id"], h["display_name"], h["area"], h["timezone"]) for h in homes],
-            )
-            cur.executemany(
-                """INSERT INTO gateways (gateway_id, household_id, area) VALUES (%s, %s, %s)
+            [(h["household_id"], h["display_name"], h["area"], h["timezone"]) for h in homes],
+        )
+        cur.executemany(
+            """INSERT INTO gateways (gateway_id, household_id, area) VALUES (%s, %s, %s)
                    ON CONFLICT (gateway_id) DO UPDATE SET household_id = excluded.household_id, area = excluded.area""",
-                [(h["gateway_id"], h["household_id"], h["area"]) for h in homes],
-            )
-            cur.executemany(
-                """INSERT INTO devices (device_id, gateway_id, household_id, kind, room, paired_at) VALUES (%s, %s, %s, %s, %s, now())
+            [(h["gateway_id"], h["household_id"], h["area"]) for h in homes],
+        )
+        cur.executemany(
+            """INSERT INTO devices (device_id, gateway_id, household_id, kind, room, paired_at) VALUES (%s, %s, %s, %s, %s, now())
                    ON CONFLICT (device_id) DO UPDATE
                    SET gateway_id = excluded.gateway_id, household_id = excluded.household_id, kind = excluded.kind,
                        room = excluded.room, paired_at = coalesce(devices.paired_at, excluded.paired_at)""",
-                [(d["device_id"], h["gateway_id"], h["household_id"], d["kind"], d["room"]) for h in homes for d in h["devices"]],
-            )
+            [(d["device_id"], h["gateway_id"], h["household_id"], d["kind"], d["room"]) for h in homes for d in h["devices"]],
+        )
     return {"households": len(homes), "gateways": len(homes), "devices": sum(len(h["devices"]) for h in homes)}
 
 
@@ -310,7 +309,7 @@ def run_fleet(
         gateways.extend(new_gateway(k) for k in range(households))
         if progress is not None:
             progress(snapshot(live_from))  # the gateways are up: a caller sharing the clock may speed it up
-        for t, k, i in zip(arrival.tolist(), hh_index.tolist(), ev_index.tolist()):
+        for t, k, i in zip(arrival.tolist(), hh_index.tolist(), ev_index.tolist(), strict=False):
             apply_controls(t)
             advance(t)
             event = streams[k].protocol_event(i)
@@ -321,7 +320,7 @@ def run_fleet(
         apply_controls(float("inf"))
         advance(t1)
         deadline = time.monotonic() + flush_timeout_s
-        flushed = all([g.flush(max(0.1, deadline - time.monotonic())) for g in gateways if g is not None])
+        flushed = all(g.flush(max(0.1, deadline - time.monotonic())) for g in gateways if g is not None)
         if linger_s > 0:
             # Real gateways stay on: the service may notice events the broker dropped (their seq is
             # missing) and ask for them again. A closing heartbeat per device says which seq each
@@ -336,7 +335,7 @@ def run_fleet(
                         hand_over(k, topics[k][d], protocol.encode_event(event), event)
             time.sleep(linger_s)
             deadline = time.monotonic() + flush_timeout_s
-            flushed = all([g.flush(max(0.1, deadline - time.monotonic())) for g in gateways if g is not None])
+            flushed = all(g.flush(max(0.1, deadline - time.monotonic())) for g in gateways if g is not None)
     finally:
         for g in gateways:
             if g is not None:

@@ -227,7 +227,7 @@ def _return(actions_before: ResidentActions, t: float) -> list[tuple[float, int,
     rows.append((t + 120, ENTER, room if room != OUT else ROOMS.index("living"), level if room != OUT else ACTIVE))
     planned = actions_before.lights_at(t + 120)
     for r in range(N_ROOMS):
-        rows.append((t + 125, LIGHT_ON if planned[r] else LIGHT_OFF, r, 0))
+        rows.append((t + 125, LIGHT_ON if planned[r] else LIGHT_OFF, r, 0))  # noqa: PERF401
     return rows
 
 
@@ -273,7 +273,7 @@ def apply_incidents(
             keep = actions.select(actions.time < t)
             actions = keep.merged([(t, ENTER, BATHROOM, ACTIVE), (t + 3, LIGHT_ON, BATHROOM, 0), (t + 40, ENTER, BATHROOM, STILL)])
             stopped_at = t
-            bulbs = tuple(d for d, k, r in zip(device_ids, device_kinds, device_rooms) if k == "bulb" and r == "bathroom")
+            bulbs = tuple(d for d, k, r in zip(device_ids, device_kinds, device_rooms, strict=False) if k == "bulb" and r == "bathroom")
             incidents.append(Incident(household_id, kind, t, None, bulbs or all_devices, True, {"room": "bathroom", "bathroom_bulb": bool(bulbs)}))
         elif kind in ("hospital_stay", "trip_away"):
             if dur is None:
@@ -314,6 +314,6 @@ def apply_incidents(
             if kind == "area_power_cut":
                 power_cuts.append((t, t + dur))
                 affected = all_devices
-                details = {"area": area, "mains_devices_unpowered": [d for d, k in zip(device_ids, device_kinds) if k in ("bulb", "plug")]}
+                details = {"area": area, "mains_devices_unpowered": [d for d, k in zip(device_ids, device_kinds, strict=False) if k in ("bulb", "plug")]}
             incidents.append(Incident(household_id, kind, t, t + dur, affected, False, details))
     return AppliedIncidents(actions, incidents, dead, gateway_down, power_cuts)

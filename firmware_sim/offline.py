@@ -28,7 +28,7 @@ DAY = 86400.0
 #: Default start: Monday 2026-01-05 00:00 Asia/Tokyo (a winter quarter follows).
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=ZoneInfo(DEFAULT_TIMEZONE)).timestamp()
 
-__all__ = ["KIND_CODES", "FleetStreams", "HouseholdStream", "FleetArrays", "simulate_offline", "simulate_household", "bench_offline", "DEFAULT_START"]
+__all__ = ["DEFAULT_START", "KIND_CODES", "FleetArrays", "FleetStreams", "HouseholdStream", "bench_offline", "simulate_household", "simulate_offline"]
 
 
 @dataclass
@@ -83,12 +83,12 @@ class HouseholdStream:
 
     def protocol_event(self, i: int) -> Event:
         v = float(self.value[i])
-        return Event(self.info.devices[int(self.device[i])].device_id, int(self.seq[i]), int(round(float(self.time[i]) * 1000.0)), KIND_CODES[int(self.kind[i])], None if v != v else v)
+        return Event(self.info.devices[int(self.device[i])].device_id, int(self.seq[i]), round(float(self.time[i]) * 1000.0), KIND_CODES[int(self.kind[i])], None if v != v else v)  # noqa: E501, PLR0124
 
     def protocol_events(self) -> Iterator[Event]:
         ids = self.device_ids
-        for d, s, t, k, v in zip(self.device.tolist(), self.seq.tolist(), self.time.tolist(), self.kind.tolist(), self.value.tolist()):
-            yield Event(ids[d], s, int(round(t * 1000.0)), KIND_CODES[k], None if v != v else v)
+        for d, s, t, k, v in zip(self.device.tolist(), self.seq.tolist(), self.time.tolist(), self.kind.tolist(), self.value.tolist(), strict=False):
+            yield Event(ids[d], s, round(t * 1000.0), KIND_CODES[k], None if v != v else v)  # noqa: PLR0124
 
 
 @dataclass
@@ -135,7 +135,7 @@ class FleetStreams:
         counts = np.zeros(len(KIND_CODES), np.int64)
         for hh in self.households:
             counts += np.bincount(hh.kind, minlength=len(KIND_CODES))
-        return {k: int(c) for k, c in zip(KIND_CODES, counts)}
+        return {k: int(c) for k, c in zip(KIND_CODES, counts, strict=False)}
 
     def concatenated(self, *, sort: bool = True) -> FleetArrays:
         offsets = np.cumsum([0] + [len(hh.info.devices) for hh in self.households])
@@ -263,4 +263,4 @@ if __name__ == "__main__":  # python -m firmware_sim.offline [households] [days]
 
     args = [float(a) for a in sys.argv[1:4]]
     h, d, s = (args + [300, 90, 1][len(args):])[:3]
-    print(json.dumps(bench_offline(int(h), d, int(s)), indent=2))
+    print(json.dumps(bench_offline(int(h), d, int(s)), indent=2))  # noqa: T201

@@ -38,7 +38,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, Self
 
 from mimamori.clock import Clock
 from mimamori.protocol import EVENT_KINDS, Event, check_id
@@ -368,7 +368,7 @@ class Outbox:
                 self._closed = True
                 self._db.close()
 
-    def __enter__(self) -> Outbox:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

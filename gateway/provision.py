@@ -360,7 +360,7 @@ def provision(
     stack_env = parse_env(_read(stack_env_path))
     known: dict[str, str] = {}
     for user in existing:
-        if user in SERVICE_ROLES:
+        if user in SERVICE_ROLES:  # noqa: SIM108
             value = stack_env.get(service_password_var(user))
         else:
             value = parse_env(_read(gw_dir / f"{user}.env")).get("MIMAMORI_MQTT_PASSWORD")

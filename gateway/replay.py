@@ -58,7 +58,7 @@ def replay(lines: Iterable[str], *, fresh: bool = False, layout: Layout = DEFAUL
             msg = json.loads(line)
             topic = msg["topic"]
             if not isinstance(topic, str):
-                raise TypeError("topic")
+                raise TypeError("topic")  # noqa: TRY301
         except (ValueError, KeyError, TypeError) as exc:
             yield row(None, Summary("rejected", reason=f"bad_line: {type(exc).__name__}"))
             continue

@@ -48,8 +48,7 @@ class Batch:
             self.in_batch_duplicates += 1
         else:
             self.events[key] = (gateway_id, ev)
-            if ev.ts_ms > self.newest_ts_ms:
-                self.newest_ts_ms = ev.ts_ms
+            self.newest_ts_ms = max(self.newest_ts_ms, ev.ts_ms)
 
     def add_ack_only(self, mid: int = 0) -> None:
         """A message counted and acknowledged with the batch, but nothing of it stored."""
@@ -68,8 +67,7 @@ class Batch:
                 self.in_batch_duplicates += 1
             else:
                 self.events[key] = (item.gateway_id, ev)
-                if ev.ts_ms > self.newest_ts_ms:
-                    self.newest_ts_ms = ev.ts_ms
+                self.newest_ts_ms = max(self.newest_ts_ms, ev.ts_ms)
         elif type(item) is DeadLetter:
             self.dead_letters.append(item)
         elif type(item) is StatusMsg:

@@ -86,7 +86,7 @@ class IngestClient(paho.Client):
         end_of_data = len(buf)
         if pos >= end_of_data:
             try:
-                buf = paho.Client._sock_recv(self, READ_SIZE)
+                buf = paho.Client._sock_recv(self, READ_SIZE)  # noqa: SLF001
             except BlockingIOError:
                 return MQTTErrorCode.MQTT_ERR_AGAIN
             except OSError as err:

@@ -9,7 +9,7 @@ Each kind carries the HTTP status and a short machine ``code`` the web app answe
 token was refused).
 """
 
-# ruff: noqa: N818  (the kinds are named for what happened, as HTTP names them: NotFound, Conflict, Gone)
+
 
 from __future__ import annotations
 

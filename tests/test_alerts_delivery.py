@@ -18,7 +18,7 @@ from support.waiting import wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_apprise_email_carries_the_pinned_message_id(smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_apprise_email_carries_the_pinned_message_id(smtp: SmtpSink) -> None:
     sender = AppriseSender()
     assert sender.send(smtp.url("a@example.org"), "件名", "本文", message_id="<alert.1.2.3@mimamori.test>").ok
     assert sender.send(smtp.url("a@example.org"), "件名", "本文", message_id="<alert.1.2.3@mimamori.test>").ok
@@ -31,7 +31,7 @@ def test_apprise_email_carries_the_pinned_message_id(smtp: SmtpSink) -> None:  #
 
 
 def test_in_doubt_row_is_taken_over_only_when_its_sender_is_gone(pg_url: str, conn: psycopg.Connection,
-                                                                  smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
+                                                                  smtp: SmtpSink) -> None:
     clock = ManualClock()
     town = seed_town(conn, smtp, tier1=1, tier2=0)  # nothing is sent here: the test plays the sender
     conn.execute("DELETE FROM person_channels WHERE person_id <> %s", (town.tier1[0],))
@@ -74,7 +74,7 @@ def test_in_doubt_row_is_taken_over_only_when_its_sender_is_gone(pg_url: str, co
         other.close()
 
 
-def test_alert_for_a_claimed_incident_is_skipped_not_sent(pg_url: str, conn: psycopg.Connection, smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_alert_for_a_claimed_incident_is_skipped_not_sent(pg_url: str, conn: psycopg.Connection, smtp: SmtpSink) -> None:
     clock = ManualClock()
     town = seed_town(conn, smtp, tier1=1, tier2=0)
     iid = open_incident(conn, town.household_id, clock.now())

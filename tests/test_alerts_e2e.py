@@ -80,7 +80,7 @@ def workers(pg_url: str, tmp_path: Path) -> Iterator[Workers]:
     w.close()
 
 
-def test_fall_to_resolve_end_to_end(conn: psycopg.Connection, smtp: SmtpSink, workers: Workers) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_fall_to_resolve_end_to_end(conn: psycopg.Connection, smtp: SmtpSink, workers: Workers) -> None:
     town = seed_town(conn, smtp)
     t1a, t1b = town.tier1
     t2 = town.tier2[0]
@@ -109,11 +109,11 @@ def test_fall_to_resolve_end_to_end(conn: psycopg.Connection, smtp: SmtpSink, wo
     assert conn.execute("SELECT label FROM incident_labels WHERE incident_id = %s", (iid,)).fetchone() == ("true_positive",)
 
 
-def _mail_counts(smtp: SmtpSink) -> Counter[tuple[str, str]]:  # noqa: F811 - a pytest fixture imported from its module
+def _mail_counts(smtp: SmtpSink) -> Counter[tuple[str, str]]:
     return Counter((m.rcpt[0], m.subject) for m in smtp.mails)
 
 
-def test_sigkill_mid_escalation_resumes_without_loss_or_duplicates(conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
+def test_sigkill_mid_escalation_resumes_without_loss_or_duplicates(conn: psycopg.Connection, smtp: SmtpSink,
                                                                    workers: Workers) -> None:
     town = seed_town(conn, smtp)
     first = workers.start("kill-1")
@@ -138,7 +138,7 @@ def test_sigkill_mid_escalation_resumes_without_loss_or_duplicates(conn: psycopg
     assert esc == ("kill-2", "3")  # resumed at the right step: now in the second wait
 
 
-def delivery_figures(conn: psycopg.Connection, smtp: SmtpSink) -> dict[str, int]:  # noqa: F811 - a pytest fixture imported from its module
+def delivery_figures(conn: psycopg.Connection, smtp: SmtpSink) -> dict[str, int]:
     """What the SMTP sink saw against what the outbox says was sent: by Message-ID."""
     expected = {r[0] for r in conn.execute("SELECT message_id FROM alert_deliveries WHERE channel <> 'inapp' AND status = 'sent'")}
     seen = smtp.by_message_id()
@@ -152,7 +152,7 @@ def delivery_figures(conn: psycopg.Connection, smtp: SmtpSink) -> dict[str, int]
 
 
 def test_sigkill_between_smtp_accept_and_record_sends_the_same_message_again(
-        conn: psycopg.Connection, smtp: SmtpSink, workers: Workers) -> None:  # noqa: F811 - a pytest fixture imported from its module
+        conn: psycopg.Connection, smtp: SmtpSink, workers: Workers) -> None:
     towns = [seed_town(conn, smtp, tier2=0) for _ in range(20)]
     # the 6th message reaches the sink, which keeps it but holds its "250 OK": the worker is killed
     # in exactly the window the issue is about (the server has the message, our row says 'sending')
@@ -177,7 +177,7 @@ def test_sigkill_between_smtp_accept_and_record_sends_the_same_message_again(
              .fetchone() == (40,), timeout=30, what="every e-mail recorded as sent")
     time.sleep(0.3)
     figures = delivery_figures(conn, smtp)
-    print(f"SIGKILL between accept and record: {sent_before} mails before the kill, {in_doubt} in doubt; {figures}")  # noqa: T201 - the measured figures, shown with -s
+    print(f"SIGKILL between accept and record: {sent_before} mails before the kill, {in_doubt} in doubt; {figures}")
     assert figures["expected"] == 40 and figures["seen"] == 40
     assert figures["missing"] == 0 and figures["unexpected"] == 0
     assert figures["distinct_duplicates"] == 0
@@ -193,7 +193,7 @@ def test_sigkill_between_smtp_accept_and_record_sends_the_same_message_again(
     assert conn.execute("SELECT count(*) FROM notifications").fetchone() == (40,)  # in-app: exactly once
 
 
-def test_two_workers_never_double_send(conn: psycopg.Connection, smtp: SmtpSink, workers: Workers) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_two_workers_never_double_send(conn: psycopg.Connection, smtp: SmtpSink, workers: Workers) -> None:
     towns = [seed_town(conn, smtp, tier1=2, tier2=1) for _ in range(30)]
     chain = '[{"type": "notify", "tiers": [1]}, {"type": "wait", "minutes": 15}, {"type": "notify", "tiers": [2]}]'
     conn.execute("INSERT INTO escalation_chains (household_id, steps) SELECT household_id, %s::jsonb FROM households", (chain,))
@@ -218,4 +218,4 @@ def test_two_workers_never_double_send(conn: psycopg.Connection, smtp: SmtpSink,
                                    "GROUP BY 1").fetchall())
     assert sum(per_worker.values()) == 60 and len(ids) == 30
     assert set(per_worker) == {"pair-a", "pair-b"}, per_worker  # both took part
-    print(f"two workers: notify steps per worker {per_worker}")  # noqa: T201 - the measured figures, shown with -s
+    print(f"two workers: notify steps per worker {per_worker}")

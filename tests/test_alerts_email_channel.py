@@ -22,7 +22,7 @@ from test_alerts_integration import who
 pytestmark = pytest.mark.integration
 
 
-def _server(smtp: SmtpSink) -> str:  # noqa: F811 - a pytest fixture imported from its module
+def _server(smtp: SmtpSink) -> str:
     """The operator's mail server as an Apprise URL without a recipient."""
     return f"mailto://127.0.0.1:{smtp.port}?from=alerts@city.example.jp&mode=insecure"
 
@@ -36,7 +36,7 @@ def _worker(pg_url: str, clock: ManualClock, smtp_url: str | None) -> tuple[thre
     return t, stop
 
 
-def test_an_address_is_enough(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_an_address_is_enough(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink) -> None:
     clock = ManualClock()
     town = seed_town(conn, None, tier1=1, tier2=0)
     watcher = town.tier1[0]
@@ -92,7 +92,7 @@ def test_a_coordinator_manages_the_channels_of_residents_in_their_area(conn: psy
         service.add_channel(conn, who(conn, town.tier1[0]), "res-a", "email", "x@example.jp")
 
 
-def test_a_safety_check_reaches_a_resident_by_address(conn: psycopg.Connection, smtp: SmtpSink, tmp_path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811 - a pytest fixture imported from its module
+def test_a_safety_check_reaches_a_resident_by_address(conn: psycopg.Connection, smtp: SmtpSink, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from alerts.channels import AppriseSender, WebPushSender
     from mimamori.signing import signer
     from safety import flows as safety_flows

@@ -68,11 +68,11 @@ def who(conn: psycopg.Connection, person_id: str) -> Actor:
     return Actor(person_id, row[0], row[1])
 
 
-def mail_subjects(smtp: SmtpSink, town: Town, person: str) -> list[str]:  # noqa: F811 - a pytest fixture imported from its module
+def mail_subjects(smtp: SmtpSink, town: Town, person: str) -> list[str]:
     return [m.subject for m in smtp.to(town.emails[person])]
 
 
-def test_lifecycle_tiers_claim_resolve_and_audit(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,  # noqa: F811 - a pytest fixture imported from its module
+def test_lifecycle_tiers_claim_resolve_and_audit(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,
                                                  worker: Worker) -> None:
     town = seed_town(conn, smtp)
     t1a, t1b = town.tier1
@@ -162,7 +162,7 @@ def test_only_the_team_area_coordinator_or_operator_may_act(conn: psycopg.Connec
     assert service.get_chain(conn, who(conn, town.tier1[0]), town.household_id)[1] == "default"
 
 
-def test_chain_is_snapshotted_when_the_incident_opens(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,  # noqa: F811 - a pytest fixture imported from its module
+def test_chain_is_snapshotted_when_the_incident_opens(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,
                                                       worker: Worker) -> None:
     town = seed_town(conn, smtp)
     coord = who(conn, town.coordinator)
@@ -180,7 +180,7 @@ def test_chain_is_snapshotted_when_the_incident_opens(conn: psycopg.Connection, 
     assert snap is not None and snap[1] == "household" and snap[0][0] == {"type": "notify", "tiers": [2]}
 
 
-def test_resident_check_blinks_the_bulb_and_a_toggle_cancels(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
+def test_resident_check_blinks_the_bulb_and_a_toggle_cancels(conn: psycopg.Connection, pg_url: str, smtp: SmtpSink,
                                                             clock: ManualClock, mqtt_url: MqttUrl) -> None:
     town = seed_town(conn, smtp)
     service.set_chain(conn, who(conn, town.coordinator), town.household_id,
@@ -224,7 +224,7 @@ def test_resident_check_blinks_the_bulb_and_a_toggle_cancels(conn: psycopg.Conne
         sub.disconnect()
 
 
-def test_failed_channel_retries_with_backoff_then_reports_to_coordinator(conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
+def test_failed_channel_retries_with_backoff_then_reports_to_coordinator(conn: psycopg.Connection, smtp: SmtpSink,
                                                                          clock: ManualClock, worker: Worker) -> None:
     town = seed_town(conn, smtp, tier1=2, tier2=0)
     broken, no_channel = town.tier1
@@ -254,7 +254,7 @@ def test_failed_channel_retries_with_backoff_then_reports_to_coordinator(conn: p
     assert reasons == [("no_channel", no_channel), ("all_failed", broken)]
 
 
-def test_outcomes_feed_back(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_outcomes_feed_back(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:
     town = seed_town(conn, smtp)
     me = who(conn, town.tier1[0])
     iid = open_incident(conn, town.household_id, clock.now())
@@ -281,7 +281,7 @@ def test_outcomes_feed_back(conn: psycopg.Connection, smtp: SmtpSink, clock: Man
     assert labels == {iid4: "false_alarm"}
 
 
-def test_quiet_hours_hold_back_non_urgent_notices_only(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,  # noqa: F811 - a pytest fixture imported from its module
+def test_quiet_hours_hold_back_non_urgent_notices_only(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,
                                                      worker: Worker) -> None:
     town = seed_town(conn, smtp)
     sleeper, other = town.tier1
@@ -296,7 +296,7 @@ def test_quiet_hours_hold_back_non_urgent_notices_only(conn: psycopg.Connection,
     wait_for(lambda: len(smtp.to(town.emails[sleeper])) == 2, what="held-back notice after quiet hours")
 
 
-def test_incident_closed_by_the_detector_stops_escalation(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,  # noqa: F811 - a pytest fixture imported from its module
+def test_incident_closed_by_the_detector_stops_escalation(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,
                                                           worker: Worker) -> None:
     town = seed_town(conn, smtp)
     iid = open_incident(conn, town.household_id, clock.now())

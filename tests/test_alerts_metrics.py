@@ -38,9 +38,9 @@ def test_metrics_count_sends_retries_and_describe_the_queue(pg_url: str, conn: p
         "retries": sample("mimamori_alerts_retries_total", channel="email"),
     }
     stop = threading.Event()
-    worker = threading.Thread(target=run_alert_worker, args=(Settings(),), daemon=True, kwargs=dict(
-        database_url=pg_url, mqtt_url=None, clock=clock, stop=stop, worker_id="m",
-        alert_settings=AlertSettings(poll_s=0.05, delivery_threads=1, metrics_every_s=0.1)))
+    worker = threading.Thread(target=run_alert_worker, args=(Settings(),), daemon=True, kwargs={
+        "database_url": pg_url, "mqtt_url": None, "clock": clock, "stop": stop, "worker_id": "m",
+        "alert_settings": AlertSettings(poll_s=0.05, delivery_threads=1, metrics_every_s=0.1)})
     worker.start()
     try:
         iid = open_incident(conn, town.household_id, clock.now())
@@ -54,7 +54,7 @@ def test_metrics_count_sends_retries_and_describe_the_queue(pg_url: str, conn: p
         # the worker refreshes the queue gauges: one open incident, waiting (nothing due)
         wait_for(lambda: sample("mimamori_alerts_incidents", status="open") == 1, what="incident gauge")
         assert sample("mimamori_alerts_due_steps") == 0 and sample("mimamori_alerts_step_lag_seconds") == 0
-        ok, checks = observability.readiness()
+        _ok, checks = observability.readiness()
         assert checks.get("alerts") is True
     finally:
         stop.set()

@@ -84,7 +84,7 @@ def safety_worker(pg_url: str) -> Iterator[None]:
     assert not thread.is_alive() and not errors, errors
 
 
-def _safety_home(conn: psycopg.Connection, smtp: SmtpSink) -> tuple[str, str]:  # noqa: F811 - a pytest fixture imported from its module
+def _safety_home(conn: psycopg.Connection, smtp: SmtpSink) -> tuple[str, str]:
     """A home whose resident is reachable by e-mail (an Apprise mailto URL to the sink)."""
     conn.execute("INSERT INTO people (person_id, display_name, role) VALUES ('oper', 'op', 'operator')")
     conn.execute("INSERT INTO households (household_id, display_name, area) VALUES ('hs', '安否の家', 'north')")
@@ -98,7 +98,7 @@ def _links(base: str) -> safety_records.Links:
     return safety_records.Links(signer(Settings(), "safety-answer"), base)
 
 
-def test_answer_links_are_never_stored_in_clear_and_still_work(pg_url: str, conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
+def test_answer_links_are_never_stored_in_clear_and_still_work(pg_url: str, conn: psycopg.Connection, smtp: SmtpSink,
                                                                 safety_worker: None) -> None:
     clock = ManualClock()
     # the alert engine asks a resident first (their answer link by e-mail)
@@ -159,7 +159,7 @@ time.sleep(600)  # killed here: after the claim committed, before any send
 
 
 def test_a_worker_killed_between_claim_and_send_loses_nothing_and_sends_once(pg_url: str, conn: psycopg.Connection,
-                                                                             smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
+                                                                             smtp: SmtpSink) -> None:
     """What it proves: the claim is committed before the network call and guarded by the claimer's
     session advisory lock. (1) While the claimer lives, no other worker sends its row (no double
     send). (2) SIGKILLed, its lock dies with its connection; the row, left 'sending', is found in
@@ -219,7 +219,7 @@ def test_a_worker_killed_between_claim_and_send_loses_nothing_and_sends_once(pg_
             claimer.stdout.close()
 
 
-def test_each_worker_takes_only_its_own_sources_rows(conn: psycopg.Connection, smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_each_worker_takes_only_its_own_sources_rows(conn: psycopg.Connection, smtp: SmtpSink) -> None:
     from alerts import flows as alert_flows
     from safety import flows as safety_flows
 
@@ -238,7 +238,7 @@ def test_each_worker_takes_only_its_own_sources_rows(conn: psycopg.Connection, s
         outbox.release(conn, row)
 
 
-def test_throttle_per_channel_kind_holds_back_one_kind_only(conn: psycopg.Connection, smtp: SmtpSink) -> None:  # noqa: F811 - a pytest fixture imported from its module
+def test_throttle_per_channel_kind_holds_back_one_kind_only(conn: psycopg.Connection, smtp: SmtpSink) -> None:
     from safety import flows as safety_flows
 
     clock = ManualClock()
@@ -326,7 +326,7 @@ def test_the_migration_carries_both_old_outboxes_over(pg_server, tmp_path: Path)
         assert new > max(r[0] for r in rows)
 
 
-def test_the_alert_worker_can_throttle_a_channel_kind(conn: psycopg.Connection, smtp: SmtpSink,  # noqa: F811 - a pytest fixture imported from its module
+def test_the_alert_worker_can_throttle_a_channel_kind(conn: psycopg.Connection, smtp: SmtpSink,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from alerts import flows as alert_flows
     from alerts.channels import AlertSettings, AppriseSender, WebPushSender

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import psycopg
@@ -45,9 +45,9 @@ class Ingest:
         self.stats = IngestStats()
         self.services: list[IngestService] = []
         settings = Settings(ingest_session_expiry_s=120, ingest_batch_max_wait_s=0.02)  # type: ignore[call-arg]
-        self.thread = threading.Thread(target=run_ingest, args=(settings,), daemon=True, kwargs=dict(
-            database_url=pg_url, mqtt_url=mqtt_url, stop=self.stop, client_id=f"alerts-e2e-{uuid.uuid4().hex[:8]}",
-            stats=self.stats, service=self.services))
+        self.thread = threading.Thread(target=run_ingest, args=(settings,), daemon=True, kwargs={
+            "database_url": pg_url, "mqtt_url": mqtt_url, "stop": self.stop, "client_id": f"alerts-e2e-{uuid.uuid4().hex[:8]}",
+            "stats": self.stats, "service": self.services})
         self.thread.start()
         wait_for(lambda: self.services and self.services[0].subscribed.is_set(), timeout=15, what="ingest subscribed")
 
@@ -70,9 +70,9 @@ class Feed:
         end = int(np.searchsorted(s.time, t, side="left"))
         messages = [
             (protocol.event_topic(info.gateway_id, info.device_ids[d]).encode(),
-             protocol.encode_event(protocol.Event(info.device_ids[d], int(q), int(round(ts * 1000)), KINDS[k])))
+             protocol.encode_event(protocol.Event(info.device_ids[d], int(q), round(ts * 1000), KINDS[k])))
             for ts, d, k, q in zip(s.time[self.sent:end].tolist(), s.device[self.sent:end].tolist(),
-                                   s.kind[self.sent:end].tolist(), s.seq[self.sent:end].tolist())
+                                   s.kind[self.sent:end].tolist(), s.seq[self.sent:end].tolist(), strict=False)
         ]
         if messages:
             publish_raw(self.url, messages)
@@ -148,14 +148,14 @@ def test_simulated_fall_through_broker_ingest_detector_to_alerts(pg_url: str, ow
         assert stored is not None and stored[0] > 1000
         clock = ManualClock(fall.start + 60)
         stop = threading.Event()
-        worker = threading.Thread(target=run_alert_worker, args=(Settings(),), daemon=True, kwargs=dict(
-            database_url=pg_url, mqtt_url=None, clock=clock, stop=stop, worker_id="e2e",
-            alert_settings=AlertSettings(poll_s=0.05, delivery_threads=2)))
+        worker = threading.Thread(target=run_alert_worker, args=(Settings(),), daemon=True, kwargs={
+            "database_url": pg_url, "mqtt_url": None, "clock": clock, "stop": stop, "worker_id": "e2e",
+            "alert_settings": AlertSettings(poll_s=0.05, delivery_threads=2)})
         worker.start()
         detector = DetectorService(pg_url, clock)
         try:
             iid, kind, rule, opened_at = tick_until_incident(conn, clock, feed, detector, stream.info.household_id)
-            assert rule.startswith("model") and opened_at >= datetime.fromtimestamp(fall.start, timezone.utc)
+            assert rule.startswith("model") and opened_at >= datetime.fromtimestamp(fall.start, UTC)
             print(f"detector: {kind} incident {(opened_at.timestamp() - fall.start) / H:.1f} h after the fall ({rule})")
             # first tier: in the app and by e-mail
             wait_for(lambda: smtp.to(emails["family"]) and smtp.to(emails["neighbour"]), timeout=15, what="tier-1 e-mail")
@@ -205,9 +205,9 @@ def test_the_resident_is_asked_first_and_a_fallen_one_cannot_answer(pg_url: str,
         stop = threading.Event()
         server = f"mailto://127.0.0.1:{smtp.port}?from=alerts@city.example.jp&mode=insecure"
         worker = threading.Thread(target=run_alert_worker, args=(Settings(public_url="https://m.example.jp"),), daemon=True,
-                                  kwargs=dict(database_url=pg_url, mqtt_url=MqttUrl.parse(own_broker.url), clock=clock,
-                                              stop=stop, worker_id="e2e",
-                                              alert_settings=AlertSettings(poll_s=0.05, delivery_threads=2, smtp_url=server)))
+                                  kwargs={"database_url": pg_url, "mqtt_url": MqttUrl.parse(own_broker.url), "clock": clock,
+                                              "stop": stop, "worker_id": "e2e",
+                                              "alert_settings": AlertSettings(poll_s=0.05, delivery_threads=2, smtp_url=server)})
         worker.start()
         detector = DetectorService(pg_url, clock)
         try:

@@ -43,7 +43,7 @@ def worker(pg_url: str, clock: ManualClock) -> Iterator[Worker]:
     w.close()
 
 
-def _resident(conn: psycopg.Connection, smtp: SmtpSink, town: Town, chain: list[dict] = ASK_FIRST) -> str:  # noqa: F811 - a pytest fixture imported from its module
+def _resident(conn: psycopg.Connection, smtp: SmtpSink, town: Town, chain: list[dict] = ASK_FIRST) -> str:
     """The home's resident, reachable by e-mail, and the household's chain."""
     pid = f"res-{town.household_id}"
     conn.execute("INSERT INTO people (person_id, display_name, role, household_id) VALUES (%s, '山田 花子', 'resident', %s)",
@@ -54,14 +54,14 @@ def _resident(conn: psycopg.Connection, smtp: SmtpSink, town: Town, chain: list[
     return pid
 
 
-def _link_in_mail(smtp: SmtpSink, person: str) -> str:  # noqa: F811 - a pytest fixture imported from its module
+def _link_in_mail(smtp: SmtpSink, person: str) -> str:
     mails = wait_for(lambda: smtp.to(f"{person}@example.org"), what="the resident's mail")
     m = re.search(re.escape(PUBLIC) + r"/r/([A-Za-z0-9_-]+)", mails[0].body)
     assert m, mails[0].body
     return m.group(1)
 
 
-def _asked(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,  # noqa: F811 - a pytest fixture imported from its module
+def _asked(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock,
            chain: list[dict] = ASK_FIRST) -> tuple[Town, str, int, str]:
     """A home whose resident has been asked: (town, resident, incident id, the token of their link)."""
     town = seed_town(conn, smtp)
@@ -244,7 +244,7 @@ def test_asked_and_answers_are_counted(conn: psycopg.Connection, smtp: SmtpSink,
 
 @pytest.mark.integration
 def test_without_a_chain_of_its_own_a_home_whose_resident_has_a_channel_asks_them_first(
-        conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:  # noqa: F811 - a pytest fixture imported from its module
+        conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:
     town = seed_town(conn, smtp)
     person = _resident(conn, smtp, town)
     conn.execute("DELETE FROM escalation_chains WHERE household_id = %s", (town.household_id,))

@@ -4,7 +4,7 @@ a changed fleet is fitted in place, and shards split the fleet with one holder e
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import psycopg
@@ -67,7 +67,7 @@ def test_shards_partition_the_fleet_and_keep_an_area_together() -> None:
     owners = [[s.index for s in shards if s.owns(h, a)] for h, a in homes]
     assert all(len(o) == 1 for o in owners)
     by_area: dict[str, set[int]] = {}
-    for (h, a), o in zip(homes, owners):
+    for (h, a), o in zip(homes, owners, strict=False):  # noqa: B007
         if a:
             by_area.setdefault(a, set()).add(o[0])
     assert all(len(s) == 1 for s in by_area.values())
@@ -93,10 +93,10 @@ def _add_events(url: str, streams: list, since: float, until: float, received: f
             "COPY events (time, household_id, device_id, seq, kind, received_at) FROM STDIN") as copy:
         for stream in streams:
             ids = stream.info.device_ids
-            for t, dev, kind, seq in zip(stream.time.tolist(), stream.device.tolist(), stream.kind.tolist(), stream.seq.tolist()):
+            for t, dev, kind, seq in zip(stream.time.tolist(), stream.device.tolist(), stream.kind.tolist(), stream.seq.tolist(), strict=False):
                 if since <= t < until and KINDS[kind] != "heartbeat":
-                    copy.write_row((datetime.fromtimestamp(t, timezone.utc), stream.info.household_id, ids[dev], seq, KINDS[kind],
-                                    datetime.fromtimestamp(received, timezone.utc)))
+                    copy.write_row((datetime.fromtimestamp(t, UTC), stream.info.household_id, ids[dev], seq, KINDS[kind],
+                                    datetime.fromtimestamp(received, UTC)))
 
 
 @pytest.mark.integration

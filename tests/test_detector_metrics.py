@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -32,7 +32,7 @@ def test_a_tick_updates_the_metrics_and_readiness(pg_url: str) -> None:
             last = T0 - (30 if k == 1 else 1) * H
             for seq, (t, kind) in enumerate(((last - 600, "on"), (last, "off")), start=1):
                 conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind) VALUES (%s, %s, %s, %s, %s)",
-                             (datetime.fromtimestamp(t, timezone.utc), hid, dev, seq, kind))
+                             (datetime.fromtimestamp(t, UTC), hid, dev, seq, kind))
     before_opened = sample("mimamori_detector_incidents_opened_total", kind="inactivity")
     before_ticks = sample("mimamori_detector_tick_seconds_count")
     before_events = sample("mimamori_detector_events_total")
@@ -56,7 +56,7 @@ def test_a_tick_updates_the_metrics_and_readiness(pg_url: str) -> None:
         before_closed = sample("mimamori_detector_incidents_closed_total", kind="inactivity")
         with psycopg.connect(pg_url) as conn:
             conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind) VALUES (%s, 'hh-m1', 'hh-m1-living-bulb', 3, 'on')",
-                         (datetime.fromtimestamp(clock.now() - 60, timezone.utc),))
+                         (datetime.fromtimestamp(clock.now() - 60, UTC),))
         service.tick()
         assert sample("mimamori_detector_incidents_closed_total", kind="inactivity") == before_closed + 1
         assert sample("mimamori_detector_open_incidents", kind="inactivity") == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -31,13 +31,13 @@ def store_household(url: str, stream, until: float) -> None:
         ids = info.device_ids
         last_seen: dict[str, float] = {}
         with conn.cursor().copy("COPY events (time, household_id, device_id, seq, kind) FROM STDIN") as copy:
-            for t, dev, kind, seq in zip(stream.time.tolist(), stream.device.tolist(), stream.kind.tolist(), stream.seq.tolist()):
+            for t, dev, kind, seq in zip(stream.time.tolist(), stream.device.tolist(), stream.kind.tolist(), stream.seq.tolist(), strict=False):
                 if t >= until:
                     break
                 last_seen[ids[dev]] = t
                 if KINDS[kind] == "heartbeat":
                     continue
-                copy.write_row((datetime.fromtimestamp(t, timezone.utc), info.household_id, ids[dev], seq, KINDS[kind]))
+                copy.write_row((datetime.fromtimestamp(t, UTC), info.household_id, ids[dev], seq, KINDS[kind]))
         for device_id, t in last_seen.items():
             conn.execute(
                 "INSERT INTO device_state (device_id, last_seen_at, last_heartbeat_at) VALUES (%s, to_timestamp(%s), to_timestamp(%s))",
@@ -69,10 +69,10 @@ def test_simulated_collapse_becomes_an_incident_row(pg_url: str) -> None:
         for _ in range(48):
             clock.advance(1800)
             with psycopg.connect(pg_url) as conn:  # the devices keep sending heartbeats (ingest records them)
-                conn.execute("UPDATE device_state SET last_seen_at = to_timestamp(%s), last_heartbeat_at = to_timestamp(%s), updated_at = now()", (clock.now(), clock.now()))
+                conn.execute("UPDATE device_state SET last_seen_at = to_timestamp(%s), last_heartbeat_at = to_timestamp(%s), updated_at = now()", (clock.now(), clock.now()))  # noqa: E501
             service.tick()
             with psycopg.connect(pg_url) as conn:
-                row = conn.execute("SELECT kind, status, rule, score, evidence, extract(epoch FROM opened_at) FROM incidents WHERE kind IN ('inactivity', 'long_on')").fetchone()
+                row = conn.execute("SELECT kind, status, rule, score, evidence, extract(epoch FROM opened_at) FROM incidents WHERE kind IN ('inactivity', 'long_on')").fetchone()  # noqa: E501
             if row:
                 opened_at = row[5]
                 break
@@ -140,7 +140,7 @@ def test_an_incident_a_watcher_closed_is_not_reopened_for_the_same_silence(pg_ur
         with psycopg.connect(pg_url) as conn:
             assert conn.execute("SELECT count(*) FROM incidents WHERE kind = 'inactivity'").fetchone()[0] == 1
             # A new silence (after new activity) may alert again.
-            conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind, received_at) VALUES (to_timestamp(%s), 'h1', 'd1', 2, 'on', now())", (clock.now(),))
+            conn.execute("INSERT INTO events (time, household_id, device_id, seq, kind, received_at) VALUES (to_timestamp(%s), 'h1', 'd1', 2, 'on', now())", (clock.now(),))  # noqa: E501
         clock.advance(600)
         service.tick()
         clock.advance(25 * H)
@@ -253,7 +253,7 @@ def test_the_detector_knows_which_homes_ask_their_resident_first(pg_url: str) ->
     service = DetectorService(pg_url, ManualClock(DEFAULT_START))
     try:
         asked = service._asked_first()
-        got = {h for h, yes in zip(service.fleet.households, asked.tolist()) if yes}
+        got = {h for h, yes in zip(service.fleet.households, asked.tolist(), strict=False) if yes}
     finally:
         service.close()
     assert got == {"h-default", "h-asks"}

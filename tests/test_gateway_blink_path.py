@@ -54,7 +54,7 @@ def z2m(s: str) -> Dialect:
 
 def tasmota(s: str) -> Dialect:
     return Dialect("tasmota", f"tasmota-lamp_{s}", f"stat/lamp_{s}/POWER", f"cmnd/lamp_{s}/POWER",
-                   lambda on, t: b"ON" if on else b"OFF", lambda p: {b"ON": True, b"OFF": False}.get(p))
+                   lambda on, t: b"ON" if on else b"OFF", {b"ON": True, b"OFF": False}.get)
 
 
 def shelly(s: str) -> Dialect:
@@ -73,7 +73,7 @@ def shelly(s: str) -> Dialect:
 
 def shelly_gen1(s: str) -> Dialect:
     return Dialect("shelly_gen1", f"shelly1-{s}", f"shellies/shelly1-{s}/relay/0", f"shellies/shelly1-{s}/relay/0/command",
-                   lambda on, t: b"on" if on else b"off", lambda p: {b"on": True, b"off": False}.get(p))
+                   lambda on, t: b"on" if on else b"off", {b"on": True, b"off": False}.get)
 
 
 class FakeDevice:
@@ -132,18 +132,18 @@ def stack(pg_url: str, home_broker: MqttUrl, clock: ManualClock, tmp_path: Path)
     stops: list[tuple[threading.Event, threading.Thread]] = []
     # The alert worker waits for the gateway's answer: "blinked" only when the device echoed it.
     worker_stop = threading.Event()
-    worker = threading.Thread(target=run_alert_worker, args=(Settings(),), daemon=True, kwargs=dict(
-        database_url=pg_url, mqtt_url=mqtt_url, clock=clock, stop=worker_stop, worker_id=f"w-{uuid.uuid4().hex[:6]}",
-        alert_settings=AlertSettings(poll_s=0.05, delivery_threads=2, blink_confirm_s=8.0)))
+    worker = threading.Thread(target=run_alert_worker, args=(Settings(),), daemon=True, kwargs={
+        "database_url": pg_url, "mqtt_url": mqtt_url, "clock": clock, "stop": worker_stop, "worker_id": f"w-{uuid.uuid4().hex[:6]}",
+        "alert_settings": AlertSettings(poll_s=0.05, delivery_threads=2, blink_confirm_s=8.0)})
     worker.start()
 
     def start_gateway(gateway_id: str) -> None:
         stop = threading.Event()
         settings = Settings(mqtt_url=f"mqtt://{mqtt_url.host}:{mqtt_url.port}", mqtt_protocol="auto", gateway_heartbeat_s=3600,
                             gateway_settle_s=0)  # type: ignore[call-arg]
-        runner = threading.Thread(target=run_gateway, daemon=True, kwargs=dict(
-            settings=settings, gateway_id=gateway_id, local_url=f"mqtt://{mqtt_url.host}:{mqtt_url.port}",
-            outbox_path=tmp_path / f"{gateway_id}.sqlite3", stop=stop, clock=clock, blink_step_s=0.2))
+        runner = threading.Thread(target=run_gateway, daemon=True, kwargs={
+            "settings": settings, "gateway_id": gateway_id, "local_url": f"mqtt://{mqtt_url.host}:{mqtt_url.port}",
+            "outbox_path": tmp_path / f"{gateway_id}.sqlite3", "stop": stop, "clock": clock, "blink_step_s": 0.2})
         runner.start()
         stops.append((stop, runner))
 

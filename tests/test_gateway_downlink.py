@@ -68,7 +68,7 @@ def test_tasmota_power_sequence_on_the_devices_full_topic() -> None:
 
 def test_shelly_gen2_rpc_and_gen1_command_topics() -> None:
     home = Home()
-    home.send("shellies/plus1pm/events/rpc", {"src": "shellyplus1pm-a8", "method": "NotifyStatus", "params": {"ts": 1767225000.0, "switch:0": {"id": 0, "output": False}}})
+    home.send("shellies/plus1pm/events/rpc", {"src": "shellyplus1pm-a8", "method": "NotifyStatus", "params": {"ts": 1767225000.0, "switch:0": {"id": 0, "output": False}}})  # noqa: E501
     home.send("Shelly-Garage-Lights/status/light:1", {"id": 1, "output": True, "brightness": 50})
     home.send("shellies/shelly1-XXXXXX/relay/0", "on")
     assert steps(downlink.plan("plus1pm", BLINK, home.memory, now_ms=NOW))[:2] == [

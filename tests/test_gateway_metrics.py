@@ -79,8 +79,8 @@ def test_gateway_process_serves_readiness_and_metrics(mqtt_url: mqtt.MqttUrl, tm
     broker = f"mqtt://{mqtt_url.host}:{mqtt_url.port}"
     settings = Settings(mqtt_url=broker, gateway_heartbeat_s=3600, ops_port=port)
     stop = threading.Event()
-    runner = threading.Thread(target=run_gateway, kwargs=dict(settings=settings, gateway_id=gw_id, local_url=broker,
-                                                             outbox_path=tmp_path / "o.sqlite3", stop=stop))
+    runner = threading.Thread(target=run_gateway, kwargs={"settings": settings, "gateway_id": gw_id, "local_url": broker,
+                                                             "outbox_path": tmp_path / "o.sqlite3", "stop": stop})
     runner.start()
 
     def get(path: str) -> tuple[int, bytes]:

@@ -318,7 +318,7 @@ def test_many_gateways_in_one_process(mqtt_url: mqtt.MqttUrl, tmp_path: Path) ->
         elapsed = time.perf_counter() - start
         total = n_gateways * per_gateway
         assert wait_for(lambda: len(listener.triples) == total, 20), len(listener.triples)
-        print(f"{n_gateways} gateways: {total} events in {elapsed:.2f}s = {total / elapsed:.0f}/s")  # noqa: T201 - the figure, with -s
+        print(f"{n_gateways} gateways: {total} events in {elapsed:.2f}s = {total / elapsed:.0f}/s")
     finally:
         for g in gateways:
             g.stop(timeout=2)

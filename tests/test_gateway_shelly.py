@@ -96,7 +96,7 @@ def test_input_presses_and_toggles() -> None:
     out = home.send(f"{PRO}/events/rpc", rpc(PRO, "NotifyEvent", params))
     assert out.readings == (Reading(f"{PRO}.input0", "motion", 1_631_266_595_430),)
     plus = "shellyplus1-a8032abe54dc"
-    assert home.kinds(f"{plus}/events/rpc", rpc(plus, "NotifyStatus", {"ts": 1656519645.48, "input:0": {"id": 0, "state": False}})) == [(f"{plus}.input0", "off")]  # [pr4]
+    assert home.kinds(f"{plus}/events/rpc", rpc(plus, "NotifyStatus", {"ts": 1656519645.48, "input:0": {"id": 0, "state": False}})) == [(f"{plus}.input0", "off")]  # [pr4]  # noqa: E501
 
 
 def test_online_bad_time_and_malformed() -> None:

@@ -43,7 +43,7 @@ def test_fresh_gateway_keeps_a_real_first_switch() -> None:
 
 def test_retained_first_report_is_a_sync() -> None:
     home = Home()
-    assert home.summary("zigbee2mqtt/kitchen", {"state": "ON", "brightness": 215, "color_temp": 325}, retained=True) == ("ignored", "retained_sync")  # [topics] LED1545G12
+    assert home.summary("zigbee2mqtt/kitchen", {"state": "ON", "brightness": 215, "color_temp": 325}, retained=True) == ("ignored", "retained_sync")  # [topics] LED1545G12  # noqa: E501
     assert home.kinds("zigbee2mqtt/kitchen", {"state": "OFF", "brightness": 215}) == [("z2m-kitchen", "off")]
 
 

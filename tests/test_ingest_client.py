@@ -31,7 +31,7 @@ def subscriber(url: MqttUrl, topic: str, got: list, *, client_id: str | None = N
     return client
 
 
-def pump(client: paho.Client, done, timeout: float = 15.0) -> None:  # noqa: ANN001
+def pump(client: paho.Client, done, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not done():
         assert time.monotonic() < deadline, "timed out"

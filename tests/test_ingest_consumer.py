@@ -114,7 +114,7 @@ def test_events_are_stored_once_and_device_state_follows(pg_url: str, mqtt_url: 
 
 def test_status_heartbeat_and_malformed_traffic_all_accounted_for(pg_url: str, mqtt_url: MqttUrl) -> None:
     gw = unique("gw")
-    rnd = random.Random(7)  # noqa: S311 - reproducible garbage, not a secret
+    rnd = random.Random(7)
     event_topic = protocol.event_topic(gw, "d1").encode()
     big = b"{" + b'"pad":"' + b"x" * 3000 + b'"}'
     makers: list[Callable[[int], tuple[bytes, bytes, str]]] = [

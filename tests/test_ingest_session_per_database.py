@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 TS = 1_767_225_600_000
 
 
-def test_the_session_name_carries_the_database(pg_url: str, pg_server) -> None:  # noqa: ANN001
+def test_the_session_name_carries_the_database(pg_url: str, pg_server) -> None:
     other = pg_server.clone()  # cloned from the same template: the same identity row, another database
     with psycopg.connect(pg_url) as a, psycopg.connect(other) as b:
         ida, idb = db.database_identity(a), db.database_identity(b)
@@ -32,7 +32,7 @@ def test_the_session_name_carries_the_database(pg_url: str, pg_server) -> None: 
     assert ida in default_client_id(s.model_copy(update={"ingest_client_id": "ingest-1"}), 0, ida)
 
 
-def test_messages_queued_for_one_database_stay_with_it(pg_url: str, pg_server, own_broker: embedded.EmbeddedBroker) -> None:  # noqa: ANN001
+def test_messages_queued_for_one_database_stay_with_it(pg_url: str, pg_server, own_broker: embedded.EmbeddedBroker) -> None:
     url = MqttUrl.parse(own_broker.url)
     other = pg_server.clone()
     group = f"g{uuid.uuid4().hex[:6]}"

@@ -29,7 +29,7 @@ def batch_of(*events: tuple[str, Event], dead: list[DeadLetter] | None = None) -
 
 
 @pytest.fixture
-def conn(pg_url: str):  # noqa: ANN201
+def conn(pg_url: str):
     from ingest.store import prepare
 
     with psycopg.connect(pg_url) as c:

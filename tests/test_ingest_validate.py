@@ -122,10 +122,7 @@ def _reference(body: bytes) -> Event | str:
 @settings(max_examples=400, deadline=None)
 @given(event_like, st.sampled_from(["compact", "spaced", "raw"]), st.binary(max_size=40))
 def test_fast_event_agrees_with_protocol_decode_event(obj: dict, style: str, raw: bytes) -> None:
-    if style == "raw":
-        body = raw
-    else:
-        body = json.dumps(obj, separators=(",", ":") if style == "compact" else (", ", ": ")).encode()
+    body = raw if style == "raw" else json.dumps(obj, separators=(",", ":") if style == "compact" else (", ", ": ")).encode()
     fast = fast_event(body, "bulb-1")
     ref = _reference(body)
     if fast is not None:

@@ -297,7 +297,7 @@ def test_safety_check_over_200_homes_end_to_end(pg_url: str, own_broker: Embedde
             "board_exact_after_last_answer_s": round(board_after_answers, 2), "board_live_updates": live_updates,
             "board_fallback_poll": "off (live only)",
             "webhook_span_s": round(span, 2), "test_wall_s": round(time.monotonic() - started_test, 1)}, indent=2))
-        print(f"recognition latency p50 {p50:.2f}s max {worst:.2f}s; board exact after {t_board:.1f}s")  # noqa: T201 - the measured figures, shown with -s
+        print(f"recognition latency p50 {p50:.2f}s max {worst:.2f}s; board exact after {t_board:.1f}s")
     finally:
         stop.set()
         residents.close()

@@ -149,7 +149,7 @@ def device_id_for(prefix: str, name: str) -> str:
     if not clean[:1].isalnum():
         clean = "x" + clean
     if len(clean) > 64 or not raw.isascii():
-        digest = hashlib.sha1(raw.encode()).hexdigest()[:8]
+        digest = hashlib.sha1(raw.encode()).hexdigest()[:8]  # noqa: S324
         clean = f"{clean[:55]}-{digest}"
     return clean
 
@@ -206,7 +206,7 @@ def epoch_ms(value: object) -> int | None:
     """A device timestamp (epoch seconds or ms, or an ISO 8601 string) in ms; None if unusable."""
     if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))  # noqa: FURB162
         except ValueError:
             return None
         if parsed.tzinfo is None:

@@ -38,7 +38,7 @@ _STATUS = re.compile(r"^(?P<prefix>.+)/status/(?P<comp>[a-z0-9_]+)(?::(?P<id>\d+
 
 
 def base_id(prefix: str) -> str:
-    key = prefix[len("shellies/"):] if prefix.startswith("shellies/") else prefix
+    key = prefix.removeprefix("shellies/")
     return device_id_for("", key)
 
 

@@ -93,8 +93,9 @@ def handle(topic: str, payload: bytes, ctx: Context) -> Outcome | None:
         found = (discovered, topic[len(discovered) + 1:])
     base, name = found
     if discovered is not None:
-        out = _bridge(base, name[7:], payload, ctx)
-        return Outcome(out.readings, out.rejection, {f"z2mbase|{base}": "1", **out.memory_updates}, out.summary)
+        bridged = _bridge(base, name[7:], payload, ctx)
+        return Outcome(tuple(bridged.readings), bridged.rejection, {f"z2mbase|{base}": "1", **bridged.memory_updates},
+                       bridged.summary)
     if not name:
         return ignored("not_a_device")
     if name == "bridge" or name.startswith("bridge/"):
