@@ -28,10 +28,10 @@ from psycopg.rows import dict_row
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mimamori import mqtt, protocol
+from mimamori import contract, mqtt, protocol
 from mimamori.mqtt import MqttUrl
 
-NOTIFICATIONS_CHANNEL = "mimamori_notifications"
+NOTIFICATIONS_CHANNEL = contract.CHANNEL_NOTIFICATIONS
 
 
 class AlertSettings(BaseSettings):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg
@@ -37,11 +37,13 @@ from alerts.channels import (
     private_target_nets,
     refused_target,
 )
-from alerts.line import LineSender
 from alerts.models import Conflict, InvalidInput, NotFound, render_notice
 from mimamori import outbox
 from mimamori.clock import Clock, as_datetime
 from mimamori.db import fetch_dict
+
+if TYPE_CHECKING:  # LINE's SDK is imported only where LINE is set up (it takes most of a second)
+    from alerts.line import LineSender
 
 log = logging.getLogger(__name__)
 

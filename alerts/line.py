@@ -84,14 +84,6 @@ class LineSettings:
     warn_at_share: float = 0.8       # a coordinator is told when this share is used
 
 
-def line_settings(settings: Any) -> LineSettings | None:
-    """The service's LINE channel from its settings (``MIMAMORI_LINE_*``); None when LINE is not set up."""
-    if settings.line_channel_secret is None or settings.line_access_token is None:
-        return None
-    return LineSettings(settings.line_access_token.get_secret_value(), settings.line_channel_secret.get_secret_value(),
-                        api_base=settings.line_api_base, monthly_push_budget=settings.line_monthly_push_budget)
-
-
 @dataclass(frozen=True)
 class Postback:
     action: str

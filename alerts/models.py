@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Protocol
 
-from mimamori import errors
+from mimamori import contract, errors
 
-STATUSES: Final = ("open", "claimed", "resolved", "cancelled")
+STATUSES: Final = ("open", "claimed", "resolved", "cancelled")  # contract.INCIDENT_STATUSES, in display order
 #: Outcomes a person may report when resolving (the engine itself also uses resident_responded).
-OUTCOMES: Final = ("fine", "needed_help", "emergency_services", "away", "device_problem", "false_alarm")
-WELFARE_KINDS: Final = frozenset({"inactivity", "long_on"})
+OUTCOMES: Final = contract.TEAM_OUTCOMES
+WELFARE_KINDS: Final = contract.WELFARE_KINDS
 ACTIVITY_KINDS: Final = ("on", "off", "motion", "open", "close")
 
 

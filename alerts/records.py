@@ -23,17 +23,17 @@ from alerts.models import (
     WELFARE_KINDS,
     render_notice,
 )
-from mimamori import outbox
+from mimamori import contract, outbox
 from mimamori.clock import as_datetime
 from mimamori.db import fetch_dict, fetch_dicts
 
 log = logging.getLogger(__name__)
 
-DELIVERIES_CHANNEL = "mimamori_alert_deliveries"
+DELIVERIES_CHANNEL = contract.CHANNEL_ALERT_DELIVERIES
 #: ``outbox.source`` of the alert engine's rows
 SOURCE = "alert"
-INCIDENTS_CHANNEL = "mimamori_incident_opened"
-NOTIFICATIONS_CHANNEL = "mimamori_notifications"
+INCIDENTS_CHANNEL = contract.CHANNEL_INCIDENTS
+NOTIFICATIONS_CHANNEL = contract.CHANNEL_NOTIFICATIONS
 
 
 _rows = fetch_dicts

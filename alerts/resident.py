@@ -27,10 +27,11 @@ from psycopg.types.json import Jsonb
 
 from alerts import engine, metrics, policy, records
 from alerts.models import Conflict, InvalidInput, NotFound
+from mimamori import contract
 from mimamori.clock import Clock, as_datetime
 from mimamori.db import fetch_dict
 
-ANSWERS: Final = ("fine", "away", "help")
+ANSWERS: Final = contract.RESIDENT_ANSWERS
 MAX_AWAY_DAYS: Final = 60
 MAX_TOKEN = 200
 LINK_PATH: Final = engine.RESIDENT_LINK_PATH

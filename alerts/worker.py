@@ -26,7 +26,7 @@ import psycopg
 
 from alerts import daily_notes, engine, flows, metrics, records
 from alerts.channels import AlertSettings, AppriseSender, MqttBlinkSender, WebPushSender
-from alerts.line import LineSender, line_settings
+from alerts.line_settings import line_sender
 from mimamori import observability, outbox
 from mimamori.clock import Clock, ScaledClock, SystemClock
 from mimamori.config import Settings
@@ -81,10 +81,9 @@ def run_alert_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUrl
         mqtt_sender = MqttBlinkSender(mqtt_url, f"mimamori-alerts-{worker_id}", protocol_preference=settings.mqtt_protocol,
                                       confirm_s=cfg.blink_confirm_s)
     sealer = outbox.LinkSealer(secret_key(settings))
-    line = line_settings(settings)
-    line_sender = LineSender(line, database_url=database_url, clock=clock) if line else None
+    line = line_sender(settings, database_url=database_url, clock=clock)
     senders = flows.Senders(AppriseSender(), WebPushSender(cfg.vapid_private_key, cfg.vapid_subject, cfg.send_timeout_s),
-                            mqtt_sender, smtp_url=cfg.smtp_url, sealer=sealer, line=line_sender)
+                            mqtt_sender, smtp_url=cfg.smtp_url, sealer=sealer, line=line)
     wake = threading.Event()
     throttle = outbox.Throttle.per_minute(cfg.rates_per_minute) if cfg.rates_per_minute else None
 

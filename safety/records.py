@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 
 from alerts import service as alerts_service
 from alerts.channels import channel_kind_name
-from mimamori import access, outbox
+from mimamori import access, contract, outbox
 from mimamori.clock import as_datetime
 from mimamori.db import fetch_dict, fetch_dicts
 from safety.models import (
@@ -26,7 +26,7 @@ from safety.models import (
     render_message,
 )
 
-NOTIFY_CHANNEL = "mimamori_safety"
+NOTIFY_CHANNEL = contract.CHANNEL_SAFETY
 #: ``outbox.source`` of the safety check's rows
 SOURCE = "safety"
 MAX_NOTE = 2000

@@ -21,7 +21,7 @@ import time
 import psycopg
 
 from alerts.channels import AlertSettings, AppriseSender, MqttBlinkSender, WebPushSender
-from alerts.line import LineSender, line_settings
+from alerts.line_settings import line_sender
 from mimamori import outbox
 from mimamori.clock import Clock
 from mimamori.config import Settings
@@ -53,8 +53,7 @@ def run_safety_worker(settings: Settings, *, database_url: str, mqtt_url: MqttUr
     senders = flows.Senders(AppriseSender(), WebPushSender(alert_cfg.vapid_private_key, alert_cfg.vapid_subject,
                                                            alert_cfg.send_timeout_s), None, smtp_url=alert_cfg.smtp_url,
                             mqtt_factory=factory, sealer=outbox.LinkSealer(secret_key(settings)),
-                            line=(LineSender(line, database_url=database_url, clock=clock)
-                                  if (line := line_settings(settings)) else None))
+                            line=line_sender(settings, database_url=database_url, clock=clock))
     throttle = outbox.Throttle(dict(cfg.rates))
     keys = sorted(set(cfg.rates) | {"mqtt", "email", "webpush"})
     wake = threading.Event()

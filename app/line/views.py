@@ -11,7 +11,8 @@ from fastapi.concurrency import run_in_threadpool
 from linebot.v3.exceptions import InvalidSignatureError
 
 from alerts import line_accounts
-from alerts.line import LineClient, LineError, line_settings, parse_webhook, text_message
+from alerts.line import LineClient, LineError, parse_webhook, text_message
+from alerts.line_settings import line_settings
 from app.auth.deps import CurrentPerson
 from app.db import ClockDep, Conn
 from app.line.service import Handled, handle

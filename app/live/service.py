@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 import psycopg
 
 from app.people import Person
+from mimamori import contract
 from mimamori.access import household_sql, incident_sql
 
-CHANNEL = "mimamori_app_live"
+CHANNEL = contract.CHANNEL_APP_LIVE
 
 
 @dataclass
