@@ -12,8 +12,8 @@ WORKDIR /src
 COPY . .
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && python -c "import zipfile, glob; names = zipfile.ZipFile(glob.glob('/wheels/mimamori-*.whl')[0]).namelist(); \
-assert any(n.startswith('mimamori/migrations/') and n.endswith('.sql') for n in names), 'migrations missing from the wheel'; \
-assert any(n.startswith('app/templates/') for n in names), 'templates missing from the wheel'"
+assert any(n.startswith('mimamori/kernel/migrations/') and n.endswith('.sql') for n in names), 'migrations missing from the wheel'; \
+assert any(n.startswith('mimamori/app/templates/') for n in names), 'templates missing from the wheel'"
 
 FROM python:3.11-slim
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \

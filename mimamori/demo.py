@@ -21,8 +21,8 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from mimamori.clock import Clock, ManualClock, PacedClock, ScaledClock, as_datetime
-from mimamori.config import Settings
+from mimamori.kernel.clock import Clock, ManualClock, PacedClock, ScaledClock, as_datetime
+from mimamori.kernel.config import Settings
 from mimamori.runtime import services
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ class _DemoOperator:
 
 def _prepare_quake_story(conn: psycopg.Connection, manifest: dict[str, Any], clock: Clock) -> str:
     """The first area is named by the bulletin's region and starts its check from 震度5弱 by itself."""
-    from safety import quake_service
+    from mimamori.safety import quake_service
 
     area = str(manifest["households"][0]["area"])
     quake_service.set_area(conn, _DemoOperator(), area=area, region_codes=[QUAKE_REGION], threshold="5弱", mode="start",
@@ -177,10 +177,10 @@ def _prepare_quake_story(conn: psycopg.Connection, manifest: dict[str, Any], clo
 def _quake_story(settings: Settings, database_url: str, clock: Clock, at: float, area: str, state: _Progress,
                  stop: threading.Event) -> None:
     """At ``at`` on the town's clock, the bulletin arrives: feed it as a live feed would (replayed: it is old)."""
-    from mimamori.signing import signer
-    from safety import quake_service
-    from safety.models import SafetySettings
-    from safety.service import Links
+    from mimamori.kernel.signing import signer
+    from mimamori.safety import quake_service
+    from mimamori.safety.models import SafetySettings
+    from mimamori.safety.service import Links
 
     while not stop.is_set() and clock.now() < at:
         stop.wait(0.2)
@@ -201,9 +201,9 @@ def _quake_story(settings: Settings, database_url: str, clock: Clock, at: float,
 def load_history(database_url: str, streams: Sequence[Any], until: float, *, chunk: int = 20_000) -> int:
     """Store every event the simulated devices delivered before ``until`` through the ingest's own
     batch writer (as if the service had been running); returns the activity events stored."""
-    from ingest.batch import Batch
-    from ingest.store import prepare, write_batch
-    from mimamori.protocol import ACTIVITY_KINDS
+    from mimamori.ingest.batch import Batch
+    from mimamori.ingest.store import prepare, write_batch
+    from mimamori.kernel.protocol import ACTIVITY_KINDS
 
     activity = 0
     with psycopg.connect(database_url) as conn:
@@ -242,10 +242,10 @@ def run_demo(
     real second once the first welfare alert is open (None: as fast as possible, for scripts).
     ``until_alert``: stop as soon as the story's alert is open (a smoke test of an install);
     ``max_seconds``: stop after that many real seconds whatever happened (the result says)."""
-    from app.demo import create_demo_accounts
-    from firmware_sim.fleet import fleet_manifest, register_manifest, run_fleet
-    from firmware_sim.incidents import IncidentPlan, IncidentSpec
-    from firmware_sim.offline import DEFAULT_START, simulate_household
+    from mimamori.app.demo import create_demo_accounts
+    from mimamori.firmware_sim.fleet import fleet_manifest, register_manifest, run_fleet
+    from mimamori.firmware_sim.incidents import IncidentPlan, IncidentSpec
+    from mimamori.firmware_sim.offline import DEFAULT_START, simulate_household
     from mimamori.stages import run_stages
 
     console = console or Console()
@@ -334,7 +334,7 @@ def run_demo(
                         state.first_alert_after_s = time.monotonic() - started
                         if isinstance(clock, ScaledClock) and speed is not None:
                             clock.set_speed(speed)  # now slow enough to follow the escalation
-                        live.console.print(f"[bold red]alert[/] {state.first_alert[2]}: {url}alerts/{state.first_alert[0]}"
+                        live.console.print(f"[bold red]alert[/] {state.first_alert[2]}: {url}mimamori/alerts/{state.first_alert[0]}"
                                            f" ({state.first_alert_after_s:.0f} s after start)")
                 live.update(_render(state, households, started, svc.describe(), clock))
                 if state.done and exit_when_done and state.live_activity_stored >= state.fleet.get("activity_events_published", 0):

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mimamori import db, embedded
-from mimamori.config import Settings
-from mimamori.mqtt import MqttUrl, negotiate_protocol, url_from_settings
+from mimamori.kernel import db, embedded
+from mimamori.kernel.config import Settings
+from mimamori.kernel.mqtt import MqttUrl, negotiate_protocol, url_from_settings
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from rich.console import Console
 
-from mimamori.clock import Clock, SystemClock
-from mimamori.config import Settings
+from mimamori.kernel.clock import Clock, SystemClock
+from mimamori.kernel.config import Settings
 
 console = Console(stderr=True)
 
@@ -25,28 +25,28 @@ def stage_target(name: str, settings: Settings, svc: Any, stop: threading.Event,
     import socket
 
     if name == "ingest":
-        from ingest.consumer import run_ingest
+        from mimamori.ingest.consumer import run_ingest
 
         return functools.partial(run_ingest, settings, database_url=svc.database_url, mqtt_url=svc.mqtt_url, stop=stop)
     if name == "detector":
-        from detector.service import run_detector
+        from mimamori.detector.service import run_detector
 
         return functools.partial(
             run_detector, settings, database_url=svc.database_url, clock=clock, stop=stop, tick_s=settings.detector_tick_s
         )
     if name == "alerts":
-        from alerts.worker import run_alert_worker
+        from mimamori.alerts.worker import run_alert_worker
 
         worker_id = settings.alerts_worker_id or f"{socket.gethostname()}-{os.getpid()}"
         return functools.partial(
             run_alert_worker, settings, database_url=svc.database_url, mqtt_url=svc.mqtt_url, clock=clock, stop=stop, worker_id=worker_id
         )
     if name == "safety":
-        from safety.worker import run_safety_worker
+        from mimamori.safety.worker import run_safety_worker
 
         return functools.partial(run_safety_worker, settings, database_url=svc.database_url, mqtt_url=svc.mqtt_url, clock=clock, stop=stop)
     if name == "app":
-        from app.main import run_app
+        from mimamori.app.main import run_app
 
         return functools.partial(
             run_app, settings, database_url=svc.database_url, host=settings.app_host, port=settings.app_port, stop=stop, clock=clock
@@ -79,7 +79,7 @@ INGEST_READY_S = 30.0
 
 
 def _wait_ready(name: str, stop: threading.Event, timeout: float) -> bool:
-    from mimamori.observability import readiness
+    from mimamori.kernel.observability import readiness
 
     deadline = time.monotonic() + timeout
     while not stop.is_set() and time.monotonic() < deadline:
@@ -90,7 +90,7 @@ def _wait_ready(name: str, stop: threading.Event, timeout: float) -> bool:
 
 
 def serve_until_stopped(threads: list[threading.Thread], stop: threading.Event, settings: Settings) -> None:
-    from mimamori.observability import start_ops_server
+    from mimamori.kernel.observability import start_ops_server
 
     ops = start_ops_server(settings)
     try:

@@ -25,9 +25,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from mimamori import db, embedded
-from mimamori.clock import ManualClock
-from mimamori.mqtt import MqttUrl
+from mimamori.kernel import db, embedded
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.mqtt import MqttUrl
 from support.broker import SecureBroker, secure_broker
 from support.town import SmtpSink
 from support.web import START, seed

@@ -6,7 +6,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from alerts.daily_note import SLOTS_PER_DAY, clock_words, clock_words_at, daily_note, weekly_note
+from mimamori.alerts.daily_note import SLOTS_PER_DAY, clock_words, clock_words_at, daily_note, weekly_note
 from support.town import SmtpSink
 from support.waiting import wait_for
 
@@ -65,7 +65,7 @@ def test_no_movement_yet_today() -> None:
 
 @pytest.mark.unit
 def test_a_trip_to_the_toilet_at_night_is_not_the_start_of_the_day() -> None:
-    # measured on real homes (bench/notes.py, UCI ADL): the day's first event is often at 1 a.m.
+    # measured on real homes (mimamori/bench/notes.py, UCI ADL): the day's first event is often at 1 a.m.
     today = routine()
     today[5] = 1  # 1:15
     note = daily_note("佐藤", TODAY, now_slot=48, days={**history(14), TODAY: today})
@@ -135,7 +135,7 @@ def test_three_homes_read_from_the_database(conn) -> None:
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 
-    from alerts.daily_note import read_home
+    from mimamori.alerts.daily_note import read_home
 
     tokyo = ZoneInfo("Asia/Tokyo")
     now = datetime(2026, 7, 20, 12, 0, tzinfo=tokyo)  # the note is written at noon, Tokyo time
@@ -174,8 +174,8 @@ def test_opt_in_at_the_home_hour_once_a_day_and_only_on_the_team(conn) -> None:
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 
-    from alerts import daily_notes
-    from alerts.models import Forbidden
+    from mimamori.alerts import daily_notes
+    from mimamori.alerts.models import Forbidden
 
     tokyo = ZoneInfo("Asia/Tokyo")
     conn.execute("INSERT INTO households (household_id, display_name) VALUES ('h1', '佐藤')")
@@ -209,9 +209,9 @@ def test_a_due_note_is_written_in_the_app_and_sent_once_by_email(conn, smtp: Smt
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
-    from alerts import daily_notes, flows
-    from alerts.channels import AppriseSender, WebPushSender
-    from mimamori.clock import ManualClock
+    from mimamori.alerts import daily_notes, flows
+    from mimamori.alerts.channels import AppriseSender, WebPushSender
+    from mimamori.kernel.clock import ManualClock
 
     tokyo = ZoneInfo("Asia/Tokyo")
     conn.execute("INSERT INTO households (household_id, display_name) VALUES ('h1', '佐藤')")

@@ -8,10 +8,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from alerts import engine, flows
-from alerts.channels import AppriseSender
-from mimamori import outbox
-from mimamori.clock import ManualClock
+from mimamori.alerts import engine, flows
+from mimamori.alerts.channels import AppriseSender
+from mimamori.kernel import outbox
+from mimamori.kernel.clock import ManualClock
 from support.town import SmtpSink, open_incident, seed_town
 from support.waiting import wait_for
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from alerts import service
-from alerts.models import Actor
-from mimamori.clock import ScaledClock
+from mimamori.alerts import service
+from mimamori.alerts.models import Actor
+from mimamori.kernel.clock import ScaledClock
 from support.town import SmtpSink, actions, notices, open_incident, seed_town
 from support.waiting import wait_for
 
@@ -45,7 +45,7 @@ class Workers:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "MIMAMORI_ALERTS_POLL_S": "0.05"}
         log = (self.tmp / f"{worker_id}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "alerts.worker", "--database-url", self.pg_url, "--worker-id", worker_id,
+            [sys.executable, "-m", "mimamori.alerts.worker", "--database-url", self.pg_url, "--worker-id", worker_id,
              "--speed", str(SPEED), "--sim-start", str(self.anchor), "--anchor", str(self.anchor)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )

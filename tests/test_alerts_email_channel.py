@@ -10,11 +10,11 @@ import threading
 import psycopg
 import pytest
 
-from alerts import models, service
-from alerts.channels import AlertSettings
-from alerts.worker import run_alert_worker
-from mimamori.clock import ManualClock
-from mimamori.config import Settings
+from mimamori.alerts import models, service
+from mimamori.alerts.channels import AlertSettings
+from mimamori.alerts.worker import run_alert_worker
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.config import Settings
 from support.town import SmtpSink, actions, notices, open_incident, seed_town
 from support.waiting import wait_for
 from test_alerts_integration import who
@@ -93,13 +93,13 @@ def test_a_coordinator_manages_the_channels_of_residents_in_their_area(conn: psy
 
 
 def test_a_safety_check_reaches_a_resident_by_address(conn: psycopg.Connection, smtp: SmtpSink, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from alerts.channels import AppriseSender, WebPushSender
-    from mimamori.signing import signer
-    from safety import flows as safety_flows
-    from safety import records as safety_records
-    from safety import service as safety_service
-    from safety.models import Actor
-    from safety.throttle import Throttle
+    from mimamori.alerts.channels import AppriseSender, WebPushSender
+    from mimamori.kernel.signing import signer
+    from mimamori.safety import flows as safety_flows
+    from mimamori.safety import records as safety_records
+    from mimamori.safety import service as safety_service
+    from mimamori.safety.models import Actor
+    from mimamori.safety.throttle import Throttle
 
     clock = ManualClock()
     town = seed_town(conn, None)

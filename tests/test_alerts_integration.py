@@ -12,14 +12,14 @@ from datetime import time as dt_time
 import psycopg
 import pytest
 
-from alerts import models, records, service
-from alerts.channels import AlertSettings
-from alerts.models import Actor
-from alerts.worker import run_alert_worker
-from mimamori import mqtt, protocol
-from mimamori.clock import ManualClock, as_datetime
-from mimamori.config import Settings
-from mimamori.mqtt import MqttUrl
+from mimamori.alerts import models, records, service
+from mimamori.alerts.channels import AlertSettings
+from mimamori.alerts.models import Actor
+from mimamori.alerts.worker import run_alert_worker
+from mimamori.kernel import mqtt, protocol
+from mimamori.kernel.clock import ManualClock, as_datetime
+from mimamori.kernel.config import Settings
+from mimamori.kernel.mqtt import MqttUrl
 from support.town import SmtpSink, Town, actions, notices, open_incident, seed_town
 from support.waiting import wait_for
 
@@ -310,7 +310,7 @@ def test_incident_closed_by_the_detector_stops_escalation(conn: psycopg.Connecti
 
 
 async def test_notification_stream_backlog_then_live(pg_url: str, conn: psycopg.Connection, clock: ManualClock) -> None:
-    from alerts.channels import notification_stream
+    from mimamori.alerts.channels import notification_stream
 
     town = seed_town(conn, None)
     me = town.tier1[0]

@@ -7,9 +7,9 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from alerts import engine, policy, service
-from alerts.models import Actor, Conflict
-from mimamori.clock import ManualClock, as_datetime
+from mimamori.alerts import engine, policy, service
+from mimamori.alerts.models import Actor, Conflict
+from mimamori.kernel.clock import ManualClock, as_datetime
 from support.town import actions as all_actions
 from support.town import notices, open_incident, seed_town
 

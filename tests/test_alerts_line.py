@@ -8,7 +8,7 @@ import pytest
 from linebot.v3.exceptions import InvalidSignatureError
 from linebot.v3.webhooks import MessageEvent, PostbackEvent
 
-from alerts.line import (
+from mimamori.alerts.line import (
     LineClient,
     LineError,
     LineSettings,
@@ -156,7 +156,7 @@ def _person(conn, person_id: str = "p-sato") -> str:
 
 @pytest.mark.integration
 def test_a_code_from_the_app_links_the_line_account_once(conn) -> None:
-    from alerts import line_accounts as acc
+    from mimamori.alerts import line_accounts as acc
 
     code = acc.issue_link_code(conn, _person(conn), NOW)
     assert acc.redeem_link_code(conn, "U-sato", f" {code} ", NOW + 60) == acc.LinkResult("linked", "p-sato")
@@ -169,7 +169,7 @@ def test_a_code_from_the_app_links_the_line_account_once(conn) -> None:
 
 @pytest.mark.integration
 def test_an_expired_or_replaced_code_does_not_link(conn) -> None:
-    from alerts import line_accounts as acc
+    from mimamori.alerts import line_accounts as acc
 
     first = acc.issue_link_code(conn, _person(conn), NOW)
     second = acc.issue_link_code(conn, "p-sato", NOW + 1)
@@ -180,7 +180,7 @@ def test_an_expired_or_replaced_code_does_not_link(conn) -> None:
 
 @pytest.mark.integration
 def test_guessing_codes_is_throttled(conn) -> None:
-    from alerts import line_accounts as acc
+    from mimamori.alerts import line_accounts as acc
 
     code = acc.issue_link_code(conn, _person(conn), NOW)
     wrong = f"{(int(code) + 1) % 10**6:06d}"
@@ -192,7 +192,7 @@ def test_guessing_codes_is_throttled(conn) -> None:
 
 @pytest.mark.integration
 def test_a_redelivered_event_is_acted_on_once(conn) -> None:
-    from alerts import line_accounts as acc
+    from mimamori.alerts import line_accounts as acc
 
     assert acc.first_delivery(conn, "01HZEVENT", NOW)
     assert not acc.first_delivery(conn, "01HZEVENT", NOW + 5)
@@ -201,7 +201,7 @@ def test_a_redelivered_event_is_acted_on_once(conn) -> None:
 
 @pytest.mark.integration
 def test_the_allowance_warns_once_a_month(conn) -> None:
-    from alerts import line_accounts as acc
+    from mimamori.alerts import line_accounts as acc
 
     warnings = [acc.count_push(conn, NOW, allowance=10).warn_now for _ in range(10)]
     assert warnings == [False] * 7 + [True, False, False]
@@ -216,8 +216,8 @@ def test_the_allowance_warns_once_a_month(conn) -> None:
 def line_app(world, platform: LinePlatform):
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
-    from mimamori.config import Settings
+    from mimamori.app.main import create_app
+    from mimamori.kernel.config import Settings
     from support.web import bearer
 
     url, clock, ids = world
@@ -283,7 +283,7 @@ def test_the_resident_answers_their_check_from_line(line_app, platform: LinePlat
 
     import psycopg
 
-    from alerts.engine import resident_token_hash
+    from mimamori.alerts.engine import resident_token_hash
 
     _client, post, link, url, ids = line_app
     with psycopg.connect(url, autocommit=True) as c:  # the check the chain sent to the resident
@@ -305,11 +305,11 @@ def test_an_alert_reaches_line_with_buttons_and_the_button_claims_it(line_app, p
     it through the real client, and the button in the message LINE received claims the alert."""
     import psycopg
 
-    from alerts import flows
-    from alerts import service as alerts_service
-    from alerts.channels import AppriseSender, WebPushSender
-    from alerts.line import LineSender, LineSettings
-    from mimamori.clock import ManualClock
+    from mimamori.alerts import flows
+    from mimamori.alerts import service as alerts_service
+    from mimamori.alerts.channels import AppriseSender, WebPushSender
+    from mimamori.alerts.line import LineSender, LineSettings
+    from mimamori.kernel.clock import ManualClock
 
     _client, post, link, url, ids = line_app
     link("watcher_a", "U-watcher-a")

@@ -8,13 +8,13 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
-from alerts import metrics, service
-from alerts.channels import AlertSettings
-from alerts.models import Actor
-from alerts.worker import run_alert_worker
-from mimamori import observability
-from mimamori.clock import ManualClock
-from mimamori.config import Settings
+from mimamori.alerts import metrics, service
+from mimamori.alerts.channels import AlertSettings
+from mimamori.alerts.models import Actor
+from mimamori.alerts.worker import run_alert_worker
+from mimamori.kernel import observability
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.config import Settings
 from support.town import SmtpSink, open_incident, seed_town
 from support.waiting import wait_for
 

@@ -1,4 +1,4 @@
-"""The one outbox (migration 0061, ``mimamori/outbox.py``) on a real PostgreSQL and a real SMTP server:
+"""The one outbox (migration 0061, ``mimamori/kernel/outbox.py``) on a real PostgreSQL and a real SMTP server:
 
 - answer links are stored only sealed (issue 17): after real messages went out (a resident check of
   the alert engine and a safety check), no text or JSON column of any table holds a token, and the
@@ -26,15 +26,15 @@ import psycopg
 import pytest
 import requests
 
-from alerts import engine, service
-from mimamori import outbox
-from mimamori.clock import ManualClock, SystemClock
-from mimamori.config import Settings
-from mimamori.signing import signer
-from safety import records as safety_records
-from safety import service as safety_service
-from safety.models import Actor, SafetySettings
-from safety.worker import run_safety_worker
+from mimamori.alerts import engine, service
+from mimamori.kernel import outbox
+from mimamori.kernel.clock import ManualClock, SystemClock
+from mimamori.kernel.config import Settings
+from mimamori.kernel.signing import signer
+from mimamori.safety import records as safety_records
+from mimamori.safety import service as safety_service
+from mimamori.safety.models import Actor, SafetySettings
+from mimamori.safety.worker import run_safety_worker
 from support.town import SmtpSink, open_incident, seed_town
 from support.waiting import wait_for
 from support.web import served
@@ -148,9 +148,9 @@ def test_answer_links_are_never_stored_in_clear_and_still_work(pg_url: str, conn
 
 _CLAIMER = """
 import sys, time, psycopg
-from mimamori import outbox
-from mimamori.clock import SystemClock
-from safety.flows import SOURCES
+from mimamori.kernel import outbox
+from mimamori.kernel.clock import SystemClock
+from mimamori.safety.flows import SOURCES
 conn = psycopg.connect(sys.argv[1], autocommit=True)
 row = outbox.claim(conn, SOURCES, SystemClock().now(), "doomed")
 print(row["delivery_id"] if row else "none", flush=True)
@@ -220,8 +220,8 @@ def test_a_worker_killed_between_claim_and_send_loses_nothing_and_sends_once(pg_
 
 
 def test_each_worker_takes_only_its_own_sources_rows(conn: psycopg.Connection, smtp: SmtpSink) -> None:
-    from alerts import flows as alert_flows
-    from safety import flows as safety_flows
+    from mimamori.alerts import flows as alert_flows
+    from mimamori.safety import flows as safety_flows
 
     clock = ManualClock()
     town = seed_town(conn, smtp, tier1=1, tier2=0)
@@ -239,7 +239,7 @@ def test_each_worker_takes_only_its_own_sources_rows(conn: psycopg.Connection, s
 
 
 def test_throttle_per_channel_kind_holds_back_one_kind_only(conn: psycopg.Connection, smtp: SmtpSink) -> None:
-    from safety import flows as safety_flows
+    from mimamori.safety import flows as safety_flows
 
     clock = ManualClock()
     conn.execute("INSERT INTO people (person_id, display_name, role) VALUES ('oper', 'op', 'operator')")
@@ -274,7 +274,7 @@ def test_the_migration_carries_both_old_outboxes_over(pg_server, tmp_path: Path)
     import shutil
     import uuid
 
-    from mimamori import db, embedded
+    from mimamori.kernel import db, embedded
 
     migrations = Path(db.__file__).parent / "migrations"
     before = tmp_path / "before"
@@ -328,8 +328,8 @@ def test_the_migration_carries_both_old_outboxes_over(pg_server, tmp_path: Path)
 
 def test_the_alert_worker_can_throttle_a_channel_kind(conn: psycopg.Connection, smtp: SmtpSink,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from alerts import flows as alert_flows
-    from alerts.channels import AlertSettings, AppriseSender, WebPushSender
+    from mimamori.alerts import flows as alert_flows
+    from mimamori.alerts.channels import AlertSettings, AppriseSender, WebPushSender
 
     monkeypatch.setenv("MIMAMORI_ALERTS_RATES_PER_MINUTE", '{"email": 60}')
     throttle = outbox.Throttle.per_minute(AlertSettings().rates_per_minute)  # as the worker builds it: 1 mail/s

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from alerts import policy
-from alerts.policy import AskResident, Blink, Cancel, Context, Log, Notify, State, Team, advance, validate_chain
-from mimamori.clock import ManualClock
+from mimamori.alerts import policy
+from mimamori.alerts.policy import AskResident, Blink, Cancel, Context, Log, Notify, State, Team, advance, validate_chain
+from mimamori.kernel.clock import ManualClock
 
 pytestmark = pytest.mark.unit
 
@@ -140,7 +140,7 @@ def test_quiet_hours() -> None:
 def test_lazy_tls_context_applies_settings_when_tls_is_used() -> None:
     import ssl
 
-    from alerts.channels import _LazyTlsContext, _SslForApprise
+    from mimamori.alerts.channels import _LazyTlsContext, _SslForApprise
 
     shim = _SslForApprise()
     assert shim.CERT_NONE is ssl.CERT_NONE

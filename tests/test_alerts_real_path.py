@@ -15,20 +15,20 @@ import numpy as np
 import psycopg
 import pytest
 
-from alerts import service
-from alerts.channels import AlertSettings
-from alerts.models import Actor
-from alerts.worker import run_alert_worker
-from bench.ingest_bench import publish_raw
-from detector.service import DetectorService
-from firmware_sim.incidents import IncidentPlan, IncidentSpec
-from firmware_sim.offline import DEFAULT_START, simulate_household
-from ingest.consumer import IngestService, IngestStats, run_ingest
-from mimamori import protocol
-from mimamori.clock import ManualClock
-from mimamori.config import Settings
-from mimamori.embedded import EmbeddedBroker
-from mimamori.mqtt import MqttUrl
+from mimamori.alerts import service
+from mimamori.alerts.channels import AlertSettings
+from mimamori.alerts.models import Actor
+from mimamori.alerts.worker import run_alert_worker
+from mimamori.bench.ingest_bench import publish_raw
+from mimamori.detector.service import DetectorService
+from mimamori.firmware_sim.incidents import IncidentPlan, IncidentSpec
+from mimamori.firmware_sim.offline import DEFAULT_START, simulate_household
+from mimamori.ingest.consumer import IngestService, IngestStats, run_ingest
+from mimamori.kernel import protocol
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.config import Settings
+from mimamori.kernel.embedded import EmbeddedBroker
+from mimamori.kernel.mqtt import MqttUrl
 from support.town import SmtpSink, actions, notices
 from support.waiting import wait_for
 

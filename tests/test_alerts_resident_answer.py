@@ -14,12 +14,12 @@ import psycopg
 import pytest
 import requests
 
-from alerts import engine, resident, service
-from alerts.models import Conflict, InvalidInput, NotFound
-from mimamori.clock import ManualClock
-from mimamori.config import Settings
-from mimamori.outbox import LinkSealer
-from mimamori.signing import secret_key
+from mimamori.alerts import engine, resident, service
+from mimamori.alerts.models import Conflict, InvalidInput, NotFound
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.config import Settings
+from mimamori.kernel.outbox import LinkSealer
+from mimamori.kernel.signing import secret_key
 from support.town import SmtpSink, Town, actions, notices, open_incident, seed_town
 from support.waiting import wait_for
 from support.web import served
@@ -102,8 +102,8 @@ def test_fine_from_the_link_cancels_before_the_team_hears(conn: psycopg.Connecti
                          " AND action = 'resident_answered'", (iid,)).fetchone()
     assert actor == (person, "link", "fine")
     # the resident's copy of their data has the answer and how they are reached (not the link, not a URL's token)
-    from app.people import Person
-    from app.privacy.service import export_household
+    from mimamori.app.people import Person
+    from mimamori.app.privacy.service import export_household
     exported = export_household(conn, clock, Person(person, "山田 花子", "resident", household_id=town.household_id),
                                 town.household_id)
     assert [(a["person_id"], a["answer"]) for a in exported["resident_check_answers"]] == [(person, "fine")]
@@ -232,7 +232,7 @@ def test_the_answer_page_on_a_phone(conn: psycopg.Connection, pg_url: str, smtp:
 
 @pytest.mark.integration
 def test_asked_and_answers_are_counted(conn: psycopg.Connection, smtp: SmtpSink, clock: ManualClock, worker: Worker) -> None:
-    from alerts import metrics
+    from mimamori.alerts import metrics
 
     asked = metrics.RESIDENTS_ASKED._value.get()
     fine = metrics.RESIDENT_ANSWERS.labels("fine")._value.get()
@@ -306,8 +306,8 @@ def test_the_answer_page_speaks_the_residents_language(conn: psycopg.Connection,
 @pytest.mark.integration
 def test_a_question_about_an_alert_that_closed_meanwhile_is_not_sent(conn: psycopg.Connection, smtp: SmtpSink,
                                                                      clock: ManualClock) -> None:
-    from alerts import flows
-    from alerts.channels import AppriseSender, WebPushSender
+    from mimamori.alerts import flows
+    from mimamori.alerts.channels import AppriseSender, WebPushSender
 
     town = seed_town(conn, smtp)
     person = _resident(conn, smtp, town)

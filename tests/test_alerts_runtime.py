@@ -1,4 +1,4 @@
-"""The one worker runtime (``mimamori/worker.py``): side tasks supervised (one that dies stops the
+"""The one worker runtime (``mimamori/kernel/worker.py``): side tasks supervised (one that dies stops the
 worker, with a log line naming it), a clean stop on the caller's stop or a signal; and the alert
 worker on it: a real worker process stops cleanly on SIGTERM, and an outbox sender that dies on a
 real database error stops the worker instead of leaving it half alive.
@@ -18,11 +18,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from alerts.channels import AlertSettings
-from alerts.worker import run_alert_worker
-from mimamori.clock import ManualClock
-from mimamori.config import Settings
-from mimamori.worker import SideTaskDiedError, Worker, stop_on_signals
+from mimamori.alerts.channels import AlertSettings
+from mimamori.alerts.worker import run_alert_worker
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.config import Settings
+from mimamori.kernel.worker import SideTaskDiedError, Worker, stop_on_signals
 from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def test_a_side_task_that_raises_stops_the_worker_with_its_name(caplog: pytest.L
         raise RuntimeError("the disk is gone")
 
     worker = Worker("demo", main=main, side_tasks={"sender": broken, "other": _idle}, cleanup=[lambda: cleaned.append("x")])
-    with caplog.at_level(logging.ERROR, logger="mimamori.worker"), pytest.raises(SideTaskDiedError, match="sender"):
+    with caplog.at_level(logging.ERROR, logger="mimamori.kernel.worker"), pytest.raises(SideTaskDiedError, match="sender"):
         worker.run()
     assert main_saw_stop.is_set() and cleaned == ["x"]
     assert any("side task 'sender' died: RuntimeError: the disk is gone; stopping the worker" in r.getMessage()
@@ -56,7 +56,7 @@ def test_a_side_task_that_raises_stops_the_worker_with_its_name(caplog: pytest.L
 @pytest.mark.unit
 def test_a_side_task_that_returns_while_running_stops_the_worker(caplog: pytest.LogCaptureFixture) -> None:
     worker = Worker("demo", main=_idle, side_tasks={"quitter": lambda _stop: None})
-    with caplog.at_level(logging.ERROR, logger="mimamori.worker"), pytest.raises(SideTaskDiedError, match="quitter: returned"):
+    with caplog.at_level(logging.ERROR, logger="mimamori.kernel.worker"), pytest.raises(SideTaskDiedError, match="quitter: returned"):
         worker.run()
 
 
@@ -94,7 +94,7 @@ def test_a_signal_stops_the_worker() -> None:
 @pytest.mark.integration
 def test_an_alert_worker_process_stops_cleanly_on_sigterm(pg_url: str) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    with subprocess.Popen([sys.executable, "-m", "alerts.worker", "--database-url", pg_url, "--worker-id", "sig"],
+    with subprocess.Popen([sys.executable, "-m", "mimamori.alerts.worker", "--database-url", pg_url, "--worker-id", "sig"],
                           stderr=subprocess.PIPE, text=True, env=env) as proc:
         assert proc.stderr is not None
         lines = []
@@ -123,7 +123,7 @@ def test_an_outbox_sender_dying_on_a_real_error_stops_the_alert_worker(pg_url: s
         except BaseException as exc:  # noqa: BLE001 - whatever ends the worker is what the caller sees
             errors.append(exc)
 
-    with caplog.at_level(logging.ERROR, logger="mimamori.worker"):
+    with caplog.at_level(logging.ERROR, logger="mimamori.kernel.worker"):
         thread = threading.Thread(target=run)
         thread.start()
         thread.join(30)

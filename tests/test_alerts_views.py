@@ -10,11 +10,11 @@ from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from alerts import views
-from alerts.models import Actor
-from mimamori.clock import ManualClock
-from mimamori.db import make_pool
-from mimamori.errors import MimamoriError
+from mimamori.alerts import views
+from mimamori.alerts.models import Actor
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.db import make_pool
+from mimamori.kernel.errors import MimamoriError
 from support.town import open_incident, seed_town
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ def client(pg_url: str) -> Iterator[TestClient]:
     app.state.pool = make_pool(pg_url, max_size=2, name="alerts-views-test")
     app.state.clock = ManualClock()
     app.include_router(views.alerts_api)
-    # the host's one error handler (the app's, in app.main): a kind of mimamori.errors answers its status
+    # the host's one error handler (the app's, in app.main): a kind of mimamori.kernel.errors answers its status
     app.add_exception_handler(MimamoriError, lambda _request, exc: JSONResponse(
         {"detail": exc.message, "code": exc.code}, status_code=exc.status_code))  # type: ignore[attr-defined]
 

@@ -9,7 +9,7 @@ import json
 import psycopg
 import pytest
 
-from app.i18n import MESSAGES
+from mimamori.app.i18n import MESSAGES
 from support.web import PASSWORD, app_client, bearer, cookie_login
 
 pytestmark = pytest.mark.integration
@@ -26,13 +26,13 @@ def test_templates_use_only_known_message_keys() -> None:
     import re
     from pathlib import Path
 
-    import app.main  # noqa: F401  (the running app's messages: stages' routers merge theirs on import)
+    import mimamori.app.main  # noqa: F401  (the running app's messages: stages' routers merge theirs on import)
 
-    if importlib.util.find_spec("app.safety") is not None:
-        importlib.import_module("app.safety")
+    if importlib.util.find_spec("mimamori.app.safety") is not None:
+        importlib.import_module("mimamori.app.safety")
 
     used = set()
-    for f in (Path(__file__).parent.parent / "app" / "templates").glob("*.html"):
+    for f in (Path(__file__).parent.parent / "mimamori" / "app" / "templates").glob("*.html"):
         used |= set(re.findall(r"\bt\('([a-z0-9_]+)'[,)]", f.read_text(encoding="utf-8")))
     assert used and not (used - set(MESSAGES)), used - set(MESSAGES)
 
@@ -187,7 +187,7 @@ def test_pages_in_japanese_and_english(world) -> None:
 
 
 def test_engine_notifications_reach_the_watcher_in_app(world) -> None:
-    from alerts import service as alerts_service
+    from mimamori.alerts import service as alerts_service
 
     url, clock, ids = world
     with psycopg.connect(url, autocommit=True) as conn:
@@ -204,7 +204,7 @@ def test_engine_notifications_reach_the_watcher_in_app(world) -> None:
         csrf = cookie_login(c, "watcher_a")
         home = c.get("/").text
         assert unread[0]["title"] in home
-        alert = c.get(f"/alerts/{ids['h1']}").text  # the engine's timeline, in words (app/incidents/timeline.py)
+        alert = c.get(f"/alerts/{ids['h1']}").text  # the engine's timeline, in words (mimamori/app/incidents/timeline.py)
         assert "チームへの連絡を始めました" in alert and "name-watcher_aさんに知らせました" in alert
         assert "name-watcher_aさんにはアプリ以外の連絡手段がありません" in alert
         # names only of the team, the area's coordinators and the reader; never the engine's codes or English

@@ -1,6 +1,6 @@
 """The authorization matrix: every route of the app (taken from its route table, so a new route without
 an entry here fails) × every role × its object, for the JSON API, the pages and the live streams.
-The rule it checks is ``mimamori.access`` (its docstring says who may see what, and why).
+The rule it checks is ``mimamori.kernel.access`` (its docstring says who may see what, and why).
 
 World (``support.web.seed``): h1 and h2 in area north, h3 in south; watcher_a on h1's team,
 watcher_b on h3's; coord_a coordinates north, coord_b south; resident_1 lives in h1, resident_2 in h2.
@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from starlette.routing import BaseRoute, Mount
 
-from app.live.service import Changes, touches
-from app.people import Person
-from mimamori import access
+from mimamori.app.live.service import Changes, touches
+from mimamori.app.people import Person
+from mimamori.kernel import access
 from support.web import PASSWORD, PEOPLE, app_client, bearer, cookie_login, served
 
 pytestmark = pytest.mark.integration
@@ -146,7 +146,7 @@ MATRIX: dict[tuple[str, str], tuple[str, Any, frozenset[str] | None]] = {
     ("DELETE", "/api/me/line"): ("/api/me/line", None, ALL),
     # --- the daily note (issue 16): about a home whose team one is on, or one's own home; one's own choice
     ("GET", "/api/me/daily-notes"): ("/api/me/daily-notes", None, ALL),
-    # the daily note about a home: whoever may see the home (mimamori.access), for themselves
+    # the daily note about a home: whoever may see the home (mimamori.kernel.access), for themselves
     ("PUT", "/api/me/daily-notes/{household_id}"): ("/api/me/daily-notes/h1", {"local_hour": 12}, SEES_H1),
     ("DELETE", "/api/me/daily-notes/{household_id}"): ("/api/me/daily-notes/h1", None, ALL),
     # --- devices
@@ -220,8 +220,8 @@ def _routes(routes: list[BaseRoute]) -> Iterator[BaseRoute]:
 
 
 def route_table() -> set[tuple[str, str]]:
-    from app.main import create_app
-    from mimamori.config import Settings
+    from mimamori.app.main import create_app
+    from mimamori.kernel.config import Settings
 
     app = create_app(Settings(), database_url="postgresql://unused")
     table = set()
@@ -468,7 +468,7 @@ def test_coordinator_on_the_team_sees_contact(world) -> None:
 
 
 def test_export_is_the_residents_complete_copy_and_is_logged(world) -> None:
-    """Decision (app/README.md, "Export"): an export is the resident's copy of their data, complete
+    """Decision (mimamori/app/README.md, "Export"): an export is the resident's copy of their data, complete
     with contact values. The resident takes it as is; a coordinator or operator acting for them must
     say which request it answers, and the export shows in the resident's view log with that note.
     """
@@ -509,7 +509,7 @@ def test_export_is_the_residents_complete_copy_and_is_logged(world) -> None:
         assert 'id="request-note"' in page and "required" in page.split('id="request-note"')[1].split(">")[0]
 
 
-# --- the differences between the four copies, each decided once (mimamori/access.py) ---------------
+# --- the differences between the four copies, each decided once (mimamori/kernel/access.py) ---------------
 
 
 def test_a_coordinator_on_another_areas_team_sees_it_as_a_team_member_but_does_not_manage_it(world) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from mimamori.clock import as_datetime
+from mimamori.kernel.clock import as_datetime
 from support.web import PASSWORD, login_name, served
 from test_app_live import listeners
 

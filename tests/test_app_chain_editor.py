@@ -10,15 +10,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from alerts import policy
-from app.households.chain_form import (
+from mimamori.alerts import policy
+from mimamori.app.households.chain_form import (
     STEP_KINDS,
     apply_edit,
     parse_chain_form,
     rows_from_steps,
     steps_from_rows,
 )
-from app.i18n import translate
+from mimamori.app.i18n import translate
 from support.web import app_client, bearer, cookie_login, served
 
 EVERY_KIND = [

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 from itsdangerous import URLSafeTimedSerializer
 
-from app.auth import csrf
-from app.auth.csrf import CsrfFailed
-from mimamori.config import Settings
-from mimamori.signing import signer
+from mimamori.app.auth import csrf
+from mimamori.app.auth.csrf import CsrfFailed
+from mimamori.kernel.config import Settings
+from mimamori.kernel.signing import signer
 from support.web import PASSWORD, app_client, bearer, cookie_login, login_name
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from app.live.hub import APPLICATION_NAME
-from app.live.service import CHANNEL, Changes, fold, touches
-from app.people import Person
-from mimamori.clock import as_datetime
+from mimamori.app.live.hub import APPLICATION_NAME
+from mimamori.app.live.service import CHANNEL, Changes, fold, touches
+from mimamori.app.people import Person
+from mimamori.kernel.clock import as_datetime
 from support.waiting import wait_for
 from support.web import PEOPLE, app_client, bearer, served
 

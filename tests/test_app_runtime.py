@@ -14,11 +14,11 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from app.demo import DEMO_PASSWORD, create_demo_accounts
-from app.main import create_app, run_app
-from mimamori.clock import ManualClock, as_datetime
-from mimamori.config import Settings
-from mimamori.embedded import free_port
+from mimamori.app.demo import DEMO_PASSWORD, create_demo_accounts
+from mimamori.app.main import create_app, run_app
+from mimamori.kernel.clock import ManualClock, as_datetime
+from mimamori.kernel.config import Settings
+from mimamori.kernel.embedded import free_port
 from support.web import START, app_client, bearer, cookie_login, served
 
 pytestmark = pytest.mark.integration
@@ -163,7 +163,7 @@ def test_pwa_manifest_service_worker_and_push_subscription(world, monkeypatch: p
 
 
 def test_alerts_router_is_mounted_with_app_sessions(world) -> None:
-    pytest.importorskip("alerts.views")
+    pytest.importorskip("mimamori.alerts.views")
     url, clock, ids = world
     with app_client(url, clock) as c:
         assert c.get("/api/alerts").status_code == 401

@@ -15,9 +15,9 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 
-from app.main import create_app
-from mimamori.clock import ManualClock
-from mimamori.config import Settings
+from mimamori.app.main import create_app
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.config import Settings
 from support.web import START, bearer, seed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

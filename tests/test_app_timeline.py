@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-import app.safety  # noqa: F401  (merges the safety check's strings)
-from app.i18n import MESSAGES
-from app.incidents.timeline import action_key, chain_step_text, describe
+import mimamori.app.safety  # noqa: F401  (merges the safety check's strings)
+from mimamori.app.i18n import MESSAGES
+from mimamori.app.incidents.timeline import action_key, chain_step_text, describe
 from support.web import app_client, cookie_login
 
 ROOT = Path(__file__).parent.parent
 #: Every module of the two engines (they split their services into service, engine, records, links ...).
-ENGINE_FILES = tuple(sorted(p.relative_to(ROOT).as_posix() for stage in ("alerts", "safety") for p in (ROOT / stage).glob("*.py")))
+ENGINE_FILES = tuple(sorted(p.relative_to(ROOT).as_posix() for stage in ("alerts", "safety") for p in (ROOT / "mimamori" / stage).glob("*.py")))
 
 
 def _const(node: ast.AST) -> list[str] | None:
@@ -39,7 +39,7 @@ def _fstring_prefix(node: ast.AST) -> str | None:
 
 def engine_actions() -> tuple[set[str], set[str]]:
     """(timeline actions, safety audit actions) the engines can write, read from their source."""
-    from safety.models import ANSWERS, ON_BEHALF_ANSWERS
+    from mimamori.safety.models import ANSWERS, ON_BEHALF_ANSWERS
 
     expansions = {  # the f-string actions, and the values their placeholder takes
         "answered_": set(ANSWERS) | set(ON_BEHALF_ANSWERS),
@@ -111,13 +111,13 @@ def test_the_scan_finds_the_engines_actions() -> None:
 @pytest.mark.unit
 def test_every_engine_action_has_words_in_both_languages() -> None:
     timeline, audit = engine_actions()
-    from alerts.resident import ANSWERS as RESIDENT_ANSWERS
+    from mimamori.alerts.resident import ANSWERS as RESIDENT_ANSWERS
 
     # the resident's answer reads by the answer given (its data), one text per answer
     entries = [{"action": a, "data": {}} for a in timeline - {"resident_answered"}]
     entries += [{"action": "resident_answered", "data": {"answer": answer}} for answer in RESIDENT_ANSWERS]
     missing = sorted(f"{e['action']} {e['data']}" for e in entries if action_key(e) == "tl_unknown")
-    assert not missing, f"timeline actions without a text in app/i18n.py (tl_<action>): {missing}"
+    assert not missing, f"timeline actions without a text in mimamori/app/i18n.py (tl_<action>): {missing}"
     missing = sorted(a for a in audit if f"safety_audit_{a}" not in MESSAGES)
     assert not missing, f"safety audit actions without a text (safety_audit_<action>): {missing}"
     names = {"p1": "佐藤 花子"}

@@ -1,4 +1,4 @@
-"""Why an alert was raised, in words on the alert page (app/incidents/why.py)."""
+"""Why an alert was raised, in words on the alert page (mimamori/app/incidents/why.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import psycopg
 import pytest
 
-from app.incidents.why import explain
+from mimamori.app.incidents.why import explain
 from support.web import app_client, cookie_login
 
 SILENCE = {"silence_start": "2026-01-20T13:18:00+00:00", "expected_activity_by": "2026-01-20T22:30:00+00:00",
@@ -63,9 +63,9 @@ def test_the_alert_page_shows_why(world) -> None:
 
 @pytest.mark.unit
 def test_every_detector_rule_has_a_sentence() -> None:
-    from app.i18n import translate
-    from app.incidents.why import RULE_TEXTS
-    from detector import model as m
+    from mimamori.app.i18n import translate
+    from mimamori.app.incidents.why import RULE_TEXTS
+    from mimamori.detector import model as m
 
     for rule in m.RULES:
         if rule == "none":

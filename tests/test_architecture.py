@@ -1,6 +1,10 @@
-"""Dependency rules (CONTRIBUTING.md, "Architecture"), checked on the source: stages meet on the wire or in the
-database, the kernel imports no stage, production code never imports the simulator, and no module
-imports itself back through others (no import cycles).
+"""Dependency rules from the design, checked on the source, with no exemptions.
+
+Layout: one distribution package, ``mimamori``. Its ``kernel`` is shared by everything and imports
+nothing above it; each stage (``gateway``, ``ingest``, ``detector``, ``alerts``, ``safety``, ``app``)
+imports the kernel and, where allowed below, another stage's service functions; ``firmware_sim`` and
+``bench`` drive the stages and are never imported by them; the composition root (``mimamori.cli``,
+``mimamori.demo``, ``mimamori.runtime``) sits above all of them.
 """
 
 from __future__ import annotations
@@ -14,58 +18,96 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "mimamori"
 STAGES = {"gateway", "ingest", "detector", "alerts", "safety", "app"}
 TOOLS = {"firmware_sim", "bench"}
-#: Every package of the source tree (what the wheel installs).
-PACKAGES = sorted({"mimamori"} | STAGES | TOOLS)
-# The CLI layer wires everything together and imports stages lazily, inside functions.
-CLI_LAYER = {"mimamori/cli", "mimamori/demo.py", "mimamori/stages.py"}
+COMPOSITION_ROOT = {"cli", "demo", "runtime", "stages", "__main__"}
 # The app may call the alert engine's and the safety check's service functions; the safety check reuses
-# the alert engine's claim, timeline and delivery queue.
+# the alert engine's claim and timeline.
 ALLOWED = {("app", "alerts"), ("app", "safety"), ("safety", "alerts")}
+#: Every package of the source tree (what the wheel installs): one.
+PACKAGES = ["mimamori"]
+
+
+def _dotted(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
 
 
 def _imports(path: Path) -> set[str]:
+    """Every module this file imports (module level and inside functions), relative imports resolved."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    here = _dotted(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)  # `from pkg import module`
     return names
 
 
-def _package_files(package: str) -> list[Path]:
-    return sorted((ROOT / package).rglob("*.py"))
+def _part(module: str) -> str | None:
+    """Which part of the house a module belongs to: 'kernel', a stage, a tool, 'root', or None (outside)."""
+    parts = module.split(".")
+    if parts[0] != "mimamori":
+        return None
+    if len(parts) == 1 or parts[1] in COMPOSITION_ROOT:
+        return "root"
+    return parts[1] if parts[1] in STAGES | TOOLS | {"kernel"} else None
 
 
-def test_kernel_imports_no_stage() -> None:
-    offenders = []
-    for path in _package_files("mimamori"):
-        rel = path.relative_to(ROOT).as_posix()
-        if rel in CLI_LAYER or rel.rsplit("/", 1)[0] in CLI_LAYER:
-            continue
-        bad = _imports(path) & (STAGES | TOOLS)
-        if bad:
-            offenders.append((rel, sorted(bad)))
-    assert offenders == []
+def _files() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
 
 
-def test_stages_do_not_import_each_other_or_the_simulator() -> None:
-    offenders = []
-    for stage in STAGES:
-        for path in _package_files(stage):
-            bad = {name for name in _imports(path) & (STAGES | TOOLS) if name != stage and (stage, name) not in ALLOWED}
+def _violations(files: list[Path]) -> list[tuple[str, str]]:
+    found = []
+    for path in files:
+        source = _part(_dotted(path))
+        for target in {_part(name) for name in _imports(path)} - {None, source}:
+            if source == "kernel":
+                bad = True  # the kernel imports no stage, tool or composition root
+            elif source in STAGES:
+                bad = target == "root" or target in TOOLS or (target in STAGES and (source, target) not in ALLOWED)
+            elif source in TOOLS:
+                bad = target == "root"
+            else:
+                bad = False  # the composition root may import everything
             if bad:
-                offenders.append((path.relative_to(ROOT).as_posix(), sorted(bad)))
-    assert offenders == []
+                found.append((path.relative_to(ROOT).as_posix(), str(target)))
+    return sorted(set(found))
 
 
-def test_rules_catch_a_violation(tmp_path: Path) -> None:
-    bad = tmp_path / "x.py"
-    bad.write_text("import firmware_sim.fleet\nfrom ingest import service\n")
-    assert _imports(bad) == {"firmware_sim", "ingest"}
+def test_every_module_belongs_to_a_part_of_the_house() -> None:
+    strays = [p.relative_to(ROOT).as_posix() for p in _files() if _part(_dotted(p)) is None]
+    assert strays == []
+
+
+def test_the_kernel_stages_and_tools_import_only_downwards() -> None:
+    assert _violations(_files()) == []
+
+
+def test_the_rules_catch_a_violation(tmp_path: Path) -> None:
+    fake = tmp_path / "mimamori" / "kernel"
+    fake.mkdir(parents=True)
+    (fake / "x.py").write_text("from mimamori.ingest import service\n")
+    stage = tmp_path / "mimamori" / "detector"
+    stage.mkdir()
+    (stage / "y.py").write_text("import mimamori.firmware_sim.fleet\nfrom ..alerts import flows\nfrom . import model\n")
+    globals()["ROOT"] = tmp_path
+    try:
+        assert _violations([fake / "x.py", stage / "y.py"]) == [
+            ("mimamori/detector/y.py", "alerts"), ("mimamori/detector/y.py", "firmware_sim"), ("mimamori/kernel/x.py", "ingest"),
+        ]
+    finally:
+        globals()["ROOT"] = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------

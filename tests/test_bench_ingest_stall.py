@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.ingest_bench import DrainStalled, run_ingest_bench
-from mimamori.embedded import MosquittoBroker
-from mimamori.mqtt import MqttUrl
+from mimamori.bench.ingest_bench import DrainStalled, run_ingest_bench
+from mimamori.kernel.embedded import MosquittoBroker
+from mimamori.kernel.mqtt import MqttUrl
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ import os
 import psycopg
 import pytest
 
-from bench.safety_bench import ANSWER_SHARE, HOMES_PER_WATCHER, SIGN_OF_LIFE_SHARE, run_safety_bench
-from mimamori import embedded
-from mimamori.mqtt import MqttUrl
+from mimamori.bench.safety_bench import ANSWER_SHARE, HOMES_PER_WATCHER, SIGN_OF_LIFE_SHARE, run_safety_bench
+from mimamori.kernel import embedded
+from mimamori.kernel.mqtt import MqttUrl
 
 pytestmark = pytest.mark.integration
 

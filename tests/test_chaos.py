@@ -1,6 +1,6 @@
 """The fault suite, CI-sized: real processes (ingest, alert worker, the simulator's fleet), a
 Mosquitto and a scratch database per fault. Nothing lost, nothing duplicated, and each fault really
-landed mid-run. The full suite is ``mimamori chaos --json`` (report in bench/results/chaos.json).
+landed mid-run. The full suite is ``mimamori chaos --json`` (report in mimamori/bench/results/chaos.json).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import ChaosPlan, run_chaos
+from mimamori.bench.chaos import ChaosPlan, run_chaos
 
 pytestmark = pytest.mark.e2e
 

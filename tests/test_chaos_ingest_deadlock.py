@@ -11,10 +11,10 @@ import threading
 import psycopg
 import pytest
 
-from ingest.batch import Batch
-from ingest.store import prepare, write_batch
-from ingest.validate import GatewayHeartbeatMsg, StatusMsg
-from mimamori.protocol import Event
+from mimamori.ingest.batch import Batch
+from mimamori.ingest.store import prepare, write_batch
+from mimamori.ingest.validate import GatewayHeartbeatMsg, StatusMsg
+from mimamori.kernel.protocol import Event
 
 pytestmark = pytest.mark.integration
 

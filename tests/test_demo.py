@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mimamori.embedded import free_port
+from mimamori.kernel.embedded import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

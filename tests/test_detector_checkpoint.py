@@ -10,12 +10,12 @@ import numpy as np
 import psycopg
 import pytest
 
-from bench.detector_bench import make_fleet_state
-from detector import checkpoint
-from detector import model as m
-from detector.service import DetectorService, Shard, ShardLease
-from firmware_sim.offline import DEFAULT_START, simulate_household
-from mimamori.clock import ManualClock
+from mimamori.bench.detector_bench import make_fleet_state
+from mimamori.detector import checkpoint
+from mimamori.detector import model as m
+from mimamori.detector.service import DetectorService, Shard, ShardLease
+from mimamori.firmware_sim.offline import DEFAULT_START, simulate_household
+from mimamori.kernel.clock import ManualClock
 from test_detector_service import KINDS, store_household
 
 H = 3600.0

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from detector import model as m
+from mimamori.detector import model as m
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from detector.heat import Reading, decide, indoor_wbgt, level, sustained_danger
+from mimamori.detector.heat import Reading, decide, indoor_wbgt, level, sustained_danger
 
 pytestmark = pytest.mark.unit
 

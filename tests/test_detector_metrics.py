@@ -8,8 +8,8 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
-from detector.service import DetectorService
-from mimamori.clock import ManualClock
+from mimamori.detector.service import DetectorService
+from mimamori.kernel.clock import ManualClock
 
 pytestmark = pytest.mark.integration
 H = 3600.0

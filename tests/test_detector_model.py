@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from detector import model as m
-from detector.baselines import HelloLight24h, Kanazawa8hOn24hOff
+from mimamori.detector import model as m
+from mimamori.detector.baselines import HelloLight24h, Kanazawa8hOn24hOff
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ import itertools
 import numpy as np
 import pytest
 
-from detector import model as m
+from mimamori.detector import model as m
 from test_detector_model import MONDAY, TZ, H, busy_day, feed, first_alarm, fleet
 
 pytestmark = pytest.mark.unit

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from detector.service import DetectorService, run_detector
-from firmware_sim.incidents import IncidentPlan, IncidentSpec
-from firmware_sim.offline import DEFAULT_START, simulate_household
-from mimamori.clock import ManualClock
+from mimamori.detector.service import DetectorService, run_detector
+from mimamori.firmware_sim.incidents import IncidentPlan, IncidentSpec
+from mimamori.firmware_sim.offline import DEFAULT_START, simulate_household
+from mimamori.kernel.clock import ManualClock
 
 pytestmark = pytest.mark.integration
 H = 3600.0
@@ -157,7 +157,7 @@ def test_the_loop_fits_a_changed_fleet_in_place_and_never_rebuilds(pg_url: str) 
     every simulated hour)."""
     import time
 
-    from detector import service as detector_service
+    from mimamori.detector import service as detector_service
 
     with psycopg.connect(pg_url) as conn:
         conn.execute("INSERT INTO households (household_id, display_name, area) VALUES ('hh-a', 'A', 'x')")

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from mimamori.embedded import EmbeddedBroker
+from mimamori.kernel.embedded import EmbeddedBroker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import eval as ev
-from bench.casas import read_casas, replay_from_casas
-from detector import model as m
+from mimamori.bench import eval as ev
+from mimamori.bench.casas import read_casas, replay_from_casas
+from mimamori.detector import model as m
 
 pytestmark = pytest.mark.unit
 
@@ -177,7 +177,7 @@ UCI_LINES = """Start time          \tEnd time            \tLocation\tType\t\tPla
 
 
 def test_uci_adl_reader_takes_both_ends_of_human_intervals_and_the_main_door(tmp_path: Path) -> None:
-    from bench.casas import read_uci_adl
+    from mimamori.bench.casas import read_uci_adl
 
     p = tmp_path / "uci.txt"
     p.write_text(UCI_LINES)
@@ -193,7 +193,7 @@ def test_uci_adl_reader_takes_both_ends_of_human_intervals_and_the_main_door(tmp
 
 @pytest.mark.slow
 def test_csv_log_reader_and_a_replay_of_several_homes(tmp_path: Path) -> None:
-    from bench.casas import read_csv_log
+    from mimamori.bench.casas import read_csv_log
 
     rng = np.random.default_rng(3)
     lines = ["time,sensor,value,kind"]

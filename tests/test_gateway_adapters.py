@@ -22,9 +22,9 @@ import json
 
 import pytest
 
-from gateway.adapters import Outcome, Reading, device_id_for, normalise
-from mimamori import protocol
-from mimamori.protocol import Event, encode_event
+from mimamori.gateway.adapters import Outcome, Reading, device_id_for, normalise
+from mimamori.kernel import protocol
+from mimamori.kernel.protocol import Event, encode_event
 
 pytestmark = pytest.mark.unit
 

@@ -19,15 +19,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from alerts import service
-from alerts.channels import AlertSettings
-from alerts.worker import run_alert_worker
-from gateway.service import run_gateway
-from mimamori import mqtt
-from mimamori.clock import ManualClock
-from mimamori.config import Settings
-from mimamori.embedded import EmbeddedBroker
-from mimamori.mqtt import MqttUrl
+from mimamori.alerts import service
+from mimamori.alerts.channels import AlertSettings
+from mimamori.alerts.worker import run_alert_worker
+from mimamori.gateway.service import run_gateway
+from mimamori.kernel import mqtt
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.config import Settings
+from mimamori.kernel.embedded import EmbeddedBroker
+from mimamori.kernel.mqtt import MqttUrl
 from support.town import SmtpSink, actions, open_incident, seed_town
 from support.waiting import wait_for
 from test_alerts_integration import who

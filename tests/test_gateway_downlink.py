@@ -15,10 +15,10 @@ import json
 
 import pytest
 
-from gateway import downlink
-from gateway.adapters import Layout
-from mimamori import protocol
-from mimamori.protocol import Command
+from mimamori.gateway import downlink
+from mimamori.gateway.adapters import Layout
+from mimamori.kernel import protocol
+from mimamori.kernel.protocol import Command
 from support.home import NOW, Home
 
 pytestmark = pytest.mark.unit

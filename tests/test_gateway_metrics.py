@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import metrics
-from gateway.adapters import Reading
-from gateway.service import Gateway
-from mimamori import embedded, mqtt, observability
-from mimamori.clock import SystemClock
-from mimamori.config import Settings
+from mimamori.gateway import metrics
+from mimamori.gateway.adapters import Reading
+from mimamori.gateway.service import Gateway
+from mimamori.kernel import embedded, mqtt, observability
+from mimamori.kernel.clock import SystemClock
+from mimamori.kernel.config import Settings
 from support.waiting import wait_for
 
 T0 = 1_767_225_600_000
@@ -72,7 +72,7 @@ def test_metrics_count_evictions_while_the_broker_is_unreachable(tmp_path: Path)
 @pytest.mark.integration
 def test_gateway_process_serves_readiness_and_metrics(mqtt_url: mqtt.MqttUrl, tmp_path: Path) -> None:
     """`mimamori gateway` with MIMAMORI_OPS_PORT: /readyz is 200 once connected, /metrics has its series."""
-    from gateway.service import run_gateway
+    from mimamori.gateway.service import run_gateway
 
     gw_id = f"gw-{uuid.uuid4().hex[:8]}"
     port = embedded.free_port()

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.adapters import Reading
-from gateway.outbox import Outbox, OutboxError
-from mimamori.clock import ManualClock
-from mimamori.protocol import Event
+from mimamori.gateway.adapters import Reading
+from mimamori.gateway.outbox import Outbox, OutboxError
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.protocol import Event
 
 pytestmark = pytest.mark.unit
 
@@ -141,7 +141,7 @@ def test_full_outbox_evicts_by_policy_and_counts(tmp_path: Path, clock: ManualCl
         for i in range(50):
             box.submit(Reading("door", "open", T0 + i))
         assert box.depth + box.window_rows == 100
-        with caplog.at_level(logging.INFO, logger="gateway.outbox"):
+        with caplog.at_level(logging.INFO, logger="mimamori.gateway.outbox"):
             box.submit(Reading("door", "close", T0 + 99))  # full: the window goes first
         assert box.counters.get("evicted_window", 0) >= 1
         assert "evicted_pending" not in box.counters

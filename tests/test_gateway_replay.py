@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import replay
-from mimamori import mqtt
+from mimamori.gateway import replay
+from mimamori.kernel import mqtt
 
 pytestmark = pytest.mark.integration
 

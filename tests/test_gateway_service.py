@@ -16,12 +16,12 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from gateway.adapters import Reading
-from gateway.outbox import Outbox
-from gateway.service import Gateway
-from mimamori import embedded, mqtt, protocol
-from mimamori.clock import ManualClock, SystemClock
-from mimamori.protocol import Command, Event
+from mimamori.gateway.adapters import Reading
+from mimamori.gateway.outbox import Outbox
+from mimamori.gateway.service import Gateway
+from mimamori.kernel import embedded, mqtt, protocol
+from mimamori.kernel.clock import ManualClock, SystemClock
+from mimamori.kernel.protocol import Command, Event
 from support.broker import close_client
 from support.waiting import wait_for
 
@@ -339,8 +339,8 @@ def test_run_gateway_bridges_a_home_broker(mqtt_url: mqtt.MqttUrl, gateway_id: s
     """`mimamori gateway`: the home's Zigbee2MQTT/Tasmota/Shelly/native traffic on a local broker
     (here the same Mosquitto, other topics) reaches the service; blink reaches a native device.
     """
-    from gateway.service import run_gateway
-    from mimamori.config import Settings
+    from mimamori.gateway.service import run_gateway
+    from mimamori.kernel.config import Settings
 
     home = f"home{uuid.uuid4().hex[:6]}"  # unique local names: the session broker is shared
     settings = Settings(mqtt_url=f"mqtt://{mqtt_url.host}:{mqtt_url.port}", mqtt_protocol="auto", gateway_heartbeat_s=3600)

@@ -18,11 +18,11 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from gateway.adapters import Reading
-from gateway.outbox import Outbox
-from gateway.service import Gateway
-from mimamori import embedded, mqtt, observability, protocol
-from mimamori.clock import SystemClock
+from mimamori.gateway.adapters import Reading
+from mimamori.gateway.outbox import Outbox
+from mimamori.gateway.service import Gateway
+from mimamori.kernel import embedded, mqtt, observability, protocol
+from mimamori.kernel.clock import SystemClock
 from support.broker import close_client
 from support.waiting import wait_for
 
@@ -215,8 +215,8 @@ def test_the_settling_window_comes_from_the_settings(mqtt_url: mqtt.MqttUrl, tmp
     """``MIMAMORI_GATEWAY_SETTLE_S`` reaches the gateway that ``mimamori gateway`` runs (a real run
     against the test broker, which stands in for both the home's and the service's broker).
     """
-    from gateway import service as gateway_service
-    from mimamori.config import Settings
+    from mimamori.gateway import service as gateway_service
+    from mimamori.kernel.config import Settings
 
     windows: list[float] = []
 

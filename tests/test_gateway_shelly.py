@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.dialects.base import Reading
+from mimamori.gateway.dialects.base import Reading
 from support.home import NOW, Home, rejected
 
 pytestmark = pytest.mark.unit

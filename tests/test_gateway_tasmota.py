@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.adapters import Layout
+from mimamori.gateway.adapters import Layout
 from support.home import Home, rejected
 
 pytestmark = pytest.mark.unit

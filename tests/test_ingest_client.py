@@ -11,10 +11,10 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bench.ingest_bench import publish_raw
-from ingest.client import IngestClient
-from mimamori import mqtt
-from mimamori.mqtt import MqttUrl
+from mimamori.bench.ingest_bench import publish_raw
+from mimamori.ingest.client import IngestClient
+from mimamori.kernel import mqtt
+from mimamori.kernel.mqtt import MqttUrl
 
 pytestmark = pytest.mark.integration
 

@@ -20,17 +20,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bench.chaos_stack import PgProxy
-from bench.ingest_bench import _register_session as register_session
-from bench.ingest_bench import publish_events, publish_raw
-from ingest.consumer import IngestService
-from ingest.sweeper import GapSweeper
-from ingest.validate import DeadLetterBudget
-from mimamori import embedded, mqtt, protocol
-from mimamori.clock import SystemClock
-from mimamori.config import Settings
-from mimamori.mqtt import MqttUrl
-from mimamori.protocol import Event
+from mimamori.bench.chaos_stack import PgProxy
+from mimamori.bench.ingest_bench import _register_session as register_session
+from mimamori.bench.ingest_bench import publish_events, publish_raw
+from mimamori.ingest.consumer import IngestService
+from mimamori.ingest.sweeper import GapSweeper
+from mimamori.ingest.validate import DeadLetterBudget
+from mimamori.kernel import embedded, mqtt, protocol
+from mimamori.kernel.clock import SystemClock
+from mimamori.kernel.config import Settings
+from mimamori.kernel.mqtt import MqttUrl
+from mimamori.kernel.protocol import Event
 from support.waiting import wait_for as wait_until
 
 pytestmark = pytest.mark.integration
@@ -167,9 +167,9 @@ def test_status_heartbeat_and_malformed_traffic_all_accounted_for(pg_url: str, m
 
 _INGEST_PROCESS = """
 import signal, sys
-from ingest.consumer import IngestService
-from mimamori.config import Settings
-from mimamori.mqtt import MqttUrl
+from mimamori.ingest.consumer import IngestService
+from mimamori.kernel.config import Settings
+from mimamori.kernel.mqtt import MqttUrl
 svc = IngestService(Settings(ingest_session_expiry_s=300, ingest_batch_size=200), database_url=sys.argv[1],
                     mqtt_url=MqttUrl.parse(sys.argv[2]), client_id=sys.argv[3], share_group=sys.argv[4], sweeper=None)
 signal.signal(signal.SIGTERM, lambda *a: svc.stop_event.set())

@@ -12,13 +12,13 @@ import uuid
 import pytest
 from prometheus_client import REGISTRY
 
-from bench.chaos_stack import PgProxy
-from bench.ingest_bench import publish_raw
-from ingest.consumer import IngestService, run_ingest
-from mimamori import embedded, protocol
-from mimamori.config import Settings
-from mimamori.mqtt import MqttUrl
-from mimamori.observability import OpsServer, readiness
+from mimamori.bench.chaos_stack import PgProxy
+from mimamori.bench.ingest_bench import publish_raw
+from mimamori.ingest.consumer import IngestService, run_ingest
+from mimamori.kernel import embedded, protocol
+from mimamori.kernel.config import Settings
+from mimamori.kernel.mqtt import MqttUrl
+from mimamori.kernel.observability import OpsServer, readiness
 from support.waiting import wait_for as wait_until
 from test_ingest_consumer import count, event_msg
 

@@ -9,11 +9,11 @@ import uuid
 import psycopg
 import pytest
 
-from bench.ingest_bench import publish_raw
-from ingest.consumer import IngestService, default_client_id
-from mimamori import db, embedded, protocol
-from mimamori.mqtt import MqttUrl
-from mimamori.protocol import Event
+from mimamori.bench.ingest_bench import publish_raw
+from mimamori.ingest.consumer import IngestService, default_client_id
+from mimamori.kernel import db, embedded, protocol
+from mimamori.kernel.mqtt import MqttUrl
+from mimamori.kernel.protocol import Event
 from support.waiting import wait_for as wait_until
 from test_ingest_consumer import count, running, settings
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from ingest.batch import Batch
-from ingest.store import KnownRows, pair_device, write_batch
-from ingest.sweeper import GapSweeper
-from ingest.validate import DeadLetter, GatewayHeartbeatMsg, StatusMsg
-from mimamori import protocol
-from mimamori.clock import ManualClock
-from mimamori.protocol import Event
+from mimamori.ingest.batch import Batch
+from mimamori.ingest.store import KnownRows, pair_device, write_batch
+from mimamori.ingest.sweeper import GapSweeper
+from mimamori.ingest.validate import DeadLetter, GatewayHeartbeatMsg, StatusMsg
+from mimamori.kernel import protocol
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.protocol import Event
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def batch_of(*events: tuple[str, Event], dead: list[DeadLetter] | None = None) -
 
 @pytest.fixture
 def conn(pg_url: str):
-    from ingest.store import prepare
+    from mimamori.ingest.store import prepare
 
     with psycopg.connect(pg_url) as c:
         prepare(c)
@@ -159,7 +159,7 @@ def test_gap_sweeper_finds_holes_and_tails_once_per_interval(conn: psycopg.Conne
     assert sweep() == []
     # another process holding the lock: this one skips the round
     with psycopg.connect(pg_url) as other, other.transaction():
-        from ingest.sweeper import SWEEP_LOCK_KEY
+        from mimamori.ingest.sweeper import SWEEP_LOCK_KEY
 
         other.execute("SELECT pg_advisory_xact_lock(%s)", (SWEEP_LOCK_KEY,))
         clock.advance(600)

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.batch import Batch
-from ingest.store import stage_text
-from ingest.sweeper import ResendPlanner
-from ingest.validate import Classifier, DeadLetter, EventMsg, GatewayHeartbeatMsg, StatusMsg, fast_event
-from mimamori import protocol
-from mimamori.protocol import Event, ProtocolError
+from mimamori.ingest.batch import Batch
+from mimamori.ingest.store import stage_text
+from mimamori.ingest.sweeper import ResendPlanner
+from mimamori.ingest.validate import Classifier, DeadLetter, EventMsg, GatewayHeartbeatMsg, StatusMsg, fast_event
+from mimamori.kernel import protocol
+from mimamori.kernel.protocol import Event, ProtocolError
 
 pytestmark = pytest.mark.unit
 
@@ -82,7 +82,7 @@ def test_status_and_gateway_heartbeat() -> None:
 
 
 def test_topic_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ingest.validate as v
+    import mimamori.ingest.validate as v
 
     monkeypatch.setattr(v, "TOPIC_CACHE_SIZE", 10)
     c = Classifier()

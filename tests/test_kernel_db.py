@@ -3,7 +3,7 @@
 import psycopg
 import pytest
 
-from mimamori import db
+from mimamori.kernel import db
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ import pytest
 from itsdangerous import BadSignature
 from prometheus_client import Counter
 
-from mimamori.config import Settings
-from mimamori.observability import JsonFormatter, OpsServer, register_readiness, unregister_readiness
-from mimamori.signing import secret_key, signer
+from mimamori.kernel.config import Settings
+from mimamori.kernel.observability import JsonFormatter, OpsServer, register_readiness, unregister_readiness
+from mimamori.kernel.signing import secret_key, signer
 
 pytestmark = pytest.mark.unit
 
@@ -78,7 +78,7 @@ def test_ops_server_serves_metrics_health_and_readiness() -> None:
 
 
 def test_configure_logging_json(tmp_path: Path) -> None:
-    from mimamori.observability import configure_logging
+    from mimamori.kernel.observability import configure_logging
 
     out = io.StringIO()
     root = logging.getLogger()

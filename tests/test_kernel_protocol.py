@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mimamori import protocol as p
+from mimamori.kernel import protocol as p
 
 pytestmark = pytest.mark.unit
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway import provision
-from gateway.adapters import Reading
-from gateway.service import Gateway
-from mimamori import mqtt, protocol
-from mimamori.clock import SystemClock
-from mimamori.config import Settings
+from mimamori.gateway import provision
+from mimamori.gateway.adapters import Reading
+from mimamori.gateway.service import Gateway
+from mimamori.kernel import mqtt, protocol
+from mimamori.kernel.clock import SystemClock
+from mimamori.kernel.config import Settings
 from support.broker import DYNSEC_PLUGIN, MOSQUITTO, T0, Client, SecureBroker, event_payload
 from support.waiting import wait_for
 
@@ -181,8 +181,8 @@ def test_real_ingest_with_its_account_stores_a_gateways_events_and_asks_it_to_re
     """
     import psycopg
 
-    from ingest.consumer import IngestService
-    from ingest.sweeper import GapSweeper
+    from mimamori.ingest.consumer import IngestService
+    from mimamori.ingest.sweeper import GapSweeper
 
     settings = Settings(mqtt_username="ingest", mqtt_password=secure.password("ingest"), mqtt_ca_file=secure.ca_file,
                         ingest_session_expiry_s=60, ingest_batch_max_wait_s=0.02)

@@ -11,8 +11,8 @@ import pytest
 from cryptography import x509
 from typer.testing import CliRunner
 
-from gateway import provision
 from mimamori.cli import app
+from mimamori.gateway import provision
 
 
 def mode(path: Path) -> int:

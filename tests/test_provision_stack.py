@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import provision
-from mimamori import embedded, mqtt, protocol
+from mimamori.gateway import provision
+from mimamori.kernel import embedded, mqtt, protocol
 from support.broker import DYNSEC_PLUGIN, MOSQUITTO, close_client
 
 ROOT = Path(__file__).resolve().parents[1]

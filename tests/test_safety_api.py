@@ -9,10 +9,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from alerts import engine as alerts_engine
-from mimamori.config import Settings
-from mimamori.outbox import LinkSealer
-from mimamori.signing import secret_key
+from mimamori.alerts import engine as alerts_engine
+from mimamori.kernel.config import Settings
+from mimamori.kernel.outbox import LinkSealer
+from mimamori.kernel.signing import secret_key
 from support.web import app_client, bearer, cookie_login
 
 pytestmark = [pytest.mark.integration]
@@ -132,7 +132,7 @@ def test_scope_claim_on_behalf_close_and_csv(world) -> None:
                            headers=wa).status_code == 404  # not on h2's team
 
         # the coordinator asks h2's team (none: the area's coordinators) to go and see a silent home
-        # not a household watcher_a may see: not found (mimamori.access)
+        # not a household watcher_a may see: not found (mimamori.kernel.access)
         assert client.post(f"/api/safety/checks/{cid}/households/h2/escalate", headers=wa).status_code == 404
         r = client.post(f"/api/safety/checks/{cid}/households/h2/escalate", headers=coord)
         assert r.status_code == 200, r.text

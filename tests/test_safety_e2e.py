@@ -27,18 +27,18 @@ import psycopg
 import pytest
 import requests
 
-from app.auth.service import hash_password
-from firmware_sim.fleet import fleet_manifest, register_manifest
-from firmware_sim.safety import Home, SafetyResidents
-from ingest.consumer import run_ingest
-from mimamori.clock import SystemClock
-from mimamori.config import Settings
-from mimamori.embedded import EmbeddedBroker
-from mimamori.mqtt import MqttUrl
-from mimamori.outbox import LinkSealer
-from mimamori.signing import secret_key
-from safety.models import SafetySettings
-from safety.worker import run_safety_worker
+from mimamori.app.auth.service import hash_password
+from mimamori.firmware_sim.fleet import fleet_manifest, register_manifest
+from mimamori.firmware_sim.safety import Home, SafetyResidents
+from mimamori.ingest.consumer import run_ingest
+from mimamori.kernel.clock import SystemClock
+from mimamori.kernel.config import Settings
+from mimamori.kernel.embedded import EmbeddedBroker
+from mimamori.kernel.mqtt import MqttUrl
+from mimamori.kernel.outbox import LinkSealer
+from mimamori.kernel.signing import secret_key
+from mimamori.safety.models import SafetySettings
+from mimamori.safety.worker import run_safety_worker
 from support.web import served
 from test_app_browser import A11Y_JS
 

@@ -1,4 +1,4 @@
-"""The earthquake core (safety/quake.py) on real published documents (tests/data/quake/SOURCES.md):
+"""The earthquake core (mimamori/safety/quake.py) on real published documents (tests/data/quake/SOURCES.md):
 JMA 震度速報 / 震源・震度情報 and P2PQuake 551 records read into one model; per-area decisions —
 threshold, drills and tests, cancellations, repeated bulletins, P2PQuake station names."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from safety import quake
+from mimamori.safety import quake
 
 pytestmark = pytest.mark.unit
 DATA = Path(__file__).parent / "data" / "quake"

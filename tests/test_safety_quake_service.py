@@ -1,4 +1,4 @@
-"""Earthquake bulletins → safety checks on a real PostgreSQL (safety/quake_service.py, `safety feed`):
+"""Earthquake bulletins → safety checks on a real PostgreSQL (mimamori/safety/quake_service.py, `safety feed`):
 the right areas' checks start, once per quake over repeated and corrected bulletins and re-deliveries;
 drills, tests, weak quakes and cancellations start none; propose-mode areas get a proposal their
 coordinator sees and can accept; every document's decisions are recorded with why."""
@@ -16,11 +16,11 @@ import typer
 from typer.testing import CliRunner
 
 from mimamori.cli.quake import safety_app
-from mimamori.clock import ManualClock
-from mimamori.config import Settings
-from mimamori.signing import signer
-from safety import quake, quake_service, service
-from safety.models import Actor, Forbidden, InvalidInput
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.config import Settings
+from mimamori.kernel.signing import signer
+from mimamori.safety import quake, quake_service, service
+from mimamori.safety.models import Actor, Forbidden, InvalidInput
 
 pytestmark = [pytest.mark.integration]
 DATA = Path(__file__).parent / "data" / "quake"

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from safety import recognise
-from safety.recognise import Ev
-from safety.recognise import recognise as judge
-from safety.throttle import Throttle
+from mimamori.safety import recognise
+from mimamori.safety.recognise import Ev
+from mimamori.safety.recognise import recognise as judge
+from mimamori.safety.throttle import Throttle
 
 pytestmark = pytest.mark.unit
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from mimamori.clock import ManualClock, as_datetime
-from mimamori.config import Settings
-from mimamori.signing import signer
-from safety import engine, records, service
-from safety.models import Actor
+from mimamori.kernel.clock import ManualClock, as_datetime
+from mimamori.kernel.config import Settings
+from mimamori.kernel.signing import signer
+from mimamori.safety import engine, records, service
+from mimamori.safety.models import Actor
 
 pytestmark = [pytest.mark.integration]
 T0 = 1_767_225_600.0

@@ -10,14 +10,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from firmware_sim.devices import ACTIVITY_CODES
-from firmware_sim.fleet import GatewayFault, fleet_manifest, register_manifest, run_fleet
-from firmware_sim.offline import DEFAULT_START, simulate_offline
-from gateway.adapters import Reading
-from gateway.outbox import Outbox
-from mimamori import mqtt, protocol
-from mimamori.clock import ManualClock
-from mimamori.mqtt import MqttUrl
+from mimamori.firmware_sim.devices import ACTIVITY_CODES
+from mimamori.firmware_sim.fleet import GatewayFault, fleet_manifest, register_manifest, run_fleet
+from mimamori.firmware_sim.offline import DEFAULT_START, simulate_offline
+from mimamori.gateway.adapters import Reading
+from mimamori.gateway.outbox import Outbox
+from mimamori.kernel import mqtt, protocol
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.mqtt import MqttUrl
 
 SEED = 2  # three homes: two with bulbs only, one with sensors too
 H = 3600.0
@@ -112,7 +112,7 @@ def working_gateway(tmp_path: Path) -> None:
     except Exception:  # noqa: BLE001 - the outbox API changed: nothing to probe, run the test
         reused = False
     if reused:
-        pytest.skip("gateway/outbox.py reuses row ids after deleting acked heartbeats (gateway bug, reported)")
+        pytest.skip("mimamori/gateway/outbox.py reuses row ids after deleting acked heartbeats (gateway bug, reported)")
 
 
 def _offline_activity(households: int, days: float, **kw: object) -> set[tuple[str, int]]:
@@ -176,7 +176,7 @@ def test_fleet_survives_gateway_crash_and_power_loss(
 
 @pytest.mark.integration
 def test_fleet_incident_outage_and_finite_speed(mqtt_url: MqttUrl, subscriber: _Subscriber, tmp_path: Path, working_gateway: None) -> None:
-    from firmware_sim.incidents import IncidentPlan, IncidentSpec
+    from mimamori.firmware_sim.incidents import IncidentPlan, IncidentSpec
 
     plan = IncidentPlan.at(IncidentSpec("gateway_power_loss", 2, DEFAULT_START + 0.1 * H, 0.2 * H))
     days = 0.5 * H / 86400  # half an hour at 3600x: about half a second

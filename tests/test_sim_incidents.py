@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from firmware_sim.devices import ACTIVITY_CODES, K_BOOT, K_HEARTBEAT, K_OFF, K_ON, KIND_CODES
-from firmware_sim.incidents import IncidentPlan, IncidentSpec
-from firmware_sim.offline import HouseholdStream, simulate_offline
+from mimamori.firmware_sim.devices import ACTIVITY_CODES, K_BOOT, K_HEARTBEAT, K_OFF, K_ON, KIND_CODES
+from mimamori.firmware_sim.incidents import IncidentPlan, IncidentSpec
+from mimamori.firmware_sim.offline import HouseholdStream, simulate_offline
 
 pytestmark = pytest.mark.unit
 

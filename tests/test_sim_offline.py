@@ -8,11 +8,11 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from firmware_sim.devices import ACTIVITY_CODES, K_HEARTBEAT, K_MOTION, K_ON, KIND_CODES, MOTION_HOLDOFF_S
-from firmware_sim.homes import HouseholdSeeds, household_seed, make_household
-from firmware_sim.offline import FleetStreams, bench_offline, simulate_offline
-from firmware_sim.resident import ACTIVE, ASLEEP, BEDROOM, ENTER, Draws, simulate_resident
-from mimamori import protocol
+from mimamori.firmware_sim.devices import ACTIVITY_CODES, K_HEARTBEAT, K_MOTION, K_ON, KIND_CODES, MOTION_HOLDOFF_S
+from mimamori.firmware_sim.homes import HouseholdSeeds, household_seed, make_household
+from mimamori.firmware_sim.offline import FleetStreams, bench_offline, simulate_offline
+from mimamori.firmware_sim.resident import ACTIVE, ASLEEP, BEDROOM, ENTER, Draws, simulate_resident
+from mimamori.kernel import protocol
 
 pytestmark = pytest.mark.unit
 
@@ -175,7 +175,7 @@ def test_rejects_nonsense_sizes(bad: tuple[int, float]) -> None:
 
 
 def test_life_includes_outings_naps_and_nights_away_and_quieter_sundays() -> None:
-    from firmware_sim.resident import OUT
+    from mimamori.firmware_sim.resident import OUT
 
     days, homes = 63, 15
     out_by_weekday = np.zeros(7)
@@ -200,7 +200,7 @@ def test_life_includes_outings_naps_and_nights_away_and_quieter_sundays() -> Non
 
 
 def test_presence_says_when_the_resident_is_away_or_asleep() -> None:
-    from firmware_sim.offline import AWAY, PRESENT_ASLEEP, PRESENT_AWAKE, simulate_household
+    from mimamori.firmware_sim.offline import AWAY, PRESENT_ASLEEP, PRESENT_AWAKE, simulate_household
 
     start = datetime(2026, 1, 5, tzinfo=ZoneInfo("Asia/Tokyo")).timestamp()
     homes = [simulate_household(k, 7, start, start + 60 * 86400) for k in range(40)]

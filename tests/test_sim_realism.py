@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench import realism
-from detector import model as m
+from mimamori.bench import realism
+from mimamori.detector import model as m
 
 pytestmark = pytest.mark.unit
 

@@ -20,14 +20,14 @@ import numpy as np
 import psycopg
 import pytest
 
-from detector import checkpoint
-from detector.service import DetectorService
-from firmware_sim.offline import DEFAULT_START, simulate_household
-from ingest.batch import Batch
-from ingest.store import prepare, write_batch
-from mimamori import db, embedded
-from mimamori.clock import ManualClock
-from mimamori.protocol import Event
+from mimamori.detector import checkpoint
+from mimamori.detector.service import DetectorService
+from mimamori.firmware_sim.offline import DEFAULT_START, simulate_household
+from mimamori.ingest.batch import Batch
+from mimamori.ingest.store import prepare, write_batch
+from mimamori.kernel import db, embedded
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.protocol import Event
 from test_detector_service import store_household
 
 pytestmark = [pytest.mark.integration, pytest.mark.timescaledb]

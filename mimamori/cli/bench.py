@@ -30,8 +30,8 @@ def bench_ingest(
     mqtt_url: MqttOpt = None,
 ) -> None:
     """Ingest throughput, published → committed, against a null sink on the same client stack."""
-    from bench.ingest_bench import DrainStalled, run_ingest_bench
-    from mimamori.db import scratch_database
+    from mimamori.bench.ingest_bench import DrainStalled, run_ingest_bench
+    from mimamori.kernel.db import scratch_database
     from mimamori.runtime import services
 
     settings = cli_settings(database_url, mqtt_url)
@@ -64,14 +64,14 @@ def bench_detector(
     """One scoring pass over N households (pure model, one core) and the state size per household; with
     --restart, the detector's cold start, pairing and restart at town scale on the real database."""
     if not restart:
-        from bench.detector_bench import run_detector_bench
+        from mimamori.bench.detector_bench import run_detector_bench
 
         cli_settings()
         result = run_detector_bench(households or 1_000_000)
         print_json(result) if json_out else console.print(result)
         return
-    from bench.detector_restart import run_restart_bench
-    from mimamori.db import scratch_database
+    from mimamori.bench.detector_restart import run_restart_bench
+    from mimamori.kernel.db import scratch_database
 
     settings = cli_settings(database_url)
     with admin_database(settings) as admin_url, scratch_database(admin_url, "mimamori_bench_detector") as bench_db:
@@ -88,7 +88,7 @@ def bench_alerts(
     database_url: DatabaseOpt = None,
 ) -> None:
     """Incident opened → notification accepted by the channel (in-app, e-mail to a local SMTP server)."""
-    from bench.alerts_bench import run_alerts_bench
+    from mimamori.bench.alerts_bench import run_alerts_bench
     from mimamori.runtime import services
 
     settings = cli_settings(database_url)
@@ -106,7 +106,7 @@ def bench_safety(
 ) -> None:
     """An area safety check over N homes on the real services: start, recognition latency, board query,
     blinks and throttled messages (a scratch database and a Mosquitto of its own)."""
-    from bench.safety_bench import run_safety_bench
+    from mimamori.bench.safety_bench import run_safety_bench
     from mimamori.runtime import services
 
     settings = cli_settings(database_url)
@@ -128,7 +128,7 @@ def bench_all(
     ] = None,
 ) -> None:
     """Ingest, detector and alerts benchmarks plus memory figures, in one run, one JSON object."""
-    from bench.bench_all import run_bench_all
+    from mimamori.bench.bench_all import run_bench_all
 
     settings = cli_settings(database_url)
     with admin_database(settings) as admin_url:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from mimamori.config import Settings, load_settings
+from mimamori.kernel.config import Settings, load_settings
 
 console = Console(stderr=True)
 
@@ -32,7 +32,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 
 
 def cli_settings(database_url: str | None = None, mqtt_url: str | None = None) -> Settings:
-    from mimamori.observability import configure_logging
+    from mimamori.kernel.observability import configure_logging
 
     settings = load_settings(database_url=database_url, mqtt_url=mqtt_url)
     configure_logging(settings, stream=sys.stderr)
@@ -48,7 +48,7 @@ def admin_database(settings: Settings) -> Iterator[str]:
     if settings.database_url:
         yield settings.database_url
         return
-    from mimamori import embedded
+    from mimamori.kernel import embedded
 
     pg = embedded.start_postgres(settings.data_dir)
     try:

@@ -60,7 +60,7 @@ def gateway(
         return
     if not gateway_id:
         raise typer.BadParameter("required (or MIMAMORI_GATEWAY_ID)", param_hint="--gateway-id")
-    from gateway.service import run_gateway
+    from mimamori.gateway.service import run_gateway
 
     settings = cli_settings(mqtt_url=mqtt_url)
     if not settings.mqtt_url:
@@ -83,7 +83,7 @@ def gateway(
 
 
 def _gateway_layout(z2m: list[str] | None, tasmota: list[str] | None, shelly: list[str] | None) -> Any:
-    from gateway.adapters import Layout
+    from mimamori.gateway.adapters import Layout
 
     defaults = Layout()
     return Layout(tuple(z2m or defaults.z2m_base_topics), tuple(tasmota or defaults.tasmota_full_topics), tuple(shelly or ()))
@@ -99,7 +99,7 @@ def gateway_replay(
     json_out: JsonOpt = False,
 ) -> None:
     """What the gateway makes of a captured home: one line per message (outcome, kind, device ...)."""
-    from gateway import replay
+    from mimamori.gateway import replay
 
     rows = list(replay.replay(file.read_text(encoding="utf-8-sig").splitlines(), fresh=fresh, layout=ctx.obj["layout"]))
     _print_gateway_rows(rows, json_out)
@@ -113,7 +113,7 @@ def gateway_listen(
     json_out: JsonOpt = False,
 ) -> None:
     """The replay report live, for the volunteer installing a home: what each message is understood as."""
-    from gateway import replay
+    from mimamori.gateway import replay
 
     emit = (lambda r: print(json.dumps(r, ensure_ascii=False), flush=True)) if json_out else _print_gateway_row
     counts = replay.listen(local_url, minutes, emit, layout=ctx.obj["layout"])
@@ -168,7 +168,7 @@ def gateway_provision(
     json_out: JsonOpt = False,
 ) -> None:
     """Per-gateway and per-service broker credentials: Mosquitto password file + ACL, env files, TLS (idempotent)."""
-    from gateway import provision
+    from mimamori.gateway import provision
 
     ids = list(gateway or [])
     if gateways_file:

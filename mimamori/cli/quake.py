@@ -34,12 +34,12 @@ def feed_command(file: FileOpt, dry_run: DryRunOpt = False, replay: ReplayOpt = 
 def quake_feed(file: Path, dry_run: bool, json_out: bool, database_url: str | None, *, replay: bool = False) -> None:
     import psycopg
 
-    from mimamori.clock import SystemClock
+    from mimamori.kernel.clock import SystemClock
+    from mimamori.kernel.signing import signer
     from mimamori.runtime import services
-    from mimamori.signing import signer
-    from safety import quake, quake_service
-    from safety.models import SafetySettings
-    from safety.service import Links
+    from mimamori.safety import quake, quake_service
+    from mimamori.safety.models import SafetySettings
+    from mimamori.safety.service import Links
 
     settings = cli_settings(database_url)
     data = file.read_bytes()
@@ -80,10 +80,10 @@ def area_command(
     """Say how earthquake bulletins name an area and what a strong enough quake does there."""
     import psycopg
 
-    from mimamori.clock import SystemClock
+    from mimamori.kernel.clock import SystemClock
     from mimamori.runtime import services
-    from safety import quake, quake_service
-    from safety.models import SafetyError
+    from mimamori.safety import quake, quake_service
+    from mimamori.safety.models import SafetyError
 
     settings = cli_settings(database_url)
     with services(settings, need_broker=False) as svc, psycopg.connect(svc.database_url, autocommit=True) as conn:

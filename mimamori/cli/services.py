@@ -17,7 +17,7 @@ from mimamori.cli.common import (
     print_json,
     stop_on_signals,
 )
-from mimamori.clock import SystemClock
+from mimamori.kernel.clock import SystemClock
 from mimamori.stages import run_stages, serve_until_stopped
 
 app = typer.Typer()  # top-level commands, merged into the `mimamori` command
@@ -28,7 +28,7 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 @db_app.command("migrate")
 def db_migrate(database_url: DatabaseOpt = None) -> None:
     """Apply pending migrations (starts the embedded PostgreSQL when none is configured)."""
-    from mimamori import db, embedded
+    from mimamori.kernel import db, embedded
 
     settings = cli_settings(database_url)
     pg = None
@@ -108,7 +108,7 @@ def detector_rebuild(database_url: DatabaseOpt = None, shard: ShardOpt = None, j
     Stop the shard's running detector first, or it keeps its own state and saves over this one."""
     import time as _time
 
-    from detector.service import DetectorService, Shard
+    from mimamori.detector.service import DetectorService, Shard
     from mimamori.runtime import services
 
     settings = cli_settings(database_url)
@@ -128,8 +128,8 @@ def detector_rebuild(database_url: DatabaseOpt = None, shard: ShardOpt = None, j
 @detector_app.command("status")
 def detector_status(database_url: DatabaseOpt = None) -> None:
     """The saved model per shard and the running detectors' latest ticks."""
-    from detector.checkpoint import describe
-    from mimamori.db import connect, fetch_dicts
+    from mimamori.detector.checkpoint import describe
+    from mimamori.kernel.db import connect, fetch_dicts
     from mimamori.runtime import services
 
     settings = cli_settings(database_url)

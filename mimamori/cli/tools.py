@@ -40,7 +40,7 @@ def sim(
     """Simulate a town: residents, bulbs and sensors, through real gateways to the broker."""
     import psycopg
 
-    from firmware_sim.fleet import fleet_manifest, register_manifest, run_fleet
+    from mimamori.firmware_sim.fleet import fleet_manifest, register_manifest, run_fleet
     from mimamori.runtime import services
 
     settings = cli_settings(database_url, mqtt_url)
@@ -111,7 +111,7 @@ def chaos(
 ) -> None:
     """Fault suite: each fault on its own scratch database, broker and processes; counts lost and
     duplicated events and alerts. Exit code 1 if any count is non-zero."""
-    from bench.chaos import FAULTS, ChaosPlan, run_chaos, table_row
+    from mimamori.bench.chaos import FAULTS, ChaosPlan, run_chaos, table_row
 
     settings = cli_settings(database_url)  # the suite starts a broker of its own per fault
     chosen = [f.strip() for f in faults.split(",") if f.strip()] or list(FAULTS)
@@ -170,11 +170,11 @@ def evaluate(
     json_out: JsonOpt = False,
 ) -> None:
     """Detector and the baselines on the same streams: recall, delays, false alerts."""
-    from bench.eval import ResidentCheck, run_eval, run_replay, summary_rows
+    from mimamori.bench.eval import ResidentCheck, run_eval, run_replay, summary_rows
 
     cli_settings()
     if replay:
-        from bench.casas import parse_spec
+        from mimamori.bench.casas import parse_spec
 
         for spec in replay:
             try:
@@ -242,7 +242,7 @@ def _print_replay(result: dict) -> None:
     """One row per home and system, then the homes pooled and the across-homes summary."""
     from rich.table import Table
 
-    from bench.eval import replay_rows
+    from mimamori.bench.eval import replay_rows
 
     rate = result["run"]["resident_answers"]
     table = Table(title=f"mimamori eval --replay (team_*: what reaches the team when the resident is asked first, answer rate {rate})")

@@ -18,9 +18,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from gateway import provision
-from mimamori import mqtt, protocol
-from mimamori.config import Settings
+from mimamori.gateway import provision
+from mimamori.kernel import mqtt, protocol
+from mimamori.kernel.config import Settings
 from support.broker import Client, SecureBroker, event_payload
 from support.waiting import wait_for
 
@@ -99,7 +99,7 @@ def test_a_gateway_cannot_publish_for_another_gateways_device_in_a_way_that_reac
     """gw-a publishes gw-b's paired bulb on its own topic (the broker must allow that topic) and on
     gw-b's (the broker refuses): the real ingest, as `ingest`, stores neither; the household's bulb
     stays bound to gw-b and the attempt is a dead letter."""
-    from ingest.consumer import IngestService
+    from mimamori.ingest.consumer import IngestService
 
     with psycopg.connect(pg_url) as conn:
         conn.execute("INSERT INTO households (household_id, display_name, area) VALUES ('hb', 'B', 'north')")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from bench.ingest_bench import publish_raw
-from ingest.validate import DeadLetter, DeadLetterBudget
-from mimamori import embedded
-from mimamori.mqtt import MqttUrl
+from mimamori.bench.ingest_bench import publish_raw
+from mimamori.ingest.validate import DeadLetter, DeadLetterBudget
+from mimamori.kernel import embedded
+from mimamori.kernel.mqtt import MqttUrl
 from support.waiting import wait_for as wait_until
 from test_ingest_consumer import count, make_service, running
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from ingest.batch import Batch
-from ingest.store import KnownRows, pair_device, prepare, write_batch
-from ingest.sweeper import GapSweeper
-from mimamori import protocol
-from mimamori.clock import ManualClock
-from mimamori.protocol import Event
+from mimamori.ingest.batch import Batch
+from mimamori.ingest.store import KnownRows, pair_device, prepare, write_batch
+from mimamori.ingest.sweeper import GapSweeper
+from mimamori.kernel import protocol
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.protocol import Event
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 

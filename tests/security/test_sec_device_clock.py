@@ -11,12 +11,12 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from detector.service import DetectorService
-from ingest.batch import Batch
-from ingest.store import KnownRows, prepare, write_batch
-from mimamori import protocol
-from mimamori.clock import ManualClock
-from mimamori.protocol import Event, ProtocolError
+from mimamori.detector.service import DetectorService
+from mimamori.ingest.batch import Batch
+from mimamori.ingest.store import KnownRows, prepare, write_batch
+from mimamori.kernel import protocol
+from mimamori.kernel.clock import ManualClock
+from mimamori.kernel.protocol import Event, ProtocolError
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from mimamori.config import Settings
+from mimamori.kernel.config import Settings
 from support.web import PASSWORD, login_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
@@ -32,7 +32,7 @@ PROXY = "127.0.0.2"
 def app_server(url: str, clock, **settings: str) -> Iterator[int]:
     import uvicorn
 
-    from app import main
+    from mimamori.app import main
 
     app = main.create_app(Settings(**settings), database_url=url, clock=clock)  # type: ignore[arg-type]
     sock = socket.socket()  # bound here and handed to uvicorn: no window for another process to take the port

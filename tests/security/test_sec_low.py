@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from mimamori.config import Settings
+from mimamori.kernel.config import Settings
 from support.web import app_client, bearer
 
 pytestmark = [pytest.mark.security]
@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.security]
 
 @pytest.mark.unit
 def test_an_empty_secret_key_file_is_refused(tmp_path: Path) -> None:
-    from mimamori import signing
+    from mimamori.kernel import signing
 
     (tmp_path / "secret_key").write_text("\n")
     with pytest.raises(RuntimeError, match="secret key"):
@@ -42,8 +42,8 @@ def test_nan_and_year_9999_are_invalid_input_not_server_errors(world) -> None:
 
 @pytest.mark.unit
 def test_a_residents_return_date_of_9999_is_invalid_input() -> None:
-    from alerts.models import InvalidInput
-    from alerts.resident import away_until_from_date
+    from mimamori.alerts.models import InvalidInput
+    from mimamori.alerts.resident import away_until_from_date
 
     with pytest.raises(InvalidInput):
         away_until_from_date("9999-12-31", "Asia/Tokyo", 1_767_225_600.0)
@@ -69,9 +69,9 @@ def test_the_household_export_csv_runs_no_formulas(world) -> None:
 
 @pytest.mark.integration
 def test_a_dead_letter_keeps_only_the_head_of_a_huge_payload(pg_url: str) -> None:
-    from ingest.batch import Batch
-    from ingest.store import prepare, write_batch
-    from ingest.validate import DeadLetter
+    from mimamori.ingest.batch import Batch
+    from mimamori.ingest.store import prepare, write_batch
+    from mimamori.ingest.validate import DeadLetter
 
     with psycopg.connect(pg_url) as conn:
         prepare(conn)
@@ -90,9 +90,9 @@ def test_metrics_and_the_api_schema_are_the_operators_only(pg_url: str) -> None:
     MIMAMORI_OPS_NETWORKS (default: this machine) see them; anyone else gets a 404."""
     from fastapi.testclient import TestClient
 
-    from app.main import OPERATOR_PATHS, create_app
-    from mimamori.clock import ManualClock
-    from mimamori.config import Settings
+    from mimamori.app.main import OPERATOR_PATHS, create_app
+    from mimamori.kernel.clock import ManualClock
+    from mimamori.kernel.config import Settings
 
     app = create_app(Settings(), database_url=pg_url, clock=ManualClock(1_767_225_600.0))
     for client, expected in ((("203.0.113.7", 40000), 404), (("127.0.0.1", 40000), 200)):
@@ -113,7 +113,7 @@ def test_metrics_and_the_api_schema_are_the_operators_only(pg_url: str) -> None:
 def test_an_invitation_is_not_an_oracle_for_login_names(world) -> None:
     """Issue 17: accepting an invitation answered "login already taken" as often as asked, so one
     invitation could test every login name. Now a few taken names per invitation, then 429."""
-    from app.auth import service as auth
+    from mimamori.app.auth import service as auth
 
     url, clock, _ = world
     with psycopg.connect(url, autocommit=True) as conn:

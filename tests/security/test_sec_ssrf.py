@@ -106,7 +106,7 @@ def test_only_offered_schemes_are_registered(world) -> None:
     "mailtos://u:p@example.com?smtp=127.0.0.1", "json://0.0.0.0/x", "json://[::ffff:127.0.0.1]/x", "xml://93.184.216.34/x",
 ])
 def test_refused_targets(url: str) -> None:
-    from alerts.channels import refused_target
+    from mimamori.alerts.channels import refused_target
 
     assert refused_target(url, resolve=lambda h: [h.strip("[]")] if h[0].isdigit() or ":" in h else ["127.0.0.1"]) is not None
 
@@ -115,13 +115,13 @@ def test_refused_targets(url: str) -> None:
     "json://93.184.216.34/hook", "slack://TokenA/TokenB/TokenC", "ntfy://mytopic", "tgram://bot/chat", "line://token",
 ])
 def test_allowed_targets(url: str) -> None:
-    from alerts.channels import refused_target
+    from mimamori.alerts.channels import refused_target
 
     assert refused_target(url, resolve=lambda h: ["93.184.216.34"]) is None
 
 
 def test_operator_may_allow_a_private_network() -> None:
-    from alerts.channels import private_target_nets, refused_target
+    from mimamori.alerts.channels import private_target_nets, refused_target
 
     nets = private_target_nets("10.1.2.3/32, 192.168.0.0/16")
     assert refused_target("ntfy://10.1.2.3/alerts", nets, resolve=lambda h: [h]) is None

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from gateway import provision
-from mimamori import embedded, mqtt, protocol
+from mimamori.gateway import provision
+from mimamori.kernel import embedded, mqtt, protocol
 
 T0 = 1_767_225_600_000
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 
-from gateway.adapters import Layout, Outcome, normalise
-from gateway.dialects.base import DEFAULT_LAYOUT
+from mimamori.gateway.adapters import Layout, Outcome, normalise
+from mimamori.gateway.dialects.base import DEFAULT_LAYOUT
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 

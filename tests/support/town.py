@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 from aiosmtpd.controller import Controller
 
-from mimamori.clock import as_datetime
-from mimamori.embedded import free_port
+from mimamori.kernel.clock import as_datetime
+from mimamori.kernel.embedded import free_port
 
 
 @dataclass

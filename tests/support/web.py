@@ -12,10 +12,10 @@ from datetime import timedelta
 import psycopg
 from fastapi.testclient import TestClient
 
-from app.auth.service import hash_password
-from app.main import create_app
-from mimamori.clock import ManualClock, as_datetime
-from mimamori.config import Settings
+from mimamori.app.auth.service import hash_password
+from mimamori.app.main import create_app
+from mimamori.kernel.clock import ManualClock, as_datetime
+from mimamori.kernel.config import Settings
 
 PASSWORD = "correct horse 1"
 START = 1_767_225_600.0 + 20 * 86400 + 3 * 3600  # 2026-01-21 12:00 JST
