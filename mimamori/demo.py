@@ -334,7 +334,7 @@ def run_demo(
                         state.first_alert_after_s = time.monotonic() - started
                         if isinstance(clock, ScaledClock) and speed is not None:
                             clock.set_speed(speed)  # now slow enough to follow the escalation
-                        live.console.print(f"[bold red]alert[/] {state.first_alert[2]}: {url}mimamori/alerts/{state.first_alert[0]}"
+                        live.console.print(f"[bold red]alert[/] {state.first_alert[2]}: {url}alerts/{state.first_alert[0]}"
                                            f" ({state.first_alert_after_s:.0f} s after start)")
                 live.update(_render(state, households, started, svc.describe(), clock))
                 if state.done and exit_when_done and state.live_activity_stored >= state.fleet.get("activity_events_published", 0):
