@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from mimamori.kernel import contract
+
 SLOTS_PER_DAY = 96
 SLOT_MINUTES = 15
 # Days of the home's own past a comparison needs before it says "usual" or "quieter".
@@ -211,7 +213,7 @@ def read_home(conn: object, household_id: str, now_epoch: float, *, reporting_wi
     midnight = datetime(today.year, today.month, today.day, tzinfo=ZoneInfo(tz))
     first = cur.execute(
         "SELECT min(time) FROM events WHERE household_id = %s AND time >= %s AND time <= %s"
-        " AND kind IN ('on', 'off', 'motion', 'open', 'close')", (household_id, midnight, now)).fetchone()[0]
+        " AND kind = ANY(%s)", (household_id, midnight, now, sorted(contract.ACTIVITY_KINDS))).fetchone()[0]
     first_local = (first.astimezone(ZoneInfo(tz)).hour, first.astimezone(ZoneInfo(tz)).minute) if first else None
     heard = cur.execute(
         "SELECT max(s.last_seen_at) FROM device_state s JOIN devices d USING (device_id) WHERE d.household_id = %s",

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from linebot.v3.webhooks import FollowEvent, MessageEvent, PostbackEvent, TextMessageContent
 
 from mimamori.alerts import line_accounts, resident
 from mimamori.alerts import service as alerts_service
-from mimamori.alerts.line import PostbackError, parse_postback
 from mimamori.app.auth.service import get_person
 from mimamori.kernel.clock import Clock
 from mimamori.kernel.errors import MimamoriError
@@ -73,6 +71,11 @@ def handle(conn: psycopg.Connection, event: Any, *, clock: Clock) -> Handled:
 
 
 def _act(conn: psycopg.Connection, event: Any, user_id: str, clock: Clock) -> tuple[str, str | None]:
+    # LINE's SDK only when a webhook arrives: importing it takes most of a second of the app's start
+    from linebot.v3.webhooks import FollowEvent, MessageEvent, PostbackEvent, TextMessageContent
+
+    from mimamori.alerts.line import PostbackError, parse_postback
+
     if isinstance(event, FollowEvent):
         return "follow", REPLIES["follow"]
     if isinstance(event, MessageEvent) and isinstance(event.message, TextMessageContent):

@@ -8,10 +8,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from linebot.v3.exceptions import InvalidSignatureError
 
 from mimamori.alerts import line_accounts
-from mimamori.alerts.line import LineClient, LineError, parse_webhook, text_message
 from mimamori.alerts.line_settings import line_settings
 from mimamori.app.auth.deps import CurrentPerson
 from mimamori.app.db import ClockDep, Conn
@@ -28,6 +26,10 @@ async def webhook(request: Request) -> Response:
     settings = line_settings(request.app.state.settings)
     if settings is None:
         return Response(status_code=404)
+    from linebot.v3.exceptions import InvalidSignatureError  # LINE's SDK only when LINE calls
+
+    from mimamori.alerts.line import parse_webhook
+
     body = await request.body()
     if len(body) > MAX_WEBHOOK_BYTES:
         return Response("too large", status_code=413)
@@ -57,6 +59,8 @@ def _handle_all(request: Request, events: list[Any]) -> list[Handled]:
 
 
 def _reply_all(settings: Any, handled: list[Handled]) -> None:
+    from mimamori.alerts.line import LineClient, LineError, text_message
+
     with LineClient(settings) as client:
         for h in handled:
             try:
